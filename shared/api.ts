@@ -1,0 +1,62 @@
+/**
+ * The volume API: routes to domain functions. See shared/openapi.json.
+ */
+import { decodeBatch, BATCH_CONTENT_TYPE, MAX_BATCH_HEADER_BYTES } from './batch.ts';
+import { config } from './config.ts';
+import { InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError } from './errors.ts';
+import { Router, intQuery, jsonBody, type Request } from './http.ts';
+import {
+  MAX_IO_BYTES,
+  createVolume,
+  deleteVolume,
+  describeVolume,
+  listVolumeViews,
+  readData,
+  resizeVolume,
+  trimRange,
+  writeData,
+  writePieces,
+} from './volumes.ts';
+import openapi from './openapi.json' with { type: 'json' };
+
+
+function requireBinary(req: Request, allowed: string[]): void {
+  const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim();
+  if (!allowed.includes(type)) throw new UnsupportedMediaTypeError(`expected content-type ${allowed.join(' or ')}, got ${type || 'none'}`);
+}
+
+export const router = new Router()
+  .on('GET', '/openapi.json', async () => ({ status: 200, json: openapi }))
+  .on('GET', '/volumes', async (req) => ({ status: 200, json: await listVolumeViews(req.query.limit, req.query.next) }))
+  .on('POST', '/volumes', async (req) => ({ status: 201, json: await createVolume(jsonBody(req)) }))
+  .on('GET', '/volumes/{volumeId}', async (req) => ({ status: 200, json: await describeVolume(req.params.volumeId!) }))
+  .on('PATCH', '/volumes/{volumeId}', async (req) => ({ status: 200, json: await resizeVolume(req.params.volumeId!, jsonBody(req)) }))
+  .on('DELETE', '/volumes/{volumeId}', async (req) => ({ status: 202, json: await deleteVolume(req.params.volumeId!) }))
+  .on('PUT', '/volumes/{volumeId}/data', async (req) => {
+    requireBinary(req, ['application/octet-stream']);
+    if (req.body.length > MAX_IO_BYTES) throw new PayloadTooLargeError(`a write carries at most ${MAX_IO_BYTES} bytes, this one ${req.body.length}`);
+    const offset = intQuery(req, 'offset');
+    return { status: 200, json: await writeData(req.params.volumeId!, offset, req.body) };
+  })
+  .on('GET', '/volumes/{volumeId}/data', async (req) => {
+    const offset = intQuery(req, 'offset');
+    const length = intQuery(req, 'length');
+    return { status: 200, bytes: await readData(req.params.volumeId!, offset, length) };
+  })
+  .on('POST', '/volumes/{volumeId}/batch', async (req) => {
+    requireBinary(req, [BATCH_CONTENT_TYPE, 'application/octet-stream']);
+    if (req.body.length > MAX_IO_BYTES + MAX_BATCH_HEADER_BYTES + 8) throw new PayloadTooLargeError(`a batch body is at most ${MAX_IO_BYTES} bytes of data plus its header`);
+    return { status: 200, json: await writePieces(req.params.volumeId!, decodeBatch(req.body)) };
+  })
+  .on('POST', '/volumes/{volumeId}/trim', async (req) => {
+    const body = jsonBody(req);
+    const extra = Object.keys(body).filter((k) => k !== 'offset' && k !== 'length');
+    if (extra.length > 0) throw new InvalidInputError(`unknown field ${extra[0]}; a trim takes offset and length`);
+    if (typeof body.offset !== 'number' || typeof body.length !== 'number') throw new InvalidInputError('a trim needs numeric offset and length');
+    return { status: 200, json: await trimRange(req.params.volumeId!, body.offset, body.length) };
+  });
+
+/** Handles one API Gateway event. */
+export function handleApiEvent(event: Parameters<Router['handle']>[0]) {
+  return router.handle(event, config().development);
+}

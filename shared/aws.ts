@@ -1,0 +1,114 @@
+/**
+ * AWS SDK clients, built once per process. The SDK's own endpoint configuration
+ * (`AWS_ENDPOINT_URL`) points them at a local endpoint; there is no "local" branch here.
+ *
+ * Every client carries a middleware that counts requests by service and operation and sums
+ * the DynamoDB capacity units the service reports, so benchmarks count requests exactly.
+ */
+import { S3Client } from '@aws-sdk/client-s3';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { SQSClient } from '@aws-sdk/client-sqs';
+
+export interface RequestCounts {
+  /** `Service:Operation` -> number of requests sent (retries included: each is billed). */
+  requests: Record<string, number>;
+  /** DynamoDB read and write capacity units reported in ConsumedCapacity. */
+  dynamoReadUnits: number;
+  dynamoWriteUnits: number;
+}
+
+const counts: RequestCounts = { requests: {}, dynamoReadUnits: 0, dynamoWriteUnits: 0 };
+
+/** A snapshot of the counters since the process started (or the last reset). */
+export function requestCounts(): RequestCounts {
+  return { requests: { ...counts.requests }, dynamoReadUnits: counts.dynamoReadUnits, dynamoWriteUnits: counts.dynamoWriteUnits };
+}
+
+export function resetRequestCounts(): void {
+  counts.requests = {};
+  counts.dynamoReadUnits = 0;
+  counts.dynamoWriteUnits = 0;
+}
+
+interface ConsumedCapacityLike {
+  ReadCapacityUnits?: number;
+  WriteCapacityUnits?: number;
+  CapacityUnits?: number;
+}
+
+function addCapacity(operation: string, consumed: unknown): void {
+  const list = (Array.isArray(consumed) ? consumed : consumed ? [consumed] : []) as ConsumedCapacityLike[];
+  for (const c of list) {
+    const read = c.ReadCapacityUnits ?? 0;
+    const write = c.WriteCapacityUnits ?? 0;
+    if (read || write) {
+      counts.dynamoReadUnits += read;
+      counts.dynamoWriteUnits += write;
+    } else if (c.CapacityUnits) {
+      // Some responses give only the total; the operation says which kind it is.
+      if (/^(Get|BatchGet|Query|Scan|TransactGet)/.test(operation)) counts.dynamoReadUnits += c.CapacityUnits;
+      else counts.dynamoWriteUnits += c.CapacityUnits;
+    }
+  }
+}
+
+type AnyClient = S3Client | DynamoDBClient | SQSClient;
+
+type Next = (args: unknown) => Promise<{ output: unknown }>;
+type Middleware = (next: Next, context: { commandName?: string }) => (args: unknown) => Promise<{ output: unknown }>;
+/** The part of the SDK's middleware stack used here, typed once for all three clients. */
+interface MiddlewareStackLike {
+  add(middleware: Middleware, options: { step: 'initialize' | 'finalizeRequest'; name: string }): void;
+}
+
+function instrument<C extends AnyClient>(client: C, service: string): C {
+  const stack = client.middlewareStack as unknown as MiddlewareStackLike;
+  // 'finalizeRequest' runs once per attempt, so retries are counted as the service bills them.
+  stack.add(
+    (next, context) => async (args) => {
+      const key = `${service}:${String(context.commandName ?? 'unknown').replace(/Command$/, '')}`;
+      counts.requests[key] = (counts.requests[key] ?? 0) + 1;
+      return next(args);
+    },
+    { step: 'finalizeRequest', name: 'sledgeRequestCounter' },
+  );
+  if (service === 'DynamoDB') {
+    stack.add(
+      (next, context) => async (args) => {
+        const result = await next(args);
+        const output = result.output as { ConsumedCapacity?: unknown };
+        addCapacity(String(context.commandName ?? ''), output?.ConsumedCapacity);
+        return result;
+      },
+      { step: 'initialize', name: 'sledgeCapacityCounter' },
+    );
+  }
+  return client;
+}
+
+let s3Client: S3Client | undefined;
+let dynamoClient: DynamoDBClient | undefined;
+let sqsClient: SQSClient | undefined;
+
+/**
+ * Path-style addressing works on AWS and on every local emulator; virtual-hosted style needs
+ * DNS for every bucket name, which local endpoints do not have.
+ */
+export function s3(): S3Client {
+  return (s3Client ??= instrument(new S3Client({ forcePathStyle: true, maxAttempts: 3 }), 'S3'));
+}
+
+export function dynamo(): DynamoDBClient {
+  return (dynamoClient ??= instrument(new DynamoDBClient({ maxAttempts: 5 }), 'DynamoDB'));
+}
+
+export function sqs(): SQSClient {
+  return (sqsClient ??= instrument(new SQSClient({ maxAttempts: 5 }), 'SQS'));
+}
+
+/** Replaces the clients (tests inject clients pointed elsewhere or wrapped for faults). */
+export function setClients(clients: { s3?: S3Client; dynamo?: DynamoDBClient; sqs?: SQSClient }): void {
+  if (clients.s3) s3Client = instrument(clients.s3, 'S3');
+  if (clients.dynamo) dynamoClient = instrument(clients.dynamo, 'DynamoDB');
+  if (clients.sqs) sqsClient = instrument(clients.sqs, 'SQS');
+}

@@ -1,0 +1,520 @@
+/**
+ * The DynamoDB adapter for volumes, pages and segment records, and the commit transaction.
+ * The protocol is described in docs/page-map.md; this file is its only implementation.
+ */
+import {
+  type AttributeValue,
+  BatchGetItemCommand,
+  BatchWriteItemCommand,
+  DeleteItemCommand,
+  GetItemCommand,
+  PutItemCommand,
+  QueryCommand,
+  ScanCommand,
+  TransactWriteItemsCommand,
+  TransactionCanceledException,
+  UpdateItemCommand,
+  ConditionalCheckFailedException,
+  type TransactWriteItem,
+} from '@aws-sdk/client-dynamodb';
+import { dynamo } from './aws.ts';
+import { config } from './config.ts';
+import { decodePage, encodePage, type Extent } from './extents.ts';
+import { ConflictError, NotFoundError, invariant } from './errors.ts';
+import { formatLocation, parseLocation, type ChunkLocation } from './sleds.ts';
+
+/** At most this many pages change in one commit (a transaction holds 100 items; see the doc). */
+export const MAX_PAGES_PER_COMMIT = 96;
+/** Bounded retries of DynamoDB batch calls that return unprocessed keys. */
+const UNPROCESSED_RETRY_MAX = 8;
+
+export type VolumeState = 'active' | 'deleting';
+
+export interface VolumeRecord {
+  volumeId: string;
+  name?: string;
+  sizeBytes: number;
+  blockSizeBytes: number;
+  dataChunks: number;
+  parityChunks: number;
+  pageBlocks: number;
+  state: VolumeState;
+  headSeq: number;
+  headSegmentId: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface PageRecord {
+  page: number;
+  version: number;
+  extents: Extent[];
+}
+
+export interface SegmentRecord {
+  volumeId: string;
+  segmentId: string;
+  seq: number;
+  prev: string;
+  k: number;
+  m: number;
+  chunkSizeBytes: number;
+  granuleBytes: number;
+  blockSizeBytes: number;
+  payloadBytes: number;
+  locations: ChunkLocation[];
+  /** `crcs[chunk][granule]`. */
+  crcs: number[][];
+  createdAt: string;
+}
+
+const S = (s: string): AttributeValue => ({ S: s });
+const N = (n: number): AttributeValue => ({ N: String(n) });
+const num = (a: AttributeValue | undefined): number => Number(a?.N ?? NaN);
+const str = (a: AttributeValue | undefined): string => a?.S ?? '';
+
+function volumeToItem(v: VolumeRecord): Record<string, AttributeValue> {
+  const item: Record<string, AttributeValue> = {
+    volumeId: S(v.volumeId),
+    sizeBytes: N(v.sizeBytes),
+    blockSizeBytes: N(v.blockSizeBytes),
+    dataChunks: N(v.dataChunks),
+    parityChunks: N(v.parityChunks),
+    pageBlocks: N(v.pageBlocks),
+    state: S(v.state),
+    headSeq: N(v.headSeq),
+    headSegmentId: S(v.headSegmentId),
+    createdAt: S(v.createdAt),
+    updatedAt: S(v.updatedAt),
+  };
+  if (v.name !== undefined) item.name = S(v.name);
+  return item;
+}
+
+function itemToVolume(item: Record<string, AttributeValue>): VolumeRecord {
+  const v: VolumeRecord = {
+    volumeId: str(item.volumeId),
+    sizeBytes: num(item.sizeBytes),
+    blockSizeBytes: num(item.blockSizeBytes),
+    dataChunks: num(item.dataChunks),
+    parityChunks: num(item.parityChunks),
+    pageBlocks: num(item.pageBlocks),
+    state: str(item.state) as VolumeState,
+    headSeq: num(item.headSeq),
+    headSegmentId: str(item.headSegmentId),
+    createdAt: str(item.createdAt),
+    updatedAt: str(item.updatedAt),
+  };
+  if (item.name?.S !== undefined) v.name = item.name.S;
+  return v;
+}
+
+function packCrcs(crcs: readonly number[]): Uint8Array {
+  const out = Buffer.alloc(crcs.length * 4);
+  crcs.forEach((c, i) => out.writeUInt32BE(c >>> 0, i * 4));
+  return out;
+}
+
+function unpackCrcs(bytes: Uint8Array): number[] {
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out: number[] = [];
+  for (let o = 0; o < b.length; o += 4) out.push(b.readUInt32BE(o));
+  return out;
+}
+
+function segmentToItem(s: SegmentRecord): Record<string, AttributeValue> {
+  return {
+    volumeId: S(s.volumeId),
+    segmentId: S(s.segmentId),
+    seq: N(s.seq),
+    prev: S(s.prev),
+    k: N(s.k),
+    m: N(s.m),
+    chunkSizeBytes: N(s.chunkSizeBytes),
+    granuleBytes: N(s.granuleBytes),
+    blockSizeBytes: N(s.blockSizeBytes),
+    payloadBytes: N(s.payloadBytes),
+    locations: { L: s.locations.map((l) => S(formatLocation(l))) },
+    crcs: { L: s.crcs.map((c) => ({ B: packCrcs(c) })) },
+    createdAt: S(s.createdAt),
+  };
+}
+
+function itemToSegment(item: Record<string, AttributeValue>): SegmentRecord {
+  return {
+    volumeId: str(item.volumeId),
+    segmentId: str(item.segmentId),
+    seq: num(item.seq),
+    prev: str(item.prev),
+    k: num(item.k),
+    m: num(item.m),
+    chunkSizeBytes: num(item.chunkSizeBytes),
+    granuleBytes: num(item.granuleBytes),
+    blockSizeBytes: num(item.blockSizeBytes),
+    payloadBytes: num(item.payloadBytes),
+    locations: (item.locations?.L ?? []).map((a) => parseLocation(str(a))),
+    crcs: (item.crcs?.L ?? []).map((a) => unpackCrcs(a.B ?? new Uint8Array())),
+    createdAt: str(item.createdAt),
+  };
+}
+
+function pageToItem(volumeId: string, page: number, version: number, extents: Extent[], pageBlocks: number): Record<string, AttributeValue> {
+  const enc = encodePage(extents, page, pageBlocks);
+  return {
+    volumeId: S(volumeId),
+    page: N(page),
+    version: N(version),
+    segs: { L: enc.segs.map(S) },
+    ext: { B: enc.ext },
+  };
+}
+
+function itemToPage(item: Record<string, AttributeValue>, pageBlocks: number): PageRecord {
+  const page = num(item.page);
+  const segs = (item.segs?.L ?? []).map(str);
+  return { page, version: num(item.version), extents: decodePage({ segs, ext: item.ext?.B ?? new Uint8Array() }, page, pageBlocks) };
+}
+
+// ---------------------------------------------------------------------------------------
+// Volumes
+
+export async function getVolume(volumeId: string): Promise<VolumeRecord | null> {
+  const out = await dynamo().send(
+    new GetItemCommand({ TableName: config().volumesTable, Key: { volumeId: S(volumeId) }, ConsistentRead: true, ReturnConsumedCapacity: 'TOTAL' }),
+  );
+  return out.Item ? itemToVolume(out.Item) : null;
+}
+
+/** Like getVolume, but a missing volume is a NotFoundError. */
+export async function requireVolume(volumeId: string): Promise<VolumeRecord> {
+  const v = await getVolume(volumeId);
+  if (!v) throw new NotFoundError(`volume ${volumeId} does not exist`);
+  return v;
+}
+
+export async function putNewVolume(v: VolumeRecord): Promise<void> {
+  await dynamo().send(
+    new PutItemCommand({
+      TableName: config().volumesTable,
+      Item: volumeToItem(v),
+      // A fresh random id never exists; the condition makes a collision loud instead of silent.
+      ConditionExpression: 'attribute_not_exists(volumeId)',
+      ReturnConsumedCapacity: 'TOTAL',
+    }),
+  );
+}
+
+/** One page of the volume list; `next` continues it. */
+export async function listVolumes(limit: number, startAfter?: string): Promise<{ volumes: VolumeRecord[]; next?: string }> {
+  const out = await dynamo().send(
+    new ScanCommand({
+      TableName: config().volumesTable,
+      Limit: limit,
+      ExclusiveStartKey: startAfter ? { volumeId: S(startAfter) } : undefined,
+      ConsistentRead: true,
+      ReturnConsumedCapacity: 'TOTAL',
+    }),
+  );
+  const volumes = (out.Items ?? []).map(itemToVolume);
+  const next = out.LastEvaluatedKey?.volumeId?.S;
+  return next ? { volumes, next } : { volumes };
+}
+
+function conditionFailed(err: unknown): err is ConditionalCheckFailedException {
+  return err instanceof ConditionalCheckFailedException || (err as { name?: string })?.name === 'ConditionalCheckFailedException';
+}
+
+/** Grows a volume. Conditions: it is active and not already larger. */
+export async function growVolume(volumeId: string, sizeBytes: number): Promise<VolumeRecord> {
+  try {
+    const out = await dynamo().send(
+      new UpdateItemCommand({
+        TableName: config().volumesTable,
+        Key: { volumeId: S(volumeId) },
+        UpdateExpression: 'SET sizeBytes = :size, updatedAt = :now',
+        ConditionExpression: [
+          'attribute_exists(volumeId)', // the volume exists
+          '#state = :active', // and is not being deleted
+          'sizeBytes <= :size', // and growing (or the same size, which is a no-op)
+        ].join(' AND '),
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: { ':size': N(sizeBytes), ':active': S('active'), ':now': S(new Date().toISOString()) },
+        ReturnValues: 'ALL_NEW',
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return itemToVolume(out.Attributes!);
+  } catch (err) {
+    if (!conditionFailed(err)) throw err;
+    const old = err.Item ? itemToVolume(err.Item) : null;
+    if (!old) throw new NotFoundError(`volume ${volumeId} does not exist`);
+    if (old.state !== 'active') throw new ConflictError(`volume ${volumeId} is ${old.state}`);
+    throw new ConflictError(`volume ${volumeId} is ${old.sizeBytes} bytes; it can grow but not shrink to ${sizeBytes}`);
+  }
+}
+
+/** Marks a volume as being deleted; returns false if it was already. */
+export async function markDeleting(volumeId: string): Promise<boolean> {
+  try {
+    await dynamo().send(
+      new UpdateItemCommand({
+        TableName: config().volumesTable,
+        Key: { volumeId: S(volumeId) },
+        UpdateExpression: 'SET #state = :deleting, updatedAt = :now',
+        ConditionExpression: 'attribute_exists(volumeId) AND #state = :active',
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: { ':deleting': S('deleting'), ':active': S('active'), ':now': S(new Date().toISOString()) },
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return true;
+  } catch (err) {
+    if (!conditionFailed(err)) throw err;
+    if (!err.Item) throw new NotFoundError(`volume ${volumeId} does not exist`);
+    return false;
+  }
+}
+
+export async function deleteVolumeItem(volumeId: string): Promise<void> {
+  await dynamo().send(new DeleteItemCommand({ TableName: config().volumesTable, Key: { volumeId: S(volumeId) }, ReturnConsumedCapacity: 'TOTAL' }));
+}
+
+// ---------------------------------------------------------------------------------------
+// Pages and segment records
+
+async function batchGet(table: string, keys: Record<string, AttributeValue>[]): Promise<Record<string, AttributeValue>[]> {
+  const items: Record<string, AttributeValue>[] = [];
+  for (let i = 0; i < keys.length; i += 100) {
+    let pending: Record<string, AttributeValue>[] | undefined = keys.slice(i, i + 100);
+    for (let attempt = 0; pending && pending.length > 0; attempt++) {
+      invariant(attempt < UNPROCESSED_RETRY_MAX, `BatchGetItem on ${table} still had unprocessed keys after ${UNPROCESSED_RETRY_MAX} attempts`);
+      if (attempt > 0) await sleep(Math.min(1000, 20 * 2 ** attempt));
+      const out: { Responses?: Record<string, Record<string, AttributeValue>[]>; UnprocessedKeys?: Record<string, { Keys?: Record<string, AttributeValue>[] }> } =
+        await dynamo().send(
+          new BatchGetItemCommand({ RequestItems: { [table]: { Keys: pending, ConsistentRead: true } }, ReturnConsumedCapacity: 'TOTAL' }),
+        );
+      items.push(...(out.Responses?.[table] ?? []));
+      pending = out.UnprocessedKeys?.[table]?.Keys;
+    }
+  }
+  return items;
+}
+
+/** The stored pages among `pages` (missing ones are absent from the map). */
+export async function getPages(volume: VolumeRecord, pages: readonly number[]): Promise<Map<number, PageRecord>> {
+  const items = await batchGet(
+    config().pagesTable,
+    pages.map((p) => ({ volumeId: S(volume.volumeId), page: N(p) })),
+  );
+  const out = new Map<number, PageRecord>();
+  for (const item of items) {
+    const rec = itemToPage(item, volume.pageBlocks);
+    out.set(rec.page, rec);
+  }
+  return out;
+}
+
+/** Segment records by reference (`<volumeId>/<segmentId>`). Immutable apart from locations. */
+export async function getSegmentRecords(refs: readonly string[]): Promise<Map<string, SegmentRecord>> {
+  const keys = [...new Set(refs)].map((ref) => {
+    const [volumeId, segmentId] = splitSegmentRef(ref);
+    return { volumeId: S(volumeId), segmentId: S(segmentId) };
+  });
+  const items = await batchGet(config().segmentsTable, keys);
+  const out = new Map<string, SegmentRecord>();
+  for (const item of items) {
+    const rec = itemToSegment(item);
+    out.set(segmentRef(rec.volumeId, rec.segmentId), rec);
+  }
+  return out;
+}
+
+export async function getSegmentRecord(volumeId: string, segmentId: string): Promise<SegmentRecord | null> {
+  const out = await dynamo().send(
+    new GetItemCommand({
+      TableName: config().segmentsTable,
+      Key: { volumeId: S(volumeId), segmentId: S(segmentId) },
+      ConsistentRead: true,
+      ReturnConsumedCapacity: 'TOTAL',
+    }),
+  );
+  return out.Item ? itemToSegment(out.Item) : null;
+}
+
+export function segmentRef(volumeId: string, segmentId: string): string {
+  return `${volumeId}/${segmentId}`;
+}
+
+export function splitSegmentRef(ref: string): [string, string] {
+  const slash = ref.indexOf('/');
+  invariant(slash > 0, () => `bad segment reference ${ref}`);
+  return [ref.slice(0, slash), ref.slice(slash + 1)];
+}
+
+/** Every segment record of a volume, in sequence order, a page of queries at a time. */
+export async function* listSegmentRecords(volumeId: string): AsyncGenerator<SegmentRecord> {
+  let start: Record<string, AttributeValue> | undefined;
+  do {
+    const out = await dynamo().send(
+      new QueryCommand({
+        TableName: config().segmentsTable,
+        KeyConditionExpression: 'volumeId = :v',
+        ExpressionAttributeValues: { ':v': S(volumeId) },
+        ExclusiveStartKey: start,
+        ConsistentRead: true,
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    for (const item of out.Items ?? []) yield itemToSegment(item);
+    start = out.LastEvaluatedKey;
+  } while (start);
+}
+
+/** Every page of a volume, in page order. */
+export async function* listPages(volume: VolumeRecord): AsyncGenerator<PageRecord> {
+  let start: Record<string, AttributeValue> | undefined;
+  do {
+    const out = await dynamo().send(
+      new QueryCommand({
+        TableName: config().pagesTable,
+        KeyConditionExpression: 'volumeId = :v',
+        ExpressionAttributeValues: { ':v': S(volume.volumeId) },
+        ExclusiveStartKey: start,
+        ConsistentRead: true,
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    for (const item of out.Items ?? []) yield itemToPage(item, volume.pageBlocks);
+    start = out.LastEvaluatedKey;
+  } while (start);
+}
+
+/** Deletes items by key, 25 at a time, retrying unprocessed ones (bounded). */
+export async function deleteItems(table: 'pages' | 'segments', keys: Record<string, AttributeValue>[]): Promise<void> {
+  const name = table === 'pages' ? config().pagesTable : config().segmentsTable;
+  for (let i = 0; i < keys.length; i += 25) {
+    let pending = keys.slice(i, i + 25).map((Key) => ({ DeleteRequest: { Key } }));
+    for (let attempt = 0; pending.length > 0; attempt++) {
+      invariant(attempt < UNPROCESSED_RETRY_MAX, `BatchWriteItem on ${name} still had unprocessed items`);
+      if (attempt > 0) await sleep(Math.min(1000, 20 * 2 ** attempt));
+      const out = await dynamo().send(new BatchWriteItemCommand({ RequestItems: { [name]: pending }, ReturnConsumedCapacity: 'TOTAL' }));
+      pending = (out.UnprocessedItems?.[name] ?? []) as typeof pending;
+    }
+  }
+}
+
+export function pageKey(volumeId: string, page: number): Record<string, AttributeValue> {
+  return { volumeId: S(volumeId), page: N(page) };
+}
+
+export function segmentKey(volumeId: string, segmentId: string): Record<string, AttributeValue> {
+  return { volumeId: S(volumeId), segmentId: S(segmentId) };
+}
+
+// ---------------------------------------------------------------------------------------
+// The commit
+
+export interface PageChange {
+  page: number;
+  /** The version read in step 1, or null if the page had no item. */
+  oldVersion: number | null;
+  extents: Extent[];
+}
+
+/** Why a commit transaction was refused; the writer's next step depends on it. */
+export type CommitRefusal = 'head-moved' | 'volume-gone' | 'volume-not-active' | 'page-moved';
+
+export class CommitRefusedError extends Error {
+  override name = 'CommitRefusedError';
+  constructor(
+    readonly reason: CommitRefusal,
+    message: string,
+    readonly currentVolume?: VolumeRecord,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * Commits a segment: moves the volume's head from `volume.headSeq` to `segment.seq`, records
+ * the segment, and replaces the changed pages, in one transaction. See docs/page-map.md.
+ *
+ * Throws CommitRefusedError when a condition failed (nothing was changed); any other error
+ * leaves the outcome unknown, and the caller resolves it with `getSegmentRecord`.
+ */
+export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord, changes: readonly PageChange[]): Promise<void> {
+  invariant(segment.seq === volume.headSeq + 1, 'segment built on a different head');
+  invariant(segment.prev === volume.headSegmentId, 'segment prev is not the head it was built on');
+  invariant(changes.length <= MAX_PAGES_PER_COMMIT, () => `${changes.length} pages in one commit, max ${MAX_PAGES_PER_COMMIT}`);
+  const cfg = config();
+  const now = new Date().toISOString();
+  const items: TransactWriteItem[] = [
+    {
+      Update: {
+        TableName: cfg.volumesTable,
+        Key: { volumeId: S(volume.volumeId) },
+        UpdateExpression: 'SET headSeq = :seq, headSegmentId = :segment, updatedAt = :now',
+        ConditionExpression: [
+          'attribute_exists(volumeId)', // the volume still exists
+          '#state = :active', // and is not being deleted
+          'headSeq = :prevSeq', // and nobody committed since we read the head we built on
+        ].join(' AND '),
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: {
+          ':seq': N(segment.seq),
+          ':prevSeq': N(volume.headSeq),
+          ':segment': S(segment.segmentId),
+          ':active': S('active'),
+          ':now': S(now),
+        },
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+      },
+    },
+    {
+      Put: {
+        TableName: cfg.segmentsTable,
+        Item: segmentToItem(segment),
+        // Segment ids are unique; a repeat would mean two commits claim one segment.
+        ConditionExpression: 'attribute_not_exists(segmentId)',
+      },
+    },
+    ...changes.map(
+      (c): TransactWriteItem => ({
+        Put: {
+          TableName: cfg.pagesTable,
+          Item: pageToItem(volume.volumeId, c.page, (c.oldVersion ?? 0) + 1, c.extents, volume.pageBlocks),
+          ...(c.oldVersion === null
+            ? { ConditionExpression: 'attribute_not_exists(page)' } // the page had no item when we read it
+            : {
+                ConditionExpression: 'version = :v', // the page is the version we merged into
+                ExpressionAttributeValues: { ':v': N(c.oldVersion) },
+              }),
+        },
+      }),
+    ),
+  ];
+  try {
+    await dynamo().send(new TransactWriteItemsCommand({ TransactItems: items, ReturnConsumedCapacity: 'TOTAL' }));
+  } catch (err) {
+    if (!(err instanceof TransactionCanceledException) && (err as { name?: string })?.name !== 'TransactionCanceledException') throw err;
+    const reasons = (err as TransactionCanceledException).CancellationReasons ?? [];
+    const vol = reasons[0];
+    if (vol?.Code === 'ConditionalCheckFailed') {
+      const current = vol.Item ? itemToVolume(vol.Item) : undefined;
+      if (!current) throw new CommitRefusedError('volume-gone', `volume ${volume.volumeId} does not exist`);
+      if (current.state !== 'active') throw new CommitRefusedError('volume-not-active', `volume ${volume.volumeId} is ${current.state}`, current);
+      throw new CommitRefusedError('head-moved', `volume ${volume.volumeId} head moved from ${volume.headSeq} to ${current.headSeq}`, current);
+    }
+    if (reasons.slice(2).some((r) => r?.Code === 'ConditionalCheckFailed')) {
+      throw new CommitRefusedError('page-moved', `a page of volume ${volume.volumeId} changed without a head change`);
+    }
+    // TransactionConflict, throttling and the like: the caller retries the same transaction.
+    throw err;
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

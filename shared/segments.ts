@@ -1,0 +1,143 @@
+/**
+ * The segment format: how one write becomes k+m self-describing chunks.
+ *
+ * A chunk object is `chunkSizeBytes` of data (plain payload for chunks 0..k-1, Reed-Solomon
+ * parity for k..k+m-1) followed by a trailer: the segment descriptor as JSON, then a 16-byte
+ * footer `SLDGSEG1 | u32 json length | u32 CRC32C of the json`. Data comes first so that a read
+ * of payload bytes is a plain ranged GET at the same offset.
+ *
+ * Every chunk carries the CRC32C of every granule (64 KiB) of every chunk of its segment, so a
+ * reader checks each granule it fetches, and any one readable chunk identifies the segment.
+ */
+import { randomBytes } from 'node:crypto';
+import { crc32c } from './crc32c.ts';
+import { codec } from './erasure.ts';
+import { invariant } from './errors.ts';
+
+export const GRANULE_BYTES = 64 * 1024;
+const FOOTER_MAGIC = Buffer.from('SLDGSEG1', 'ascii');
+export const FOOTER_BYTES = 16;
+
+/** Who wrote a segment. Reservations add the key and generation the writer held. */
+export interface WriterIdentity {
+  id: string;
+  key?: string;
+  generation?: number;
+}
+
+/** `[firstBlock, blockCount, segmentBlockOffset]`; offset -1 marks a zero (trim) extent. */
+export type DescriptorExtent = [number, number, number];
+
+export interface SegmentDescriptor {
+  v: 1;
+  volumeId: string;
+  segmentId: string;
+  /** The commit sequence this segment was built for: the volume's `headSeq + 1`. */
+  seq: number;
+  /** The segment that was the volume's commit head when this one was built ('' for the first). */
+  prev: string;
+  writer: WriterIdentity;
+  k: number;
+  m: number;
+  chunkSizeBytes: number;
+  granuleBytes: number;
+  blockSizeBytes: number;
+  payloadBytes: number;
+  extents: DescriptorExtent[];
+  /** `crcs[chunk][granule]`: CRC32C of each granule of each chunk. */
+  crcs: number[][];
+  createdAt: string;
+}
+
+export interface EncodedSegment {
+  descriptor: SegmentDescriptor;
+  /** k+m chunk objects, data then trailer. */
+  chunks: Buffer[];
+}
+
+/** `<seq, 12 digits>-<8 random hex>`: sorts by sequence, unique even when writers race. */
+export function newSegmentId(seq: number): string {
+  invariant(Number.isSafeInteger(seq) && seq > 0 && seq < 1e12, () => `bad segment sequence ${seq}`);
+  return `${String(seq).padStart(12, '0')}-${randomBytes(4).toString('hex')}`;
+}
+
+/** Chunk size for a payload: enough for the payload over k chunks, whole blocks, multiple of 8. */
+export function chunkSizeFor(payloadBytes: number, k: number, blockSizeBytes: number): number {
+  const perChunk = Math.ceil(payloadBytes / k);
+  return Math.ceil(perChunk / blockSizeBytes) * blockSizeBytes;
+}
+
+/** CRC32C of each granule of `chunk` (the last granule may be short). */
+export function granuleCrcs(chunk: Uint8Array, granuleBytes = GRANULE_BYTES): number[] {
+  const out: number[] = [];
+  for (let o = 0; o < chunk.length; o += granuleBytes) out.push(crc32c(chunk.subarray(o, Math.min(chunk.length, o + granuleBytes))));
+  return out;
+}
+
+/**
+ * Builds the chunks of a segment from its payload (the extents' bytes concatenated in order).
+ *
+ * @example
+ * const seg = await encodeSegment({ volumeId, segmentId: newSegmentId(1), seq: 1, prev: '', writer: { id: 'head-1' },
+ *   k: 4, m: 2, blockSizeBytes: 4096, extents: [[0, 1, 0]] }, Buffer.alloc(4096, 7));
+ * seg.chunks.length; // 6
+ */
+export async function encodeSegment(
+  meta: Omit<SegmentDescriptor, 'v' | 'chunkSizeBytes' | 'granuleBytes' | 'payloadBytes' | 'crcs' | 'createdAt'>,
+  payload: Buffer,
+): Promise<EncodedSegment> {
+  const { k, m, blockSizeBytes } = meta;
+  invariant(payload.length % blockSizeBytes === 0, `payload ${payload.length} is not whole blocks`);
+  const chunkSizeBytes = chunkSizeFor(payload.length, k, blockSizeBytes);
+  const data: Buffer[] = [];
+  for (let i = 0; i < k; i++) {
+    const chunk = Buffer.alloc(chunkSizeBytes);
+    payload.copy(chunk, 0, Math.min(payload.length, i * chunkSizeBytes), Math.min(payload.length, (i + 1) * chunkSizeBytes));
+    data.push(chunk);
+  }
+  const parity = chunkSizeBytes === 0 ? Array.from({ length: m }, () => Buffer.alloc(0)) : await codec().encode(k, m, data);
+  const shards = [...data, ...parity];
+  invariant(shards.length === k + m && shards.every((s) => s.length === chunkSizeBytes), 'encoder returned wrong shard count or size');
+  const descriptor: SegmentDescriptor = {
+    v: 1,
+    ...meta,
+    chunkSizeBytes,
+    granuleBytes: GRANULE_BYTES,
+    payloadBytes: payload.length,
+    crcs: shards.map((s) => granuleCrcs(s)),
+    createdAt: new Date().toISOString(),
+  };
+  const chunks = shards.map((shard, chunkIndex) => Buffer.concat([shard, trailer({ ...descriptor, chunkIndex })]));
+  return { descriptor, chunks };
+}
+
+function trailer(descriptor: SegmentDescriptor & { chunkIndex: number }): Buffer {
+  const json = Buffer.from(JSON.stringify(descriptor), 'utf8');
+  const footer = Buffer.alloc(FOOTER_BYTES);
+  FOOTER_MAGIC.copy(footer, 0);
+  footer.writeUInt32BE(json.length, 8);
+  footer.writeUInt32BE(crc32c(json), 12);
+  return Buffer.concat([json, footer]);
+}
+
+/**
+ * Parses the trailer at the end of `tail` (the last bytes of a chunk object, at least the
+ * whole trailer). Returns the descriptor and the chunk's index, or throws if the trailer is
+ * damaged. Used by rebuild and evacuation, which read chunks without a segment record.
+ */
+export function parseTrailer(tail: Buffer): SegmentDescriptor & { chunkIndex: number } {
+  invariant(tail.length >= FOOTER_BYTES, 'chunk tail shorter than the footer');
+  const footer = tail.subarray(tail.length - FOOTER_BYTES);
+  invariant(footer.subarray(0, 8).equals(FOOTER_MAGIC), 'chunk footer magic missing');
+  const jsonBytes = footer.readUInt32BE(8);
+  invariant(tail.length >= FOOTER_BYTES + jsonBytes, () => `need ${FOOTER_BYTES + jsonBytes} tail bytes, have ${tail.length}`);
+  const json = tail.subarray(tail.length - FOOTER_BYTES - jsonBytes, tail.length - FOOTER_BYTES);
+  invariant(crc32c(json) === footer.readUInt32BE(12), 'chunk descriptor checksum mismatch');
+  return JSON.parse(json.toString('utf8')) as SegmentDescriptor & { chunkIndex: number };
+}
+
+/** Bytes of trailer that follow the data in chunk objects with this footer. */
+export function trailerBytesFromFooter(footer: Buffer): number {
+  invariant(footer.length === FOOTER_BYTES && footer.subarray(0, 8).equals(FOOTER_MAGIC), 'not a chunk footer');
+  return footer.readUInt32BE(8) + FOOTER_BYTES;
+}

@@ -1,0 +1,110 @@
+/**
+ * The sleds: S3 buckets (failure domains) whose key prefixes are drives. This module is the
+ * only place that knows S3 request shapes for chunks.
+ */
+import { createHash } from 'node:crypto';
+import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { s3 } from './aws.ts';
+import { InvalidInputError, invariant } from './errors.ts';
+
+/** Drives per sled until the drive registry exists: prefixes `d00`..`d03`. */
+export const DRIVES_PER_SLED = 4;
+
+export interface ChunkLocation {
+  bucket: string;
+  key: string;
+}
+
+export function driveName(index: number): string {
+  return `d${String(index).padStart(2, '0')}`;
+}
+
+export function chunkKey(drive: string, volumeId: string, segmentId: string, chunkIndex: number): string {
+  return `${drive}/${volumeId}/${segmentId}.${chunkIndex}`;
+}
+
+/**
+ * Places the k+m chunks of a segment on k+m distinct sleds, rotating the starting sled by a
+ * hash of the segment id so that load spreads over all sleds and drives.
+ */
+export function placeChunks(volumeId: string, segmentId: string, chunkCount: number, buckets: readonly string[]): ChunkLocation[] {
+  if (chunkCount > buckets.length) {
+    throw new InvalidInputError(`${chunkCount} chunks per stripe need ${chunkCount} sleds, this deployment has ${buckets.length}`);
+  }
+  const hash = createHash('sha256').update(`${volumeId}/${segmentId}`).digest();
+  const start = hash.readUInt32BE(0) % buckets.length;
+  const locations: ChunkLocation[] = [];
+  for (let i = 0; i < chunkCount; i++) {
+    const bucket = buckets[(start + i) % buckets.length]!;
+    const drive = driveName(hash[4 + (i % 28)]! % DRIVES_PER_SLED);
+    locations.push({ bucket, key: chunkKey(drive, volumeId, segmentId, i) });
+  }
+  invariant(new Set(locations.map((l) => l.bucket)).size === chunkCount, 'chunk placement reused a sled');
+  return locations;
+}
+
+export function formatLocation(loc: ChunkLocation): string {
+  return `${loc.bucket}/${loc.key}`;
+}
+
+export function parseLocation(text: string): ChunkLocation {
+  const slash = text.indexOf('/');
+  invariant(slash > 0, () => `bad chunk location ${text}`);
+  return { bucket: text.slice(0, slash), key: text.slice(slash + 1) };
+}
+
+/** Writes a chunk that must not exist yet (`If-None-Match: *`): chunks are never overwritten. */
+export async function putChunk(loc: ChunkLocation, body: Buffer): Promise<void> {
+  await s3().send(
+    new PutObjectCommand({
+      Bucket: loc.bucket,
+      Key: loc.key,
+      Body: body,
+      ContentLength: body.length,
+      ContentType: 'application/octet-stream',
+      IfNoneMatch: '*',
+    }),
+  );
+}
+
+function isMissing(err: unknown): boolean {
+  const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+  return e?.name === 'NoSuchKey' || e?.name === 'NotFound' || e?.$metadata?.httpStatusCode === 404;
+}
+
+/**
+ * Bytes `[start, end)` of a chunk object, or null if the object does not exist.
+ * Other errors propagate; callers treat them as an unreadable chunk.
+ */
+export async function getChunkRange(loc: ChunkLocation, start: number, end: number): Promise<Buffer | null> {
+  invariant(end > start && start >= 0, () => `bad range [${start}, ${end})`);
+  try {
+    const out = await s3().send(new GetObjectCommand({ Bucket: loc.bucket, Key: loc.key, Range: `bytes=${start}-${end - 1}` }));
+    const bytes = Buffer.from(await out.Body!.transformToByteArray());
+    return bytes;
+  } catch (err) {
+    if (isMissing(err)) return null;
+    throw err;
+  }
+}
+
+/** Deletes a chunk; deleting a missing chunk succeeds (idempotent). */
+export async function deleteChunk(loc: ChunkLocation): Promise<void> {
+  await s3().send(new DeleteObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
+}
+
+/** Every chunk key of a volume on every sled and drive (bounded pages of 1,000 keys). */
+export async function* listVolumeChunks(volumeId: string, buckets: readonly string[]): AsyncGenerator<ChunkLocation> {
+  for (const bucket of buckets) {
+    for (let d = 0; d < DRIVES_PER_SLED; d++) {
+      let token: string | undefined;
+      do {
+        const out = await s3().send(
+          new ListObjectsV2Command({ Bucket: bucket, Prefix: `${driveName(d)}/${volumeId}/`, ContinuationToken: token, MaxKeys: 1000 }),
+        );
+        for (const o of out.Contents ?? []) if (o.Key) yield { bucket, key: o.Key };
+        token = out.IsTruncated ? out.NextContinuationToken : undefined;
+      } while (token);
+    }
+  }
+}

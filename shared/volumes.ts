@@ -1,0 +1,551 @@
+/**
+ * Volumes: create, describe, grow, delete, and the data path (write, batch, read, trim).
+ * Validation happens here, before anything is written, so bad input changes nothing.
+ */
+import { randomBytes } from 'node:crypto';
+import { SendMessageCommand } from '@aws-sdk/client-sqs';
+import { sqs } from './aws.ts';
+import { config } from './config.ts';
+import { InvalidInputError, NotFoundError, UnavailableError, invariant } from './errors.ts';
+import { clip, overlay, splitByPage, type Extent } from './extents.ts';
+import {
+  CommitRefusedError,
+  MAX_PAGES_PER_COMMIT,
+  commitSegment,
+  deleteItems,
+  deleteVolumeItem,
+  getPages,
+  getSegmentRecord,
+  getSegmentRecords,
+  getVolume,
+  growVolume,
+  listPages,
+  listSegmentRecords,
+  listVolumes,
+  markDeleting,
+  pageKey,
+  putNewVolume,
+  segmentKey,
+  segmentRef,
+  sleep,
+  type PageChange,
+  type SegmentRecord,
+  type VolumeRecord,
+} from './pagemap.ts';
+import { readPayload, type PayloadRange } from './segment-reader.ts';
+import { encodeSegment, newSegmentId, type WriterIdentity } from './segments.ts';
+import { deleteChunk, listVolumeChunks, placeChunks, putChunk, type ChunkLocation } from './sleds.ts';
+
+export const DEFAULT_BLOCK_SIZE_BYTES = 4096;
+export const DEFAULT_DATA_CHUNKS = 4;
+export const DEFAULT_PARITY_CHUNKS = 2;
+/** Blocks per page-map item (1 MiB of address space at 4 KiB blocks). */
+export const PAGE_BLOCKS = 256;
+/** The largest single read or write, and the largest data in one batch. */
+export const MAX_IO_BYTES = 4 * 1024 * 1024;
+/** 64 TiB, the same ceiling as an EBS io2 Block Express volume. */
+export const MAX_VOLUME_BYTES = 64 * 1024 ** 4;
+const COMMIT_ATTEMPT_MAX = 8;
+const UPLOAD_ATTEMPT_MAX = 3;
+
+/** The identity this process writes segments under. */
+export const HEAD_ID = `head-${process.pid}-${randomBytes(4).toString('hex')}`;
+
+/** What the API shows of a volume. */
+export interface VolumeView {
+  volumeId: string;
+  name?: string;
+  sizeBytes: number;
+  blockSizeBytes: number;
+  dataChunks: number;
+  parityChunks: number;
+  pageBlocks: number;
+  state: string;
+  commitSeq: number;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export function view(v: VolumeRecord): VolumeView {
+  const out: VolumeView = {
+    volumeId: v.volumeId,
+    sizeBytes: v.sizeBytes,
+    blockSizeBytes: v.blockSizeBytes,
+    dataChunks: v.dataChunks,
+    parityChunks: v.parityChunks,
+    pageBlocks: v.pageBlocks,
+    state: v.state,
+    commitSeq: v.headSeq,
+    createdAt: v.createdAt,
+    updatedAt: v.updatedAt,
+  };
+  if (v.name !== undefined) out.name = v.name;
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation helpers
+
+function integerField(value: unknown, name: string): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value)) {
+    throw new InvalidInputError(`${name} must be an integer, got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+function checkAligned(value: number, blockSizeBytes: number, name: string): void {
+  if (value % blockSizeBytes !== 0) throw new InvalidInputError(`${name} ${value} is not a multiple of the block size ${blockSizeBytes}`);
+}
+
+/** Checks a byte range against the volume: aligned, non-empty, inside the volume. */
+export function checkRange(v: VolumeRecord, offset: number, length: number, maxLength: number | null): void {
+  if (!Number.isSafeInteger(offset) || offset < 0) throw new InvalidInputError(`offset must be a non-negative integer, got ${offset}`);
+  if (!Number.isSafeInteger(length) || length <= 0) throw new InvalidInputError(`length must be a positive integer, got ${length}`);
+  checkAligned(offset, v.blockSizeBytes, 'offset');
+  checkAligned(length, v.blockSizeBytes, 'length');
+  if (maxLength !== null && length > maxLength) throw new InvalidInputError(`length ${length} is over the limit of ${maxLength} bytes per request`);
+  if (offset + length > v.sizeBytes) {
+    throw new InvalidInputError(`range [${offset}, ${offset + length}) is beyond the end of volume ${v.volumeId} (${v.sizeBytes} bytes)`);
+  }
+}
+
+function requireActive(v: VolumeRecord | null, volumeId: string): VolumeRecord {
+  if (!v) throw new NotFoundError(`volume ${volumeId} does not exist`);
+  if (v.state !== 'active') throw new NotFoundError(`volume ${volumeId} is being deleted`);
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------
+// Control operations
+
+export interface CreateVolumeInput {
+  sizeBytes?: unknown;
+  blockSizeBytes?: unknown;
+  dataChunks?: unknown;
+  parityChunks?: unknown;
+  name?: unknown;
+}
+
+const CREATE_FIELDS = new Set(['sizeBytes', 'blockSizeBytes', 'dataChunks', 'parityChunks', 'name']);
+
+/**
+ * Creates a volume.
+ *
+ * @example
+ * const v = await createVolume({ sizeBytes: 1 << 30 }); // 1 GiB, 4 KiB blocks, RS 4+2
+ */
+export async function createVolume(input: CreateVolumeInput): Promise<VolumeView> {
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) throw new InvalidInputError('the body must be a JSON object');
+  for (const key of Object.keys(input)) {
+    if (!CREATE_FIELDS.has(key)) throw new InvalidInputError(`unknown field ${JSON.stringify(key)}; allowed: ${[...CREATE_FIELDS].join(', ')}`);
+  }
+  const blockSizeBytes = input.blockSizeBytes === undefined ? DEFAULT_BLOCK_SIZE_BYTES : integerField(input.blockSizeBytes, 'blockSizeBytes');
+  if (blockSizeBytes < 512 || blockSizeBytes > 65536 || (blockSizeBytes & (blockSizeBytes - 1)) !== 0) {
+    throw new InvalidInputError(`blockSizeBytes must be a power of two from 512 to 65536, got ${blockSizeBytes}`);
+  }
+  if (input.sizeBytes === undefined) throw new InvalidInputError('sizeBytes is required');
+  const sizeBytes = integerField(input.sizeBytes, 'sizeBytes');
+  if (sizeBytes <= 0 || sizeBytes > MAX_VOLUME_BYTES) throw new InvalidInputError(`sizeBytes must be between 1 block and ${MAX_VOLUME_BYTES}, got ${sizeBytes}`);
+  checkAligned(sizeBytes, blockSizeBytes, 'sizeBytes');
+  const dataChunks = input.dataChunks === undefined ? DEFAULT_DATA_CHUNKS : integerField(input.dataChunks, 'dataChunks');
+  const parityChunks = input.parityChunks === undefined ? DEFAULT_PARITY_CHUNKS : integerField(input.parityChunks, 'parityChunks');
+  if (dataChunks < 1 || dataChunks > 16) throw new InvalidInputError(`dataChunks must be from 1 to 16, got ${dataChunks}`);
+  if (parityChunks < 1 || parityChunks > 4) throw new InvalidInputError(`parityChunks must be from 1 to 4, got ${parityChunks}`);
+  const sleds = config().sledBuckets.length;
+  if (dataChunks + parityChunks > sleds) {
+    throw new InvalidInputError(`dataChunks + parityChunks = ${dataChunks + parityChunks} needs that many sleds; this deployment has ${sleds}`);
+  }
+  let name: string | undefined;
+  if (input.name !== undefined) {
+    if (typeof input.name !== 'string' || input.name.length === 0 || input.name.length > 128) throw new InvalidInputError('name must be a string of 1 to 128 characters');
+    name = input.name;
+  }
+  const now = new Date().toISOString();
+  const record: VolumeRecord = {
+    volumeId: `vol-${randomBytes(8).toString('hex')}`,
+    sizeBytes,
+    blockSizeBytes,
+    dataChunks,
+    parityChunks,
+    pageBlocks: PAGE_BLOCKS,
+    state: 'active',
+    headSeq: 0,
+    headSegmentId: '',
+    createdAt: now,
+    updatedAt: now,
+  };
+  if (name !== undefined) record.name = name;
+  await putNewVolume(record);
+  return view(record);
+}
+
+export async function describeVolume(volumeId: string): Promise<VolumeView> {
+  const v = await getVolume(volumeId);
+  if (!v) throw new NotFoundError(`volume ${volumeId} does not exist`);
+  return view(v);
+}
+
+export async function listVolumeViews(limitParam: string | undefined, next: string | undefined): Promise<{ volumes: VolumeView[]; next?: string }> {
+  const limit = limitParam === undefined ? 100 : Number(limitParam);
+  if (!Number.isSafeInteger(limit) || limit < 1 || limit > 1000) throw new InvalidInputError(`limit must be an integer from 1 to 1000, got ${limitParam}`);
+  const page = await listVolumes(limit, next);
+  return page.next ? { volumes: page.volumes.map(view), next: page.next } : { volumes: page.volumes.map(view) };
+}
+
+/** Grows a volume to `sizeBytes`. Shrinking is refused: it would silently drop data. */
+export async function resizeVolume(volumeId: string, body: unknown): Promise<VolumeView> {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new InvalidInputError('the body must be a JSON object');
+  const extra = Object.keys(body).filter((k) => k !== 'sizeBytes');
+  if (extra.length > 0) throw new InvalidInputError(`only sizeBytes can be changed, not ${extra.join(', ')}`);
+  const sizeBytes = integerField((body as { sizeBytes?: unknown }).sizeBytes, 'sizeBytes');
+  const v = requireActive(await getVolume(volumeId), volumeId);
+  if (sizeBytes > MAX_VOLUME_BYTES) throw new InvalidInputError(`sizeBytes must be at most ${MAX_VOLUME_BYTES}`);
+  checkAligned(sizeBytes, v.blockSizeBytes, 'sizeBytes');
+  return view(await growVolume(volumeId, sizeBytes));
+}
+
+function deletedView(volumeId: string): VolumeView {
+  const now = new Date().toISOString();
+  return { volumeId, sizeBytes: 0, blockSizeBytes: 0, dataChunks: 0, parityChunks: 0, pageBlocks: 0, state: 'deleted', commitSeq: 0, createdAt: now, updatedAt: now };
+}
+
+export interface ReclaimMessage {
+  type: 'reclaim-volume';
+  volumeId: string;
+}
+
+/**
+ * Deletes a volume: it stops serving at once, and a background job reclaims its chunks and
+ * items. Deleting a volume that is already being deleted queues the job again (harmless).
+ */
+export async function deleteVolume(volumeId: string): Promise<VolumeView> {
+  await markDeleting(volumeId);
+  const message: ReclaimMessage = { type: 'reclaim-volume', volumeId };
+  await sqs().send(new SendMessageCommand({ QueueUrl: config().gcQueueUrl, MessageBody: JSON.stringify(message) }));
+  const v = await getVolume(volumeId);
+  // A reclaim that already finished leaves no item: report the volume as deleted.
+  return v ? view(v) : { ...deletedView(volumeId) };
+}
+
+/** Bounded parallelism for background deletes. */
+async function forEachLimited<T>(items: AsyncIterable<T> | Iterable<T>, limit: number, fn: (item: T) => Promise<void>): Promise<number> {
+  const inflight = new Set<Promise<void>>();
+  let n = 0;
+  for await (const item of items) {
+    const p = fn(item).finally(() => inflight.delete(p));
+    inflight.add(p);
+    n++;
+    if (inflight.size >= limit) await Promise.race(inflight);
+  }
+  await Promise.all(inflight);
+  return n;
+}
+
+/**
+ * Reclaims a deleted volume: every chunk on every sled (committed or orphaned), every segment
+ * record and page item, then the volume item. Idempotent: a repeat finds less to do.
+ */
+export async function reclaimVolume(volumeId: string): Promise<{ chunksDeleted: number; pagesDeleted: number; segmentsDeleted: number }> {
+  const v = await getVolume(volumeId);
+  if (!v) return { chunksDeleted: 0, pagesDeleted: 0, segmentsDeleted: 0 };
+  invariant(v.state === 'deleting', `refusing to reclaim volume ${volumeId} in state ${v.state}`);
+  const chunksDeleted = await forEachLimited(listVolumeChunks(volumeId, config().sledBuckets), 16, deleteChunk);
+  const segKeys: ReturnType<typeof segmentKey>[] = [];
+  for await (const s of listSegmentRecords(volumeId)) segKeys.push(segmentKey(volumeId, s.segmentId));
+  await deleteItems('segments', segKeys);
+  const pageKeys: ReturnType<typeof pageKey>[] = [];
+  for await (const p of listPages(v)) pageKeys.push(pageKey(volumeId, p.page));
+  await deleteItems('pages', pageKeys);
+  await deleteVolumeItem(volumeId);
+  return { chunksDeleted, pagesDeleted: pageKeys.length, segmentsDeleted: segKeys.length };
+}
+
+// ---------------------------------------------------------------------------------------
+// The data path
+
+/** One extent of a write: data for `data` blocks, or zeros when `data` is absent. */
+export interface WritePiece {
+  offset: number;
+  length: number;
+  data?: Buffer;
+}
+
+export interface WriteResult {
+  volumeId: string;
+  segmentId: string | null;
+  commitSeq: number;
+  bytesWritten: number;
+  bytesZeroed: number;
+}
+
+/** Validates pieces against the volume; returns them sorted by offset. */
+function checkPieces(v: VolumeRecord, pieces: readonly WritePiece[]): WritePiece[] {
+  if (pieces.length === 0) throw new InvalidInputError('a write needs at least one extent');
+  let dataBytes = 0;
+  for (const p of pieces) {
+    checkRange(v, p.offset, p.length, null);
+    if (p.data) {
+      invariant(p.data.length === p.length, 'piece data length differs from its length');
+      dataBytes += p.length;
+    }
+  }
+  if (dataBytes > MAX_IO_BYTES) throw new InvalidInputError(`a write carries at most ${MAX_IO_BYTES} bytes of data, this one ${dataBytes}`);
+  const sorted = [...pieces].sort((a, b) => a.offset - b.offset);
+  for (let i = 1; i < sorted.length; i++) {
+    const prev = sorted[i - 1]!;
+    if (prev.offset + prev.length > sorted[i]!.offset) {
+      throw new InvalidInputError(`extents [${prev.offset}, ${prev.offset + prev.length}) and [${sorted[i]!.offset}, ...) overlap`);
+    }
+  }
+  return sorted;
+}
+
+/** Writes one block-aligned buffer at `offset`. Succeeds only once durable. */
+export async function writeData(volumeId: string, offset: number, data: Buffer, writer: WriterIdentity = { id: HEAD_ID }): Promise<WriteResult> {
+  if (data.length === 0) throw new InvalidInputError('the body is empty; send the bytes to write');
+  if (data.length > MAX_IO_BYTES) throw new InvalidInputError(`a write carries at most ${MAX_IO_BYTES} bytes, this one ${data.length}`);
+  return writePieces(volumeId, [{ offset, length: data.length, data }], writer);
+}
+
+/** Trims (zeroes) a range. Ranges over more pages than one commit holds become several commits. */
+export async function trimRange(volumeId: string, offset: number, length: number, writer: WriterIdentity = { id: HEAD_ID }): Promise<WriteResult> {
+  const v = requireActive(await getVolume(volumeId), volumeId);
+  checkRange(v, offset, length, null);
+  const span = MAX_PAGES_PER_COMMIT * v.pageBlocks * v.blockSizeBytes;
+  let last: WriteResult | undefined;
+  for (let pos = offset; pos < offset + length; ) {
+    // Cut at page-group boundaries so each commit touches at most MAX_PAGES_PER_COMMIT pages.
+    const end = Math.min(offset + length, (Math.floor(pos / span) + 1) * span);
+    last = await writePieces(volumeId, [{ offset: pos, length: end - pos }], writer);
+    pos = end;
+  }
+  return { ...last!, bytesZeroed: length };
+}
+
+/**
+ * Writes several extents (data or zeros) as one segment and one commit: all or nothing.
+ *
+ * @example
+ * await writePieces(id, [{ offset: 0, length: 4096, data }, { offset: 1 << 20, length: 8192 }]);
+ */
+export async function writePieces(volumeId: string, pieces: readonly WritePiece[], writer: WriterIdentity = { id: HEAD_ID }): Promise<WriteResult> {
+  for (let attempt = 0; attempt < COMMIT_ATTEMPT_MAX; attempt++) {
+    if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
+    const v = requireActive(await getVolume(volumeId), volumeId);
+    const sorted = checkPieces(v, pieces);
+    const outcome = await attemptCommit(v, sorted, writer);
+    if (outcome) return outcome;
+  }
+  throw new UnavailableError(`volume ${volumeId} is busy: ${COMMIT_ATTEMPT_MAX} commit attempts lost to concurrent writers; retry`, { retryAfterSeconds: 1 });
+}
+
+/** One pass of the commit protocol. Returns null when the head moved and the caller should retry. */
+async function attemptCommit(v: VolumeRecord, pieces: WritePiece[], writer: WriterIdentity): Promise<WriteResult | null> {
+  const bs = v.blockSizeBytes;
+  const seq = v.headSeq + 1;
+  const segmentId = newSegmentId(seq);
+  const ref = segmentRef(v.volumeId, segmentId);
+  const incoming: Extent[] = [];
+  const payloadParts: Buffer[] = [];
+  let segBlock = 0;
+  for (const p of pieces) {
+    if (p.data) {
+      incoming.push({ first: p.offset / bs, count: p.length / bs, seg: ref, segBlock });
+      payloadParts.push(p.data);
+      segBlock += p.length / bs;
+    } else {
+      incoming.push({ first: p.offset / bs, count: p.length / bs, seg: null, segBlock: 0 });
+    }
+  }
+  const byPage = splitByPage(incoming, v.pageBlocks);
+  if (byPage.size > MAX_PAGES_PER_COMMIT) {
+    throw new InvalidInputError(`this write touches ${byPage.size} pages of ${v.pageBlocks * bs} bytes; one commit holds at most ${MAX_PAGES_PER_COMMIT}: split it`);
+  }
+  const current = await getPages(v, [...byPage.keys()]);
+  const changes: PageChange[] = [...byPage].map(([page, top]) => {
+    const old = current.get(page);
+    return { page, oldVersion: old ? old.version : null, extents: overlay(old?.extents ?? [], top) };
+  });
+
+  const encoded = await encodeSegment(
+    {
+      volumeId: v.volumeId,
+      segmentId,
+      seq,
+      prev: v.headSegmentId,
+      writer,
+      k: v.dataChunks,
+      m: v.parityChunks,
+      blockSizeBytes: bs,
+      extents: incoming.map((e) => [e.first, e.count, e.seg === null ? -1 : e.segBlock]),
+    },
+    Buffer.concat(payloadParts),
+  );
+  const locations = placeChunks(v.volumeId, segmentId, v.dataChunks + v.parityChunks, config().sledBuckets);
+  await uploadChunks(locations, encoded.chunks, encoded.descriptor.chunkSizeBytes);
+
+  const d = encoded.descriptor;
+  const record: SegmentRecord = {
+    volumeId: v.volumeId,
+    segmentId,
+    seq,
+    prev: d.prev,
+    k: d.k,
+    m: d.m,
+    chunkSizeBytes: d.chunkSizeBytes,
+    granuleBytes: d.granuleBytes,
+    blockSizeBytes: bs,
+    payloadBytes: d.payloadBytes,
+    locations,
+    crcs: d.crcs,
+    createdAt: d.createdAt,
+  };
+  const result: WriteResult = {
+    volumeId: v.volumeId,
+    segmentId,
+    commitSeq: seq,
+    bytesWritten: d.payloadBytes,
+    bytesZeroed: pieces.filter((p) => !p.data).reduce((n, p) => n + p.length, 0),
+  };
+  try {
+    await commitSegment(v, record, changes);
+    return result;
+  } catch (err) {
+    if (err instanceof CommitRefusedError) {
+      await deleteChunksQuietly(locations);
+      if (err.reason === 'volume-gone') throw new NotFoundError(`volume ${v.volumeId} does not exist`);
+      if (err.reason === 'volume-not-active') throw new NotFoundError(`volume ${v.volumeId} is being deleted`);
+      if (err.reason === 'page-moved') console.error(`commit refused with page-moved on ${v.volumeId}: ${err.message}`);
+      return null;
+    }
+    // The outcome is unknown: find out from the segment record, which commits with the head.
+    return resolveUnknownOutcome(v, record, changes, result, locations, err);
+  }
+}
+
+async function resolveUnknownOutcome(
+  v: VolumeRecord,
+  record: SegmentRecord,
+  changes: PageChange[],
+  result: WriteResult,
+  locations: ChunkLocation[],
+  firstError: unknown,
+): Promise<WriteResult | null> {
+  let lastError = firstError;
+  for (let attempt = 0; attempt < 4; attempt++) {
+    await sleep(50 * 2 ** attempt);
+    try {
+      if (await getSegmentRecord(v.volumeId, record.segmentId)) return result;
+      const now = await getVolume(v.volumeId);
+      if (!now || now.headSeq !== v.headSeq) {
+        // Our transaction cannot apply any more (its head condition fails): safe to clean up.
+        await deleteChunksQuietly(locations);
+        return null;
+      }
+      await commitSegment(v, record, changes);
+      return result;
+    } catch (err) {
+      if (err instanceof CommitRefusedError) {
+        await deleteChunksQuietly(locations);
+        return null;
+      }
+      lastError = err;
+    }
+  }
+  throw new UnavailableError(`commit of segment ${record.segmentId} to volume ${v.volumeId} could not be confirmed; retry the write`, {
+    cause: lastError,
+    retryAfterSeconds: 2,
+  });
+}
+
+async function uploadChunks(locations: ChunkLocation[], chunks: Buffer[], chunkSizeBytes: number): Promise<void> {
+  invariant(locations.length === chunks.length, 'one location per chunk');
+  invariant(chunks.every((c) => c.length > chunkSizeBytes), 'every chunk has data and a trailer');
+  const results = await Promise.allSettled(
+    chunks.map(async (chunk, i) => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await putChunk(locations[i]!, chunk);
+          return;
+        } catch (err) {
+          const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+          // 412 means the key exists: never retry an overwrite, and never overwrite.
+          if (status === 412 || attempt >= UPLOAD_ATTEMPT_MAX) throw err;
+          await sleep(50 * 2 ** attempt);
+        }
+      }
+    }),
+  );
+  const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed.length > 0) {
+    await deleteChunksQuietly(locations);
+    throw new UnavailableError(`${failed.length} of ${chunks.length} chunk uploads failed: ${String(failed[0]!.reason?.message ?? failed[0]!.reason)}`, {
+      cause: failed[0]!.reason,
+    });
+  }
+}
+
+async function deleteChunksQuietly(locations: ChunkLocation[]): Promise<void> {
+  // Best effort: an orphan chunk left behind is unreferenced and reclaimed by GC.
+  await Promise.allSettled(locations.map((l) => deleteChunk(l)));
+}
+
+/** Bounded cache of segment records; they are immutable apart from chunk locations. */
+const segmentCache = new Map<string, SegmentRecord>();
+const SEGMENT_CACHE_MAX = 4096;
+
+async function segmentRecordsFor(refs: string[]): Promise<Map<string, SegmentRecord>> {
+  const out = new Map<string, SegmentRecord>();
+  const missing: string[] = [];
+  for (const ref of refs) {
+    const hit = segmentCache.get(ref);
+    if (hit) out.set(ref, hit);
+    else missing.push(ref);
+  }
+  if (missing.length > 0) {
+    const fetched = await getSegmentRecords(missing);
+    for (const [ref, rec] of fetched) {
+      out.set(ref, rec);
+      if (segmentCache.size >= SEGMENT_CACHE_MAX) segmentCache.delete(segmentCache.keys().next().value!);
+      segmentCache.set(ref, rec);
+    }
+  }
+  for (const ref of refs) invariant(out.has(ref), () => `page map references segment ${ref}, which has no record`);
+  return out;
+}
+
+/**
+ * Reads `length` bytes at `offset`. Never-written and trimmed blocks read as zeros.
+ *
+ * @example
+ * const bytes = await readData(id, 0, 4096);
+ */
+export async function readData(volumeId: string, offset: number, length: number): Promise<Buffer> {
+  const v = requireActive(await getVolume(volumeId), volumeId);
+  checkRange(v, offset, length, MAX_IO_BYTES);
+  const bs = v.blockSizeBytes;
+  const first = offset / bs;
+  const end = first + length / bs;
+  const pageNums: number[] = [];
+  for (let p = Math.floor(first / v.pageBlocks); p * v.pageBlocks < end; p++) pageNums.push(p);
+  const pages = await getPages(v, pageNums);
+  const extents = pageNums.flatMap((p) => clip(pages.get(p)?.extents ?? [], first, end)).filter((e) => e.seg !== null);
+
+  const out = Buffer.alloc(length);
+  const bySegment = new Map<string, Extent[]>();
+  for (const e of extents) {
+    let list = bySegment.get(e.seg!);
+    if (!list) bySegment.set(e.seg!, (list = []));
+    list.push(e);
+  }
+  const records = await segmentRecordsFor([...bySegment.keys()]);
+  await Promise.all(
+    [...bySegment].map(async ([ref, list]) => {
+      const rec = records.get(ref)!;
+      const ranges: PayloadRange[] = list.map((e) => ({ start: e.segBlock * bs, end: (e.segBlock + e.count) * bs }));
+      const parts = await readPayload(rec, ranges);
+      list.forEach((e, i) => parts[i]!.copy(out, (e.first - first) * bs));
+    }),
+  );
+  return out;
+}

@@ -1,0 +1,15 @@
+/** A seeded PRNG (mulberry32) so randomized tests can print and replay their seed. */
+export function seeded(label: string): { seed: number; next: () => number; int: (n: number) => number } {
+  const fromEnv = process.env.SLEDGE_SEED;
+  const seed = fromEnv ? Number(fromEnv) >>> 0 : (Math.random() * 2 ** 32) >>> 0;
+  console.log(`${label}: seed ${seed} (replay with SLEDGE_SEED=${seed})`);
+  let a = seed;
+  const next = () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return { seed, next, int: (n: number) => Math.floor(next() * n) };
+}
