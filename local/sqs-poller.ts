@@ -1,0 +1,406 @@
+/**
+ * A local stand-in for Lambda's SQS event source mapping (with `ReportBatchItemFailures`).
+ *
+ * For each bound queue one loop long-polls ReceiveMessage, hands the batch to the handler
+ * as the `SQSEvent` Lambda would build, and deletes what Lambda would delete:
+ *
+ * - the handler resolves with nothing, `{}`, or an empty/null `batchItemFailures`: every message;
+ * - it resolves with valid `batchItemFailures`: every message except the failed ones, which
+ *   reappear when their visibility timeout runs out;
+ * - it throws, or names an item that is empty, not a string or not in the batch, or returns
+ *   something that is not a batch response: nothing (the whole batch is retried).
+ *
+ * Messages left undeleted are never touched again by the poller: redelivery and
+ * dead-lettering are SQS's job (visibility timeout and the queue's RedrivePolicy).
+ * Batches of one queue are processed one at a time; queues are polled concurrently.
+ */
+import {
+  DeleteMessageBatchCommand,
+  GetQueueAttributesCommand,
+  ReceiveMessageCommand,
+  SQSClient,
+  type Message,
+  type MessageAttributeValue,
+} from '@aws-sdk/client-sqs';
+import type { SQSBatchResponse, SQSEvent, SQSMessageAttribute, SQSRecord, SQSRecordAttributes } from 'aws-lambda';
+
+export type SqsHandler = (event: SQSEvent) => Promise<SQSBatchResponse | void>;
+
+export interface QueueBinding {
+  queueUrl: string;
+  /** Looked up with GetQueueAttributes when absent. */
+  queueArn?: string;
+  handler: SqsHandler;
+  /** Messages per batch, 1 to 10 000; default 10. Above 10, up to that many are gathered with several receives. */
+  batchSize?: number;
+  /** VisibilityTimeout passed to ReceiveMessage; default the queue's own. */
+  visibilityTimeoutSeconds?: number;
+  /** Long-poll wait, 0 to 20; default 1. */
+  waitTimeSeconds?: number;
+}
+
+export interface PollerOptions {
+  /** Default: a client from the environment (honours AWS_ENDPOINT_URL; region us-east-1 when AWS_REGION is unset). */
+  sqs?: SQSClient;
+  /** Receives SQS errors (before each retry), `SqsHandlerError`s and `InvalidBatchResponseError`s. Default: console.error. */
+  onError?: (err: unknown) => void;
+}
+
+export interface Poller {
+  /** Ends long polls and backoff waits at once, waits for batches in progress (and their deletes). Idempotent. */
+  stop(): Promise<void>;
+  /**
+   * Resolves when every queue has been seen empty by a receive that began after this call
+   * and after the last batch finished, with no batch in flight. (Messages still invisible
+   * after a failure are not seen, so they do not count.) Resolves at once once stopped.
+   */
+  idle(): Promise<void>;
+}
+
+/** The handler threw; the whole batch is left for redelivery. `cause` is what it threw. */
+export class SqsHandlerError extends Error {
+  override name = 'SqsHandlerError';
+  constructor(
+    readonly queueUrl: string,
+    readonly messageIds: string[],
+    cause: unknown,
+  ) {
+    super(`handler for ${queueUrl} failed on a batch of ${messageIds.length}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+  }
+}
+
+/** The handler's result was not a valid batch response; as Lambda does, the whole batch counts as failed. */
+export class InvalidBatchResponseError extends Error {
+  override name = 'InvalidBatchResponseError';
+  constructor(
+    readonly queueUrl: string,
+    readonly messageIds: string[],
+    readonly response: unknown,
+    reason: string,
+  ) {
+    super(`handler for ${queueUrl} returned an invalid batch response (${reason}); the whole batch of ${messageIds.length} will be retried`);
+  }
+}
+
+/** A DeleteMessageBatch entry SQS refused; the message will be delivered again. */
+export class DeleteFailedError extends Error {
+  override name = 'DeleteFailedError';
+  constructor(
+    readonly queueUrl: string,
+    readonly messageId: string,
+    readonly code: string | undefined,
+    detail: string | undefined,
+  ) {
+    super(`could not delete message ${messageId} from ${queueUrl}: ${code ?? 'unknown'}${detail ? ` (${detail})` : ''}`);
+  }
+}
+
+const BACKOFF_BASE_MS = 100;
+const BACKOFF_CAP_MS = 5_000;
+const EMPTY_POLL_PAUSE_MS = 100;
+const DELETE_ATTEMPTS = 3;
+const KNOWN_ATTRIBUTES = ['ApproximateReceiveCount', 'SentTimestamp', 'SenderId', 'ApproximateFirstReceiveTimestamp'] as const;
+
+/** Capped exponential backoff with jitter: attempt 1 waits about 100 ms, never more than 5 s. */
+export function backoffMs(attempt: number): number {
+  const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.max(0, attempt - 1));
+  return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+}
+
+function base64(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
+}
+
+function toLambdaAttribute(a: MessageAttributeValue): SQSMessageAttribute {
+  return {
+    ...(a.StringValue !== undefined ? { stringValue: a.StringValue } : {}),
+    ...(a.BinaryValue !== undefined ? { binaryValue: base64(a.BinaryValue) } : {}),
+    stringListValues: a.StringListValues ?? [],
+    binaryListValues: (a.BinaryListValues ?? []).map(base64),
+    dataType: a.DataType ?? 'String',
+  };
+}
+
+/** The `SQSRecord` Lambda builds from a received message. */
+export function toSqsRecord(message: Message, eventSourceARN: string, awsRegion: string): SQSRecord {
+  const received: Record<string, string | undefined> = { ...message.Attributes };
+  const attributes: Record<string, string> = {};
+  for (const name of KNOWN_ATTRIBUTES) {
+    const v = received[name];
+    if (v !== undefined) attributes[name] = v;
+  }
+  for (const [name, v] of Object.entries(received)) if (v !== undefined && !(name in attributes)) attributes[name] = v;
+
+  const messageAttributes: Record<string, SQSMessageAttribute> = {};
+  for (const [name, value] of Object.entries(message.MessageAttributes ?? {})) messageAttributes[name] = toLambdaAttribute(value);
+
+  const record: SQSRecord = {
+    messageId: message.MessageId ?? '',
+    receiptHandle: message.ReceiptHandle ?? '',
+    body: message.Body ?? '',
+    attributes: attributes as unknown as SQSRecordAttributes,
+    messageAttributes,
+    md5OfBody: message.MD5OfBody ?? '',
+    eventSource: 'aws:sqs',
+    eventSourceARN,
+    awsRegion,
+  };
+  if (message.MD5OfMessageAttributes !== undefined) {
+    // Lambda puts it between md5OfBody and eventSource.
+    const { eventSource, eventSourceARN: arn, awsRegion: region, ...head } = record;
+    return { ...head, md5OfMessageAttributes: message.MD5OfMessageAttributes, eventSource, eventSourceARN: arn, awsRegion: region };
+  }
+  return record;
+}
+
+export type BatchOutcome = { kind: 'ok'; failed: Set<string> } | { kind: 'invalid'; reason: string };
+
+/** Interprets a handler's result the way Lambda does with ReportBatchItemFailures. */
+export function interpretBatchResponse(response: unknown, messageIds: ReadonlySet<string>): BatchOutcome {
+  if (response === undefined || response === null) return { kind: 'ok', failed: new Set() };
+  if (typeof response !== 'object' || Array.isArray(response)) return { kind: 'invalid', reason: 'not an object' };
+  const failures = (response as { batchItemFailures?: unknown }).batchItemFailures;
+  if (failures === undefined || failures === null) return { kind: 'ok', failed: new Set() };
+  if (!Array.isArray(failures)) return { kind: 'invalid', reason: 'batchItemFailures is not an array' };
+  const failed = new Set<string>();
+  for (const item of failures as unknown[]) {
+    const id = typeof item === 'object' && item !== null ? (item as { itemIdentifier?: unknown }).itemIdentifier : undefined;
+    if (typeof id !== 'string' || id === '') return { kind: 'invalid', reason: `itemIdentifier ${JSON.stringify(id ?? null)} is not a message id` };
+    if (!messageIds.has(id)) return { kind: 'invalid', reason: `itemIdentifier ${JSON.stringify(id)} is not in the batch` };
+    failed.add(id);
+  }
+  return { kind: 'ok', failed };
+}
+
+function defaultClient(): SQSClient {
+  return new SQSClient(process.env['AWS_REGION'] ? {} : { region: 'us-east-1' });
+}
+
+function isAbort(err: unknown, signal: AbortSignal): boolean {
+  return signal.aborted || (err instanceof Error && err.name === 'AbortError');
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+function validate(b: QueueBinding): void {
+  const check = (name: string, v: number | undefined, min: number, max: number) => {
+    if (v !== undefined && !(Number.isInteger(v) && v >= min && v <= max)) {
+      throw new RangeError(`${name} for ${b.queueUrl} must be an integer from ${min} to ${max}, got ${v}`);
+    }
+  };
+  check('batchSize', b.batchSize, 1, 10_000);
+  check('waitTimeSeconds', b.waitTimeSeconds, 0, 20);
+  check('visibilityTimeoutSeconds', b.visibilityTimeoutSeconds, 0, 43_200);
+}
+
+interface BindingState {
+  binding: QueueBinding;
+  arn?: string;
+  region?: string;
+  /** The last completed receive: the tick at which it started and whether it was empty. */
+  last?: { startTick: number; empty: boolean };
+}
+
+export function startPoller(bindings: QueueBinding[], opts: PollerOptions = {}): Poller {
+  bindings.forEach(validate);
+  const sqs = opts.sqs ?? defaultClient();
+  const report = (err: unknown) => {
+    try {
+      (opts.onError ?? ((e: unknown) => console.error('[sqs-poller]', e)))(err);
+    } catch {
+      // a throwing error sink must not kill the loop
+    }
+  };
+  const controller = new AbortController();
+  const signal = controller.signal;
+  const states: BindingState[] = bindings.map((binding) => ({ binding }));
+
+  // idle() bookkeeping: a logical clock, ticked at each receive start and batch end.
+  let tick = 0;
+  let lastBatchEndTick = 0;
+  let inFlight = 0;
+  let waiters: Array<{ since: number; resolve: () => void }> = [];
+  const checkIdle = () => {
+    if (waiters.length === 0) return;
+    if (signal.aborted) {
+      waiters.forEach((w) => w.resolve());
+      waiters = [];
+      return;
+    }
+    if (inFlight > 0) return;
+    waiters = waiters.filter((w) => {
+      const after = Math.max(w.since, lastBatchEndTick);
+      const idle = states.every((s) => s.last !== undefined && s.last.empty && s.last.startTick > after);
+      if (idle) w.resolve();
+      return !idle;
+    });
+  };
+
+  async function resolveArn(s: BindingState): Promise<void> {
+    let arn = s.binding.queueArn;
+    if (arn === undefined) {
+      const out = await sqs.send(new GetQueueAttributesCommand({ QueueUrl: s.binding.queueUrl, AttributeNames: ['QueueArn'] }), { abortSignal: signal });
+      arn = out.Attributes?.QueueArn;
+      if (!arn) throw new Error(`GetQueueAttributes returned no QueueArn for ${s.binding.queueUrl}`);
+    }
+    s.arn = arn;
+    s.region = arn.split(':')[3] || (await sqs.config.region());
+  }
+
+  async function receive(s: BindingState): Promise<Message[]> {
+    const b = s.binding;
+    const want = b.batchSize ?? 10;
+    const messages: Message[] = [];
+    for (;;) {
+      const max = Math.min(10, want - messages.length);
+      const out = await sqs.send(
+        new ReceiveMessageCommand({
+          QueueUrl: b.queueUrl,
+          MaxNumberOfMessages: max,
+          WaitTimeSeconds: messages.length === 0 ? (b.waitTimeSeconds ?? 1) : 0,
+          ...(b.visibilityTimeoutSeconds !== undefined ? { VisibilityTimeout: b.visibilityTimeoutSeconds } : {}),
+          MessageSystemAttributeNames: ['All'],
+          MessageAttributeNames: ['All'],
+        }),
+        { abortSignal: signal },
+      );
+      const got = out.Messages ?? [];
+      messages.push(...got);
+      // (A failure of a follow-up receive for a batch above 10 is thrown away with what was
+      // gathered; those messages come back after their visibility timeout.)
+      if (got.length < max || messages.length >= want || signal.aborted) return messages;
+    }
+  }
+
+  async function deleteMessages(s: BindingState, messages: Message[]): Promise<void> {
+    for (let i = 0; i < messages.length; i += 10) {
+      let chunk = messages.slice(i, i + 10);
+      for (let attempt = 1; chunk.length > 0; attempt++) {
+        try {
+          const out = await sqs.send(
+            new DeleteMessageBatchCommand({
+              QueueUrl: s.binding.queueUrl,
+              Entries: chunk.map((m, j) => ({ Id: String(j), ReceiptHandle: m.ReceiptHandle })),
+            }),
+          );
+          const retry: Message[] = [];
+          for (const f of out.Failed ?? []) {
+            const m = chunk[Number(f.Id)];
+            if (m === undefined) continue;
+            if (f.SenderFault === false && attempt < DELETE_ATTEMPTS) retry.push(m);
+            else report(new DeleteFailedError(s.binding.queueUrl, m.MessageId ?? '', f.Code, f.Message));
+          }
+          chunk = retry;
+        } catch (err) {
+          report(err);
+          if (attempt >= DELETE_ATTEMPTS) {
+            for (const m of chunk) report(new DeleteFailedError(s.binding.queueUrl, m.MessageId ?? '', 'DeleteMessageBatch failed', String(err)));
+            break;
+          }
+        }
+        if (chunk.length > 0) await new Promise((r) => setTimeout(r, backoffMs(attempt)));
+      }
+    }
+  }
+
+  async function processBatch(s: BindingState, messages: Message[]): Promise<void> {
+    const b = s.binding;
+    const records = messages.map((m) => toSqsRecord(m, s.arn ?? '', s.region ?? ''));
+    const ids = records.map((r) => r.messageId);
+    let response: unknown;
+    try {
+      response = await b.handler({ Records: records });
+    } catch (err) {
+      report(new SqsHandlerError(b.queueUrl, ids, err));
+      return; // delete nothing: the batch comes back after the visibility timeout
+    }
+    const outcome = interpretBatchResponse(response, new Set(ids));
+    if (outcome.kind === 'invalid') {
+      report(new InvalidBatchResponseError(b.queueUrl, ids, response, outcome.reason));
+      return;
+    }
+    const done = messages.filter((m) => !outcome.failed.has(m.MessageId ?? ''));
+    await deleteMessages(s, done);
+  }
+
+  async function run(s: BindingState): Promise<void> {
+    let failures = 0;
+    const fail = async (err: unknown) => {
+      failures++;
+      report(err);
+      await sleep(backoffMs(failures), signal);
+    };
+    while (!signal.aborted) {
+      if (s.arn === undefined) {
+        try {
+          await resolveArn(s);
+        } catch (err) {
+          if (isAbort(err, signal)) break;
+          await fail(err);
+          continue;
+        }
+      }
+      const startTick = ++tick;
+      let messages: Message[];
+      try {
+        messages = await receive(s);
+      } catch (err) {
+        if (isAbort(err, signal)) break;
+        s.last = undefined;
+        await fail(err);
+        continue;
+      }
+      failures = 0;
+      if (messages.length === 0) {
+        s.last = { startTick, empty: true };
+        checkIdle();
+        if ((s.binding.waitTimeSeconds ?? 1) === 0) await sleep(EMPTY_POLL_PAUSE_MS, signal);
+        continue;
+      }
+      s.last = { startTick, empty: false };
+      inFlight++;
+      try {
+        await processBatch(s, messages);
+      } catch (err) {
+        report(err);
+      } finally {
+        inFlight--;
+        lastBatchEndTick = ++tick;
+        checkIdle();
+      }
+    }
+  }
+
+  const loops = states.map((s) => run(s));
+  let stopping: Promise<void> | undefined;
+
+  return {
+    stop() {
+      stopping ??= (async () => {
+        controller.abort();
+        checkIdle();
+        await Promise.all(loops);
+        checkIdle();
+      })();
+      return stopping;
+    },
+    idle() {
+      if (signal.aborted) return Promise.resolve();
+      return new Promise<void>((resolve) => {
+        waiters.push({ since: ++tick, resolve });
+        checkIdle();
+      });
+    },
+  };
+}

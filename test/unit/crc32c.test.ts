@@ -1,0 +1,66 @@
+import { randomInt } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { crc32c } from '#shared/crc32c.ts';
+import { mulberry32, prngBytes } from './fixtures/make-erasure-vectors.ts';
+
+const SEED = process.env.SLEDGE_SEED ? Number(process.env.SLEDGE_SEED) : randomInt(2 ** 31);
+console.log(`crc32c.test seed: ${SEED} (rerun with SLEDGE_SEED=${SEED})`);
+
+/** Bit-at-a-time reference implementation. */
+function reference(data: Uint8Array): number {
+  let crc = 0xffffffff;
+  for (const byte of data) {
+    crc ^= byte;
+    for (let i = 0; i < 8; i++) crc = crc & 1 ? (crc >>> 1) ^ 0x82f63b78 : crc >>> 1;
+  }
+  return ~crc >>> 0;
+}
+
+describe('crc32c', () => {
+  it('matches the check value and the RFC 3720 (iSCSI) vectors', () => {
+    expect(crc32c(Buffer.from('123456789'))).toBe(0xe3069283);
+    expect(crc32c(Buffer.alloc(32, 0))).toBe(0x8a9136aa);
+    expect(crc32c(Buffer.alloc(32, 0xff))).toBe(0x62a8ab43);
+    expect(crc32c(Buffer.from(Array.from({ length: 32 }, (_, i) => i)))).toBe(0x46dd794e);
+    expect(crc32c(Buffer.from(Array.from({ length: 32 }, (_, i) => 31 - i)))).toBe(0x113fdb5c);
+  });
+
+  it('returns 0 for no data and passes `initial` through', () => {
+    expect(crc32c(new Uint8Array(0))).toBe(0);
+    expect(crc32c(new Uint8Array(0), 0xdeadbeef)).toBe(0xdeadbeef);
+  });
+
+  it('returns an unsigned 32-bit integer', () => {
+    const value = crc32c(Buffer.from('123456789'));
+    expect(value).toBeGreaterThan(0x7fffffff);
+    expect(Number.isInteger(value)).toBe(true);
+  });
+
+  it('matches a bitwise reference for every length 0..100 and at unaligned offsets', () => {
+    const data = prngBytes(SEED, 128);
+    for (let length = 0; length <= 100; length++) {
+      for (const offset of [0, 1, 3]) {
+        const slice = data.subarray(offset, offset + length);
+        expect(crc32c(slice), `length ${length} offset ${offset}`).toBe(reference(slice));
+      }
+    }
+  });
+
+  it('is incremental: crc32c(b, crc32c(a)) === crc32c(a ‖ b) at random split points', () => {
+    const next = mulberry32(SEED ^ 0x5eed);
+    for (let round = 0; round < 200; round++) {
+      const length = next() % 5000;
+      const data = prngBytes(next(), length + (4 - (length % 4)) % 4).subarray(0, length);
+      const whole = crc32c(data);
+      expect(whole).toBe(reference(data));
+      const cut = length === 0 ? 0 : next() % (length + 1);
+      expect(crc32c(data.subarray(cut), crc32c(data.subarray(0, cut)))).toBe(whole);
+      // Three pieces, too.
+      const cut2 = cut + (length - cut === 0 ? 0 : next() % (length - cut + 1));
+      let crc = crc32c(data.subarray(0, cut));
+      crc = crc32c(data.subarray(cut, cut2), crc);
+      crc = crc32c(data.subarray(cut2), crc);
+      expect(crc).toBe(whole);
+    }
+  });
+});
