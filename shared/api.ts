@@ -41,7 +41,14 @@ export const router = new Router()
   .on('GET', '/volumes/{volumeId}/data', async (req) => {
     const offset = intQuery(req, 'offset');
     const length = intQuery(req, 'length');
-    return { status: 200, bytes: await readData(req.params.volumeId!, offset, length) };
+    const report = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
+    const bytes = await readData(req.params.volumeId!, offset, length, report);
+    // Degraded reads are visible to the client: how many granules failed and were rebuilt.
+    return {
+      status: 200,
+      bytes,
+      headers: { 'x-sledge-ranged-gets': String(report.rangedGets), 'x-sledge-bad-granules': String(report.badGranules), 'x-sledge-rebuilt-granules': String(report.rebuiltGranules) },
+    };
   })
   .on('POST', '/volumes/{volumeId}/batch', async (req) => {
     requireBinary(req, [BATCH_CONTENT_TYPE, 'application/octet-stream']);

@@ -8,11 +8,12 @@
 import { S3Client } from '@aws-sdk/client-s3';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { SQSClient } from '@aws-sdk/client-sqs';
+import { capacityUnits } from './capacity.ts';
 
 export interface RequestCounts {
   /** `Service:Operation` -> number of requests sent (retries included: each is billed). */
   requests: Record<string, number>;
-  /** DynamoDB read and write capacity units reported in ConsumedCapacity. */
+  /** DynamoDB read and write capacity units, computed from item sizes (see capacity.ts). */
   dynamoReadUnits: number;
   dynamoWriteUnits: number;
 }
@@ -28,28 +29,6 @@ export function resetRequestCounts(): void {
   counts.requests = {};
   counts.dynamoReadUnits = 0;
   counts.dynamoWriteUnits = 0;
-}
-
-interface ConsumedCapacityLike {
-  ReadCapacityUnits?: number;
-  WriteCapacityUnits?: number;
-  CapacityUnits?: number;
-}
-
-function addCapacity(operation: string, consumed: unknown): void {
-  const list = (Array.isArray(consumed) ? consumed : consumed ? [consumed] : []) as ConsumedCapacityLike[];
-  for (const c of list) {
-    const read = c.ReadCapacityUnits ?? 0;
-    const write = c.WriteCapacityUnits ?? 0;
-    if (read || write) {
-      counts.dynamoReadUnits += read;
-      counts.dynamoWriteUnits += write;
-    } else if (c.CapacityUnits) {
-      // Some responses give only the total; the operation says which kind it is.
-      if (/^(Get|BatchGet|Query|Scan|TransactGet)/.test(operation)) counts.dynamoReadUnits += c.CapacityUnits;
-      else counts.dynamoWriteUnits += c.CapacityUnits;
-    }
-  }
 }
 
 type AnyClient = S3Client | DynamoDBClient | SQSClient;
@@ -76,8 +55,10 @@ function instrument<C extends AnyClient>(client: C, service: string): C {
     stack.add(
       (next, context) => async (args) => {
         const result = await next(args);
-        const output = result.output as { ConsumedCapacity?: unknown };
-        addCapacity(String(context.commandName ?? ''), output?.ConsumedCapacity);
+        const operation = String(context.commandName ?? '').replace(/Command$/, '');
+        const units = capacityUnits(operation, (args as { input: Record<string, unknown> }).input, result.output as Record<string, unknown>);
+        counts.dynamoReadUnits += units.read;
+        counts.dynamoWriteUnits += units.write;
         return result;
       },
       { step: 'initialize', name: 'sledgeCapacityCounter' },

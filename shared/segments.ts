@@ -6,8 +6,11 @@
  * footer `SLDGSEG1 | u32 json length | u32 CRC32C of the json`. Data comes first so that a read
  * of payload bytes is a plain ranged GET at the same offset.
  *
- * Every chunk carries the CRC32C of every granule (64 KiB) of every chunk of its segment, so a
- * reader checks each granule it fetches, and any one readable chunk identifies the segment.
+ * A granule (64 KiB of each chunk) is both the checksum unit and the erasure-coding stripe:
+ * granule g of the parity chunks is computed from granule g of the data chunks alone, so a
+ * reader can rebuild one granule from the same byte range of any k chunks. Every chunk carries
+ * the CRC32C of every granule of every chunk of its segment, so a reader checks each granule
+ * it fetches, and any one readable chunk identifies the segment.
  */
 import { randomBytes } from 'node:crypto';
 import { crc32c } from './crc32c.ts';
@@ -95,7 +98,19 @@ export async function encodeSegment(
     payload.copy(chunk, 0, Math.min(payload.length, i * chunkSizeBytes), Math.min(payload.length, (i + 1) * chunkSizeBytes));
     data.push(chunk);
   }
-  const parity = chunkSizeBytes === 0 ? Array.from({ length: m }, () => Buffer.alloc(0)) : await codec().encode(k, m, data);
+  const parity = Array.from({ length: m }, () => Buffer.alloc(chunkSizeBytes));
+  // Parity is computed granule by granule, each granule an independent Reed-Solomon stripe.
+  // The codec (a Cauchy bit-matrix code, like @ronomon/reed-solomon) mixes bytes across a
+  // whole shard, so parity computed over the whole chunk could not rebuild a single granule
+  // from the same byte range of the other chunks; per-granule stripes can.
+  await Promise.all(
+    Array.from({ length: Math.ceil(chunkSizeBytes / GRANULE_BYTES) }, async (_, g) => {
+      const a = g * GRANULE_BYTES;
+      const b = Math.min(chunkSizeBytes, a + GRANULE_BYTES);
+      const out = await codec().encode(k, m, data.map((d) => d.subarray(a, b)));
+      out.forEach((p, j) => p.copy(parity[j]!, a));
+    }),
+  );
   const shards = [...data, ...parity];
   invariant(shards.length === k + m && shards.every((s) => s.length === chunkSizeBytes), 'encoder returned wrong shard count or size');
   const descriptor: SegmentDescriptor = {

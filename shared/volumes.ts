@@ -32,7 +32,7 @@ import {
   type SegmentRecord,
   type VolumeRecord,
 } from './pagemap.ts';
-import { readPayload, type PayloadRange } from './segment-reader.ts';
+import { readPayload, type PayloadRange, type ReadReport } from './segment-reader.ts';
 import { encodeSegment, newSegmentId, type WriterIdentity } from './segments.ts';
 import { deleteChunk, listVolumeChunks, placeChunks, putChunk, type ChunkLocation } from './sleds.ts';
 
@@ -520,7 +520,7 @@ async function segmentRecordsFor(refs: string[]): Promise<Map<string, SegmentRec
  * @example
  * const bytes = await readData(id, 0, 4096);
  */
-export async function readData(volumeId: string, offset: number, length: number): Promise<Buffer> {
+export async function readData(volumeId: string, offset: number, length: number, report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 }): Promise<Buffer> {
   const v = requireActive(await getVolume(volumeId), volumeId);
   checkRange(v, offset, length, MAX_IO_BYTES);
   const bs = v.blockSizeBytes;
@@ -543,7 +543,7 @@ export async function readData(volumeId: string, offset: number, length: number)
     [...bySegment].map(async ([ref, list]) => {
       const rec = records.get(ref)!;
       const ranges: PayloadRange[] = list.map((e) => ({ start: e.segBlock * bs, end: (e.segBlock + e.count) * bs }));
-      const parts = await readPayload(rec, ranges);
+      const parts = await readPayload(rec, ranges, report);
       list.forEach((e, i) => parts[i]!.copy(out, (e.first - first) * bs));
     }),
   );

@@ -1,0 +1,185 @@
+/**
+ * `npm run bench`: speed and cost, measured in one run on this machine.
+ *
+ * Speed is reported as ratios against a baseline measured in the same run (Buffer.copy for
+ * the codec; raw S3 PUT/GET of the same bytes on the same endpoint for the API), because the
+ * machines are shared and noisy. Request counts are exact: every AWS SDK request the head
+ * makes is counted by middleware (shared/aws.ts). DynamoDB units are computed from item sizes
+ * by DynamoDB's published rules (shared/capacity.ts), because local endpoints do not report
+ * real consumed capacity.
+ */
+import { randomBytes } from 'node:crypto';
+import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { startControlPlane } from '#local/control-plane.ts';
+import { requestCounts, resetRequestCounts, s3, type RequestCounts } from '#shared/aws.ts';
+import { config } from '#shared/config.ts';
+import { encodeSegment, newSegmentId } from '#shared/segments.ts';
+import { benchCodec } from './codec.ts';
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+
+/** AWS list prices, us-east-1 (S3 Standard requests; DynamoDB on-demand since Nov 2024). */
+const PRICE = {
+  s3PutPerRequest: 0.005 / 1000,
+  s3GetPerRequest: 0.0004 / 1000,
+  dynamoWritePerUnit: 0.625 / 1e6,
+  dynamoReadPerUnit: 0.125 / 1e6,
+};
+
+function section(title: string): void {
+  console.log(`\n== ${title}`);
+}
+
+function table(rows: Array<Record<string, string | number>>): void {
+  console.table(rows);
+}
+
+async function http(url: string, init: RequestInit = {}): Promise<Response> {
+  const res = await fetch(url, init);
+  if (!res.ok) throw new Error(`${init.method ?? 'GET'} ${url}: ${res.status} ${await res.text()}`);
+  return res;
+}
+
+async function createVolume(api: string, sizeBytes: number): Promise<string> {
+  const res = await http(`${api}/volumes`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ sizeBytes }) });
+  return ((await res.json()) as { volumeId: string }).volumeId;
+}
+
+async function write(api: string, volumeId: string, offset: number, data: Buffer): Promise<void> {
+  const res = await http(`${api}/volumes/${volumeId}/data?offset=${offset}`, {
+    method: 'PUT',
+    headers: { 'content-type': 'application/octet-stream' },
+    body: data as unknown as BodyInit,
+  });
+  await res.arrayBuffer();
+}
+
+async function read(api: string, volumeId: string, offset: number, length: number): Promise<Buffer> {
+  const res = await http(`${api}/volumes/${volumeId}/data?offset=${offset}&length=${length}`);
+  return Buffer.from(await res.arrayBuffer());
+}
+
+/** Runs `count` tasks with at most `concurrency` at a time; returns elapsed seconds. */
+async function timed(count: number, concurrency: number, task: (i: number) => Promise<void>): Promise<number> {
+  let next = 0;
+  const start = process.hrtime.bigint();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < count) await task(next++);
+    }),
+  );
+  return Number(process.hrtime.bigint() - start) / 1e9;
+}
+
+interface CostRow {
+  s3Puts: number;
+  s3Gets: number;
+  dynamoWriteUnits: number;
+  dynamoReadUnits: number;
+  dynamoRequests: number;
+}
+
+function costOf(c: RequestCounts, scale: number): CostRow & { dollars: number } {
+  const s3Puts = (c.requests['S3:PutObject'] ?? 0) * scale;
+  const s3Gets = (c.requests['S3:GetObject'] ?? 0) * scale;
+  const dynamoRequests = Object.entries(c.requests).filter(([k]) => k.startsWith('DynamoDB:')).reduce((n, [, v]) => n + v, 0) * scale;
+  const row = { s3Puts, s3Gets, dynamoWriteUnits: c.dynamoWriteUnits * scale, dynamoReadUnits: c.dynamoReadUnits * scale, dynamoRequests };
+  const dollars =
+    row.s3Puts * PRICE.s3PutPerRequest + row.s3Gets * PRICE.s3GetPerRequest + row.dynamoWriteUnits * PRICE.dynamoWritePerUnit + row.dynamoReadUnits * PRICE.dynamoReadPerUnit;
+  return { ...row, dollars };
+}
+
+function fmtCost(label: string, c: CostRow & { dollars: number }): Record<string, string | number> {
+  return {
+    workload: label,
+    'S3 PUT': Math.round(c.s3Puts),
+    'S3 GET': Math.round(c.s3Gets),
+    'DDB requests': Math.round(c.dynamoRequests),
+    'DDB WCU': Math.round(c.dynamoWriteUnits),
+    'DDB RCU': Math.round(c.dynamoReadUnits * 10) / 10,
+    'USD (requests)': c.dollars.toFixed(4),
+  };
+}
+
+async function main(): Promise<void> {
+  console.log(`Sledge bench, ${new Date().toISOString()}, node ${process.version}, ${process.platform}/${process.arch}`);
+
+  section('Erasure codec, GB/s of user data on one core (1 MiB shards), next to Buffer.copy');
+  const codec = await benchCodec();
+  const copy = codec.find((r) => r.name.toLowerCase().includes('copy'))?.gbPerSec ?? NaN;
+  table(codec.map((r) => ({ measurement: r.name, 'GB/s': r.gbPerSec.toFixed(2), 'x Buffer.copy': (r.gbPerSec / copy).toFixed(2) })));
+
+  section('Segment encode (4 MiB payload, RS 4+2 per 64 KiB granule, CRC32C, trailers): the write path CPU');
+  {
+    const payload = randomBytes(4 * MiB);
+    const meta = { volumeId: 'vol-bench', seq: 1, prev: '', writer: { id: 'bench' }, k: 4, m: 2, blockSizeBytes: 4096, extents: [[0, 1024, 0]] as Array<[number, number, number]> };
+    await encodeSegment({ ...meta, segmentId: newSegmentId(1) }, payload);
+    const n = 32;
+    const start = process.hrtime.bigint();
+    for (let i = 0; i < n; i++) await encodeSegment({ ...meta, segmentId: newSegmentId(1) }, payload);
+    const s = Number(process.hrtime.bigint() - start) / 1e9;
+    table([{ measurement: 'encodeSegment 4 MiB', 'GB/s': ((n * 4 * MiB) / s / 1e9).toFixed(2), 'x Buffer.copy': ((n * 4 * MiB) / s / 1e9 / copy).toFixed(2) }]);
+  }
+
+  const plane = await startControlPlane({ port: 0, endpointPort: 0, preferExistingEndpoint: false, stackName: 'sledge-bench' });
+  try {
+    const api = plane.apiUrl;
+    const bucket = config().sledBuckets[0]!;
+
+    section('Requests and cost (exact counts; DynamoDB units by published rules; list prices us-east-1)');
+    const rows: Array<Record<string, string | number>> = [];
+    {
+      const vol = await createVolume(api, GiB);
+      const writes = 16; // 64 MiB, scaled to 1 GiB
+      const data = randomBytes(4 * MiB);
+      resetRequestCounts();
+      for (let i = 0; i < writes; i++) await write(api, vol, i * 4 * MiB, data);
+      const c = costOf(requestCounts(), GiB / (writes * 4 * MiB));
+      rows.push(fmtCost('per GiB written in 4 MiB writes', c));
+      const putsPerWrite = c.s3Puts / (GiB / (4 * MiB));
+      console.log(`S3 PUTs per 4 MiB write: ${putsPerWrite} (k+m = 6; target at most ${1.1 * 6})`);
+      resetRequestCounts();
+      for (let i = 0; i < writes; i++) await read(api, vol, i * 4 * MiB, 4 * MiB);
+      rows.push(fmtCost('per GiB read in 4 MiB reads', costOf(requestCounts(), GiB / (writes * 4 * MiB))));
+      const small = randomBytes(4096);
+      resetRequestCounts();
+      for (let i = 0; i < 1000; i++) await write(api, vol, Math.floor(Math.random() * (GiB / 4096)) * 4096, small);
+      rows.push(fmtCost('per 1,000 random 4 KiB writes', costOf(requestCounts(), 1)));
+      resetRequestCounts();
+      for (let i = 0; i < 1000; i++) await read(api, vol, Math.floor(Math.random() * (GiB / 4096)) * 4096, 4096);
+      rows.push(fmtCost('per 1,000 random 4 KiB reads', costOf(requestCounts(), 1)));
+    }
+    table(rows);
+
+    section('Throughput through the local API against raw S3 on the same endpoint (same bytes, same concurrency)');
+    {
+      const count = 32;
+      const concurrency = 4;
+      const data = randomBytes(4 * MiB);
+      const vols = await Promise.all(Array.from({ length: concurrency }, () => createVolume(api, GiB)));
+      // One writer per volume, as heads are: task i goes to volume i % concurrency.
+      const apiWrite = await timed(count, concurrency, (i) => write(api, vols[i % concurrency]!, Math.floor(i / concurrency) * 4 * MiB, data));
+      const rawPut = await timed(count, concurrency, (i) =>
+        s3()
+          .send(new PutObjectCommand({ Bucket: bucket, Key: `bench/raw-${i}`, Body: data, ContentLength: data.length }))
+          .then(() => undefined),
+      );
+      const apiRead = await timed(count, concurrency, (i) => read(api, vols[i % concurrency]!, Math.floor(i / concurrency) * 4 * MiB, 4 * MiB).then(() => undefined));
+      const rawGet = await timed(count, concurrency, async (i) => {
+        const out = await s3().send(new GetObjectCommand({ Bucket: bucket, Key: `bench/raw-${i}` }));
+        await out.Body!.transformToByteArray();
+      });
+      const mb = (count * 4 * MiB) / 1e6;
+      table([
+        { path: 'write 4 MiB', 'API MB/s': (mb / apiWrite).toFixed(1), 'raw S3 MB/s': (mb / rawPut).toFixed(1), 'API / raw': (rawPut / apiWrite).toFixed(2) },
+        { path: 'read 4 MiB', 'API MB/s': (mb / apiRead).toFixed(1), 'raw S3 MB/s': (mb / rawGet).toFixed(1), 'API / raw': (rawGet / apiRead).toFixed(2) },
+      ]);
+      console.log(`(${count} requests of 4 MiB, ${concurrency} at a time; the API stores (k+m)/k = 1.5x the bytes raw S3 stores)`);
+    }
+  } finally {
+    await plane.stop();
+  }
+}
+
+await main();

@@ -1,0 +1,57 @@
+/**
+ * The CDK app: `npx cdk synth`, `npx cdk deploy`.
+ *
+ * Context (`-c key=value`, or `context` in cdk.json):
+ * - `stackName`: the stack's name. Default `Sledge`.
+ * - `sledCount`: how many sleds (S3 buckets). Default 8 (see `SledgeStackProps.sledCount`).
+ * - `apiIamAuthorization`: `true` to require SigV4-signed API requests. Default `false`.
+ * - `sledge:skipBundling`: `true` to skip esbuild bundling, for a fast synth whose templates
+ *   are right but whose function code is a placeholder (never deploy that). The CLI always
+ *   overwrites `aws:cdk:bundling-stacks` from its own arguments, so `-c
+ *   aws:cdk:bundling-stacks=[]` does not work through it; this flag sets that context after
+ *   the CLI's.
+ *
+ * Without the CLI, `CDK_OUTDIR=out CDK_CONTEXT_JSON='{"sledge:skipBundling":true}' npx tsx
+ * cdk/app.ts` synthesizes the same template (scripts/cfn-lint.sh does this).
+ *
+ * The stack is environment-agnostic (no account or region), so synth needs no credentials
+ * and no network. Version reporting is off (`versionReporting: false` in cdk.json and
+ * `analyticsReporting` defaulting to false on the stack).
+ */
+import { App } from 'aws-cdk-lib';
+import { cdkJsonContext, SledgeStack } from './stack.ts';
+
+const BUNDLING_STACKS_CONTEXT = 'aws:cdk:bundling-stacks';
+
+// The CLI already passes cdk.json's context (and its own wins over `props.context`); passing
+// it here too keeps `npx tsx cdk/app.ts` without the CLI synthesizing the same template.
+const app = new App({ context: cdkJsonContext() });
+
+function contextFlag(key: string): boolean {
+  const value: unknown = app.node.tryGetContext(key);
+  return value === true || value === 'true' || value === '1';
+}
+
+function contextInteger(key: string): number | undefined {
+  const value: unknown = app.node.tryGetContext(key);
+  if (value === undefined) return undefined;
+  const parsed = typeof value === 'number' ? value : Number(String(value));
+  if (!Number.isInteger(parsed)) throw new Error(`context ${key}=${String(value)} is not an integer`);
+  return parsed;
+}
+
+if (contextFlag('sledge:skipBundling')) {
+  // Allowed because the app has no children yet.
+  app.node.setContext(BUNDLING_STACKS_CONTEXT, []);
+}
+
+const stackName = String(app.node.tryGetContext('stackName') ?? 'Sledge');
+const sledCount = contextInteger('sledCount');
+
+new SledgeStack(app, stackName, {
+  description: 'Sledge: serverless block storage (volumes on S3 sleds, page map in DynamoDB, heads on Lambda)',
+  ...(sledCount !== undefined ? { sledCount } : {}),
+  apiIamAuthorization: contextFlag('apiIamAuthorization'),
+});
+
+app.synth();

@@ -1,0 +1,424 @@
+/**
+ * The Sledge stack: everything one Sledge deployment needs, and nothing that runs while
+ * nobody does I/O.
+ *
+ * - Three DynamoDB tables: `Volumes`, `Pages` (the page map) and `Segments` (chunk maps).
+ * - `sledCount` S3 buckets, the sleds. A stripe puts its k+m chunks on k+m different sleds.
+ * - Three SQS work queues (`GcQueue`, `EvacuationQueue`, `CheckpointQueue`), each with its own
+ *   dead-letter queue.
+ * - The head function behind an HTTP API, and one worker function fed by the three queues.
+ *
+ * Construct IDs are a contract: renaming one replaces the resource, and for a table or a
+ * sled that means losing its data. They are listed in `CONSTRUCT_IDS` below and asserted by
+ * `test/cdk/stack.test.ts`. The local runtime (`local/stack.ts`) deploys this same stack's
+ * data resources to the local endpoint and reads the functions' environment from it, so there
+ * is no second list of resources or variables to keep in step.
+ */
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { CfnOutput, Duration, Fn, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
+import * as apigwv2 from 'aws-cdk-lib/aws-apigatewayv2';
+import { HttpIamAuthorizer } from 'aws-cdk-lib/aws-apigatewayv2-authorizers';
+import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import { SqsEventSource } from 'aws-cdk-lib/aws-lambda-event-sources';
+import { NodejsFunction, OutputFormat, type NodejsFunctionProps } from 'aws-cdk-lib/aws-lambda-nodejs';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import type { Construct } from 'constructs';
+import { ENV } from '#shared/config.ts';
+
+/** The name of one of the environment variables in `ENV`. */
+export type EnvName = (typeof ENV)[keyof typeof ENV];
+
+/**
+ * The construct IDs of the stack's resources. They are a contract (see the file comment):
+ * tests assert them and the local runtime finds resources by them.
+ */
+export const CONSTRUCT_IDS = {
+  volumesTable: 'VolumesTable',
+  pagesTable: 'PagesTable',
+  segmentsTable: 'SegmentsTable',
+  /** Sled `i` is `Sled${i}`: adding sleds appends, removing sleds removes the highest. */
+  sledPrefix: 'Sled',
+  gcQueue: 'GcQueue',
+  gcDeadLetterQueue: 'GcDeadLetterQueue',
+  evacuationQueue: 'EvacuationQueue',
+  evacuationDeadLetterQueue: 'EvacuationDeadLetterQueue',
+  checkpointQueue: 'CheckpointQueue',
+  checkpointDeadLetterQueue: 'CheckpointDeadLetterQueue',
+  head: 'Head',
+  worker: 'Worker',
+  httpApi: 'HttpApi',
+  apiUrlOutput: 'ApiUrl',
+} as const;
+
+/**
+ * How many times SQS delivers a work message before moving it to the dead-letter queue.
+ *
+ * Every job is idempotent (DESIGN.md, invariant 5), so redelivery is safe; five deliveries
+ * ride out throttling and a head failover of a few minutes, while a poison message still
+ * reaches the dead-letter queue within `5 x visibility timeout`, where it stays visible.
+ */
+export const MAX_RECEIVE_COUNT = 5;
+
+/** The project root, for the function entries and the esbuild lock file. */
+const projectRoot = fileURLToPath(new URL('..', import.meta.url));
+const entry = (relative: string): string => fileURLToPath(new URL(`../${relative}`, import.meta.url));
+
+/**
+ * The `context` of cdk.json: the feature flags `cdk init` recommends for this aws-cdk-lib.
+ *
+ * The CLI passes them to `cdk/app.ts`; apps built in-process (tests, the local runtime) pass
+ * them to `new App({ context })` so they synthesize the same template as `npx cdk synth`.
+ */
+export function cdkJsonContext(): Record<string, unknown> {
+  const cdkJson = JSON.parse(readFileSync(entry('cdk.json'), 'utf8')) as { context?: Record<string, unknown> };
+  return { ...cdkJson.context };
+}
+
+export interface SledgeStackProps extends StackProps {
+  /**
+   * How many sleds (S3 buckets, i.e. failure domains) to create.
+   *
+   * A volume's stripe of k+m chunks needs k+m distinct sleds, so this bounds the widest
+   * erasure code a volume can use; the default fits the default 4+2 code with two spare sleds
+   * for copy-on-write after a failed chunk PUT and for evacuation.
+   *
+   * @default 8
+   */
+  readonly sledCount?: number;
+
+  /**
+   * Memory of the head function, in MB. Lambda gives CPU in proportion to memory, and the
+   * head erasure-codes every segment it writes, so the default buys one full vCPU.
+   *
+   * @default 1769
+   */
+  readonly headMemoryMb?: number;
+
+  /**
+   * Timeout of the head function. API Gateway HTTP APIs end an integration after 30 s, so a
+   * longer timeout would only bill for work whose answer nobody can receive.
+   *
+   * @default Duration.seconds(29)
+   */
+  readonly headTimeout?: Duration;
+
+  /**
+   * Memory of the worker function, in MB. Evacuation rebuilds chunks from k others, which is
+   * CPU-bound like the head's encoding, but workers are not latency-sensitive.
+   *
+   * @default 1024
+   */
+  readonly workerMemoryMb?: number;
+
+  /**
+   * Timeout of the worker function. Each work queue's visibility timeout is six times this
+   * (AWS's guidance for SQS event sources), so a message is not redelivered while a slow or
+   * retried invocation still holds it.
+   *
+   * @default Duration.minutes(2)
+   */
+  readonly workerTimeout?: Duration;
+
+  /**
+   * How many messages the worker receives per invocation. The worker handles them one at a
+   * time and reports partial batch failures, so a larger batch amortizes cold starts without
+   * letting one poison message redeliver the others.
+   *
+   * @default 10
+   */
+  readonly workerBatchSize?: number;
+
+  /**
+   * How long the functions' CloudWatch log groups keep events.
+   *
+   * @default logs.RetentionDays.ONE_MONTH
+   */
+  readonly logRetention?: logs.RetentionDays;
+
+  /**
+   * What CloudFormation does with the tables and the sleds when they leave the stack.
+   * `RETAIN` keeps a volume's data when the stack is deleted or a resource is replaced by
+   * mistake, and also turns on DynamoDB deletion protection. `DESTROY` deletes the tables;
+   * a sled bucket is deleted only if it is empty (CloudFormation never deletes a non-empty
+   * bucket), so empty the sleds first.
+   *
+   * @default RemovalPolicy.RETAIN
+   */
+  readonly dataRemovalPolicy?: RemovalPolicy;
+
+  /**
+   * Require SigV4-signed requests (IAM authorization) on the HTTP API. Without it anyone who
+   * knows the URL can read and write every volume, which is fine for a sandbox account only.
+   *
+   * @default false
+   */
+  readonly apiIamAuthorization?: boolean;
+
+  /**
+   * Add the `AWS::CDK::Metadata` version-reporting resource. Off unless asked for: the local
+   * endpoint's CloudFormation does not know the type, and without it the template depends
+   * only on the code.
+   *
+   * @default false
+   */
+  readonly analyticsReporting?: boolean;
+}
+
+export interface SledgeFunctionProps extends Omit<NodejsFunctionProps, 'entry' | 'logGroup'> {
+  /** The handler file, relative to the project root, e.g. `lambdas/api.ts`. It exports `handler`. */
+  readonly entry: string;
+  /**
+   * How long the function's log group keeps events.
+   *
+   * @default logs.RetentionDays.ONE_MONTH
+   */
+  readonly logRetention?: logs.RetentionDays;
+  /**
+   * What happens to the log group when it leaves the stack.
+   *
+   * @default RemovalPolicy.DESTROY (logs are diagnostics, not data)
+   */
+  readonly logRemovalPolicy?: RemovalPolicy;
+}
+
+/**
+ * The Lambda runtime of Sledge's functions.
+ *
+ * Node.js 24, not the Node.js 20 the project develops on: Lambda deprecated nodejs20.x on
+ * 2026-04-30 and no longer creates functions with it (cfn-lint E2533), and 24 is the runtime
+ * with the longest support ahead. The code uses nothing newer than Node.js 20, and the bundle
+ * is plain ESM, so what the tests run on 20 runs unchanged on 24.
+ */
+export const SLEDGE_FUNCTION_RUNTIME = lambda.Runtime.NODEJS_24_X;
+
+/**
+ * A Sledge Lambda function: the project's defaults in one place.
+ *
+ * Node.js 24 (see `SLEDGE_FUNCTION_RUNTIME`) on ARM64 (cheaper per GB-second than x86 for the same work), ESM output, source
+ * maps (with `NODE_OPTIONS=--enable-source-maps`, which NodejsFunction does not set), JSON logs into a log
+ * group with a retention, and an esbuild bundle that includes the AWS SDK, so the function
+ * runs the SDK version the tests ran rather than whatever the runtime ships.
+ *
+ * `@ronomon/reed-solomon` is external and not shipped: it is a native addon built for the
+ * build machine, and the shared codec falls back to the portable implementation when the
+ * import fails, so Lambda never needs the native build.
+ */
+export class SledgeFunction extends NodejsFunction {
+  constructor(scope: Construct, id: string, props: SledgeFunctionProps) {
+    const { entry: relativeEntry, logRetention, logRemovalPolicy, bundling, ...rest } = props;
+    super(scope, id, {
+      runtime: SLEDGE_FUNCTION_RUNTIME,
+      architecture: lambda.Architecture.ARM_64,
+      timeout: Duration.seconds(29),
+      memorySize: 1024,
+      loggingFormat: lambda.LoggingFormat.JSON,
+      ...rest,
+      // The bundle's source maps are used only when Node is told to; stacks then name the
+      // TypeScript files and lines.
+      environment: { NODE_OPTIONS: '--enable-source-maps', ...rest.environment },
+      entry: entry(relativeEntry),
+      handler: 'handler',
+      projectRoot,
+      depsLockFilePath: entry('package-lock.json'),
+      // The log group is a sibling, created before the function: a child could not be created
+      // before `super`, and an explicit group (unlike the deprecated `logRetention` prop) needs
+      // no custom resource.
+      logGroup: new logs.LogGroup(scope, `${id}LogGroup`, {
+        retention: logRetention ?? logs.RetentionDays.ONE_MONTH,
+        removalPolicy: logRemovalPolicy ?? RemovalPolicy.DESTROY,
+      }),
+      bundling: {
+        format: OutputFormat.ESM,
+        // No `target`: NodejsFunction derives it from the runtime.
+        // Prefer packages' ESM builds; fall back to CommonJS ones.
+        mainFields: ['module', 'main'],
+        // CommonJS dependencies bundled into an ESM file still call `require` for Node
+        // built-ins; give them one.
+        banner: "import { createRequire as __sledgeCreateRequire } from 'node:module'; const require = __sledgeCreateRequire(import.meta.url);",
+        sourceMap: true,
+        sourcesContent: false,
+        minify: true,
+        keepNames: true,
+        externalModules: ['@ronomon/reed-solomon'],
+        ...bundling,
+      },
+    });
+  }
+}
+
+/** Sets `envName` on `fn` to the table's name and grants read/write access to its items. */
+export function bindTable(fn: lambda.Function, envName: EnvName, table: dynamodb.ITable): void {
+  fn.addEnvironment(envName, table.tableName);
+  table.grantReadWriteData(fn);
+}
+
+/**
+ * Sets `envName` on `fn` to the buckets' names, comma-joined in sled order, and grants
+ * read/write/delete access to their objects (GC and evacuation delete chunks).
+ */
+export function bindBuckets(fn: lambda.Function, envName: EnvName, buckets: readonly s3.IBucket[]): void {
+  fn.addEnvironment(envName, Fn.join(',', buckets.map((bucket) => bucket.bucketName)));
+  for (const bucket of buckets) bucket.grantReadWrite(fn);
+}
+
+/** Sets `envName` on `fn` to the queue's URL and grants sending to it. */
+export function bindQueue(fn: lambda.Function, envName: EnvName, queue: sqs.IQueue): void {
+  fn.addEnvironment(envName, queue.queueUrl);
+  queue.grantSendMessages(fn);
+}
+
+/** A work queue and its dead-letter queue. */
+export interface WorkQueue {
+  readonly queue: sqs.Queue;
+  readonly deadLetterQueue: sqs.Queue;
+}
+
+export class SledgeStack extends Stack {
+  readonly volumesTable: dynamodb.Table;
+  readonly pagesTable: dynamodb.Table;
+  readonly segmentsTable: dynamodb.Table;
+  /** The sleds, in order: sled `i` is `sleds[i]`. */
+  readonly sleds: readonly s3.Bucket[];
+  readonly gcQueue: WorkQueue;
+  readonly evacuationQueue: WorkQueue;
+  readonly checkpointQueue: WorkQueue;
+  readonly head: SledgeFunction;
+  readonly worker: SledgeFunction;
+  readonly httpApi: apigwv2.HttpApi;
+
+  constructor(scope: Construct, id: string, props: SledgeStackProps = {}) {
+    super(scope, id, { ...props, analyticsReporting: props.analyticsReporting ?? false });
+
+    const sledCount = props.sledCount ?? 8;
+    if (!Number.isInteger(sledCount) || sledCount < 1 || sledCount > 64) {
+      throw new Error(`sledCount ${sledCount} must be an integer from 1 to 64`);
+    }
+    const dataRemovalPolicy = props.dataRemovalPolicy ?? RemovalPolicy.RETAIN;
+    const workerTimeout = props.workerTimeout ?? Duration.minutes(2);
+    const logRetention = props.logRetention ?? logs.RetentionDays.ONE_MONTH;
+
+    const table = (constructId: string, partitionKey: dynamodb.Attribute, sortKey?: dynamodb.Attribute) =>
+      new dynamodb.Table(this, constructId, {
+        partitionKey,
+        ...(sortKey ? { sortKey } : {}),
+        billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
+        pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+        encryption: dynamodb.TableEncryption.AWS_MANAGED,
+        deletionProtection: dataRemovalPolicy === RemovalPolicy.RETAIN,
+        removalPolicy: dataRemovalPolicy,
+      });
+    this.volumesTable = table(CONSTRUCT_IDS.volumesTable, { name: 'volumeId', type: dynamodb.AttributeType.STRING });
+    this.pagesTable = table(
+      CONSTRUCT_IDS.pagesTable,
+      { name: 'volumeId', type: dynamodb.AttributeType.STRING },
+      { name: 'page', type: dynamodb.AttributeType.NUMBER },
+    );
+    this.segmentsTable = table(
+      CONSTRUCT_IDS.segmentsTable,
+      { name: 'volumeId', type: dynamodb.AttributeType.STRING },
+      { name: 'segmentId', type: dynamodb.AttributeType.STRING },
+    );
+
+    const sleds: s3.Bucket[] = [];
+    for (let i = 0; i < sledCount; i++) {
+      sleds.push(
+        new s3.Bucket(this, `${CONSTRUCT_IDS.sledPrefix}${i}`, {
+          blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+          enforceSSL: true,
+          // Chunks are immutable and written with If-None-Match, so versions would only keep
+          // garbage that GC has already decided to delete.
+          versioned: false,
+          encryption: s3.BucketEncryption.S3_MANAGED,
+          objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+          lifecycleRules: [{ id: 'AbortIncompleteMultipartUploads', abortIncompleteMultipartUploadAfter: Duration.days(1) }],
+          removalPolicy: dataRemovalPolicy,
+        }),
+      );
+    }
+    this.sleds = sleds;
+
+    const workQueue = (queueId: string, deadLetterQueueId: string): WorkQueue => {
+      const deadLetterQueue = new sqs.Queue(this, deadLetterQueueId, {
+        // The maximum, so a poison message waits two weeks for a human.
+        retentionPeriod: Duration.days(14),
+        encryption: sqs.QueueEncryption.SQS_MANAGED,
+        enforceSSL: true,
+      });
+      const queue = new sqs.Queue(this, queueId, {
+        visibilityTimeout: Duration.seconds(workerTimeout.toSeconds() * 6),
+        retentionPeriod: Duration.days(4),
+        receiveMessageWaitTime: Duration.seconds(20),
+        encryption: sqs.QueueEncryption.SQS_MANAGED,
+        enforceSSL: true,
+        deadLetterQueue: { queue: deadLetterQueue, maxReceiveCount: MAX_RECEIVE_COUNT },
+      });
+      return { queue, deadLetterQueue };
+    };
+    this.gcQueue = workQueue(CONSTRUCT_IDS.gcQueue, CONSTRUCT_IDS.gcDeadLetterQueue);
+    this.evacuationQueue = workQueue(CONSTRUCT_IDS.evacuationQueue, CONSTRUCT_IDS.evacuationDeadLetterQueue);
+    this.checkpointQueue = workQueue(CONSTRUCT_IDS.checkpointQueue, CONSTRUCT_IDS.checkpointDeadLetterQueue);
+
+    this.head = new SledgeFunction(this, CONSTRUCT_IDS.head, {
+      entry: 'lambdas/api.ts',
+      description: 'Sledge head: the volume API',
+      memorySize: props.headMemoryMb ?? 1769,
+      timeout: props.headTimeout ?? Duration.seconds(29),
+      logRetention,
+    });
+    this.worker = new SledgeFunction(this, CONSTRUCT_IDS.worker, {
+      entry: 'lambdas/worker.ts',
+      description: 'Sledge worker: GC, evacuation and checkpoints from SQS',
+      memorySize: props.workerMemoryMb ?? 1024,
+      timeout: workerTimeout,
+      logRetention,
+      // A job may enqueue its own continuation (evacuating a drive one batch of segments at a
+      // time), which Lambda's loop detection would cut off after 16 hops. Every job makes
+      // progress and is idempotent, so the chain ends by itself.
+      recursiveLoop: lambda.RecursiveLoop.ALLOW,
+    });
+
+    // Both functions get the same variables: the head enqueues work, and the worker reads
+    // and rewrites the same tables and sleds the head does.
+    for (const fn of [this.head, this.worker]) {
+      bindTable(fn, ENV.volumesTable, this.volumesTable);
+      bindTable(fn, ENV.pagesTable, this.pagesTable);
+      bindTable(fn, ENV.segmentsTable, this.segmentsTable);
+      bindBuckets(fn, ENV.sledBuckets, this.sleds);
+      bindQueue(fn, ENV.gcQueueUrl, this.gcQueue.queue);
+      bindQueue(fn, ENV.evacuationQueueUrl, this.evacuationQueue.queue);
+      bindQueue(fn, ENV.checkpointQueueUrl, this.checkpointQueue.queue);
+    }
+
+    for (const { queue } of [this.gcQueue, this.evacuationQueue, this.checkpointQueue]) {
+      this.worker.addEventSource(
+        new SqsEventSource(queue, {
+          batchSize: props.workerBatchSize ?? 10,
+          reportBatchItemFailures: true,
+        }),
+      );
+    }
+
+    // One `$default` route sends every request to the head, whose router owns the whole API
+    // surface (paths, 404s, 405s, error bodies). Per-path routes would be a second copy of
+    // that surface to keep in step, would answer unknown paths with API Gateway's own error
+    // shape instead of Sledge's, and would make the local runtime emulate route matching.
+    this.httpApi = new apigwv2.HttpApi(this, CONSTRUCT_IDS.httpApi, {
+      description: 'Sledge volume API',
+      defaultIntegration: new HttpLambdaIntegration('HeadIntegration', this.head, {
+        payloadFormatVersion: apigwv2.PayloadFormatVersion.VERSION_2_0,
+      }),
+      ...(props.apiIamAuthorization ? { defaultAuthorizer: new HttpIamAuthorizer() } : {}),
+      createDefaultStage: true,
+    });
+
+    new CfnOutput(this, CONSTRUCT_IDS.apiUrlOutput, {
+      description: 'Base URL of the Sledge volume API',
+      value: this.httpApi.apiEndpoint,
+    });
+  }
+}

@@ -1,0 +1,80 @@
+/**
+ * The whole control plane on one machine: the local AWS endpoint, the resources of the CDK
+ * stack deployed to it from the synthesized template, the head behind a local API Gateway
+ * stand-in, and the worker behind a local SQS event source mapping.
+ *
+ * The handlers are the very modules Lambda runs; they read their configuration from the
+ * environment the stack's template gives the head function.
+ */
+import { ENV } from '#shared/config.ts';
+import { ensureEndpoint } from './endpoint.ts';
+import { startLocalApi } from './http-adapter.ts';
+import { startPoller } from './sqs-poller.ts';
+import { deployLocalStack } from './stack.ts';
+
+export interface ControlPlaneOptions {
+  /** API port; 0 picks a free one. Default 3000. */
+  port?: number;
+  /** Local AWS endpoint port when one must be started; 0 picks a free one. Default 4566. */
+  endpointPort?: number;
+  /** Use AWS_ENDPOINT_URL when it answers. Default true. */
+  preferExistingEndpoint?: boolean;
+  stackName?: string;
+  sledCount?: number;
+  /** Visibility timeout the poller uses for work messages. */
+  visibilityTimeoutSeconds?: number;
+}
+
+export interface ControlPlane {
+  apiUrl: string;
+  endpointUrl: string;
+  /** The environment the head and worker run with (table, bucket and queue names). */
+  env: Record<string, string>;
+  /** Resolves when every work queue was just seen empty and nothing is in flight. */
+  idle(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+function queueArn(url: string): string {
+  // https://host/<account>/<name> -> arn:aws:sqs:<region>:<account>:<name>
+  const parts = new URL(url).pathname.split('/').filter(Boolean);
+  return `arn:aws:sqs:${process.env.AWS_REGION ?? 'us-east-1'}:${parts[0]}:${parts[1]}`;
+}
+
+export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise<ControlPlane> {
+  const endpoint = await ensureEndpoint({ port: opts.endpointPort ?? 4566, preferExisting: opts.preferExistingEndpoint ?? true });
+  process.env.AWS_ENDPOINT_URL = endpoint.url;
+  try {
+    const { env } = await deployLocalStack({ endpointUrl: endpoint.url, stackName: opts.stackName ?? 'sledge-local', sledCount: opts.sledCount });
+    Object.assign(process.env, env);
+    // Imported only now: the handlers read their configuration from the environment just set.
+    const api = await import('#lambdas/api.ts');
+    const worker = await import('#lambdas/worker.ts');
+    const server = await startLocalApi({ handler: api.handler, port: opts.port ?? 3000 });
+    const queues = [ENV.gcQueueUrl, ENV.evacuationQueueUrl, ENV.checkpointQueueUrl].map((name) => env[name]!);
+    const poller = startPoller(
+      queues.map((queueUrl) => ({
+        queueUrl,
+        queueArn: queueArn(queueUrl),
+        handler: worker.handler,
+        batchSize: 10,
+        visibilityTimeoutSeconds: opts.visibilityTimeoutSeconds ?? 30,
+      })),
+      { onError: (err) => console.error('sqs poller:', err) },
+    );
+    return {
+      apiUrl: server.url,
+      endpointUrl: endpoint.url,
+      env,
+      idle: () => poller.idle(),
+      async stop() {
+        await poller.stop();
+        await server.close();
+        await endpoint.stop();
+      },
+    };
+  } catch (err) {
+    await endpoint.stop();
+    throw err;
+  }
+}

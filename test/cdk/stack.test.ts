@@ -1,0 +1,412 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { App, Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
+import { Match, Template } from 'aws-cdk-lib/assertions';
+import type { CfnElement } from 'aws-cdk-lib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ENV } from '#shared/config.ts';
+import { CONSTRUCT_IDS, MAX_RECEIVE_COUNT, cdkJsonContext, SledgeStack, type SledgeStackProps } from '../../cdk/stack.ts';
+
+const projectRoot = fileURLToPath(new URL('../..', import.meta.url));
+
+/**
+ * An app as `npx cdk synth` builds it (cdk.json's feature flags), but without bundling: the
+ * template does not depend on the bundle, and bundling is tested once on its own below.
+ */
+function synth(props: SledgeStackProps = {}, appProps: { analyticsReporting?: boolean; bundle?: boolean } = {}) {
+  const app = new App({
+    context: { ...cdkJsonContext(), ...(appProps.bundle ? {} : { 'aws:cdk:bundling-stacks': [] }) },
+    ...(appProps.analyticsReporting !== undefined ? { analyticsReporting: appProps.analyticsReporting } : {}),
+  });
+  const stack = new SledgeStack(app, 'Sledge', props);
+  return { app, stack, template: Template.fromStack(stack) };
+}
+
+const logicalId = (stack: Stack, construct: { node: { defaultChild?: unknown } }): string =>
+  stack.resolve((construct.node.defaultChild as CfnElement).logicalId) as string;
+const ref = (id: string) => ({ Ref: id });
+const arn = (id: string) => ({ 'Fn::GetAtt': [id, 'Arn'] });
+
+interface Statement {
+  Effect: string;
+  Action: string | string[];
+  Resource: unknown;
+}
+
+/** The Allow statements of every IAM policy attached to the role of the function `functionId`. */
+function allowStatements(template: Template, functionId: string): Statement[] {
+  const fn = template.toJSON().Resources[functionId] as { Properties: { Role: { 'Fn::GetAtt': [string, string] } } };
+  const roleId = fn.Properties.Role['Fn::GetAtt'][0];
+  const policies = Object.values(template.findResources('AWS::IAM::Policy')) as {
+    Properties: { Roles: unknown[]; PolicyDocument: { Statement: Statement[] } };
+  }[];
+  return policies
+    .filter((p) => p.Properties.Roles.some((r) => JSON.stringify(r) === JSON.stringify(ref(roleId))))
+    .flatMap((p) => p.Properties.PolicyDocument.Statement)
+    .filter((s) => s.Effect === 'Allow');
+}
+
+/** Whether some statement allows `action` (IAM wildcards honoured) on exactly `resource`. */
+function allows(statements: Statement[], action: string, resource: unknown): boolean {
+  const matches = (pattern: string) => new RegExp(`^${pattern.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*')}$`).test(action);
+  return statements.some(
+    (s) =>
+      [s.Action].flat().some(matches) &&
+      [s.Resource].flat().some((r) => JSON.stringify(r) === JSON.stringify(resource)),
+  );
+}
+
+describe('SledgeStack', () => {
+  let stack: SledgeStack;
+  let template: Template;
+  let ids: {
+    tables: Record<'volumes' | 'pages' | 'segments', string>;
+    sleds: string[];
+    queues: { queue: string; dlq: string; env: string }[];
+    head: string;
+    worker: string;
+  };
+
+  beforeAll(() => {
+    ({ stack, template } = synth());
+    ids = {
+      tables: {
+        volumes: logicalId(stack, stack.volumesTable),
+        pages: logicalId(stack, stack.pagesTable),
+        segments: logicalId(stack, stack.segmentsTable),
+      },
+      sleds: stack.sleds.map((sled) => logicalId(stack, sled)),
+      queues: [
+        { ...stack.gcQueue, env: ENV.gcQueueUrl },
+        { ...stack.evacuationQueue, env: ENV.evacuationQueueUrl },
+        { ...stack.checkpointQueue, env: ENV.checkpointQueueUrl },
+      ].map((q) => ({ queue: logicalId(stack, q.queue), dlq: logicalId(stack, q.deadLetterQueue), env: q.env })),
+      head: logicalId(stack, stack.head),
+      worker: logicalId(stack, stack.worker),
+    };
+  });
+
+  it('keeps the construct IDs, and so the logical IDs, that deployed stacks already have', () => {
+    // Renaming a construct replaces its resource; for a table or a sled that loses data. If
+    // this fails, the change is not a refactoring: it is a migration.
+    const paths = Object.fromEntries(
+      Object.entries(template.toJSON().Resources as Record<string, { Metadata?: Record<string, string> }>).map(([id, r]) => [
+        r.Metadata?.['aws:cdk:path'],
+        id,
+      ]),
+    );
+    expect(paths).toMatchObject({
+      [`Sledge/${CONSTRUCT_IDS.volumesTable}/Resource`]: 'VolumesTable1CDEC7F3',
+      [`Sledge/${CONSTRUCT_IDS.pagesTable}/Resource`]: 'PagesTableD9CB6473',
+      [`Sledge/${CONSTRUCT_IDS.segmentsTable}/Resource`]: 'SegmentsTable28FC09E7',
+      'Sledge/Sled0/Resource': 'Sled0D89E8366',
+      'Sledge/Sled7/Resource': 'Sled788287355',
+      [`Sledge/${CONSTRUCT_IDS.gcQueue}/Resource`]: 'GcQueueE4A3BDEA',
+      [`Sledge/${CONSTRUCT_IDS.gcDeadLetterQueue}/Resource`]: 'GcDeadLetterQueue7337FD33',
+      [`Sledge/${CONSTRUCT_IDS.evacuationQueue}/Resource`]: 'EvacuationQueue45B63916',
+      [`Sledge/${CONSTRUCT_IDS.evacuationDeadLetterQueue}/Resource`]: 'EvacuationDeadLetterQueue0E300476',
+      [`Sledge/${CONSTRUCT_IDS.checkpointQueue}/Resource`]: 'CheckpointQueue27655B76',
+      [`Sledge/${CONSTRUCT_IDS.checkpointDeadLetterQueue}/Resource`]: 'CheckpointDeadLetterQueueC25F7A9C',
+      [`Sledge/${CONSTRUCT_IDS.head}/Resource`]: 'Head7BEADE55',
+      [`Sledge/${CONSTRUCT_IDS.worker}/Resource`]: 'Worker11F36D0F',
+      [`Sledge/${CONSTRUCT_IDS.httpApi}/Resource`]: 'HttpApiF5A9A8A7',
+    });
+    template.hasOutput(CONSTRUCT_IDS.apiUrlOutput, { Value: { 'Fn::GetAtt': ['HttpApiF5A9A8A7', 'ApiEndpoint'] } });
+  });
+
+  describe('sleds', () => {
+    it('creates 8 by default, in order', () => {
+      template.resourceCountIs('AWS::S3::Bucket', 8);
+      expect(stack.sleds.map((s) => s.node.id)).toEqual(['Sled0', 'Sled1', 'Sled2', 'Sled3', 'Sled4', 'Sled5', 'Sled6', 'Sled7']);
+    });
+
+    it('creates sledCount when configured', () => {
+      synth({ sledCount: 3 }).template.resourceCountIs('AWS::S3::Bucket', 3);
+      synth({ sledCount: 12 }).template.resourceCountIs('AWS::S3::Bucket', 12);
+    });
+
+    it('refuses a sledCount that is not a positive integer', () => {
+      expect(() => synth({ sledCount: 0 })).toThrow(/sledCount 0/);
+      expect(() => synth({ sledCount: 2.5 })).toThrow(/sledCount 2.5/);
+    });
+
+    it('blocks public access, has no versioning and no explicit name, and refuses plain HTTP', () => {
+      const buckets = template.findResources('AWS::S3::Bucket');
+      for (const [id, bucket] of Object.entries(buckets)) {
+        expect(bucket.Properties.PublicAccessBlockConfiguration, id).toEqual({
+          BlockPublicAcls: true,
+          BlockPublicPolicy: true,
+          IgnorePublicAcls: true,
+          RestrictPublicBuckets: true,
+        });
+        // Chunks are immutable (If-None-Match); versions would only keep garbage.
+        expect(bucket.Properties.VersioningConfiguration, id).toBeUndefined();
+        expect(bucket.Properties.BucketName, id).toBeUndefined();
+        expect(bucket.DeletionPolicy, id).toBe('Retain');
+        template.hasResourceProperties('AWS::S3::BucketPolicy', {
+          Bucket: ref(id),
+          PolicyDocument: {
+            Statement: Match.arrayWith([
+              Match.objectLike({ Effect: 'Deny', Condition: { Bool: { 'aws:SecureTransport': 'false' } } }),
+            ]),
+          },
+        });
+      }
+    });
+  });
+
+  describe('tables', () => {
+    it('has Volumes, Pages and Segments with their keys, on demand, with point-in-time recovery', () => {
+      template.resourceCountIs('AWS::DynamoDB::Table', 3);
+      const expected = {
+        [ids.tables.volumes]: { keys: [{ AttributeName: 'volumeId', KeyType: 'HASH' }], attrs: [{ AttributeName: 'volumeId', AttributeType: 'S' }] },
+        [ids.tables.pages]: {
+          keys: [
+            { AttributeName: 'volumeId', KeyType: 'HASH' },
+            { AttributeName: 'page', KeyType: 'RANGE' },
+          ],
+          attrs: [
+            { AttributeName: 'volumeId', AttributeType: 'S' },
+            { AttributeName: 'page', AttributeType: 'N' },
+          ],
+        },
+        [ids.tables.segments]: {
+          keys: [
+            { AttributeName: 'volumeId', KeyType: 'HASH' },
+            { AttributeName: 'segmentId', KeyType: 'RANGE' },
+          ],
+          attrs: [
+            { AttributeName: 'volumeId', AttributeType: 'S' },
+            { AttributeName: 'segmentId', AttributeType: 'S' },
+          ],
+        },
+      };
+      const tables = template.findResources('AWS::DynamoDB::Table');
+      for (const [id, { keys, attrs }] of Object.entries(expected)) {
+        const table = tables[id];
+        expect(table, id).toBeDefined();
+        expect(table?.Properties.KeySchema).toEqual(keys);
+        expect(table?.Properties.AttributeDefinitions).toEqual(expect.arrayContaining(attrs));
+        expect(table?.Properties.AttributeDefinitions).toHaveLength(attrs.length);
+        expect(table?.Properties.BillingMode).toBe('PAY_PER_REQUEST');
+        expect(table?.Properties.PointInTimeRecoverySpecification).toEqual({ PointInTimeRecoveryEnabled: true });
+        expect(table?.Properties.DeletionProtectionEnabled).toBe(true);
+        expect(table?.DeletionPolicy).toBe('Retain');
+      }
+    });
+
+    it('lets dataRemovalPolicy DESTROY delete tables and sleds', () => {
+      const { template: destroy } = synth({ dataRemovalPolicy: RemovalPolicy.DESTROY });
+      for (const table of Object.values(destroy.findResources('AWS::DynamoDB::Table'))) {
+        expect(table.DeletionPolicy).toBe('Delete');
+        expect(table.Properties.DeletionProtectionEnabled).toBe(false);
+      }
+      for (const bucket of Object.values(destroy.findResources('AWS::S3::Bucket'))) expect(bucket.DeletionPolicy).toBe('Delete');
+    });
+  });
+
+  describe('work queues', () => {
+    it('has gc, evacuation and checkpoint queues, each with its own dead-letter queue after 5 receives', () => {
+      template.resourceCountIs('AWS::SQS::Queue', 6);
+      expect(MAX_RECEIVE_COUNT).toBe(5);
+      const queues = template.findResources('AWS::SQS::Queue');
+      const deadLetterQueues = new Set(ids.queues.map((q) => q.dlq));
+      expect(deadLetterQueues.size).toBe(3);
+      for (const { queue, dlq } of ids.queues) {
+        expect(queues[queue]?.Properties.RedrivePolicy).toEqual({ deadLetterTargetArn: arn(dlq), maxReceiveCount: 5 });
+        // A dead-letter queue is the end of the line.
+        expect(queues[dlq]?.Properties.RedrivePolicy).toBeUndefined();
+        expect(queues[dlq]?.Properties.MessageRetentionPeriod).toBe(Duration.days(14).toSeconds());
+      }
+    });
+
+    it('hides a message for six worker timeouts, so a slow invocation is not raced by a redelivery', () => {
+      const worker = template.toJSON().Resources[ids.worker].Properties;
+      expect(worker.Timeout).toBe(120);
+      for (const { queue } of ids.queues) {
+        expect(template.toJSON().Resources[queue].Properties.VisibilityTimeout).toBe(720);
+      }
+    });
+
+    it('feeds the worker from each work queue with partial batch failures', () => {
+      template.resourceCountIs('AWS::Lambda::EventSourceMapping', 3);
+      for (const { queue } of ids.queues) {
+        template.hasResourceProperties('AWS::Lambda::EventSourceMapping', {
+          EventSourceArn: arn(queue),
+          FunctionName: ref(ids.worker),
+          FunctionResponseTypes: ['ReportBatchItemFailures'],
+          BatchSize: 10,
+        });
+      }
+    });
+  });
+
+  describe('functions', () => {
+    it('runs both on Node.js 24, ARM64, ESM bundles with source maps, JSON logs with a retention', () => {
+      for (const id of [ids.head, ids.worker]) {
+        const fn = template.toJSON().Resources[id].Properties;
+        expect(fn).toMatchObject({
+          Runtime: 'nodejs24.x',
+          Architectures: ['arm64'],
+          Handler: 'index.handler',
+          LoggingConfig: { LogFormat: 'JSON', LogGroup: { Ref: expect.any(String) } },
+        });
+        expect(fn.Environment.Variables.NODE_OPTIONS).toBe('--enable-source-maps');
+        const logGroup = template.toJSON().Resources[fn.LoggingConfig.LogGroup.Ref];
+        expect(logGroup).toMatchObject({ Type: 'AWS::Logs::LogGroup', Properties: { RetentionInDays: 30 } });
+      }
+      expect(template.toJSON().Resources[ids.head].Properties).toMatchObject({ MemorySize: 1769, Timeout: 29 });
+      expect(template.toJSON().Resources[ids.worker].Properties).toMatchObject({ MemorySize: 1024, Timeout: 120, RecursiveLoop: 'Allow' });
+    });
+
+    it('takes memory and timeouts from props', () => {
+      const { stack: s, template: t } = synth({ headMemoryMb: 512, workerMemoryMb: 3008, workerTimeout: Duration.minutes(5) });
+      expect(t.toJSON().Resources[logicalId(s, s.head)].Properties.MemorySize).toBe(512);
+      expect(t.toJSON().Resources[logicalId(s, s.worker)].Properties).toMatchObject({ MemorySize: 3008, Timeout: 300 });
+      expect(t.toJSON().Resources[logicalId(s, s.gcQueue.queue)].Properties.VisibilityTimeout).toBe(1800);
+    });
+
+    it('sets every required ENV variable on both functions, pointing at the right resources', () => {
+      for (const id of [ids.head, ids.worker]) {
+        const variables = template.toJSON().Resources[id].Properties.Environment.Variables;
+        expect(variables).toMatchObject({
+          [ENV.volumesTable]: ref(ids.tables.volumes),
+          [ENV.pagesTable]: ref(ids.tables.pages),
+          [ENV.segmentsTable]: ref(ids.tables.segments),
+          // Sled order is the sled index: a chunk map names sled i, and i must stay the same bucket.
+          [ENV.sledBuckets]: { 'Fn::Join': [',', ids.sleds.map(ref)] },
+          [ENV.gcQueueUrl]: ref(ids.queues[0]?.queue ?? ''),
+          [ENV.evacuationQueueUrl]: ref(ids.queues[1]?.queue ?? ''),
+          [ENV.checkpointQueueUrl]: ref(ids.queues[2]?.queue ?? ''),
+        });
+        // Optional variables are left to the runtime's defaults.
+        expect(variables[ENV.erasureImpl]).toBeUndefined();
+        expect(variables[ENV.mode]).toBeUndefined();
+      }
+    });
+
+    it('grants what each variable implies: item access to tables, object access to sleds, sending to queues', () => {
+      for (const id of [ids.head, ids.worker]) {
+        const statements = allowStatements(template, id);
+        for (const table of Object.values(ids.tables)) {
+          for (const action of ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem', 'dynamodb:Query', 'dynamodb:BatchWriteItem', 'dynamodb:ConditionCheckItem']) {
+            expect(allows(statements, action, arn(table)), `${id} ${action} ${table}`).toBe(true);
+          }
+        }
+        for (const sled of ids.sleds) {
+          const objects = { 'Fn::Join': ['', [arn(sled), '/*']] };
+          for (const action of ['s3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload']) {
+            expect(allows(statements, action, objects), `${id} ${action} ${sled}/*`).toBe(true);
+          }
+          expect(allows(statements, 's3:ListBucket', arn(sled)), `${id} s3:ListBucket ${sled}`).toBe(true);
+        }
+        for (const { queue, dlq } of ids.queues) {
+          expect(allows(statements, 'sqs:SendMessage', arn(queue)), `${id} sqs:SendMessage ${queue}`).toBe(true);
+          expect(allows(statements, 'sqs:SendMessage', arn(dlq)), `${id} must not write to ${dlq}`).toBe(false);
+        }
+      }
+      // Only the worker consumes.
+      const worker = allowStatements(template, ids.worker);
+      const head = allowStatements(template, ids.head);
+      for (const { queue } of ids.queues) {
+        for (const action of ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility']) {
+          expect(allows(worker, action, arn(queue)), `worker ${action} ${queue}`).toBe(true);
+          expect(allows(head, action, arn(queue)), `head ${action} ${queue}`).toBe(false);
+        }
+      }
+    });
+  });
+
+  describe('HTTP API', () => {
+    it('sends every request to the head through one $default route, payload format 2.0', () => {
+      template.resourceCountIs('AWS::ApiGatewayV2::Api', 1);
+      template.hasResourceProperties('AWS::ApiGatewayV2::Api', { ProtocolType: 'HTTP' });
+      template.resourceCountIs('AWS::ApiGatewayV2::Route', 1);
+      template.hasResourceProperties('AWS::ApiGatewayV2::Route', {
+        RouteKey: '$default',
+        AuthorizationType: 'NONE',
+        Target: { 'Fn::Join': ['', ['integrations/', { Ref: Match.anyValue() }]] },
+      });
+      template.resourceCountIs('AWS::ApiGatewayV2::Integration', 1);
+      template.hasResourceProperties('AWS::ApiGatewayV2::Integration', {
+        IntegrationType: 'AWS_PROXY',
+        IntegrationUri: arn(ids.head),
+        PayloadFormatVersion: '2.0',
+      });
+      template.hasResourceProperties('AWS::ApiGatewayV2::Stage', { StageName: '$default', AutoDeploy: true });
+      template.hasResourceProperties('AWS::Lambda::Permission', {
+        Action: 'lambda:InvokeFunction',
+        FunctionName: arn(ids.head),
+        Principal: 'apigateway.amazonaws.com',
+      });
+    });
+
+    it('requires SigV4 when apiIamAuthorization is set', () => {
+      synth({ apiIamAuthorization: true }).template.hasResourceProperties('AWS::ApiGatewayV2::Route', {
+        RouteKey: '$default',
+        AuthorizationType: 'AWS_IAM',
+      });
+    });
+  });
+
+  describe('version reporting', () => {
+    it('adds no AWS::CDK::Metadata by default, even when the app would', () => {
+      template.resourceCountIs('AWS::CDK::Metadata', 0);
+      synth({}, { analyticsReporting: true }).template.resourceCountIs('AWS::CDK::Metadata', 0);
+    });
+
+    it('adds it when asked, so the switch really controls it', () => {
+      synth({ analyticsReporting: true }).template.resourceCountIs('AWS::CDK::Metadata', 1);
+    });
+
+    it('is off in cdk.json too, with notices off, so `npx cdk synth` stays offline', () => {
+      const cdkJson = JSON.parse(readFileSync(join(projectRoot, 'cdk.json'), 'utf8'));
+      expect(cdkJson).toMatchObject({ app: 'npx tsx cdk/app.ts', versionReporting: false, notices: false });
+    });
+  });
+
+  describe('bundling', () => {
+    let outdir: string | undefined;
+    afterAll(() => {
+      if (outdir) rmSync(outdir, { recursive: true, force: true });
+    });
+
+    it('bundles each function into one ESM file with its source map, with no native addon', () => {
+      outdir = mkdtempSync(join(tmpdir(), 'sledge-cdk-bundle-'));
+      const app = new App({ outdir, context: cdkJsonContext() });
+      const s = new SledgeStack(app, 'Sledge');
+      const assembly = app.synth();
+      const assets = JSON.parse(readFileSync(join(assembly.directory, `${s.artifactId}.assets.json`), 'utf8')) as {
+        files: Record<string, { displayName?: string; source: { path: string } }>;
+      };
+      for (const name of ['Head/Code', 'Worker/Code']) {
+        const asset = Object.values(assets.files).find((f) => f.displayName === name);
+        expect(asset, name).toBeDefined();
+        const dir = join(assembly.directory, asset?.source.path ?? '');
+        expect(readdirSync(dir).sort(), name).toEqual(['index.mjs', 'index.mjs.map']);
+        const code = readFileSync(join(dir, 'index.mjs'), 'utf8');
+        // ESM with a `require` for bundled CommonJS code, and the handler exported.
+        expect(code.startsWith("import { createRequire as __sledgeCreateRequire } from 'node:module';")).toBe(true);
+        expect(code).toMatch(/export\s*\{[^}]*\bhandler\b/);
+      }
+    });
+  });
+
+  describe('cfn-lint', () => {
+    it('finds nothing in the synthesized template (scripts/cfn-lint.sh documents the ignored rules)', () => {
+      const dir = mkdtempSync(join(tmpdir(), 'sledge-cfn-lint-'));
+      try {
+        const file = join(dir, 'Sledge.template.json');
+        writeFileSync(file, JSON.stringify(template.toJSON(), null, 1));
+        const lint = spawnSync('bash', [join(projectRoot, 'scripts/cfn-lint.sh'), file], { encoding: 'utf8', timeout: 110_000 });
+        expect(lint.error, 'could not run scripts/cfn-lint.sh').toBeUndefined();
+        expect({ status: lint.status, output: `${lint.stdout}${lint.stderr}` }).toEqual({ status: 0, output: expect.any(String) });
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  });
+});

@@ -1,0 +1,133 @@
+import { randomBytes } from 'node:crypto';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { encodeBatch } from '#shared/batch.ts';
+import { Api, http, useSledgeEnv } from './helpers.ts';
+
+const MiB = 1024 * 1024;
+let api: Api;
+let url: string;
+
+beforeAll(() => {
+  url = useSledgeEnv().apiUrl;
+  api = new Api(url);
+});
+
+const json = { 'content-type': 'application/json' };
+const bin = { 'content-type': 'application/octet-stream' };
+
+async function countVolumes(): Promise<number> {
+  let n = 0;
+  let next: string | undefined;
+  do {
+    const r = await http(`${url}/volumes?limit=1000${next ? `&next=${next}` : ''}`);
+    n += r.json.volumes.length;
+    next = r.json.next;
+  } while (next);
+  return n;
+}
+
+describe('bad input gets a clear 4xx and changes nothing', () => {
+  it('refuses bad volume creations', async () => {
+    const before = await countVolumes();
+    const cases: Array<[string | Buffer, Record<string, string>, number, RegExp]> = [
+      ['{"sizeBytes": 1048576', json, 400, /not valid JSON/],
+      ['[1,2]', json, 400, /JSON object/],
+      ['', json, 400, /empty/],
+      ['{"sizeBytes": 1048576}', { 'content-type': 'text/plain' }, 415, /application\/json/],
+      ['{}', json, 400, /sizeBytes is required/],
+      ['{"sizeBytes": -4096}', json, 400, /sizeBytes must be between/],
+      ['{"sizeBytes": 4097}', json, 400, /4097 is not a multiple of the block size 4096/],
+      ['{"sizeBytes": "1GiB"}', json, 400, /must be an integer/],
+      ['{"sizeBytes": 1048576, "blockSizeBytes": 3000}', json, 400, /power of two/],
+      ['{"sizeBytes": 1048576, "dataChunks": 8, "parityChunks": 3}', json, 400, /needs that many sleds; this deployment has 8/],
+      ['{"sizeBytes": 1048576, "parityChunks": 0}', json, 400, /parityChunks must be from 1 to 4/],
+      ['{"sizeBytes": 1048576, "colour": "red"}', json, 400, /unknown field "colour"/],
+      [JSON.stringify({ sizeBytes: 1048576, name: 'x'.repeat(100_000) }), json, 413, /over the limit/],
+    ];
+    for (const [body, headers, status, message] of cases) {
+      const r = await http(`${url}/volumes`, { method: 'POST', body, headers });
+      expect(r.status, `${String(body).slice(0, 60)} -> ${r.body.toString().slice(0, 200)}`).toBe(status);
+      expect(r.json.message).toMatch(message);
+      expect(r.json.retryable).toBe(false);
+    }
+    expect(await countVolumes()).toBe(before);
+  });
+
+  it('refuses bad reads, writes, batches and trims without changing the volume', async () => {
+    const vol = await api.createVolume({ sizeBytes: 8 * MiB });
+    const id = vol.volumeId;
+    const data = randomBytes(MiB);
+    await api.write(id, 0, data);
+    const seqBefore = (await api.describe(id)).json.commitSeq;
+
+    const cases: Array<[string, string, Buffer | string | undefined, Record<string, string>, number, RegExp]> = [
+      ['PUT', `/volumes/${id}/data?offset=4097`, randomBytes(4096), bin, 400, /offset 4097 is not a multiple of the block size 4096/],
+      ['PUT', `/volumes/${id}/data?offset=0`, randomBytes(4000), bin, 400, /length 4000 is not a multiple of the block size 4096/],
+      ['PUT', `/volumes/${id}/data?offset=${8 * MiB - 4096}`, randomBytes(8192), bin, 400, /beyond the end of volume/],
+      ['PUT', `/volumes/${id}/data?offset=-4096`, randomBytes(4096), bin, 400, /non-negative integer/],
+      ['PUT', `/volumes/${id}/data`, randomBytes(4096), bin, 400, /offset is required/],
+      ['PUT', `/volumes/${id}/data?offset=0`, Buffer.alloc(0), bin, 400, /body is empty/],
+      ['PUT', `/volumes/${id}/data?offset=0`, randomBytes(4 * MiB + 4096), bin, 413, /at most 4194304 bytes/],
+      ['PUT', `/volumes/${id}/data?offset=0`, randomBytes(4096), json, 415, /application\/octet-stream/],
+      ['PUT', `/volumes/vol-doesnotexist/data?offset=0`, randomBytes(4096), bin, 404, /volume vol-doesnotexist does not exist/],
+      ['GET', `/volumes/${id}/data?offset=0&length=${4 * MiB + 4096}`, undefined, {}, 400, /over the limit of 4194304 bytes/],
+      ['GET', `/volumes/${id}/data?offset=0&length=0`, undefined, {}, 400, /positive integer/],
+      ['GET', `/volumes/${id}/data?offset=12&length=4096`, undefined, {}, 400, /not a multiple of the block size/],
+      ['GET', `/volumes/${id}/data?offset=${8 * MiB}&length=4096`, undefined, {}, 400, /beyond the end/],
+      ['GET', `/volumes/${id}/data?offset=abc&length=4096`, undefined, {}, 400, /must be a non-negative integer/],
+      ['GET', `/volumes/vol-nope/data?offset=0&length=4096`, undefined, {}, 404, /does not exist/],
+      ['POST', `/volumes/${id}/trim`, '{"offset": 0}', json, 400, /numeric offset and length/],
+      ['POST', `/volumes/${id}/trim`, '{"offset": 0, "length": 4096', json, 400, /not valid JSON/],
+      ['POST', `/volumes/${id}/trim`, '{"offset": 4096, "length": 100}', json, 400, /not a multiple of the block size/],
+      ['POST', `/volumes/${id}/trim`, JSON.stringify({ offset: 0, length: 16 * MiB }), json, 400, /beyond the end/],
+      ['POST', `/volumes/${id}/batch`, Buffer.from('nonsense'), { 'content-type': 'application/vnd.sledge.batch' }, 400, /must start with/],
+      [
+        'POST',
+        `/volumes/${id}/batch`,
+        encodeBatch([
+          { offset: 0, data: randomBytes(8192) },
+          { offset: 4096, data: randomBytes(4096) },
+        ]),
+        { 'content-type': 'application/vnd.sledge.batch' },
+        400,
+        /overlap/,
+      ],
+      [
+        'POST',
+        `/volumes/${id}/batch`,
+        Buffer.concat([encodeBatch([{ offset: 0, data: randomBytes(4096) }]), Buffer.alloc(10)]),
+        { 'content-type': 'application/vnd.sledge.batch' },
+        400,
+        /bytes after the last extent/,
+      ],
+      [
+        'POST',
+        `/volumes/${id}/batch`,
+        encodeBatch([
+          { offset: 0, data: randomBytes(4096) },
+          { offset: 20 * MiB, data: randomBytes(4096) },
+        ]),
+        { 'content-type': 'application/vnd.sledge.batch' },
+        400,
+        /beyond the end/,
+      ],
+      ['PATCH', `/volumes/${id}`, '{"sizeBytes": 4194304}', json, 409, /can grow but not shrink/],
+      ['PATCH', `/volumes/${id}`, '{"sizeBytes": 8388609}', json, 400, /not a multiple of the block size/],
+      ['PATCH', `/volumes/${id}`, '{"blockSizeBytes": 512}', json, 400, /only sizeBytes can be changed/],
+      ['GET', `/volumes/vol-missing`, undefined, {}, 404, /does not exist/],
+      ['DELETE', `/volumes/vol-missing`, undefined, {}, 404, /does not exist/],
+      ['POST', `/volumes/${id}`, undefined, {}, 405, /not supported/],
+      ['GET', `/nothing-here`, undefined, {}, 404, /no route/],
+    ];
+    for (const [method, path, body, headers, status, message] of cases) {
+      const r = await http(`${url}${path}`, { method, body, headers });
+      expect(r.status, `${method} ${path} -> ${r.body.toString().slice(0, 200)}`).toBe(status);
+      expect(r.json.message, `${method} ${path}`).toMatch(message);
+    }
+    const after = await api.describe(id);
+    expect(after.json.commitSeq).toBe(seqBefore);
+    expect(after.json.sizeBytes).toBe(8 * MiB);
+    expect((await api.read(id, 0, MiB)).equals(data)).toBe(true);
+    expect((await api.read(id, MiB, MiB)).equals(Buffer.alloc(MiB))).toBe(true);
+  });
+});

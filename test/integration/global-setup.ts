@@ -1,0 +1,32 @@
+/**
+ * Starts the local control plane once for the integration project: a local AWS endpoint
+ * (the one in AWS_ENDPOINT_URL if it answers, else a moto_server on a free port), the stack's
+ * resources deployed from the synthesized template, and the API on a free port.
+ */
+import type { TestProject } from 'vitest/node';
+import { startControlPlane, type ControlPlane } from '#local/control-plane.ts';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    apiUrl: string;
+    endpointUrl: string;
+    sledgeEnv: Record<string, string>;
+  }
+}
+
+let plane: ControlPlane | undefined;
+
+export default async function setup(project: TestProject) {
+  plane = await startControlPlane({
+    port: 0,
+    endpointPort: 0,
+    stackName: `sledge-test-${Date.now().toString(36)}`,
+    visibilityTimeoutSeconds: 2,
+  });
+  project.provide('apiUrl', plane.apiUrl);
+  project.provide('endpointUrl', plane.endpointUrl);
+  project.provide('sledgeEnv', plane.env);
+  return async () => {
+    await plane?.stop();
+  };
+}
