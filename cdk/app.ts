@@ -6,10 +6,10 @@
  * - `sledCount`: how many sleds (S3 buckets). Default 8 (see `SledgeStackProps.sledCount`).
  * - `apiIamAuthorization`: `true` to require SigV4-signed API requests. Default `false`.
  * - `sledge:skipBundling`: `true` to skip esbuild bundling, for a fast synth whose templates
- *   are right but whose function code is a placeholder (never deploy that). The CLI always
- *   overwrites `aws:cdk:bundling-stacks` from its own arguments, so `-c
- *   aws:cdk:bundling-stacks=[]` does not work through it; this flag sets that context after
- *   the CLI's.
+ *   are right but whose function code is the whole project directory (never deploy that).
+ *   The CLI refuses `-c aws:...` keys and sets `aws:cdk:bundling-stacks` itself, so this flag
+ *   sets that context inside the app, after the CLI's. In-process apps (tests,
+ *   `local/stack.ts`) pass `aws:cdk:bundling-stacks: []` in `new App({ context })` directly.
  *
  * Without the CLI, `CDK_OUTDIR=out CDK_CONTEXT_JSON='{"sledge:skipBundling":true}' npx tsx
  * cdk/app.ts` synthesizes the same template (scripts/cfn-lint.sh does this).

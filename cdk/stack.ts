@@ -34,8 +34,8 @@ import { ENV } from '#shared/config.ts';
 export type EnvName = (typeof ENV)[keyof typeof ENV];
 
 /**
- * The construct IDs of the stack's resources. They are a contract (see the file comment):
- * tests assert them and the local runtime finds resources by them.
+ * The construct IDs of the stack's resources. They are a contract (see the file comment);
+ * `test/cdk/stack.test.ts` asserts the logical IDs they produce.
  */
 export const CONSTRUCT_IDS = {
   volumesTable: 'VolumesTable',
@@ -64,9 +64,9 @@ export const CONSTRUCT_IDS = {
  */
 export const MAX_RECEIVE_COUNT = 5;
 
-/** The project root, for the function entries and the esbuild lock file. */
+/** The project root and paths in it, independent of the working directory. */
 const projectRoot = fileURLToPath(new URL('..', import.meta.url));
-const entry = (relative: string): string => fileURLToPath(new URL(`../${relative}`, import.meta.url));
+const projectPath = (relative: string): string => fileURLToPath(new URL(`../${relative}`, import.meta.url));
 
 /**
  * The `context` of cdk.json: the feature flags `cdk init` recommends for this aws-cdk-lib.
@@ -75,7 +75,7 @@ const entry = (relative: string): string => fileURLToPath(new URL(`../${relative
  * them to `new App({ context })` so they synthesize the same template as `npx cdk synth`.
  */
 export function cdkJsonContext(): Record<string, unknown> {
-  const cdkJson = JSON.parse(readFileSync(entry('cdk.json'), 'utf8')) as { context?: Record<string, unknown> };
+  const cdkJson = JSON.parse(readFileSync(projectPath('cdk.json'), 'utf8')) as { context?: Record<string, unknown> };
   return { ...cdkJson.context };
 }
 
@@ -85,7 +85,8 @@ export interface SledgeStackProps extends StackProps {
    *
    * A volume's stripe of k+m chunks needs k+m distinct sleds, so this bounds the widest
    * erasure code a volume can use; the default fits the default 4+2 code with two spare sleds
-   * for copy-on-write after a failed chunk PUT and for evacuation.
+   * for copy-on-write after a failed chunk PUT and for evacuation. An integer from 1 to 64:
+   * each sled adds two ARNs to both functions' IAM policies, which have a size limit.
    *
    * @default 8
    */
@@ -132,6 +133,13 @@ export interface SledgeStackProps extends StackProps {
    * @default 10
    */
   readonly workerBatchSize?: number;
+
+  /**
+   * The Lambda runtime of both functions.
+   *
+   * @default SLEDGE_FUNCTION_RUNTIME (Node.js 24)
+   */
+  readonly functionRuntime?: lambda.Runtime;
 
   /**
    * How long the functions' CloudWatch log groups keep events.
@@ -191,18 +199,19 @@ export interface SledgeFunctionProps extends Omit<NodejsFunctionProps, 'entry' |
  *
  * Node.js 24, not the Node.js 20 the project develops on: Lambda deprecated nodejs20.x on
  * 2026-04-30 and no longer creates functions with it (cfn-lint E2533), and 24 is the runtime
- * with the longest support ahead. The code uses nothing newer than Node.js 20, and the bundle
- * is plain ESM, so what the tests run on 20 runs unchanged on 24.
+ * with the longest support ahead. The project targets Node.js >= 20 (package.json `engines`),
+ * so code the tests run on 20 runs on 24.
  */
 export const SLEDGE_FUNCTION_RUNTIME = lambda.Runtime.NODEJS_24_X;
 
 /**
  * A Sledge Lambda function: the project's defaults in one place.
  *
- * Node.js 24 (see `SLEDGE_FUNCTION_RUNTIME`) on ARM64 (cheaper per GB-second than x86 for the same work), ESM output, source
- * maps (with `NODE_OPTIONS=--enable-source-maps`, which NodejsFunction does not set), JSON logs into a log
- * group with a retention, and an esbuild bundle that includes the AWS SDK, so the function
- * runs the SDK version the tests ran rather than whatever the runtime ships.
+ * Node.js 24 (see `SLEDGE_FUNCTION_RUNTIME`) on ARM64 (cheaper per GB-second than x86 for
+ * the same work), ESM output, source maps (with `NODE_OPTIONS=--enable-source-maps`, which
+ * NodejsFunction does not set), JSON logs into a log group with a retention, and an esbuild
+ * bundle that includes the AWS SDK, so the function runs the SDK version the tests ran
+ * rather than whatever the runtime ships.
  *
  * `@ronomon/reed-solomon` is external and not shipped: it is a native addon built for the
  * build machine, and the shared codec falls back to the portable implementation when the
@@ -221,10 +230,10 @@ export class SledgeFunction extends NodejsFunction {
       // The bundle's source maps are used only when Node is told to; stacks then name the
       // TypeScript files and lines.
       environment: { NODE_OPTIONS: '--enable-source-maps', ...rest.environment },
-      entry: entry(relativeEntry),
+      entry: projectPath(relativeEntry),
       handler: 'handler',
       projectRoot,
-      depsLockFilePath: entry('package-lock.json'),
+      depsLockFilePath: projectPath('package-lock.json'),
       // The log group is a sibling, created before the function: a child could not be created
       // before `super`, and an explicit group (unlike the deprecated `logRetention` prop) needs
       // no custom resource.
@@ -367,6 +376,7 @@ export class SledgeStack extends Stack {
       entry: 'lambdas/api.ts',
       description: 'Sledge head: the volume API',
       memorySize: props.headMemoryMb ?? 1769,
+      runtime: props.functionRuntime ?? SLEDGE_FUNCTION_RUNTIME,
       timeout: props.headTimeout ?? Duration.seconds(29),
       logRetention,
     });
@@ -374,6 +384,7 @@ export class SledgeStack extends Stack {
       entry: 'lambdas/worker.ts',
       description: 'Sledge worker: GC, evacuation and checkpoints from SQS',
       memorySize: props.workerMemoryMb ?? 1024,
+      runtime: props.functionRuntime ?? SLEDGE_FUNCTION_RUNTIME,
       timeout: workerTimeout,
       logRetention,
       // A job may enqueue its own continuation (evacuating a drive one batch of segments at a

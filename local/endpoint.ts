@@ -8,7 +8,8 @@
  * module sets `AWS_ENDPOINT_URL` and LocalStack's test credentials and region, and domain code
  * never branches on "local".
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { accessSync, constants as fsConstants } from 'node:fs';
 import { createServer } from 'node:net';
 import { delimiter, join } from 'node:path';
@@ -159,6 +160,8 @@ function findOnPath(command: string): string | undefined {
   return undefined;
 }
 
+const MOTO_WRAPPER = fileURLToPath(new URL('./moto-server.py', import.meta.url));
+
 interface MotoServer {
   url: string;
   stop(): Promise<void>;
@@ -182,7 +185,13 @@ async function startMoto(port: number): Promise<MotoServer> {
     );
   }
 
-  const child = spawn(motoServer, ['-H', HOST, '-p', String(port)], {
+  // Prefer the wrapper that serializes DynamoDB requests (local/moto-server.py says why); it
+  // needs a python3 that can import moto, which is the case wherever moto_server was pip-installed.
+  const python = findOnPath('python3');
+  const useWrapper = python !== undefined && spawnSync(python, ['-c', 'import moto.server, moto.dynamodb.responses'], { stdio: 'ignore' }).status === 0;
+  if (!useWrapper) console.warn('warning: python3 cannot import moto; starting plain moto_server, whose concurrent DynamoDB transactions are not isolated');
+  const [command, args] = useWrapper ? [python!, [MOTO_WRAPPER, '-H', HOST, '-p', String(port)]] : [motoServer, ['-H', HOST, '-p', String(port)]];
+  const child = spawn(command, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
     // Keep moto's Python output unbuffered, so a failed start's reason is in the last lines.
     env: { ...process.env, PYTHONUNBUFFERED: '1' },

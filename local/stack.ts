@@ -22,8 +22,12 @@
  *   creating anything (its DescribeStackResources then lists them with no logical ID or type),
  *   and the same for `AWS::ApiGatewayV2::*`. The TLS-only policies would mean nothing on a
  *   plain-HTTP endpoint anyway;
- * - cannot create `AWS::Lambda::Function` from the CDK asset (the asset bucket does not exist).
- *   Lambda handlers run in-process locally instead.
+ * - rejects `AWS::Lambda::Function`: its Lambda cannot fetch the code from the CDK asset
+ *   bucket, which does not exist locally, and CreateStack then fails with a malformed error
+ *   response and leaves the stack CREATE_IN_PROGRESS. Lambda handlers run in-process locally.
+ * moto ignores some properties of the resources it does create (of a bucket, all but its
+ * encryption and tags; of a table, point-in-time recovery), none of which the local runtime
+ * depends on.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -74,9 +78,11 @@ export interface LocalStackDeployment {
    */
   env: Record<string, string>;
   /**
-   * The whole synthesized template, functions and event source mappings included, as
-   * CloudFormation would get it on AWS (only its data resources were deployed locally). The
-   * local runtime reads its SQS pollers' settings from the event source mappings here.
+   * The whole synthesized template, functions and event source mappings included (only its
+   * data resources were deployed locally). It is the AWS template but for two local choices:
+   * data resources are deletable (`dataRemovalPolicy: DESTROY`) and there is no bootstrap
+   * version check. The local runtime can read its SQS pollers' settings (batch size, partial
+   * batch failures) from the event source mappings here.
    */
   template: unknown;
   /**

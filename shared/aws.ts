@@ -13,20 +13,23 @@ import { capacityUnits } from './capacity.ts';
 export interface RequestCounts {
   /** `Service:Operation` -> number of requests sent (retries included: each is billed). */
   requests: Record<string, number>;
+  /** `Service:Operation` -> milliseconds spent waiting for responses (summed over requests). */
+  millis: Record<string, number>;
   /** DynamoDB read and write capacity units, computed from item sizes (see capacity.ts). */
   dynamoReadUnits: number;
   dynamoWriteUnits: number;
 }
 
-const counts: RequestCounts = { requests: {}, dynamoReadUnits: 0, dynamoWriteUnits: 0 };
+const counts: RequestCounts = { requests: {}, millis: {}, dynamoReadUnits: 0, dynamoWriteUnits: 0 };
 
 /** A snapshot of the counters since the process started (or the last reset). */
 export function requestCounts(): RequestCounts {
-  return { requests: { ...counts.requests }, dynamoReadUnits: counts.dynamoReadUnits, dynamoWriteUnits: counts.dynamoWriteUnits };
+  return { requests: { ...counts.requests }, millis: { ...counts.millis }, dynamoReadUnits: counts.dynamoReadUnits, dynamoWriteUnits: counts.dynamoWriteUnits };
 }
 
 export function resetRequestCounts(): void {
   counts.requests = {};
+  counts.millis = {};
   counts.dynamoReadUnits = 0;
   counts.dynamoWriteUnits = 0;
 }
@@ -47,7 +50,12 @@ function instrument<C extends AnyClient>(client: C, service: string): C {
     (next, context) => async (args) => {
       const key = `${service}:${String(context.commandName ?? 'unknown').replace(/Command$/, '')}`;
       counts.requests[key] = (counts.requests[key] ?? 0) + 1;
-      return next(args);
+      const start = performance.now();
+      try {
+        return await next(args);
+      } finally {
+        counts.millis[key] = (counts.millis[key] ?? 0) + (performance.now() - start);
+      }
     },
     { step: 'finalizeRequest', name: 'sledgeRequestCounter' },
   );
@@ -76,7 +84,14 @@ let sqsClient: SQSClient | undefined;
  * DNS for every bucket name, which local endpoints do not have.
  */
 export function s3(): S3Client {
-  return (s3Client ??= instrument(new S3Client({ forcePathStyle: true, maxAttempts: 3 }), 'S3'));
+  return (s3Client ??= instrument(new S3Client({
+      forcePathStyle: true,
+      maxAttempts: 3,
+      // Chunk PUTs carry their own CRC32C (computed once, natively); the SDK need not
+      // compute another checksum over every byte of every request.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+    }), 'S3'));
 }
 
 export function dynamo(): DynamoDBClient {

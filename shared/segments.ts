@@ -56,6 +56,8 @@ export interface EncodedSegment {
   descriptor: SegmentDescriptor;
   /** k+m chunk objects, data then trailer. */
   chunks: Buffer[];
+  /** CRC32C of each whole chunk object, sent to S3 so that it verifies the upload. */
+  objectCrcs: number[];
 }
 
 /** `<seq, 12 digits>-<8 random hex>`: sorts by sequence, unique even when writers race. */
@@ -87,30 +89,29 @@ export function granuleCrcs(chunk: Uint8Array, granuleBytes = GRANULE_BYTES): nu
  */
 export async function encodeSegment(
   meta: Omit<SegmentDescriptor, 'v' | 'chunkSizeBytes' | 'granuleBytes' | 'payloadBytes' | 'crcs' | 'createdAt'>,
-  payload: Buffer,
+  payload: Buffer | readonly Buffer[],
 ): Promise<EncodedSegment> {
   const { k, m, blockSizeBytes } = meta;
-  invariant(payload.length % blockSizeBytes === 0, `payload ${payload.length} is not whole blocks`);
-  const chunkSizeBytes = chunkSizeFor(payload.length, k, blockSizeBytes);
-  const data: Buffer[] = [];
-  for (let i = 0; i < k; i++) {
-    const chunk = Buffer.alloc(chunkSizeBytes);
-    payload.copy(chunk, 0, Math.min(payload.length, i * chunkSizeBytes), Math.min(payload.length, (i + 1) * chunkSizeBytes));
-    data.push(chunk);
-  }
+  const parts = Buffer.isBuffer(payload) ? [payload] : payload;
+  const payloadBytes = parts.reduce((n, p) => n + p.length, 0);
+  invariant(payloadBytes % blockSizeBytes === 0, `payload ${payloadBytes} is not whole blocks`);
+  const chunkSizeBytes = chunkSizeFor(payloadBytes, k, blockSizeBytes);
+  // One zero-padded buffer holds all k data chunks back to back: the payload is copied once,
+  // and the data chunks are views of it.
+  const dataRegion = Buffer.alloc(k * chunkSizeBytes);
+  let at = 0;
+  for (const p of parts) at += p.copy(dataRegion, at);
+  const data = Array.from({ length: k }, (_, i) => dataRegion.subarray(i * chunkSizeBytes, (i + 1) * chunkSizeBytes));
   const parity = Array.from({ length: m }, () => Buffer.alloc(chunkSizeBytes));
   // Parity is computed granule by granule, each granule an independent Reed-Solomon stripe.
   // The codec (a Cauchy bit-matrix code, like @ronomon/reed-solomon) mixes bytes across a
   // whole shard, so parity computed over the whole chunk could not rebuild a single granule
   // from the same byte range of the other chunks; per-granule stripes can.
-  await Promise.all(
-    Array.from({ length: Math.ceil(chunkSizeBytes / GRANULE_BYTES) }, async (_, g) => {
-      const a = g * GRANULE_BYTES;
-      const b = Math.min(chunkSizeBytes, a + GRANULE_BYTES);
-      const out = await codec().encode(k, m, data.map((d) => d.subarray(a, b)));
-      out.forEach((p, j) => p.copy(parity[j]!, a));
-    }),
-  );
+  for (let a = 0; a < chunkSizeBytes; a += GRANULE_BYTES) {
+    const b = Math.min(chunkSizeBytes, a + GRANULE_BYTES);
+    const out = await codec().encode(k, m, data.map((d) => d.subarray(a, b)));
+    out.forEach((p, j) => p.copy(parity[j]!, a));
+  }
   const shards = [...data, ...parity];
   invariant(shards.length === k + m && shards.every((s) => s.length === chunkSizeBytes), 'encoder returned wrong shard count or size');
   const descriptor: SegmentDescriptor = {
@@ -118,12 +119,12 @@ export async function encodeSegment(
     ...meta,
     chunkSizeBytes,
     granuleBytes: GRANULE_BYTES,
-    payloadBytes: payload.length,
+    payloadBytes,
     crcs: shards.map((s) => granuleCrcs(s)),
     createdAt: new Date().toISOString(),
   };
   const chunks = shards.map((shard, chunkIndex) => Buffer.concat([shard, trailer({ ...descriptor, chunkIndex })]));
-  return { descriptor, chunks };
+  return { descriptor, chunks, objectCrcs: chunks.map((c) => crc32c(c)) };
 }
 
 function trailer(descriptor: SegmentDescriptor & { chunkIndex: number }): Buffer {

@@ -54,7 +54,9 @@ export function parseLocation(text: string): ChunkLocation {
 }
 
 /** Writes a chunk that must not exist yet (`If-None-Match: *`): chunks are never overwritten. */
-export async function putChunk(loc: ChunkLocation, body: Buffer): Promise<void> {
+export async function putChunk(loc: ChunkLocation, body: Buffer, crc32c: number): Promise<void> {
+  const checksum = Buffer.alloc(4);
+  checksum.writeUInt32BE(crc32c >>> 0);
   await s3().send(
     new PutObjectCommand({
       Bucket: loc.bucket,
@@ -63,6 +65,8 @@ export async function putChunk(loc: ChunkLocation, body: Buffer): Promise<void> 
       ContentLength: body.length,
       ContentType: 'application/octet-stream',
       IfNoneMatch: '*',
+      // S3 recomputes this and refuses the PUT if the bytes it received differ.
+      ChecksumCRC32C: checksum.toString('base64'),
     }),
   );
 }

@@ -379,10 +379,10 @@ async function attemptCommit(v: VolumeRecord, pieces: WritePiece[], writer: Writ
       blockSizeBytes: bs,
       extents: incoming.map((e) => [e.first, e.count, e.seg === null ? -1 : e.segBlock]),
     },
-    Buffer.concat(payloadParts),
+    payloadParts,
   );
   const locations = placeChunks(v.volumeId, segmentId, v.dataChunks + v.parityChunks, config().sledBuckets);
-  await uploadChunks(locations, encoded.chunks, encoded.descriptor.chunkSizeBytes);
+  await uploadChunks(locations, encoded.chunks, encoded.objectCrcs, encoded.descriptor.chunkSizeBytes);
 
   const d = encoded.descriptor;
   const record: SegmentRecord = {
@@ -458,14 +458,14 @@ async function resolveUnknownOutcome(
   });
 }
 
-async function uploadChunks(locations: ChunkLocation[], chunks: Buffer[], chunkSizeBytes: number): Promise<void> {
+async function uploadChunks(locations: ChunkLocation[], chunks: Buffer[], crcs: number[], chunkSizeBytes: number): Promise<void> {
   invariant(locations.length === chunks.length, 'one location per chunk');
   invariant(chunks.every((c) => c.length > chunkSizeBytes), 'every chunk has data and a trailer');
   const results = await Promise.allSettled(
     chunks.map(async (chunk, i) => {
       for (let attempt = 1; ; attempt++) {
         try {
-          await putChunk(locations[i]!, chunk);
+          await putChunk(locations[i]!, chunk, crcs[i]!);
           return;
         } catch (err) {
           const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;

@@ -1,6 +1,6 @@
 import { randomInt } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { crc32c } from '#shared/crc32c.ts';
+import { crc32cNative, crc32cPortable } from '#shared/crc32c.ts';
 import { mulberry32, prngBytes } from './fixtures/make-erasure-vectors.ts';
 
 const SEED = process.env.SLEDGE_SEED ? Number(process.env.SLEDGE_SEED) : randomInt(2 ** 31);
@@ -16,7 +16,16 @@ function reference(data: Uint8Array): number {
   return ~crc >>> 0;
 }
 
-describe('crc32c', () => {
+it('loads the native CRC32C addon (installed by npm ci)', () => {
+  // The build installs @node-rs/crc32; if it stops loading, the fast path is silently gone.
+  expect(crc32cNative).not.toBeNull();
+});
+
+const impls: Array<[string, (data: Uint8Array, initial?: number) => number]> = [['portable', crc32cPortable]];
+if (crc32cNative) impls.push(['native', crc32cNative]);
+
+for (const [name, crc32c] of impls)
+describe(`crc32c (${name})`, () => {
   it('matches the check value and the RFC 3720 (iSCSI) vectors', () => {
     expect(crc32c(Buffer.from('123456789'))).toBe(0xe3069283);
     expect(crc32c(Buffer.alloc(32, 0))).toBe(0x8a9136aa);
