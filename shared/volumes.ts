@@ -361,11 +361,10 @@ async function attemptCommit(v: VolumeRecord, pieces: WritePiece[], writer: Writ
   if (byPage.size > MAX_PAGES_PER_COMMIT) {
     throw new InvalidInputError(`this write touches ${byPage.size} pages of ${v.pageBlocks * bs} bytes; one commit holds at most ${MAX_PAGES_PER_COMMIT}: split it`);
   }
-  const current = await getPages(v, [...byPage.keys()]);
-  const changes: PageChange[] = [...byPage].map(([page, top]) => {
-    const old = current.get(page);
-    return { page, oldVersion: old ? old.version : null, extents: overlay(old?.extents ?? [], top) };
-  });
+  // The pages are needed only for the commit: read them while the segment is encoded and
+  // uploaded, which keeps one DynamoDB round trip off the write's critical path.
+  const pagesRead = getPages(v, [...byPage.keys()]);
+  pagesRead.catch(() => undefined); // Awaited below; this only stops an early rejection going unhandled.
 
   const encoded = await encodeSegment(
     {
@@ -383,6 +382,17 @@ async function attemptCommit(v: VolumeRecord, pieces: WritePiece[], writer: Writ
   );
   const locations = placeChunks(v.volumeId, segmentId, v.dataChunks + v.parityChunks, config().sledBuckets);
   await uploadChunks(locations, encoded.chunks, encoded.objectCrcs, encoded.descriptor.chunkSizeBytes);
+  let current: Awaited<typeof pagesRead>;
+  try {
+    current = await pagesRead;
+  } catch (err) {
+    await deleteChunksQuietly(locations);
+    throw err;
+  }
+  const changes: PageChange[] = [...byPage].map(([page, top]) => {
+    const old = current.get(page);
+    return { page, oldVersion: old ? old.version : null, extents: overlay(old?.extents ?? [], top) };
+  });
 
   const d = encoded.descriptor;
   const record: SegmentRecord = {
