@@ -127,6 +127,37 @@ async function main(): Promise<void> {
     const api = plane.apiUrl;
     const bucket = config().sledBuckets[0]!;
 
+    section('Throughput through the local API against raw S3 on the same endpoint (same bytes, same concurrency)');
+    {
+      const count = 32;
+      const concurrency = 4;
+      const data = randomBytes(4 * MiB);
+      const vols = await Promise.all(Array.from({ length: concurrency }, () => createVolume(api, GiB)));
+      // One writer per volume, as heads are: task i goes to volume i % concurrency.
+      resetRequestCounts();
+      const apiWrite = await timed(count, concurrency, (i) => write(api, vols[i % concurrency]!, Math.floor(i / concurrency) * 4 * MiB, data));
+      const writeCounts = requestCounts();
+      const rawPut = await timed(count, concurrency, (i) =>
+        s3()
+          .send(new PutObjectCommand({ Bucket: bucket, Key: `bench/raw-${i}`, Body: data, ContentLength: data.length }))
+          .then(() => undefined),
+      );
+      const apiRead = await timed(count, concurrency, (i) => read(api, vols[i % concurrency]!, Math.floor(i / concurrency) * 4 * MiB, 4 * MiB).then(() => undefined));
+      const rawGet = await timed(count, concurrency, async (i) => {
+        const out = await s3().send(new GetObjectCommand({ Bucket: bucket, Key: `bench/raw-${i}` }));
+        await out.Body!.transformToByteArray();
+      });
+      const mb = (count * 4 * MiB) / 1e6;
+      table([
+        { path: 'write 4 MiB', 'API MB/s': (mb / apiWrite).toFixed(1), 'raw S3 MB/s': (mb / rawPut).toFixed(1), 'API / raw': (rawPut / apiWrite).toFixed(2) },
+        { path: 'read 4 MiB', 'API MB/s': (mb / apiRead).toFixed(1), 'raw S3 MB/s': (mb / rawGet).toFixed(1), 'API / raw': (rawGet / apiRead).toFixed(2) },
+      ]);
+      console.log(`(${count} requests of 4 MiB, ${concurrency} at a time; the API stores (k+m)/k = 1.5x the bytes raw S3 stores)`);
+      console.log('Mean latency per AWS request during the API writes:');
+      table(
+        Object.entries(writeCounts.requests).map(([op, n]) => ({ request: op, count: n, 'mean ms': ((writeCounts.millis[op] ?? 0) / n).toFixed(1) })),
+      );
+    }
     section('Requests and cost (exact counts; DynamoDB units by published rules; list prices us-east-1)');
     const rows: Array<Record<string, string | number>> = [];
     {
@@ -152,31 +183,6 @@ async function main(): Promise<void> {
     }
     table(rows);
 
-    section('Throughput through the local API against raw S3 on the same endpoint (same bytes, same concurrency)');
-    {
-      const count = 32;
-      const concurrency = 4;
-      const data = randomBytes(4 * MiB);
-      const vols = await Promise.all(Array.from({ length: concurrency }, () => createVolume(api, GiB)));
-      // One writer per volume, as heads are: task i goes to volume i % concurrency.
-      const apiWrite = await timed(count, concurrency, (i) => write(api, vols[i % concurrency]!, Math.floor(i / concurrency) * 4 * MiB, data));
-      const rawPut = await timed(count, concurrency, (i) =>
-        s3()
-          .send(new PutObjectCommand({ Bucket: bucket, Key: `bench/raw-${i}`, Body: data, ContentLength: data.length }))
-          .then(() => undefined),
-      );
-      const apiRead = await timed(count, concurrency, (i) => read(api, vols[i % concurrency]!, Math.floor(i / concurrency) * 4 * MiB, 4 * MiB).then(() => undefined));
-      const rawGet = await timed(count, concurrency, async (i) => {
-        const out = await s3().send(new GetObjectCommand({ Bucket: bucket, Key: `bench/raw-${i}` }));
-        await out.Body!.transformToByteArray();
-      });
-      const mb = (count * 4 * MiB) / 1e6;
-      table([
-        { path: 'write 4 MiB', 'API MB/s': (mb / apiWrite).toFixed(1), 'raw S3 MB/s': (mb / rawPut).toFixed(1), 'API / raw': (rawPut / apiWrite).toFixed(2) },
-        { path: 'read 4 MiB', 'API MB/s': (mb / apiRead).toFixed(1), 'raw S3 MB/s': (mb / rawGet).toFixed(1), 'API / raw': (rawGet / apiRead).toFixed(2) },
-      ]);
-      console.log(`(${count} requests of 4 MiB, ${concurrency} at a time; the API stores (k+m)/k = 1.5x the bytes raw S3 stores)`);
-    }
   } finally {
     await plane.stop();
   }

@@ -303,7 +303,7 @@ async function batchGet(table: string, keys: Record<string, AttributeValue>[]): 
 }
 
 /** The stored pages among `pages` (missing ones are absent from the map). */
-export async function getPages(volume: VolumeRecord, pages: readonly number[]): Promise<Map<number, PageRecord>> {
+export async function getPages(volume: Pick<VolumeRecord, 'volumeId' | 'pageBlocks'>, pages: readonly number[]): Promise<Map<number, PageRecord>> {
   const items = await batchGet(
     config().pagesTable,
     pages.map((p) => ({ volumeId: S(volume.volumeId), page: N(p) })),

@@ -500,6 +500,26 @@ async function deleteChunksQuietly(locations: ChunkLocation[]): Promise<void> {
   await Promise.allSettled(locations.map((l) => deleteChunk(l)));
 }
 
+/** The parts of a volume record that never change after creation. */
+type Geometry = Pick<VolumeRecord, 'volumeId' | 'blockSizeBytes' | 'pageBlocks'>;
+const geometryCache = new Map<string, Geometry>();
+const GEOMETRY_CACHE_MAX = 4096;
+
+function rememberGeometry(v: VolumeRecord): void {
+  if (geometryCache.has(v.volumeId)) return;
+  if (geometryCache.size >= GEOMETRY_CACHE_MAX) geometryCache.delete(geometryCache.keys().next().value!);
+  geometryCache.set(v.volumeId, { volumeId: v.volumeId, blockSizeBytes: v.blockSizeBytes, pageBlocks: v.pageBlocks });
+}
+
+/** Page numbers covering a block-aligned byte range. */
+function pageRange(g: Geometry, offset: number, length: number): number[] {
+  const first = offset / g.blockSizeBytes;
+  const end = first + length / g.blockSizeBytes;
+  const pages: number[] = [];
+  for (let p = Math.floor(first / g.pageBlocks); p * g.pageBlocks < end; p++) pages.push(p);
+  return pages;
+}
+
 /** Bounded cache of segment records; they are immutable apart from chunk locations. */
 const segmentCache = new Map<string, SegmentRecord>();
 const SEGMENT_CACHE_MAX = 4096;
@@ -531,14 +551,24 @@ async function segmentRecordsFor(refs: string[]): Promise<Map<string, SegmentRec
  * const bytes = await readData(id, 0, 4096);
  */
 export async function readData(volumeId: string, offset: number, length: number, report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 }): Promise<Buffer> {
-  const v = requireActive(await getVolume(volumeId), volumeId);
+  // A volume's geometry never changes, so once known, its pages can be read in the same round
+  // trip as the volume item (which still decides existence, state and size).
+  const known = geometryCache.get(volumeId);
+  const pagesFor = (g: Geometry) => {
+    // Only for ranges that can pass validation; anything else is refused below without a page read.
+    const plausible = Number.isSafeInteger(offset) && offset >= 0 && length > 0 && length <= MAX_IO_BYTES;
+    if (!plausible || offset % g.blockSizeBytes !== 0 || length % g.blockSizeBytes !== 0) return Promise.resolve(null);
+    return getPages(g, pageRange(g, offset, length));
+  };
+  const [fresh, early] = await Promise.all([getVolume(volumeId), known ? pagesFor(known) : Promise.resolve(null)]);
+  const v = requireActive(fresh, volumeId);
+  rememberGeometry(v);
   checkRange(v, offset, length, MAX_IO_BYTES);
   const bs = v.blockSizeBytes;
   const first = offset / bs;
   const end = first + length / bs;
-  const pageNums: number[] = [];
-  for (let p = Math.floor(first / v.pageBlocks); p * v.pageBlocks < end; p++) pageNums.push(p);
-  const pages = await getPages(v, pageNums);
+  const pageNums = pageRange(v, offset, length);
+  const pages = early ?? (await getPages(v, pageNums));
   const extents = pageNums.flatMap((p) => clip(pages.get(p)?.extents ?? [], first, end)).filter((e) => e.seg !== null);
 
   const out = Buffer.alloc(length);
