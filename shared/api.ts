@@ -5,8 +5,14 @@ import { decodeBatch, BATCH_CONTENT_TYPE, MAX_BATCH_HEADER_BYTES } from './batch
 import { config } from './config.ts';
 import { InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError } from './errors.ts';
 import { Router, intQuery, jsonBody, type Request } from './http.ts';
+import { describeHeads, designateHeads, joinAsReserve, promote, renewLease } from './heads.ts';
+import { checkKey } from './reservations.ts';
+import type { WriterIdentity } from './segments.ts';
 import {
+  HEAD_ID,
   MAX_IO_BYTES,
+  describeReservations,
+  reservationCommand,
   createVolume,
   deleteVolume,
   describeVolume,
@@ -25,6 +31,17 @@ function requireBinary(req: Request, allowed: string[]): void {
   if (!allowed.includes(type)) throw new UnsupportedMediaTypeError(`expected content-type ${allowed.join(' or ')}, got ${type || 'none'}`);
 }
 
+/** The reservation key a request presents, if any (validated: a malformed key is a 400). */
+function requestKey(req: Request): string | undefined {
+  const key = req.headers['x-sledge-reservation-key'];
+  return key === undefined ? undefined : checkKey(key, 'x-sledge-reservation-key');
+}
+
+function writer(req: Request): WriterIdentity {
+  const key = requestKey(req);
+  return key === undefined ? { id: HEAD_ID } : { id: HEAD_ID, key };
+}
+
 export const router = new Router()
   .on('GET', '/openapi.json', async () => ({ status: 200, json: openapi }))
   .on('GET', '/volumes', async (req) => ({ status: 200, json: await listVolumeViews(req.query.limit, req.query.next) }))
@@ -36,13 +53,13 @@ export const router = new Router()
     requireBinary(req, ['application/octet-stream']);
     if (req.body.length > MAX_IO_BYTES) throw new PayloadTooLargeError(`a write carries at most ${MAX_IO_BYTES} bytes, this one ${req.body.length}`);
     const offset = intQuery(req, 'offset');
-    return { status: 200, json: await writeData(req.params.volumeId!, offset, req.body) };
+    return { status: 200, json: await writeData(req.params.volumeId!, offset, req.body, writer(req)) };
   })
   .on('GET', '/volumes/{volumeId}/data', async (req) => {
     const offset = intQuery(req, 'offset');
     const length = intQuery(req, 'length');
     const report = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
-    const bytes = await readData(req.params.volumeId!, offset, length, report);
+    const bytes = await readData(req.params.volumeId!, offset, length, report, requestKey(req));
     // Degraded reads are visible to the client: how many granules failed and were rebuilt.
     return {
       status: 200,
@@ -53,14 +70,25 @@ export const router = new Router()
   .on('POST', '/volumes/{volumeId}/batch', async (req) => {
     requireBinary(req, [BATCH_CONTENT_TYPE, 'application/octet-stream']);
     if (req.body.length > MAX_IO_BYTES + MAX_BATCH_HEADER_BYTES + 8) throw new PayloadTooLargeError(`a batch body is at most ${MAX_IO_BYTES} bytes of data plus its header`);
-    return { status: 200, json: await writePieces(req.params.volumeId!, decodeBatch(req.body)) };
+    return { status: 200, json: await writePieces(req.params.volumeId!, decodeBatch(req.body), writer(req)) };
   })
   .on('POST', '/volumes/{volumeId}/trim', async (req) => {
     const body = jsonBody(req);
     const extra = Object.keys(body).filter((k) => k !== 'offset' && k !== 'length');
     if (extra.length > 0) throw new InvalidInputError(`unknown field ${extra[0]}; a trim takes offset and length`);
     if (typeof body.offset !== 'number' || typeof body.length !== 'number') throw new InvalidInputError('a trim needs numeric offset and length');
-    return { status: 200, json: await trimRange(req.params.volumeId!, body.offset, body.length) };
+    return { status: 200, json: await trimRange(req.params.volumeId!, body.offset, body.length, writer(req)) };
+  })
+  .on('GET', '/volumes/{volumeId}/reservations', async (req) => ({ status: 200, json: await describeReservations(req.params.volumeId!) }))
+  .on('POST', '/volumes/{volumeId}/reservations', async (req) => {
+    return { status: 200, json: await reservationCommand(req.params.volumeId!, jsonBody(req)) };
+  })
+  .on('GET', '/volumes/{volumeId}/heads', async (req) => ({ status: 200, json: await describeHeads(req.params.volumeId!) }))
+  .on('PUT', '/volumes/{volumeId}/heads', async (req) => ({ status: 200, json: await designateHeads(req.params.volumeId!, jsonBody(req)) }))
+  .on('POST', '/volumes/{volumeId}/heads/renew', async (req) => ({ status: 200, json: await renewLease(req.params.volumeId!, jsonBody(req)) }))
+  .on('POST', '/volumes/{volumeId}/heads/promote', async (req) => ({ status: 200, json: await promote(req.params.volumeId!, jsonBody(req)) }))
+  .on('POST', '/volumes/{volumeId}/heads/join', async (req) => {
+    return { status: 200, json: await joinAsReserve(req.params.volumeId!, jsonBody(req)) };
   });
 
 /** Handles one API Gateway event. */

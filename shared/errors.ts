@@ -34,6 +34,17 @@ export class ConflictError extends SledgeError {
   readonly retryable = false;
 }
 
+/**
+ * The request's reservation key does not allow it: not registered (never, or preempted), or
+ * another key holds a reservation that excludes it. Retrying the same request will not help;
+ * the caller must re-register or stop, since someone else now owns the volume.
+ */
+export class FencedError extends SledgeError {
+  override name = 'FencedError';
+  readonly status = 409;
+  readonly retryable = false;
+}
+
 /** The body is larger than the API accepts. */
 export class PayloadTooLargeError extends SledgeError {
   override name = 'PayloadTooLargeError';

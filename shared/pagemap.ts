@@ -22,6 +22,7 @@ import { config } from './config.ts';
 import { decodePage, encodePage, type Extent } from './extents.ts';
 import { ConflictError, NotFoundError, invariant } from './errors.ts';
 import { formatLocation, parseLocation, type ChunkLocation } from './sleds.ts';
+import { HOLDER_TYPES, REGISTRANT_TYPES, type ReservationState, type ReservationType } from './reservations.ts';
 
 /** At most this many pages change in one commit (a transaction holds 100 items; see the doc). */
 export const MAX_PAGES_PER_COMMIT = 96;
@@ -41,8 +42,35 @@ export interface VolumeRecord {
   state: VolumeState;
   headSeq: number;
   headSegmentId: string;
+  reservations: ReservationState;
+  heads?: HeadDesignation;
   createdAt: string;
   updatedAt: string;
+}
+
+/** The volume's primary head, its reserves, and the primary's lease (docs/reservations.md). */
+export interface HeadDesignation {
+  primary: string;
+  reserves: string[];
+  leaseExpiresAtMs: number;
+  leaseDurationMs: number;
+}
+
+export function headsToAttribute(h: HeadDesignation): AttributeValue {
+  return {
+    M: {
+      primary: S(h.primary),
+      reserves: { L: h.reserves.map(S) },
+      leaseExpiresAtMs: N(h.leaseExpiresAtMs),
+      leaseDurationMs: N(h.leaseDurationMs),
+    },
+  };
+}
+
+function attributeToHeads(a: AttributeValue | undefined): HeadDesignation | undefined {
+  const m = a?.M;
+  if (!m) return undefined;
+  return { primary: str(m.primary), reserves: (m.reserves?.L ?? []).map(str), leaseExpiresAtMs: num(m.leaseExpiresAtMs), leaseDurationMs: num(m.leaseDurationMs) };
 }
 
 export interface PageRecord {
@@ -84,11 +112,33 @@ function volumeToItem(v: VolumeRecord): Record<string, AttributeValue> {
     state: S(v.state),
     headSeq: N(v.headSeq),
     headSegmentId: S(v.headSegmentId),
+    ...reservationAttributes(v.reservations),
     createdAt: S(v.createdAt),
     updatedAt: S(v.updatedAt),
   };
   if (v.name !== undefined) item.name = S(v.name);
+  if (v.heads) item.heads = headsToAttribute(v.heads);
   return item;
+}
+
+function reservationAttributes(r: ReservationState): Record<string, AttributeValue> {
+  const attrs: Record<string, AttributeValue> = {
+    resGen: N(r.generation),
+    registrants: { M: Object.fromEntries(Object.entries(r.registrants).map(([k, g]) => [k, N(g)])) },
+  };
+  if (r.reservation) {
+    attrs.resHolder = S(r.reservation.holder);
+    attrs.resType = S(r.reservation.type);
+  }
+  return attrs;
+}
+
+function itemToReservations(item: Record<string, AttributeValue>): ReservationState {
+  const registrants: Record<string, number> = {};
+  for (const [k, g] of Object.entries(item.registrants?.M ?? {})) registrants[k] = num(g);
+  const holder = item.resHolder?.S;
+  const type = item.resType?.S as ReservationType | undefined;
+  return { generation: num(item.resGen ?? N(0)), registrants, reservation: holder && type ? { holder, type } : null };
 }
 
 function itemToVolume(item: Record<string, AttributeValue>): VolumeRecord {
@@ -102,10 +152,13 @@ function itemToVolume(item: Record<string, AttributeValue>): VolumeRecord {
     state: str(item.state) as VolumeState,
     headSeq: num(item.headSeq),
     headSegmentId: str(item.headSegmentId),
+    reservations: itemToReservations(item),
     createdAt: str(item.createdAt),
     updatedAt: str(item.updatedAt),
   };
   if (item.name?.S !== undefined) v.name = item.name.S;
+  const heads = attributeToHeads(item.heads);
+  if (heads) v.heads = heads;
   return v;
 }
 
@@ -281,6 +334,86 @@ export async function deleteVolumeItem(volumeId: string): Promise<void> {
   await dynamo().send(new DeleteItemCommand({ TableName: config().volumesTable, Key: { volumeId: S(volumeId) }, ReturnConsumedCapacity: 'TOTAL' }));
 }
 
+/**
+ * Stores a new reservation state computed from the one read at generation `expected`.
+ * Returns false if someone changed the reservations since (the caller re-reads and retries).
+ * `extra` sets more attributes in the same write (head designation), with its own condition.
+ */
+export async function storeReservations(
+  volumeId: string,
+  expected: number,
+  next: ReservationState,
+  extra?: { set: Record<string, AttributeValue>; condition?: { expression: string; names?: Record<string, string>; values: Record<string, AttributeValue> } },
+): Promise<boolean> {
+  const attrs = reservationAttributes(next);
+  const sets = Object.entries({ ...attrs, ...(extra?.set ?? {}) }).map(([k], i) => `#a${i} = :a${i}`);
+  const names: Record<string, string> = { '#state': 'state' };
+  const values: Record<string, AttributeValue> = { ':expected': N(expected), ':active': S('active'), ':now': S(new Date().toISOString()) };
+  Object.entries({ ...attrs, ...(extra?.set ?? {}) }).forEach(([k, v], i) => {
+    names[`#a${i}`] = k;
+    values[`:a${i}`] = v;
+  });
+  const removes = next.reservation ? [] : ['resHolder', 'resType'];
+  try {
+    await dynamo().send(
+      new UpdateItemCommand({
+        TableName: config().volumesTable,
+        Key: { volumeId: S(volumeId) },
+        UpdateExpression: `SET ${sets.join(', ')}, updatedAt = :now${removes.length ? ` REMOVE ${removes.join(', ')}` : ''}`,
+        ConditionExpression: [
+          'attribute_exists(volumeId)', // the volume exists
+          '#state = :active', // and is not being deleted
+          'resGen = :expected', // and nobody changed its reservations since we read them
+          ...(extra?.condition ? [extra.condition.expression] : []),
+        ].join(' AND '),
+        ExpressionAttributeNames: { ...names, ...(extra?.condition?.names ?? {}) },
+        ExpressionAttributeValues: { ...values, ...(extra?.condition?.values ?? {}) },
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return true;
+  } catch (err) {
+    if (conditionFailed(err)) return false;
+    throw err;
+  }
+}
+
+/**
+ * Sets attributes of an active volume under extra named conditions (for head leases).
+ * Returns the item as it was when the condition failed, or null on success.
+ */
+export async function updateVolumeIf(
+  volumeId: string,
+  set: Record<string, AttributeValue>,
+  condition: { parts: string[]; names?: Record<string, string>; values?: Record<string, AttributeValue> },
+): Promise<{ ok: true } | { ok: false; current: VolumeRecord | null }> {
+  const names: Record<string, string> = { '#state': 'state', ...(condition.names ?? {}) };
+  const values: Record<string, AttributeValue> = { ':active': S('active'), ':now': S(new Date().toISOString()), ...(condition.values ?? {}) };
+  const sets = Object.entries(set).map(([k, v], i) => {
+    names[`#s${i}`] = k;
+    values[`:s${i}`] = v;
+    return `#s${i} = :s${i}`;
+  });
+  try {
+    await dynamo().send(
+      new UpdateItemCommand({
+        TableName: config().volumesTable,
+        Key: { volumeId: S(volumeId) },
+        UpdateExpression: `SET ${sets.join(', ')}, updatedAt = :now`,
+        ConditionExpression: ['attribute_exists(volumeId)', '#state = :active', ...condition.parts].join(' AND '),
+        ExpressionAttributeNames: names,
+        ExpressionAttributeValues: values,
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return { ok: true };
+  } catch (err) {
+    if (!conditionFailed(err)) throw err;
+    return { ok: false, current: err.Item ? itemToVolume(err.Item) : null };
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Pages and segment records
 
@@ -424,7 +557,7 @@ export interface PageChange {
 }
 
 /** Why a commit transaction was refused; the writer's next step depends on it. */
-export type CommitRefusal = 'head-moved' | 'volume-gone' | 'volume-not-active' | 'page-moved';
+export type CommitRefusal = 'head-moved' | 'volume-gone' | 'volume-not-active' | 'page-moved' | 'fenced';
 
 export class CommitRefusedError extends Error {
   override name = 'CommitRefusedError';
@@ -444,7 +577,45 @@ export class CommitRefusedError extends Error {
  * Throws CommitRefusedError when a condition failed (nothing was changed); any other error
  * leaves the outcome unknown, and the caller resolves it with `getSegmentRecord`.
  */
-export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord, changes: readonly PageChange[]): Promise<void> {
+/** The writer a commit is fenced on: the key it presented and that key's registration generation. */
+export interface CommitWriter {
+  key?: string;
+  keyGeneration?: number;
+}
+
+/**
+ * The named parts of the writer's access rule (docs/reservations.md), joined with AND into the
+ * volume item's commit condition, with the values they use.
+ */
+export function fencingCondition(writer: CommitWriter): { parts: string[]; names: Record<string, string>; values: Record<string, AttributeValue> } {
+  if (writer.key === undefined) {
+    // Without a key, a writer may commit only while there is no reservation at all.
+    return { parts: ['attribute_not_exists(resType)'], names: {}, values: {} };
+  }
+  invariant(writer.keyGeneration !== undefined, 'a writer with a key needs its registration generation');
+  const holderTypes = HOLDER_TYPES.map((_, i) => `:holderType${i}`);
+  const registrantTypes = REGISTRANT_TYPES.map((_, i) => `:registrantType${i}`);
+  return {
+    parts: [
+      'registrants.#writerKey = :writerKeyGen', // still registered, by the very registration it started with
+      [
+        '(attribute_not_exists(resType)', // and there is no reservation,
+        `OR (resType IN (${holderTypes.join(', ')}) AND resHolder = :writerKey)`, // or it holds a holder-type one,
+        `OR resType IN (${registrantTypes.join(', ')}))`, // or the type lets every registrant write
+      ].join(' '),
+    ],
+    names: { '#writerKey': writer.key },
+    values: {
+      ':writerKeyGen': N(writer.keyGeneration),
+      ':writerKey': S(writer.key),
+      ...Object.fromEntries(HOLDER_TYPES.map((t, i) => [`:holderType${i}`, S(t)])),
+      ...Object.fromEntries(REGISTRANT_TYPES.map((t, i) => [`:registrantType${i}`, S(t)])),
+    },
+  };
+}
+
+export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord, changes: readonly PageChange[], writer: CommitWriter = {}): Promise<void> {
+  const fencing = fencingCondition(writer);
   invariant(segment.seq === volume.headSeq + 1, 'segment built on a different head');
   invariant(segment.prev === volume.headSegmentId, 'segment prev is not the head it was built on');
   invariant(changes.length <= MAX_PAGES_PER_COMMIT, () => `${changes.length} pages in one commit, max ${MAX_PAGES_PER_COMMIT}`);
@@ -460,9 +631,11 @@ export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord
           'attribute_exists(volumeId)', // the volume still exists
           '#state = :active', // and is not being deleted
           'headSeq = :prevSeq', // and nobody committed since we read the head we built on
+          ...fencing.parts, // and the writer has not been fenced off (docs/reservations.md)
         ].join(' AND '),
-        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeNames: { '#state': 'state', ...fencing.names },
         ExpressionAttributeValues: {
+          ...fencing.values,
           ':seq': N(segment.seq),
           ':prevSeq': N(volume.headSeq),
           ':segment': S(segment.segmentId),
@@ -505,6 +678,16 @@ export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord
       const current = vol.Item ? itemToVolume(vol.Item) : undefined;
       if (!current) throw new CommitRefusedError('volume-gone', `volume ${volume.volumeId} does not exist`);
       if (current.state !== 'active') throw new CommitRefusedError('volume-not-active', `volume ${volume.volumeId} is ${current.state}`, current);
+      const r = current.reservations;
+      const stillRegistered = writer.key === undefined || r.registrants[writer.key] === writer.keyGeneration;
+      const allowed = stillRegistered && (writer.key === undefined ? !r.reservation : !r.reservation || !HOLDER_TYPES.includes(r.reservation.type) || r.reservation.holder === writer.key);
+      if (!allowed) {
+        throw new CommitRefusedError(
+          'fenced',
+          `commit refused: writer ${writer.key ?? '(no key)'} was fenced off volume ${volume.volumeId} (reservation generation ${r.generation}${r.reservation ? `, reserved ${r.reservation.type} by ${r.reservation.holder}` : ''})`,
+          current,
+        );
+      }
       throw new CommitRefusedError('head-moved', `volume ${volume.volumeId} head moved from ${volume.headSeq} to ${current.headSeq}`, current);
     }
     if (reasons.slice(2).some((r) => r?.Code === 'ConditionalCheckFailed')) {

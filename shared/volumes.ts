@@ -6,10 +6,11 @@ import { randomBytes } from 'node:crypto';
 import { SendMessageCommand } from '@aws-sdk/client-sqs';
 import { sqs } from './aws.ts';
 import { config } from './config.ts';
-import { InvalidInputError, NotFoundError, UnavailableError, invariant } from './errors.ts';
+import { FencedError, InvalidInputError, NotFoundError, UnavailableError, invariant } from './errors.ts';
 import { clip, overlay, splitByPage, type Extent } from './extents.ts';
 import {
   CommitRefusedError,
+  storeReservations,
   MAX_PAGES_PER_COMMIT,
   commitSegment,
   deleteItems,
@@ -28,12 +29,14 @@ import {
   segmentKey,
   segmentRef,
   sleep,
+  type CommitWriter,
   type PageChange,
   type SegmentRecord,
   type VolumeRecord,
 } from './pagemap.ts';
 import { readPayload, type PayloadRange, type ReadReport } from './segment-reader.ts';
 import { encodeSegment, newSegmentId, type WriterIdentity } from './segments.ts';
+import { EMPTY_RESERVATIONS, apply, parseCommand, readRefusal, writeRefusal, type ReservationState } from './reservations.ts';
 import { deleteChunk, listVolumeChunks, placeChunks, putChunk, type ChunkLocation } from './sleds.ts';
 
 export const DEFAULT_BLOCK_SIZE_BYTES = 4096;
@@ -171,6 +174,7 @@ export async function createVolume(input: CreateVolumeInput): Promise<VolumeView
     state: 'active',
     headSeq: 0,
     headSegmentId: '',
+    reservations: EMPTY_RESERVATIONS,
     createdAt: now,
     updatedAt: now,
   };
@@ -333,15 +337,34 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
     if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
     const v = requireActive(await getVolume(volumeId), volumeId);
     const sorted = checkPieces(v, pieces);
-    const outcome = await attemptCommit(v, sorted, writer);
+    const outcome = await completeWrite(await prepareWrite(v, sorted, writer));
     if (outcome) return outcome;
   }
   throw new UnavailableError(`volume ${volumeId} is busy: ${COMMIT_ATTEMPT_MAX} commit attempts lost to concurrent writers; retry`, { retryAfterSeconds: 1 });
 }
 
-/** One pass of the commit protocol. Returns null when the head moved and the caller should retry. */
-async function attemptCommit(v: VolumeRecord, pieces: WritePiece[], writer: WriterIdentity): Promise<WriteResult | null> {
+/** A write whose chunks are uploaded and whose commit is ready to send. */
+export interface PreparedWrite {
+  volume: VolumeRecord;
+  record: SegmentRecord;
+  changes: PageChange[];
+  writer: WriterIdentity;
+  result: WriteResult;
+  locations: ChunkLocation[];
+}
+
+/**
+ * Steps 1 to 3 of the commit protocol (docs/page-map.md): check, build, upload. The commit
+ * is `completeWrite`. They are separate so that tests can stall a writer between the two,
+ * as a paused head would be.
+ */
+export async function prepareWrite(v: VolumeRecord, pieces: WritePiece[], requester: WriterIdentity): Promise<PreparedWrite> {
   const bs = v.blockSizeBytes;
+  // Fencing, part one: refuse at once what the reservation state refuses now. Part two is the
+  // commit's own condition, which refuses it again if the state changes before the commit.
+  const refusal = writeRefusal(v.volumeId, v.reservations, requester.key);
+  if (refusal) throw new FencedError(refusal);
+  const writer: WriterIdentity = requester.key === undefined ? { id: requester.id } : { id: requester.id, key: requester.key, generation: v.reservations.registrants[requester.key]! };
   const seq = v.headSeq + 1;
   const segmentId = newSegmentId(seq);
   const ref = segmentRef(v.volumeId, segmentId);
@@ -417,19 +440,30 @@ async function attemptCommit(v: VolumeRecord, pieces: WritePiece[], writer: Writ
     bytesWritten: d.payloadBytes,
     bytesZeroed: pieces.filter((p) => !p.data).reduce((n, p) => n + p.length, 0),
   };
+  return { volume: v, record, changes, writer, result, locations };
+}
+
+/**
+ * Step 4 of the commit protocol. Returns the result once committed, or null when another
+ * commit moved the head first (the caller prepares again); throws FencedError when the
+ * writer's reservation no longer allows it. Chunks of a refused commit are deleted.
+ */
+export async function completeWrite(prepared: PreparedWrite): Promise<WriteResult | null> {
+  const { volume: v, record, changes, writer, result, locations } = prepared;
   try {
-    await commitSegment(v, record, changes);
+    await commitSegment(v, record, changes, commitWriter(writer));
     return result;
   } catch (err) {
     if (err instanceof CommitRefusedError) {
       await deleteChunksQuietly(locations);
+      if (err.reason === 'fenced') throw new FencedError(err.message);
       if (err.reason === 'volume-gone') throw new NotFoundError(`volume ${v.volumeId} does not exist`);
       if (err.reason === 'volume-not-active') throw new NotFoundError(`volume ${v.volumeId} is being deleted`);
       if (err.reason === 'page-moved') console.error(`commit refused with page-moved on ${v.volumeId}: ${err.message}`);
       return null;
     }
     // The outcome is unknown: find out from the segment record, which commits with the head.
-    return resolveUnknownOutcome(v, record, changes, result, locations, err);
+    return resolveUnknownOutcome(v, record, changes, commitWriter(writer), result, locations, err);
   }
 }
 
@@ -437,6 +471,7 @@ async function resolveUnknownOutcome(
   v: VolumeRecord,
   record: SegmentRecord,
   changes: PageChange[],
+  writer: CommitWriter,
   result: WriteResult,
   locations: ChunkLocation[],
   firstError: unknown,
@@ -452,11 +487,12 @@ async function resolveUnknownOutcome(
         await deleteChunksQuietly(locations);
         return null;
       }
-      await commitSegment(v, record, changes);
+      await commitSegment(v, record, changes, writer);
       return result;
     } catch (err) {
       if (err instanceof CommitRefusedError) {
         await deleteChunksQuietly(locations);
+        if (err.reason === 'fenced') throw new FencedError(err.message);
         return null;
       }
       lastError = err;
@@ -466,6 +502,10 @@ async function resolveUnknownOutcome(
     cause: lastError,
     retryAfterSeconds: 2,
   });
+}
+
+function commitWriter(writer: WriterIdentity): CommitWriter {
+  return writer.key === undefined ? {} : { key: writer.key, keyGeneration: writer.generation };
 }
 
 async function uploadChunks(locations: ChunkLocation[], chunks: Buffer[], crcs: number[], chunkSizeBytes: number): Promise<void> {
@@ -550,7 +590,13 @@ async function segmentRecordsFor(refs: string[]): Promise<Map<string, SegmentRec
  * @example
  * const bytes = await readData(id, 0, 4096);
  */
-export async function readData(volumeId: string, offset: number, length: number, report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 }): Promise<Buffer> {
+export async function readData(
+  volumeId: string,
+  offset: number,
+  length: number,
+  report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 },
+  key?: string,
+): Promise<Buffer> {
   // A volume's geometry never changes, so once known, its pages can be read in the same round
   // trip as the volume item (which still decides existence, state and size).
   const known = geometryCache.get(volumeId);
@@ -563,6 +609,8 @@ export async function readData(volumeId: string, offset: number, length: number,
   const [fresh, early] = await Promise.all([getVolume(volumeId), known ? pagesFor(known) : Promise.resolve(null)]);
   const v = requireActive(fresh, volumeId);
   rememberGeometry(v);
+  const refusal = readRefusal(volumeId, v.reservations, key);
+  if (refusal) throw new FencedError(refusal);
   checkRange(v, offset, length, MAX_IO_BYTES);
   const bs = v.blockSizeBytes;
   const first = offset / bs;
@@ -588,4 +636,48 @@ export async function readData(volumeId: string, offset: number, length: number,
     }),
   );
   return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Reservations
+
+export interface ReservationView {
+  volumeId: string;
+  generation: number;
+  registrants: Array<{ key: string; generation: number }>;
+  reservation: { holder: string; type: string } | null;
+}
+
+export function reservationView(volumeId: string, r: ReservationState): ReservationView {
+  return {
+    volumeId,
+    generation: r.generation,
+    registrants: Object.entries(r.registrants)
+      .map(([key, generation]) => ({ key, generation }))
+      .sort((a, b) => a.generation - b.generation),
+    reservation: r.reservation,
+  };
+}
+
+export async function describeReservations(volumeId: string): Promise<ReservationView> {
+  const v = requireActive(await getVolume(volumeId), volumeId);
+  return reservationView(volumeId, v.reservations);
+}
+
+const RESERVATION_ATTEMPT_MAX = 8;
+
+/**
+ * Runs one reservation command (docs/reservations.md): read the state, apply the rule, store
+ * the result on condition that the generation did not move; re-read and retry when it did.
+ */
+export async function reservationCommand(volumeId: string, body: Record<string, unknown>): Promise<ReservationView> {
+  const cmd = parseCommand(body);
+  for (let attempt = 0; attempt < RESERVATION_ATTEMPT_MAX; attempt++) {
+    if (attempt > 0) await sleep(Math.random() * 20 * 2 ** attempt);
+    const v = requireActive(await getVolume(volumeId), volumeId);
+    const next = apply(volumeId, v.reservations, cmd);
+    if (next === v.reservations) return reservationView(volumeId, next);
+    if (await storeReservations(volumeId, v.reservations.generation, next)) return reservationView(volumeId, next);
+  }
+  throw new UnavailableError(`reservations of volume ${volumeId} kept changing under ${RESERVATION_ATTEMPT_MAX} attempts; retry`);
 }

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { decodeBatch, encodeBatch } from '#shared/batch.ts';
 import { InvalidInputError } from '#shared/errors.ts';
 import type { VolumeRecord } from '#shared/pagemap.ts';
+import { EMPTY_RESERVATIONS } from '#shared/reservations.ts';
 import { checkRange } from '#shared/volumes.ts';
 
 const vol: VolumeRecord = {
@@ -14,6 +15,7 @@ const vol: VolumeRecord = {
   state: 'active',
   headSeq: 0,
   headSegmentId: '',
+  reservations: EMPTY_RESERVATIONS,
   createdAt: '',
   updatedAt: '',
 };

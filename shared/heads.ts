@@ -1,0 +1,163 @@
+/**
+ * Primary and reserve heads of a volume, with the primary's lease (docs/reservations.md).
+ * A head is a reservation key `head:<name>`; the primary holds a write-exclusive reservation,
+ * so promotion is a preempt and the old primary is fenced by the commit condition itself.
+ */
+import { ConflictError, FencedError, InvalidInputError, NotFoundError, UnavailableError } from './errors.ts';
+import { getVolume, headsToAttribute, sleep, storeReservations, updateVolumeIf, type HeadDesignation, type VolumeRecord } from './pagemap.ts';
+import { apply, checkKey, type ReservationState } from './reservations.ts';
+
+export const DEFAULT_LEASE_DURATION_MS = 10_000;
+const MIN_RESERVES = 2;
+const ATTEMPT_MAX = 8;
+
+export function headKey(name: string): string {
+  return checkKey(`head:${name}`, 'head');
+}
+
+export interface HeadsView {
+  volumeId: string;
+  primary: string | null;
+  reserves: string[];
+  leaseDurationMs: number | null;
+  leaseExpiresAt: string | null;
+  leaseLapsed: boolean | null;
+  reservationGeneration: number;
+}
+
+export function headsView(v: VolumeRecord, nowMs = Date.now()): HeadsView {
+  const h = v.heads;
+  return {
+    volumeId: v.volumeId,
+    primary: h?.primary ?? null,
+    reserves: h?.reserves ?? [],
+    leaseDurationMs: h?.leaseDurationMs ?? null,
+    leaseExpiresAt: h ? new Date(h.leaseExpiresAtMs).toISOString() : null,
+    leaseLapsed: h ? h.leaseExpiresAtMs < nowMs : null,
+    reservationGeneration: v.reservations.generation,
+  };
+}
+
+async function active(volumeId: string): Promise<VolumeRecord> {
+  const v = await getVolume(volumeId);
+  if (!v) throw new NotFoundError(`volume ${volumeId} does not exist`);
+  if (v.state !== 'active') throw new NotFoundError(`volume ${volumeId} is being deleted`);
+  return v;
+}
+
+function headName(value: unknown, field: string): string {
+  if (typeof value !== 'string') throw new InvalidInputError(`${field} must be a head name`);
+  headKey(value);
+  return value;
+}
+
+export async function describeHeads(volumeId: string): Promise<HeadsView> {
+  return headsView(await active(volumeId));
+}
+
+/**
+ * Designates the primary and reserves: registers every head's key and reserves
+ * write-exclusive for the primary, in one conditional write.
+ */
+export async function designateHeads(volumeId: string, body: Record<string, unknown>): Promise<HeadsView> {
+  const primary = headName(body.primary, 'primary');
+  if (!Array.isArray(body.reserves)) throw new InvalidInputError('reserves must be a list of head names');
+  const reserves = body.reserves.map((r, i) => headName(r, `reserves[${i}]`));
+  if (reserves.length < MIN_RESERVES) throw new InvalidInputError(`a volume needs at least ${MIN_RESERVES} reserve heads, got ${reserves.length}`);
+  if (new Set([primary, ...reserves]).size !== reserves.length + 1) throw new InvalidInputError('head names must be distinct');
+  const leaseDurationMs = body.leaseDurationMs === undefined ? DEFAULT_LEASE_DURATION_MS : body.leaseDurationMs;
+  if (typeof leaseDurationMs !== 'number' || !Number.isSafeInteger(leaseDurationMs) || leaseDurationMs < 100 || leaseDurationMs > 3_600_000) {
+    throw new InvalidInputError('leaseDurationMs must be an integer from 100 to 3600000');
+  }
+  for (let attempt = 0; attempt < ATTEMPT_MAX; attempt++) {
+    if (attempt > 0) await sleep(Math.random() * 20 * 2 ** attempt);
+    const v = await active(volumeId);
+    let r: ReservationState = v.reservations;
+    for (const name of [primary, ...reserves]) r = apply(volumeId, r, { action: 'register', key: headKey(name) });
+    r = apply(volumeId, r, { action: 'reserve', key: headKey(primary), type: 'write-exclusive' });
+    const heads: HeadDesignation = { primary, reserves, leaseDurationMs, leaseExpiresAtMs: Date.now() + leaseDurationMs };
+    if (await storeReservations(volumeId, v.reservations.generation, r, { set: { heads: headsToAttribute(heads) } })) {
+      return headsView({ ...v, reservations: r, heads });
+    }
+  }
+  throw new UnavailableError(`heads of volume ${volumeId} kept changing; retry`);
+}
+
+/** The primary renews its lease. Refused (409) for anyone who is not the registered primary. */
+export async function renewLease(volumeId: string, body: Record<string, unknown>): Promise<HeadsView> {
+  const head = headName(body.head, 'head');
+  const v = await active(volumeId);
+  if (!v.heads) throw new ConflictError(`volume ${volumeId} has no heads; designate them first`);
+  const gen = v.reservations.registrants[headKey(head)];
+  if (v.heads.primary !== head || gen === undefined) throw new FencedError(`head ${head} is not the primary of volume ${volumeId} (the primary is ${v.heads.primary})`);
+  const heads = { ...v.heads, leaseExpiresAtMs: Date.now() + v.heads.leaseDurationMs };
+  const out = await updateVolumeIf(
+    volumeId,
+    { heads: headsToAttribute(heads) },
+    {
+      parts: [
+        '#heads.#primary = :head', // still the primary
+        'registrants.#key = :gen', // by the same registration (not preempted since we read)
+      ],
+      names: { '#key': headKey(head), '#heads': 'heads', '#primary': 'primary' },
+      values: { ':head': { S: head }, ':gen': { N: String(gen) } },
+    },
+  );
+  if (!out.ok) throw new FencedError(`head ${head} lost the primary role of volume ${volumeId} while renewing (primary now ${out.current?.heads?.primary ?? 'none'})`);
+  return headsView({ ...v, heads });
+}
+
+/**
+ * Promotes a reserve to primary when the lease has lapsed (or `force`): it preempts the old
+ * primary's key, so the old primary's in-flight and later commits are refused.
+ */
+export async function promote(volumeId: string, body: Record<string, unknown>): Promise<HeadsView> {
+  const head = headName(body.head, 'head');
+  if (body.force !== undefined && typeof body.force !== 'boolean') throw new InvalidInputError('force must be a boolean');
+  const force = body.force === true;
+  for (let attempt = 0; attempt < ATTEMPT_MAX; attempt++) {
+    if (attempt > 0) await sleep(Math.random() * 20 * 2 ** attempt);
+    const v = await active(volumeId);
+    const h = v.heads;
+    if (!h) throw new ConflictError(`volume ${volumeId} has no heads; designate them first`);
+    if (h.primary === head) return headsView(v);
+    if (!h.reserves.includes(head)) throw new ConflictError(`head ${head} is not a reserve of volume ${volumeId}; reserves are ${h.reserves.join(', ')}`);
+    const now = Date.now();
+    if (!force && h.leaseExpiresAtMs >= now) {
+      throw new ConflictError(`the lease of primary ${h.primary} on volume ${volumeId} runs until ${new Date(h.leaseExpiresAtMs).toISOString()}; promote with force to take over now`);
+    }
+    let r = v.reservations;
+    if (r.registrants[headKey(head)] === undefined) r = apply(volumeId, r, { action: 'register', key: headKey(head) });
+    if (r.registrants[headKey(h.primary)] !== undefined) {
+      r = apply(volumeId, r, { action: 'preempt', key: headKey(head), victimKey: headKey(h.primary), type: 'write-exclusive' });
+    }
+    if (!r.reservation) r = apply(volumeId, r, { action: 'reserve', key: headKey(head), type: 'write-exclusive' });
+    const heads: HeadDesignation = { ...h, primary: head, reserves: h.reserves.filter((x) => x !== head), leaseExpiresAtMs: now + h.leaseDurationMs };
+    const stored = await storeReservations(volumeId, v.reservations.generation, r, {
+      set: { heads: headsToAttribute(heads) },
+      condition: {
+        // The primary we preempt is the one we read, and (unless forced) its lease has lapsed.
+        expression: force ? '#heads.#primary = :oldPrimary' : '#heads.#primary = :oldPrimary AND #heads.#lease < :nowMs',
+        names: { '#heads': 'heads', '#primary': 'primary', '#lease': 'leaseExpiresAtMs' },
+        values: { ':oldPrimary': { S: h.primary }, ...(force ? {} : { ':nowMs': { N: String(now) } }) },
+      },
+    });
+    if (stored) return headsView({ ...v, reservations: r, heads });
+  }
+  throw new UnavailableError(`promotion on volume ${volumeId} kept racing other changes; retry`);
+}
+
+/** A head (re)joins as a reserve: registers its key (a new generation) and is listed. */
+export async function joinAsReserve(volumeId: string, body: Record<string, unknown>): Promise<HeadsView> {
+  const head = headName(body.head, 'head');
+  for (let attempt = 0; attempt < ATTEMPT_MAX; attempt++) {
+    if (attempt > 0) await sleep(Math.random() * 20 * 2 ** attempt);
+    const v = await active(volumeId);
+    if (!v.heads) throw new ConflictError(`volume ${volumeId} has no heads; designate them first`);
+    if (v.heads.primary === head) throw new ConflictError(`head ${head} is already the primary of volume ${volumeId}`);
+    const r = apply(volumeId, v.reservations, { action: 'register', key: headKey(head) });
+    const heads = { ...v.heads, reserves: v.heads.reserves.includes(head) ? v.heads.reserves : [...v.heads.reserves, head] };
+    if (await storeReservations(volumeId, v.reservations.generation, r, { set: { heads: headsToAttribute(heads) } })) return headsView({ ...v, reservations: r, heads });
+  }
+  throw new UnavailableError(`heads of volume ${volumeId} kept changing; retry`);
+}

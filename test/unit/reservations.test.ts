@@ -1,0 +1,95 @@
+import { describe, expect, it } from 'vitest';
+import { ConflictError } from '#shared/errors.ts';
+import { EMPTY_RESERVATIONS, apply, parseCommand, readRefusal, writeRefusal, type ReservationState } from '#shared/reservations.ts';
+
+const V = 'vol-1';
+const run = (...cmds: Array<Parameters<typeof apply>[2]>): ReservationState => cmds.reduce((s, c) => apply(V, s, c), EMPTY_RESERVATIONS);
+
+describe('reservation rules', () => {
+  it('raises the generation on every change and not on no-ops', () => {
+    const s1 = run({ action: 'register', key: 'a' });
+    expect(s1.generation).toBe(1);
+    expect(apply(V, s1, { action: 'register', key: 'a' })).toBe(s1);
+    const s2 = apply(V, s1, { action: 'reserve', key: 'a', type: 'write-exclusive' });
+    expect(s2.generation).toBe(2);
+    expect(apply(V, s2, { action: 'reserve', key: 'a', type: 'write-exclusive' })).toBe(s2);
+  });
+
+  it('gives each registration its own generation, so re-registering is a new identity', () => {
+    const s = run({ action: 'register', key: 'a' }, { action: 'register', key: 'b' }, { action: 'preempt', key: 'b', victimKey: 'a' }, { action: 'register', key: 'a' });
+    expect(s.registrants).toEqual({ b: 2, a: 4 });
+  });
+
+  it('refuses with messages that say who holds what', () => {
+    const s = run({ action: 'register', key: 'a' }, { action: 'register', key: 'b' }, { action: 'reserve', key: 'a', type: 'write-exclusive' });
+    expect(() => apply(V, s, { action: 'reserve', key: 'b', type: 'exclusive-access' })).toThrow(/reserved write-exclusive by key a; key b cannot reserve/);
+    expect(() => apply(V, s, { action: 'release', key: 'b' })).toThrow(/does not hold it/);
+    expect(() => apply(V, s, { action: 'release', key: 'a', type: 'exclusive-access' })).toThrow(ConflictError);
+    expect(() => apply(V, s, { action: 'reserve', key: 'c', type: 'write-exclusive' })).toThrow(/key c is not registered/);
+    expect(() => apply(V, s, { action: 'unregister', key: 'c' })).toThrow(/not registered/);
+    expect(() => apply(V, s, { action: 'preempt', key: 'b', victimKey: 'c' })).toThrow(/nothing to preempt/);
+    expect(() => apply(V, s, { action: 'clear', key: 'c' })).toThrow(/not registered/);
+  });
+
+  it('moves the reservation to the preemptor when the victim held it', () => {
+    const s = run(
+      { action: 'register', key: 'a' },
+      { action: 'register', key: 'b' },
+      { action: 'reserve', key: 'a', type: 'exclusive-access' },
+      { action: 'preempt-and-abort', key: 'b', victimKey: 'a' },
+    );
+    expect(s.reservation).toEqual({ holder: 'b', type: 'exclusive-access' });
+    expect(s.registrants.a).toBeUndefined();
+  });
+
+  it('keeps an all-registrants reservation until the last registrant leaves', () => {
+    let s = run({ action: 'register', key: 'a' }, { action: 'register', key: 'b' }, { action: 'reserve', key: 'a', type: 'write-exclusive-all-registrants' });
+    s = apply(V, s, { action: 'unregister', key: 'a' });
+    expect(s.reservation?.type).toBe('write-exclusive-all-registrants');
+    s = apply(V, s, { action: 'unregister', key: 'b' });
+    expect(s.reservation).toBeNull();
+  });
+
+  it('releases a holder reservation when its holder unregisters, and clear removes everything', () => {
+    let s = run({ action: 'register', key: 'a' }, { action: 'register', key: 'b' }, { action: 'reserve', key: 'a', type: 'write-exclusive' });
+    expect(apply(V, s, { action: 'unregister', key: 'a' }).reservation).toBeNull();
+    s = apply(V, s, { action: 'clear', key: 'b' });
+    expect(s).toMatchObject({ registrants: {}, reservation: null, generation: 4 });
+  });
+
+  it('allows reads and writes exactly as SPC-3 types say', () => {
+    const base = run({ action: 'register', key: 'h' }, { action: 'register', key: 'r' });
+    const cases: Array<[string, string | undefined, boolean, boolean]> = [
+      // type, requester, may write, may read
+      ['write-exclusive', 'h', true, true],
+      ['write-exclusive', 'r', false, true],
+      ['write-exclusive', undefined, false, true],
+      ['exclusive-access', 'r', false, false],
+      ['exclusive-access', undefined, false, false],
+      ['write-exclusive-registrants-only', 'r', true, true],
+      ['write-exclusive-registrants-only', undefined, false, true],
+      ['exclusive-access-registrants-only', 'r', true, true],
+      ['exclusive-access-registrants-only', undefined, false, false],
+      ['write-exclusive-all-registrants', 'r', true, true],
+      ['exclusive-access-all-registrants', undefined, false, false],
+    ];
+    for (const [type, key, write, read] of cases) {
+      const s = apply(V, base, { action: 'reserve', key: 'h', type: type as 'write-exclusive' });
+      expect(writeRefusal(V, s, key) === null, `${type} write by ${key}`).toBe(write);
+      expect(readRefusal(V, s, key) === null, `${type} read by ${key}`).toBe(read);
+    }
+    // No reservation: anyone, but a presented key must be registered.
+    expect(writeRefusal(V, base, undefined)).toBeNull();
+    expect(writeRefusal(V, base, 'stranger')).toMatch(/not registered/);
+  });
+
+  it('validates commands', () => {
+    expect(() => parseCommand({ action: 'steal', key: 'a' })).toThrow(/action must be one of/);
+    expect(() => parseCommand({ action: 'register', key: 'a b' })).toThrow(/key must be/);
+    expect(() => parseCommand({ action: 'reserve', key: 'a' })).toThrow(/reserve needs a type/);
+    expect(() => parseCommand({ action: 'reserve', key: 'a', type: 'mine' })).toThrow(/type must be one of/);
+    expect(() => parseCommand({ action: 'preempt', key: 'a' })).toThrow(/victimKey must be/);
+    expect(() => parseCommand({ action: 'register', key: 'a', victimKey: 'b' })).toThrow(/only for preempt/);
+    expect(() => parseCommand({ action: 'register', key: 'a', colour: 1 })).toThrow(/unknown field/);
+  });
+});
