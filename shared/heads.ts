@@ -138,7 +138,7 @@ export async function promote(volumeId: string, body: Record<string, unknown>): 
       condition: {
         // The primary we preempt is the one we read, and (unless forced) its lease has lapsed.
         expression: force ? '#heads.#primary = :oldPrimary' : '#heads.#primary = :oldPrimary AND #heads.#lease < :nowMs',
-        names: { '#heads': 'heads', '#primary': 'primary', '#lease': 'leaseExpiresAtMs' },
+        names: { '#heads': 'heads', '#primary': 'primary', ...(force ? {} : { '#lease': 'leaseExpiresAtMs' }) },
         values: { ':oldPrimary': { S: h.primary }, ...(force ? {} : { ':nowMs': { N: String(now) } }) },
       },
     });
