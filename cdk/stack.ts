@@ -41,6 +41,7 @@ export const CONSTRUCT_IDS = {
   volumesTable: 'VolumesTable',
   pagesTable: 'PagesTable',
   segmentsTable: 'SegmentsTable',
+  drivesTable: 'DrivesTable',
   /** Sled `i` is `Sled${i}`: adding sleds appends, removing sleds removes the highest. */
   sledPrefix: 'Sled',
   gcQueue: 'GcQueue',
@@ -291,6 +292,8 @@ export class SledgeStack extends Stack {
   readonly volumesTable: dynamodb.Table;
   readonly pagesTable: dynamodb.Table;
   readonly segmentsTable: dynamodb.Table;
+  /** The drive registry: one item per drive (sled bucket + prefix), with its state, usage and dumps. */
+  readonly drivesTable: dynamodb.Table;
   /** The sleds, in order: sled `i` is `sleds[i]`. */
   readonly sleds: readonly s3.Bucket[];
   readonly gcQueue: WorkQueue;
@@ -332,6 +335,7 @@ export class SledgeStack extends Stack {
       { name: 'volumeId', type: dynamodb.AttributeType.STRING },
       { name: 'segmentId', type: dynamodb.AttributeType.STRING },
     );
+    this.drivesTable = table(CONSTRUCT_IDS.drivesTable, { name: 'driveId', type: dynamodb.AttributeType.STRING });
 
     const sleds: s3.Bucket[] = [];
     for (let i = 0; i < sledCount; i++) {
@@ -399,6 +403,7 @@ export class SledgeStack extends Stack {
       bindTable(fn, ENV.volumesTable, this.volumesTable);
       bindTable(fn, ENV.pagesTable, this.pagesTable);
       bindTable(fn, ENV.segmentsTable, this.segmentsTable);
+      bindTable(fn, ENV.drivesTable, this.drivesTable);
       bindBuckets(fn, ENV.sledBuckets, this.sleds);
       bindQueue(fn, ENV.gcQueueUrl, this.gcQueue.queue);
       bindQueue(fn, ENV.evacuationQueueUrl, this.evacuationQueue.queue);

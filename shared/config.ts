@@ -12,6 +12,7 @@ export const ENV = {
   volumesTable: 'SLEDGE_VOLUMES_TABLE',
   pagesTable: 'SLEDGE_PAGES_TABLE',
   segmentsTable: 'SLEDGE_SEGMENTS_TABLE',
+  drivesTable: 'SLEDGE_DRIVES_TABLE',
   sledBuckets: 'SLEDGE_SLED_BUCKETS',
   gcQueueUrl: 'SLEDGE_GC_QUEUE_URL',
   evacuationQueueUrl: 'SLEDGE_EVACUATION_QUEUE_URL',
@@ -38,6 +39,7 @@ export interface SledgeConfig {
   volumesTable: string;
   pagesTable: string;
   segmentsTable: string;
+  drivesTable: string;
   sledBuckets: string[];
   gcQueueUrl: string;
   evacuationQueueUrl: string;
@@ -58,6 +60,7 @@ export function config(): SledgeConfig {
     volumesTable: required(ENV.volumesTable),
     pagesTable: required(ENV.pagesTable),
     segmentsTable: required(ENV.segmentsTable),
+    drivesTable: required(ENV.drivesTable),
     sledBuckets,
     gcQueueUrl: required(ENV.gcQueueUrl),
     evacuationQueueUrl: required(ENV.evacuationQueueUrl),

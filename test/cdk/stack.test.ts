@@ -63,7 +63,7 @@ describe('SledgeStack', () => {
   let stack: SledgeStack;
   let template: Template;
   let ids: {
-    tables: Record<'volumes' | 'pages' | 'segments', string>;
+    tables: Record<'volumes' | 'pages' | 'segments' | 'drives', string>;
     sleds: string[];
     queues: { queue: string; dlq: string; env: string }[];
     head: string;
@@ -77,6 +77,7 @@ describe('SledgeStack', () => {
         volumes: logicalId(stack, stack.volumesTable),
         pages: logicalId(stack, stack.pagesTable),
         segments: logicalId(stack, stack.segmentsTable),
+        drives: logicalId(stack, stack.drivesTable),
       },
       sleds: stack.sleds.map((sled) => logicalId(stack, sled)),
       queues: [
@@ -97,6 +98,7 @@ describe('SledgeStack', () => {
       volumesTable: byId(CONSTRUCT_IDS.volumesTable),
       pagesTable: byId(CONSTRUCT_IDS.pagesTable),
       segmentsTable: byId(CONSTRUCT_IDS.segmentsTable),
+      drivesTable: byId(CONSTRUCT_IDS.drivesTable),
       sled0: byId(`${CONSTRUCT_IDS.sledPrefix}0`),
       sled7: byId(`${CONSTRUCT_IDS.sledPrefix}7`),
       gcQueue: byId(CONSTRUCT_IDS.gcQueue),
@@ -112,6 +114,7 @@ describe('SledgeStack', () => {
       volumesTable: 'VolumesTable1CDEC7F3',
       pagesTable: 'PagesTableD9CB6473',
       segmentsTable: 'SegmentsTable28FC09E7',
+      drivesTable: 'DrivesTableF4144F61',
       sled0: 'Sled0D89E8366',
       sled7: 'Sled788287355',
       gcQueue: 'GcQueueE4A3BDEA',
@@ -172,8 +175,8 @@ describe('SledgeStack', () => {
   });
 
   describe('tables', () => {
-    it('has Volumes, Pages and Segments with their keys, on demand, with point-in-time recovery', () => {
-      template.resourceCountIs('AWS::DynamoDB::Table', 3);
+    it('has Volumes, Pages, Segments and Drives with their keys, on demand, with point-in-time recovery', () => {
+      template.resourceCountIs('AWS::DynamoDB::Table', 4);
       const expected = {
         [ids.tables.volumes]: { keys: [{ AttributeName: 'volumeId', KeyType: 'HASH' }], attrs: [{ AttributeName: 'volumeId', AttributeType: 'S' }] },
         [ids.tables.pages]: {
@@ -196,6 +199,7 @@ describe('SledgeStack', () => {
             { AttributeName: 'segmentId', AttributeType: 'S' },
           ],
         },
+        [ids.tables.drives]: { keys: [{ AttributeName: 'driveId', KeyType: 'HASH' }], attrs: [{ AttributeName: 'driveId', AttributeType: 'S' }] },
       };
       const tables = template.findResources('AWS::DynamoDB::Table');
       for (const [id, { keys, attrs }] of Object.entries(expected)) {
@@ -289,6 +293,7 @@ describe('SledgeStack', () => {
           [ENV.volumesTable]: ref(ids.tables.volumes),
           [ENV.pagesTable]: ref(ids.tables.pages),
           [ENV.segmentsTable]: ref(ids.tables.segments),
+          [ENV.drivesTable]: ref(ids.tables.drives),
           // Sled order is the sled index: a chunk map names sled i, and i must stay the same bucket.
           [ENV.sledBuckets]: { 'Fn::Join': [',', ids.sleds.map(ref)] },
           [ENV.gcQueueUrl]: ref(ids.queues[0]?.queue ?? ''),

@@ -48,7 +48,7 @@ describe('randomized head interleavings', () => {
     for (let step = 0; step < STEPS; step++) {
       const h = pick(HEADS);
       const r = rng.next();
-      const where = `step ${step} (seed ${rng.seed}), head ${h}, primary ${primary}`;
+      const where: string = `step ${step} (seed ${rng.seed}), head ${h}, primary ${primary}`;
       if (r < 0.22 && !pending.has(h)) {
         // Upload phase of a write; the commit comes in a later step (a stall of any length).
         const start = rng.int(BLOCKS);

@@ -99,6 +99,7 @@ describe('deployLocalStack', () => {
       [ENV.volumesTable]: ['volumeId:HASH'],
       [ENV.pagesTable]: ['volumeId:HASH', 'page:RANGE'],
       [ENV.segmentsTable]: ['volumeId:HASH', 'segmentId:RANGE'],
+      [ENV.drivesTable]: ['driveId:HASH'],
     };
     for (const [name, keys] of Object.entries(expected)) {
       const { Table } = await dynamo.send(new DescribeTableCommand({ TableName: deployment.env[name] }));
