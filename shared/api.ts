@@ -5,7 +5,9 @@ import { decodeBatch, BATCH_CONTENT_TYPE, MAX_BATCH_HEADER_BYTES } from './batch
 import { config } from './config.ts';
 import { InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError } from './errors.ts';
 import { Router, intQuery, jsonBody, type Request } from './http.ts';
-import { describeHeads, designateHeads, joinAsReserve, promote, renewLease } from './heads.ts';
+import { describeHeads, designateHeads, failHead, forcedFailure, joinAsReserve, promote, renewLease } from './heads.ts';
+import { listDumps, readDump } from './dumps.ts';
+import { listDrives } from './drives.ts';
 import { checkKey } from './reservations.ts';
 import type { WriterIdentity } from './segments.ts';
 import {
@@ -87,9 +89,23 @@ export const router = new Router()
   .on('PUT', '/volumes/{volumeId}/heads', async (req) => ({ status: 200, json: await designateHeads(req.params.volumeId!, jsonBody(req)) }))
   .on('POST', '/volumes/{volumeId}/heads/renew', async (req) => ({ status: 200, json: await renewLease(req.params.volumeId!, jsonBody(req)) }))
   .on('POST', '/volumes/{volumeId}/heads/promote', async (req) => ({ status: 200, json: await promote(req.params.volumeId!, jsonBody(req)) }))
+  .on('POST', '/volumes/{volumeId}/heads/fail', async (req) => ({ status: 200, json: await forcedFailure(req.params.volumeId!, jsonBody(req)) }))
+  .on('GET', '/dumps', async () => ({ status: 200, json: { dumps: await listDumps() } }))
+  .on('GET', '/dumps/{dumpId}', async (req) => ({ status: 200, json: await readDump(req.params.dumpId!) }))
+  .on('GET', '/drives', async () => ({ status: 200, json: { drives: await listDrives() } }))
   .on('POST', '/volumes/{volumeId}/heads/join', async (req) => {
     return { status: 200, json: await joinAsReserve(req.params.volumeId!, jsonBody(req)) };
   });
+
+// A head that hits a bug while serving a volume dumps its in-flight state before answering 500.
+router.onUnexpectedError(async (err, req) => {
+  const volumeId = req.params.volumeId;
+  if (!volumeId) return;
+  const error = err instanceof Error ? err : new Error(String(err));
+  const dump = await failHead(volumeId, HEAD_ID, error);
+  await dump.done;
+  console.error(`head ${HEAD_ID} failed on volume ${volumeId}; dump ${dump.dumpId} written to ${dump.driveId}`);
+});
 
 /** Handles one API Gateway event. */
 export function handleApiEvent(event: Parameters<Router['handle']>[0]) {

@@ -6,6 +6,8 @@
 import { ConflictError, FencedError, InvalidInputError, NotFoundError, UnavailableError } from './errors.ts';
 import { getVolume, headsToAttribute, sleep, storeReservations, updateVolumeIf, type HeadDesignation, type VolumeRecord } from './pagemap.ts';
 import { apply, checkKey, type ReservationState } from './reservations.ts';
+import { startDump, type DumpHandle } from './dumps.ts';
+import { inflightWrites } from './volumes.ts';
 
 export const DEFAULT_LEASE_DURATION_MS = 10_000;
 const MIN_RESERVES = 2;
@@ -160,4 +162,39 @@ export async function joinAsReserve(volumeId: string, body: Record<string, unkno
     if (await storeReservations(volumeId, v.reservations.generation, r, { set: { heads: headsToAttribute(heads) } })) return headsView({ ...v, reservations: r, heads });
   }
   throw new UnavailableError(`heads of volume ${volumeId} kept changing; retry`);
+}
+
+/**
+ * A head's unrecoverable failure: dump its in-flight state for the volume to the best drive
+ * (docs/dumps.md). It does not touch the heads or the lease: a reserve takes over on its own,
+ * without waiting for the dump.
+ */
+export async function failHead(volumeId: string, head: string, error: Error, opts: { gate?: Promise<void> } = {}): Promise<DumpHandle> {
+  const writes = inflightWrites(volumeId);
+  return startDump(
+    {
+      volumeId,
+      head,
+      error: { name: error.name, message: error.message, stack: error.stack },
+      pendingWrites: writes.map(({ prepared, ...w }) => ({ ...w, segmentId: prepared?.segmentId, chunkLocations: prepared?.locations })),
+      pageItems: writes.flatMap((w) => w.prepared?.pages ?? []),
+    },
+    opts,
+  );
+}
+
+const DUMP_WAIT_MS = 30_000;
+
+/** `POST /volumes/{id}/heads/fail`: a forced failure of this head (chaos tests, operators). */
+export async function forcedFailure(volumeId: string, body: Record<string, unknown>): Promise<{ dumpId: string; driveId: string; key: string; state: string }> {
+  const head = headName(body.head, 'head');
+  const reason = typeof body.reason === 'string' ? body.reason : 'forced failure';
+  await active(volumeId);
+  const dump = await failHead(volumeId, head, new Error(reason));
+  let timer: NodeJS.Timeout | undefined;
+  const finished = await Promise.race([
+    dump.done.then(() => true),
+    new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), DUMP_WAIT_MS))),
+  ]).finally(() => clearTimeout(timer));
+  return { dumpId: dump.dumpId, driveId: dump.driveId, key: dump.key, state: finished ? 'complete' : 'in-progress' };
 }

@@ -24,6 +24,13 @@ type Route = { method: string; pattern: RegExp; names: string[]; handle: (req: R
 
 export class Router {
   private readonly routes: Route[] = [];
+  private unexpected?: (err: unknown, req: Request) => Promise<void>;
+
+  /** Called for errors that are not SledgeErrors (bugs, broken invariants) before the 500. */
+  onUnexpectedError(hook: (err: unknown, req: Request) => Promise<void>): this {
+    this.unexpected = hook;
+    return this;
+  }
 
   /** Adds a route; `{name}` segments match one path segment and become `params.name`. */
   on(method: string, path: string, handle: (req: Request) => Promise<Response>): this {
@@ -36,8 +43,9 @@ export class Router {
   }
 
   async handle(event: APIGatewayProxyEventV2, development = false): Promise<APIGatewayProxyStructuredResultV2> {
+    let parsed: Request | undefined;
     try {
-      const req = toRequest(event);
+      const req = (parsed = toRequest(event));
       let pathMatched = false;
       for (const route of this.routes) {
         const m = route.pattern.exec(req.path);
@@ -53,6 +61,9 @@ export class Router {
       }
       throw new NotFoundError(`no route for ${req.method} ${req.path}; see /openapi.json`);
     } catch (err) {
+      if (!(err instanceof SledgeError) && this.unexpected && parsed) {
+        await this.unexpected(err, parsed).catch((hookErr) => console.error('unexpected-error hook failed', hookErr));
+      }
       return toResult(toErrorResponse(err, development));
     }
   }

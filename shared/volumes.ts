@@ -333,14 +333,41 @@ export async function trimRange(volumeId: string, offset: number, length: number
  * await writePieces(id, [{ offset: 0, length: 4096, data }, { offset: 1 << 20, length: 8192 }]);
  */
 export async function writePieces(volumeId: string, pieces: readonly WritePiece[], writer: WriterIdentity = { id: HEAD_ID }): Promise<WriteResult> {
-  for (let attempt = 0; attempt < COMMIT_ATTEMPT_MAX; attempt++) {
-    if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
-    const v = requireActive(await getVolume(volumeId), volumeId);
-    const sorted = checkPieces(v, pieces);
-    const outcome = await completeWrite(await prepareWrite(v, sorted, writer));
-    if (outcome) return outcome;
+  const entry: InflightWrite = { writer: writer.id, key: writer.key, extents: pieces.map((p) => ({ offset: p.offset, length: p.length, zero: !p.data })), startedAt: new Date().toISOString() };
+  const set = inflight.get(volumeId) ?? new Set();
+  inflight.set(volumeId, set.add(entry));
+  try {
+    for (let attempt = 0; attempt < COMMIT_ATTEMPT_MAX; attempt++) {
+      if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
+      const v = requireActive(await getVolume(volumeId), volumeId);
+      const sorted = checkPieces(v, pieces);
+      const prepared = await prepareWrite(v, sorted, writer);
+      entry.prepared = { segmentId: prepared.record.segmentId, locations: prepared.locations, pages: prepared.changes };
+      const outcome = await completeWrite(prepared);
+      if (outcome) return outcome;
+    }
+    throw new UnavailableError(`volume ${volumeId} is busy: ${COMMIT_ATTEMPT_MAX} commit attempts lost to concurrent writers; retry`, { retryAfterSeconds: 1 });
+  } finally {
+    set.delete(entry);
+    if (set.size === 0) inflight.delete(volumeId);
   }
-  throw new UnavailableError(`volume ${volumeId} is busy: ${COMMIT_ATTEMPT_MAX} commit attempts lost to concurrent writers; retry`, { retryAfterSeconds: 1 });
+}
+
+/** A write this process is carrying: what a diagnostic dump records if the head fails. */
+export interface InflightWrite {
+  writer: string;
+  key: string | undefined;
+  extents: Array<{ offset: number; length: number; zero: boolean }>;
+  startedAt: string;
+  /** Once its chunks are uploaded: the segment, where its chunks are, and the pages it merged. */
+  prepared?: { segmentId: string; locations: ChunkLocation[]; pages: PageChange[] };
+}
+
+const inflight = new Map<string, Set<InflightWrite>>();
+
+/** The writes in flight for a volume in this process. */
+export function inflightWrites(volumeId: string): InflightWrite[] {
+  return [...(inflight.get(volumeId) ?? [])];
 }
 
 /** A write whose chunks are uploaded and whose commit is ready to send. */
