@@ -11,7 +11,9 @@
 import { randomBytes } from 'node:crypto';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { startControlPlane } from '#local/control-plane.ts';
-import { requestCounts, resetRequestCounts, s3, type RequestCounts } from '#shared/aws.ts';
+import { GetItemCommand } from '@aws-sdk/client-dynamodb';
+import { dynamo, requestCounts, resetRequestCounts, s3, type RequestCounts } from '#shared/aws.ts';
+import { itemSize } from '#shared/capacity.ts';
 import { config } from '#shared/config.ts';
 import { encodeSegment, newSegmentId } from '#shared/segments.ts';
 import { benchCodec } from './codec.ts';
@@ -193,6 +195,48 @@ async function main(): Promise<void> {
       rows.push(fmtCost('per 1,000 random 4 KiB reads', costOf(requestCounts(), 1)));
     }
     table(rows);
+
+    section('The cost of fencing: one 4 KiB commit with and without the reservation condition');
+    {
+      const plain = await createVolume(api, 64 * MiB);
+      const fenced = await createVolume(api, 64 * MiB);
+      for (const body of [
+        { action: 'register', key: 'head:bench' },
+        { action: 'reserve', key: 'head:bench', type: 'write-exclusive' },
+      ]) {
+        await http(`${api}/volumes/${fenced}/reservations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      }
+      const block = randomBytes(4096);
+      const commits = 50;
+      const measure = async (volumeId: string, key?: string) => {
+        resetRequestCounts();
+        for (let i = 0; i < commits; i++) {
+          const res = await http(`${api}/volumes/${volumeId}/data?offset=${(i % 16) * 4096}`, {
+            method: 'PUT',
+            headers: { 'content-type': 'application/octet-stream', ...(key ? { 'x-sledge-reservation-key': key } : {}) },
+            body: block as unknown as BodyInit,
+          });
+          await res.arrayBuffer();
+        }
+        return requestCounts();
+      };
+      const a = await measure(plain);
+      const b = await measure(fenced, 'head:bench');
+      // The volume item is billed by its whole size after the update: read it back to see it.
+      const volItem = async (id: string) => {
+        const out = await dynamo().send(new GetItemCommand({ TableName: config().volumesTable, Key: { volumeId: { S: id } }, ConsistentRead: true }));
+        return itemSize(out.Item);
+      };
+      const row = (label: string, c: RequestCounts, volumeBytes: number) => ({
+        commit: label,
+        'TransactWriteItems per commit': (c.requests['DynamoDB:TransactWriteItems'] ?? 0) / commits,
+        'DDB requests per commit': Object.entries(c.requests).filter(([k]) => k.startsWith('DynamoDB:')).reduce((n, [, v]) => n + v, 0) / commits,
+        'DDB WCU per commit': (c.dynamoWriteUnits / commits).toFixed(2),
+        'volume item bytes': volumeBytes,
+        'volume item WCU in txn': 2 * Math.max(1, Math.ceil(volumeBytes / 1024)),
+      });
+      table([row('no reservation', a, await volItem(plain)), row('write-exclusive, key presented', b, await volItem(fenced))]);
+    }
 
   } finally {
     await plane.stop();

@@ -83,15 +83,35 @@ let sqsClient: SQSClient | undefined;
  * Path-style addressing works on AWS and on every local emulator; virtual-hosted style needs
  * DNS for every bucket name, which local endpoints do not have.
  */
+/**
+ * Chunk PUTs carry a CRC32C that S3 verifies (see sleds.ts), so hashing every body again with
+ * SHA-256 for the signature buys nothing; the request is signed with UNSIGNED-PAYLOAD, as S3
+ * clients do over TLS. Headers, key and checksum stay signed.
+ */
+function unsignedPayload(client: S3Client): S3Client {
+  const stack = client.middlewareStack as unknown as {
+    add(mw: (next: (args: unknown) => Promise<unknown>) => (args: unknown) => Promise<unknown>, opts: { step: 'build'; name: string }): void;
+  };
+  stack.add(
+    (next) => async (args) => {
+      const request = (args as { request?: { headers?: Record<string, string> } }).request;
+      if (request?.headers) request.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD';
+      return next(args);
+    },
+    { step: 'build', name: 'sledgeUnsignedPayload' },
+  );
+  return client;
+}
+
 export function s3(): S3Client {
-  return (s3Client ??= instrument(new S3Client({
+  return (s3Client ??= instrument(unsignedPayload(new S3Client({
       forcePathStyle: true,
       maxAttempts: 3,
       // Chunk PUTs carry their own CRC32C (computed once, natively); the SDK need not
       // compute another checksum over every byte of every request.
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
-    }), 'S3'));
+    })), 'S3'));
 }
 
 export function dynamo(): DynamoDBClient {

@@ -37,6 +37,12 @@ const writeUnits = (bytes: number) => Math.max(1, Math.ceil(bytes / 1024));
 type Input = Record<string, any>;
 type Output = Record<string, any>;
 
+/** The values an update expression sets (condition-only values are not stored, so not billed). */
+function setValues(updateExpression: string | undefined, values: Record<string, AttributeValue> | undefined): Record<string, AttributeValue> {
+  const used = new Set((updateExpression ?? '').match(/:[A-Za-z0-9_]+/g) ?? []);
+  return Object.fromEntries(Object.entries(values ?? {}).filter(([k]) => used.has(k)));
+}
+
 /**
  * Units for one successful request. For an update, the written item size is estimated from the
  * key and the new values (exact for the small fixed-shape items Sledge updates, which stay
@@ -62,7 +68,7 @@ export function capacityUnits(operation: string, input: Input, output: Output): 
     case 'PutItem':
       return { read: 0, write: writeUnits(itemSize(input.Item)) };
     case 'UpdateItem':
-      return { read: 0, write: writeUnits(output.Attributes ? itemSize(output.Attributes) : itemSize(input.Key) + itemSize(input.ExpressionAttributeValues)) };
+      return { read: 0, write: writeUnits(output.Attributes ? itemSize(output.Attributes) : itemSize(input.Key) + itemSize(setValues(input.UpdateExpression, input.ExpressionAttributeValues))) };
     case 'DeleteItem':
       return { read: 0, write: writeUnits(itemSize(input.Key)) };
     case 'BatchWriteItem': {
@@ -78,7 +84,7 @@ export function capacityUnits(operation: string, input: Input, output: Output): 
       let write = 0;
       for (const t of input.TransactItems ?? []) {
         if (t.Put) write += 2 * writeUnits(itemSize(t.Put.Item));
-        else if (t.Update) write += 2 * writeUnits(itemSize(t.Update.Key) + itemSize(t.Update.ExpressionAttributeValues));
+        else if (t.Update) write += 2 * writeUnits(itemSize(t.Update.Key) + itemSize(setValues(t.Update.UpdateExpression, t.Update.ExpressionAttributeValues)));
         else if (t.Delete) write += 2 * writeUnits(itemSize(t.Delete.Key));
         else if (t.ConditionCheck) write += 2 * writeUnits(itemSize(t.ConditionCheck.Key));
       }
