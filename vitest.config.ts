@@ -10,6 +10,8 @@ export default defineConfig({
           name: 'unit',
           include: ['test/unit/**/*.test.ts', 'test/cdk/**/*.test.ts'],
           testTimeout: 120_000,
+          // Synthesizing the stack bundles both functions with esbuild: seconds on a busy machine.
+          hookTimeout: 120_000,
         },
       },
       {
