@@ -6,6 +6,8 @@
  * The handlers are the very modules Lambda runs; they read their configuration from the
  * environment the stack's template gives the head function.
  */
+import { SendMessageCommand } from '@aws-sdk/client-sqs';
+import { sqs } from '#shared/aws.ts';
 import { ENV } from '#shared/config.ts';
 import { ensureEndpoint } from './endpoint.ts';
 import { startLocalApi } from './http-adapter.ts';
@@ -23,6 +25,11 @@ export interface ControlPlaneOptions {
   sledCount?: number;
   /** Visibility timeout the poller uses for work messages. */
   visibilityTimeoutSeconds?: number;
+  /**
+   * How often to queue a lease sweep (what the stack's schedule does on AWS); 0 turns it off.
+   * Default 0: tests drive failover themselves. `npm start` turns it on.
+   */
+  leaseSweepIntervalMs?: number;
 }
 
 export interface ControlPlane {
@@ -62,12 +69,23 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
       })),
       { onError: (err) => console.error('sqs poller:', err) },
     );
+    const sweepMs = opts.leaseSweepIntervalMs ?? 0;
+    const sweeper =
+      sweepMs > 0
+        ? setInterval(() => {
+            sqs()
+              .send(new SendMessageCommand({ QueueUrl: env[ENV.gcQueueUrl]!, MessageBody: JSON.stringify({ type: 'sweep-leases' }) }))
+              .catch((err) => console.error('lease sweep:', err));
+          }, sweepMs)
+        : undefined;
+    sweeper?.unref();
     return {
       apiUrl: server.url,
       endpointUrl: endpoint.url,
       env,
       idle: () => poller.idle(),
       async stop() {
+        if (sweeper) clearInterval(sweeper);
         await poller.stop();
         await server.close();
         await endpoint.stop();

@@ -6,7 +6,8 @@ import { startControlPlane } from './control-plane.ts';
 const port = Number(process.env.PORT ?? 3000);
 const sledCount = process.env.SLEDGE_SLEDS ? Number(process.env.SLEDGE_SLEDS) : undefined;
 
-const plane = await startControlPlane({ port, sledCount });
+// The lease watchdog runs every 5 s here, as the stack's schedule does on AWS.
+const plane = await startControlPlane({ port, sledCount, leaseSweepIntervalMs: 5000 });
 const url = plane.apiUrl;
 console.log(`
 Sledge is serving the volume API on ${url}

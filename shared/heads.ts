@@ -4,7 +4,7 @@
  * so promotion is a preempt and the old primary is fenced by the commit condition itself.
  */
 import { ConflictError, FencedError, InvalidInputError, NotFoundError, UnavailableError } from './errors.ts';
-import { getVolume, headsToAttribute, sleep, storeReservations, updateVolumeIf, type HeadDesignation, type VolumeRecord } from './pagemap.ts';
+import { getVolume, headsToAttribute, listVolumes, sleep, storeReservations, updateVolumeIf, type HeadDesignation, type VolumeRecord } from './pagemap.ts';
 import { apply, checkKey, type ReservationState } from './reservations.ts';
 import { startDump, type DumpHandle } from './dumps.ts';
 import { inflightWrites } from './volumes.ts';
@@ -197,4 +197,40 @@ export async function forcedFailure(volumeId: string, body: Record<string, unkno
     new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), DUMP_WAIT_MS))),
   ]).finally(() => clearTimeout(timer));
   return { dumpId: dump.dumpId, driveId: dump.driveId, key: dump.key, state: finished ? 'complete' : 'in-progress' };
+}
+
+const SWEEP_PAGE_MAX = 1000;
+
+/**
+ * The lease watchdog: promotes the first reserve of every volume whose primary's lease has
+ * lapsed. Runs on a schedule (SQS message `sweep-leases`); harmless to run twice, since a
+ * promotion is conditioned on the lapsed lease and on the primary it replaces.
+ */
+export async function sweepLeases(nowMs = Date.now()): Promise<{ checked: number; promoted: Array<{ volumeId: string; from: string; to: string }> }> {
+  const promoted: Array<{ volumeId: string; from: string; to: string }> = [];
+  let checked = 0;
+  let next: string | undefined;
+  for (let page = 0; page < SWEEP_PAGE_MAX; page++) {
+    const batch = await listVolumes(100, next);
+    for (const v of batch.volumes) {
+      checked++;
+      const h = v.heads;
+      if (v.state !== 'active' || !h || h.leaseExpiresAtMs >= nowMs) continue;
+      const candidate = h.reserves.find((r) => v.reservations.registrants[headKey(r)] !== undefined);
+      if (!candidate) {
+        console.error(`volume ${v.volumeId}: lease of ${h.primary} lapsed and no registered reserve can take over`);
+        continue;
+      }
+      try {
+        const view = await promote(v.volumeId, { head: candidate });
+        if (view.primary === candidate) promoted.push({ volumeId: v.volumeId, from: h.primary, to: candidate });
+      } catch (err) {
+        // A renewal or another sweeper got there first; the next sweep looks again.
+        console.warn(`volume ${v.volumeId}: promotion of ${candidate} refused: ${(err as Error).message}`);
+      }
+    }
+    next = batch.next;
+    if (!next) break;
+  }
+  return { checked, promoted };
 }

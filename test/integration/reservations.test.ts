@@ -202,3 +202,23 @@ describe('primary and reserve heads', () => {
     expect((await put('/join', { head: 'p' })).json.reserves).toEqual(['r2', 'p']);
   });
 });
+
+describe('lease watchdog', () => {
+  it('promotes the first registered reserve of a volume whose lease lapsed, once', async () => {
+    const { handleWorkEvent } = await import('#shared/worker.ts');
+    const { volumeId: id } = await api.createVolume({ sizeBytes: 4 * MiB });
+    const put = (body: unknown) => http(`${url}/volumes/${id}/heads`, { method: 'PUT', body: JSON.stringify(body), headers: json });
+    expect((await put({ primary: 'p', reserves: ['r1', 'r2'], leaseDurationMs: 200 })).status).toBe(200);
+    // r1 was fenced and not re-registered: the watchdog must skip it and pick r2.
+    await expectOk(reserve(id, { action: 'unregister', key: 'head:r1' }));
+    await new Promise((r) => setTimeout(r, 300));
+    const record = (n: number) => ({ messageId: `m${n}`, receiptHandle: `h${n}`, body: JSON.stringify({ type: 'sweep-leases' }), attributes: { ApproximateReceiveCount: '1' } });
+    // Delivered twice, as SQS may: the second sweep finds a live lease and changes nothing.
+    const out = await handleWorkEvent({ Records: [record(1), record(2)] } as never);
+    expect(out.batchItemFailures).toEqual([]);
+    const view = (await http(`${url}/volumes/${id}/heads`)).json;
+    expect(view).toMatchObject({ primary: 'r2', reserves: ['r1'], leaseLapsed: false });
+    await expectConflict(writeAs(id, 'head:p', 0, randomBytes(4096)), /not registered/, 'FencedError');
+    await expectOk(writeAs(id, 'head:r2', 0, randomBytes(4096)));
+  });
+});
