@@ -89,3 +89,44 @@ export const crc32cNative: NativeCrc | null = loadNative();
  * crc32c(Buffer.from('123456789')); // 0xe3069283
  */
 export const crc32c: (data: Uint8Array, initial?: number) => number = crc32cNative ?? crc32cPortable;
+
+// CRC combination (as zlib's crc32_combine): the CRC of A‖B from crc(A), crc(B) and |B|, by
+// applying |B| zero bytes to crc(A) with GF(2) matrix squaring. O(32² log |B|), no data pass.
+
+function gf2Times(mat: Uint32Array, vec: number): number {
+  let sum = 0;
+  for (let i = 0; vec !== 0; i++, vec >>>= 1) if (vec & 1) sum ^= mat[i]!;
+  return sum >>> 0;
+}
+
+function gf2Square(square: Uint32Array, mat: Uint32Array): void {
+  for (let n = 0; n < 32; n++) square[n] = gf2Times(mat, mat[n]!);
+}
+
+/**
+ * CRC-32C of the concatenation of two blocks, given each block's CRC and the second's length.
+ *
+ * @example
+ * crc32cCombine(crc32c(a), crc32c(b), b.length) === crc32c(Buffer.concat([a, b])); // true
+ */
+export function crc32cCombine(crc1: number, crc2: number, len2: number): number {
+  if (len2 <= 0) return crc1 >>> 0;
+  const even = new Uint32Array(32);
+  const odd = new Uint32Array(32);
+  odd[0] = POLY; // the operator for one zero bit
+  for (let n = 1, row = 1; n < 32; n++, row <<= 1) odd[n] = row;
+  gf2Square(even, odd); // two zero bits
+  gf2Square(odd, even); // four zero bits
+  let c1 = crc1 >>> 0;
+  let len = len2;
+  do {
+    gf2Square(even, odd);
+    if (len & 1) c1 = gf2Times(even, c1);
+    len = Math.floor(len / 2);
+    if (len === 0) break;
+    gf2Square(odd, even);
+    if (len & 1) c1 = gf2Times(odd, c1);
+    len = Math.floor(len / 2);
+  } while (len !== 0);
+  return (c1 ^ crc2) >>> 0;
+}

@@ -13,7 +13,7 @@
  * it fetches, and any one readable chunk identifies the segment.
  */
 import { randomBytes } from 'node:crypto';
-import { crc32c } from './crc32c.ts';
+import { crc32c, crc32cCombine } from './crc32c.ts';
 import { codec } from './erasure.ts';
 import { invariant } from './errors.ts';
 
@@ -98,9 +98,10 @@ export async function encodeSegment(
   const chunkSizeBytes = chunkSizeFor(payloadBytes, k, blockSizeBytes);
   // One zero-padded buffer holds all k data chunks back to back: the payload is copied once,
   // and the data chunks are views of it.
-  const dataRegion = Buffer.alloc(k * chunkSizeBytes);
+  const dataRegion = Buffer.allocUnsafe(k * chunkSizeBytes);
   let at = 0;
   for (const p of parts) at += p.copy(dataRegion, at);
+  dataRegion.fill(0, at); // the padding after the payload; the rest was just overwritten
   const data = Array.from({ length: k }, (_, i) => dataRegion.subarray(i * chunkSizeBytes, (i + 1) * chunkSizeBytes));
   const parity = Array.from({ length: m }, () => Buffer.alloc(chunkSizeBytes));
   // Parity is computed granule by granule, each granule an independent Reed-Solomon stripe.
@@ -123,8 +124,15 @@ export async function encodeSegment(
     crcs: shards.map((s) => granuleCrcs(s)),
     createdAt: new Date().toISOString(),
   };
-  const chunks = shards.map((shard, chunkIndex) => Buffer.concat([shard, trailer({ ...descriptor, chunkIndex })]));
-  return { descriptor, chunks, objectCrcs: chunks.map((c) => crc32c(c)) };
+  const trailers = shards.map((_, chunkIndex) => trailer({ ...descriptor, chunkIndex }));
+  const chunks = shards.map((shard, i) => Buffer.concat([shard, trailers[i]!]));
+  // The whole-object CRC (which S3 verifies on upload) from the granule CRCs: no second pass.
+  const objectCrcs = descriptor.crcs.map((granules, i) => {
+    let crc = 0;
+    granules.forEach((g, n) => (crc = crc32cCombine(crc, g, Math.min(GRANULE_BYTES, chunkSizeBytes - n * GRANULE_BYTES))));
+    return crc32c(trailers[i]!, crc);
+  });
+  return { descriptor, chunks, objectCrcs };
 }
 
 function trailer(descriptor: SegmentDescriptor & { chunkIndex: number }): Buffer {

@@ -1,6 +1,6 @@
 import { randomInt } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { crc32cNative, crc32cPortable } from '#shared/crc32c.ts';
+import { crc32cCombine, crc32cNative, crc32cPortable } from '#shared/crc32c.ts';
 import { mulberry32, prngBytes } from './fixtures/make-erasure-vectors.ts';
 
 const SEED = process.env.SLEDGE_SEED ? Number(process.env.SLEDGE_SEED) : randomInt(2 ** 31);
@@ -70,6 +70,18 @@ describe(`crc32c (${name})`, () => {
       crc = crc32c(data.subarray(cut, cut2), crc);
       crc = crc32c(data.subarray(cut2), crc);
       expect(crc).toBe(whole);
+    }
+  });
+});
+
+describe('crc32cCombine', () => {
+  it('equals the CRC of the concatenation at random split points', () => {
+    const data = prngBytes(SEED ^ 0x5eed, 70_000);
+    for (let i = 0; i < 50; i++) {
+      const cut = randomInt(data.length + 1);
+      const a = data.subarray(0, cut);
+      const b = data.subarray(cut);
+      expect(crc32cCombine(crc32cPortable(a), crc32cPortable(b), b.length), `cut ${cut}`).toBe(crc32cPortable(data));
     }
   });
 });

@@ -21,6 +21,8 @@ describe('segment format', () => {
     expect(seg.chunks).toHaveLength(6);
     expect(Buffer.concat(seg.chunks.slice(0, 4).map((c) => c.subarray(0, cs))).subarray(0, payload.length).equals(payload)).toBe(true);
     seg.chunks.forEach((chunk, i) => {
+      // The checksum sent to S3 is the whole object's, derived without a second pass.
+      expect(seg.objectCrcs[i]).toBe(crc32c(chunk));
       const trailerBytes = trailerBytesFromFooter(chunk.subarray(chunk.length - FOOTER_BYTES));
       expect(chunk.length).toBe(cs + trailerBytes);
       const d = parseTrailer(chunk.subarray(cs));
