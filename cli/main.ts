@@ -180,7 +180,7 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   try {
     await cache.close();
     const s = cache.stats;
-    log(`stopped; ${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes)`);
+    log(`stopped; ${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes`);
   } catch (err) {
     log(`stopped WITH DATA LOSS: ${(err as Error).message}`);
     status = 1;
