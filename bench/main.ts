@@ -15,6 +15,7 @@ import { requestCounts, resetRequestCounts, s3, type RequestCounts } from '#shar
 import { config } from '#shared/config.ts';
 import { encodeSegment, newSegmentId } from '#shared/segments.ts';
 import { benchCodec } from './codec.ts';
+import { benchNbd } from './nbd.ts';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -183,6 +184,15 @@ async function main(): Promise<void> {
     }
     table(rows);
 
+    await benchNbd({
+      apiUrl: api,
+      createVolume,
+      resetRequestCounts,
+      requestCounts,
+      costRow: (label, counts, scale) => fmtCost(label, costOf(counts, scale)),
+      table,
+      section,
+    });
   } finally {
     await plane.stop();
   }
