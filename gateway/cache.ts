@@ -498,11 +498,17 @@ export class WriteBackCache {
   private kick(explicit: boolean): void {
     if (this.draining || this.sealed.length === 0) return;
     if (!explicit && Date.now() < this.retryNotBeforeMs) return;
-    this.draining = this.drain().finally(() => {
+    this.draining = this.drain()
+      .catch((err: Error) => {
+        // drain() handles API failures itself; this is a bug, and must not take the process down.
+        this.lastError = err;
+        this.log(`write-back stopped by an unexpected error: ${err.stack ?? err.message}`);
+      })
+      .finally(() => {
       this.draining = null;
-      // Layers sealed while the last round ran; the round bound below ends a drain, not the work.
-      if (this.sealed.length > 0 && this.lastError === null) setImmediate(() => this.kick(false));
-    });
+        // Layers sealed while the last round ran; the round bound below ends a drain, not the work.
+        if (this.sealed.length > 0 && this.lastError === null) setImmediate(() => this.kick(false));
+      });
   }
 
   private async drain(): Promise<void> {
@@ -512,10 +518,9 @@ export class WriteBackCache {
       // concurrent FLUSH and FUA requests then share segments (group commit).
       const group = [...this.sealed];
       const merged = new ExtentMap();
-      for (const layer of group) for (const e of layer.map.extents()) merged.set(e.start, e.end, e.data);
-      const batches = planBatches(merged.extents(), this.limits);
       try {
-        for (const planned of batches) {
+        for (const layer of group) for (const e of layer.map.extents()) merged.set(e.start, e.end, e.data);
+        for (const planned of planBatches(merged.extents(), this.limits)) {
           const pieces = toBatchPieces(planned);
           await this.backend.writeBatch(pieces);
           this.stats.batchesWritten++;
