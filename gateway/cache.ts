@@ -272,6 +272,8 @@ export class WriteBackCache {
   private open: Layer = newLayer();
   private readonly sealed: Layer[] = [];
   private draining: Promise<void> | null = null;
+  /** A FLUSH (or FUA, or close) asked for a write-back while one was running. */
+  private explicitPending = false;
   private retryNotBeforeMs = 0;
   private lastError: Error | null = null;
   private roomWaiters: Array<() => void> = [];
@@ -496,7 +498,12 @@ export class WriteBackCache {
 
   /** Starts the flusher unless it runs. `explicit` (FLUSH, FUA, close) ignores the pause after a failure. */
   private kick(explicit: boolean): void {
-    if (this.draining || this.sealed.length === 0) return;
+    if (this.sealed.length === 0) return;
+    if (this.draining) {
+      // The running round may not include the caller's layers, or may be failing; run again after it.
+      if (explicit) this.explicitPending = true;
+      return;
+    }
     if (!explicit && Date.now() < this.retryNotBeforeMs) return;
     this.draining = this.drain()
       .catch((err: Error) => {
@@ -506,8 +513,11 @@ export class WriteBackCache {
       })
       .finally(() => {
       this.draining = null;
-        // Layers sealed while the last round ran; the round bound below ends a drain, not the work.
-        if (this.sealed.length > 0 && this.lastError === null) setImmediate(() => this.kick(false));
+        // Layers sealed while the last round ran (the round bound in drain() ends a drain, not
+        // the work), or a FLUSH that arrived while a failing round was unwinding.
+        const explicit = this.explicitPending;
+        this.explicitPending = false;
+        if (this.sealed.length > 0 && (this.lastError === null || explicit)) setImmediate(() => this.kick(explicit));
       });
   }
 

@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { seeded } from '../unit/seed.ts';
-import { Api } from './helpers.ts';
+import { Api, http } from './helpers.ts';
 import { describeRun, nbdsh, run, SLEDGE_BIN, startGateway, startNbdkitMemory, type NbdTarget } from './nbd-tools.ts';
 
 const KiB = 1024;
@@ -435,6 +435,35 @@ print("ok", code(lambda: h.pwrite(b"y" * 4096, 0)), bytes(h.pread(1, 0)))
     } finally {
       expect(await gw.stop()).toBe(0);
     }
+  });
+
+  it('an API that refuses the write-back turns FLUSH into EIO; the gateway keeps serving and reports the loss on exit', async () => {
+    const vol = await api.createVolume({ sizeBytes: VOLUME_BYTES });
+    const gw = await startGateway(apiUrl, vol.volumeId, ['--socket', socketPath()], ['--max-dirty-age-ms', '0']);
+    let r = await nbdsh(gw.uri, 'h.pwrite(b"\\x44" * 65536, 0)');
+    expect(r.code, describeRun('nbdsh write', r)).toBe(0);
+    // The volume goes away under the gateway: every batch now gets 404.
+    expect((await http(`${apiUrl}/volumes/${vol.volumeId}`, { method: 'DELETE' })).status).toBe(202);
+    const script = `
+def code(f):
+    try:
+        f()
+    except nbd.Error as e:
+        return e.errno
+    return 0
+print("flush", code(lambda: h.flush()))
+print("cached", h.pread(65536, 0) == b"\\x44" * 65536)
+print("uncached", code(lambda: h.pread(4096, 1048576)))
+print("flush again", code(lambda: h.flush()))
+`;
+    r = await nbdsh(gw.uri, script);
+    expect(r.code, describeRun('nbdsh after delete', r)).toBe(0);
+    expect(r.stdout).toContain('flush EIO');
+    expect(r.stdout).toContain('cached True');
+    expect(r.stdout).toContain('uncached EIO');
+    expect(r.stdout).toContain('flush again EIO');
+    expect(await gw.stop('SIGTERM'), gw.output()).toBe(1);
+    expect(gw.output()).toMatch(/stopped WITH DATA LOSS: 65536 dirty bytes/);
   });
 
   it('the CLI explains usage errors and a missing volume', async () => {

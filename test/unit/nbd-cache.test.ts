@@ -243,6 +243,17 @@ describe('WriteBackCache', () => {
     await cache.close();
   });
 
+  it('gives up on close with WriteBackError when the API keeps failing, instead of hanging', async () => {
+    const vol = new MemoryVolume(MiB, 64 * KiB);
+    const cache = newCache(vol);
+    await cache.write(0, randomBytes(BS));
+    vol.failures = 100;
+    await expect(cache.flush()).rejects.toBeInstanceOf(WriteBackError);
+    // A FLUSH issued right after a failure must start another round, not wait for the timer.
+    await expect(cache.flush()).rejects.toBeInstanceOf(WriteBackError);
+    await expect(cache.close()).rejects.toThrow(/4096 dirty bytes in 1 extents could not be written back/);
+  });
+
   it('holds requests back when full and lets them go once a write-back frees room', async () => {
     const vol = new MemoryVolume(4 * MiB, 64 * KiB);
     const cache = newCache(vol, { segmentBytes: MiB, capacityBytes: MiB });
