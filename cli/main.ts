@@ -5,7 +5,8 @@
  *
  * Argument parsing only; the gateway itself lives in gateway/.
  */
-import { existsSync, unlinkSync } from 'node:fs';
+import { existsSync, statSync, unlinkSync } from 'node:fs';
+import net from 'node:net';
 import { parseArgs } from 'node:util';
 import { WriteBackCache } from '#gateway/cache.ts';
 import { startNbdServer } from '#gateway/server.ts';
@@ -116,6 +117,19 @@ export async function onAttach(volume: VolumeDescription, apiUrl: string): Promi
   void apiUrl;
 }
 
+/** True when `path` is a Unix socket that refuses connections (its server is gone). */
+async function isStaleSocket(path: string): Promise<boolean> {
+  if (!statSync(path).isSocket()) return false;
+  return new Promise((resolve) => {
+    const probe = net.createConnection({ path });
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(false);
+    });
+    probe.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED'));
+  });
+}
+
 function log(message: string): void {
   process.stderr.write(`sledge nbd: ${message}\n`);
 }
@@ -135,8 +149,12 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     return 1;
   }
   if ('socketPath' in cmd.listen && existsSync(cmd.listen.socketPath)) {
-    log(`${cmd.listen.socketPath} already exists; remove it or choose another --socket path`);
-    return 1;
+    // Left behind by a gateway that was killed? Only a socket nobody answers on is removed.
+    if (!(await isStaleSocket(cmd.listen.socketPath))) {
+      log(`${cmd.listen.socketPath} exists and is not a stale socket; remove it or choose another --socket path`);
+      return 1;
+    }
+    unlinkSync(cmd.listen.socketPath);
   }
   await onAttach(volume, cmd.apiUrl);
   const cache = new WriteBackCache(client, {

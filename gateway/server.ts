@@ -84,11 +84,6 @@ const READ_AHEAD_BYTES = 1024 * 1024;
 /** How long shutdown waits for in-flight requests before it closes connections anyway. */
 const SHUTDOWN_GRACE_MS = 30_000;
 
-/** A clean end of the connection by the peer, where a message could have started. */
-class ConnectionEndedError extends Error {
-  override name = 'ConnectionEndedError';
-}
-
 /** Reads exact byte counts from a socket, pausing it when the reader falls behind (back-pressure). */
 class SocketReader {
   private chunks: Buffer[] = [];
@@ -213,11 +208,10 @@ class Connection {
     try {
       if (await this.handshake()) await this.transmission();
     } catch (err) {
-      if (!(err instanceof ConnectionEndedError)) this.log(`connection closed: ${(err as Error).message}`);
+      this.log(`connection closed: ${(err as Error).message}`);
     } finally {
       await this.idle();
       this.socket.end();
-      this.socket.destroySoon?.();
     }
   }
 

@@ -369,12 +369,14 @@ describe('sledge gateway: durability, shutdown, errors, CLI', () => {
 
   it('a crash loses only unflushed writes, like a disk cache; SIGTERM writes them back', async () => {
     const vol = await api.createVolume({ sizeBytes: VOLUME_BYTES });
-    const gw = await startGateway(apiUrl, vol.volumeId, ['--socket', socketPath()], ['--max-dirty-age-ms', '0']);
+    const path = socketPath();
+    const gw = await startGateway(apiUrl, vol.volumeId, ['--socket', path], ['--max-dirty-age-ms', '0']);
     // Flushed, then not flushed. nbdsh disconnects without FLUSH.
     let r = await nbdsh(gw.uri, 'h.pwrite(b"\\x11" * 65536, 0); h.flush(); h.pwrite(b"\\x22" * 65536, 65536)');
     expect(r.code, describeRun('nbdsh write', r)).toBe(0);
     await gw.stop('SIGKILL');
-    const after = await startGateway(apiUrl, vol.volumeId, ['--socket', socketPath()], ['--max-dirty-age-ms', '0']);
+    // The killed gateway left its socket file behind; a new one on the same path replaces it.
+    const after = await startGateway(apiUrl, vol.volumeId, ['--socket', path], ['--max-dirty-age-ms', '0']);
     r = await nbdsh(after.uri, 'assert h.pread(65536, 0) == b"\\x11" * 65536, "flushed data lost"\nassert h.pread(65536, 65536) == bytes(65536), "unflushed data survived a crash?"\nh.pwrite(b"\\x33" * 65536, 131072)');
     expect(r.code, describeRun('nbdsh after crash', r)).toBe(0);
     // A clean stop writes dirty data back.
@@ -473,6 +475,13 @@ print("flush again", code(lambda: h.flush()))
     r = await run(process.execPath, [SLEDGE_BIN, 'nbd', 'vol-x', '--api', apiUrl, '--port', '1', '--socket', '/tmp/x']);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('either --socket or --port');
+    const notASocket = join(dir, 'regular-file');
+    writeFileSync(notASocket, 'keep me');
+    const vol = await api.createVolume({ sizeBytes: VOLUME_BYTES });
+    r = await run(process.execPath, [SLEDGE_BIN, 'nbd', vol.volumeId, '--api', apiUrl, '--socket', notASocket]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('is not a stale socket');
+    expect(readFileSync(notASocket, 'utf8')).toBe('keep me');
     r = await run(process.execPath, [SLEDGE_BIN, 'nbd', 'vol-0000000000000000', '--api', apiUrl, '--socket', socketPath()]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('volume vol-0000000000000000 does not exist');
