@@ -414,7 +414,7 @@ describe('sledge gateway: durability, shutdown, errors, CLI', () => {
       expect(info.code, describeRun('nbdinfo', info)).toBe(0);
       expect(info.stdout.trim()).toBe(String(VOLUME_BYTES));
       const script = `
-import errno
+import os
 h.set_strict_mode(0)
 size = h.get_size()
 def code(f):
@@ -427,6 +427,12 @@ print("write", code(lambda: h.pwrite(b"x" * 4096, size - 2048)))
 print("read", code(lambda: h.pread(4096, size)))
 print("trim", code(lambda: h.trim(8192, size)))
 print("ok", code(lambda: h.pwrite(b"y" * 4096, 0)), bytes(h.pread(1, 0)))
+# One 10 MiB WRITE becomes three batches (4 MiB of data each at most); after the FLUSH the
+# cache is empty, so the 10 MiB READ is three API reads (4 MiB each at most), run in parallel.
+big = os.urandom(10 * 1024 * 1024)
+h.pwrite(big, 8192)
+h.flush()
+print("big", h.pread(len(big), 8192) == big, h.pread(len(big) - 1000, 8192 + 500) == big[500:-500])
 `;
       const r = await nbdsh(gw.uri, script);
       expect(r.code, describeRun('nbdsh', r)).toBe(0);
@@ -434,6 +440,8 @@ print("ok", code(lambda: h.pwrite(b"y" * 4096, 0)), bytes(h.pread(1, 0)))
       expect(r.stdout).toContain('read EINVAL');
       expect(r.stdout).toContain('trim ENOSPC');
       expect(r.stdout).toContain("ok 0 b'y'");
+      expect(r.stdout).toContain('big True True');
+      expect((await api.describe(vol.volumeId)).json.commitSeq, 'a 4 KiB write and a 10 MiB write, written back together, make three batches').toBe(3);
     } finally {
       expect(await gw.stop()).toBe(0);
     }
