@@ -118,6 +118,14 @@ export async function startNbdkitMemory(socketPath: string, sizeBytes: number): 
   };
 }
 
+/** Python for nbdsh scripts: `code(f)` runs `f` and returns the NBD error name it raised, or 0. */
+export const NBDSH_ERRNO = `def code(f):
+    try:
+        f()
+    except nbd.Error as e:
+        return e.errno
+    return 0`;
+
 /** Runs a Python snippet in nbdsh connected to `uri` (`h` is the handle). */
 export function nbdsh(uri: string, script: string, timeoutMs = 120_000): Promise<RunResult> {
   return run('nbdsh', ['-u', uri, '-c', script], { timeoutMs });

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { seeded } from '../unit/seed.ts';
 import { Api, http } from './helpers.ts';
-import { describeRun, nbdsh, run, SLEDGE_BIN, startGateway, startNbdkitMemory, type NbdTarget } from './nbd-tools.ts';
+import { describeRun, NBDSH_ERRNO, nbdsh, run, SLEDGE_BIN, startGateway, startNbdkitMemory, type NbdTarget } from './nbd-tools.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -417,12 +417,7 @@ describe('sledge gateway: durability, shutdown, errors, CLI', () => {
 import os
 h.set_strict_mode(0)
 size = h.get_size()
-def code(f):
-    try:
-        f()
-    except nbd.Error as e:
-        return e.errno
-    return 0
+${NBDSH_ERRNO}
 print("write", code(lambda: h.pwrite(b"x" * 4096, size - 2048)))
 print("read", code(lambda: h.pread(4096, size)))
 print("trim", code(lambda: h.trim(8192, size)))
@@ -455,12 +450,7 @@ print("big", h.pread(len(big), 8192) == big, h.pread(len(big) - 1000, 8192 + 500
     // The volume goes away under the gateway: every batch now gets 404.
     expect((await http(`${apiUrl}/volumes/${vol.volumeId}`, { method: 'DELETE' })).status).toBe(202);
     const script = `
-def code(f):
-    try:
-        f()
-    except nbd.Error as e:
-        return e.errno
-    return 0
+${NBDSH_ERRNO}
 print("flush", code(lambda: h.flush()))
 print("cached", h.pread(65536, 0) == b"\\x44" * 65536)
 print("uncached", code(lambda: h.pread(4096, 1048576)))
