@@ -17,6 +17,7 @@ import { itemSize } from '#shared/capacity.ts';
 import { config } from '#shared/config.ts';
 import { encodeSegment, newSegmentId } from '#shared/segments.ts';
 import { benchCodec } from './codec.ts';
+import { benchNbd } from './nbd.ts';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -238,6 +239,15 @@ async function main(): Promise<void> {
       table([row('no reservation', a, await volItem(plain)), row('write-exclusive, key presented', b, await volItem(fenced))]);
     }
 
+    await benchNbd({
+      apiUrl: api,
+      createVolume,
+      resetRequestCounts,
+      requestCounts,
+      costRow: (label, counts, scale) => fmtCost(label, costOf(counts, scale)),
+      table,
+      section,
+    });
   } finally {
     await plane.stop();
   }

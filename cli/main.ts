@@ -1,0 +1,233 @@
+/**
+ * The `sledge` command line (bin/sledge.js loads this file).
+ *
+ *   sledge nbd <volumeId> --api <url> [--port N | --socket PATH] [options]
+ *
+ * Argument parsing only; the gateway itself lives in gateway/.
+ */
+import { existsSync, statSync, unlinkSync } from 'node:fs';
+import net from 'node:net';
+import { parseArgs } from 'node:util';
+import { WriteBackCache } from '#gateway/cache.ts';
+import { startNbdServer } from '#gateway/server.ts';
+import { VolumeApiError, VolumeClient, type VolumeDescription } from '#gateway/volume-client.ts';
+
+const MiB = 1024 * 1024;
+const DEFAULT_NBD_PORT = 10809;
+
+export const USAGE = `usage: sledge <command> [options]
+
+commands:
+  nbd <volumeId> --api <url> [--port N | --socket PATH]
+      Serve a volume as a block device over NBD, with a volatile write cache that is made
+      durable on FLUSH, FUA, every segment's worth of writes, old dirty data and shutdown.
+
+      --api URL              the Sledge volume API (e.g. http://127.0.0.1:3000)
+      --port N               TCP port (default ${DEFAULT_NBD_PORT}; 0 picks a free one)
+      --host ADDR            TCP address to listen on (default 127.0.0.1)
+      --socket PATH          listen on a Unix socket instead of TCP
+      --cache-mib N          dirty data held before clients are slowed down (default 64)
+      --segment-mib N        dirty data that starts a write-back (default 4, at most 4 per batch)
+      --max-dirty-age-ms N   write back dirty data older than this (default 5000; 0 = only on
+                             FLUSH, FUA, full segments and shutdown)
+
+  help                       this text
+
+Attach with e.g.  nbdinfo nbd://127.0.0.1:10809   or   qemu-io -f raw nbd://127.0.0.1:10809
+`;
+
+/** The command line is wrong; the message says how. Exit status 2. */
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+function intOption(value: string | undefined, name: string, min: number, max: number, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be an integer from ${min} to ${max}, got ${JSON.stringify(value)}`);
+  return n;
+}
+
+export interface NbdCommand {
+  volumeId: string;
+  apiUrl: string;
+  listen: { host: string; port: number } | { socketPath: string };
+  cacheBytes: number;
+  segmentBytes: number;
+  maxDirtyAgeMs: number;
+}
+
+/** Parses `nbd` arguments (everything after the word `nbd`). Throws UsageError. */
+export function parseNbdArgs(args: string[]): NbdCommand {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        api: { type: 'string' },
+        port: { type: 'string' },
+        host: { type: 'string' },
+        socket: { type: 'string' },
+        'cache-mib': { type: 'string' },
+        'segment-mib': { type: 'string' },
+        'max-dirty-age-ms': { type: 'string' },
+      },
+    });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const { values, positionals } = parsed;
+  if (positionals.length !== 1) throw new UsageError(`sledge nbd takes exactly one volume id, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}`);
+  const volumeId = positionals[0]!;
+  if (!values.api) throw new UsageError('--api <url> is required: the Sledge API that serves the volume, e.g. --api http://127.0.0.1:3000');
+  let apiUrl: URL;
+  try {
+    apiUrl = new URL(values.api);
+  } catch {
+    throw new UsageError(`--api ${JSON.stringify(values.api)} is not a URL; give e.g. http://127.0.0.1:3000`);
+  }
+  if (apiUrl.protocol !== 'http:' && apiUrl.protocol !== 'https:') throw new UsageError(`--api must be an http or https URL, got ${apiUrl.protocol}`);
+  if (values.socket !== undefined && (values.port !== undefined || values.host !== undefined)) throw new UsageError('give either --socket or --port/--host, not both');
+  if (values.socket === '') throw new UsageError('--socket needs a path');
+  const cacheMiB = intOption(values['cache-mib'], 'cache-mib', 4, 64 * 1024, 64);
+  const segmentMiB = intOption(values['segment-mib'], 'segment-mib', 1, 4, 4);
+  if (segmentMiB > cacheMiB) throw new UsageError(`--segment-mib ${segmentMiB} is larger than --cache-mib ${cacheMiB}`);
+  return {
+    volumeId,
+    apiUrl: values.api,
+    listen: values.socket !== undefined ? { socketPath: values.socket } : { host: values.host ?? '127.0.0.1', port: intOption(values.port, 'port', 0, 65535, DEFAULT_NBD_PORT) },
+    cacheBytes: cacheMiB * MiB,
+    segmentBytes: segmentMiB * MiB,
+    maxDirtyAgeMs: intOption(values['max-dirty-age-ms'], 'max-dirty-age-ms', 0, 24 * 3600 * 1000, 5000),
+  };
+}
+
+/**
+ * Runs when the gateway attaches to a volume, before it serves a single request.
+ *
+ * The hook for reservations: once they exist, this registers the gateway's reservation key
+ * (and takes a write-exclusive reservation), so that a second gateway attaching to the same
+ * volume fences this one and every commit this gateway makes carries its key and generation.
+ * Reservations are not built yet, so it does nothing.
+ */
+export async function onAttach(volume: VolumeDescription, apiUrl: string): Promise<void> {
+  void volume;
+  void apiUrl;
+}
+
+/** True when `path` is a Unix socket that refuses connections (its server is gone). */
+async function isStaleSocket(path: string): Promise<boolean> {
+  if (!statSync(path).isSocket()) return false;
+  return new Promise((resolve) => {
+    const probe = net.createConnection({ path });
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(false);
+    });
+    probe.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED'));
+  });
+}
+
+function log(message: string): void {
+  process.stderr.write(`sledge nbd: ${message}\n`);
+}
+
+async function runNbd(cmd: NbdCommand): Promise<number> {
+  const client = new VolumeClient(cmd.apiUrl, cmd.volumeId);
+  let volume: VolumeDescription;
+  try {
+    volume = await client.describe();
+  } catch (err) {
+    if (err instanceof VolumeApiError && err.status === 404) log(`volume ${cmd.volumeId} does not exist at ${cmd.apiUrl}`);
+    else log(`cannot describe volume ${cmd.volumeId} at ${cmd.apiUrl}: ${(err as Error).message}`);
+    return 1;
+  }
+  if (volume.state !== 'active') {
+    log(`volume ${cmd.volumeId} is ${volume.state}, not active`);
+    return 1;
+  }
+  if ('socketPath' in cmd.listen && existsSync(cmd.listen.socketPath)) {
+    // Left behind by a gateway that was killed? Only a socket nobody answers on is removed.
+    if (!(await isStaleSocket(cmd.listen.socketPath))) {
+      log(`${cmd.listen.socketPath} exists and is not a stale socket; remove it or choose another --socket path`);
+      return 1;
+    }
+    unlinkSync(cmd.listen.socketPath);
+  }
+  await onAttach(volume, cmd.apiUrl);
+  const cache = new WriteBackCache(client, {
+    sizeBytes: volume.sizeBytes,
+    blockSizeBytes: volume.blockSizeBytes,
+    pageBytes: volume.pageBlocks * volume.blockSizeBytes,
+    segmentBytes: cmd.segmentBytes,
+    capacityBytes: cmd.cacheBytes,
+    maxDirtyAgeMs: cmd.maxDirtyAgeMs,
+    log,
+  });
+  let server;
+  try {
+    server = await startNbdServer({
+      exportName: volume.volumeId,
+      description: `Sledge volume ${volume.volumeId}, ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`,
+      cache,
+      listen: cmd.listen,
+      log,
+    });
+  } catch (err) {
+    log(`cannot listen: ${(err as Error).message}`);
+    return 1;
+  }
+  // Tests and scripts wait for this line; it carries the URI clients connect to.
+  process.stdout.write(`sledge nbd: serving ${volume.volumeId} (${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks) at ${server.uri}\n`);
+
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGINT', () => resolve('SIGINT'));
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+  });
+  log(`${signal}: closing connections and writing back ${cache.dirtyDataBytes} dirty bytes (a second signal quits at once and loses them)`);
+  const quit = () => {
+    log(`second signal: quitting with ${cache.dirtyDataBytes} dirty bytes not written back`);
+    process.exit(130);
+  };
+  process.once('SIGINT', quit);
+  process.once('SIGTERM', quit);
+  let status = 0;
+  await server.close();
+  try {
+    await cache.close();
+    const s = cache.stats;
+    log(`stopped; ${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes`);
+  } catch (err) {
+    log(`stopped WITH DATA LOSS: ${(err as Error).message}`);
+    status = 1;
+  }
+  if ('socketPath' in cmd.listen) {
+    try {
+      unlinkSync(cmd.listen.socketPath);
+    } catch {
+      // Already gone.
+    }
+  }
+  return status;
+}
+
+/** Runs the CLI; returns the process exit status. */
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    if (command === undefined || command === 'help' || command === '--help' || command === '-h') {
+      process.stdout.write(USAGE);
+      return command === undefined ? 2 : 0;
+    }
+    if (command === 'nbd') return await runNbd(parseNbdArgs(rest));
+    throw new UsageError(`unknown command ${JSON.stringify(command)}`);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`sledge: ${err.message}\n\n${USAGE}`);
+      return 2;
+    }
+    throw err;
+  }
+}

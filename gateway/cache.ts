@@ -1,0 +1,615 @@
+/**
+ * The gateway's volatile write cache: writes are acknowledged once they are in memory, and
+ * made durable as batch writes (one segment each) on FLUSH, on FUA, when a segment's worth has
+ * gathered, when dirty data grows old, and on shutdown. See docs/nbd-gateway.md.
+ *
+ * The cache is a stack of layers. Writes go into the *open* layer; sealing it pushes it onto
+ * the FIFO of *sealed* layers, which one flusher writes to the API oldest first, one batch at
+ * a time. Inside a layer extents never overlap (a later write replaces the bytes it covers),
+ * and a newer write to the same blocks lands in a newer layer, so it is committed after the
+ * older one: the later write wins, on the API exactly as in the cache. A layer leaves the stack
+ * only once every batch of it has been acknowledged by the API, so a read that snapshots the
+ * stack before asking the API can never miss a write (see `readAligned`).
+ */
+import { invariant } from '#shared/errors.ts';
+import { API_MAX_IO_BYTES, API_MAX_PAGES_PER_BATCH, type BatchPiece } from './volume-client.ts';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+/** What the cache needs from the volume API. `VolumeClient` is one. */
+export interface CacheBackend {
+  read(offset: number, length: number): Promise<Buffer>;
+  writeBatch(pieces: readonly BatchPiece[]): Promise<void>;
+}
+
+/** A run of dirty bytes: `data` (exactly `end - start` bytes), or zeros when `data` is null. */
+export interface CacheExtent {
+  start: number;
+  end: number;
+  data: Buffer | null;
+}
+
+/** Memory charged per extent on top of its data, so that zero extents count too. */
+const EXTENT_OVERHEAD_BYTES = 64;
+/** Remainders of a split extent up to this size are copied, so they do not pin a large buffer. */
+const REMAINDER_COPY_MAX_BYTES = 64 * KiB;
+
+function cut(e: CacheExtent, start: number, end: number): CacheExtent {
+  if (!e.data) return { start, end, data: null };
+  let data = e.data.subarray(start - e.start, end - e.start);
+  // A small piece of a big write would keep the whole write's memory alive until it is flushed;
+  // copying small remainders bounds what the cache holds to what it counts.
+  if (data.length <= REMAINDER_COPY_MAX_BYTES && data.length * 4 <= data.buffer.byteLength) data = Buffer.from(data);
+  return { start, end, data };
+}
+
+/** Sorted, non-overlapping extents; `set` replaces whatever it covers. */
+export class ExtentMap {
+  private list: CacheExtent[] = [];
+  /** Bytes of data (zero extents excluded). */
+  dataBytes = 0;
+
+  get count(): number {
+    return this.list.length;
+  }
+
+  /** Memory charged to this map. */
+  get weightBytes(): number {
+    return this.dataBytes + this.list.length * EXTENT_OVERHEAD_BYTES;
+  }
+
+  extents(): readonly CacheExtent[] {
+    return this.list;
+  }
+
+  /** Index of the first extent ending after `pos`. */
+  private firstEndingAfter(pos: number): number {
+    let lo = 0;
+    let hi = this.list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.list[mid]!.end <= pos) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /** Makes [start, end) hold `data` (or zeros), replacing what was there. */
+  set(start: number, end: number, data: Buffer | null): void {
+    invariant(end > start, () => `empty extent [${start}, ${end})`);
+    invariant(data === null || data.length === end - start, () => `extent [${start}, ${end}) has ${data!.length} bytes of data`);
+    const i = this.firstEndingAfter(start);
+    let j = i;
+    const replacement: CacheExtent[] = [];
+    let tail: CacheExtent | undefined;
+    for (; j < this.list.length && this.list[j]!.start < end; j++) {
+      const e = this.list[j]!;
+      if (e.data) this.dataBytes -= e.end - e.start;
+      if (e.start < start) replacement.push(cut(e, e.start, start));
+      if (e.end > end) tail = cut(e, end, e.end);
+    }
+    replacement.push({ start, end, data });
+    if (tail) replacement.push(tail);
+    for (const r of replacement) if (r.data) this.dataBytes += r.end - r.start;
+    this.list.splice(i, j - i, ...replacement);
+  }
+
+  /** The parts of extents inside [start, end), clipped to it, in address order. */
+  pieces(start: number, end: number): CacheExtent[] {
+    const out: CacheExtent[] = [];
+    for (let i = this.firstEndingAfter(start); i < this.list.length && this.list[i]!.start < end; i++) {
+      const e = this.list[i]!;
+      const s = Math.max(start, e.start);
+      const t = Math.min(end, e.end);
+      out.push({ start: s, end: t, data: e.data ? e.data.subarray(s - e.start, t - e.start) : null });
+    }
+    return out;
+  }
+}
+
+export interface BatchLimits {
+  /** Bytes of address space per page-map item (the API's page). */
+  pageBytes: number;
+  /** Data bytes per batch (the API's 4 MiB). */
+  dataMaxBytes: number;
+  /** Pages one batch may touch (the API's 96). */
+  pagesMax: number;
+}
+
+/** One extent of a planned batch: data in `parts` (concatenated in order) or zeros. */
+export interface PlannedPiece {
+  offset: number;
+  length: number;
+  parts: Buffer[] | null;
+}
+
+/**
+ * Cuts sorted, non-overlapping extents into batches the API accepts: at most `dataMaxBytes` of
+ * data and `pagesMax` distinct pages each. Adjacent extents of the same kind are merged, so a
+ * sequential run becomes one extent of one segment. Pure; unit tested.
+ */
+export function planBatches(extents: readonly CacheExtent[], limits: BatchLimits): PlannedPiece[][] {
+  const P = limits.pageBytes;
+  const batches: PlannedPiece[][] = [];
+  let batch: PlannedPiece[] = [];
+  let dataBytes = 0;
+  let pages = 0;
+  let lastPage = -1;
+  const close = () => {
+    if (batch.length > 0) batches.push(batch);
+    batch = [];
+    dataBytes = 0;
+    pages = 0;
+    lastPage = -1;
+  };
+  for (const e of extents) {
+    // Each pass either consumes at least one page's worth or closes a non-empty batch, so the
+    // loop ends after at most 2 * (pages covered + data / dataMaxBytes) + 2 passes.
+    for (let s = e.start; s < e.end; ) {
+      const firstPage = Math.floor(s / P);
+      const shared = firstPage === lastPage;
+      let t = Math.min(e.end, (firstPage + (limits.pagesMax - pages) + (shared ? 1 : 0)) * P);
+      if (e.data) t = Math.min(t, s + (limits.dataMaxBytes - dataBytes));
+      if (t <= s) {
+        invariant(batch.length > 0, 'planBatches: a limit left no room in an empty batch');
+        close();
+        continue;
+      }
+      const part = e.data ? e.data.subarray(s - e.start, t - e.start) : null;
+      const last = batch[batch.length - 1];
+      if (last && last.offset + last.length === s && (last.parts === null) === (part === null)) {
+        last.length += t - s;
+        if (part) last.parts!.push(part);
+      } else {
+        batch.push({ offset: s, length: t - s, parts: part ? [part] : null });
+      }
+      if (part) dataBytes += t - s;
+      const endPage = Math.floor((t - 1) / P);
+      pages += endPage - firstPage + (shared ? 0 : 1);
+      lastPage = endPage;
+      s = t;
+      if (t < e.end) close();
+    }
+  }
+  close();
+  return batches;
+}
+
+export function toBatchPieces(planned: readonly PlannedPiece[]): BatchPiece[] {
+  return planned.map((p) => {
+    if (!p.parts) return { offset: p.offset, length: p.length, zero: true as const };
+    const data = p.parts.length === 1 ? p.parts[0]! : Buffer.concat(p.parts, p.length);
+    invariant(data.length === p.length, () => `planned piece at ${p.offset} has ${data.length} bytes, not ${p.length}`);
+    return { offset: p.offset, data };
+  });
+}
+
+/** Writes could not be made durable (the API failed after every retry). Reported on FLUSH and FUA. */
+export class WriteBackError extends Error {
+  override name = 'WriteBackError';
+}
+
+/** A read that the API could not serve. */
+export class CacheReadError extends Error {
+  override name = 'CacheReadError';
+}
+
+interface Deferred {
+  promise: Promise<void>;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+function deferred(): Deferred {
+  let resolve!: () => void;
+  let reject!: (err: Error) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  // Nobody may be waiting for a layer when its write-back fails; that must not crash the process.
+  promise.catch(() => undefined);
+  return { promise, resolve, reject };
+}
+
+interface Layer {
+  map: ExtentMap;
+  /** Settles when every byte of this layer (and of every older layer) is durable. */
+  durable: Deferred;
+  /** When the first write landed in this layer (ms since epoch), 0 while empty. */
+  firstWriteAtMs: number;
+}
+
+const newLayer = (): Layer => ({ map: new ExtentMap(), durable: deferred(), firstWriteAtMs: 0 });
+
+export interface WriteBackCacheOptions {
+  sizeBytes: number;
+  blockSizeBytes: number;
+  /** The API's page: pageBlocks * blockSizeBytes. */
+  pageBytes: number;
+  /** Dirty data that seals a layer and starts a write-back. Default 4 MiB (one segment). */
+  segmentBytes?: number;
+  /** Memory for dirty data; above it the server stops reading requests. Default 64 MiB. */
+  capacityBytes?: number;
+  /** Dirty data older than this is written back even without FLUSH; 0 never. Default 5000. */
+  maxDirtyAgeMs?: number;
+  /** Parallel API reads for one large read. Default 4. */
+  readConcurrency?: number;
+  log?: (message: string) => void;
+}
+
+export interface CacheStats {
+  batchesWritten: number;
+  dataBytesWritten: number;
+  zeroBytesWritten: number;
+  flushes: number;
+  readModifyWrites: number;
+  writeBackFailures: number;
+}
+
+/** Sealed layers taken into one write-back round: they are merged, so concurrent FLUSH/FUA share batches. */
+const DRAIN_ROUNDS_MAX = 64;
+/** Attempts to write everything back when closing, each with the client's own retries inside. */
+const CLOSE_FLUSH_ATTEMPTS = 3;
+/** Pause before the timer retries a write-back that failed (an explicit FLUSH retries at once). */
+const RETRY_PAUSE_MS = 1000;
+/** How often the timer looks for old dirty data and failed write-backs. */
+const TICK_MAX_MS = 1000;
+/** Extents in one layer before it is sealed, so zero-only layers stay bounded too. */
+const LAYER_EXTENTS_MAX = 16 * 1024;
+
+export class WriteBackCache {
+  readonly sizeBytes: number;
+  readonly blockSizeBytes: number;
+  private readonly segmentBytes: number;
+  readonly capacityBytes: number;
+  private readonly maxDirtyAgeMs: number;
+  private readonly readConcurrency: number;
+  private readonly limits: BatchLimits;
+  private readonly log: (message: string) => void;
+
+  private open: Layer = newLayer();
+  private readonly sealed: Layer[] = [];
+  private draining: Promise<void> | null = null;
+  /** A FLUSH (or FUA, or close) asked for a write-back while one was running. */
+  private explicitPending = false;
+  private retryNotBeforeMs = 0;
+  private lastError: Error | null = null;
+  private roomWaiters: Array<() => void> = [];
+  /** Writes that need a read first (unaligned) run here in arrival order; see `ordered`. */
+  private lane: Promise<void> = Promise.resolve();
+  private laneDepth = 0;
+  private readonly timer: NodeJS.Timeout;
+  private closed = false;
+  readonly stats: CacheStats = { batchesWritten: 0, dataBytesWritten: 0, zeroBytesWritten: 0, flushes: 0, readModifyWrites: 0, writeBackFailures: 0 };
+
+  constructor(
+    private readonly backend: CacheBackend,
+    opts: WriteBackCacheOptions,
+  ) {
+    this.sizeBytes = opts.sizeBytes;
+    this.blockSizeBytes = opts.blockSizeBytes;
+    this.segmentBytes = opts.segmentBytes ?? 4 * MiB;
+    this.capacityBytes = opts.capacityBytes ?? 64 * MiB;
+    this.maxDirtyAgeMs = opts.maxDirtyAgeMs ?? 5000;
+    this.readConcurrency = opts.readConcurrency ?? 4;
+    this.log = opts.log ?? (() => undefined);
+    this.limits = { pageBytes: opts.pageBytes, dataMaxBytes: API_MAX_IO_BYTES, pagesMax: API_MAX_PAGES_PER_BATCH };
+    invariant(this.sizeBytes % this.blockSizeBytes === 0, 'volume size is not a multiple of its block size');
+    invariant(opts.pageBytes % this.blockSizeBytes === 0 && API_MAX_IO_BYTES % this.blockSizeBytes === 0, 'page and batch sizes must be multiples of the block size');
+    invariant(this.segmentBytes > 0 && this.capacityBytes >= this.segmentBytes, `cache capacity ${this.capacityBytes} must hold at least one segment of ${this.segmentBytes}`);
+    // The timer also retries a failed write-back, so it runs even when dirty data never ages out.
+    this.timer = setInterval(() => this.tick(), this.maxDirtyAgeMs > 0 ? Math.min(TICK_MAX_MS, this.maxDirtyAgeMs) : TICK_MAX_MS);
+    this.timer.unref();
+  }
+
+  /** Bytes of memory the dirty data takes (data plus a small charge per extent). */
+  get usedBytes(): number {
+    return this.sealed.reduce((n, l) => n + l.map.weightBytes, this.open.map.weightBytes);
+  }
+
+  /** Dirty bytes not yet durable. */
+  get dirtyDataBytes(): number {
+    return this.sealed.reduce((n, l) => n + l.map.dataBytes, this.open.map.dataBytes);
+  }
+
+  get dirtyExtents(): number {
+    return this.sealed.reduce((n, l) => n + l.map.count, this.open.map.count);
+  }
+
+  /** Resolves when the cache is below capacity: the server waits on this before reading a request. */
+  waitForRoom(): Promise<void> {
+    if (this.usedBytes < this.capacityBytes) return Promise.resolve();
+    // Full: make sure write-back is under way, then wait for a round to finish.
+    this.seal();
+    this.kick(false);
+    return new Promise((resolve) => this.roomWaiters.push(resolve));
+  }
+
+  private notifyRoom(): void {
+    if (this.usedBytes >= this.capacityBytes) return;
+    const waiters = this.roomWaiters;
+    this.roomWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Writes
+
+  /**
+   * Runs `apply` after every earlier write that is still waiting for a read-modify-write, so
+   * writes reach the cache in the order they arrived. With no such write pending it runs now.
+   */
+  private ordered(apply: () => void | Promise<void>): Promise<void> {
+    if (this.laneDepth === 0) {
+      const result = apply();
+      if (!(result instanceof Promise)) return Promise.resolve();
+      this.laneDepth++;
+      this.lane = result.then(
+        () => void this.laneDepth--,
+        () => void this.laneDepth--,
+      );
+      return result;
+    }
+    this.laneDepth++;
+    const run = this.lane.then(apply);
+    this.lane = run.then(
+      () => void this.laneDepth--,
+      () => void this.laneDepth--,
+    );
+    return run;
+  }
+
+  private apply(start: number, end: number, data: Buffer | null): void {
+    invariant(start % this.blockSizeBytes === 0 && end % this.blockSizeBytes === 0, () => `unaligned extent [${start}, ${end}) reached the cache`);
+    invariant(start >= 0 && end <= this.sizeBytes, () => `extent [${start}, ${end}) is outside the volume`);
+    if (this.open.firstWriteAtMs === 0) this.open.firstWriteAtMs = Date.now();
+    this.open.map.set(start, end, data);
+    if (this.open.map.dataBytes >= this.segmentBytes || this.open.map.count >= LAYER_EXTENTS_MAX) {
+      this.seal();
+      this.kick(false);
+    }
+  }
+
+  /** Reads one block through the cache, for read-modify-write. */
+  private async block(start: number): Promise<Buffer> {
+    this.stats.readModifyWrites++;
+    return Buffer.from(await this.readAligned(start, this.blockSizeBytes));
+  }
+
+  /**
+   * Writes `data` at `offset`. Unaligned edges are merged with the current contents of their
+   * blocks (read-modify-write), in arrival order with other writes.
+   */
+  write(offset: number, data: Buffer): Promise<void> {
+    const bs = this.blockSizeBytes;
+    const end = offset + data.length;
+    if (offset % bs === 0 && end % bs === 0) return this.ordered(() => this.apply(offset, end, data));
+    return this.ordered(async () => {
+      const a0 = Math.floor(offset / bs) * bs;
+      const a1 = Math.ceil(end / bs) * bs;
+      const buf = Buffer.alloc(a1 - a0);
+      if (offset !== a0) (await this.block(a0)).copy(buf, 0);
+      if (end !== a1 && (a1 - bs !== a0 || offset === a0)) (await this.block(a1 - bs)).copy(buf, a1 - bs - a0);
+      data.copy(buf, offset - a0);
+      this.apply(a0, a1, buf);
+    });
+  }
+
+  /** Zeroes [offset, offset + length) exactly: whole blocks become zero extents, edges are read-modify-written. */
+  writeZeroes(offset: number, length: number): Promise<void> {
+    const bs = this.blockSizeBytes;
+    const end = offset + length;
+    const inner0 = Math.ceil(offset / bs) * bs;
+    const inner1 = Math.floor(end / bs) * bs;
+    if (offset === inner0 && end === inner1) return this.ordered(() => this.apply(offset, end, null));
+    return this.ordered(async () => {
+      const head = Math.floor(offset / bs) * bs;
+      if (offset !== head) {
+        const blk = await this.block(head);
+        blk.fill(0, offset - head, Math.min(end, head + bs) - head);
+        this.apply(head, head + bs, blk);
+      }
+      const tail = Math.floor(end / bs) * bs;
+      if (end !== tail && (tail !== head || offset === head)) {
+        const blk = await this.block(tail);
+        blk.fill(0, Math.max(offset, tail) - tail, end - tail);
+        this.apply(tail, tail + bs, blk);
+      }
+      if (inner1 > inner0) this.apply(inner0, inner1, null);
+    });
+  }
+
+  /**
+   * Trims: whole blocks inside the range become zero extents (they then read as zeros, as on
+   * the API). Partial blocks at the edges are left alone, which TRIM, being advisory, allows.
+   */
+  trim(offset: number, length: number): Promise<void> {
+    const bs = this.blockSizeBytes;
+    const inner0 = Math.ceil(offset / bs) * bs;
+    const inner1 = Math.floor((offset + length) / bs) * bs;
+    if (inner1 <= inner0) return Promise.resolve();
+    return this.ordered(() => this.apply(inner0, inner1, null));
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Reads
+
+  /** Reads any byte range inside the volume: the API's bytes with every cached write laid over them. */
+  async read(offset: number, length: number): Promise<Buffer> {
+    const bs = this.blockSizeBytes;
+    const a0 = Math.floor(offset / bs) * bs;
+    const a1 = Math.ceil((offset + length) / bs) * bs;
+    const buf = await this.readAligned(a0, a1 - a0);
+    return a0 === offset && a1 === offset + length ? buf : buf.subarray(offset - a0, offset - a0 + length);
+  }
+
+  private async readAligned(start: number, length: number): Promise<Buffer> {
+    const end = start + length;
+    // Snapshot the overlay *before* asking the API. A layer leaves the stack only after the API
+    // acknowledged it, so anything missing from this snapshot was durable before the API read
+    // began, and a consistent API read returns it. Taking the overlay after the API read would
+    // miss a layer that was written back (and dropped) while the read was in flight, if the API
+    // had served the read from before that commit.
+    const overlay = [...this.sealed, this.open].map((l) => l.map.pieces(start, end));
+    const out = coversAll(overlay, start, end) ? Buffer.alloc(length) : await this.readBackend(start, length);
+    for (const pieces of overlay) {
+      for (const p of pieces) {
+        if (p.data) p.data.copy(out, p.start - start);
+        else out.fill(0, p.start - start, p.end - start);
+      }
+    }
+    return out;
+  }
+
+  private async readBackend(start: number, length: number): Promise<Buffer> {
+    if (length <= API_MAX_IO_BYTES) return this.checkedRead(start, length);
+    const out = Buffer.allocUnsafe(length);
+    const pieces = Math.ceil(length / API_MAX_IO_BYTES);
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: Math.min(this.readConcurrency, pieces) }, async () => {
+        for (let i = next++; i < pieces; i = next++) {
+          const s = i * API_MAX_IO_BYTES;
+          (await this.checkedRead(start + s, Math.min(API_MAX_IO_BYTES, length - s))).copy(out, s);
+        }
+      }),
+    );
+    return out;
+  }
+
+  private async checkedRead(start: number, length: number): Promise<Buffer> {
+    try {
+      return await this.backend.read(start, length);
+    } catch (err) {
+      throw new CacheReadError(`read [${start}, ${start + length}) failed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Write-back
+
+  private seal(): void {
+    if (this.open.map.count === 0) return;
+    this.sealed.push(this.open);
+    this.open = newLayer();
+  }
+
+  /** Starts the flusher unless it runs. `explicit` (FLUSH, FUA, close) ignores the pause after a failure. */
+  private kick(explicit: boolean): void {
+    if (this.sealed.length === 0) return;
+    if (this.draining) {
+      // The running round may not include the caller's layers, or may be failing; run again after it.
+      if (explicit) this.explicitPending = true;
+      return;
+    }
+    if (!explicit && Date.now() < this.retryNotBeforeMs) return;
+    this.draining = this.drain()
+      .catch((err: Error) => {
+        // drain() handles API failures itself; this is a bug, and must not take the process down.
+        this.lastError = err;
+        this.log(`write-back stopped by an unexpected error: ${err.stack ?? err.message}`);
+      })
+      .finally(() => {
+      this.draining = null;
+        // Layers sealed while the last round ran (the round bound in drain() ends a drain, not
+        // the work), or a FLUSH that arrived while a failing round was unwinding.
+        const explicit = this.explicitPending;
+        this.explicitPending = false;
+        if (this.sealed.length > 0 && (this.lastError === null || explicit)) setImmediate(() => this.kick(explicit));
+      });
+  }
+
+  private async drain(): Promise<void> {
+    this.lastError = null;
+    for (let round = 0; round < DRAIN_ROUNDS_MAX && this.sealed.length > 0; round++) {
+      // Every layer sealed so far goes in this round, merged oldest first so later writes win:
+      // concurrent FLUSH and FUA requests then share segments (group commit).
+      const group = [...this.sealed];
+      const merged = new ExtentMap();
+      try {
+        for (const layer of group) for (const e of layer.map.extents()) merged.set(e.start, e.end, e.data);
+        for (const planned of planBatches(merged.extents(), this.limits)) {
+          const pieces = toBatchPieces(planned);
+          await this.backend.writeBatch(pieces);
+          this.stats.batchesWritten++;
+          for (const p of pieces) {
+            if ('data' in p) this.stats.dataBytesWritten += p.data.length;
+            else this.stats.zeroBytesWritten += p.length;
+          }
+        }
+      } catch (err) {
+        const error = new WriteBackError(`write-back of ${merged.dataBytes} dirty bytes failed: ${(err as Error).message}`, { cause: err });
+        this.lastError = error;
+        this.stats.writeBackFailures++;
+        this.retryNotBeforeMs = Date.now() + RETRY_PAUSE_MS;
+        this.log(error.message);
+        // Everyone waiting on these layers learns of the failure; the layers stay (still readable,
+        // still dirty) with fresh promises, and are retried by the next FLUSH or timer tick.
+        for (const layer of group) {
+          const failed = layer.durable;
+          layer.durable = deferred();
+          failed.reject(error);
+        }
+        this.notifyRoom();
+        return;
+      }
+      invariant(this.sealed[0] === group[0], 'sealed layers changed order during write-back');
+      this.sealed.splice(0, group.length);
+      for (const layer of group) layer.durable.resolve();
+      this.notifyRoom();
+    }
+  }
+
+  /**
+   * Makes every write that was applied before this call durable. This is NBD FLUSH (and FUA:
+   * writing back everything older too is allowed and keeps the ordering simple).
+   */
+  async flush(): Promise<void> {
+    this.stats.flushes++;
+    this.seal();
+    const target = this.sealed[this.sealed.length - 1];
+    if (!target) return;
+    this.kick(true);
+    await target.durable.promise;
+  }
+
+  private tick(): void {
+    if (this.closed) return;
+    if (this.maxDirtyAgeMs > 0 && this.open.firstWriteAtMs > 0 && Date.now() - this.open.firstWriteAtMs >= this.maxDirtyAgeMs) this.seal();
+    this.kick(false);
+  }
+
+  /**
+   * Stops the timer and writes everything back, trying a few times. Throws when dirty data
+   * could not be made durable (the caller reports how much is lost).
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.timer);
+    let lastErr: unknown;
+    for (let attempt = 0; attempt < CLOSE_FLUSH_ATTEMPTS; attempt++) {
+      try {
+        await this.flush();
+        if (this.draining) await this.draining;
+        if (this.dirtyExtents === 0) return;
+      } catch (err) {
+        lastErr = err;
+      }
+    }
+    throw new WriteBackError(`${this.dirtyDataBytes} dirty bytes in ${this.dirtyExtents} extents could not be written back: ${(lastErr as Error | undefined)?.message ?? 'unknown'}`, { cause: lastErr });
+  }
+}
+
+/** True when the pieces (from all layers) cover every byte of [start, end). */
+function coversAll(overlay: CacheExtent[][], start: number, end: number): boolean {
+  const all = overlay.flat().sort((a, b) => a.start - b.start);
+  let pos = start;
+  for (const p of all) {
+    if (p.start > pos) return false;
+    pos = Math.max(pos, p.end);
+    if (pos >= end) return true;
+  }
+  return pos >= end;
+}

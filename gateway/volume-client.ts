@@ -1,0 +1,141 @@
+/**
+ * The gateway's only link to Sledge: the volume API over HTTP (local, or API Gateway on AWS).
+ * No AWS SDK here; the gateway never touches S3 or DynamoDB itself.
+ *
+ * Retries are bounded: retryable answers (429, 5xx, network errors, timeouts) are tried again
+ * up to `attemptMax` times with capped, jittered backoff that honours `Retry-After`. Resending
+ * a batch after an unknown outcome is safe: the gateway has at most one batch in flight per
+ * volume and writing the same bytes to the same blocks twice is idempotent.
+ */
+import { encodeBatch } from '#shared/batch.ts';
+
+/**
+ * The API's limits (shared/volumes.ts MAX_IO_BYTES, shared/pagemap.ts MAX_PAGES_PER_COMMIT).
+ * Repeated here so the gateway does not load the head's AWS modules; a unit test asserts they
+ * are equal.
+ */
+export const API_MAX_IO_BYTES = 4 * 1024 * 1024;
+export const API_MAX_PAGES_PER_BATCH = 96;
+
+/** The API answered with an error, or could not be reached after every attempt. */
+export class VolumeApiError extends Error {
+  override name = 'VolumeApiError';
+  constructor(
+    message: string,
+    /** HTTP status, or 0 when the API could not be reached. */
+    readonly status: number,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export interface VolumeDescription {
+  volumeId: string;
+  sizeBytes: number;
+  blockSizeBytes: number;
+  pageBlocks: number;
+  state: string;
+}
+
+/** A piece of a batch: data, or a run of zeros. */
+export type BatchPiece = { offset: number; data: Buffer } | { offset: number; length: number; zero: true };
+
+export interface VolumeClientOptions {
+  /** Attempts per request, the first included. Default 6. */
+  attemptMax?: number;
+  /** Per-attempt timeout. Default 60 s (a 4 MiB batch is encoded and uploaded k+m times). */
+  requestTimeoutMs?: number;
+  /** Longest pause between attempts. Default 5 s. */
+  backoffMaxMs?: number;
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+export class VolumeClient {
+  private readonly attemptMax: number;
+  private readonly requestTimeoutMs: number;
+  private readonly backoffMaxMs: number;
+  /** Counts of requests sent (attempts included), for logs and the bench. */
+  readonly sent = { reads: 0, batches: 0, describes: 0 };
+
+  constructor(
+    readonly apiUrl: string,
+    readonly volumeId: string,
+    opts: VolumeClientOptions = {},
+  ) {
+    this.attemptMax = opts.attemptMax ?? 6;
+    this.requestTimeoutMs = opts.requestTimeoutMs ?? 60_000;
+    this.backoffMaxMs = opts.backoffMaxMs ?? 5_000;
+  }
+
+  private url(path: string): string {
+    return `${this.apiUrl.replace(/\/+$/, '')}/volumes/${encodeURIComponent(this.volumeId)}${path}`;
+  }
+
+  /** Sends one request with bounded retries; returns the body of a 2xx answer. */
+  private async send(what: string, url: string, init: { method: string; body?: Buffer; headers?: Record<string, string> }): Promise<Buffer> {
+    let last: VolumeApiError | undefined;
+    for (let attempt = 1; attempt <= this.attemptMax; attempt++) {
+      let retryAfterMs = 0;
+      let res: Response | undefined;
+      let body = Buffer.alloc(0);
+      try {
+        res = await fetch(url, {
+          method: init.method,
+          headers: init.headers,
+          // A Buffer is a Uint8Array, which fetch sends as is; the DOM typings just do not say so.
+          body: init.body as unknown as BodyInit | undefined,
+          signal: AbortSignal.timeout(this.requestTimeoutMs),
+        });
+        body = Buffer.from(await res.arrayBuffer());
+      } catch (err) {
+        res = undefined;
+        last = new VolumeApiError(`${what}: ${(err as Error).message}`, 0, { cause: err });
+      }
+      if (res) {
+        if (res.ok) return body;
+        last = new VolumeApiError(`${what}: HTTP ${res.status} ${body.toString('utf8').slice(0, 500)}`, res.status);
+        // 4xx other than 429 will fail the same way again: bad input or a missing volume.
+        if (res.status !== 429 && res.status < 500) throw last;
+        retryAfterMs = Number(res.headers.get('retry-after') ?? 0) * 1000;
+      }
+      if (attempt < this.attemptMax) {
+        const backoff = Math.min(this.backoffMaxMs, 100 * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
+        await sleep(Math.min(this.backoffMaxMs, Math.max(retryAfterMs, backoff)));
+      }
+    }
+    throw new VolumeApiError(`${last!.message} (gave up after ${this.attemptMax} attempts)`, last!.status, { cause: last });
+  }
+
+  async describe(): Promise<VolumeDescription> {
+    this.sent.describes++;
+    const body = await this.send(`describe ${this.volumeId}`, this.url(''), { method: 'GET' });
+    const v = JSON.parse(body.toString('utf8')) as VolumeDescription;
+    if (!Number.isSafeInteger(v.sizeBytes) || !Number.isSafeInteger(v.blockSizeBytes) || !Number.isSafeInteger(v.pageBlocks)) {
+      throw new VolumeApiError(`describe ${this.volumeId}: the API answered without a usable geometry`, 200);
+    }
+    return v;
+  }
+
+  /** Reads `length` bytes (block-aligned, at most API_MAX_IO_BYTES) at `offset`. */
+  async read(offset: number, length: number): Promise<Buffer> {
+    if (length > API_MAX_IO_BYTES) throw new RangeError(`a read through the API is at most ${API_MAX_IO_BYTES} bytes, not ${length}`);
+    this.sent.reads++;
+    const body = await this.send(`read ${this.volumeId} @${offset}+${length}`, this.url(`/data?offset=${offset}&length=${length}`), { method: 'GET' });
+    // Pair assertion: the API must answer with exactly the bytes asked for.
+    if (body.length !== length) throw new VolumeApiError(`read ${this.volumeId} @${offset}+${length}: got ${body.length} bytes`, 200);
+    return body;
+  }
+
+  /** Writes a batch (at most API_MAX_IO_BYTES of data and API_MAX_PAGES_PER_BATCH pages) as one segment. */
+  async writeBatch(pieces: readonly BatchPiece[]): Promise<void> {
+    this.sent.batches++;
+    const body = encodeBatch(pieces);
+    await this.send(`batch ${this.volumeId} (${pieces.length} extents)`, this.url('/batch'), {
+      method: 'POST',
+      body,
+      headers: { 'content-type': 'application/vnd.sledge.batch' },
+    });
+  }
+}
