@@ -7,6 +7,8 @@
  */
 import { existsSync, statSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { WriteBackCache } from '#gateway/cache.ts';
 import { startNbdServer } from '#gateway/server.ts';
@@ -30,6 +32,8 @@ commands:
       --segment-mib N        dirty data that starts a write-back (default 4, at most 4 per batch)
       --max-dirty-age-ms N   write back dirty data older than this (default 5000; 0 = only on
                              FLUSH, FUA, full segments and shutdown)
+      --key KEY              reservation key to attach with (default gw-<host>-<random>); the
+                             gateway takes a write-exclusive reservation, preempting any holder
 
   help                       this text
 
@@ -39,6 +43,11 @@ Attach with e.g.  nbdinfo nbd://127.0.0.1:10809   or   qemu-io -f raw nbd://127.
 /** The command line is wrong; the message says how. Exit status 2. */
 export class UsageError extends Error {
   override name = 'UsageError';
+}
+
+function checkKeyOption(key: string): string {
+  if (!/^[A-Za-z0-9._:-]{1,64}$/.test(key)) throw new UsageError(`--key must be 1 to 64 characters from A-Z a-z 0-9 . _ : -, got ${JSON.stringify(key)}`);
+  return key;
 }
 
 function intOption(value: string | undefined, name: string, min: number, max: number, fallback: number): number {
@@ -55,6 +64,8 @@ export interface NbdCommand {
   cacheBytes: number;
   segmentBytes: number;
   maxDirtyAgeMs: number;
+  /** The reservation key to attach with; a fresh one per process by default. */
+  reservationKey?: string;
 }
 
 /** Parses `nbd` arguments (everything after the word `nbd`). Throws UsageError. */
@@ -73,6 +84,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
         'cache-mib': { type: 'string' },
         'segment-mib': { type: 'string' },
         'max-dirty-age-ms': { type: 'string' },
+        key: { type: 'string' },
       },
     });
   } catch (err) {
@@ -101,20 +113,36 @@ export function parseNbdArgs(args: string[]): NbdCommand {
     cacheBytes: cacheMiB * MiB,
     segmentBytes: segmentMiB * MiB,
     maxDirtyAgeMs: intOption(values['max-dirty-age-ms'], 'max-dirty-age-ms', 0, 24 * 3600 * 1000, 5000),
+    ...(values.key !== undefined ? { reservationKey: checkKeyOption(values.key) } : {}),
   };
 }
 
 /**
- * Runs when the gateway attaches to a volume, before it serves a single request.
- *
- * The hook for reservations: once they exist, this registers the gateway's reservation key
- * (and takes a write-exclusive reservation), so that a second gateway attaching to the same
- * volume fences this one and every commit this gateway makes carries its key and generation.
- * Reservations are not built yet, so it does nothing.
+ * Runs when the gateway attaches to a volume, before it serves a single request: registers
+ * the gateway's reservation key and takes a write-exclusive reservation, preempting whoever
+ * held it (docs/reservations.md). So a second gateway attaching to the same volume fences the
+ * first: the first's write-backs are refused by the commit condition, and its FLUSHes fail
+ * with EIO instead of silently losing to the newcomer. Every request then presents the key.
  */
-export async function onAttach(volume: VolumeDescription, apiUrl: string): Promise<void> {
-  void volume;
-  void apiUrl;
+export async function onAttach(client: VolumeClient, key: string): Promise<string | null> {
+  let state = await client.reserve({ action: 'register', key });
+  const holder = state.reservation?.holder;
+  if (holder === undefined) state = await client.reserve({ action: 'reserve', key, type: 'write-exclusive' });
+  else if (holder !== key) {
+    state = await client.reserve({ action: 'preempt', key, victimKey: holder, type: 'write-exclusive' });
+  }
+  client.reservationKey = key;
+  return holder !== undefined && holder !== key ? holder : null;
+}
+
+/** On a clean stop, after the final write-back: give the volume back (unregister releases). */
+async function onDetach(client: VolumeClient): Promise<void> {
+  if (!client.reservationKey) return;
+  try {
+    await client.reserve({ action: 'unregister', key: client.reservationKey });
+  } catch (err) {
+    log(`could not unregister key ${client.reservationKey}: ${(err as Error).message}`);
+  }
 }
 
 /** True when `path` is a Unix socket that refuses connections (its server is gone). */
@@ -156,7 +184,14 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     }
     unlinkSync(cmd.listen.socketPath);
   }
-  await onAttach(volume, cmd.apiUrl);
+  const key = cmd.reservationKey ?? `gw-${hostname().replace(/[^A-Za-z0-9._:-]/g, '-').slice(0, 40)}-${randomBytes(4).toString('hex')}`;
+  try {
+    const preempted = await onAttach(client, key);
+    log(`attached with reservation key ${key}${preempted ? `, preempting ${preempted}` : ''}`);
+  } catch (err) {
+    log(`cannot attach to volume ${cmd.volumeId}: ${(err as Error).message}`);
+    return 1;
+  }
   const cache = new WriteBackCache(client, {
     sizeBytes: volume.sizeBytes,
     blockSizeBytes: volume.blockSizeBytes,
@@ -203,6 +238,7 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     log(`stopped WITH DATA LOSS: ${(err as Error).message}`);
     status = 1;
   }
+  if (status === 0) await onDetach(client);
   if ('socketPath' in cmd.listen) {
     try {
       unlinkSync(cmd.listen.socketPath);

@@ -58,6 +58,8 @@ export class VolumeClient {
   private readonly backoffMaxMs: number;
   /** Counts of requests sent (attempts included), for logs and the bench. */
   readonly sent = { reads: 0, batches: 0, describes: 0 };
+  /** The reservation key every read and write presents, once the gateway has attached. */
+  reservationKey: string | undefined;
 
   constructor(
     readonly apiUrl: string,
@@ -122,7 +124,7 @@ export class VolumeClient {
   async read(offset: number, length: number): Promise<Buffer> {
     if (length > API_MAX_IO_BYTES) throw new RangeError(`a read through the API is at most ${API_MAX_IO_BYTES} bytes, not ${length}`);
     this.sent.reads++;
-    const body = await this.send(`read ${this.volumeId} @${offset}+${length}`, this.url(`/data?offset=${offset}&length=${length}`), { method: 'GET' });
+    const body = await this.send(`read ${this.volumeId} @${offset}+${length}`, this.url(`/data?offset=${offset}&length=${length}`), { method: 'GET', headers: this.keyHeader() });
     // Pair assertion: the API must answer with exactly the bytes asked for.
     if (body.length !== length) throw new VolumeApiError(`read ${this.volumeId} @${offset}+${length}: got ${body.length} bytes`, 200);
     return body;
@@ -135,7 +137,28 @@ export class VolumeClient {
     await this.send(`batch ${this.volumeId} (${pieces.length} extents)`, this.url('/batch'), {
       method: 'POST',
       body,
-      headers: { 'content-type': 'application/vnd.sledge.batch' },
+      headers: { 'content-type': 'application/vnd.sledge.batch', ...this.keyHeader() },
     });
   }
+
+  private keyHeader(): Record<string, string> {
+    return this.reservationKey ? { 'x-sledge-reservation-key': this.reservationKey } : {};
+  }
+
+  /** Sends a reservation command (docs/reservations.md) and returns the new state. */
+  async reserve(command: { action: string; key: string; type?: string; victimKey?: string }): Promise<ReservationState> {
+    const body = await this.send(`reservation ${command.action} on ${this.volumeId}`, this.url('/reservations'), {
+      method: 'POST',
+      body: Buffer.from(JSON.stringify(command)),
+      headers: { 'content-type': 'application/json' },
+    });
+    return JSON.parse(body.toString('utf8')) as ReservationState;
+  }
+}
+
+/** What the API answers to reservation commands. */
+export interface ReservationState {
+  generation: number;
+  registrants: Array<{ key: string; generation: number }>;
+  reservation: { holder: string; type: string } | null;
 }

@@ -367,6 +367,31 @@ describe('sledge gateway: durability, shutdown, errors, CLI', () => {
     }
   });
 
+  it('a second gateway attaching to the same volume fences the first', async () => {
+    const vol = await api.createVolume({ sizeBytes: VOLUME_BYTES });
+    const first = await startGateway(apiUrl, vol.volumeId, ['--socket', socketPath()], ['--max-dirty-age-ms', '0', '--key', 'gw-first']);
+    const second = await startGateway(apiUrl, vol.volumeId, ['--socket', socketPath()], ['--max-dirty-age-ms', '0', '--key', 'gw-second']);
+    try {
+      expect(second.output()).toMatch(/attached with reservation key gw-second, preempting gw-first/);
+      const state = (await http(`${apiUrl}/volumes/${vol.volumeId}/reservations`)).json;
+      expect(state.reservation).toEqual({ holder: 'gw-second', type: 'write-exclusive' });
+      // The fenced gateway acknowledges the write into its cache, but its FLUSH fails: the
+      // commit condition refuses its write-back. It never silently overwrites the newcomer.
+      const r1 = await nbdsh(first.uri, `${NBDSH_ERRNO}\nh.pwrite(b"\\x44" * 65536, 0)\nprint(code(lambda: h.flush()))`);
+      expect(r1.code, describeRun('nbdsh on the fenced gateway', r1)).toBe(0);
+      expect(r1.stdout.trim()).toBe('EIO');
+      const r2 = await nbdsh(second.uri, 'h.pwrite(b"\\x55" * 65536, 0); h.flush()');
+      expect(r2.code, describeRun('nbdsh on the new gateway', r2)).toBe(0);
+      expect((await api.read(vol.volumeId, 0, 65536)).equals(Buffer.alloc(65536, 0x55))).toBe(true);
+    } finally {
+      // The fenced one cannot write its dirty data back: it says so and exits 1.
+      expect(await first.stop()).toBe(1);
+      expect(await second.stop()).toBe(0);
+    }
+    // A clean stop gives the volume back.
+    expect((await http(`${apiUrl}/volumes/${vol.volumeId}/reservations`)).json).toMatchObject({ registrants: [], reservation: null });
+  });
+
   it('a crash loses only unflushed writes, like a disk cache; SIGTERM writes them back', async () => {
     const vol = await api.createVolume({ sizeBytes: VOLUME_BYTES });
     const path = socketPath();
