@@ -28,7 +28,22 @@ export const MAX_PAGES_PER_COMMIT = 96;
 /** Bounded retries of DynamoDB batch calls that return unprocessed keys. */
 const UNPROCESSED_RETRY_MAX = 8;
 
-export type VolumeState = 'active' | 'deleting';
+/** `rebuilding`: a page-map rebuild holds the fence (docs/checkpoints.md); no commit or read is served. */
+export type VolumeState = 'active' | 'deleting' | 'rebuilding';
+
+/** The latest checkpoint of a volume, as recorded on its item (docs/checkpoints.md). */
+export interface CheckpointPointer {
+  id: string;
+  seq: number;
+  /** CRC32C of the checkpoint payload. */
+  crc: number;
+  bytes: number;
+  pages: number;
+  /** Sum of the page versions in the checkpoint; the next checkpoint verifies against it. */
+  versionSum: number;
+  /** `<sled index>/<drive>` of each chunk, comma-joined. */
+  placement: string;
+}
 
 export interface VolumeRecord {
   volumeId: string;
@@ -43,6 +58,15 @@ export interface VolumeRecord {
   headSegmentId: string;
   createdAt: string;
   updatedAt: string;
+  /** Commits between automatic checkpoints; 0 turns them off. Absent: the default. */
+  checkpointEveryCommits?: number;
+  checkpoint?: CheckpointPointer;
+  /** The seq of the oldest retained checkpoint: GC keeps every segment after it. */
+  checkpointFloorSeq?: number;
+  /** How many rebuilds have fenced this volume; a checkpoint scan that spans one starts over. */
+  rebuilds?: number;
+  /** The token of the rebuild holding the fence while `state` is `rebuilding`. */
+  rebuildToken?: string;
 }
 
 export interface PageRecord {
@@ -88,6 +112,7 @@ function volumeToItem(v: VolumeRecord): Record<string, AttributeValue> {
     updatedAt: S(v.updatedAt),
   };
   if (v.name !== undefined) item.name = S(v.name);
+  if (v.checkpointEveryCommits !== undefined) item.checkpointEveryCommits = N(v.checkpointEveryCommits);
   return item;
 }
 
@@ -106,6 +131,7 @@ function itemToVolume(item: Record<string, AttributeValue>): VolumeRecord {
     updatedAt: str(item.updatedAt),
   };
   if (item.name?.S !== undefined) v.name = item.name.S;
+  readCheckpointFields(item, v);
   return v;
 }
 
@@ -273,6 +299,7 @@ export async function markDeleting(volumeId: string): Promise<boolean> {
   } catch (err) {
     if (!conditionFailed(err)) throw err;
     if (!err.Item) throw new NotFoundError(`volume ${volumeId} does not exist`);
+    if (str(err.Item.state) === 'rebuilding') throw new ConflictError(`volume ${volumeId} is being rebuilt; delete it when the rebuild is done`);
     return false;
   }
 }
@@ -517,4 +544,261 @@ export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+// ---------------------------------------------------------------------------------------
+// Checkpoints and rebuild (docs/checkpoints.md): the pointer on the volume item, the rebuild
+// fence, and page items in their stored form.
+
+function readCheckpointFields(item: Record<string, AttributeValue>, v: VolumeRecord): void {
+  if (item.checkpointEveryCommits?.N !== undefined) v.checkpointEveryCommits = num(item.checkpointEveryCommits);
+  const c = item.checkpoint?.M;
+  if (c) {
+    v.checkpoint = {
+      id: str(c.id),
+      seq: num(c.seq),
+      crc: num(c.crc),
+      bytes: num(c.bytes),
+      pages: num(c.pages),
+      versionSum: num(c.versionSum),
+      placement: str(c.placement),
+    };
+  }
+  if (item.checkpointFloorSeq?.N !== undefined) v.checkpointFloorSeq = num(item.checkpointFloorSeq);
+  if (item.rebuilds?.N !== undefined) v.rebuilds = num(item.rebuilds);
+  if (item.rebuildToken?.S !== undefined) v.rebuildToken = item.rebuildToken.S;
+}
+
+/** A page item exactly as stored: restoring these fields restores the item byte for byte. */
+export interface StoredPage {
+  page: number;
+  version: number;
+  segs: string[];
+  ext: Uint8Array;
+}
+
+function itemToStoredPage(item: Record<string, AttributeValue>): StoredPage {
+  return { page: num(item.page), version: num(item.version), segs: (item.segs?.L ?? []).map(str), ext: item.ext?.B ?? new Uint8Array() };
+}
+
+function storedPageToItem(volumeId: string, p: StoredPage): Record<string, AttributeValue> {
+  return { volumeId: S(volumeId), page: N(p.page), version: N(p.version), segs: { L: p.segs.map(S) }, ext: { B: p.ext } };
+}
+
+/** Every page item of a volume in stored form, in page order (consistent reads). */
+export async function* listStoredPages(volumeId: string): AsyncGenerator<StoredPage> {
+  let start: Record<string, AttributeValue> | undefined;
+  do {
+    const out = await dynamo().send(
+      new QueryCommand({
+        TableName: config().pagesTable,
+        KeyConditionExpression: 'volumeId = :v',
+        ExpressionAttributeValues: { ':v': S(volumeId) },
+        ExclusiveStartKey: start,
+        ConsistentRead: true,
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    for (const item of out.Items ?? []) yield itemToStoredPage(item);
+    start = out.LastEvaluatedKey;
+  } while (start);
+}
+
+/** The stored pages among `pages` (consistent reads; missing pages are absent from the map). */
+export async function getStoredPages(volumeId: string, pages: readonly number[]): Promise<Map<number, StoredPage>> {
+  const items = await batchGet(config().pagesTable, pages.map((p) => pageKey(volumeId, p)));
+  return new Map(items.map((item) => [num(item.page), itemToStoredPage(item)]));
+}
+
+/** Committed segment records with `afterSeq < seq <= uptoSeq`, in sequence order. */
+export async function listSegmentRecordsBetween(volumeId: string, afterSeq: number, uptoSeq: number): Promise<SegmentRecord[]> {
+  const out: SegmentRecord[] = [];
+  if (uptoSeq <= afterSeq) return out;
+  let start: Record<string, AttributeValue> | undefined;
+  do {
+    const page = await dynamo().send(
+      new QueryCommand({
+        TableName: config().segmentsTable,
+        // Segment ids start with their seq in 12 digits, so a key range is a seq range: from
+        // the first id of seq afterSeq + 1 to the last of uptoSeq ('.' sorts after '-').
+        KeyConditionExpression: 'volumeId = :v AND segmentId BETWEEN :from AND :to',
+        ExpressionAttributeValues: { ':v': S(volumeId), ':from': S(String(afterSeq + 1).padStart(12, '0')), ':to': S(`${String(uptoSeq).padStart(12, '0')}.`) },
+        ExclusiveStartKey: start,
+        ConsistentRead: true,
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    for (const item of page.Items ?? []) out.push(itemToSegment(item));
+    start = page.LastEvaluatedKey;
+  } while (start);
+  return out;
+}
+
+/**
+ * Records `pointer` as the volume's latest checkpoint if it is newer than the recorded one.
+ * Returns false (and changes nothing) when the recorded checkpoint is as new or newer.
+ */
+export async function recordCheckpoint(volumeId: string, pointer: CheckpointPointer): Promise<{ recorded: boolean; current: VolumeRecord | null }> {
+  try {
+    const out = await dynamo().send(
+      new UpdateItemCommand({
+        TableName: config().volumesTable,
+        Key: { volumeId: S(volumeId) },
+        UpdateExpression: 'SET #checkpoint = :pointer',
+        ConditionExpression: [
+          'attribute_exists(volumeId)', // the volume exists
+          '(attribute_not_exists(#checkpoint) OR #checkpoint.#seq < :seq)', // and this checkpoint is newer than the recorded one: the pointer only moves forward
+        ].join(' AND '),
+        ExpressionAttributeNames: { '#checkpoint': 'checkpoint', '#seq': 'seq' },
+        ExpressionAttributeValues: {
+          ':seq': N(pointer.seq),
+          ':pointer': {
+            M: {
+              id: S(pointer.id),
+              seq: N(pointer.seq),
+              crc: N(pointer.crc),
+              bytes: N(pointer.bytes),
+              pages: N(pointer.pages),
+              versionSum: N(pointer.versionSum),
+              placement: S(pointer.placement),
+            },
+          },
+        },
+        ReturnValues: 'ALL_NEW',
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return { recorded: true, current: itemToVolume(out.Attributes!) };
+  } catch (err) {
+    if (!conditionFailed(err)) throw err;
+    return { recorded: false, current: err.Item ? itemToVolume(err.Item) : null };
+  }
+}
+
+/** Raises the checkpoint floor to `seq`; a floor already as high is left alone. */
+export async function raiseCheckpointFloor(volumeId: string, seq: number): Promise<void> {
+  try {
+    await dynamo().send(
+      new UpdateItemCommand({
+        TableName: config().volumesTable,
+        Key: { volumeId: S(volumeId) },
+        UpdateExpression: 'SET checkpointFloorSeq = :seq',
+        ConditionExpression: [
+          'attribute_exists(volumeId)', // the volume exists
+          '(attribute_not_exists(checkpointFloorSeq) OR checkpointFloorSeq < :seq)', // and the floor only rises
+        ].join(' AND '),
+        ExpressionAttributeValues: { ':seq': N(seq) },
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+  } catch (err) {
+    if (!conditionFailed(err)) throw err;
+  }
+}
+
+/**
+ * Fences a volume for a rebuild: `state` becomes `rebuilding` under `token`, which from then
+ * on refuses every commit (they require `active`). A rebuild that finds the volume already
+ * fenced takes over with its own token. Returns the volume as fenced.
+ */
+export async function fenceForRebuild(volumeId: string, token: string): Promise<VolumeRecord> {
+  try {
+    const out = await dynamo().send(
+      new UpdateItemCommand({
+        TableName: config().volumesTable,
+        Key: { volumeId: S(volumeId) },
+        UpdateExpression: 'SET #state = :rebuilding, rebuildToken = :token, rebuilds = if_not_exists(rebuilds, :zero) + :one, updatedAt = :now',
+        ConditionExpression: [
+          'attribute_exists(volumeId)', // the volume exists
+          '#state IN (:active, :rebuilding)', // and is serving, or is fenced by a rebuild that this one takes over
+        ].join(' AND '),
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: {
+          ':rebuilding': S('rebuilding'),
+          ':active': S('active'),
+          ':token': S(token),
+          ':zero': N(0),
+          ':one': N(1),
+          ':now': S(new Date().toISOString()),
+        },
+        ReturnValues: 'ALL_NEW',
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return itemToVolume(out.Attributes!);
+  } catch (err) {
+    if (!conditionFailed(err)) throw err;
+    if (!err.Item) throw new NotFoundError(`volume ${volumeId} does not exist`);
+    throw new ConflictError(`volume ${volumeId} is ${str(err.Item.state)}; only an active volume can be rebuilt`);
+  }
+}
+
+/** Lifts the rebuild fence held under `token`. Returns false if another rebuild took it over. */
+export async function unfenceAfterRebuild(volumeId: string, token: string): Promise<boolean> {
+  try {
+    await dynamo().send(
+      new UpdateItemCommand({
+        TableName: config().volumesTable,
+        Key: { volumeId: S(volumeId) },
+        UpdateExpression: 'SET #state = :active, updatedAt = :now REMOVE rebuildToken',
+        ConditionExpression: [
+          '#state = :rebuilding', // the volume is fenced for a rebuild
+          'rebuildToken = :token', // and the fence is ours, not a rebuild's that took over
+        ].join(' AND '),
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: { ':active': S('active'), ':rebuilding': S('rebuilding'), ':token': S(token), ':now': S(new Date().toISOString()) },
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return true;
+  } catch (err) {
+    if (!conditionFailed(err)) throw err;
+    return false;
+  }
+}
+
+/** The rebuild lost its fence to another rebuild (or the volume went away) while writing pages. */
+export class RebuildFenceLostError extends Error {
+  override name = 'RebuildFenceLostError';
+}
+
+/** Page writes per rebuild transaction: 100 items, one of them the fence check. */
+const REBUILD_WRITES_PER_TRANSACTION = 99;
+
+/**
+ * Writes rebuilt pages and deletes pages the rebuilt map lacks, in transactions that each also
+ * check the fence (`state = rebuilding AND rebuildToken = :token`): a rebuild that lost its
+ * fence can never overwrite a page committed after the fence was lifted.
+ */
+export async function writeRebuiltPages(volumeId: string, token: string, puts: readonly StoredPage[], deletes: readonly number[]): Promise<void> {
+  const cfg = config();
+  const writes: TransactWriteItem[] = [
+    ...puts.map((p): TransactWriteItem => ({ Put: { TableName: cfg.pagesTable, Item: storedPageToItem(volumeId, p) } })),
+    ...deletes.map((page): TransactWriteItem => ({ Delete: { TableName: cfg.pagesTable, Key: pageKey(volumeId, page) } })),
+  ];
+  for (let i = 0; i < writes.length; i += REBUILD_WRITES_PER_TRANSACTION) {
+    const fence: TransactWriteItem = {
+      ConditionCheck: {
+        TableName: cfg.volumesTable,
+        Key: { volumeId: S(volumeId) },
+        ConditionExpression: [
+          '#state = :rebuilding', // the volume is still fenced for a rebuild
+          'rebuildToken = :token', // by this rebuild
+        ].join(' AND '),
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: { ':rebuilding': S('rebuilding'), ':token': S(token) },
+      },
+    };
+    try {
+      await dynamo().send(new TransactWriteItemsCommand({ TransactItems: [fence, ...writes.slice(i, i + REBUILD_WRITES_PER_TRANSACTION)], ReturnConsumedCapacity: 'TOTAL' }));
+    } catch (err) {
+      const reasons = (err as TransactionCanceledException).CancellationReasons ?? [];
+      if (reasons[0]?.Code === 'ConditionalCheckFailed') {
+        throw new RebuildFenceLostError(`the rebuild of volume ${volumeId} lost its fence to another rebuild; it stopped writing pages`, { cause: err });
+      }
+      throw err;
+    }
+  }
 }

@@ -5,6 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { SendMessageCommand } from '@aws-sdk/client-sqs';
 import { sqs } from './aws.ts';
+import { DEFAULT_CHECKPOINT_EVERY_COMMITS, checkpointAfterCommit } from './checkpoint-messages.ts';
 import { config } from './config.ts';
 import { InvalidInputError, NotFoundError, UnavailableError, invariant } from './errors.ts';
 import { clip, overlay, splitByPage, type Extent } from './extents.ts';
@@ -64,6 +65,9 @@ export interface VolumeView {
   commitSeq: number;
   createdAt: string;
   updatedAt: string;
+  checkpointEveryCommits: number;
+  /** The seq of the latest checkpoint, or null before the first. */
+  checkpointSeq: number | null;
 }
 
 export function view(v: VolumeRecord): VolumeView {
@@ -78,6 +82,8 @@ export function view(v: VolumeRecord): VolumeView {
     commitSeq: v.headSeq,
     createdAt: v.createdAt,
     updatedAt: v.updatedAt,
+    checkpointEveryCommits: v.checkpointEveryCommits ?? DEFAULT_CHECKPOINT_EVERY_COMMITS,
+    checkpointSeq: v.checkpoint?.seq ?? null,
   };
   if (v.name !== undefined) out.name = v.name;
   return out;
@@ -111,8 +117,14 @@ export function checkRange(v: VolumeRecord, offset: number, length: number, maxL
 
 function requireActive(v: VolumeRecord | null, volumeId: string): VolumeRecord {
   if (!v) throw new NotFoundError(`volume ${volumeId} does not exist`);
+  if (v.state === 'rebuilding') throw rebuildingError(volumeId);
   if (v.state !== 'active') throw new NotFoundError(`volume ${volumeId} is being deleted`);
   return v;
+}
+
+/** I/O while a page-map rebuild holds the fence: retry once it is done (docs/checkpoints.md). */
+function rebuildingError(volumeId: string): UnavailableError {
+  return new UnavailableError(`volume ${volumeId} is being rebuilt from its checkpoint; retry when the rebuild is done`, { retryAfterSeconds: 5 });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -124,9 +136,10 @@ export interface CreateVolumeInput {
   dataChunks?: unknown;
   parityChunks?: unknown;
   name?: unknown;
+  checkpointEveryCommits?: unknown;
 }
 
-const CREATE_FIELDS = new Set(['sizeBytes', 'blockSizeBytes', 'dataChunks', 'parityChunks', 'name']);
+const CREATE_FIELDS = new Set(['sizeBytes', 'blockSizeBytes', 'dataChunks', 'parityChunks', 'name', 'checkpointEveryCommits']);
 
 /**
  * Creates a volume.
@@ -160,6 +173,11 @@ export async function createVolume(input: CreateVolumeInput): Promise<VolumeView
     if (typeof input.name !== 'string' || input.name.length === 0 || input.name.length > 128) throw new InvalidInputError('name must be a string of 1 to 128 characters');
     name = input.name;
   }
+  const checkpointEveryCommits =
+    input.checkpointEveryCommits === undefined ? DEFAULT_CHECKPOINT_EVERY_COMMITS : integerField(input.checkpointEveryCommits, 'checkpointEveryCommits');
+  if (checkpointEveryCommits < 0 || checkpointEveryCommits > 1e9) {
+    throw new InvalidInputError(`checkpointEveryCommits must be from 0 (no automatic checkpoints) to 1000000000, got ${checkpointEveryCommits}`);
+  }
   const now = new Date().toISOString();
   const record: VolumeRecord = {
     volumeId: `vol-${randomBytes(8).toString('hex')}`,
@@ -173,6 +191,7 @@ export async function createVolume(input: CreateVolumeInput): Promise<VolumeView
     headSegmentId: '',
     createdAt: now,
     updatedAt: now,
+    checkpointEveryCommits,
   };
   if (name !== undefined) record.name = name;
   await putNewVolume(record);
@@ -206,7 +225,7 @@ export async function resizeVolume(volumeId: string, body: unknown): Promise<Vol
 
 function deletedView(volumeId: string): VolumeView {
   const now = new Date().toISOString();
-  return { volumeId, sizeBytes: 0, blockSizeBytes: 0, dataChunks: 0, parityChunks: 0, pageBlocks: 0, state: 'deleted', commitSeq: 0, createdAt: now, updatedAt: now };
+  return { volumeId, sizeBytes: 0, blockSizeBytes: 0, dataChunks: 0, parityChunks: 0, pageBlocks: 0, state: 'deleted', commitSeq: 0, createdAt: now, updatedAt: now, checkpointEveryCommits: 0, checkpointSeq: null };
 }
 
 export interface ReclaimMessage {
@@ -228,7 +247,7 @@ export async function deleteVolume(volumeId: string): Promise<VolumeView> {
 }
 
 /** Bounded parallelism for background deletes. */
-async function forEachLimited<T>(items: AsyncIterable<T> | Iterable<T>, limit: number, fn: (item: T) => Promise<void>): Promise<number> {
+export async function forEachLimited<T>(items: AsyncIterable<T> | Iterable<T>, limit: number, fn: (item: T) => Promise<void>): Promise<number> {
   const inflight = new Set<Promise<void>>();
   let n = 0;
   for await (const item of items) {
@@ -334,7 +353,10 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
     const v = requireActive(await getVolume(volumeId), volumeId);
     const sorted = checkPieces(v, pieces);
     const outcome = await attemptCommit(v, sorted, writer);
-    if (outcome) return outcome;
+    if (outcome) {
+      await checkpointAfterCommit(v, outcome.commitSeq);
+      return outcome;
+    }
   }
   throw new UnavailableError(`volume ${volumeId} is busy: ${COMMIT_ATTEMPT_MAX} commit attempts lost to concurrent writers; retry`, { retryAfterSeconds: 1 });
 }
@@ -424,6 +446,7 @@ async function attemptCommit(v: VolumeRecord, pieces: WritePiece[], writer: Writ
     if (err instanceof CommitRefusedError) {
       await deleteChunksQuietly(locations);
       if (err.reason === 'volume-gone') throw new NotFoundError(`volume ${v.volumeId} does not exist`);
+      if (err.reason === 'volume-not-active' && err.currentVolume?.state === 'rebuilding') throw rebuildingError(v.volumeId);
       if (err.reason === 'volume-not-active') throw new NotFoundError(`volume ${v.volumeId} is being deleted`);
       if (err.reason === 'page-moved') console.error(`commit refused with page-moved on ${v.volumeId}: ${err.message}`);
       return null;
@@ -468,7 +491,7 @@ async function resolveUnknownOutcome(
   });
 }
 
-async function uploadChunks(locations: ChunkLocation[], chunks: Buffer[], crcs: number[], chunkSizeBytes: number): Promise<void> {
+export async function uploadChunks(locations: ChunkLocation[], chunks: Buffer[], crcs: number[], chunkSizeBytes: number): Promise<void> {
   invariant(locations.length === chunks.length, 'one location per chunk');
   invariant(chunks.every((c) => c.length > chunkSizeBytes), 'every chunk has data and a trailer');
   const results = await Promise.allSettled(
@@ -495,7 +518,7 @@ async function uploadChunks(locations: ChunkLocation[], chunks: Buffer[], crcs: 
   }
 }
 
-async function deleteChunksQuietly(locations: ChunkLocation[]): Promise<void> {
+export async function deleteChunksQuietly(locations: ChunkLocation[]): Promise<void> {
   // Best effort: an orphan chunk left behind is unreferenced and reclaimed by GC.
   await Promise.allSettled(locations.map((l) => deleteChunk(l)));
 }
