@@ -6,7 +6,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { dynamo, s3 } from '#shared/aws.ts';
 import { encodeBatch } from '#shared/batch.ts';
 import { sendCheckpointMessage } from '#shared/checkpoint-messages.ts';
-import { CHECKPOINT_RETAIN, parsePlacement, readCheckpoint } from '#shared/checkpoints.ts';
+import { CHECKPOINT_RETAIN, parsePlacement, readCheckpoint, takeCheckpoint } from '#shared/checkpoints.ts';
 import { config } from '#shared/config.ts';
 import { fenceForRebuild, getVolume, unfenceAfterRebuild, writeRebuiltPages, RebuildFenceLostError, type VolumeRecord } from '#shared/pagemap.ts';
 import { encodeSegment, newSegmentId, parseTrailer } from '#shared/segments.ts';
@@ -359,6 +359,53 @@ describe('checkpoints and page-map rebuild', () => {
     await workload(s, rng, 5);
     const report = await loseAndRebuild(s);
     expect(report.checkpoint.checkpointId).toBe(ckpt.checkpoint.checkpointId);
+  });
+
+  it('repairs a scan that commits overtook, round after round, and records the map at the settled head', async () => {
+    const rng = seeded('checkpoint settle');
+    const s = await newSubject(8 * MiB);
+    await workload(s, rng, 10);
+    // Real commits, through the API, at the worst moments of this process's checkpoint: right
+    // after its page scan returns, and again right after its first re-read of the touched pages.
+    const pagesTable = config().pagesTable;
+    const inject: Record<string, number> = { Query: 2, BatchGetItem: 1 };
+    const stack = dynamo().middlewareStack as unknown as {
+      add(mw: (next: (a: any) => Promise<any>, ctx: { commandName?: string }) => (a: any) => Promise<any>, o: { step: 'initialize'; name: string }): void;
+      remove(name: string): boolean;
+    };
+    stack.add(
+      (next, ctx) => async (args) => {
+        const out = await next(args);
+        const op = String(ctx.commandName).replace(/Command$/, '');
+        const onPages = args.input?.TableName === pagesTable || Object.keys(args.input?.RequestItems ?? {}).includes(pagesTable);
+        if (onPages && (inject[op] ?? 0) > 0 && JSON.stringify(args.input).includes(s.volumeId)) {
+          for (let n = inject[op]!; n > 0; n--) await workload(s, rng, 1);
+          inject[op] = 0;
+        }
+        return out;
+      },
+      { step: 'initialize', name: 'commitDuringCheckpoint' },
+    );
+    let out;
+    try {
+      out = await takeCheckpoint(s.volumeId);
+    } finally {
+      stack.remove('commitDuringCheckpoint');
+    }
+    expect(inject).toEqual({ Query: 0, BatchGetItem: 0 });
+    expect(out.done).toBe('written');
+    if (out.done !== 'written') return;
+    expect(out.settleRounds).toBe(2);
+    expect(out.verified).toBe(true);
+    const v = await volumeRecord(s.volumeId);
+    expect(out.checkpoint.seq).toBe(v.headSeq);
+    // Nothing committed after it settled: the checkpoint is the stored page map, item for item.
+    const loaded = await readCheckpoint(v, out.checkpoint.checkpointId);
+    const raw = await rawPages(s.volumeId);
+    expect(loaded.pages.map((p) => [p.page, p.version, p.segs, Buffer.from(p.ext).toString('hex')])).toEqual(
+      [...raw.values()].map((i) => [Number(i.page!.N), Number(i.version!.N), i.segs!.L!.map((x) => x.S), Buffer.from(i.ext!.B!).toString('hex')]),
+    );
+    await loseAndRebuild(s);
   });
 
   it('checkpoints every N commits through the queue and the worker', async () => {
