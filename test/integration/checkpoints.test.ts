@@ -12,6 +12,7 @@ import { fenceForRebuild, getVolume, unfenceAfterRebuild, writeRebuiltPages, Reb
 import { encodeSegment, newSegmentId, parseTrailer } from '#shared/segments.ts';
 import { placeChunks, putChunk, getChunkTail } from '#shared/sleds.ts';
 import { handleWorkEvent } from '#shared/worker.ts';
+import { formatRebuildReport, rebuildVolume, RebuildRequestError } from '../../cli/rebuild.ts';
 import { seeded } from '../unit/seed.ts';
 import { Api, http, useSledgeEnv, type HttpResult } from './helpers.ts';
 
@@ -477,6 +478,26 @@ describe('checkpoints and page-map rebuild', () => {
     expect(await unfenceAfterRebuild(s.volumeId, token)).toBe(false);
     expect((await rawPages(s.volumeId)).size).toBe(1);
     await api.write(s.volumeId, 0, randomBytes(BLOCK));
+  });
+
+  it('is driven by the CLI function over HTTP, which reports API errors clearly', async () => {
+    const rng = seeded('cli rebuild');
+    const s = await newSubject(4 * MiB);
+    await workload(s, rng, 6);
+    await checkpoint(s.volumeId);
+    await workload(s, rng, 3);
+    await deletePageItems(s.volumeId);
+    const report = await rebuildVolume(url, s.volumeId);
+    expect('queued' in report).toBe(false);
+    if ('queued' in report) return;
+    expect(report.segmentsReplayed).toBe(3);
+    expect(formatRebuildReport(report)).toMatch(new RegExp(`rebuilt the page map of ${s.volumeId} at seq \\d+ from checkpoint ckpt-`));
+    expect((await readAll(s)).equals(s.model)).toBe(true);
+    const missing = await rebuildVolume(url, 'vol-0000000000000000').catch((e: unknown) => e);
+    expect(missing).toBeInstanceOf(RebuildRequestError);
+    expect(missing).toMatchObject({ status: 404, body: { error: 'NotFoundError' } });
+    await expect(rebuildVolume(url, '../volumes')).rejects.toThrow(/not a volume id/);
+    expect(await rebuildVolume(url, s.volumeId, { queue: true })).toEqual({ queued: true, volumeId: s.volumeId });
   });
 
   it('answers bad checkpoint and rebuild requests with 4xx and changes nothing', async () => {
