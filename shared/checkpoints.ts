@@ -506,6 +506,20 @@ async function readCheckpointAt(volumeId: string, checkpointId: string, location
 // ---------------------------------------------------------------------------------------
 // Taking a checkpoint
 
+/** Milliseconds spent in each phase of a job, for its report (the bench prints them). */
+function phaseClock<P extends string>(): { lap(phase: P): void; laps: Partial<Record<P, number>> } {
+  let last = performance.now();
+  const laps: Partial<Record<P, number>> = {};
+  return {
+    laps,
+    lap(phase) {
+      const now = performance.now();
+      laps[phase] = Math.round(now - last);
+      last = now;
+    },
+  };
+}
+
 /** What the API shows of a checkpoint. */
 export interface CheckpointView {
   checkpointId: string;
@@ -521,7 +535,17 @@ function pointerView(p: CheckpointPointer): CheckpointView {
 
 export type CheckpointOutcome =
   /** A new checkpoint was written and recorded as the latest. */
-  | { done: 'written'; volumeId: string; checkpoint: CheckpointView; verified: boolean; segmentsVerified: number; settleRounds: number; removedCheckpoints: number; elapsedMs: number }
+  | {
+      done: 'written';
+      volumeId: string;
+      checkpoint: CheckpointView;
+      verified: boolean;
+      segmentsVerified: number;
+      settleRounds: number;
+      removedCheckpoints: number;
+      elapsedMs: number;
+      phasesMs: Partial<Record<'scan' | 'verify' | 'write' | 'record', number>>;
+    }
   /** The latest checkpoint already covers the requested seq (a duplicate or late request). */
   | { done: 'up-to-date'; volumeId: string; checkpoint: CheckpointView | null }
   /** Another job recorded a checkpoint at least as new while this one ran; this one's chunks were deleted. */
@@ -556,6 +580,7 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
   }
 
   // 1. Scan the page map, then settle it at a head that did not move (docs/checkpoints.md).
+  const clock = phaseClock<'scan' | 'verify' | 'write' | 'record'>();
   const map = new Map<number, StoredPage>();
   for await (const p of listStoredPages(volumeId)) map.set(p.page, p);
   let known = v0;
@@ -580,6 +605,7 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
     known = now;
   }
   const seq = known.headSeq;
+  clock.lap('scan');
 
   // 2. Verify: the version sum grows by the pages each commit since the last checkpoint touched.
   const base = v0.checkpoint;
@@ -603,6 +629,8 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
   } else {
     console.warn(`checkpoint of ${volumeId} at seq ${seq}: ${seq - baseSeq} commits since the last checkpoint, over ${VERIFY_SEGMENTS_MAX}; not verified`);
   }
+
+  clock.lap('verify');
 
   // 3. Write the object set, then record it if it is newer than the recorded one.
   const payload = encodeCheckpointPayload(map.values());
@@ -642,6 +670,7 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
     versionSum,
     placement: formatPlacement(locations, buckets),
   };
+  clock.lap('write');
   const recorded = await recordCheckpoint(volumeId, pointer);
   if (!recorded.recorded) {
     await deleteChunksQuietly(locations);
@@ -656,6 +685,7 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
   } catch (err) {
     console.error(`retention after checkpoint ${volumeId}/${checkpointId} failed; the next checkpoint retries it:`, err);
   }
+  clock.lap('record');
   return {
     done: 'written',
     volumeId,
@@ -665,6 +695,7 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
     settleRounds,
     removedCheckpoints,
     elapsedMs: Math.round(performance.now() - started),
+    phasesMs: clock.laps,
   };
 }
 
@@ -773,6 +804,7 @@ export interface RebuildReport {
   pagesDeleted: number;
   pagesUnchanged: number;
   elapsedMs: number;
+  phasesMs: Partial<Record<'checkpoint' | 'chain' | 'replay' | 'write', number>>;
 }
 
 /** The base of a rebuild: a readable checkpoint, or the empty map before the first write. */
@@ -784,21 +816,28 @@ interface RebuildBase {
 }
 
 async function findRebuildBase(v: VolumeRecord, unreadable: RebuildReport['unreadableCheckpoints']): Promise<RebuildBase> {
-  const candidates: Array<{ id: string; placement?: string; crc?: number }> = [];
-  if (v.checkpoint && v.checkpoint.seq <= v.headSeq) candidates.push({ id: v.checkpoint.id, placement: v.checkpoint.placement, crc: v.checkpoint.crc });
-  const others = [...(await listCheckpointSets(v.volumeId)).values()]
+  const tryLoad = async (id: string, opts: { placement?: string; expectedCrc?: number } = {}): Promise<RebuildBase | null> => {
+    try {
+      const loaded = await readCheckpoint(v, id, opts);
+      return { checkpointId: id, seq: loaded.descriptor.seq, headSegmentId: loaded.descriptor.headSegmentId, pages: loaded.pages };
+    } catch (err) {
+      if (!(err instanceof CheckpointUnreadableError) && !(err instanceof CheckpointFormatError)) throw err;
+      unreadable.push({ checkpointId: id, reason: err.message });
+      return null;
+    }
+  };
+  if (v.checkpoint && v.checkpoint.seq <= v.headSeq) {
+    const base = await tryLoad(v.checkpoint.id, { placement: v.checkpoint.placement, expectedCrc: v.checkpoint.crc });
+    if (base) return base;
+  }
+  // Older checkpoints are listed only when the recorded one cannot be read: newest first.
+  const older = [...(await listCheckpointSets(v.volumeId)).values()]
     .map((s) => s.set)
     .filter((s) => s.id !== v.checkpoint?.id && s.seq <= v.headSeq)
     .sort((a, b) => b.seq - a.seq);
-  candidates.push(...others.map((s) => ({ id: s.id })));
-  for (const c of candidates) {
-    try {
-      const loaded = await readCheckpoint(v, c.id, { ...(c.placement ? { placement: c.placement } : {}), ...(c.crc !== undefined ? { expectedCrc: c.crc } : {}) });
-      return { checkpointId: c.id, seq: loaded.descriptor.seq, headSegmentId: loaded.descriptor.headSegmentId, pages: loaded.pages };
-    } catch (err) {
-      if (!(err instanceof CheckpointUnreadableError) && !(err instanceof CheckpointFormatError)) throw err;
-      unreadable.push({ checkpointId: c.id, reason: err.message });
-    }
+  for (const set of older) {
+    const base = await tryLoad(set.id);
+    if (base) return base;
   }
   if (v.checkpointFloorSeq !== undefined && v.checkpointFloorSeq > 0) {
     throw new DataUnavailableError(
@@ -826,8 +865,10 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
   const v = await fenceForRebuild(volumeId, token);
   let writing = false;
   try {
+    const clock = phaseClock<'checkpoint' | 'chain' | 'replay' | 'write'>();
     const unreadableCheckpoints: RebuildReport['unreadableCheckpoints'] = [];
     const base = await findRebuildBase(v, unreadableCheckpoints);
+    clock.lap('checkpoint');
 
     // Segments after the checkpoint, from the sleds alone: their ids start with their seq.
     const listed = await listChunks(volumeId, config().sledBuckets, { startAfterName: `${pad12(base.seq)}.` });
@@ -856,8 +897,10 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
       throw new DataUnavailableError(`volume ${volumeId}: ${(err as Error).message}; the page map cannot be rebuilt`, { cause: err });
     }
 
+    clock.lap('chain');
     const map = new Map(base.pages.map((p) => [p.page, p]));
     for (const id of chain) replaySegment(map, descriptors.get(id)!, v.pageBlocks);
+    clock.lap('replay');
 
     const current = new Map<number, StoredPage>();
     for await (const p of listStoredPages(volumeId)) current.set(p.page, p);
@@ -871,6 +914,7 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
     if (!(await unfenceAfterRebuild(volumeId, token))) {
       throw new RebuildFenceLostError(`the rebuild of volume ${volumeId} was taken over by another rebuild before it finished`);
     }
+    clock.lap('write');
     return {
       volumeId,
       headSeq: v.headSeq,
@@ -883,6 +927,7 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
       pagesDeleted: deletes.length,
       pagesUnchanged: map.size - puts.length,
       elapsedMs: Math.round(performance.now() - started),
+      phasesMs: clock.laps,
     };
   } catch (err) {
     // Nothing written: the stored map is as the rebuild found it, so serving may resume. Once
