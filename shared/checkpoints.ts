@@ -45,8 +45,11 @@ export const CHECKPOINT_GRACE_MS = 60 * 60 * 1000;
 export const CHECKPOINT_PAYLOAD_MAX_BYTES = 512 * 1024 * 1024;
 /** Rounds of re-reading pages changed by commits during a checkpoint's scan. */
 const SETTLE_ROUNDS_MAX = 8;
-/** The version-sum check reads at most this many segment trailers; beyond, it is skipped. */
-export const VERIFY_SEGMENTS_MAX = 4096;
+/**
+ * A checkpoint replays at most this many segments onto the previous one (one trailer GET
+ * each); further back, it scans the live page map instead (docs/checkpoints.md).
+ */
+export const CHECKPOINT_REPLAY_SEGMENTS_MAX = 4096;
 /** Parallel trailer reads and deletes. */
 const IO_CONCURRENCY = 16;
 /** Checkpoint data chunks are whole multiples of this. */
@@ -115,8 +118,9 @@ export interface CheckpointDescriptor {
   payloadBytes: number;
   payloadCrc: number;
   pages: number;
-  versionSum: number;
-  /** Whether the version sum was checked against the commit chain before writing. */
+  /** How the map was built: `replay` (a previous checkpoint plus the committed segments) or `scan` (of the live items). */
+  method: 'replay' | 'scan';
+  /** Whether the map was checked page by page against the live page items before writing. */
   verified: boolean;
   crcs: number[][];
   createdAt: string;
@@ -539,12 +543,19 @@ export type CheckpointOutcome =
       done: 'written';
       volumeId: string;
       checkpoint: CheckpointView;
+      method: 'replay' | 'scan';
+      /** The checkpoint a `replay` started from (null: from the first write). */
+      baseCheckpointId: string | null;
+      segmentsReplayed: number;
       verified: boolean;
-      segmentsVerified: number;
+      /** Pages compared with the live items; pages changed by commits during the comparison are skipped. */
+      pagesVerified: number;
+      pagesSkipped: number;
+      /** `scan` only: times the scan was repaired because commits overtook it. */
       settleRounds: number;
       removedCheckpoints: number;
       elapsedMs: number;
-      phasesMs: Partial<Record<'scan' | 'verify' | 'write' | 'record', number>>;
+      phasesMs: Partial<Record<CheckpointPhase, number>>;
     }
   /** The latest checkpoint already covers the requested seq (a duplicate or late request). */
   | { done: 'up-to-date'; volumeId: string; checkpoint: CheckpointView | null }
@@ -553,6 +564,8 @@ export type CheckpointOutcome =
   /** Nothing to do: the volume is being deleted or rebuilt. */
   | { done: 'skipped'; volumeId: string; reason: string };
 
+type CheckpointPhase = 'base' | 'build' | 'verify' | 'write' | 'record';
+
 function mustStayActive(v0: VolumeRecord, now: VolumeRecord | null): VolumeRecord {
   if (!now || now.state !== 'active' || (now.rebuilds ?? 0) !== (v0.rebuilds ?? 0)) {
     throw new UnavailableError(`volume ${v0.volumeId} was deleted or rebuilt while its checkpoint was taken; retry`, { retryAfterSeconds: 5 });
@@ -560,41 +573,85 @@ function mustStayActive(v0: VolumeRecord, now: VolumeRecord | null): VolumeRecor
   return now;
 }
 
-/**
- * Takes a checkpoint of a volume's page map at its current head, unless the latest checkpoint
- * already covers `requestedAtSeq` (default: the head). Idempotent: duplicates and late requests
- * return `up-to-date`, and concurrent jobs leave the newest checkpoint recorded.
- *
- * @example
- * const out = await takeCheckpoint('vol-0123456789abcdef');
- * if (out.done === 'written') console.log(out.checkpoint.seq, out.checkpoint.payloadBytes);
- */
-export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: number } = {}): Promise<CheckpointOutcome> {
-  const started = performance.now();
-  const v0 = await getVolume(volumeId);
-  if (!v0) throw new NotFoundError(`volume ${volumeId} does not exist`);
-  if (v0.state !== 'active') return { done: 'skipped', volumeId, reason: `volume ${volumeId} is ${v0.state}` };
-  const target = opts.requestedAtSeq ?? v0.headSeq;
-  if (v0.headSeq === 0 || (v0.checkpoint && v0.checkpoint.seq >= target)) {
-    return { done: 'up-to-date', volumeId, checkpoint: v0.checkpoint ? pointerView(v0.checkpoint) : null };
-  }
+/** A page map as of one commit, and how it was obtained. */
+interface BuiltMap {
+  seq: number;
+  headSegmentId: string;
+  map: Map<number, StoredPage>;
+  method: 'replay' | 'scan';
+  baseCheckpointId: string | null;
+  segmentsReplayed: number;
+  verified: boolean;
+  pagesVerified: number;
+  pagesSkipped: number;
+  settleRounds: number;
+}
 
-  // 1. Scan the page map, then settle it at a head that did not move (docs/checkpoints.md).
-  const clock = phaseClock<'scan' | 'verify' | 'write' | 'record'>();
+/**
+ * The map at the head `v0` read, by construction: the base checkpoint plus the committed
+ * segments after it. Then every page that no commit touched since `v0` is compared with its
+ * live item; any difference means the live map and the chain disagree, and nothing is written.
+ */
+async function mapByReplay(v0: VolumeRecord, base: RebuildBase, clock: ReturnType<typeof phaseClock<CheckpointPhase>>): Promise<BuiltMap> {
+  const { volumeId, pageBlocks } = v0;
+  const descs = await committedDescriptors(volumeId, { seq: base.seq, segmentId: base.headSegmentId }, { seq: v0.headSeq, segmentId: v0.headSegmentId });
+  const map = new Map(base.pages.map((p) => [p.page, p]));
+  for (const d of descs) replaySegment(map, d, pageBlocks);
+  clock.lap('build');
+
+  const live = new Map<number, StoredPage>();
+  for await (const p of listStoredPages(volumeId)) live.set(p.page, p);
+  const now = mustStayActive(v0, await getVolume(volumeId));
+  // Commits after v0 may have changed pages during the scan: those pages are not compared.
+  const later = await committedDescriptors(volumeId, { seq: v0.headSeq, segmentId: v0.headSegmentId }, { seq: now.headSeq, segmentId: now.headSegmentId });
+  const moved = new Set(later.flatMap((d) => touchedPages(d, pageBlocks)));
+  let pagesVerified = 0;
+  for (const page of new Set([...map.keys(), ...live.keys()])) {
+    if (moved.has(page)) continue;
+    const want = map.get(page);
+    const have = live.get(page);
+    if (!want || !have || !samePage(want, have)) {
+      const describe = (p: StoredPage | undefined) => (p ? `version ${p.version}` : 'no item');
+      throw new ConflictError(
+        `the live page map of volume ${volumeId} does not match its commit chain at page ${page} (live: ${describe(have)}, checkpoint ${base.checkpointId ?? 'of the first write'} plus ${descs.length} commits: ${describe(want)}); no checkpoint was written: rebuild the page map`,
+      );
+    }
+    pagesVerified++;
+  }
+  return {
+    seq: v0.headSeq,
+    headSegmentId: v0.headSegmentId,
+    map,
+    method: 'replay',
+    baseCheckpointId: base.checkpointId,
+    segmentsReplayed: descs.length,
+    verified: true,
+    pagesVerified,
+    pagesSkipped: moved.size,
+    settleRounds: 0,
+  };
+}
+
+/**
+ * The map from a scan of the live page items, settled at a head that did not move while the
+ * pages changed by overtaking commits were read again (docs/checkpoints.md). Used when no
+ * checkpoint is near enough to replay from; nothing to verify it against.
+ */
+async function mapByScan(v0: VolumeRecord): Promise<BuiltMap> {
+  const { volumeId } = v0;
   const map = new Map<number, StoredPage>();
   for await (const p of listStoredPages(volumeId)) map.set(p.page, p);
   let known = v0;
-  const during: SegmentDescriptor[] = [];
   const touched = new Set<number>();
-  let settleRounds = 0;
-  for (; ; settleRounds++) {
+  for (let settleRounds = 0; ; settleRounds++) {
     const now = mustStayActive(v0, await getVolume(volumeId));
-    if (now.headSeq === known.headSeq) break;
+    if (now.headSeq === known.headSeq) {
+      return { seq: known.headSeq, headSegmentId: known.headSegmentId, map, method: 'scan', baseCheckpointId: null, segmentsReplayed: 0, verified: false, pagesVerified: 0, pagesSkipped: 0, settleRounds };
+    }
     if (settleRounds >= SETTLE_ROUNDS_MAX) {
-      throw new UnavailableError(`volume ${volumeId} kept committing during ${SETTLE_ROUNDS_MAX} rounds of its checkpoint; retry later`, { retryAfterSeconds: 10 });
+      throw new UnavailableError(`volume ${volumeId} kept committing during ${SETTLE_ROUNDS_MAX} rounds of its checkpoint scan; retry later`, { retryAfterSeconds: 10 });
     }
     const descs = await committedDescriptors(volumeId, { seq: known.headSeq, segmentId: known.headSegmentId }, { seq: now.headSeq, segmentId: now.headSegmentId });
-    during.push(...descs);
     for (const d of descs) for (const p of touchedPages(d, v0.pageBlocks)) touched.add(p);
     const fresh = await getStoredPages(volumeId, [...touched]);
     for (const p of touched) {
@@ -604,35 +661,41 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
     }
     known = now;
   }
-  const seq = known.headSeq;
-  clock.lap('scan');
+}
 
-  // 2. Verify: the version sum grows by the pages each commit since the last checkpoint touched.
-  const base = v0.checkpoint;
-  const baseSeq = base?.seq ?? 0;
-  let versionSum = 0;
-  for (const p of map.values()) versionSum += p.version;
-  let verified = false;
-  let segmentsVerified = 0;
-  if (seq - baseSeq <= VERIFY_SEGMENTS_MAX) {
-    const before = await committedDescriptors(volumeId, { seq: baseSeq, segmentId: base ? null : '' }, { seq: v0.headSeq, segmentId: v0.headSegmentId });
-    const chain = [...before, ...during];
-    invariant(chain.length === seq - baseSeq, () => `verification read ${chain.length} segments for ${seq - baseSeq} commits`);
-    const expected = (base?.versionSum ?? 0) + chain.reduce((n, d) => n + touchedPages(d, v0.pageBlocks).length, 0);
-    if (expected !== versionSum) {
-      throw new ConflictError(
-        `the live page map of volume ${volumeId} does not match its commit chain (page versions sum to ${versionSum}, the chain since seq ${baseSeq} says ${expected}); no checkpoint was written: rebuild the page map`,
-      );
-    }
-    verified = true;
-    segmentsVerified = chain.length;
-  } else {
-    console.warn(`checkpoint of ${volumeId} at seq ${seq}: ${seq - baseSeq} commits since the last checkpoint, over ${VERIFY_SEGMENTS_MAX}; not verified`);
+/**
+ * Takes a checkpoint of a volume's page map, unless the latest checkpoint already covers
+ * `requestedAtSeq` (default: the head). The map is the previous checkpoint plus the segments
+ * committed since (exact whatever the write load), checked page by page against the live
+ * items; without a checkpoint within `replaySegmentsMax` commits it is a settled scan.
+ * Idempotent: duplicates and late requests return `up-to-date`, and concurrent jobs leave the
+ * newest checkpoint recorded.
+ *
+ * @example
+ * const out = await takeCheckpoint('vol-0123456789abcdef');
+ * if (out.done === 'written') console.log(out.checkpoint.seq, out.checkpoint.payloadBytes);
+ */
+export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: number; replaySegmentsMax?: number } = {}): Promise<CheckpointOutcome> {
+  const started = performance.now();
+  const v0 = await getVolume(volumeId);
+  if (!v0) throw new NotFoundError(`volume ${volumeId} does not exist`);
+  if (v0.state !== 'active') return { done: 'skipped', volumeId, reason: `volume ${volumeId} is ${v0.state}` };
+  const target = opts.requestedAtSeq ?? v0.headSeq;
+  if (v0.headSeq === 0 || (v0.checkpoint && v0.checkpoint.seq >= target)) {
+    return { done: 'up-to-date', volumeId, checkpoint: v0.checkpoint ? pointerView(v0.checkpoint) : null };
   }
 
-  clock.lap('verify');
+  // 1. The map at a known head (docs/checkpoints.md).
+  const clock = phaseClock<CheckpointPhase>();
+  const unreadable: RebuildReport['unreadableCheckpoints'] = [];
+  const base = await findBase(v0, unreadable, opts.replaySegmentsMax ?? CHECKPOINT_REPLAY_SEGMENTS_MAX);
+  for (const u of unreadable) console.warn(`checkpoint of ${volumeId}: ${u.checkpointId} is unreadable (${u.reason})`);
+  clock.lap('base');
+  const built = base ? await mapByReplay(v0, base, clock) : await mapByScan(v0);
+  clock.lap(base ? 'verify' : 'build');
 
-  // 3. Write the object set, then record it if it is newer than the recorded one.
+  // 2. Write the object set, then record it if it is newer than the recorded one.
+  const { seq, map } = built;
   const payload = encodeCheckpointPayload(map.values());
   const checkpointId = newCheckpointId(seq);
   const k = v0.dataChunks;
@@ -644,7 +707,7 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
     volumeId,
     checkpointId,
     seq,
-    headSegmentId: known.headSegmentId,
+    headSegmentId: built.headSegmentId,
     k,
     m,
     chunkSizeBytes,
@@ -652,8 +715,8 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
     payloadBytes: payload.length,
     payloadCrc: crc32c(payload),
     pages: map.size,
-    versionSum,
-    verified,
+    method: built.method,
+    verified: built.verified,
     crcs,
     createdAt: new Date().toISOString(),
   };
@@ -667,7 +730,6 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
     crc: descriptor.payloadCrc,
     bytes: payload.length,
     pages: map.size,
-    versionSum,
     placement: formatPlacement(locations, buckets),
   };
   clock.lap('write');
@@ -678,7 +740,7 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
     return { done: 'superseded', volumeId, checkpoint: latest ? pointerView(latest) : null };
   }
 
-  // 4. Retention. A failure here leaves extra checkpoints, which the next pass removes.
+  // 3. Retention. A failure here leaves extra checkpoints, which the next pass removes.
   let removedCheckpoints = 0;
   try {
     removedCheckpoints = await applyRetention(recorded.current ?? v0, pointer);
@@ -690,9 +752,13 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
     done: 'written',
     volumeId,
     checkpoint: pointerView(pointer),
-    verified,
-    segmentsVerified,
-    settleRounds,
+    method: built.method,
+    baseCheckpointId: built.baseCheckpointId,
+    segmentsReplayed: built.segmentsReplayed,
+    verified: built.verified,
+    pagesVerified: built.pagesVerified,
+    pagesSkipped: built.pagesSkipped,
+    settleRounds: built.settleRounds,
     removedCheckpoints,
     elapsedMs: Math.round(performance.now() - started),
     phasesMs: clock.laps,
@@ -741,6 +807,7 @@ export interface CheckpointListing {
   readable: boolean;
   pages?: number;
   payloadBytes?: number;
+  method?: 'replay' | 'scan';
   verified?: boolean;
   createdAt?: string;
 }
@@ -759,7 +826,7 @@ export async function listCheckpoints(volumeId: string): Promise<{ volumeId: str
           const tail = await readTrailerBytes(c);
           if (!tail) continue;
           const d = decodeTrailer<CheckpointDescriptor>(tail, CHECKPOINT_FOOTER_MAGIC);
-          return { ...entry, pages: d.pages, payloadBytes: d.payloadBytes, verified: d.verified, createdAt: d.createdAt };
+          return { ...entry, pages: d.pages, payloadBytes: d.payloadBytes, method: d.method, verified: d.verified, createdAt: d.createdAt };
         } catch {
           // Try the next chunk's trailer.
         }
@@ -815,7 +882,13 @@ interface RebuildBase {
   pages: StoredPage[];
 }
 
-async function findRebuildBase(v: VolumeRecord, unreadable: RebuildReport['unreadableCheckpoints']): Promise<RebuildBase> {
+/**
+ * The newest readable base within `maxDistance` commits of the head: the recorded checkpoint,
+ * else older ones found on the sleds (listed only then), else the empty map before the first
+ * write if nothing was ever reclaimed. Null if none is within reach.
+ */
+async function findBase(v: VolumeRecord, unreadable: RebuildReport['unreadableCheckpoints'], maxDistance = Infinity): Promise<RebuildBase | null> {
+  const near = (seq: number) => seq <= v.headSeq && v.headSeq - seq <= maxDistance;
   const tryLoad = async (id: string, opts: { placement?: string; expectedCrc?: number } = {}): Promise<RebuildBase | null> => {
     try {
       const loaded = await readCheckpoint(v, id, opts);
@@ -826,26 +899,24 @@ async function findRebuildBase(v: VolumeRecord, unreadable: RebuildReport['unrea
       return null;
     }
   };
-  if (v.checkpoint && v.checkpoint.seq <= v.headSeq) {
+  if (v.checkpoint && near(v.checkpoint.seq)) {
     const base = await tryLoad(v.checkpoint.id, { placement: v.checkpoint.placement, expectedCrc: v.checkpoint.crc });
     if (base) return base;
   }
-  // Older checkpoints are listed only when the recorded one cannot be read: newest first.
-  const older = [...(await listCheckpointSets(v.volumeId)).values()]
-    .map((s) => s.set)
-    .filter((s) => s.id !== v.checkpoint?.id && s.seq <= v.headSeq)
-    .sort((a, b) => b.seq - a.seq);
-  for (const set of older) {
-    const base = await tryLoad(set.id);
-    if (base) return base;
-  }
-  if (v.checkpointFloorSeq !== undefined && v.checkpointFloorSeq > 0) {
-    throw new DataUnavailableError(
-      `volume ${v.volumeId}: no readable checkpoint (${unreadable.map((u) => u.checkpointId).join(', ') || 'none found'}), and segments up to seq ${v.checkpointFloorSeq} may have been reclaimed; the page map cannot be rebuilt`,
-    );
+  // Older checkpoints are listed only when the recorded one cannot be used: newest first.
+  if (!v.checkpoint || near(v.checkpoint.seq)) {
+    const older = [...(await listCheckpointSets(v.volumeId)).values()]
+      .map((s) => s.set)
+      .filter((s) => s.id !== v.checkpoint?.id && near(s.seq))
+      .sort((a, b) => b.seq - a.seq);
+    for (const set of older) {
+      const base = await tryLoad(set.id);
+      if (base) return base;
+    }
   }
   // No checkpoint was ever retained, so nothing was ever reclaimed: replay from the first write.
-  return { checkpointId: null, seq: 0, headSegmentId: '', pages: [] };
+  if (v.checkpointFloorSeq === undefined && near(0)) return { checkpointId: null, seq: 0, headSegmentId: '', pages: [] };
+  return null;
 }
 
 /**
@@ -867,7 +938,12 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
   try {
     const clock = phaseClock<'checkpoint' | 'chain' | 'replay' | 'write'>();
     const unreadableCheckpoints: RebuildReport['unreadableCheckpoints'] = [];
-    const base = await findRebuildBase(v, unreadableCheckpoints);
+    const base = await findBase(v, unreadableCheckpoints);
+    if (!base) {
+      throw new DataUnavailableError(
+        `volume ${volumeId}: no readable checkpoint (${unreadableCheckpoints.map((u) => u.checkpointId).join(', ') || 'none found'}), and segments up to seq ${v.checkpointFloorSeq} may have been reclaimed; the page map cannot be rebuilt`,
+      );
+    }
     clock.lap('checkpoint');
 
     // Segments after the checkpoint, from the sleds alone: their ids start with their seq.

@@ -39,8 +39,6 @@ export interface CheckpointPointer {
   crc: number;
   bytes: number;
   pages: number;
-  /** Sum of the page versions in the checkpoint; the next checkpoint verifies against it. */
-  versionSum: number;
   /** `<sled index>/<drive>` of each chunk, comma-joined. */
   placement: string;
 }
@@ -560,7 +558,6 @@ function readCheckpointFields(item: Record<string, AttributeValue>, v: VolumeRec
       crc: num(c.crc),
       bytes: num(c.bytes),
       pages: num(c.pages),
-      versionSum: num(c.versionSum),
       placement: str(c.placement),
     };
   }
@@ -659,7 +656,6 @@ export async function recordCheckpoint(volumeId: string, pointer: CheckpointPoin
               crc: N(pointer.crc),
               bytes: N(pointer.bytes),
               pages: N(pointer.pages),
-              versionSum: N(pointer.versionSum),
               placement: S(pointer.placement),
             },
           },
