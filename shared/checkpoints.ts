@@ -933,8 +933,10 @@ async function findBase(v: VolumeRecord, unreadable: RebuildReport['unreadableCh
 export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
   const started = performance.now();
   const token = randomBytes(8).toString('hex');
-  const v = await fenceForRebuild(volumeId, token);
-  let writing = false;
+  const { volume: v, tookOver } = await fenceForRebuild(volumeId, token);
+  // Whether the stored map may differ from the one this rebuild found fenced: then only a
+  // completed rebuild may lift the fence.
+  let writing = tookOver;
   try {
     const clock = phaseClock<'checkpoint' | 'chain' | 'replay' | 'write'>();
     const unreadableCheckpoints: RebuildReport['unreadableCheckpoints'] = [];
@@ -985,7 +987,7 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
       return !have || !samePage(have, p);
     });
     const deletes = [...current.keys()].filter((page) => !map.has(page));
-    writing = puts.length + deletes.length > 0;
+    writing ||= puts.length + deletes.length > 0;
     await writeRebuiltPages(volumeId, token, puts, deletes);
     if (!(await unfenceAfterRebuild(volumeId, token))) {
       throw new RebuildFenceLostError(`the rebuild of volume ${volumeId} was taken over by another rebuild before it finished`);
@@ -1006,8 +1008,9 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
       phasesMs: clock.laps,
     };
   } catch (err) {
-    // Nothing written: the stored map is as the rebuild found it, so serving may resume. Once
-    // pages were being written the fence stays until a rebuild completes.
+    // Nothing written (and not taking over a rebuild that may have written): the stored map is
+    // as it was before any rebuild, so serving may resume. Otherwise the fence stays until a
+    // rebuild completes.
     if (!writing) await unfenceAfterRebuild(volumeId, token).catch((e) => console.error(`could not lift the rebuild fence of ${volumeId}:`, e));
     if (err instanceof RebuildFenceLostError) throw new ConflictError(err.message, { cause: err });
     throw err;

@@ -696,9 +696,10 @@ export async function raiseCheckpointFloor(volumeId: string, seq: number): Promi
 /**
  * Fences a volume for a rebuild: `state` becomes `rebuilding` under `token`, which from then
  * on refuses every commit (they require `active`). A rebuild that finds the volume already
- * fenced takes over with its own token. Returns the volume as fenced.
+ * fenced takes over with its own token (`tookOver`: the map may be half rewritten by the
+ * rebuild it replaces). Returns the volume as fenced.
  */
-export async function fenceForRebuild(volumeId: string, token: string): Promise<VolumeRecord> {
+export async function fenceForRebuild(volumeId: string, token: string): Promise<{ volume: VolumeRecord; tookOver: boolean }> {
   try {
     const out = await dynamo().send(
       new UpdateItemCommand({
@@ -718,12 +719,13 @@ export async function fenceForRebuild(volumeId: string, token: string): Promise<
           ':one': N(1),
           ':now': S(new Date().toISOString()),
         },
-        ReturnValues: 'ALL_NEW',
+        ReturnValues: 'ALL_OLD',
         ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
         ReturnConsumedCapacity: 'TOTAL',
       }),
     );
-    return itemToVolume(out.Attributes!);
+    const old = itemToVolume(out.Attributes!);
+    return { volume: { ...old, state: 'rebuilding', rebuildToken: token, rebuilds: (old.rebuilds ?? 0) + 1 }, tookOver: old.state === 'rebuilding' };
   } catch (err) {
     if (!conditionFailed(err)) throw err;
     if (!err.Item) throw new NotFoundError(`volume ${volumeId} does not exist`);

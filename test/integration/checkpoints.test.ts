@@ -526,6 +526,38 @@ describe('checkpoints and page-map rebuild', () => {
     await api.write(s.volumeId, 0, randomBytes(BLOCK));
   });
 
+  it('refuses a rebuild whose chain is broken, lifting the fence only if no rebuild may have written', async () => {
+    const rng = seeded('broken chain');
+    const s = await newSubject(4 * MiB);
+    await workload(s, rng, 6);
+    await checkpoint(s.volumeId);
+    await workload(s, rng, 2);
+    const lost = await api.write(s.volumeId, 0, randomBytes(BLOCK));
+    // Later commits elsewhere, so that block 0 is the lost segment's alone and the lost one is mid-chain.
+    await api.write(s.volumeId, 2 * MiB, randomBytes(BLOCK));
+    await api.write(s.volumeId, 3 * MiB, randomBytes(BLOCK));
+    // Every chunk of a committed segment after the checkpoint is gone: the chain cannot be walked.
+    const { listChunks } = await import('#shared/sleds.ts');
+    const chunks = await listChunks(s.volumeId, config().sledBuckets, { namePrefix: lost.segmentId });
+    expect(chunks).toHaveLength(6);
+    for (const c of chunks) await s3().send(new DeleteObjectCommand({ Bucket: c.bucket, Key: c.key }));
+
+    const refused = await post(`/volumes/${s.volumeId}/rebuild`);
+    expect(refused.status).toBe(503);
+    expect(refused.json.message).toContain(`segment ${lost.segmentId} (seq ${lost.commitSeq}) is on the commit chain`);
+    // It wrote nothing, so the volume serves again (the lost segment's own blocks cannot be read, never wrongly).
+    expect((await volumeRecord(s.volumeId)).state).toBe('active');
+    expect((await api.readRaw(s.volumeId, 2 * MiB, BLOCK)).status).toBe(200);
+    expect((await api.readRaw(s.volumeId, 0, BLOCK)).status).toBe(503);
+
+    // A rebuild that takes over from one that stopped midway must not lift the fence on failure:
+    // the map may be half rewritten.
+    await fenceForRebuild(s.volumeId, 'crashed-rebuild');
+    expect((await post(`/volumes/${s.volumeId}/rebuild`)).status).toBe(503);
+    expect((await volumeRecord(s.volumeId)).state).toBe('rebuilding');
+    expect((await api.readRaw(s.volumeId, 2 * MiB, BLOCK)).status).toBe(503);
+  });
+
   it('is driven by the CLI function over HTTP, which reports API errors clearly', async () => {
     const rng = seeded('cli rebuild');
     const s = await newSubject(4 * MiB);
