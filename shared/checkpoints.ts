@@ -838,12 +838,12 @@ export async function listCheckpoints(volumeId: string): Promise<{ volumeId: str
 }
 
 /**
- * One step of the scheduled sweep: scans up to 100 volumes after `startAfter`, queues a
+ * One step of the scheduled sweep: scans up to `volumesPerStep` volumes after `startAfter`, queues a
  * checkpoint for each active volume with commits after its latest checkpoint (unless its
  * automatic checkpoints are off), and queues the next step if the scan is not done.
  */
-export async function sweepCheckpoints(startAfter?: string): Promise<{ scanned: number; queued: number; next?: string }> {
-  const page = await listVolumes(SWEEP_VOLUMES_PER_MESSAGE, startAfter);
+export async function sweepCheckpoints(startAfter?: string, volumesPerStep = SWEEP_VOLUMES_PER_MESSAGE): Promise<{ scanned: number; queued: number; next?: string }> {
+  const page = await listVolumes(volumesPerStep, startAfter);
   const due = page.volumes.filter(
     (v) => v.state === 'active' && (v.checkpointEveryCommits ?? DEFAULT_CHECKPOINT_EVERY_COMMITS) > 0 && v.headSeq > (v.checkpoint?.seq ?? 0),
   );

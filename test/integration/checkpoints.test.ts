@@ -470,6 +470,62 @@ describe('checkpoints and page-map rebuild', () => {
     expect(listed.checkpoints.every((c: { readable: boolean; verified: boolean }) => c.readable && c.verified)).toBe(true);
   });
 
+  it('sweeps every volume with commits since its latest checkpoint, a page of volumes a message, and skips the rest', async () => {
+    const due = await newSubject(4 * MiB, { checkpointEveryCommits: 1000 });
+    const off = await newSubject(4 * MiB); // automatic checkpoints off
+    const current = await newSubject(4 * MiB, { checkpointEveryCommits: 1000 });
+    const idle = await api.createVolume({ sizeBytes: MiB }); // no commits at all
+    for (const v of [due, off, current]) await api.write(v.volumeId, 0, randomBytes(BLOCK));
+    await checkpoint(current.volumeId);
+
+    // The sweep's messages go to a fresh queue on the endpoint instead of the worker's, so that
+    // it does not queue checkpoints of every other test's volumes; the test follows its chain.
+    const { CreateQueueCommand, DeleteQueueCommand, ReceiveMessageCommand } = await import('@aws-sdk/client-sqs');
+    const { sqs } = await import('#shared/aws.ts');
+    const { sweepCheckpoints } = await import('#shared/checkpoints.ts');
+    const queueUrl = (await sqs().send(new CreateQueueCommand({ QueueName: `sledge-it-sweep-${randomBytes(4).toString('hex')}` }))).QueueUrl!;
+    const name = 'redirectToSweepQueue';
+    const stack = sqs().middlewareStack as unknown as { add(mw: (next: (a: any) => Promise<any>) => (a: any) => Promise<any>, o: { step: 'initialize'; name: string }): void; remove(n: string): boolean };
+    stack.add((next) => async (args) => next({ ...args, input: { ...args.input, QueueUrl: args.input.QueueUrl === config().checkpointQueueUrl ? queueUrl : args.input.QueueUrl } }), { step: 'initialize', name });
+    const asked: string[] = [];
+    try {
+      // One volume a step (100 in production), so that the chain of continuations is long.
+      let step = await sweepCheckpoints(undefined, 1);
+      let scanned = step.scanned;
+      // Bounded: the test environment has far fewer than 1,000 volumes.
+      let hops = 0;
+      for (; step.next && hops < 1000; hops++) {
+        const bodies: unknown[] = [];
+        for (let polls = 0; polls < 20; polls++) {
+          const got = await sqs().send(new ReceiveMessageCommand({ QueueUrl: queueUrl, MaxNumberOfMessages: 10, WaitTimeSeconds: 0 }));
+          bodies.push(...(got.Messages ?? []).map((m) => JSON.parse(m.Body!)));
+          const cont = bodies.find((b: any) => b.type === 'checkpoint-sweep') as { startAfter?: string } | undefined;
+          if (cont) {
+            expect(cont.startAfter).toBe(step.next);
+            asked.push(...bodies.filter((b: any) => b.type === 'checkpoint-volume').map((b: any) => b.volumeId));
+            break;
+          }
+        }
+        step = await sweepCheckpoints(step.next, 1);
+        scanned += step.scanned;
+      }
+      expect(step.next).toBeUndefined();
+      expect(scanned).toBeGreaterThanOrEqual(4);
+      expect(hops).toBeGreaterThanOrEqual(3);
+      for (let polls = 0; polls < 20; polls++) {
+        const got = await sqs().send(new ReceiveMessageCommand({ QueueUrl: queueUrl, MaxNumberOfMessages: 10, WaitTimeSeconds: 0 }));
+        if (!got.Messages?.length) break;
+        asked.push(...got.Messages.map((m) => JSON.parse(m.Body!)).filter((b) => b.type === 'checkpoint-volume').map((b) => b.volumeId));
+      }
+    } finally {
+      stack.remove(name);
+      await sqs().send(new DeleteQueueCommand({ QueueUrl: queueUrl }));
+    }
+    expect(asked).toContain(due.volumeId);
+    for (const skipped of [off.volumeId, current.volumeId, idle.volumeId]) expect(asked).not.toContain(skipped);
+    expect(new Set(asked).size).toBe(asked.length);
+  });
+
   it('keeps the newest checkpoints, raises the floor to the oldest kept, and deletes the rest', async () => {
     const rng = seeded('checkpoint retention');
     const s = await newSubject(4 * MiB);
