@@ -5,21 +5,10 @@
  * The `sledge` command (bin/sledge.js) wires this in; this module only talks HTTP, so it works
  * against the local control plane and a deployed stack alike.
  */
+import type { RebuildReport } from '#shared/checkpoints.ts';
 
 /** What `POST /volumes/{volumeId}/rebuild` answers (shared/openapi.json, `RebuildReport`). */
-export interface RebuildReport {
-  volumeId: string;
-  headSeq: number;
-  checkpoint: { checkpointId: string; seq: number } | null;
-  unreadableCheckpoints: Array<{ checkpointId: string; reason: string }>;
-  segmentsReplayed: number;
-  segmentsIgnored: number;
-  pages: number;
-  pagesWritten: number;
-  pagesDeleted: number;
-  pagesUnchanged: number;
-  elapsedMs: number;
-}
+export type { RebuildReport };
 
 /** The API refused or failed the rebuild; `status` and the API's error body say why. */
 export class RebuildRequestError extends Error {

@@ -539,24 +539,14 @@ function pointerView(p: CheckpointPointer): CheckpointView {
 
 export type CheckpointOutcome =
   /** A new checkpoint was written and recorded as the latest. */
-  | {
+  | ({
       done: 'written';
       volumeId: string;
       checkpoint: CheckpointView;
-      method: 'replay' | 'scan';
-      /** The checkpoint a `replay` started from (null: from the first write). */
-      baseCheckpointId: string | null;
-      segmentsReplayed: number;
-      verified: boolean;
-      /** Pages compared with the live items; pages changed by commits during the comparison are skipped. */
-      pagesVerified: number;
-      pagesSkipped: number;
-      /** `scan` only: times the scan was repaired because commits overtook it. */
-      settleRounds: number;
       removedCheckpoints: number;
       elapsedMs: number;
       phasesMs: Partial<Record<CheckpointPhase, number>>;
-    }
+    } & MapProvenance)
   /** The latest checkpoint already covers the requested seq (a duplicate or late request). */
   | { done: 'up-to-date'; volumeId: string; checkpoint: CheckpointView | null }
   /** Another job recorded a checkpoint at least as new while this one ran; this one's chunks were deleted. */
@@ -573,18 +563,25 @@ function mustStayActive(v0: VolumeRecord, now: VolumeRecord | null): VolumeRecor
   return now;
 }
 
-/** A page map as of one commit, and how it was obtained. */
-interface BuiltMap {
-  seq: number;
-  headSegmentId: string;
-  map: Map<number, StoredPage>;
+/** How a checkpoint's page map was obtained. */
+export interface MapProvenance {
   method: 'replay' | 'scan';
+  /** The checkpoint a `replay` started from (null: from the first write). */
   baseCheckpointId: string | null;
   segmentsReplayed: number;
   verified: boolean;
+  /** Pages compared with the live items; pages changed by commits during the comparison are skipped. */
   pagesVerified: number;
   pagesSkipped: number;
+  /** `scan` only: times the scan was repaired because commits overtook it. */
   settleRounds: number;
+}
+
+/** A page map as of one commit, and how it was obtained. */
+interface BuiltMap extends MapProvenance {
+  seq: number;
+  headSegmentId: string;
+  map: Map<number, StoredPage>;
 }
 
 /**
@@ -695,7 +692,7 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
   clock.lap(base ? 'verify' : 'build');
 
   // 2. Write the object set, then record it if it is newer than the recorded one.
-  const { seq, map } = built;
+  const { seq, headSegmentId, map, ...provenance } = built;
   const payload = encodeCheckpointPayload(map.values());
   const checkpointId = newCheckpointId(seq);
   const k = v0.dataChunks;
@@ -707,7 +704,7 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
     volumeId,
     checkpointId,
     seq,
-    headSegmentId: built.headSegmentId,
+    headSegmentId,
     k,
     m,
     chunkSizeBytes,
@@ -752,13 +749,7 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
     done: 'written',
     volumeId,
     checkpoint: pointerView(pointer),
-    method: built.method,
-    baseCheckpointId: built.baseCheckpointId,
-    segmentsReplayed: built.segmentsReplayed,
-    verified: built.verified,
-    pagesVerified: built.pagesVerified,
-    pagesSkipped: built.pagesSkipped,
-    settleRounds: built.settleRounds,
+    ...provenance,
     removedCheckpoints,
     elapsedMs: Math.round(performance.now() - started),
     phasesMs: clock.laps,

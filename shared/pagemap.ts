@@ -378,42 +378,37 @@ export function splitSegmentRef(ref: string): [string, string] {
   return [ref.slice(0, slash), ref.slice(slash + 1)];
 }
 
-/** Every segment record of a volume, in sequence order, a page of queries at a time. */
-export async function* listSegmentRecords(volumeId: string): AsyncGenerator<SegmentRecord> {
+/**
+ * The items of one volume in a table, in sort-key order, a page of queries at a time
+ * (consistent reads). `sortKeyRange` narrows the sort key to `BETWEEN from AND to`.
+ */
+async function* queryVolumeItems(table: string, volumeId: string, sortKeyRange?: { name: string; from: AttributeValue; to: AttributeValue }): AsyncGenerator<Record<string, AttributeValue>> {
   let start: Record<string, AttributeValue> | undefined;
   do {
     const out = await dynamo().send(
       new QueryCommand({
-        TableName: config().segmentsTable,
-        KeyConditionExpression: 'volumeId = :v',
-        ExpressionAttributeValues: { ':v': S(volumeId) },
+        TableName: table,
+        KeyConditionExpression: sortKeyRange ? 'volumeId = :v AND #sk BETWEEN :from AND :to' : 'volumeId = :v',
+        ...(sortKeyRange ? { ExpressionAttributeNames: { '#sk': sortKeyRange.name } } : {}),
+        ExpressionAttributeValues: { ':v': S(volumeId), ...(sortKeyRange ? { ':from': sortKeyRange.from, ':to': sortKeyRange.to } : {}) },
         ExclusiveStartKey: start,
         ConsistentRead: true,
         ReturnConsumedCapacity: 'TOTAL',
       }),
     );
-    for (const item of out.Items ?? []) yield itemToSegment(item);
+    yield* out.Items ?? [];
     start = out.LastEvaluatedKey;
   } while (start);
 }
 
+/** Every segment record of a volume, in sequence order, a page of queries at a time. */
+export async function* listSegmentRecords(volumeId: string): AsyncGenerator<SegmentRecord> {
+  for await (const item of queryVolumeItems(config().segmentsTable, volumeId)) yield itemToSegment(item);
+}
+
 /** Every page of a volume, in page order. */
 export async function* listPages(volume: VolumeRecord): AsyncGenerator<PageRecord> {
-  let start: Record<string, AttributeValue> | undefined;
-  do {
-    const out = await dynamo().send(
-      new QueryCommand({
-        TableName: config().pagesTable,
-        KeyConditionExpression: 'volumeId = :v',
-        ExpressionAttributeValues: { ':v': S(volume.volumeId) },
-        ExclusiveStartKey: start,
-        ConsistentRead: true,
-        ReturnConsumedCapacity: 'TOTAL',
-      }),
-    );
-    for (const item of out.Items ?? []) yield itemToPage(item, volume.pageBlocks);
-    start = out.LastEvaluatedKey;
-  } while (start);
+  for await (const item of queryVolumeItems(config().pagesTable, volume.volumeId)) yield itemToPage(item, volume.pageBlocks);
 }
 
 /** Deletes items by key, 25 at a time, retrying unprocessed ones (bounded). */
@@ -584,21 +579,7 @@ function storedPageToItem(volumeId: string, p: StoredPage): Record<string, Attri
 
 /** Every page item of a volume in stored form, in page order (consistent reads). */
 export async function* listStoredPages(volumeId: string): AsyncGenerator<StoredPage> {
-  let start: Record<string, AttributeValue> | undefined;
-  do {
-    const out = await dynamo().send(
-      new QueryCommand({
-        TableName: config().pagesTable,
-        KeyConditionExpression: 'volumeId = :v',
-        ExpressionAttributeValues: { ':v': S(volumeId) },
-        ExclusiveStartKey: start,
-        ConsistentRead: true,
-        ReturnConsumedCapacity: 'TOTAL',
-      }),
-    );
-    for (const item of out.Items ?? []) yield itemToStoredPage(item);
-    start = out.LastEvaluatedKey;
-  } while (start);
+  for await (const item of queryVolumeItems(config().pagesTable, volumeId)) yield itemToStoredPage(item);
 }
 
 /** The stored pages among `pages` (consistent reads; missing pages are absent from the map). */
@@ -611,23 +592,10 @@ export async function getStoredPages(volumeId: string, pages: readonly number[])
 export async function listSegmentRecordsBetween(volumeId: string, afterSeq: number, uptoSeq: number): Promise<SegmentRecord[]> {
   const out: SegmentRecord[] = [];
   if (uptoSeq <= afterSeq) return out;
-  let start: Record<string, AttributeValue> | undefined;
-  do {
-    const page = await dynamo().send(
-      new QueryCommand({
-        TableName: config().segmentsTable,
-        // Segment ids start with their seq in 12 digits, so a key range is a seq range: from
-        // the first id of seq afterSeq + 1 to the last of uptoSeq ('.' sorts after '-').
-        KeyConditionExpression: 'volumeId = :v AND segmentId BETWEEN :from AND :to',
-        ExpressionAttributeValues: { ':v': S(volumeId), ':from': S(String(afterSeq + 1).padStart(12, '0')), ':to': S(`${String(uptoSeq).padStart(12, '0')}.`) },
-        ExclusiveStartKey: start,
-        ConsistentRead: true,
-        ReturnConsumedCapacity: 'TOTAL',
-      }),
-    );
-    for (const item of page.Items ?? []) out.push(itemToSegment(item));
-    start = page.LastEvaluatedKey;
-  } while (start);
+  // Segment ids start with their seq in 12 digits, so a key range is a seq range: from the
+  // first id of seq afterSeq + 1 to the last of uptoSeq ('.' sorts after '-').
+  const range = { name: 'segmentId', from: S(String(afterSeq + 1).padStart(12, '0')), to: S(`${String(uptoSeq).padStart(12, '0')}.`) };
+  for await (const item of queryVolumeItems(config().segmentsTable, volumeId, range)) out.push(itemToSegment(item));
   return out;
 }
 
