@@ -391,18 +391,11 @@ async function readDescriptors(volumeId: string, segments: ReadonlyMap<string, r
  * records in the Segments table (exactly the committed ones) and their trailers, checked to
  * form the chain from `after` to `upto`.
  */
-async function committedDescriptors(
-  volumeId: string,
-  after: { seq: number; segmentId: string | null },
-  upto: { seq: number; segmentId: string },
-): Promise<SegmentDescriptor[]> {
+async function committedDescriptors(volumeId: string, after: { seq: number; segmentId: string }, upto: { seq: number; segmentId: string }): Promise<SegmentDescriptor[]> {
   if (upto.seq <= after.seq) return [];
   const records = await listSegmentRecordsBetween(volumeId, after.seq, upto.seq);
   const byId = await readDescriptors(volumeId, new Map(records.map((r) => [r.segmentId, r.locations])));
-  // The base's id is unknown when verifying from a checkpoint pointer; then accept the first link as found.
-  const firstPrev = after.segmentId ?? [...byId.values()].find((d) => d.seq === after.seq + 1)?.prev ?? '';
-  const order = orderChain(byId, upto, { seq: after.seq, segmentId: firstPrev });
-  return order.map((id) => byId.get(id)!);
+  return orderChain(byId, upto, after).map((id) => byId.get(id)!);
 }
 
 /** A checkpoint as read back: its descriptor and its pages. */
@@ -432,28 +425,23 @@ export async function readCheckpoint(
   checkpointId: string,
   opts: { placement?: string; expectedCrc?: number } = {},
 ): Promise<LoadedCheckpoint> {
-  const buckets = config().sledBuckets;
   const chunkCount = volume.dataChunks + volume.parityChunks;
-  let locations: Array<ChunkLocation | null> = opts.placement ? parsePlacement(opts.placement, volume.volumeId, checkpointId, buckets) : [];
-  let listed = false;
+  const placed = opts.placement ? parsePlacement(opts.placement, volume.volumeId, checkpointId, config().sledBuckets) : null;
   try {
-    for (let pass = 0; pass < 2; pass++) {
-      if (locations.length !== chunkCount || locations.some((l) => l === null) || pass === 1) {
-        locations = await locateCheckpointChunks(volume.volumeId, checkpointId, chunkCount);
-        listed = true;
-      }
+    if (placed && placed.length === chunkCount && placed.every((l) => l !== null)) {
       try {
-        return await readCheckpointAt(volume.volumeId, checkpointId, locations, opts.expectedCrc);
+        return await readCheckpointAt(volume.volumeId, checkpointId, placed, opts.expectedCrc);
       } catch (err) {
-        // Chunks may have moved (evacuation) since the placement was recorded: list once.
-        if (listed || !(err instanceof CheckpointUnreadableError)) throw err;
+        if (!(err instanceof CheckpointUnreadableError)) throw err;
+        // Chunks may have moved (evacuation) since the placement was recorded: look for them.
       }
     }
+    const found = await locateCheckpointChunks(volume.volumeId, checkpointId, chunkCount);
+    return await readCheckpointAt(volume.volumeId, checkpointId, found, opts.expectedCrc);
   } catch (err) {
     if (err instanceof CheckpointUnreadableError) throw err;
     throw new CheckpointUnreadableError(`checkpoint ${volume.volumeId}/${checkpointId} could not be read: ${(err as Error).message}`, { cause: err });
   }
-  throw new CheckpointUnreadableError(`checkpoint ${volume.volumeId}/${checkpointId} could not be read`);
 }
 
 async function readCheckpointAt(volumeId: string, checkpointId: string, locations: ReadonlyArray<ChunkLocation | null>, expectedCrc: number | undefined): Promise<LoadedCheckpoint> {

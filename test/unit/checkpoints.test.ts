@@ -55,10 +55,23 @@ describe('checkpoint payload', () => {
     const back = decodeCheckpointPayload(payload);
     expect(back.map((p) => p.page)).toEqual(pages.map((p) => p.page).sort((a, b) => a - b));
     for (const p of back) expect(samePage(p, map.get(p.page)!), `page ${p.page}`).toBe(true);
-    // The table stores each reference once, so the payload is far smaller than the references repeated.
-    const repeated = pages.reduce((n, p) => n + p.segs.reduce((m, s) => m + s.length, 0), 0);
-    expect(payload.length).toBeLessThan(repeated + pages.reduce((n, p) => n + p.ext.length + 20, 0));
+    // Exactly the documented layout: header, the string table (each reference once), the pages.
+    const distinct = new Set(pages.flatMap((p) => p.segs));
+    const tableBytes = [...distinct].reduce((n, r) => n + 2 + Buffer.byteLength(r), 0);
+    expect(payload.length).toBe(8 + 4 + tableBytes + 4 + pages.reduce((n, p) => n + 4 + 6 + 2 + 4 * p.segs.length + 4 + p.ext.length, 0));
     expect(encodeCheckpointPayload(back).equals(payload)).toBe(true);
+  });
+
+  it('stores a segment reference once however many pages use it', () => {
+    // One 4-page write: four pages, one reference.
+    const map = new Map<number, StoredPage>();
+    replaySegment(map, { volumeId: VOL, segmentId: '000000000001-0000abcd', extents: [[0, 4 * PAGE_BLOCKS, 0]] }, PAGE_BLOCKS);
+    const pages = [...map.values()];
+    expect(pages).toHaveLength(4);
+    const ref = `${VOL}/000000000001-0000abcd`;
+    const payload = encodeCheckpointPayload(pages);
+    expect(payload.length).toBe(8 + 4 + (2 + ref.length) + 4 + 4 * (4 + 6 + 2 + 4 + 4 + 10));
+    expect(payload.indexOf(ref)).toBe(payload.lastIndexOf(ref));
   });
 
   it('encodes an empty map and refuses malformed payloads with a format error', () => {
