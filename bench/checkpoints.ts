@@ -3,9 +3,10 @@
  * (docs/checkpoints.md), through the local API.
  *
  * For each volume size: every page gets extents (batches of 96 pages, one commit each), a
- * checkpoint is taken, then for each replay length the page items are deleted from DynamoDB
- * and the map is rebuilt from the checkpoint plus that many later segments. Each rebuild is
- * checked to have restored every page.
+ * first checkpoint is taken (replaying every commit since the first write), then for each
+ * replay length the page items are deleted from DynamoDB and the map is rebuilt from the
+ * checkpoint plus that many later segments (each rebuild is checked to have restored every
+ * page), and finally a second checkpoint replays those segments onto the first.
  */
 import { randomBytes } from 'node:crypto';
 import { requestCounts, resetRequestCounts } from '#shared/aws.ts';
@@ -60,24 +61,7 @@ export async function benchCheckpoints(api: string, opts: CheckpointBenchOptions
     }
     const populated = (await call(`${api}/volumes/${volumeId}`, 'GET')).commitSeq as number;
 
-    resetRequestCounts();
-    const t0 = performance.now();
-    const ckpt = await call(`${api}/volumes/${volumeId}/checkpoints`, 'POST');
-    const ckptMs = performance.now() - t0;
-    const v = await requireVolume(volumeId);
-    const storedBytes = (v.dataChunks + v.parityChunks) * Math.ceil(ckpt.checkpoint.payloadBytes / v.dataChunks / BLOCK) * BLOCK;
-    checkpoints.push({
-      pages: ckpt.checkpoint.pages,
-      'payload KiB': (ckpt.checkpoint.payloadBytes / 1024).toFixed(1),
-      'bytes/page': (ckpt.checkpoint.payloadBytes / ckpt.checkpoint.pages).toFixed(1),
-      'stored KiB (k+m)': (storedBytes / 1024).toFixed(1),
-      'segments replayed': ckpt.segmentsReplayed,
-      'checkpoint ms': Math.round(ckptMs),
-      'base/build/verify/write/record ms': ['base', 'build', 'verify', 'write', 'record'].map((k) => ckpt.phasesMs[k] ?? 0).join('/'),
-      'S3 GET': requests('S3:GetObject'),
-      'S3 PUT': requests('S3:PutObject'),
-      'DDB requests': requests('DynamoDB:'),
-    });
+    await takeCheckpointRow(api, volumeId, checkpoints);
 
     let replayed = 0;
     for (const target of opts.replays) {
@@ -108,6 +92,32 @@ export async function benchCheckpoints(api: string, opts: CheckpointBenchOptions
         'commits before checkpoint': populated,
       });
     }
+    // The steady state: the next checkpoint replays the segments since the previous one.
+    await takeCheckpointRow(api, volumeId, checkpoints);
   }
   return { checkpoints, rebuilds };
+}
+
+/** Takes a checkpoint through the API and adds its row. */
+async function takeCheckpointRow(api: string, volumeId: string, rows: Array<Record<string, string | number>>): Promise<void> {
+  resetRequestCounts();
+  const t0 = performance.now();
+  const ckpt = await call(`${api}/volumes/${volumeId}/checkpoints`, 'POST');
+  const ms = performance.now() - t0;
+  if (ckpt.done !== 'written' || !ckpt.verified) throw new Error(`checkpoint of ${volumeId}: ${JSON.stringify(ckpt)}`);
+  const v = await requireVolume(volumeId);
+  const storedBytes = (v.dataChunks + v.parityChunks) * Math.ceil(ckpt.checkpoint.payloadBytes / v.dataChunks / BLOCK) * BLOCK;
+  rows.push({
+    pages: ckpt.checkpoint.pages,
+    base: ckpt.baseCheckpointId ? 'previous' : 'none',
+    'segments replayed': ckpt.segmentsReplayed,
+    'payload KiB': (ckpt.checkpoint.payloadBytes / 1024).toFixed(1),
+    'bytes/page': (ckpt.checkpoint.payloadBytes / ckpt.checkpoint.pages).toFixed(1),
+    'stored KiB (k+m)': (storedBytes / 1024).toFixed(1),
+    'checkpoint ms': Math.round(ms),
+    'base/build/verify/write/record ms': ['base', 'build', 'verify', 'write', 'record'].map((k) => ckpt.phasesMs[k] ?? 0).join('/'),
+    'S3 GET': requests('S3:GetObject'),
+    'S3 PUT': requests('S3:PutObject'),
+    'DDB requests': requests('DynamoDB:'),
+  });
 }

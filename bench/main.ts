@@ -191,7 +191,7 @@ async function main(): Promise<void> {
     section('Checkpoints and rebuild against pages in the map and segments replayed (docs/checkpoints.md)');
     {
       const { checkpoints, rebuilds } = await benchCheckpoints(api, { pageCounts: [256, 1024, 4096], replays: [0, 25, 100] });
-      console.log('Checkpoint (scan, verify against the chain since the first write, encode 4+2, upload, record, retention):');
+      console.log('Checkpoint (read the previous checkpoint, replay the segments since, verify page by page against the live items, encode 4+2, upload, record, retention):');
       table(checkpoints);
       console.log('Rebuild after every page item was deleted (fence, read checkpoint, list sleds, read trailers, walk the chain, replay, write pages in transactions):');
       table(rebuilds);
