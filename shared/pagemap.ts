@@ -25,6 +25,11 @@ import { formatLocation, parseLocation, type ChunkLocation } from './sleds.ts';
 
 /** At most this many pages change in one commit (a transaction holds 100 items; see the doc). */
 export const MAX_PAGES_PER_COMMIT = 96;
+/**
+ * Bounds one volume's Query: pages of up to 1 MB, so 100,000 pages is 100 GB of items, far
+ * beyond a 64 TiB volume's 64 Mi page items of about 100 bytes.
+ */
+const QUERY_PAGES_MAX = 100_000;
 /** Bounded retries of DynamoDB batch calls that return unprocessed keys. */
 const UNPROCESSED_RETRY_MAX = 8;
 
@@ -384,7 +389,8 @@ export function splitSegmentRef(ref: string): [string, string] {
  */
 async function* queryVolumeItems(table: string, volumeId: string, sortKeyRange?: { name: string; from: AttributeValue; to: AttributeValue }): AsyncGenerator<Record<string, AttributeValue>> {
   let start: Record<string, AttributeValue> | undefined;
-  do {
+  for (let page = 0; ; page++) {
+    invariant(page < QUERY_PAGES_MAX, () => `query of ${table} for volume ${volumeId} did not end after ${QUERY_PAGES_MAX} pages`);
     const out = await dynamo().send(
       new QueryCommand({
         TableName: table,
@@ -398,7 +404,8 @@ async function* queryVolumeItems(table: string, volumeId: string, sortKeyRange?:
     );
     yield* out.Items ?? [];
     start = out.LastEvaluatedKey;
-  } while (start);
+    if (!start) return;
+  }
 }
 
 /** Every segment record of a volume, in sequence order, a page of queries at a time. */
