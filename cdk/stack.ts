@@ -7,6 +7,8 @@
  * - Three SQS work queues (`GcQueue`, `EvacuationQueue`, `CheckpointQueue`), each with its own
  *   dead-letter queue.
  * - The head function behind an HTTP API, and one worker function fed by the three queues.
+ * - An EventBridge schedule that puts a checkpoint sweep on the checkpoint queue
+ *   (docs/checkpoints.md).
  *
  * Construct IDs are a contract: renaming one replaces the resource, and for a table or a
  * sled that means losing its data. They are listed in `CONSTRUCT_IDS` below and asserted by
@@ -21,6 +23,8 @@ import * as apigwv2 from 'aws-cdk-lib/aws-apigatewayv2';
 import { HttpIamAuthorizer } from 'aws-cdk-lib/aws-apigatewayv2-authorizers';
 import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import { SqsEventSource } from 'aws-cdk-lib/aws-lambda-event-sources';
 import { NodejsFunction, OutputFormat, type NodejsFunctionProps } from 'aws-cdk-lib/aws-lambda-nodejs';
@@ -50,6 +54,7 @@ export const CONSTRUCT_IDS = {
   evacuationDeadLetterQueue: 'EvacuationDeadLetterQueue',
   checkpointQueue: 'CheckpointQueue',
   checkpointDeadLetterQueue: 'CheckpointDeadLetterQueue',
+  checkpointSchedule: 'CheckpointSchedule',
   head: 'Head',
   worker: 'Worker',
   httpApi: 'HttpApi',
@@ -134,6 +139,17 @@ export interface SledgeStackProps extends StackProps {
    * @default 10
    */
   readonly workerBatchSize?: number;
+
+  /**
+   * How often an EventBridge rule puts a checkpoint sweep (`{"type":"checkpoint-sweep"}`) on the
+   * checkpoint queue. The sweep queues a checkpoint of every active volume with commits since
+   * its latest checkpoint (volumes created with `checkpointEveryCommits: 0` are left out), so a
+   * volume that writes less than every N commits per interval is still checkpointed this often.
+   * Between 1 minute and 1 day.
+   *
+   * @default Duration.hours(1)
+   */
+  readonly checkpointSweepInterval?: Duration;
 
   /**
    * The Lambda runtime of both functions.
@@ -299,6 +315,7 @@ export class SledgeStack extends Stack {
   readonly gcQueue: WorkQueue;
   readonly evacuationQueue: WorkQueue;
   readonly checkpointQueue: WorkQueue;
+  readonly checkpointSchedule: events.Rule;
   readonly head: SledgeFunction;
   readonly worker: SledgeFunction;
   readonly httpApi: apigwv2.HttpApi;
@@ -375,6 +392,24 @@ export class SledgeStack extends Stack {
     this.gcQueue = workQueue(CONSTRUCT_IDS.gcQueue, CONSTRUCT_IDS.gcDeadLetterQueue);
     this.evacuationQueue = workQueue(CONSTRUCT_IDS.evacuationQueue, CONSTRUCT_IDS.evacuationDeadLetterQueue);
     this.checkpointQueue = workQueue(CONSTRUCT_IDS.checkpointQueue, CONSTRUCT_IDS.checkpointDeadLetterQueue);
+
+    const sweepInterval = props.checkpointSweepInterval ?? Duration.hours(1);
+    if (sweepInterval.toSeconds() < 60 || sweepInterval.toSeconds() > 86_400) {
+      throw new Error(`checkpointSweepInterval ${sweepInterval.toHumanString()} must be from 1 minute to 1 day`);
+    }
+    // The sweep is a message like any other on the checkpoint queue, so it gets the queue's
+    // retries and dead-letter queue, and the worker stays the only consumer.
+    this.checkpointSchedule = new events.Rule(this, CONSTRUCT_IDS.checkpointSchedule, {
+      description: 'Sledge: sweep volumes for checkpoints (docs/checkpoints.md)',
+      schedule: events.Schedule.rate(sweepInterval),
+      targets: [
+        new targets.SqsQueue(this.checkpointQueue.queue, {
+          message: events.RuleTargetInput.fromObject({ type: 'checkpoint-sweep' }),
+          // A sweep lost to an EventBridge delivery failure is taken by the next one.
+          retryAttempts: 2,
+        }),
+      ],
+    });
 
     this.head = new SledgeFunction(this, CONSTRUCT_IDS.head, {
       entry: 'lambdas/api.ts',

@@ -2,9 +2,11 @@
  * The volume API: routes to domain functions. See shared/openapi.json.
  */
 import { decodeBatch, BATCH_CONTENT_TYPE, MAX_BATCH_HEADER_BYTES } from './batch.ts';
+import { sendCheckpointMessage } from './checkpoint-messages.ts';
+import { listCheckpoints, parseMode, rebuildPageMap, takeCheckpoint } from './checkpoints.ts';
 import { config } from './config.ts';
-import { InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError } from './errors.ts';
-import { Router, intQuery, jsonBody, type Request } from './http.ts';
+import { ConflictError, InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError } from './errors.ts';
+import { Router, intQuery, jsonBody, optionalJsonBody, type Request } from './http.ts';
 import { describeHeads, designateHeads, failHead, forcedFailure, joinAsReserve, promote, renewLease } from './heads.ts';
 import { listDumps, readDump } from './dumps.ts';
 import { listDrives } from './drives.ts';
@@ -95,6 +97,28 @@ export const router = new Router()
   .on('GET', '/drives', async () => ({ status: 200, json: { drives: await listDrives() } }))
   .on('POST', '/volumes/{volumeId}/heads/join', async (req) => {
     return { status: 200, json: await joinAsReserve(req.params.volumeId!, jsonBody(req)) };
+  })
+  // Checkpoints and rebuild (docs/checkpoints.md). `mode: queue` hands the job to the worker.
+  .on('GET', '/volumes/{volumeId}/checkpoints', async (req) => ({ status: 200, json: await listCheckpoints(req.params.volumeId!) }))
+  .on('POST', '/volumes/{volumeId}/checkpoints', async (req) => {
+    const volumeId = req.params.volumeId!;
+    if (parseMode(optionalJsonBody(req)) === 'queue') {
+      const v = await describeVolume(volumeId);
+      await sendCheckpointMessage({ type: 'checkpoint-volume', volumeId, requestedAtSeq: v.commitSeq });
+      return { status: 202, json: { queued: true, volumeId, requestedAtSeq: v.commitSeq } };
+    }
+    const out = await takeCheckpoint(volumeId);
+    if (out.done === 'skipped') throw new ConflictError(`${out.reason}; no checkpoint was taken`);
+    return { status: out.done === 'written' ? 201 : 200, json: out };
+  })
+  .on('POST', '/volumes/{volumeId}/rebuild', async (req) => {
+    const volumeId = req.params.volumeId!;
+    if (parseMode(optionalJsonBody(req)) === 'queue') {
+      await describeVolume(volumeId);
+      await sendCheckpointMessage({ type: 'rebuild-volume', volumeId });
+      return { status: 202, json: { queued: true, volumeId } };
+    }
+    return { status: 200, json: await rebuildPageMap(volumeId) };
   });
 
 // A head that hits a bug while serving a volume dumps its in-flight state before answering 500.

@@ -133,6 +133,11 @@ export function jsonBody(req: Request, maxBytes = 64 * 1024): Record<string, unk
   return parsed as Record<string, unknown>;
 }
 
+/** Like jsonBody, but an empty body is an empty object (for routes whose body is optional). */
+export function optionalJsonBody(req: Request, maxBytes = 64 * 1024): Record<string, unknown> {
+  return req.body.length === 0 ? {} : jsonBody(req, maxBytes);
+}
+
 /** A required non-negative integer query parameter. */
 export function intQuery(req: Request, name: string): number {
   const raw = req.query[name];

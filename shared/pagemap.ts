@@ -26,10 +26,28 @@ import { HOLDER_TYPES, REGISTRANT_TYPES, type ReservationState, type Reservation
 
 /** At most this many pages change in one commit (a transaction holds 100 items; see the doc). */
 export const MAX_PAGES_PER_COMMIT = 96;
+/**
+ * Bounds one volume's Query: pages of up to 1 MB, so 100,000 pages is 100 GB of items, far
+ * beyond a 64 TiB volume's 64 Mi page items of about 100 bytes.
+ */
+const QUERY_PAGES_MAX = 100_000;
 /** Bounded retries of DynamoDB batch calls that return unprocessed keys. */
 const UNPROCESSED_RETRY_MAX = 8;
 
-export type VolumeState = 'active' | 'deleting';
+/** `rebuilding`: a page-map rebuild holds the fence (docs/checkpoints.md); no commit or read is served. */
+export type VolumeState = 'active' | 'deleting' | 'rebuilding';
+
+/** The latest checkpoint of a volume, as recorded on its item (docs/checkpoints.md). */
+export interface CheckpointPointer {
+  id: string;
+  seq: number;
+  /** CRC32C of the checkpoint payload. */
+  crc: number;
+  bytes: number;
+  pages: number;
+  /** `<sled index>/<drive>` of each chunk, comma-joined. */
+  placement: string;
+}
 
 export interface VolumeRecord {
   volumeId: string;
@@ -46,6 +64,15 @@ export interface VolumeRecord {
   heads?: HeadDesignation;
   createdAt: string;
   updatedAt: string;
+  /** Commits between automatic checkpoints; 0 turns them off. Absent: the default. */
+  checkpointEveryCommits?: number;
+  checkpoint?: CheckpointPointer;
+  /** The seq of the oldest retained checkpoint: GC keeps every segment after it. */
+  checkpointFloorSeq?: number;
+  /** How many rebuilds have fenced this volume; a checkpoint scan that spans one starts over. */
+  rebuilds?: number;
+  /** The token of the rebuild holding the fence while `state` is `rebuilding`. */
+  rebuildToken?: string;
 }
 
 /** The volume's primary head, its reserves, and the primary's lease (docs/reservations.md). */
@@ -118,6 +145,7 @@ function volumeToItem(v: VolumeRecord): Record<string, AttributeValue> {
   };
   if (v.name !== undefined) item.name = S(v.name);
   if (v.heads) item.heads = headsToAttribute(v.heads);
+  if (v.checkpointEveryCommits !== undefined) item.checkpointEveryCommits = N(v.checkpointEveryCommits);
   return item;
 }
 
@@ -159,6 +187,7 @@ function itemToVolume(item: Record<string, AttributeValue>): VolumeRecord {
   if (item.name?.S !== undefined) v.name = item.name.S;
   const heads = attributeToHeads(item.heads);
   if (heads) v.heads = heads;
+  readCheckpointFields(item, v);
   return v;
 }
 
@@ -326,6 +355,7 @@ export async function markDeleting(volumeId: string): Promise<boolean> {
   } catch (err) {
     if (!conditionFailed(err)) throw err;
     if (!err.Item) throw new NotFoundError(`volume ${volumeId} does not exist`);
+    if (str(err.Item.state) === 'rebuilding') throw new ConflictError(`volume ${volumeId} is being rebuilt; delete it when the rebuild is done`);
     return false;
   }
 }
@@ -486,42 +516,39 @@ export function splitSegmentRef(ref: string): [string, string] {
   return [ref.slice(0, slash), ref.slice(slash + 1)];
 }
 
-/** Every segment record of a volume, in sequence order, a page of queries at a time. */
-export async function* listSegmentRecords(volumeId: string): AsyncGenerator<SegmentRecord> {
+/**
+ * The items of one volume in a table, in sort-key order, a page of queries at a time
+ * (consistent reads). `sortKeyRange` narrows the sort key to `BETWEEN from AND to`.
+ */
+async function* queryVolumeItems(table: string, volumeId: string, sortKeyRange?: { name: string; from: AttributeValue; to: AttributeValue }): AsyncGenerator<Record<string, AttributeValue>> {
   let start: Record<string, AttributeValue> | undefined;
-  do {
+  for (let page = 0; ; page++) {
+    invariant(page < QUERY_PAGES_MAX, () => `query of ${table} for volume ${volumeId} did not end after ${QUERY_PAGES_MAX} pages`);
     const out = await dynamo().send(
       new QueryCommand({
-        TableName: config().segmentsTable,
-        KeyConditionExpression: 'volumeId = :v',
-        ExpressionAttributeValues: { ':v': S(volumeId) },
+        TableName: table,
+        KeyConditionExpression: sortKeyRange ? 'volumeId = :v AND #sk BETWEEN :from AND :to' : 'volumeId = :v',
+        ...(sortKeyRange ? { ExpressionAttributeNames: { '#sk': sortKeyRange.name } } : {}),
+        ExpressionAttributeValues: { ':v': S(volumeId), ...(sortKeyRange ? { ':from': sortKeyRange.from, ':to': sortKeyRange.to } : {}) },
         ExclusiveStartKey: start,
         ConsistentRead: true,
         ReturnConsumedCapacity: 'TOTAL',
       }),
     );
-    for (const item of out.Items ?? []) yield itemToSegment(item);
+    yield* out.Items ?? [];
     start = out.LastEvaluatedKey;
-  } while (start);
+    if (!start) return;
+  }
+}
+
+/** Every segment record of a volume, in sequence order, a page of queries at a time. */
+export async function* listSegmentRecords(volumeId: string): AsyncGenerator<SegmentRecord> {
+  for await (const item of queryVolumeItems(config().segmentsTable, volumeId)) yield itemToSegment(item);
 }
 
 /** Every page of a volume, in page order. */
 export async function* listPages(volume: VolumeRecord): AsyncGenerator<PageRecord> {
-  let start: Record<string, AttributeValue> | undefined;
-  do {
-    const out = await dynamo().send(
-      new QueryCommand({
-        TableName: config().pagesTable,
-        KeyConditionExpression: 'volumeId = :v',
-        ExpressionAttributeValues: { ':v': S(volume.volumeId) },
-        ExclusiveStartKey: start,
-        ConsistentRead: true,
-        ReturnConsumedCapacity: 'TOTAL',
-      }),
-    );
-    for (const item of out.Items ?? []) yield itemToPage(item, volume.pageBlocks);
-    start = out.LastEvaluatedKey;
-  } while (start);
+  for await (const item of queryVolumeItems(config().pagesTable, volume.volumeId)) yield itemToPage(item, volume.pageBlocks);
 }
 
 /** Deletes items by key, 25 at a time, retrying unprocessed ones (bounded). */
@@ -700,4 +727,234 @@ export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+// ---------------------------------------------------------------------------------------
+// Checkpoints and rebuild (docs/checkpoints.md): the pointer on the volume item, the rebuild
+// fence, and page items in their stored form.
+
+function readCheckpointFields(item: Record<string, AttributeValue>, v: VolumeRecord): void {
+  if (item.checkpointEveryCommits?.N !== undefined) v.checkpointEveryCommits = num(item.checkpointEveryCommits);
+  const c = item.checkpoint?.M;
+  if (c) {
+    v.checkpoint = {
+      id: str(c.id),
+      seq: num(c.seq),
+      crc: num(c.crc),
+      bytes: num(c.bytes),
+      pages: num(c.pages),
+      placement: str(c.placement),
+    };
+  }
+  if (item.checkpointFloorSeq?.N !== undefined) v.checkpointFloorSeq = num(item.checkpointFloorSeq);
+  if (item.rebuilds?.N !== undefined) v.rebuilds = num(item.rebuilds);
+  if (item.rebuildToken?.S !== undefined) v.rebuildToken = item.rebuildToken.S;
+}
+
+/** A page item exactly as stored: restoring these fields restores the item byte for byte. */
+export interface StoredPage {
+  page: number;
+  version: number;
+  segs: string[];
+  ext: Uint8Array;
+}
+
+function itemToStoredPage(item: Record<string, AttributeValue>): StoredPage {
+  return { page: num(item.page), version: num(item.version), segs: (item.segs?.L ?? []).map(str), ext: item.ext?.B ?? new Uint8Array() };
+}
+
+function storedPageToItem(volumeId: string, p: StoredPage): Record<string, AttributeValue> {
+  return { volumeId: S(volumeId), page: N(p.page), version: N(p.version), segs: { L: p.segs.map(S) }, ext: { B: p.ext } };
+}
+
+/** Every page item of a volume in stored form, in page order (consistent reads). */
+export async function* listStoredPages(volumeId: string): AsyncGenerator<StoredPage> {
+  for await (const item of queryVolumeItems(config().pagesTable, volumeId)) yield itemToStoredPage(item);
+}
+
+/** The stored pages among `pages` (consistent reads; missing pages are absent from the map). */
+export async function getStoredPages(volumeId: string, pages: readonly number[]): Promise<Map<number, StoredPage>> {
+  const items = await batchGet(config().pagesTable, pages.map((p) => pageKey(volumeId, p)));
+  return new Map(items.map((item) => [num(item.page), itemToStoredPage(item)]));
+}
+
+/** Committed segment records with `afterSeq < seq <= uptoSeq`, in sequence order. */
+export async function listSegmentRecordsBetween(volumeId: string, afterSeq: number, uptoSeq: number): Promise<SegmentRecord[]> {
+  const out: SegmentRecord[] = [];
+  if (uptoSeq <= afterSeq) return out;
+  // Segment ids start with their seq in 12 digits, so a key range is a seq range: from the
+  // first id of seq afterSeq + 1 to the last of uptoSeq ('.' sorts after '-').
+  const range = { name: 'segmentId', from: S(String(afterSeq + 1).padStart(12, '0')), to: S(`${String(uptoSeq).padStart(12, '0')}.`) };
+  for await (const item of queryVolumeItems(config().segmentsTable, volumeId, range)) out.push(itemToSegment(item));
+  return out;
+}
+
+/**
+ * Records `pointer` as the volume's latest checkpoint if it is newer than the recorded one.
+ * Returns false (and changes nothing) when the recorded checkpoint is as new or newer.
+ */
+export async function recordCheckpoint(volumeId: string, pointer: CheckpointPointer): Promise<{ recorded: boolean; current: VolumeRecord | null }> {
+  try {
+    const out = await dynamo().send(
+      new UpdateItemCommand({
+        TableName: config().volumesTable,
+        Key: { volumeId: S(volumeId) },
+        UpdateExpression: 'SET #checkpoint = :pointer',
+        ConditionExpression: [
+          'attribute_exists(volumeId)', // the volume exists
+          '(attribute_not_exists(#checkpoint) OR #checkpoint.#seq < :seq)', // and this checkpoint is newer than the recorded one: the pointer only moves forward
+        ].join(' AND '),
+        ExpressionAttributeNames: { '#checkpoint': 'checkpoint', '#seq': 'seq' },
+        ExpressionAttributeValues: {
+          ':seq': N(pointer.seq),
+          ':pointer': {
+            M: {
+              id: S(pointer.id),
+              seq: N(pointer.seq),
+              crc: N(pointer.crc),
+              bytes: N(pointer.bytes),
+              pages: N(pointer.pages),
+              placement: S(pointer.placement),
+            },
+          },
+        },
+        ReturnValues: 'ALL_NEW',
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return { recorded: true, current: itemToVolume(out.Attributes!) };
+  } catch (err) {
+    if (!conditionFailed(err)) throw err;
+    return { recorded: false, current: err.Item ? itemToVolume(err.Item) : null };
+  }
+}
+
+/** Raises the checkpoint floor to `seq`; a floor already as high is left alone. */
+export async function raiseCheckpointFloor(volumeId: string, seq: number): Promise<void> {
+  try {
+    await dynamo().send(
+      new UpdateItemCommand({
+        TableName: config().volumesTable,
+        Key: { volumeId: S(volumeId) },
+        UpdateExpression: 'SET checkpointFloorSeq = :seq',
+        ConditionExpression: [
+          'attribute_exists(volumeId)', // the volume exists
+          '(attribute_not_exists(checkpointFloorSeq) OR checkpointFloorSeq < :seq)', // and the floor only rises
+        ].join(' AND '),
+        ExpressionAttributeValues: { ':seq': N(seq) },
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+  } catch (err) {
+    if (!conditionFailed(err)) throw err;
+  }
+}
+
+/**
+ * Fences a volume for a rebuild: `state` becomes `rebuilding` under `token`, which from then
+ * on refuses every commit (they require `active`). A rebuild that finds the volume already
+ * fenced takes over with its own token (`tookOver`: the map may be half rewritten by the
+ * rebuild it replaces). Returns the volume as fenced.
+ */
+export async function fenceForRebuild(volumeId: string, token: string): Promise<{ volume: VolumeRecord; tookOver: boolean }> {
+  try {
+    const out = await dynamo().send(
+      new UpdateItemCommand({
+        TableName: config().volumesTable,
+        Key: { volumeId: S(volumeId) },
+        UpdateExpression: 'SET #state = :rebuilding, rebuildToken = :token, rebuilds = if_not_exists(rebuilds, :zero) + :one, updatedAt = :now',
+        ConditionExpression: [
+          'attribute_exists(volumeId)', // the volume exists
+          '#state IN (:active, :rebuilding)', // and is serving, or is fenced by a rebuild that this one takes over
+        ].join(' AND '),
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: {
+          ':rebuilding': S('rebuilding'),
+          ':active': S('active'),
+          ':token': S(token),
+          ':zero': N(0),
+          ':one': N(1),
+          ':now': S(new Date().toISOString()),
+        },
+        ReturnValues: 'ALL_OLD',
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    const old = itemToVolume(out.Attributes!);
+    return { volume: { ...old, state: 'rebuilding', rebuildToken: token, rebuilds: (old.rebuilds ?? 0) + 1 }, tookOver: old.state === 'rebuilding' };
+  } catch (err) {
+    if (!conditionFailed(err)) throw err;
+    if (!err.Item) throw new NotFoundError(`volume ${volumeId} does not exist`);
+    throw new ConflictError(`volume ${volumeId} is ${str(err.Item.state)}; only an active volume can be rebuilt`);
+  }
+}
+
+/** Lifts the rebuild fence held under `token`. Returns false if another rebuild took it over. */
+export async function unfenceAfterRebuild(volumeId: string, token: string): Promise<boolean> {
+  try {
+    await dynamo().send(
+      new UpdateItemCommand({
+        TableName: config().volumesTable,
+        Key: { volumeId: S(volumeId) },
+        UpdateExpression: 'SET #state = :active, updatedAt = :now REMOVE rebuildToken',
+        ConditionExpression: [
+          '#state = :rebuilding', // the volume is fenced for a rebuild
+          'rebuildToken = :token', // and the fence is ours, not a rebuild's that took over
+        ].join(' AND '),
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: { ':active': S('active'), ':rebuilding': S('rebuilding'), ':token': S(token), ':now': S(new Date().toISOString()) },
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return true;
+  } catch (err) {
+    if (!conditionFailed(err)) throw err;
+    return false;
+  }
+}
+
+/** The rebuild lost its fence to another rebuild (or the volume went away) while writing pages. */
+export class RebuildFenceLostError extends Error {
+  override name = 'RebuildFenceLostError';
+}
+
+/** Page writes per rebuild transaction: 100 items, one of them the fence check. */
+const REBUILD_WRITES_PER_TRANSACTION = 99;
+
+/**
+ * Writes rebuilt pages and deletes pages the rebuilt map lacks, in transactions that each also
+ * check the fence (`state = rebuilding AND rebuildToken = :token`): a rebuild that lost its
+ * fence can never overwrite a page committed after the fence was lifted.
+ */
+export async function writeRebuiltPages(volumeId: string, token: string, puts: readonly StoredPage[], deletes: readonly number[]): Promise<void> {
+  const cfg = config();
+  const writes: TransactWriteItem[] = [
+    ...puts.map((p): TransactWriteItem => ({ Put: { TableName: cfg.pagesTable, Item: storedPageToItem(volumeId, p) } })),
+    ...deletes.map((page): TransactWriteItem => ({ Delete: { TableName: cfg.pagesTable, Key: pageKey(volumeId, page) } })),
+  ];
+  for (let i = 0; i < writes.length; i += REBUILD_WRITES_PER_TRANSACTION) {
+    const fence: TransactWriteItem = {
+      ConditionCheck: {
+        TableName: cfg.volumesTable,
+        Key: { volumeId: S(volumeId) },
+        ConditionExpression: [
+          '#state = :rebuilding', // the volume is still fenced for a rebuild
+          'rebuildToken = :token', // by this rebuild
+        ].join(' AND '),
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: { ':rebuilding': S('rebuilding'), ':token': S(token) },
+      },
+    };
+    try {
+      await dynamo().send(new TransactWriteItemsCommand({ TransactItems: [fence, ...writes.slice(i, i + REBUILD_WRITES_PER_TRANSACTION)], ReturnConsumedCapacity: 'TOTAL' }));
+    } catch (err) {
+      const reasons = (err as TransactionCanceledException).CancellationReasons ?? [];
+      if (reasons[0]?.Code === 'ConditionalCheckFailed') {
+        throw new RebuildFenceLostError(`the rebuild of volume ${volumeId} lost its fence to another rebuild; it stopped writing pages`, { cause: err });
+      }
+      throw err;
+    }
+  }
 }

@@ -18,7 +18,7 @@ import { codec } from './erasure.ts';
 import { invariant } from './errors.ts';
 
 export const GRANULE_BYTES = 64 * 1024;
-const FOOTER_MAGIC = Buffer.from('SLDGSEG1', 'ascii');
+export const SEGMENT_FOOTER_MAGIC = Buffer.from('SLDGSEG1', 'ascii');
 export const FOOTER_BYTES = 16;
 
 /** Who wrote a segment. Reservations add the key and generation the writer held. */
@@ -79,23 +79,23 @@ export function granuleCrcs(chunk: Uint8Array, granuleBytes = GRANULE_BYTES): nu
   return out;
 }
 
+/** The k data and m parity shards of a payload, and the CRC32C of every granule of each. */
+export interface Stripes {
+  chunkSizeBytes: number;
+  /** k data shards then m parity shards, each `chunkSizeBytes` long. */
+  shards: Buffer[];
+  /** `crcs[chunk][granule]`. */
+  crcs: number[][];
+}
+
 /**
- * Builds the chunks of a segment from its payload (the extents' bytes concatenated in order).
- *
- * @example
- * const seg = await encodeSegment({ volumeId, segmentId: newSegmentId(1), seq: 1, prev: '', writer: { id: 'head-1' },
- *   k: 4, m: 2, blockSizeBytes: 4096, extents: [[0, 1, 0]] }, Buffer.alloc(4096, 7));
- * seg.chunks.length; // 6
+ * Splits a payload over k zero-padded data shards of whole `alignBytes` units and computes m
+ * parity shards granule by granule. Segments and checkpoints are both stored this way.
  */
-export async function encodeSegment(
-  meta: Omit<SegmentDescriptor, 'v' | 'chunkSizeBytes' | 'granuleBytes' | 'payloadBytes' | 'crcs' | 'createdAt'>,
-  payload: Buffer | readonly Buffer[],
-): Promise<EncodedSegment> {
-  const { k, m, blockSizeBytes } = meta;
+export async function encodeStripes(k: number, m: number, alignBytes: number, payload: Buffer | readonly Buffer[]): Promise<Stripes> {
   const parts = Buffer.isBuffer(payload) ? [payload] : payload;
   const payloadBytes = parts.reduce((n, p) => n + p.length, 0);
-  invariant(payloadBytes % blockSizeBytes === 0, `payload ${payloadBytes} is not whole blocks`);
-  const chunkSizeBytes = chunkSizeFor(payloadBytes, k, blockSizeBytes);
+  const chunkSizeBytes = chunkSizeFor(payloadBytes, k, alignBytes);
   // One zero-padded buffer holds all k data chunks back to back: the payload is copied once,
   // and the data chunks are views of it.
   const dataRegion = Buffer.allocUnsafe(k * chunkSizeBytes);
@@ -115,16 +115,36 @@ export async function encodeSegment(
   }
   const shards = [...data, ...parity];
   invariant(shards.length === k + m && shards.every((s) => s.length === chunkSizeBytes), 'encoder returned wrong shard count or size');
+  return { chunkSizeBytes, shards, crcs: shards.map((s) => granuleCrcs(s)) };
+}
+
+/**
+ * Builds the chunks of a segment from its payload (the extents' bytes concatenated in order).
+ *
+ * @example
+ * const seg = await encodeSegment({ volumeId, segmentId: newSegmentId(1), seq: 1, prev: '', writer: { id: 'head-1' },
+ *   k: 4, m: 2, blockSizeBytes: 4096, extents: [[0, 1, 0]] }, Buffer.alloc(4096, 7));
+ * seg.chunks.length; // 6
+ */
+export async function encodeSegment(
+  meta: Omit<SegmentDescriptor, 'v' | 'chunkSizeBytes' | 'granuleBytes' | 'payloadBytes' | 'crcs' | 'createdAt'>,
+  payload: Buffer | readonly Buffer[],
+): Promise<EncodedSegment> {
+  const { k, m, blockSizeBytes } = meta;
+  const parts = Buffer.isBuffer(payload) ? [payload] : payload;
+  const payloadBytes = parts.reduce((n, p) => n + p.length, 0);
+  invariant(payloadBytes % blockSizeBytes === 0, `payload ${payloadBytes} is not whole blocks`);
+  const { chunkSizeBytes, shards, crcs } = await encodeStripes(k, m, blockSizeBytes, parts);
   const descriptor: SegmentDescriptor = {
     v: 1,
     ...meta,
     chunkSizeBytes,
     granuleBytes: GRANULE_BYTES,
     payloadBytes,
-    crcs: shards.map((s) => granuleCrcs(s)),
+    crcs,
     createdAt: new Date().toISOString(),
   };
-  const trailers = shards.map((_, chunkIndex) => trailer({ ...descriptor, chunkIndex }));
+  const trailers = shards.map((_, chunkIndex) => encodeTrailer({ ...descriptor, chunkIndex }, SEGMENT_FOOTER_MAGIC));
   const chunks = shards.map((shard, i) => Buffer.concat([shard, trailers[i]!]));
   // The whole-object CRC (which S3 verifies on upload) from the granule CRCs: no second pass.
   const objectCrcs = descriptor.crcs.map((granules, i) => {
@@ -135,13 +155,30 @@ export async function encodeSegment(
   return { descriptor, chunks, objectCrcs };
 }
 
-function trailer(descriptor: SegmentDescriptor & { chunkIndex: number }): Buffer {
+/** A trailer: `json | 8-byte magic | u32 json length | u32 CRC32C of the json`. */
+export function encodeTrailer(descriptor: object, magic: Buffer): Buffer {
+  invariant(magic.length === 8, 'a footer magic is 8 bytes');
   const json = Buffer.from(JSON.stringify(descriptor), 'utf8');
   const footer = Buffer.alloc(FOOTER_BYTES);
-  FOOTER_MAGIC.copy(footer, 0);
+  magic.copy(footer, 0);
   footer.writeUInt32BE(json.length, 8);
   footer.writeUInt32BE(crc32c(json), 12);
   return Buffer.concat([json, footer]);
+}
+
+/**
+ * Parses the trailer at the end of `tail` (the last bytes of an object, at least the whole
+ * trailer) whose footer carries `magic`. Throws if the trailer is damaged or of another kind.
+ */
+export function decodeTrailer<T>(tail: Buffer, magic: Buffer): T {
+  invariant(tail.length >= FOOTER_BYTES, 'chunk tail shorter than the footer');
+  const footer = tail.subarray(tail.length - FOOTER_BYTES);
+  invariant(footer.subarray(0, 8).equals(magic), () => `chunk footer magic ${magic.toString('ascii')} missing`);
+  const jsonBytes = footer.readUInt32BE(8);
+  invariant(tail.length >= FOOTER_BYTES + jsonBytes, () => `need ${FOOTER_BYTES + jsonBytes} tail bytes, have ${tail.length}`);
+  const json = tail.subarray(tail.length - FOOTER_BYTES - jsonBytes, tail.length - FOOTER_BYTES);
+  invariant(crc32c(json) === footer.readUInt32BE(12), 'chunk descriptor checksum mismatch');
+  return JSON.parse(json.toString('utf8')) as T;
 }
 
 /**
@@ -150,18 +187,17 @@ function trailer(descriptor: SegmentDescriptor & { chunkIndex: number }): Buffer
  * damaged. Used by rebuild and evacuation, which read chunks without a segment record.
  */
 export function parseTrailer(tail: Buffer): SegmentDescriptor & { chunkIndex: number } {
-  invariant(tail.length >= FOOTER_BYTES, 'chunk tail shorter than the footer');
-  const footer = tail.subarray(tail.length - FOOTER_BYTES);
-  invariant(footer.subarray(0, 8).equals(FOOTER_MAGIC), 'chunk footer magic missing');
-  const jsonBytes = footer.readUInt32BE(8);
-  invariant(tail.length >= FOOTER_BYTES + jsonBytes, () => `need ${FOOTER_BYTES + jsonBytes} tail bytes, have ${tail.length}`);
-  const json = tail.subarray(tail.length - FOOTER_BYTES - jsonBytes, tail.length - FOOTER_BYTES);
-  invariant(crc32c(json) === footer.readUInt32BE(12), 'chunk descriptor checksum mismatch');
-  return JSON.parse(json.toString('utf8')) as SegmentDescriptor & { chunkIndex: number };
+  return decodeTrailer(tail, SEGMENT_FOOTER_MAGIC);
+}
+
+/** Bytes of trailer in `tail`'s footer (any kind), or null if `tail` does not end in one. */
+export function trailerBytesIn(tail: Buffer): number | null {
+  if (tail.length < FOOTER_BYTES) return null;
+  return tail.readUInt32BE(tail.length - 8) + FOOTER_BYTES;
 }
 
 /** Bytes of trailer that follow the data in chunk objects with this footer. */
 export function trailerBytesFromFooter(footer: Buffer): number {
-  invariant(footer.length === FOOTER_BYTES && footer.subarray(0, 8).equals(FOOTER_MAGIC), 'not a chunk footer');
+  invariant(footer.length === FOOTER_BYTES && footer.subarray(0, 8).equals(SEGMENT_FOOTER_MAGIC), 'not a chunk footer');
   return footer.readUInt32BE(8) + FOOTER_BYTES;
 }

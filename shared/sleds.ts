@@ -112,3 +112,69 @@ export async function* listVolumeChunks(volumeId: string, buckets: readonly stri
     }
   }
 }
+
+/**
+ * The last `bytes` bytes of a chunk object (all of it if it is shorter), or null if it does not
+ * exist. Trailers are read this way, without knowing the object's size.
+ */
+export async function getChunkTail(loc: ChunkLocation, bytes: number): Promise<Buffer | null> {
+  invariant(Number.isSafeInteger(bytes) && bytes > 0, () => `bad tail length ${bytes}`);
+  try {
+    const out = await s3().send(new GetObjectCommand({ Bucket: loc.bucket, Key: loc.key, Range: `bytes=-${bytes}` }));
+    return Buffer.from(await out.Body!.transformToByteArray());
+  } catch (err) {
+    if (isMissing(err)) return null;
+    throw err;
+  }
+}
+
+/** The parts of a chunk key `<drive>/<volumeId>/<objectId>.<chunkIndex>`, or null for other keys. */
+export function parseChunkKey(key: string): { drive: string; volumeId: string; objectId: string; chunkIndex: number } | null {
+  const m = /^([^/]+)\/([^/]+)\/([^/]+)\.(\d+)$/.exec(key);
+  if (!m) return null;
+  return { drive: m[1]!, volumeId: m[2]!, objectId: m[3]!, chunkIndex: Number(m[4]) };
+}
+
+/** A listed chunk object. */
+export interface ListedChunk extends ChunkLocation {
+  lastModified: Date | undefined;
+}
+
+/** Bounds one listing: 10,000 pages of 1,000 keys per drive. */
+const LIST_PAGES_MAX = 10_000;
+
+/**
+ * The chunk objects of a volume whose object id (the part after `<drive>/<volumeId>/`) starts
+ * with `namePrefix` and sorts after `startAfterName`, on every sled and drive, listed in
+ * parallel. Segment ids start with their sequence number, so `startAfterName` selects the
+ * segments after a given sequence without listing the older ones.
+ */
+export async function listChunks(
+  volumeId: string,
+  buckets: readonly string[],
+  opts: { namePrefix?: string; startAfterName?: string } = {},
+): Promise<ListedChunk[]> {
+  const prefixes = buckets.flatMap((bucket) => Array.from({ length: DRIVES_PER_SLED }, (_, d) => ({ bucket, base: `${driveName(d)}/${volumeId}/` })));
+  const lists = await Promise.all(
+    prefixes.map(async ({ bucket, base }) => {
+      const found: ListedChunk[] = [];
+      let token: string | undefined;
+      for (let page = 0; ; page++) {
+        invariant(page < LIST_PAGES_MAX, () => `listing ${bucket}/${base} did not end after ${LIST_PAGES_MAX} pages`);
+        const out = await s3().send(
+          new ListObjectsV2Command({
+            Bucket: bucket,
+            Prefix: base + (opts.namePrefix ?? ''),
+            ...(opts.startAfterName !== undefined && token === undefined ? { StartAfter: base + opts.startAfterName } : {}),
+            ContinuationToken: token,
+            MaxKeys: 1000,
+          }),
+        );
+        for (const o of out.Contents ?? []) if (o.Key) found.push({ bucket, key: o.Key, lastModified: o.LastModified });
+        token = out.IsTruncated ? out.NextContinuationToken : undefined;
+        if (!token) return found;
+      }
+    }),
+  );
+  return lists.flat();
+}

@@ -5,6 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { SendMessageCommand } from '@aws-sdk/client-sqs';
 import { sqs } from './aws.ts';
+import { DEFAULT_CHECKPOINT_EVERY_COMMITS, checkpointAfterCommit } from './checkpoint-messages.ts';
 import { config } from './config.ts';
 import { FencedError, InvalidInputError, NotFoundError, UnavailableError, invariant } from './errors.ts';
 import { clip, overlay, splitByPage, type Extent } from './extents.ts';
@@ -67,6 +68,9 @@ export interface VolumeView {
   commitSeq: number;
   createdAt: string;
   updatedAt: string;
+  checkpointEveryCommits: number;
+  /** The seq of the latest checkpoint, or null before the first. */
+  checkpointSeq: number | null;
 }
 
 export function view(v: VolumeRecord): VolumeView {
@@ -81,6 +85,8 @@ export function view(v: VolumeRecord): VolumeView {
     commitSeq: v.headSeq,
     createdAt: v.createdAt,
     updatedAt: v.updatedAt,
+    checkpointEveryCommits: v.checkpointEveryCommits ?? DEFAULT_CHECKPOINT_EVERY_COMMITS,
+    checkpointSeq: v.checkpoint?.seq ?? null,
   };
   if (v.name !== undefined) out.name = v.name;
   return out;
@@ -114,8 +120,14 @@ export function checkRange(v: VolumeRecord, offset: number, length: number, maxL
 
 function requireActive(v: VolumeRecord | null, volumeId: string): VolumeRecord {
   if (!v) throw new NotFoundError(`volume ${volumeId} does not exist`);
+  if (v.state === 'rebuilding') throw rebuildingError(volumeId);
   if (v.state !== 'active') throw new NotFoundError(`volume ${volumeId} is being deleted`);
   return v;
+}
+
+/** I/O while a page-map rebuild holds the fence: retry once it is done (docs/checkpoints.md). */
+function rebuildingError(volumeId: string): UnavailableError {
+  return new UnavailableError(`volume ${volumeId} is being rebuilt from its checkpoint; retry when the rebuild is done`, { retryAfterSeconds: 5 });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -127,9 +139,10 @@ export interface CreateVolumeInput {
   dataChunks?: unknown;
   parityChunks?: unknown;
   name?: unknown;
+  checkpointEveryCommits?: unknown;
 }
 
-const CREATE_FIELDS = new Set(['sizeBytes', 'blockSizeBytes', 'dataChunks', 'parityChunks', 'name']);
+const CREATE_FIELDS = new Set(['sizeBytes', 'blockSizeBytes', 'dataChunks', 'parityChunks', 'name', 'checkpointEveryCommits']);
 
 /**
  * Creates a volume.
@@ -163,6 +176,11 @@ export async function createVolume(input: CreateVolumeInput): Promise<VolumeView
     if (typeof input.name !== 'string' || input.name.length === 0 || input.name.length > 128) throw new InvalidInputError('name must be a string of 1 to 128 characters');
     name = input.name;
   }
+  const checkpointEveryCommits =
+    input.checkpointEveryCommits === undefined ? DEFAULT_CHECKPOINT_EVERY_COMMITS : integerField(input.checkpointEveryCommits, 'checkpointEveryCommits');
+  if (checkpointEveryCommits < 0 || checkpointEveryCommits > 1e9) {
+    throw new InvalidInputError(`checkpointEveryCommits must be from 0 (no automatic checkpoints) to 1000000000, got ${checkpointEveryCommits}`);
+  }
   const now = new Date().toISOString();
   const record: VolumeRecord = {
     volumeId: `vol-${randomBytes(8).toString('hex')}`,
@@ -177,6 +195,7 @@ export async function createVolume(input: CreateVolumeInput): Promise<VolumeView
     reservations: EMPTY_RESERVATIONS,
     createdAt: now,
     updatedAt: now,
+    checkpointEveryCommits,
   };
   if (name !== undefined) record.name = name;
   await putNewVolume(record);
@@ -210,7 +229,7 @@ export async function resizeVolume(volumeId: string, body: unknown): Promise<Vol
 
 function deletedView(volumeId: string): VolumeView {
   const now = new Date().toISOString();
-  return { volumeId, sizeBytes: 0, blockSizeBytes: 0, dataChunks: 0, parityChunks: 0, pageBlocks: 0, state: 'deleted', commitSeq: 0, createdAt: now, updatedAt: now };
+  return { volumeId, sizeBytes: 0, blockSizeBytes: 0, dataChunks: 0, parityChunks: 0, pageBlocks: 0, state: 'deleted', commitSeq: 0, createdAt: now, updatedAt: now, checkpointEveryCommits: 0, checkpointSeq: null };
 }
 
 export interface ReclaimMessage {
@@ -232,7 +251,7 @@ export async function deleteVolume(volumeId: string): Promise<VolumeView> {
 }
 
 /** Bounded parallelism for background deletes. */
-async function forEachLimited<T>(items: AsyncIterable<T> | Iterable<T>, limit: number, fn: (item: T) => Promise<void>): Promise<number> {
+export async function forEachLimited<T>(items: AsyncIterable<T> | Iterable<T>, limit: number, fn: (item: T) => Promise<void>): Promise<number> {
   const inflight = new Set<Promise<void>>();
   let n = 0;
   for await (const item of items) {
@@ -344,7 +363,10 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
       const prepared = await prepareWrite(v, sorted, writer);
       entry.prepared = { segmentId: prepared.record.segmentId, locations: prepared.locations, pages: prepared.changes };
       const outcome = await completeWrite(prepared);
-      if (outcome) return outcome;
+      if (outcome) {
+        await checkpointAfterCommit(v, outcome.commitSeq);
+        return outcome;
+      }
     }
     throw new UnavailableError(`volume ${volumeId} is busy: ${COMMIT_ATTEMPT_MAX} commit attempts lost to concurrent writers; retry`, { retryAfterSeconds: 1 });
   } finally {
@@ -485,6 +507,7 @@ export async function completeWrite(prepared: PreparedWrite): Promise<WriteResul
       await deleteChunksQuietly(locations);
       if (err.reason === 'fenced') throw new FencedError(err.message);
       if (err.reason === 'volume-gone') throw new NotFoundError(`volume ${v.volumeId} does not exist`);
+      if (err.reason === 'volume-not-active' && err.currentVolume?.state === 'rebuilding') throw rebuildingError(v.volumeId);
       if (err.reason === 'volume-not-active') throw new NotFoundError(`volume ${v.volumeId} is being deleted`);
       if (err.reason === 'page-moved') console.error(`commit refused with page-moved on ${v.volumeId}: ${err.message}`);
       return null;
@@ -535,7 +558,7 @@ function commitWriter(writer: WriterIdentity): CommitWriter {
   return writer.key === undefined ? {} : { key: writer.key, keyGeneration: writer.generation };
 }
 
-async function uploadChunks(locations: ChunkLocation[], chunks: Buffer[], crcs: number[], chunkSizeBytes: number): Promise<void> {
+export async function uploadChunks(locations: ChunkLocation[], chunks: Buffer[], crcs: number[], chunkSizeBytes: number): Promise<void> {
   invariant(locations.length === chunks.length, 'one location per chunk');
   invariant(chunks.every((c) => c.length > chunkSizeBytes), 'every chunk has data and a trailer');
   const results = await Promise.allSettled(
@@ -562,7 +585,7 @@ async function uploadChunks(locations: ChunkLocation[], chunks: Buffer[], crcs: 
   }
 }
 
-async function deleteChunksQuietly(locations: ChunkLocation[]): Promise<void> {
+export async function deleteChunksQuietly(locations: ChunkLocation[]): Promise<void> {
   // Best effort: an orphan chunk left behind is unreferenced and reclaimed by GC.
   await Promise.allSettled(locations.map((l) => deleteChunk(l)));
 }

@@ -2,26 +2,60 @@
  * Background work from SQS. Records are processed one at a time and failures are reported
  * per record (`batchItemFailures`), so one poison message does not redeliver a whole batch;
  * after the queue's maxReceiveCount it moves to the dead-letter queue.
+ *
+ * One worker serves every work queue; the message's `type` says what to do. Every job is
+ * idempotent (DESIGN.md, invariant 5).
  */
 import type { SQSBatchResponse, SQSEvent } from 'aws-lambda';
+import { parseCheckpointMessage, type CheckpointQueueMessage } from './checkpoint-messages.ts';
+import { rebuildPageMap, sweepCheckpoints, takeCheckpoint } from './checkpoints.ts';
+import { NotFoundError } from './errors.ts';
 import { sweepLeases } from './heads.ts';
 import { reclaimVolume } from './volumes.ts';
 
-type WorkMessage = { type: 'reclaim-volume'; volumeId: string } | { type: 'sweep-leases' };
+type ReclaimMessage = { type: 'reclaim-volume'; volumeId: string };
+export type WorkMessage = ReclaimMessage | { type: 'sweep-leases' } | CheckpointQueueMessage;
 
-function parse(body: string): WorkMessage {
-  const msg = JSON.parse(body) as { type?: unknown; volumeId?: unknown };
-  if (msg?.type === 'reclaim-volume' && typeof msg.volumeId === 'string') return { type: 'reclaim-volume', volumeId: msg.volumeId };
-  if (msg?.type === 'sweep-leases') return { type: 'sweep-leases' };
-  throw new Error(`unknown work message: ${body.slice(0, 200)}`);
+/** A message body that is not a work message: it goes to the dead-letter queue, where it stays visible. */
+export class UnknownWorkMessageError extends Error {
+  override name = 'UnknownWorkMessageError';
 }
 
+export function parseWorkMessage(body: string): WorkMessage {
+  let msg: unknown;
+  try {
+    msg = JSON.parse(body);
+  } catch (err) {
+    throw new UnknownWorkMessageError(`work message is not JSON: ${body.slice(0, 200)}`, { cause: err });
+  }
+  const m = msg as Partial<ReclaimMessage> | null;
+  if (m?.type === 'reclaim-volume' && typeof m.volumeId === 'string') return m as ReclaimMessage;
+  if ((m as { type?: unknown } | null)?.type === 'sweep-leases') return { type: 'sweep-leases' };
+  const checkpoint = parseCheckpointMessage(msg);
+  if (checkpoint) return checkpoint;
+  throw new UnknownWorkMessageError(`unknown work message: ${body.slice(0, 200)}`);
+}
+
+/** Runs one work message; returns what was done, for the log. */
 async function run(msg: WorkMessage): Promise<Record<string, unknown>> {
   switch (msg.type) {
     case 'reclaim-volume':
       return { msg: 'reclaimed volume', volumeId: msg.volumeId, ...(await reclaimVolume(msg.volumeId)) };
     case 'sweep-leases':
       return { msg: 'swept leases', ...(await sweepLeases()) };
+    case 'checkpoint-volume':
+      try {
+        const out = await takeCheckpoint(msg.volumeId, msg.requestedAtSeq === undefined ? {} : { requestedAtSeq: msg.requestedAtSeq });
+        return { msg: 'checkpoint', ...out };
+      } catch (err) {
+        // A volume deleted and reclaimed before its checkpoint ran needs none.
+        if (err instanceof NotFoundError) return { msg: 'checkpoint', done: 'skipped', volumeId: msg.volumeId, reason: err.message };
+        throw err;
+      }
+    case 'checkpoint-sweep':
+      return { msg: 'checkpoint sweep', ...(await sweepCheckpoints(msg.startAfter)) };
+    case 'rebuild-volume':
+      return { msg: 'rebuilt page map', ...(await rebuildPageMap(msg.volumeId)) };
   }
 }
 
@@ -29,7 +63,8 @@ export async function handleWorkEvent(event: SQSEvent): Promise<SQSBatchResponse
   const batchItemFailures: SQSBatchResponse['batchItemFailures'] = [];
   for (const record of event.Records) {
     try {
-      console.log(JSON.stringify(await run(parse(record.body))));
+      const result = await run(parseWorkMessage(record.body));
+      console.log(JSON.stringify(result));
     } catch (err) {
       console.error(`work message ${record.messageId} failed (receive ${record.attributes?.ApproximateReceiveCount}):`, err);
       batchItemFailures.push({ itemIdentifier: record.messageId });

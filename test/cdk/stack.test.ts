@@ -7,6 +7,7 @@ import { App, Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import type { CfnElement } from 'aws-cdk-lib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseCheckpointMessage } from '#shared/checkpoint-messages.ts';
 import { ENV } from '#shared/config.ts';
 import { CONSTRUCT_IDS, MAX_RECEIVE_COUNT, cdkJsonContext, SledgeStack, type SledgeStackProps } from '../../cdk/stack.ts';
 
@@ -107,6 +108,7 @@ describe('SledgeStack', () => {
       evacuationDeadLetterQueue: byId(CONSTRUCT_IDS.evacuationDeadLetterQueue),
       checkpointQueue: byId(CONSTRUCT_IDS.checkpointQueue),
       checkpointDeadLetterQueue: byId(CONSTRUCT_IDS.checkpointDeadLetterQueue),
+      checkpointSchedule: byId(CONSTRUCT_IDS.checkpointSchedule),
       head: byId(CONSTRUCT_IDS.head),
       worker: byId(CONSTRUCT_IDS.worker),
       httpApi: byId(CONSTRUCT_IDS.httpApi),
@@ -123,6 +125,7 @@ describe('SledgeStack', () => {
       evacuationDeadLetterQueue: 'EvacuationDeadLetterQueue0E300476',
       checkpointQueue: 'CheckpointQueue27655B76',
       checkpointDeadLetterQueue: 'CheckpointDeadLetterQueueC25F7A9C',
+      checkpointSchedule: 'CheckpointSchedule5AB72C36',
       head: 'Head7BEADE55',
       worker: 'Worker11F36D0F',
       httpApi: 'HttpApiF5A9A8A7',
@@ -258,6 +261,40 @@ describe('SledgeStack', () => {
           BatchSize: 10,
         });
       }
+    });
+  });
+
+  describe('checkpoint schedule', () => {
+    it('puts a sweep message the worker understands on the checkpoint queue every hour', () => {
+      template.resourceCountIs('AWS::Events::Rule', 1);
+      const rules = template.findResources('AWS::Events::Rule');
+      const [id, rule] = Object.entries(rules)[0]!;
+      expect(id).toBe(logicalId(stack, stack.checkpointSchedule));
+      expect(rule.Properties).toMatchObject({ ScheduleExpression: 'rate(1 hour)', State: 'ENABLED' });
+      expect(rule.Properties.Targets).toHaveLength(1);
+      const target = rule.Properties.Targets[0];
+      expect(target.Arn).toEqual(arn(ids.queues[2]!.queue));
+      expect(parseCheckpointMessage(JSON.parse(target.Input))).toEqual({ type: 'checkpoint-sweep' });
+      expect(target.RetryPolicy).toEqual({ MaximumRetryAttempts: 2 });
+    });
+
+    it('lets EventBridge send to the checkpoint queue only from this rule, and no other queue', () => {
+      const fromEvents = (queue: string) =>
+        Object.values(template.findResources('AWS::SQS::QueuePolicy'))
+          .filter((p) => JSON.stringify(p.Properties.Queues) === JSON.stringify([ref(queue)]))
+          .flatMap((p) => p.Properties.PolicyDocument.Statement as Array<Record<string, any>>)
+          .filter((st) => st.Effect === 'Allow' && st.Principal?.Service === 'events.amazonaws.com');
+      const statements = fromEvents(ids.queues[2]!.queue);
+      expect(statements).toHaveLength(1);
+      expect([statements[0]!.Action].flat()).toContain('sqs:SendMessage');
+      expect(statements[0]!.Condition).toEqual({ ArnEquals: { 'aws:SourceArn': arn(logicalId(stack, stack.checkpointSchedule)) } });
+      for (const q of [ids.queues[0]!, ids.queues[1]!]) expect(fromEvents(q.queue)).toEqual([]);
+    });
+
+    it('takes the interval from props and refuses one out of range', () => {
+      synth({ checkpointSweepInterval: Duration.minutes(15) }).template.hasResourceProperties('AWS::Events::Rule', { ScheduleExpression: 'rate(15 minutes)' });
+      expect(() => synth({ checkpointSweepInterval: Duration.seconds(30) })).toThrow(/checkpointSweepInterval 30 seconds must be from 1 minute to 1 day/);
+      expect(() => synth({ checkpointSweepInterval: Duration.days(2) })).toThrow(/checkpointSweepInterval/);
     });
   });
 

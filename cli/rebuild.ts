@@ -1,0 +1,80 @@
+/**
+ * `sledge rebuild <volumeId>`: rebuild a volume's page map from its latest checkpoint and the
+ * segments committed after it (docs/checkpoints.md), through the volume API.
+ *
+ * The `sledge` command (bin/sledge.js) wires this in; this module only talks HTTP, so it works
+ * against the local control plane and a deployed stack alike.
+ */
+import type { RebuildReport } from '#shared/checkpoints.ts';
+
+/** What `POST /volumes/{volumeId}/rebuild` answers (shared/openapi.json, `RebuildReport`). */
+export type { RebuildReport };
+
+/** The API refused or failed the rebuild; `status` and the API's error body say why. */
+export class RebuildRequestError extends Error {
+  override name = 'RebuildRequestError';
+  constructor(
+    message: string,
+    readonly status: number | null,
+    readonly body: { error?: string; message?: string; retryable?: boolean } | null,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** A rebuild takes as long as the volume is large; past this the CLI gives up waiting (the rebuild may still finish). */
+const REQUEST_TIMEOUT_MS = 15 * 60 * 1000;
+
+/**
+ * Rebuilds the page map of `volumeId` and returns the API's report.
+ *
+ * @example
+ * const report = await rebuildVolume('http://127.0.0.1:3000', 'vol-0123456789abcdef');
+ * console.log(formatRebuildReport(report));
+ */
+export async function rebuildVolume(apiUrl: string, volumeId: string, opts: { queue?: boolean; timeoutMs?: number } = {}): Promise<RebuildReport | { queued: true; volumeId: string }> {
+  if (!/^[A-Za-z0-9._-]{1,128}$/.test(volumeId)) throw new RebuildRequestError(`"${volumeId}" is not a volume id (like vol-0123456789abcdef)`, null, null);
+  const url = `${apiUrl.replace(/\/+$/, '')}/volumes/${encodeURIComponent(volumeId)}/rebuild`;
+  let res: Response;
+  try {
+    res = await fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ mode: opts.queue ? 'queue' : 'run' }),
+      signal: AbortSignal.timeout(opts.timeoutMs ?? REQUEST_TIMEOUT_MS),
+    });
+  } catch (err) {
+    throw new RebuildRequestError(`could not reach the Sledge API at ${apiUrl}: ${(err as Error).message}`, null, null, { cause: err });
+  }
+  const text = await res.text();
+  let body: unknown = null;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = null;
+  }
+  if (!res.ok) {
+    const e = (body ?? {}) as { error?: string; message?: string; retryable?: boolean };
+    const retry = res.headers.get('retry-after');
+    throw new RebuildRequestError(
+      `rebuild of ${volumeId} failed with ${res.status}${e.error ? ` ${e.error}` : ''}: ${e.message ?? text.slice(0, 200)}${retry ? ` (retry after ${retry} s)` : ''}`,
+      res.status,
+      body as RebuildRequestError['body'],
+    );
+  }
+  if (res.status === 202) return body as { queued: true; volumeId: string };
+  return body as RebuildReport;
+}
+
+/** A few lines for a terminal. */
+export function formatRebuildReport(r: RebuildReport): string {
+  const from = r.checkpoint ? `checkpoint ${r.checkpoint.checkpointId} (seq ${r.checkpoint.seq})` : 'the first write (no checkpoint)';
+  const lines = [
+    `rebuilt the page map of ${r.volumeId} at seq ${r.headSeq} from ${from} in ${r.elapsedMs} ms`,
+    `  segments replayed ${r.segmentsReplayed}, ignored (never committed) ${r.segmentsIgnored}`,
+    `  pages ${r.pages}: written ${r.pagesWritten}, deleted ${r.pagesDeleted}, unchanged ${r.pagesUnchanged}`,
+  ];
+  for (const u of r.unreadableCheckpoints) lines.push(`  skipped unreadable checkpoint ${u.checkpointId}: ${u.reason}`);
+  return lines.join('\n');
+}
