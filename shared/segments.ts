@@ -127,6 +127,15 @@ export async function encodeSegment(
   return { descriptor, chunks, objectCrcs: chunks.map((c) => crc32c(c)) };
 }
 
+/**
+ * The trailer of chunk `chunkIndex`: the descriptor (as parsed from any chunk of the segment)
+ * with that chunk's index. Byte-identical to the one written with the segment, since the keys
+ * keep their order. Evacuation uses it to rebuild a whole chunk object.
+ */
+export function chunkTrailer(descriptor: SegmentDescriptor & { chunkIndex: number }, chunkIndex: number): Buffer {
+  return trailer({ ...descriptor, chunkIndex });
+}
+
 function trailer(descriptor: SegmentDescriptor & { chunkIndex: number }): Buffer {
   const json = Buffer.from(JSON.stringify(descriptor), 'utf8');
   const footer = Buffer.alloc(FOOTER_BYTES);
