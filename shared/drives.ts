@@ -404,16 +404,29 @@ function runCondition(run: string): { parts: string[]; names: Record<string, str
   };
 }
 
+/**
+ * Writes `evac.<name>` paths as `#evac.#ev_<name>`: several of the names (cursor, step, pass)
+ * are DynamoDB reserved words, and escaping all of them keeps the expressions readable above.
+ */
+function escapeEvacPaths(expression: string, names: Record<string, string>): string {
+  return expression.replace(/\bevac\.(\w+)/g, (_, field: string) => {
+    names['#evac'] = 'evac';
+    names[`#ev_${field}`] = field;
+    return `#evac.#ev_${field}`;
+  });
+}
+
 async function updateEvacuation(id: string, run: string, update: string, extra: { parts?: string[]; names?: Record<string, string>; values?: Record<string, AttributeValue> }): Promise<DriveRecord | null> {
   const base = runCondition(run);
+  const names: Record<string, string> = { ...base.names, ...(extra.names ?? {}) };
   try {
     const out = await dynamo().send(
       new UpdateItemCommand({
         TableName: config().drivesTable,
         Key: { driveId: S(id) },
-        UpdateExpression: update,
-        ConditionExpression: [...base.parts, ...(extra.parts ?? [])].join(' AND '),
-        ExpressionAttributeNames: { ...base.names, ...(extra.names ?? {}) },
+        UpdateExpression: escapeEvacPaths(update, names),
+        ConditionExpression: escapeEvacPaths([...base.parts, ...(extra.parts ?? [])].join(' AND '), names),
+        ExpressionAttributeNames: names,
         ExpressionAttributeValues: { ...base.values, ...(extra.values ?? {}) },
         ReturnValues: 'ALL_NEW',
       }),

@@ -386,6 +386,11 @@ export async function moveChunk(listed: { key: string; lastModifiedMs: number },
       const ours = outcome.kind !== 'refused';
       return { result: ours ? (rebuilt ? 'rebuilt' : 'moved') : 'done-elsewhere', bytes: ours ? body.length : 0 };
     }
+    if (outcome.kind === 'unknown' && current !== null && sameLocation(current.locations[i], old)) {
+      // Our transaction may still be applied late: leave the copy (a retry finds it, or GC's
+      // sweep deletes it as a stray after the grace) and try again later.
+      throw new EvacuationError(`move of ${formatLocation(old)} to ${formatLocation(target)}: outcome unknown; retrying later`);
+    }
     // The segment was collected, or someone else moved the chunk elsewhere: our copy is unreferenced.
     await deleteChunk(target);
     if (current === null || !sameLocation(current.locations[i], old)) {

@@ -789,6 +789,7 @@ async function readSegmentFollowingMoves(ref: string, rec: SegmentRecord, ranges
   }
   // A chunk moved: the first attempt's rebuild work is not what the client should see.
   report.rangedGets += first.rangedGets;
+  report.missingChunks = (report.missingChunks ?? 0) + (first.missingChunks ?? 0);
   return readPayload(fresh, ranges, report);
 }
 
