@@ -317,7 +317,7 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
   // Compaction to the space target.
   const plan = planCompaction(
     usages.filter((u) => u.liveBytes > 0),
-    { ...DEFAULT_COMPACTION_POLICY, dataChunks: v.dataChunks, parityChunks: v.parityChunks },
+    { ...DEFAULT_COMPACTION_POLICY, dataChunks: v.dataChunks, parityChunks: v.parityChunks, blockSizeBytes: v.blockSizeBytes, segmentBytesMax: MAX_IO_BYTES },
   );
   if (plan.length > 0) {
     const rewritten = await compact(volumeId, new Set(plan), pagesOf, report);

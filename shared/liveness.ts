@@ -61,22 +61,29 @@ export interface SegmentUsage {
 export interface CompactionPolicy {
   dataChunks: number;
   parityChunks: number;
+  blockSizeBytes: number;
   /** Stored bytes aimed for, as a multiple of the ideal `live x (k+m)/k`. */
   targetRatio: number;
   /** Segments at or above this efficiency are never rewritten. */
   maxEfficiency: number;
   /** Live bytes rewritten per planning round at most. */
   maxLiveBytes: number;
-  /** Stored bytes per live byte of a freshly written segment beyond the ideal (trailers, padding). */
+  /** Stored bytes of a freshly written segment beyond its chunks' data, as a fraction (trailers). */
   freshOverhead: number;
+  /** The most payload one rewritten segment holds. */
+  segmentBytesMax: number;
 }
 
-export const DEFAULT_COMPACTION_POLICY: Omit<CompactionPolicy, 'dataChunks' | 'parityChunks'> = {
+export const DEFAULT_COMPACTION_POLICY: Omit<CompactionPolicy, 'dataChunks' | 'parityChunks' | 'blockSizeBytes'> = {
   targetRatio: 1.1,
   maxEfficiency: 0.9,
   maxLiveBytes: 64 * 1024 * 1024,
   freshOverhead: 0.02,
+  segmentBytesMax: 4 * 1024 * 1024,
 };
+
+/** The smallest trailer a chunk carries (descriptor JSON and footer), for the planner's estimate. */
+export const TRAILER_BYTES_MIN = 1024;
 
 /** Stored bytes over the ideal for this much live data; 1 is perfect, 0 live data gives Infinity or 1. */
 export function spaceRatio(storedBytes: number, liveBytes: number, k: number, m: number): number {
@@ -86,27 +93,44 @@ export function spaceRatio(storedBytes: number, liveBytes: number, k: number, m:
 }
 
 /**
+ * What `liveBytes` take once rewritten into fresh segments: k+m chunks per segment, each
+ * rounded up to whole blocks (a small rewrite is padded like a small write), plus trailers.
+ */
+export function freshStoredBytes(liveBytes: number, policy: Pick<CompactionPolicy, 'dataChunks' | 'parityChunks' | 'blockSizeBytes' | 'freshOverhead' | 'segmentBytesMax'>): number {
+  const { dataChunks: k, parityChunks: m, blockSizeBytes: bs } = policy;
+  if (liveBytes === 0) return 0;
+  const segments = Math.ceil(liveBytes / policy.segmentBytesMax);
+  const chunkBytes = Math.ceil(liveBytes / k / bs) * bs + (segments - 1) * bs;
+  // Each chunk also carries a trailer: about a KiB of descriptor and checksums, more with many extents.
+  return (k + m) * (chunkBytes + segments * TRAILER_BYTES_MIN) * (1 + policy.freshOverhead);
+}
+
+/**
  * Chooses segments to compact: worst efficiency first (live x (k+m)/k over stored), only below
  * `maxEfficiency`, until the projected volume ratio is at most `targetRatio` or the rewrite
- * budget is spent. Segments without live data are not here: they are deleted, not compacted.
+ * budget is spent; and only if rewriting the chosen ones together saves space (a lone small
+ * segment rewritten is just as padded). Segments without live data are not here: they are
+ * deleted, not compacted.
  */
 export function planCompaction(segments: readonly SegmentUsage[], policy: CompactionPolicy): string[] {
   const { dataChunks: k, parityChunks: m } = policy;
   const expand = (k + m) / k;
   const live = segments.reduce((n, s) => n + s.liveBytes, 0);
-  let stored = segments.reduce((n, s) => n + s.storedBytes, 0);
+  const total = segments.reduce((n, s) => n + s.storedBytes, 0);
   const efficiency = (s: SegmentUsage) => (s.storedBytes === 0 ? 1 : (s.liveBytes * expand) / s.storedBytes);
   const candidates = segments.filter((s) => !s.kept && s.liveBytes > 0 && efficiency(s) < policy.maxEfficiency).sort((a, b) => efficiency(a) - efficiency(b) || a.ref.localeCompare(b.ref));
   const chosen: string[] = [];
-  let budget = policy.maxLiveBytes;
+  let chosenLive = 0;
+  let chosenStored = 0;
   for (const s of candidates) {
-    if (spaceRatio(stored, live, k, m) <= policy.targetRatio) break;
-    if (s.liveBytes > budget) break;
+    const projected = total - chosenStored + freshStoredBytes(chosenLive, policy);
+    if (spaceRatio(projected, live, k, m) <= policy.targetRatio) break;
+    if (chosenLive + s.liveBytes > policy.maxLiveBytes) break;
     chosen.push(s.ref);
-    budget -= s.liveBytes;
-    stored += s.liveBytes * expand * (1 + policy.freshOverhead) - s.storedBytes;
+    chosenLive += s.liveBytes;
+    chosenStored += s.storedBytes;
   }
-  return chosen;
+  return freshStoredBytes(chosenLive, policy) < chosenStored ? chosen : [];
 }
 
 /** A live extent to rewrite, in volume blocks. */

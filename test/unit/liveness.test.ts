@@ -1,10 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { isKept } from '#shared/gc.ts';
-import { groupForCommits, liveness, pagesTouched, planCompaction, spaceRatio, type LiveExtent, type SegmentUsage } from '#shared/liveness.ts';
+import { freshStoredBytes, groupForCommits, liveness, pagesTouched, planCompaction, spaceRatio, type LiveExtent, type SegmentUsage } from '#shared/liveness.ts';
 import { overlay, splitByPage, type Extent } from '#shared/extents.ts';
 import { seeded } from './seed.ts';
 
-const policy = { dataChunks: 4, parityChunks: 2, targetRatio: 1.1, maxEfficiency: 0.9, maxLiveBytes: 64 << 20, freshOverhead: 0.02 };
+const policy = { dataChunks: 4, parityChunks: 2, blockSizeBytes: 4096, targetRatio: 1.1, maxEfficiency: 0.9, maxLiveBytes: 64 << 20, freshOverhead: 0.02, segmentBytesMax: 4 << 20 };
 
 describe('liveness', () => {
   it('counts live blocks per segment and the pages they are in; zero extents count for nothing', () => {
@@ -59,13 +59,18 @@ describe('compaction planning', () => {
     expect(plan[0]).toBe('tenth');
     expect(plan).not.toContain('full');
     // After the plan, the projected space is within the target.
-    let stored = segments.reduce((n, s) => n + s.storedBytes, 0);
+    const chosen = segments.filter((x) => plan.includes(x.ref));
     const live = segments.reduce((n, s) => n + s.liveBytes, 0);
-    for (const r of plan) {
-      const s = segments.find((x) => x.ref === r)!;
-      stored += s.liveBytes * 1.5 * 1.02 - s.storedBytes;
-    }
+    const stored = segments.reduce((n, s) => n + s.storedBytes, 0) - chosen.reduce((n, s) => n + s.storedBytes, 0) + freshStoredBytes(chosen.reduce((n, s) => n + s.liveBytes, 0), policy);
     expect(spaceRatio(stored, live, 4, 2)).toBeLessThanOrEqual(1.1);
+  });
+
+  it('does not rewrite a lone small segment: it would be just as padded', () => {
+    expect(planCompaction([seg('full', 4 << 20, 6 << 20), seg('tiny', 4096, 6 * 5120)], { ...policy, targetRatio: 1.0 })).toEqual([]);
+    // Many small ones together are worth it.
+    const smalls = Array.from({ length: 50 }, (_, i) => seg(`s${i}`, 4096, 6 * 5120));
+    expect(planCompaction(smalls, policy).length).toBeGreaterThan(1);
+    expect(freshStoredBytes(4096, policy)).toBeCloseTo(6 * (4096 + 1024) * 1.02);
   });
 
   it('does nothing when the volume is within the target, and never picks kept or efficient segments', () => {
