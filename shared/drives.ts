@@ -185,14 +185,15 @@ export async function ensureDriveRegistry(): Promise<void> {
   );
 }
 
-let registryReady = false;
+let registryReady: Promise<void> | undefined;
 
-/** Every drive in the registry, creating missing items first (once per process). */
+/** Every drive in the registry, creating missing items first (once per process, even when called concurrently). */
 export async function listDrives(): Promise<DriveRecord[]> {
-  if (!registryReady) {
-    await ensureDriveRegistry();
-    registryReady = true;
-  }
+  registryReady ??= ensureDriveRegistry().catch((err: unknown) => {
+    registryReady = undefined;
+    throw err;
+  });
+  await registryReady;
   const out: DriveRecord[] = [];
   let start: Record<string, AttributeValue> | undefined;
   for (let page = 0; page < 1000; page++) {
@@ -239,6 +240,7 @@ export async function getDrive(id: string): Promise<DriveRecord | null> {
 /** Like getDrive, but a drive that is not in the registry is a NotFoundError. */
 export async function requireDrive(id: string): Promise<DriveRecord> {
   if (!registryReady) await listDrives();
+  else await registryReady;
   const d = await getDrive(id);
   if (!d) throw new NotFoundError(`drive ${id} is not in the registry; GET /drives lists them as <sled>/<drive>`);
   return d;
@@ -249,14 +251,17 @@ export async function requireDrive(id: string): Promise<DriveRecord> {
 
 /** How long a process trusts its copy of the drive states for placement (docs/evacuation.md, section 2). */
 export const REGISTRY_CACHE_TTL_MS = 5_000;
-let writableCache: { atMs: number; drives: WritableDrives } | undefined;
+let writableCache: { atMs: number; drives: Promise<WritableDrives> } | undefined;
 
-/** Sled bucket -> drives in state `active`, from a copy at most REGISTRY_CACHE_TTL_MS old. */
+/** Sled bucket -> drives in state `active`, from a copy at most REGISTRY_CACHE_TTL_MS old (one registry read for concurrent callers). */
 export async function writableDrives(nowMs = Date.now()): Promise<WritableDrives> {
   if (writableCache && nowMs - writableCache.atMs < REGISTRY_CACHE_TTL_MS) return writableCache.drives;
-  const drives = await listDrives();
-  writableCache = { atMs: nowMs, drives: writableFrom(drives) };
-  return writableCache.drives;
+  const entry = { atMs: nowMs, drives: listDrives().then(writableFrom) };
+  writableCache = entry;
+  entry.drives.catch(() => {
+    if (writableCache === entry) writableCache = undefined;
+  });
+  return entry.drives;
 }
 
 /** The writable map of a list of drives (pure). */
