@@ -39,8 +39,23 @@ export interface DriveRecord {
   evacuation?: EvacuationState;
 }
 
+/** The counters of an evacuation run, as stored and as shown. */
+export interface EvacuationCounters {
+  chunksTotal: number;
+  bytesTotal: number;
+  chunksMoved: number;
+  bytesMoved: number;
+  /** Moved chunks that were rebuilt from k others because they could not be read. */
+  chunksRebuilt: number;
+  /** Chunks deleted instead of moved: orphans past the grace, strays, chunks of deleted volumes. */
+  chunksDropped: number;
+  bytesDropped: number;
+  /** Objects on the drive that are not segment chunks (dumps), left in place. */
+  unmanagedObjects: number;
+}
+
 /** What the drive item records of an evacuation run (docs/evacuation.md, sections 3 and 4). */
-export interface EvacuationState {
+export interface EvacuationState extends EvacuationCounters {
   run: string;
   reason: string;
   /** Rebuild every chunk without reading it (the drive was declared failed). */
@@ -54,14 +69,6 @@ export interface EvacuationState {
   /** Finish checks made in this pass. */
   checks: number;
   startedAtMs: number;
-  chunksTotal: number;
-  bytesTotal: number;
-  chunksMoved: number;
-  bytesMoved: number;
-  chunksRebuilt: number;
-  chunksDropped: number;
-  bytesDropped: number;
-  unmanagedObjects: number;
   lastProgressAtMs: number;
   completedAtMs?: number;
 }
@@ -282,6 +289,46 @@ export function forgetDriveStates(): void {
   writableCache = undefined;
 }
 
+/**
+ * One conditional `UpdateItem` on a drive item, its condition given as named parts (each with
+ * a comment at the call site). Returns the item after the update, or null when the condition
+ * failed (nothing changed). `evac.<name>` paths are escaped (see escapeEvacPaths).
+ */
+async function updateDriveIf(id: string, change: { update: string; parts: string[]; names?: Record<string, string>; values?: Record<string, AttributeValue> }): Promise<DriveRecord | null> {
+  const names: Record<string, string> = { ...(change.names ?? {}) };
+  const update = escapeEvacPaths(change.update, names);
+  const condition = escapeEvacPaths(['attribute_exists(driveId)', ...change.parts].join(' AND '), names);
+  try {
+    const out = await dynamo().send(
+      new UpdateItemCommand({
+        TableName: config().drivesTable,
+        Key: { driveId: S(id) },
+        UpdateExpression: update,
+        ConditionExpression: condition, // always: a drive in the registry, and the caller's parts
+        ...(Object.keys(names).length > 0 ? { ExpressionAttributeNames: names } : {}),
+        ...(change.values ? { ExpressionAttributeValues: change.values } : {}),
+        ReturnValues: 'ALL_NEW',
+      }),
+    );
+    return itemToDrive(out.Attributes!);
+  } catch (err) {
+    if (conditionFailed(err)) return null;
+    throw err;
+  }
+}
+
+/**
+ * Writes `evac.<name>` paths as `#evac.#ev_<name>`: several of the names (cursor, step, pass)
+ * are DynamoDB reserved words, and escaping all of them keeps the expressions readable.
+ */
+function escapeEvacPaths(expression: string, names: Record<string, string>): string {
+  return expression.replace(/\bevac\.(\w+)/g, (_, field: string) => {
+    names['#evac'] = 'evac';
+    names[`#ev_${field}`] = field;
+    return `#evac.#ev_${field}`;
+  });
+}
+
 // ---------------------------------------------------------------------------------------
 // Write errors and the retiring threshold (docs/evacuation.md, section 1)
 
@@ -295,43 +342,22 @@ export const WRITE_ERROR_WINDOW_MS = 10 * 60_000;
  */
 export async function recordWriteError(id: string, nowMs = Date.now()): Promise<number> {
   const cutoff = nowMs - WRITE_ERROR_WINDOW_MS;
+  const values = { ':zero': N(0), ':one': N(1), ':cutoff': N(cutoff) };
   for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      const out = await dynamo().send(
-        new UpdateItemCommand({
-          TableName: config().drivesTable,
-          Key: { driveId: S(id) },
-          UpdateExpression: 'SET writeErrors = if_not_exists(writeErrors, :zero) + :one, writeErrorsTotal = if_not_exists(writeErrorsTotal, :zero) + :one',
-          ConditionExpression: [
-            'attribute_exists(driveId)', // a drive in the registry
-            'writeErrorWindowStartMs > :cutoff', // whose error window is still open: count into it
-          ].join(' AND '),
-          ExpressionAttributeValues: { ':zero': N(0), ':one': N(1), ':cutoff': N(cutoff) },
-          ReturnValues: 'ALL_NEW',
-        }),
-      );
-      return Number(out.Attributes?.writeErrors?.N ?? 1);
-    } catch (err) {
-      if (!conditionFailed(err)) throw err;
-    }
-    try {
-      await dynamo().send(
-        new UpdateItemCommand({
-          TableName: config().drivesTable,
-          Key: { driveId: S(id) },
-          UpdateExpression: 'SET writeErrors = :one, writeErrorWindowStartMs = :now, writeErrorsTotal = if_not_exists(writeErrorsTotal, :zero) + :one',
-          ConditionExpression: [
-            'attribute_exists(driveId)', // a drive in the registry
-            '(attribute_not_exists(writeErrorWindowStartMs) OR writeErrorWindowStartMs <= :cutoff)', // with no open window: open one
-          ].join(' AND '),
-          ExpressionAttributeValues: { ':zero': N(0), ':one': N(1), ':now': N(nowMs), ':cutoff': N(cutoff) },
-        }),
-      );
-      return 1;
-    } catch (err) {
-      if (!conditionFailed(err)) throw err;
-      // Another head opened the window between our two updates: count into it.
-    }
+    const counted = await updateDriveIf(id, {
+      update: 'SET writeErrors = if_not_exists(writeErrors, :zero) + :one, writeErrorsTotal = if_not_exists(writeErrorsTotal, :zero) + :one',
+      parts: ['writeErrorWindowStartMs > :cutoff'], // the error window is still open: count into it
+      values,
+    });
+    if (counted) return counted.writeErrors ?? 1;
+    const opened = await updateDriveIf(id, {
+      update: 'SET writeErrors = :one, writeErrorWindowStartMs = :now, writeErrorsTotal = if_not_exists(writeErrorsTotal, :zero) + :one',
+      parts: ['(attribute_not_exists(writeErrorWindowStartMs) OR writeErrorWindowStartMs <= :cutoff)'], // no open window: open one
+      values: { ...values, ':now': N(nowMs) },
+    });
+    if (opened) return 1;
+    // Another head opened the window between our two updates (or the drive is not in the registry).
+    if (attempt === 0 && !(await getDrive(id))) throw new NotFoundError(`drive ${id} is not in the registry`);
   }
   throw new ConflictError(`the write-error window of drive ${id} kept changing; the error was not counted`);
 }
@@ -373,25 +399,15 @@ export async function beginRetirement(id: string, reason: string, nowMs = Date.n
     const d = await requireDrive(id);
     if (d.state === 'retiring' || d.state === 'retired') return { started: false, drive: d };
     const evac = newEvacuation(reason, d.state === 'failed', nowMs);
-    try {
-      const out = await dynamo().send(
-        new UpdateItemCommand({
-          TableName: config().drivesTable,
-          Key: { driveId: S(id) },
-          UpdateExpression: 'SET #state = :retiring, retiringSinceMs = :now, evac = :evac',
-          ConditionExpression: [
-            'attribute_exists(driveId)', // a drive in the registry
-            '#state = :seen', // still in the state we decided from (active, spare or failed)
-          ].join(' AND '),
-          ExpressionAttributeNames: { '#state': 'state' },
-          ExpressionAttributeValues: { ':retiring': S('retiring'), ':now': N(nowMs), ':evac': evacuationToAttribute(evac), ':seen': S(d.state) },
-          ReturnValues: 'ALL_NEW',
-        }),
-      );
+    const started = await updateDriveIf(id, {
+      update: 'SET #state = :retiring, retiringSinceMs = :now, evac = :evac',
+      parts: ['#state = :seen'], // still in the state we decided from (active, spare or failed)
+      names: { '#state': 'state' },
+      values: { ':retiring': S('retiring'), ':now': N(nowMs), ':evac': evacuationToAttribute(evac), ':seen': S(d.state) },
+    });
+    if (started) {
       forgetDriveStates();
-      return { started: true, drive: itemToDrive(out.Attributes!) };
-    } catch (err) {
-      if (!conditionFailed(err)) throw err;
+      return { started: true, drive: started };
     }
   }
   throw new ConflictError(`drive ${id} kept changing state; retry`);
@@ -409,38 +425,14 @@ function runCondition(run: string): { parts: string[]; names: Record<string, str
   };
 }
 
-/**
- * Writes `evac.<name>` paths as `#evac.#ev_<name>`: several of the names (cursor, step, pass)
- * are DynamoDB reserved words, and escaping all of them keeps the expressions readable above.
- */
-function escapeEvacPaths(expression: string, names: Record<string, string>): string {
-  return expression.replace(/\bevac\.(\w+)/g, (_, field: string) => {
-    names['#evac'] = 'evac';
-    names[`#ev_${field}`] = field;
-    return `#evac.#ev_${field}`;
-  });
-}
-
-async function updateEvacuation(id: string, run: string, update: string, extra: { parts?: string[]; names?: Record<string, string>; values?: Record<string, AttributeValue> }): Promise<DriveRecord | null> {
+function updateEvacuation(id: string, run: string, update: string, extra: { parts?: string[]; names?: Record<string, string>; values?: Record<string, AttributeValue> }): Promise<DriveRecord | null> {
   const base = runCondition(run);
-  const names: Record<string, string> = { ...base.names, ...(extra.names ?? {}) };
-  try {
-    const out = await dynamo().send(
-      new UpdateItemCommand({
-        TableName: config().drivesTable,
-        Key: { driveId: S(id) },
-        UpdateExpression: escapeEvacPaths(update, names),
-        ConditionExpression: escapeEvacPaths([...base.parts, ...(extra.parts ?? [])].join(' AND '), names),
-        ExpressionAttributeNames: names,
-        ExpressionAttributeValues: { ...base.values, ...(extra.values ?? {}) },
-        ReturnValues: 'ALL_NEW',
-      }),
-    );
-    return itemToDrive(out.Attributes!);
-  } catch (err) {
-    if (conditionFailed(err)) return null;
-    throw err;
-  }
+  return updateDriveIf(id, {
+    update,
+    parts: [...base.parts, ...(extra.parts ?? [])],
+    names: { ...base.names, ...(extra.names ?? {}) },
+    values: { ...base.values, ...(extra.values ?? {}) },
+  });
 }
 
 /**
@@ -531,21 +523,13 @@ export async function reactivateDrive(id: string): Promise<void> {
 // ---------------------------------------------------------------------------------------
 // Progress (pure)
 
-export interface EvacuationProgress {
+export interface EvacuationProgress extends EvacuationCounters {
   run: string;
   reason: string;
   state: 'running' | 'complete';
   pass: number;
-  chunksTotal: number;
-  bytesTotal: number;
-  chunksMoved: number;
-  bytesMoved: number;
-  chunksRebuilt: number;
-  chunksDropped: number;
-  bytesDropped: number;
   chunksRemaining: number;
   bytesRemaining: number;
-  unmanagedObjects: number;
   /** Moved bytes and chunks per second since the run started (0 before anything moved). */
   bytesPerSecond: number;
   chunksPerSecond: number;

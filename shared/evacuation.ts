@@ -196,10 +196,9 @@ async function handleFinish(msg: Extract<EvacuationMessage, { type: 'finish-pass
   if (e.pass !== msg.pass || e.step !== msg.step) return 'stale';
   const cfg = config();
   const listingStartedMs = Date.now();
-  const page = await listDrivePage(d.sled, d.drive, '', SCAN_PAGE_KEYS);
-  const left = page.objects.filter((o) => parseChunkKey(o.key) !== null);
+  const { left, complete } = await chunksLeft(d);
   const settled = listingStartedMs >= (d.retiringSinceMs ?? e.startedAtMs) + cfg.evacuationSettleMs;
-  if (left.length === 0 && page.next === undefined && settled) {
+  if (left.length === 0 && complete && settled) {
     const done = await completeRetirement(d.driveId, e.run);
     if (done) console.log(JSON.stringify({ msg: 'drive retired', driveId: d.driveId, run: e.run, moved: e.chunksMoved, rebuilt: e.chunksRebuilt, dropped: e.chunksDropped }));
     return done ? 'retired' : 'stale';
@@ -209,13 +208,13 @@ async function handleFinish(msg: Extract<EvacuationMessage, { type: 'finish-pass
   const recheck = cfg.evacuationRecheckSeconds;
   const quietMs = 3 * recheck * 1000;
   const moving = Date.now() - e.lastProgressAtMs < quietMs;
-  if (left.length === 0 || (moving && e.checks + 1 < CHECKS_MAX)) {
+  if ((left.length === 0 && complete) || (moving && e.checks + 1 < CHECKS_MAX)) {
     // Empty but not settled yet, or moves still landing: look again later.
     const untilSettled = ((d.retiringSinceMs ?? e.startedAtMs) + cfg.evacuationSettleMs - Date.now()) / 1000;
     await send(msg, left.length === 0 ? Math.max(1, untilSettled) : recheck);
     return left.length === 0 ? 'settling' : 'moving';
   }
-  const youngest = Math.max(...left.map((o) => o.lastModifiedMs));
+  const youngest = left.length === 0 ? 0 : Math.max(...left.map((o) => o.lastModifiedMs));
   const waitMs = youngest + cfg.orphanGraceMs - Date.now();
   if (waitMs > 0 && (await allOrphans(left)) && e.checks + 1 < CHECKS_MAX) {
     // Only uncommitted chunks are left: wait for them to commit or to age past the grace.
@@ -228,6 +227,22 @@ async function handleFinish(msg: Extract<EvacuationMessage, { type: 'finish-pass
   await send(nextMessage(next).message);
   await markStepSent(d.driveId, e.run, next.evacuation!.step);
   return `pass ${next.evacuation!.pass} started for ${left.length}+ chunks`;
+}
+
+/** Listing pages a finish check reads at most (past unmanaged objects) before it calls the drive not empty. */
+const FINISH_LIST_PAGES_MAX = 100;
+
+/** Segment chunks still on the drive (up to a page of them), and whether the listing reached the end. */
+async function chunksLeft(d: DriveRecord): Promise<{ left: ListedChunk[]; complete: boolean }> {
+  let cursor = '';
+  for (let page = 0; page < FINISH_LIST_PAGES_MAX; page++) {
+    const p = await listDrivePage(d.sled, d.drive, cursor, SCAN_PAGE_KEYS);
+    const left = p.objects.filter((o) => parseChunkKey(o.key) !== null);
+    if (left.length > 0) return { left, complete: false };
+    if (p.next === undefined) return { left, complete: true };
+    cursor = p.next;
+  }
+  return { left: [], complete: false };
 }
 
 async function allOrphans(left: readonly ListedChunk[]): Promise<boolean> {

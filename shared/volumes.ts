@@ -251,17 +251,25 @@ async function forEachLimited<T>(items: AsyncIterable<T> | Iterable<T>, limit: n
 }
 
 /**
- * Reclaims a deleted volume: every chunk on every sled (committed or orphaned), every segment
- * record and page item, then the volume item. Idempotent: a repeat finds less to do.
+ * Reclaims a deleted volume: every segment record, then every chunk on every sled (committed,
+ * orphaned or stray), every page item, then the volume item. Idempotent: a repeat finds less
+ * to do.
+ *
+ * Records go first: an evacuation move in flight commits its new location with a condition
+ * that the record exists, so once the records are gone no move can leave a copy behind; a move
+ * that committed before put its copy on a sled before the listing below began.
  */
 export async function reclaimVolume(volumeId: string): Promise<{ chunksDeleted: number; pagesDeleted: number; segmentsDeleted: number }> {
   const v = await getVolume(volumeId);
   if (!v) return { chunksDeleted: 0, pagesDeleted: 0, segmentsDeleted: 0 };
   invariant(v.state === 'deleting', `refusing to reclaim volume ${volumeId} in state ${v.state}`);
-  const chunksDeleted = await forEachLimited(listVolumeChunks(volumeId, config().sledBuckets), 16, deleteChunk);
   const segKeys: ReturnType<typeof segmentKey>[] = [];
-  for await (const s of listSegmentRecords(volumeId)) segKeys.push(segmentKey(volumeId, s.segmentId));
+  for await (const s of listSegmentRecords(volumeId)) {
+    segKeys.push(segmentKey(volumeId, s.segmentId));
+    forgetSegment(segmentRef(volumeId, s.segmentId));
+  }
   await deleteItems('segments', segKeys);
+  const chunksDeleted = await forEachLimited(listVolumeChunks(volumeId, config().sledBuckets), 16, deleteChunk);
   const pageKeys: ReturnType<typeof pageKey>[] = [];
   for await (const p of listPages(v)) pageKeys.push(pageKey(volumeId, p.page));
   await deleteItems('pages', pageKeys);

@@ -78,7 +78,7 @@ describe('deployLocalStack', () => {
     const count = (type: string) => local.filter(([, r]) => r.Type === type).length;
     expect({ buckets: count('AWS::S3::Bucket'), tables: count('AWS::DynamoDB::Table'), queues: count('AWS::SQS::Queue') }).toEqual({
       buckets: 8,
-      tables: 3,
+      tables: 4,
       queues: 6,
     });
     expect(Object.keys(deployment.resources).sort()).toEqual(local.map(([id]) => id).sort());
