@@ -293,8 +293,13 @@ async function benchEvacuation(): Promise<void> {
   for (const d of drives) if (!chosen.has(d.driveId)) await updateDrive(d.driveId, { state: 'spare' });
   forgetDriveStates();
   const v = await createVolumeInProcess({ sizeBytes: 256 * MiB });
-  const totalBytes = 64 * MiB;
-  for (let off = 0; off < totalBytes; off += 4 * MiB) await writePieces(v.volumeId, [{ offset: off, length: 4 * MiB, data: randomBytes(4 * MiB) }]);
+  // 128 MiB in 256 KiB writes: 512 segments of 64 KiB chunks, so each of the eight drives holds
+  // about 380 chunks, some 24 move batches: enough for two workers to share.
+  const totalBytes = 128 * MiB;
+  const writeBytes = 256 * 1024;
+  for (let off = 0; off < totalBytes; off += 4 * writeBytes) {
+    await Promise.all([0, 1, 2, 3].map((j) => writePieces(v.volumeId, [{ offset: off + j * writeBytes, length: writeBytes, data: randomBytes(writeBytes) }])));
+  }
   // The others come back as targets.
   for (const d of drives) if (!chosen.has(d.driveId)) await reactivateDrive(d.driveId);
   const perDrive = new Map<string, number>();
@@ -327,6 +332,7 @@ async function benchEvacuation(): Promise<void> {
     });
   }
   table(rows);
+  console.log('(a move is a GET, a PUT, a transaction, a delete and a record read; on one local endpoint process the endpoint, not the workers, is the ceiling)');
   for (const id of victims) await reactivateDrive(id);
 }
 
