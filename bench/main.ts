@@ -17,6 +17,15 @@ import { itemSize } from '#shared/capacity.ts';
 import { config } from '#shared/config.ts';
 import { encodeSegment, newSegmentId } from '#shared/segments.ts';
 import { benchCheckpoints } from './checkpoints.ts';
+import { DeleteMessageBatchCommand, ReceiveMessageCommand } from '@aws-sdk/client-sqs';
+import { sqs } from '#shared/aws.ts';
+import { getDrive, listDrives, reactivateDrive, updateDrive, forgetDriveStates } from '#shared/drives.ts';
+import { retireDrive } from '#shared/evacuation.ts';
+import { collectVolume } from '#shared/gc.ts';
+import { listVolumeChunks } from '#shared/sleds.ts';
+import { createVolume as createVolumeInProcess, writePieces } from '#shared/volumes.ts';
+import { handleWorkEvent } from '#shared/worker.ts';
+import { toSqsRecord } from '#local/sqs-poller.ts';
 import { benchCodec } from './codec.ts';
 import { benchNbd } from './nbd.ts';
 
@@ -126,10 +135,18 @@ async function main(): Promise<void> {
     table([{ measurement: 'encodeSegment 4 MiB', 'GB/s': ((n * 4 * MiB) / s / 1e9).toFixed(2), 'x Buffer.copy': ((n * 4 * MiB) / s / 1e9 / copy).toFixed(2) }]);
   }
 
+  // Evacuations settle and re-check quickly here, so that what is timed is the moving.
+  process.env.SLEDGE_EVACUATION_SETTLE_MS ??= '1000';
+  process.env.SLEDGE_EVACUATION_RECHECK_SECONDS ??= '1';
+  process.env.SLEDGE_GC_EVERY_COMMITS ??= '0';
   const plane = await startControlPlane({ port: 0, endpointPort: 0, preferExistingEndpoint: false, stackName: 'sledge-bench' });
   try {
     const api = plane.apiUrl;
     const bucket = config().sledBuckets[0]!;
+
+    // First, while the drives hold only what these sections write (whole-segment chunks).
+    await benchEvacuation();
+    await benchGc();
 
     section('Throughput through the local API against raw S3 on the same endpoint (same bytes, same concurrency)');
     {
@@ -265,6 +282,130 @@ async function main(): Promise<void> {
   } finally {
     await plane.stop();
   }
+}
+
+/**
+ * An extra worker in this process, next to the control plane's own poller: it receives from
+ * the evacuation queue and runs the same handler, as a second Lambda instance would.
+ */
+function extraWorker(): { stop: () => Promise<void> } {
+  let stopping = false;
+  const loop = (async () => {
+    while (!stopping) {
+      const out = await sqs().send(new ReceiveMessageCommand({ QueueUrl: config().evacuationQueueUrl, MaxNumberOfMessages: 10, WaitTimeSeconds: 1, MessageSystemAttributeNames: ['All'] }));
+      const messages = out.Messages ?? [];
+      if (messages.length === 0) continue;
+      const res = await handleWorkEvent({ Records: messages.map((m) => toSqsRecord(m, '', 'us-east-1')) });
+      const failed = new Set(res.batchItemFailures.map((f) => f.itemIdentifier));
+      const done = messages.filter((m) => !failed.has(m.MessageId!));
+      if (done.length > 0) await sqs().send(new DeleteMessageBatchCommand({ QueueUrl: config().evacuationQueueUrl, Entries: done.map((m, i) => ({ Id: String(i), ReceiptHandle: m.ReceiptHandle! })) }));
+    }
+  })();
+  return {
+    stop: async () => {
+      stopping = true;
+      await loop;
+    },
+  };
+}
+
+async function benchEvacuation(): Promise<void> {
+  section('Evacuation: one drive emptied by one worker, then another by two (moves only; settling excluded)');
+  // Eight drives take every write (one per sled), so each holds an eighth of the stored bytes.
+  const drives = await listDrives();
+  const chosen = new Set(drives.filter((d) => d.drive === 'd00').map((d) => d.driveId));
+  for (const d of drives) if (!chosen.has(d.driveId)) await updateDrive(d.driveId, { state: 'spare' });
+  forgetDriveStates();
+  const v = await createVolumeInProcess({ sizeBytes: 256 * MiB });
+  // 128 MiB in 256 KiB writes: 512 segments of 64 KiB chunks, so each of the eight drives holds
+  // about 380 chunks, some 24 move batches: enough for two workers to share.
+  const totalBytes = 128 * MiB;
+  const writeBytes = 256 * 1024;
+  for (let off = 0; off < totalBytes; off += 4 * writeBytes) {
+    await Promise.all([0, 1, 2, 3].map((j) => writePieces(v.volumeId, [{ offset: off + j * writeBytes, length: writeBytes, data: randomBytes(writeBytes) }])));
+  }
+  // The others come back as targets.
+  for (const d of drives) if (!chosen.has(d.driveId)) await reactivateDrive(d.driveId);
+  const perDrive = new Map<string, number>();
+  for await (const c of listVolumeChunks(v.volumeId, config().sledBuckets)) perDrive.set(`${c.bucket}/${c.key.split('/')[0]}`, (perDrive.get(`${c.bucket}/${c.key.split('/')[0]}`) ?? 0) + 1);
+  const victims = [...chosen].sort((a, b) => (perDrive.get(b) ?? 0) - (perDrive.get(a) ?? 0)).slice(0, 2);
+  const rows: Array<Record<string, string | number>> = [];
+  for (const [i, id] of victims.entries()) {
+    const workers = i + 1;
+    const extra = workers === 2 ? extraWorker() : null;
+    resetRequestCounts();
+    await retireDrive(id, `bench, ${workers} worker(s)`);
+    let d = await getDrive(id);
+    for (let t = 0; t < 1200 && d?.state !== 'retired'; t++) {
+      await new Promise((r) => setTimeout(r, 250));
+      d = await getDrive(id);
+    }
+    await extra?.stop();
+    const e = d!.evacuation!;
+    const seconds = Math.max(0.001, (e.lastProgressAtMs - e.startedAtMs) / 1000);
+    const c = requestCounts();
+    rows.push({
+      workers,
+      state: d!.state,
+      'chunks moved': e.chunksMoved,
+      'MiB moved': (e.bytesMoved / MiB).toFixed(1),
+      seconds: seconds.toFixed(2),
+      'MB/s': (e.bytesMoved / seconds / 1e6).toFixed(1),
+      'chunks/s': (e.chunksMoved / seconds).toFixed(1),
+      'requests per chunk (this process)': (Object.values(c.requests).reduce((n, x) => n + x, 0) / Math.max(1, e.chunksMoved)).toFixed(1),
+    });
+  }
+  table(rows);
+  console.log('(a move is a GET, a PUT, a transaction, a delete and a record read; on one local endpoint process the endpoint, not the workers, is the ceiling)');
+  for (const id of victims) await reactivateDrive(id);
+}
+
+async function benchGc(): Promise<void> {
+  section('GC: an overwrite-heavy volume collected to its space target; bytes reclaimed per request');
+  const v = await createVolumeInProcess({ sizeBytes: 16 * MiB });
+  // Every MiB written three times in 256 KiB pieces, then 200 scattered 4-32 KiB overwrites.
+  for (let round = 0; round < 3; round++) {
+    for (let off = 0; off < 16 * MiB; off += 256 * 1024) await writePieces(v.volumeId, [{ offset: off, length: 256 * 1024, data: randomBytes(256 * 1024) }]);
+  }
+  for (let i = 0; i < 200; i++) {
+    const length = 4096 * (1 + Math.floor(Math.random() * 8));
+    const offset = 4096 * Math.floor(Math.random() * ((16 * MiB - length) / 4096));
+    await writePieces(v.volumeId, [{ offset, length, data: randomBytes(length) }]);
+  }
+  resetRequestCounts();
+  const start = performance.now();
+  let reclaimed = 0;
+  let rewritten = 0;
+  let passes = 0;
+  let first: Awaited<ReturnType<typeof collectVolume>> | undefined;
+  let last: Awaited<ReturnType<typeof collectVolume>> | undefined;
+  for (; passes < 20; passes++) {
+    last = await collectVolume(v.volumeId, { queueContinuation: false });
+    first ??= last;
+    reclaimed += last.bytesReclaimed;
+    rewritten += last.compactionBytesRewritten;
+    if (!last.continued) break;
+  }
+  const seconds = (performance.now() - start) / 1000;
+  const c = requestCounts();
+  let storedAfter = 0;
+  for await (const chunk of listVolumeChunks(v.volumeId, config().sledBuckets)) storedAfter += chunk.sizeBytes;
+  const requests = Object.values(c.requests).reduce((n, x) => n + x, 0);
+  const s3Requests = Object.entries(c.requests).filter(([k]) => k.startsWith('S3:')).reduce((n, [, x]) => n + x, 0);
+  table([
+    {
+      passes: passes + 1,
+      'stored MiB before': (first!.storedBytesBefore / MiB).toFixed(1),
+      'stored MiB after': (storedAfter / MiB).toFixed(1),
+      'live MiB': (last!.liveBytes / MiB).toFixed(1),
+      'MiB reclaimed': (reclaimed / MiB).toFixed(1),
+      requests,
+      'S3 requests': s3Requests,
+      'KiB reclaimed per request': (reclaimed / 1024 / requests).toFixed(1),
+      'MiB rewritten by compaction': (rewritten / MiB).toFixed(1),
+      seconds: seconds.toFixed(1),
+    },
+  ]);
 }
 
 await main();

@@ -298,6 +298,16 @@ export function bindQueue(fn: lambda.Function, envName: EnvName, queue: sqs.IQue
   queue.grantSendMessages(fn);
 }
 
+/**
+ * Sets `envName` on `fn` to a dead-letter queue's URL and grants what an operator's peek and
+ * redrive need: receive, change visibility and delete on the DLQ (sending back to the source
+ * queue is granted by `bindQueue`).
+ */
+export function bindDeadLetterQueue(fn: lambda.Function, envName: EnvName, deadLetterQueue: sqs.IQueue): void {
+  fn.addEnvironment(envName, deadLetterQueue.queueUrl);
+  deadLetterQueue.grantConsumeMessages(fn);
+}
+
 /** A work queue and its dead-letter queue. */
 export interface WorkQueue {
   readonly queue: sqs.Queue;
@@ -443,6 +453,9 @@ export class SledgeStack extends Stack {
       bindQueue(fn, ENV.gcQueueUrl, this.gcQueue.queue);
       bindQueue(fn, ENV.evacuationQueueUrl, this.evacuationQueue.queue);
       bindQueue(fn, ENV.checkpointQueueUrl, this.checkpointQueue.queue);
+      bindDeadLetterQueue(fn, ENV.gcDeadLetterQueueUrl, this.gcQueue.deadLetterQueue);
+      bindDeadLetterQueue(fn, ENV.evacuationDeadLetterQueueUrl, this.evacuationQueue.deadLetterQueue);
+      bindDeadLetterQueue(fn, ENV.checkpointDeadLetterQueueUrl, this.checkpointQueue.deadLetterQueue);
     }
 
     for (const { queue } of [this.gcQueue, this.evacuationQueue, this.checkpointQueue]) {

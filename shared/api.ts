@@ -9,7 +9,10 @@ import { ConflictError, InvalidInputError, PayloadTooLargeError, UnsupportedMedi
 import { Router, intQuery, jsonBody, optionalJsonBody, type Request } from './http.ts';
 import { describeHeads, designateHeads, failHead, forcedFailure, joinAsReserve, promote, renewLease } from './heads.ts';
 import { listDumps, readDump } from './dumps.ts';
-import { listDrives } from './drives.ts';
+import { driveId, driveView, listDrives } from './drives.ts';
+import { peekDeadLetters, redriveDeadLetters } from './dead-letters.ts';
+import { describeDrive, retireDrive } from './evacuation.ts';
+import { queueGc } from './gc.ts';
 import { checkKey } from './reservations.ts';
 import type { WriterIdentity } from './segments.ts';
 import {
@@ -94,7 +97,23 @@ export const router = new Router()
   .on('POST', '/volumes/{volumeId}/heads/fail', async (req) => ({ status: 200, json: await forcedFailure(req.params.volumeId!, jsonBody(req)) }))
   .on('GET', '/dumps', async () => ({ status: 200, json: { dumps: await listDumps() } }))
   .on('GET', '/dumps/{dumpId}', async (req) => ({ status: 200, json: await readDump(req.params.dumpId!) }))
-  .on('GET', '/drives', async () => ({ status: 200, json: { drives: await listDrives() } }))
+  .on('GET', '/drives', async () => ({ status: 200, json: { drives: (await listDrives()).map((d) => driveView(d)) } }))
+  // A drive id is `<sled>/<drive>`: its two parts are two path segments.
+  .on('GET', '/drives/{sled}/{drive}', async (req) => ({ status: 200, json: await describeDrive(driveId(req.params.sled!, req.params.drive!)) }))
+  .on('POST', '/drives/{sled}/{drive}/retire', async (req) => {
+    const body = req.body.length === 0 ? {} : jsonBody(req);
+    const extra = Object.keys(body).filter((k) => k !== 'reason');
+    if (extra.length > 0) throw new InvalidInputError(`unknown field ${extra[0]}; a retire takes an optional reason`);
+    if (body.reason !== undefined && (typeof body.reason !== 'string' || body.reason.length > 200)) throw new InvalidInputError('reason must be a string of at most 200 characters');
+    return { status: 202, json: await retireDrive(driveId(req.params.sled!, req.params.drive!), (body.reason as string | undefined) ?? 'operator') };
+  })
+  .on('GET', '/queues/dead-letters', async () => ({ status: 200, json: await peekDeadLetters() }))
+  .on('POST', '/queues/dead-letters/redrive', async (req) => ({ status: 200, json: await redriveDeadLetters(req.body.length === 0 ? {} : jsonBody(req)) }))
+  .on('POST', '/volumes/{volumeId}/gc', async (req) => {
+    await describeVolume(req.params.volumeId!); // 404 for a volume that does not exist
+    await queueGc(req.params.volumeId!);
+    return { status: 202, json: { volumeId: req.params.volumeId, queued: 'gc-volume' } };
+  })
   .on('POST', '/volumes/{volumeId}/heads/join', async (req) => {
     return { status: 200, json: await joinAsReserve(req.params.volumeId!, jsonBody(req)) };
   })

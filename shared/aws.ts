@@ -9,6 +9,7 @@ import { S3Client } from '@aws-sdk/client-s3';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { SQSClient } from '@aws-sdk/client-sqs';
 import { capacityUnits } from './capacity.ts';
+import { addFaultMiddleware, S3_REQUEST_TIMEOUT_MS } from './faults.ts';
 
 export interface RequestCounts {
   /** `Service:Operation` -> number of requests sent (retries included: each is billed). */
@@ -59,6 +60,9 @@ function instrument<C extends AnyClient>(client: C, service: string): C {
     },
     { step: 'finalizeRequest', name: 'sledgeRequestCounter' },
   );
+  // Fault injection (shared/faults.ts): a no-op unless rules are set.
+  if (service === 'S3') addFaultMiddleware(stack, 's3');
+  if (service === 'DynamoDB') addFaultMiddleware(stack, 'dynamodb');
   if (service === 'DynamoDB') {
     stack.add(
       (next, context) => async (args) => {
@@ -107,6 +111,8 @@ export function s3(): S3Client {
   return (s3Client ??= instrument(unsignedPayload(new S3Client({
       forcePathStyle: true,
       maxAttempts: 3,
+      // A chunk is at most a few MiB; a request idle this long is treated as lost (and retried).
+      requestHandler: { requestTimeout: S3_REQUEST_TIMEOUT_MS, connectionTimeout: 5_000 },
       // Chunk PUTs carry their own CRC32C (computed once, natively); the SDK need not
       // compute another checksum over every byte of every request.
       requestChecksumCalculation: 'WHEN_REQUIRED',

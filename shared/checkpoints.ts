@@ -34,8 +34,8 @@ import {
 } from './pagemap.ts';
 import { readPayload } from './segment-reader.ts';
 import { GRANULE_BYTES, decodeTrailer, encodeStripes, encodeTrailer, parseTrailer, trailerBytesIn, type SegmentDescriptor } from './segments.ts';
-import { chunkKey, deleteChunk, driveName, getChunkTail, listChunks, parseChunkKey, placeChunks, type ChunkLocation, type ListedChunk } from './sleds.ts';
-import { deleteChunksQuietly, forEachLimited, uploadChunks } from './volumes.ts';
+import { chunkKey, deleteChunk, driveName, getChunkTail, listChunks, parseObjectChunkKey, placeChunks, type ChunkLocation, type VolumeChunk } from './sleds.ts';
+import { deleteChunksQuietly, forEachLimited, uploadChunksAt } from './volumes.ts';
 
 /** How many checkpoints a volume keeps; older ones are reclaimed (docs/checkpoints.md). */
 export const CHECKPOINT_RETAIN = 3;
@@ -131,7 +131,7 @@ export function formatPlacement(locations: readonly ChunkLocation[], buckets: re
   return locations
     .map((l) => {
       const sled = buckets.indexOf(l.bucket);
-      const parsed = parseChunkKey(l.key);
+      const parsed = parseObjectChunkKey(l.key);
       invariant(sled >= 0 && parsed, () => `chunk ${l.bucket}/${l.key} is not on a known sled`);
       return `${sled}/${parsed.drive}`;
     })
@@ -409,7 +409,7 @@ async function locateCheckpointChunks(volumeId: string, checkpointId: string, ch
   const found = await listChunks(volumeId, config().sledBuckets, { namePrefix: `${checkpointId}.` });
   const out: Array<ChunkLocation | null> = Array.from({ length: chunkCount }, () => null);
   for (const c of found) {
-    const parsed = parseChunkKey(c.key);
+    const parsed = parseObjectChunkKey(c.key);
     if (parsed && parsed.objectId === checkpointId && parsed.chunkIndex < chunkCount) out[parsed.chunkIndex] = { bucket: c.bucket, key: c.key };
   }
   return out;
@@ -708,7 +708,7 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
   const chunks = shards.map((shard, chunkIndex) => Buffer.concat([shard, encodeTrailer({ ...descriptor, chunkIndex }, CHECKPOINT_FOOTER_MAGIC)]));
   const buckets = config().sledBuckets;
   const locations = placeChunks(volumeId, checkpointId, k + m, buckets);
-  await uploadChunks(locations, chunks, chunks.map((c) => crc32c(c)), chunkSizeBytes);
+  await uploadChunksAt(locations, chunks, chunks.map((c) => crc32c(c)), chunkSizeBytes);
   const pointer: CheckpointPointer = {
     id: checkpointId,
     seq,
@@ -745,11 +745,11 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
 }
 
 /** The volume's checkpoint object sets on the sleds, grouped by id. */
-async function listCheckpointSets(volumeId: string): Promise<Map<string, { set: CheckpointSet; chunks: Map<number, ListedChunk> }>> {
+async function listCheckpointSets(volumeId: string): Promise<Map<string, { set: CheckpointSet; chunks: Map<number, VolumeChunk> }>> {
   const listed = await listChunks(volumeId, config().sledBuckets, { namePrefix: CHECKPOINT_ID_PREFIX });
-  const sets = new Map<string, { set: CheckpointSet; chunks: Map<number, ListedChunk> }>();
+  const sets = new Map<string, { set: CheckpointSet; chunks: Map<number, VolumeChunk> }>();
   for (const c of listed) {
-    const parsed = parseChunkKey(c.key);
+    const parsed = parseObjectChunkKey(c.key);
     const seq = parsed ? checkpointIdSeq(parsed.objectId) : null;
     if (!parsed || seq === null) continue;
     let entry = sets.get(parsed.objectId);
@@ -933,7 +933,7 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
     // Segments after the head were never committed (the chain starts at the head): not read.
     const beyondHead = new Set<string>();
     for (const c of listed) {
-      const parsed = parseChunkKey(c.key);
+      const parsed = parseObjectChunkKey(c.key);
       const seq = parsed ? segmentIdSeq(parsed.objectId) : null;
       if (!parsed || seq === null || seq <= base.seq) continue;
       if (seq > v.headSeq) {
@@ -945,7 +945,7 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
       list.push({ bucket: c.bucket, key: c.key });
     }
     // Data chunks first: their trailers are the same, and a healthy volume has them all.
-    for (const list of bySegment.values()) list.sort((a, b) => (parseChunkKey(a.key)?.chunkIndex ?? 0) - (parseChunkKey(b.key)?.chunkIndex ?? 0));
+    for (const list of bySegment.values()) list.sort((a, b) => (parseObjectChunkKey(a.key)?.chunkIndex ?? 0) - (parseObjectChunkKey(b.key)?.chunkIndex ?? 0));
     const descriptors = await readDescriptors(volumeId, bySegment);
     let chain: string[];
     try {

@@ -17,6 +17,19 @@ export const ENV = {
   gcQueueUrl: 'SLEDGE_GC_QUEUE_URL',
   evacuationQueueUrl: 'SLEDGE_EVACUATION_QUEUE_URL',
   checkpointQueueUrl: 'SLEDGE_CHECKPOINT_QUEUE_URL',
+  gcDeadLetterQueueUrl: 'SLEDGE_GC_DEAD_LETTER_QUEUE_URL',
+  evacuationDeadLetterQueueUrl: 'SLEDGE_EVACUATION_DEAD_LETTER_QUEUE_URL',
+  checkpointDeadLetterQueueUrl: 'SLEDGE_CHECKPOINT_DEAD_LETTER_QUEUE_URL',
+  /** Optional: how long after a drive becomes retiring its emptiness counts (docs/evacuation.md). Default 60000. */
+  evacuationSettleMs: 'SLEDGE_EVACUATION_SETTLE_MS',
+  /** Optional: the delay between an evacuation's emptiness checks, in seconds (0 to 900). Default 10. */
+  evacuationRecheckSeconds: 'SLEDGE_EVACUATION_RECHECK_SECONDS',
+  /** Optional: how old an uncommitted chunk must be before GC or evacuation deletes it. Default 3600000. */
+  orphanGraceMs: 'SLEDGE_ORPHAN_GRACE_MS',
+  /** Optional: a head queues GC of a volume every this many commits (0: never). Default 256. */
+  gcEveryCommits: 'SLEDGE_GC_EVERY_COMMITS',
+  /** Optional: fault-injection rules, a JSON array (shared/faults.ts). Never set in a deployment. */
+  faults: 'SLEDGE_FAULTS',
   /** `portable` forces the pure-TypeScript erasure codec; anything else prefers the native one. */
   erasureImpl: 'SLEDGE_EC_IMPL',
   /** `development` adds stacks to 500 responses. */
@@ -25,6 +38,15 @@ export const ENV = {
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
+}
+
+/** An optional non-negative integer variable, or its default. */
+function optionalInteger(name: string, fallback: number, max: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isSafeInteger(value) || value < 0 || value > max) throw new ConfigError(`environment variable ${name} must be an integer from 0 to ${max}, got ${JSON.stringify(raw)}`);
+  return value;
 }
 
 function required(name: string): string {
@@ -44,6 +66,13 @@ export interface SledgeConfig {
   gcQueueUrl: string;
   evacuationQueueUrl: string;
   checkpointQueueUrl: string;
+  gcDeadLetterQueueUrl: string;
+  evacuationDeadLetterQueueUrl: string;
+  checkpointDeadLetterQueueUrl: string;
+  evacuationSettleMs: number;
+  evacuationRecheckSeconds: number;
+  orphanGraceMs: number;
+  gcEveryCommits: number;
   development: boolean;
 }
 
@@ -65,6 +94,13 @@ export function config(): SledgeConfig {
     gcQueueUrl: required(ENV.gcQueueUrl),
     evacuationQueueUrl: required(ENV.evacuationQueueUrl),
     checkpointQueueUrl: required(ENV.checkpointQueueUrl),
+    gcDeadLetterQueueUrl: required(ENV.gcDeadLetterQueueUrl),
+    evacuationDeadLetterQueueUrl: required(ENV.evacuationDeadLetterQueueUrl),
+    checkpointDeadLetterQueueUrl: required(ENV.checkpointDeadLetterQueueUrl),
+    evacuationSettleMs: optionalInteger(ENV.evacuationSettleMs, 60_000, 24 * 3600_000),
+    evacuationRecheckSeconds: optionalInteger(ENV.evacuationRecheckSeconds, 10, 900),
+    orphanGraceMs: optionalInteger(ENV.orphanGraceMs, 3600_000, 30 * 24 * 3600_000),
+    gcEveryCommits: optionalInteger(ENV.gcEveryCommits, 256, 1_000_000),
     development: process.env[ENV.mode] === 'development',
   };
   return cached;

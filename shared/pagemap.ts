@@ -608,6 +608,12 @@ export class CommitRefusedError extends Error {
 export interface CommitWriter {
   key?: string;
   keyGeneration?: number;
+  /**
+   * A maintenance writer (compaction, docs/evacuation.md section 6) rewrites bytes a volume
+   * already holds and presents no key; it is fenced by the reservation generation it read:
+   * any reservation change between its read and its commit refuses it.
+   */
+  maintenanceAtGeneration?: number;
 }
 
 /**
@@ -615,6 +621,14 @@ export interface CommitWriter {
  * volume item's commit condition, with the values they use.
  */
 export function fencingCondition(writer: CommitWriter): { parts: string[]; names: Record<string, string>; values: Record<string, AttributeValue> } {
+  if (writer.maintenanceAtGeneration !== undefined) {
+    invariant(writer.key === undefined, 'a maintenance writer presents no key');
+    return {
+      parts: ['resGen = :maintenanceGen'], // the reservations are exactly as the maintenance writer read them
+      names: {},
+      values: { ':maintenanceGen': N(writer.maintenanceAtGeneration) },
+    };
+  }
   if (writer.key === undefined) {
     // Without a key, a writer may commit only while there is no reservation at all.
     return { parts: ['attribute_not_exists(resType)'], names: {}, values: {} };
@@ -706,8 +720,11 @@ export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord
       if (!current) throw new CommitRefusedError('volume-gone', `volume ${volume.volumeId} does not exist`);
       if (current.state !== 'active') throw new CommitRefusedError('volume-not-active', `volume ${volume.volumeId} is ${current.state}`, current);
       const r = current.reservations;
+      if (writer.maintenanceAtGeneration !== undefined && r.generation !== writer.maintenanceAtGeneration) {
+        throw new CommitRefusedError('fenced', `maintenance commit refused: the reservations of volume ${volume.volumeId} changed (generation ${writer.maintenanceAtGeneration} -> ${r.generation})`, current);
+      }
       const stillRegistered = writer.key === undefined || r.registrants[writer.key] === writer.keyGeneration;
-      const allowed = stillRegistered && (writer.key === undefined ? !r.reservation : !r.reservation || !HOLDER_TYPES.includes(r.reservation.type) || r.reservation.holder === writer.key);
+      const allowed = writer.maintenanceAtGeneration !== undefined || stillRegistered && (writer.key === undefined ? !r.reservation : !r.reservation || !HOLDER_TYPES.includes(r.reservation.type) || r.reservation.holder === writer.key);
       if (!allowed) {
         throw new CommitRefusedError(
           'fenced',
@@ -722,6 +739,92 @@ export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord
     }
     // TransactionConflict, throttling and the like: the caller retries the same transaction.
     throw err;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Chunk moves and segment deletion (docs/evacuation.md, sections 3 and 6)
+
+export type MoveOutcome =
+  | { kind: 'moved' }
+  | { kind: 'refused'; reason: 'record-gone' | 'location-changed'; current: SegmentRecord | null }
+  | { kind: 'refused'; reason: 'target-inactive'; current: null };
+
+/**
+ * Points chunk `index` of a segment at `to`, in one transaction with a check that the target
+ * drive takes new chunks. Refused (nothing changed) when the segment is gone, the chunk is no
+ * longer at `from`, or the target drive is not active. Other errors leave the outcome unknown:
+ * the caller re-reads the record.
+ */
+export async function moveChunkLocation(volumeId: string, segmentId: string, index: number, from: ChunkLocation, to: ChunkLocation, targetDriveId: string): Promise<MoveOutcome> {
+  invariant(Number.isInteger(index) && index >= 0 && index < 64, () => `bad chunk index ${index}`);
+  const cfg = config();
+  try {
+    await dynamo().send(
+      new TransactWriteItemsCommand({
+        TransactItems: [
+          {
+            Update: {
+              TableName: cfg.segmentsTable,
+              Key: { volumeId: S(volumeId), segmentId: S(segmentId) },
+              // The index is part of the expression: DynamoDB takes list indexes only as literals.
+              UpdateExpression: `SET locations[${index}] = :to`,
+              ConditionExpression: [
+                'attribute_exists(segmentId)', // the segment was not collected meanwhile
+                `locations[${index}] = :from`, // and nobody moved this chunk since we read the record
+              ].join(' AND '),
+              ExpressionAttributeValues: { ':to': S(formatLocation(to)), ':from': S(formatLocation(from)) },
+              ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+            },
+          },
+          {
+            ConditionCheck: {
+              TableName: cfg.drivesTable,
+              Key: { driveId: S(targetDriveId) },
+              ConditionExpression: '#state = :active', // no record may come to point at a drive that stopped taking chunks
+              ExpressionAttributeNames: { '#state': 'state' },
+              ExpressionAttributeValues: { ':active': S('active') },
+            },
+          },
+        ],
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return { kind: 'moved' };
+  } catch (err) {
+    if (!(err instanceof TransactionCanceledException) && (err as { name?: string })?.name !== 'TransactionCanceledException') throw err;
+    const reasons = (err as TransactionCanceledException).CancellationReasons ?? [];
+    if (reasons[0]?.Code === 'ConditionalCheckFailed') {
+      const item = reasons[0].Item;
+      return item ? { kind: 'refused', reason: 'location-changed', current: itemToSegment(item) } : { kind: 'refused', reason: 'record-gone', current: null };
+    }
+    if (reasons[1]?.Code === 'ConditionalCheckFailed') return { kind: 'refused', reason: 'target-inactive', current: null };
+    throw err;
+  }
+}
+
+/**
+ * Deletes a segment record if its locations are still `locations` (the chunks the caller
+ * deleted). Returns the record as it is when they differ (an evacuation moved a chunk), null
+ * when deleted or already gone.
+ */
+export async function deleteSegmentRecordIf(volumeId: string, segmentId: string, locations: readonly ChunkLocation[]): Promise<SegmentRecord | null> {
+  try {
+    await dynamo().send(
+      new DeleteItemCommand({
+        TableName: config().segmentsTable,
+        Key: { volumeId: S(volumeId), segmentId: S(segmentId) },
+        // The chunks deleted were the ones the record names; a moved chunk would be left behind.
+        ConditionExpression: 'attribute_not_exists(segmentId) OR locations = :deleted',
+        ExpressionAttributeValues: { ':deleted': { L: locations.map((l) => S(formatLocation(l))) } },
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return null;
+  } catch (err) {
+    if (!conditionFailed(err)) throw err;
+    return err.Item ? itemToSegment(err.Item) : null;
   }
 }
 

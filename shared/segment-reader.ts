@@ -24,6 +24,8 @@ export interface ReadReport {
   rangedGets: number;
   badGranules: number;
   rebuiltGranules: number;
+  /** Chunk reads answered 404: the chunk moved (evacuation) or is lost. */
+  missingChunks?: number;
 }
 
 /** chunk -> granule -> verified bytes, and the (chunk, granule) pairs already asked for. */
@@ -66,6 +68,7 @@ async function fetchGranules(rec: SegmentRecord, chunk: number, granules: readon
       report.rangedGets++;
       try {
         bytes = await getChunkRange(loc, start, end);
+        if (bytes === null) report.missingChunks = (report.missingChunks ?? 0) + 1;
       } catch (err) {
         console.warn(`chunk ${formatLocation(loc)} unreadable: ${(err as Error).message}`);
       }
@@ -161,4 +164,30 @@ async function rebuild(rec: SegmentRecord, granules: number[], wanted: Map<numbe
       report.rebuiltGranules++;
     }
   }
+}
+
+/**
+ * The whole data region (`chunkSizeBytes`) of chunk `chunkIndex`, verified granule by granule
+ * against the record. With `fromOthers` the chunk itself is not read: every granule is rebuilt
+ * from k other chunks (evacuation of an unreadable or failed drive). Throws
+ * DataUnavailableError when fewer than k good copies of a granule exist.
+ */
+export async function readChunkData(rec: SegmentRecord, chunkIndex: number, fromOthers: boolean, report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 }): Promise<Buffer> {
+  const { k, m } = rec;
+  invariant(chunkIndex >= 0 && chunkIndex < k + m, () => `chunk ${chunkIndex} outside a stripe of ${k + m}`);
+  const granuleCount = Math.ceil(rec.chunkSizeBytes / rec.granuleBytes);
+  const all = Array.from({ length: granuleCount }, (_, g) => g);
+  const wanted = new Map([[chunkIndex, new Set(all)]]);
+  const store: GranuleStore = { good: new Map([[chunkIndex, new Map()]]), asked: new Set() };
+  if (fromOthers) for (const g of all) store.asked.add(`${chunkIndex}:${g}`);
+  else await fetchGranules(rec, chunkIndex, all, store, report);
+  const broken = all.filter((g) => !store.good.get(chunkIndex)!.has(g));
+  if (broken.length > 0) await rebuild(rec, broken, wanted, store, report);
+  const out = Buffer.alloc(rec.chunkSizeBytes);
+  for (const g of all) {
+    const bytes = store.good.get(chunkIndex)!.get(g);
+    invariant(bytes, `granule ${g} of chunk ${chunkIndex} missing after rebuild`);
+    bytes.copy(out, granuleBounds(rec, g)[0]);
+  }
+  return out;
 }

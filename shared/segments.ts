@@ -155,6 +155,15 @@ export async function encodeSegment(
   return { descriptor, chunks, objectCrcs };
 }
 
+/**
+ * The trailer of chunk `chunkIndex`: the descriptor (as parsed from any chunk of the segment)
+ * with that chunk's index. Byte-identical to the one written with the segment, since the keys
+ * keep their order. Evacuation uses it to rebuild a whole chunk object.
+ */
+export function chunkTrailer(descriptor: SegmentDescriptor & { chunkIndex: number }, chunkIndex: number): Buffer {
+  return encodeTrailer({ ...descriptor, chunkIndex }, SEGMENT_FOOTER_MAGIC);
+}
+
 /** A trailer: `json | 8-byte magic | u32 json length | u32 CRC32C of the json`. */
 export function encodeTrailer(descriptor: object, magic: Buffer): Buffer {
   invariant(magic.length === 8, 'a footer magic is 8 bytes');

@@ -3,7 +3,7 @@
  * only place that knows S3 request shapes for chunks.
  */
 import { createHash } from 'node:crypto';
-import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { s3 } from './aws.ts';
 import { InvalidInputError, invariant } from './errors.ts';
 
@@ -92,33 +92,9 @@ export async function getChunkRange(loc: ChunkLocation, start: number, end: numb
   }
 }
 
-/** Deletes a chunk; deleting a missing chunk succeeds (idempotent). */
-export async function deleteChunk(loc: ChunkLocation): Promise<void> {
-  await s3().send(new DeleteObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
-}
-
-/** Every chunk key of a volume on every sled and drive (bounded pages of 1,000 keys). */
-export async function* listVolumeChunks(volumeId: string, buckets: readonly string[]): AsyncGenerator<ChunkLocation> {
-  for (const bucket of buckets) {
-    for (let d = 0; d < DRIVES_PER_SLED; d++) {
-      let token: string | undefined;
-      do {
-        const out = await s3().send(
-          new ListObjectsV2Command({ Bucket: bucket, Prefix: `${driveName(d)}/${volumeId}/`, ContinuationToken: token, MaxKeys: 1000 }),
-        );
-        for (const o of out.Contents ?? []) if (o.Key) yield { bucket, key: o.Key };
-        token = out.IsTruncated ? out.NextContinuationToken : undefined;
-      } while (token);
-    }
-  }
-}
-
-/**
- * The last `bytes` bytes of a chunk object (all of it if it is shorter), or null if it does not
- * exist. Trailers are read this way, without knowing the object's size.
- */
+/** The last `bytes` bytes of a chunk object (all of it if shorter), or null if it does not exist. */
 export async function getChunkTail(loc: ChunkLocation, bytes: number): Promise<Buffer | null> {
-  invariant(Number.isSafeInteger(bytes) && bytes > 0, () => `bad tail length ${bytes}`);
+  invariant(bytes > 0, 'a tail of at least one byte');
   try {
     const out = await s3().send(new GetObjectCommand({ Bucket: loc.bucket, Key: loc.key, Range: `bytes=-${bytes}` }));
     return Buffer.from(await out.Body!.transformToByteArray());
@@ -128,15 +104,83 @@ export async function getChunkTail(loc: ChunkLocation, bytes: number): Promise<B
   }
 }
 
+/** Deletes a chunk; deleting a missing chunk succeeds (idempotent). */
+export async function deleteChunk(loc: ChunkLocation): Promise<void> {
+  await s3().send(new DeleteObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
+}
+
+/** Deletes a chunk if it exists; true if it did (so a repeated delete is not counted twice). */
+export async function deleteChunkIfPresent(loc: ChunkLocation): Promise<boolean> {
+  try {
+    await s3().send(new HeadObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
+  } catch (err) {
+    if (isMissing(err)) return false;
+    throw err;
+  }
+  await deleteChunk(loc);
+  return true;
+}
+
+/** A listed object: where it is, its size and when it was written. */
+export interface ListedChunk extends ChunkLocation {
+  sizeBytes: number;
+  lastModifiedMs: number;
+}
+
+/** Every chunk key of a volume on every sled and drive (bounded pages of 1,000 keys). */
+export async function* listVolumeChunks(volumeId: string, buckets: readonly string[]): AsyncGenerator<ListedChunk> {
+  for (const bucket of buckets) {
+    for (let d = 0; d < DRIVES_PER_SLED; d++) {
+      let token: string | undefined;
+      do {
+        const out = await s3().send(
+          new ListObjectsV2Command({ Bucket: bucket, Prefix: `${driveName(d)}/${volumeId}/`, ContinuationToken: token, MaxKeys: 1000 }),
+        );
+        for (const o of out.Contents ?? []) {
+          if (o.Key) yield { bucket, key: o.Key, sizeBytes: o.Size ?? 0, lastModifiedMs: o.LastModified?.getTime() ?? 0 };
+        }
+        token = out.IsTruncated ? out.NextContinuationToken : undefined;
+      } while (token);
+    }
+  }
+}
+
+/**
+ * One page of the objects on a drive, after `startAfter` (a key), at most `maxKeys`.
+ * `next` is the key to continue after, absent at the end of the drive.
+ */
+export async function listDrivePage(bucket: string, drive: string, startAfter: string, maxKeys: number): Promise<{ objects: ListedChunk[]; next?: string }> {
+  invariant(maxKeys >= 1 && maxKeys <= 1000, () => `maxKeys ${maxKeys} is not from 1 to 1000`);
+  const out = await s3().send(
+    new ListObjectsV2Command({ Bucket: bucket, Prefix: `${drive}/`, StartAfter: startAfter || undefined, MaxKeys: maxKeys }),
+  );
+  const objects = (out.Contents ?? [])
+    .filter((o) => o.Key)
+    .map((o) => ({ bucket, key: o.Key!, sizeBytes: o.Size ?? 0, lastModifiedMs: o.LastModified?.getTime() ?? 0 }));
+  const last = objects[objects.length - 1];
+  return out.IsTruncated && last ? { objects, next: last.key } : { objects };
+}
+
+/** A whole chunk object, or null if it does not exist. Other errors propagate. */
+export async function getChunk(loc: ChunkLocation): Promise<Buffer | null> {
+  try {
+    const out = await s3().send(new GetObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
+    return Buffer.from(await out.Body!.transformToByteArray());
+  } catch (err) {
+    if (isMissing(err)) return null;
+    throw err;
+  }
+}
+
 /** The parts of a chunk key `<drive>/<volumeId>/<objectId>.<chunkIndex>`, or null for other keys. */
-export function parseChunkKey(key: string): { drive: string; volumeId: string; objectId: string; chunkIndex: number } | null {
+export function parseObjectChunkKey(key: string): { drive: string; volumeId: string; objectId: string; chunkIndex: number } | null {
   const m = /^([^/]+)\/([^/]+)\/([^/]+)\.(\d+)$/.exec(key);
   if (!m) return null;
   return { drive: m[1]!, volumeId: m[2]!, objectId: m[3]!, chunkIndex: Number(m[4]) };
 }
 
 /** A listed chunk object. */
-export interface ListedChunk extends ChunkLocation {
+export interface VolumeChunk extends ChunkLocation {
   lastModified: Date | undefined;
 }
 
@@ -153,11 +197,11 @@ export async function listChunks(
   volumeId: string,
   buckets: readonly string[],
   opts: { namePrefix?: string; startAfterName?: string } = {},
-): Promise<ListedChunk[]> {
+): Promise<VolumeChunk[]> {
   const prefixes = buckets.flatMap((bucket) => Array.from({ length: DRIVES_PER_SLED }, (_, d) => ({ bucket, base: `${driveName(d)}/${volumeId}/` })));
   const lists = await Promise.all(
     prefixes.map(async ({ bucket, base }) => {
-      const found: ListedChunk[] = [];
+      const found: VolumeChunk[] = [];
       let token: string | undefined;
       for (let page = 0; ; page++) {
         invariant(page < LIST_PAGES_MAX, () => `listing ${bucket}/${base} did not end after ${LIST_PAGES_MAX} pages`);
@@ -177,4 +221,17 @@ export async function listChunks(
     }),
   );
   return lists.flat();
+}
+
+/** A segment chunk key parsed: `<drive>/<volumeId>/<segmentId>.<chunkIndex>`, or null for other objects. */
+export function parseChunkKey(key: string): { drive: string; volumeId: string; segmentId: string; chunkIndex: number } | null {
+  const m = /^([^/]+)\/(vol-[0-9a-f]+)\/(\d{12}-[0-9a-f]{8})\.(\d{1,2})$/.exec(key);
+  if (!m) return null;
+  return { drive: m[1]!, volumeId: m[2]!, segmentId: m[3]!, chunkIndex: Number(m[4]) };
+}
+
+/** Whether an error is S3's "the object already exists" answer to `If-None-Match: *`. */
+export function isPreconditionFailed(err: unknown): boolean {
+  const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+  return e?.$metadata?.httpStatusCode === 412 || e?.name === 'PreconditionFailed';
 }

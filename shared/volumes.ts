@@ -7,7 +7,7 @@ import { SendMessageCommand } from '@aws-sdk/client-sqs';
 import { sqs } from './aws.ts';
 import { DEFAULT_CHECKPOINT_EVERY_COMMITS, checkpointAfterCommit } from './checkpoint-messages.ts';
 import { config } from './config.ts';
-import { FencedError, InvalidInputError, NotFoundError, UnavailableError, invariant } from './errors.ts';
+import { DataUnavailableError, FencedError, InvalidInputError, NotFoundError, UnavailableError, invariant } from './errors.ts';
 import { clip, overlay, splitByPage, type Extent } from './extents.ts';
 import {
   CommitRefusedError,
@@ -38,7 +38,10 @@ import {
 import { readPayload, type PayloadRange, type ReadReport } from './segment-reader.ts';
 import { encodeSegment, newSegmentId, type WriterIdentity } from './segments.ts';
 import { EMPTY_RESERVATIONS, apply, parseCommand, readRefusal, writeRefusal, type ReservationState } from './reservations.ts';
-import { deleteChunk, listVolumeChunks, placeChunks, putChunk, type ChunkLocation } from './sleds.ts';
+import { deleteChunk, formatLocation, isPreconditionFailed, listVolumeChunks, putChunk, type ChunkLocation } from './sleds.ts';
+import { writableDrives } from './drives.ts';
+import { noteWriteError } from './evacuation.ts';
+import { placeStripe, replacementLocation, sledsDistinct, type WritableDrives } from './placement.ts';
 
 export const DEFAULT_BLOCK_SIZE_BYTES = 4096;
 export const DEFAULT_DATA_CHUNKS = 4;
@@ -51,6 +54,8 @@ export const MAX_IO_BYTES = 4 * 1024 * 1024;
 export const MAX_VOLUME_BYTES = 64 * 1024 ** 4;
 const COMMIT_ATTEMPT_MAX = 8;
 const UPLOAD_ATTEMPT_MAX = 3;
+/** Replacement drives tried for one chunk whose PUT keeps failing (docs/evacuation.md, section 1). */
+const REPLACEMENT_MAX = 3;
 
 /** The identity this process writes segments under. */
 export const HEAD_ID = `head-${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -265,17 +270,25 @@ export async function forEachLimited<T>(items: AsyncIterable<T> | Iterable<T>, l
 }
 
 /**
- * Reclaims a deleted volume: every chunk on every sled (committed or orphaned), every segment
- * record and page item, then the volume item. Idempotent: a repeat finds less to do.
+ * Reclaims a deleted volume: every segment record, then every chunk on every sled (committed,
+ * orphaned or stray), every page item, then the volume item. Idempotent: a repeat finds less
+ * to do.
+ *
+ * Records go first: an evacuation move in flight commits its new location with a condition
+ * that the record exists, so once the records are gone no move can leave a copy behind; a move
+ * that committed before put its copy on a sled before the listing below began.
  */
 export async function reclaimVolume(volumeId: string): Promise<{ chunksDeleted: number; pagesDeleted: number; segmentsDeleted: number }> {
   const v = await getVolume(volumeId);
   if (!v) return { chunksDeleted: 0, pagesDeleted: 0, segmentsDeleted: 0 };
   invariant(v.state === 'deleting', `refusing to reclaim volume ${volumeId} in state ${v.state}`);
-  const chunksDeleted = await forEachLimited(listVolumeChunks(volumeId, config().sledBuckets), 16, deleteChunk);
   const segKeys: ReturnType<typeof segmentKey>[] = [];
-  for await (const s of listSegmentRecords(volumeId)) segKeys.push(segmentKey(volumeId, s.segmentId));
+  for await (const s of listSegmentRecords(volumeId)) {
+    segKeys.push(segmentKey(volumeId, s.segmentId));
+    forgetSegment(segmentRef(volumeId, s.segmentId));
+  }
   await deleteItems('segments', segKeys);
+  const chunksDeleted = await forEachLimited(listVolumeChunks(volumeId, config().sledBuckets), 16, deleteChunk);
   const pageKeys: ReturnType<typeof pageKey>[] = [];
   for await (const p of listPages(v)) pageKeys.push(pageKey(volumeId, p.page));
   await deleteItems('pages', pageKeys);
@@ -365,6 +378,7 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
       const outcome = await completeWrite(prepared);
       if (outcome) {
         await checkpointAfterCommit(v, outcome.commitSeq);
+        await maybeQueueGc(volumeId, outcome.commitSeq);
         return outcome;
       }
     }
@@ -372,6 +386,20 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
   } finally {
     set.delete(entry);
     if (set.size === 0) inflight.delete(volumeId);
+  }
+}
+
+/**
+ * Every `gcEveryCommits` commits the head queues a GC pass of the volume (docs/evacuation.md,
+ * section 6). Best effort: the write is already durable, and the next trigger comes soon.
+ */
+async function maybeQueueGc(volumeId: string, commitSeq: number): Promise<void> {
+  const every = config().gcEveryCommits;
+  if (every === 0 || commitSeq % every !== 0) return;
+  try {
+    await sqs().send(new SendMessageCommand({ QueueUrl: config().gcQueueUrl, MessageBody: JSON.stringify({ type: 'gc-volume', volumeId }) }));
+  } catch (err) {
+    console.warn(`could not queue GC of ${volumeId} after commit ${commitSeq}:`, err);
   }
 }
 
@@ -407,11 +435,12 @@ export interface PreparedWrite {
  * is `completeWrite`. They are separate so that tests can stall a writer between the two,
  * as a paused head would be.
  */
-export async function prepareWrite(v: VolumeRecord, pieces: WritePiece[], requester: WriterIdentity): Promise<PreparedWrite> {
+export async function prepareWrite(v: VolumeRecord, pieces: WritePiece[], requester: WriterIdentity, opts: { maintenance?: boolean } = {}): Promise<PreparedWrite> {
   const bs = v.blockSizeBytes;
   // Fencing, part one: refuse at once what the reservation state refuses now. Part two is the
   // commit's own condition, which refuses it again if the state changes before the commit.
-  const refusal = writeRefusal(v.volumeId, v.reservations, requester.key);
+  // A maintenance writer (compaction) is fenced by the reservation generation at commit instead.
+  const refusal = opts.maintenance ? null : writeRefusal(v.volumeId, v.reservations, requester.key);
   if (refusal) throw new FencedError(refusal);
   const writer: WriterIdentity = requester.key === undefined ? { id: requester.id } : { id: requester.id, key: requester.key, generation: v.reservations.registrants[requester.key]! };
   const seq = v.headSeq + 1;
@@ -452,8 +481,9 @@ export async function prepareWrite(v: VolumeRecord, pieces: WritePiece[], reques
     },
     payloadParts,
   );
-  const locations = placeChunks(v.volumeId, segmentId, v.dataChunks + v.parityChunks, config().sledBuckets);
-  await uploadChunks(locations, encoded.chunks, encoded.objectCrcs, encoded.descriptor.chunkSizeBytes);
+  const writable = await writableDrives();
+  const planned = placeStripe(v.volumeId, segmentId, v.dataChunks + v.parityChunks, config().sledBuckets, writable);
+  const locations = await uploadChunks(v.volumeId, segmentId, planned, encoded.chunks, encoded.objectCrcs, encoded.descriptor.chunkSizeBytes, writable);
   let current: Awaited<typeof pagesRead>;
   try {
     current = await pagesRead;
@@ -497,10 +527,11 @@ export async function prepareWrite(v: VolumeRecord, pieces: WritePiece[], reques
  * commit moved the head first (the caller prepares again); throws FencedError when the
  * writer's reservation no longer allows it. Chunks of a refused commit are deleted.
  */
-export async function completeWrite(prepared: PreparedWrite): Promise<WriteResult | null> {
+export async function completeWrite(prepared: PreparedWrite, writerOverride?: CommitWriter): Promise<WriteResult | null> {
   const { volume: v, record, changes, writer, result, locations } = prepared;
+  const fencedOn = writerOverride ?? commitWriter(writer);
   try {
-    await commitSegment(v, record, changes, commitWriter(writer));
+    await commitSegment(v, record, changes, fencedOn);
     return result;
   } catch (err) {
     if (err instanceof CommitRefusedError) {
@@ -513,7 +544,7 @@ export async function completeWrite(prepared: PreparedWrite): Promise<WriteResul
       return null;
     }
     // The outcome is unknown: find out from the segment record, which commits with the head.
-    return resolveUnknownOutcome(v, record, changes, commitWriter(writer), result, locations, err);
+    return resolveUnknownOutcome(v, record, changes, fencedOn, result, locations, err);
   }
 }
 
@@ -558,31 +589,97 @@ function commitWriter(writer: WriterIdentity): CommitWriter {
   return writer.key === undefined ? {} : { key: writer.key, keyGeneration: writer.generation };
 }
 
-export async function uploadChunks(locations: ChunkLocation[], chunks: Buffer[], crcs: number[], chunkSizeBytes: number): Promise<void> {
+/** One chunk PUT with bounded retries on top of the SDK's own. A 412 is never retried. */
+async function putWithRetries(loc: ChunkLocation, chunk: Buffer, crc: number): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await putChunk(loc, chunk, crc);
+      return;
+    } catch (err) {
+      // 412 means the key exists: never retry an overwrite, and never overwrite.
+      if (isPreconditionFailed(err) || attempt >= UPLOAD_ATTEMPT_MAX) throw err;
+      await sleep(50 * 2 ** attempt);
+    }
+  }
+}
+
+/**
+ * Uploads chunks to exactly the given locations (checkpoints place their own stripes), all or
+ * nothing: on any failure the chunks written are deleted and the upload fails with 503.
+ */
+export async function uploadChunksAt(locations: ChunkLocation[], chunks: Buffer[], crcs: number[], chunkSizeBytes: number): Promise<void> {
   invariant(locations.length === chunks.length, 'one location per chunk');
+  invariant(chunks.every((c) => c.length >= chunkSizeBytes), 'every chunk has its data');
+  const results = await Promise.allSettled(chunks.map((chunk, i) => putWithRetries(locations[i]!, chunk, crcs[i]!)));
+  const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed.length > 0) {
+    await deleteChunksQuietly(locations);
+    throw new UnavailableError(`${failed.length} of ${chunks.length} chunk uploads failed: ${String(failed[0]!.reason?.message ?? failed[0]!.reason)}`, { cause: failed[0]!.reason });
+  }
+}
+
+/**
+ * Uploads the k+m chunks of a segment, each to its planned location; a chunk whose drive keeps
+ * failing is written again, from memory, to a drive on a sled the stripe does not use (seed
+ * 000; docs/evacuation.md, section 1). Returns the final locations, which the commit records.
+ * Without a free sled the write fails with 503 rather than put two chunks on one sled.
+ */
+async function uploadChunks(
+  volumeId: string,
+  segmentId: string,
+  planned: ChunkLocation[],
+  chunks: Buffer[],
+  crcs: number[],
+  chunkSizeBytes: number,
+  writable: WritableDrives,
+): Promise<ChunkLocation[]> {
+  invariant(planned.length === chunks.length, 'one location per chunk');
   invariant(chunks.every((c) => c.length > chunkSizeBytes), 'every chunk has data and a trailer');
+  // The stripe as it stands: a replacement is chosen and recorded here synchronously, so two
+  // chunks failing at once cannot pick the same free sled.
+  const stripe = [...planned];
+  const failed: Array<{ loc: ChunkLocation; err: unknown }> = [];
   const results = await Promise.allSettled(
     chunks.map(async (chunk, i) => {
-      for (let attempt = 1; ; attempt++) {
+      const tried = new Set<string>();
+      for (let replacement = 0; ; replacement++) {
+        const loc = stripe[i]!;
         try {
-          await putChunk(locations[i]!, chunk, crcs[i]!);
+          await putWithRetries(loc, chunk, crcs[i]!);
           return;
         } catch (err) {
-          const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-          // 412 means the key exists: never retry an overwrite, and never overwrite.
-          if (status === 412 || attempt >= UPLOAD_ATTEMPT_MAX) throw err;
-          await sleep(50 * 2 ** attempt);
+          if (isPreconditionFailed(err)) throw err;
+          failed.push({ loc, err });
+          tried.add(loc.bucket);
+          if (replacement >= REPLACEMENT_MAX) throw err;
+          const next = replacementLocation(volumeId, segmentId, i, stripe, tried, config().sledBuckets, writable);
+          if (!next) {
+            throw new UnavailableError(
+              `chunk ${i} of segment ${segmentId} could not be written to ${formatLocation(loc)}, and no other sled with an active drive is free for it; two chunks of a stripe never share a sled`,
+              { cause: err, retryAfterSeconds: 5 },
+            );
+          }
+          console.warn(`chunk ${i} of ${volumeId}/${segmentId}: ${formatLocation(loc)} failed (${(err as Error).message}); writing it to ${formatLocation(next)}`);
+          stripe[i] = next;
         }
       }
     }),
   );
-  const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed.length > 0) {
-    await deleteChunksQuietly(locations);
-    throw new UnavailableError(`${failed.length} of ${chunks.length} chunk uploads failed: ${String(failed[0]!.reason?.message ?? failed[0]!.reason)}`, {
-      cause: failed[0]!.reason,
-    });
+  // Count the failures against their drives before answering (each may retire its drive).
+  const drivesFailed = new Map<string, { loc: ChunkLocation; err: unknown }>();
+  for (const f of failed) drivesFailed.set(`${f.loc.bucket}/${f.loc.key.split('/')[0]}`, f);
+  await Promise.all([...drivesFailed.values()].map((f) => noteWriteError(f.loc, f.err)));
+  const rejected = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (rejected.length > 0) {
+    await deleteChunksQuietly([...stripe, ...failed.map((f) => f.loc)]);
+    const first = rejected[0]!.reason;
+    if (first instanceof UnavailableError) throw first;
+    throw new UnavailableError(`${rejected.length} of ${chunks.length} chunk uploads failed: ${String(first?.message ?? first)}`, { cause: first });
   }
+  // A PUT that failed may still have stored its object (a lost response): it is unreferenced.
+  if (failed.length > 0) void deleteChunksQuietly(failed.map((f) => f.loc));
+  invariant(sledsDistinct(stripe), () => `stripe of ${segmentId} lost distinct sleds after replacements`);
+  return stripe;
 }
 
 export async function deleteChunksQuietly(locations: ChunkLocation[]): Promise<void> {
@@ -614,6 +711,16 @@ function pageRange(g: Geometry, offset: number, length: number): number[] {
 const segmentCache = new Map<string, SegmentRecord>();
 const SEGMENT_CACHE_MAX = 4096;
 
+function rememberSegment(ref: string, rec: SegmentRecord): void {
+  if (!segmentCache.has(ref) && segmentCache.size >= SEGMENT_CACHE_MAX) segmentCache.delete(segmentCache.keys().next().value!);
+  segmentCache.set(ref, rec);
+}
+
+/** Drops a segment's record from this process's cache (after it moved a chunk or deleted it). */
+export function forgetSegment(ref: string): void {
+  segmentCache.delete(ref);
+}
+
 async function segmentRecordsFor(refs: string[]): Promise<Map<string, SegmentRecord>> {
   const out = new Map<string, SegmentRecord>();
   const missing: string[] = [];
@@ -626,8 +733,7 @@ async function segmentRecordsFor(refs: string[]): Promise<Map<string, SegmentRec
     const fetched = await getSegmentRecords(missing);
     for (const [ref, rec] of fetched) {
       out.set(ref, rec);
-      if (segmentCache.size >= SEGMENT_CACHE_MAX) segmentCache.delete(segmentCache.keys().next().value!);
-      segmentCache.set(ref, rec);
+      rememberSegment(ref, rec);
     }
   }
   for (const ref of refs) invariant(out.has(ref), () => `page map references segment ${ref}, which has no record`);
@@ -679,13 +785,56 @@ export async function readData(
   const records = await segmentRecordsFor([...bySegment.keys()]);
   await Promise.all(
     [...bySegment].map(async ([ref, list]) => {
-      const rec = records.get(ref)!;
       const ranges: PayloadRange[] = list.map((e) => ({ start: e.segBlock * bs, end: (e.segBlock + e.count) * bs }));
-      const parts = await readPayload(rec, ranges, report);
+      const parts = await readSegmentFollowingMoves(ref, records.get(ref)!, ranges, report);
       list.forEach((e, i) => parts[i]!.copy(out, (e.first - first) * bs));
     }),
   );
   return out;
+}
+
+function sameLocations(a: SegmentRecord, b: SegmentRecord): boolean {
+  return a.locations.length === b.locations.length && a.locations.every((l, i) => l.bucket === b.locations[i]!.bucket && l.key === b.locations[i]!.key);
+}
+
+/**
+ * Reads ranges of one segment. The record may come from the cache and be older than an
+ * evacuation that moved a chunk: a 404 (or a segment that cannot be rebuilt) makes the reader
+ * read the record again and, if a location changed, read once more with it
+ * (docs/evacuation.md, section 5).
+ */
+async function readSegmentFollowingMoves(ref: string, rec: SegmentRecord, ranges: PayloadRange[], report: ReadReport): Promise<Buffer[]> {
+  const first: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0, missingChunks: 0 };
+  let parts: Buffer[] | undefined;
+  let failure: unknown;
+  try {
+    parts = await readPayload(rec, ranges, first);
+  } catch (err) {
+    if (!(err instanceof DataUnavailableError)) throw err;
+    failure = err;
+  }
+  const merge = (r: ReadReport) => {
+    report.rangedGets += r.rangedGets;
+    report.badGranules += r.badGranules;
+    report.rebuiltGranules += r.rebuiltGranules;
+    report.missingChunks = (report.missingChunks ?? 0) + (r.missingChunks ?? 0);
+  };
+  if (!failure && !first.missingChunks) {
+    merge(first);
+    return parts!;
+  }
+  segmentCache.delete(ref);
+  const fresh = await getSegmentRecord(rec.volumeId, rec.segmentId);
+  if (fresh) rememberSegment(ref, fresh);
+  if (!fresh || sameLocations(fresh, rec)) {
+    merge(first);
+    if (failure) throw failure;
+    return parts!;
+  }
+  // A chunk moved: the first attempt's rebuild work is not what the client should see.
+  report.rangedGets += first.rangedGets;
+  report.missingChunks = (report.missingChunks ?? 0) + (first.missingChunks ?? 0);
+  return readPayload(fresh, ranges, report);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -10,11 +10,13 @@ import type { SQSBatchResponse, SQSEvent } from 'aws-lambda';
 import { parseCheckpointMessage, type CheckpointQueueMessage } from './checkpoint-messages.ts';
 import { rebuildPageMap, sweepCheckpoints, takeCheckpoint } from './checkpoints.ts';
 import { NotFoundError } from './errors.ts';
+import { handleEvacuationMessage, parseEvacuationMessage, type EvacuationMessage } from './evacuation.ts';
+import { collectVolume, sweep, type GcMessage } from './gc.ts';
 import { sweepLeases } from './heads.ts';
 import { reclaimVolume } from './volumes.ts';
 
 type ReclaimMessage = { type: 'reclaim-volume'; volumeId: string };
-export type WorkMessage = ReclaimMessage | { type: 'sweep-leases' } | CheckpointQueueMessage;
+export type WorkMessage = ReclaimMessage | { type: 'sweep-leases' } | CheckpointQueueMessage | GcMessage | EvacuationMessage;
 
 /** A message body that is not a work message: it goes to the dead-letter queue, where it stays visible. */
 export class UnknownWorkMessageError extends Error {
@@ -28,9 +30,14 @@ export function parseWorkMessage(body: string): WorkMessage {
   } catch (err) {
     throw new UnknownWorkMessageError(`work message is not JSON: ${body.slice(0, 200)}`, { cause: err });
   }
-  const m = msg as Partial<ReclaimMessage> | null;
-  if (m?.type === 'reclaim-volume' && typeof m.volumeId === 'string') return m as ReclaimMessage;
-  if ((m as { type?: unknown } | null)?.type === 'sweep-leases') return { type: 'sweep-leases' };
+  if (typeof msg !== 'object' || msg === null) throw new UnknownWorkMessageError(`work message is not an object: ${body.slice(0, 200)}`);
+  const m = msg as Record<string, unknown>;
+  if (m.type === 'reclaim-volume' && typeof m.volumeId === 'string') return { type: 'reclaim-volume', volumeId: m.volumeId };
+  if (m.type === 'gc-volume' && typeof m.volumeId === 'string') return m as unknown as GcMessage;
+  if (m.type === 'gc-sweep' && (m.startAfter === undefined || typeof m.startAfter === 'string')) return m as unknown as GcMessage;
+  const evacuation = parseEvacuationMessage(m);
+  if (evacuation) return evacuation;
+  if (m.type === 'sweep-leases') return { type: 'sweep-leases' };
   const checkpoint = parseCheckpointMessage(msg);
   if (checkpoint) return checkpoint;
   throw new UnknownWorkMessageError(`unknown work message: ${body.slice(0, 200)}`);
@@ -56,6 +63,12 @@ async function run(msg: WorkMessage): Promise<Record<string, unknown>> {
       return { msg: 'checkpoint sweep', ...(await sweepCheckpoints(msg.startAfter)) };
     case 'rebuild-volume':
       return { msg: 'rebuilt page map', ...(await rebuildPageMap(msg.volumeId)) };
+    case 'gc-volume':
+      return { msg: 'gc', volumeId: msg.volumeId, result: await collectVolume(msg.volumeId) };
+    case 'gc-sweep':
+      return { msg: 'gc sweep', result: await sweep(msg.startAfter) };
+    default:
+      return { msg: `work done: ${msg.type}`, result: await handleEvacuationMessage(msg) };
   }
 }
 
@@ -67,7 +80,8 @@ export async function handleWorkEvent(event: SQSEvent): Promise<SQSBatchResponse
       console.log(JSON.stringify(result));
     } catch (err) {
       console.error(`work message ${record.messageId} failed (receive ${record.attributes?.ApproximateReceiveCount}):`, err);
-      batchItemFailures.push({ itemIdentifier: record.messageId });
+      // A message id appears once in the response even if a batch delivered it twice.
+      if (!batchItemFailures.some((f) => f.itemIdentifier === record.messageId)) batchItemFailures.push({ itemIdentifier: record.messageId });
     }
   }
   return { batchItemFailures };

@@ -336,6 +336,10 @@ describe('SledgeStack', () => {
           [ENV.gcQueueUrl]: ref(ids.queues[0]?.queue ?? ''),
           [ENV.evacuationQueueUrl]: ref(ids.queues[1]?.queue ?? ''),
           [ENV.checkpointQueueUrl]: ref(ids.queues[2]?.queue ?? ''),
+          // The dead-letter queues, for the operator's peek and redrive (docs/evacuation.md, section 7).
+          [ENV.gcDeadLetterQueueUrl]: ref(ids.queues[0]?.dlq ?? ''),
+          [ENV.evacuationDeadLetterQueueUrl]: ref(ids.queues[1]?.dlq ?? ''),
+          [ENV.checkpointDeadLetterQueueUrl]: ref(ids.queues[2]?.dlq ?? ''),
         });
         // Optional variables are left to the runtime's defaults.
         expect(variables[ENV.erasureImpl]).toBeUndefined();

@@ -17,6 +17,11 @@ declare module 'vitest' {
 let plane: ControlPlane | undefined;
 
 export default async function setup(project: TestProject) {
+  // Evacuations started over HTTP run in this process: settle and re-check quickly, and treat
+  // uncommitted chunks as orphans after 30 s rather than an hour (docs/evacuation.md).
+  process.env.SLEDGE_EVACUATION_SETTLE_MS ??= '2000';
+  process.env.SLEDGE_EVACUATION_RECHECK_SECONDS ??= '1';
+  process.env.SLEDGE_ORPHAN_GRACE_MS ??= '30000';
   plane = await startControlPlane({
     port: 0,
     endpointPort: 0,

@@ -1,0 +1,465 @@
+/**
+ * Drive evacuation and retirement (docs/evacuation.md, section 3): SQS messages that scan a
+ * retiring drive, move its chunks (copy, or rebuild from k others), and retire it once empty.
+ * Every step is idempotent: messages may arrive twice, late or out of order, and a worker may
+ * stop at any point.
+ */
+import { SendMessageBatchCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
+import { sqs } from './aws.ts';
+import { config } from './config.ts';
+import { crc32c } from './crc32c.ts';
+import {
+  addEvacuationProgress,
+  advanceScan,
+  beginRetirement,
+  completeRetirement,
+  countFinishCheck,
+  driveId as makeDriveId,
+  driveView,
+  forgetDriveStates,
+  getDrive,
+  markStepSent,
+  recordWriteError,
+  requireDrive,
+  startNextPass,
+  writableDrives,
+  WRITE_ERROR_RETIRE_THRESHOLD,
+  type DriveRecord,
+  type EvacuationState,
+} from './drives.ts';
+import { invariant } from './errors.ts';
+import { getSegmentRecord, getVolume, moveChunkLocation, type SegmentRecord, type VolumeRecord } from './pagemap.ts';
+import { driveOf, evacuationTarget } from './placement.ts';
+import { readChunkData } from './segment-reader.ts';
+import { chunkTrailer, FOOTER_BYTES, parseTrailer, trailerBytesFromFooter, granuleCrcs } from './segments.ts';
+import {
+  deleteChunk,
+  deleteChunkIfPresent,
+  formatLocation,
+  getChunk,
+  getChunkTail,
+  isPreconditionFailed,
+  listDrivePage,
+  parseChunkKey,
+  putChunk,
+  type ChunkLocation,
+  type ListedChunk,
+} from './sleds.ts';
+
+/** Keys listed per scan step (one ListObjectsV2). */
+export const SCAN_PAGE_KEYS = 1000;
+/** Chunks per move-chunks message, and how many of them move at once. */
+export const MOVE_BATCH_CHUNKS = 16;
+const MOVE_CONCURRENCY = 4;
+/** Full passes over a drive before the evacuation gives up to the DLQ. */
+export const PASS_MAX = 50;
+/** Finish checks per pass before another pass is started regardless. */
+const CHECKS_MAX = 100;
+/** The longest delay SQS allows on a message. */
+const DELAY_SECONDS_MAX = 900;
+/** The cursor of a scan that reached the end of the drive. */
+const END_OF_DRIVE = ':end';
+/** Bytes read from the end of a chunk to find its trailer (re-read exactly if it is longer). */
+const TAIL_GUESS_BYTES = 64 * 1024;
+
+export type EvacuationMessage =
+  | { type: 'evacuate-drive'; driveId: string; run: string; step: number; cursor: string }
+  | { type: 'move-chunks'; driveId: string; run: string; chunks: Array<{ key: string; sizeBytes: number; lastModifiedMs: number }> }
+  | { type: 'finish-pass'; driveId: string; run: string; pass: number; step: number };
+
+/** A move that could not be done now; the message is retried, and after 5 receives dead-lettered. */
+export class EvacuationError extends Error {
+  override name = 'EvacuationError';
+}
+
+/** Parses an evacuation message, or returns null if the body is some other kind of work. */
+export function parseEvacuationMessage(msg: Record<string, unknown>): EvacuationMessage | null {
+  const str = (v: unknown) => typeof v === 'string' && v.length > 0;
+  const int = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
+  if (msg.type === 'evacuate-drive' && str(msg.driveId) && str(msg.run) && int(msg.step) && typeof msg.cursor === 'string') return msg as EvacuationMessage;
+  if (msg.type === 'finish-pass' && str(msg.driveId) && str(msg.run) && int(msg.pass) && int(msg.step)) return msg as EvacuationMessage;
+  if (msg.type === 'move-chunks' && str(msg.driveId) && str(msg.run) && Array.isArray(msg.chunks) && msg.chunks.length <= MOVE_BATCH_CHUNKS) {
+    const ok = (msg.chunks as unknown[]).every((c) => typeof c === 'object' && c !== null && str((c as { key?: unknown }).key));
+    if (ok) return msg as EvacuationMessage;
+  }
+  return null;
+}
+
+// ---------------------------------------------------------------------------------------
+// Starting
+
+async function send(message: EvacuationMessage, delaySeconds = 0): Promise<void> {
+  await sqs().send(
+    new SendMessageCommand({ QueueUrl: config().evacuationQueueUrl, MessageBody: JSON.stringify(message), DelaySeconds: Math.min(DELAY_SECONDS_MAX, Math.max(0, Math.ceil(delaySeconds))) }),
+  );
+}
+
+/** The message that continues a run from where the drive item says the scan is. */
+function nextMessage(d: DriveRecord): { message: EvacuationMessage; delaySeconds: number } {
+  const e = d.evacuation!;
+  if (e.cursor === END_OF_DRIVE) {
+    return { message: { type: 'finish-pass', driveId: d.driveId, run: e.run, pass: e.pass, step: e.step }, delaySeconds: config().evacuationRecheckSeconds };
+  }
+  return { message: { type: 'evacuate-drive', driveId: d.driveId, run: e.run, step: e.step, cursor: e.cursor }, delaySeconds: 0 };
+}
+
+/**
+ * Marks a drive retiring and queues its evacuation (`POST /drives/{sled}/{drive}/retire`). On a
+ * drive that is already retiring it queues the current step again, which is harmless (a
+ * duplicate of a step is dropped) and restarts a run whose message was lost.
+ *
+ * @example
+ * await retireDrive('sledge-sled-3/d01', 'operator');
+ */
+export async function retireDrive(id: string, reason: string): Promise<Record<string, unknown>> {
+  const { drive } = await beginRetirement(id, reason);
+  if (drive.state === 'retiring' && drive.evacuation) {
+    const next = nextMessage(drive);
+    await send(next.message, 0);
+  }
+  return driveView(drive);
+}
+
+/**
+ * Counts a failed chunk write against its drive and, when the count crosses the threshold,
+ * retires the drive (docs/evacuation.md, section 1). Never throws: the write it came from has
+ * already been made durable elsewhere.
+ */
+export async function noteWriteError(loc: ChunkLocation, cause: unknown): Promise<void> {
+  const id = makeDriveId(loc.bucket, driveOf(loc));
+  try {
+    const count = await recordWriteError(id);
+    console.warn(`chunk write to ${formatLocation(loc)} failed after retries (${count} in the window on ${id}): ${(cause as Error)?.message ?? cause}`);
+    if (count < WRITE_ERROR_RETIRE_THRESHOLD) return;
+    const { started, drive } = await beginRetirement(id, `${count} failed chunk writes`);
+    if (started) {
+      await send(nextMessage(drive).message);
+      console.warn(`drive ${id} is retiring after ${count} failed chunk writes; evacuation ${drive.evacuation?.run} queued`);
+    }
+  } catch (err) {
+    console.error(`could not count a write error against drive ${id}:`, err);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The scan chain
+
+function currentRun(d: DriveRecord | null, run: string): d is DriveRecord & { evacuation: EvacuationState } {
+  return d !== null && d.state === 'retiring' && d.evacuation?.run === run;
+}
+
+/** When a step was already advanced by a copy of this message: resend its follow-up if it was never sent. */
+async function resumeAfterDuplicate(d: DriveRecord & { evacuation: EvacuationState }): Promise<string> {
+  const e = d.evacuation;
+  if (e.sentStep >= e.step) return 'duplicate';
+  const next = nextMessage(d);
+  await send(next.message, next.delaySeconds);
+  await markStepSent(d.driveId, e.run, e.step);
+  return 'resent';
+}
+
+async function handleScan(msg: Extract<EvacuationMessage, { type: 'evacuate-drive' }>): Promise<string> {
+  const d = await getDrive(msg.driveId);
+  if (!currentRun(d, msg.run)) return 'stale';
+  const e = d.evacuation;
+  if (e.step === msg.step + 1) return resumeAfterDuplicate(d);
+  if (e.step !== msg.step) return 'stale';
+  const page = await listDrivePage(d.sled, d.drive, msg.cursor, SCAN_PAGE_KEYS);
+  const managed = page.objects.filter((o) => parseChunkKey(o.key) !== null);
+  const unmanaged = page.objects.length - managed.length;
+  const batches: ListedChunk[][] = [];
+  for (let i = 0; i < managed.length; i += MOVE_BATCH_CHUNKS) batches.push(managed.slice(i, i + MOVE_BATCH_CHUNKS));
+  for (let i = 0; i < batches.length; i += 10) {
+    const entries = batches.slice(i, i + 10).map((b, j) => {
+      const m: EvacuationMessage = { type: 'move-chunks', driveId: d.driveId, run: e.run, chunks: b.map((c) => ({ key: c.key, sizeBytes: c.sizeBytes, lastModifiedMs: c.lastModifiedMs })) };
+      return { Id: String(j), MessageBody: JSON.stringify(m) };
+    });
+    const out = await sqs().send(new SendMessageBatchCommand({ QueueUrl: config().evacuationQueueUrl, Entries: entries }));
+    if ((out.Failed ?? []).length > 0) throw new EvacuationError(`could not queue ${out.Failed!.length} move batches for ${d.driveId}: ${out.Failed![0]!.Message}`);
+  }
+  const listed = { chunks: managed.length, bytes: managed.reduce((n, c) => n + c.sizeBytes, 0), unmanaged };
+  const advanced = await advanceScan(d.driveId, e.run, e.step, page.next ?? END_OF_DRIVE, listed, e.pass === 1);
+  if (!advanced) {
+    const again = await getDrive(msg.driveId);
+    return currentRun(again, msg.run) && again.evacuation.step === msg.step + 1 ? resumeAfterDuplicate(again) : 'stale';
+  }
+  const next = nextMessage(advanced);
+  await send(next.message, next.delaySeconds);
+  await markStepSent(d.driveId, e.run, advanced.evacuation!.step);
+  return `queued ${managed.length} chunks in ${batches.length} batches`;
+}
+
+async function handleFinish(msg: Extract<EvacuationMessage, { type: 'finish-pass' }>): Promise<string> {
+  const d = await getDrive(msg.driveId);
+  if (!currentRun(d, msg.run)) return 'stale';
+  const e = d.evacuation;
+  if (e.pass !== msg.pass || e.step !== msg.step) return 'stale';
+  const cfg = config();
+  const listingStartedMs = Date.now();
+  const { left, complete } = await chunksLeft(d);
+  const settled = listingStartedMs >= (d.retiringSinceMs ?? e.startedAtMs) + cfg.evacuationSettleMs;
+  if (left.length === 0 && complete && settled) {
+    const done = await completeRetirement(d.driveId, e.run);
+    if (done) console.log(JSON.stringify({ msg: 'drive retired', driveId: d.driveId, run: e.run, moved: e.chunksMoved, rebuilt: e.chunksRebuilt, dropped: e.chunksDropped }));
+    return done ? 'retired' : 'stale';
+  }
+  const counted = await countFinishCheck(d.driveId, e.run, e.pass, e.checks);
+  if (!counted) return 'duplicate';
+  const recheck = cfg.evacuationRecheckSeconds;
+  const quietMs = 3 * recheck * 1000;
+  const moving = Date.now() - e.lastProgressAtMs < quietMs;
+  if ((left.length === 0 && complete) || (moving && e.checks + 1 < CHECKS_MAX)) {
+    // Empty but not settled yet, or moves still landing: look again later.
+    const untilSettled = ((d.retiringSinceMs ?? e.startedAtMs) + cfg.evacuationSettleMs - Date.now()) / 1000;
+    await send(msg, left.length === 0 ? Math.max(1, untilSettled) : recheck);
+    return left.length === 0 ? 'settling' : 'moving';
+  }
+  const youngest = left.length === 0 ? 0 : Math.max(...left.map((o) => o.lastModifiedMs));
+  const waitMs = youngest + cfg.orphanGraceMs - Date.now();
+  if (waitMs > 0 && (await allOrphans(left)) && e.checks + 1 < CHECKS_MAX) {
+    // Only uncommitted chunks are left: wait for them to commit or to age past the grace.
+    await send(msg, Math.min(DELAY_SECONDS_MAX, waitMs / 1000 + 1));
+    return 'waiting for orphans';
+  }
+  if (e.pass >= PASS_MAX) throw new EvacuationError(`drive ${d.driveId} still holds ${left.length}+ chunks after ${PASS_MAX} passes; see the worker's log and the DLQ`);
+  const next = await startNextPass(d.driveId, e.run, e.pass, e.step);
+  if (!next) return 'duplicate';
+  await send(nextMessage(next).message);
+  await markStepSent(d.driveId, e.run, next.evacuation!.step);
+  return `pass ${next.evacuation!.pass} started for ${left.length}+ chunks`;
+}
+
+/** Listing pages a finish check reads at most (past unmanaged objects) before it calls the drive not empty. */
+const FINISH_LIST_PAGES_MAX = 100;
+
+/** Segment chunks still on the drive (up to a page of them), and whether the listing reached the end. */
+async function chunksLeft(d: DriveRecord): Promise<{ left: ListedChunk[]; complete: boolean }> {
+  let cursor = '';
+  for (let page = 0; page < FINISH_LIST_PAGES_MAX; page++) {
+    const p = await listDrivePage(d.sled, d.drive, cursor, SCAN_PAGE_KEYS);
+    const left = p.objects.filter((o) => parseChunkKey(o.key) !== null);
+    if (left.length > 0) return { left, complete: false };
+    if (p.next === undefined) return { left, complete: true };
+    cursor = p.next;
+  }
+  return { left: [], complete: false };
+}
+
+async function allOrphans(left: readonly ListedChunk[]): Promise<boolean> {
+  for (const o of left.slice(0, 100)) {
+    const p = parseChunkKey(o.key)!;
+    if (await getSegmentRecord(p.volumeId, p.segmentId)) return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------
+// Moving chunks
+
+export type MoveResult = 'moved' | 'rebuilt' | 'dropped' | 'waiting' | 'done-elsewhere' | 'unmanaged';
+
+interface MoveContext {
+  drive: DriveRecord & { evacuation: EvacuationState };
+  volumes: Map<string, Promise<VolumeRecord | null>>;
+  nowMs: number;
+}
+
+function sameLocation(a: ChunkLocation | undefined, b: ChunkLocation): boolean {
+  return a !== undefined && a.bucket === b.bucket && a.key === b.key;
+}
+
+/** Whether a whole chunk object is chunk `index` of this segment with every granule intact. */
+export function chunkObjectIsIntact(rec: SegmentRecord, index: number, object: Buffer): boolean {
+  if (object.length <= rec.chunkSizeBytes + FOOTER_BYTES) return false;
+  const data = object.subarray(0, rec.chunkSizeBytes);
+  const crcs = granuleCrcs(data, rec.granuleBytes);
+  const expected = rec.crcs[index] ?? [];
+  if (crcs.length !== expected.length || crcs.some((c, g) => c !== expected[g])) return false;
+  try {
+    const d = parseTrailer(object.subarray(rec.chunkSizeBytes));
+    return d.volumeId === rec.volumeId && d.segmentId === rec.segmentId && d.chunkIndex === index;
+  } catch {
+    return false;
+  }
+}
+
+/** The trailer of chunk `index`, from the trailer of any other readable chunk of the segment. */
+async function trailerFromSiblings(rec: SegmentRecord, index: number): Promise<Buffer> {
+  for (let j = 0; j < rec.locations.length; j++) {
+    if (j === index) continue;
+    try {
+      let tail = await getChunkTail(rec.locations[j]!, TAIL_GUESS_BYTES);
+      if (!tail || tail.length < FOOTER_BYTES) continue;
+      const need = trailerBytesFromFooter(tail.subarray(tail.length - FOOTER_BYTES));
+      if (tail.length < need) tail = await getChunkTail(rec.locations[j]!, need);
+      if (!tail) continue;
+      const d = parseTrailer(tail);
+      if (d.segmentId !== rec.segmentId || d.volumeId !== rec.volumeId) continue;
+      return chunkTrailer(d, index);
+    } catch (err) {
+      console.warn(`trailer of ${formatLocation(rec.locations[j]!)} unreadable: ${(err as Error).message}`);
+    }
+  }
+  throw new EvacuationError(`segment ${rec.volumeId}/${rec.segmentId}: no readable trailer on any other chunk`);
+}
+
+/** The whole object of chunk `index`: copied if intact and `mayRead`, else rebuilt from the others. */
+export async function chunkObjectFor(rec: SegmentRecord, index: number, mayRead: boolean): Promise<{ body: Buffer; rebuilt: boolean }> {
+  if (mayRead) {
+    try {
+      const object = await getChunk(rec.locations[index]!);
+      if (object && chunkObjectIsIntact(rec, index, object)) return { body: object, rebuilt: false };
+      console.warn(`chunk ${formatLocation(rec.locations[index]!)} ${object ? 'is damaged' : 'is missing'}: rebuilding it from the others`);
+    } catch (err) {
+      console.warn(`chunk ${formatLocation(rec.locations[index]!)} unreadable (${(err as Error).message}): rebuilding it from the others`);
+    }
+  }
+  const data = await readChunkData(rec, index, true);
+  const body = Buffer.concat([data, await trailerFromSiblings(rec, index)]);
+  // Pair assertion: what is about to be written is exactly chunk `index` of this segment.
+  invariant(chunkObjectIsIntact(rec, index, body), () => `rebuilt chunk ${index} of ${rec.segmentId} fails its own checks`);
+  return { body, rebuilt: true };
+}
+
+/** PUT with If-None-Match; an existing identical object (an earlier attempt's) counts as written. */
+async function putIdempotent(target: ChunkLocation, body: Buffer): Promise<void> {
+  const crc = crc32c(body);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      await putChunk(target, body, crc);
+      return;
+    } catch (err) {
+      if (!isPreconditionFailed(err)) throw err;
+    }
+    const existing = await getChunk(target);
+    if (existing && existing.equals(body)) return;
+    // Not referenced by the record (we checked it points at the old copy): a damaged leftover.
+    await deleteChunk(target);
+  }
+  throw new EvacuationError(`could not write ${formatLocation(target)}: a different object keeps appearing there`);
+}
+
+/**
+ * Moves one chunk off the retiring drive (docs/evacuation.md, "Moving one chunk"). Returns what
+ * happened; throws when it could not be done now (the message is retried).
+ */
+export async function moveChunk(listed: { key: string; lastModifiedMs: number }, ctx: MoveContext): Promise<{ result: MoveResult; bytes: number }> {
+  const d = ctx.drive;
+  const parsed = parseChunkKey(listed.key);
+  if (!parsed || parsed.drive !== d.drive) return { result: 'unmanaged', bytes: 0 };
+  const old: ChunkLocation = { bucket: d.sled, key: listed.key };
+  let volume = ctx.volumes.get(parsed.volumeId);
+  if (!volume) ctx.volumes.set(parsed.volumeId, (volume = getVolume(parsed.volumeId)));
+  const v = await volume;
+  const rec = await getSegmentRecord(parsed.volumeId, parsed.segmentId);
+  const dropped = async (): Promise<{ result: MoveResult; bytes: number }> => ({ result: (await deleteChunkIfPresent(old)) ? 'dropped' : 'done-elsewhere', bytes: 0 });
+  // A volume that is gone or being deleted: its chunks are garbage (reclaim deletes them too).
+  if (!v || v.state !== 'active') return dropped();
+  if (!rec) {
+    // Not committed (yet): a write in flight may still commit it, so only an old one is deleted.
+    if (ctx.nowMs - listed.lastModifiedMs >= config().orphanGraceMs) return dropped();
+    return { result: 'waiting', bytes: 0 };
+  }
+  const i = parsed.chunkIndex;
+  invariant(i < rec.locations.length, () => `chunk key ${listed.key} has index ${i}, segment has ${rec.locations.length} chunks`);
+  // A copy the record does not point at: no record can come to point at it (moves only target
+  // active drives, checked in their transaction), so it goes.
+  if (!sameLocation(rec.locations[i], old)) return dropped();
+
+  const { body, rebuilt } = await chunkObjectFor(rec, i, !d.evacuation.rebuildOnly);
+  let writable = await writableDrives();
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const target = evacuationTarget(rec.volumeId, rec.segmentId, i, rec.locations, config().sledBuckets, writable);
+    if (!target) throw new EvacuationError(`no active drive can take chunk ${i} of ${rec.volumeId}/${rec.segmentId} on a sled its stripe does not use`);
+    invariant(target.bucket !== old.bucket || driveOf(target) !== d.drive, 'evacuation target is the retiring drive');
+    try {
+      await putIdempotent(target, body);
+    } catch (err) {
+      if (!isPreconditionFailed(err)) await noteWriteError(target, err);
+      throw new EvacuationError(`copy of ${formatLocation(old)} to ${formatLocation(target)} failed: ${(err as Error).message}`, { cause: err });
+    }
+    const targetId = makeDriveId(target.bucket, driveOf(target));
+    let outcome: Awaited<ReturnType<typeof moveChunkLocation>> | { kind: 'unknown'; current: SegmentRecord | null };
+    try {
+      outcome = await moveChunkLocation(rec.volumeId, rec.segmentId, i, old, target, targetId);
+    } catch (err) {
+      // The outcome is unknown (timeout, lost response): the record says what happened.
+      console.warn(`move of ${formatLocation(old)}: outcome unknown (${(err as Error).message}); re-reading the record`);
+      outcome = { kind: 'unknown', current: await getSegmentRecord(rec.volumeId, rec.segmentId) };
+    }
+    if (outcome.kind === 'refused' && outcome.reason === 'target-inactive') {
+      // The target stopped taking chunks between our registry read and the transaction.
+      await deleteChunk(target);
+      forgetDriveStates();
+      writable = await writableDrives();
+      continue;
+    }
+    const current = outcome.kind === 'moved' ? null : outcome.current;
+    if (outcome.kind === 'moved' || sameLocation(current?.locations[i], target)) {
+      // The record points at the new copy (ours, or a duplicate's): only now does the old one go.
+      await deleteChunk(old);
+      const ours = outcome.kind !== 'refused';
+      return { result: ours ? (rebuilt ? 'rebuilt' : 'moved') : 'done-elsewhere', bytes: ours ? body.length : 0 };
+    }
+    if (outcome.kind === 'unknown' && current !== null && sameLocation(current.locations[i], old)) {
+      // Our transaction may still be applied late: leave the copy (a retry finds it, or GC's
+      // sweep deletes it as a stray after the grace) and try again later.
+      throw new EvacuationError(`move of ${formatLocation(old)} to ${formatLocation(target)}: outcome unknown; retrying later`);
+    }
+    // The segment was collected, or someone else moved the chunk elsewhere: our copy is unreferenced.
+    await deleteChunk(target);
+    if (current === null || !sameLocation(current.locations[i], old)) {
+      await deleteChunk(old);
+      return { result: 'done-elsewhere', bytes: 0 };
+    }
+    throw new EvacuationError(`move of ${formatLocation(old)} was refused but the record still points at it; retrying later`);
+  }
+  throw new EvacuationError(`targets for ${formatLocation(old)} kept leaving service; retrying later`);
+}
+
+async function handleMoves(msg: Extract<EvacuationMessage, { type: 'move-chunks' }>): Promise<string> {
+  const d = await getDrive(msg.driveId);
+  if (!currentRun(d, msg.run)) return 'stale';
+  const ctx: MoveContext = { drive: d, volumes: new Map(), nowMs: Date.now() };
+  const results: Array<PromiseSettledResult<{ result: MoveResult; bytes: number }>> = [];
+  for (let i = 0; i < msg.chunks.length; i += MOVE_CONCURRENCY) {
+    results.push(...(await Promise.allSettled(msg.chunks.slice(i, i + MOVE_CONCURRENCY).map((c) => moveChunk(c, ctx)))));
+  }
+  const delta = { chunksMoved: 0, bytesMoved: 0, chunksRebuilt: 0, chunksDropped: 0, bytesDropped: 0 };
+  const failures: unknown[] = [];
+  results.forEach((r, i) => {
+    if (r.status === 'rejected') return void failures.push(r.reason);
+    const { result, bytes } = r.value;
+    if (result === 'moved' || result === 'rebuilt') {
+      delta.chunksMoved++;
+      delta.bytesMoved += bytes;
+      if (result === 'rebuilt') delta.chunksRebuilt++;
+    } else if (result === 'dropped') {
+      delta.chunksDropped++;
+      delta.bytesDropped += msg.chunks[i]!.sizeBytes;
+    }
+  });
+  await addEvacuationProgress(d.driveId, msg.run, delta);
+  const summary = results.map((r) => (r.status === 'fulfilled' ? r.value.result : 'failed'));
+  if (failures.length > 0) {
+    throw new EvacuationError(`${failures.length} of ${msg.chunks.length} chunks of ${d.driveId} could not be moved now: ${(failures[0] as Error)?.message}`, { cause: failures[0] });
+  }
+  return summary.join(',');
+}
+
+/** Runs one evacuation message. Throws when it must be retried. */
+export async function handleEvacuationMessage(msg: EvacuationMessage): Promise<string> {
+  switch (msg.type) {
+    case 'evacuate-drive':
+      return handleScan(msg);
+    case 'move-chunks':
+      return handleMoves(msg);
+    case 'finish-pass':
+      return handleFinish(msg);
+  }
+}
+
+/** `GET /drives/{sled}/{drive}`: the registry item with evacuation progress. */
+export async function describeDrive(id: string): Promise<Record<string, unknown>> {
+  return driveView(await requireDrive(id));
+}
