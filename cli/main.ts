@@ -35,6 +35,16 @@ commands:
       --key KEY              reservation key to attach with (default gw-<host>-<random>); the
                              gateway takes a write-exclusive reservation, preempting any holder
 
+  rebuild <volumeId> --api <url> [--queue]
+      Rebuild the volume's page map from its latest checkpoint plus the segments committed
+      after it (docs/checkpoints.md); --queue hands it to the worker.
+
+  drives --api <url>         list the drives: state, usage, write errors, evacuation
+  retire <sled>/<drive> --api <url> [--watch]
+      Mark a drive retiring and queue its evacuation; --watch shows a progress bar until empty.
+  evacuation <sled>/<drive> --api <url>
+      Follow a drive's evacuation with a progress bar (chunks, bytes, rate, ETA).
+
   help                       this text
 
 Attach with e.g.  nbdinfo nbd://127.0.0.1:10809   or   qemu-io -f raw nbd://127.0.0.1:10809
@@ -258,6 +268,7 @@ export async function main(argv: string[]): Promise<number> {
       return command === undefined ? 2 : 0;
     }
     if (command === 'nbd') return await runNbd(parseNbdArgs(rest));
+    if (command === 'rebuild' || command === 'drives' || command === 'retire' || command === 'evacuation') return await runAdmin(command, rest);
     throw new UsageError(`unknown command ${JSON.stringify(command)}`);
   } catch (err) {
     if (err instanceof UsageError) {
@@ -265,5 +276,34 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
     throw err;
+  }
+}
+
+/** The operator commands: one positional at most, `--api`, and a flag or two. */
+async function runAdmin(command: 'rebuild' | 'drives' | 'retire' | 'evacuation', args: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({ args, allowPositionals: true, strict: true, options: { api: { type: 'string' }, queue: { type: 'boolean' }, watch: { type: 'boolean' } } });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const { values, positionals } = parsed;
+  if (!values.api) throw new UsageError(`--api <url> is required for ${command}`);
+  const wanted = command === 'drives' ? 0 : 1;
+  if (positionals.length !== wanted) throw new UsageError(`sledge ${command} takes ${wanted === 0 ? 'no arguments' : 'exactly one argument'}, got ${positionals.length}`);
+  const target = positionals[0]!;
+  switch (command) {
+    case 'rebuild': {
+      const { rebuildVolume, formatRebuildReport } = await import('./rebuild.ts');
+      const out = await rebuildVolume(values.api, target, { queue: values.queue === true });
+      process.stdout.write('queued' in out ? `rebuild of ${target} queued for the worker\n` : `${formatRebuildReport(out)}\n`);
+      return 0;
+    }
+    case 'drives':
+      return (await import('./drives.ts')).listDrivesCommand(values.api, process.stdout);
+    case 'retire':
+      return (await import('./drives.ts')).retireDriveCommand(values.api, target, process.stdout, { watch: values.watch === true });
+    case 'evacuation':
+      return (await import('./drives.ts')).watchEvacuation(values.api, target, process.stdout);
   }
 }
