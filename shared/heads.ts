@@ -3,11 +3,11 @@
  * A head is a reservation key `head:<name>`; the primary holds a write-exclusive reservation,
  * so promotion is a preempt and the old primary is fenced by the commit condition itself.
  */
-import { ConflictError, FencedError, InvalidInputError, NotFoundError, UnavailableError } from './errors.ts';
+import { ConflictError, FencedError, InvalidInputError, UnavailableError } from './errors.ts';
 import { getVolume, headsToAttribute, listVolumes, sleep, storeReservations, updateVolumeIf, type HeadDesignation, type VolumeRecord } from './pagemap.ts';
 import { apply, checkKey, type ReservationState } from './reservations.ts';
 import { startDump, type DumpHandle } from './dumps.ts';
-import { inflightWrites } from './volumes.ts';
+import { inflightWrites, requireActive } from './volumes.ts';
 
 export const DEFAULT_LEASE_DURATION_MS = 10_000;
 const MIN_RESERVES = 2;
@@ -41,10 +41,7 @@ export function headsView(v: VolumeRecord, nowMs = Date.now()): HeadsView {
 }
 
 async function active(volumeId: string): Promise<VolumeRecord> {
-  const v = await getVolume(volumeId);
-  if (!v) throw new NotFoundError(`volume ${volumeId} does not exist`);
-  if (v.state !== 'active') throw new NotFoundError(`volume ${volumeId} is being deleted`);
-  return v;
+  return requireActive(await getVolume(volumeId), volumeId);
 }
 
 function headName(value: unknown, field: string): string {

@@ -123,7 +123,8 @@ export function checkRange(v: VolumeRecord, offset: number, length: number, maxL
   }
 }
 
-function requireActive(v: VolumeRecord | null, volumeId: string): VolumeRecord {
+/** The volume, if it can serve now: 404 if missing or being deleted, 503 while a rebuild holds it. */
+export function requireActive(v: VolumeRecord | null, volumeId: string): VolumeRecord {
   if (!v) throw new NotFoundError(`volume ${volumeId} does not exist`);
   if (v.state === 'rebuilding') throw rebuildingError(volumeId);
   if (v.state !== 'active') throw new NotFoundError(`volume ${volumeId} is being deleted`);
