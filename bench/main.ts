@@ -9,9 +9,11 @@
  * real consumed capacity.
  */
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { Agent as HttpAgent, request as httpRequest } from 'node:http';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { startControlPlane } from '#local/control-plane.ts';
-import { GetItemCommand } from '@aws-sdk/client-dynamodb';
+import { BatchGetItemCommand, GetItemCommand } from '@aws-sdk/client-dynamodb';
 import { dynamo, requestCounts, resetRequestCounts, s3, type RequestCounts } from '#shared/aws.ts';
 import { itemSize } from '#shared/capacity.ts';
 import { config } from '#shared/config.ts';
@@ -40,6 +42,15 @@ const PRICE = {
   dynamoReadPerUnit: 0.125 / 1e6,
 };
 
+/**
+ * `npm run bench -- <name> ...` runs only the named parts (codec, encode, evacuation, gc,
+ * throughput, endpoint, cost, checkpoints, fencing, nbd); no names runs them all.
+ */
+const only = new Set(process.argv.slice(2));
+const PARTS = ['codec', 'encode', 'evacuation', 'gc', 'throughput', 'endpoint', 'cost', 'checkpoints', 'fencing', 'nbd'];
+for (const name of only) if (!PARTS.includes(name)) throw new Error(`unknown bench part ${name}; the parts are ${PARTS.join(', ')}`);
+const want = (name: string): boolean => only.size === 0 || only.has(name);
+
 function section(title: string): void {
   console.log(`\n== ${title}`);
 }
@@ -59,30 +70,80 @@ async function createVolume(api: string, sizeBytes: number): Promise<string> {
   return ((await res.json()) as { volumeId: string }).volumeId;
 }
 
-async function write(api: string, volumeId: string, offset: number, data: Buffer): Promise<void> {
-  const res = await http(`${api}/volumes/${volumeId}/data?offset=${offset}`, {
-    method: 'PUT',
-    headers: { 'content-type': 'application/octet-stream' },
-    body: data as unknown as BodyInit,
+/**
+ * The data-path client: node:http with kept-alive connections, the same HTTP stack the AWS SDK
+ * uses for the raw S3 baseline, so that both sides of a ratio pay the same client costs in this
+ * one process (fetch costs several times more CPU per request body).
+ */
+const clientAgent = new HttpAgent({ keepAlive: true, maxSockets: 64 });
+
+function rawHttp(url: string, method: string, body?: Buffer): Promise<Buffer> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      { host: u.hostname, port: u.port, path: u.pathname + u.search, method, agent: clientAgent, headers: body ? { 'content-type': 'application/octet-stream', 'content-length': body.length } : {} },
+      (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (c: Buffer) => parts.push(c));
+        res.on('error', reject);
+        res.on('end', () => {
+          const out = Buffer.concat(parts);
+          if ((res.statusCode ?? 500) >= 300) reject(new Error(`${method} ${url}: ${res.statusCode} ${out.toString()}`));
+          else resolve(out);
+        });
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
   });
-  await res.arrayBuffer();
+}
+
+async function write(api: string, volumeId: string, offset: number, data: Buffer): Promise<void> {
+  await rawHttp(`${api}/volumes/${volumeId}/data?offset=${offset}`, 'PUT', data);
 }
 
 async function read(api: string, volumeId: string, offset: number, length: number): Promise<Buffer> {
-  const res = await http(`${api}/volumes/${volumeId}/data?offset=${offset}&length=${length}`);
-  return Buffer.from(await res.arrayBuffer());
+  return rawHttp(`${api}/volumes/${volumeId}/data?offset=${offset}&length=${length}`, 'GET');
 }
 
-/** Runs `count` tasks with at most `concurrency` at a time; returns elapsed seconds. */
+/** CPU seconds used so far by this process and by the local endpoint's process (Linux /proc). */
+function cpuSeconds(endpointPid: number | undefined): { node: number; endpoint: number } {
+  const u = process.cpuUsage();
+  let endpoint = NaN;
+  if (endpointPid !== undefined) {
+    try {
+      // Fields 14 and 15 of /proc/<pid>/stat (utime, stime) in clock ticks, 100 per second here.
+      const fields = readFileSync(`/proc/${endpointPid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      endpoint = (Number(fields[11]) + Number(fields[12])) / 100;
+    } catch {
+      // Not Linux, or the endpoint is not ours: reported as NaN.
+    }
+  }
+  return { node: (u.user + u.system) / 1e6, endpoint };
+}
+
+let endpointPid: number | undefined;
+
+/** CPU seconds of each process during the last `timed` run. */
+let lastCpu = { node: 0, endpoint: 0 };
+
+/**
+ * Runs tasks 0..count-1 on `concurrency` workers; worker w runs tasks w, w + concurrency, ...
+ * one after another, so that a task's `i % concurrency` names its worker (the throughput runs
+ * give each worker its own volume: one writer per volume, as heads are). Returns elapsed seconds.
+ */
 async function timed(count: number, concurrency: number, task: (i: number) => Promise<void>): Promise<number> {
-  let next = 0;
+  const cpu0 = cpuSeconds(endpointPid);
   const start = process.hrtime.bigint();
   await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (next < count) await task(next++);
+    Array.from({ length: concurrency }, async (_, w) => {
+      for (let i = w; i < count; i += concurrency) await task(i);
     }),
   );
-  return Number(process.hrtime.bigint() - start) / 1e9;
+  const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+  const cpu1 = cpuSeconds(endpointPid);
+  lastCpu = { node: cpu1.node - cpu0.node, endpoint: cpu1.endpoint - cpu0.endpoint };
+  return seconds;
 }
 
 interface CostRow {
@@ -118,13 +179,16 @@ function fmtCost(label: string, c: CostRow & { dollars: number }): Record<string
 async function main(): Promise<void> {
   console.log(`Sledge bench, ${new Date().toISOString()}, node ${process.version}, ${process.platform}/${process.arch}`);
 
-  section('Erasure codec, GB/s of user data on one core (1 MiB shards), next to Buffer.copy');
-  const codec = await benchCodec();
-  const copy = codec.find((r) => r.name.toLowerCase().includes('copy'))?.gbPerSec ?? NaN;
-  table(codec.map((r) => ({ measurement: r.name, 'GB/s': r.gbPerSec.toFixed(2), 'x Buffer.copy': (r.gbPerSec / copy).toFixed(2) })));
+  let copy = NaN;
+  if (want('codec') || want('encode')) {
+    section('Erasure codec, GB/s of user data on one core (1 MiB shards), next to Buffer.copy');
+    const codec = await benchCodec();
+    copy = codec.find((r) => r.name.toLowerCase().includes('copy'))?.gbPerSec ?? NaN;
+    table(codec.map((r) => ({ measurement: r.name, 'GB/s': r.gbPerSec.toFixed(2), 'x Buffer.copy': (r.gbPerSec / copy).toFixed(2) })));
+  }
 
-  section('Segment encode (4 MiB payload, RS 4+2 per 64 KiB granule, CRC32C, trailers): the write path CPU');
-  {
+  if (want('encode')) {
+    section('Segment encode (4 MiB payload, RS 4+2 per 64 KiB granule, CRC32C, trailers): the write path CPU');
     const payload = randomBytes(4 * MiB);
     const meta = { volumeId: 'vol-bench', seq: 1, prev: '', writer: { id: 'bench' }, k: 4, m: 2, blockSizeBytes: 4096, extents: [[0, 1024, 0]] as Array<[number, number, number]> };
     await encodeSegment({ ...meta, segmentId: newSegmentId(1) }, payload);
@@ -140,34 +204,41 @@ async function main(): Promise<void> {
   process.env.SLEDGE_EVACUATION_RECHECK_SECONDS ??= '1';
   process.env.SLEDGE_GC_EVERY_COMMITS ??= '0';
   const plane = await startControlPlane({ port: 0, endpointPort: 0, preferExistingEndpoint: false, stackName: 'sledge-bench' });
+  endpointPid = plane.endpointPid;
   try {
     const api = plane.apiUrl;
     const bucket = config().sledBuckets[0]!;
 
     // First, while the drives hold only what these sections write (whole-segment chunks).
-    await benchEvacuation();
-    await benchGc();
+    if (want('evacuation')) await benchEvacuation();
+    if (want('gc')) await benchGc();
 
-    section('Throughput through the local API against raw S3 on the same endpoint (same bytes, same concurrency)');
-    {
+    if (want('throughput')) {
+      section('Throughput through the local API against raw S3 on the same endpoint (same bytes, same concurrency)');
       const count = 32;
       const concurrency = 4;
       const data = randomBytes(4 * MiB);
       const vols = await Promise.all(Array.from({ length: concurrency }, () => createVolume(api, GiB)));
+      // Warm up: connections, the drive registry, the volumes' first commits.
+      await Promise.all(vols.map((v) => write(api, v, GiB - 4 * MiB, data)));
       // One writer per volume, as heads are: task i goes to volume i % concurrency.
       resetRequestCounts();
       const apiWrite = await timed(count, concurrency, (i) => write(api, vols[i % concurrency]!, Math.floor(i / concurrency) * 4 * MiB, data));
+      const apiWriteCpu = lastCpu;
       const writeCounts = requestCounts();
       const rawPut = await timed(count, concurrency, (i) =>
         s3()
           .send(new PutObjectCommand({ Bucket: bucket, Key: `bench/raw-${i}`, Body: data, ContentLength: data.length }))
           .then(() => undefined),
       );
+      const rawPutCpu = lastCpu;
       const apiRead = await timed(count, concurrency, (i) => read(api, vols[i % concurrency]!, Math.floor(i / concurrency) * 4 * MiB, 4 * MiB).then(() => undefined));
+      const apiReadCpu = lastCpu;
       const rawGet = await timed(count, concurrency, async (i) => {
         const out = await s3().send(new GetObjectCommand({ Bucket: bucket, Key: `bench/raw-${i}` }));
         await out.Body!.transformToByteArray();
       });
+      const rawGetCpu = lastCpu;
       // The floor the emulator sets: one stripe's k+m = 6 PUTs of 1 MiB (what a 4 MiB write
       // must send) against one 4 MiB PUT, with no encoding, no DynamoDB and no HTTP hop.
       const oneMiB = data.subarray(0, MiB);
@@ -178,21 +249,47 @@ async function main(): Promise<void> {
             .map((b, j) => s3().send(new PutObjectCommand({ Bucket: b, Key: `bench/stripe-${i}-${j}`, Body: oneMiB, ContentLength: MiB }))),
         ).then(() => undefined),
       );
+      const stripeCpu = lastCpu;
       const mb = (count * 4 * MiB) / 1e6;
+      const perOp = (seconds: number) => ((seconds * 1000) / count).toFixed(1);
       table([
-        { path: 'write 4 MiB', 'API MB/s': (mb / apiWrite).toFixed(1), 'raw S3 MB/s': (mb / rawPut).toFixed(1), 'API / raw': (rawPut / apiWrite).toFixed(2) },
-        { path: 'read 4 MiB', 'API MB/s': (mb / apiRead).toFixed(1), 'raw S3 MB/s': (mb / rawGet).toFixed(1), 'API / raw': (rawGet / apiRead).toFixed(2) },
-        { path: 'ceiling: 6 x 1 MiB raw PUTs per 4 MiB', 'API MB/s': (mb / stripePuts).toFixed(1), 'raw S3 MB/s': (mb / rawPut).toFixed(1), 'API / raw': (rawPut / stripePuts).toFixed(2) },
+        { path: 'write 4 MiB', 'API MB/s': (mb / apiWrite).toFixed(1), 'raw S3 MB/s': (mb / rawPut).toFixed(1), 'API / raw': (rawPut / apiWrite).toFixed(2), 'endpoint CPU ms/op (API, raw)': `${perOp(apiWriteCpu.endpoint)}, ${perOp(rawPutCpu.endpoint)}`, 'node CPU ms/op (API, raw)': `${perOp(apiWriteCpu.node)}, ${perOp(rawPutCpu.node)}` },
+        { path: 'read 4 MiB', 'API MB/s': (mb / apiRead).toFixed(1), 'raw S3 MB/s': (mb / rawGet).toFixed(1), 'API / raw': (rawGet / apiRead).toFixed(2), 'endpoint CPU ms/op (API, raw)': `${perOp(apiReadCpu.endpoint)}, ${perOp(rawGetCpu.endpoint)}`, 'node CPU ms/op (API, raw)': `${perOp(apiReadCpu.node)}, ${perOp(rawGetCpu.node)}` },
+        { path: 'ceiling: 6 x 1 MiB raw PUTs per 4 MiB', 'API MB/s': (mb / stripePuts).toFixed(1), 'raw S3 MB/s': (mb / rawPut).toFixed(1), 'API / raw': (rawPut / stripePuts).toFixed(2), 'endpoint CPU ms/op (API, raw)': `${perOp(stripeCpu.endpoint)}, ${perOp(rawPutCpu.endpoint)}`, 'node CPU ms/op (API, raw)': `${perOp(stripeCpu.node)}, ${perOp(rawPutCpu.node)}` },
       ]);
+      console.log(
+        `The endpoint (one Python process) spent ${perOp(apiWriteCpu.endpoint)} ms of CPU per API write against ${perOp(rawPutCpu.endpoint)} ms per raw PUT: ` +
+          `while it is the bottleneck, the API can reach at most ${(rawPutCpu.endpoint / apiWriteCpu.endpoint).toFixed(2)}x raw, however little the head itself costs.`,
+      );
       console.log(`(${count} requests of 4 MiB, ${concurrency} at a time; the API stores (k+m)/k = 1.5x the bytes raw S3 stores)`);
       console.log('Mean latency per AWS request during the API writes:');
       table(
         Object.entries(writeCounts.requests).map(([op, n]) => ({ request: op, count: n, 'mean ms': ((writeCounts.millis[op] ?? 0) / n).toFixed(1) })),
       );
     }
-    section('Requests and cost (exact counts; DynamoDB units by published rules; list prices us-east-1)');
-    const rows: Array<Record<string, string | number>> = [];
-    {
+    if (want('endpoint')) {
+      section('What each request costs the local endpoint (CPU of its process, one request at a time)');
+      const vol = await createVolume(api, GiB);
+      await write(api, vol, 0, randomBytes(4 * MiB));
+      const rows: Array<Record<string, string | number>> = [];
+      const measure = async (label: string, n: number, task: (i: number) => Promise<unknown>) => {
+        await timed(n, 1, async (i) => void (await task(i)));
+        rows.push({ request: label, 'endpoint CPU ms': ((lastCpu.endpoint * 1000) / n).toFixed(2) });
+      };
+      const bodies = { '1 B': Buffer.alloc(1), '1 MiB': randomBytes(MiB), '4 MiB': randomBytes(4 * MiB) };
+      for (const [label, body] of Object.entries(bodies)) {
+        await measure(`S3 PutObject ${label}`, label === '4 MiB' ? 25 : 100, (i) => s3().send(new PutObjectCommand({ Bucket: bucket, Key: `bench/cost-${label}-${i}`, Body: body, ContentLength: body.length })));
+      }
+      await measure('DynamoDB GetItem (volume item)', 100, () => dynamo().send(new GetItemCommand({ TableName: config().volumesTable, Key: { volumeId: { S: vol } }, ConsistentRead: true })));
+      await measure('DynamoDB BatchGetItem (4 page items)', 100, () =>
+        dynamo().send(new BatchGetItemCommand({ RequestItems: { [config().pagesTable]: { Keys: [0, 1, 2, 3].map((p) => ({ volumeId: { S: vol }, page: { N: String(p) } })), ConsistentRead: true } } })),
+      );
+      table(rows);
+      console.log('(a PUT costs the emulator a fixed part per request plus a part per MiB; a 4 MiB write through the API sends k+m = 6 PUTs of 1 MiB and three DynamoDB requests where the raw baseline sends one PUT)');
+    }
+    if (want('cost')) {
+      section('Requests and cost (exact counts; DynamoDB units by published rules; list prices us-east-1)');
+      const rows: Array<Record<string, string | number>> = [];
       const vol = await createVolume(api, GiB);
       const writes = 16; // 64 MiB, scaled to 1 GiB
       const data = randomBytes(4 * MiB);
@@ -216,11 +313,11 @@ async function main(): Promise<void> {
       resetRequestCounts();
       for (let i = 0; i < 1000; i++) await read(api, vol, Math.floor(Math.random() * (GiB / 4096)) * 4096, 4096);
       rows.push(fmtCost('per 1,000 random 4 KiB reads', costOf(requestCounts(), 1)));
+      table(rows);
     }
-    table(rows);
 
-    section('Checkpoints and rebuild against pages in the map and segments replayed (docs/checkpoints.md)');
-    {
+    if (want('checkpoints')) {
+      section('Checkpoints and rebuild against pages in the map and segments replayed (docs/checkpoints.md)');
       const { checkpoints, rebuilds } = await benchCheckpoints(api, { pageCounts: [256, 1024, 4096], replays: [0, 25, 100] });
       console.log('Checkpoint (read the previous checkpoint, replay the segments since, verify page by page against the live items, encode 4+2, upload, record, retention):');
       table(checkpoints);
@@ -228,8 +325,8 @@ async function main(): Promise<void> {
       table(rebuilds);
     }
 
-    section('The cost of fencing: one 4 KiB commit with and without the reservation condition');
-    {
+    if (want('fencing')) {
+      section('The cost of fencing: one 4 KiB commit with and without the reservation condition');
       const plain = await createVolume(api, 64 * MiB);
       const fenced = await createVolume(api, 64 * MiB);
       for (const body of [
@@ -270,7 +367,7 @@ async function main(): Promise<void> {
       table([row('no reservation', a, await volItem(plain)), row('write-exclusive, key presented', b, await volItem(fenced))]);
     }
 
-    await benchNbd({
+    if (want('nbd')) await benchNbd({
       apiUrl: api,
       createVolume,
       resetRequestCounts,

@@ -35,6 +35,8 @@ export interface ControlPlaneOptions {
 export interface ControlPlane {
   apiUrl: string;
   endpointUrl: string;
+  /** The process id of the local endpoint when this control plane started it. */
+  endpointPid?: number;
   /** The environment the head and worker run with (table, bucket and queue names). */
   env: Record<string, string>;
   /** Resolves when every work queue was just seen empty and nothing is in flight. */
@@ -82,6 +84,7 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
     return {
       apiUrl: server.url,
       endpointUrl: endpoint.url,
+      endpointPid: endpoint.pid,
       env,
       idle: () => poller.idle(),
       async stop() {

@@ -51,6 +51,8 @@ export interface LocalEndpoint {
   stop(): Promise<void>;
   /** Whether this call started a moto_server (false: an existing endpoint is used). */
   started: boolean;
+  /** The process id of the moto_server this call started (benchmarks read its CPU time). */
+  pid?: number;
 }
 
 /**
@@ -92,6 +94,7 @@ export async function ensureEndpoint(opts: EnsureEndpointOptions = {}): Promise<
   return {
     url: server.url,
     started: true,
+    pid: server.pid,
     stop: () =>
       (stopped ??= server.stop().then(() => {
         // Restore only what this call set; someone may have pointed it elsewhere since.
@@ -165,6 +168,7 @@ const MOTO_WRAPPER = fileURLToPath(new URL('./moto-server.py', import.meta.url))
 interface MotoServer {
   url: string;
   stop(): Promise<void>;
+  pid: number | undefined;
 }
 
 async function startMoto(port: number): Promise<MotoServer> {
@@ -230,7 +234,7 @@ async function startMoto(port: number): Promise<MotoServer> {
       const how = spawnError ? spawnError.message : `exited with ${exit?.signal ?? `code ${exit?.code}`}`;
       throw new Error(`moto_server (${motoServer}) failed to start on ${url}: ${how}\n${output().join('\n')}`);
     }
-    if (await answers(url)) return { url, stop };
+    if (await answers(url)) return { url, stop, pid: child.pid };
     if (Date.now() > deadline) {
       await stop();
       throw new Error(

@@ -14,9 +14,23 @@ and, if any condition fails, putting those copies back. Two problems follow:
 
 S3, SQS and CloudFormation stay concurrent.
 
+3. moto_server's HTTP server (werkzeug's development server) answers every request with
+   `Connection: close` and starts a thread per connection, so each AWS request pays a TCP
+   handshake and a thread start on both sides; real AWS endpoints keep connections alive. This
+   wrapper serves the same moto application with HTTP/1.1 keep-alive instead (see
+   `KeepAliveHandler`), and without a log line per request.
+4. moto finds the backend for every request by listing its own package directory, stat-ing
+   each entry and trying a few hundred URL patterns, all under one global lock: some
+   milliseconds of serialized work per request. The answer depends only on the host name, so
+   this wrapper remembers it.
+
 Usage: python3 local/moto-server.py -H 127.0.0.1 -p 4566  (the same flags as moto_server)
 """
+import argparse
 import copy
+import io
+import os
+import signal
 import sys
 import threading
 import types
@@ -24,7 +38,9 @@ import types
 import moto.dynamodb.models as dynamodb_models
 from moto.dynamodb.models import DynamoDBBackend, Table
 from moto.dynamodb.responses import DynamoHandler
-from moto.server import main
+import moto.backends
+from moto.server import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 _dynamodb_lock = threading.Lock()
 _call_action = DynamoHandler.call_action
@@ -85,6 +101,162 @@ def _transact_write_items_saving_items(self, transact_items):
 
 
 DynamoDBBackend.transact_write_items = _transact_write_items_saving_items
+
+_moto_modules = frozenset(moto.backends.list_of_moto_modules())
+moto.backends.list_of_moto_modules = lambda: _moto_modules
+
+_get_backend_for_host = DomainDispatcherApplication.get_backend_for_host
+_backend_for_host = {}
+
+
+def _remembered_backend_for_host(self, host):
+    # Called under the dispatcher's own lock, so the dictionary needs no other.
+    if host not in _backend_for_host:
+        _backend_for_host[host] = _get_backend_for_host(self, host)
+    return _backend_for_host[host]
+
+
+DomainDispatcherApplication.get_backend_for_host = _remembered_backend_for_host
+
+
+class _BodyReader(io.RawIOBase):
+    """The request body, limited to Content-Length, so that what the application leaves unread
+    can be drained and the next request on the connection starts at its first byte. Being
+    bounded already, it is marked `wsgi.input_terminated`, so werkzeug reads it directly
+    (one read for the whole body) instead of through its own LimitedStream in small pieces."""
+
+    def __init__(self, rfile, length):
+        super().__init__()
+        self._rfile = rfile
+        self.remaining = length
+
+    def read(self, size=-1):
+        if self.remaining <= 0:
+            return b""
+        if size is None or size < 0 or size > self.remaining:
+            size = self.remaining
+        data = self._rfile.read(size)
+        self.remaining -= len(data)
+        if not data:
+            self.remaining = 0
+        return data
+
+    def readline(self, size=-1):
+        if self.remaining <= 0:
+            return b""
+        if size is None or size < 0 or size > self.remaining:
+            size = self.remaining
+        data = self._rfile.readline(size)
+        self.remaining -= len(data)
+        return data
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readall(self):
+        return self.read(-1)
+
+    def drain(self):
+        while self.remaining > 0 and self.read(min(self.remaining, 1 << 20)):
+            pass
+
+
+class KeepAliveHandler(WSGIRequestHandler):
+    """Runs the WSGI application with HTTP/1.1 persistent connections.
+
+    A connection is kept only when both messages are framed by Content-Length (or carry no
+    body): the request body is read to its end before the next request is parsed, and a
+    response without Content-Length gets one computed from its (in-memory) body. A chunked
+    request, an error, or a client asking for `Connection: close` closes the connection.
+    """
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # header and body go in separate writes
+
+    def log_request(self, code="-", size="-"):
+        pass  # one line per request costs both processes CPU; errors are still logged
+
+    def run_wsgi(self):
+        if self.headers.get("Expect", "").lower().strip() == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        environ = self.make_environ()
+        body = None
+        if environ.get("wsgi.input_terminated"):
+            self.close_connection = True  # chunked request: not worth framing by hand
+        else:
+            length = environ.get("CONTENT_LENGTH", "")
+            body = _BodyReader(self.rfile, int(length) if length.isdigit() else 0)
+            environ["wsgi.input"] = body
+            environ["wsgi.input_terminated"] = True
+        started = {}
+
+        def start_response(status, headers, exc_info=None):
+            if exc_info and started.get("sent"):
+                raise exc_info[1].with_traceback(exc_info[2])
+            started["status"] = status
+            started["headers"] = headers
+            return lambda data: started.setdefault("early", []).append(data)
+
+        try:
+            app_iter = self.server.app(environ, start_response)
+            try:
+                chunks = started.pop("early", []) + [bytes(c) for c in app_iter]
+            finally:
+                if hasattr(app_iter, "close"):
+                    app_iter.close()
+        except Exception:
+            self.close_connection = True
+            self.server.log("error", "error on %s %s", self.command, self.path, exc_info=True)
+            if not started.get("sent"):
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.send_header("Connection", "close")
+                self.end_headers()
+            return
+        code_text, _, reason = started["status"].partition(" ")
+        code = int(code_text)
+        self.send_response(code, reason)
+        names = set()
+        for name, value in started["headers"]:
+            names.add(name.lower())
+            self.send_header(name, value)
+        no_body = self.command == "HEAD" or code < 200 or code in (204, 304)
+        if "content-length" not in names and not no_body:
+            self.send_header("Content-Length", str(sum(len(c) for c in chunks)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        started["sent"] = True
+        if not no_body:
+            for c in chunks:
+                if c:
+                    self.wfile.write(c)
+        if body is not None:
+            body.drain()
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description="moto_server, made safe and fast enough for Sledge")
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, default=int(os.environ.get("MOTO_PORT", 5000)))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MOTO_PORT", str(args.port))  # moto builds some URLs (SQS queue URLs) from it
+    app = DomainDispatcherApplication(create_backend_app)
+    app.debug = True  # as moto_server sets it
+    server = make_server(args.host, args.port, app, threaded=True, request_handler=KeepAliveHandler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"moto (Sledge wrapper) on http://{args.host}:{args.port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -103,6 +103,45 @@ function gf2Square(square: Uint32Array, mat: Uint32Array): void {
   for (let n = 0; n < 32; n++) square[n] = gf2Times(mat, mat[n]!);
 }
 
+/** `crc` advanced over `len` zero bytes (zlib's crc32_combine core), without the final xor. */
+function shiftByZeros(crc: number, len: number): number {
+  const even = new Uint32Array(32);
+  const odd = new Uint32Array(32);
+  odd[0] = POLY; // the operator for one zero bit
+  for (let n = 1, row = 1; n < 32; n++, row <<= 1) odd[n] = row;
+  gf2Square(even, odd); // two zero bits
+  gf2Square(odd, even); // four zero bits
+  let c = crc >>> 0;
+  do {
+    gf2Square(even, odd);
+    if (len & 1) c = gf2Times(even, c);
+    len = Math.floor(len / 2);
+    if (len === 0) break;
+    gf2Square(odd, even);
+    if (len & 1) c = gf2Times(odd, c);
+    len = Math.floor(len / 2);
+  } while (len !== 0);
+  return c >>> 0;
+}
+
+/**
+ * The shift over `len` zero bytes is linear in the CRC, so it is a 32x32 bit matrix: built once
+ * per length (column i is the shift of bit i) and kept, since callers combine many blocks of the
+ * same few lengths (granules). A combine then costs at most 32 XORs.
+ */
+const zeroShiftOperators = new Map<number, Uint32Array>();
+
+function zeroShiftOperator(len: number): Uint32Array {
+  let op = zeroShiftOperators.get(len);
+  if (!op) {
+    op = new Uint32Array(32);
+    for (let i = 0; i < 32; i++) op[i] = shiftByZeros((1 << i) >>> 0, len);
+    if (zeroShiftOperators.size >= 256) zeroShiftOperators.clear();
+    zeroShiftOperators.set(len, op);
+  }
+  return op;
+}
+
 /**
  * CRC-32C of the concatenation of two blocks, given each block's CRC and the second's length.
  *
@@ -111,22 +150,5 @@ function gf2Square(square: Uint32Array, mat: Uint32Array): void {
  */
 export function crc32cCombine(crc1: number, crc2: number, len2: number): number {
   if (len2 <= 0) return crc1 >>> 0;
-  const even = new Uint32Array(32);
-  const odd = new Uint32Array(32);
-  odd[0] = POLY; // the operator for one zero bit
-  for (let n = 1, row = 1; n < 32; n++, row <<= 1) odd[n] = row;
-  gf2Square(even, odd); // two zero bits
-  gf2Square(odd, even); // four zero bits
-  let c1 = crc1 >>> 0;
-  let len = len2;
-  do {
-    gf2Square(even, odd);
-    if (len & 1) c1 = gf2Times(even, c1);
-    len = Math.floor(len / 2);
-    if (len === 0) break;
-    gf2Square(odd, even);
-    if (len & 1) c1 = gf2Times(odd, c1);
-    len = Math.floor(len / 2);
-  } while (len !== 0);
-  return (c1 ^ crc2) >>> 0;
+  return (gf2Times(zeroShiftOperator(len2), crc1 >>> 0) ^ crc2) >>> 0;
 }

@@ -34,8 +34,12 @@ import { ENV } from '#shared/config.ts';
 
 export interface ErasureCodec {
   readonly name: 'native' | 'portable';
-  /** Computes the m parity shards for k data shards of equal length (length a multiple of 8 is guaranteed by callers; assert it). */
-  encode(k: number, m: number, data: readonly Buffer[]): Promise<Buffer[]>;
+  /**
+   * Computes the m parity shards for k data shards of equal length (length a multiple of 8 is
+   * guaranteed by callers; assert it). With `into` (m buffers of the shard length), the parity
+   * is written there and those buffers are returned; otherwise new ones are.
+   */
+  encode(k: number, m: number, data: readonly Buffer[], into?: readonly Buffer[]): Promise<Buffer[]>;
   /** shards has k+m entries, null where missing; at least k present, all of the same length. Returns all k+m shards, missing ones rebuilt. Throws a clear Error if fewer than k present. */
   reconstruct(k: number, m: number, shards: readonly (Buffer | null)[]): Promise<Buffer[]>;
 }
@@ -61,6 +65,18 @@ function checkShardLength(length: number, what: string): void {
   if (length === 0 || length % 8 !== 0) {
     throw new RangeError(`${what}: shard length must be a positive multiple of 8, got ${length}`);
   }
+}
+
+function checkInto(m: number, length: number, into: readonly Buffer[]): void {
+  if (into.length !== m || into.some((p) => !(p instanceof Uint8Array) || p.length !== length)) {
+    throw new RangeError(`encode: expected m = ${m} output shards of ${length} bytes`);
+  }
+}
+
+/** Copies each of `from` into the matching `into` buffer; returns `into`. */
+function copyInto(from: readonly Buffer[], into: readonly Buffer[]): Buffer[] {
+  from.forEach((p, i) => p.copy(into[i]!));
+  return into as Buffer[];
 }
 
 /** Validates encode arguments; returns the shard length. */
@@ -643,8 +659,11 @@ function portableReconstruct(k: number, m: number, shards: readonly (Buffer | nu
  */
 export const portableCodec: ErasureCodec = {
   name: 'portable',
-  async encode(k, m, data) {
-    return portableEncode(k, m, data);
+  async encode(k, m, data, into) {
+    const parity = portableEncode(k, m, data);
+    if (!into) return parity;
+    checkInto(m, parity[0]?.length ?? 0, into);
+    return copyInto(parity, into);
   },
   async reconstruct(k, m, shards) {
     return portableReconstruct(k, m, shards);
@@ -720,8 +739,9 @@ function nativeCodec(rs: Ronomon): ErasureCodec {
   };
   return {
     name: 'native',
-    async encode(k, m, data) {
+    async encode(k, m, data, into) {
       const length = checkEncode(k, m, data);
+      if (into) checkInto(m, length, into);
       checkSize(k, m, length);
       // ronomon wants the data shards contiguous: use them in place when they already are
       // (consecutive views of one ArrayBuffer), else copy. ronomon only reads them here.
@@ -735,15 +755,24 @@ function nativeCodec(rs: Ronomon): ErasureCodec {
         buffer = borrowed = takeScratch(k * length);
         for (let i = 0; i < k; i++) buffer.set(data[i]!, i * length);
       }
-      const parity = Buffer.allocUnsafeSlow(m * length);
+      // ronomon writes the parity shards contiguously: straight into `into` when those are
+      // consecutive views, else into a scratch buffer copied out after.
+      const direct = into && into.every((p, i) => p.buffer === into[0]!.buffer && p.byteOffset === into[0]!.byteOffset + i * length);
+      let parity: Buffer;
+      let parityScratch: Buffer | undefined;
+      if (into && direct) parity = Buffer.from(into[0]!.buffer, into[0]!.byteOffset, m * length);
+      else if (into) parity = parityScratch = takeScratch(m * length);
+      else parity = Buffer.allocUnsafeSlow(m * length);
       let targets = 0;
       for (let i = k; i < k + m; i++) targets |= 1 << i;
       try {
         await run(k, m, (1 << k) - 1, targets, buffer, parity, length);
+        const out = Array.from({ length: m }, (_, i) => parity.subarray(i * length, (i + 1) * length));
+        return into ? (direct ? (into as Buffer[]) : copyInto(out, into)) : out;
       } finally {
         if (borrowed) giveScratch(borrowed);
+        if (parityScratch) giveScratch(parityScratch);
       }
-      return Array.from({ length: m }, (_, i) => parity.subarray(i * length, (i + 1) * length));
     },
     async reconstruct(k, m, shards) {
       const { length, present, presentCount } = checkReconstruct(k, m, shards);

@@ -91,32 +91,56 @@ export interface Stripes {
 /**
  * Splits a payload over k zero-padded data shards of whole `alignBytes` units and computes m
  * parity shards granule by granule. Segments and checkpoints are both stored this way.
+ *
+ * All k+m shards live in one allocation (one large buffer per write instead of dozens keeps
+ * the garbage collector's external-memory pressure down). With `tailRoom`, each shard is
+ * followed by that many spare bytes, so a caller can append a trailer in place and send
+ * `shard + trailer` as one view, without copying the chunk.
  */
-export async function encodeStripes(k: number, m: number, alignBytes: number, payload: Buffer | readonly Buffer[]): Promise<Stripes> {
+export async function encodeStripes(k: number, m: number, alignBytes: number, payload: Buffer | readonly Buffer[], tailRoom = 0): Promise<Stripes & { stride: number }> {
   const parts = Buffer.isBuffer(payload) ? [payload] : payload;
   const payloadBytes = parts.reduce((n, p) => n + p.length, 0);
   const chunkSizeBytes = chunkSizeFor(payloadBytes, k, alignBytes);
-  // One zero-padded buffer holds all k data chunks back to back: the payload is copied once,
-  // and the data chunks are views of it.
-  const dataRegion = Buffer.allocUnsafe(k * chunkSizeBytes);
+  const stride = chunkSizeBytes + tailRoom;
+  // Uninitialized: every byte that is ever read is written below (payload, padding, parity),
+  // and the tail room only by the caller's trailer.
+  const region = Buffer.allocUnsafeSlow((k + m) * stride);
+  const shards = Array.from({ length: k + m }, (_, i) => region.subarray(i * stride, i * stride + chunkSizeBytes));
+  // The payload, copied once into the data shards (a part may straddle two shards).
   let at = 0;
-  for (const p of parts) at += p.copy(dataRegion, at);
-  dataRegion.fill(0, at); // the padding after the payload; the rest was just overwritten
-  const data = Array.from({ length: k }, (_, i) => dataRegion.subarray(i * chunkSizeBytes, (i + 1) * chunkSizeBytes));
-  const parity = Array.from({ length: m }, () => Buffer.alloc(chunkSizeBytes));
+  for (const p of parts) {
+    for (let from = 0; from < p.length; ) {
+      const shard = Math.floor(at / chunkSizeBytes);
+      const offset = at - shard * chunkSizeBytes;
+      const n = Math.min(p.length - from, chunkSizeBytes - offset);
+      p.copy(shards[shard]!, offset, from, from + n);
+      from += n;
+      at += n;
+    }
+  }
+  // Zero padding after the payload, to the end of the data shards.
+  for (let i = Math.floor(at / chunkSizeBytes); i < k; i++) shards[i]!.fill(0, Math.max(0, at - i * chunkSizeBytes));
   // Parity is computed granule by granule, each granule an independent Reed-Solomon stripe.
   // The codec (a Cauchy bit-matrix code, like @ronomon/reed-solomon) mixes bytes across a
   // whole shard, so parity computed over the whole chunk could not rebuild a single granule
   // from the same byte range of the other chunks; per-granule stripes can.
+  const data = shards.slice(0, k);
+  const parity = shards.slice(k);
   for (let a = 0; a < chunkSizeBytes; a += GRANULE_BYTES) {
     const b = Math.min(chunkSizeBytes, a + GRANULE_BYTES);
-    const out = await codec().encode(k, m, data.map((d) => d.subarray(a, b)));
-    out.forEach((p, j) => p.copy(parity[j]!, a));
+    await codec().encode(
+      k,
+      m,
+      data.map((d) => d.subarray(a, b)),
+      parity.map((p) => p.subarray(a, b)),
+    );
   }
-  const shards = [...data, ...parity];
   invariant(shards.length === k + m && shards.every((s) => s.length === chunkSizeBytes), 'encoder returned wrong shard count or size');
-  return { chunkSizeBytes, shards, crcs: shards.map((s) => granuleCrcs(s)) };
+  return { chunkSizeBytes, shards, crcs: shards.map((s) => granuleCrcs(s)), stride };
 }
+
+/** The largest value of a granule CRC: the trailer-size bound assumes every CRC has its digits. */
+const MAX_CRC = 0xffffffff;
 
 /**
  * Builds the chunks of a segment from its payload (the extents' bytes concatenated in order).
@@ -134,23 +158,28 @@ export async function encodeSegment(
   const parts = Buffer.isBuffer(payload) ? [payload] : payload;
   const payloadBytes = parts.reduce((n, p) => n + p.length, 0);
   invariant(payloadBytes % blockSizeBytes === 0, `payload ${payloadBytes} is not whole blocks`);
-  const { chunkSizeBytes, shards, crcs } = await encodeStripes(k, m, blockSizeBytes, parts);
-  const descriptor: SegmentDescriptor = {
-    v: 1,
-    ...meta,
-    chunkSizeBytes,
-    granuleBytes: GRANULE_BYTES,
-    payloadBytes,
-    crcs,
-    createdAt: new Date().toISOString(),
-  };
-  const trailers = shards.map((_, chunkIndex) => encodeTrailer({ ...descriptor, chunkIndex }, SEGMENT_FOOTER_MAGIC));
-  const chunks = shards.map((shard, i) => Buffer.concat([shard, trailers[i]!]));
-  // The whole-object CRC (which S3 verifies on upload) from the granule CRCs: no second pass.
-  const objectCrcs = descriptor.crcs.map((granules, i) => {
+  // Everything in the descriptor but the CRCs is known now, so the trailer's size is bounded
+  // before encoding: room for it is left after each chunk.
+  const chunkSize = chunkSizeFor(payloadBytes, k, blockSizeBytes);
+  const granules = Math.ceil(chunkSize / GRANULE_BYTES);
+  const base: Omit<SegmentDescriptor, 'crcs'> = { v: 1, ...meta, chunkSizeBytes: chunkSize, granuleBytes: GRANULE_BYTES, payloadBytes, createdAt: new Date().toISOString() };
+  const widest: SegmentDescriptor = { ...base, crcs: Array.from({ length: k + m }, () => new Array<number>(granules).fill(MAX_CRC)) };
+  const tailRoom = trailerBytesFor({ ...widest, chunkIndex: k + m - 1 });
+  const { chunkSizeBytes, shards, crcs, stride } = await encodeStripes(k, m, blockSizeBytes, parts, tailRoom);
+  invariant(chunkSizeBytes === chunkSize, 'chunk size changed under the encoder');
+  const descriptor: SegmentDescriptor = { ...base, crcs };
+  const chunks: Buffer[] = [];
+  const objectCrcs: number[] = [];
+  shards.forEach((shard, i) => {
+    const region = Buffer.from(shard.buffer, shard.byteOffset, stride);
+    const trailerLength = writeTrailer({ ...descriptor, chunkIndex: i }, SEGMENT_FOOTER_MAGIC, region, chunkSizeBytes);
+    const chunk = region.subarray(0, chunkSizeBytes + trailerLength);
+    chunks.push(chunk);
+    // The whole-object CRC (which S3 verifies on upload) from the granule CRCs: no second pass
+    // over the data.
     let crc = 0;
-    granules.forEach((g, n) => (crc = crc32cCombine(crc, g, Math.min(GRANULE_BYTES, chunkSizeBytes - n * GRANULE_BYTES))));
-    return crc32c(trailers[i]!, crc);
+    crcs[i]!.forEach((g, n) => (crc = crc32cCombine(crc, g, Math.min(GRANULE_BYTES, chunkSizeBytes - n * GRANULE_BYTES))));
+    objectCrcs.push(crc32c(chunk.subarray(chunkSizeBytes), crc));
   });
   return { descriptor, chunks, objectCrcs };
 }
@@ -166,13 +195,27 @@ export function chunkTrailer(descriptor: SegmentDescriptor & { chunkIndex: numbe
 
 /** A trailer: `json | 8-byte magic | u32 json length | u32 CRC32C of the json`. */
 export function encodeTrailer(descriptor: object, magic: Buffer): Buffer {
+  const out = Buffer.alloc(trailerBytesFor(descriptor));
+  return out.subarray(0, writeTrailer(descriptor, magic, out, 0));
+}
+
+/** Bytes the trailer of `descriptor` takes. */
+export function trailerBytesFor(descriptor: object): number {
+  return Buffer.byteLength(JSON.stringify(descriptor), 'utf8') + FOOTER_BYTES;
+}
+
+/** Writes the trailer of `descriptor` into `target` at `offset`; returns its length. Throws if it does not fit. */
+function writeTrailer(descriptor: object, magic: Buffer, target: Buffer, offset: number): number {
   invariant(magic.length === 8, 'a footer magic is 8 bytes');
-  const json = Buffer.from(JSON.stringify(descriptor), 'utf8');
-  const footer = Buffer.alloc(FOOTER_BYTES);
+  const json = JSON.stringify(descriptor);
+  const jsonBytes = Buffer.byteLength(json, 'utf8');
+  invariant(offset + jsonBytes + FOOTER_BYTES <= target.length, () => `trailer of ${jsonBytes + FOOTER_BYTES} bytes does not fit in ${target.length - offset}`);
+  target.write(json, offset, 'utf8');
+  const footer = target.subarray(offset + jsonBytes, offset + jsonBytes + FOOTER_BYTES);
   magic.copy(footer, 0);
-  footer.writeUInt32BE(json.length, 8);
-  footer.writeUInt32BE(crc32c(json), 12);
-  return Buffer.concat([json, footer]);
+  footer.writeUInt32BE(jsonBytes, 8);
+  footer.writeUInt32BE(crc32c(target.subarray(offset, offset + jsonBytes)), 12);
+  return jsonBytes + FOOTER_BYTES;
 }
 
 /**
