@@ -2,6 +2,11 @@ import { defineConfig } from 'vitest/config';
 
 // Two projects: `unit` touches no network; `integration` talks to the local AWS endpoint
 // over HTTP (started by its global setup) and to the local Sledge API.
+// Pooled write buffers are overwritten when released (shared/buffer-pool.ts), so that a use
+// after release corrupts data the tests would catch, rather than passing by luck. Set before
+// the global setup starts the control plane, which inherits it.
+process.env.SLEDGE_POOL_POISON = '1';
+
 export default defineConfig({
   test: {
     projects: [

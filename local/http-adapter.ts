@@ -22,6 +22,10 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo, Socket } from 'node:net';
 import { finished } from 'node:stream';
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
+import { BufferPool } from '#shared/buffer-pool.ts';
+
+/** Request bodies, kept only until the event's copy is made (see readBody). */
+const bodyBuffers = new BufferPool({ minBytes: 64 * 1024, maxBytes: 16 * 1024 * 1024, classBytes: 1024 * 1024, keepPerClass: 4 });
 
 export type HttpHandler = (event: APIGatewayProxyEventV2) => Promise<APIGatewayProxyStructuredResultV2>;
 
@@ -326,8 +330,9 @@ export async function startLocalApi(opts: LocalApiOptions): Promise<LocalApi> {
     const requestId = newRequestId();
     res.setHeader('apigw-requestid', requestId);
 
-    const body = await readBody(req, res);
-    if (body === undefined) return; // 413 sent, or the client went away
+    const read = await readBody(req, res);
+    if (read === undefined) return; // 413 sent, or the client went away
+    const { body } = read;
 
     const { path } = splitTarget(req.url ?? '/');
     if (stagePrefix !== '' && !(path === stagePrefix || path.startsWith(`${stagePrefix}/`))) {
@@ -351,6 +356,7 @@ export async function startLocalApi(opts: LocalApiOptions): Promise<LocalApi> {
       stage,
       requestId,
     });
+    read.release(); // the event holds its own copy (text or base64) of the body
 
     let timer: NodeJS.Timeout | undefined;
     try {
@@ -385,7 +391,7 @@ export async function startLocalApi(opts: LocalApiOptions): Promise<LocalApi> {
    * stays usable (and the client sees the response rather than a reset); a client still
    * sending 10 s later has its connection closed.
    */
-  function readBody(req: IncomingMessage, res: ServerResponse): Promise<Buffer | undefined> {
+  function readBody(req: IncomingMessage, res: ServerResponse): Promise<{ body: Buffer; release: () => void } | undefined> {
     return new Promise((resolve) => {
       const tooLarge = () => {
         send(res, jsonReply(413, 'Request Entity Too Large'));
@@ -402,34 +408,48 @@ export async function startLocalApi(opts: LocalApiOptions): Promise<LocalApi> {
         tooLarge();
         return;
       }
+      // A declared length is read straight into a pooled buffer of that size (released once
+      // the event is built): no chunk list and no concatenation per request.
+      const lease = Number.isSafeInteger(declared) && declared > 0 ? bodyBuffers.take(declared) : undefined;
       const chunks: Buffer[] = [];
       let size = 0;
       let done = false;
+      const finish = (value: { body: Buffer; release: () => void } | undefined) => {
+        done = true;
+        if (value === undefined) lease?.release();
+        resolve(value);
+      };
       req.on('data', (chunk: Buffer) => {
         if (done) return;
+        if (lease && size + chunk.length <= lease.buffer.length) chunk.copy(lease.buffer, size);
+        else chunks.push(chunk);
         size += chunk.length;
         if (size > maxBodyBytes) {
-          done = true;
           chunks.length = 0;
+          finish(undefined);
           tooLarge();
           return;
         }
-        chunks.push(chunk);
       });
       req.on('end', () => {
         if (done) return;
-        done = true;
-        resolve(Buffer.concat(chunks, size));
+        if (lease && size === lease.buffer.length) finish({ body: lease.buffer, release: () => lease.release() });
+        else {
+          // The body was not the declared length (Node refuses that for HTTP/1.1, but be exact).
+          const parts = lease ? [lease.buffer.subarray(0, Math.min(size, lease.buffer.length)), ...chunks] : chunks;
+          const body = Buffer.concat(parts, size);
+          lease?.release();
+          done = true;
+          resolve({ body, release: () => {} });
+        }
       });
       req.on('error', () => {
         if (done) return;
-        done = true;
-        resolve(undefined);
+        finish(undefined);
       });
       req.on('close', () => {
         if (done) return;
-        done = true; // aborted before the body was complete
-        resolve(undefined);
+        finish(undefined); // aborted before the body was complete
       });
     });
   }

@@ -465,6 +465,43 @@ async function batchGet(table: string, keys: Record<string, AttributeValue>[]): 
   return items;
 }
 
+/**
+ * The volume item and the stored pages among `pages`, in one BatchGetItem over both tables
+ * (consistent reads). The caller knows the volume's geometry (it never changes); the volume
+ * item still decides existence, state and size. Missing pages are absent from the map.
+ */
+export async function getVolumeWithPages(
+  geometry: Pick<VolumeRecord, 'volumeId' | 'pageBlocks'>,
+  pages: readonly number[],
+): Promise<{ volume: VolumeRecord | null; pages: Map<number, PageRecord> }> {
+  invariant(pages.length <= 99, () => `${pages.length} pages do not fit one BatchGetItem with the volume`);
+  const cfg = config();
+  const { volumesTable, pagesTable } = cfg;
+  let pending: Record<string, { Keys: Record<string, AttributeValue>[]; ConsistentRead: true }> | undefined = {
+    [volumesTable]: { Keys: [{ volumeId: S(geometry.volumeId) }], ConsistentRead: true },
+    ...(pages.length > 0 ? { [pagesTable]: { Keys: pages.map((p) => ({ volumeId: S(geometry.volumeId), page: N(p) })), ConsistentRead: true as const } } : {}),
+  };
+  let volume: VolumeRecord | null = null;
+  const out = new Map<number, PageRecord>();
+  for (let attempt = 0; pending && Object.keys(pending).length > 0; attempt++) {
+    invariant(attempt < UNPROCESSED_RETRY_MAX, `BatchGetItem of volume ${geometry.volumeId} and its pages still had unprocessed keys after ${UNPROCESSED_RETRY_MAX} attempts`);
+    if (attempt > 0) await sleep(Math.min(1000, 20 * 2 ** attempt));
+    const res: { Responses?: Record<string, Record<string, AttributeValue>[]>; UnprocessedKeys?: Record<string, { Keys?: Record<string, AttributeValue>[] }> } = await dynamo().send(
+      new BatchGetItemCommand({ RequestItems: pending, ReturnConsumedCapacity: 'TOTAL' }),
+    );
+    const [item] = res.Responses?.[volumesTable] ?? [];
+    if (item) volume = itemToVolume(item);
+    for (const p of res.Responses?.[pagesTable] ?? []) {
+      const rec = itemToPage(p, geometry.pageBlocks);
+      out.set(rec.page, rec);
+    }
+    const next: typeof pending = {};
+    for (const [table, u] of Object.entries(res.UnprocessedKeys ?? {})) if (u.Keys && u.Keys.length > 0) next[table] = { Keys: u.Keys, ConsistentRead: true };
+    pending = next;
+  }
+  return { volume, pages: out };
+}
+
 /** The stored pages among `pages` (missing ones are absent from the map). */
 export async function getPages(volume: Pick<VolumeRecord, 'volumeId' | 'pageBlocks'>, pages: readonly number[]): Promise<Map<number, PageRecord>> {
   const items = await batchGet(

@@ -13,6 +13,7 @@
  * it fetches, and any one readable chunk identifies the segment.
  */
 import { randomBytes } from 'node:crypto';
+import { segmentBuffers, type Lease } from './buffer-pool.ts';
 import { crc32c, crc32cCombine } from './crc32c.ts';
 import { codec } from './erasure.ts';
 import { invariant } from './errors.ts';
@@ -58,6 +59,12 @@ export interface EncodedSegment {
   chunks: Buffer[];
   /** CRC32C of each whole chunk object, sent to S3 so that it verifies the upload. */
   objectCrcs: number[];
+  /**
+   * Returns the chunks' memory to the segment buffer pool: call once every PUT of the chunks
+   * has settled, and never read `chunks` after. Not calling it is safe (the memory is then
+   * collected as garbage).
+   */
+  release(): void;
 }
 
 /** `<seq, 12 digits>-<8 random hex>`: sorts by sequence, unique even when writers race. */
@@ -97,14 +104,22 @@ export interface Stripes {
  * followed by that many spare bytes, so a caller can append a trailer in place and send
  * `shard + trailer` as one view, without copying the chunk.
  */
-export async function encodeStripes(k: number, m: number, alignBytes: number, payload: Buffer | readonly Buffer[], tailRoom = 0): Promise<Stripes & { stride: number }> {
+export async function encodeStripes(
+  k: number,
+  m: number,
+  alignBytes: number,
+  payload: Buffer | readonly Buffer[],
+  opts: { tailRoom?: number; allocate?: (bytes: number) => Buffer } = {},
+): Promise<Stripes & { stride: number }> {
+  const tailRoom = opts.tailRoom ?? 0;
   const parts = Buffer.isBuffer(payload) ? [payload] : payload;
   const payloadBytes = parts.reduce((n, p) => n + p.length, 0);
   const chunkSizeBytes = chunkSizeFor(payloadBytes, k, alignBytes);
   const stride = chunkSizeBytes + tailRoom;
   // Uninitialized: every byte that is ever read is written below (payload, padding, parity),
   // and the tail room only by the caller's trailer.
-  const region = Buffer.allocUnsafeSlow((k + m) * stride);
+  const region = (opts.allocate ?? Buffer.allocUnsafeSlow)((k + m) * stride);
+  invariant(region.length === (k + m) * stride, 'allocator returned a buffer of the wrong size');
   const shards = Array.from({ length: k + m }, (_, i) => region.subarray(i * stride, i * stride + chunkSizeBytes));
   // The payload, copied once into the data shards (a part may straddle two shards).
   let at = 0;
@@ -165,7 +180,16 @@ export async function encodeSegment(
   const base: Omit<SegmentDescriptor, 'crcs'> = { v: 1, ...meta, chunkSizeBytes: chunkSize, granuleBytes: GRANULE_BYTES, payloadBytes, createdAt: new Date().toISOString() };
   const widest: SegmentDescriptor = { ...base, crcs: Array.from({ length: k + m }, () => new Array<number>(granules).fill(MAX_CRC)) };
   const tailRoom = trailerBytesFor({ ...widest, chunkIndex: k + m - 1 });
-  const { chunkSizeBytes, shards, crcs, stride } = await encodeStripes(k, m, blockSizeBytes, parts, tailRoom);
+  let lease: Lease | undefined;
+  const allocate = (bytes: number) => (lease = segmentBuffers.take(bytes)).buffer;
+  let stripes: Awaited<ReturnType<typeof encodeStripes>>;
+  try {
+    stripes = await encodeStripes(k, m, blockSizeBytes, parts, { tailRoom, allocate });
+  } catch (err) {
+    lease?.release();
+    throw err;
+  }
+  const { chunkSizeBytes, shards, crcs, stride } = stripes;
   invariant(chunkSizeBytes === chunkSize, 'chunk size changed under the encoder');
   const descriptor: SegmentDescriptor = { ...base, crcs };
   const chunks: Buffer[] = [];
@@ -181,7 +205,7 @@ export async function encodeSegment(
     crcs[i]!.forEach((g, n) => (crc = crc32cCombine(crc, g, Math.min(GRANULE_BYTES, chunkSizeBytes - n * GRANULE_BYTES))));
     objectCrcs.push(crc32c(chunk.subarray(chunkSizeBytes), crc));
   });
-  return { descriptor, chunks, objectCrcs };
+  return { descriptor, chunks, objectCrcs, release: () => lease?.release() };
 }
 
 /**

@@ -20,6 +20,7 @@ import {
   getSegmentRecord,
   getSegmentRecords,
   getVolume,
+  getVolumeWithPages,
   growVolume,
   listPages,
   listSegmentRecords,
@@ -32,6 +33,7 @@ import {
   sleep,
   type CommitWriter,
   type PageChange,
+  type PageRecord,
   type SegmentRecord,
   type VolumeRecord,
 } from './pagemap.ts';
@@ -372,9 +374,11 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
   try {
     for (let attempt = 0; attempt < COMMIT_ATTEMPT_MAX; attempt++) {
       if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
-      const v = requireActive(await getVolume(volumeId), volumeId);
+      const early = await readVolumeWithPages(volumeId, pieces);
+      const v = requireActive(early ? early.volume : await getVolume(volumeId), volumeId);
+      rememberGeometry(v);
       const sorted = checkPieces(v, pieces);
-      const prepared = await prepareWrite(v, sorted, writer);
+      const prepared = await prepareWrite(v, sorted, writer, { pages: early ?? undefined });
       entry.prepared = { segmentId: prepared.record.segmentId, locations: prepared.locations, pages: prepared.changes };
       const outcome = await completeWrite(prepared);
       if (outcome) {
@@ -388,6 +392,33 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
     set.delete(entry);
     if (set.size === 0) inflight.delete(volumeId);
   }
+}
+
+/**
+ * The volume item and the pages a write touches, in one request, when the volume's geometry is
+ * known from an earlier request (it never changes) and the pieces could pass validation; null
+ * otherwise (the caller reads the volume alone, and prepareWrite the pages).
+ */
+async function readVolumeWithPages(volumeId: string, pieces: readonly WritePiece[]): Promise<(PrefetchedPages & { volume: VolumeRecord | null }) | null> {
+  const g = geometryCache.get(volumeId);
+  if (!g) return null;
+  const covered = new Set<number>();
+  for (const p of pieces) {
+    const plausible = Number.isSafeInteger(p.offset) && Number.isSafeInteger(p.length) && p.offset >= 0 && p.length > 0;
+    if (!plausible || p.offset % g.blockSizeBytes !== 0 || p.length % g.blockSizeBytes !== 0) return null;
+    for (let page = Math.floor(p.offset / g.blockSizeBytes / g.pageBlocks); page * g.pageBlocks * g.blockSizeBytes < p.offset + p.length; page++) {
+      covered.add(page);
+      if (covered.size > MAX_PAGES_PER_COMMIT) return null; // refused later, with its own message
+    }
+  }
+  const { volume, pages } = await getVolumeWithPages(g, [...covered]);
+  return { volume, pages, covered };
+}
+
+/** Page items read ahead of prepareWrite: `pages` holds those of `covered` that exist. */
+export interface PrefetchedPages {
+  pages: Map<number, PageRecord>;
+  covered: Set<number>;
 }
 
 /**
@@ -436,7 +467,7 @@ export interface PreparedWrite {
  * is `completeWrite`. They are separate so that tests can stall a writer between the two,
  * as a paused head would be.
  */
-export async function prepareWrite(v: VolumeRecord, pieces: WritePiece[], requester: WriterIdentity, opts: { maintenance?: boolean } = {}): Promise<PreparedWrite> {
+export async function prepareWrite(v: VolumeRecord, pieces: WritePiece[], requester: WriterIdentity, opts: { maintenance?: boolean; pages?: PrefetchedPages } = {}): Promise<PreparedWrite> {
   const bs = v.blockSizeBytes;
   // Fencing, part one: refuse at once what the reservation state refuses now. Part two is the
   // commit's own condition, which refuses it again if the state changes before the commit.
@@ -463,9 +494,11 @@ export async function prepareWrite(v: VolumeRecord, pieces: WritePiece[], reques
   if (byPage.size > MAX_PAGES_PER_COMMIT) {
     throw new InvalidInputError(`this write touches ${byPage.size} pages of ${v.pageBlocks * bs} bytes; one commit holds at most ${MAX_PAGES_PER_COMMIT}: split it`);
   }
-  // The pages are needed only for the commit: read them while the segment is encoded and
-  // uploaded, which keeps one DynamoDB round trip off the write's critical path.
-  const pagesRead = getPages(v, [...byPage.keys()]);
+  // The pages are needed only for the commit. Read with the volume item when they could be
+  // (one request fewer), else now, while the segment is encoded and uploaded, which keeps the
+  // round trip off the write's critical path.
+  const prefetched = opts.pages && [...byPage.keys()].every((p) => opts.pages!.covered.has(p)) ? opts.pages.pages : undefined;
+  const pagesRead = prefetched ? Promise.resolve(prefetched) : getPages(v, [...byPage.keys()]);
   pagesRead.catch(() => undefined); // Awaited below; this only stops an early rejection going unhandled.
 
   const encoded = await encodeSegment(
@@ -482,9 +515,15 @@ export async function prepareWrite(v: VolumeRecord, pieces: WritePiece[], reques
     },
     payloadParts,
   );
-  const writable = await writableDrives();
-  const planned = placeStripe(v.volumeId, segmentId, v.dataChunks + v.parityChunks, config().sledBuckets, writable);
-  const locations = await uploadChunks(v.volumeId, segmentId, planned, encoded.chunks, encoded.objectCrcs, encoded.descriptor.chunkSizeBytes, writable);
+  let locations: ChunkLocation[];
+  try {
+    const writable = await writableDrives();
+    const planned = placeStripe(v.volumeId, segmentId, v.dataChunks + v.parityChunks, config().sledBuckets, writable);
+    locations = await uploadChunks(v.volumeId, segmentId, planned, encoded.chunks, encoded.objectCrcs, encoded.descriptor.chunkSizeBytes, writable);
+  } finally {
+    // Every PUT of the chunks has settled (uploadChunks waits for all of them, failed or not).
+    encoded.release();
+  }
   let current: Awaited<typeof pagesRead>;
   try {
     current = await pagesRead;
@@ -754,16 +793,15 @@ export async function readData(
   report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 },
   key?: string,
 ): Promise<Buffer> {
-  // A volume's geometry never changes, so once known, its pages can be read in the same round
-  // trip as the volume item (which still decides existence, state and size).
+  // A volume's geometry never changes, so once known, its pages are read in the same request
+  // as the volume item (which still decides existence, state and size).
   const known = geometryCache.get(volumeId);
-  const pagesFor = (g: Geometry) => {
-    // Only for ranges that can pass validation; anything else is refused below without a page read.
-    const plausible = Number.isSafeInteger(offset) && offset >= 0 && length > 0 && length <= MAX_IO_BYTES;
-    if (!plausible || offset % g.blockSizeBytes !== 0 || length % g.blockSizeBytes !== 0) return Promise.resolve(null);
-    return getPages(g, pageRange(g, offset, length));
-  };
-  const [fresh, early] = await Promise.all([getVolume(volumeId), known ? pagesFor(known) : Promise.resolve(null)]);
+  const plausible = Number.isSafeInteger(offset) && offset >= 0 && length > 0 && length <= MAX_IO_BYTES;
+  const together = known && plausible && offset % known.blockSizeBytes === 0 && length % known.blockSizeBytes === 0;
+  // Anything implausible is refused below, after a volume read only.
+  const both = together ? await getVolumeWithPages(known, pageRange(known, offset, length)) : null;
+  const fresh = both ? both.volume : await getVolume(volumeId);
+  const early = both?.pages ?? null;
   const v = requireActive(fresh, volumeId);
   rememberGeometry(v);
   const refusal = readRefusal(volumeId, v.reservations, key);
