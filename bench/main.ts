@@ -10,6 +10,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { Agent as HttpAgent, request as httpRequest } from 'node:http';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { startControlPlane } from '#local/control-plane.ts';
@@ -260,6 +261,12 @@ async function main(): Promise<void> {
       console.log(
         `The endpoint (one Python process) spent ${perOp(apiWriteCpu.endpoint)} ms of CPU per API write against ${perOp(rawPutCpu.endpoint)} ms per raw PUT: ` +
           `while it is the bottleneck, the API can reach at most ${(rawPutCpu.endpoint / apiWriteCpu.endpoint).toFixed(2)}x raw, however little the head itself costs.`,
+      );
+      const apiTotal = apiWriteCpu.endpoint + apiWriteCpu.node;
+      const rawTotal = rawPutCpu.endpoint + rawPutCpu.node;
+      console.log(
+        `CPU per 4 MiB written, endpoint and node together: API ${perOp(apiTotal)} ms, raw ${perOp(rawTotal)} ms. On ${availableParallelism()} cores the API cannot write faster than ` +
+          `${((availableParallelism() * count * 4 * MiB) / apiTotal / 1e6).toFixed(0)} MB/s, ${((availableParallelism() * rawPut) / apiTotal).toFixed(2)}x the raw rate measured here.`,
       );
       console.log(`(${count} requests of 4 MiB, ${concurrency} at a time; the API stores (k+m)/k = 1.5x the bytes raw S3 stores)`);
       console.log('Mean latency per AWS request during the API writes:');
