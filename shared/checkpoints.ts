@@ -17,11 +17,13 @@ import { decodePage, encodePage, overlay, splitByPage, type Extent } from './ext
 import {
   RebuildFenceLostError,
   fenceForRebuild,
+  getSegmentRecords,
   getStoredPages,
   getVolume,
   listSegmentRecordsBetween,
   listStoredPages,
   listVolumes,
+  putSegmentRecordIfAbsent,
   raiseCheckpointFloor,
   recordCheckpoint,
   segmentRef,
@@ -850,7 +852,11 @@ export interface RebuildReport {
   pagesDeleted: number;
   pagesUnchanged: number;
   elapsedMs: number;
-  phasesMs: Partial<Record<'checkpoint' | 'chain' | 'replay' | 'write', number>>;
+  /** Records of referenced segments that were missing and were restored from chunk trailers. */
+  segmentRecordsRestored: number;
+  /** Referenced segments with no record and no readable chunk trailer: their blocks cannot be read. */
+  segmentsUnrecoverable: string[];
+  phasesMs: Partial<Record<'checkpoint' | 'chain' | 'replay' | 'records' | 'write', number>>;
 }
 
 /** The base of a rebuild: a readable checkpoint, or the empty map before the first write. */
@@ -917,7 +923,7 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
   // completed rebuild may lift the fence.
   let writing = tookOver;
   try {
-    const clock = phaseClock<'checkpoint' | 'chain' | 'replay' | 'write'>();
+    const clock = phaseClock<'checkpoint' | 'chain' | 'replay' | 'records' | 'write'>();
     const unreadableCheckpoints: RebuildReport['unreadableCheckpoints'] = [];
     const base = await findBase(v, unreadableCheckpoints);
     if (!base) {
@@ -959,6 +965,12 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
     for (const id of chain) replaySegment(map, descriptors.get(id)!, v.pageBlocks);
     clock.lap('replay');
 
+    // Every segment the map references needs its record (reads find chunks and CRCs there):
+    // restore lost ones from the chunks' trailers before the pages are written.
+    // (Restored records change no page: they do not keep the fence up if the rebuild fails.)
+    const records = await restoreSegmentRecords(v, map, bySegment, descriptors);
+    clock.lap('records');
+
     const current = new Map<number, StoredPage>();
     for await (const p of listStoredPages(volumeId)) current.set(p.page, p);
     const puts = [...map.values()].filter((p) => {
@@ -983,6 +995,8 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
       pagesWritten: puts.length,
       pagesDeleted: deletes.length,
       pagesUnchanged: map.size - puts.length,
+      segmentRecordsRestored: records.restored,
+      segmentsUnrecoverable: records.unrecoverable,
       elapsedMs: Math.round(performance.now() - started),
       phasesMs: clock.laps,
     };
@@ -994,6 +1008,79 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
     if (err instanceof RebuildFenceLostError) throw new ConflictError(err.message, { cause: err });
     throw err;
   }
+}
+
+/**
+ * Restores the records of segments that `map` references and the Segments table lacks (a lost
+ * or rolled-back table), from the trailers of their chunks on the sleds: the descriptor holds
+ * everything a record does but the chunk locations, which are where the chunks are found (a
+ * chunk found nowhere keeps the key it would have, and reads rebuild it from the others).
+ * Existing records are never overwritten. Returns how many were restored, and the segments
+ * that have no readable trailer left anywhere.
+ */
+async function restoreSegmentRecords(
+  v: VolumeRecord,
+  map: ReadonlyMap<number, StoredPage>,
+  listedAfterBase: ReadonlyMap<string, ChunkLocation[]>,
+  descriptors: ReadonlyMap<string, SegmentDescriptor>,
+): Promise<{ restored: number; unrecoverable: string[] }> {
+  const own = `${v.volumeId}/`;
+  const referenced = new Set<string>();
+  for (const p of map.values()) for (const ref of p.segs) if (ref.startsWith(own)) referenced.add(ref.slice(own.length));
+  if (referenced.size === 0) return { restored: 0, unrecoverable: [] };
+  const existing = await getSegmentRecords([...referenced].map((id) => segmentRef(v.volumeId, id)));
+  const lost = [...referenced].filter((id) => !existing.has(segmentRef(v.volumeId, id))).sort();
+  if (lost.length === 0) return { restored: 0, unrecoverable: [] };
+  console.warn(JSON.stringify({ msg: 'segment records missing; restoring them from the sleds', volumeId: v.volumeId, segments: lost.length }));
+  // Where the chunks are: the rebuild's listing covers segments after its checkpoint; older
+  // ones need one listing of the whole volume.
+  let where: ReadonlyMap<string, ChunkLocation[]> = listedAfterBase;
+  if (lost.some((id) => !listedAfterBase.has(id))) {
+    const all = new Map<string, ChunkLocation[]>();
+    const wanted = new Set(lost);
+    for (const c of await listChunks(v.volumeId, config().sledBuckets)) {
+      const parsed = parseObjectChunkKey(c.key);
+      if (!parsed || !wanted.has(parsed.objectId)) continue;
+      let list = all.get(parsed.objectId);
+      if (!list) all.set(parsed.objectId, (list = []));
+      list.push({ bucket: c.bucket, key: c.key });
+    }
+    for (const list of all.values()) list.sort((a, b) => (parseObjectChunkKey(a.key)?.chunkIndex ?? 0) - (parseObjectChunkKey(b.key)?.chunkIndex ?? 0));
+    where = all;
+  }
+  let restored = 0;
+  const unrecoverable: string[] = [];
+  await forEachLimited(lost, IO_CONCURRENCY, async (segmentId) => {
+    const found = where.get(segmentId) ?? [];
+    const d = descriptors.get(segmentId) ?? (await readSegmentDescriptor(v.volumeId, segmentId, found));
+    if (!d) {
+      unrecoverable.push(segmentId);
+      return;
+    }
+    const n = d.k + d.m;
+    const planned = placeChunks(v.volumeId, segmentId, n, config().sledBuckets);
+    const locations = Array.from({ length: n }, (_, i) => found.find((l) => parseObjectChunkKey(l.key)?.chunkIndex === i) ?? planned[i]!);
+    const record: SegmentRecord = {
+      volumeId: v.volumeId,
+      segmentId,
+      seq: d.seq,
+      prev: d.prev,
+      k: d.k,
+      m: d.m,
+      chunkSizeBytes: d.chunkSizeBytes,
+      granuleBytes: d.granuleBytes,
+      blockSizeBytes: d.blockSizeBytes,
+      payloadBytes: d.payloadBytes,
+      locations,
+      crcs: d.crcs,
+      createdAt: d.createdAt,
+    };
+    if (await putSegmentRecordIfAbsent(record)) restored++;
+  });
+  if (unrecoverable.length > 0) {
+    console.error(JSON.stringify({ msg: 'segments referenced by the page map have no record and no readable chunk; their blocks cannot be read', volumeId: v.volumeId, segments: unrecoverable.sort() }));
+  }
+  return { restored, unrecoverable: unrecoverable.sort() };
 }
 
 /** Parses the optional `{ "mode": "run" | "queue" }` body of the checkpoint and rebuild routes. */

@@ -105,6 +105,8 @@ export interface GcReport {
   compactionBytesRewritten: number;
   compactionGaveUp: string | null;
   orphansDeleted: number;
+  /** Chunks kept because a page references their segment although it has no record (rebuild restores it). */
+  referencedWithoutRecord?: number;
   /** Work left over for a continuation message. */
   continued: boolean;
   skipped?: string;
@@ -348,6 +350,12 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
     // Read the record again: a segment committed or a chunk moved since the listing.
     rec = await getSegmentRecord(volumeId, p.segmentId);
     if (referenced(rec)) continue;
+    if (!rec && liveBlocks.has(segmentRef(volumeId, p.segmentId))) {
+      // A page references this segment but its record is gone (a lost or rolled-back Segments
+      // table): not an orphan. Its chunks are the data; a rebuild restores the record.
+      report.referencedWithoutRecord = (report.referencedWithoutRecord ?? 0) + 1;
+      continue;
+    }
     await deleteChunk(c);
     report.orphansDeleted++;
     report.bytesReclaimed += c.sizeBytes;

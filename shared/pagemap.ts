@@ -543,6 +543,27 @@ export async function getSegmentRecord(volumeId: string, segmentId: string): Pro
   return out.Item ? itemToSegment(out.Item) : null;
 }
 
+/**
+ * Writes a segment record unless one exists (a rebuild restoring a lost record). Returns
+ * whether it wrote. Never overwrites: an existing record may carry newer chunk locations.
+ */
+export async function putSegmentRecordIfAbsent(record: SegmentRecord): Promise<boolean> {
+  try {
+    await dynamo().send(
+      new PutItemCommand({
+        TableName: config().segmentsTable,
+        Item: segmentToItem(record),
+        ConditionExpression: 'attribute_not_exists(segmentId)',
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return true;
+  } catch (err) {
+    if (conditionFailed(err)) return false;
+    throw err;
+  }
+}
+
 export function segmentRef(volumeId: string, segmentId: string): string {
   return `${volumeId}/${segmentId}`;
 }

@@ -776,7 +776,13 @@ async function segmentRecordsFor(refs: string[]): Promise<Map<string, SegmentRec
       rememberSegment(ref, rec);
     }
   }
-  for (const ref of refs) invariant(out.has(ref), () => `page map references segment ${ref}, which has no record`);
+  const lost = refs.filter((ref) => !out.has(ref));
+  if (lost.length > 0) {
+    throw new DataUnavailableError(
+      `the page map references segment ${lost[0]}${lost.length > 1 ? ` and ${lost.length - 1} more` : ''} with no segment record; ` +
+        `rebuilding the page map (POST /volumes/{volumeId}/rebuild or \`sledge rebuild\`) restores records from the sleds`,
+    );
+  }
   return out;
 }
 

@@ -9,7 +9,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { sqs } from '#shared/aws.ts';
 import { config } from '#shared/config.ts';
 import { collectVolume, queueGc, registerRetentionProvider } from '#shared/gc.ts';
-import { getVolume, listPages, listSegmentRecords, getSegmentRecord, segmentRef } from '#shared/pagemap.ts';
+import { deleteItems, getVolume, listPages, listSegmentRecords, getSegmentRecord, segmentKey, segmentRef } from '#shared/pagemap.ts';
 import { listVolumeChunks, parseChunkKey } from '#shared/sleds.ts';
 import { completeWrite, createVolume, prepareWrite, readData, reservationCommand, trimRange, writePieces } from '#shared/volumes.ts';
 import { handleWorkEvent } from '#shared/worker.ts';
@@ -208,6 +208,58 @@ describe('garbage collection', () => {
     await writePieces(v.volumeId, [{ offset: 0, length: 4096, data: randomBytes(4096) }]);
     expect(await completeWrite(orphan)).toBeNull();
     await expectExtentsResolve(v.volumeId);
+  });
+
+  it('keeps the chunks of referenced segments whose records were lost, and a rebuild restores the records exactly', async () => {
+    const v = await api.createVolume({ sizeBytes: 8 * MiB, checkpointEveryCommits: 0 });
+    const model = Buffer.alloc(8 * MiB);
+    for (let i = 0; i < 12; i++) {
+      const length = 4096 * (1 + rng.int(64));
+      const offset = i === 0 ? 0 : 4096 * rng.int((8 * MiB - length) / 4096);
+      const data = randomBytes(length);
+      await api.write(v.volumeId, offset, data);
+      data.copy(model, offset);
+      if (i === 5) expect((await http(`${apiUrl}/volumes/${v.volumeId}/checkpoints`, { method: 'POST' })).status).toBe(201);
+    }
+    // The records the page map needs, as stored, before the loss.
+    const referenced = new Set<string>();
+    for await (const p of listPages((await getVolume(v.volumeId))!)) for (const e of p.extents) if (e.seg) referenced.add(e.seg);
+    const before = new Map<string, unknown>();
+    for await (const r of listSegmentRecords(v.volumeId)) if (referenced.has(segmentRef(v.volumeId, r.segmentId))) before.set(r.segmentId, r);
+    expect(before.size).toBe(referenced.size);
+    const chunksBefore = (await stored(v.volumeId)).chunks;
+
+    // The Segments table loses the volume's records.
+    const all: string[] = [];
+    for await (const r of listSegmentRecords(v.volumeId)) all.push(r.segmentId);
+    await deleteItems('segments', all.map((id) => segmentKey(v.volumeId, id)));
+    // Reads of written blocks now fail clearly, never with wrong bytes.
+    const failed = await http(`${apiUrl}/volumes/${v.volumeId}/data?offset=0&length=${8 * MiB / 2}`);
+    expect(failed.status).toBe(503);
+    expect(failed.body.toString()).toMatch(/no segment record.*rebuild/);
+
+    // GC past the orphan grace: every chunk of a referenced segment stays.
+    await new Promise((r) => setTimeout(r, 3500));
+    const gc = await collectVolume(v.volumeId, { queueContinuation: false });
+    const chunksAfter = (await stored(v.volumeId)).chunks;
+    for (const key of chunksBefore.keys()) {
+      const segment = parseChunkKey(key.slice(key.indexOf('/') + 1))?.segmentId;
+      if (segment && before.has(segment)) expect(chunksAfter.has(key), `chunk ${key} of a referenced segment`).toBe(true);
+    }
+    expect(gc.referencedWithoutRecord).toBeGreaterThan(0);
+
+    // The rebuild restores exactly the records that were lost and referenced, from the trailers.
+    const rebuilt = await http(`${apiUrl}/volumes/${v.volumeId}/rebuild`, { method: 'POST' });
+    expect(rebuilt.status, rebuilt.body.toString()).toBe(200);
+    expect(rebuilt.json.segmentRecordsRestored).toBe(before.size);
+    expect(rebuilt.json.segmentsUnrecoverable).toEqual([]);
+    const after = new Map<string, unknown>();
+    for await (const r of listSegmentRecords(v.volumeId)) after.set(r.segmentId, r);
+    expect(after).toEqual(before);
+    expect((await api.read(v.volumeId, 0, 4 * MiB)).equals(model.subarray(0, 4 * MiB))).toBe(true);
+    expect((await api.read(v.volumeId, 4 * MiB, 4 * MiB)).equals(model.subarray(4 * MiB))).toBe(true);
+    // Once restored, GC finds nothing referenced without a record.
+    expect((await collectVolume(v.volumeId, { queueContinuation: false })).referencedWithoutRecord ?? 0).toBe(0);
   });
 
   it('queues GC over HTTP and refuses unknown volumes', async () => {
