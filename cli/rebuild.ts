@@ -75,6 +75,10 @@ export function formatRebuildReport(r: RebuildReport): string {
     `  segments replayed ${r.segmentsReplayed}, ignored (never committed) ${r.segmentsIgnored}`,
     `  pages ${r.pages}: written ${r.pagesWritten}, deleted ${r.pagesDeleted}, unchanged ${r.pagesUnchanged}`,
   ];
+  if (r.segmentRecordsRestored > 0) lines.push(`  segment records restored from the sleds ${r.segmentRecordsRestored}`);
+  if (r.segmentsUnrecoverable.length > 0) {
+    lines.push(`  UNRECOVERABLE: ${r.segmentsUnrecoverable.length} referenced segment(s) have no record and no readable chunk; their blocks cannot be read: ${r.segmentsUnrecoverable.join(', ')}`);
+  }
   for (const u of r.unreadableCheckpoints) lines.push(`  skipped unreadable checkpoint ${u.checkpointId}: ${u.reason}`);
   return lines.join('\n');
 }
