@@ -55,6 +55,8 @@ export const CONSTRUCT_IDS = {
   checkpointQueue: 'CheckpointQueue',
   checkpointDeadLetterQueue: 'CheckpointDeadLetterQueue',
   checkpointSchedule: 'CheckpointSchedule',
+  gcSchedule: 'GcSchedule',
+  leaseSweepSchedule: 'LeaseSweepSchedule',
   head: 'Head',
   worker: 'Worker',
   httpApi: 'HttpApi',
@@ -150,6 +152,26 @@ export interface SledgeStackProps extends StackProps {
    * @default Duration.hours(1)
    */
   readonly checkpointSweepInterval?: Duration;
+
+  /**
+   * How often an EventBridge rule puts a GC sweep (`{"type":"gc-sweep"}`) on the GC queue: a
+   * GC pass of every active volume (dead segments, compaction, orphans). Heads also queue a
+   * pass every `SLEDGE_GC_EVERY_COMMITS` commits; the sweep covers volumes that stopped
+   * writing. Between 1 hour and 7 days.
+   *
+   * @default Duration.hours(6)
+   */
+  readonly gcSweepInterval?: Duration;
+
+  /**
+   * How often an EventBridge rule puts a lease sweep (`{"type":"sweep-leases"}`) on the GC
+   * queue. The sweep promotes the first registered reserve head of every volume whose primary's
+   * lease has lapsed (docs/dumps.md), so a failover happens within this interval plus the
+   * lease. EventBridge schedules run at most once a minute. Between 1 minute and 1 hour.
+   *
+   * @default Duration.minutes(1)
+   */
+  readonly leaseSweepInterval?: Duration;
 
   /**
    * The Lambda runtime of both functions.
@@ -326,6 +348,10 @@ export class SledgeStack extends Stack {
   readonly evacuationQueue: WorkQueue;
   readonly checkpointQueue: WorkQueue;
   readonly checkpointSchedule: events.Rule;
+  /** Puts `{"type":"gc-sweep"}` on the GC queue: every active volume gets a GC pass. */
+  readonly gcSchedule: events.Rule;
+  /** Puts `{"type":"sweep-leases"}` on the GC queue: the lease watchdog that promotes reserve heads. */
+  readonly leaseSweepSchedule: events.Rule;
   readonly head: SledgeFunction;
   readonly worker: SledgeFunction;
   readonly httpApi: apigwv2.HttpApi;
@@ -420,6 +446,29 @@ export class SledgeStack extends Stack {
         }),
       ],
     });
+
+    const scheduled = (id: string, description: string, interval: Duration, queue: sqs.IQueue, message: Record<string, unknown>) =>
+      new events.Rule(this, id, {
+        description,
+        schedule: events.Schedule.rate(interval),
+        targets: [new targets.SqsQueue(queue, { message: events.RuleTargetInput.fromObject(message), retryAttempts: 2 })],
+      });
+    const gcInterval = props.gcSweepInterval ?? Duration.hours(6);
+    if (gcInterval.toSeconds() < 3600 || gcInterval.toSeconds() > 7 * 86_400) {
+      throw new Error(`gcSweepInterval ${gcInterval.toHumanString()} must be from 1 hour to 7 days`);
+    }
+    this.gcSchedule = scheduled(CONSTRUCT_IDS.gcSchedule, 'Sledge: a GC pass of every active volume (docs/evacuation.md)', gcInterval, this.gcQueue.queue, { type: 'gc-sweep' });
+    const leaseInterval = props.leaseSweepInterval ?? Duration.minutes(1);
+    if (leaseInterval.toSeconds() < 60 || leaseInterval.toSeconds() > 3600) {
+      throw new Error(`leaseSweepInterval ${leaseInterval.toHumanString()} must be from 1 minute to 1 hour`);
+    }
+    this.leaseSweepSchedule = scheduled(
+      CONSTRUCT_IDS.leaseSweepSchedule,
+      'Sledge: promote reserve heads of volumes whose primary lease lapsed (docs/dumps.md)',
+      leaseInterval,
+      this.gcQueue.queue,
+      { type: 'sweep-leases' },
+    );
 
     this.head = new SledgeFunction(this, CONSTRUCT_IDS.head, {
       entry: 'lambdas/api.ts',

@@ -8,6 +8,7 @@ import { Match, Template } from 'aws-cdk-lib/assertions';
 import type { CfnElement } from 'aws-cdk-lib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseCheckpointMessage } from '#shared/checkpoint-messages.ts';
+import { parseWorkMessage } from '#shared/worker.ts';
 import { ENV } from '#shared/config.ts';
 import { CONSTRUCT_IDS, MAX_RECEIVE_COUNT, cdkJsonContext, SledgeStack, type SledgeStackProps } from '../../cdk/stack.ts';
 
@@ -109,6 +110,8 @@ describe('SledgeStack', () => {
       checkpointQueue: byId(CONSTRUCT_IDS.checkpointQueue),
       checkpointDeadLetterQueue: byId(CONSTRUCT_IDS.checkpointDeadLetterQueue),
       checkpointSchedule: byId(CONSTRUCT_IDS.checkpointSchedule),
+      gcSchedule: byId(CONSTRUCT_IDS.gcSchedule),
+      leaseSweepSchedule: byId(CONSTRUCT_IDS.leaseSweepSchedule),
       head: byId(CONSTRUCT_IDS.head),
       worker: byId(CONSTRUCT_IDS.worker),
       httpApi: byId(CONSTRUCT_IDS.httpApi),
@@ -126,6 +129,8 @@ describe('SledgeStack', () => {
       checkpointQueue: 'CheckpointQueue27655B76',
       checkpointDeadLetterQueue: 'CheckpointDeadLetterQueueC25F7A9C',
       checkpointSchedule: 'CheckpointSchedule5AB72C36',
+      gcSchedule: 'GcSchedule62BDBEAD',
+      leaseSweepSchedule: 'LeaseSweepSchedule1A455529',
       head: 'Head7BEADE55',
       worker: 'Worker11F36D0F',
       httpApi: 'HttpApiF5A9A8A7',
@@ -264,12 +269,35 @@ describe('SledgeStack', () => {
     });
   });
 
+  describe('GC and lease-sweep schedules', () => {
+    const ruleOf = (r: unknown) => template.findResources('AWS::Events::Rule')[logicalId(stack, r as CfnElement & object)]!;
+    it('puts a GC sweep on the GC queue every 6 hours and a lease sweep every minute, as messages the worker understands', () => {
+      for (const [rule, rate, message] of [
+        [ruleOf(stack.gcSchedule), 'rate(6 hours)', { type: 'gc-sweep' }],
+        [ruleOf(stack.leaseSweepSchedule), 'rate(1 minute)', { type: 'sweep-leases' }],
+      ] as const) {
+        expect(rule.Properties).toMatchObject({ ScheduleExpression: rate, State: 'ENABLED' });
+        expect(rule.Properties.Targets).toHaveLength(1);
+        const target = rule.Properties.Targets[0];
+        expect(target.Arn).toEqual(arn(ids.queues[0]!.queue));
+        expect(parseWorkMessage(target.Input)).toEqual(message);
+        expect(target.RetryPolicy).toEqual({ MaximumRetryAttempts: 2 });
+      }
+    });
+
+    it('takes the intervals from props and refuses ones out of range', () => {
+      const t = synth({ gcSweepInterval: Duration.hours(24), leaseSweepInterval: Duration.minutes(5) }).template;
+      t.hasResourceProperties('AWS::Events::Rule', { ScheduleExpression: 'rate(1 day)' });
+      t.hasResourceProperties('AWS::Events::Rule', { ScheduleExpression: 'rate(5 minutes)' });
+      expect(() => synth({ gcSweepInterval: Duration.minutes(10) })).toThrow(/gcSweepInterval 10 minutes must be from 1 hour to 7 days/);
+      expect(() => synth({ leaseSweepInterval: Duration.seconds(10) })).toThrow(/leaseSweepInterval 10 seconds must be from 1 minute to 1 hour/);
+    });
+  });
+
   describe('checkpoint schedule', () => {
     it('puts a sweep message the worker understands on the checkpoint queue every hour', () => {
-      template.resourceCountIs('AWS::Events::Rule', 1);
-      const rules = template.findResources('AWS::Events::Rule');
-      const [id, rule] = Object.entries(rules)[0]!;
-      expect(id).toBe(logicalId(stack, stack.checkpointSchedule));
+      template.resourceCountIs('AWS::Events::Rule', 3);
+      const rule = template.findResources('AWS::Events::Rule')[logicalId(stack, stack.checkpointSchedule)]!;
       expect(rule.Properties).toMatchObject({ ScheduleExpression: 'rate(1 hour)', State: 'ENABLED' });
       expect(rule.Properties.Targets).toHaveLength(1);
       const target = rule.Properties.Targets[0];
@@ -288,7 +316,12 @@ describe('SledgeStack', () => {
       expect(statements).toHaveLength(1);
       expect([statements[0]!.Action].flat()).toContain('sqs:SendMessage');
       expect(statements[0]!.Condition).toEqual({ ArnEquals: { 'aws:SourceArn': arn(logicalId(stack, stack.checkpointSchedule)) } });
-      for (const q of [ids.queues[0]!, ids.queues[1]!]) expect(fromEvents(q.queue)).toEqual([]);
+      // The GC queue takes the two other schedules, and nothing else; the evacuation queue none.
+      expect(fromEvents(ids.queues[1]!.queue)).toEqual([]);
+      const toGc = fromEvents(ids.queues[0]!.queue);
+      expect(toGc.map((st) => st.Condition.ArnEquals['aws:SourceArn']).sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b)))).toEqual(
+        [arn(logicalId(stack, stack.gcSchedule)), arn(logicalId(stack, stack.leaseSweepSchedule))].sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b))),
+      );
     });
 
     it('takes the interval from props and refuses one out of range', () => {
