@@ -449,18 +449,24 @@ export async function updateVolumeIf(
 
 async function batchGet(table: string, keys: Record<string, AttributeValue>[]): Promise<Record<string, AttributeValue>[]> {
   const items: Record<string, AttributeValue>[] = [];
-  for (let i = 0; i < keys.length; i += 100) {
-    let pending: Record<string, AttributeValue>[] | undefined = keys.slice(i, i + 100);
-    for (let attempt = 0; pending && pending.length > 0; attempt++) {
-      invariant(attempt < UNPROCESSED_RETRY_MAX, `BatchGetItem on ${table} still had unprocessed keys after ${UNPROCESSED_RETRY_MAX} attempts`);
-      if (attempt > 0) await sleep(Math.min(1000, 20 * 2 ** attempt));
-      const out: { Responses?: Record<string, Record<string, AttributeValue>[]>; UnprocessedKeys?: Record<string, { Keys?: Record<string, AttributeValue>[] }> } =
-        await dynamo().send(
-          new BatchGetItemCommand({ RequestItems: { [table]: { Keys: pending, ConsistentRead: true } }, ReturnConsumedCapacity: 'TOTAL' }),
-        );
-      items.push(...(out.Responses?.[table] ?? []));
-      pending = out.UnprocessedKeys?.[table]?.Keys;
-    }
+  for (let i = 0; i < keys.length; i += 100) items.push(...((await batchGetTables({ [table]: keys.slice(i, i + 100) }))[table] ?? []));
+  return items;
+}
+
+/** One BatchGetItem (at most 100 keys in all) over several tables, consistent reads, retrying unprocessed keys (bounded). */
+async function batchGetTables(keysByTable: Record<string, Record<string, AttributeValue>[]>): Promise<Record<string, Record<string, AttributeValue>[]>> {
+  const items: Record<string, Record<string, AttributeValue>[]> = {};
+  let pending: Record<string, { Keys: Record<string, AttributeValue>[]; ConsistentRead: true }> = {};
+  for (const [table, keys] of Object.entries(keysByTable)) if (keys.length > 0) pending[table] = { Keys: keys, ConsistentRead: true };
+  for (let attempt = 0; Object.keys(pending).length > 0; attempt++) {
+    invariant(attempt < UNPROCESSED_RETRY_MAX, `BatchGetItem on ${Object.keys(pending).join(', ')} still had unprocessed keys after ${UNPROCESSED_RETRY_MAX} attempts`);
+    if (attempt > 0) await sleep(Math.min(1000, 20 * 2 ** attempt));
+    const out: { Responses?: Record<string, Record<string, AttributeValue>[]>; UnprocessedKeys?: Record<string, { Keys?: Record<string, AttributeValue>[] }> } =
+      await dynamo().send(new BatchGetItemCommand({ RequestItems: pending, ReturnConsumedCapacity: 'TOTAL' }));
+    for (const [table, got] of Object.entries(out.Responses ?? {})) (items[table] ??= []).push(...got);
+    const next: typeof pending = {};
+    for (const [table, u] of Object.entries(out.UnprocessedKeys ?? {})) if (u.Keys && u.Keys.length > 0) next[table] = { Keys: u.Keys, ConsistentRead: true };
+    pending = next;
   }
   return items;
 }
@@ -475,29 +481,17 @@ export async function getVolumeWithPages(
   pages: readonly number[],
 ): Promise<{ volume: VolumeRecord | null; pages: Map<number, PageRecord> }> {
   invariant(pages.length <= 99, () => `${pages.length} pages do not fit one BatchGetItem with the volume`);
-  const cfg = config();
-  const { volumesTable, pagesTable } = cfg;
-  let pending: Record<string, { Keys: Record<string, AttributeValue>[]; ConsistentRead: true }> | undefined = {
-    [volumesTable]: { Keys: [{ volumeId: S(geometry.volumeId) }], ConsistentRead: true },
-    ...(pages.length > 0 ? { [pagesTable]: { Keys: pages.map((p) => ({ volumeId: S(geometry.volumeId), page: N(p) })), ConsistentRead: true as const } } : {}),
-  };
-  let volume: VolumeRecord | null = null;
+  const { volumesTable, pagesTable } = config();
+  const got = await batchGetTables({
+    [volumesTable]: [{ volumeId: S(geometry.volumeId) }],
+    [pagesTable]: pages.map((p) => ({ volumeId: S(geometry.volumeId), page: N(p) })),
+  });
+  const [item] = got[volumesTable] ?? [];
+  const volume = item ? itemToVolume(item) : null;
   const out = new Map<number, PageRecord>();
-  for (let attempt = 0; pending && Object.keys(pending).length > 0; attempt++) {
-    invariant(attempt < UNPROCESSED_RETRY_MAX, `BatchGetItem of volume ${geometry.volumeId} and its pages still had unprocessed keys after ${UNPROCESSED_RETRY_MAX} attempts`);
-    if (attempt > 0) await sleep(Math.min(1000, 20 * 2 ** attempt));
-    const res: { Responses?: Record<string, Record<string, AttributeValue>[]>; UnprocessedKeys?: Record<string, { Keys?: Record<string, AttributeValue>[] }> } = await dynamo().send(
-      new BatchGetItemCommand({ RequestItems: pending, ReturnConsumedCapacity: 'TOTAL' }),
-    );
-    const [item] = res.Responses?.[volumesTable] ?? [];
-    if (item) volume = itemToVolume(item);
-    for (const p of res.Responses?.[pagesTable] ?? []) {
-      const rec = itemToPage(p, geometry.pageBlocks);
-      out.set(rec.page, rec);
-    }
-    const next: typeof pending = {};
-    for (const [table, u] of Object.entries(res.UnprocessedKeys ?? {})) if (u.Keys && u.Keys.length > 0) next[table] = { Keys: u.Keys, ConsistentRead: true };
-    pending = next;
+  for (const p of got[pagesTable] ?? []) {
+    const rec = itemToPage(p, geometry.pageBlocks);
+    out.set(rec.page, rec);
   }
   return { volume, pages: out };
 }

@@ -196,7 +196,7 @@ export async function encodeSegment(
   const objectCrcs: number[] = [];
   shards.forEach((shard, i) => {
     const region = Buffer.from(shard.buffer, shard.byteOffset, stride);
-    const trailerLength = writeTrailer({ ...descriptor, chunkIndex: i }, SEGMENT_FOOTER_MAGIC, region, chunkSizeBytes);
+    const trailerLength = writeTrailer(JSON.stringify({ ...descriptor, chunkIndex: i }), SEGMENT_FOOTER_MAGIC, region, chunkSizeBytes);
     const chunk = region.subarray(0, chunkSizeBytes + trailerLength);
     chunks.push(chunk);
     // The whole-object CRC (which S3 verifies on upload) from the granule CRCs: no second pass
@@ -219,8 +219,10 @@ export function chunkTrailer(descriptor: SegmentDescriptor & { chunkIndex: numbe
 
 /** A trailer: `json | 8-byte magic | u32 json length | u32 CRC32C of the json`. */
 export function encodeTrailer(descriptor: object, magic: Buffer): Buffer {
-  const out = Buffer.alloc(trailerBytesFor(descriptor));
-  return out.subarray(0, writeTrailer(descriptor, magic, out, 0));
+  const json = JSON.stringify(descriptor);
+  const out = Buffer.alloc(Buffer.byteLength(json, 'utf8') + FOOTER_BYTES);
+  writeTrailer(json, magic, out, 0);
+  return out;
 }
 
 /** Bytes the trailer of `descriptor` takes. */
@@ -228,10 +230,9 @@ export function trailerBytesFor(descriptor: object): number {
   return Buffer.byteLength(JSON.stringify(descriptor), 'utf8') + FOOTER_BYTES;
 }
 
-/** Writes the trailer of `descriptor` into `target` at `offset`; returns its length. Throws if it does not fit. */
-function writeTrailer(descriptor: object, magic: Buffer, target: Buffer, offset: number): number {
+/** Writes the trailer whose descriptor is `json` into `target` at `offset`; returns its length. Throws if it does not fit. */
+function writeTrailer(json: string, magic: Buffer, target: Buffer, offset: number): number {
   invariant(magic.length === 8, 'a footer magic is 8 bytes');
-  const json = JSON.stringify(descriptor);
   const jsonBytes = Buffer.byteLength(json, 'utf8');
   invariant(offset + jsonBytes + FOOTER_BYTES <= target.length, () => `trailer of ${jsonBytes + FOOTER_BYTES} bytes does not fit in ${target.length - offset}`);
   target.write(json, offset, 'utf8');

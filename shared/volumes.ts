@@ -406,10 +406,8 @@ async function readVolumeWithPages(volumeId: string, pieces: readonly WritePiece
   for (const p of pieces) {
     const plausible = Number.isSafeInteger(p.offset) && Number.isSafeInteger(p.length) && p.offset >= 0 && p.length > 0;
     if (!plausible || p.offset % g.blockSizeBytes !== 0 || p.length % g.blockSizeBytes !== 0) return null;
-    for (let page = Math.floor(p.offset / g.blockSizeBytes / g.pageBlocks); page * g.pageBlocks * g.blockSizeBytes < p.offset + p.length; page++) {
-      covered.add(page);
-      if (covered.size > MAX_PAGES_PER_COMMIT) return null; // refused later, with its own message
-    }
+    for (const page of pageRange(g, p.offset, p.length)) covered.add(page);
+    if (covered.size > MAX_PAGES_PER_COMMIT) return null; // refused later, with its own message
   }
   const { volume, pages } = await getVolumeWithPages(g, [...covered]);
   return { volume, pages, covered };
