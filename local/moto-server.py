@@ -1,4 +1,4 @@
-"""moto_server with DynamoDB transactions made isolated and cheap.
+"""moto_server with DynamoDB transactions made isolated, idempotent and cheap.
 
 moto (5.x) implements TransactWriteItems by deep-copying every table the transaction touches
 and, if any condition fails, putting those copies back. Two problems follow:
@@ -24,19 +24,30 @@ S3, SQS and CloudFormation stay concurrent.
    milliseconds of serialized work per request. The answer depends only on the host name, so
    this wrapper remembers it.
 
+5. moto ignores `ClientRequestToken` on TransactWriteItems. This wrapper honours it as DynamoDB
+   documents it (a repeat within 10 minutes has no further effect and returns the first
+   outcome; the token on a different request is refused), so that a retried commit behaves as
+   deployed. `POST /_sledge/endpoint` with `{"clientRequestTokens": false}` turns it off at run
+   time (tests prove that Sledge does not depend on it); `GET /_sledge/endpoint` names the
+   wrapper and its switches.
+
 Usage: python3 local/moto-server.py -H 127.0.0.1 -p 4566  (the same flags as moto_server)
 """
 import argparse
 import copy
 import io
+import json
 import os
 import signal
 import sys
 import threading
+import time
+import traceback
 import types
 
 import moto.dynamodb.models as dynamodb_models
 from moto.dynamodb.models import DynamoDBBackend, Table
+from moto.core.exceptions import JsonRESTError
 from moto.dynamodb.responses import DynamoHandler
 import moto.backends
 from moto.server import DomainDispatcherApplication, create_backend_app
@@ -101,6 +112,89 @@ def _transact_write_items_saving_items(self, transact_items):
 
 
 DynamoDBBackend.transact_write_items = _transact_write_items_saving_items
+
+# 5. ClientRequestToken on TransactWriteItems, as DynamoDB documents it: a repeat of a request
+#    with the same token within 10 minutes has no further effect and returns the first outcome;
+#    the same token on a different request is refused with IdempotentParameterMismatch. moto
+#    ignores the token, so a retried commit whose first response was lost would be evaluated
+#    again (and refused) where AWS answers it with success. Tests can turn this off at run time
+#    (`POST /_sledge/endpoint` with `{"clientRequestTokens": false}`) to prove that Sledge does
+#    not depend on it.
+CLIENT_TOKEN_WINDOW_SECONDS = 600
+CLIENT_TOKENS_MAX = 100_000
+_client_tokens = {}  # token -> (expires_at, fingerprint, ("ok", response) | ("error", exception))
+_settings = {"clientRequestTokens": os.environ.get("SLEDGE_ENDPOINT_CLIENT_TOKENS", "honour") != "ignore"}
+_handler_transact_write_items = DynamoHandler.transact_write_items
+
+
+class _IdempotentParameterMismatch(JsonRESTError):
+    def __init__(self):
+        super().__init__(
+            "IdempotentParameterMismatchException",
+            "Request parameters do not match the parameters of an earlier request with the same ClientRequestToken",
+        )
+
+
+def _transact_write_items_with_token(self):
+    token = self.body.get("ClientRequestToken")
+    if not token or not _settings["clientRequestTokens"]:
+        return _handler_transact_write_items(self)
+    # Runs under the DynamoDB lock (call_action is serialized above), so the table needs no other.
+    now = time.monotonic()
+    if len(_client_tokens) >= CLIENT_TOKENS_MAX:
+        for t in [t for t, (expires, _, _) in _client_tokens.items() if expires <= now]:
+            del _client_tokens[t]
+    # Binary attribute values arrive decoded (bytes): fingerprint them as hex.
+    fingerprint = json.dumps(
+        {k: v for k, v in self.body.items() if k != "ClientRequestToken"},
+        sort_keys=True,
+        default=lambda o: o.hex() if isinstance(o, (bytes, bytearray)) else repr(o),
+    )
+    known = _client_tokens.get(token)
+    if known and known[0] > now:
+        if known[1] != fingerprint:
+            raise _IdempotentParameterMismatch()
+        kind, value = known[2]
+        if kind == "error":
+            raise value
+        return value
+    try:
+        response = _handler_transact_write_items(self)
+    except JsonRESTError as err:  # a cancelled or refused transaction: its outcome is remembered too
+        _client_tokens[token] = (now + CLIENT_TOKEN_WINDOW_SECONDS, fingerprint, ("error", err))
+        raise
+    _client_tokens[token] = (now + CLIENT_TOKEN_WINDOW_SECONDS, fingerprint, ("ok", response))
+    return response
+
+
+DynamoHandler.transact_write_items = _transact_write_items_with_token
+
+
+def _with_sledge_routes(app):
+    """`/_sledge/endpoint`: says this is Sledge's wrapper and which fidelity switches are on;
+    a POST with a JSON object changes them (tests only)."""
+
+    def wrapped(environ, start_response):
+        if environ.get("PATH_INFO") != "/_sledge/endpoint":
+            return app(environ, start_response)
+        if environ.get("REQUEST_METHOD") == "POST":
+            length = environ.get("CONTENT_LENGTH", "")
+            raw = environ["wsgi.input"].read(int(length)) if length.isdigit() else b"{}"
+            try:
+                update = json.loads(raw or b"{}")
+                if not isinstance(update, dict) or any(k not in _settings or not isinstance(v, bool) for k, v in update.items()):
+                    raise ValueError("expected an object of known boolean settings")
+            except ValueError as err:
+                body = json.dumps({"error": "InvalidInput", "message": str(err)}).encode()
+                start_response("400 Bad Request", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+                return [body]
+            _settings.update(update)
+        body = json.dumps({"endpoint": "sledge-moto", **_settings}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return wrapped
+
 
 _moto_modules = frozenset(moto.backends.list_of_moto_modules())
 moto.backends.list_of_moto_modules = lambda: _moto_modules
@@ -211,7 +305,7 @@ class KeepAliveHandler(WSGIRequestHandler):
                     app_iter.close()
         except Exception:
             self.close_connection = True
-            self.server.log("error", "error on %s %s", self.command, self.path, exc_info=True)
+            self.log_error("error on %s %s:\n%s", self.command, self.path, traceback.format_exc())
             if not started.get("sent"):
                 self.send_response(500)
                 self.send_header("Content-Length", "0")
@@ -248,7 +342,7 @@ def main(argv):
     os.environ.setdefault("MOTO_PORT", str(args.port))  # moto builds some URLs (SQS queue URLs) from it
     app = DomainDispatcherApplication(create_backend_app)
     app.debug = True  # as moto_server sets it
-    server = make_server(args.host, args.port, app, threaded=True, request_handler=KeepAliveHandler)
+    server = make_server(args.host, args.port, _with_sledge_routes(app), threaded=True, request_handler=KeepAliveHandler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"moto (Sledge wrapper) on http://{args.host}:{args.port}", flush=True)
     try:

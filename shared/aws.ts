@@ -63,6 +63,7 @@ function instrument<C extends AnyClient>(client: C, service: string): C {
   // Fault injection (shared/faults.ts): a no-op unless rules are set.
   if (service === 'S3') addFaultMiddleware(stack, 's3');
   if (service === 'DynamoDB') addFaultMiddleware(stack, 'dynamodb');
+  if (service === 'SQS') addFaultMiddleware(stack, 'sqs');
   if (service === 'DynamoDB') {
     stack.add(
       (next, context) => async (args) => {

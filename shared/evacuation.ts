@@ -31,7 +31,7 @@ import { invariant } from './errors.ts';
 import { getSegmentRecord, getVolume, moveChunkLocation, type SegmentRecord, type VolumeRecord } from './pagemap.ts';
 import { driveOf, evacuationTarget } from './placement.ts';
 import { readChunkData } from './segment-reader.ts';
-import { chunkTrailer, FOOTER_BYTES, parseTrailer, trailerBytesFromFooter, granuleCrcs } from './segments.ts';
+import { chunkTrailer, FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, granuleCrcs } from './segments.ts';
 import {
   deleteChunk,
   deleteChunkIfPresent,
@@ -356,8 +356,11 @@ export async function moveChunk(listed: { key: string; lastModifiedMs: number },
   // A volume that is gone or being deleted: its chunks are garbage (reclaim deletes them too).
   if (!v || v.state !== 'active') return dropped();
   if (!rec) {
-    // Not committed (yet): a write in flight may still commit it, so only an old one is deleted.
-    if (ctx.nowMs - listed.lastModifiedMs >= config().orphanGraceMs) return dropped();
+    // Not committed (yet): a write in flight may still commit it. It is proven never committed
+    // once the head, read before the record, has passed its seq (docs/page-map.md); only an
+    // old one is deleted even then, as GC does.
+    const headPassed = segmentIdSeq(parsed.segmentId) <= v.headSeq;
+    if (headPassed && ctx.nowMs - listed.lastModifiedMs >= config().orphanGraceMs) return dropped();
     return { result: 'waiting', bytes: 0 };
   }
   const i = parsed.chunkIndex;

@@ -19,7 +19,7 @@
 import { ENV } from './config.ts';
 import { InvalidInputError } from './errors.ts';
 
-export type FaultService = 's3' | 'dynamodb';
+export type FaultService = 's3' | 'dynamodb' | 'sqs';
 
 export interface FaultRule {
   service: FaultService;
@@ -29,6 +29,8 @@ export interface FaultRule {
   prefix?: string;
   /** DynamoDB: the table; for transactions, any item's table. Absent matches every table. */
   table?: string;
+  /** SQS: a substring of the queue URL (`gc`, `evacuation`, `checkpoint`). Absent matches every queue. */
+  queue?: string;
   /** SDK operation names (`PutObject`, `GetObject`, `TransactWriteItems`...); absent matches all. */
   ops?: string[];
   /** Probability per attempt, 0 to 1. Default 1. */
@@ -91,7 +93,7 @@ export function parseFaultRules(input: unknown): FaultRule[] {
   return input.map((r, i) => {
     if (typeof r !== 'object' || r === null) throw new InvalidInputError(`fault rule ${i} is not an object`);
     const rule = r as FaultRule;
-    if (rule.service !== 's3' && rule.service !== 'dynamodb') throw new InvalidInputError(`fault rule ${i}: service must be s3 or dynamodb`);
+    if (rule.service !== 's3' && rule.service !== 'dynamodb' && rule.service !== 'sqs') throw new InvalidInputError(`fault rule ${i}: service must be s3, dynamodb or sqs`);
     if (rule.rate !== undefined && !(typeof rule.rate === 'number' && rule.rate >= 0 && rule.rate <= 1)) throw new InvalidInputError(`fault rule ${i}: rate must be from 0 to 1`);
     if (rule.mode !== undefined && rule.mode !== 'error' && rule.mode !== 'hang') throw new InvalidInputError(`fault rule ${i}: mode must be error or hang`);
     if (rule.phase !== undefined && rule.phase !== 'before' && rule.phase !== 'after') throw new InvalidInputError(`fault rule ${i}: phase must be before or after`);
@@ -104,8 +106,14 @@ export function parseFaultRules(input: unknown): FaultRule[] {
   });
 }
 
-/** Replaces the active rules. */
-export function setFaults(next: FaultRule[]): void {
+let dice: () => number = Math.random;
+
+/**
+ * Replaces the active rules. `random` (a PRNG in [0, 1)) lets a randomized test replay its
+ * dice from a seed; which request meets which roll still depends on scheduling.
+ */
+export function setFaults(next: FaultRule[], opts: { random?: () => number } = {}): void {
+  dice = opts.random ?? Math.random;
   rules = parseFaultRules(next).map((rule) => ({
     rule: { ...rule, rate: rule.rate ?? 1, mode: rule.mode ?? 'error', phase: rule.phase ?? 'before' },
     fired: 0,
@@ -131,7 +139,7 @@ function tablesOf(input: Record<string, unknown>): string[] {
 }
 
 /** The rule that fires for this request, if any (pure apart from the dice and counters). */
-export function matchFault(service: FaultService, operation: string, input: Record<string, unknown>, random: () => number = Math.random): ActiveRule | undefined {
+export function matchFault(service: FaultService, operation: string, input: Record<string, unknown>, random: () => number = dice): ActiveRule | undefined {
   for (const active of rules) {
     const r = active.rule;
     if (r.service !== service) continue;
@@ -140,7 +148,9 @@ export function matchFault(service: FaultService, operation: string, input: Reco
       if (r.bucket !== undefined && input.Bucket !== r.bucket) continue;
       const key = typeof input.Key === 'string' ? input.Key : typeof input.Prefix === 'string' ? input.Prefix : '';
       if (r.prefix !== undefined && !key.startsWith(r.prefix)) continue;
-    } else if (r.table !== undefined && !tablesOf(input).includes(r.table)) continue;
+    } else if (service === 'dynamodb') {
+      if (r.table !== undefined && !tablesOf(input).includes(r.table)) continue;
+    } else if (r.queue !== undefined && !String(input.QueueUrl ?? '').includes(r.queue)) continue;
     if (r.count !== undefined && active.fired >= r.count) continue;
     stats.matched++;
     if (random() >= r.rate) continue;
@@ -153,7 +163,8 @@ export function matchFault(service: FaultService, operation: string, input: Reco
 
 function faultError(service: FaultService, operation: string, r: FaultRule): Error {
   const status = r.status ?? 500;
-  const code = service === 's3' ? (status === 503 ? 'ServiceUnavailable' : 'InternalError') : status === 503 ? 'ServiceUnavailable' : 'InternalServerError';
+  const code =
+    service === 's3' ? (status === 503 ? 'ServiceUnavailable' : 'InternalError') : service === 'sqs' ? (status === 503 ? 'ServiceUnavailable' : 'InternalError') : status === 503 ? 'ServiceUnavailable' : 'InternalServerError';
   return new InjectedFaultError(code, status, `injected ${status} on ${service} ${operation} (SLEDGE_FAULTS / setFaults)`);
 }
 

@@ -22,8 +22,9 @@ import {
   type SegmentRecord,
   type VolumeRecord,
 } from './pagemap.ts';
+import { takeCheckpoint } from './checkpoints.ts';
 import { readPayload } from './segment-reader.ts';
-import { FOOTER_BYTES, parseTrailer, trailerBytesFromFooter, type SegmentDescriptor } from './segments.ts';
+import { FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, type SegmentDescriptor } from './segments.ts';
 import { deleteChunk, getChunkTail, listVolumeChunks, parseChunkKey, type ChunkLocation, type ListedChunk } from './sleds.ts';
 import { MAX_IO_BYTES, completeWrite, forgetSegment, prepareWrite, type WritePiece } from './volumes.ts';
 
@@ -72,6 +73,17 @@ export function isKept(rec: Pick<SegmentRecord, 'volumeId' | 'segmentId' | 'seq'
   if (rec.segmentId === headSegmentId) return true; // the commit chain's anchor
   const ref = segmentRef(rec.volumeId, rec.segmentId);
   return retentions.some((r) => r.keepAll === true || (r.keepSeqAbove !== undefined && rec.seq > r.keepSeqAbove) || r.refs?.has(ref) === true);
+}
+
+/**
+ * What the checkpoints need (docs/checkpoints.md, "what GC must keep"): a rebuild starts from
+ * the oldest retained checkpoint at worst and walks the commit chain after it, so every
+ * committed segment above the floor stays, live or not (its trailer carries the chain link);
+ * before any checkpoint exists, every committed segment stays. `collectVolume` checkpoints a
+ * volume first when the floor holds back what it would reclaim.
+ */
+export function checkpointRetention(v: Pick<VolumeRecord, 'checkpointFloorSeq'>): SegmentRetention {
+  return v.checkpointFloorSeq === undefined ? { keepAll: true } : { keepSeqAbove: v.checkpointFloorSeq };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -275,13 +287,22 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
     orphansDeleted: 0,
     continued: false,
   };
-  const v = await getVolume(volumeId);
+  let v = await getVolume(volumeId);
   if (!v || v.state !== 'active') return { ...report, skipped: v ? `volume is ${v.state}` : 'no such volume' };
+  if (v.headSeq > (v.checkpointFloorSeq ?? 0)) {
+    // Segments above the checkpoint floor are kept for rebuilds; a checkpoint at the head now
+    // (cheap next to the scan below) lets this pass reclaim what the last commits superseded.
+    const out = await takeCheckpoint(volumeId);
+    if (out.done === 'skipped') return { ...report, skipped: out.reason };
+    v = await getVolume(volumeId);
+    if (!v || v.state !== 'active') return { ...report, skipped: v ? `volume is ${v.state}` : 'no such volume' };
+  }
   // Order matters: records, then pages. A segment listed here and referenced by no page read
   // afterwards is dead for good (its references only ever disappear after its commit).
   const records: SegmentRecord[] = [];
   for await (const r of listSegmentRecords(volumeId)) records.push(r);
-  const retentions = await Promise.all(providers.map((p) => p.segmentsNeededBy(v)));
+  const volume = v;
+  const retentions = [checkpointRetention(volume), ...(await Promise.all(providers.map((p) => p.segmentsNeededBy(volume))))];
   const pages: PageRecord[] = [];
   for await (const p of listPages(v)) pages.push(p);
   const { liveBlocks, pagesOf } = liveness(pages);
@@ -350,6 +371,11 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
     // Read the record again: a segment committed or a chunk moved since the listing.
     rec = await getSegmentRecord(volumeId, p.segmentId);
     if (referenced(rec)) continue;
+    if (!rec && segmentIdSeq(p.segmentId) > v.headSeq) {
+      // Not committed yet, but it still may be: its transaction needs the head at seq - 1 and
+      // the head (read before the record) has not passed it. It goes once the head moves on.
+      continue;
+    }
     if (!rec && liveBlocks.has(segmentRef(volumeId, p.segmentId))) {
       // A page references this segment but its record is gone (a lost or rolled-back Segments
       // table): not an orphan. Its chunks are the data; a rebuild restores the record.

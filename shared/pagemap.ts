@@ -707,7 +707,7 @@ export function fencingCondition(writer: CommitWriter): { parts: string[]; names
   };
 }
 
-export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord, changes: readonly PageChange[], writer: CommitWriter = {}): Promise<void> {
+export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord, changes: readonly PageChange[], writer: CommitWriter = {}, clientRequestToken?: string): Promise<void> {
   const fencing = fencingCondition(writer);
   invariant(segment.seq === volume.headSeq + 1, 'segment built on a different head');
   invariant(segment.prev === volume.headSegmentId, 'segment prev is not the head it was built on');
@@ -762,7 +762,9 @@ export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord
     ),
   ];
   try {
-    await dynamo().send(new TransactWriteItemsCommand({ TransactItems: items, ReturnConsumedCapacity: 'TOTAL' }));
+    // The token makes DynamoDB answer a repeat of an applied commit with success (the SDK reuses
+    // it across its own retries; the writer passes it again when it resends the transaction).
+    await dynamo().send(new TransactWriteItemsCommand({ TransactItems: items, ReturnConsumedCapacity: 'TOTAL', ClientRequestToken: clientRequestToken }));
   } catch (err) {
     if (!(err instanceof TransactionCanceledException) && (err as { name?: string })?.name !== 'TransactionCanceledException') throw err;
     const reasons = (err as TransactionCanceledException).CancellationReasons ?? [];
@@ -981,7 +983,9 @@ export async function recordCheckpoint(volumeId: string, pointer: CheckpointPoin
     return { recorded: true, current: itemToVolume(out.Attributes!) };
   } catch (err) {
     if (!conditionFailed(err)) throw err;
-    return { recorded: false, current: err.Item ? itemToVolume(err.Item) : null };
+    const current = err.Item ? itemToVolume(err.Item) : null;
+    // A retry whose first attempt applied (its response was lost) finds its own pointer there.
+    return { recorded: current?.checkpoint?.id === pointer.id, current };
   }
 }
 

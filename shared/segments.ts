@@ -73,6 +73,13 @@ export function newSegmentId(seq: number): string {
   return `${String(seq).padStart(12, '0')}-${randomBytes(4).toString('hex')}`;
 }
 
+/** The commit sequence a segment id was built for (its 12-digit prefix). */
+export function segmentIdSeq(segmentId: string): number {
+  const m = /^(\d{12})-/.exec(segmentId);
+  invariant(m, () => `segment id ${segmentId} does not start with its sequence`);
+  return Number(m[1]);
+}
+
 /** Chunk size for a payload: enough for the payload over k chunks, whole blocks, multiple of 8. */
 export function chunkSizeFor(payloadBytes: number, k: number, blockSizeBytes: number): number {
   const perChunk = Math.ceil(payloadBytes / k);

@@ -71,6 +71,28 @@ export async function putChunk(loc: ChunkLocation, body: Buffer, crc32c: number)
   );
 }
 
+/**
+ * Whether the object at `loc` is exactly `body` (CRC32C `crc32c`). A chunk PUT answered 412 is
+ * an earlier attempt of the same PUT whose response was lost (chunk keys are fresh per
+ * segment), and counts as written only when this says so. The stored checksum is compared
+ * when the endpoint returns one; otherwise (or when it differs in kind) the bytes themselves.
+ */
+export async function storedChunkEquals(loc: ChunkLocation, body: Buffer, crc32c: number): Promise<boolean> {
+  const expected = Buffer.alloc(4);
+  expected.writeUInt32BE(crc32c >>> 0);
+  try {
+    const head = await s3().send(new HeadObjectCommand({ Bucket: loc.bucket, Key: loc.key, ChecksumMode: 'ENABLED' }));
+    if (head.ContentLength !== undefined && head.ContentLength !== body.length) return false;
+    // A whole-object CRC32C (not a multipart composite, which ends in -N) decides on its own.
+    if (head.ChecksumCRC32C && !head.ChecksumCRC32C.includes('-')) return head.ChecksumCRC32C === expected.toString('base64');
+  } catch (err) {
+    if (isMissing(err)) return false;
+    throw err;
+  }
+  const stored = await getChunk(loc);
+  return stored !== null && stored.equals(body);
+}
+
 function isMissing(err: unknown): boolean {
   const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
   return e?.name === 'NoSuchKey' || e?.name === 'NotFound' || e?.$metadata?.httpStatusCode === 404;

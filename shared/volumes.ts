@@ -2,7 +2,7 @@
  * Volumes: create, describe, grow, delete, and the data path (write, batch, read, trim).
  * Validation happens here, before anything is written, so bad input changes nothing.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { SendMessageCommand } from '@aws-sdk/client-sqs';
 import { sqs } from './aws.ts';
 import { DEFAULT_CHECKPOINT_EVERY_COMMITS, checkpointAfterCommit } from './checkpoint-messages.ts';
@@ -40,7 +40,7 @@ import {
 import { readPayload, type PayloadRange, type ReadReport } from './segment-reader.ts';
 import { encodeSegment, newSegmentId, type WriterIdentity } from './segments.ts';
 import { EMPTY_RESERVATIONS, apply, parseCommand, readRefusal, writeRefusal, type ReservationState } from './reservations.ts';
-import { deleteChunk, formatLocation, isPreconditionFailed, listVolumeChunks, putChunk, type ChunkLocation } from './sleds.ts';
+import { deleteChunk, formatLocation, isPreconditionFailed, listVolumeChunks, putChunk, storedChunkEquals, type ChunkLocation } from './sleds.ts';
 import { writableDrives } from './drives.ts';
 import { noteWriteError } from './evacuation.ts';
 import { placeStripe, replacementLocation, sledsDistinct, type WritableDrives } from './placement.ts';
@@ -458,6 +458,11 @@ export interface PreparedWrite {
   writer: WriterIdentity;
   result: WriteResult;
   locations: ChunkLocation[];
+  /**
+   * The `ClientRequestToken` every attempt of this commit carries, so that DynamoDB answers a
+   * repeat of an applied transaction with success. Correctness does not rest on it.
+   */
+  commitToken?: string;
 }
 
 /**
@@ -557,63 +562,91 @@ export async function prepareWrite(v: VolumeRecord, pieces: WritePiece[], reques
     bytesWritten: d.payloadBytes,
     bytesZeroed: pieces.filter((p) => !p.data).reduce((n, p) => n + p.length, 0),
   };
-  return { volume: v, record, changes, writer, result, locations };
+  return { volume: v, record, changes, writer, result, locations, commitToken: randomUUID() };
 }
 
 /**
  * Step 4 of the commit protocol. Returns the result once committed, or null when another
  * commit moved the head first (the caller prepares again); throws FencedError when the
- * writer's reservation no longer allows it. Chunks of a refused commit are deleted.
+ * writer's reservation no longer allows it. A refusal may answer a retry of an attempt that
+ * applied (its response was lost), so every refusal is settled with `commitOutcome` before
+ * anything is deleted (docs/page-map.md, "Settling an outcome").
  */
 export async function completeWrite(prepared: PreparedWrite, writerOverride?: CommitWriter): Promise<WriteResult | null> {
   const { volume: v, record, changes, writer, result, locations } = prepared;
   const fencedOn = writerOverride ?? commitWriter(writer);
+  const commitToken = prepared.commitToken ?? randomUUID();
   try {
-    await commitSegment(v, record, changes, fencedOn);
+    await commitSegment(v, record, changes, fencedOn, commitToken);
     return result;
   } catch (err) {
-    if (err instanceof CommitRefusedError) {
-      await deleteChunksQuietly(locations);
-      if (err.reason === 'fenced') throw new FencedError(err.message);
-      if (err.reason === 'volume-gone') throw new NotFoundError(`volume ${v.volumeId} does not exist`);
-      if (err.reason === 'volume-not-active' && err.currentVolume?.state === 'rebuilding') throw rebuildingError(v.volumeId);
-      if (err.reason === 'volume-not-active') throw new NotFoundError(`volume ${v.volumeId} is being deleted`);
-      if (err.reason === 'page-moved') console.error(`commit refused with page-moved on ${v.volumeId}: ${err.message}`);
-      return null;
-    }
-    // The outcome is unknown: find out from the segment record, which commits with the head.
-    return resolveUnknownOutcome(v, record, changes, fencedOn, result, locations, err);
+    if (err instanceof CommitRefusedError) return settleRefusal(prepared, err);
+    // The outcome is unknown: find out from the volume item and the segment record.
+    return resolveUnknownOutcome(prepared, fencedOn, commitToken, err);
   }
 }
 
-async function resolveUnknownOutcome(
-  v: VolumeRecord,
-  record: SegmentRecord,
-  changes: PageChange[],
-  writer: CommitWriter,
-  result: WriteResult,
-  locations: ChunkLocation[],
-  firstError: unknown,
-): Promise<WriteResult | null> {
+/** What became of a segment's commit, as far as can be proven (docs/page-map.md). */
+export type CommitOutcome = 'committed' | 'never' | 'pending';
+
+/**
+ * Settles a commit from `observed`, the volume item as it was read (or returned by a refusal)
+ * **before** this call reads the segment record. `never` is a proof: the head has moved past
+ * `seq - 1` without the segment, so its transaction can no longer apply.
+ */
+export async function commitOutcome(record: Pick<SegmentRecord, 'volumeId' | 'segmentId' | 'seq'>, observed: Pick<VolumeRecord, 'headSeq' | 'headSegmentId'> | null): Promise<CommitOutcome> {
+  if (!observed) return 'pending'; // the volume is gone: its reclaim deletes everything, not us
+  if (observed.headSegmentId === record.segmentId) return 'committed';
+  if (observed.headSeq < record.seq) return 'pending'; // the head still stands where we built on (or the commit is not due)
+  // The head moved past seq - 1: the transaction cannot apply any more; the record says whether it did.
+  return (await getSegmentRecord(record.volumeId, record.segmentId)) ? 'committed' : 'never';
+}
+
+async function settleRefusal(prepared: PreparedWrite, err: CommitRefusedError): Promise<WriteResult | null> {
+  const { volume: v, record, result, locations } = prepared;
+  const outcome = await commitOutcome(record, err.currentVolume ?? null);
+  if (outcome === 'committed') {
+    console.warn(`commit of ${v.volumeId}/${record.segmentId} was refused (${err.reason}) after an earlier attempt of it applied; acknowledged`);
+    return result;
+  }
+  // Pending: the head still stands at seq - 1, so the transaction could in principle still
+  // apply; the chunks stay, and GC deletes them once the head has moved past (orphans).
+  if (outcome === 'never') await deleteChunksQuietly(locations);
+  if (err.reason === 'fenced') throw new FencedError(err.message);
+  if (err.reason === 'volume-gone') throw new NotFoundError(`volume ${v.volumeId} does not exist`);
+  if (err.reason === 'volume-not-active' && err.currentVolume?.state === 'rebuilding') throw rebuildingError(v.volumeId);
+  if (err.reason === 'volume-not-active') throw new NotFoundError(`volume ${v.volumeId} is being deleted`);
+  if (err.reason === 'page-moved') console.error(`commit refused with page-moved on ${v.volumeId}: ${err.message}`);
+  invariant(outcome === 'never' || err.reason === 'page-moved', () => `a head-moved refusal of ${record.segmentId} settled as ${outcome}`);
+  return null;
+}
+
+/** Attempts to settle an unknown outcome before the write answers 503. */
+const UNKNOWN_OUTCOME_ATTEMPT_MAX = 6;
+
+async function resolveUnknownOutcome(prepared: PreparedWrite, writer: CommitWriter, commitToken: string, firstError: unknown): Promise<WriteResult | null> {
+  const { volume: v, record, changes, result, locations } = prepared;
   let lastError = firstError;
-  for (let attempt = 0; attempt < 4; attempt++) {
+  for (let attempt = 0; attempt < UNKNOWN_OUTCOME_ATTEMPT_MAX; attempt++) {
     await sleep(50 * 2 ** attempt);
     try {
-      if (await getSegmentRecord(v.volumeId, record.segmentId)) return result;
+      // The volume item first, then the record: in the other order our transaction could
+      // apply between the two reads and be taken for never committed.
       const now = await getVolume(v.volumeId);
-      if (!now || now.headSeq !== v.headSeq) {
-        // Our transaction cannot apply any more (its head condition fails): safe to clean up.
+      const outcome = await commitOutcome(record, now);
+      if (outcome === 'committed') return result;
+      if (outcome === 'never') {
         await deleteChunksQuietly(locations);
         return null;
       }
-      await commitSegment(v, record, changes, writer);
+      if (!now) throw new NotFoundError(`volume ${v.volumeId} does not exist`);
+      // Pending: send the very same transaction again (same token). If an earlier attempt
+      // applies first, this one is refused and settled as committed.
+      await commitSegment(v, record, changes, writer, commitToken);
       return result;
     } catch (err) {
-      if (err instanceof CommitRefusedError) {
-        await deleteChunksQuietly(locations);
-        if (err.reason === 'fenced') throw new FencedError(err.message);
-        return null;
-      }
+      if (err instanceof CommitRefusedError) return settleRefusal(prepared, err);
+      if (err instanceof NotFoundError) throw err;
       lastError = err;
     }
   }
@@ -627,15 +660,22 @@ function commitWriter(writer: WriterIdentity): CommitWriter {
   return writer.key === undefined ? {} : { key: writer.key, keyGeneration: writer.generation };
 }
 
-/** One chunk PUT with bounded retries on top of the SDK's own. A 412 is never retried. */
+/**
+ * One chunk PUT with bounded retries on top of the SDK's own. A 412 means the key exists: it is
+ * never overwritten, and counts as written only if the stored object is exactly this chunk (an
+ * earlier attempt whose response was lost, retried by the SDK or by this loop).
+ */
 async function putWithRetries(loc: ChunkLocation, chunk: Buffer, crc: number): Promise<void> {
   for (let attempt = 1; ; attempt++) {
     try {
       await putChunk(loc, chunk, crc);
       return;
     } catch (err) {
-      // 412 means the key exists: never retry an overwrite, and never overwrite.
-      if (isPreconditionFailed(err) || attempt >= UPLOAD_ATTEMPT_MAX) throw err;
+      if (isPreconditionFailed(err)) {
+        if (await storedChunkEquals(loc, chunk, crc)) return;
+        throw err;
+      }
+      if (attempt >= UPLOAD_ATTEMPT_MAX) throw err;
       await sleep(50 * 2 ** attempt);
     }
   }
