@@ -183,7 +183,12 @@ export function addFaultMiddleware(stack: unknown, service: FaultService): void 
       const active = matchFault(service, operation, input);
       if (!active) return next(args);
       const r = active.rule;
-      if (r.phase === 'after') await next(args);
+      if (r.phase === 'after') {
+        const out = (await next(args)) as { response?: { body?: { destroy?: () => void } } } | undefined;
+        // The response is lost: its connection goes with it. Left unread, its body would hold
+        // the socket forever, and the client's pool would run dry after enough lost responses.
+        out?.response?.body?.destroy?.();
+      }
       if (r.mode === 'hang') {
         const ms = r.hangMs ?? S3_REQUEST_TIMEOUT_MS;
         await new Promise((resolve) => setTimeout(resolve, ms));

@@ -76,14 +76,14 @@ export function isKept(rec: Pick<SegmentRecord, 'volumeId' | 'segmentId' | 'seq'
 }
 
 /**
- * What the checkpoints need (docs/checkpoints.md, "what GC must keep"): a rebuild starts from
- * the oldest retained checkpoint at worst and walks the commit chain after it, so every
- * committed segment above the floor stays, live or not (its trailer carries the chain link);
- * before any checkpoint exists, every committed segment stays. `collectVolume` checkpoints a
- * volume first when the floor holds back what it would reclaim.
+ * What the checkpoints need (docs/checkpoints.md, "What GC keeps"): a rebuild starts from the
+ * latest checkpoint and walks the commit chain after it, so every committed segment above the
+ * latest checkpoint's seq stays, live or not (its trailer carries the chain link); before any
+ * checkpoint exists, every committed segment stays. `collectVolume` checkpoints a volume first
+ * when commits since the latest checkpoint hold back what it would reclaim.
  */
-export function checkpointRetention(v: Pick<VolumeRecord, 'checkpointFloorSeq'>): SegmentRetention {
-  return v.checkpointFloorSeq === undefined ? { keepAll: true } : { keepSeqAbove: v.checkpointFloorSeq };
+export function checkpointRetention(v: Pick<VolumeRecord, 'checkpoint'>): SegmentRetention {
+  return v.checkpoint === undefined ? { keepAll: true } : { keepSeqAbove: v.checkpoint.seq };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -289,11 +289,16 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
   };
   let v = await getVolume(volumeId);
   if (!v || v.state !== 'active') return { ...report, skipped: v ? `volume is ${v.state}` : 'no such volume' };
-  if (v.headSeq > (v.checkpointFloorSeq ?? 0)) {
-    // Segments above the checkpoint floor are kept for rebuilds; a checkpoint at the head now
+  if (v.headSeq > (v.checkpoint?.seq ?? 0)) {
+    // Segments after the latest checkpoint are kept for rebuilds; a checkpoint at the head now
     // (cheap next to the scan below) lets this pass reclaim what the last commits superseded.
-    const out = await takeCheckpoint(volumeId);
-    if (out.done === 'skipped') return { ...report, skipped: out.reason };
+    // Without it (it failed: the pass goes on) the pass reclaims only what precedes the latest.
+    try {
+      const out = await takeCheckpoint(volumeId);
+      if (out.done === 'skipped') return { ...report, skipped: out.reason };
+    } catch (err) {
+      console.warn(`gc of ${volumeId}: checkpoint before collecting failed (${(err as Error).message}); collecting up to the latest checkpoint only`);
+    }
     v = await getVolume(volumeId);
     if (!v || v.state !== 'active') return { ...report, skipped: v ? `volume is ${v.state}` : 'no such volume' };
   }

@@ -199,13 +199,18 @@ describe('garbage collection', () => {
     const young = await collectVolume(v.volumeId, { queueContinuation: false });
     expect(young.orphansDeleted).toBe(0);
     await new Promise((r) => setTimeout(r, 3500));
+    // Past the grace, but the head still stands where the orphan was built: its commit could
+    // still apply (docs/page-map.md, "Settling an outcome"), so its chunks stay.
+    const pending = await collectVolume(v.volumeId, { queueContinuation: false });
+    expect(pending.orphansDeleted).toBe(0);
+    expect([...(await stored(v.volumeId)).chunks.keys()].filter((k) => k.includes(orphan.record.segmentId))).toHaveLength(orphan.locations.length);
+    // Another commit moves the head past it: now it can never commit, and goes.
+    await writePieces(v.volumeId, [{ offset: 0, length: 4096, data: randomBytes(4096) }]);
     const old = await collectVolume(v.volumeId, { queueContinuation: false });
     expect(old.orphansDeleted).toBe(orphan.locations.length);
     const keys = [...(await stored(v.volumeId)).chunks.keys()];
     expect(keys.some((k) => k.includes(orphan.record.segmentId))).toBe(false);
-    // A commit after the grace would point at deleted chunks: the grace must outlast any head's
-    // upload-to-commit time (docs/evacuation.md). Here the head has moved on, so it is refused.
-    await writePieces(v.volumeId, [{ offset: 0, length: 4096, data: randomBytes(4096) }]);
+    // Its commit is refused, and settled as never committed.
     expect(await completeWrite(orphan)).toBeNull();
     await expectExtentsResolve(v.volumeId);
   });
