@@ -1,17 +1,59 @@
 /**
- * The `sledge drives ...` commands' work, for the CLI to wire (docs/evacuation.md, section 4):
+ * The drive commands' work, wired by cli/main.ts (docs/evacuation.md, section 4):
  *
- *   sledge drives [--api URL]                      listDrivesCommand
- *   sledge drives retire <sled>/<drive> [--watch]   retireDriveCommand, then watchEvacuation
- *   sledge drives watch <sled>/<drive>              watchEvacuation
+ *   sledge drives --api URL                          listDrivesCommand
+ *   sledge retire <sled>/<drive> --api URL [--watch] retireDriveCommand, then watchEvacuation
+ *   sledge evacuation <sled>/<drive> --api URL       watchEvacuation
  *
  * Each function talks to the API over HTTP, writes to the stream it is given, and returns an
- * exit status. `renderProgress` is pure.
+ * exit status; an error answer or an unreachable API is thrown as a one-line CliError
+ * (cli/errors.ts). `renderProgress` is pure.
  */
 import type { EvacuationProgress } from '#shared/drives.ts';
+import { apiError, UsageError, unreachable } from './errors.ts';
 
 type Out = Pick<NodeJS.WriteStream, 'write'> & { isTTY?: boolean; columns?: number };
-type Fetch = (url: string, init?: { method?: string; body?: string; headers?: Record<string, string> }) => Promise<{ status: number; json(): Promise<unknown> }>;
+/** One answer of the API: its status and parsed JSON body (null when the body is not JSON). */
+interface Answer {
+  status: number;
+  json(): Promise<unknown>;
+  /** The raw body, for an error line when the body is not Sledge's error JSON. */
+  text?: string;
+  retryAfter?: string | null;
+}
+type Fetch = (url: string, init?: { method?: string; body?: string; headers?: Record<string, string> }) => Promise<Answer>;
+
+/** One request should not keep an operator waiting longer than this; a stuck API is reported. */
+const REQUEST_TIMEOUT_MS = 30_000;
+
+/**
+ * The global fetch, with a timeout, network failures turned into one clear line about
+ * reaching `apiUrl`, and bodies that are not JSON read as null rather than thrown.
+ */
+function apiFetch(apiUrl: string): Fetch {
+  return async (url, init) => {
+    let res: Response;
+    try {
+      res = await fetch(url, { ...init, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+    } catch (err) {
+      throw unreachable(apiUrl, err);
+    }
+    const text = await res.text();
+    let body: unknown = null;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      body = null;
+    }
+    return { status: res.status, json: async () => body, text, retryAfter: res.headers.get('retry-after') };
+  };
+}
+
+/** Throws the one-line error for an answer other than `expected`. */
+async function expectStatus(res: Answer, expected: number, request: string): Promise<void> {
+  if (res.status === expected) return;
+  throw apiError(res.status, await res.json(), res.text ?? '', request, res.retryAfter ?? null);
+}
 
 export interface WatchOptions {
   /** Poll interval. Default 1000 ms. */
@@ -71,7 +113,7 @@ export function renderProgress(p: EvacuationProgress, barWidth = 30): string {
 
 function driveUrl(apiUrl: string, driveId: string): string {
   const slash = driveId.indexOf('/');
-  if (slash <= 0 || slash === driveId.length - 1) throw new RangeError(`a drive id is <sled>/<drive>, got ${JSON.stringify(driveId)}`);
+  if (slash <= 0 || slash === driveId.length - 1) throw new UsageError(`a drive id is <sled>/<drive> (as \`sledge drives\` lists them), got ${JSON.stringify(driveId)}`);
   return `${apiUrl.replace(/\/$/, '')}/drives/${encodeURIComponent(driveId.slice(0, slash))}/${encodeURIComponent(driveId.slice(slash + 1))}`;
 }
 
@@ -83,18 +125,15 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * terminal the bar redraws in place; otherwise one line per change.
  */
 export async function watchEvacuation(apiUrl: string, driveId: string, out: Out, opts: WatchOptions = {}): Promise<number> {
-  const get = opts.fetch ?? (fetch as unknown as Fetch);
+  const get = opts.fetch ?? apiFetch(apiUrl);
   const intervalMs = opts.intervalMs ?? 1000;
   const deadline = Date.now() + (opts.timeoutMs ?? 24 * 3600_000);
   const url = driveUrl(apiUrl, driveId);
   let last = '';
   for (let polls = 0; Date.now() <= deadline; polls++) {
     const res = await get(url);
-    const body = (await res.json()) as DriveJson & { message?: string };
-    if (res.status !== 200) {
-      out.write(`${driveId}: ${res.status} ${body.message ?? ''}\n`);
-      return 1;
-    }
+    await expectStatus(res, 200, `GET ${new URL(url).pathname}`);
+    const body = (await res.json()) as DriveJson;
     if (!body.evacuation || (body.state !== 'retiring' && body.state !== 'retired')) {
       out.write(`${driveId} is ${body.state}; no evacuation to watch\n`);
       return 1;
@@ -115,15 +154,17 @@ export async function watchEvacuation(apiUrl: string, driveId: string, out: Out,
   return 1;
 }
 
-/** Prints the registry: one line per drive, with evacuation progress where there is one. */
+/**
+ * Prints the registry: one line per drive with its state and write errors, and evacuation
+ * progress where there is one. (The registry's `usedBytes` is not printed: nothing accounts
+ * chunk bytes to drives yet, so it would always read 0.)
+ */
 export async function listDrivesCommand(apiUrl: string, out: Out, opts: Pick<WatchOptions, 'fetch'> = {}): Promise<number> {
-  const get = opts.fetch ?? (fetch as unknown as Fetch);
+  const get = opts.fetch ?? apiFetch(apiUrl);
   const res = await get(`${apiUrl.replace(/\/$/, '')}/drives`);
-  const body = (await res.json()) as { drives?: DriveJson[]; message?: string };
-  if (res.status !== 200 || !body.drives) {
-    out.write(`GET /drives: ${res.status} ${body.message ?? ''}\n`);
-    return 1;
-  }
+  await expectStatus(res, 200, 'GET /drives');
+  const body = (await res.json()) as { drives?: DriveJson[] };
+  if (!Array.isArray(body?.drives)) throw apiError(res.status, null, res.text ?? '', 'GET /drives', null);
   for (const d of body.drives) {
     const extra = d.evacuation ? `  ${renderProgress(d.evacuation, 20)}` : '';
     out.write(`${d.driveId.padEnd(60)} ${d.state.padEnd(9)} errors ${String(d.writeErrors ?? 0).padStart(3)}${extra}\n`);
@@ -133,17 +174,15 @@ export async function listDrivesCommand(apiUrl: string, out: Out, opts: Pick<Wat
 
 /** Marks a drive retiring (queues its evacuation); with `watch`, then follows it. */
 export async function retireDriveCommand(apiUrl: string, driveId: string, out: Out, opts: WatchOptions & { watch?: boolean; reason?: string } = {}): Promise<number> {
-  const post = opts.fetch ?? (fetch as unknown as Fetch);
-  const res = await post(`${driveUrl(apiUrl, driveId)}/retire`, {
+  const post = opts.fetch ?? apiFetch(apiUrl);
+  const url = `${driveUrl(apiUrl, driveId)}/retire`;
+  const res = await post(url, {
     method: 'POST',
     body: JSON.stringify({ reason: opts.reason ?? 'operator (sledge CLI)' }),
     headers: { 'content-type': 'application/json' },
   });
-  const body = (await res.json()) as DriveJson & { message?: string };
-  if (res.status !== 202) {
-    out.write(`retire ${driveId}: ${res.status} ${body.message ?? ''}\n`);
-    return 1;
-  }
+  await expectStatus(res, 202, `POST ${new URL(url).pathname}`);
+  const body = (await res.json()) as DriveJson;
   out.write(`${driveId} is ${body.state}; evacuation ${body.evacuation?.run ?? ''} queued\n`);
   return opts.watch ? watchEvacuation(apiUrl, driveId, out, opts) : 0;
 }

@@ -13,14 +13,20 @@ import { parseArgs } from 'node:util';
 import { WriteBackCache } from '#gateway/cache.ts';
 import { startNbdServer } from '#gateway/server.ts';
 import { VolumeApiError, VolumeClient, type VolumeDescription } from '#gateway/volume-client.ts';
+import { debugEnabled, formatCliError, unreachable, UsageError } from './errors.ts';
+
+/** The command line is wrong; the message says how. Exit status 2. */
+export { UsageError };
 
 const MiB = 1024 * 1024;
 const DEFAULT_NBD_PORT = 10809;
 
-export const USAGE = `usage: sledge <command> [options]
-
-commands:
-  nbd <volumeId> --api <url> [--port N | --socket PATH]
+/**
+ * Each command's usage, in the order `sledge help` lists them. `sledge <command> --help` prints
+ * just that command's entry; `sledge help` prints them all.
+ */
+export const COMMAND_USAGE = {
+  nbd: `  nbd <volumeId> --api <url> [--port N | --socket PATH]
       Serve a volume as a block device over NBD, with a volatile write cache that is made
       durable on FLUSH, FUA, every segment's worth of writes, old dirty data and shutdown.
 
@@ -35,29 +41,56 @@ commands:
       --key KEY              reservation key to attach with (default gw-<host>-<random>); the
                              gateway takes a write-exclusive reservation, preempting any holder
 
-  rebuild <volumeId> --api <url> [--queue]
+      Attach with e.g.  nbdinfo nbd://127.0.0.1:10809   or   qemu-io -f raw nbd://127.0.0.1:10809
+`,
+  rebuild: `  rebuild <volumeId> --api <url> [--queue]
       Rebuild the volume's page map from its latest checkpoint plus the segments committed
       after it (docs/checkpoints.md); --queue hands it to the worker.
-
-  drives --api <url>         list the drives: state, usage, write errors, evacuation
-  retire <sled>/<drive> --api <url> [--watch]
+`,
+  drives: `  drives --api <url>
+      List the drives: state, write errors, and evacuation progress where there is one.
+`,
+  retire: `  retire <sled>/<drive> --api <url> [--watch]
       Mark a drive retiring and queue its evacuation; --watch shows a progress bar until empty.
-  evacuation <sled>/<drive> --api <url>
+`,
+  evacuation: `  evacuation <sled>/<drive> --api <url>
       Follow a drive's evacuation with a progress bar (chunks, bytes, rate, ETA).
+`,
+  help: `  help [<command>]
+      This text, or one command's. \`sledge <command> --help\` does the same.
+`,
+} as const;
 
-  help                       this text
+export type CommandName = keyof typeof COMMAND_USAGE;
 
-Attach with e.g.  nbdinfo nbd://127.0.0.1:10809   or   qemu-io -f raw nbd://127.0.0.1:10809
+const isCommand = (word: string | undefined): word is CommandName => word !== undefined && Object.hasOwn(COMMAND_USAGE, word);
+
+export const USAGE = `usage: sledge <command> [options]
+
+commands:
+${Object.values(COMMAND_USAGE).join('\n')}
+Errors are one line on stderr; set SLEDGE_DEBUG=1 to see stacks as well.
 `;
 
-/** The command line is wrong; the message says how. Exit status 2. */
-export class UsageError extends Error {
-  override name = 'UsageError';
+/** One command's usage, for `sledge <command> --help`. */
+export function commandUsage(command: CommandName): string {
+  return `usage: sledge ${COMMAND_USAGE[command].trimStart()}`;
 }
 
 function checkKeyOption(key: string): string {
   if (!/^[A-Za-z0-9._:-]{1,64}$/.test(key)) throw new UsageError(`--key must be 1 to 64 characters from A-Z a-z 0-9 . _ : -, got ${JSON.stringify(key)}`);
   return key;
+}
+
+/** Checks an `--api` value: an http or https URL. Throws UsageError. */
+function checkApiUrl(value: string): void {
+  let apiUrl: URL;
+  try {
+    apiUrl = new URL(value);
+  } catch {
+    throw new UsageError(`--api ${JSON.stringify(value)} is not a URL; give e.g. http://127.0.0.1:3000`);
+  }
+  if (apiUrl.protocol !== 'http:' && apiUrl.protocol !== 'https:') throw new UsageError(`--api must be an http or https URL, got ${apiUrl.protocol}`);
 }
 
 function intOption(value: string | undefined, name: string, min: number, max: number, fallback: number): number {
@@ -104,13 +137,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
   if (positionals.length !== 1) throw new UsageError(`sledge nbd takes exactly one volume id, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}`);
   const volumeId = positionals[0]!;
   if (!values.api) throw new UsageError('--api <url> is required: the Sledge API that serves the volume, e.g. --api http://127.0.0.1:3000');
-  let apiUrl: URL;
-  try {
-    apiUrl = new URL(values.api);
-  } catch {
-    throw new UsageError(`--api ${JSON.stringify(values.api)} is not a URL; give e.g. http://127.0.0.1:3000`);
-  }
-  if (apiUrl.protocol !== 'http:' && apiUrl.protocol !== 'https:') throw new UsageError(`--api must be an http or https URL, got ${apiUrl.protocol}`);
+  checkApiUrl(values.api);
   if (values.socket !== undefined && (values.port !== undefined || values.host !== undefined)) throw new UsageError('give either --socket or --port/--host, not both');
   if (values.socket === '') throw new UsageError('--socket needs a path');
   const cacheMiB = intOption(values['cache-mib'], 'cache-mib', 4, 64 * 1024, 64);
@@ -179,6 +206,8 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     volume = await client.describe();
   } catch (err) {
     if (err instanceof VolumeApiError && err.status === 404) log(`volume ${cmd.volumeId} does not exist at ${cmd.apiUrl}`);
+    // Status 0: no answer after every retry; say why in the words of the network, not fetch's.
+    else if (err instanceof VolumeApiError && err.status === 0) log(unreachable(cmd.apiUrl, err).message);
     else log(`cannot describe volume ${cmd.volumeId} at ${cmd.apiUrl}: ${(err as Error).message}`);
     return 1;
   }
@@ -259,36 +288,69 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   return status;
 }
 
-/** Runs the CLI; returns the process exit status. */
-export async function main(argv: string[]): Promise<number> {
+/** Whether `args` ask for help: `--help` or `-h` before any `--` (after which words are positionals). */
+function wantsHelp(args: string[]): boolean {
+  for (const a of args) {
+    if (a === '--') return false;
+    if (a === '--help' || a === '-h') return true;
+  }
+  return false;
+}
+
+/**
+ * Runs the CLI; returns the process exit status: 0 done, 1 failed (one line on stderr saying
+ * why), 2 the command line is wrong (the line and the usage).
+ */
+export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const [command, ...rest] = argv;
   try {
-    if (command === undefined || command === 'help' || command === '--help' || command === '-h') {
+    if (command === undefined || command === '--help' || command === '-h') {
       process.stdout.write(USAGE);
       return command === undefined ? 2 : 0;
     }
+    if (!isCommand(command)) throw new UsageError(`unknown command ${JSON.stringify(command)}`);
+    if (command === 'help') {
+      const topic = rest[0];
+      if (topic === undefined || topic === '--help' || topic === '-h') process.stdout.write(USAGE);
+      else if (isCommand(topic)) process.stdout.write(commandUsage(topic));
+      else throw new UsageError(`no help for ${JSON.stringify(topic)}: not a command`);
+      return 0;
+    }
+    if (wantsHelp(rest)) {
+      process.stdout.write(commandUsage(command));
+      return 0;
+    }
     if (command === 'nbd') return await runNbd(parseNbdArgs(rest));
-    if (command === 'rebuild' || command === 'drives' || command === 'retire' || command === 'evacuation') return await runAdmin(command, rest);
-    throw new UsageError(`unknown command ${JSON.stringify(command)}`);
+    return await runAdmin(command, rest);
   } catch (err) {
     if (err instanceof UsageError) {
-      process.stderr.write(`sledge: ${err.message}\n\n${USAGE}`);
+      process.stderr.write(`sledge: ${err.message}\n\n${isCommand(command) && command !== 'help' ? commandUsage(command) : USAGE}`);
       return 2;
     }
-    throw err;
+    process.stderr.write(formatCliError(err, debugEnabled(env)));
+    return 1;
   }
 }
 
 /** The operator commands: one positional at most, `--api`, and a flag or two. */
-async function runAdmin(command: 'rebuild' | 'drives' | 'retire' | 'evacuation', args: string[]): Promise<number> {
+async function runAdmin(command: Exclude<CommandName, 'nbd' | 'help'>, args: string[]): Promise<number> {
+  // Each command takes only its own flags, so a flag given to the wrong command is an error, not ignored.
+  const flags = { rebuild: ['queue'], drives: [], retire: ['watch'], evacuation: [] }[command];
   let parsed;
   try {
-    parsed = parseArgs({ args, allowPositionals: true, strict: true, options: { api: { type: 'string' }, queue: { type: 'boolean' }, watch: { type: 'boolean' } } });
+    parsed = parseArgs({
+      args,
+      allowPositionals: true,
+      strict: true,
+      options: { api: { type: 'string' }, ...Object.fromEntries(flags.map((f) => [f, { type: 'boolean' as const }])) },
+    });
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
-  const { values, positionals } = parsed;
+  const { positionals } = parsed;
+  const values = parsed.values as { api?: string; queue?: boolean; watch?: boolean };
   if (!values.api) throw new UsageError(`--api <url> is required for ${command}`);
+  checkApiUrl(values.api);
   const wanted = command === 'drives' ? 0 : 1;
   if (positionals.length !== wanted) throw new UsageError(`sledge ${command} takes ${wanted === 0 ? 'no arguments' : 'exactly one argument'}, got ${positionals.length}`);
   const target = positionals[0]!;

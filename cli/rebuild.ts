@@ -6,12 +6,16 @@
  * against the local control plane and a deployed stack alike.
  */
 import type { RebuildReport } from '#shared/checkpoints.ts';
+import { apiError, CliError, unreachable } from './errors.ts';
 
 /** What `POST /volumes/{volumeId}/rebuild` answers (shared/openapi.json, `RebuildReport`). */
 export type { RebuildReport };
 
-/** The API refused or failed the rebuild; `status` and the API's error body say why. */
-export class RebuildRequestError extends Error {
+/**
+ * The API refused or failed the rebuild, or could not be reached (`status` null); `status` and
+ * the API's error body say why. The message is the line the CLI prints.
+ */
+export class RebuildRequestError extends CliError {
   override name = 'RebuildRequestError';
   constructor(
     message: string,
@@ -45,7 +49,7 @@ export async function rebuildVolume(apiUrl: string, volumeId: string, opts: { qu
       signal: AbortSignal.timeout(opts.timeoutMs ?? REQUEST_TIMEOUT_MS),
     });
   } catch (err) {
-    throw new RebuildRequestError(`could not reach the Sledge API at ${apiUrl}: ${(err as Error).message}`, null, null, { cause: err });
+    throw new RebuildRequestError(unreachable(apiUrl, err).message, null, null, { cause: err });
   }
   const text = await res.text();
   let body: unknown = null;
@@ -55,13 +59,8 @@ export async function rebuildVolume(apiUrl: string, volumeId: string, opts: { qu
     body = null;
   }
   if (!res.ok) {
-    const e = (body ?? {}) as { error?: string; message?: string; retryable?: boolean };
-    const retry = res.headers.get('retry-after');
-    throw new RebuildRequestError(
-      `rebuild of ${volumeId} failed with ${res.status}${e.error ? ` ${e.error}` : ''}: ${e.message ?? text.slice(0, 200)}${retry ? ` (retry after ${retry} s)` : ''}`,
-      res.status,
-      body as RebuildRequestError['body'],
-    );
+    const e = apiError(res.status, body, text, `POST ${new URL(url).pathname}`, res.headers.get('retry-after'));
+    throw new RebuildRequestError(e.message, res.status, body as RebuildRequestError['body']);
   }
   if (res.status === 202) return body as { queued: true; volumeId: string };
   return body as RebuildReport;

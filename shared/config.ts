@@ -32,6 +32,8 @@ export const ENV = {
   faults: 'SLEDGE_FAULTS',
   /** `portable` forces the pure-TypeScript erasure codec; anything else prefers the native one. */
   erasureImpl: 'SLEDGE_EC_IMPL',
+  /** `portable` forces the pure-TypeScript CRC-32C; anything else prefers the native one. Read once, at load. */
+  crcImpl: 'SLEDGE_CRC_IMPL',
   /** `development` adds stacks to 500 responses. */
   mode: 'SLEDGE_MODE',
 } as const;

@@ -5,9 +5,11 @@
  * Two implementations with identical results (checked by the shared test vectors):
  * `@node-rs/crc32` (SSE4.2 / ARMv8 CRC instructions, an optional prebuilt addon) when it loads,
  * else pure TypeScript, slicing-by-8 (eight 256-entry tables, one 8-byte step per iteration),
- * which runs anywhere. `SLEDGE_EC_IMPL=portable` forces the TypeScript one too.
+ * which runs anywhere. `SLEDGE_CRC_IMPL=portable` forces the TypeScript one (the Lambda bundle
+ * has no addon, so it always runs that one; the switch lets the tests run it too).
  */
 import { createRequire } from 'node:module';
+import { ENV } from './config.ts';
 
 const POLY = 0x82f63b78;
 
@@ -64,7 +66,6 @@ export function crc32cPortable(data: Uint8Array, initial = 0): number {
 type NativeCrc = (input: Uint8Array, initial?: number) => number;
 
 function loadNative(): NativeCrc | null {
-  if (process.env.SLEDGE_EC_IMPL === 'portable') return null;
   try {
     const mod = createRequire(import.meta.url)('@node-rs/crc32') as { crc32c: (input: Buffer, initial?: number) => number };
     const fn: NativeCrc = (input, initial = 0) =>
@@ -80,6 +81,12 @@ function loadNative(): NativeCrc | null {
 export const crc32cNative: NativeCrc | null = loadNative();
 
 /**
+ * The implementation `crc32c` is, chosen once, when this module loads: the environment is read
+ * then and never again, so every checksum of a process comes from one implementation.
+ */
+export const crc32cImpl: 'native' | 'portable' = crc32cNative && process.env[ENV.crcImpl] !== 'portable' ? 'native' : 'portable';
+
+/**
  * CRC-32C of `data`, as an unsigned 32-bit number.
  *
  * Incremental: pass the CRC of the preceding bytes as `initial`, so that
@@ -88,7 +95,7 @@ export const crc32cNative: NativeCrc | null = loadNative();
  * @example
  * crc32c(Buffer.from('123456789')); // 0xe3069283
  */
-export const crc32c: (data: Uint8Array, initial?: number) => number = crc32cNative ?? crc32cPortable;
+export const crc32c: (data: Uint8Array, initial?: number) => number = crc32cImpl === 'native' ? crc32cNative! : crc32cPortable;
 
 // CRC combination (as zlib's crc32_combine): the CRC of A‖B from crc(A), crc(B) and |B|, by
 // applying |B| zero bytes to crc(A) with GF(2) matrix squaring. O(32² log |B|), no data pass.

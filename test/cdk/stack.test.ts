@@ -376,6 +376,7 @@ describe('SledgeStack', () => {
         });
         // Optional variables are left to the runtime's defaults.
         expect(variables[ENV.erasureImpl]).toBeUndefined();
+        expect(variables[ENV.crcImpl]).toBeUndefined();
         expect(variables[ENV.mode]).toBeUndefined();
       }
     });

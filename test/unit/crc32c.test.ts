@@ -1,5 +1,5 @@
 import { randomInt } from 'node:crypto';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { crc32cCombine, crc32cNative, crc32cPortable } from '#shared/crc32c.ts';
 import { mulberry32, prngBytes } from './fixtures/make-erasure-vectors.ts';
 
@@ -83,5 +83,47 @@ describe('crc32cCombine', () => {
       const b = data.subarray(cut);
       expect(crc32cCombine(crc32cPortable(a), crc32cPortable(b), b.length), `cut ${cut}`).toBe(crc32cPortable(data));
     }
+  });
+});
+
+describe('SLEDGE_CRC_IMPL', () => {
+  const saved = process.env.SLEDGE_CRC_IMPL;
+  afterEach(() => {
+    if (saved === undefined) delete process.env.SLEDGE_CRC_IMPL;
+    else process.env.SLEDGE_CRC_IMPL = saved;
+    vi.resetModules();
+  });
+
+  /** A fresh copy of the module, loaded with the environment as it is now. */
+  const load = async () => {
+    vi.resetModules();
+    return import('#shared/crc32c.ts');
+  };
+
+  it('makes crc32c the portable implementation when set to portable', async () => {
+    process.env.SLEDGE_CRC_IMPL = 'portable';
+    const m = await load();
+    expect(m.crc32cImpl).toBe('portable');
+    expect(m.crc32c).toBe(m.crc32cPortable);
+    // The addon still loads, for tests that compare the two.
+    expect(m.crc32cNative).not.toBeNull();
+  });
+
+  it('prefers the native implementation otherwise', async () => {
+    for (const value of [undefined, 'native', '']) {
+      if (value === undefined) delete process.env.SLEDGE_CRC_IMPL;
+      else process.env.SLEDGE_CRC_IMPL = value;
+      const m = await load();
+      expect(m.crc32cImpl, `SLEDGE_CRC_IMPL=${value}`).toBe('native');
+      expect(m.crc32c).toBe(m.crc32cNative);
+    }
+  });
+
+  it('is read once, when the module loads', async () => {
+    delete process.env.SLEDGE_CRC_IMPL;
+    const m = await load();
+    process.env.SLEDGE_CRC_IMPL = 'portable';
+    expect(m.crc32cImpl).toBe('native');
+    expect(m.crc32c).toBe(m.crc32cNative);
   });
 });
