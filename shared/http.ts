@@ -52,7 +52,7 @@ export class Router {
         if (!m) continue;
         pathMatched = true;
         if (route.method !== req.method) continue;
-        route.names.forEach((n, i) => (req.params[n] = decodeURIComponent(m[i + 1]!)));
+        route.names.forEach((n, i) => (req.params[n] = decodeParam(n, m[i + 1]!)));
         return toResult(await route.handle(req));
       }
       if (pathMatched) {
@@ -146,4 +146,13 @@ export function intQuery(req: Request, name: string): number {
   const n = Number(raw);
   if (!Number.isSafeInteger(n)) throw new InvalidInputError(`query parameter ${name} is too large: ${raw}`);
   return n;
+}
+
+/** A path parameter, percent-decoded; a malformed escape (`%zz`) is the caller's error, a 400. */
+function decodeParam(name: string, raw: string): string {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    throw new InvalidInputError(`path parameter ${name} (${JSON.stringify(raw)}) holds a malformed percent-escape`);
+  }
 }

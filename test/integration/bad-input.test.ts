@@ -53,6 +53,17 @@ describe('bad input gets a clear 4xx and changes nothing', () => {
     expect(await countVolumes()).toBe(before);
   });
 
+  it('refuses a malformed percent-escape in a path with 400, not 500', async () => {
+    for (const path of ['/volumes/%zz', '/volumes/%zz/data?offset=0&length=4096', '/snapshots/%E0%A4%A']) {
+      const r = await http(`${url}${path}`);
+      expect(r.status, `${path} -> ${r.body.toString()}`).toBeLessThan(500);
+      expect(r.status).toBeGreaterThanOrEqual(400);
+    }
+    const r = await http(`${url}/volumes/%zz`);
+    expect(r.status).toBe(400);
+    expect(r.json.message).toMatch(/malformed percent-escape/);
+  });
+
   it('refuses bad reads, writes, batches and trims without changing the volume', async () => {
     const vol = await api.createVolume({ sizeBytes: 8 * MiB });
     const id = vol.volumeId;
