@@ -3,7 +3,7 @@ import { defineConfig } from 'vitest/config';
 // Three projects: `unit` touches no network; `integration` talks to the local AWS endpoint
 // over HTTP (started by its global setup) and to the local Sledge API; `integration-portable`
 // runs the data-path tests again against a control plane with the portable codec and CRC.
-// Pooled write buffers are overwritten when released (shared/buffer-pool.ts), so that a use
+// Pooled write buffers are overwritten when released (shared/data/buffer-pool.ts), so that a use
 // after release corrupts data the tests would catch, rather than passing by luck. Set before
 // the global setup starts the control plane, which inherits it.
 process.env.SLEDGE_POOL_POISON = '1';

@@ -9,9 +9,9 @@
  * page), and finally a second checkpoint replays those segments onto the first.
  */
 import { randomBytes } from 'node:crypto';
-import { requestCounts, resetRequestCounts } from '#shared/aws.ts';
-import { encodeBatch } from '#shared/batch.ts';
-import { deleteItems, listPages, pageKey, requireVolume } from '#shared/pagemap.ts';
+import { requestCounts, resetRequestCounts } from '#shared/aws/clients.ts';
+import { encodeBatch } from '#shared/api/batch.ts';
+import { deleteItems, listPages, pageKey, requireVolume } from '#shared/aws/pagemap.ts';
 
 const MiB = 1024 * 1024;
 const BLOCK = 4096;

@@ -17,7 +17,7 @@
 import { randomFillSync } from 'node:crypto';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadNativeCodec, portableCodec, type ErasureCodec } from '#shared/erasure.ts';
+import { loadNativeCodec, portableCodec, type ErasureCodec } from '#shared/data/erasure.ts';
 
 const MiB = 1 << 20;
 const TOTAL = 64 * MiB;

@@ -3,7 +3,7 @@
  * `@node-rs/crc32` addon in the Lambda bundle would save the head (which today runs the
  * portable CRC there, and the portable erasure codec).
  *
- * The CRC implementation is chosen once, when shared/crc32c.ts loads (SLEDGE_CRC_IMPL), so
+ * The CRC implementation is chosen once, when shared/data/crc32c.ts loads (SLEDGE_CRC_IMPL), so
  * `benchCrc()` measures each in a child process of its own: `npx tsx bench/crc.ts` measures the
  * implementation its process loaded and prints one JSON line.
  *
@@ -49,8 +49,8 @@ async function cpuMsPerCall(work: () => Promise<void> | void): Promise<number> {
 
 /** Measures the CRC implementation this process loaded. */
 async function measureThisProcess(): Promise<CrcBenchRow[]> {
-  const { crc32c, crc32cImpl } = await import('#shared/crc32c.ts');
-  const { encodeSegment, newSegmentId } = await import('#shared/segments.ts');
+  const { crc32c, crc32cImpl } = await import('#shared/data/crc32c.ts');
+  const { encodeSegment, newSegmentId } = await import('#shared/data/segments.ts');
   const payload = randomFillSync(Buffer.alloc(WRITE_BYTES));
   const rows: CrcBenchRow[] = [];
   let sink = 0;
@@ -63,7 +63,7 @@ async function measureThisProcess(): Promise<CrcBenchRow[]> {
   });
   const meta = { volumeId: 'vol-bench', seq: 1, prev: '', writer: { id: 'bench' }, k: 4, m: 2, blockSizeBytes: 4096, extents: [[0, 1024, 0]] as Array<[number, number, number]> };
   for (const codec of ['portable', 'native'] as const) {
-    // shared/erasure.ts reads SLEDGE_EC_IMPL on every call, so the codec can change in-process.
+    // shared/data/erasure.ts reads SLEDGE_EC_IMPL on every call, so the codec can change in-process.
     if (codec === 'portable') process.env.SLEDGE_EC_IMPL = 'portable';
     else delete process.env.SLEDGE_EC_IMPL;
     rows.push({

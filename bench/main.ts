@@ -4,8 +4,8 @@
  * Speed is reported as ratios against a baseline measured in the same run (Buffer.copy for
  * the codec; raw S3 PUT/GET of the same bytes on the same endpoint for the API), because the
  * machines are shared and noisy. Request counts are exact: every AWS SDK request the head
- * makes is counted by middleware (shared/aws.ts). DynamoDB units are computed from item sizes
- * by DynamoDB's published rules (shared/capacity.ts), because local endpoints do not report
+ * makes is counted by middleware (shared/aws/clients.ts). DynamoDB units are computed from item sizes
+ * by DynamoDB's published rules (shared/aws/capacity.ts), because local endpoints do not report
  * real consumed capacity.
  */
 import { randomBytes } from 'node:crypto';
@@ -15,19 +15,19 @@ import { Agent as HttpAgent, request as httpRequest } from 'node:http';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { startControlPlane } from '#local/control-plane.ts';
 import { BatchGetItemCommand, GetItemCommand } from '@aws-sdk/client-dynamodb';
-import { dynamo, requestCounts, resetRequestCounts, s3, type RequestCounts } from '#shared/aws.ts';
-import { itemSize } from '#shared/capacity.ts';
-import { config } from '#shared/config.ts';
-import { encodeSegment, newSegmentId } from '#shared/segments.ts';
+import { dynamo, requestCounts, resetRequestCounts, s3, type RequestCounts } from '#shared/aws/clients.ts';
+import { itemSize } from '#shared/aws/capacity.ts';
+import { config } from '#shared/core/config.ts';
+import { encodeSegment, newSegmentId } from '#shared/data/segments.ts';
 import { benchCheckpoints } from './checkpoints.ts';
 import { DeleteMessageBatchCommand, ReceiveMessageCommand } from '@aws-sdk/client-sqs';
-import { sqs } from '#shared/aws.ts';
-import { getDrive, listDrives, reactivateDrive, updateDrive, forgetDriveStates } from '#shared/drives.ts';
-import { retireDrive } from '#shared/evacuation.ts';
-import { collectVolume } from '#shared/gc.ts';
-import { listVolumeChunks } from '#shared/sleds.ts';
-import { createVolume as createVolumeInProcess, writePieces } from '#shared/volumes.ts';
-import { handleWorkEvent } from '#shared/worker.ts';
+import { sqs } from '#shared/aws/clients.ts';
+import { getDrive, listDrives, reactivateDrive, updateDrive, forgetDriveStates } from '#shared/maintenance/drives.ts';
+import { retireDrive } from '#shared/maintenance/evacuation.ts';
+import { collectVolume } from '#shared/maintenance/gc.ts';
+import { listVolumeChunks } from '#shared/data/sleds.ts';
+import { createVolume as createVolumeInProcess, writePieces } from '#shared/control/volumes.ts';
+import { handleWorkEvent } from '#shared/maintenance/worker.ts';
 import { toSqsRecord } from '#local/sqs-poller.ts';
 import { benchCodec } from './codec.ts';
 import { benchCrc } from './crc.ts';
@@ -195,7 +195,7 @@ async function main(): Promise<void> {
     section('Segment encode (4 MiB payload, RS 4+2 per 64 KiB granule, CRC32C, trailers): the write path CPU');
     const payload = randomBytes(4 * MiB);
     const meta = { volumeId: 'vol-bench', seq: 1, prev: '', writer: { id: 'bench' }, k: 4, m: 2, blockSizeBytes: 4096, extents: [[0, 1024, 0]] as Array<[number, number, number]> };
-    // Released after each, as the write path does once its PUTs settle (shared/buffer-pool.ts).
+    // Released after each, as the write path does once its PUTs settle (shared/data/buffer-pool.ts).
     (await encodeSegment({ ...meta, segmentId: newSegmentId(1) }, payload)).release();
     const n = 32;
     const start = process.hrtime.bigint();

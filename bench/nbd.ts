@@ -13,7 +13,7 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { RequestCounts } from '#shared/aws.ts';
+import type { RequestCounts } from '#shared/aws/clients.ts';
 import { run, startGateway, startNbdkitMemory, type NbdTarget } from '../test/integration/nbd-tools.ts';
 
 const MiB = 1024 * 1024;

@@ -32,7 +32,7 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
-import { ENV } from '#shared/config.ts';
+import { ENV } from '#shared/core/config.ts';
 
 /** The name of one of the environment variables in `ENV`. */
 export type EnvName = (typeof ENV)[keyof typeof ENV];

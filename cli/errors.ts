@@ -35,7 +35,7 @@ export class ApiUnreachableError extends CliError {
   override name = 'ApiUnreachableError';
 }
 
-/** Sledge's error body (shared/openapi.json, `Error`). */
+/** Sledge's error body (shared/api/openapi.json, `Error`). */
 export interface ApiErrorBody {
   error?: string;
   message?: string;

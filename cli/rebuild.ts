@@ -5,10 +5,10 @@
  * The `sledge` command (bin/sledge.js) wires this in; this module only talks HTTP, so it works
  * against the local control plane and a deployed stack alike.
  */
-import type { RebuildReport } from '#shared/checkpoints.ts';
+import type { RebuildReport } from '#shared/maintenance/checkpoints.ts';
 import { apiError, CliError, unreachable } from './errors.ts';
 
-/** What `POST /volumes/{volumeId}/rebuild` answers (shared/openapi.json, `RebuildReport`). */
+/** What `POST /volumes/{volumeId}/rebuild` answers (shared/api/openapi.json, `RebuildReport`). */
 export type { RebuildReport };
 
 /**

@@ -11,7 +11,7 @@
  * only once every batch of it has been acknowledged by the API, so a read that snapshots the
  * stack before asking the API can never miss a write (see `readAligned`).
  */
-import { invariant } from '#shared/errors.ts';
+import { invariant } from '#shared/core/errors.ts';
 import { API_MAX_IO_BYTES, API_MAX_PAGES_PER_BATCH, type BatchPiece } from './volume-client.ts';
 
 const KiB = 1024;

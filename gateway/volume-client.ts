@@ -7,10 +7,10 @@
  * a batch after an unknown outcome is safe: the gateway has at most one batch in flight per
  * volume and writing the same bytes to the same blocks twice is idempotent.
  */
-import { encodeBatch } from '#shared/batch.ts';
+import { encodeBatch } from '#shared/api/batch.ts';
 
 /**
- * The API's limits (shared/volumes.ts MAX_IO_BYTES, shared/pagemap.ts MAX_PAGES_PER_COMMIT).
+ * The API's limits (shared/control/volumes.ts MAX_IO_BYTES, shared/aws/pagemap.ts MAX_PAGES_PER_COMMIT).
  * Repeated here so the gateway does not load the head's AWS modules; a unit test asserts they
  * are equal.
  */

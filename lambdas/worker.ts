@@ -1,6 +1,6 @@
 // The worker: SQS event source mapping -> background jobs, with partial batch failures.
 import type { SQSBatchResponse, SQSEvent } from 'aws-lambda';
-import { handleWorkEvent } from '#shared/worker.ts';
+import { handleWorkEvent } from '#shared/maintenance/worker.ts';
 
 export async function handler(event: SQSEvent): Promise<SQSBatchResponse> {
   return handleWorkEvent(event);

@@ -7,8 +7,8 @@
  * environment the stack's template gives the head function.
  */
 import { SendMessageCommand } from '@aws-sdk/client-sqs';
-import { sqs } from '#shared/aws.ts';
-import { ENV } from '#shared/config.ts';
+import { sqs } from '#shared/aws/clients.ts';
+import { ENV } from '#shared/core/config.ts';
 import { ensureEndpoint } from './endpoint.ts';
 import { startLocalApi } from './http-adapter.ts';
 import { startPoller } from './sqs-poller.ts';

@@ -22,7 +22,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo, Socket } from 'node:net';
 import { finished } from 'node:stream';
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
-import { BufferPool } from '#shared/buffer-pool.ts';
+import { BufferPool } from '#shared/data/buffer-pool.ts';
 
 /** Request bodies, kept only until the event's copy is made (see readBody). */
 const bodyBuffers = new BufferPool({ minBytes: 64 * 1024, maxBytes: 16 * 1024 * 1024, classBytes: 1024 * 1024, keepPerClass: 4 });

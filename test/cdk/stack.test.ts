@@ -7,9 +7,9 @@ import { App, Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import type { CfnElement } from 'aws-cdk-lib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseCheckpointMessage } from '#shared/checkpoint-messages.ts';
-import { parseWorkMessage } from '#shared/worker.ts';
-import { ENV } from '#shared/config.ts';
+import { parseCheckpointMessage } from '#shared/maintenance/checkpoint-messages.ts';
+import { parseWorkMessage } from '#shared/maintenance/worker.ts';
+import { ENV } from '#shared/core/config.ts';
 import { CONSTRUCT_IDS, MAX_RECEIVE_COUNT, cdkJsonContext, SledgeStack, type SledgeStackProps } from '../../cdk/stack.ts';
 
 const projectRoot = fileURLToPath(new URL('../..', import.meta.url));

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { encodeBatch } from '#shared/batch.ts';
+import { encodeBatch } from '#shared/api/batch.ts';
 import { Api, http, useSledgeEnv } from './helpers.ts';
 
 const MiB = 1024 * 1024;

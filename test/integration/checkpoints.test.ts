@@ -3,15 +3,15 @@ import { BatchWriteItemCommand, QueryCommand, type AttributeValue } from '@aws-s
 import { DeleteObjectCommand } from '@aws-sdk/client-s3';
 import type { SQSEvent } from 'aws-lambda';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { dynamo, s3 } from '#shared/aws.ts';
-import { encodeBatch } from '#shared/batch.ts';
-import { sendCheckpointMessage } from '#shared/checkpoint-messages.ts';
-import { CHECKPOINT_RETAIN, parsePlacement, readCheckpoint, takeCheckpoint } from '#shared/checkpoints.ts';
-import { config } from '#shared/config.ts';
-import { fenceForRebuild, getVolume, unfenceAfterRebuild, writeRebuiltPages, RebuildFenceLostError, type VolumeRecord } from '#shared/pagemap.ts';
-import { encodeSegment, newSegmentId, parseTrailer } from '#shared/segments.ts';
-import { placeChunks, putChunk, getChunkTail } from '#shared/sleds.ts';
-import { handleWorkEvent } from '#shared/worker.ts';
+import { dynamo, s3 } from '#shared/aws/clients.ts';
+import { encodeBatch } from '#shared/api/batch.ts';
+import { sendCheckpointMessage } from '#shared/maintenance/checkpoint-messages.ts';
+import { CHECKPOINT_RETAIN, parsePlacement, readCheckpoint, takeCheckpoint } from '#shared/maintenance/checkpoints.ts';
+import { config } from '#shared/core/config.ts';
+import { fenceForRebuild, getVolume, unfenceAfterRebuild, writeRebuiltPages, RebuildFenceLostError, type VolumeRecord } from '#shared/aws/pagemap.ts';
+import { encodeSegment, newSegmentId, parseTrailer } from '#shared/data/segments.ts';
+import { placeChunks, putChunk, getChunkTail } from '#shared/data/sleds.ts';
+import { handleWorkEvent } from '#shared/maintenance/worker.ts';
 import { formatRebuildReport, rebuildVolume, RebuildRequestError } from '../../cli/rebuild.ts';
 import { seeded } from '../unit/seed.ts';
 import { Api, http, useSledgeEnv, type HttpResult } from './helpers.ts';
@@ -481,8 +481,8 @@ describe('checkpoints and page-map rebuild', () => {
     // The sweep's messages go to a fresh queue on the endpoint instead of the worker's, so that
     // it does not queue checkpoints of every other test's volumes; the test follows its chain.
     const { CreateQueueCommand, DeleteQueueCommand, ReceiveMessageCommand } = await import('@aws-sdk/client-sqs');
-    const { sqs } = await import('#shared/aws.ts');
-    const { sweepCheckpoints } = await import('#shared/checkpoints.ts');
+    const { sqs } = await import('#shared/aws/clients.ts');
+    const { sweepCheckpoints } = await import('#shared/maintenance/checkpoints.ts');
     const queueUrl = (await sqs().send(new CreateQueueCommand({ QueueName: `sledge-it-sweep-${randomBytes(4).toString('hex')}` }))).QueueUrl!;
     const name = 'redirectToSweepQueue';
     const stack = sqs().middlewareStack as unknown as { add(mw: (next: (a: any) => Promise<any>) => (a: any) => Promise<any>, o: { step: 'initialize'; name: string }): void; remove(n: string): boolean };
@@ -593,7 +593,7 @@ describe('checkpoints and page-map rebuild', () => {
     await api.write(s.volumeId, 2 * MiB, randomBytes(BLOCK));
     await api.write(s.volumeId, 3 * MiB, randomBytes(BLOCK));
     // Every chunk of a committed segment after the checkpoint is gone: the chain cannot be walked.
-    const { listChunks } = await import('#shared/sleds.ts');
+    const { listChunks } = await import('#shared/data/sleds.ts');
     const chunks = await listChunks(s.volumeId, config().sledBuckets, { namePrefix: lost.segmentId });
     expect(chunks).toHaveLength(6);
     for (const c of chunks) await s3().send(new DeleteObjectCommand({ Bucket: c.bucket, Key: c.key }));

@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { s3 } from '#shared/aws.ts';
-import { encodeBatch } from '#shared/batch.ts';
-import { getSegmentRecord } from '#shared/pagemap.ts';
+import { s3 } from '#shared/aws/clients.ts';
+import { encodeBatch } from '#shared/api/batch.ts';
+import { getSegmentRecord } from '#shared/aws/pagemap.ts';
 import { seeded } from '../unit/seed.ts';
 import { Api, useSledgeEnv } from './helpers.ts';
 

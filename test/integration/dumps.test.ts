@@ -1,11 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { HeadObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { s3 } from '#shared/aws.ts';
-import { listDrives, updateDrive } from '#shared/drives.ts';
-import { failHead } from '#shared/heads.ts';
-import { getVolume } from '#shared/pagemap.ts';
-import { prepareWrite } from '#shared/volumes.ts';
+import { s3 } from '#shared/aws/clients.ts';
+import { listDrives, updateDrive } from '#shared/maintenance/drives.ts';
+import { failHead } from '#shared/control/heads.ts';
+import { getVolume } from '#shared/aws/pagemap.ts';
+import { prepareWrite } from '#shared/control/volumes.ts';
 import { http, useSledgeEnv } from './helpers.ts';
 
 const GiB = 1024 ** 3;

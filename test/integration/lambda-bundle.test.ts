@@ -226,7 +226,7 @@ describe('the bundled Lambda functions, with no node_modules', () => {
     expect(readdirSync(workDir!).sort()).toEqual(['api', 'driver.mjs', 'worker']);
     expect(isolation.existingModuleDirs).toEqual([]);
     expect(isolation.sdkImport).toBe('ERR_MODULE_NOT_FOUND');
-    // The native CRC addon is not shipped, so the bundle runs the portable CRC (shared/crc32c.ts).
+    // The native CRC addon is not shipped, so the bundle runs the portable CRC (shared/data/crc32c.ts).
     expect(isolation.nativeCrcRequire).toBe('MODULE_NOT_FOUND');
   });
 

@@ -10,7 +10,7 @@ import { DescribeTableCommand, DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { HeadBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { GetQueueAttributesCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ENV } from '#shared/config.ts';
+import { ENV } from '#shared/core/config.ts';
 import { deployLocalStack, LOCAL_RESOURCE_TYPES, type LocalStackDeployment } from '#local/stack.ts';
 
 const endpointUrl = process.env.AWS_ENDPOINT_URL;

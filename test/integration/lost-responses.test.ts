@@ -3,11 +3,11 @@ import { HeadObjectCommand } from '@aws-sdk/client-s3';
 import { QueryCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startControlPlane, type ControlPlane } from '#local/control-plane.ts';
-import { dynamo, s3 } from '#shared/aws.ts';
-import { encodeBatch } from '#shared/batch.ts';
-import { config } from '#shared/config.ts';
-import { clearFaults, faultStats, setFaults, type FaultRule } from '#shared/faults.ts';
-import { listSegmentRecords } from '#shared/pagemap.ts';
+import { dynamo, s3 } from '#shared/aws/clients.ts';
+import { encodeBatch } from '#shared/api/batch.ts';
+import { config } from '#shared/core/config.ts';
+import { clearFaults, faultStats, setFaults, type FaultRule } from '#shared/aws/faults.ts';
+import { listSegmentRecords } from '#shared/aws/pagemap.ts';
 import { seeded } from '../unit/seed.ts';
 import { http, type HttpResult } from './helpers.ts';
 

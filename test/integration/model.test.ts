@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { encodeBatch } from '#shared/batch.ts';
+import { encodeBatch } from '#shared/api/batch.ts';
 import { seeded } from '../unit/seed.ts';
 import { Api, useSledgeEnv } from './helpers.ts';
 

@@ -6,10 +6,10 @@
  */
 import { DeleteObjectCommand } from '@aws-sdk/client-s3';
 import { beforeAll, describe, expect, inject, it } from 'vitest';
-import { s3 } from '#shared/aws.ts';
-import { crc32cNative } from '#shared/crc32c.ts';
-import { loadNativeCodec } from '#shared/erasure.ts';
-import { getSegmentRecord } from '#shared/pagemap.ts';
+import { s3 } from '#shared/aws/clients.ts';
+import { crc32cNative } from '#shared/data/crc32c.ts';
+import { loadNativeCodec } from '#shared/data/erasure.ts';
+import { getSegmentRecord } from '#shared/aws/pagemap.ts';
 import { seeded } from '../unit/seed.ts';
 import { Api, http, useSledgeEnv } from './helpers.ts';
 import type { PortableStats } from './portable-plane.ts';

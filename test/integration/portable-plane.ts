@@ -4,7 +4,7 @@
  *
  * It runs in a process of its own, started by test/integration/global-setup-portable.ts with
  * SLEDGE_EC_IMPL=portable and SLEDGE_CRC_IMPL=portable. A process of its own because the CRC
- * implementation is chosen once, when shared/crc32c.ts loads, and the integration project's
+ * implementation is chosen once, when shared/data/crc32c.ts loads, and the integration project's
  * control plane has already loaded it, with the native one, in the test runner's process.
  *
  * So that the tests can prove which code served them, it counts the calls each erasure codec
@@ -15,19 +15,19 @@
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { startControlPlane } from '#local/control-plane.ts';
-import { crc32c, crc32cImpl, crc32cPortable } from '#shared/crc32c.ts';
-import { codec, loadNativeCodec, portableCodec, type ErasureCodec } from '#shared/erasure.ts';
+import { crc32c, crc32cImpl, crc32cPortable } from '#shared/data/crc32c.ts';
+import { codec, loadNativeCodec, portableCodec, type ErasureCodec } from '#shared/data/erasure.ts';
 
 /** The start of the line global-setup-portable.ts waits for. */
 const READY_PREFIX = 'sledge-portable-plane ';
 
 /** What the stats URL answers. */
 export interface PortableStats {
-  /** The implementation shared/crc32c.ts chose at load. */
+  /** The implementation shared/data/crc32c.ts chose at load. */
   crc32cImpl: 'native' | 'portable';
   /** Whether the `crc32c` every module imports is the portable function itself. */
   crc32cIsPortable: boolean;
-  /** The codec shared/erasure.ts hands out now. */
+  /** The codec shared/data/erasure.ts hands out now. */
   codec: 'native' | 'portable';
   /** Calls each codec has received since start. */
   calls: Record<'native' | 'portable', { encode: number; reconstruct: number }>;
@@ -36,7 +36,7 @@ export interface PortableStats {
 const calls: PortableStats['calls'] = { native: { encode: 0, reconstruct: 0 }, portable: { encode: 0, reconstruct: 0 } };
 
 /**
- * Counts the calls `c` receives. The codecs are plain objects that shared/erasure.ts hands out
+ * Counts the calls `c` receives. The codecs are plain objects that shared/data/erasure.ts hands out
  * by reference, so wrapping their methods here counts every call the head and worker make.
  */
 function countCalls(c: ErasureCodec, counts: { encode: number; reconstruct: number }): void {

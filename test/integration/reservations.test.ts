@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { HeadObjectCommand } from '@aws-sdk/client-s3';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { s3 } from '#shared/aws.ts';
-import { FencedError } from '#shared/errors.ts';
-import { getPages, getVolume } from '#shared/pagemap.ts';
-import { completeWrite, prepareWrite } from '#shared/volumes.ts';
+import { s3 } from '#shared/aws/clients.ts';
+import { FencedError } from '#shared/core/errors.ts';
+import { getPages, getVolume } from '#shared/aws/pagemap.ts';
+import { completeWrite, prepareWrite } from '#shared/control/volumes.ts';
 import { Api, http, useSledgeEnv, type HttpResult } from './helpers.ts';
 
 const MiB = 1024 * 1024;
@@ -205,7 +205,7 @@ describe('primary and reserve heads', () => {
 
 describe('lease watchdog', () => {
   it('promotes the first registered reserve of a volume whose lease lapsed, once', async () => {
-    const { handleWorkEvent } = await import('#shared/worker.ts');
+    const { handleWorkEvent } = await import('#shared/maintenance/worker.ts');
     const { volumeId: id } = await api.createVolume({ sizeBytes: 4 * MiB });
     const put = (body: unknown) => http(`${url}/volumes/${id}/heads`, { method: 'PUT', body: JSON.stringify(body), headers: json });
     expect((await put({ primary: 'p', reserves: ['r1', 'r2'], leaseDurationMs: 200 })).status).toBe(200);

@@ -1,7 +1,7 @@
 import { BatchWriteItemCommand, GetItemCommand, PutItemCommand, TransactWriteItemsCommand } from '@aws-sdk/client-dynamodb';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { dynamo } from '#shared/aws.ts';
-import { config } from '#shared/config.ts';
+import { dynamo } from '#shared/aws/clients.ts';
+import { config } from '#shared/core/config.ts';
 import { useSledgeEnv } from './helpers.ts';
 
 /**

@@ -16,7 +16,7 @@ import {
   type Message,
 } from '@aws-sdk/client-sqs';
 import type { SQSBatchResponse, SQSEvent, SQSRecord } from 'aws-lambda';
-import { sqs } from '#shared/aws.ts';
+import { sqs } from '#shared/aws/clients.ts';
 import { toSqsRecord } from '#local/sqs-poller.ts';
 
 export const MAX_RECEIVE_COUNT = 5;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { BufferPool } from '#shared/buffer-pool.ts';
+import { BufferPool } from '#shared/data/buffer-pool.ts';
 
 describe('buffer pool', () => {
   const MiB = 1024 * 1024;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseCheckpointMessage, BadCheckpointMessageError } from '#shared/checkpoint-messages.ts';
+import { parseCheckpointMessage, BadCheckpointMessageError } from '#shared/maintenance/checkpoint-messages.ts';
 import {
   CHECKPOINT_FOOTER_MAGIC,
   ChainBrokenError,
@@ -17,12 +17,12 @@ import {
   samePage,
   touchedPages,
   type CheckpointSet,
-} from '#shared/checkpoints.ts';
-import { decodePage, encodePage, overlay, splitByPage } from '#shared/extents.ts';
-import type { StoredPage } from '#shared/pagemap.ts';
-import { decodeTrailer, encodeTrailer, parseTrailer, type DescriptorExtent } from '#shared/segments.ts';
-import { placeChunks } from '#shared/sleds.ts';
-import { parseWorkMessage, UnknownWorkMessageError } from '#shared/worker.ts';
+} from '#shared/maintenance/checkpoints.ts';
+import { decodePage, encodePage, overlay, splitByPage } from '#shared/data/extents.ts';
+import type { StoredPage } from '#shared/aws/pagemap.ts';
+import { decodeTrailer, encodeTrailer, parseTrailer, type DescriptorExtent } from '#shared/data/segments.ts';
+import { placeChunks } from '#shared/data/sleds.ts';
+import { parseWorkMessage, UnknownWorkMessageError } from '#shared/maintenance/worker.ts';
 import { seeded } from './seed.ts';
 
 const PAGE_BLOCKS = 256;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { evacuationProgress, newEvacuation } from '#shared/drives.ts';
+import { evacuationProgress, newEvacuation } from '#shared/maintenance/drives.ts';
 import { formatBytes, formatDuration, listDrivesCommand, renderProgress, retireDriveCommand, watchEvacuation } from '../../cli/drives.ts';
 
 const start = 1_700_000_000_000;

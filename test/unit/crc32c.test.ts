@@ -1,6 +1,6 @@
 import { randomInt } from 'node:crypto';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { crc32cCombine, crc32cNative, crc32cPortable } from '#shared/crc32c.ts';
+import { crc32cCombine, crc32cNative, crc32cPortable } from '#shared/data/crc32c.ts';
 import { mulberry32, prngBytes } from './fixtures/make-erasure-vectors.ts';
 
 const SEED = process.env.SLEDGE_SEED ? Number(process.env.SLEDGE_SEED) : randomInt(2 ** 31);
@@ -97,7 +97,7 @@ describe('SLEDGE_CRC_IMPL', () => {
   /** A fresh copy of the module, loaded with the environment as it is now. */
   const load = async () => {
     vi.resetModules();
-    return import('#shared/crc32c.ts');
+    return import('#shared/data/crc32c.ts');
   };
 
   it('makes crc32c the portable implementation when set to portable', async () => {

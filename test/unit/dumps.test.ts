@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import type { DriveRecord } from '#shared/drives.ts';
-import { chooseDumpDrive } from '#shared/dumps.ts';
+import type { DriveRecord } from '#shared/maintenance/drives.ts';
+import { chooseDumpDrive } from '#shared/control/dumps.ts';
 
 const GiB = 1024 ** 3;
 const drive = (id: string, over: Partial<DriveRecord> = {}): DriveRecord => ({

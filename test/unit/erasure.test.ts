@@ -1,7 +1,7 @@
 import { randomInt } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
-import { crc32c } from '#shared/crc32c.ts';
-import { codec, loadNativeCodec, MAX_K, MAX_M, portableCodec, type ErasureCodec } from '#shared/erasure.ts';
+import { crc32c } from '#shared/data/crc32c.ts';
+import { codec, loadNativeCodec, MAX_K, MAX_M, portableCodec, type ErasureCodec } from '#shared/data/erasure.ts';
 import { mulberry32, prngBytes, vectorData, type ErasureVectors } from './fixtures/make-erasure-vectors.ts';
 import vectorsJson from './fixtures/erasure-vectors.json' with { type: 'json' };
 

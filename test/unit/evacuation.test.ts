@@ -1,10 +1,10 @@
 import { S3Client, PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterEach, describe, expect, it } from 'vitest';
-import { evacuationProgress, newEvacuation, writableFrom, type DriveRecord } from '#shared/drives.ts';
-import { UnavailableError } from '#shared/errors.ts';
-import { addFaultMiddleware, clearFaults, faultStats, matchFault, parseFaultRules, setFaults } from '#shared/faults.ts';
-import { allDrivesWritable, evacuationTarget, placeStripe, replacementLocation, sledsDistinct } from '#shared/placement.ts';
-import { placeChunks, type ChunkLocation } from '#shared/sleds.ts';
+import { evacuationProgress, newEvacuation, writableFrom, type DriveRecord } from '#shared/maintenance/drives.ts';
+import { UnavailableError } from '#shared/core/errors.ts';
+import { addFaultMiddleware, clearFaults, faultStats, matchFault, parseFaultRules, setFaults } from '#shared/aws/faults.ts';
+import { allDrivesWritable, evacuationTarget, placeStripe, replacementLocation, sledsDistinct } from '#shared/data/placement.ts';
+import { placeChunks, type ChunkLocation } from '#shared/data/sleds.ts';
 import { seeded } from './seed.ts';
 
 const sleds = Array.from({ length: 8 }, (_, i) => `sled-${i}`);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { clip, coalesce, decodePage, encodePage, overlay, splitByPage, type Extent } from '#shared/extents.ts';
+import { clip, coalesce, decodePage, encodePage, overlay, splitByPage, type Extent } from '#shared/data/extents.ts';
 import { seeded } from './seed.ts';
 
 const seg = (first: number, count: number, s: string | null, segBlock = 0): Extent => ({ first, count, seg: s, segBlock: s === null ? 0 : segBlock });

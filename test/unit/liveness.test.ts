@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { isKept } from '#shared/gc.ts';
-import { freshStoredBytes, groupForCommits, liveness, pagesTouched, planCompaction, spaceRatio, type LiveExtent, type SegmentUsage } from '#shared/liveness.ts';
-import { overlay, splitByPage, type Extent } from '#shared/extents.ts';
+import { isKept } from '#shared/maintenance/gc.ts';
+import { freshStoredBytes, groupForCommits, liveness, pagesTouched, planCompaction, spaceRatio, type LiveExtent, type SegmentUsage } from '#shared/maintenance/liveness.ts';
+import { overlay, splitByPage, type Extent } from '#shared/data/extents.ts';
 import { seeded } from './seed.ts';
 
 const policy = { dataChunks: 4, parityChunks: 2, blockSizeBytes: 4096, targetRatio: 1.1, maxEfficiency: 0.9, maxLiveBytes: 64 << 20, freshOverhead: 0.02, segmentBytesMax: 4 << 20 };

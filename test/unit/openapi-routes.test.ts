@@ -1,13 +1,13 @@
 /**
- * shared/openapi.json and the router in shared/api.ts describe one API; this test keeps them
+ * shared/api/openapi.json and the router in shared/api/routes.ts describe one API; this test keeps them
  * in step, with no network.
  *
- * - The routes: the router's routes are recorded as shared/api.ts registers them (a spy on
+ * - The routes: the router's routes are recorded as shared/api/routes.ts registers them (a spy on
  *   `Router.prototype.on`), and must be exactly the documented paths and methods.
  * - The statuses: for each route, the statuses its handler can answer are derived from the
  *   source, and the document must list them all: its success statuses exactly (the `status:`
  *   of each answer in the handler), and every error status it can raise. An error status is
- *   derived from a call graph of shared/*.ts: a function can raise the status of every
+ *   derived from a call graph of the .ts files under shared/: a function can raise the status of every
  *   SledgeError it constructs and of every function it calls. The graph is by name (an
  *   over-approximation where two modules use one name) and stops at errors thrown by the AWS
  *   SDK (which are not SledgeErrors and become 500s), so the document may list more than this
@@ -19,11 +19,12 @@
  * document says so once, in `info.description`, instead of on every operation.
  */
 import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
-import * as errors from '#shared/errors.ts';
-import { Router } from '#shared/http.ts';
-import openapi from '#shared/openapi.json' with { type: 'json' };
+import * as errors from '#shared/core/errors.ts';
+import { Router } from '#shared/api/http.ts';
+import openapi from '#shared/api/openapi.json' with { type: 'json' };
 
 const SHARED_DIR = fileURLToPath(new URL('../../shared/', import.meta.url));
 const METHODS = ['get', 'put', 'post', 'patch', 'delete', 'head', 'options'] as const;
@@ -60,13 +61,14 @@ function errorStatuses(): Map<string, number> {
 }
 
 /**
- * The top-level functions of shared/*.ts, by name, with their source text. A declaration is a
+ * The top-level functions of the .ts files under shared/, by name, with their source text. A declaration is a
  * line at column 0 that starts `function`, `async function` or `const name =` (optionally
  * exported); its text runs to the next line at column 0 that does not close it.
  */
 function sharedFunctions(): Map<string, string[]> {
   const fns = new Map<string, string[]>();
-  for (const file of readdirSync(SHARED_DIR).filter((f) => f.endsWith('.ts'))) {
+  const files = (readdirSync(SHARED_DIR, { recursive: true }) as string[]).filter((f) => f.endsWith('.ts'));
+  for (const file of files) {
     let name: string | null = null;
     let body: string[] = [];
     const flush = () => {
@@ -74,7 +76,7 @@ function sharedFunctions(): Map<string, string[]> {
       name = null;
       body = [];
     };
-    for (const line of readFileSync(SHARED_DIR + file, 'utf8').split('\n')) {
+    for (const line of readFileSync(join(SHARED_DIR, file), 'utf8').split('\n')) {
       const decl = /^(?:export\s+)?(?:async\s+)?function\*?\s+(\w+)/.exec(line) ?? /^(?:export\s+)?const\s+(\w+)\s*(?::[^=]+)?=/.exec(line);
       if (decl) {
         flush();
@@ -112,13 +114,13 @@ function errorStatusDeriver(fns: Map<string, string[]>, statusOf: Map<string, nu
   return (text: string) => ofText(text, new Set());
 }
 
-/** Each `.on('METHOD', '/path', handler)` of shared/api.ts, with the handler's source text. */
+/** Each `.on('METHOD', '/path', handler)` of shared/api/routes.ts, with the handler's source text. */
 function routeSources(): Map<string, string> {
-  const source = readFileSync(SHARED_DIR + 'api.ts', 'utf8');
+  const source = readFileSync(join(SHARED_DIR, 'api/routes.ts'), 'utf8');
   const out = new Map<string, string>();
   for (const part of source.split(/\n\s*\.on\(/).slice(1)) {
     const m = /^'([A-Z]+)',\s*'([^']+)',/.exec(part);
-    if (!m) throw new Error(`shared/api.ts: a route registration this test cannot read: .on(${part.slice(0, 80)}`);
+    if (!m) throw new Error(`shared/api/routes.ts: a route registration this test cannot read: .on(${part.slice(0, 80)}`);
     out.set(key(m[1]!, m[2]!), part);
   }
   return out;
@@ -142,7 +144,7 @@ beforeAll(async () => {
   // Record each route as the module registers it. The router keeps only a compiled pattern,
   // so the template path is taken at registration.
   const on = vi.spyOn(Router.prototype, 'on');
-  await import('#shared/api.ts');
+  await import('#shared/api/routes.ts');
   routes = on.mock.calls.map(([method, path]) => ({ method, path }));
   on.mockRestore();
   sources = routeSources();
@@ -150,7 +152,7 @@ beforeAll(async () => {
   deriveErrors = errorStatusDeriver(sharedFunctions(), errorStatuses());
 });
 
-describe('shared/openapi.json and the router', () => {
+describe('shared/api/openapi.json and the router', () => {
   it('reads the routes the way the router registers them', () => {
     // Guards the source reading below: it must see exactly the routes registered at runtime.
     expect(routes.length).toBeGreaterThan(20);
@@ -159,13 +161,13 @@ describe('shared/openapi.json and the router', () => {
 
   it('documents every route the router serves', () => {
     const undocumented = routes.map((r) => key(r.method, r.path)).filter((k) => !docs.has(k));
-    expect(undocumented, 'routes missing from shared/openapi.json').toEqual([]);
+    expect(undocumented, 'routes missing from shared/api/openapi.json').toEqual([]);
   });
 
   it('serves every route the document describes', () => {
     const served = new Set(routes.map((r) => key(r.method, r.path)));
     const unserved = [...docs.keys()].filter((k) => !served.has(k));
-    expect(unserved, 'documented routes the router in shared/api.ts does not serve').toEqual([]);
+    expect(unserved, 'documented routes the router in shared/api/routes.ts does not serve').toEqual([]);
   });
 
   it('registers each route once', () => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { ConflictError } from '#shared/errors.ts';
-import { EMPTY_RESERVATIONS, apply, parseCommand, readRefusal, writeRefusal, type ReservationState } from '#shared/reservations.ts';
+import { ConflictError } from '#shared/core/errors.ts';
+import { EMPTY_RESERVATIONS, apply, parseCommand, readRefusal, writeRefusal, type ReservationState } from '#shared/control/reservations.ts';
 
 const V = 'vol-1';
 const run = (...cmds: Array<Parameters<typeof apply>[2]>): ReservationState => cmds.reduce((s, c) => apply(V, s, c), EMPTY_RESERVATIONS);

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { crc32c } from '#shared/crc32c.ts';
-import { codec } from '#shared/erasure.ts';
-import { FOOTER_BYTES, GRANULE_BYTES, SEGMENT_FOOTER_MAGIC, chunkSizeFor, encodeSegment, encodeTrailer, newSegmentId, parseTrailer, trailerBytesFromFooter } from '#shared/segments.ts';
+import { crc32c } from '#shared/data/crc32c.ts';
+import { codec } from '#shared/data/erasure.ts';
+import { FOOTER_BYTES, GRANULE_BYTES, SEGMENT_FOOTER_MAGIC, chunkSizeFor, encodeSegment, encodeTrailer, newSegmentId, parseTrailer, trailerBytesFromFooter } from '#shared/data/segments.ts';
 import { seeded } from './seed.ts';
 
 describe('segment format', () => {

@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { decodeBatch, encodeBatch } from '#shared/batch.ts';
-import { InvalidInputError } from '#shared/errors.ts';
-import type { VolumeRecord } from '#shared/pagemap.ts';
-import { EMPTY_RESERVATIONS } from '#shared/reservations.ts';
-import { checkRange } from '#shared/volumes.ts';
+import { decodeBatch, encodeBatch } from '#shared/api/batch.ts';
+import { InvalidInputError } from '#shared/core/errors.ts';
+import type { VolumeRecord } from '#shared/aws/pagemap.ts';
+import { EMPTY_RESERVATIONS } from '#shared/control/reservations.ts';
+import { checkRange } from '#shared/control/volumes.ts';
 
 const vol: VolumeRecord = {
   volumeId: 'vol-test',

@@ -30,7 +30,7 @@
  * - Shard size must be a multiple of 8 (and of w, implied). k <= 24, m <= 6.
  */
 import { createRequire } from 'node:module';
-import { ENV } from '#shared/config.ts';
+import { ENV } from '../core/config.ts';
 
 export interface ErasureCodec {
   readonly name: 'native' | 'portable';

@@ -2,7 +2,7 @@
  * SCSI-3 style persistent reservations: the rules, as pure functions. The conditional writes
  * that store them and fence commits live in pagemap.ts; the protocol is docs/reservations.md.
  */
-import { ConflictError, InvalidInputError } from './errors.ts';
+import { ConflictError, InvalidInputError } from '../core/errors.ts';
 
 export const RESERVATION_TYPES = [
   'write-exclusive',

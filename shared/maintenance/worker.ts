@@ -9,11 +9,11 @@
 import type { SQSBatchResponse, SQSEvent } from 'aws-lambda';
 import { parseCheckpointMessage, type CheckpointQueueMessage } from './checkpoint-messages.ts';
 import { rebuildPageMap, sweepCheckpoints, takeCheckpoint } from './checkpoints.ts';
-import { NotFoundError } from './errors.ts';
+import { NotFoundError } from '../core/errors.ts';
 import { handleEvacuationMessage, parseEvacuationMessage, type EvacuationMessage } from './evacuation.ts';
 import { collectVolume, sweep, type GcMessage } from './gc.ts';
-import { sweepLeases } from './heads.ts';
-import { reclaimVolume } from './volumes.ts';
+import { sweepLeases } from '../control/heads.ts';
+import { reclaimVolume } from '../control/volumes.ts';
 
 type ReclaimMessage = { type: 'reclaim-volume'; volumeId: string };
 export type WorkMessage = ReclaimMessage | { type: 'sweep-leases' } | CheckpointQueueMessage | GcMessage | EvacuationMessage;

@@ -3,8 +3,8 @@
  * A head is a reservation key `head:<name>`; the primary holds a write-exclusive reservation,
  * so promotion is a preempt and the old primary is fenced by the commit condition itself.
  */
-import { ConflictError, FencedError, InvalidInputError, UnavailableError } from './errors.ts';
-import { getVolume, headsToAttribute, listVolumes, sleep, storeReservations, updateVolumeIf, type HeadDesignation, type VolumeRecord } from './pagemap.ts';
+import { ConflictError, FencedError, InvalidInputError, UnavailableError } from '../core/errors.ts';
+import { getVolume, headsToAttribute, listVolumes, sleep, storeReservations, updateVolumeIf, type HeadDesignation, type VolumeRecord } from '../aws/pagemap.ts';
 import { apply, checkKey, type ReservationState } from './reservations.ts';
 import { startDump, type DumpHandle } from './dumps.ts';
 import { inflightWrites, requireActive } from './volumes.ts';

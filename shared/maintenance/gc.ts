@@ -4,9 +4,9 @@
  * delete against the only pages that can refer to the segment, and checks them again after.
  */
 import { SendMessageBatchCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
-import { sqs } from './aws.ts';
-import { config } from './config.ts';
-import { FencedError, InvariantError, invariant } from './errors.ts';
+import { sqs } from '../aws/clients.ts';
+import { config } from '../core/config.ts';
+import { FencedError, InvariantError, invariant } from '../core/errors.ts';
 import { DEFAULT_COMPACTION_POLICY, groupForCommits, liveness, pagesTouched, planCompaction, spaceRatio, type LiveExtent, type SegmentUsage } from './liveness.ts';
 import {
   MAX_PAGES_PER_COMMIT,
@@ -21,12 +21,12 @@ import {
   type PageRecord,
   type SegmentRecord,
   type VolumeRecord,
-} from './pagemap.ts';
+} from '../aws/pagemap.ts';
 import { takeCheckpoint } from './checkpoints.ts';
-import { readPayload } from './segment-reader.ts';
-import { FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, type SegmentDescriptor } from './segments.ts';
-import { deleteChunk, getChunkTail, listVolumeChunks, parseChunkKey, type ChunkLocation, type ListedChunk } from './sleds.ts';
-import { MAX_IO_BYTES, completeWrite, forgetSegment, prepareWrite, type WritePiece } from './volumes.ts';
+import { readPayload } from '../data/segment-reader.ts';
+import { FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, type SegmentDescriptor } from '../data/segments.ts';
+import { deleteChunk, getChunkTail, listVolumeChunks, parseChunkKey, type ChunkLocation, type ListedChunk } from '../data/sleds.ts';
+import { MAX_IO_BYTES, completeWrite, forgetSegment, prepareWrite, type WritePiece } from '../control/volumes.ts';
 
 // ---------------------------------------------------------------------------------------
 // Retention: what other features still need (snapshots, checkpoints)

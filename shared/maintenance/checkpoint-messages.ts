@@ -3,9 +3,9 @@
  * Every one is idempotent: it may arrive twice, late, or out of order (docs/checkpoints.md).
  */
 import { SendMessageBatchCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
-import { sqs } from './aws.ts';
-import { config } from './config.ts';
-import { invariant } from './errors.ts';
+import { sqs } from '../aws/clients.ts';
+import { config } from '../core/config.ts';
+import { invariant } from '../core/errors.ts';
 
 /** Checkpoint `volumeId` unless its latest checkpoint is already at `requestedAtSeq` or later. */
 export interface CheckpointVolumeMessage {

@@ -17,12 +17,12 @@ import {
   ConditionalCheckFailedException,
   type TransactWriteItem,
 } from '@aws-sdk/client-dynamodb';
-import { dynamo } from './aws.ts';
-import { config } from './config.ts';
-import { decodePage, encodePage, type Extent } from './extents.ts';
-import { ConflictError, NotFoundError, invariant } from './errors.ts';
-import { formatLocation, parseLocation, type ChunkLocation } from './sleds.ts';
-import { HOLDER_TYPES, REGISTRANT_TYPES, type ReservationState, type ReservationType } from './reservations.ts';
+import { dynamo } from './clients.ts';
+import { config } from '../core/config.ts';
+import { decodePage, encodePage, type Extent } from '../data/extents.ts';
+import { ConflictError, NotFoundError, invariant } from '../core/errors.ts';
+import { formatLocation, parseLocation, type ChunkLocation } from '../data/sleds.ts';
+import { HOLDER_TYPES, REGISTRANT_TYPES, type ReservationState, type ReservationType } from '../control/reservations.ts';
 
 /** At most this many pages change in one commit (a transaction holds 100 items; see the doc). */
 export const MAX_PAGES_PER_COMMIT = 96;

@@ -4,7 +4,7 @@
  * to HTTP once, in `toErrorResponse`.
  */
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
-import { InvalidInputError, NotFoundError, PayloadTooLargeError, SledgeError, UnsupportedMediaTypeError } from './errors.ts';
+import { InvalidInputError, NotFoundError, PayloadTooLargeError, SledgeError, UnsupportedMediaTypeError } from '../core/errors.ts';
 
 export interface Request {
   method: string;

@@ -16,7 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { segmentBuffers, type Lease } from './buffer-pool.ts';
 import { crc32c, crc32cCombine } from './crc32c.ts';
 import { codec } from './erasure.ts';
-import { invariant } from './errors.ts';
+import { invariant } from '../core/errors.ts';
 
 export const GRANULE_BYTES = 64 * 1024;
 export const SEGMENT_FOOTER_MAGIC = Buffer.from('SLDGSEG1', 'ascii');

@@ -5,11 +5,11 @@
  */
 import { type AttributeValue, ConditionalCheckFailedException, GetItemCommand, PutItemCommand, ScanCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import { randomBytes } from 'node:crypto';
-import { dynamo } from './aws.ts';
-import { config } from './config.ts';
-import { ConflictError, NotFoundError, invariant } from './errors.ts';
-import type { WritableDrives } from './placement.ts';
-import { DRIVES_PER_SLED, driveName } from './sleds.ts';
+import { dynamo } from '../aws/clients.ts';
+import { config } from '../core/config.ts';
+import { ConflictError, NotFoundError, invariant } from '../core/errors.ts';
+import type { WritableDrives } from '../data/placement.ts';
+import { DRIVES_PER_SLED, driveName } from '../data/sleds.ts';
 
 export type DriveState = 'active' | 'spare' | 'retiring' | 'retired' | 'failed';
 export const DEFAULT_DRIVE_CAPACITY_BYTES = 1024 ** 4;

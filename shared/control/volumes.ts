@@ -4,11 +4,11 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { SendMessageCommand } from '@aws-sdk/client-sqs';
-import { sqs } from './aws.ts';
-import { DEFAULT_CHECKPOINT_EVERY_COMMITS, checkpointAfterCommit } from './checkpoint-messages.ts';
-import { config } from './config.ts';
-import { DataUnavailableError, FencedError, InvalidInputError, NotFoundError, UnavailableError, invariant } from './errors.ts';
-import { clip, overlay, splitByPage, type Extent } from './extents.ts';
+import { sqs } from '../aws/clients.ts';
+import { DEFAULT_CHECKPOINT_EVERY_COMMITS, checkpointAfterCommit } from '../maintenance/checkpoint-messages.ts';
+import { config } from '../core/config.ts';
+import { DataUnavailableError, FencedError, InvalidInputError, NotFoundError, UnavailableError, invariant } from '../core/errors.ts';
+import { clip, overlay, splitByPage, type Extent } from '../data/extents.ts';
 import {
   CommitRefusedError,
   storeReservations,
@@ -36,14 +36,14 @@ import {
   type PageRecord,
   type SegmentRecord,
   type VolumeRecord,
-} from './pagemap.ts';
-import { readPayload, type PayloadRange, type ReadReport } from './segment-reader.ts';
-import { encodeSegment, newSegmentId, type WriterIdentity } from './segments.ts';
+} from '../aws/pagemap.ts';
+import { readPayload, type PayloadRange, type ReadReport } from '../data/segment-reader.ts';
+import { encodeSegment, newSegmentId, type WriterIdentity } from '../data/segments.ts';
 import { EMPTY_RESERVATIONS, apply, parseCommand, readRefusal, writeRefusal, type ReservationState } from './reservations.ts';
-import { deleteChunk, formatLocation, isPreconditionFailed, listVolumeChunks, putChunk, storedChunkEquals, type ChunkLocation } from './sleds.ts';
-import { writableDrives } from './drives.ts';
-import { noteWriteError } from './evacuation.ts';
-import { placeStripe, replacementLocation, sledsDistinct, type WritableDrives } from './placement.ts';
+import { deleteChunk, formatLocation, isPreconditionFailed, listVolumeChunks, putChunk, storedChunkEquals, type ChunkLocation } from '../data/sleds.ts';
+import { writableDrives } from '../maintenance/drives.ts';
+import { noteWriteError } from '../maintenance/evacuation.ts';
+import { placeStripe, replacementLocation, sledsDistinct, type WritableDrives } from '../data/placement.ts';
 
 export const DEFAULT_BLOCK_SIZE_BYTES = 4096;
 export const DEFAULT_DATA_CHUNKS = 4;

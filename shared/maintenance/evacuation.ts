@@ -5,9 +5,9 @@
  * stop at any point.
  */
 import { SendMessageBatchCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
-import { sqs } from './aws.ts';
-import { config } from './config.ts';
-import { crc32c } from './crc32c.ts';
+import { sqs } from '../aws/clients.ts';
+import { config } from '../core/config.ts';
+import { crc32c } from '../data/crc32c.ts';
 import {
   addEvacuationProgress,
   advanceScan,
@@ -27,11 +27,11 @@ import {
   type DriveRecord,
   type EvacuationState,
 } from './drives.ts';
-import { invariant } from './errors.ts';
-import { getSegmentRecord, getVolume, moveChunkLocation, type SegmentRecord, type VolumeRecord } from './pagemap.ts';
-import { driveOf, evacuationTarget } from './placement.ts';
-import { readChunkData } from './segment-reader.ts';
-import { chunkTrailer, FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, granuleCrcs } from './segments.ts';
+import { invariant } from '../core/errors.ts';
+import { getSegmentRecord, getVolume, moveChunkLocation, type SegmentRecord, type VolumeRecord } from '../aws/pagemap.ts';
+import { driveOf, evacuationTarget } from '../data/placement.ts';
+import { readChunkData } from '../data/segment-reader.ts';
+import { chunkTrailer, FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, granuleCrcs } from '../data/segments.ts';
 import {
   deleteChunk,
   deleteChunkIfPresent,
@@ -44,7 +44,7 @@ import {
   putChunk,
   type ChunkLocation,
   type ListedChunk,
-} from './sleds.ts';
+} from '../data/sleds.ts';
 
 /** Keys listed per scan step (one ListObjectsV2). */
 export const SCAN_PAGE_KEYS = 1000;

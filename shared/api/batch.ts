@@ -5,8 +5,8 @@
  * `{"extents":[{"offset":N,"length":L},{"offset":N,"length":L,"zero":true}]}` | the bytes of the
  * data extents (those without `zero`), in header order. Zero extents carry no bytes.
  */
-import { InvalidInputError } from './errors.ts';
-import type { WritePiece } from './volumes.ts';
+import { InvalidInputError } from '../core/errors.ts';
+import type { WritePiece } from '../control/volumes.ts';
 
 const MAGIC = Buffer.from('SLB1', 'ascii');
 /** The header is bounded so a malformed length cannot make the head allocate much. */

@@ -5,10 +5,10 @@
 import { randomBytes } from 'node:crypto';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { UpdateItemCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
-import { dynamo, s3 } from './aws.ts';
-import { config } from './config.ts';
-import { dumpToAttribute, listDrives, type DriveRecord, type DumpAttributes } from './drives.ts';
-import { NotFoundError } from './errors.ts';
+import { dynamo, s3 } from '../aws/clients.ts';
+import { config } from '../core/config.ts';
+import { dumpToAttribute, listDrives, type DriveRecord, type DumpAttributes } from '../maintenance/drives.ts';
+import { NotFoundError } from '../core/errors.ts';
 
 /** What a failing head knows about the work it was doing. */
 export interface InflightState {

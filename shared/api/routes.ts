@@ -1,20 +1,20 @@
 /**
- * The volume API: routes to domain functions. See shared/openapi.json.
+ * The volume API: routes to domain functions. See shared/api/openapi.json.
  */
 import { decodeBatch, BATCH_CONTENT_TYPE, MAX_BATCH_HEADER_BYTES } from './batch.ts';
-import { sendCheckpointMessage } from './checkpoint-messages.ts';
-import { listCheckpoints, parseMode, rebuildPageMap, takeCheckpoint } from './checkpoints.ts';
-import { config } from './config.ts';
-import { ConflictError, InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError } from './errors.ts';
+import { sendCheckpointMessage } from '../maintenance/checkpoint-messages.ts';
+import { listCheckpoints, parseMode, rebuildPageMap, takeCheckpoint } from '../maintenance/checkpoints.ts';
+import { config } from '../core/config.ts';
+import { ConflictError, InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError } from '../core/errors.ts';
 import { Router, intQuery, jsonBody, optionalJsonBody, type Request } from './http.ts';
-import { describeHeads, designateHeads, failHead, forcedFailure, joinAsReserve, promote, renewLease } from './heads.ts';
-import { listDumps, readDump } from './dumps.ts';
-import { driveId, driveView, listDrives } from './drives.ts';
-import { peekDeadLetters, redriveDeadLetters } from './dead-letters.ts';
-import { describeDrive, retireDrive } from './evacuation.ts';
-import { queueGc } from './gc.ts';
-import { checkKey } from './reservations.ts';
-import type { WriterIdentity } from './segments.ts';
+import { describeHeads, designateHeads, failHead, forcedFailure, joinAsReserve, promote, renewLease } from '../control/heads.ts';
+import { listDumps, readDump } from '../control/dumps.ts';
+import { driveId, driveView, listDrives } from '../maintenance/drives.ts';
+import { peekDeadLetters, redriveDeadLetters } from '../maintenance/dead-letters.ts';
+import { describeDrive, retireDrive } from '../maintenance/evacuation.ts';
+import { queueGc } from '../maintenance/gc.ts';
+import { checkKey } from '../control/reservations.ts';
+import type { WriterIdentity } from '../data/segments.ts';
 import {
   HEAD_ID,
   MAX_IO_BYTES,
@@ -29,7 +29,7 @@ import {
   trimRange,
   writeData,
   writePieces,
-} from './volumes.ts';
+} from '../control/volumes.ts';
 import openapi from './openapi.json' with { type: 'json' };
 
 

@@ -60,7 +60,7 @@ function instrument<C extends AnyClient>(client: C, service: string): C {
     },
     { step: 'finalizeRequest', name: 'sledgeRequestCounter' },
   );
-  // Fault injection (shared/faults.ts): a no-op unless rules are set.
+  // Fault injection (shared/aws/faults.ts): a no-op unless rules are set.
   if (service === 'S3') addFaultMiddleware(stack, 's3');
   if (service === 'DynamoDB') addFaultMiddleware(stack, 'dynamodb');
   if (service === 'SQS') addFaultMiddleware(stack, 'sqs');

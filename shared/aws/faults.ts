@@ -16,8 +16,8 @@
  * // ... every PUT to drive d01 of that sled now fails with a 500 InternalError
  * clearFaults();
  */
-import { ENV } from './config.ts';
-import { InvalidInputError } from './errors.ts';
+import { ENV } from '../core/config.ts';
+import { InvalidInputError } from '../core/errors.ts';
 
 export type FaultService = 's3' | 'dynamodb' | 'sqs';
 
@@ -47,7 +47,7 @@ export interface FaultRule {
   count?: number;
 }
 
-/** The request timeout the S3 client is built with (shared/aws.ts); a hang lasts this long by default. */
+/** The request timeout the S3 client is built with (shared/aws/clients.ts); a hang lasts this long by default. */
 export const S3_REQUEST_TIMEOUT_MS = 30_000;
 const HANG_MS_MAX = 120_000;
 
@@ -173,7 +173,7 @@ interface StackLike {
   add(mw: (next: Next, context: { commandName?: string }) => Next, options: { step: 'deserialize'; name: string; priority: 'low' }): void;
 }
 
-/** Adds the fault middleware to a client's stack (shared/aws.ts calls this once per client). */
+/** Adds the fault middleware to a client's stack (shared/aws/clients.ts calls this once per client). */
 export function addFaultMiddleware(stack: unknown, service: FaultService): void {
   (stack as StackLike).add(
     (next, context) => async (args) => {

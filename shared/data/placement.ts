@@ -1,10 +1,10 @@
 /**
  * Where chunks go: a stripe's k+m chunks on k+m distinct sleds, only on drives that take new
  * chunks, and replacements that keep the sleds distinct (docs/evacuation.md, sections 1 and 3).
- * Pure: the caller passes which drives are writable (from the registry, shared/drives.ts).
+ * Pure: the caller passes which drives are writable (from the registry, shared/maintenance/drives.ts).
  */
 import { createHash } from 'node:crypto';
-import { UnavailableError, invariant } from './errors.ts';
+import { UnavailableError, invariant } from '../core/errors.ts';
 import { DRIVES_PER_SLED, chunkKey, driveName, type ChunkLocation } from './sleds.ts';
 
 /** Sled bucket -> the drives on it that may receive new chunks (state `active`). */

@@ -3,7 +3,7 @@
  * from the page items, which segments to compact to meet the space target, and the pages a
  * segment's extents can ever appear in.
  */
-import type { Extent } from './extents.ts';
+import type { Extent } from '../data/extents.ts';
 
 /** The page items GC reads: their extents. */
 export interface PageExtents {

@@ -10,10 +10,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import { sendCheckpointMessages, sendCheckpointMessage, DEFAULT_CHECKPOINT_EVERY_COMMITS } from './checkpoint-messages.ts';
-import { config } from './config.ts';
-import { crc32c } from './crc32c.ts';
-import { ConflictError, DataUnavailableError, InvalidInputError, NotFoundError, UnavailableError, invariant } from './errors.ts';
-import { decodePage, encodePage, overlay, splitByPage, type Extent } from './extents.ts';
+import { config } from '../core/config.ts';
+import { crc32c } from '../data/crc32c.ts';
+import { ConflictError, DataUnavailableError, InvalidInputError, NotFoundError, UnavailableError, invariant } from '../core/errors.ts';
+import { decodePage, encodePage, overlay, splitByPage, type Extent } from '../data/extents.ts';
 import {
   RebuildFenceLostError,
   fenceForRebuild,
@@ -33,11 +33,11 @@ import {
   type SegmentRecord,
   type StoredPage,
   type VolumeRecord,
-} from './pagemap.ts';
-import { readPayload } from './segment-reader.ts';
-import { GRANULE_BYTES, decodeTrailer, encodeStripes, encodeTrailer, parseTrailer, trailerBytesIn, type SegmentDescriptor } from './segments.ts';
-import { chunkKey, deleteChunk, driveName, getChunkTail, listChunks, parseObjectChunkKey, placeChunks, type ChunkLocation, type VolumeChunk } from './sleds.ts';
-import { deleteChunksQuietly, forEachLimited, uploadChunksAt } from './volumes.ts';
+} from '../aws/pagemap.ts';
+import { readPayload } from '../data/segment-reader.ts';
+import { GRANULE_BYTES, decodeTrailer, encodeStripes, encodeTrailer, parseTrailer, trailerBytesIn, type SegmentDescriptor } from '../data/segments.ts';
+import { chunkKey, deleteChunk, driveName, getChunkTail, listChunks, parseObjectChunkKey, placeChunks, type ChunkLocation, type VolumeChunk } from '../data/sleds.ts';
+import { deleteChunksQuietly, forEachLimited, uploadChunksAt } from '../control/volumes.ts';
 
 /** How many checkpoints a volume keeps; older ones are reclaimed (docs/checkpoints.md). */
 export const CHECKPOINT_RETAIN = 3;

@@ -9,8 +9,8 @@
  */
 import { crc32c } from './crc32c.ts';
 import { codec } from './erasure.ts';
-import { DataUnavailableError, invariant } from './errors.ts';
-import type { SegmentRecord } from './pagemap.ts';
+import { DataUnavailableError, invariant } from '../core/errors.ts';
+import type { SegmentRecord } from '../aws/pagemap.ts';
 import { formatLocation, getChunkRange } from './sleds.ts';
 
 /** A byte range `[start, end)` of a segment's payload. */

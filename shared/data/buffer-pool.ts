@@ -13,7 +13,7 @@
  * is overwritten at once, so that a use after release would send garbage, which the chunk
  * CRCs recorded at encode time then catch on every read, and the tests with them.
  */
-import { invariant } from './errors.ts';
+import { invariant } from '../core/errors.ts';
 
 const MiB = 1024 * 1024;
 

@@ -28,7 +28,7 @@ export const ENV = {
   orphanGraceMs: 'SLEDGE_ORPHAN_GRACE_MS',
   /** Optional: a head queues GC of a volume every this many commits (0: never). Default 256. */
   gcEveryCommits: 'SLEDGE_GC_EVERY_COMMITS',
-  /** Optional: fault-injection rules, a JSON array (shared/faults.ts). Never set in a deployment. */
+  /** Optional: fault-injection rules, a JSON array (shared/aws/faults.ts). Never set in a deployment. */
   faults: 'SLEDGE_FAULTS',
   /** `portable` forces the pure-TypeScript erasure codec; anything else prefers the native one. */
   erasureImpl: 'SLEDGE_EC_IMPL',

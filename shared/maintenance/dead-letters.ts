@@ -10,9 +10,9 @@ import {
   SendMessageCommand,
   type Message,
 } from '@aws-sdk/client-sqs';
-import { sqs } from './aws.ts';
-import { config } from './config.ts';
-import { InvalidInputError } from './errors.ts';
+import { sqs } from '../aws/clients.ts';
+import { config } from '../core/config.ts';
+import { InvalidInputError } from '../core/errors.ts';
 
 export const WORK_QUEUE_NAMES = ['gc', 'evacuation', 'checkpoint'] as const;
 export type WorkQueueName = (typeof WORK_QUEUE_NAMES)[number];

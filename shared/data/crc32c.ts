@@ -9,7 +9,7 @@
  * has no addon, so it always runs that one; the switch lets the tests run it too).
  */
 import { createRequire } from 'node:module';
-import { ENV } from './config.ts';
+import { ENV } from '../core/config.ts';
 
 const POLY = 0x82f63b78;
 

@@ -4,8 +4,8 @@
  */
 import { createHash } from 'node:crypto';
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
-import { s3 } from './aws.ts';
-import { InvalidInputError, invariant } from './errors.ts';
+import { s3 } from '../aws/clients.ts';
+import { InvalidInputError, invariant } from '../core/errors.ts';
 
 /** Drives per sled until the drive registry exists: prefixes `d00`..`d03`. */
 export const DRIVES_PER_SLED = 4;

@@ -8,7 +8,7 @@
  * Lists of extents are always sorted by `first`, non-overlapping and coalesced; every function
  * here takes and returns lists in that form.
  */
-import { invariant } from './errors.ts';
+import { invariant } from '../core/errors.ts';
 
 export interface Extent {
   first: number;
