@@ -11,7 +11,9 @@
 import { randomBytes } from 'node:crypto';
 import { requestCounts, resetRequestCounts } from '#shared/aws/clients.ts';
 import { encodeBatch } from '#shared/api/batch.ts';
-import { deleteItems, listPages, pageKey, requireVolume } from '#shared/aws/pagemap.ts';
+import { deleteItems, listPages } from '#shared/aws/pagemap/pages.ts';
+import { pageKey } from '#shared/aws/pagemap/items.ts';
+import { requireVolume } from '#shared/aws/pagemap/volumes.ts';
 
 const MiB = 1024 * 1024;
 const BLOCK = 4096;

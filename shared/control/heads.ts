@@ -4,7 +4,10 @@
  * so promotion is a preempt and the old primary is fenced by the commit condition itself.
  */
 import { ConflictError, FencedError, InvalidInputError, UnavailableError } from '../core/errors.ts';
-import { getVolume, headsToAttribute, listVolumes, sleep, storeReservations, updateVolumeIf, type HeadDesignation, type VolumeRecord } from '../aws/pagemap.ts';
+import { getVolume, listVolumes, storeReservations, updateVolumeIf } from '../aws/pagemap/volumes.ts';
+import { headsToAttribute } from '../aws/pagemap/items.ts';
+import { sleep } from '../core/async.ts';
+import { type HeadDesignation, type VolumeRecord } from '../core/records.ts';
 import { apply, checkKey, type ReservationState } from './reservations.ts';
 import { startDump, type DumpHandle } from './dumps.ts';
 import { inflightWrites, requireActive } from './volumes.ts';

@@ -9,34 +9,12 @@ import { DEFAULT_CHECKPOINT_EVERY_COMMITS, checkpointAfterCommit } from '../main
 import { config } from '../core/config.ts';
 import { DataUnavailableError, FencedError, InvalidInputError, NotFoundError, UnavailableError, invariant } from '../core/errors.ts';
 import { clip, overlay, splitByPage, type Extent } from '../data/extents.ts';
-import {
-  CommitRefusedError,
-  storeReservations,
-  MAX_PAGES_PER_COMMIT,
-  commitSegment,
-  deleteItems,
-  deleteVolumeItem,
-  getPages,
-  getSegmentRecord,
-  getSegmentRecords,
-  getVolume,
-  getVolumeWithPages,
-  growVolume,
-  listPages,
-  listSegmentRecords,
-  listVolumes,
-  markDeleting,
-  pageKey,
-  putNewVolume,
-  segmentKey,
-  segmentRef,
-  sleep,
-  type CommitWriter,
-  type PageChange,
-  type PageRecord,
-  type SegmentRecord,
-  type VolumeRecord,
-} from '../aws/pagemap.ts';
+import { CommitRefusedError, MAX_PAGES_PER_COMMIT, segmentRef, type CommitWriter, type PageChange, type PageRecord, type SegmentRecord, type VolumeRecord } from '../core/records.ts';
+import { storeReservations, deleteVolumeItem, getVolume, growVolume, listVolumes, markDeleting, putNewVolume } from '../aws/pagemap/volumes.ts';
+import { commitSegment } from '../aws/pagemap/transactions.ts';
+import { deleteItems, getPages, getSegmentRecord, getSegmentRecords, getVolumeWithPages, listPages, listSegmentRecords } from '../aws/pagemap/pages.ts';
+import { pageKey, segmentKey } from '../aws/pagemap/items.ts';
+import { sleep } from '../core/async.ts';
 import { readPayload, type PayloadRange, type ReadReport } from '../data/segment-reader.ts';
 import { encodeSegment, newSegmentId, type WriterIdentity } from '../data/segments.ts';
 import { EMPTY_RESERVATIONS, apply, parseCommand, readRefusal, writeRefusal, type ReservationState } from './reservations.ts';

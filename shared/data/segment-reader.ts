@@ -10,7 +10,7 @@
 import { crc32c } from './crc32c.ts';
 import { codec } from './erasure.ts';
 import { DataUnavailableError, invariant } from '../core/errors.ts';
-import type { SegmentRecord } from '../aws/pagemap.ts';
+import type { SegmentRecord } from '../core/records.ts';
 import { formatLocation, getChunkRange } from './sleds.ts';
 
 /** A byte range `[start, end)` of a segment's payload. */

@@ -14,26 +14,10 @@ import { config } from '../core/config.ts';
 import { crc32c } from '../data/crc32c.ts';
 import { ConflictError, DataUnavailableError, InvalidInputError, NotFoundError, UnavailableError, invariant } from '../core/errors.ts';
 import { decodePage, encodePage, overlay, splitByPage, type Extent } from '../data/extents.ts';
-import {
-  RebuildFenceLostError,
-  fenceForRebuild,
-  getSegmentRecords,
-  getStoredPages,
-  getVolume,
-  listSegmentRecordsBetween,
-  listStoredPages,
-  listVolumes,
-  putSegmentRecordIfAbsent,
-  raiseCheckpointFloor,
-  recordCheckpoint,
-  segmentRef,
-  unfenceAfterRebuild,
-  writeRebuiltPages,
-  type CheckpointPointer,
-  type SegmentRecord,
-  type StoredPage,
-  type VolumeRecord,
-} from '../aws/pagemap.ts';
+import { RebuildFenceLostError, segmentRef, type CheckpointPointer, type SegmentRecord, type StoredPage, type VolumeRecord } from '../core/records.ts';
+import { fenceForRebuild, getVolume, listVolumes, raiseCheckpointFloor, recordCheckpoint, unfenceAfterRebuild } from '../aws/pagemap/volumes.ts';
+import { getSegmentRecords, getStoredPages, listSegmentRecordsBetween, listStoredPages, putSegmentRecordIfAbsent } from '../aws/pagemap/pages.ts';
+import { writeRebuiltPages } from '../aws/pagemap/transactions.ts';
 import { readPayload } from '../data/segment-reader.ts';
 import { GRANULE_BYTES, decodeTrailer, encodeStripes, encodeTrailer, parseTrailer, trailerBytesIn, type SegmentDescriptor } from '../data/segments.ts';
 import { chunkKey, deleteChunk, driveName, getChunkTail, listChunks, parseObjectChunkKey, placeChunks, type ChunkLocation, type VolumeChunk } from '../data/sleds.ts';

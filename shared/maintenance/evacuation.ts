@@ -28,7 +28,10 @@ import {
   type EvacuationState,
 } from './drives.ts';
 import { invariant } from '../core/errors.ts';
-import { getSegmentRecord, getVolume, moveChunkLocation, type SegmentRecord, type VolumeRecord } from '../aws/pagemap.ts';
+import { getSegmentRecord } from '../aws/pagemap/pages.ts';
+import { getVolume } from '../aws/pagemap/volumes.ts';
+import { moveChunkLocation } from '../aws/pagemap/transactions.ts';
+import { type SegmentRecord, type VolumeRecord } from '../core/records.ts';
 import { driveOf, evacuationTarget } from '../data/placement.ts';
 import { readChunkData } from '../data/segment-reader.ts';
 import { chunkTrailer, FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, granuleCrcs } from '../data/segments.ts';

@@ -8,20 +8,9 @@ import { sqs } from '../aws/clients.ts';
 import { config } from '../core/config.ts';
 import { FencedError, InvariantError, invariant } from '../core/errors.ts';
 import { DEFAULT_COMPACTION_POLICY, groupForCommits, liveness, pagesTouched, planCompaction, spaceRatio, type LiveExtent, type SegmentUsage } from './liveness.ts';
-import {
-  MAX_PAGES_PER_COMMIT,
-  deleteSegmentRecordIf,
-  getPages,
-  getSegmentRecord,
-  getVolume,
-  listPages,
-  listSegmentRecords,
-  listVolumes,
-  segmentRef,
-  type PageRecord,
-  type SegmentRecord,
-  type VolumeRecord,
-} from '../aws/pagemap.ts';
+import { MAX_PAGES_PER_COMMIT, segmentRef, type PageRecord, type SegmentRecord, type VolumeRecord } from '../core/records.ts';
+import { deleteSegmentRecordIf, getPages, getSegmentRecord, listPages, listSegmentRecords } from '../aws/pagemap/pages.ts';
+import { getVolume, listVolumes } from '../aws/pagemap/volumes.ts';
 import { takeCheckpoint } from './checkpoints.ts';
 import { readPayload } from '../data/segment-reader.ts';
 import { FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, type SegmentDescriptor } from '../data/segments.ts';

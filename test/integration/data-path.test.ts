@@ -3,7 +3,7 @@ import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sd
 import { beforeAll, describe, expect, it } from 'vitest';
 import { s3 } from '#shared/aws/clients.ts';
 import { encodeBatch } from '#shared/api/batch.ts';
-import { getSegmentRecord } from '#shared/aws/pagemap.ts';
+import { getSegmentRecord } from '#shared/aws/pagemap/pages.ts';
 import { seeded } from '../unit/seed.ts';
 import { Api, useSledgeEnv } from './helpers.ts';
 

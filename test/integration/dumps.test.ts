@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { s3 } from '#shared/aws/clients.ts';
 import { listDrives, updateDrive } from '#shared/maintenance/drives.ts';
 import { failHead } from '#shared/control/heads.ts';
-import { getVolume } from '#shared/aws/pagemap.ts';
+import { getVolume } from '#shared/aws/pagemap/volumes.ts';
 import { prepareWrite } from '#shared/control/volumes.ts';
 import { http, useSledgeEnv } from './helpers.ts';
 

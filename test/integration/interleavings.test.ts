@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { FencedError } from '#shared/core/errors.ts';
-import { getVolume } from '#shared/aws/pagemap.ts';
+import { getVolume } from '#shared/aws/pagemap/volumes.ts';
 import { completeWrite, prepareWrite, writePieces, type PreparedWrite } from '#shared/control/volumes.ts';
 import { seeded } from '../unit/seed.ts';
 import { http, useSledgeEnv } from './helpers.ts';

@@ -7,7 +7,7 @@ import { dynamo, s3 } from '#shared/aws/clients.ts';
 import { encodeBatch } from '#shared/api/batch.ts';
 import { config } from '#shared/core/config.ts';
 import { clearFaults, faultStats, setFaults, type FaultRule } from '#shared/aws/faults.ts';
-import { listSegmentRecords } from '#shared/aws/pagemap.ts';
+import { listSegmentRecords } from '#shared/aws/pagemap/pages.ts';
 import { seeded } from '../unit/seed.ts';
 import { http, type HttpResult } from './helpers.ts';
 

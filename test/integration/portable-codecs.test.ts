@@ -9,7 +9,7 @@ import { beforeAll, describe, expect, inject, it } from 'vitest';
 import { s3 } from '#shared/aws/clients.ts';
 import { crc32cNative } from '#shared/data/crc32c.ts';
 import { loadNativeCodec } from '#shared/data/erasure.ts';
-import { getSegmentRecord } from '#shared/aws/pagemap.ts';
+import { getSegmentRecord } from '#shared/aws/pagemap/pages.ts';
 import { seeded } from '../unit/seed.ts';
 import { Api, http, useSledgeEnv } from './helpers.ts';
 import type { PortableStats } from './portable-plane.ts';

@@ -3,7 +3,8 @@ import { HeadObjectCommand } from '@aws-sdk/client-s3';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { s3 } from '#shared/aws/clients.ts';
 import { FencedError } from '#shared/core/errors.ts';
-import { getPages, getVolume } from '#shared/aws/pagemap.ts';
+import { getPages } from '#shared/aws/pagemap/pages.ts';
+import { getVolume } from '#shared/aws/pagemap/volumes.ts';
 import { completeWrite, prepareWrite } from '#shared/control/volumes.ts';
 import { Api, http, useSledgeEnv, type HttpResult } from './helpers.ts';
 

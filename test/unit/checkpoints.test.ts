@@ -19,7 +19,7 @@ import {
   type CheckpointSet,
 } from '#shared/maintenance/checkpoints.ts';
 import { decodePage, encodePage, overlay, splitByPage } from '#shared/data/extents.ts';
-import type { StoredPage } from '#shared/aws/pagemap.ts';
+import type { StoredPage } from '#shared/core/records.ts';
 import { decodeTrailer, encodeTrailer, parseTrailer, type DescriptorExtent } from '#shared/data/segments.ts';
 import { placeChunks } from '#shared/data/sleds.ts';
 import { parseWorkMessage, UnknownWorkMessageError } from '#shared/maintenance/worker.ts';

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { decodeBatch, encodeBatch } from '#shared/api/batch.ts';
 import { InvalidInputError } from '#shared/core/errors.ts';
-import type { VolumeRecord } from '#shared/aws/pagemap.ts';
+import type { VolumeRecord } from '#shared/core/records.ts';
 import { EMPTY_RESERVATIONS } from '#shared/control/reservations.ts';
 import { checkRange } from '#shared/control/volumes.ts';
 

@@ -1,0 +1,201 @@
+/**
+ * The page map's records as DynamoDB items: the one place that knows their attribute names and
+ * encodings (docs/page-map.md, "What is stored where").
+ */
+import { type AttributeValue, ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
+import type { ReservationState, ReservationType } from '../../control/reservations.ts';
+import type { CheckpointPointer, HeadDesignation, PageRecord, SegmentRecord, StoredPage, VolumeRecord, VolumeState } from '../../core/records.ts';
+import { decodePage, encodePage, type Extent } from '../../data/extents.ts';
+import { formatLocation, parseLocation } from '../../data/sleds.ts';
+
+export const S = (s: string): AttributeValue => ({ S: s });
+
+export const N = (n: number): AttributeValue => ({ N: String(n) });
+
+export const num = (a: AttributeValue | undefined): number => Number(a?.N ?? NaN);
+
+export const str = (a: AttributeValue | undefined): string => a?.S ?? '';
+
+export function headsToAttribute(h: HeadDesignation): AttributeValue {
+  return {
+    M: {
+      primary: S(h.primary),
+      reserves: { L: h.reserves.map(S) },
+      leaseExpiresAtMs: N(h.leaseExpiresAtMs),
+      leaseDurationMs: N(h.leaseDurationMs),
+    },
+  };
+}
+
+export function attributeToHeads(a: AttributeValue | undefined): HeadDesignation | undefined {
+  const m = a?.M;
+  if (!m) return undefined;
+  return { primary: str(m.primary), reserves: (m.reserves?.L ?? []).map(str), leaseExpiresAtMs: num(m.leaseExpiresAtMs), leaseDurationMs: num(m.leaseDurationMs) };
+}
+
+export function volumeToItem(v: VolumeRecord): Record<string, AttributeValue> {
+  const item: Record<string, AttributeValue> = {
+    volumeId: S(v.volumeId),
+    sizeBytes: N(v.sizeBytes),
+    blockSizeBytes: N(v.blockSizeBytes),
+    dataChunks: N(v.dataChunks),
+    parityChunks: N(v.parityChunks),
+    pageBlocks: N(v.pageBlocks),
+    state: S(v.state),
+    headSeq: N(v.headSeq),
+    headSegmentId: S(v.headSegmentId),
+    ...reservationAttributes(v.reservations),
+    createdAt: S(v.createdAt),
+    updatedAt: S(v.updatedAt),
+  };
+  if (v.name !== undefined) item.name = S(v.name);
+  if (v.heads) item.heads = headsToAttribute(v.heads);
+  if (v.checkpointEveryCommits !== undefined) item.checkpointEveryCommits = N(v.checkpointEveryCommits);
+  return item;
+}
+
+export function reservationAttributes(r: ReservationState): Record<string, AttributeValue> {
+  const attrs: Record<string, AttributeValue> = {
+    resGen: N(r.generation),
+    registrants: { M: Object.fromEntries(Object.entries(r.registrants).map(([k, g]) => [k, N(g)])) },
+  };
+  if (r.reservation) {
+    attrs.resHolder = S(r.reservation.holder);
+    attrs.resType = S(r.reservation.type);
+  }
+  return attrs;
+}
+
+export function itemToReservations(item: Record<string, AttributeValue>): ReservationState {
+  const registrants: Record<string, number> = {};
+  for (const [k, g] of Object.entries(item.registrants?.M ?? {})) registrants[k] = num(g);
+  const holder = item.resHolder?.S;
+  const type = item.resType?.S as ReservationType | undefined;
+  return { generation: num(item.resGen ?? N(0)), registrants, reservation: holder && type ? { holder, type } : null };
+}
+
+export function itemToVolume(item: Record<string, AttributeValue>): VolumeRecord {
+  const v: VolumeRecord = {
+    volumeId: str(item.volumeId),
+    sizeBytes: num(item.sizeBytes),
+    blockSizeBytes: num(item.blockSizeBytes),
+    dataChunks: num(item.dataChunks),
+    parityChunks: num(item.parityChunks),
+    pageBlocks: num(item.pageBlocks),
+    state: str(item.state) as VolumeState,
+    headSeq: num(item.headSeq),
+    headSegmentId: str(item.headSegmentId),
+    reservations: itemToReservations(item),
+    createdAt: str(item.createdAt),
+    updatedAt: str(item.updatedAt),
+  };
+  if (item.name?.S !== undefined) v.name = item.name.S;
+  const heads = attributeToHeads(item.heads);
+  if (heads) v.heads = heads;
+  readCheckpointFields(item, v);
+  return v;
+}
+
+export function readCheckpointFields(item: Record<string, AttributeValue>, v: VolumeRecord): void {
+  if (item.checkpointEveryCommits?.N !== undefined) v.checkpointEveryCommits = num(item.checkpointEveryCommits);
+  const c = item.checkpoint?.M;
+  if (c) {
+    v.checkpoint = {
+      id: str(c.id),
+      seq: num(c.seq),
+      crc: num(c.crc),
+      bytes: num(c.bytes),
+      pages: num(c.pages),
+      placement: str(c.placement),
+    };
+  }
+  if (item.checkpointFloorSeq?.N !== undefined) v.checkpointFloorSeq = num(item.checkpointFloorSeq);
+  if (item.rebuilds?.N !== undefined) v.rebuilds = num(item.rebuilds);
+  if (item.rebuildToken?.S !== undefined) v.rebuildToken = item.rebuildToken.S;
+}
+
+export function packCrcs(crcs: readonly number[]): Uint8Array {
+  const out = Buffer.alloc(crcs.length * 4);
+  crcs.forEach((c, i) => out.writeUInt32BE(c >>> 0, i * 4));
+  return out;
+}
+
+export function unpackCrcs(bytes: Uint8Array): number[] {
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out: number[] = [];
+  for (let o = 0; o < b.length; o += 4) out.push(b.readUInt32BE(o));
+  return out;
+}
+
+export function segmentToItem(s: SegmentRecord): Record<string, AttributeValue> {
+  return {
+    volumeId: S(s.volumeId),
+    segmentId: S(s.segmentId),
+    seq: N(s.seq),
+    prev: S(s.prev),
+    k: N(s.k),
+    m: N(s.m),
+    chunkSizeBytes: N(s.chunkSizeBytes),
+    granuleBytes: N(s.granuleBytes),
+    blockSizeBytes: N(s.blockSizeBytes),
+    payloadBytes: N(s.payloadBytes),
+    locations: { L: s.locations.map((l) => S(formatLocation(l))) },
+    crcs: { L: s.crcs.map((c) => ({ B: packCrcs(c) })) },
+    createdAt: S(s.createdAt),
+  };
+}
+
+export function itemToSegment(item: Record<string, AttributeValue>): SegmentRecord {
+  return {
+    volumeId: str(item.volumeId),
+    segmentId: str(item.segmentId),
+    seq: num(item.seq),
+    prev: str(item.prev),
+    k: num(item.k),
+    m: num(item.m),
+    chunkSizeBytes: num(item.chunkSizeBytes),
+    granuleBytes: num(item.granuleBytes),
+    blockSizeBytes: num(item.blockSizeBytes),
+    payloadBytes: num(item.payloadBytes),
+    locations: (item.locations?.L ?? []).map((a) => parseLocation(str(a))),
+    crcs: (item.crcs?.L ?? []).map((a) => unpackCrcs(a.B ?? new Uint8Array())),
+    createdAt: str(item.createdAt),
+  };
+}
+
+export function pageToItem(volumeId: string, page: number, version: number, extents: Extent[], pageBlocks: number): Record<string, AttributeValue> {
+  const enc = encodePage(extents, page, pageBlocks);
+  return {
+    volumeId: S(volumeId),
+    page: N(page),
+    version: N(version),
+    segs: { L: enc.segs.map(S) },
+    ext: { B: enc.ext },
+  };
+}
+
+export function itemToPage(item: Record<string, AttributeValue>, pageBlocks: number): PageRecord {
+  const page = num(item.page);
+  const segs = (item.segs?.L ?? []).map(str);
+  return { page, version: num(item.version), extents: decodePage({ segs, ext: item.ext?.B ?? new Uint8Array() }, page, pageBlocks) };
+}
+
+export function itemToStoredPage(item: Record<string, AttributeValue>): StoredPage {
+  return { page: num(item.page), version: num(item.version), segs: (item.segs?.L ?? []).map(str), ext: item.ext?.B ?? new Uint8Array() };
+}
+
+export function storedPageToItem(volumeId: string, p: StoredPage): Record<string, AttributeValue> {
+  return { volumeId: S(volumeId), page: N(p.page), version: N(p.version), segs: { L: p.segs.map(S) }, ext: { B: p.ext } };
+}
+
+export function pageKey(volumeId: string, page: number): Record<string, AttributeValue> {
+  return { volumeId: S(volumeId), page: N(page) };
+}
+
+export function segmentKey(volumeId: string, segmentId: string): Record<string, AttributeValue> {
+  return { volumeId: S(volumeId), segmentId: S(segmentId) };
+}
+
+export function conditionFailed(err: unknown): err is ConditionalCheckFailedException {
+  return err instanceof ConditionalCheckFailedException || (err as { name?: string })?.name === 'ConditionalCheckFailedException';
+}

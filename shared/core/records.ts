@@ -1,0 +1,145 @@
+/**
+ * The page map's records as the domain sees them: volumes, pages, segment records, and what a
+ * commit changes. No storage knowledge here; the DynamoDB adapter (shared/aws/pagemap/) stores
+ * them, and docs/page-map.md describes the protocol.
+ */
+import type { Extent } from '../data/extents.ts';
+import type { ChunkLocation } from '../data/sleds.ts';
+import type { ReservationState } from '../control/reservations.ts';
+import { invariant } from './errors.ts';
+
+/** At most this many pages change in one commit (a transaction holds 100 items; see the doc). */
+export const MAX_PAGES_PER_COMMIT = 96;
+
+/** `rebuilding`: a page-map rebuild holds the fence (docs/checkpoints.md); no commit or read is served. */
+export type VolumeState = 'active' | 'deleting' | 'rebuilding';
+
+/** The latest checkpoint of a volume, as recorded on its item (docs/checkpoints.md). */
+export interface CheckpointPointer {
+  id: string;
+  seq: number;
+  /** CRC32C of the checkpoint payload. */
+  crc: number;
+  bytes: number;
+  pages: number;
+  /** `<sled index>/<drive>` of each chunk, comma-joined. */
+  placement: string;
+}
+
+export interface VolumeRecord {
+  volumeId: string;
+  name?: string;
+  sizeBytes: number;
+  blockSizeBytes: number;
+  dataChunks: number;
+  parityChunks: number;
+  pageBlocks: number;
+  state: VolumeState;
+  headSeq: number;
+  headSegmentId: string;
+  reservations: ReservationState;
+  heads?: HeadDesignation;
+  createdAt: string;
+  updatedAt: string;
+  /** Commits between automatic checkpoints; 0 turns them off. Absent: the default. */
+  checkpointEveryCommits?: number;
+  checkpoint?: CheckpointPointer;
+  /** The seq of the oldest retained checkpoint: GC keeps every segment after it. */
+  checkpointFloorSeq?: number;
+  /** How many rebuilds have fenced this volume; a checkpoint scan that spans one starts over. */
+  rebuilds?: number;
+  /** The token of the rebuild holding the fence while `state` is `rebuilding`. */
+  rebuildToken?: string;
+}
+
+/** The volume's primary head, its reserves, and the primary's lease (docs/reservations.md). */
+export interface HeadDesignation {
+  primary: string;
+  reserves: string[];
+  leaseExpiresAtMs: number;
+  leaseDurationMs: number;
+}
+
+export interface PageRecord {
+  page: number;
+  version: number;
+  extents: Extent[];
+}
+
+export interface SegmentRecord {
+  volumeId: string;
+  segmentId: string;
+  seq: number;
+  prev: string;
+  k: number;
+  m: number;
+  chunkSizeBytes: number;
+  granuleBytes: number;
+  blockSizeBytes: number;
+  payloadBytes: number;
+  locations: ChunkLocation[];
+  /** `crcs[chunk][granule]`. */
+  crcs: number[][];
+  createdAt: string;
+}
+
+/** A page item exactly as stored: restoring these fields restores the item byte for byte. */
+export interface StoredPage {
+  page: number;
+  version: number;
+  segs: string[];
+  ext: Uint8Array;
+}
+
+export function segmentRef(volumeId: string, segmentId: string): string {
+  return `${volumeId}/${segmentId}`;
+}
+
+export function splitSegmentRef(ref: string): [string, string] {
+  const slash = ref.indexOf('/');
+  invariant(slash > 0, () => `bad segment reference ${ref}`);
+  return [ref.slice(0, slash), ref.slice(slash + 1)];
+}
+
+export interface PageChange {
+  page: number;
+  /** The version read in step 1, or null if the page had no item. */
+  oldVersion: number | null;
+  extents: Extent[];
+}
+
+/** Why a commit transaction was refused; the writer's next step depends on it. */
+export type CommitRefusal = 'head-moved' | 'volume-gone' | 'volume-not-active' | 'page-moved' | 'fenced';
+
+export class CommitRefusedError extends Error {
+  override name = 'CommitRefusedError';
+  constructor(
+    readonly reason: CommitRefusal,
+    message: string,
+    readonly currentVolume?: VolumeRecord,
+  ) {
+    super(message);
+  }
+}
+
+/** The writer a commit is fenced on: the key it presented and that key's registration generation. */
+export interface CommitWriter {
+  key?: string;
+  keyGeneration?: number;
+  /**
+   * A maintenance writer (compaction, docs/evacuation.md section 6) rewrites bytes a volume
+   * already holds and presents no key; it is fenced by the reservation generation it read:
+   * any reservation change between its read and its commit refuses it.
+   */
+  maintenanceAtGeneration?: number;
+}
+
+export type MoveOutcome =
+  | { kind: 'moved' }
+  | { kind: 'refused'; reason: 'record-gone' | 'location-changed'; current: SegmentRecord | null }
+  | { kind: 'refused'; reason: 'target-inactive'; current: null };
+
+/** The rebuild lost its fence to another rebuild (or the volume went away) while writing pages. */
+export class RebuildFenceLostError extends Error {
+  override name = 'RebuildFenceLostError';
+}
