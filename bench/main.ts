@@ -26,7 +26,8 @@ import { getDrive, listDrives, reactivateDrive, updateDrive, forgetDriveStates }
 import { retireDrive } from '#shared/maintenance/evacuation.ts';
 import { collectVolume } from '#shared/maintenance/gc.ts';
 import { listVolumeChunks } from '#shared/data/sleds.ts';
-import { createVolume as createVolumeInProcess, writePieces } from '#shared/control/volumes.ts';
+import { createVolume as createVolumeInProcess } from '#shared/control/volumes.ts';
+import { writePieces } from '#shared/data/write.ts';
 import { handleWorkEvent } from '#shared/maintenance/worker.ts';
 import { toSqsRecord } from '#local/sqs-poller.ts';
 import { benchCodec } from './codec.ts';

@@ -6,7 +6,7 @@
  * data extents (those without `zero`), in header order. Zero extents carry no bytes.
  */
 import { InvalidInputError } from '../core/errors.ts';
-import type { WritePiece } from '../control/volumes.ts';
+import type { WritePiece } from '../data/write.ts';
 
 const MAGIC = Buffer.from('SLB1', 'ascii');
 /** The header is bounded so a malformed length cannot make the head allocate much. */

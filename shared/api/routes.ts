@@ -15,21 +15,11 @@ import { describeDrive, retireDrive } from '../maintenance/evacuation.ts';
 import { queueGc } from '../maintenance/gc.ts';
 import { checkKey } from '../control/reservations.ts';
 import type { WriterIdentity } from '../data/segments.ts';
-import {
-  HEAD_ID,
-  MAX_IO_BYTES,
-  describeReservations,
-  reservationCommand,
-  createVolume,
-  deleteVolume,
-  describeVolume,
-  listVolumeViews,
-  readData,
-  resizeVolume,
-  trimRange,
-  writeData,
-  writePieces,
-} from '../control/volumes.ts';
+import { HEAD_ID, MAX_IO_BYTES } from '../data/volume-rules.ts';
+import { describeReservations, reservationCommand } from '../control/reservation-commands.ts';
+import { createVolume, deleteVolume, describeVolume, listVolumeViews, resizeVolume } from '../control/volumes.ts';
+import { readData } from '../data/read.ts';
+import { trimRange, writeData, writePieces } from '../data/write.ts';
 import openapi from './openapi.json' with { type: 'json' };
 
 

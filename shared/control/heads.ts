@@ -10,7 +10,8 @@ import { sleep } from '../core/async.ts';
 import { type HeadDesignation, type VolumeRecord } from '../core/records.ts';
 import { apply, checkKey, type ReservationState } from './reservations.ts';
 import { startDump, type DumpHandle } from './dumps.ts';
-import { inflightWrites, requireActive } from './volumes.ts';
+import { inflightWrites } from '../data/write.ts';
+import { requireActive } from '../data/volume-rules.ts';
 
 export const DEFAULT_LEASE_DURATION_MS = 10_000;
 const MIN_RESERVES = 2;

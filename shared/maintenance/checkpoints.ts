@@ -21,7 +21,8 @@ import { writeRebuiltPages } from '../aws/pagemap/transactions.ts';
 import { readPayload } from '../data/segment-reader.ts';
 import { GRANULE_BYTES, decodeTrailer, encodeStripes, encodeTrailer, parseTrailer, trailerBytesIn, type SegmentDescriptor } from '../data/segments.ts';
 import { chunkKey, deleteChunk, driveName, getChunkTail, listChunks, parseObjectChunkKey, placeChunks, type ChunkLocation, type VolumeChunk } from '../data/sleds.ts';
-import { deleteChunksQuietly, forEachLimited, uploadChunksAt } from '../control/volumes.ts';
+import { deleteChunksQuietly, uploadChunksAt } from '../data/upload.ts';
+import { forEachLimited } from '../core/async.ts';
 
 /** How many checkpoints a volume keeps; older ones are reclaimed (docs/checkpoints.md). */
 export const CHECKPOINT_RETAIN = 3;

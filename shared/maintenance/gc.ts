@@ -15,7 +15,9 @@ import { takeCheckpoint } from './checkpoints.ts';
 import { readPayload } from '../data/segment-reader.ts';
 import { FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, type SegmentDescriptor } from '../data/segments.ts';
 import { deleteChunk, getChunkTail, listVolumeChunks, parseChunkKey, type ChunkLocation, type ListedChunk } from '../data/sleds.ts';
-import { MAX_IO_BYTES, completeWrite, forgetSegment, prepareWrite, type WritePiece } from '../control/volumes.ts';
+import { MAX_IO_BYTES } from '../data/volume-rules.ts';
+import { completeWrite, prepareWrite, type WritePiece } from '../data/write.ts';
+import { forgetSegment } from '../data/read.ts';
 
 // ---------------------------------------------------------------------------------------
 // Retention: what other features still need (snapshots, checkpoints)

@@ -5,7 +5,7 @@ import { s3 } from '#shared/aws/clients.ts';
 import { listDrives, updateDrive } from '#shared/maintenance/drives.ts';
 import { failHead } from '#shared/control/heads.ts';
 import { getVolume } from '#shared/aws/pagemap/volumes.ts';
-import { prepareWrite } from '#shared/control/volumes.ts';
+import { prepareWrite } from '#shared/data/write.ts';
 import { http, useSledgeEnv } from './helpers.ts';
 
 const GiB = 1024 ** 3;

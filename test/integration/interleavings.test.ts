@@ -1,7 +1,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { FencedError } from '#shared/core/errors.ts';
 import { getVolume } from '#shared/aws/pagemap/volumes.ts';
-import { completeWrite, prepareWrite, writePieces, type PreparedWrite } from '#shared/control/volumes.ts';
+import { completeWrite, prepareWrite, writePieces, type PreparedWrite } from '#shared/data/write.ts';
 import { seeded } from '../unit/seed.ts';
 import { http, useSledgeEnv } from './helpers.ts';
 

@@ -5,7 +5,7 @@ import { s3 } from '#shared/aws/clients.ts';
 import { FencedError } from '#shared/core/errors.ts';
 import { getPages } from '#shared/aws/pagemap/pages.ts';
 import { getVolume } from '#shared/aws/pagemap/volumes.ts';
-import { completeWrite, prepareWrite } from '#shared/control/volumes.ts';
+import { completeWrite, prepareWrite } from '#shared/data/write.ts';
 import { Api, http, useSledgeEnv, type HttpResult } from './helpers.ts';
 
 const MiB = 1024 * 1024;

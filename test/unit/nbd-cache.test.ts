@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { ExtentMap, WriteBackCache, WriteBackError, planBatches, toBatchPieces, type CacheBackend, type CacheExtent } from '#gateway/cache.ts';
 import { API_MAX_IO_BYTES, API_MAX_PAGES_PER_BATCH, type BatchPiece } from '#gateway/volume-client.ts';
 import { MAX_PAGES_PER_COMMIT } from '#shared/core/records.ts';
-import { MAX_IO_BYTES } from '#shared/control/volumes.ts';
+import { MAX_IO_BYTES } from '#shared/data/volume-rules.ts';
 import { seeded } from './seed.ts';
 
 const KiB = 1024;

@@ -3,7 +3,7 @@ import { decodeBatch, encodeBatch } from '#shared/api/batch.ts';
 import { InvalidInputError } from '#shared/core/errors.ts';
 import type { VolumeRecord } from '#shared/core/records.ts';
 import { EMPTY_RESERVATIONS } from '#shared/control/reservations.ts';
-import { checkRange } from '#shared/control/volumes.ts';
+import { checkRange } from '#shared/data/volume-rules.ts';
 
 const vol: VolumeRecord = {
   volumeId: 'vol-test',

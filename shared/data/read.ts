@@ -1,0 +1,171 @@
+/**
+ * The read path: page items to segment ranges, segment records through a bounded cache, and
+ * verified ranged reads that follow chunks an evacuation moved (docs/page-map.md, "Reads").
+ * Also the cache of volume geometry that writes use to read pages with the volume item.
+ */
+import { DataUnavailableError, FencedError } from '../core/errors.ts';
+import { clip, type Extent } from './extents.ts';
+import { type SegmentRecord, type VolumeRecord } from '../core/records.ts';
+import { getVolume } from '../aws/pagemap/volumes.ts';
+import { getPages, getSegmentRecord, getSegmentRecords, getVolumeWithPages } from '../aws/pagemap/pages.ts';
+import { readPayload, type PayloadRange, type ReadReport } from './segment-reader.ts';
+import { readRefusal } from '../control/reservations.ts';
+import { MAX_IO_BYTES, checkRange, requireActive } from './volume-rules.ts';
+
+/** The parts of a volume record that never change after creation. */
+type Geometry = Pick<VolumeRecord, 'volumeId' | 'blockSizeBytes' | 'pageBlocks'>;
+
+export const geometryCache = new Map<string, Geometry>();
+
+const GEOMETRY_CACHE_MAX = 4096;
+
+export function rememberGeometry(v: VolumeRecord): void {
+  if (geometryCache.has(v.volumeId)) return;
+  if (geometryCache.size >= GEOMETRY_CACHE_MAX) geometryCache.delete(geometryCache.keys().next().value!);
+  geometryCache.set(v.volumeId, { volumeId: v.volumeId, blockSizeBytes: v.blockSizeBytes, pageBlocks: v.pageBlocks });
+}
+
+/** Page numbers covering a block-aligned byte range. */
+export function pageRange(g: Geometry, offset: number, length: number): number[] {
+  const first = offset / g.blockSizeBytes;
+  const end = first + length / g.blockSizeBytes;
+  const pages: number[] = [];
+  for (let p = Math.floor(first / g.pageBlocks); p * g.pageBlocks < end; p++) pages.push(p);
+  return pages;
+}
+
+/** Bounded cache of segment records; they are immutable apart from chunk locations. */
+const segmentCache = new Map<string, SegmentRecord>();
+
+const SEGMENT_CACHE_MAX = 4096;
+
+function rememberSegment(ref: string, rec: SegmentRecord): void {
+  if (!segmentCache.has(ref) && segmentCache.size >= SEGMENT_CACHE_MAX) segmentCache.delete(segmentCache.keys().next().value!);
+  segmentCache.set(ref, rec);
+}
+
+/** Drops a segment's record from this process's cache (after it moved a chunk or deleted it). */
+export function forgetSegment(ref: string): void {
+  segmentCache.delete(ref);
+}
+
+async function segmentRecordsFor(refs: string[]): Promise<Map<string, SegmentRecord>> {
+  const out = new Map<string, SegmentRecord>();
+  const missing: string[] = [];
+  for (const ref of refs) {
+    const hit = segmentCache.get(ref);
+    if (hit) out.set(ref, hit);
+    else missing.push(ref);
+  }
+  if (missing.length > 0) {
+    const fetched = await getSegmentRecords(missing);
+    for (const [ref, rec] of fetched) {
+      out.set(ref, rec);
+      rememberSegment(ref, rec);
+    }
+  }
+  const lost = refs.filter((ref) => !out.has(ref));
+  if (lost.length > 0) {
+    throw new DataUnavailableError(
+      `the page map references segment ${lost[0]}${lost.length > 1 ? ` and ${lost.length - 1} more` : ''} with no segment record; ` +
+        `rebuilding the page map (POST /volumes/{volumeId}/rebuild or \`sledge rebuild\`) restores records from the sleds`,
+    );
+  }
+  return out;
+}
+
+/**
+ * Reads `length` bytes at `offset`. Never-written and trimmed blocks read as zeros.
+ *
+ * @example
+ * const bytes = await readData(id, 0, 4096);
+ */
+export async function readData(
+  volumeId: string,
+  offset: number,
+  length: number,
+  report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 },
+  key?: string,
+): Promise<Buffer> {
+  // A volume's geometry never changes, so once known, its pages are read in the same request
+  // as the volume item (which still decides existence, state and size).
+  const known = geometryCache.get(volumeId);
+  const plausible = Number.isSafeInteger(offset) && offset >= 0 && length > 0 && length <= MAX_IO_BYTES;
+  const together = known && plausible && offset % known.blockSizeBytes === 0 && length % known.blockSizeBytes === 0;
+  // Anything implausible is refused below, after a volume read only.
+  const both = together ? await getVolumeWithPages(known, pageRange(known, offset, length)) : null;
+  const fresh = both ? both.volume : await getVolume(volumeId);
+  const early = both?.pages ?? null;
+  const v = requireActive(fresh, volumeId);
+  rememberGeometry(v);
+  const refusal = readRefusal(volumeId, v.reservations, key);
+  if (refusal) throw new FencedError(refusal);
+  checkRange(v, offset, length, MAX_IO_BYTES);
+  const bs = v.blockSizeBytes;
+  const first = offset / bs;
+  const end = first + length / bs;
+  const pageNums = pageRange(v, offset, length);
+  const pages = early ?? (await getPages(v, pageNums));
+  const extents = pageNums.flatMap((p) => clip(pages.get(p)?.extents ?? [], first, end)).filter((e) => e.seg !== null);
+
+  const out = Buffer.alloc(length);
+  const bySegment = new Map<string, Extent[]>();
+  for (const e of extents) {
+    let list = bySegment.get(e.seg!);
+    if (!list) bySegment.set(e.seg!, (list = []));
+    list.push(e);
+  }
+  const records = await segmentRecordsFor([...bySegment.keys()]);
+  await Promise.all(
+    [...bySegment].map(async ([ref, list]) => {
+      const ranges: PayloadRange[] = list.map((e) => ({ start: e.segBlock * bs, end: (e.segBlock + e.count) * bs }));
+      const parts = await readSegmentFollowingMoves(ref, records.get(ref)!, ranges, report);
+      list.forEach((e, i) => parts[i]!.copy(out, (e.first - first) * bs));
+    }),
+  );
+  return out;
+}
+
+function sameLocations(a: SegmentRecord, b: SegmentRecord): boolean {
+  return a.locations.length === b.locations.length && a.locations.every((l, i) => l.bucket === b.locations[i]!.bucket && l.key === b.locations[i]!.key);
+}
+
+/**
+ * Reads ranges of one segment. The record may come from the cache and be older than an
+ * evacuation that moved a chunk: a 404 (or a segment that cannot be rebuilt) makes the reader
+ * read the record again and, if a location changed, read once more with it
+ * (docs/evacuation.md, section 5).
+ */
+async function readSegmentFollowingMoves(ref: string, rec: SegmentRecord, ranges: PayloadRange[], report: ReadReport): Promise<Buffer[]> {
+  const first: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0, missingChunks: 0 };
+  let parts: Buffer[] | undefined;
+  let failure: unknown;
+  try {
+    parts = await readPayload(rec, ranges, first);
+  } catch (err) {
+    if (!(err instanceof DataUnavailableError)) throw err;
+    failure = err;
+  }
+  const merge = (r: ReadReport) => {
+    report.rangedGets += r.rangedGets;
+    report.badGranules += r.badGranules;
+    report.rebuiltGranules += r.rebuiltGranules;
+    report.missingChunks = (report.missingChunks ?? 0) + (r.missingChunks ?? 0);
+  };
+  if (!failure && !first.missingChunks) {
+    merge(first);
+    return parts!;
+  }
+  segmentCache.delete(ref);
+  const fresh = await getSegmentRecord(rec.volumeId, rec.segmentId);
+  if (fresh) rememberSegment(ref, fresh);
+  if (!fresh || sameLocations(fresh, rec)) {
+    merge(first);
+    if (failure) throw failure;
+    return parts!;
+  }
+  // A chunk moved: the first attempt's rebuild work is not what the client should see.
+  report.rangedGets += first.rangedGets;
+  report.missingChunks = (report.missingChunks ?? 0) + (first.missingChunks ?? 0);
+  return readPayload(fresh, ranges, report);
+}

@@ -1,0 +1,388 @@
+/**
+ * The write path: writes, trims and batches as segments, and the commit protocol of
+ * docs/page-map.md with its outcome settling ("Settling an outcome"): `prepareWrite` checks,
+ * builds and uploads; `completeWrite` commits and settles a refusal or an unknown outcome.
+ */
+import { randomUUID } from 'node:crypto';
+import { SendMessageCommand } from '@aws-sdk/client-sqs';
+import { sqs } from '../aws/clients.ts';
+import { checkpointAfterCommit } from '../maintenance/checkpoint-messages.ts';
+import { config } from '../core/config.ts';
+import { FencedError, InvalidInputError, NotFoundError, UnavailableError, invariant } from '../core/errors.ts';
+import { overlay, splitByPage, type Extent } from './extents.ts';
+import { CommitRefusedError, MAX_PAGES_PER_COMMIT, segmentRef, type CommitWriter, type PageChange, type PageRecord, type SegmentRecord, type VolumeRecord } from '../core/records.ts';
+import { getVolume } from '../aws/pagemap/volumes.ts';
+import { commitSegment } from '../aws/pagemap/transactions.ts';
+import { getPages, getSegmentRecord, getVolumeWithPages } from '../aws/pagemap/pages.ts';
+import { sleep } from '../core/async.ts';
+import { encodeSegment, newSegmentId, type WriterIdentity } from './segments.ts';
+import { writeRefusal } from '../control/reservations.ts';
+import { type ChunkLocation } from './sleds.ts';
+import { writableDrives } from '../maintenance/drives.ts';
+import { placeStripe } from './placement.ts';
+import { HEAD_ID, MAX_IO_BYTES, checkRange, rebuildingError, requireActive } from './volume-rules.ts';
+import { deleteChunksQuietly, uploadChunks } from './upload.ts';
+import { geometryCache, pageRange, rememberGeometry } from './read.ts';
+
+// ---------------------------------------------------------------------------------------
+// The data path
+
+/** One extent of a write: data for `data` blocks, or zeros when `data` is absent. */
+export interface WritePiece {
+  offset: number;
+  length: number;
+  data?: Buffer;
+}
+
+export interface WriteResult {
+  volumeId: string;
+  segmentId: string | null;
+  commitSeq: number;
+  bytesWritten: number;
+  bytesZeroed: number;
+}
+
+/** Validates pieces against the volume; returns them sorted by offset. */
+function checkPieces(v: VolumeRecord, pieces: readonly WritePiece[]): WritePiece[] {
+  if (pieces.length === 0) throw new InvalidInputError('a write needs at least one extent');
+  let dataBytes = 0;
+  for (const p of pieces) {
+    checkRange(v, p.offset, p.length, null);
+    if (p.data) {
+      invariant(p.data.length === p.length, 'piece data length differs from its length');
+      dataBytes += p.length;
+    }
+  }
+  if (dataBytes > MAX_IO_BYTES) throw new InvalidInputError(`a write carries at most ${MAX_IO_BYTES} bytes of data, this one ${dataBytes}`);
+  const sorted = [...pieces].sort((a, b) => a.offset - b.offset);
+  for (let i = 1; i < sorted.length; i++) {
+    const prev = sorted[i - 1]!;
+    if (prev.offset + prev.length > sorted[i]!.offset) {
+      throw new InvalidInputError(`extents [${prev.offset}, ${prev.offset + prev.length}) and [${sorted[i]!.offset}, ...) overlap`);
+    }
+  }
+  return sorted;
+}
+
+export const COMMIT_ATTEMPT_MAX = 8;
+
+/** Writes one block-aligned buffer at `offset`. Succeeds only once durable. */
+export async function writeData(volumeId: string, offset: number, data: Buffer, writer: WriterIdentity = { id: HEAD_ID }): Promise<WriteResult> {
+  if (data.length === 0) throw new InvalidInputError('the body is empty; send the bytes to write');
+  if (data.length > MAX_IO_BYTES) throw new InvalidInputError(`a write carries at most ${MAX_IO_BYTES} bytes, this one ${data.length}`);
+  return writePieces(volumeId, [{ offset, length: data.length, data }], writer);
+}
+
+/** Trims (zeroes) a range. Ranges over more pages than one commit holds become several commits. */
+export async function trimRange(volumeId: string, offset: number, length: number, writer: WriterIdentity = { id: HEAD_ID }): Promise<WriteResult> {
+  const v = requireActive(await getVolume(volumeId), volumeId);
+  checkRange(v, offset, length, null);
+  const span = MAX_PAGES_PER_COMMIT * v.pageBlocks * v.blockSizeBytes;
+  let last: WriteResult | undefined;
+  for (let pos = offset; pos < offset + length; ) {
+    // Cut at page-group boundaries so each commit touches at most MAX_PAGES_PER_COMMIT pages.
+    const end = Math.min(offset + length, (Math.floor(pos / span) + 1) * span);
+    last = await writePieces(volumeId, [{ offset: pos, length: end - pos }], writer);
+    pos = end;
+  }
+  return { ...last!, bytesZeroed: length };
+}
+
+/**
+ * Writes several extents (data or zeros) as one segment and one commit: all or nothing.
+ *
+ * @example
+ * await writePieces(id, [{ offset: 0, length: 4096, data }, { offset: 1 << 20, length: 8192 }]);
+ */
+export async function writePieces(volumeId: string, pieces: readonly WritePiece[], writer: WriterIdentity = { id: HEAD_ID }): Promise<WriteResult> {
+  const entry: InflightWrite = { writer: writer.id, key: writer.key, extents: pieces.map((p) => ({ offset: p.offset, length: p.length, zero: !p.data })), startedAt: new Date().toISOString() };
+  const set = inflight.get(volumeId) ?? new Set();
+  inflight.set(volumeId, set.add(entry));
+  try {
+    for (let attempt = 0; attempt < COMMIT_ATTEMPT_MAX; attempt++) {
+      if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
+      const early = await readVolumeWithPages(volumeId, pieces);
+      const v = requireActive(early ? early.volume : await getVolume(volumeId), volumeId);
+      rememberGeometry(v);
+      const sorted = checkPieces(v, pieces);
+      const prepared = await prepareWrite(v, sorted, writer, { pages: early ?? undefined });
+      entry.prepared = { segmentId: prepared.record.segmentId, locations: prepared.locations, pages: prepared.changes };
+      const outcome = await completeWrite(prepared);
+      if (outcome) {
+        await checkpointAfterCommit(v, outcome.commitSeq);
+        await maybeQueueGc(volumeId, outcome.commitSeq);
+        return outcome;
+      }
+    }
+    throw new UnavailableError(`volume ${volumeId} is busy: ${COMMIT_ATTEMPT_MAX} commit attempts lost to concurrent writers; retry`, { retryAfterSeconds: 1 });
+  } finally {
+    set.delete(entry);
+    if (set.size === 0) inflight.delete(volumeId);
+  }
+}
+
+/**
+ * The volume item and the pages a write touches, in one request, when the volume's geometry is
+ * known from an earlier request (it never changes) and the pieces could pass validation; null
+ * otherwise (the caller reads the volume alone, and prepareWrite the pages).
+ */
+async function readVolumeWithPages(volumeId: string, pieces: readonly WritePiece[]): Promise<(PrefetchedPages & { volume: VolumeRecord | null }) | null> {
+  const g = geometryCache.get(volumeId);
+  if (!g) return null;
+  const covered = new Set<number>();
+  for (const p of pieces) {
+    const plausible = Number.isSafeInteger(p.offset) && Number.isSafeInteger(p.length) && p.offset >= 0 && p.length > 0;
+    if (!plausible || p.offset % g.blockSizeBytes !== 0 || p.length % g.blockSizeBytes !== 0) return null;
+    for (const page of pageRange(g, p.offset, p.length)) covered.add(page);
+    if (covered.size > MAX_PAGES_PER_COMMIT) return null; // refused later, with its own message
+  }
+  const { volume, pages } = await getVolumeWithPages(g, [...covered]);
+  return { volume, pages, covered };
+}
+
+/** Page items read ahead of prepareWrite: `pages` holds those of `covered` that exist. */
+export interface PrefetchedPages {
+  pages: Map<number, PageRecord>;
+  covered: Set<number>;
+}
+
+/**
+ * Every `gcEveryCommits` commits the head queues a GC pass of the volume (docs/evacuation.md,
+ * section 6). Best effort: the write is already durable, and the next trigger comes soon.
+ */
+async function maybeQueueGc(volumeId: string, commitSeq: number): Promise<void> {
+  const every = config().gcEveryCommits;
+  if (every === 0 || commitSeq % every !== 0) return;
+  try {
+    await sqs().send(new SendMessageCommand({ QueueUrl: config().gcQueueUrl, MessageBody: JSON.stringify({ type: 'gc-volume', volumeId }) }));
+  } catch (err) {
+    console.warn(`could not queue GC of ${volumeId} after commit ${commitSeq}:`, err);
+  }
+}
+
+/** A write this process is carrying: what a diagnostic dump records if the head fails. */
+export interface InflightWrite {
+  writer: string;
+  key: string | undefined;
+  extents: Array<{ offset: number; length: number; zero: boolean }>;
+  startedAt: string;
+  /** Once its chunks are uploaded: the segment, where its chunks are, and the pages it merged. */
+  prepared?: { segmentId: string; locations: ChunkLocation[]; pages: PageChange[] };
+}
+
+const inflight = new Map<string, Set<InflightWrite>>();
+
+/** The writes in flight for a volume in this process. */
+export function inflightWrites(volumeId: string): InflightWrite[] {
+  return [...(inflight.get(volumeId) ?? [])];
+}
+
+/** A write whose chunks are uploaded and whose commit is ready to send. */
+export interface PreparedWrite {
+  volume: VolumeRecord;
+  record: SegmentRecord;
+  changes: PageChange[];
+  writer: WriterIdentity;
+  result: WriteResult;
+  locations: ChunkLocation[];
+  /**
+   * The `ClientRequestToken` every attempt of this commit carries, so that DynamoDB answers a
+   * repeat of an applied transaction with success. Correctness does not rest on it.
+   */
+  commitToken?: string;
+}
+
+/**
+ * Steps 1 to 3 of the commit protocol (docs/page-map.md): check, build, upload. The commit
+ * is `completeWrite`. They are separate so that tests can stall a writer between the two,
+ * as a paused head would be.
+ */
+export async function prepareWrite(v: VolumeRecord, pieces: WritePiece[], requester: WriterIdentity, opts: { maintenance?: boolean; pages?: PrefetchedPages } = {}): Promise<PreparedWrite> {
+  const bs = v.blockSizeBytes;
+  // Fencing, part one: refuse at once what the reservation state refuses now. Part two is the
+  // commit's own condition, which refuses it again if the state changes before the commit.
+  // A maintenance writer (compaction) is fenced by the reservation generation at commit instead.
+  const refusal = opts.maintenance ? null : writeRefusal(v.volumeId, v.reservations, requester.key);
+  if (refusal) throw new FencedError(refusal);
+  const writer: WriterIdentity = requester.key === undefined ? { id: requester.id } : { id: requester.id, key: requester.key, generation: v.reservations.registrants[requester.key]! };
+  const seq = v.headSeq + 1;
+  const segmentId = newSegmentId(seq);
+  const ref = segmentRef(v.volumeId, segmentId);
+  const incoming: Extent[] = [];
+  const payloadParts: Buffer[] = [];
+  let segBlock = 0;
+  for (const p of pieces) {
+    if (p.data) {
+      incoming.push({ first: p.offset / bs, count: p.length / bs, seg: ref, segBlock });
+      payloadParts.push(p.data);
+      segBlock += p.length / bs;
+    } else {
+      incoming.push({ first: p.offset / bs, count: p.length / bs, seg: null, segBlock: 0 });
+    }
+  }
+  const byPage = splitByPage(incoming, v.pageBlocks);
+  if (byPage.size > MAX_PAGES_PER_COMMIT) {
+    throw new InvalidInputError(`this write touches ${byPage.size} pages of ${v.pageBlocks * bs} bytes; one commit holds at most ${MAX_PAGES_PER_COMMIT}: split it`);
+  }
+  // The pages are needed only for the commit. Read with the volume item when they could be
+  // (one request fewer), else now, while the segment is encoded and uploaded, which keeps the
+  // round trip off the write's critical path.
+  const prefetched = opts.pages && [...byPage.keys()].every((p) => opts.pages!.covered.has(p)) ? opts.pages.pages : undefined;
+  const pagesRead = prefetched ? Promise.resolve(prefetched) : getPages(v, [...byPage.keys()]);
+  pagesRead.catch(() => undefined); // Awaited below; this only stops an early rejection going unhandled.
+
+  const encoded = await encodeSegment(
+    {
+      volumeId: v.volumeId,
+      segmentId,
+      seq,
+      prev: v.headSegmentId,
+      writer,
+      k: v.dataChunks,
+      m: v.parityChunks,
+      blockSizeBytes: bs,
+      extents: incoming.map((e) => [e.first, e.count, e.seg === null ? -1 : e.segBlock]),
+    },
+    payloadParts,
+  );
+  let locations: ChunkLocation[];
+  try {
+    const writable = await writableDrives();
+    const planned = placeStripe(v.volumeId, segmentId, v.dataChunks + v.parityChunks, config().sledBuckets, writable);
+    locations = await uploadChunks(v.volumeId, segmentId, planned, encoded.chunks, encoded.objectCrcs, encoded.descriptor.chunkSizeBytes, writable);
+  } finally {
+    // Every PUT of the chunks has settled (uploadChunks waits for all of them, failed or not).
+    encoded.release();
+  }
+  let current: Awaited<typeof pagesRead>;
+  try {
+    current = await pagesRead;
+  } catch (err) {
+    await deleteChunksQuietly(locations);
+    throw err;
+  }
+  const changes: PageChange[] = [...byPage].map(([page, top]) => {
+    const old = current.get(page);
+    return { page, oldVersion: old ? old.version : null, extents: overlay(old?.extents ?? [], top) };
+  });
+
+  const d = encoded.descriptor;
+  const record: SegmentRecord = {
+    volumeId: v.volumeId,
+    segmentId,
+    seq,
+    prev: d.prev,
+    k: d.k,
+    m: d.m,
+    chunkSizeBytes: d.chunkSizeBytes,
+    granuleBytes: d.granuleBytes,
+    blockSizeBytes: bs,
+    payloadBytes: d.payloadBytes,
+    locations,
+    crcs: d.crcs,
+    createdAt: d.createdAt,
+  };
+  const result: WriteResult = {
+    volumeId: v.volumeId,
+    segmentId,
+    commitSeq: seq,
+    bytesWritten: d.payloadBytes,
+    bytesZeroed: pieces.filter((p) => !p.data).reduce((n, p) => n + p.length, 0),
+  };
+  return { volume: v, record, changes, writer, result, locations, commitToken: randomUUID() };
+}
+
+/**
+ * Step 4 of the commit protocol. Returns the result once committed, or null when another
+ * commit moved the head first (the caller prepares again); throws FencedError when the
+ * writer's reservation no longer allows it. A refusal may answer a retry of an attempt that
+ * applied (its response was lost), so every refusal is settled with `commitOutcome` before
+ * anything is deleted (docs/page-map.md, "Settling an outcome").
+ */
+export async function completeWrite(prepared: PreparedWrite, writerOverride?: CommitWriter): Promise<WriteResult | null> {
+  const { volume: v, record, changes, writer, result, locations } = prepared;
+  const fencedOn = writerOverride ?? commitWriter(writer);
+  const commitToken = prepared.commitToken ?? randomUUID();
+  try {
+    await commitSegment(v, record, changes, fencedOn, commitToken);
+    return result;
+  } catch (err) {
+    if (err instanceof CommitRefusedError) return settleRefusal(prepared, err);
+    // The outcome is unknown: find out from the volume item and the segment record.
+    return resolveUnknownOutcome(prepared, fencedOn, commitToken, err);
+  }
+}
+
+/** What became of a segment's commit, as far as can be proven (docs/page-map.md). */
+export type CommitOutcome = 'committed' | 'never' | 'pending';
+
+/**
+ * Settles a commit from `observed`, the volume item as it was read (or returned by a refusal)
+ * **before** this call reads the segment record. `never` is a proof: the head has moved past
+ * `seq - 1` without the segment, so its transaction can no longer apply.
+ */
+export async function commitOutcome(record: Pick<SegmentRecord, 'volumeId' | 'segmentId' | 'seq'>, observed: Pick<VolumeRecord, 'headSeq' | 'headSegmentId'> | null): Promise<CommitOutcome> {
+  if (!observed) return 'pending'; // the volume is gone: its reclaim deletes everything, not us
+  if (observed.headSegmentId === record.segmentId) return 'committed';
+  if (observed.headSeq < record.seq) return 'pending'; // the head still stands where we built on (or the commit is not due)
+  // The head moved past seq - 1: the transaction cannot apply any more; the record says whether it did.
+  return (await getSegmentRecord(record.volumeId, record.segmentId)) ? 'committed' : 'never';
+}
+
+async function settleRefusal(prepared: PreparedWrite, err: CommitRefusedError): Promise<WriteResult | null> {
+  const { volume: v, record, result, locations } = prepared;
+  const outcome = await commitOutcome(record, err.currentVolume ?? null);
+  if (outcome === 'committed') {
+    console.warn(`commit of ${v.volumeId}/${record.segmentId} was refused (${err.reason}) after an earlier attempt of it applied; acknowledged`);
+    return result;
+  }
+  // Pending: the head still stands at seq - 1, so the transaction could in principle still
+  // apply; the chunks stay, and GC deletes them once the head has moved past (orphans).
+  if (outcome === 'never') await deleteChunksQuietly(locations);
+  if (err.reason === 'fenced') throw new FencedError(err.message);
+  if (err.reason === 'volume-gone') throw new NotFoundError(`volume ${v.volumeId} does not exist`);
+  if (err.reason === 'volume-not-active' && err.currentVolume?.state === 'rebuilding') throw rebuildingError(v.volumeId);
+  if (err.reason === 'volume-not-active') throw new NotFoundError(`volume ${v.volumeId} is being deleted`);
+  if (err.reason === 'page-moved') console.error(`commit refused with page-moved on ${v.volumeId}: ${err.message}`);
+  invariant(outcome === 'never' || err.reason === 'page-moved', () => `a head-moved refusal of ${record.segmentId} settled as ${outcome}`);
+  return null;
+}
+
+/** Attempts to settle an unknown outcome before the write answers 503. */
+const UNKNOWN_OUTCOME_ATTEMPT_MAX = 6;
+
+async function resolveUnknownOutcome(prepared: PreparedWrite, writer: CommitWriter, commitToken: string, firstError: unknown): Promise<WriteResult | null> {
+  const { volume: v, record, changes, result, locations } = prepared;
+  let lastError = firstError;
+  for (let attempt = 0; attempt < UNKNOWN_OUTCOME_ATTEMPT_MAX; attempt++) {
+    await sleep(50 * 2 ** attempt);
+    try {
+      // The volume item first, then the record: in the other order our transaction could
+      // apply between the two reads and be taken for never committed.
+      const now = await getVolume(v.volumeId);
+      const outcome = await commitOutcome(record, now);
+      if (outcome === 'committed') return result;
+      if (outcome === 'never') {
+        await deleteChunksQuietly(locations);
+        return null;
+      }
+      if (!now) throw new NotFoundError(`volume ${v.volumeId} does not exist`);
+      // Pending: send the very same transaction again (same token). If an earlier attempt
+      // applies first, this one is refused and settled as committed.
+      await commitSegment(v, record, changes, writer, commitToken);
+      return result;
+    } catch (err) {
+      if (err instanceof CommitRefusedError) return settleRefusal(prepared, err);
+      if (err instanceof NotFoundError) throw err;
+      lastError = err;
+    }
+  }
+  throw new UnavailableError(`commit of segment ${record.segmentId} to volume ${v.volumeId} could not be confirmed; retry the write`, {
+    cause: lastError,
+    retryAfterSeconds: 2,
+  });
+}
+
+export function commitWriter(writer: WriterIdentity): CommitWriter {
+  return writer.key === undefined ? {} : { key: writer.key, keyGeneration: writer.generation };
+}
