@@ -5,7 +5,7 @@
  * The `sledge` command (bin/sledge.js) wires this in; this module only talks HTTP, so it works
  * against the local control plane and a deployed stack alike.
  */
-import type { RebuildReport } from '#shared/maintenance/checkpoints.ts';
+import type { RebuildReport } from '#shared/maintenance/checkpoints/rebuild.ts';
 import { apiError, CliError, unreachable } from './errors.ts';
 
 /** What `POST /volumes/{volumeId}/rebuild` answers (shared/api/openapi.json, `RebuildReport`). */

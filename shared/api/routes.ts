@@ -3,7 +3,8 @@
  */
 import { decodeBatch, BATCH_CONTENT_TYPE, MAX_BATCH_HEADER_BYTES } from './batch.ts';
 import { sendCheckpointMessage } from '../maintenance/checkpoint-messages.ts';
-import { listCheckpoints, parseMode, rebuildPageMap, takeCheckpoint } from '../maintenance/checkpoints.ts';
+import { listCheckpoints, parseMode, takeCheckpoint } from '../maintenance/checkpoints/take.ts';
+import { rebuildPageMap } from '../maintenance/checkpoints/rebuild.ts';
 import { config } from '../core/config.ts';
 import { ConflictError, InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError } from '../core/errors.ts';
 import { Router, intQuery, jsonBody, optionalJsonBody, type Request } from './http.ts';

@@ -11,7 +11,7 @@ import { DEFAULT_COMPACTION_POLICY, groupForCommits, liveness, pagesTouched, pla
 import { MAX_PAGES_PER_COMMIT, segmentRef, type PageRecord, type SegmentRecord, type VolumeRecord } from '../core/records.ts';
 import { deleteSegmentRecordIf, getPages, getSegmentRecord, listPages, listSegmentRecords } from '../aws/pagemap/pages.ts';
 import { getVolume, listVolumes } from '../aws/pagemap/volumes.ts';
-import { takeCheckpoint } from './checkpoints.ts';
+import { takeCheckpoint } from './checkpoints/take.ts';
 import { readPayload } from '../data/segment-reader.ts';
 import { FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, type SegmentDescriptor } from '../data/segments.ts';
 import { deleteChunk, getChunkTail, listVolumeChunks, parseChunkKey, type ChunkLocation, type ListedChunk } from '../data/sleds.ts';

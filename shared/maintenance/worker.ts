@@ -8,7 +8,8 @@
  */
 import type { SQSBatchResponse, SQSEvent } from 'aws-lambda';
 import { parseCheckpointMessage, type CheckpointQueueMessage } from './checkpoint-messages.ts';
-import { rebuildPageMap, sweepCheckpoints, takeCheckpoint } from './checkpoints.ts';
+import { rebuildPageMap } from './checkpoints/rebuild.ts';
+import { sweepCheckpoints, takeCheckpoint } from './checkpoints/take.ts';
 import { NotFoundError } from '../core/errors.ts';
 import { handleEvacuationMessage, parseEvacuationMessage, type EvacuationMessage } from './evacuation.ts';
 import { collectVolume, sweep, type GcMessage } from './gc.ts';

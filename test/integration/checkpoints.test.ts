@@ -6,7 +6,9 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { dynamo, s3 } from '#shared/aws/clients.ts';
 import { encodeBatch } from '#shared/api/batch.ts';
 import { sendCheckpointMessage } from '#shared/maintenance/checkpoint-messages.ts';
-import { CHECKPOINT_RETAIN, parsePlacement, readCheckpoint, takeCheckpoint } from '#shared/maintenance/checkpoints.ts';
+import { CHECKPOINT_RETAIN, parsePlacement } from '#shared/maintenance/checkpoints/format.ts';
+import { readCheckpoint } from '#shared/maintenance/checkpoints/read.ts';
+import { takeCheckpoint } from '#shared/maintenance/checkpoints/take.ts';
 import { config } from '#shared/core/config.ts';
 import { fenceForRebuild, getVolume, unfenceAfterRebuild } from '#shared/aws/pagemap/volumes.ts';
 import { writeRebuiltPages } from '#shared/aws/pagemap/transactions.ts';
@@ -484,7 +486,7 @@ describe('checkpoints and page-map rebuild', () => {
     // it does not queue checkpoints of every other test's volumes; the test follows its chain.
     const { CreateQueueCommand, DeleteQueueCommand, ReceiveMessageCommand } = await import('@aws-sdk/client-sqs');
     const { sqs } = await import('#shared/aws/clients.ts');
-    const { sweepCheckpoints } = await import('#shared/maintenance/checkpoints.ts');
+    const { sweepCheckpoints } = await import('#shared/maintenance/checkpoints/take.ts');
     const queueUrl = (await sqs().send(new CreateQueueCommand({ QueueName: `sledge-it-sweep-${randomBytes(4).toString('hex')}` }))).QueueUrl!;
     const name = 'redirectToSweepQueue';
     const stack = sqs().middlewareStack as unknown as { add(mw: (next: (a: any) => Promise<any>) => (a: any) => Promise<any>, o: { step: 'initialize'; name: string }): void; remove(n: string): boolean };

@@ -1,23 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { parseCheckpointMessage, BadCheckpointMessageError } from '#shared/maintenance/checkpoint-messages.ts';
-import {
-  CHECKPOINT_FOOTER_MAGIC,
-  ChainBrokenError,
-  CheckpointFormatError,
-  checkpointIdSeq,
-  decodeCheckpointPayload,
-  encodeCheckpointPayload,
-  formatPlacement,
-  newCheckpointId,
-  orderChain,
-  parseMode,
-  parsePlacement,
-  planRetention,
-  replaySegment,
-  samePage,
-  touchedPages,
-  type CheckpointSet,
-} from '#shared/maintenance/checkpoints.ts';
+import { CHECKPOINT_FOOTER_MAGIC, ChainBrokenError, CheckpointFormatError, checkpointIdSeq, decodeCheckpointPayload, encodeCheckpointPayload, formatPlacement, newCheckpointId, parsePlacement, samePage } from '#shared/maintenance/checkpoints/format.ts';
+import { orderChain, planRetention, replaySegment, touchedPages, type CheckpointSet } from '#shared/maintenance/checkpoints/chain.ts';
+import { parseMode } from '#shared/maintenance/checkpoints/take.ts';
 import { decodePage, encodePage, overlay, splitByPage } from '#shared/data/extents.ts';
 import type { StoredPage } from '#shared/core/records.ts';
 import { decodeTrailer, encodeTrailer, parseTrailer, type DescriptorExtent } from '#shared/data/segments.ts';
