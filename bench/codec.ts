@@ -17,7 +17,9 @@
 import { randomFillSync } from 'node:crypto';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadNativeCodec, portableCodec, type ErasureCodec } from '#shared/data/erasure.ts';
+import { loadNativeCodec } from '#shared/data/erasure/native.ts';
+import { portableCodec } from '#shared/data/erasure/portable.ts';
+import { type ErasureCodec } from '#shared/data/erasure/checks.ts';
 
 const MiB = 1 << 20;
 const TOTAL = 64 * MiB;

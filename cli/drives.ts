@@ -9,7 +9,7 @@
  * exit status; an error answer or an unreachable API is thrown as a one-line CliError
  * (cli/errors.ts). `renderProgress` is pure.
  */
-import type { EvacuationProgress } from '#shared/maintenance/drives.ts';
+import type { EvacuationProgress } from '#shared/maintenance/evacuation-progress.ts';
 import { apiError, UsageError, unreachable } from './errors.ts';
 
 type Out = Pick<NodeJS.WriteStream, 'write'> & { isTTY?: boolean; columns?: number };

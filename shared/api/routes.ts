@@ -10,7 +10,8 @@ import { ConflictError, InvalidInputError, PayloadTooLargeError, UnsupportedMedi
 import { Router, intQuery, jsonBody, optionalJsonBody, type Request } from './http.ts';
 import { describeHeads, designateHeads, failHead, forcedFailure, joinAsReserve, promote, renewLease } from '../control/heads.ts';
 import { listDumps, readDump } from '../control/dumps.ts';
-import { driveId, driveView, listDrives } from '../maintenance/drives.ts';
+import { driveId, listDrives } from '../maintenance/drives.ts';
+import { driveView } from '../maintenance/evacuation-progress.ts';
 import { peekDeadLetters, redriveDeadLetters } from '../maintenance/dead-letters.ts';
 import { describeDrive, retireDrive } from '../maintenance/evacuation.ts';
 import { queueGc } from '../maintenance/gc.ts';

@@ -8,25 +8,8 @@ import { SendMessageBatchCommand, SendMessageCommand } from '@aws-sdk/client-sqs
 import { sqs } from '../aws/clients.ts';
 import { config } from '../core/config.ts';
 import { crc32c } from '../data/crc32c.ts';
-import {
-  addEvacuationProgress,
-  advanceScan,
-  beginRetirement,
-  completeRetirement,
-  countFinishCheck,
-  driveId as makeDriveId,
-  driveView,
-  forgetDriveStates,
-  getDrive,
-  markStepSent,
-  recordWriteError,
-  requireDrive,
-  startNextPass,
-  writableDrives,
-  WRITE_ERROR_RETIRE_THRESHOLD,
-  type DriveRecord,
-  type EvacuationState,
-} from './drives.ts';
+import { addEvacuationProgress, advanceScan, beginRetirement, completeRetirement, countFinishCheck, driveId as makeDriveId, forgetDriveStates, getDrive, markStepSent, recordWriteError, requireDrive, startNextPass, writableDrives, WRITE_ERROR_RETIRE_THRESHOLD, type DriveRecord, type EvacuationState } from './drives.ts';
+import { driveView } from './evacuation-progress.ts';
 import { invariant } from '../core/errors.ts';
 import { getSegmentRecord } from '../aws/pagemap/pages.ts';
 import { getVolume } from '../aws/pagemap/volumes.ts';

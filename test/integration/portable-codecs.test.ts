@@ -8,7 +8,7 @@ import { DeleteObjectCommand } from '@aws-sdk/client-s3';
 import { beforeAll, describe, expect, inject, it } from 'vitest';
 import { s3 } from '#shared/aws/clients.ts';
 import { crc32cNative } from '#shared/data/crc32c.ts';
-import { loadNativeCodec } from '#shared/data/erasure.ts';
+import { loadNativeCodec } from '#shared/data/erasure/native.ts';
 import { getSegmentRecord } from '#shared/aws/pagemap/pages.ts';
 import { seeded } from '../unit/seed.ts';
 import { Api, http, useSledgeEnv } from './helpers.ts';

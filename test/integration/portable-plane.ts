@@ -16,7 +16,10 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { startControlPlane } from '#local/control-plane.ts';
 import { crc32c, crc32cImpl, crc32cPortable } from '#shared/data/crc32c.ts';
-import { codec, loadNativeCodec, portableCodec, type ErasureCodec } from '#shared/data/erasure.ts';
+import { codec } from '#shared/data/erasure.ts';
+import { loadNativeCodec } from '#shared/data/erasure/native.ts';
+import { portableCodec } from '#shared/data/erasure/portable.ts';
+import { type ErasureCodec } from '#shared/data/erasure/checks.ts';
 
 /** The start of the line global-setup-portable.ts waits for. */
 const READY_PREFIX = 'sledge-portable-plane ';

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { evacuationProgress, newEvacuation } from '#shared/maintenance/drives.ts';
+import { evacuationProgress } from '#shared/maintenance/evacuation-progress.ts';
+import { newEvacuation } from '#shared/maintenance/drives.ts';
 import { formatBytes, formatDuration, listDrivesCommand, renderProgress, retireDriveCommand, watchEvacuation } from '../../cli/drives.ts';
 
 const start = 1_700_000_000_000;

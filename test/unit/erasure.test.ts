@@ -1,7 +1,10 @@
 import { randomInt } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import { crc32c } from '#shared/data/crc32c.ts';
-import { codec, loadNativeCodec, MAX_K, MAX_M, portableCodec, type ErasureCodec } from '#shared/data/erasure.ts';
+import { codec } from '#shared/data/erasure.ts';
+import { loadNativeCodec } from '#shared/data/erasure/native.ts';
+import { MAX_K, MAX_M, type ErasureCodec } from '#shared/data/erasure/checks.ts';
+import { portableCodec } from '#shared/data/erasure/portable.ts';
 import { mulberry32, prngBytes, vectorData, type ErasureVectors } from './fixtures/make-erasure-vectors.ts';
 import vectorsJson from './fixtures/erasure-vectors.json' with { type: 'json' };
 
