@@ -10,7 +10,7 @@
 import { encodeBatch } from '#shared/api/batch.ts';
 
 /**
- * The API's limits (shared/control/volumes.ts MAX_IO_BYTES, shared/aws/pagemap.ts MAX_PAGES_PER_COMMIT).
+ * The API's limits (shared/data/volume-rules.ts MAX_IO_BYTES, shared/core/records.ts MAX_PAGES_PER_COMMIT).
  * Repeated here so the gateway does not load the head's AWS modules; a unit test asserts they
  * are equal.
  */

@@ -1,6 +1,6 @@
 /**
  * SCSI-3 style persistent reservations: the rules, as pure functions. The conditional writes
- * that store them and fence commits live in pagemap.ts; the protocol is docs/reservations.md.
+ * that store them and fence commits live in shared/aws/pagemap/; the protocol is docs/reservations.md.
  */
 import { ConflictError, InvalidInputError } from '../core/errors.ts';
 

@@ -83,7 +83,7 @@ describe('replay', () => {
     const rng = seeded('replay');
     const pages = 12;
     const map = new Map<number, StoredPage>();
-    // The commit path (volumes.ts attemptCommit): extents split by page, laid over the old, version + 1.
+    // The commit path (shared/data/write.ts prepareWrite): extents split by page, laid over the old, version + 1.
     const committed = new Map<number, { version: number; extents: ReturnType<typeof decodePage> }>();
     const model: Array<string | null> = Array.from({ length: pages * PAGE_BLOCKS }, () => null);
     for (let seq = 1; seq <= 300; seq++) {
