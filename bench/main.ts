@@ -25,7 +25,7 @@ import { sqs } from '#shared/aws/clients.ts';
 import { getDrive, listDrives, reactivateDrive, updateDrive, forgetDriveStates } from '#shared/maintenance/drives.ts';
 import { retireDrive } from '#shared/maintenance/evacuation.ts';
 import { collectVolume } from '#shared/maintenance/gc.ts';
-import { listVolumeChunks } from '#shared/data/sleds.ts';
+import { listVolumeChunks } from '#shared/aws/chunk-store.ts';
 import { createVolume as createVolumeInProcess } from '#shared/control/volumes.ts';
 import { writePieces } from '#shared/data/write.ts';
 import { handleWorkEvent } from '#shared/maintenance/worker.ts';

@@ -3,9 +3,9 @@
  * seed's criteria (docs/dumps.md). Takeover never waits for them.
  */
 import { randomBytes } from 'node:crypto';
-import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { UpdateItemCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
-import { dynamo, s3 } from '../aws/clients.ts';
+import { dynamo } from '../aws/clients.ts';
+import { chunkStore } from '../ports.ts';
 import { config } from '../core/config.ts';
 import { dumpToAttribute, listDrives, type DriveRecord, type DumpAttributes } from '../maintenance/drives.ts';
 import { NotFoundError } from '../core/errors.ts';
@@ -86,9 +86,9 @@ export async function startDump(state: InflightState, opts: { gate?: Promise<voi
       await opts.gate;
       if (!drive.dumpPrepared) {
         // Preparation: the dump area's marker, written once per drive.
-        await s3().send(new PutObjectCommand({ Bucket: drive.sled, Key: `${drive.drive}/dumps/.prepared`, Body: Buffer.from('sledge dump area\n') }));
+        await chunkStore().putObject({ bucket: drive.sled, key: `${drive.drive}/dumps/.prepared` }, Buffer.from('sledge dump area\n'));
       }
-      await s3().send(new PutObjectCommand({ Bucket: drive.sled, Key: key, Body: body, ContentType: 'application/json', IfNoneMatch: '*' }));
+      await chunkStore().putObject({ bucket: drive.sled, key }, body, { contentType: 'application/json', ifAbsent: true });
       await dynamo().send(
         new UpdateItemCommand({
           TableName: config().drivesTable,
@@ -125,6 +125,5 @@ export async function readDump(dumpId: string): Promise<unknown> {
   if (!found) throw new NotFoundError(`dump ${dumpId} is not in the drive registry`);
   if (found.state !== 'complete') throw new NotFoundError(`dump ${dumpId} is ${found.state} on ${found.driveId}; read it once it is complete`);
   const bucket = found.driveId.slice(0, found.driveId.indexOf('/'));
-  const out = await s3().send(new GetObjectCommand({ Bucket: bucket, Key: found.key }));
-  return JSON.parse(await out.Body!.transformToString('utf8'));
+  return JSON.parse((await chunkStore().readObject({ bucket, key: found.key })).toString('utf8'));
 }

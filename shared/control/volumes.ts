@@ -13,10 +13,10 @@ import { deleteVolumeItem, getVolume, growVolume, listVolumes, markDeleting, put
 import { deleteItems, listPages, listSegmentRecords } from '../aws/pagemap/pages.ts';
 import { pageKey, segmentKey } from '../aws/pagemap/items.ts';
 import { EMPTY_RESERVATIONS } from './reservations.ts';
-import { deleteChunk, listVolumeChunks } from '../data/sleds.ts';
 import { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_DATA_CHUNKS, DEFAULT_PARITY_CHUNKS, MAX_VOLUME_BYTES, PAGE_BLOCKS, checkAligned, integerField, requireActive } from '../data/volume-rules.ts';
 import { forEachLimited } from '../core/async.ts';
 import { forgetSegment } from '../data/read.ts';
+import { chunkStore } from '../ports.ts';
 
 /** What the API shows of a volume. */
 export interface VolumeView {
@@ -191,7 +191,7 @@ export async function reclaimVolume(volumeId: string): Promise<{ chunksDeleted: 
     forgetSegment(segmentRef(volumeId, s.segmentId));
   }
   await deleteItems('segments', segKeys);
-  const chunksDeleted = await forEachLimited(listVolumeChunks(volumeId, config().sledBuckets), 16, deleteChunk);
+  const chunksDeleted = await forEachLimited(chunkStore().listVolumeChunks(volumeId, config().sledBuckets), 16, chunkStore().deleteChunk);
   const pageKeys: ReturnType<typeof pageKey>[] = [];
   for await (const p of listPages(v)) pageKeys.push(pageKey(volumeId, p.page));
   await deleteItems('pages', pageKeys);

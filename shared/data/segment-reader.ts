@@ -11,7 +11,8 @@ import { crc32c } from './crc32c.ts';
 import { codec } from './erasure.ts';
 import { DataUnavailableError, invariant } from '../core/errors.ts';
 import type { SegmentRecord } from '../core/records.ts';
-import { formatLocation, getChunkRange } from './sleds.ts';
+import { formatLocation } from './sleds.ts';
+import { chunkStore } from '../ports.ts';
 
 /** A byte range `[start, end)` of a segment's payload. */
 export interface PayloadRange {
@@ -67,7 +68,7 @@ async function fetchGranules(rec: SegmentRecord, chunk: number, granules: readon
       let bytes: Buffer | null = null;
       report.rangedGets++;
       try {
-        bytes = await getChunkRange(loc, start, end);
+        bytes = await chunkStore().getChunkRange(loc, start, end);
         if (bytes === null) report.missingChunks = (report.missingChunks ?? 0) + 1;
       } catch (err) {
         console.warn(`chunk ${formatLocation(loc)} unreadable: ${(err as Error).message}`);

@@ -1,10 +1,8 @@
 /**
- * The sleds: S3 buckets (failure domains) whose key prefixes are drives. This module is the
- * only place that knows S3 request shapes for chunks.
+ * The sleds: S3 buckets (failure domains) whose key prefixes are drives, and the names of the
+ * chunk objects on them (pure). The S3 requests for chunks are in shared/aws/chunk-store.ts.
  */
 import { createHash } from 'node:crypto';
-import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
-import { s3 } from '../aws/clients.ts';
 import { InvalidInputError, invariant } from '../core/errors.ts';
 
 /** Drives per sled until the drive registry exists: prefixes `d00`..`d03`. */
@@ -53,145 +51,10 @@ export function parseLocation(text: string): ChunkLocation {
   return { bucket: text.slice(0, slash), key: text.slice(slash + 1) };
 }
 
-/** Writes a chunk that must not exist yet (`If-None-Match: *`): chunks are never overwritten. */
-export async function putChunk(loc: ChunkLocation, body: Buffer, crc32c: number): Promise<void> {
-  const checksum = Buffer.alloc(4);
-  checksum.writeUInt32BE(crc32c >>> 0);
-  await s3().send(
-    new PutObjectCommand({
-      Bucket: loc.bucket,
-      Key: loc.key,
-      Body: body,
-      ContentLength: body.length,
-      ContentType: 'application/octet-stream',
-      IfNoneMatch: '*',
-      // S3 recomputes this and refuses the PUT if the bytes it received differ.
-      ChecksumCRC32C: checksum.toString('base64'),
-    }),
-  );
-}
-
-/**
- * Whether the object at `loc` is exactly `body` (CRC32C `crc32c`). A chunk PUT answered 412 is
- * an earlier attempt of the same PUT whose response was lost (chunk keys are fresh per
- * segment), and counts as written only when this says so. The stored checksum is compared
- * when the endpoint returns one; otherwise (or when it differs in kind) the bytes themselves.
- */
-export async function storedChunkEquals(loc: ChunkLocation, body: Buffer, crc32c: number): Promise<boolean> {
-  const expected = Buffer.alloc(4);
-  expected.writeUInt32BE(crc32c >>> 0);
-  try {
-    const head = await s3().send(new HeadObjectCommand({ Bucket: loc.bucket, Key: loc.key, ChecksumMode: 'ENABLED' }));
-    if (head.ContentLength !== undefined && head.ContentLength !== body.length) return false;
-    // A whole-object CRC32C (not a multipart composite, which ends in -N) decides on its own.
-    if (head.ChecksumCRC32C && !head.ChecksumCRC32C.includes('-')) return head.ChecksumCRC32C === expected.toString('base64');
-  } catch (err) {
-    if (isMissing(err)) return false;
-    throw err;
-  }
-  const stored = await getChunk(loc);
-  return stored !== null && stored.equals(body);
-}
-
-function isMissing(err: unknown): boolean {
-  const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
-  return e?.name === 'NoSuchKey' || e?.name === 'NotFound' || e?.$metadata?.httpStatusCode === 404;
-}
-
-/**
- * Bytes `[start, end)` of a chunk object, or null if the object does not exist.
- * Other errors propagate; callers treat them as an unreadable chunk.
- */
-export async function getChunkRange(loc: ChunkLocation, start: number, end: number): Promise<Buffer | null> {
-  invariant(end > start && start >= 0, () => `bad range [${start}, ${end})`);
-  try {
-    const out = await s3().send(new GetObjectCommand({ Bucket: loc.bucket, Key: loc.key, Range: `bytes=${start}-${end - 1}` }));
-    const bytes = Buffer.from(await out.Body!.transformToByteArray());
-    return bytes;
-  } catch (err) {
-    if (isMissing(err)) return null;
-    throw err;
-  }
-}
-
-/** The last `bytes` bytes of a chunk object (all of it if shorter), or null if it does not exist. */
-export async function getChunkTail(loc: ChunkLocation, bytes: number): Promise<Buffer | null> {
-  invariant(bytes > 0, 'a tail of at least one byte');
-  try {
-    const out = await s3().send(new GetObjectCommand({ Bucket: loc.bucket, Key: loc.key, Range: `bytes=-${bytes}` }));
-    return Buffer.from(await out.Body!.transformToByteArray());
-  } catch (err) {
-    if (isMissing(err)) return null;
-    throw err;
-  }
-}
-
-/** Deletes a chunk; deleting a missing chunk succeeds (idempotent). */
-export async function deleteChunk(loc: ChunkLocation): Promise<void> {
-  await s3().send(new DeleteObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
-}
-
-/** Deletes a chunk if it exists; true if it did (so a repeated delete is not counted twice). */
-export async function deleteChunkIfPresent(loc: ChunkLocation): Promise<boolean> {
-  try {
-    await s3().send(new HeadObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
-  } catch (err) {
-    if (isMissing(err)) return false;
-    throw err;
-  }
-  await deleteChunk(loc);
-  return true;
-}
-
 /** A listed object: where it is, its size and when it was written. */
 export interface ListedChunk extends ChunkLocation {
   sizeBytes: number;
   lastModifiedMs: number;
-}
-
-/** Every chunk key of a volume on every sled and drive (bounded pages of 1,000 keys). */
-export async function* listVolumeChunks(volumeId: string, buckets: readonly string[]): AsyncGenerator<ListedChunk> {
-  for (const bucket of buckets) {
-    for (let d = 0; d < DRIVES_PER_SLED; d++) {
-      let token: string | undefined;
-      do {
-        const out = await s3().send(
-          new ListObjectsV2Command({ Bucket: bucket, Prefix: `${driveName(d)}/${volumeId}/`, ContinuationToken: token, MaxKeys: 1000 }),
-        );
-        for (const o of out.Contents ?? []) {
-          if (o.Key) yield { bucket, key: o.Key, sizeBytes: o.Size ?? 0, lastModifiedMs: o.LastModified?.getTime() ?? 0 };
-        }
-        token = out.IsTruncated ? out.NextContinuationToken : undefined;
-      } while (token);
-    }
-  }
-}
-
-/**
- * One page of the objects on a drive, after `startAfter` (a key), at most `maxKeys`.
- * `next` is the key to continue after, absent at the end of the drive.
- */
-export async function listDrivePage(bucket: string, drive: string, startAfter: string, maxKeys: number): Promise<{ objects: ListedChunk[]; next?: string }> {
-  invariant(maxKeys >= 1 && maxKeys <= 1000, () => `maxKeys ${maxKeys} is not from 1 to 1000`);
-  const out = await s3().send(
-    new ListObjectsV2Command({ Bucket: bucket, Prefix: `${drive}/`, StartAfter: startAfter || undefined, MaxKeys: maxKeys }),
-  );
-  const objects = (out.Contents ?? [])
-    .filter((o) => o.Key)
-    .map((o) => ({ bucket, key: o.Key!, sizeBytes: o.Size ?? 0, lastModifiedMs: o.LastModified?.getTime() ?? 0 }));
-  const last = objects[objects.length - 1];
-  return out.IsTruncated && last ? { objects, next: last.key } : { objects };
-}
-
-/** A whole chunk object, or null if it does not exist. Other errors propagate. */
-export async function getChunk(loc: ChunkLocation): Promise<Buffer | null> {
-  try {
-    const out = await s3().send(new GetObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
-    return Buffer.from(await out.Body!.transformToByteArray());
-  } catch (err) {
-    if (isMissing(err)) return null;
-    throw err;
-  }
 }
 
 /** The parts of a chunk key `<drive>/<volumeId>/<objectId>.<chunkIndex>`, or null for other keys. */
@@ -206,54 +69,9 @@ export interface VolumeChunk extends ChunkLocation {
   lastModified: Date | undefined;
 }
 
-/** Bounds one listing: 10,000 pages of 1,000 keys per drive. */
-const LIST_PAGES_MAX = 10_000;
-
-/**
- * The chunk objects of a volume whose object id (the part after `<drive>/<volumeId>/`) starts
- * with `namePrefix` and sorts after `startAfterName`, on every sled and drive, listed in
- * parallel. Segment ids start with their sequence number, so `startAfterName` selects the
- * segments after a given sequence without listing the older ones.
- */
-export async function listChunks(
-  volumeId: string,
-  buckets: readonly string[],
-  opts: { namePrefix?: string; startAfterName?: string } = {},
-): Promise<VolumeChunk[]> {
-  const prefixes = buckets.flatMap((bucket) => Array.from({ length: DRIVES_PER_SLED }, (_, d) => ({ bucket, base: `${driveName(d)}/${volumeId}/` })));
-  const lists = await Promise.all(
-    prefixes.map(async ({ bucket, base }) => {
-      const found: VolumeChunk[] = [];
-      let token: string | undefined;
-      for (let page = 0; ; page++) {
-        invariant(page < LIST_PAGES_MAX, () => `listing ${bucket}/${base} did not end after ${LIST_PAGES_MAX} pages`);
-        const out = await s3().send(
-          new ListObjectsV2Command({
-            Bucket: bucket,
-            Prefix: base + (opts.namePrefix ?? ''),
-            ...(opts.startAfterName !== undefined && token === undefined ? { StartAfter: base + opts.startAfterName } : {}),
-            ContinuationToken: token,
-            MaxKeys: 1000,
-          }),
-        );
-        for (const o of out.Contents ?? []) if (o.Key) found.push({ bucket, key: o.Key, lastModified: o.LastModified });
-        token = out.IsTruncated ? out.NextContinuationToken : undefined;
-        if (!token) return found;
-      }
-    }),
-  );
-  return lists.flat();
-}
-
 /** A segment chunk key parsed: `<drive>/<volumeId>/<segmentId>.<chunkIndex>`, or null for other objects. */
 export function parseChunkKey(key: string): { drive: string; volumeId: string; segmentId: string; chunkIndex: number } | null {
   const m = /^([^/]+)\/(vol-[0-9a-f]+)\/(\d{12}-[0-9a-f]{8})\.(\d{1,2})$/.exec(key);
   if (!m) return null;
   return { drive: m[1]!, volumeId: m[2]!, segmentId: m[3]!, chunkIndex: Number(m[4]) };
-}
-
-/** Whether an error is S3's "the object already exists" answer to `If-None-Match: *`. */
-export function isPreconditionFailed(err: unknown): boolean {
-  const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
-  return e?.$metadata?.httpStatusCode === 412 || e?.name === 'PreconditionFailed';
 }

@@ -5,9 +5,10 @@
 import { config } from '../core/config.ts';
 import { UnavailableError, invariant } from '../core/errors.ts';
 import { sleep } from '../core/async.ts';
-import { deleteChunk, formatLocation, isPreconditionFailed, putChunk, storedChunkEquals, type ChunkLocation } from './sleds.ts';
+import { formatLocation, type ChunkLocation } from './sleds.ts';
 import { noteWriteError } from '../maintenance/evacuation.ts';
 import { replacementLocation, sledsDistinct, type WritableDrives } from './placement.ts';
+import { chunkStore } from '../ports.ts';
 
 const UPLOAD_ATTEMPT_MAX = 3;
 
@@ -22,11 +23,11 @@ const REPLACEMENT_MAX = 3;
 async function putWithRetries(loc: ChunkLocation, chunk: Buffer, crc: number): Promise<void> {
   for (let attempt = 1; ; attempt++) {
     try {
-      await putChunk(loc, chunk, crc);
+      await chunkStore().putChunk(loc, chunk, crc);
       return;
     } catch (err) {
-      if (isPreconditionFailed(err)) {
-        if (await storedChunkEquals(loc, chunk, crc)) return;
+      if (chunkStore().isPreconditionFailed(err)) {
+        if (await chunkStore().storedChunkEquals(loc, chunk, crc)) return;
         throw err;
       }
       if (attempt >= UPLOAD_ATTEMPT_MAX) throw err;
@@ -80,7 +81,7 @@ export async function uploadChunks(
           await putWithRetries(loc, chunk, crcs[i]!);
           return;
         } catch (err) {
-          if (isPreconditionFailed(err)) throw err;
+          if (chunkStore().isPreconditionFailed(err)) throw err;
           failed.push({ loc, err });
           tried.add(loc.bucket);
           if (replacement >= REPLACEMENT_MAX) throw err;
@@ -116,5 +117,5 @@ export async function uploadChunks(
 
 export async function deleteChunksQuietly(locations: ChunkLocation[]): Promise<void> {
   // Best effort: an orphan chunk left behind is unreferenced and reclaimed by GC.
-  await Promise.allSettled(locations.map((l) => deleteChunk(l)));
+  await Promise.allSettled(locations.map((l) => chunkStore().deleteChunk(l)));
 }

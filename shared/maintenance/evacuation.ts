@@ -18,19 +18,8 @@ import { type SegmentRecord, type VolumeRecord } from '../core/records.ts';
 import { driveOf, evacuationTarget } from '../data/placement.ts';
 import { readChunkData } from '../data/segment-reader.ts';
 import { chunkTrailer, FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, granuleCrcs } from '../data/segments.ts';
-import {
-  deleteChunk,
-  deleteChunkIfPresent,
-  formatLocation,
-  getChunk,
-  getChunkTail,
-  isPreconditionFailed,
-  listDrivePage,
-  parseChunkKey,
-  putChunk,
-  type ChunkLocation,
-  type ListedChunk,
-} from '../data/sleds.ts';
+import { formatLocation, parseChunkKey, type ChunkLocation, type ListedChunk } from '../data/sleds.ts';
+import { chunkStore } from '../ports.ts';
 
 /** Keys listed per scan step (one ListObjectsV2). */
 export const SCAN_PAGE_KEYS = 1000;
@@ -150,7 +139,7 @@ async function handleScan(msg: Extract<EvacuationMessage, { type: 'evacuate-driv
   const e = d.evacuation;
   if (e.step === msg.step + 1) return resumeAfterDuplicate(d);
   if (e.step !== msg.step) return 'stale';
-  const page = await listDrivePage(d.sled, d.drive, msg.cursor, SCAN_PAGE_KEYS);
+  const page = await chunkStore().listDrivePage(d.sled, d.drive, msg.cursor, SCAN_PAGE_KEYS);
   const managed = page.objects.filter((o) => parseChunkKey(o.key) !== null);
   const unmanaged = page.objects.length - managed.length;
   const batches: ListedChunk[][] = [];
@@ -222,7 +211,7 @@ const FINISH_LIST_PAGES_MAX = 100;
 async function chunksLeft(d: DriveRecord): Promise<{ left: ListedChunk[]; complete: boolean }> {
   let cursor = '';
   for (let page = 0; page < FINISH_LIST_PAGES_MAX; page++) {
-    const p = await listDrivePage(d.sled, d.drive, cursor, SCAN_PAGE_KEYS);
+    const p = await chunkStore().listDrivePage(d.sled, d.drive, cursor, SCAN_PAGE_KEYS);
     const left = p.objects.filter((o) => parseChunkKey(o.key) !== null);
     if (left.length > 0) return { left, complete: false };
     if (p.next === undefined) return { left, complete: true };
@@ -274,10 +263,10 @@ async function trailerFromSiblings(rec: SegmentRecord, index: number): Promise<B
   for (let j = 0; j < rec.locations.length; j++) {
     if (j === index) continue;
     try {
-      let tail = await getChunkTail(rec.locations[j]!, TAIL_GUESS_BYTES);
+      let tail = await chunkStore().getChunkTail(rec.locations[j]!, TAIL_GUESS_BYTES);
       if (!tail || tail.length < FOOTER_BYTES) continue;
       const need = trailerBytesFromFooter(tail.subarray(tail.length - FOOTER_BYTES));
-      if (tail.length < need) tail = await getChunkTail(rec.locations[j]!, need);
+      if (tail.length < need) tail = await chunkStore().getChunkTail(rec.locations[j]!, need);
       if (!tail) continue;
       const d = parseTrailer(tail);
       if (d.segmentId !== rec.segmentId || d.volumeId !== rec.volumeId) continue;
@@ -293,7 +282,7 @@ async function trailerFromSiblings(rec: SegmentRecord, index: number): Promise<B
 export async function chunkObjectFor(rec: SegmentRecord, index: number, mayRead: boolean): Promise<{ body: Buffer; rebuilt: boolean }> {
   if (mayRead) {
     try {
-      const object = await getChunk(rec.locations[index]!);
+      const object = await chunkStore().getChunk(rec.locations[index]!);
       if (object && chunkObjectIsIntact(rec, index, object)) return { body: object, rebuilt: false };
       console.warn(`chunk ${formatLocation(rec.locations[index]!)} ${object ? 'is damaged' : 'is missing'}: rebuilding it from the others`);
     } catch (err) {
@@ -312,15 +301,15 @@ async function putIdempotent(target: ChunkLocation, body: Buffer): Promise<void>
   const crc = crc32c(body);
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
-      await putChunk(target, body, crc);
+      await chunkStore().putChunk(target, body, crc);
       return;
     } catch (err) {
-      if (!isPreconditionFailed(err)) throw err;
+      if (!chunkStore().isPreconditionFailed(err)) throw err;
     }
-    const existing = await getChunk(target);
+    const existing = await chunkStore().getChunk(target);
     if (existing && existing.equals(body)) return;
     // Not referenced by the record (we checked it points at the old copy): a damaged leftover.
-    await deleteChunk(target);
+    await chunkStore().deleteChunk(target);
   }
   throw new EvacuationError(`could not write ${formatLocation(target)}: a different object keeps appearing there`);
 }
@@ -338,7 +327,7 @@ export async function moveChunk(listed: { key: string; lastModifiedMs: number },
   if (!volume) ctx.volumes.set(parsed.volumeId, (volume = getVolume(parsed.volumeId)));
   const v = await volume;
   const rec = await getSegmentRecord(parsed.volumeId, parsed.segmentId);
-  const dropped = async (): Promise<{ result: MoveResult; bytes: number }> => ({ result: (await deleteChunkIfPresent(old)) ? 'dropped' : 'done-elsewhere', bytes: 0 });
+  const dropped = async (): Promise<{ result: MoveResult; bytes: number }> => ({ result: (await chunkStore().deleteChunkIfPresent(old)) ? 'dropped' : 'done-elsewhere', bytes: 0 });
   // A volume that is gone or being deleted: its chunks are garbage (reclaim deletes them too).
   if (!v || v.state !== 'active') return dropped();
   if (!rec) {
@@ -364,7 +353,7 @@ export async function moveChunk(listed: { key: string; lastModifiedMs: number },
     try {
       await putIdempotent(target, body);
     } catch (err) {
-      if (!isPreconditionFailed(err)) await noteWriteError(target, err);
+      if (!chunkStore().isPreconditionFailed(err)) await noteWriteError(target, err);
       throw new EvacuationError(`copy of ${formatLocation(old)} to ${formatLocation(target)} failed: ${(err as Error).message}`, { cause: err });
     }
     const targetId = makeDriveId(target.bucket, driveOf(target));
@@ -378,7 +367,7 @@ export async function moveChunk(listed: { key: string; lastModifiedMs: number },
     }
     if (outcome.kind === 'refused' && outcome.reason === 'target-inactive') {
       // The target stopped taking chunks between our registry read and the transaction.
-      await deleteChunk(target);
+      await chunkStore().deleteChunk(target);
       forgetDriveStates();
       writable = await writableDrives();
       continue;
@@ -386,7 +375,7 @@ export async function moveChunk(listed: { key: string; lastModifiedMs: number },
     const current = outcome.kind === 'moved' ? null : outcome.current;
     if (outcome.kind === 'moved' || sameLocation(current?.locations[i], target)) {
       // The record points at the new copy (ours, or a duplicate's): only now does the old one go.
-      await deleteChunk(old);
+      await chunkStore().deleteChunk(old);
       const ours = outcome.kind !== 'refused';
       return { result: ours ? (rebuilt ? 'rebuilt' : 'moved') : 'done-elsewhere', bytes: ours ? body.length : 0 };
     }
@@ -396,9 +385,9 @@ export async function moveChunk(listed: { key: string; lastModifiedMs: number },
       throw new EvacuationError(`move of ${formatLocation(old)} to ${formatLocation(target)}: outcome unknown; retrying later`);
     }
     // The segment was collected, or someone else moved the chunk elsewhere: our copy is unreferenced.
-    await deleteChunk(target);
+    await chunkStore().deleteChunk(target);
     if (current === null || !sameLocation(current.locations[i], old)) {
-      await deleteChunk(old);
+      await chunkStore().deleteChunk(old);
       return { result: 'done-elsewhere', bytes: 0 };
     }
     throw new EvacuationError(`move of ${formatLocation(old)} was refused but the record still points at it; retrying later`);

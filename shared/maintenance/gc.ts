@@ -14,10 +14,11 @@ import { getVolume, listVolumes } from '../aws/pagemap/volumes.ts';
 import { takeCheckpoint } from './checkpoints/take.ts';
 import { readPayload } from '../data/segment-reader.ts';
 import { FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, type SegmentDescriptor } from '../data/segments.ts';
-import { deleteChunk, getChunkTail, listVolumeChunks, parseChunkKey, type ChunkLocation, type ListedChunk } from '../data/sleds.ts';
+import { parseChunkKey, type ChunkLocation, type ListedChunk } from '../data/sleds.ts';
 import { MAX_IO_BYTES } from '../data/volume-rules.ts';
 import { completeWrite, prepareWrite, type WritePiece } from '../data/write.ts';
 import { forgetSegment } from '../data/read.ts';
+import { chunkStore } from '../ports.ts';
 
 // ---------------------------------------------------------------------------------------
 // Retention: what other features still need (snapshots, checkpoints)
@@ -122,10 +123,10 @@ export interface GcReport {
 async function descriptorOf(rec: SegmentRecord): Promise<SegmentDescriptor | null> {
   for (const loc of rec.locations) {
     try {
-      let tail = await getChunkTail(loc, TAIL_GUESS_BYTES);
+      let tail = await chunkStore().getChunkTail(loc, TAIL_GUESS_BYTES);
       if (!tail || tail.length < FOOTER_BYTES) continue;
       const need = trailerBytesFromFooter(tail.subarray(tail.length - FOOTER_BYTES));
-      if (tail.length < need) tail = await getChunkTail(loc, need);
+      if (tail.length < need) tail = await chunkStore().getChunkTail(loc, need);
       if (!tail) continue;
       const d = parseTrailer(tail);
       if (d.volumeId === rec.volumeId && d.segmentId === rec.segmentId) return d;
@@ -158,7 +159,7 @@ export async function deleteDeadSegment(v: VolumeRecord, rec: SegmentRecord, sto
   let locations: readonly ChunkLocation[] = rec.locations;
   for (let attempt = 0; ; attempt++) {
     invariant(attempt < 3, () => `gc: segment ${ref} kept moving while it was deleted`);
-    await Promise.all(locations.map((l) => deleteChunk(l)));
+    await Promise.all(locations.map((l) => chunkStore().deleteChunk(l)));
     const moved = await deleteSegmentRecordIf(rec.volumeId, rec.segmentId, locations);
     if (!moved) break;
     // An evacuation moved a chunk between our read and the delete: delete the new copy too.
@@ -303,7 +304,7 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
   for await (const p of listPages(v)) pages.push(p);
   const { liveBlocks, pagesOf } = liveness(pages);
   const chunks: ListedChunk[] = [];
-  for await (const c of listVolumeChunks(volumeId, config().sledBuckets)) chunks.push(c);
+  for await (const c of chunkStore().listVolumeChunks(volumeId, config().sledBuckets)) chunks.push(c);
   const stored = new Map<string, number>();
   for (const c of chunks) {
     const p = parseChunkKey(c.key);
@@ -378,7 +379,7 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
       report.referencedWithoutRecord = (report.referencedWithoutRecord ?? 0) + 1;
       continue;
     }
-    await deleteChunk(c);
+    await chunkStore().deleteChunk(c);
     report.orphansDeleted++;
     report.bytesReclaimed += c.sizeBytes;
   }

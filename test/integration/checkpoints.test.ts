@@ -14,7 +14,8 @@ import { fenceForRebuild, getVolume, unfenceAfterRebuild } from '#shared/aws/pag
 import { writeRebuiltPages } from '#shared/aws/pagemap/transactions.ts';
 import { RebuildFenceLostError, type VolumeRecord } from '#shared/core/records.ts';
 import { encodeSegment, newSegmentId, parseTrailer } from '#shared/data/segments.ts';
-import { placeChunks, putChunk, getChunkTail } from '#shared/data/sleds.ts';
+import { placeChunks } from '#shared/data/sleds.ts';
+import { putChunk, getChunkTail } from '#shared/aws/chunk-store.ts';
 import { handleWorkEvent } from '#shared/maintenance/worker.ts';
 import { formatRebuildReport, rebuildVolume, RebuildRequestError } from '../../cli/rebuild.ts';
 import { seeded } from '../unit/seed.ts';
@@ -597,7 +598,7 @@ describe('checkpoints and page-map rebuild', () => {
     await api.write(s.volumeId, 2 * MiB, randomBytes(BLOCK));
     await api.write(s.volumeId, 3 * MiB, randomBytes(BLOCK));
     // Every chunk of a committed segment after the checkpoint is gone: the chain cannot be walked.
-    const { listChunks } = await import('#shared/data/sleds.ts');
+    const { listChunks } = await import('#shared/aws/chunk-store.ts');
     const chunks = await listChunks(s.volumeId, config().sledBuckets, { namePrefix: lost.segmentId });
     expect(chunks).toHaveLength(6);
     for (const c of chunks) await s3().send(new DeleteObjectCommand({ Bucket: c.bucket, Key: c.key }));

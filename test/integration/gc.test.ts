@@ -13,7 +13,8 @@ import { deleteItems, listPages, listSegmentRecords, getSegmentRecord } from '#s
 import { getVolume } from '#shared/aws/pagemap/volumes.ts';
 import { segmentKey } from '#shared/aws/pagemap/items.ts';
 import { segmentRef } from '#shared/core/records.ts';
-import { listVolumeChunks, parseChunkKey } from '#shared/data/sleds.ts';
+import { parseChunkKey } from '#shared/data/sleds.ts';
+import { listVolumeChunks } from '#shared/aws/chunk-store.ts';
 import { completeWrite, prepareWrite, trimRange, writePieces } from '#shared/data/write.ts';
 import { createVolume } from '#shared/control/volumes.ts';
 import { readData } from '#shared/data/read.ts';

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { config } from '#shared/core/config.ts';
-import { listVolumeChunks } from '#shared/data/sleds.ts';
+import { listVolumeChunks } from '#shared/aws/chunk-store.ts';
 import { Api, http, useSledgeEnv } from './helpers.ts';
 
 const MiB = 1024 * 1024;

@@ -8,20 +8,21 @@ import { type SegmentRecord, type StoredPage, type VolumeRecord } from '../../co
 import { listSegmentRecordsBetween } from '../../aws/pagemap/pages.ts';
 import { readPayload } from '../../data/segment-reader.ts';
 import { GRANULE_BYTES, decodeTrailer, parseTrailer, trailerBytesIn, type SegmentDescriptor } from '../../data/segments.ts';
-import { chunkKey, driveName, getChunkTail, listChunks, parseObjectChunkKey, type ChunkLocation, type VolumeChunk } from '../../data/sleds.ts';
+import { chunkKey, driveName, parseObjectChunkKey, type ChunkLocation, type VolumeChunk } from '../../data/sleds.ts';
 import { forEachLimited } from '../../core/async.ts';
 import { CHECKPOINT_ALIGN_BYTES, CHECKPOINT_FOOTER_MAGIC, CHECKPOINT_ID_PREFIX, CheckpointDescriptor, CheckpointUnreadableError, IO_CONCURRENCY, TAIL_GUESS_BYTES, checkpointIdSeq, decodeCheckpointPayload, parsePlacement } from './format.ts';
 import { CheckpointSet, orderChain } from './chain.ts';
+import { chunkStore } from '../../ports.ts';
 
 // ---------------------------------------------------------------------------------------
 // Reading trailers and checkpoints
 
 /** Reads a trailer from the end of one chunk object; null if it is missing. */
 export async function readTrailerBytes(loc: ChunkLocation): Promise<Buffer | null> {
-  const tail = await getChunkTail(loc, TAIL_GUESS_BYTES);
+  const tail = await chunkStore().getChunkTail(loc, TAIL_GUESS_BYTES);
   if (!tail) return null;
   const need = trailerBytesIn(tail);
-  if (need !== null && need > tail.length && need <= GRANULE_BYTES * 64) return getChunkTail(loc, need);
+  if (need !== null && need > tail.length && need <= GRANULE_BYTES * 64) return chunkStore().getChunkTail(loc, need);
   return tail;
 }
 
@@ -74,7 +75,7 @@ export interface LoadedCheckpoint {
 
 /** Finds a checkpoint's chunks by listing the sleds (when its placement is stale or unknown). */
 async function locateCheckpointChunks(volumeId: string, checkpointId: string, chunkCount: number): Promise<Array<ChunkLocation | null>> {
-  const found = await listChunks(volumeId, config().sledBuckets, { namePrefix: `${checkpointId}.` });
+  const found = await chunkStore().listChunks(volumeId, config().sledBuckets, { namePrefix: `${checkpointId}.` });
   const out: Array<ChunkLocation | null> = Array.from({ length: chunkCount }, () => null);
   for (const c of found) {
     const parsed = parseObjectChunkKey(c.key);
@@ -165,7 +166,7 @@ async function readCheckpointAt(volumeId: string, checkpointId: string, location
 
 /** The volume's checkpoint object sets on the sleds, grouped by id. */
 export async function listCheckpointSets(volumeId: string): Promise<Map<string, { set: CheckpointSet; chunks: Map<number, VolumeChunk> }>> {
-  const listed = await listChunks(volumeId, config().sledBuckets, { namePrefix: CHECKPOINT_ID_PREFIX });
+  const listed = await chunkStore().listChunks(volumeId, config().sledBuckets, { namePrefix: CHECKPOINT_ID_PREFIX });
   const sets = new Map<string, { set: CheckpointSet; chunks: Map<number, VolumeChunk> }>();
   for (const c of listed) {
     const parsed = parseObjectChunkKey(c.key);

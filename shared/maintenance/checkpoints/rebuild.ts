@@ -11,11 +11,12 @@ import { fenceForRebuild, unfenceAfterRebuild } from '../../aws/pagemap/volumes.
 import { getSegmentRecords, listStoredPages, putSegmentRecordIfAbsent } from '../../aws/pagemap/pages.ts';
 import { writeRebuiltPages } from '../../aws/pagemap/transactions.ts';
 import { type SegmentDescriptor } from '../../data/segments.ts';
-import { listChunks, parseObjectChunkKey, placeChunks, type ChunkLocation } from '../../data/sleds.ts';
+import { parseObjectChunkKey, placeChunks, type ChunkLocation } from '../../data/sleds.ts';
 import { forEachLimited } from '../../core/async.ts';
 import { CheckpointFormatError, CheckpointUnreadableError, IO_CONCURRENCY, pad12, samePage, segmentIdSeq } from './format.ts';
 import { orderChain, replaySegment } from './chain.ts';
 import { listCheckpointSets, readCheckpoint, readDescriptors, readSegmentDescriptor } from './read.ts';
+import { chunkStore } from '../../ports.ts';
 
 // ---------------------------------------------------------------------------------------
 // Taking a checkpoint
@@ -132,7 +133,7 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
     clock.lap('checkpoint');
 
     // Segments after the checkpoint, from the sleds alone: their ids start with their seq.
-    const listed = await listChunks(volumeId, config().sledBuckets, { startAfterName: `${pad12(base.seq)}.` });
+    const listed = await chunkStore().listChunks(volumeId, config().sledBuckets, { startAfterName: `${pad12(base.seq)}.` });
     const bySegment = new Map<string, ChunkLocation[]>();
     // Segments after the head were never committed (the chain starts at the head): not read.
     const beyondHead = new Set<string>();
@@ -236,7 +237,7 @@ async function restoreSegmentRecords(
   if (lost.some((id) => !listedAfterBase.has(id))) {
     const all = new Map<string, ChunkLocation[]>();
     const wanted = new Set(lost);
-    for (const c of await listChunks(v.volumeId, config().sledBuckets)) {
+    for (const c of await chunkStore().listChunks(v.volumeId, config().sledBuckets)) {
       const parsed = parseObjectChunkKey(c.key);
       if (!parsed || !wanted.has(parsed.objectId)) continue;
       let list = all.get(parsed.objectId);

@@ -11,13 +11,14 @@ import { type CheckpointPointer, type StoredPage, type VolumeRecord } from '../.
 import { getVolume, listVolumes, raiseCheckpointFloor, recordCheckpoint } from '../../aws/pagemap/volumes.ts';
 import { getStoredPages, listStoredPages } from '../../aws/pagemap/pages.ts';
 import { GRANULE_BYTES, decodeTrailer, encodeStripes, encodeTrailer } from '../../data/segments.ts';
-import { deleteChunk, placeChunks } from '../../data/sleds.ts';
+import { placeChunks } from '../../data/sleds.ts';
 import { deleteChunksQuietly, uploadChunksAt } from '../../data/upload.ts';
 import { forEachLimited } from '../../core/async.ts';
 import { CHECKPOINT_ALIGN_BYTES, CHECKPOINT_FOOTER_MAGIC, CHECKPOINT_GRACE_MS, CHECKPOINT_REPLAY_SEGMENTS_MAX, CHECKPOINT_RETAIN, CheckpointDescriptor, IO_CONCURRENCY, SETTLE_ROUNDS_MAX, SWEEP_VOLUMES_PER_MESSAGE, encodeCheckpointPayload, formatPlacement, newCheckpointId, samePage } from './format.ts';
 import { planRetention, replaySegment, touchedPages } from './chain.ts';
 import { committedDescriptors, listCheckpointSets, readTrailerBytes } from './read.ts';
 import { RebuildBase, RebuildReport, findBase, phaseClock } from './rebuild.ts';
+import { chunkStore } from '../../ports.ts';
 
 /** What the API shows of a checkpoint. */
 export interface CheckpointView {
@@ -263,7 +264,7 @@ async function applyRetention(volume: VolumeRecord, latest: CheckpointPointer): 
   // deletes below only leaves extra checkpoints for the next pass.
   await raiseCheckpointFloor(volume.volumeId, plan.floorSeq);
   const doomed = plan.remove.flatMap((id) => [...(sets.get(id)?.chunks.values() ?? [])]);
-  await forEachLimited(doomed, IO_CONCURRENCY, (c) => deleteChunk({ bucket: c.bucket, key: c.key }));
+  await forEachLimited(doomed, IO_CONCURRENCY, (c) => chunkStore().deleteChunk({ bucket: c.bucket, key: c.key }));
   return plan.remove.length;
 }
 

@@ -1,0 +1,20 @@
+/**
+ * The ports of shared/core/ports.ts bound to their AWS adapters (shared/aws/). Domain modules
+ * take their stores from here. `bindPorts` replaces some of them (tests, other backends) and
+ * returns a function that restores the previous binding.
+ */
+import { s3ChunkStore } from './aws/chunk-store.ts';
+import type { ChunkStore, Ports } from './core/ports.ts';
+
+const bound: Ports = { chunks: s3ChunkStore };
+
+/** The chunk store (S3 sleds). */
+export function chunkStore(): ChunkStore {
+  return bound.chunks;
+}
+
+export function bindPorts(ports: Partial<Ports>): () => void {
+  const previous = { ...bound };
+  Object.assign(bound, ports);
+  return () => void Object.assign(bound, previous);
+}
