@@ -4,13 +4,19 @@
  * returns a function that restores the previous binding.
  */
 import { s3ChunkStore } from './aws/chunk-store.ts';
-import type { ChunkStore, Ports } from './core/ports.ts';
+import { sqsWorkQueue } from './aws/work-queue.ts';
+import type { ChunkStore, Ports, WorkQueue } from './core/ports.ts';
 
-const bound: Ports = { chunks: s3ChunkStore };
+const bound: Ports = { chunks: s3ChunkStore, queue: sqsWorkQueue };
 
 /** The chunk store (S3 sleds). */
 export function chunkStore(): ChunkStore {
   return bound.chunks;
+}
+
+/** The work queues (SQS). */
+export function workQueue(): WorkQueue {
+  return bound.queue;
 }
 
 export function bindPorts(ports: Partial<Ports>): () => void {

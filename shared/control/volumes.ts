@@ -3,8 +3,6 @@
  * trim) is in shared/data/write.ts and shared/data/read.ts.
  */
 import { randomBytes } from 'node:crypto';
-import { SendMessageCommand } from '@aws-sdk/client-sqs';
-import { sqs } from '../aws/clients.ts';
 import { DEFAULT_CHECKPOINT_EVERY_COMMITS } from '../maintenance/checkpoint-messages.ts';
 import { config } from '../core/config.ts';
 import { InvalidInputError, NotFoundError, invariant } from '../core/errors.ts';
@@ -16,7 +14,8 @@ import { EMPTY_RESERVATIONS } from './reservations.ts';
 import { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_DATA_CHUNKS, DEFAULT_PARITY_CHUNKS, MAX_VOLUME_BYTES, PAGE_BLOCKS, checkAligned, integerField, requireActive } from '../data/volume-rules.ts';
 import { forEachLimited } from '../core/async.ts';
 import { forgetSegment } from '../data/read.ts';
-import { chunkStore } from '../ports.ts';
+import { chunkStore, workQueue } from '../ports.ts';
+import type { ReclaimVolumeMessage } from '../core/work-messages.ts';
 
 /** What the API shows of a volume. */
 export interface VolumeView {
@@ -154,19 +153,14 @@ function deletedView(volumeId: string): VolumeView {
   return { volumeId, sizeBytes: 0, blockSizeBytes: 0, dataChunks: 0, parityChunks: 0, pageBlocks: 0, state: 'deleted', commitSeq: 0, createdAt: now, updatedAt: now, checkpointEveryCommits: 0, checkpointSeq: null };
 }
 
-export interface ReclaimMessage {
-  type: 'reclaim-volume';
-  volumeId: string;
-}
-
 /**
  * Deletes a volume: it stops serving at once, and a background job reclaims its chunks and
  * items. Deleting a volume that is already being deleted queues the job again (harmless).
  */
 export async function deleteVolume(volumeId: string): Promise<VolumeView> {
   await markDeleting(volumeId);
-  const message: ReclaimMessage = { type: 'reclaim-volume', volumeId };
-  await sqs().send(new SendMessageCommand({ QueueUrl: config().gcQueueUrl, MessageBody: JSON.stringify(message) }));
+  const message: ReclaimVolumeMessage = { type: 'reclaim-volume', volumeId };
+  await workQueue().send(message);
   const v = await getVolume(volumeId);
   // A reclaim that already finished leaves no item: report the volume as deleted.
   return v ? view(v) : { ...deletedView(volumeId) };

@@ -4,6 +4,7 @@
  * SDK command itself. Each method says what it guarantees, not how the service is asked.
  */
 import type { ChunkLocation, ListedChunk, VolumeChunk } from '../data/sleds.ts';
+import type { WorkMessage } from './work-messages.ts';
 
 /** Chunk objects (and other objects, such as dumps) on the sleds. A missing object reads as null. */
 export interface ChunkStore {
@@ -35,7 +36,41 @@ export interface ChunkStore {
   readObject(loc: ChunkLocation): Promise<Buffer>;
 }
 
+/** A message as received from a queue (dead letters): what is shown, moved back, or released. */
+export interface QueuedMessage {
+  messageId: string;
+  body: string;
+  /** Identifies this receive; needed to release or delete it. */
+  receiptHandle: string;
+  /** The queue's own attributes of the message (`ApproximateReceiveCount`, `SentTimestamp`...). */
+  attributes: Record<string, string>;
+  /** The sender's message attributes, carried as they are when the message is moved back. */
+  messageAttributes?: unknown;
+}
+
+/**
+ * The work queues. A message goes to the queue its type belongs to (`queueOf` in
+ * shared/core/work-messages.ts); every body is the message's JSON.
+ */
+export interface WorkQueue {
+  /** Puts one message on its queue, visible after `delaySeconds` when given (0 to 900). */
+  send(message: WorkMessage, opts?: { delaySeconds?: number }): Promise<void>;
+  /** Puts up to 10 messages of one queue in one request; returns the ones not accepted. */
+  sendBatch(messages: readonly WorkMessage[]): Promise<Array<{ code?: string; message?: string }>>;
+  /** About how many messages a queue holds, visible or not. */
+  approximateCount(queueUrl: string): Promise<number>;
+  /** Receives up to 10 messages, each hidden from other receivers for `holdSeconds`. */
+  receive(queueUrl: string, max: number, holdSeconds: number): Promise<QueuedMessage[]>;
+  /** Makes up to 10 received messages visible again at once. */
+  release(queueUrl: string, messages: readonly QueuedMessage[]): Promise<void>;
+  /** Sends a received message's body and attributes, unchanged, to another queue. */
+  resend(queueUrl: string, message: QueuedMessage): Promise<void>;
+  /** Deletes a received message. */
+  delete(queueUrl: string, message: QueuedMessage): Promise<void>;
+}
+
 /** Every port, as bound in shared/ports.ts. */
 export interface Ports {
   chunks: ChunkStore;
+  queue: WorkQueue;
 }

@@ -4,8 +4,6 @@
  * builds and uploads; `completeWrite` commits and settles a refusal or an unknown outcome.
  */
 import { randomUUID } from 'node:crypto';
-import { SendMessageCommand } from '@aws-sdk/client-sqs';
-import { sqs } from '../aws/clients.ts';
 import { checkpointAfterCommit } from '../maintenance/checkpoint-messages.ts';
 import { config } from '../core/config.ts';
 import { FencedError, InvalidInputError, NotFoundError, UnavailableError, invariant } from '../core/errors.ts';
@@ -23,6 +21,7 @@ import { placeStripe } from './placement.ts';
 import { HEAD_ID, MAX_IO_BYTES, checkRange, rebuildingError, requireActive } from './volume-rules.ts';
 import { deleteChunksQuietly, uploadChunks } from './upload.ts';
 import { geometryCache, pageRange, rememberGeometry } from './read.ts';
+import { workQueue } from '../ports.ts';
 
 // ---------------------------------------------------------------------------------------
 // The data path
@@ -154,7 +153,7 @@ async function maybeQueueGc(volumeId: string, commitSeq: number): Promise<void> 
   const every = config().gcEveryCommits;
   if (every === 0 || commitSeq % every !== 0) return;
   try {
-    await sqs().send(new SendMessageCommand({ QueueUrl: config().gcQueueUrl, MessageBody: JSON.stringify({ type: 'gc-volume', volumeId }) }));
+    await workQueue().send({ type: 'gc-volume', volumeId });
   } catch (err) {
     console.warn(`could not queue GC of ${volumeId} after commit ${commitSeq}:`, err);
   }

@@ -2,20 +2,11 @@
  * The dead-letter queues, for operators (docs/evacuation.md, section 7): peek at what failed
  * five times, and move it back to its source queue once the cause is fixed.
  */
-import {
-  ChangeMessageVisibilityBatchCommand,
-  DeleteMessageCommand,
-  GetQueueAttributesCommand,
-  ReceiveMessageCommand,
-  SendMessageCommand,
-  type Message,
-} from '@aws-sdk/client-sqs';
-import { sqs } from '../aws/clients.ts';
 import { config } from '../core/config.ts';
 import { InvalidInputError } from '../core/errors.ts';
-
-export const WORK_QUEUE_NAMES = ['gc', 'evacuation', 'checkpoint'] as const;
-export type WorkQueueName = (typeof WORK_QUEUE_NAMES)[number];
+import type { QueuedMessage } from '../core/ports.ts';
+import { WORK_QUEUE_NAMES, type WorkQueueName } from '../core/work-messages.ts';
+import { workQueue } from '../ports.ts';
 
 /** Messages shown per queue at most, and the bounded number of receives used to find them. */
 export const PEEK_MAX = 100;
@@ -52,31 +43,18 @@ export interface DeadLetterQueueView {
 }
 
 /** Receives up to `max` distinct messages, holding each for HOLD_SECONDS (bounded rounds). */
-async function receiveDistinct(queueUrl: string, max: number): Promise<Message[]> {
-  const seen = new Map<string, Message>();
+async function receiveDistinct(queueUrl: string, max: number): Promise<QueuedMessage[]> {
+  const seen = new Map<string, QueuedMessage>();
   for (let round = 0; round < RECEIVE_ROUNDS_MAX && seen.size < max; round++) {
-    const out = await sqs().send(
-      new ReceiveMessageCommand({
-        QueueUrl: queueUrl,
-        MaxNumberOfMessages: Math.min(10, max - seen.size),
-        VisibilityTimeout: HOLD_SECONDS,
-        WaitTimeSeconds: 0,
-        MessageSystemAttributeNames: ['All'],
-        MessageAttributeNames: ['All'],
-      }),
-    );
-    const got = out.Messages ?? [];
+    const got = await workQueue().receive(queueUrl, Math.min(10, max - seen.size), HOLD_SECONDS);
     if (got.length === 0) break;
-    for (const m of got) if (m.MessageId && !seen.has(m.MessageId)) seen.set(m.MessageId, m);
+    for (const m of got) if (m.messageId && !seen.has(m.messageId)) seen.set(m.messageId, m);
   }
   return [...seen.values()];
 }
 
-async function release(queueUrl: string, messages: readonly Message[]): Promise<void> {
-  for (let i = 0; i < messages.length; i += 10) {
-    const entries = messages.slice(i, i + 10).map((m, j) => ({ Id: String(j), ReceiptHandle: m.ReceiptHandle!, VisibilityTimeout: 0 }));
-    await sqs().send(new ChangeMessageVisibilityBatchCommand({ QueueUrl: queueUrl, Entries: entries }));
-  }
+async function release(queueUrl: string, messages: readonly QueuedMessage[]): Promise<void> {
+  for (let i = 0; i < messages.length; i += 10) await workQueue().release(queueUrl, messages.slice(i, i + 10));
 }
 
 /**
@@ -89,21 +67,21 @@ async function release(queueUrl: string, messages: readonly Message[]): Promise<
 export async function peekDeadLetters(): Promise<{ queues: DeadLetterQueueView[] }> {
   const out: DeadLetterQueueView[] = [];
   for (const q of queues()) {
-    const attrs = await sqs().send(new GetQueueAttributesCommand({ QueueUrl: q.deadLetterQueueUrl, AttributeNames: ['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible'] }));
+    const approximateCount = await workQueue().approximateCount(q.deadLetterQueueUrl);
     const messages = await receiveDistinct(q.deadLetterQueueUrl, PEEK_MAX);
     await release(q.deadLetterQueueUrl, messages);
     out.push({
       queue: q.name,
       deadLetterQueueUrl: q.deadLetterQueueUrl,
-      approximateCount: Number(attrs.Attributes?.ApproximateNumberOfMessages ?? 0) + Number(attrs.Attributes?.ApproximateNumberOfMessagesNotVisible ?? 0),
+      approximateCount,
       messages: messages.map((m) => {
-        const body = m.Body ?? '';
-        const sent = Number(m.Attributes?.SentTimestamp);
+        const body = m.body;
+        const sent = Number(m.attributes.SentTimestamp);
         return {
-          messageId: m.MessageId!,
+          messageId: m.messageId,
           body: body.slice(0, BODY_SHOWN_MAX),
           bodyTruncated: body.length > BODY_SHOWN_MAX,
-          receiveCount: Number(m.Attributes?.ApproximateReceiveCount ?? 0),
+          receiveCount: Number(m.attributes.ApproximateReceiveCount ?? 0),
           sentAt: Number.isFinite(sent) ? new Date(sent).toISOString() : null,
         };
       }),
@@ -131,14 +109,14 @@ export async function redriveDeadLetters(body: Record<string, unknown>): Promise
   for (const q of queues()) {
     if (queue !== undefined && q.name !== queue) continue;
     const messages = await receiveDistinct(q.deadLetterQueueUrl, REDRIVE_MAX);
-    const keep: Message[] = [];
+    const keep: QueuedMessage[] = [];
     for (const m of messages) {
-      if (wanted && !wanted.has(m.MessageId!)) {
+      if (wanted && !wanted.has(m.messageId)) {
         keep.push(m);
         continue;
       }
-      await sqs().send(new SendMessageCommand({ QueueUrl: q.queueUrl, MessageBody: m.Body ?? '', MessageAttributes: m.MessageAttributes }));
-      await sqs().send(new DeleteMessageCommand({ QueueUrl: q.deadLetterQueueUrl, ReceiptHandle: m.ReceiptHandle! }));
+      await workQueue().resend(q.queueUrl, m);
+      await workQueue().delete(q.deadLetterQueueUrl, m);
       moved[q.name]++;
     }
     await release(q.deadLetterQueueUrl, keep);

@@ -4,8 +4,6 @@
  * Every step is idempotent: messages may arrive twice, late or out of order, and a worker may
  * stop at any point.
  */
-import { SendMessageBatchCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
-import { sqs } from '../aws/clients.ts';
 import { config } from '../core/config.ts';
 import { crc32c } from '../data/crc32c.ts';
 import { addEvacuationProgress, advanceScan, beginRetirement, completeRetirement, countFinishCheck, driveId as makeDriveId, forgetDriveStates, getDrive, markStepSent, recordWriteError, requireDrive, startNextPass, writableDrives, WRITE_ERROR_RETIRE_THRESHOLD, type DriveRecord, type EvacuationState } from './drives.ts';
@@ -19,12 +17,12 @@ import { driveOf, evacuationTarget } from '../data/placement.ts';
 import { readChunkData } from '../data/segment-reader.ts';
 import { chunkTrailer, FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, granuleCrcs } from '../data/segments.ts';
 import { formatLocation, parseChunkKey, type ChunkLocation, type ListedChunk } from '../data/sleds.ts';
-import { chunkStore } from '../ports.ts';
+import { chunkStore, workQueue } from '../ports.ts';
+import { MOVE_BATCH_CHUNKS, type EvacuationMessage } from '../core/work-messages.ts';
 
 /** Keys listed per scan step (one ListObjectsV2). */
 export const SCAN_PAGE_KEYS = 1000;
-/** Chunks per move-chunks message, and how many of them move at once. */
-export const MOVE_BATCH_CHUNKS = 16;
+/** How many chunks of a move-chunks message (MOVE_BATCH_CHUNKS of them at most) move at once. */
 const MOVE_CONCURRENCY = 4;
 /** Full passes over a drive before the evacuation gives up to the DLQ. */
 export const PASS_MAX = 50;
@@ -37,36 +35,16 @@ const END_OF_DRIVE = ':end';
 /** Bytes read from the end of a chunk to find its trailer (re-read exactly if it is longer). */
 const TAIL_GUESS_BYTES = 64 * 1024;
 
-export type EvacuationMessage =
-  | { type: 'evacuate-drive'; driveId: string; run: string; step: number; cursor: string }
-  | { type: 'move-chunks'; driveId: string; run: string; chunks: Array<{ key: string; sizeBytes: number; lastModifiedMs: number }> }
-  | { type: 'finish-pass'; driveId: string; run: string; pass: number; step: number };
-
 /** A move that could not be done now; the message is retried, and after 5 receives dead-lettered. */
 export class EvacuationError extends Error {
   override name = 'EvacuationError';
-}
-
-/** Parses an evacuation message, or returns null if the body is some other kind of work. */
-export function parseEvacuationMessage(msg: Record<string, unknown>): EvacuationMessage | null {
-  const str = (v: unknown) => typeof v === 'string' && v.length > 0;
-  const int = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
-  if (msg.type === 'evacuate-drive' && str(msg.driveId) && str(msg.run) && int(msg.step) && typeof msg.cursor === 'string') return msg as EvacuationMessage;
-  if (msg.type === 'finish-pass' && str(msg.driveId) && str(msg.run) && int(msg.pass) && int(msg.step)) return msg as EvacuationMessage;
-  if (msg.type === 'move-chunks' && str(msg.driveId) && str(msg.run) && Array.isArray(msg.chunks) && msg.chunks.length <= MOVE_BATCH_CHUNKS) {
-    const ok = (msg.chunks as unknown[]).every((c) => typeof c === 'object' && c !== null && str((c as { key?: unknown }).key));
-    if (ok) return msg as EvacuationMessage;
-  }
-  return null;
 }
 
 // ---------------------------------------------------------------------------------------
 // Starting
 
 async function send(message: EvacuationMessage, delaySeconds = 0): Promise<void> {
-  await sqs().send(
-    new SendMessageCommand({ QueueUrl: config().evacuationQueueUrl, MessageBody: JSON.stringify(message), DelaySeconds: Math.min(DELAY_SECONDS_MAX, Math.max(0, Math.ceil(delaySeconds))) }),
-  );
+  await workQueue().send(message, { delaySeconds: Math.min(DELAY_SECONDS_MAX, Math.max(0, Math.ceil(delaySeconds))) });
 }
 
 /** The message that continues a run from where the drive item says the scan is. */
@@ -145,12 +123,11 @@ async function handleScan(msg: Extract<EvacuationMessage, { type: 'evacuate-driv
   const batches: ListedChunk[][] = [];
   for (let i = 0; i < managed.length; i += MOVE_BATCH_CHUNKS) batches.push(managed.slice(i, i + MOVE_BATCH_CHUNKS));
   for (let i = 0; i < batches.length; i += 10) {
-    const entries = batches.slice(i, i + 10).map((b, j) => {
-      const m: EvacuationMessage = { type: 'move-chunks', driveId: d.driveId, run: e.run, chunks: b.map((c) => ({ key: c.key, sizeBytes: c.sizeBytes, lastModifiedMs: c.lastModifiedMs })) };
-      return { Id: String(j), MessageBody: JSON.stringify(m) };
-    });
-    const out = await sqs().send(new SendMessageBatchCommand({ QueueUrl: config().evacuationQueueUrl, Entries: entries }));
-    if ((out.Failed ?? []).length > 0) throw new EvacuationError(`could not queue ${out.Failed!.length} move batches for ${d.driveId}: ${out.Failed![0]!.Message}`);
+    const messages = batches.slice(i, i + 10).map(
+      (b): EvacuationMessage => ({ type: 'move-chunks', driveId: d.driveId, run: e.run, chunks: b.map((c) => ({ key: c.key, sizeBytes: c.sizeBytes, lastModifiedMs: c.lastModifiedMs })) }),
+    );
+    const failed = await workQueue().sendBatch(messages);
+    if (failed.length > 0) throw new EvacuationError(`could not queue ${failed.length} move batches for ${d.driveId}: ${failed[0]!.message}`);
   }
   const listed = { chunks: managed.length, bytes: managed.reduce((n, c) => n + c.sizeBytes, 0), unmanaged };
   const advanced = await advanceScan(d.driveId, e.run, e.step, page.next ?? END_OF_DRIVE, listed, e.pass === 1);

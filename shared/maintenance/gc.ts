@@ -3,8 +3,6 @@
  * GC never deletes a segment that any page-map entry references: it asserts so before the
  * delete against the only pages that can refer to the segment, and checks them again after.
  */
-import { SendMessageBatchCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
-import { sqs } from '../aws/clients.ts';
 import { config } from '../core/config.ts';
 import { FencedError, InvariantError, invariant } from '../core/errors.ts';
 import { DEFAULT_COMPACTION_POLICY, groupForCommits, liveness, pagesTouched, planCompaction, spaceRatio, type LiveExtent, type SegmentUsage } from './liveness.ts';
@@ -18,7 +16,8 @@ import { parseChunkKey, type ChunkLocation, type ListedChunk } from '../data/sle
 import { MAX_IO_BYTES } from '../data/volume-rules.ts';
 import { completeWrite, prepareWrite, type WritePiece } from '../data/write.ts';
 import { forgetSegment } from '../data/read.ts';
-import { chunkStore } from '../ports.ts';
+import { chunkStore, workQueue } from '../ports.ts';
+import type { GcMessage } from '../core/work-messages.ts';
 
 // ---------------------------------------------------------------------------------------
 // Retention: what other features still need (snapshots, checkpoints)
@@ -81,8 +80,6 @@ export function checkpointRetention(v: Pick<VolumeRecord, 'checkpoint'>): Segmen
 // ---------------------------------------------------------------------------------------
 // Messages
 
-export type GcMessage = { type: 'gc-volume'; volumeId: string } | { type: 'gc-sweep'; startAfter?: string };
-
 /** Dead segments deleted per message; orphans deleted per message. */
 export const DELETE_SEGMENTS_MAX = 200;
 export const DELETE_ORPHANS_MAX = 1000;
@@ -93,7 +90,7 @@ const TAIL_GUESS_BYTES = 64 * 1024;
 /** Queues GC of a volume. */
 export async function queueGc(volumeId: string): Promise<void> {
   const m: GcMessage = { type: 'gc-volume', volumeId };
-  await sqs().send(new SendMessageCommand({ QueueUrl: config().gcQueueUrl, MessageBody: JSON.stringify(m) }));
+  await workQueue().send(m);
 }
 
 /** What one GC pass did. */
@@ -394,12 +391,11 @@ export async function sweep(startAfter?: string): Promise<{ queued: number; next
   const page = await listVolumes(SWEEP_PAGE_VOLUMES, startAfter);
   const active = page.volumes.filter((v) => v.state === 'active');
   for (let i = 0; i < active.length; i += 10) {
-    const entries = active.slice(i, i + 10).map((v, j) => ({ Id: String(j), MessageBody: JSON.stringify({ type: 'gc-volume', volumeId: v.volumeId } satisfies GcMessage) }));
-    await sqs().send(new SendMessageBatchCommand({ QueueUrl: config().gcQueueUrl, Entries: entries }));
+    await workQueue().sendBatch(active.slice(i, i + 10).map((v): GcMessage => ({ type: 'gc-volume', volumeId: v.volumeId })));
   }
   if (page.next) {
     const m: GcMessage = { type: 'gc-sweep', startAfter: page.next };
-    await sqs().send(new SendMessageCommand({ QueueUrl: config().gcQueueUrl, MessageBody: JSON.stringify(m) }));
+    await workQueue().send(m);
   }
   return page.next ? { queued: active.length, next: page.next } : { queued: active.length };
 }

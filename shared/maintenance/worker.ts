@@ -3,46 +3,19 @@
  * per record (`batchItemFailures`), so one poison message does not redeliver a whole batch;
  * after the queue's maxReceiveCount it moves to the dead-letter queue.
  *
- * One worker serves every work queue; the message's `type` says what to do. Every job is
- * idempotent (DESIGN.md, invariant 5).
+ * One worker serves every work queue; the message's `type` says what to do. Bodies are parsed
+ * and validated into the one union of shared/core/work-messages.ts. Every job is idempotent
+ * (DESIGN.md, invariant 5).
  */
 import type { SQSBatchResponse, SQSEvent } from 'aws-lambda';
-import { parseCheckpointMessage, type CheckpointQueueMessage } from './checkpoint-messages.ts';
 import { rebuildPageMap } from './checkpoints/rebuild.ts';
 import { sweepCheckpoints, takeCheckpoint } from './checkpoints/take.ts';
 import { NotFoundError } from '../core/errors.ts';
-import { handleEvacuationMessage, parseEvacuationMessage, type EvacuationMessage } from './evacuation.ts';
-import { collectVolume, sweep, type GcMessage } from './gc.ts';
+import { parseWorkMessage, type WorkMessage } from '../core/work-messages.ts';
+import { handleEvacuationMessage } from './evacuation.ts';
+import { collectVolume, sweep } from './gc.ts';
 import { sweepLeases } from '../control/heads.ts';
 import { reclaimVolume } from '../control/volumes.ts';
-
-type ReclaimMessage = { type: 'reclaim-volume'; volumeId: string };
-export type WorkMessage = ReclaimMessage | { type: 'sweep-leases' } | CheckpointQueueMessage | GcMessage | EvacuationMessage;
-
-/** A message body that is not a work message: it goes to the dead-letter queue, where it stays visible. */
-export class UnknownWorkMessageError extends Error {
-  override name = 'UnknownWorkMessageError';
-}
-
-export function parseWorkMessage(body: string): WorkMessage {
-  let msg: unknown;
-  try {
-    msg = JSON.parse(body);
-  } catch (err) {
-    throw new UnknownWorkMessageError(`work message is not JSON: ${body.slice(0, 200)}`, { cause: err });
-  }
-  if (typeof msg !== 'object' || msg === null) throw new UnknownWorkMessageError(`work message is not an object: ${body.slice(0, 200)}`);
-  const m = msg as Record<string, unknown>;
-  if (m.type === 'reclaim-volume' && typeof m.volumeId === 'string') return { type: 'reclaim-volume', volumeId: m.volumeId };
-  if (m.type === 'gc-volume' && typeof m.volumeId === 'string') return m as unknown as GcMessage;
-  if (m.type === 'gc-sweep' && (m.startAfter === undefined || typeof m.startAfter === 'string')) return m as unknown as GcMessage;
-  const evacuation = parseEvacuationMessage(m);
-  if (evacuation) return evacuation;
-  if (m.type === 'sweep-leases') return { type: 'sweep-leases' };
-  const checkpoint = parseCheckpointMessage(msg);
-  if (checkpoint) return checkpoint;
-  throw new UnknownWorkMessageError(`unknown work message: ${body.slice(0, 200)}`);
-}
 
 /** Runs one work message; returns what was done, for the log. */
 async function run(msg: WorkMessage): Promise<Record<string, unknown>> {
@@ -68,7 +41,9 @@ async function run(msg: WorkMessage): Promise<Record<string, unknown>> {
       return { msg: 'gc', volumeId: msg.volumeId, result: await collectVolume(msg.volumeId) };
     case 'gc-sweep':
       return { msg: 'gc sweep', result: await sweep(msg.startAfter) };
-    default:
+    case 'evacuate-drive':
+    case 'move-chunks':
+    case 'finish-pass':
       return { msg: `work done: ${msg.type}`, result: await handleEvacuationMessage(msg) };
   }
 }

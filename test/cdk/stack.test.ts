@@ -7,8 +7,7 @@ import { App, Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import type { CfnElement } from 'aws-cdk-lib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseCheckpointMessage } from '#shared/maintenance/checkpoint-messages.ts';
-import { parseWorkMessage } from '#shared/maintenance/worker.ts';
+import { parseCheckpointMessage, parseWorkMessage } from '#shared/core/work-messages.ts';
 import { ENV } from '#shared/core/config.ts';
 import { CONSTRUCT_IDS, MAX_RECEIVE_COUNT, cdkJsonContext, SledgeStack, type SledgeStackProps } from '../../cdk/stack.ts';
 

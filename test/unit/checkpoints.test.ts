@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseCheckpointMessage, BadCheckpointMessageError } from '#shared/maintenance/checkpoint-messages.ts';
+import { parseCheckpointMessage, BadCheckpointMessageError, parseWorkMessage, UnknownWorkMessageError } from '#shared/core/work-messages.ts';
 import { CHECKPOINT_FOOTER_MAGIC, ChainBrokenError, CheckpointFormatError, checkpointIdSeq, decodeCheckpointPayload, encodeCheckpointPayload, formatPlacement, newCheckpointId, parsePlacement, samePage } from '#shared/maintenance/checkpoints/format.ts';
 import { orderChain, planRetention, replaySegment, touchedPages, type CheckpointSet } from '#shared/maintenance/checkpoints/chain.ts';
 import { parseMode } from '#shared/maintenance/checkpoints/take.ts';
@@ -7,7 +7,6 @@ import { decodePage, encodePage, overlay, splitByPage } from '#shared/data/exten
 import type { StoredPage } from '#shared/core/records.ts';
 import { decodeTrailer, encodeTrailer, parseTrailer, type DescriptorExtent } from '#shared/data/segments.ts';
 import { placeChunks } from '#shared/data/sleds.ts';
-import { parseWorkMessage, UnknownWorkMessageError } from '#shared/maintenance/worker.ts';
 import { seeded } from './seed.ts';
 
 const PAGE_BLOCKS = 256;

@@ -1,0 +1,171 @@
+/**
+ * Every message of the work queues, as one typed union, and the one place that parses and
+ * validates a message body. Senders build these objects; the work-queue port (shared/ports.ts)
+ * puts each on the queue its type belongs to; the worker (shared/maintenance/worker.ts)
+ * dispatches on the parsed union. Every job is idempotent: a message may arrive twice, late,
+ * or out of order.
+ */
+
+// ---------------------------------------------------------------------------------------
+// The GC queue
+
+/** Reclaim a deleted volume's chunks and items. */
+export interface ReclaimVolumeMessage {
+  type: 'reclaim-volume';
+  volumeId: string;
+}
+
+/** Promote a reserve of every volume whose primary's lease lapsed (docs/reservations.md). */
+export interface SweepLeasesMessage {
+  type: 'sweep-leases';
+}
+
+/** GC of one volume, or one step of the sweep over all of them (docs/evacuation.md, section 6). */
+export type GcMessage = { type: 'gc-volume'; volumeId: string } | { type: 'gc-sweep'; startAfter?: string };
+
+// ---------------------------------------------------------------------------------------
+// The evacuation queue (docs/evacuation.md, section 3)
+
+/** Chunks per move-chunks message. */
+export const MOVE_BATCH_CHUNKS = 16;
+
+export type EvacuationMessage =
+  | { type: 'evacuate-drive'; driveId: string; run: string; step: number; cursor: string }
+  | { type: 'move-chunks'; driveId: string; run: string; chunks: Array<{ key: string; sizeBytes: number; lastModifiedMs: number }> }
+  | { type: 'finish-pass'; driveId: string; run: string; pass: number; step: number };
+
+// ---------------------------------------------------------------------------------------
+// The checkpoint queue (docs/checkpoints.md)
+
+/** Checkpoint `volumeId` unless its latest checkpoint is already at `requestedAtSeq` or later. */
+export interface CheckpointVolumeMessage {
+  type: 'checkpoint-volume';
+  volumeId: string;
+  /** The head when the checkpoint was asked for; absent means "the head when it runs". */
+  requestedAtSeq?: number;
+}
+
+/** Ask for a checkpoint of every volume with commits since its latest, 100 volumes a message. */
+export interface CheckpointSweepMessage {
+  type: 'checkpoint-sweep';
+  /** Continue the scan of the Volumes table after this volume id. */
+  startAfter?: string;
+}
+
+/** Rebuild a volume's page map (queued for volumes too large for one API request). */
+export interface RebuildVolumeMessage {
+  type: 'rebuild-volume';
+  volumeId: string;
+}
+
+export type CheckpointQueueMessage = CheckpointVolumeMessage | CheckpointSweepMessage | RebuildVolumeMessage;
+
+// ---------------------------------------------------------------------------------------
+// The union and its queues
+
+export type WorkMessage = ReclaimVolumeMessage | SweepLeasesMessage | GcMessage | EvacuationMessage | CheckpointQueueMessage;
+
+export const WORK_QUEUE_NAMES = ['gc', 'evacuation', 'checkpoint'] as const;
+export type WorkQueueName = (typeof WORK_QUEUE_NAMES)[number];
+
+/** The queue each message type is sent to. */
+export function queueOf(message: WorkMessage): WorkQueueName {
+  switch (message.type) {
+    case 'reclaim-volume':
+    case 'sweep-leases':
+    case 'gc-volume':
+    case 'gc-sweep':
+      return 'gc';
+    case 'evacuate-drive':
+    case 'move-chunks':
+    case 'finish-pass':
+      return 'evacuation';
+    case 'checkpoint-volume':
+    case 'checkpoint-sweep':
+    case 'rebuild-volume':
+      return 'checkpoint';
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Parsing and validation
+
+/** A message body that is not a work message: it goes to the dead-letter queue, where it stays visible. */
+export class UnknownWorkMessageError extends Error {
+  override name = 'UnknownWorkMessageError';
+}
+
+/** Raised for a message body that is not one of the checkpoint queue's messages. */
+export class BadCheckpointMessageError extends Error {
+  override name = 'BadCheckpointMessageError';
+}
+
+/** Parses and validates a work message body. Throws UnknownWorkMessageError (or BadCheckpointMessageError) otherwise. */
+export function parseWorkMessage(body: string): WorkMessage {
+  let msg: unknown;
+  try {
+    msg = JSON.parse(body);
+  } catch (err) {
+    throw new UnknownWorkMessageError(`work message is not JSON: ${body.slice(0, 200)}`, { cause: err });
+  }
+  if (typeof msg !== 'object' || msg === null) throw new UnknownWorkMessageError(`work message is not an object: ${body.slice(0, 200)}`);
+  const m = msg as Record<string, unknown>;
+  if (m.type === 'reclaim-volume' && typeof m.volumeId === 'string') return { type: 'reclaim-volume', volumeId: m.volumeId };
+  if (m.type === 'gc-volume' && typeof m.volumeId === 'string') return { type: 'gc-volume', volumeId: m.volumeId };
+  if (m.type === 'gc-sweep' && (m.startAfter === undefined || typeof m.startAfter === 'string')) {
+    return m.startAfter === undefined ? { type: 'gc-sweep' } : { type: 'gc-sweep', startAfter: m.startAfter };
+  }
+  const evacuation = parseEvacuationMessage(m);
+  if (evacuation) return evacuation;
+  if (m.type === 'sweep-leases') return { type: 'sweep-leases' };
+  const checkpoint = parseCheckpointMessage(msg);
+  if (checkpoint) return checkpoint;
+  throw new UnknownWorkMessageError(`unknown work message: ${body.slice(0, 200)}`);
+}
+
+/** Parses an evacuation message, or returns null if the body is some other kind of work. */
+export function parseEvacuationMessage(msg: Record<string, unknown>): EvacuationMessage | null {
+  const str = (v: unknown): v is string => typeof v === 'string' && v.length > 0;
+  const int = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+  const { driveId, run } = msg;
+  if (!str(driveId) || !str(run)) return null;
+  if (msg.type === 'evacuate-drive' && int(msg.step) && typeof msg.cursor === 'string') return { type: 'evacuate-drive', driveId, run, step: msg.step, cursor: msg.cursor };
+  if (msg.type === 'finish-pass' && int(msg.pass) && int(msg.step)) return { type: 'finish-pass', driveId, run, pass: msg.pass, step: msg.step };
+  if (msg.type === 'move-chunks' && Array.isArray(msg.chunks) && msg.chunks.length <= MOVE_BATCH_CHUNKS) {
+    const chunks: Array<{ key: string; sizeBytes: number; lastModifiedMs: number }> = [];
+    for (const c of msg.chunks as unknown[]) {
+      if (typeof c !== 'object' || c === null) return null;
+      const { key, sizeBytes, lastModifiedMs } = c as Record<string, unknown>;
+      if (!str(key)) return null;
+      // Counters only: carried as sent (the scan that sends them sets both).
+      chunks.push({ key, sizeBytes: sizeBytes as number, lastModifiedMs: lastModifiedMs as number });
+    }
+    return { type: 'move-chunks', driveId, run, chunks };
+  }
+  return null;
+}
+
+const isVolumeId = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= 128;
+
+/** Parses a checkpoint-queue message body, or returns null if its `type` is not one of them. */
+export function parseCheckpointMessage(body: unknown): CheckpointQueueMessage | null {
+  if (typeof body !== 'object' || body === null) return null;
+  const msg = body as Record<string, unknown>;
+  switch (msg.type) {
+    case 'checkpoint-volume': {
+      const seq = msg.requestedAtSeq;
+      if (!isVolumeId(msg.volumeId) || (seq !== undefined && !(Number.isSafeInteger(seq) && (seq as number) >= 0))) {
+        throw new BadCheckpointMessageError(`checkpoint-volume needs a volumeId and an optional non-negative integer requestedAtSeq: ${JSON.stringify(msg).slice(0, 200)}`);
+      }
+      return seq === undefined ? { type: msg.type, volumeId: msg.volumeId } : { type: msg.type, volumeId: msg.volumeId, requestedAtSeq: seq as number };
+    }
+    case 'checkpoint-sweep':
+      if (msg.startAfter !== undefined && !isVolumeId(msg.startAfter)) throw new BadCheckpointMessageError(`checkpoint-sweep startAfter must be a volume id`);
+      return msg.startAfter === undefined ? { type: msg.type } : { type: msg.type, startAfter: msg.startAfter as string };
+    case 'rebuild-volume':
+      if (!isVolumeId(msg.volumeId)) throw new BadCheckpointMessageError('rebuild-volume needs a volumeId');
+      return { type: msg.type, volumeId: msg.volumeId };
+    default:
+      return null;
+  }
+}
