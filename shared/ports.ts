@@ -4,10 +4,16 @@
  * returns a function that restores the previous binding.
  */
 import { s3ChunkStore } from './aws/chunk-store.ts';
+import { dynamoPageMap } from './aws/pagemap/index.ts';
 import { sqsWorkQueue } from './aws/work-queue.ts';
-import type { ChunkStore, Ports, WorkQueue } from './core/ports.ts';
+import type { ChunkStore, PageMapStore, Ports, WorkQueue } from './core/ports.ts';
 
-const bound: Ports = { chunks: s3ChunkStore, queue: sqsWorkQueue };
+const bound: Ports = { pageMap: dynamoPageMap, chunks: s3ChunkStore, queue: sqsWorkQueue };
+
+/** The page map (DynamoDB). */
+export function pageMap(): PageMapStore {
+  return bound.pageMap;
+}
 
 /** The chunk store (S3 sleds). */
 export function chunkStore(): ChunkStore {

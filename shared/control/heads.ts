@@ -4,14 +4,13 @@
  * so promotion is a preempt and the old primary is fenced by the commit condition itself.
  */
 import { ConflictError, FencedError, InvalidInputError, UnavailableError } from '../core/errors.ts';
-import { getVolume, listVolumes, storeReservations, updateVolumeIf } from '../aws/pagemap/volumes.ts';
-import { headsToAttribute } from '../aws/pagemap/items.ts';
 import { sleep } from '../core/async.ts';
 import { type HeadDesignation, type VolumeRecord } from '../core/records.ts';
 import { apply, checkKey, type ReservationState } from './reservations.ts';
 import { startDump, type DumpHandle } from './dumps.ts';
 import { inflightWrites } from '../data/write.ts';
 import { requireActive } from '../data/volume-rules.ts';
+import { pageMap } from '../ports.ts';
 
 export const DEFAULT_LEASE_DURATION_MS = 10_000;
 const MIN_RESERVES = 2;
@@ -45,7 +44,7 @@ export function headsView(v: VolumeRecord, nowMs = Date.now()): HeadsView {
 }
 
 async function active(volumeId: string): Promise<VolumeRecord> {
-  return requireActive(await getVolume(volumeId), volumeId);
+  return requireActive(await pageMap().getVolume(volumeId), volumeId);
 }
 
 function headName(value: unknown, field: string): string {
@@ -79,7 +78,7 @@ export async function designateHeads(volumeId: string, body: Record<string, unkn
     for (const name of [primary, ...reserves]) r = apply(volumeId, r, { action: 'register', key: headKey(name) });
     r = apply(volumeId, r, { action: 'reserve', key: headKey(primary), type: 'write-exclusive' });
     const heads: HeadDesignation = { primary, reserves, leaseDurationMs, leaseExpiresAtMs: Date.now() + leaseDurationMs };
-    if (await storeReservations(volumeId, v.reservations.generation, r, { set: { heads: headsToAttribute(heads) } })) {
+    if (await pageMap().storeReservations(volumeId, v.reservations.generation, r, { heads })) {
       return headsView({ ...v, reservations: r, heads });
     }
   }
@@ -94,18 +93,8 @@ export async function renewLease(volumeId: string, body: Record<string, unknown>
   const gen = v.reservations.registrants[headKey(head)];
   if (v.heads.primary !== head || gen === undefined) throw new FencedError(`head ${head} is not the primary of volume ${volumeId} (the primary is ${v.heads.primary})`);
   const heads = { ...v.heads, leaseExpiresAtMs: Date.now() + v.heads.leaseDurationMs };
-  const out = await updateVolumeIf(
-    volumeId,
-    { heads: headsToAttribute(heads) },
-    {
-      parts: [
-        '#heads.#primary = :head', // still the primary
-        'registrants.#key = :gen', // by the same registration (not preempted since we read)
-      ],
-      names: { '#key': headKey(head), '#heads': 'heads', '#primary': 'primary' },
-      values: { ':head': { S: head }, ':gen': { N: String(gen) } },
-    },
-  );
+  // Only while still the primary, by the same registration (not preempted since we read).
+  const out = await pageMap().renewLease(volumeId, heads, { head, key: headKey(head), keyGeneration: gen });
   if (!out.ok) throw new FencedError(`head ${head} lost the primary role of volume ${volumeId} while renewing (primary now ${out.current?.heads?.primary ?? 'none'})`);
   return headsView({ ...v, heads });
 }
@@ -136,14 +125,10 @@ export async function promote(volumeId: string, body: Record<string, unknown>): 
     }
     if (!r.reservation) r = apply(volumeId, r, { action: 'reserve', key: headKey(head), type: 'write-exclusive' });
     const heads: HeadDesignation = { ...h, primary: head, reserves: h.reserves.filter((x) => x !== head), leaseExpiresAtMs: now + h.leaseDurationMs };
-    const stored = await storeReservations(volumeId, v.reservations.generation, r, {
-      set: { heads: headsToAttribute(heads) },
-      condition: {
-        // The primary we preempt is the one we read, and (unless forced) its lease has lapsed.
-        expression: force ? '#heads.#primary = :oldPrimary' : '#heads.#primary = :oldPrimary AND #heads.#lease < :nowMs',
-        names: { '#heads': 'heads', '#primary': 'primary', ...(force ? {} : { '#lease': 'leaseExpiresAtMs' }) },
-        values: { ':oldPrimary': { S: h.primary }, ...(force ? {} : { ':nowMs': { N: String(now) } }) },
-      },
+    const stored = await pageMap().storeReservations(volumeId, v.reservations.generation, r, {
+      heads,
+      // The primary we preempt is the one we read, and (unless forced) its lease has lapsed.
+      primaryWas: force ? { head: h.primary } : { head: h.primary, leaseLapsedBeforeMs: now },
     });
     if (stored) return headsView({ ...v, reservations: r, heads });
   }
@@ -160,7 +145,7 @@ export async function joinAsReserve(volumeId: string, body: Record<string, unkno
     if (v.heads.primary === head) throw new ConflictError(`head ${head} is already the primary of volume ${volumeId}`);
     const r = apply(volumeId, v.reservations, { action: 'register', key: headKey(head) });
     const heads = { ...v.heads, reserves: v.heads.reserves.includes(head) ? v.heads.reserves : [...v.heads.reserves, head] };
-    if (await storeReservations(volumeId, v.reservations.generation, r, { set: { heads: headsToAttribute(heads) } })) return headsView({ ...v, reservations: r, heads });
+    if (await pageMap().storeReservations(volumeId, v.reservations.generation, r, { heads })) return headsView({ ...v, reservations: r, heads });
   }
   throw new UnavailableError(`heads of volume ${volumeId} kept changing; retry`);
 }
@@ -212,7 +197,7 @@ export async function sweepLeases(nowMs = Date.now()): Promise<{ checked: number
   let checked = 0;
   let next: string | undefined;
   for (let page = 0; page < SWEEP_PAGE_MAX; page++) {
-    const batch = await listVolumes(100, next);
+    const batch = await pageMap().listVolumes(100, next);
     for (const v of batch.volumes) {
       checked++;
       const h = v.heads;

@@ -3,10 +3,10 @@
  * under the `resGen` condition, re-reading and retrying when it moved.
  */
 import { UnavailableError } from '../core/errors.ts';
-import { storeReservations, getVolume } from '../aws/pagemap/volumes.ts';
 import { sleep } from '../core/async.ts';
 import { apply, parseCommand, type ReservationState } from './reservations.ts';
 import { requireActive } from '../data/volume-rules.ts';
+import { pageMap } from '../ports.ts';
 
 export interface ReservationView {
   volumeId: string;
@@ -27,7 +27,7 @@ export function reservationView(volumeId: string, r: ReservationState): Reservat
 }
 
 export async function describeReservations(volumeId: string): Promise<ReservationView> {
-  const v = requireActive(await getVolume(volumeId), volumeId);
+  const v = requireActive(await pageMap().getVolume(volumeId), volumeId);
   return reservationView(volumeId, v.reservations);
 }
 
@@ -41,10 +41,10 @@ export async function reservationCommand(volumeId: string, body: Record<string, 
   const cmd = parseCommand(body);
   for (let attempt = 0; attempt < RESERVATION_ATTEMPT_MAX; attempt++) {
     if (attempt > 0) await sleep(Math.random() * 20 * 2 ** attempt);
-    const v = requireActive(await getVolume(volumeId), volumeId);
+    const v = requireActive(await pageMap().getVolume(volumeId), volumeId);
     const next = apply(volumeId, v.reservations, cmd);
     if (next === v.reservations) return reservationView(volumeId, next);
-    if (await storeReservations(volumeId, v.reservations.generation, next)) return reservationView(volumeId, next);
+    if (await pageMap().storeReservations(volumeId, v.reservations.generation, next)) return reservationView(volumeId, next);
   }
   throw new UnavailableError(`reservations of volume ${volumeId} kept changing under ${RESERVATION_ATTEMPT_MAX} attempts; retry`);
 }

@@ -7,15 +7,13 @@ import { DEFAULT_CHECKPOINT_EVERY_COMMITS } from '../maintenance/checkpoint-mess
 import { config } from '../core/config.ts';
 import { InvalidInputError, NotFoundError, invariant } from '../core/errors.ts';
 import { segmentRef, type VolumeRecord } from '../core/records.ts';
-import { deleteVolumeItem, getVolume, growVolume, listVolumes, markDeleting, putNewVolume } from '../aws/pagemap/volumes.ts';
-import { deleteItems, listPages, listSegmentRecords } from '../aws/pagemap/pages.ts';
-import { pageKey, segmentKey } from '../aws/pagemap/items.ts';
 import { EMPTY_RESERVATIONS } from './reservations.ts';
 import { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_DATA_CHUNKS, DEFAULT_PARITY_CHUNKS, MAX_VOLUME_BYTES, PAGE_BLOCKS, checkAligned, integerField, requireActive } from '../data/volume-rules.ts';
 import { forEachLimited } from '../core/async.ts';
 import { forgetSegment } from '../data/read.ts';
 import { chunkStore, workQueue } from '../ports.ts';
 import type { ReclaimVolumeMessage } from '../core/work-messages.ts';
+import { pageMap } from '../ports.ts';
 
 /** What the API shows of a volume. */
 export interface VolumeView {
@@ -119,12 +117,12 @@ export async function createVolume(input: CreateVolumeInput): Promise<VolumeView
     checkpointEveryCommits,
   };
   if (name !== undefined) record.name = name;
-  await putNewVolume(record);
+  await pageMap().putNewVolume(record);
   return view(record);
 }
 
 export async function describeVolume(volumeId: string): Promise<VolumeView> {
-  const v = await getVolume(volumeId);
+  const v = await pageMap().getVolume(volumeId);
   if (!v) throw new NotFoundError(`volume ${volumeId} does not exist`);
   return view(v);
 }
@@ -132,7 +130,7 @@ export async function describeVolume(volumeId: string): Promise<VolumeView> {
 export async function listVolumeViews(limitParam: string | undefined, next: string | undefined): Promise<{ volumes: VolumeView[]; next?: string }> {
   const limit = limitParam === undefined ? 100 : Number(limitParam);
   if (!Number.isSafeInteger(limit) || limit < 1 || limit > 1000) throw new InvalidInputError(`limit must be an integer from 1 to 1000, got ${limitParam}`);
-  const page = await listVolumes(limit, next);
+  const page = await pageMap().listVolumes(limit, next);
   return page.next ? { volumes: page.volumes.map(view), next: page.next } : { volumes: page.volumes.map(view) };
 }
 
@@ -142,10 +140,10 @@ export async function resizeVolume(volumeId: string, body: unknown): Promise<Vol
   const extra = Object.keys(body).filter((k) => k !== 'sizeBytes');
   if (extra.length > 0) throw new InvalidInputError(`only sizeBytes can be changed, not ${extra.join(', ')}`);
   const sizeBytes = integerField((body as { sizeBytes?: unknown }).sizeBytes, 'sizeBytes');
-  const v = requireActive(await getVolume(volumeId), volumeId);
+  const v = requireActive(await pageMap().getVolume(volumeId), volumeId);
   if (sizeBytes > MAX_VOLUME_BYTES) throw new InvalidInputError(`sizeBytes must be at most ${MAX_VOLUME_BYTES}`);
   checkAligned(sizeBytes, v.blockSizeBytes, 'sizeBytes');
-  return view(await growVolume(volumeId, sizeBytes));
+  return view(await pageMap().growVolume(volumeId, sizeBytes));
 }
 
 function deletedView(volumeId: string): VolumeView {
@@ -158,10 +156,10 @@ function deletedView(volumeId: string): VolumeView {
  * items. Deleting a volume that is already being deleted queues the job again (harmless).
  */
 export async function deleteVolume(volumeId: string): Promise<VolumeView> {
-  await markDeleting(volumeId);
+  await pageMap().markDeleting(volumeId);
   const message: ReclaimVolumeMessage = { type: 'reclaim-volume', volumeId };
   await workQueue().send(message);
-  const v = await getVolume(volumeId);
+  const v = await pageMap().getVolume(volumeId);
   // A reclaim that already finished leaves no item: report the volume as deleted.
   return v ? view(v) : { ...deletedView(volumeId) };
 }
@@ -176,19 +174,19 @@ export async function deleteVolume(volumeId: string): Promise<VolumeView> {
  * that committed before put its copy on a sled before the listing below began.
  */
 export async function reclaimVolume(volumeId: string): Promise<{ chunksDeleted: number; pagesDeleted: number; segmentsDeleted: number }> {
-  const v = await getVolume(volumeId);
+  const v = await pageMap().getVolume(volumeId);
   if (!v) return { chunksDeleted: 0, pagesDeleted: 0, segmentsDeleted: 0 };
   invariant(v.state === 'deleting', `refusing to reclaim volume ${volumeId} in state ${v.state}`);
-  const segKeys: ReturnType<typeof segmentKey>[] = [];
-  for await (const s of listSegmentRecords(volumeId)) {
-    segKeys.push(segmentKey(volumeId, s.segmentId));
+  const segmentIds: string[] = [];
+  for await (const s of pageMap().listSegmentRecords(volumeId)) {
+    segmentIds.push(s.segmentId);
     forgetSegment(segmentRef(volumeId, s.segmentId));
   }
-  await deleteItems('segments', segKeys);
+  await pageMap().deleteSegmentRecords(volumeId, segmentIds);
   const chunksDeleted = await forEachLimited(chunkStore().listVolumeChunks(volumeId, config().sledBuckets), 16, chunkStore().deleteChunk);
-  const pageKeys: ReturnType<typeof pageKey>[] = [];
-  for await (const p of listPages(v)) pageKeys.push(pageKey(volumeId, p.page));
-  await deleteItems('pages', pageKeys);
-  await deleteVolumeItem(volumeId);
-  return { chunksDeleted, pagesDeleted: pageKeys.length, segmentsDeleted: segKeys.length };
+  const pages: number[] = [];
+  for await (const p of pageMap().listPages(v)) pages.push(p.page);
+  await pageMap().deletePages(volumeId, pages);
+  await pageMap().deleteVolumeItem(volumeId);
+  return { chunksDeleted, pagesDeleted: pages.length, segmentsDeleted: segmentIds.length };
 }

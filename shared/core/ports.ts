@@ -4,6 +4,18 @@
  * SDK command itself. Each method says what it guarantees, not how the service is asked.
  */
 import type { ChunkLocation, ListedChunk, VolumeChunk } from '../data/sleds.ts';
+import type { ReservationState } from '../control/reservations.ts';
+import type {
+  CheckpointPointer,
+  CommitWriter,
+  HeadDesignation,
+  MoveOutcome,
+  PageChange,
+  PageRecord,
+  SegmentRecord,
+  StoredPage,
+  VolumeRecord,
+} from './records.ts';
 import type { WorkMessage } from './work-messages.ts';
 
 /** Chunk objects (and other objects, such as dumps) on the sleds. A missing object reads as null. */
@@ -69,8 +81,73 @@ export interface WorkQueue {
   delete(queueUrl: string, message: QueuedMessage): Promise<void>;
 }
 
+/**
+ * The page map (docs/page-map.md): volume items, page items and segment records. Every read is
+ * consistent. Conditional writes report a refusal as a result (false, null, a refusal object)
+ * or as the domain error the doc names; any other error leaves the outcome unknown.
+ */
+export interface PageMapStore {
+  // Volume items
+  getVolume(volumeId: string): Promise<VolumeRecord | null>;
+  /** Like getVolume, but a missing volume is a NotFoundError. */
+  requireVolume(volumeId: string): Promise<VolumeRecord>;
+  /** Creates the item; refused if the id exists. */
+  putNewVolume(v: VolumeRecord): Promise<void>;
+  /** One page of the volume list; `next` continues it. */
+  listVolumes(limit: number, startAfter?: string): Promise<{ volumes: VolumeRecord[]; next?: string }>;
+  /** Grows an active volume (never shrinks it): NotFoundError or ConflictError otherwise. */
+  growVolume(volumeId: string, sizeBytes: number): Promise<VolumeRecord>;
+  /** Marks an active volume as being deleted; false if it already was. */
+  markDeleting(volumeId: string): Promise<boolean>;
+  deleteVolumeItem(volumeId: string): Promise<void>;
+  /** Stores reservations computed from generation `expected` (and heads, when given); false if they changed since. */
+  storeReservations(volumeId: string, expected: number, next: ReservationState, change?: { heads: HeadDesignation; primaryWas?: { head: string; leaseLapsedBeforeMs?: number } }): Promise<boolean>;
+  /** Extends the primary's lease while it is still the primary by the same registration. */
+  renewLease(volumeId: string, heads: HeadDesignation, primary: { head: string; key: string; keyGeneration: number }): Promise<{ ok: true } | { ok: false; current: VolumeRecord | null }>;
+  /** Records a newer checkpoint pointer; `recorded` is false when the recorded one is as new or newer. */
+  recordCheckpoint(volumeId: string, pointer: CheckpointPointer): Promise<{ recorded: boolean; current: VolumeRecord | null }>;
+  /** Raises the checkpoint floor to `seq` (never lowers it). */
+  raiseCheckpointFloor(volumeId: string, seq: number): Promise<void>;
+  /** Fences a volume for a rebuild under `token` (taking over a rebuild in progress). */
+  fenceForRebuild(volumeId: string, token: string): Promise<{ volume: VolumeRecord; tookOver: boolean }>;
+  /** Lifts the rebuild fence held under `token`; false if another rebuild took it over. */
+  unfenceAfterRebuild(volumeId: string, token: string): Promise<boolean>;
+
+  // Pages and segment records
+  /** The volume item and the stored pages among `pages`, in one request. */
+  getVolumeWithPages(geometry: Pick<VolumeRecord, 'volumeId' | 'pageBlocks'>, pages: readonly number[]): Promise<{ volume: VolumeRecord | null; pages: Map<number, PageRecord> }>;
+  getPages(volume: Pick<VolumeRecord, 'volumeId' | 'pageBlocks'>, pages: readonly number[]): Promise<Map<number, PageRecord>>;
+  /** Every page of a volume, in page order. */
+  listPages(volume: VolumeRecord): AsyncGenerator<PageRecord>;
+  /** Every page item of a volume in stored form, in page order. */
+  listStoredPages(volumeId: string): AsyncGenerator<StoredPage>;
+  getStoredPages(volumeId: string, pages: readonly number[]): Promise<Map<number, StoredPage>>;
+  deletePages(volumeId: string, pages: readonly number[]): Promise<void>;
+  /** Segment records by reference (`<volumeId>/<segmentId>`). */
+  getSegmentRecords(refs: readonly string[]): Promise<Map<string, SegmentRecord>>;
+  getSegmentRecord(volumeId: string, segmentId: string): Promise<SegmentRecord | null>;
+  /** Every segment record of a volume, in sequence order. */
+  listSegmentRecords(volumeId: string): AsyncGenerator<SegmentRecord>;
+  /** Committed segment records with `afterSeq < seq <= uptoSeq`, in sequence order. */
+  listSegmentRecordsBetween(volumeId: string, afterSeq: number, uptoSeq: number): Promise<SegmentRecord[]>;
+  /** Writes a record unless one exists; whether it wrote. */
+  putSegmentRecordIfAbsent(record: SegmentRecord): Promise<boolean>;
+  /** Deletes a record if its locations are still `locations`; the record as it is when they differ. */
+  deleteSegmentRecordIf(volumeId: string, segmentId: string, locations: readonly ChunkLocation[]): Promise<SegmentRecord | null>;
+  deleteSegmentRecords(volumeId: string, segmentIds: readonly string[]): Promise<void>;
+
+  // Transactions
+  /** The commit (docs/page-map.md, step 4); CommitRefusedError when a condition failed. */
+  commitSegment(volume: VolumeRecord, segment: SegmentRecord, changes: readonly PageChange[], writer?: CommitWriter, clientRequestToken?: string): Promise<void>;
+  /** Points a chunk of a segment at `to` if it is still at `from` and the target drive is active. */
+  moveChunkLocation(volumeId: string, segmentId: string, index: number, from: ChunkLocation, to: ChunkLocation, targetDriveId: string): Promise<MoveOutcome>;
+  /** Writes and deletes rebuilt pages while the rebuild fence is `token`'s (RebuildFenceLostError otherwise). */
+  writeRebuiltPages(volumeId: string, token: string, puts: readonly StoredPage[], deletes: readonly number[]): Promise<void>;
+}
+
 /** Every port, as bound in shared/ports.ts. */
 export interface Ports {
+  pageMap: PageMapStore;
   chunks: ChunkStore;
   queue: WorkQueue;
 }

@@ -6,11 +6,10 @@
 import { DataUnavailableError, FencedError } from '../core/errors.ts';
 import { clip, type Extent } from './extents.ts';
 import { type SegmentRecord, type VolumeRecord } from '../core/records.ts';
-import { getVolume } from '../aws/pagemap/volumes.ts';
-import { getPages, getSegmentRecord, getSegmentRecords, getVolumeWithPages } from '../aws/pagemap/pages.ts';
 import { readPayload, type PayloadRange, type ReadReport } from './segment-reader.ts';
 import { readRefusal } from '../control/reservations.ts';
 import { MAX_IO_BYTES, checkRange, requireActive } from './volume-rules.ts';
+import { pageMap } from '../ports.ts';
 
 /** The parts of a volume record that never change after creation. */
 type Geometry = Pick<VolumeRecord, 'volumeId' | 'blockSizeBytes' | 'pageBlocks'>;
@@ -58,7 +57,7 @@ async function segmentRecordsFor(refs: string[]): Promise<Map<string, SegmentRec
     else missing.push(ref);
   }
   if (missing.length > 0) {
-    const fetched = await getSegmentRecords(missing);
+    const fetched = await pageMap().getSegmentRecords(missing);
     for (const [ref, rec] of fetched) {
       out.set(ref, rec);
       rememberSegment(ref, rec);
@@ -93,8 +92,8 @@ export async function readData(
   const plausible = Number.isSafeInteger(offset) && offset >= 0 && length > 0 && length <= MAX_IO_BYTES;
   const together = known && plausible && offset % known.blockSizeBytes === 0 && length % known.blockSizeBytes === 0;
   // Anything implausible is refused below, after a volume read only.
-  const both = together ? await getVolumeWithPages(known, pageRange(known, offset, length)) : null;
-  const fresh = both ? both.volume : await getVolume(volumeId);
+  const both = together ? await pageMap().getVolumeWithPages(known, pageRange(known, offset, length)) : null;
+  const fresh = both ? both.volume : await pageMap().getVolume(volumeId);
   const early = both?.pages ?? null;
   const v = requireActive(fresh, volumeId);
   rememberGeometry(v);
@@ -105,7 +104,7 @@ export async function readData(
   const first = offset / bs;
   const end = first + length / bs;
   const pageNums = pageRange(v, offset, length);
-  const pages = early ?? (await getPages(v, pageNums));
+  const pages = early ?? (await pageMap().getPages(v, pageNums));
   const extents = pageNums.flatMap((p) => clip(pages.get(p)?.extents ?? [], first, end)).filter((e) => e.seg !== null);
 
   const out = Buffer.alloc(length);
@@ -157,7 +156,7 @@ async function readSegmentFollowingMoves(ref: string, rec: SegmentRecord, ranges
     return parts!;
   }
   segmentCache.delete(ref);
-  const fresh = await getSegmentRecord(rec.volumeId, rec.segmentId);
+  const fresh = await pageMap().getSegmentRecord(rec.volumeId, rec.segmentId);
   if (fresh) rememberSegment(ref, fresh);
   if (!fresh || sameLocations(fresh, rec)) {
     merge(first);

@@ -9,9 +9,6 @@ import { config } from '../core/config.ts';
 import { FencedError, InvalidInputError, NotFoundError, UnavailableError, invariant } from '../core/errors.ts';
 import { overlay, splitByPage, type Extent } from './extents.ts';
 import { CommitRefusedError, MAX_PAGES_PER_COMMIT, segmentRef, type CommitWriter, type PageChange, type PageRecord, type SegmentRecord, type VolumeRecord } from '../core/records.ts';
-import { getVolume } from '../aws/pagemap/volumes.ts';
-import { commitSegment } from '../aws/pagemap/transactions.ts';
-import { getPages, getSegmentRecord, getVolumeWithPages } from '../aws/pagemap/pages.ts';
 import { sleep } from '../core/async.ts';
 import { encodeSegment, newSegmentId, type WriterIdentity } from './segments.ts';
 import { writeRefusal } from '../control/reservations.ts';
@@ -22,6 +19,7 @@ import { HEAD_ID, MAX_IO_BYTES, checkRange, rebuildingError, requireActive } fro
 import { deleteChunksQuietly, uploadChunks } from './upload.ts';
 import { geometryCache, pageRange, rememberGeometry } from './read.ts';
 import { workQueue } from '../ports.ts';
+import { pageMap } from '../ports.ts';
 
 // ---------------------------------------------------------------------------------------
 // The data path
@@ -74,7 +72,7 @@ export async function writeData(volumeId: string, offset: number, data: Buffer, 
 
 /** Trims (zeroes) a range. Ranges over more pages than one commit holds become several commits. */
 export async function trimRange(volumeId: string, offset: number, length: number, writer: WriterIdentity = { id: HEAD_ID }): Promise<WriteResult> {
-  const v = requireActive(await getVolume(volumeId), volumeId);
+  const v = requireActive(await pageMap().getVolume(volumeId), volumeId);
   checkRange(v, offset, length, null);
   const span = MAX_PAGES_PER_COMMIT * v.pageBlocks * v.blockSizeBytes;
   let last: WriteResult | undefined;
@@ -101,7 +99,7 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
     for (let attempt = 0; attempt < COMMIT_ATTEMPT_MAX; attempt++) {
       if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
       const early = await readVolumeWithPages(volumeId, pieces);
-      const v = requireActive(early ? early.volume : await getVolume(volumeId), volumeId);
+      const v = requireActive(early ? early.volume : await pageMap().getVolume(volumeId), volumeId);
       rememberGeometry(v);
       const sorted = checkPieces(v, pieces);
       const prepared = await prepareWrite(v, sorted, writer, { pages: early ?? undefined });
@@ -135,7 +133,7 @@ async function readVolumeWithPages(volumeId: string, pieces: readonly WritePiece
     for (const page of pageRange(g, p.offset, p.length)) covered.add(page);
     if (covered.size > MAX_PAGES_PER_COMMIT) return null; // refused later, with its own message
   }
-  const { volume, pages } = await getVolumeWithPages(g, [...covered]);
+  const { volume, pages } = await pageMap().getVolumeWithPages(g, [...covered]);
   return { volume, pages, covered };
 }
 
@@ -227,7 +225,7 @@ export async function prepareWrite(v: VolumeRecord, pieces: WritePiece[], reques
   // (one request fewer), else now, while the segment is encoded and uploaded, which keeps the
   // round trip off the write's critical path.
   const prefetched = opts.pages && [...byPage.keys()].every((p) => opts.pages!.covered.has(p)) ? opts.pages.pages : undefined;
-  const pagesRead = prefetched ? Promise.resolve(prefetched) : getPages(v, [...byPage.keys()]);
+  const pagesRead = prefetched ? Promise.resolve(prefetched) : pageMap().getPages(v, [...byPage.keys()]);
   pagesRead.catch(() => undefined); // Awaited below; this only stops an early rejection going unhandled.
 
   const encoded = await encodeSegment(
@@ -303,7 +301,7 @@ export async function completeWrite(prepared: PreparedWrite, writerOverride?: Co
   const fencedOn = writerOverride ?? commitWriter(writer);
   const commitToken = prepared.commitToken ?? randomUUID();
   try {
-    await commitSegment(v, record, changes, fencedOn, commitToken);
+    await pageMap().commitSegment(v, record, changes, fencedOn, commitToken);
     return result;
   } catch (err) {
     if (err instanceof CommitRefusedError) return settleRefusal(prepared, err);
@@ -325,7 +323,7 @@ export async function commitOutcome(record: Pick<SegmentRecord, 'volumeId' | 'se
   if (observed.headSegmentId === record.segmentId) return 'committed';
   if (observed.headSeq < record.seq) return 'pending'; // the head still stands where we built on (or the commit is not due)
   // The head moved past seq - 1: the transaction cannot apply any more; the record says whether it did.
-  return (await getSegmentRecord(record.volumeId, record.segmentId)) ? 'committed' : 'never';
+  return (await pageMap().getSegmentRecord(record.volumeId, record.segmentId)) ? 'committed' : 'never';
 }
 
 async function settleRefusal(prepared: PreparedWrite, err: CommitRefusedError): Promise<WriteResult | null> {
@@ -358,7 +356,7 @@ async function resolveUnknownOutcome(prepared: PreparedWrite, writer: CommitWrit
     try {
       // The volume item first, then the record: in the other order our transaction could
       // apply between the two reads and be taken for never committed.
-      const now = await getVolume(v.volumeId);
+      const now = await pageMap().getVolume(v.volumeId);
       const outcome = await commitOutcome(record, now);
       if (outcome === 'committed') return result;
       if (outcome === 'never') {
@@ -368,7 +366,7 @@ async function resolveUnknownOutcome(prepared: PreparedWrite, writer: CommitWrit
       if (!now) throw new NotFoundError(`volume ${v.volumeId} does not exist`);
       // Pending: send the very same transaction again (same token). If an earlier attempt
       // applies first, this one is refused and settled as committed.
-      await commitSegment(v, record, changes, writer, commitToken);
+      await pageMap().commitSegment(v, record, changes, writer, commitToken);
       return result;
     } catch (err) {
       if (err instanceof CommitRefusedError) return settleRefusal(prepared, err);

@@ -9,16 +9,14 @@ import { crc32c } from '../data/crc32c.ts';
 import { addEvacuationProgress, advanceScan, beginRetirement, completeRetirement, countFinishCheck, driveId as makeDriveId, forgetDriveStates, getDrive, markStepSent, recordWriteError, requireDrive, startNextPass, writableDrives, WRITE_ERROR_RETIRE_THRESHOLD, type DriveRecord, type EvacuationState } from './drives.ts';
 import { driveView } from './evacuation-progress.ts';
 import { invariant } from '../core/errors.ts';
-import { getSegmentRecord } from '../aws/pagemap/pages.ts';
-import { getVolume } from '../aws/pagemap/volumes.ts';
-import { moveChunkLocation } from '../aws/pagemap/transactions.ts';
-import { type SegmentRecord, type VolumeRecord } from '../core/records.ts';
+import type { MoveOutcome, SegmentRecord, VolumeRecord } from '../core/records.ts';
 import { driveOf, evacuationTarget } from '../data/placement.ts';
 import { readChunkData } from '../data/segment-reader.ts';
 import { chunkTrailer, FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, granuleCrcs } from '../data/segments.ts';
 import { formatLocation, parseChunkKey, type ChunkLocation, type ListedChunk } from '../data/sleds.ts';
 import { chunkStore, workQueue } from '../ports.ts';
 import { MOVE_BATCH_CHUNKS, type EvacuationMessage } from '../core/work-messages.ts';
+import { pageMap } from '../ports.ts';
 
 /** Keys listed per scan step (one ListObjectsV2). */
 export const SCAN_PAGE_KEYS = 1000;
@@ -200,7 +198,7 @@ async function chunksLeft(d: DriveRecord): Promise<{ left: ListedChunk[]; comple
 async function allOrphans(left: readonly ListedChunk[]): Promise<boolean> {
   for (const o of left.slice(0, 100)) {
     const p = parseChunkKey(o.key)!;
-    if (await getSegmentRecord(p.volumeId, p.segmentId)) return false;
+    if (await pageMap().getSegmentRecord(p.volumeId, p.segmentId)) return false;
   }
   return true;
 }
@@ -301,9 +299,9 @@ export async function moveChunk(listed: { key: string; lastModifiedMs: number },
   if (!parsed || parsed.drive !== d.drive) return { result: 'unmanaged', bytes: 0 };
   const old: ChunkLocation = { bucket: d.sled, key: listed.key };
   let volume = ctx.volumes.get(parsed.volumeId);
-  if (!volume) ctx.volumes.set(parsed.volumeId, (volume = getVolume(parsed.volumeId)));
+  if (!volume) ctx.volumes.set(parsed.volumeId, (volume = pageMap().getVolume(parsed.volumeId)));
   const v = await volume;
-  const rec = await getSegmentRecord(parsed.volumeId, parsed.segmentId);
+  const rec = await pageMap().getSegmentRecord(parsed.volumeId, parsed.segmentId);
   const dropped = async (): Promise<{ result: MoveResult; bytes: number }> => ({ result: (await chunkStore().deleteChunkIfPresent(old)) ? 'dropped' : 'done-elsewhere', bytes: 0 });
   // A volume that is gone or being deleted: its chunks are garbage (reclaim deletes them too).
   if (!v || v.state !== 'active') return dropped();
@@ -334,13 +332,13 @@ export async function moveChunk(listed: { key: string; lastModifiedMs: number },
       throw new EvacuationError(`copy of ${formatLocation(old)} to ${formatLocation(target)} failed: ${(err as Error).message}`, { cause: err });
     }
     const targetId = makeDriveId(target.bucket, driveOf(target));
-    let outcome: Awaited<ReturnType<typeof moveChunkLocation>> | { kind: 'unknown'; current: SegmentRecord | null };
+    let outcome: MoveOutcome | { kind: 'unknown'; current: SegmentRecord | null };
     try {
-      outcome = await moveChunkLocation(rec.volumeId, rec.segmentId, i, old, target, targetId);
+      outcome = await pageMap().moveChunkLocation(rec.volumeId, rec.segmentId, i, old, target, targetId);
     } catch (err) {
       // The outcome is unknown (timeout, lost response): the record says what happened.
       console.warn(`move of ${formatLocation(old)}: outcome unknown (${(err as Error).message}); re-reading the record`);
-      outcome = { kind: 'unknown', current: await getSegmentRecord(rec.volumeId, rec.segmentId) };
+      outcome = { kind: 'unknown', current: await pageMap().getSegmentRecord(rec.volumeId, rec.segmentId) };
     }
     if (outcome.kind === 'refused' && outcome.reason === 'target-inactive') {
       // The target stopped taking chunks between our registry read and the transaction.

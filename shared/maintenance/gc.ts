@@ -7,8 +7,6 @@ import { config } from '../core/config.ts';
 import { FencedError, InvariantError, invariant } from '../core/errors.ts';
 import { DEFAULT_COMPACTION_POLICY, groupForCommits, liveness, pagesTouched, planCompaction, spaceRatio, type LiveExtent, type SegmentUsage } from './liveness.ts';
 import { MAX_PAGES_PER_COMMIT, segmentRef, type PageRecord, type SegmentRecord, type VolumeRecord } from '../core/records.ts';
-import { deleteSegmentRecordIf, getPages, getSegmentRecord, listPages, listSegmentRecords } from '../aws/pagemap/pages.ts';
-import { getVolume, listVolumes } from '../aws/pagemap/volumes.ts';
 import { takeCheckpoint } from './checkpoints/take.ts';
 import { readPayload } from '../data/segment-reader.ts';
 import { FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, type SegmentDescriptor } from '../data/segments.ts';
@@ -18,6 +16,7 @@ import { completeWrite, prepareWrite, type WritePiece } from '../data/write.ts';
 import { forgetSegment } from '../data/read.ts';
 import { chunkStore, workQueue } from '../ports.ts';
 import type { GcMessage } from '../core/work-messages.ts';
+import { pageMap } from '../ports.ts';
 
 // ---------------------------------------------------------------------------------------
 // Retention: what other features still need (snapshots, checkpoints)
@@ -151,19 +150,19 @@ export async function deleteDeadSegment(v: VolumeRecord, rec: SegmentRecord, sto
   const ref = segmentRef(rec.volumeId, rec.segmentId);
   const descriptor = await descriptorOf(rec);
   const pages = descriptor ? pagesTouched(descriptor.extents, v.pageBlocks) : [];
-  if (descriptor) assertUnreferenced(await getPages(v, pages), ref, 'before deleting');
+  if (descriptor) assertUnreferenced(await pageMap().getPages(v, pages), ref, 'before deleting');
   else console.warn(`gc: no trailer of ${ref} readable; deleting on the page scan's evidence alone`);
   let locations: readonly ChunkLocation[] = rec.locations;
   for (let attempt = 0; ; attempt++) {
     invariant(attempt < 3, () => `gc: segment ${ref} kept moving while it was deleted`);
     await Promise.all(locations.map((l) => chunkStore().deleteChunk(l)));
-    const moved = await deleteSegmentRecordIf(rec.volumeId, rec.segmentId, locations);
+    const moved = await pageMap().deleteSegmentRecordIf(rec.volumeId, rec.segmentId, locations);
     if (!moved) break;
     // An evacuation moved a chunk between our read and the delete: delete the new copy too.
     locations = moved.locations;
   }
   forgetSegment(ref);
-  if (descriptor) assertUnreferenced(await getPages(v, pages), ref, 'after deleting');
+  if (descriptor) assertUnreferenced(await pageMap().getPages(v, pages), ref, 'after deleting');
   return storedBytes;
 }
 
@@ -179,10 +178,10 @@ async function compact(volumeId: string, refs: ReadonlySet<string>, pagesOf: Map
   for (let attempt = 0; attempt < COMPACTION_ATTEMPT_MAX; attempt++) {
     // The volume item first: the commit is conditioned on this head, so the bytes read below are
     // still the volume's bytes when the commit succeeds.
-    const read = await getVolume(volumeId);
+    const read = await pageMap().getVolume(volumeId);
     if (!read || read.state !== 'active') return [];
     let v: VolumeRecord = read;
-    const pages = await getPages(v, pageNums);
+    const pages = await pageMap().getPages(v, pageNums);
     const extents: LiveExtent[] = [];
     for (const p of pages.values()) {
       for (const e of p.extents) if (e.seg !== null && refs.has(e.seg)) extents.push({ first: e.first, count: e.count, seg: e.seg, segBlock: e.segBlock, page: p.page });
@@ -191,7 +190,7 @@ async function compact(volumeId: string, refs: ReadonlySet<string>, pagesOf: Map
     const records = new Map<string, SegmentRecord>();
     for (const ref of new Set(extents.map((e) => e.seg))) {
       const [vol, seg] = [ref.slice(0, ref.indexOf('/')), ref.slice(ref.indexOf('/') + 1)];
-      const rec = await getSegmentRecord(vol, seg);
+      const rec = await pageMap().getSegmentRecord(vol, seg);
       invariant(rec, () => `page map references segment ${ref}, which has no record`);
       records.set(ref, rec);
     }
@@ -276,7 +275,7 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
     orphansDeleted: 0,
     continued: false,
   };
-  let v = await getVolume(volumeId);
+  let v = await pageMap().getVolume(volumeId);
   if (!v || v.state !== 'active') return { ...report, skipped: v ? `volume is ${v.state}` : 'no such volume' };
   if (v.headSeq > (v.checkpoint?.seq ?? 0)) {
     // Segments after the latest checkpoint are kept for rebuilds; a checkpoint at the head now
@@ -288,17 +287,17 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
     } catch (err) {
       console.warn(`gc of ${volumeId}: checkpoint before collecting failed (${(err as Error).message}); collecting up to the latest checkpoint only`);
     }
-    v = await getVolume(volumeId);
+    v = await pageMap().getVolume(volumeId);
     if (!v || v.state !== 'active') return { ...report, skipped: v ? `volume is ${v.state}` : 'no such volume' };
   }
   // Order matters: records, then pages. A segment listed here and referenced by no page read
   // afterwards is dead for good (its references only ever disappear after its commit).
   const records: SegmentRecord[] = [];
-  for await (const r of listSegmentRecords(volumeId)) records.push(r);
+  for await (const r of pageMap().listSegmentRecords(volumeId)) records.push(r);
   const volume = v;
   const retentions = [checkpointRetention(volume), ...(await Promise.all(providers.map((p) => p.segmentsNeededBy(volume))))];
   const pages: PageRecord[] = [];
-  for await (const p of listPages(v)) pages.push(p);
+  for await (const p of pageMap().listPages(v)) pages.push(p);
   const { liveBlocks, pagesOf } = liveness(pages);
   const chunks: ListedChunk[] = [];
   for await (const c of chunkStore().listVolumeChunks(volumeId, config().sledBuckets)) chunks.push(c);
@@ -363,7 +362,7 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
     const referenced = (r: SegmentRecord | null | undefined) => r?.locations[p.chunkIndex]?.bucket === c.bucket && r?.locations[p.chunkIndex]?.key === c.key;
     if (referenced(rec)) continue;
     // Read the record again: a segment committed or a chunk moved since the listing.
-    rec = await getSegmentRecord(volumeId, p.segmentId);
+    rec = await pageMap().getSegmentRecord(volumeId, p.segmentId);
     if (referenced(rec)) continue;
     if (!rec && segmentIdSeq(p.segmentId) > v.headSeq) {
       // Not committed yet, but it still may be: its transaction needs the head at seq - 1 and
@@ -388,7 +387,7 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
 
 /** Queues GC for one page of volumes and continues the sweep. */
 export async function sweep(startAfter?: string): Promise<{ queued: number; next?: string }> {
-  const page = await listVolumes(SWEEP_PAGE_VOLUMES, startAfter);
+  const page = await pageMap().listVolumes(SWEEP_PAGE_VOLUMES, startAfter);
   const active = page.volumes.filter((v) => v.state === 'active');
   for (let i = 0; i < active.length; i += 10) {
     await workQueue().sendBatch(active.slice(i, i + 10).map((v): GcMessage => ({ type: 'gc-volume', volumeId: v.volumeId })));

@@ -10,7 +10,7 @@ import { segmentRef, splitSegmentRef, type PageRecord, type SegmentRecord, type 
 import { sleep } from '../../core/async.ts';
 import { formatLocation, type ChunkLocation } from '../../data/sleds.ts';
 import { dynamo } from '../clients.ts';
-import { N, S, conditionFailed, itemToPage, itemToSegment, itemToStoredPage, itemToVolume, num, pageKey, segmentToItem } from './items.ts';
+import { N, S, conditionFailed, itemToPage, itemToSegment, itemToStoredPage, itemToVolume, num, pageKey, segmentKey, segmentToItem } from './items.ts';
 
 /**
  * Bounds one volume's Query: pages of up to 1 MB, so 100,000 pages is 100 GB of items, far
@@ -226,4 +226,14 @@ export async function deleteSegmentRecordIf(volumeId: string, segmentId: string,
     if (!conditionFailed(err)) throw err;
     return err.Item ? itemToSegment(err.Item) : null;
   }
+}
+
+/** Deletes page items of a volume (batches of 25, unprocessed ones retried). */
+export async function deletePages(volumeId: string, pages: readonly number[]): Promise<void> {
+  await deleteItems('pages', pages.map((p) => pageKey(volumeId, p)));
+}
+
+/** Deletes segment records of a volume (batches of 25, unprocessed ones retried). */
+export async function deleteSegmentRecords(volumeId: string, segmentIds: readonly string[]): Promise<void> {
+  await deleteItems('segments', segmentIds.map((id) => segmentKey(volumeId, id)));
 }

@@ -8,9 +8,9 @@ import { type AttributeValue, DeleteItemCommand, GetItemCommand, PutItemCommand,
 import type { ReservationState } from '../../control/reservations.ts';
 import { config } from '../../core/config.ts';
 import { ConflictError, NotFoundError } from '../../core/errors.ts';
-import type { CheckpointPointer, VolumeRecord } from '../../core/records.ts';
+import type { CheckpointPointer, HeadDesignation, VolumeRecord } from '../../core/records.ts';
 import { dynamo } from '../clients.ts';
-import { N, S, conditionFailed, itemToVolume, reservationAttributes, str, volumeToItem } from './items.ts';
+import { N, S, conditionFailed, headsToAttribute, itemToVolume, reservationAttributes, str, volumeToItem } from './items.ts';
 
 export async function getVolume(volumeId: string): Promise<VolumeRecord | null> {
   const out = await dynamo().send(
@@ -112,17 +112,35 @@ export async function deleteVolumeItem(volumeId: string): Promise<void> {
   await dynamo().send(new DeleteItemCommand({ TableName: config().volumesTable, Key: { volumeId: S(volumeId) }, ReturnConsumedCapacity: 'TOTAL' }));
 }
 
+/** A head designation written with a reservation change (docs/reservations.md, "Heads"). */
+export interface HeadsChange {
+  heads: HeadDesignation;
+  /** Only if the primary is still this head and, when `leaseLapsedBeforeMs` is given, its lease ran out before then. */
+  primaryWas?: { head: string; leaseLapsedBeforeMs?: number };
+}
+
+function headsExtra(change: HeadsChange): { set: Record<string, AttributeValue>; condition?: { expression: string; names?: Record<string, string>; values: Record<string, AttributeValue> } } {
+  const was = change.primaryWas;
+  if (!was) return { set: { heads: headsToAttribute(change.heads) } };
+  const lapsed = was.leaseLapsedBeforeMs !== undefined;
+  return {
+    set: { heads: headsToAttribute(change.heads) },
+    condition: {
+      // The primary we preempt is the one we read, and (unless forced) its lease has lapsed.
+      expression: lapsed ? '#heads.#primary = :oldPrimary AND #heads.#lease < :nowMs' : '#heads.#primary = :oldPrimary',
+      names: { '#heads': 'heads', '#primary': 'primary', ...(lapsed ? { '#lease': 'leaseExpiresAtMs' } : {}) },
+      values: { ':oldPrimary': S(was.head), ...(lapsed ? { ':nowMs': N(was.leaseLapsedBeforeMs!) } : {}) },
+    },
+  };
+}
+
 /**
  * Stores a new reservation state computed from the one read at generation `expected`.
  * Returns false if someone changed the reservations since (the caller re-reads and retries).
- * `extra` sets more attributes in the same write (head designation), with its own condition.
+ * `change` sets the head designation in the same write, with its own condition.
  */
-export async function storeReservations(
-  volumeId: string,
-  expected: number,
-  next: ReservationState,
-  extra?: { set: Record<string, AttributeValue>; condition?: { expression: string; names?: Record<string, string>; values: Record<string, AttributeValue> } },
-): Promise<boolean> {
+export async function storeReservations(volumeId: string, expected: number, next: ReservationState, change?: HeadsChange): Promise<boolean> {
+  const extra = change ? headsExtra(change) : undefined;
   const attrs = reservationAttributes(next);
   const sets = Object.entries({ ...attrs, ...(extra?.set ?? {}) }).map(([k], i) => `#a${i} = :a${i}`);
   const names: Record<string, string> = { '#state': 'state' };
@@ -190,6 +208,29 @@ export async function updateVolumeIf(
     if (!conditionFailed(err)) throw err;
     return { ok: false, current: err.Item ? itemToVolume(err.Item) : null };
   }
+}
+
+/**
+ * Extends the primary's lease: sets the head designation on condition that `primary` is still
+ * the primary, by the registration it was read with. The item as it was when refused, else ok.
+ */
+export async function renewLease(
+  volumeId: string,
+  heads: HeadDesignation,
+  primary: { head: string; key: string; keyGeneration: number },
+): Promise<{ ok: true } | { ok: false; current: VolumeRecord | null }> {
+  return updateVolumeIf(
+    volumeId,
+    { heads: headsToAttribute(heads) },
+    {
+      parts: [
+        '#heads.#primary = :head', // still the primary
+        'registrants.#key = :gen', // by the same registration (not preempted since we read)
+      ],
+      names: { '#key': primary.key, '#heads': 'heads', '#primary': 'primary' },
+      values: { ':head': S(primary.head), ':gen': N(primary.keyGeneration) },
+    },
+  );
 }
 
 /**

@@ -5,7 +5,6 @@ import { config } from '../../core/config.ts';
 import { crc32c } from '../../data/crc32c.ts';
 import { invariant } from '../../core/errors.ts';
 import { type SegmentRecord, type StoredPage, type VolumeRecord } from '../../core/records.ts';
-import { listSegmentRecordsBetween } from '../../aws/pagemap/pages.ts';
 import { readPayload } from '../../data/segment-reader.ts';
 import { GRANULE_BYTES, decodeTrailer, parseTrailer, trailerBytesIn, type SegmentDescriptor } from '../../data/segments.ts';
 import { chunkKey, driveName, parseObjectChunkKey, type ChunkLocation, type VolumeChunk } from '../../data/sleds.ts';
@@ -13,6 +12,7 @@ import { forEachLimited } from '../../core/async.ts';
 import { CHECKPOINT_ALIGN_BYTES, CHECKPOINT_FOOTER_MAGIC, CHECKPOINT_ID_PREFIX, CheckpointDescriptor, CheckpointUnreadableError, IO_CONCURRENCY, TAIL_GUESS_BYTES, checkpointIdSeq, decodeCheckpointPayload, parsePlacement } from './format.ts';
 import { CheckpointSet, orderChain } from './chain.ts';
 import { chunkStore } from '../../ports.ts';
+import { pageMap } from '../../ports.ts';
 
 // ---------------------------------------------------------------------------------------
 // Reading trailers and checkpoints
@@ -62,7 +62,7 @@ export async function readDescriptors(volumeId: string, segments: ReadonlyMap<st
  */
 export async function committedDescriptors(volumeId: string, after: { seq: number; segmentId: string }, upto: { seq: number; segmentId: string }): Promise<SegmentDescriptor[]> {
   if (upto.seq <= after.seq) return [];
-  const records = await listSegmentRecordsBetween(volumeId, after.seq, upto.seq);
+  const records = await pageMap().listSegmentRecordsBetween(volumeId, after.seq, upto.seq);
   const byId = await readDescriptors(volumeId, new Map(records.map((r) => [r.segmentId, r.locations])));
   return orderChain(byId, upto, after).map((id) => byId.get(id)!);
 }

@@ -7,9 +7,6 @@ import { randomBytes } from 'node:crypto';
 import { config } from '../../core/config.ts';
 import { ConflictError, DataUnavailableError } from '../../core/errors.ts';
 import { RebuildFenceLostError, segmentRef, type SegmentRecord, type StoredPage, type VolumeRecord } from '../../core/records.ts';
-import { fenceForRebuild, unfenceAfterRebuild } from '../../aws/pagemap/volumes.ts';
-import { getSegmentRecords, listStoredPages, putSegmentRecordIfAbsent } from '../../aws/pagemap/pages.ts';
-import { writeRebuiltPages } from '../../aws/pagemap/transactions.ts';
 import { type SegmentDescriptor } from '../../data/segments.ts';
 import { parseObjectChunkKey, placeChunks, type ChunkLocation } from '../../data/sleds.ts';
 import { forEachLimited } from '../../core/async.ts';
@@ -17,6 +14,7 @@ import { CheckpointFormatError, CheckpointUnreadableError, IO_CONCURRENCY, pad12
 import { orderChain, replaySegment } from './chain.ts';
 import { listCheckpointSets, readCheckpoint, readDescriptors, readSegmentDescriptor } from './read.ts';
 import { chunkStore } from '../../ports.ts';
+import { pageMap } from '../../ports.ts';
 
 // ---------------------------------------------------------------------------------------
 // Taking a checkpoint
@@ -117,7 +115,7 @@ export async function findBase(v: VolumeRecord, unreadable: RebuildReport['unrea
 export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
   const started = performance.now();
   const token = randomBytes(8).toString('hex');
-  const { volume: v, tookOver } = await fenceForRebuild(volumeId, token);
+  const { volume: v, tookOver } = await pageMap().fenceForRebuild(volumeId, token);
   // Whether the stored map may differ from the one this rebuild found fenced: then only a
   // completed rebuild may lift the fence.
   let writing = tookOver;
@@ -171,15 +169,15 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
     clock.lap('records');
 
     const current = new Map<number, StoredPage>();
-    for await (const p of listStoredPages(volumeId)) current.set(p.page, p);
+    for await (const p of pageMap().listStoredPages(volumeId)) current.set(p.page, p);
     const puts = [...map.values()].filter((p) => {
       const have = current.get(p.page);
       return !have || !samePage(have, p);
     });
     const deletes = [...current.keys()].filter((page) => !map.has(page));
     writing ||= puts.length + deletes.length > 0;
-    await writeRebuiltPages(volumeId, token, puts, deletes);
-    if (!(await unfenceAfterRebuild(volumeId, token))) {
+    await pageMap().writeRebuiltPages(volumeId, token, puts, deletes);
+    if (!(await pageMap().unfenceAfterRebuild(volumeId, token))) {
       throw new RebuildFenceLostError(`the rebuild of volume ${volumeId} was taken over by another rebuild before it finished`);
     }
     clock.lap('write');
@@ -203,7 +201,7 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
     // Nothing written (and not taking over a rebuild that may have written): the stored map is
     // as it was before any rebuild, so serving may resume. Otherwise the fence stays until a
     // rebuild completes.
-    if (!writing) await unfenceAfterRebuild(volumeId, token).catch((e) => console.error(`could not lift the rebuild fence of ${volumeId}:`, e));
+    if (!writing) await pageMap().unfenceAfterRebuild(volumeId, token).catch((e) => console.error(`could not lift the rebuild fence of ${volumeId}:`, e));
     if (err instanceof RebuildFenceLostError) throw new ConflictError(err.message, { cause: err });
     throw err;
   }
@@ -227,7 +225,7 @@ async function restoreSegmentRecords(
   const referenced = new Set<string>();
   for (const p of map.values()) for (const ref of p.segs) if (ref.startsWith(own)) referenced.add(ref.slice(own.length));
   if (referenced.size === 0) return { restored: 0, unrecoverable: [] };
-  const existing = await getSegmentRecords([...referenced].map((id) => segmentRef(v.volumeId, id)));
+  const existing = await pageMap().getSegmentRecords([...referenced].map((id) => segmentRef(v.volumeId, id)));
   const lost = [...referenced].filter((id) => !existing.has(segmentRef(v.volumeId, id))).sort();
   if (lost.length === 0) return { restored: 0, unrecoverable: [] };
   console.warn(JSON.stringify({ msg: 'segment records missing; restoring them from the sleds', volumeId: v.volumeId, segments: lost.length }));
@@ -274,7 +272,7 @@ async function restoreSegmentRecords(
       crcs: d.crcs,
       createdAt: d.createdAt,
     };
-    if (await putSegmentRecordIfAbsent(record)) restored++;
+    if (await pageMap().putSegmentRecordIfAbsent(record)) restored++;
   });
   if (unrecoverable.length > 0) {
     console.error(JSON.stringify({ msg: 'segments referenced by the page map have no record and no readable chunk; their blocks cannot be read', volumeId: v.volumeId, segments: unrecoverable.sort() }));

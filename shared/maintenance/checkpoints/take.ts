@@ -8,8 +8,6 @@ import { config } from '../../core/config.ts';
 import { crc32c } from '../../data/crc32c.ts';
 import { ConflictError, InvalidInputError, NotFoundError, UnavailableError } from '../../core/errors.ts';
 import { type CheckpointPointer, type StoredPage, type VolumeRecord } from '../../core/records.ts';
-import { getVolume, listVolumes, raiseCheckpointFloor, recordCheckpoint } from '../../aws/pagemap/volumes.ts';
-import { getStoredPages, listStoredPages } from '../../aws/pagemap/pages.ts';
 import { GRANULE_BYTES, decodeTrailer, encodeStripes, encodeTrailer } from '../../data/segments.ts';
 import { placeChunks } from '../../data/sleds.ts';
 import { deleteChunksQuietly, uploadChunksAt } from '../../data/upload.ts';
@@ -19,6 +17,7 @@ import { planRetention, replaySegment, touchedPages } from './chain.ts';
 import { committedDescriptors, listCheckpointSets, readTrailerBytes } from './read.ts';
 import { RebuildBase, RebuildReport, findBase, phaseClock } from './rebuild.ts';
 import { chunkStore } from '../../ports.ts';
+import { pageMap } from '../../ports.ts';
 
 /** What the API shows of a checkpoint. */
 export interface CheckpointView {
@@ -93,8 +92,8 @@ async function mapByReplay(v0: VolumeRecord, base: RebuildBase, clock: ReturnTyp
   clock.lap('build');
 
   const live = new Map<number, StoredPage>();
-  for await (const p of listStoredPages(volumeId)) live.set(p.page, p);
-  const now = mustStayActive(v0, await getVolume(volumeId));
+  for await (const p of pageMap().listStoredPages(volumeId)) live.set(p.page, p);
+  const now = mustStayActive(v0, await pageMap().getVolume(volumeId));
   // Commits after v0 may have changed pages during the scan: those pages are not compared.
   const later = await committedDescriptors(volumeId, { seq: v0.headSeq, segmentId: v0.headSegmentId }, { seq: now.headSeq, segmentId: now.headSegmentId });
   const moved = new Set(later.flatMap((d) => touchedPages(d, pageBlocks)));
@@ -133,11 +132,11 @@ async function mapByReplay(v0: VolumeRecord, base: RebuildBase, clock: ReturnTyp
 async function mapByScan(v0: VolumeRecord): Promise<BuiltMap> {
   const { volumeId } = v0;
   const map = new Map<number, StoredPage>();
-  for await (const p of listStoredPages(volumeId)) map.set(p.page, p);
+  for await (const p of pageMap().listStoredPages(volumeId)) map.set(p.page, p);
   let known = v0;
   const touched = new Set<number>();
   for (let settleRounds = 0; ; settleRounds++) {
-    const now = mustStayActive(v0, await getVolume(volumeId));
+    const now = mustStayActive(v0, await pageMap().getVolume(volumeId));
     if (now.headSeq === known.headSeq) {
       return { seq: known.headSeq, headSegmentId: known.headSegmentId, map, method: 'scan', baseCheckpointId: null, segmentsReplayed: 0, verified: false, pagesVerified: 0, pagesSkipped: 0, settleRounds };
     }
@@ -146,7 +145,7 @@ async function mapByScan(v0: VolumeRecord): Promise<BuiltMap> {
     }
     const descs = await committedDescriptors(volumeId, { seq: known.headSeq, segmentId: known.headSegmentId }, { seq: now.headSeq, segmentId: now.headSegmentId });
     for (const d of descs) for (const p of touchedPages(d, v0.pageBlocks)) touched.add(p);
-    const fresh = await getStoredPages(volumeId, [...touched]);
+    const fresh = await pageMap().getStoredPages(volumeId, [...touched]);
     for (const p of touched) {
       const item = fresh.get(p);
       if (item) map.set(p, item);
@@ -170,7 +169,7 @@ async function mapByScan(v0: VolumeRecord): Promise<BuiltMap> {
  */
 export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: number; replaySegmentsMax?: number } = {}): Promise<CheckpointOutcome> {
   const started = performance.now();
-  const v0 = await getVolume(volumeId);
+  const v0 = await pageMap().getVolume(volumeId);
   if (!v0) throw new NotFoundError(`volume ${volumeId} does not exist`);
   if (v0.state !== 'active') return { done: 'skipped', volumeId, reason: `volume ${volumeId} is ${v0.state}` };
   const target = opts.requestedAtSeq ?? v0.headSeq;
@@ -226,7 +225,7 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
     placement: formatPlacement(locations, buckets),
   };
   clock.lap('write');
-  const recorded = await recordCheckpoint(volumeId, pointer);
+  const recorded = await pageMap().recordCheckpoint(volumeId, pointer);
   if (!recorded.recorded) {
     await deleteChunksQuietly(locations);
     const latest = recorded.current?.checkpoint;
@@ -262,7 +261,7 @@ async function applyRetention(volume: VolumeRecord, latest: CheckpointPointer): 
   const plan = planRetention(listed, latest, { retain: CHECKPOINT_RETAIN, k: volume.dataChunks, nowMs, graceMs: CHECKPOINT_GRACE_MS });
   // The floor first: GC then keeps no more than the kept checkpoints need; a crash before the
   // deletes below only leaves extra checkpoints for the next pass.
-  await raiseCheckpointFloor(volume.volumeId, plan.floorSeq);
+  await pageMap().raiseCheckpointFloor(volume.volumeId, plan.floorSeq);
   const doomed = plan.remove.flatMap((id) => [...(sets.get(id)?.chunks.values() ?? [])]);
   await forEachLimited(doomed, IO_CONCURRENCY, (c) => chunkStore().deleteChunk({ bucket: c.bucket, key: c.key }));
   return plan.remove.length;
@@ -284,7 +283,7 @@ export interface CheckpointListing {
 
 /** The checkpoints of a volume found on the sleds, newest first, with the recorded pointer and floor. */
 export async function listCheckpoints(volumeId: string): Promise<{ volumeId: string; latest: CheckpointView | null; floorSeq: number | null; checkpoints: CheckpointListing[] }> {
-  const v = await getVolume(volumeId);
+  const v = await pageMap().getVolume(volumeId);
   if (!v) throw new NotFoundError(`volume ${volumeId} does not exist`);
   const sets = [...(await listCheckpointSets(volumeId)).values()].sort((a, b) => b.set.seq - a.set.seq || a.set.id.localeCompare(b.set.id));
   const k = v.dataChunks;
@@ -313,7 +312,7 @@ export async function listCheckpoints(volumeId: string): Promise<{ volumeId: str
  * automatic checkpoints are off), and queues the next step if the scan is not done.
  */
 export async function sweepCheckpoints(startAfter?: string, volumesPerStep = SWEEP_VOLUMES_PER_MESSAGE): Promise<{ scanned: number; queued: number; next?: string }> {
-  const page = await listVolumes(volumesPerStep, startAfter);
+  const page = await pageMap().listVolumes(volumesPerStep, startAfter);
   const due = page.volumes.filter(
     (v) => v.state === 'active' && (v.checkpointEveryCommits ?? DEFAULT_CHECKPOINT_EVERY_COMMITS) > 0 && v.headSeq > (v.checkpoint?.seq ?? 0),
   );
