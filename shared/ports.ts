@@ -4,11 +4,12 @@
  * returns a function that restores the previous binding.
  */
 import { s3ChunkStore } from './aws/chunk-store.ts';
+import { dynamoDriveRegistry } from './aws/drive-registry.ts';
 import { dynamoPageMap } from './aws/pagemap/index.ts';
 import { sqsWorkQueue } from './aws/work-queue.ts';
-import type { ChunkStore, PageMapStore, Ports, WorkQueue } from './core/ports.ts';
+import type { ChunkStore, DriveRegistry, PageMapStore, Ports, WorkQueue } from './core/ports.ts';
 
-const bound: Ports = { pageMap: dynamoPageMap, chunks: s3ChunkStore, queue: sqsWorkQueue };
+const bound: Ports = { pageMap: dynamoPageMap, drives: dynamoDriveRegistry, chunks: s3ChunkStore, queue: sqsWorkQueue };
 
 /** The page map (DynamoDB). */
 export function pageMap(): PageMapStore {
@@ -18,6 +19,11 @@ export function pageMap(): PageMapStore {
 /** The chunk store (S3 sleds). */
 export function chunkStore(): ChunkStore {
   return bound.chunks;
+}
+
+/** The drive registry (DynamoDB). */
+export function driveRegistry(): DriveRegistry {
+  return bound.drives;
 }
 
 /** The work queues (SQS). */

@@ -10,7 +10,8 @@ import { ConflictError, InvalidInputError, PayloadTooLargeError, UnsupportedMedi
 import { Router, intQuery, jsonBody, optionalJsonBody, type Request } from './http.ts';
 import { describeHeads, designateHeads, failHead, forcedFailure, joinAsReserve, promote, renewLease } from '../control/heads.ts';
 import { listDumps, readDump } from '../control/dumps.ts';
-import { driveId, listDrives } from '../maintenance/drives.ts';
+import { driveId } from '../core/drive-records.ts';
+import { listDrives } from '../maintenance/drives.ts';
 import { driveView } from '../maintenance/evacuation-progress.ts';
 import { peekDeadLetters, redriveDeadLetters } from '../maintenance/dead-letters.ts';
 import { describeDrive, retireDrive } from '../maintenance/evacuation.ts';
@@ -18,7 +19,7 @@ import { queueGc } from '../maintenance/gc.ts';
 import { checkKey } from '../control/reservations.ts';
 import type { WriterIdentity } from '../data/segments.ts';
 import { HEAD_ID, MAX_IO_BYTES } from '../data/volume-rules.ts';
-import { describeReservations, reservationCommand } from '../control/reservation-commands.ts';
+import { describeReservations, applyReservationBody } from '../control/reservation-commands.ts';
 import { createVolume, deleteVolume, describeVolume, listVolumeViews, resizeVolume } from '../control/volumes.ts';
 import { readData } from '../data/read.ts';
 import { trimRange, writeData, writePieces } from '../data/write.ts';
@@ -80,7 +81,7 @@ export const router = new Router()
   })
   .on('GET', '/volumes/{volumeId}/reservations', async (req) => ({ status: 200, json: await describeReservations(req.params.volumeId!) }))
   .on('POST', '/volumes/{volumeId}/reservations', async (req) => {
-    return { status: 200, json: await reservationCommand(req.params.volumeId!, jsonBody(req)) };
+    return { status: 200, json: await applyReservationBody(req.params.volumeId!, jsonBody(req)) };
   })
   .on('GET', '/volumes/{volumeId}/heads', async (req) => ({ status: 200, json: await describeHeads(req.params.volumeId!) }))
   .on('PUT', '/volumes/{volumeId}/heads', async (req) => ({ status: 200, json: await designateHeads(req.params.volumeId!, jsonBody(req)) }))

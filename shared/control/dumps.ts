@@ -3,11 +3,9 @@
  * seed's criteria (docs/dumps.md). Takeover never waits for them.
  */
 import { randomBytes } from 'node:crypto';
-import { UpdateItemCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
-import { dynamo } from '../aws/clients.ts';
-import { chunkStore } from '../ports.ts';
-import { config } from '../core/config.ts';
-import { dumpToAttribute, listDrives, type DriveRecord, type DumpAttributes } from '../maintenance/drives.ts';
+import { chunkStore, driveRegistry } from '../ports.ts';
+import type { DriveRecord, DumpAttributes } from '../core/drive-records.ts';
+import { listDrives } from '../maintenance/drives.ts';
 import { NotFoundError } from '../core/errors.ts';
 
 /** What a failing head knows about the work it was doing. */
@@ -46,27 +44,7 @@ export function chooseDumpDrive(drives: readonly DriveRecord[], sizeBytes: numbe
   return fits[0] ?? null;
 }
 
-const S = (s: string): AttributeValue => ({ S: s });
 const CLAIM_ATTEMPT_MAX = 8;
-
-async function claimDrive(drive: DriveRecord, dumpId: string, attrs: DumpAttributes): Promise<boolean> {
-  try {
-    await dynamo().send(
-      new UpdateItemCommand({
-        TableName: config().drivesTable,
-        Key: { driveId: S(drive.driveId) },
-        UpdateExpression: 'SET dumpInProgress = :id, dumps.#id = :dump',
-        ConditionExpression: 'attribute_exists(driveId) AND attribute_not_exists(dumpInProgress)', // no other dump is being written there
-        ExpressionAttributeNames: { '#id': dumpId },
-        ExpressionAttributeValues: { ':id': S(dumpId), ':dump': dumpToAttribute(attrs) },
-      }),
-    );
-    return true;
-  } catch (err) {
-    if ((err as { name?: string }).name === 'ConditionalCheckFailedException') return false;
-    throw err;
-  }
-}
 
 /**
  * Starts a dump: picks and claims the drive and marks the dump in progress, then returns.
@@ -81,7 +59,8 @@ export async function startDump(state: InflightState, opts: { gate?: Promise<voi
     if (!drive) throw new NotFoundError(`no drive can take a dump of ${body.length} bytes (none active or spare with that much free space and no dump in progress)`);
     const key = `${drive.drive}/dumps/${dumpId}.json`;
     const attrs: DumpAttributes = { state: 'in-progress', volumeId: state.volumeId, head: state.head, key, sizeBytes: body.length, startedAt: new Date().toISOString() };
-    if (!(await claimDrive(drive, dumpId, attrs))) continue;
+    // Only a drive with no other dump being written to it.
+    if (!(await driveRegistry().claimDump(drive.driveId, dumpId, attrs))) continue;
     const done = (async () => {
       await opts.gate;
       if (!drive.dumpPrepared) {
@@ -89,16 +68,7 @@ export async function startDump(state: InflightState, opts: { gate?: Promise<voi
         await chunkStore().putObject({ bucket: drive.sled, key: `${drive.drive}/dumps/.prepared` }, Buffer.from('sledge dump area\n'));
       }
       await chunkStore().putObject({ bucket: drive.sled, key }, body, { contentType: 'application/json', ifAbsent: true });
-      await dynamo().send(
-        new UpdateItemCommand({
-          TableName: config().drivesTable,
-          Key: { driveId: S(drive.driveId) },
-          UpdateExpression: 'SET dumps.#id.#state = :complete, dumps.#id.completedAt = :now, dumpPrepared = :true REMOVE dumpInProgress',
-          ConditionExpression: 'dumpInProgress = :id', // still ours
-          ExpressionAttributeNames: { '#id': dumpId, '#state': 'state' },
-          ExpressionAttributeValues: { ':complete': S('complete'), ':now': S(new Date().toISOString()), ':true': { BOOL: true }, ':id': S(dumpId) },
-        }),
-      );
+      await driveRegistry().completeDump(drive.driveId, dumpId, new Date().toISOString());
     })();
     done.catch((err) => console.error(`dump ${dumpId} on ${drive.driveId} failed:`, err));
     return { dumpId, driveId: drive.driveId, key, done };

@@ -4,7 +4,7 @@
  */
 import { UnavailableError } from '../core/errors.ts';
 import { sleep } from '../core/async.ts';
-import { apply, parseCommand, type ReservationState } from './reservations.ts';
+import { apply, parseReservationBody, type ReservationState } from './reservations.ts';
 import { requireActive } from '../data/volume-rules.ts';
 import { pageMap } from '../ports.ts';
 
@@ -37,8 +37,8 @@ const RESERVATION_ATTEMPT_MAX = 8;
  * Runs one reservation command (docs/reservations.md): read the state, apply the rule, store
  * the result on condition that the generation did not move; re-read and retry when it did.
  */
-export async function reservationCommand(volumeId: string, body: Record<string, unknown>): Promise<ReservationView> {
-  const cmd = parseCommand(body);
+export async function applyReservationBody(volumeId: string, body: Record<string, unknown>): Promise<ReservationView> {
+  const cmd = parseReservationBody(body);
   for (let attempt = 0; attempt < RESERVATION_ATTEMPT_MAX; attempt++) {
     if (attempt > 0) await sleep(Math.random() * 20 * 2 ** attempt);
     const v = requireActive(await pageMap().getVolume(volumeId), volumeId);

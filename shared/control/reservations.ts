@@ -49,7 +49,7 @@ export function checkKey(key: unknown, field = 'key'): string {
 }
 
 /** Parses and validates a command body. */
-export function parseCommand(body: Record<string, unknown>): ReservationCommand {
+export function parseReservationBody(body: Record<string, unknown>): ReservationCommand {
   const allowed = new Set(['action', 'key', 'type', 'victimKey']);
   for (const k of Object.keys(body)) if (!allowed.has(k)) throw new InvalidInputError(`unknown field ${JSON.stringify(k)}; allowed: ${[...allowed].join(', ')}`);
   const action = body.action;

@@ -5,6 +5,7 @@
  */
 import type { ChunkLocation, ListedChunk, VolumeChunk } from '../data/sleds.ts';
 import type { ReservationState } from '../control/reservations.ts';
+import type { DriveRecord, DriveState, DumpAttributes, EvacuationState } from './drive-records.ts';
 import type {
   CheckpointPointer,
   CommitWriter,
@@ -145,9 +146,48 @@ export interface PageMapStore {
   writeRebuiltPages(volumeId: string, token: string, puts: readonly StoredPage[], deletes: readonly number[]): Promise<void>;
 }
 
+/**
+ * The drive registry (docs/evacuation.md): one record per drive. Conditional updates return
+ * the record after the change, or null when their condition failed (nothing changed).
+ */
+export interface DriveRegistry {
+  /** Adds records for the deployment's drives that have none (existing ones are kept). */
+  ensureDrives(): Promise<void>;
+  /** Every record, read consistently, in no particular order. */
+  scanDrives(): Promise<DriveRecord[]>;
+  getDrive(id: string): Promise<DriveRecord | null>;
+  /** Sets attributes of a drive in the registry (operators and tests). */
+  updateDrive(id: string, attrs: Partial<Pick<DriveRecord, 'state' | 'capacityBytes' | 'usedBytes' | 'serviceLoad' | 'dumpPrepared'>>): Promise<void>;
+  /** Counts a write error into the open window (opened after `cutoffMs`). */
+  countWriteError(id: string, cutoffMs: number): Promise<DriveRecord | null>;
+  /** Opens a window at `nowMs` holding this error, when none is open. */
+  openWriteErrorWindow(id: string, cutoffMs: number, nowMs: number): Promise<DriveRecord | null>;
+  /** `seen -> retiring` with the evacuation run `evac`. */
+  startRetirement(id: string, seen: DriveState, evac: EvacuationState, nowMs: number): Promise<DriveRecord | null>;
+  /** The scan chain of run `run` from `step` to `step + 1` at `cursor` (totals on the first pass). */
+  advanceScan(id: string, run: string, step: number, cursor: string, listed: { chunks: number; bytes: number; unmanaged: number }, firstPass: boolean): Promise<DriveRecord | null>;
+  /** Records that the message for `step` was sent. */
+  markStepSent(id: string, run: string, step: number): Promise<void>;
+  /** Adds to the run's progress counters. */
+  addEvacuationProgress(id: string, run: string, delta: { chunksMoved?: number; bytesMoved?: number; chunksRebuilt?: number; chunksDropped?: number; bytesDropped?: number }, nowMs?: number): Promise<void>;
+  /** Starts pass `pass + 1` at step `step + 1`. */
+  startNextPass(id: string, run: string, pass: number, step: number, nowMs?: number): Promise<DriveRecord | null>;
+  /** Counts one finish check of pass `pass` (from `checks`). */
+  countFinishCheck(id: string, run: string, pass: number, checks: number): Promise<DriveRecord | null>;
+  /** `retiring -> retired` under run `run`. */
+  markRetired(id: string, run: string, nowMs: number): Promise<DriveRecord | null>;
+  /** Back to `active`, forgetting errors and evacuation. */
+  reactivate(id: string): Promise<void>;
+  /** Claims a drive for a dump; false when another dump is being written there. */
+  claimDump(driveId: string, dumpId: string, attrs: DumpAttributes): Promise<boolean>;
+  /** Marks the dump complete and the dump area prepared, while the claim is still this dump's. */
+  completeDump(driveId: string, dumpId: string, nowIso: string): Promise<void>;
+}
+
 /** Every port, as bound in shared/ports.ts. */
 export interface Ports {
   pageMap: PageMapStore;
+  drives: DriveRegistry;
   chunks: ChunkStore;
   queue: WorkQueue;
 }

@@ -2,7 +2,7 @@
  * What the API shows of a drive and of its evacuation: progress, rates and ETA (pure).
  */
 import { invariant } from '../core/errors.ts';
-import { DriveRecord, DriveState, EvacuationCounters, EvacuationState } from './drives.ts';
+import { DriveRecord, DriveState, EvacuationCounters, EvacuationState } from '../core/drive-records.ts';
 
 export interface EvacuationProgress extends EvacuationCounters {
   run: string;

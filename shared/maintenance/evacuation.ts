@@ -6,7 +6,8 @@
  */
 import { config } from '../core/config.ts';
 import { crc32c } from '../data/crc32c.ts';
-import { addEvacuationProgress, advanceScan, beginRetirement, completeRetirement, countFinishCheck, driveId as makeDriveId, forgetDriveStates, getDrive, markStepSent, recordWriteError, requireDrive, startNextPass, writableDrives, WRITE_ERROR_RETIRE_THRESHOLD, type DriveRecord, type EvacuationState } from './drives.ts';
+import { beginRetirement, completeRetirement, forgetDriveStates, recordWriteError, requireDrive, writableDrives, WRITE_ERROR_RETIRE_THRESHOLD } from './drives.ts';
+import { driveId as makeDriveId, type DriveRecord, type EvacuationState } from '../core/drive-records.ts';
 import { driveView } from './evacuation-progress.ts';
 import { invariant } from '../core/errors.ts';
 import type { MoveOutcome, SegmentRecord, VolumeRecord } from '../core/records.ts';
@@ -17,6 +18,7 @@ import { formatLocation, parseChunkKey, type ChunkLocation, type ListedChunk } f
 import { chunkStore, workQueue } from '../ports.ts';
 import { MOVE_BATCH_CHUNKS, type EvacuationMessage } from '../core/work-messages.ts';
 import { pageMap } from '../ports.ts';
+import { driveRegistry } from '../ports.ts';
 
 /** Keys listed per scan step (one ListObjectsV2). */
 export const SCAN_PAGE_KEYS = 1000;
@@ -105,12 +107,12 @@ async function resumeAfterDuplicate(d: DriveRecord & { evacuation: EvacuationSta
   if (e.sentStep >= e.step) return 'duplicate';
   const next = nextMessage(d);
   await send(next.message, next.delaySeconds);
-  await markStepSent(d.driveId, e.run, e.step);
+  await driveRegistry().markStepSent(d.driveId, e.run, e.step);
   return 'resent';
 }
 
 async function handleScan(msg: Extract<EvacuationMessage, { type: 'evacuate-drive' }>): Promise<string> {
-  const d = await getDrive(msg.driveId);
+  const d = await driveRegistry().getDrive(msg.driveId);
   if (!currentRun(d, msg.run)) return 'stale';
   const e = d.evacuation;
   if (e.step === msg.step + 1) return resumeAfterDuplicate(d);
@@ -128,19 +130,19 @@ async function handleScan(msg: Extract<EvacuationMessage, { type: 'evacuate-driv
     if (failed.length > 0) throw new EvacuationError(`could not queue ${failed.length} move batches for ${d.driveId}: ${failed[0]!.message}`);
   }
   const listed = { chunks: managed.length, bytes: managed.reduce((n, c) => n + c.sizeBytes, 0), unmanaged };
-  const advanced = await advanceScan(d.driveId, e.run, e.step, page.next ?? END_OF_DRIVE, listed, e.pass === 1);
+  const advanced = await driveRegistry().advanceScan(d.driveId, e.run, e.step, page.next ?? END_OF_DRIVE, listed, e.pass === 1);
   if (!advanced) {
-    const again = await getDrive(msg.driveId);
+    const again = await driveRegistry().getDrive(msg.driveId);
     return currentRun(again, msg.run) && again.evacuation.step === msg.step + 1 ? resumeAfterDuplicate(again) : 'stale';
   }
   const next = nextMessage(advanced);
   await send(next.message, next.delaySeconds);
-  await markStepSent(d.driveId, e.run, advanced.evacuation!.step);
+  await driveRegistry().markStepSent(d.driveId, e.run, advanced.evacuation!.step);
   return `queued ${managed.length} chunks in ${batches.length} batches`;
 }
 
 async function handleFinish(msg: Extract<EvacuationMessage, { type: 'finish-pass' }>): Promise<string> {
-  const d = await getDrive(msg.driveId);
+  const d = await driveRegistry().getDrive(msg.driveId);
   if (!currentRun(d, msg.run)) return 'stale';
   const e = d.evacuation;
   if (e.pass !== msg.pass || e.step !== msg.step) return 'stale';
@@ -153,7 +155,7 @@ async function handleFinish(msg: Extract<EvacuationMessage, { type: 'finish-pass
     if (done) console.log(JSON.stringify({ msg: 'drive retired', driveId: d.driveId, run: e.run, moved: e.chunksMoved, rebuilt: e.chunksRebuilt, dropped: e.chunksDropped }));
     return done ? 'retired' : 'stale';
   }
-  const counted = await countFinishCheck(d.driveId, e.run, e.pass, e.checks);
+  const counted = await driveRegistry().countFinishCheck(d.driveId, e.run, e.pass, e.checks);
   if (!counted) return 'duplicate';
   const recheck = cfg.evacuationRecheckSeconds;
   const quietMs = 3 * recheck * 1000;
@@ -172,10 +174,10 @@ async function handleFinish(msg: Extract<EvacuationMessage, { type: 'finish-pass
     return 'waiting for orphans';
   }
   if (e.pass >= PASS_MAX) throw new EvacuationError(`drive ${d.driveId} still holds ${left.length}+ chunks after ${PASS_MAX} passes; see the worker's log and the DLQ`);
-  const next = await startNextPass(d.driveId, e.run, e.pass, e.step);
+  const next = await driveRegistry().startNextPass(d.driveId, e.run, e.pass, e.step);
   if (!next) return 'duplicate';
   await send(nextMessage(next).message);
-  await markStepSent(d.driveId, e.run, next.evacuation!.step);
+  await driveRegistry().markStepSent(d.driveId, e.run, next.evacuation!.step);
   return `pass ${next.evacuation!.pass} started for ${left.length}+ chunks`;
 }
 
@@ -371,7 +373,7 @@ export async function moveChunk(listed: { key: string; lastModifiedMs: number },
 }
 
 async function handleMoves(msg: Extract<EvacuationMessage, { type: 'move-chunks' }>): Promise<string> {
-  const d = await getDrive(msg.driveId);
+  const d = await driveRegistry().getDrive(msg.driveId);
   if (!currentRun(d, msg.run)) return 'stale';
   const ctx: MoveContext = { drive: d, volumes: new Map(), nowMs: Date.now() };
   const results: Array<PromiseSettledResult<{ result: MoveResult; bytes: number }>> = [];
@@ -392,7 +394,7 @@ async function handleMoves(msg: Extract<EvacuationMessage, { type: 'move-chunks'
       delta.bytesDropped += msg.chunks[i]!.sizeBytes;
     }
   });
-  await addEvacuationProgress(d.driveId, msg.run, delta);
+  await driveRegistry().addEvacuationProgress(d.driveId, msg.run, delta);
   const summary = results.map((r) => (r.status === 'fulfilled' ? r.value.result : 'failed'));
   if (failures.length > 0) {
     throw new EvacuationError(`${failures.length} of ${msg.chunks.length} chunks of ${d.driveId} could not be moved now: ${(failures[0] as Error)?.message}`, { cause: failures[0] });

@@ -18,7 +18,7 @@ import { listVolumeChunks } from '#shared/aws/chunk-store.ts';
 import { completeWrite, prepareWrite, trimRange, writePieces } from '#shared/data/write.ts';
 import { createVolume } from '#shared/control/volumes.ts';
 import { readData } from '#shared/data/read.ts';
-import { reservationCommand } from '#shared/control/reservation-commands.ts';
+import { applyReservationBody } from '#shared/control/reservation-commands.ts';
 import { handleWorkEvent } from '#shared/maintenance/worker.ts';
 import { seeded } from '../unit/seed.ts';
 import { Api, http, useSledgeEnv } from './helpers.ts';
@@ -181,8 +181,8 @@ describe('garbage collection', () => {
 
   it('compacts a reserved volume through the commit path, fenced by the reservation generation', async () => {
     const v = await createVolume({ sizeBytes: 4 * MiB });
-    await reservationCommand(v.volumeId, { action: 'register', key: 'head:a' });
-    await reservationCommand(v.volumeId, { action: 'reserve', key: 'head:a', type: 'write-exclusive' });
+    await applyReservationBody(v.volumeId, { action: 'register', key: 'head:a' });
+    await applyReservationBody(v.volumeId, { action: 'reserve', key: 'head:a', type: 'write-exclusive' });
     const model = Buffer.alloc(4 * MiB);
     for (let i = 0; i < 64; i++) {
       const data = randomBytes(4096);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { DriveRecord } from '#shared/maintenance/drives.ts';
+import type { DriveRecord } from '#shared/core/drive-records.ts';
 import { chooseDumpDrive } from '#shared/control/dumps.ts';
 
 const GiB = 1024 ** 3;

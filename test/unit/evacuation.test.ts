@@ -1,7 +1,8 @@
 import { S3Client, PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { evacuationProgress } from '#shared/maintenance/evacuation-progress.ts';
-import { newEvacuation, writableFrom, type DriveRecord } from '#shared/maintenance/drives.ts';
+import { newEvacuation, writableFrom } from '#shared/maintenance/drives.ts';
+import { type DriveRecord } from '#shared/core/drive-records.ts';
 import { UnavailableError } from '#shared/core/errors.ts';
 import { addFaultMiddleware, clearFaults, faultStats, matchFault, parseFaultRules, setFaults } from '#shared/aws/faults.ts';
 import { allDrivesWritable, evacuationTarget, placeStripe, replacementLocation, sledsDistinct } from '#shared/data/placement.ts';

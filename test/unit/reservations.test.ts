@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ConflictError } from '#shared/core/errors.ts';
-import { EMPTY_RESERVATIONS, apply, parseCommand, readRefusal, writeRefusal, type ReservationState } from '#shared/control/reservations.ts';
+import { EMPTY_RESERVATIONS, apply, parseReservationBody, readRefusal, writeRefusal, type ReservationState } from '#shared/control/reservations.ts';
 
 const V = 'vol-1';
 const run = (...cmds: Array<Parameters<typeof apply>[2]>): ReservationState => cmds.reduce((s, c) => apply(V, s, c), EMPTY_RESERVATIONS);
@@ -84,12 +84,12 @@ describe('reservation rules', () => {
   });
 
   it('validates commands', () => {
-    expect(() => parseCommand({ action: 'steal', key: 'a' })).toThrow(/action must be one of/);
-    expect(() => parseCommand({ action: 'register', key: 'a b' })).toThrow(/key must be/);
-    expect(() => parseCommand({ action: 'reserve', key: 'a' })).toThrow(/reserve needs a type/);
-    expect(() => parseCommand({ action: 'reserve', key: 'a', type: 'mine' })).toThrow(/type must be one of/);
-    expect(() => parseCommand({ action: 'preempt', key: 'a' })).toThrow(/victimKey must be/);
-    expect(() => parseCommand({ action: 'register', key: 'a', victimKey: 'b' })).toThrow(/only for preempt/);
-    expect(() => parseCommand({ action: 'register', key: 'a', colour: 1 })).toThrow(/unknown field/);
+    expect(() => parseReservationBody({ action: 'steal', key: 'a' })).toThrow(/action must be one of/);
+    expect(() => parseReservationBody({ action: 'register', key: 'a b' })).toThrow(/key must be/);
+    expect(() => parseReservationBody({ action: 'reserve', key: 'a' })).toThrow(/reserve needs a type/);
+    expect(() => parseReservationBody({ action: 'reserve', key: 'a', type: 'mine' })).toThrow(/type must be one of/);
+    expect(() => parseReservationBody({ action: 'preempt', key: 'a' })).toThrow(/victimKey must be/);
+    expect(() => parseReservationBody({ action: 'register', key: 'a', victimKey: 'b' })).toThrow(/only for preempt/);
+    expect(() => parseReservationBody({ action: 'register', key: 'a', colour: 1 })).toThrow(/unknown field/);
   });
 });
