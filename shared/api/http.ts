@@ -1,9 +1,11 @@
 /**
  * A small router for API Gateway HTTP API (payload 2.0) events. All Lambda-event knowledge
  * lives here: routes receive a parsed request and return a plain response; errors are mapped
- * to HTTP once, in `toErrorResponse`.
+ * to HTTP once, in `toErrorResponse`, after AWS SDK errors that mean "unavailable now"
+ * (throttling, 5xx, timeouts) became UnavailableErrors (`toSledgeError`, shared/aws/errors.ts).
  */
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
+import { toSledgeError } from '../aws/errors.ts';
 import { InvalidInputError, NotFoundError, PayloadTooLargeError, SledgeError, UnsupportedMediaTypeError } from '../core/errors.ts';
 
 export interface Request {
@@ -60,7 +62,9 @@ export class Router {
         return toResult({ status: 405, json: { error: 'MethodNotAllowed', message: `${req.method} is not supported on ${req.path}; use ${allowed.join(', ')}` }, headers: { allow: allowed.join(', ') } });
       }
       throw new NotFoundError(`no route for ${req.method} ${req.path}; see /openapi.json`);
-    } catch (err) {
+    } catch (thrown) {
+      // Throttling, 5xx and timeouts of AWS are 503s, not bugs: no diagnostic dump for them.
+      const err = toSledgeError(thrown);
       if (!(err instanceof SledgeError) && this.unexpected && parsed) {
         await this.unexpected(err, parsed).catch((hookErr) => console.error('unexpected-error hook failed', hookErr));
       }
@@ -84,7 +88,8 @@ function toRequest(event: APIGatewayProxyEventV2): Request {
 }
 
 /** The single mapping from errors to HTTP responses. */
-export function toErrorResponse(err: unknown, development: boolean): Response {
+export function toErrorResponse(thrown: unknown, development: boolean): Response {
+  const err = toSledgeError(thrown);
   if (err instanceof SledgeError) {
     const headers: Record<string, string> = {};
     if (err.retryAfterSeconds !== undefined) headers['retry-after'] = String(err.retryAfterSeconds);
