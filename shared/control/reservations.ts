@@ -17,11 +17,26 @@ export type ReservationType = (typeof RESERVATION_TYPES)[number];
 export const RESERVATION_ACTIONS = ['register', 'unregister', 'reserve', 'release', 'clear', 'preempt', 'preempt-and-abort'] as const;
 export type ReservationAction = (typeof RESERVATION_ACTIONS)[number];
 
-/** Types with a single holder; the others let every registrant write. */
-export const HOLDER_TYPES: readonly ReservationType[] = ['write-exclusive', 'exclusive-access'];
-export const REGISTRANT_TYPES: readonly ReservationType[] = RESERVATION_TYPES.filter((t) => !HOLDER_TYPES.includes(t));
+/**
+ * Who may write and who may read under each reservation type (docs/reservations.md, the table
+ * under "State"). The single source of the fencing rule: `writeAllowed` and `readRefusal`
+ * apply it in memory, and the commit's DynamoDB condition (fencingCondition in
+ * shared/aws/pagemap/transactions.ts) states it for the item, from HOLDER_TYPES and
+ * REGISTRANT_TYPES below. With no reservation, anyone may write and read.
+ */
+export const ACCESS: Readonly<Record<ReservationType, { write: 'holder' | 'registrants'; read: 'anyone' | 'holder' | 'registrants' }>> = {
+  'write-exclusive': { write: 'holder', read: 'anyone' },
+  'exclusive-access': { write: 'holder', read: 'holder' },
+  'write-exclusive-registrants-only': { write: 'registrants', read: 'anyone' },
+  'exclusive-access-registrants-only': { write: 'registrants', read: 'registrants' },
+  'write-exclusive-all-registrants': { write: 'registrants', read: 'anyone' },
+  'exclusive-access-all-registrants': { write: 'registrants', read: 'registrants' },
+};
+
+/** Types with a single holder, who alone may write; under the others every registrant may. */
+export const HOLDER_TYPES: readonly ReservationType[] = RESERVATION_TYPES.filter((t) => ACCESS[t].write === 'holder');
+export const REGISTRANT_TYPES: readonly ReservationType[] = RESERVATION_TYPES.filter((t) => ACCESS[t].write === 'registrants');
 const ALL_REGISTRANTS_TYPES: readonly ReservationType[] = ['write-exclusive-all-registrants', 'exclusive-access-all-registrants'];
-const EXCLUSIVE_ACCESS_TYPES: readonly ReservationType[] = ['exclusive-access', 'exclusive-access-registrants-only', 'exclusive-access-all-registrants'];
 
 export interface ReservationState {
   generation: number;
@@ -150,22 +165,38 @@ export function apply(volumeId: string, s: ReservationState, cmd: ReservationCom
   }
 }
 
-/** Whether a request presenting `key` (or none) may write; null if so, else why not. */
+/**
+ * The fencing rule: whether a writer presenting `key` (or none) may commit under `s`. A key
+ * must be registered, and, when `keyGeneration` is given, by that very registration (a commit
+ * is fenced on the registration it started with). Then: no reservation, anyone; otherwise only
+ * a key, and it must be the holder under a holder type (ACCESS). The commit's DynamoDB
+ * condition states exactly this (fencingCondition), and the refusal analysis of a commit uses it.
+ */
+export function writeAllowed(s: ReservationState, key: string | undefined, keyGeneration?: number): boolean {
+  if (key !== undefined) {
+    const registered = s.registrants[key];
+    if (registered === undefined || (keyGeneration !== undefined && registered !== keyGeneration)) return false;
+  }
+  if (!s.reservation) return true;
+  if (key === undefined) return false;
+  return ACCESS[s.reservation.type].write === 'registrants' || s.reservation.holder === key;
+}
+
+/** Whether a request presenting `key` (or none) may write now (`writeAllowed`); null if so, else why not. */
 export function writeRefusal(volumeId: string, s: ReservationState, key: string | undefined): string | null {
+  if (writeAllowed(s, key)) return null;
   if (key !== undefined && s.registrants[key] === undefined) {
     return `key ${key} is not registered on volume ${volumeId} (it was never registered, or it was preempted or cleared)`;
   }
-  if (!s.reservation) return null;
   if (key === undefined) return `${describe(volumeId, s)}; writes must present a reservation key in x-sledge-reservation-key`;
-  if (HOLDER_TYPES.includes(s.reservation.type) && s.reservation.holder !== key) return `${describe(volumeId, s)}; key ${key} may not write`;
-  return null;
+  return `${describe(volumeId, s)}; key ${key} may not write`;
 }
 
 /** Whether a request presenting `key` (or none) may read; null if so, else why not. */
 export function readRefusal(volumeId: string, s: ReservationState, key: string | undefined): string | null {
   if (key !== undefined && s.registrants[key] === undefined) return `key ${key} is not registered on volume ${volumeId}`;
-  if (!s.reservation || !EXCLUSIVE_ACCESS_TYPES.includes(s.reservation.type)) return null;
+  if (!s.reservation || ACCESS[s.reservation.type].read === 'anyone') return null;
   if (key === undefined) return `${describe(volumeId, s)}; reads must present a reservation key`;
-  if (s.reservation.type === 'exclusive-access' && s.reservation.holder !== key) return `${describe(volumeId, s)}; key ${key} may not read`;
+  if (ACCESS[s.reservation.type].read === 'holder' && s.reservation.holder !== key) return `${describe(volumeId, s)}; key ${key} may not read`;
   return null;
 }

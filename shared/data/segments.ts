@@ -17,6 +17,8 @@ import { segmentBuffers, type Lease } from './buffer-pool.ts';
 import { crc32c, crc32cCombine } from './crc32c.ts';
 import { codec } from './erasure.ts';
 import { invariant } from '../core/errors.ts';
+import type { SegmentRecord } from '../core/records.ts';
+import type { ChunkLocation } from './sleds.ts';
 
 export const GRANULE_BYTES = 64 * 1024;
 export const SEGMENT_FOOTER_MAGIC = Buffer.from('SLDGSEG1', 'ascii');
@@ -284,4 +286,27 @@ export function trailerBytesIn(tail: Buffer): number | null {
 export function trailerBytesFromFooter(footer: Buffer): number {
   invariant(footer.length === FOOTER_BYTES && footer.subarray(0, 8).equals(SEGMENT_FOOTER_MAGIC), 'not a chunk footer');
   return footer.readUInt32BE(8) + FOOTER_BYTES;
+}
+
+/**
+ * The segment record of a segment (docs/page-map.md, "What is stored where"): its descriptor
+ * and where its chunks are. The one place the record's shape is built, for a commit and for a
+ * rebuild restoring a lost record.
+ */
+export function segmentRecordOf(d: SegmentDescriptor, locations: ChunkLocation[]): SegmentRecord {
+  return {
+    volumeId: d.volumeId,
+    segmentId: d.segmentId,
+    seq: d.seq,
+    prev: d.prev,
+    k: d.k,
+    m: d.m,
+    chunkSizeBytes: d.chunkSizeBytes,
+    granuleBytes: d.granuleBytes,
+    blockSizeBytes: d.blockSizeBytes,
+    payloadBytes: d.payloadBytes,
+    locations,
+    crcs: d.crcs,
+    createdAt: d.createdAt,
+  };
 }

@@ -10,7 +10,7 @@ import { FencedError, InvalidInputError, NotFoundError, UnavailableError, invari
 import { overlay, splitByPage, type Extent } from './extents.ts';
 import { CommitRefusedError, MAX_PAGES_PER_COMMIT, segmentRef, type CommitWriter, type PageChange, type PageRecord, type SegmentRecord, type VolumeRecord } from '../core/records.ts';
 import { sleep } from '../core/async.ts';
-import { encodeSegment, newSegmentId, type WriterIdentity } from './segments.ts';
+import { encodeSegment, newSegmentId, segmentRecordOf, type WriterIdentity } from './segments.ts';
 import { writeRefusal } from '../control/reservations.ts';
 import { type ChunkLocation } from './sleds.ts';
 import { writableDrives } from '../maintenance/drives.ts';
@@ -264,21 +264,8 @@ export async function prepareWrite(v: VolumeRecord, pieces: WritePiece[], reques
   });
 
   const d = encoded.descriptor;
-  const record: SegmentRecord = {
-    volumeId: v.volumeId,
-    segmentId,
-    seq,
-    prev: d.prev,
-    k: d.k,
-    m: d.m,
-    chunkSizeBytes: d.chunkSizeBytes,
-    granuleBytes: d.granuleBytes,
-    blockSizeBytes: bs,
-    payloadBytes: d.payloadBytes,
-    locations,
-    crcs: d.crcs,
-    createdAt: d.createdAt,
-  };
+  // The descriptor was built from this segment's id, seq and block size (encodeSegment above).
+  const record: SegmentRecord = segmentRecordOf(d, locations);
   const result: WriteResult = {
     volumeId: v.volumeId,
     segmentId,

@@ -1,6 +1,19 @@
 import { describe, expect, it } from 'vitest';
 import { ConflictError } from '#shared/core/errors.ts';
-import { EMPTY_RESERVATIONS, apply, parseReservationBody, readRefusal, writeRefusal, type ReservationState } from '#shared/control/reservations.ts';
+import {
+  ACCESS,
+  EMPTY_RESERVATIONS,
+  HOLDER_TYPES,
+  REGISTRANT_TYPES,
+  RESERVATION_TYPES,
+  apply,
+  parseReservationBody,
+  readRefusal,
+  writeAllowed,
+  writeRefusal,
+  type ReservationState,
+} from '#shared/control/reservations.ts';
+import { fencingCondition } from '#shared/aws/pagemap/transactions.ts';
 
 const V = 'vol-1';
 const run = (...cmds: Array<Parameters<typeof apply>[2]>): ReservationState => cmds.reduce((s, c) => apply(V, s, c), EMPTY_RESERVATIONS);
@@ -91,5 +104,46 @@ describe('reservation rules', () => {
     expect(() => parseReservationBody({ action: 'preempt', key: 'a' })).toThrow(/victimKey must be/);
     expect(() => parseReservationBody({ action: 'register', key: 'a', victimKey: 'b' })).toThrow(/only for preempt/);
     expect(() => parseReservationBody({ action: 'register', key: 'a', colour: 1 })).toThrow(/unknown field/);
+  });
+});
+
+describe('the fencing rule has one source (ACCESS)', () => {
+  const keys = [undefined, 'a', 'b', 'c'];
+  const states: ReservationState[] = [EMPTY_RESERVATIONS];
+  for (const type of RESERVATION_TYPES) {
+    states.push({ generation: 3, registrants: { a: 1, b: 2 }, reservation: { holder: 'a', type } });
+  }
+  states.push({ generation: 2, registrants: { a: 1, b: 2 }, reservation: null });
+
+  it('writeRefusal refuses exactly what writeAllowed does not allow', () => {
+    for (const s of states) for (const key of keys) expect(writeRefusal('vol-1', s, key) === null, `${s.reservation?.type} ${key}`).toBe(writeAllowed(s, key));
+  });
+
+  it('a commit is fenced on the registration it started with', () => {
+    const s: ReservationState = { generation: 4, registrants: { a: 4 }, reservation: null };
+    expect(writeAllowed(s, 'a', 4)).toBe(true);
+    expect(writeAllowed(s, 'a', 1)).toBe(false); // re-registered since: an old in-flight commit is refused
+    expect(writeAllowed(s, 'b', 4)).toBe(false);
+  });
+
+  it('the commit condition names the same holder and registrant types as the table', () => {
+    expect([...HOLDER_TYPES, ...REGISTRANT_TYPES].sort()).toEqual([...RESERVATION_TYPES].sort());
+    for (const t of RESERVATION_TYPES) expect(HOLDER_TYPES.includes(t)).toBe(ACCESS[t].write === 'holder');
+    const c = fencingCondition({ key: 'a', keyGeneration: 1 });
+    const typesNamed = (prefix: string) => Object.entries(c.values).filter(([k]) => k.startsWith(prefix)).map(([, v]) => v.S);
+    expect(typesNamed(':holderType')).toEqual([...HOLDER_TYPES]);
+    expect(typesNamed(':registrantType')).toEqual([...REGISTRANT_TYPES]);
+    expect(fencingCondition({}).parts).toEqual(['attribute_not_exists(resType)']);
+  });
+
+  it('reads follow the same table', () => {
+    for (const s of states) {
+      for (const key of ['a', 'b']) {
+        const read = s.reservation ? ACCESS[s.reservation.type].read : 'anyone';
+        const registered = s.registrants[key] !== undefined;
+        const expected = registered && (read === 'anyone' || read === 'registrants' || s.reservation?.holder === key);
+        expect(readRefusal('vol-1', s, key) === null, `${s.reservation?.type} ${key}`).toBe(expected);
+      }
+    }
   });
 });

@@ -6,7 +6,7 @@ import { type AttributeValue, ConditionalCheckFailedException } from '@aws-sdk/c
 import type { ReservationState, ReservationType } from '../../control/reservations.ts';
 import type { CheckpointPointer, HeadDesignation, PageRecord, SegmentRecord, StoredPage, VolumeRecord, VolumeState } from '../../core/records.ts';
 import { decodePage, encodePage, type Extent } from '../../data/extents.ts';
-import { formatLocation, parseLocation } from '../../data/sleds.ts';
+import { formatLocation, parseLocation, type ChunkLocation } from '../../data/sleds.ts';
 
 export const S = (s: string): AttributeValue => ({ S: s });
 
@@ -99,16 +99,7 @@ export function itemToVolume(item: Record<string, AttributeValue>): VolumeRecord
 export function readCheckpointFields(item: Record<string, AttributeValue>, v: VolumeRecord): void {
   if (item.checkpointEveryCommits?.N !== undefined) v.checkpointEveryCommits = num(item.checkpointEveryCommits);
   const c = item.checkpoint?.M;
-  if (c) {
-    v.checkpoint = {
-      id: str(c.id),
-      seq: num(c.seq),
-      crc: num(c.crc),
-      bytes: num(c.bytes),
-      pages: num(c.pages),
-      placement: str(c.placement),
-    };
-  }
+  if (c) v.checkpoint = attributeToCheckpoint(c);
   if (item.checkpointFloorSeq?.N !== undefined) v.checkpointFloorSeq = num(item.checkpointFloorSeq);
   if (item.rebuilds?.N !== undefined) v.rebuilds = num(item.rebuilds);
   if (item.rebuildToken?.S !== undefined) v.rebuildToken = item.rebuildToken.S;
@@ -139,7 +130,7 @@ export function segmentToItem(s: SegmentRecord): Record<string, AttributeValue> 
     granuleBytes: N(s.granuleBytes),
     blockSizeBytes: N(s.blockSizeBytes),
     payloadBytes: N(s.payloadBytes),
-    locations: { L: s.locations.map((l) => S(formatLocation(l))) },
+    locations: locationsToAttribute(s.locations),
     crcs: { L: s.crcs.map((c) => ({ B: packCrcs(c) })) },
     createdAt: S(s.createdAt),
   };
@@ -198,4 +189,18 @@ export function segmentKey(volumeId: string, segmentId: string): Record<string, 
 
 export function conditionFailed(err: unknown): err is ConditionalCheckFailedException {
   return err instanceof ConditionalCheckFailedException || (err as { name?: string })?.name === 'ConditionalCheckFailedException';
+}
+
+/** The `locations` attribute of a segment record: one `<bucket>/<key>` string per chunk. */
+export function locationsToAttribute(locations: readonly ChunkLocation[]): AttributeValue {
+  return { L: locations.map((l) => S(formatLocation(l))) };
+}
+
+/** The `checkpoint` attribute of a volume item: the latest checkpoint's pointer. */
+export function checkpointToAttribute(p: CheckpointPointer): AttributeValue {
+  return { M: { id: S(p.id), seq: N(p.seq), crc: N(p.crc), bytes: N(p.bytes), pages: N(p.pages), placement: S(p.placement) } };
+}
+
+export function attributeToCheckpoint(c: Record<string, AttributeValue>): CheckpointPointer {
+  return { id: str(c.id), seq: num(c.seq), crc: num(c.crc), bytes: num(c.bytes), pages: num(c.pages), placement: str(c.placement) };
 }

@@ -8,9 +8,9 @@ import { config } from '../../core/config.ts';
 import { invariant } from '../../core/errors.ts';
 import { segmentRef, splitSegmentRef, type PageRecord, type SegmentRecord, type StoredPage, type VolumeRecord } from '../../core/records.ts';
 import { sleep } from '../../core/async.ts';
-import { formatLocation, type ChunkLocation } from '../../data/sleds.ts';
+import type { ChunkLocation } from '../../data/sleds.ts';
 import { dynamo } from '../clients.ts';
-import { N, S, conditionFailed, itemToPage, itemToSegment, itemToStoredPage, itemToVolume, num, pageKey, segmentKey, segmentToItem } from './items.ts';
+import { N, S, conditionFailed, itemToPage, locationsToAttribute, itemToSegment, itemToStoredPage, itemToVolume, num, pageKey, segmentKey, segmentToItem } from './items.ts';
 
 /**
  * Bounds one volume's Query: pages of up to 1 MB, so 100,000 pages is 100 GB of items, far
@@ -216,7 +216,7 @@ export async function deleteSegmentRecordIf(volumeId: string, segmentId: string,
         Key: { volumeId: S(volumeId), segmentId: S(segmentId) },
         // The chunks deleted were the ones the record names; a moved chunk would be left behind.
         ConditionExpression: 'attribute_not_exists(segmentId) OR locations = :deleted',
-        ExpressionAttributeValues: { ':deleted': { L: locations.map((l) => S(formatLocation(l))) } },
+        ExpressionAttributeValues: { ':deleted': locationsToAttribute(locations) },
         ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
         ReturnConsumedCapacity: 'TOTAL',
       }),

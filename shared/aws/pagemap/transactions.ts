@@ -4,7 +4,7 @@
  * the fenced page writes of a rebuild (docs/checkpoints.md).
  */
 import { type AttributeValue, TransactWriteItemsCommand, TransactionCanceledException, type TransactWriteItem } from '@aws-sdk/client-dynamodb';
-import { HOLDER_TYPES, REGISTRANT_TYPES } from '../../control/reservations.ts';
+import { HOLDER_TYPES, REGISTRANT_TYPES, writeAllowed } from '../../control/reservations.ts';
 import { config } from '../../core/config.ts';
 import { invariant } from '../../core/errors.ts';
 import {
@@ -24,7 +24,9 @@ import { N, S, itemToSegment, itemToVolume, pageKey, pageToItem, segmentToItem, 
 
 /**
  * The named parts of the writer's access rule (docs/reservations.md), joined with AND into the
- * volume item's commit condition, with the values they use.
+ * volume item's commit condition, with the values they use. This is `writeAllowed`
+ * (shared/control/reservations.ts) stated for DynamoDB, from the same access table (ACCESS,
+ * through HOLDER_TYPES and REGISTRANT_TYPES); a maintenance writer is fenced on the generation.
  */
 export function fencingCondition(writer: CommitWriter): { parts: string[]; names: Record<string, string>; values: Record<string, AttributeValue> } {
   if (writer.maintenanceAtGeneration !== undefined) {
@@ -138,8 +140,8 @@ export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord
       if (writer.maintenanceAtGeneration !== undefined && r.generation !== writer.maintenanceAtGeneration) {
         throw new CommitRefusedError('fenced', `maintenance commit refused: the reservations of volume ${volume.volumeId} changed (generation ${writer.maintenanceAtGeneration} -> ${r.generation})`, current);
       }
-      const stillRegistered = writer.key === undefined || r.registrants[writer.key] === writer.keyGeneration;
-      const allowed = writer.maintenanceAtGeneration !== undefined || stillRegistered && (writer.key === undefined ? !r.reservation : !r.reservation || !HOLDER_TYPES.includes(r.reservation.type) || r.reservation.holder === writer.key);
+      // The same rule as the condition: still registered by the same registration, and allowed by the reservation.
+      const allowed = writer.maintenanceAtGeneration !== undefined || writeAllowed(r, writer.key, writer.keyGeneration);
       if (!allowed) {
         throw new CommitRefusedError(
           'fenced',

@@ -10,7 +10,7 @@ import { config } from '../../core/config.ts';
 import { ConflictError, NotFoundError } from '../../core/errors.ts';
 import type { CheckpointPointer, HeadDesignation, VolumeRecord } from '../../core/records.ts';
 import { dynamo } from '../clients.ts';
-import { N, S, conditionFailed, headsToAttribute, itemToVolume, reservationAttributes, str, volumeToItem } from './items.ts';
+import { N, S, checkpointToAttribute, conditionFailed, headsToAttribute, itemToVolume, reservationAttributes, str, volumeToItem } from './items.ts';
 
 export async function getVolume(volumeId: string): Promise<VolumeRecord | null> {
   const out = await dynamo().send(
@@ -251,16 +251,7 @@ export async function recordCheckpoint(volumeId: string, pointer: CheckpointPoin
         ExpressionAttributeNames: { '#checkpoint': 'checkpoint', '#seq': 'seq' },
         ExpressionAttributeValues: {
           ':seq': N(pointer.seq),
-          ':pointer': {
-            M: {
-              id: S(pointer.id),
-              seq: N(pointer.seq),
-              crc: N(pointer.crc),
-              bytes: N(pointer.bytes),
-              pages: N(pointer.pages),
-              placement: S(pointer.placement),
-            },
-          },
+          ':pointer': checkpointToAttribute(pointer),
         },
         ReturnValues: 'ALL_NEW',
         ReturnValuesOnConditionCheckFailure: 'ALL_OLD',

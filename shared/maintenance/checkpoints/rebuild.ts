@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { config } from '../../core/config.ts';
 import { ConflictError, DataUnavailableError } from '../../core/errors.ts';
 import { RebuildFenceLostError, segmentRef, type SegmentRecord, type StoredPage, type VolumeRecord } from '../../core/records.ts';
-import { type SegmentDescriptor } from '../../data/segments.ts';
+import { segmentRecordOf, type SegmentDescriptor } from '../../data/segments.ts';
 import { parseObjectChunkKey, placeChunks, type ChunkLocation } from '../../data/sleds.ts';
 import { forEachLimited } from '../../core/async.ts';
 import { CheckpointFormatError, CheckpointUnreadableError, IO_CONCURRENCY, pad12, samePage, segmentIdSeq } from './format.ts';
@@ -257,21 +257,7 @@ async function restoreSegmentRecords(
     const n = d.k + d.m;
     const planned = placeChunks(v.volumeId, segmentId, n, config().sledBuckets);
     const locations = Array.from({ length: n }, (_, i) => found.find((l) => parseObjectChunkKey(l.key)?.chunkIndex === i) ?? planned[i]!);
-    const record: SegmentRecord = {
-      volumeId: v.volumeId,
-      segmentId,
-      seq: d.seq,
-      prev: d.prev,
-      k: d.k,
-      m: d.m,
-      chunkSizeBytes: d.chunkSizeBytes,
-      granuleBytes: d.granuleBytes,
-      blockSizeBytes: d.blockSizeBytes,
-      payloadBytes: d.payloadBytes,
-      locations,
-      crcs: d.crcs,
-      createdAt: d.createdAt,
-    };
+    const record: SegmentRecord = segmentRecordOf(d, locations);
     if (await pageMap().putSegmentRecordIfAbsent(record)) restored++;
   });
   if (unrecoverable.length > 0) {
