@@ -130,7 +130,7 @@ export async function watchEvacuation(apiUrl: string, driveId: string, out: Out,
   const deadline = Date.now() + (opts.timeoutMs ?? 24 * 3600_000);
   const url = driveUrl(apiUrl, driveId);
   let last = '';
-  for (let polls = 0; Date.now() <= deadline; polls++) {
+  while (Date.now() <= deadline) {
     const res = await get(url);
     await expectStatus(res, 200, `GET ${new URL(url).pathname}`);
     const body = (await res.json()) as DriveJson;

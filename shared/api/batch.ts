@@ -26,7 +26,9 @@ export interface BatchExtent {
  * encodeBatch([{ offset: 0, data: Buffer.alloc(4096, 1) }, { offset: 8192, length: 4096, zero: true }]);
  */
 export function encodeBatch(pieces: ReadonlyArray<{ offset: number; data: Buffer } | { offset: number; length: number; zero: true }>): Buffer {
-  const extents: BatchExtent[] = pieces.map((p) => ('data' in p ? { offset: p.offset, length: p.data.length } : { offset: p.offset, length: p.length, zero: true }));
+  const extents: BatchExtent[] = pieces.map((p) =>
+    'data' in p ? { offset: p.offset, length: p.data.length } : { offset: p.offset, length: p.length, zero: true },
+  );
   const header = Buffer.from(JSON.stringify({ extents }), 'utf8');
   const len = Buffer.alloc(4);
   len.writeUInt32BE(header.length);
@@ -35,7 +37,8 @@ export function encodeBatch(pieces: ReadonlyArray<{ offset: number; data: Buffer
 
 /** Parses a batch body into write pieces; every malformation is a 400 saying what is wrong. */
 export function decodeBatch(body: Buffer): WritePiece[] {
-  if (body.length < 8 || !body.subarray(0, 4).equals(MAGIC)) throw new InvalidInputError('batch body must start with the 4 bytes "SLB1" and a 4-byte header length');
+  if (body.length < 8 || !body.subarray(0, 4).equals(MAGIC))
+    throw new InvalidInputError('batch body must start with the 4 bytes "SLB1" and a 4-byte header length');
   const headerBytes = body.readUInt32BE(4);
   if (headerBytes > MAX_BATCH_HEADER_BYTES || 8 + headerBytes > body.length) {
     throw new InvalidInputError(`batch header length ${headerBytes} is beyond the body (${body.length} bytes) or over ${MAX_BATCH_HEADER_BYTES}`);
@@ -51,7 +54,14 @@ export function decodeBatch(body: Buffer): WritePiece[] {
   let pos = 8 + headerBytes;
   const pieces: WritePiece[] = extents.map((e: unknown, i) => {
     const { offset, length, zero } = (e ?? {}) as Record<string, unknown>;
-    if (typeof offset !== 'number' || typeof length !== 'number' || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || length <= 0 || offset < 0) {
+    if (
+      typeof offset !== 'number' ||
+      typeof length !== 'number' ||
+      !Number.isSafeInteger(offset) ||
+      !Number.isSafeInteger(length) ||
+      length <= 0 ||
+      offset < 0
+    ) {
       throw new InvalidInputError(`batch extent ${i} needs integer offset >= 0 and length > 0`);
     }
     if (zero !== undefined && typeof zero !== 'boolean') throw new InvalidInputError(`batch extent ${i}: zero must be a boolean`);

@@ -37,9 +37,7 @@ export class Router {
   /** Adds a route; `{name}` segments match one path segment and become `params.name`. */
   on(method: string, path: string, handle: (req: Request) => Promise<Response>): this {
     const names: string[] = [];
-    const pattern = new RegExp(
-      '^' + path.replace(/\{(\w+)\}/g, (_, name: string) => (names.push(name), '([^/]+)')) + '/?$',
-    );
+    const pattern = new RegExp('^' + path.replace(/\{(\w+)\}/g, (_, name: string) => (names.push(name), '([^/]+)')) + '/?$');
     this.routes.push({ method, pattern, names, handle });
     return this;
   }
@@ -59,7 +57,11 @@ export class Router {
       }
       if (pathMatched) {
         const allowed = this.routes.filter((r) => r.pattern.test(req.path)).map((r) => r.method);
-        return toResult({ status: 405, json: { error: 'MethodNotAllowed', message: `${req.method} is not supported on ${req.path}; use ${allowed.join(', ')}` }, headers: { allow: allowed.join(', ') } });
+        return toResult({
+          status: 405,
+          json: { error: 'MethodNotAllowed', message: `${req.method} is not supported on ${req.path}; use ${allowed.join(', ')}` },
+          headers: { allow: allowed.join(', ') },
+        });
       }
       throw new NotFoundError(`no route for ${req.method} ${req.path}; see /openapi.json`);
     } catch (thrown) {
@@ -99,7 +101,11 @@ export function toErrorResponse(thrown: unknown, development: boolean): Response
   const e = err as Error;
   return {
     status: 500,
-    json: { error: 'InternalError', message: development ? `${e?.name}: ${e?.message}` : 'internal error; the request may or may not have taken effect', ...(development ? { stack: e?.stack } : {}) },
+    json: {
+      error: 'InternalError',
+      message: development ? `${e?.name}: ${e?.message}` : 'internal error; the request may or may not have taken effect',
+      ...(development ? { stack: e?.stack } : {}),
+    },
   };
 }
 

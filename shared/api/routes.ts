@@ -25,7 +25,6 @@ import { readData } from '../data/read.ts';
 import { trimRange, writeData, writePieces } from '../data/write.ts';
 import openapi from './openapi.json' with { type: 'json' };
 
-
 function requireBinary(req: Request, allowed: string[]): void {
   const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim();
   if (!allowed.includes(type)) throw new UnsupportedMediaTypeError(`expected content-type ${allowed.join(' or ')}, got ${type || 'none'}`);
@@ -64,12 +63,17 @@ export const router = new Router()
     return {
       status: 200,
       bytes,
-      headers: { 'x-sledge-ranged-gets': String(report.rangedGets), 'x-sledge-bad-granules': String(report.badGranules), 'x-sledge-rebuilt-granules': String(report.rebuiltGranules) },
+      headers: {
+        'x-sledge-ranged-gets': String(report.rangedGets),
+        'x-sledge-bad-granules': String(report.badGranules),
+        'x-sledge-rebuilt-granules': String(report.rebuiltGranules),
+      },
     };
   })
   .on('POST', '/volumes/{volumeId}/batch', async (req) => {
     requireBinary(req, [BATCH_CONTENT_TYPE, 'application/octet-stream']);
-    if (req.body.length > MAX_IO_BYTES + MAX_BATCH_HEADER_BYTES + 8) throw new PayloadTooLargeError(`a batch body is at most ${MAX_IO_BYTES} bytes of data plus its header`);
+    if (req.body.length > MAX_IO_BYTES + MAX_BATCH_HEADER_BYTES + 8)
+      throw new PayloadTooLargeError(`a batch body is at most ${MAX_IO_BYTES} bytes of data plus its header`);
     return { status: 200, json: await writePieces(req.params.volumeId!, decodeBatch(req.body), writer(req)) };
   })
   .on('POST', '/volumes/{volumeId}/trim', async (req) => {
@@ -97,7 +101,8 @@ export const router = new Router()
     const body = req.body.length === 0 ? {} : jsonBody(req);
     const extra = Object.keys(body).filter((k) => k !== 'reason');
     if (extra.length > 0) throw new InvalidInputError(`unknown field ${extra[0]}; a retire takes an optional reason`);
-    if (body.reason !== undefined && (typeof body.reason !== 'string' || body.reason.length > 200)) throw new InvalidInputError('reason must be a string of at most 200 characters');
+    if (body.reason !== undefined && (typeof body.reason !== 'string' || body.reason.length > 200))
+      throw new InvalidInputError('reason must be a string of at most 200 characters');
     return { status: 202, json: await retireDrive(driveId(req.params.sled!, req.params.drive!), (body.reason as string | undefined) ?? 'operator') };
   })
   .on('GET', '/queues/dead-letters', async () => ({ status: 200, json: await peekDeadLetters() }))

@@ -68,7 +68,12 @@ export function capacityUnits(operation: string, input: Input, output: Output): 
     case 'PutItem':
       return { read: 0, write: writeUnits(itemSize(input.Item)) };
     case 'UpdateItem':
-      return { read: 0, write: writeUnits(output.Attributes ? itemSize(output.Attributes) : itemSize(input.Key) + itemSize(setValues(input.UpdateExpression, input.ExpressionAttributeValues))) };
+      return {
+        read: 0,
+        write: writeUnits(
+          output.Attributes ? itemSize(output.Attributes) : itemSize(input.Key) + itemSize(setValues(input.UpdateExpression, input.ExpressionAttributeValues)),
+        ),
+      };
     case 'DeleteItem':
       return { read: 0, write: writeUnits(itemSize(input.Key)) };
     case 'BatchWriteItem': {

@@ -123,9 +123,7 @@ export async function* listVolumeChunks(volumeId: string, buckets: readonly stri
  */
 export async function listDrivePage(bucket: string, drive: string, startAfter: string, maxKeys: number): Promise<{ objects: ListedChunk[]; next?: string }> {
   invariant(maxKeys >= 1 && maxKeys <= 1000, () => `maxKeys ${maxKeys} is not from 1 to 1000`);
-  const out = await s3().send(
-    new ListObjectsV2Command({ Bucket: bucket, Prefix: `${drive}/`, StartAfter: startAfter || undefined, MaxKeys: maxKeys }),
-  );
+  const out = await s3().send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `${drive}/`, StartAfter: startAfter || undefined, MaxKeys: maxKeys }));
   const objects = (out.Contents ?? [])
     .filter((o) => o.Key)
     .map((o) => ({ bucket, key: o.Key!, sizeBytes: o.Size ?? 0, lastModifiedMs: o.LastModified?.getTime() ?? 0 }));

@@ -109,16 +109,21 @@ function unsignedPayload(client: S3Client): S3Client {
 }
 
 export function s3(): S3Client {
-  return (s3Client ??= instrument(unsignedPayload(new S3Client({
-      forcePathStyle: true,
-      maxAttempts: 3,
-      // A chunk is at most a few MiB; a request idle this long is treated as lost (and retried).
-      requestHandler: { requestTimeout: S3_REQUEST_TIMEOUT_MS, connectionTimeout: 5_000 },
-      // Chunk PUTs carry their own CRC32C (computed once, natively); the SDK need not
-      // compute another checksum over every byte of every request.
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-    })), 'S3'));
+  return (s3Client ??= instrument(
+    unsignedPayload(
+      new S3Client({
+        forcePathStyle: true,
+        maxAttempts: 3,
+        // A chunk is at most a few MiB; a request idle this long is treated as lost (and retried).
+        requestHandler: { requestTimeout: S3_REQUEST_TIMEOUT_MS, connectionTimeout: 5_000 },
+        // Chunk PUTs carry their own CRC32C (computed once, natively); the SDK need not
+        // compute another checksum over every byte of every request.
+        requestChecksumCalculation: 'WHEN_REQUIRED',
+        responseChecksumValidation: 'WHEN_REQUIRED',
+      }),
+    ),
+    'S3',
+  ));
 }
 
 export function dynamo(): DynamoDBClient {

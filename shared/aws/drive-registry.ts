@@ -63,8 +63,21 @@ function itemToDrive(item: Record<string, AttributeValue>): DriveRecord {
 }
 
 const EVAC_NUMBERS = [
-  'pass', 'step', 'sentStep', 'passStartedAtMs', 'checks', 'startedAtMs', 'chunksTotal', 'bytesTotal', 'chunksMoved', 'bytesMoved',
-  'chunksRebuilt', 'chunksDropped', 'bytesDropped', 'unmanagedObjects', 'lastProgressAtMs',
+  'pass',
+  'step',
+  'sentStep',
+  'passStartedAtMs',
+  'checks',
+  'startedAtMs',
+  'chunksTotal',
+  'bytesTotal',
+  'chunksMoved',
+  'bytesMoved',
+  'chunksRebuilt',
+  'chunksDropped',
+  'bytesDropped',
+  'unmanagedObjects',
+  'lastProgressAtMs',
 ] as const;
 
 function attributeToEvacuation(m: Record<string, AttributeValue>): EvacuationState {
@@ -115,7 +128,10 @@ export async function ensureDriveRegistry(): Promise<void> {
 }
 
 /** Sets registry attributes of one drive (operators and tests describe drives this way). */
-export async function updateDrive(id: string, attrs: Partial<Pick<DriveRecord, 'state' | 'capacityBytes' | 'usedBytes' | 'serviceLoad' | 'dumpPrepared'>>): Promise<void> {
+export async function updateDrive(
+  id: string,
+  attrs: Partial<Pick<DriveRecord, 'state' | 'capacityBytes' | 'usedBytes' | 'serviceLoad' | 'dumpPrepared'>>,
+): Promise<void> {
   const names: Record<string, string> = {};
   const values: Record<string, AttributeValue> = {};
   const sets = Object.entries(attrs).map(([k, v], i) => {
@@ -151,7 +167,10 @@ export async function getDrive(id: string): Promise<DriveRecord | null> {
  * a comment at the call site). Returns the item after the update, or null when the condition
  * failed (nothing changed). `evac.<name>` paths are escaped (see escapeEvacPaths).
  */
-async function updateDriveIf(id: string, change: { update: string; parts: string[]; names?: Record<string, string>; values?: Record<string, AttributeValue> }): Promise<DriveRecord | null> {
+async function updateDriveIf(
+  id: string,
+  change: { update: string; parts: string[]; names?: Record<string, string>; values?: Record<string, AttributeValue> },
+): Promise<DriveRecord | null> {
   const names: Record<string, string> = { ...(change.names ?? {}) };
   const update = escapeEvacPaths(change.update, names);
   const condition = escapeEvacPaths(['attribute_exists(driveId)', ...change.parts].join(' AND '), names);
@@ -198,7 +217,12 @@ function runCondition(run: string): { parts: string[]; names: Record<string, str
   };
 }
 
-function updateEvacuation(id: string, run: string, update: string, extra: { parts?: string[]; names?: Record<string, string>; values?: Record<string, AttributeValue> }): Promise<DriveRecord | null> {
+function updateEvacuation(
+  id: string,
+  run: string,
+  update: string,
+  extra: { parts?: string[]; names?: Record<string, string>; values?: Record<string, AttributeValue> },
+): Promise<DriveRecord | null> {
   const base = runCondition(run);
   return updateDriveIf(id, {
     update,
@@ -212,8 +236,17 @@ function updateEvacuation(id: string, run: string, update: string, extra: { part
  * Advances the scan chain from `step` to `step + 1` at `cursor`, adding what the page listed
  * to the totals on the first pass. Null when the step already moved (a duplicate won).
  */
-export function advanceScan(id: string, run: string, step: number, cursor: string, listed: { chunks: number; bytes: number; unmanaged: number }, firstPass: boolean): Promise<DriveRecord | null> {
-  const totals = firstPass ? ', evac.chunksTotal = evac.chunksTotal + :chunks, evac.bytesTotal = evac.bytesTotal + :bytes, evac.unmanagedObjects = evac.unmanagedObjects + :unmanaged' : '';
+export function advanceScan(
+  id: string,
+  run: string,
+  step: number,
+  cursor: string,
+  listed: { chunks: number; bytes: number; unmanaged: number },
+  firstPass: boolean,
+): Promise<DriveRecord | null> {
+  const totals = firstPass
+    ? ', evac.chunksTotal = evac.chunksTotal + :chunks, evac.bytesTotal = evac.bytesTotal + :bytes, evac.unmanagedObjects = evac.unmanagedObjects + :unmanaged'
+    : '';
   return updateEvacuation(id, run, `SET evac.step = :next, evac.cursor = :cursor${totals}`, {
     parts: ['evac.step = :step'], // nobody advanced this step yet
     values: {

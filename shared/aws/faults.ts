@@ -93,15 +93,19 @@ export function parseFaultRules(input: unknown): FaultRule[] {
   return input.map((r, i) => {
     if (typeof r !== 'object' || r === null) throw new InvalidInputError(`fault rule ${i} is not an object`);
     const rule = r as FaultRule;
-    if (rule.service !== 's3' && rule.service !== 'dynamodb' && rule.service !== 'sqs') throw new InvalidInputError(`fault rule ${i}: service must be s3, dynamodb or sqs`);
-    if (rule.rate !== undefined && !(typeof rule.rate === 'number' && rule.rate >= 0 && rule.rate <= 1)) throw new InvalidInputError(`fault rule ${i}: rate must be from 0 to 1`);
+    if (rule.service !== 's3' && rule.service !== 'dynamodb' && rule.service !== 'sqs')
+      throw new InvalidInputError(`fault rule ${i}: service must be s3, dynamodb or sqs`);
+    if (rule.rate !== undefined && !(typeof rule.rate === 'number' && rule.rate >= 0 && rule.rate <= 1))
+      throw new InvalidInputError(`fault rule ${i}: rate must be from 0 to 1`);
     if (rule.mode !== undefined && rule.mode !== 'error' && rule.mode !== 'hang') throw new InvalidInputError(`fault rule ${i}: mode must be error or hang`);
-    if (rule.phase !== undefined && rule.phase !== 'before' && rule.phase !== 'after') throw new InvalidInputError(`fault rule ${i}: phase must be before or after`);
+    if (rule.phase !== undefined && rule.phase !== 'before' && rule.phase !== 'after')
+      throw new InvalidInputError(`fault rule ${i}: phase must be before or after`);
     if (rule.status !== undefined && rule.status !== 500 && rule.status !== 503) throw new InvalidInputError(`fault rule ${i}: status must be 500 or 503`);
     if (rule.hangMs !== undefined && !(Number.isInteger(rule.hangMs) && rule.hangMs >= 0 && rule.hangMs <= HANG_MS_MAX)) {
       throw new InvalidInputError(`fault rule ${i}: hangMs must be an integer from 0 to ${HANG_MS_MAX}`);
     }
-    if (rule.count !== undefined && !(Number.isInteger(rule.count) && rule.count >= 0)) throw new InvalidInputError(`fault rule ${i}: count must be a non-negative integer`);
+    if (rule.count !== undefined && !(Number.isInteger(rule.count) && rule.count >= 0))
+      throw new InvalidInputError(`fault rule ${i}: count must be a non-negative integer`);
     return rule;
   });
 }
@@ -164,7 +168,17 @@ export function matchFault(service: FaultService, operation: string, input: Reco
 function faultError(service: FaultService, operation: string, r: FaultRule): Error {
   const status = r.status ?? 500;
   const code =
-    service === 's3' ? (status === 503 ? 'ServiceUnavailable' : 'InternalError') : service === 'sqs' ? (status === 503 ? 'ServiceUnavailable' : 'InternalError') : status === 503 ? 'ServiceUnavailable' : 'InternalServerError';
+    service === 's3'
+      ? status === 503
+        ? 'ServiceUnavailable'
+        : 'InternalError'
+      : service === 'sqs'
+        ? status === 503
+          ? 'ServiceUnavailable'
+          : 'InternalError'
+        : status === 503
+          ? 'ServiceUnavailable'
+          : 'InternalServerError';
   return new InjectedFaultError(code, status, `injected ${status} on ${service} ${operation} (SLEDGE_FAULTS / setFaults)`);
 }
 

@@ -48,7 +48,9 @@ async function sendBatch(messages: readonly WorkMessage[]): Promise<Array<{ code
 }
 
 async function approximateCount(url: string): Promise<number> {
-  const attrs = await sqs().send(new GetQueueAttributesCommand({ QueueUrl: url, AttributeNames: ['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible'] }));
+  const attrs = await sqs().send(
+    new GetQueueAttributesCommand({ QueueUrl: url, AttributeNames: ['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible'] }),
+  );
   return Number(attrs.Attributes?.ApproximateNumberOfMessages ?? 0) + Number(attrs.Attributes?.ApproximateNumberOfMessagesNotVisible ?? 0);
 }
 
@@ -79,7 +81,11 @@ async function release(url: string, messages: readonly QueuedMessage[]): Promise
 
 async function resend(url: string, message: QueuedMessage): Promise<void> {
   await sqs().send(
-    new SendMessageCommand({ QueueUrl: url, MessageBody: message.body, MessageAttributes: message.messageAttributes as Record<string, MessageAttributeValue> | undefined }),
+    new SendMessageCommand({
+      QueueUrl: url,
+      MessageBody: message.body,
+      MessageAttributes: message.messageAttributes as Record<string, MessageAttributeValue> | undefined,
+    }),
   );
 }
 

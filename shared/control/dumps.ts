@@ -56,9 +56,17 @@ export async function startDump(state: InflightState, opts: { gate?: Promise<voi
   const dumpId = `dump-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
   for (let attempt = 0; attempt < CLAIM_ATTEMPT_MAX; attempt++) {
     const drive = chooseDumpDrive(await listDrives(), body.length);
-    if (!drive) throw new NotFoundError(`no drive can take a dump of ${body.length} bytes (none active or spare with that much free space and no dump in progress)`);
+    if (!drive)
+      throw new NotFoundError(`no drive can take a dump of ${body.length} bytes (none active or spare with that much free space and no dump in progress)`);
     const key = `${drive.drive}/dumps/${dumpId}.json`;
-    const attrs: DumpAttributes = { state: 'in-progress', volumeId: state.volumeId, head: state.head, key, sizeBytes: body.length, startedAt: new Date().toISOString() };
+    const attrs: DumpAttributes = {
+      state: 'in-progress',
+      volumeId: state.volumeId,
+      head: state.head,
+      key,
+      sizeBytes: body.length,
+      startedAt: new Date().toISOString(),
+    };
     // Only a drive with no other dump being written to it.
     if (!(await driveRegistry().claimDump(drive.driveId, dumpId, attrs))) continue;
     const done = (async () => {

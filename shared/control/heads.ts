@@ -91,11 +91,13 @@ export async function renewLease(volumeId: string, body: Record<string, unknown>
   const v = await active(volumeId);
   if (!v.heads) throw new ConflictError(`volume ${volumeId} has no heads; designate them first`);
   const gen = v.reservations.registrants[headKey(head)];
-  if (v.heads.primary !== head || gen === undefined) throw new FencedError(`head ${head} is not the primary of volume ${volumeId} (the primary is ${v.heads.primary})`);
+  if (v.heads.primary !== head || gen === undefined)
+    throw new FencedError(`head ${head} is not the primary of volume ${volumeId} (the primary is ${v.heads.primary})`);
   const heads = { ...v.heads, leaseExpiresAtMs: Date.now() + v.heads.leaseDurationMs };
   // Only while still the primary, by the same registration (not preempted since we read).
   const out = await pageMap().renewLease(volumeId, heads, { head, key: headKey(head), keyGeneration: gen });
-  if (!out.ok) throw new FencedError(`head ${head} lost the primary role of volume ${volumeId} while renewing (primary now ${out.current?.heads?.primary ?? 'none'})`);
+  if (!out.ok)
+    throw new FencedError(`head ${head} lost the primary role of volume ${volumeId} while renewing (primary now ${out.current?.heads?.primary ?? 'none'})`);
   return headsView({ ...v, heads });
 }
 
@@ -116,7 +118,9 @@ export async function promote(volumeId: string, body: Record<string, unknown>): 
     if (!h.reserves.includes(head)) throw new ConflictError(`head ${head} is not a reserve of volume ${volumeId}; reserves are ${h.reserves.join(', ')}`);
     const now = Date.now();
     if (!force && h.leaseExpiresAtMs >= now) {
-      throw new ConflictError(`the lease of primary ${h.primary} on volume ${volumeId} runs until ${new Date(h.leaseExpiresAtMs).toISOString()}; promote with force to take over now`);
+      throw new ConflictError(
+        `the lease of primary ${h.primary} on volume ${volumeId} runs until ${new Date(h.leaseExpiresAtMs).toISOString()}; promote with force to take over now`,
+      );
     }
     let r = v.reservations;
     if (r.registrants[headKey(head)] === undefined) r = apply(volumeId, r, { action: 'register', key: headKey(head) });

@@ -66,7 +66,8 @@ export function checkKey(key: unknown, field = 'key'): string {
 /** Parses and validates a command body. */
 export function parseReservationBody(body: Record<string, unknown>): ReservationCommand {
   const allowed = new Set(['action', 'key', 'type', 'victimKey']);
-  for (const k of Object.keys(body)) if (!allowed.has(k)) throw new InvalidInputError(`unknown field ${JSON.stringify(k)}; allowed: ${[...allowed].join(', ')}`);
+  for (const k of Object.keys(body))
+    if (!allowed.has(k)) throw new InvalidInputError(`unknown field ${JSON.stringify(k)}; allowed: ${[...allowed].join(', ')}`);
   const action = body.action;
   if (typeof action !== 'string' || !(RESERVATION_ACTIONS as readonly string[]).includes(action)) {
     throw new InvalidInputError(`action must be one of ${RESERVATION_ACTIONS.join(', ')}, got ${JSON.stringify(action)}`);

@@ -8,7 +8,16 @@ import { config } from '../core/config.ts';
 import { InvalidInputError, NotFoundError, invariant } from '../core/errors.ts';
 import { segmentRef, type VolumeRecord } from '../core/records.ts';
 import { EMPTY_RESERVATIONS } from './reservations.ts';
-import { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_DATA_CHUNKS, DEFAULT_PARITY_CHUNKS, MAX_VOLUME_BYTES, PAGE_BLOCKS, checkAligned, integerField, requireActive } from '../data/volume-rules.ts';
+import {
+  DEFAULT_BLOCK_SIZE_BYTES,
+  DEFAULT_DATA_CHUNKS,
+  DEFAULT_PARITY_CHUNKS,
+  MAX_VOLUME_BYTES,
+  PAGE_BLOCKS,
+  checkAligned,
+  integerField,
+  requireActive,
+} from '../data/volume-rules.ts';
 import { forEachLimited } from '../core/async.ts';
 import { forgetSegment } from '../data/read.ts';
 import { chunkStore, workQueue } from '../ports.ts';
@@ -80,7 +89,8 @@ export async function createVolume(input: CreateVolumeInput): Promise<VolumeView
   }
   if (input.sizeBytes === undefined) throw new InvalidInputError('sizeBytes is required');
   const sizeBytes = integerField(input.sizeBytes, 'sizeBytes');
-  if (sizeBytes <= 0 || sizeBytes > MAX_VOLUME_BYTES) throw new InvalidInputError(`sizeBytes must be between 1 block and ${MAX_VOLUME_BYTES}, got ${sizeBytes}`);
+  if (sizeBytes <= 0 || sizeBytes > MAX_VOLUME_BYTES)
+    throw new InvalidInputError(`sizeBytes must be between 1 block and ${MAX_VOLUME_BYTES}, got ${sizeBytes}`);
   checkAligned(sizeBytes, blockSizeBytes, 'sizeBytes');
   const dataChunks = input.dataChunks === undefined ? DEFAULT_DATA_CHUNKS : integerField(input.dataChunks, 'dataChunks');
   const parityChunks = input.parityChunks === undefined ? DEFAULT_PARITY_CHUNKS : integerField(input.parityChunks, 'parityChunks');
@@ -92,7 +102,8 @@ export async function createVolume(input: CreateVolumeInput): Promise<VolumeView
   }
   let name: string | undefined;
   if (input.name !== undefined) {
-    if (typeof input.name !== 'string' || input.name.length === 0 || input.name.length > 128) throw new InvalidInputError('name must be a string of 1 to 128 characters');
+    if (typeof input.name !== 'string' || input.name.length === 0 || input.name.length > 128)
+      throw new InvalidInputError('name must be a string of 1 to 128 characters');
     name = input.name;
   }
   const checkpointEveryCommits =
@@ -148,7 +159,20 @@ export async function resizeVolume(volumeId: string, body: unknown): Promise<Vol
 
 function deletedView(volumeId: string): VolumeView {
   const now = new Date().toISOString();
-  return { volumeId, sizeBytes: 0, blockSizeBytes: 0, dataChunks: 0, parityChunks: 0, pageBlocks: 0, state: 'deleted', commitSeq: 0, createdAt: now, updatedAt: now, checkpointEveryCommits: 0, checkpointSeq: null };
+  return {
+    volumeId,
+    sizeBytes: 0,
+    blockSizeBytes: 0,
+    dataChunks: 0,
+    parityChunks: 0,
+    pageBlocks: 0,
+    state: 'deleted',
+    commitSeq: 0,
+    createdAt: now,
+    updatedAt: now,
+    checkpointEveryCommits: 0,
+    checkpointSeq: null,
+  };
 }
 
 /**

@@ -47,7 +47,8 @@ function optionalInteger(name: string, fallback: number, max: number): number {
   const raw = process.env[name];
   if (raw === undefined || raw === '') return fallback;
   const value = Number(raw);
-  if (!Number.isSafeInteger(value) || value < 0 || value > max) throw new ConfigError(`environment variable ${name} must be an integer from 0 to ${max}, got ${JSON.stringify(raw)}`);
+  if (!Number.isSafeInteger(value) || value < 0 || value > max)
+    throw new ConfigError(`environment variable ${name} must be an integer from 0 to ${max}, got ${JSON.stringify(raw)}`);
   return value;
 }
 
@@ -86,7 +87,10 @@ let cached: SledgeConfig | undefined;
  */
 export function config(): SledgeConfig {
   if (cached) return cached;
-  const sledBuckets = required(ENV.sledBuckets).split(',').map((s) => s.trim()).filter(Boolean);
+  const sledBuckets = required(ENV.sledBuckets)
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   cached = {
     volumesTable: required(ENV.volumesTable),
     pagesTable: required(ENV.pagesTable),

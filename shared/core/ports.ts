@@ -102,9 +102,18 @@ export interface PageMapStore {
   markDeleting(volumeId: string): Promise<boolean>;
   deleteVolumeItem(volumeId: string): Promise<void>;
   /** Stores reservations computed from generation `expected` (and heads, when given); false if they changed since. */
-  storeReservations(volumeId: string, expected: number, next: ReservationState, change?: { heads: HeadDesignation; primaryWas?: { head: string; leaseLapsedBeforeMs?: number } }): Promise<boolean>;
+  storeReservations(
+    volumeId: string,
+    expected: number,
+    next: ReservationState,
+    change?: { heads: HeadDesignation; primaryWas?: { head: string; leaseLapsedBeforeMs?: number } },
+  ): Promise<boolean>;
   /** Extends the primary's lease while it is still the primary by the same registration. */
-  renewLease(volumeId: string, heads: HeadDesignation, primary: { head: string; key: string; keyGeneration: number }): Promise<{ ok: true } | { ok: false; current: VolumeRecord | null }>;
+  renewLease(
+    volumeId: string,
+    heads: HeadDesignation,
+    primary: { head: string; key: string; keyGeneration: number },
+  ): Promise<{ ok: true } | { ok: false; current: VolumeRecord | null }>;
   /** Records a newer checkpoint pointer; `recorded` is false when the recorded one is as new or newer. */
   recordCheckpoint(volumeId: string, pointer: CheckpointPointer): Promise<{ recorded: boolean; current: VolumeRecord | null }>;
   /** Raises the checkpoint floor to `seq` (never lowers it). */
@@ -116,7 +125,10 @@ export interface PageMapStore {
 
   // Pages and segment records
   /** The volume item and the stored pages among `pages`, in one request. */
-  getVolumeWithPages(geometry: Pick<VolumeRecord, 'volumeId' | 'pageBlocks'>, pages: readonly number[]): Promise<{ volume: VolumeRecord | null; pages: Map<number, PageRecord> }>;
+  getVolumeWithPages(
+    geometry: Pick<VolumeRecord, 'volumeId' | 'pageBlocks'>,
+    pages: readonly number[],
+  ): Promise<{ volume: VolumeRecord | null; pages: Map<number, PageRecord> }>;
   getPages(volume: Pick<VolumeRecord, 'volumeId' | 'pageBlocks'>, pages: readonly number[]): Promise<Map<number, PageRecord>>;
   /** Every page of a volume, in page order. */
   listPages(volume: VolumeRecord): AsyncGenerator<PageRecord>;
@@ -139,7 +151,13 @@ export interface PageMapStore {
 
   // Transactions
   /** The commit (docs/page-map.md, step 4); CommitRefusedError when a condition failed. */
-  commitSegment(volume: VolumeRecord, segment: SegmentRecord, changes: readonly PageChange[], writer?: CommitWriter, clientRequestToken?: string): Promise<void>;
+  commitSegment(
+    volume: VolumeRecord,
+    segment: SegmentRecord,
+    changes: readonly PageChange[],
+    writer?: CommitWriter,
+    clientRequestToken?: string,
+  ): Promise<void>;
   /** Points a chunk of a segment at `to` if it is still at `from` and the target drive is active. */
   moveChunkLocation(volumeId: string, segmentId: string, index: number, from: ChunkLocation, to: ChunkLocation, targetDriveId: string): Promise<MoveOutcome>;
   /** Writes and deletes rebuilt pages while the rebuild fence is `token`'s (RebuildFenceLostError otherwise). */
@@ -165,11 +183,23 @@ export interface DriveRegistry {
   /** `seen -> retiring` with the evacuation run `evac`. */
   startRetirement(id: string, seen: DriveState, evac: EvacuationState, nowMs: number): Promise<DriveRecord | null>;
   /** The scan chain of run `run` from `step` to `step + 1` at `cursor` (totals on the first pass). */
-  advanceScan(id: string, run: string, step: number, cursor: string, listed: { chunks: number; bytes: number; unmanaged: number }, firstPass: boolean): Promise<DriveRecord | null>;
+  advanceScan(
+    id: string,
+    run: string,
+    step: number,
+    cursor: string,
+    listed: { chunks: number; bytes: number; unmanaged: number },
+    firstPass: boolean,
+  ): Promise<DriveRecord | null>;
   /** Records that the message for `step` was sent. */
   markStepSent(id: string, run: string, step: number): Promise<void>;
   /** Adds to the run's progress counters. */
-  addEvacuationProgress(id: string, run: string, delta: { chunksMoved?: number; bytesMoved?: number; chunksRebuilt?: number; chunksDropped?: number; bytesDropped?: number }, nowMs?: number): Promise<void>;
+  addEvacuationProgress(
+    id: string,
+    run: string,
+    delta: { chunksMoved?: number; bytesMoved?: number; chunksRebuilt?: number; chunksDropped?: number; bytesDropped?: number },
+    nowMs?: number,
+  ): Promise<void>;
   /** Starts pass `pass + 1` at step `step + 1`. */
   startNextPass(id: string, run: string, pass: number, step: number, nowMs?: number): Promise<DriveRecord | null>;
   /** Counts one finish check of pass `pass` (from `checks`). */

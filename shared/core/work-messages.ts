@@ -129,7 +129,8 @@ export function parseEvacuationMessage(msg: Record<string, unknown>): Evacuation
   const int = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
   const { driveId, run } = msg;
   if (!str(driveId) || !str(run)) return null;
-  if (msg.type === 'evacuate-drive' && int(msg.step) && typeof msg.cursor === 'string') return { type: 'evacuate-drive', driveId, run, step: msg.step, cursor: msg.cursor };
+  if (msg.type === 'evacuate-drive' && int(msg.step) && typeof msg.cursor === 'string')
+    return { type: 'evacuate-drive', driveId, run, step: msg.step, cursor: msg.cursor };
   if (msg.type === 'finish-pass' && int(msg.pass) && int(msg.step)) return { type: 'finish-pass', driveId, run, pass: msg.pass, step: msg.step };
   if (msg.type === 'move-chunks' && Array.isArray(msg.chunks) && msg.chunks.length <= MOVE_BATCH_CHUNKS) {
     const chunks: Array<{ key: string; sizeBytes: number; lastModifiedMs: number }> = [];
@@ -155,7 +156,9 @@ export function parseCheckpointMessage(body: unknown): CheckpointQueueMessage | 
     case 'checkpoint-volume': {
       const seq = msg.requestedAtSeq;
       if (!isVolumeId(msg.volumeId) || (seq !== undefined && !(Number.isSafeInteger(seq) && (seq as number) >= 0))) {
-        throw new BadCheckpointMessageError(`checkpoint-volume needs a volumeId and an optional non-negative integer requestedAtSeq: ${JSON.stringify(msg).slice(0, 200)}`);
+        throw new BadCheckpointMessageError(
+          `checkpoint-volume needs a volumeId and an optional non-negative integer requestedAtSeq: ${JSON.stringify(msg).slice(0, 200)}`,
+        );
       }
       return seq === undefined ? { type: msg.type, volumeId: msg.volumeId } : { type: msg.type, volumeId: msg.volumeId, requestedAtSeq: seq as number };
     }

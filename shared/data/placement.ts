@@ -49,7 +49,9 @@ export function placeStripe(volumeId: string, segmentId: string, chunkCount: num
     locations.push({ bucket, key: chunkKey(drive, volumeId, segmentId, i) });
   }
   if (locations.length < chunkCount) {
-    throw new UnavailableError(`a stripe of ${chunkCount} chunks needs ${chunkCount} sleds with an active drive; only ${locations.length} have one`, { retryAfterSeconds: 5 });
+    throw new UnavailableError(`a stripe of ${chunkCount} chunks needs ${chunkCount} sleds with an active drive; only ${locations.length} have one`, {
+      retryAfterSeconds: 5,
+    });
   }
   invariant(new Set(locations.map((l) => l.bucket)).size === chunkCount, 'chunk placement reused a sled');
   return locations;
@@ -92,7 +94,14 @@ export function replacementLocation(
  * choice is a hash of the chunk's identity over the candidates, so a retried move picks the same
  * target while the registry does not change. Null when there is none.
  */
-export function evacuationTarget(volumeId: string, segmentId: string, chunkIndex: number, stripe: readonly ChunkLocation[], buckets: readonly string[], writable: WritableDrives): ChunkLocation | null {
+export function evacuationTarget(
+  volumeId: string,
+  segmentId: string,
+  chunkIndex: number,
+  stripe: readonly ChunkLocation[],
+  buckets: readonly string[],
+  writable: WritableDrives,
+): ChunkLocation | null {
   const old = stripe[chunkIndex];
   invariant(old, () => `chunk ${chunkIndex} is not in a stripe of ${stripe.length}`);
   const used = new Set(stripe.map((l) => l.bucket));

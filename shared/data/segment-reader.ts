@@ -90,7 +90,11 @@ async function fetchGranules(rec: SegmentRecord, chunk: number, granules: readon
  * Returns the payload bytes of each range, verified. With up to m chunks missing or corrupt
  * the bytes are rebuilt; beyond that, DataUnavailableError.
  */
-export async function readPayload(rec: SegmentRecord, ranges: readonly PayloadRange[], report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 }): Promise<Buffer[]> {
+export async function readPayload(
+  rec: SegmentRecord,
+  ranges: readonly PayloadRange[],
+  report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 },
+): Promise<Buffer[]> {
   const { k, m, chunkSizeBytes: cs } = rec;
   invariant(rec.locations.length === k + m && rec.crcs.length === k + m, () => `segment ${rec.segmentId} record has the wrong chunk count`);
   // Which granules of which data chunk hold the requested bytes.
@@ -150,7 +154,8 @@ async function rebuild(rec: SegmentRecord, granules: number[], wanted: Map<numbe
     const present = shards.filter((s) => s !== null).length;
     if (present < k) {
       throw new DataUnavailableError(
-        `segment ${rec.volumeId}/${rec.segmentId}: only ${present} of ${k + m} chunks readable with a good checksum at granule ${g}, need ${k}; the data cannot be returned`,
+        `segment ${rec.volumeId}/${rec.segmentId}: only ${present} of ${k + m} chunks readable with a good checksum at granule ${g}, ` +
+          `need ${k}; the data cannot be returned`,
       );
     }
     const full = await codec().reconstruct(k, m, shards);
@@ -173,7 +178,12 @@ async function rebuild(rec: SegmentRecord, granules: number[], wanted: Map<numbe
  * from k other chunks (evacuation of an unreadable or failed drive). Throws
  * DataUnavailableError when fewer than k good copies of a granule exist.
  */
-export async function readChunkData(rec: SegmentRecord, chunkIndex: number, fromOthers: boolean, report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 }): Promise<Buffer> {
+export async function readChunkData(
+  rec: SegmentRecord,
+  chunkIndex: number,
+  fromOthers: boolean,
+  report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 },
+): Promise<Buffer> {
   const { k, m } = rec;
   invariant(chunkIndex >= 0 && chunkIndex < k + m, () => `chunk ${chunkIndex} outside a stripe of ${k + m}`);
   const granuleCount = Math.ceil(rec.chunkSizeBytes / rec.granuleBytes);

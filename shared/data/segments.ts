@@ -186,7 +186,14 @@ export async function encodeSegment(
   // before encoding: room for it is left after each chunk.
   const chunkSize = chunkSizeFor(payloadBytes, k, blockSizeBytes);
   const granules = Math.ceil(chunkSize / GRANULE_BYTES);
-  const base: Omit<SegmentDescriptor, 'crcs'> = { v: 1, ...meta, chunkSizeBytes: chunkSize, granuleBytes: GRANULE_BYTES, payloadBytes, createdAt: new Date().toISOString() };
+  const base: Omit<SegmentDescriptor, 'crcs'> = {
+    v: 1,
+    ...meta,
+    chunkSizeBytes: chunkSize,
+    granuleBytes: GRANULE_BYTES,
+    payloadBytes,
+    createdAt: new Date().toISOString(),
+  };
   const widest: SegmentDescriptor = { ...base, crcs: Array.from({ length: k + m }, () => new Array<number>(granules).fill(MAX_CRC)) };
   const tailRoom = trailerBytesFor({ ...widest, chunkIndex: k + m - 1 });
   let lease: Lease | undefined;

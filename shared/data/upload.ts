@@ -42,12 +42,17 @@ async function putWithRetries(loc: ChunkLocation, chunk: Buffer, crc: number): P
  */
 export async function uploadChunksAt(locations: ChunkLocation[], chunks: Buffer[], crcs: number[], chunkSizeBytes: number): Promise<void> {
   invariant(locations.length === chunks.length, 'one location per chunk');
-  invariant(chunks.every((c) => c.length >= chunkSizeBytes), 'every chunk has its data');
+  invariant(
+    chunks.every((c) => c.length >= chunkSizeBytes),
+    'every chunk has its data',
+  );
   const results = await Promise.allSettled(chunks.map((chunk, i) => putWithRetries(locations[i]!, chunk, crcs[i]!)));
   const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed.length > 0) {
     await deleteChunksQuietly(locations);
-    throw new UnavailableError(`${failed.length} of ${chunks.length} chunk uploads failed: ${String(failed[0]!.reason?.message ?? failed[0]!.reason)}`, { cause: failed[0]!.reason });
+    throw new UnavailableError(`${failed.length} of ${chunks.length} chunk uploads failed: ${String(failed[0]!.reason?.message ?? failed[0]!.reason)}`, {
+      cause: failed[0]!.reason,
+    });
   }
 }
 
@@ -67,7 +72,10 @@ export async function uploadChunks(
   writable: WritableDrives,
 ): Promise<ChunkLocation[]> {
   invariant(planned.length === chunks.length, 'one location per chunk');
-  invariant(chunks.every((c) => c.length > chunkSizeBytes), 'every chunk has data and a trailer');
+  invariant(
+    chunks.every((c) => c.length > chunkSizeBytes),
+    'every chunk has data and a trailer',
+  );
   // The stripe as it stands: a replacement is chosen and recorded here synchronously, so two
   // chunks failing at once cannot pick the same free sled.
   const stripe = [...planned];
@@ -88,11 +96,14 @@ export async function uploadChunks(
           const next = replacementLocation(volumeId, segmentId, i, stripe, tried, config().sledBuckets, writable);
           if (!next) {
             throw new UnavailableError(
-              `chunk ${i} of segment ${segmentId} could not be written to ${formatLocation(loc)}, and no other sled with an active drive is free for it; two chunks of a stripe never share a sled`,
+              `chunk ${i} of segment ${segmentId} could not be written to ${formatLocation(loc)}, ` +
+                'and no other sled with an active drive is free for it; two chunks of a stripe never share a sled',
               { cause: err, retryAfterSeconds: 5 },
             );
           }
-          console.warn(`chunk ${i} of ${volumeId}/${segmentId}: ${formatLocation(loc)} failed (${(err as Error).message}); writing it to ${formatLocation(next)}`);
+          console.warn(
+            `chunk ${i} of ${volumeId}/${segmentId}: ${formatLocation(loc)} failed (${(err as Error).message}); writing it to ${formatLocation(next)}`,
+          );
           stripe[i] = next;
         }
       }

@@ -8,7 +8,16 @@ import { checkpointAfterCommit } from '../maintenance/checkpoint-messages.ts';
 import { config } from '../core/config.ts';
 import { FencedError, InvalidInputError, NotFoundError, UnavailableError, invariant } from '../core/errors.ts';
 import { overlay, splitByPage, type Extent } from './extents.ts';
-import { CommitRefusedError, MAX_PAGES_PER_COMMIT, segmentRef, type CommitWriter, type PageChange, type PageRecord, type SegmentRecord, type VolumeRecord } from '../core/records.ts';
+import {
+  CommitRefusedError,
+  MAX_PAGES_PER_COMMIT,
+  segmentRef,
+  type CommitWriter,
+  type PageChange,
+  type PageRecord,
+  type SegmentRecord,
+  type VolumeRecord,
+} from '../core/records.ts';
 import { sleep } from '../core/async.ts';
 import { encodeSegment, newSegmentId, segmentRecordOf, type WriterIdentity } from './segments.ts';
 import { writeRefusal } from '../control/reservations.ts';
@@ -92,7 +101,12 @@ export async function trimRange(volumeId: string, offset: number, length: number
  * await writePieces(id, [{ offset: 0, length: 4096, data }, { offset: 1 << 20, length: 8192 }]);
  */
 export async function writePieces(volumeId: string, pieces: readonly WritePiece[], writer: WriterIdentity = { id: HEAD_ID }): Promise<WriteResult> {
-  const entry: InflightWrite = { writer: writer.id, key: writer.key, extents: pieces.map((p) => ({ offset: p.offset, length: p.length, zero: !p.data })), startedAt: new Date().toISOString() };
+  const entry: InflightWrite = {
+    writer: writer.id,
+    key: writer.key,
+    extents: pieces.map((p) => ({ offset: p.offset, length: p.length, zero: !p.data })),
+    startedAt: new Date().toISOString(),
+  };
   const set = inflight.get(volumeId) ?? new Set();
   inflight.set(volumeId, set.add(entry));
   try {
@@ -194,14 +208,20 @@ export interface PreparedWrite {
  * is `completeWrite`. They are separate so that tests can stall a writer between the two,
  * as a paused head would be.
  */
-export async function prepareWrite(v: VolumeRecord, pieces: WritePiece[], requester: WriterIdentity, opts: { maintenance?: boolean; pages?: PrefetchedPages } = {}): Promise<PreparedWrite> {
+export async function prepareWrite(
+  v: VolumeRecord,
+  pieces: WritePiece[],
+  requester: WriterIdentity,
+  opts: { maintenance?: boolean; pages?: PrefetchedPages } = {},
+): Promise<PreparedWrite> {
   const bs = v.blockSizeBytes;
   // Fencing, part one: refuse at once what the reservation state refuses now. Part two is the
   // commit's own condition, which refuses it again if the state changes before the commit.
   // A maintenance writer (compaction) is fenced by the reservation generation at commit instead.
   const refusal = opts.maintenance ? null : writeRefusal(v.volumeId, v.reservations, requester.key);
   if (refusal) throw new FencedError(refusal);
-  const writer: WriterIdentity = requester.key === undefined ? { id: requester.id } : { id: requester.id, key: requester.key, generation: v.reservations.registrants[requester.key]! };
+  const writer: WriterIdentity =
+    requester.key === undefined ? { id: requester.id } : { id: requester.id, key: requester.key, generation: v.reservations.registrants[requester.key]! };
   const seq = v.headSeq + 1;
   const segmentId = newSegmentId(seq);
   const ref = segmentRef(v.volumeId, segmentId);
@@ -219,7 +239,9 @@ export async function prepareWrite(v: VolumeRecord, pieces: WritePiece[], reques
   }
   const byPage = splitByPage(incoming, v.pageBlocks);
   if (byPage.size > MAX_PAGES_PER_COMMIT) {
-    throw new InvalidInputError(`this write touches ${byPage.size} pages of ${v.pageBlocks * bs} bytes; one commit holds at most ${MAX_PAGES_PER_COMMIT}: split it`);
+    throw new InvalidInputError(
+      `this write touches ${byPage.size} pages of ${v.pageBlocks * bs} bytes; one commit holds at most ${MAX_PAGES_PER_COMMIT}: split it`,
+    );
   }
   // The pages are needed only for the commit. Read with the volume item when they could be
   // (one request fewer), else now, while the segment is encoded and uploaded, which keeps the
@@ -284,7 +306,7 @@ export async function prepareWrite(v: VolumeRecord, pieces: WritePiece[], reques
  * anything is deleted (docs/page-map.md, "Settling an outcome").
  */
 export async function completeWrite(prepared: PreparedWrite, writerOverride?: CommitWriter): Promise<WriteResult | null> {
-  const { volume: v, record, changes, writer, result, locations } = prepared;
+  const { volume: v, record, changes, writer, result } = prepared;
   const fencedOn = writerOverride ?? commitWriter(writer);
   const commitToken = prepared.commitToken ?? randomUUID();
   try {
@@ -305,7 +327,10 @@ export type CommitOutcome = 'committed' | 'never' | 'pending';
  * **before** this call reads the segment record. `never` is a proof: the head has moved past
  * `seq - 1` without the segment, so its transaction can no longer apply.
  */
-export async function commitOutcome(record: Pick<SegmentRecord, 'volumeId' | 'segmentId' | 'seq'>, observed: Pick<VolumeRecord, 'headSeq' | 'headSegmentId'> | null): Promise<CommitOutcome> {
+export async function commitOutcome(
+  record: Pick<SegmentRecord, 'volumeId' | 'segmentId' | 'seq'>,
+  observed: Pick<VolumeRecord, 'headSeq' | 'headSegmentId'> | null,
+): Promise<CommitOutcome> {
   if (!observed) return 'pending'; // the volume is gone: its reclaim deletes everything, not us
   if (observed.headSegmentId === record.segmentId) return 'committed';
   if (observed.headSeq < record.seq) return 'pending'; // the head still stands where we built on (or the commit is not due)

@@ -99,7 +99,8 @@ export async function redriveDeadLetters(body: Record<string, unknown>): Promise
   const extra = Object.keys(body).filter((k) => k !== 'queue' && k !== 'messageIds');
   if (extra.length > 0) throw new InvalidInputError(`unknown field ${extra[0]}; a redrive takes queue and messageIds`);
   const queue = body.queue;
-  if (queue !== undefined && !WORK_QUEUE_NAMES.includes(queue as WorkQueueName)) throw new InvalidInputError(`queue must be one of ${WORK_QUEUE_NAMES.join(', ')}, got ${JSON.stringify(queue)}`);
+  if (queue !== undefined && !WORK_QUEUE_NAMES.includes(queue as WorkQueueName))
+    throw new InvalidInputError(`queue must be one of ${WORK_QUEUE_NAMES.join(', ')}, got ${JSON.stringify(queue)}`);
   const ids = body.messageIds;
   if (ids !== undefined && !(Array.isArray(ids) && ids.length > 0 && ids.length <= REDRIVE_MAX && ids.every((i) => typeof i === 'string' && i.length > 0))) {
     throw new InvalidInputError(`messageIds must be a non-empty array of at most ${REDRIVE_MAX} message ids`);

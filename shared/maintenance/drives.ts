@@ -144,10 +144,12 @@ export async function beginRetirement(id: string, reason: string, nowMs = Date.n
 
 /** `retiring -> retired` once the drive is found empty. Null if the run or state changed. */
 export function completeRetirement(id: string, run: string, nowMs = Date.now()): Promise<DriveRecord | null> {
-  return driveRegistry().markRetired(id, run, nowMs).then((d) => {
-    forgetDriveStates();
-    return d;
-  });
+  return driveRegistry()
+    .markRetired(id, run, nowMs)
+    .then((d) => {
+      forgetDriveStates();
+      return d;
+    });
 }
 
 /** Puts a drive back in service and forgets its errors and evacuation (operators and tests). */

@@ -6,7 +6,15 @@
  */
 import { config } from '../core/config.ts';
 import { crc32c } from '../data/crc32c.ts';
-import { beginRetirement, completeRetirement, forgetDriveStates, recordWriteError, requireDrive, writableDrives, WRITE_ERROR_RETIRE_THRESHOLD } from './drives.ts';
+import {
+  beginRetirement,
+  completeRetirement,
+  forgetDriveStates,
+  recordWriteError,
+  requireDrive,
+  writableDrives,
+  WRITE_ERROR_RETIRE_THRESHOLD,
+} from './drives.ts';
 import { driveId as makeDriveId, type DriveRecord, type EvacuationState } from '../core/drive-records.ts';
 import { driveView } from './evacuation-progress.ts';
 import { invariant } from '../core/errors.ts';
@@ -124,7 +132,12 @@ async function handleScan(msg: Extract<EvacuationMessage, { type: 'evacuate-driv
   for (let i = 0; i < managed.length; i += MOVE_BATCH_CHUNKS) batches.push(managed.slice(i, i + MOVE_BATCH_CHUNKS));
   for (let i = 0; i < batches.length; i += 10) {
     const messages = batches.slice(i, i + 10).map(
-      (b): EvacuationMessage => ({ type: 'move-chunks', driveId: d.driveId, run: e.run, chunks: b.map((c) => ({ key: c.key, sizeBytes: c.sizeBytes, lastModifiedMs: c.lastModifiedMs })) }),
+      (b): EvacuationMessage => ({
+        type: 'move-chunks',
+        driveId: d.driveId,
+        run: e.run,
+        chunks: b.map((c) => ({ key: c.key, sizeBytes: c.sizeBytes, lastModifiedMs: c.lastModifiedMs })),
+      }),
     );
     const failed = await workQueue().sendBatch(messages);
     if (failed.length > 0) throw new EvacuationError(`could not queue ${failed.length} move batches for ${d.driveId}: ${failed[0]!.message}`);
@@ -152,7 +165,10 @@ async function handleFinish(msg: Extract<EvacuationMessage, { type: 'finish-pass
   const settled = listingStartedMs >= (d.retiringSinceMs ?? e.startedAtMs) + cfg.evacuationSettleMs;
   if (left.length === 0 && complete && settled) {
     const done = await completeRetirement(d.driveId, e.run);
-    if (done) console.log(JSON.stringify({ msg: 'drive retired', driveId: d.driveId, run: e.run, moved: e.chunksMoved, rebuilt: e.chunksRebuilt, dropped: e.chunksDropped }));
+    if (done)
+      console.log(
+        JSON.stringify({ msg: 'drive retired', driveId: d.driveId, run: e.run, moved: e.chunksMoved, rebuilt: e.chunksRebuilt, dropped: e.chunksDropped }),
+      );
     return done ? 'retired' : 'stale';
   }
   const counted = await driveRegistry().countFinishCheck(d.driveId, e.run, e.pass, e.checks);
@@ -173,7 +189,8 @@ async function handleFinish(msg: Extract<EvacuationMessage, { type: 'finish-pass
     await send(msg, Math.min(DELAY_SECONDS_MAX, waitMs / 1000 + 1));
     return 'waiting for orphans';
   }
-  if (e.pass >= PASS_MAX) throw new EvacuationError(`drive ${d.driveId} still holds ${left.length}+ chunks after ${PASS_MAX} passes; see the worker's log and the DLQ`);
+  if (e.pass >= PASS_MAX)
+    throw new EvacuationError(`drive ${d.driveId} still holds ${left.length}+ chunks after ${PASS_MAX} passes; see the worker's log and the DLQ`);
   const next = await driveRegistry().startNextPass(d.driveId, e.run, e.pass, e.step);
   if (!next) return 'duplicate';
   await send(nextMessage(next).message);
@@ -304,7 +321,10 @@ export async function moveChunk(listed: { key: string; lastModifiedMs: number },
   if (!volume) ctx.volumes.set(parsed.volumeId, (volume = pageMap().getVolume(parsed.volumeId)));
   const v = await volume;
   const rec = await pageMap().getSegmentRecord(parsed.volumeId, parsed.segmentId);
-  const dropped = async (): Promise<{ result: MoveResult; bytes: number }> => ({ result: (await chunkStore().deleteChunkIfPresent(old)) ? 'dropped' : 'done-elsewhere', bytes: 0 });
+  const dropped = async (): Promise<{ result: MoveResult; bytes: number }> => ({
+    result: (await chunkStore().deleteChunkIfPresent(old)) ? 'dropped' : 'done-elsewhere',
+    bytes: 0,
+  });
   // A volume that is gone or being deleted: its chunks are garbage (reclaim deletes them too).
   if (!v || v.state !== 'active') return dropped();
   if (!rec) {
@@ -397,7 +417,9 @@ async function handleMoves(msg: Extract<EvacuationMessage, { type: 'move-chunks'
   await driveRegistry().addEvacuationProgress(d.driveId, msg.run, delta);
   const summary = results.map((r) => (r.status === 'fulfilled' ? r.value.result : 'failed'));
   if (failures.length > 0) {
-    throw new EvacuationError(`${failures.length} of ${msg.chunks.length} chunks of ${d.driveId} could not be moved now: ${(failures[0] as Error)?.message}`, { cause: failures[0] });
+    throw new EvacuationError(`${failures.length} of ${msg.chunks.length} chunks of ${d.driveId} could not be moved now: ${(failures[0] as Error)?.message}`, {
+      cause: failures[0],
+    });
   }
   return summary.join(',');
 }

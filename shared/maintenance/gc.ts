@@ -5,7 +5,16 @@
  */
 import { config } from '../core/config.ts';
 import { FencedError, InvariantError, invariant } from '../core/errors.ts';
-import { DEFAULT_COMPACTION_POLICY, groupForCommits, liveness, pagesTouched, planCompaction, spaceRatio, type LiveExtent, type SegmentUsage } from './liveness.ts';
+import {
+  DEFAULT_COMPACTION_POLICY,
+  groupForCommits,
+  liveness,
+  pagesTouched,
+  planCompaction,
+  spaceRatio,
+  type LiveExtent,
+  type SegmentUsage,
+} from './liveness.ts';
 import { MAX_PAGES_PER_COMMIT, segmentRef, type PageRecord, type SegmentRecord, type VolumeRecord } from '../core/records.ts';
 import { takeCheckpoint } from './checkpoints/take.ts';
 import { readPayload } from '../data/segment-reader.ts';
@@ -184,7 +193,8 @@ async function compact(volumeId: string, refs: ReadonlySet<string>, pagesOf: Map
     const pages = await pageMap().getPages(v, pageNums);
     const extents: LiveExtent[] = [];
     for (const p of pages.values()) {
-      for (const e of p.extents) if (e.seg !== null && refs.has(e.seg)) extents.push({ first: e.first, count: e.count, seg: e.seg, segBlock: e.segBlock, page: p.page });
+      for (const e of p.extents)
+        if (e.seg !== null && refs.has(e.seg)) extents.push({ first: e.first, count: e.count, seg: e.seg, segBlock: e.segBlock, page: p.page });
     }
     if (extents.length === 0) return [...refs];
     const records = new Map<string, SegmentRecord>();
@@ -205,7 +215,10 @@ async function compact(volumeId: string, refs: ReadonlySet<string>, pagesOf: Map
       for (const e of group) bySeg.set(e.seg, [...(bySeg.get(e.seg) ?? []), e]);
       const data = new Map<LiveExtent, Buffer>();
       for (const [ref, list] of bySeg) {
-        const parts = await readPayload(records.get(ref)!, list.map((e) => ({ start: e.segBlock * bs, end: (e.segBlock + e.count) * bs })));
+        const parts = await readPayload(
+          records.get(ref)!,
+          list.map((e) => ({ start: e.segBlock * bs, end: (e.segBlock + e.count) * bs })),
+        );
         list.forEach((e, i) => data.set(e, parts[i]!));
       }
       for (const e of [...group].sort((a, b) => a.first - b.first)) {

@@ -96,7 +96,10 @@ export function spaceRatio(storedBytes: number, liveBytes: number, k: number, m:
  * What `liveBytes` take once rewritten into fresh segments: k+m chunks per segment, each
  * rounded up to whole blocks (a small rewrite is padded like a small write), plus trailers.
  */
-export function freshStoredBytes(liveBytes: number, policy: Pick<CompactionPolicy, 'dataChunks' | 'parityChunks' | 'blockSizeBytes' | 'freshOverhead' | 'segmentBytesMax'>): number {
+export function freshStoredBytes(
+  liveBytes: number,
+  policy: Pick<CompactionPolicy, 'dataChunks' | 'parityChunks' | 'blockSizeBytes' | 'freshOverhead' | 'segmentBytesMax'>,
+): number {
   const { dataChunks: k, parityChunks: m, blockSizeBytes: bs } = policy;
   if (liveBytes === 0) return 0;
   const segments = Math.ceil(liveBytes / policy.segmentBytesMax);
@@ -118,7 +121,9 @@ export function planCompaction(segments: readonly SegmentUsage[], policy: Compac
   const live = segments.reduce((n, s) => n + s.liveBytes, 0);
   const total = segments.reduce((n, s) => n + s.storedBytes, 0);
   const efficiency = (s: SegmentUsage) => (s.storedBytes === 0 ? 1 : (s.liveBytes * expand) / s.storedBytes);
-  const candidates = segments.filter((s) => !s.kept && s.liveBytes > 0 && efficiency(s) < policy.maxEfficiency).sort((a, b) => efficiency(a) - efficiency(b) || a.ref.localeCompare(b.ref));
+  const candidates = segments
+    .filter((s) => !s.kept && s.liveBytes > 0 && efficiency(s) < policy.maxEfficiency)
+    .sort((a, b) => efficiency(a) - efficiency(b) || a.ref.localeCompare(b.ref));
   const chosen: string[] = [];
   let chosenLive = 0;
   let chosenStored = 0;

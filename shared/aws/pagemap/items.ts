@@ -30,7 +30,12 @@ export function headsToAttribute(h: HeadDesignation): AttributeValue {
 export function attributeToHeads(a: AttributeValue | undefined): HeadDesignation | undefined {
   const m = a?.M;
   if (!m) return undefined;
-  return { primary: str(m.primary), reserves: (m.reserves?.L ?? []).map(str), leaseExpiresAtMs: num(m.leaseExpiresAtMs), leaseDurationMs: num(m.leaseDurationMs) };
+  return {
+    primary: str(m.primary),
+    reserves: (m.reserves?.L ?? []).map(str),
+    leaseExpiresAtMs: num(m.leaseExpiresAtMs),
+    leaseDurationMs: num(m.leaseDurationMs),
+  };
 }
 
 export function volumeToItem(v: VolumeRecord): Record<string, AttributeValue> {

@@ -3,14 +3,35 @@
  * volume item when the geometry is known), queries of one volume's items, batch deletes, and
  * the conditional puts and deletes of segment records (docs/page-map.md).
  */
-import { type AttributeValue, BatchGetItemCommand, BatchWriteItemCommand, DeleteItemCommand, GetItemCommand, PutItemCommand, QueryCommand } from '@aws-sdk/client-dynamodb';
+import {
+  type AttributeValue,
+  BatchGetItemCommand,
+  BatchWriteItemCommand,
+  DeleteItemCommand,
+  GetItemCommand,
+  PutItemCommand,
+  QueryCommand,
+} from '@aws-sdk/client-dynamodb';
 import { config } from '../../core/config.ts';
 import { invariant } from '../../core/errors.ts';
 import { segmentRef, splitSegmentRef, type PageRecord, type SegmentRecord, type StoredPage, type VolumeRecord } from '../../core/records.ts';
 import { sleep } from '../../core/async.ts';
 import type { ChunkLocation } from '../../data/sleds.ts';
 import { dynamo } from '../clients.ts';
-import { N, S, conditionFailed, itemToPage, locationsToAttribute, itemToSegment, itemToStoredPage, itemToVolume, num, pageKey, segmentKey, segmentToItem } from './items.ts';
+import {
+  N,
+  S,
+  conditionFailed,
+  itemToPage,
+  locationsToAttribute,
+  itemToSegment,
+  itemToStoredPage,
+  itemToVolume,
+  num,
+  pageKey,
+  segmentKey,
+  segmentToItem,
+} from './items.ts';
 
 /**
  * Bounds one volume's Query: pages of up to 1 MB, so 100,000 pages is 100 GB of items, far
@@ -33,7 +54,10 @@ async function batchGetTables(keysByTable: Record<string, Record<string, Attribu
   let pending: Record<string, { Keys: Record<string, AttributeValue>[]; ConsistentRead: true }> = {};
   for (const [table, keys] of Object.entries(keysByTable)) if (keys.length > 0) pending[table] = { Keys: keys, ConsistentRead: true };
   for (let attempt = 0; Object.keys(pending).length > 0; attempt++) {
-    invariant(attempt < UNPROCESSED_RETRY_MAX, `BatchGetItem on ${Object.keys(pending).join(', ')} still had unprocessed keys after ${UNPROCESSED_RETRY_MAX} attempts`);
+    invariant(
+      attempt < UNPROCESSED_RETRY_MAX,
+      `BatchGetItem on ${Object.keys(pending).join(', ')} still had unprocessed keys after ${UNPROCESSED_RETRY_MAX} attempts`,
+    );
     if (attempt > 0) await sleep(Math.min(1000, 20 * 2 ** attempt));
     const out: { Responses?: Record<string, Record<string, AttributeValue>[]>; UnprocessedKeys?: Record<string, { Keys?: Record<string, AttributeValue>[] }> } =
       await dynamo().send(new BatchGetItemCommand({ RequestItems: pending, ReturnConsumedCapacity: 'TOTAL' }));
@@ -136,7 +160,11 @@ export async function putSegmentRecordIfAbsent(record: SegmentRecord): Promise<b
  * The items of one volume in a table, in sort-key order, a page of queries at a time
  * (consistent reads). `sortKeyRange` narrows the sort key to `BETWEEN from AND to`.
  */
-async function* queryVolumeItems(table: string, volumeId: string, sortKeyRange?: { name: string; from: AttributeValue; to: AttributeValue }): AsyncGenerator<Record<string, AttributeValue>> {
+async function* queryVolumeItems(
+  table: string,
+  volumeId: string,
+  sortKeyRange?: { name: string; from: AttributeValue; to: AttributeValue },
+): AsyncGenerator<Record<string, AttributeValue>> {
   let start: Record<string, AttributeValue> | undefined;
   for (let page = 0; ; page++) {
     invariant(page < QUERY_PAGES_MAX, () => `query of ${table} for volume ${volumeId} did not end after ${QUERY_PAGES_MAX} pages`);
@@ -188,7 +216,10 @@ export async function* listStoredPages(volumeId: string): AsyncGenerator<StoredP
 
 /** The stored pages among `pages` (consistent reads; missing pages are absent from the map). */
 export async function getStoredPages(volumeId: string, pages: readonly number[]): Promise<Map<number, StoredPage>> {
-  const items = await batchGet(config().pagesTable, pages.map((p) => pageKey(volumeId, p)));
+  const items = await batchGet(
+    config().pagesTable,
+    pages.map((p) => pageKey(volumeId, p)),
+  );
   return new Map(items.map((item) => [num(item.page), itemToStoredPage(item)]));
 }
 
@@ -230,10 +261,16 @@ export async function deleteSegmentRecordIf(volumeId: string, segmentId: string,
 
 /** Deletes page items of a volume (batches of 25, unprocessed ones retried). */
 export async function deletePages(volumeId: string, pages: readonly number[]): Promise<void> {
-  await deleteItems('pages', pages.map((p) => pageKey(volumeId, p)));
+  await deleteItems(
+    'pages',
+    pages.map((p) => pageKey(volumeId, p)),
+  );
 }
 
 /** Deletes segment records of a volume (batches of 25, unprocessed ones retried). */
 export async function deleteSegmentRecords(volumeId: string, segmentIds: readonly string[]): Promise<void> {
-  await deleteItems('segments', segmentIds.map((id) => segmentKey(volumeId, id)));
+  await deleteItems(
+    'segments',
+    segmentIds.map((id) => segmentKey(volumeId, id)),
+  );
 }

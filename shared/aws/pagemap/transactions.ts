@@ -70,7 +70,13 @@ export function fencingCondition(writer: CommitWriter): { parts: string[]; names
  * Throws CommitRefusedError when a condition failed (nothing was changed); any other error
  * leaves the outcome unknown, and the caller resolves it with `getSegmentRecord`.
  */
-export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord, changes: readonly PageChange[], writer: CommitWriter = {}, clientRequestToken?: string): Promise<void> {
+export async function commitSegment(
+  volume: VolumeRecord,
+  segment: SegmentRecord,
+  changes: readonly PageChange[],
+  writer: CommitWriter = {},
+  clientRequestToken?: string,
+): Promise<void> {
   const fencing = fencingCondition(writer);
   invariant(segment.seq === volume.headSeq + 1, 'segment built on a different head');
   invariant(segment.prev === volume.headSegmentId, 'segment prev is not the head it was built on');
@@ -138,14 +144,19 @@ export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord
       if (current.state !== 'active') throw new CommitRefusedError('volume-not-active', `volume ${volume.volumeId} is ${current.state}`, current);
       const r = current.reservations;
       if (writer.maintenanceAtGeneration !== undefined && r.generation !== writer.maintenanceAtGeneration) {
-        throw new CommitRefusedError('fenced', `maintenance commit refused: the reservations of volume ${volume.volumeId} changed (generation ${writer.maintenanceAtGeneration} -> ${r.generation})`, current);
+        throw new CommitRefusedError(
+          'fenced',
+          `maintenance commit refused: the reservations of volume ${volume.volumeId} changed (generation ${writer.maintenanceAtGeneration} -> ${r.generation})`,
+          current,
+        );
       }
       // The same rule as the condition: still registered by the same registration, and allowed by the reservation.
       const allowed = writer.maintenanceAtGeneration !== undefined || writeAllowed(r, writer.key, writer.keyGeneration);
       if (!allowed) {
         throw new CommitRefusedError(
           'fenced',
-          `commit refused: writer ${writer.key ?? '(no key)'} was fenced off volume ${volume.volumeId} (reservation generation ${r.generation}${r.reservation ? `, reserved ${r.reservation.type} by ${r.reservation.holder}` : ''})`,
+          `commit refused: writer ${writer.key ?? '(no key)'} was fenced off volume ${volume.volumeId} ` +
+            `(reservation generation ${r.generation}${r.reservation ? `, reserved ${r.reservation.type} by ${r.reservation.holder}` : ''})`,
           current,
         );
       }
@@ -165,7 +176,14 @@ export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord
  * longer at `from`, or the target drive is not active. Other errors leave the outcome unknown:
  * the caller re-reads the record.
  */
-export async function moveChunkLocation(volumeId: string, segmentId: string, index: number, from: ChunkLocation, to: ChunkLocation, targetDriveId: string): Promise<MoveOutcome> {
+export async function moveChunkLocation(
+  volumeId: string,
+  segmentId: string,
+  index: number,
+  from: ChunkLocation,
+  to: ChunkLocation,
+  targetDriveId: string,
+): Promise<MoveOutcome> {
   invariant(Number.isInteger(index) && index >= 0 && index < 64, () => `bad chunk index ${index}`);
   const cfg = config();
   try {
@@ -240,7 +258,9 @@ export async function writeRebuiltPages(volumeId: string, token: string, puts: r
       },
     };
     try {
-      await dynamo().send(new TransactWriteItemsCommand({ TransactItems: [fence, ...writes.slice(i, i + REBUILD_WRITES_PER_TRANSACTION)], ReturnConsumedCapacity: 'TOTAL' }));
+      await dynamo().send(
+        new TransactWriteItemsCommand({ TransactItems: [fence, ...writes.slice(i, i + REBUILD_WRITES_PER_TRANSACTION)], ReturnConsumedCapacity: 'TOTAL' }),
+      );
     } catch (err) {
       const reasons = (err as TransactionCanceledException).CancellationReasons ?? [];
       if (reasons[0]?.Code === 'ConditionalCheckFailed') {

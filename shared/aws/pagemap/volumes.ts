@@ -119,7 +119,10 @@ export interface HeadsChange {
   primaryWas?: { head: string; leaseLapsedBeforeMs?: number };
 }
 
-function headsExtra(change: HeadsChange): { set: Record<string, AttributeValue>; condition?: { expression: string; names?: Record<string, string>; values: Record<string, AttributeValue> } } {
+function headsExtra(change: HeadsChange): {
+  set: Record<string, AttributeValue>;
+  condition?: { expression: string; names?: Record<string, string>; values: Record<string, AttributeValue> };
+} {
   const was = change.primaryWas;
   if (!was) return { set: { heads: headsToAttribute(change.heads) } };
   const lapsed = was.leaseLapsedBeforeMs !== undefined;
@@ -246,7 +249,8 @@ export async function recordCheckpoint(volumeId: string, pointer: CheckpointPoin
         UpdateExpression: 'SET #checkpoint = :pointer',
         ConditionExpression: [
           'attribute_exists(volumeId)', // the volume exists
-          '(attribute_not_exists(#checkpoint) OR #checkpoint.#seq < :seq)', // and this checkpoint is newer than the recorded one: the pointer only moves forward
+          // and this checkpoint is newer than the recorded one: the pointer only moves forward
+          '(attribute_not_exists(#checkpoint) OR #checkpoint.#seq < :seq)',
         ].join(' AND '),
         ExpressionAttributeNames: { '#checkpoint': 'checkpoint', '#seq': 'seq' },
         ExpressionAttributeValues: {

@@ -2,7 +2,6 @@
  * The codec interface and the argument checks both codecs share, so that they fail the same way.
  */
 
-
 export interface ErasureCodec {
   readonly name: 'native' | 'portable';
   /**
@@ -11,7 +10,10 @@ export interface ErasureCodec {
    * is written there and those buffers are returned; otherwise new ones are.
    */
   encode(k: number, m: number, data: readonly Buffer[], into?: readonly Buffer[]): Promise<Buffer[]>;
-  /** shards has k+m entries, null where missing; at least k present, all of the same length. Returns all k+m shards, missing ones rebuilt. Throws a clear Error if fewer than k present. */
+  /**
+   * shards has k+m entries, null where missing; at least k present, all of the same length.
+   * Returns all k+m shards, missing ones rebuilt. Throws a clear Error if fewer than k present.
+   */
   reconstruct(k: number, m: number, shards: readonly (Buffer | null)[]): Promise<Buffer[]>;
 }
 

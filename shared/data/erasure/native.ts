@@ -2,7 +2,6 @@
  * The native codec: `@ronomon/reed-solomon` when it loads (it does not on Lambda).
  */
 import { createRequire } from 'node:module';
-import { context } from './generator.ts';
 import { type ErasureCodec, MAX_K, MAX_M, checkEncode, checkInto, checkReconstruct, copyInto } from './checks.ts';
 
 // ---------------------------------------------------------------------------------------

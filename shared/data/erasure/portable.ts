@@ -107,20 +107,32 @@ function xorRow(t: Int32Array, to: number, row: WordRow, base: number, n: number
   while (i < count) {
     const left = count - i;
     if (left >= 4) {
-      const a = s[i]!, b = s[i + 1]!, c = s[i + 2]!, d = s[i + 3]!;
-      const ao = base + p[i]!, bo = base + p[i + 1]!, co = base + p[i + 2]!, dO = base + p[i + 3]!;
+      const a = s[i]!,
+        b = s[i + 1]!,
+        c = s[i + 2]!,
+        d = s[i + 3]!;
+      const ao = base + p[i]!,
+        bo = base + p[i + 1]!,
+        co = base + p[i + 2]!,
+        dO = base + p[i + 3]!;
       if (first) set4(t, to, a, ao, b, bo, c, co, d, dO, n);
       else xor4(t, to, a, ao, b, bo, c, co, d, dO, n);
       i += 4;
     } else if (left === 3) {
-      const a = s[i]!, b = s[i + 1]!, c = s[i + 2]!;
-      const ao = base + p[i]!, bo = base + p[i + 1]!, co = base + p[i + 2]!;
+      const a = s[i]!,
+        b = s[i + 1]!,
+        c = s[i + 2]!;
+      const ao = base + p[i]!,
+        bo = base + p[i + 1]!,
+        co = base + p[i + 2]!;
       if (first) set3(t, to, a, ao, b, bo, c, co, n);
       else xor3(t, to, a, ao, b, bo, c, co, n);
       i += 3;
     } else if (left === 2) {
-      const a = s[i]!, b = s[i + 1]!;
-      const ao = base + p[i]!, bo = base + p[i + 1]!;
+      const a = s[i]!,
+        b = s[i + 1]!;
+      const ao = base + p[i]!,
+        bo = base + p[i + 1]!;
       if (first) set2(t, to, a, ao, b, bo, n);
       else xor2(t, to, a, ao, b, bo, n);
       i += 2;
@@ -161,11 +173,35 @@ function xor3(t: Int32Array, to: number, a: Int32Array, ao: number, b: Int32Arra
   for (let i = 0; i < n; i++) t[to + i]! ^= a[ao + i]! ^ b[bo + i]! ^ c[co + i]!;
 }
 
-function set4(t: Int32Array, to: number, a: Int32Array, ao: number, b: Int32Array, bo: number, c: Int32Array, co: number, d: Int32Array, dO: number, n: number): void {
+function set4(
+  t: Int32Array,
+  to: number,
+  a: Int32Array,
+  ao: number,
+  b: Int32Array,
+  bo: number,
+  c: Int32Array,
+  co: number,
+  d: Int32Array,
+  dO: number,
+  n: number,
+): void {
   for (let i = 0; i < n; i++) t[to + i] = a[ao + i]! ^ b[bo + i]! ^ c[co + i]! ^ d[dO + i]!;
 }
 
-function xor4(t: Int32Array, to: number, a: Int32Array, ao: number, b: Int32Array, bo: number, c: Int32Array, co: number, d: Int32Array, dO: number, n: number): void {
+function xor4(
+  t: Int32Array,
+  to: number,
+  a: Int32Array,
+  ao: number,
+  b: Int32Array,
+  bo: number,
+  c: Int32Array,
+  co: number,
+  d: Int32Array,
+  dO: number,
+  n: number,
+): void {
   for (let i = 0; i < n; i++) t[to + i]! ^= a[ao + i]! ^ b[bo + i]! ^ c[co + i]! ^ d[dO + i]!;
 }
 

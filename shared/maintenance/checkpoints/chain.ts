@@ -56,7 +56,9 @@ export function orderChain(
     id = d.prev;
   }
   if (id !== base.segmentId) {
-    throw new ChainBrokenError(`the commit chain reaches seq ${base.seq} at segment ${id || '(none)'}, but the checkpoint was taken at ${base.segmentId || '(none)'}`);
+    throw new ChainBrokenError(
+      `the commit chain reaches seq ${base.seq} at segment ${id || '(none)'}, but the checkpoint was taken at ${base.segmentId || '(none)'}`,
+    );
   }
   return out.reverse();
 }

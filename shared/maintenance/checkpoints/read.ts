@@ -9,7 +9,18 @@ import { readPayload } from '../../data/segment-reader.ts';
 import { GRANULE_BYTES, decodeTrailer, parseTrailer, trailerBytesIn, type SegmentDescriptor } from '../../data/segments.ts';
 import { chunkKey, driveName, parseObjectChunkKey, type ChunkLocation, type VolumeChunk } from '../../data/sleds.ts';
 import { forEachLimited } from '../../core/async.ts';
-import { CHECKPOINT_ALIGN_BYTES, CHECKPOINT_FOOTER_MAGIC, CHECKPOINT_ID_PREFIX, CheckpointDescriptor, CheckpointUnreadableError, IO_CONCURRENCY, TAIL_GUESS_BYTES, checkpointIdSeq, decodeCheckpointPayload, parsePlacement } from './format.ts';
+import {
+  CHECKPOINT_ALIGN_BYTES,
+  CHECKPOINT_FOOTER_MAGIC,
+  CHECKPOINT_ID_PREFIX,
+  CheckpointDescriptor,
+  CheckpointUnreadableError,
+  IO_CONCURRENCY,
+  TAIL_GUESS_BYTES,
+  checkpointIdSeq,
+  decodeCheckpointPayload,
+  parsePlacement,
+} from './format.ts';
 import { CheckpointSet, orderChain } from './chain.ts';
 import { chunkStore } from '../../ports.ts';
 import { pageMap } from '../../ports.ts';
@@ -60,7 +71,11 @@ export async function readDescriptors(volumeId: string, segments: ReadonlyMap<st
  * records in the Segments table (exactly the committed ones) and their trailers, checked to
  * form the chain from `after` to `upto`.
  */
-export async function committedDescriptors(volumeId: string, after: { seq: number; segmentId: string }, upto: { seq: number; segmentId: string }): Promise<SegmentDescriptor[]> {
+export async function committedDescriptors(
+  volumeId: string,
+  after: { seq: number; segmentId: string },
+  upto: { seq: number; segmentId: string },
+): Promise<SegmentDescriptor[]> {
   if (upto.seq <= after.seq) return [];
   const records = await pageMap().listSegmentRecordsBetween(volumeId, after.seq, upto.seq);
   const byId = await readDescriptors(volumeId, new Map(records.map((r) => [r.segmentId, r.locations])));
@@ -113,7 +128,12 @@ export async function readCheckpoint(
   }
 }
 
-async function readCheckpointAt(volumeId: string, checkpointId: string, locations: ReadonlyArray<ChunkLocation | null>, expectedCrc: number | undefined): Promise<LoadedCheckpoint> {
+async function readCheckpointAt(
+  volumeId: string,
+  checkpointId: string,
+  locations: ReadonlyArray<ChunkLocation | null>,
+  expectedCrc: number | undefined,
+): Promise<LoadedCheckpoint> {
   let descriptor: CheckpointDescriptor | null = null;
   for (const loc of locations) {
     if (!loc) continue;
@@ -157,7 +177,9 @@ async function readCheckpointAt(volumeId: string, checkpointId: string, location
   }
   const crc = crc32c(payload);
   if (crc !== descriptor.payloadCrc || (expectedCrc !== undefined && crc !== expectedCrc)) {
-    throw new CheckpointUnreadableError(`checkpoint ${volumeId}/${checkpointId}: payload CRC32C ${crc} differs from the recorded ${expectedCrc ?? descriptor.payloadCrc}`);
+    throw new CheckpointUnreadableError(
+      `checkpoint ${volumeId}/${checkpointId}: payload CRC32C ${crc} differs from the recorded ${expectedCrc ?? descriptor.payloadCrc}`,
+    );
   }
   const pages = decodeCheckpointPayload(payload);
   invariant(pages.length === descriptor.pages, () => `checkpoint ${checkpointId}: ${pages.length} pages, descriptor says ${descriptor.pages}`);

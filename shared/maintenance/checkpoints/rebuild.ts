@@ -125,7 +125,8 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
     const base = await findBase(v, unreadableCheckpoints);
     if (!base) {
       throw new DataUnavailableError(
-        `volume ${volumeId}: no readable checkpoint (${unreadableCheckpoints.map((u) => u.checkpointId).join(', ') || 'none found'}), and segments up to seq ${v.checkpointFloorSeq} may have been reclaimed; the page map cannot be rebuilt`,
+        `volume ${volumeId}: no readable checkpoint (${unreadableCheckpoints.map((u) => u.checkpointId).join(', ') || 'none found'}), ` +
+          `and segments up to seq ${v.checkpointFloorSeq} may have been reclaimed; the page map cannot be rebuilt`,
       );
     }
     clock.lap('checkpoint');
@@ -201,7 +202,10 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
     // Nothing written (and not taking over a rebuild that may have written): the stored map is
     // as it was before any rebuild, so serving may resume. Otherwise the fence stays until a
     // rebuild completes.
-    if (!writing) await pageMap().unfenceAfterRebuild(volumeId, token).catch((e) => console.error(`could not lift the rebuild fence of ${volumeId}:`, e));
+    if (!writing)
+      await pageMap()
+        .unfenceAfterRebuild(volumeId, token)
+        .catch((e) => console.error(`could not lift the rebuild fence of ${volumeId}:`, e));
     if (err instanceof RebuildFenceLostError) throw new ConflictError(err.message, { cause: err });
     throw err;
   }
@@ -261,7 +265,13 @@ async function restoreSegmentRecords(
     if (await pageMap().putSegmentRecordIfAbsent(record)) restored++;
   });
   if (unrecoverable.length > 0) {
-    console.error(JSON.stringify({ msg: 'segments referenced by the page map have no record and no readable chunk; their blocks cannot be read', volumeId: v.volumeId, segments: unrecoverable.sort() }));
+    console.error(
+      JSON.stringify({
+        msg: 'segments referenced by the page map have no record and no readable chunk; their blocks cannot be read',
+        volumeId: v.volumeId,
+        segments: unrecoverable.sort(),
+      }),
+    );
   }
   return { restored, unrecoverable: unrecoverable.sort() };
 }

@@ -12,7 +12,21 @@ import { GRANULE_BYTES, decodeTrailer, encodeStripes, encodeTrailer } from '../.
 import { placeChunks } from '../../data/sleds.ts';
 import { deleteChunksQuietly, uploadChunksAt } from '../../data/upload.ts';
 import { forEachLimited } from '../../core/async.ts';
-import { CHECKPOINT_ALIGN_BYTES, CHECKPOINT_FOOTER_MAGIC, CHECKPOINT_GRACE_MS, CHECKPOINT_REPLAY_SEGMENTS_MAX, CHECKPOINT_RETAIN, CheckpointDescriptor, IO_CONCURRENCY, SETTLE_ROUNDS_MAX, SWEEP_VOLUMES_PER_MESSAGE, encodeCheckpointPayload, formatPlacement, newCheckpointId, samePage } from './format.ts';
+import {
+  CHECKPOINT_ALIGN_BYTES,
+  CHECKPOINT_FOOTER_MAGIC,
+  CHECKPOINT_GRACE_MS,
+  CHECKPOINT_REPLAY_SEGMENTS_MAX,
+  CHECKPOINT_RETAIN,
+  CheckpointDescriptor,
+  IO_CONCURRENCY,
+  SETTLE_ROUNDS_MAX,
+  SWEEP_VOLUMES_PER_MESSAGE,
+  encodeCheckpointPayload,
+  formatPlacement,
+  newCheckpointId,
+  samePage,
+} from './format.ts';
 import { planRetention, replaySegment, touchedPages } from './chain.ts';
 import { committedDescriptors, listCheckpointSets, readTrailerBytes } from './read.ts';
 import { RebuildBase, RebuildReport, findBase, phaseClock } from './rebuild.ts';
@@ -105,7 +119,9 @@ async function mapByReplay(v0: VolumeRecord, base: RebuildBase, clock: ReturnTyp
     if (!want || !have || !samePage(want, have)) {
       const describe = (p: StoredPage | undefined) => (p ? `version ${p.version}` : 'no item');
       throw new ConflictError(
-        `the live page map of volume ${volumeId} does not match its commit chain at page ${page} (live: ${describe(have)}, checkpoint ${base.checkpointId ?? 'of the first write'} plus ${descs.length} commits: ${describe(want)}); no checkpoint was written: rebuild the page map`,
+        `the live page map of volume ${volumeId} does not match its commit chain at page ${page} ` +
+          `(live: ${describe(have)}, checkpoint ${base.checkpointId ?? 'of the first write'} plus ${descs.length} commits: ${describe(want)}); ` +
+          'no checkpoint was written: rebuild the page map',
       );
     }
     pagesVerified++;
@@ -138,12 +154,29 @@ async function mapByScan(v0: VolumeRecord): Promise<BuiltMap> {
   for (let settleRounds = 0; ; settleRounds++) {
     const now = mustStayActive(v0, await pageMap().getVolume(volumeId));
     if (now.headSeq === known.headSeq) {
-      return { seq: known.headSeq, headSegmentId: known.headSegmentId, map, method: 'scan', baseCheckpointId: null, segmentsReplayed: 0, verified: false, pagesVerified: 0, pagesSkipped: 0, settleRounds };
+      return {
+        seq: known.headSeq,
+        headSegmentId: known.headSegmentId,
+        map,
+        method: 'scan',
+        baseCheckpointId: null,
+        segmentsReplayed: 0,
+        verified: false,
+        pagesVerified: 0,
+        pagesSkipped: 0,
+        settleRounds,
+      };
     }
     if (settleRounds >= SETTLE_ROUNDS_MAX) {
-      throw new UnavailableError(`volume ${volumeId} kept committing during ${SETTLE_ROUNDS_MAX} rounds of its checkpoint scan; retry later`, { retryAfterSeconds: 10 });
+      throw new UnavailableError(`volume ${volumeId} kept committing during ${SETTLE_ROUNDS_MAX} rounds of its checkpoint scan; retry later`, {
+        retryAfterSeconds: 10,
+      });
     }
-    const descs = await committedDescriptors(volumeId, { seq: known.headSeq, segmentId: known.headSegmentId }, { seq: now.headSeq, segmentId: now.headSegmentId });
+    const descs = await committedDescriptors(
+      volumeId,
+      { seq: known.headSeq, segmentId: known.headSegmentId },
+      { seq: now.headSeq, segmentId: now.headSegmentId },
+    );
     for (const d of descs) for (const p of touchedPages(d, v0.pageBlocks)) touched.add(p);
     const fresh = await pageMap().getStoredPages(volumeId, [...touched]);
     for (const p of touched) {
@@ -215,7 +248,12 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
   const chunks = shards.map((shard, chunkIndex) => Buffer.concat([shard, encodeTrailer({ ...descriptor, chunkIndex }, CHECKPOINT_FOOTER_MAGIC)]));
   const buckets = config().sledBuckets;
   const locations = placeChunks(volumeId, checkpointId, k + m, buckets);
-  await uploadChunksAt(locations, chunks, chunks.map((c) => crc32c(c)), chunkSizeBytes);
+  await uploadChunksAt(
+    locations,
+    chunks,
+    chunks.map((c) => crc32c(c)),
+    chunkSizeBytes,
+  );
   const pointer: CheckpointPointer = {
     id: checkpointId,
     seq,
@@ -282,14 +320,22 @@ export interface CheckpointListing {
 }
 
 /** The checkpoints of a volume found on the sleds, newest first, with the recorded pointer and floor. */
-export async function listCheckpoints(volumeId: string): Promise<{ volumeId: string; latest: CheckpointView | null; floorSeq: number | null; checkpoints: CheckpointListing[] }> {
+export async function listCheckpoints(
+  volumeId: string,
+): Promise<{ volumeId: string; latest: CheckpointView | null; floorSeq: number | null; checkpoints: CheckpointListing[] }> {
   const v = await pageMap().getVolume(volumeId);
   if (!v) throw new NotFoundError(`volume ${volumeId} does not exist`);
   const sets = [...(await listCheckpointSets(volumeId)).values()].sort((a, b) => b.set.seq - a.set.seq || a.set.id.localeCompare(b.set.id));
   const k = v.dataChunks;
   const checkpoints = await Promise.all(
     sets.map(async ({ set, chunks }): Promise<CheckpointListing> => {
-      const entry: CheckpointListing = { checkpointId: set.id, seq: set.seq, latest: set.id === v.checkpoint?.id, chunksFound: set.chunks, readable: set.chunks >= k };
+      const entry: CheckpointListing = {
+        checkpointId: set.id,
+        seq: set.seq,
+        latest: set.id === v.checkpoint?.id,
+        chunksFound: set.chunks,
+        readable: set.chunks >= k,
+      };
       for (const c of chunks.values()) {
         try {
           const tail = await readTrailerBytes(c);
@@ -311,7 +357,10 @@ export async function listCheckpoints(volumeId: string): Promise<{ volumeId: str
  * checkpoint for each active volume with commits after its latest checkpoint (unless its
  * automatic checkpoints are off), and queues the next step if the scan is not done.
  */
-export async function sweepCheckpoints(startAfter?: string, volumesPerStep = SWEEP_VOLUMES_PER_MESSAGE): Promise<{ scanned: number; queued: number; next?: string }> {
+export async function sweepCheckpoints(
+  startAfter?: string,
+  volumesPerStep = SWEEP_VOLUMES_PER_MESSAGE,
+): Promise<{ scanned: number; queued: number; next?: string }> {
   const page = await pageMap().listVolumes(volumesPerStep, startAfter);
   const due = page.volumes.filter(
     (v) => v.state === 'active' && (v.checkpointEveryCommits ?? DEFAULT_CHECKPOINT_EVERY_COMMITS) > 0 && v.headSeq > (v.checkpoint?.seq ?? 0),
