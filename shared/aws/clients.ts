@@ -89,7 +89,7 @@ let sqsClient: SQSClient | undefined;
  * DNS for every bucket name, which local endpoints do not have.
  */
 /**
- * Chunk PUTs carry a CRC32C that S3 verifies (see sleds.ts), so hashing every body again with
+ * Chunk PUTs carry a CRC32C that S3 verifies (see chunk-store.ts), so hashing every body again with
  * SHA-256 for the signature buys nothing; the request is signed with UNSIGNED-PAYLOAD, as S3
  * clients do over TLS. Headers, key and checksum stay signed.
  */
