@@ -222,7 +222,18 @@ function segmentToItem(s: SegmentRecord): Record<string, AttributeValue> {
   };
 }
 
+/**
+ * A segment tombstone: an item in the Segments table under a segment id that was never
+ * committed, written so that it never can be (the commit puts the record with
+ * `attribute_not_exists(segmentId)`; docs/page-map.md, "Settling an outcome"). Readers of
+ * segment records never see tombstones.
+ */
+function isTombstone(item: Record<string, AttributeValue>): boolean {
+  return item.tombstone?.BOOL === true;
+}
+
 function itemToSegment(item: Record<string, AttributeValue>): SegmentRecord {
+  invariant(!isTombstone(item), () => `segment ${str(item.segmentId)} is a tombstone, not a record`);
   return {
     volumeId: str(item.volumeId),
     segmentId: str(item.segmentId),
@@ -519,6 +530,7 @@ export async function getSegmentRecords(refs: readonly string[]): Promise<Map<st
   const items = await batchGet(config().segmentsTable, keys);
   const out = new Map<string, SegmentRecord>();
   for (const item of items) {
+    if (isTombstone(item)) continue;
     const rec = itemToSegment(item);
     out.set(segmentRef(rec.volumeId, rec.segmentId), rec);
   }
@@ -534,7 +546,36 @@ export async function getSegmentRecord(volumeId: string, segmentId: string): Pro
       ReturnConsumedCapacity: 'TOTAL',
     }),
   );
-  return out.Item ? itemToSegment(out.Item) : null;
+  return out.Item && !isTombstone(out.Item) ? itemToSegment(out.Item) : null;
+}
+
+/**
+ * Makes a segment that has no record uncommittable: puts a tombstone under its id, which the
+ * commit's `attribute_not_exists(segmentId)` then refuses. `tombstoned` (also when an earlier
+ * attempt put it) proves the segment never committed and never will; `committed` means its
+ * record was there first.
+ */
+export async function tombstoneSegment(volumeId: string, segmentId: string, seq: number): Promise<'tombstoned' | 'committed'> {
+  try {
+    await dynamo().send(
+      new PutItemCommand({
+        TableName: config().segmentsTable,
+        Item: { volumeId: S(volumeId), segmentId: S(segmentId), seq: N(seq), tombstone: { BOOL: true }, createdAt: S(new Date().toISOString()) },
+        ConditionExpression: 'attribute_not_exists(segmentId)', // no record, and no tombstone: the id is free
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return 'tombstoned';
+  } catch (err) {
+    if (!conditionFailed(err)) throw err;
+    return err.Item && isTombstone(err.Item) ? 'tombstoned' : 'committed';
+  }
+}
+
+/** Every tombstone of a volume (GC deletes those the head has passed; a volume's reclaim, all). */
+export async function* listSegmentTombstones(volumeId: string): AsyncGenerator<{ segmentId: string; seq: number }> {
+  for await (const item of queryVolumeItems(config().segmentsTable, volumeId)) if (isTombstone(item)) yield { segmentId: str(item.segmentId), seq: num(item.seq) };
 }
 
 /**
@@ -595,7 +636,7 @@ async function* queryVolumeItems(table: string, volumeId: string, sortKeyRange?:
 
 /** Every segment record of a volume, in sequence order, a page of queries at a time. */
 export async function* listSegmentRecords(volumeId: string): AsyncGenerator<SegmentRecord> {
-  for await (const item of queryVolumeItems(config().segmentsTable, volumeId)) yield itemToSegment(item);
+  for await (const item of queryVolumeItems(config().segmentsTable, volumeId)) if (!isTombstone(item)) yield itemToSegment(item);
 }
 
 /** Every page of a volume, in page order. */
@@ -636,7 +677,7 @@ export interface PageChange {
 }
 
 /** Why a commit transaction was refused; the writer's next step depends on it. */
-export type CommitRefusal = 'head-moved' | 'volume-gone' | 'volume-not-active' | 'page-moved' | 'fenced';
+export type CommitRefusal = 'head-moved' | 'volume-gone' | 'volume-not-active' | 'page-moved' | 'fenced' | 'segment-taken';
 
 export class CommitRefusedError extends Error {
   override name = 'CommitRefusedError';
@@ -788,6 +829,10 @@ export async function commitSegment(volume: VolumeRecord, segment: SegmentRecord
       }
       throw new CommitRefusedError('head-moved', `volume ${volume.volumeId} head moved from ${volume.headSeq} to ${current.headSeq}`, current);
     }
+    if (reasons[1]?.Code === 'ConditionalCheckFailed') {
+      // The segment id holds a record or a tombstone: a settled attempt of this very commit.
+      throw new CommitRefusedError('segment-taken', `segment ${segment.segmentId} of volume ${volume.volumeId} already has a record or a tombstone`);
+    }
     if (reasons.slice(2).some((r) => r?.Code === 'ConditionalCheckFailed')) {
       throw new CommitRefusedError('page-moved', `a page of volume ${volume.volumeId} changed without a head change`);
     }
@@ -850,7 +895,7 @@ export async function moveChunkLocation(volumeId: string, segmentId: string, ind
     const reasons = (err as TransactionCanceledException).CancellationReasons ?? [];
     if (reasons[0]?.Code === 'ConditionalCheckFailed') {
       const item = reasons[0].Item;
-      return item ? { kind: 'refused', reason: 'location-changed', current: itemToSegment(item) } : { kind: 'refused', reason: 'record-gone', current: null };
+      return item && !isTombstone(item) ? { kind: 'refused', reason: 'location-changed', current: itemToSegment(item) } : { kind: 'refused', reason: 'record-gone', current: null };
     }
     if (reasons[1]?.Code === 'ConditionalCheckFailed') return { kind: 'refused', reason: 'target-inactive', current: null };
     throw err;
@@ -878,7 +923,7 @@ export async function deleteSegmentRecordIf(volumeId: string, segmentId: string,
     return null;
   } catch (err) {
     if (!conditionFailed(err)) throw err;
-    return err.Item ? itemToSegment(err.Item) : null;
+    return err.Item && !isTombstone(err.Item) ? itemToSegment(err.Item) : null;
   }
 }
 
@@ -942,7 +987,7 @@ export async function listSegmentRecordsBetween(volumeId: string, afterSeq: numb
   // Segment ids start with their seq in 12 digits, so a key range is a seq range: from the
   // first id of seq afterSeq + 1 to the last of uptoSeq ('.' sorts after '-').
   const range = { name: 'segmentId', from: S(String(afterSeq + 1).padStart(12, '0')), to: S(`${String(uptoSeq).padStart(12, '0')}.`) };
-  for await (const item of queryVolumeItems(config().segmentsTable, volumeId, range)) out.push(itemToSegment(item));
+  for await (const item of queryVolumeItems(config().segmentsTable, volumeId, range)) if (!isTombstone(item)) out.push(itemToSegment(item));
   return out;
 }
 
