@@ -119,8 +119,13 @@ export interface SelfTestOptions {
   committers?: number;
   /** Writers per round whose transactions a condition cancels. */
   cancellers?: number;
-  /** Transactions each writer sends per round, one after another. */
-  transactionsPerWriter?: number;
+  /** Cancelled transactions each canceller sends per round, one after another. */
+  cancelledPerCanceller?: number;
+  /**
+   * Bound on the transactions each committer sends per round, one after another. A committer
+   * keeps committing while the cancellers run, and sends one at least.
+   */
+  commitsPerCommitterMax?: number;
   /** Items of the second table that each cancelled transaction also checks (at most 98: a transaction holds 100 items). */
   slowChecks?: number;
   /** Number elements in the list item of the second table. */
@@ -161,7 +166,8 @@ export const DEFAULTS: Required<SelfTestOptions> = {
   rounds: 5,
   committers: 4,
   cancellers: 1,
-  transactionsPerWriter: 3,
+  cancelledPerCanceller: 1,
+  commitsPerCommitterMax: 50,
   slowChecks: 10,
   ballastElements: 5000,
   requestTimeoutMs: 10_000,
@@ -242,8 +248,11 @@ export async function selfTestIsolation(endpointUrl: string, options: SelfTestOp
 
     for (let round = 1; round <= o.rounds; round++) {
       report.rounds = round;
+      let cancellersRunning = o.cancellers;
+      // Committing goes on as long as a cancelled transaction may be running, so that commits
+      // land whenever an emulator is between its backup and its restore.
       const commitLoop = async (i: number): Promise<void> => {
-        for (let t = 0; t < o.transactionsPerWriter; t++) {
+        for (let t = 0; t < o.commitsPerCommitterMax && (t === 0 || cancellersRunning > 0); t++) {
           try {
             await client.send(
               new TransactWriteItemsCommand({
@@ -264,7 +273,7 @@ export async function selfTestIsolation(endpointUrl: string, options: SelfTestOp
       // item, and puts the backups back on cancellation takes its backup of the first table
       // before spending a while on the second: commits landing meanwhile are what it erases.
       const cancelLoop = async (c: number): Promise<void> => {
-        for (let t = 0; t < o.transactionsPerWriter; t++) {
+        for (let t = 0; t < o.cancelledPerCanceller; t++) {
           try {
             await client.send(
               new TransactWriteItemsCommand({
@@ -281,6 +290,7 @@ export async function selfTestIsolation(endpointUrl: string, options: SelfTestOp
             else report.errors++;
           }
         }
+        cancellersRunning--;
       };
       await Promise.all([...cancelKeys.map((_, c) => cancelLoop(c)), ...committerKeys.map((_, i) => commitLoop(i))]);
 
@@ -314,7 +324,7 @@ export async function selfTestIsolation(endpointUrl: string, options: SelfTestOp
 
 function describeFailure(r: SelfTestReport): string | undefined {
   const parts: string[] = [];
-  if (r.lostWrites > 0) parts.push(`${r.lostWrites} of ${r.committed} acknowledged commits were undone by ${r.cancelled} concurrent cancelled transactions`);
+  if (r.lostWrites > 0) parts.push(`${r.lostWrites} of ${r.committed} acknowledged commits were undone by ${r.cancelled} concurrent cancelled transaction${r.cancelled === 1 ? '' : 's'}`);
   if (r.appliedCancelledWrites > 0) parts.push(`${r.appliedCancelledWrites} write(s) of cancelled transactions took effect`);
   if (r.uncancelled > 0) parts.push(`${r.uncancelled} transaction(s) whose condition was false committed anyway`);
   if (parts.length === 0) return undefined;
