@@ -128,19 +128,30 @@ describe('concurrent writers on one volume', () => {
     const zeros = Buffer.alloc(BLOCK_BYTES);
     const wrong: string[] = [];
     const lostWrites = new Set<string>();
-    for (let offset = 0; offset < VOLUME_BYTES; offset += READ_BYTES_MAX) {
-      const got = await api.readRaw(vol.volumeId, offset, READ_BYTES_MAX);
-      if (got.status !== 200) unexpected.push(`read at ${offset}+${READ_BYTES_MAX}: ${got.status} ${got.body.toString()}`);
-      for (let b = 0; b < READ_BYTES_MAX / BLOCK_BYTES; b++) {
+    /** Compares the blocks of one read with what they may hold; a failed read shows nothing, so its acknowledged blocks count as wrong. */
+    const check = (offset: number, length: number, got: { status: number; body: Buffer }): void => {
+      for (let b = 0; b < length / BLOCK_BYTES; b++) {
         const index = offset / BLOCK_BYTES + b;
         const block = blocks[index]!;
-        // A failed read shows nothing: every block of it counts as wrong, unless it was never acknowledged.
         const content = got.status === 200 ? got.body.subarray(b * BLOCK_BYTES, (b + 1) * BLOCK_BYTES) : undefined;
         if (content === undefined && block.acknowledged === undefined) continue;
         const allowed = [block.acknowledged ?? zeros, ...block.unacknowledged];
         if (content && allowed.some((a) => a.equals(content))) continue;
-        wrong.push(`block ${index} (offset ${index * BLOCK_BYTES}): not ${block.acknowledgedBy ?? 'zeros (never acknowledged)'} nor any of ${block.unacknowledged.length} later unacknowledged write(s)`);
+        const seen = content ? 'holds other data' : `cannot be read (${got.status})`;
+        wrong.push(`block ${index} (offset ${index * BLOCK_BYTES}) ${seen}: expected ${block.acknowledgedBy ?? 'zeros (never acknowledged)'} or one of ${block.unacknowledged.length} later unacknowledged write(s)`);
         if (block.acknowledgedBy) lostWrites.add(block.acknowledgedBy);
+      }
+    };
+    for (let offset = 0; offset < VOLUME_BYTES; offset += READ_BYTES_MAX) {
+      const got = await api.readRaw(vol.volumeId, offset, READ_BYTES_MAX);
+      if (got.status === 200) {
+        check(offset, READ_BYTES_MAX, got);
+        continue;
+      }
+      // Reads of one region at a time tell which blocks are unreadable, not just that some are.
+      unexpected.push(`read at ${offset}+${READ_BYTES_MAX}: ${got.status} ${got.body.toString()}`);
+      for (let region = offset; region < offset + READ_BYTES_MAX; region += REGION_BYTES) {
+        check(region, REGION_BYTES, await api.readRaw(vol.volumeId, region, REGION_BYTES));
       }
     }
     console.log(
@@ -148,7 +159,12 @@ describe('concurrent writers on one volume', () => {
         `${counts.retried} retries, ${unexpected.length} other answers; ${wrong.length} of ${blocks.length} blocks wrong, ${lostWrites.size} acknowledged write(s) lost`,
     );
     expect(counts.acknowledged + counts.unacknowledged).toBe(WRITERS * WRITES_PER_WRITER);
-    expect(unexpected.slice(0, 10), `${unexpected.length} answer(s) other than 200 and 503; replay with SLEDGE_SEED=${rng.seed}`).toEqual([]);
-    expect(wrong.slice(0, 20), `${wrong.length} wrong block(s), ${lostWrites.size} acknowledged write(s) lost; replay with SLEDGE_SEED=${rng.seed}`).toEqual([]);
+    // Writes that never land would make the comparison below vacuous.
+    expect(counts.acknowledged, 'acknowledged writes').toBeGreaterThanOrEqual((WRITERS * WRITES_PER_WRITER * 3) / 4);
+    // One assertion for both, so that a failure shows examples of each.
+    expect(
+      { otherAnswers: unexpected.slice(0, 10), wrongBlocks: wrong.slice(0, 20) },
+      `${unexpected.length} answer(s) other than 200 and 503, ${wrong.length} wrong block(s), ${lostWrites.size} acknowledged write(s) lost; replay with SLEDGE_SEED=${rng.seed}`,
+    ).toEqual({ otherAnswers: [], wrongBlocks: [] });
   });
 });
