@@ -331,8 +331,8 @@ function keepLastLines(child: ChildProcess): () => string[] {
 const TERMINATING_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
 /**
- * Kills the child when this process exits or is told to stop, so no endpoint this process started outlives
- * `npm start` or a test run. Returns a function that removes the hooks.
+ * Kills the child when this process exits or is told to stop, so no endpoint this process
+ * started outlives `npm start` or a test run. Returns a function that removes the hooks.
  *
  * A signal listener replaces Node's default "terminate", so after killing the child it
  * re-raises the signal if no one else listens for it, and the process ends as it would have.
