@@ -6,8 +6,6 @@
  * The handlers are the very modules Lambda runs; they read their configuration from the
  * environment the stack's template gives the head function.
  */
-import { SendMessageCommand } from '@aws-sdk/client-sqs';
-import { sqs } from '#shared/aws/clients.ts';
 import { ENV } from '#shared/core/config.ts';
 import { ensureEndpoint } from './endpoint.ts';
 import { startLocalApi } from './http-adapter.ts';
@@ -19,14 +17,17 @@ export interface ControlPlaneOptions {
   port?: number;
   /** Local AWS endpoint port when one must be started; 0 picks a free one. Default 4566. */
   endpointPort?: number;
-  /** Use AWS_ENDPOINT_URL when it answers. Default true. */
+  /**
+   * Use the endpoint AWS_ENDPOINT_URL names when it is set (refusing one that does not answer
+   * or fails the transaction self-test, see `ensureEndpoint`). Default true.
+   */
   preferExistingEndpoint?: boolean;
   stackName?: string;
   sledCount?: number;
   /** Visibility timeout the poller uses for work messages. */
   visibilityTimeoutSeconds?: number;
   /**
-   * How often to queue a lease sweep (what the stack's schedule does on AWS); 0 turns it off.
+   * How often to sweep leases (what the stack's schedule does on AWS); 0 turns it off.
    * Default 0: tests drive failover themselves. `npm start` turns it on.
    */
   leaseSweepIntervalMs?: number;
@@ -59,6 +60,7 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
     // Imported only now: the handlers read their configuration from the environment just set.
     const api = await import('#lambdas/api.ts');
     const worker = await import('#lambdas/worker.ts');
+    const { sweepLeases } = await import('#shared/control/heads.ts');
     const server = await startLocalApi({ handler: api.handler, port: opts.port ?? 3000 });
     const queues = [ENV.gcQueueUrl, ENV.evacuationQueueUrl, ENV.checkpointQueueUrl].map((name) => env[name]!);
     const poller = startPoller(
@@ -72,12 +74,25 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
       { onError: (err) => console.error('sqs poller:', err) },
     );
     const sweepMs = opts.leaseSweepIntervalMs ?? 0;
+    // On AWS the stack's schedule queues a `sweep-leases` message and the worker logs the result
+    // of every job. Here the sweep runs in this process and is logged only when it promoted a
+    // head: a line every few seconds would bury what `npm start` prints.
+    let sweeping: Promise<void> | undefined;
     const sweeper =
       sweepMs > 0
         ? setInterval(() => {
-            sqs()
-              .send(new SendMessageCommand({ QueueUrl: env[ENV.gcQueueUrl]!, MessageBody: JSON.stringify({ type: 'sweep-leases' }) }))
-              .catch((err) => console.error('lease sweep:', err));
+            // One sweep at a time; a slow one just delays the next.
+            if (sweeping) return;
+            sweeping = sweepLeases()
+              .then(
+                (result) => {
+                  if (result.promoted.length > 0) console.log(JSON.stringify({ msg: 'swept leases', ...result }));
+                },
+                (err) => console.error('lease sweep:', err),
+              )
+              .finally(() => {
+                sweeping = undefined;
+              });
           }, sweepMs)
         : undefined;
     sweeper?.unref();
@@ -89,6 +104,7 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
       idle: () => poller.idle(),
       async stop() {
         if (sweeper) clearInterval(sweeper);
+        await sweeping;
         await poller.stop();
         await server.close();
         await endpoint.stop();

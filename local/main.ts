@@ -1,13 +1,37 @@
 /**
  * `npm start`: the control plane on this machine, against the local AWS endpoint.
  */
-import { startControlPlane } from './control-plane.ts';
+import { startControlPlane, type ControlPlane } from './control-plane.ts';
+import { EndpointUnavailableError, portIsFree } from './endpoint.ts';
+import { UnsafeEndpointError } from './endpoint-check.ts';
 
 const port = Number(process.env.PORT ?? 3000);
 const sledCount = process.env.SLEDGE_SLEDS ? Number(process.env.SLEDGE_SLEDS) : undefined;
 
-// The lease watchdog runs every 5 s here, as the stack's schedule does on AWS.
-const plane = await startControlPlane({ port, sledCount, leaseSweepIntervalMs: 5000 });
+/** Prints one message for a problem the user can fix, without a stack, and exits non-zero. */
+function refuse(message: string): never {
+  console.error(`sledge: ${message}`);
+  process.exit(1);
+}
+
+function portInUse(): never {
+  refuse(`port ${port} is already in use on 127.0.0.1; stop what listens there, or choose another port, e.g. \`PORT=${port < 65_535 ? port + 1 : 3000} npm start\`.`);
+}
+
+if (!Number.isInteger(port) || port < 0 || port > 65_535) refuse(`PORT=${process.env.PORT} is not a TCP port (0 to 65535).`);
+// Checked before the endpoint starts and the stack deploys, so a busy port fails at once. The
+// listen below can still lose a race for it, and says the same then.
+if (port !== 0 && !(await portIsFree(port))) portInUse();
+
+let plane: ControlPlane;
+try {
+  // The lease watchdog runs every 5 s here; the stack's schedule runs it every minute on AWS.
+  plane = await startControlPlane({ port, sledCount, leaseSweepIntervalMs: 5000 });
+} catch (err) {
+  if (err instanceof UnsafeEndpointError || err instanceof EndpointUnavailableError) refuse(err.message);
+  if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') portInUse();
+  throw err;
+}
 const url = plane.apiUrl;
 console.log(`
 Sledge is serving the volume API on ${url}

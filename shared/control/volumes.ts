@@ -206,6 +206,7 @@ export async function reclaimVolume(volumeId: string): Promise<{ chunksDeleted: 
     segmentIds.push(s.segmentId);
     forgetSegment(segmentRef(volumeId, s.segmentId));
   }
+  for await (const t of pageMap().listSegmentTombstones(volumeId)) segmentIds.push(t.segmentId);
   await pageMap().deleteSegmentRecords(volumeId, segmentIds);
   const chunksDeleted = await forEachLimited(chunkStore().listVolumeChunks(volumeId, config().sledBuckets), 16, chunkStore().deleteChunk);
   const pages: number[] = [];

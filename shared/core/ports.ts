@@ -143,6 +143,10 @@ export interface PageMapStore {
   listSegmentRecords(volumeId: string): AsyncGenerator<SegmentRecord>;
   /** Committed segment records with `afterSeq < seq <= uptoSeq`, in sequence order. */
   listSegmentRecordsBetween(volumeId: string, afterSeq: number, uptoSeq: number): Promise<SegmentRecord[]>;
+  /** Tombstones of never-committed segment ids (docs/page-map.md, "Settling an outcome"). */
+  listSegmentTombstones(volumeId: string): AsyncGenerator<{ segmentId: string; seq: number }>;
+  /** Puts a tombstone under a segment id with no record: `tombstoned` (it can never commit) or `committed`. */
+  tombstoneSegment(volumeId: string, segmentId: string, seq: number): Promise<'tombstoned' | 'committed'>;
   /** Writes a record unless one exists; whether it wrote. */
   putSegmentRecordIfAbsent(record: SegmentRecord): Promise<boolean>;
   /** Deletes a record if its locations are still `locations`; the record as it is when they differ. */

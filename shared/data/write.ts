@@ -340,20 +340,24 @@ export async function commitOutcome(
 
 async function settleRefusal(prepared: PreparedWrite, err: CommitRefusedError): Promise<WriteResult | null> {
   const { volume: v, record, result, locations } = prepared;
-  const outcome = await commitOutcome(record, err.currentVolume ?? null);
+  let outcome = await commitOutcome(record, err.currentVolume ?? null);
+  // Pending (the head still stands at seq - 1: fenced, or not active): make it final. A
+  // tombstone under the segment id refuses the commit for good, or finds its record.
+  if (outcome === 'pending' && err.reason !== 'volume-gone') {
+    outcome = (await pageMap().tombstoneSegment(v.volumeId, record.segmentId, record.seq)) === 'tombstoned' ? 'never' : 'committed';
+  }
   if (outcome === 'committed') {
     console.warn(`commit of ${v.volumeId}/${record.segmentId} was refused (${err.reason}) after an earlier attempt of it applied; acknowledged`);
     return result;
   }
-  // Pending: the head still stands at seq - 1, so the transaction could in principle still
-  // apply; the chunks stay, and GC deletes them once the head has moved past (orphans).
+  // Pending only when the volume is gone: its reclaim deletes the chunks.
   if (outcome === 'never') await deleteChunksQuietly(locations);
   if (err.reason === 'fenced') throw new FencedError(err.message);
   if (err.reason === 'volume-gone') throw new NotFoundError(`volume ${v.volumeId} does not exist`);
   if (err.reason === 'volume-not-active' && err.currentVolume?.state === 'rebuilding') throw rebuildingError(v.volumeId);
   if (err.reason === 'volume-not-active') throw new NotFoundError(`volume ${v.volumeId} is being deleted`);
   if (err.reason === 'page-moved') console.error(`commit refused with page-moved on ${v.volumeId}: ${err.message}`);
-  invariant(outcome === 'never' || err.reason === 'page-moved', () => `a head-moved refusal of ${record.segmentId} settled as ${outcome}`);
+  invariant(outcome === 'never', () => `a ${err.reason} refusal of ${record.segmentId} settled as ${outcome}`);
   return null;
 }
 

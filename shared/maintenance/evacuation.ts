@@ -329,11 +329,13 @@ export async function moveChunk(listed: { key: string; lastModifiedMs: number },
   if (!v || v.state !== 'active') return dropped();
   if (!rec) {
     // Not committed (yet): a write in flight may still commit it. It is proven never committed
-    // once the head, read before the record, has passed its seq (docs/page-map.md); only an
-    // old one is deleted even then, as GC does.
-    const headPassed = segmentIdSeq(parsed.segmentId) <= v.headSeq;
-    if (headPassed && ctx.nowMs - listed.lastModifiedMs >= config().orphanGraceMs) return dropped();
-    return { result: 'waiting', bytes: 0 };
+    // once the head, read before the record, has passed its seq, or once a tombstone holds its
+    // id (docs/page-map.md); only an old one is deleted even then, as GC does.
+    if (ctx.nowMs - listed.lastModifiedMs < config().orphanGraceMs) return { result: 'waiting', bytes: 0 };
+    const seq = segmentIdSeq(parsed.segmentId);
+    // Head not passed: a tombstone makes the commit impossible, or finds it just committed.
+    if (seq > v.headSeq && (await pageMap().tombstoneSegment(parsed.volumeId, parsed.segmentId, seq)) === 'committed') return { result: 'waiting', bytes: 0 };
+    return dropped();
   }
   const i = parsed.chunkIndex;
   invariant(i < rec.locations.length, () => `chunk key ${listed.key} has index ${i}, segment has ${rec.locations.length} chunks`);

@@ -378,9 +378,10 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
     rec = await pageMap().getSegmentRecord(volumeId, p.segmentId);
     if (referenced(rec)) continue;
     if (!rec && segmentIdSeq(p.segmentId) > v.headSeq) {
-      // Not committed yet, but it still may be: its transaction needs the head at seq - 1 and
-      // the head (read before the record) has not passed it. It goes once the head moves on.
-      continue;
+      // Not committed, but it still could be: its transaction needs the head at seq - 1 and the
+      // head (read before the record) has not passed it. A tombstone makes that impossible, or
+      // finds that it just committed (docs/page-map.md, "Settling an outcome").
+      if ((await pageMap().tombstoneSegment(volumeId, p.segmentId, segmentIdSeq(p.segmentId))) === 'committed') continue;
     }
     if (!rec && liveBlocks.has(segmentRef(volumeId, p.segmentId))) {
       // A page references this segment but its record is gone (a lost or rolled-back Segments
@@ -392,6 +393,10 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
     report.orphansDeleted++;
     report.bytesReclaimed += c.sizeBytes;
   }
+  // Tombstones the head has passed guard nothing any more (no commit at their seq can apply).
+  const spent: string[] = [];
+  for await (const t of pageMap().listSegmentTombstones(volumeId)) if (t.seq <= v.headSeq && spent.length < DELETE_ORPHANS_MAX) spent.push(t.segmentId);
+  if (spent.length > 0) await pageMap().deleteSegmentRecords(volumeId, spent);
   if (report.continued && opts.queueContinuation !== false) await queueGc(volumeId);
   const after = report.storedBytesBefore - report.bytesReclaimed;
   console.log(JSON.stringify({ msg: 'gc pass', ...report, spaceRatio: Number(spaceRatio(after, report.liveBytes, v.dataChunks, v.parityChunks).toFixed(3)) }));

@@ -9,7 +9,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { sqs } from '#shared/aws/clients.ts';
 import { config } from '#shared/core/config.ts';
 import { collectVolume, queueGc, registerRetentionProvider } from '#shared/maintenance/gc.ts';
-import { deleteItems, listPages, listSegmentRecords, getSegmentRecord } from '#shared/aws/pagemap/pages.ts';
+import { deleteItems, listPages, listSegmentRecords, listSegmentTombstones, getSegmentRecord } from '#shared/aws/pagemap/pages.ts';
 import { getVolume } from '#shared/aws/pagemap/volumes.ts';
 import { segmentKey } from '#shared/aws/pagemap/items.ts';
 import { segmentRef } from '#shared/core/records.ts';
@@ -206,20 +206,24 @@ describe('garbage collection', () => {
     const young = await collectVolume(v.volumeId, { queueContinuation: false });
     expect(young.orphansDeleted).toBe(0);
     await new Promise((r) => setTimeout(r, 3500));
-    // Past the grace, but the head still stands where the orphan was built: its commit could
-    // still apply (docs/page-map.md, "Settling an outcome"), so its chunks stay.
-    const pending = await collectVolume(v.volumeId, { queueContinuation: false });
-    expect(pending.orphansDeleted).toBe(0);
-    expect([...(await stored(v.volumeId)).chunks.keys()].filter((k) => k.includes(orphan.record.segmentId))).toHaveLength(orphan.locations.length);
-    // Another commit moves the head past it: now it can never commit, and goes.
-    await writePieces(v.volumeId, [{ offset: 0, length: 4096, data: randomBytes(4096) }]);
+    // Past the grace, with the head still where the orphan was built: its commit could still
+    // apply, so GC first makes that impossible with a tombstone under its segment id
+    // (docs/page-map.md, "Settling an outcome"), then deletes its chunks.
     const old = await collectVolume(v.volumeId, { queueContinuation: false });
     expect(old.orphansDeleted).toBe(orphan.locations.length);
     const keys = [...(await stored(v.volumeId)).chunks.keys()];
     expect(keys.some((k) => k.includes(orphan.record.segmentId))).toBe(false);
-    // Its commit is refused, and settled as never committed.
+    expect((await getVolume(v.volumeId))!.headSeq, 'the head did not move').toBe(orphan.record.seq - 1);
+    // The dead head wakes up: its commit is refused by the tombstone, never applied to chunks that are gone.
     expect(await completeWrite(orphan)).toBeNull();
+    expect((await getVolume(v.volumeId))!.headSeq).toBe(orphan.record.seq - 1);
     await expectExtentsResolve(v.volumeId);
+    // Once the head has passed it, GC deletes the tombstone too.
+    await writePieces(v.volumeId, [{ offset: 0, length: 4096, data: randomBytes(4096) }]);
+    await collectVolume(v.volumeId, { queueContinuation: false });
+    const left: string[] = [];
+    for await (const t of listSegmentTombstones(v.volumeId)) left.push(t.segmentId);
+    expect(left).toEqual([]);
   });
 
   it('keeps the chunks of referenced segments whose records were lost, and a rebuild restores the records exactly', async () => {

@@ -1,7 +1,8 @@
 /**
  * Starts the local control plane once for the integration project: a local AWS endpoint
- * (the one in AWS_ENDPOINT_URL if it answers, else a moto_server on a free port), the stack's
- * resources deployed from the synthesized template, and the API on a free port.
+ * (the one AWS_ENDPOINT_URL names, else the bundled local/moto-server.py on a free port; either
+ * must pass the transaction self-test of local/endpoint-check.ts), the stack's resources
+ * deployed from the synthesized template, and the API on a free port.
  */
 import type { TestProject } from 'vitest/node';
 import { startControlPlane, type ControlPlane } from '#local/control-plane.ts';

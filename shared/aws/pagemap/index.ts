@@ -12,8 +12,10 @@ import {
   listPages,
   listSegmentRecords,
   listSegmentRecordsBetween,
+  listSegmentTombstones,
   listStoredPages,
   putSegmentRecordIfAbsent,
+  tombstoneSegment,
 } from './pages.ts';
 import { commitSegment, moveChunkLocation, writeRebuiltPages } from './transactions.ts';
 import {
@@ -56,6 +58,8 @@ export const dynamoPageMap: PageMapStore = {
   getSegmentRecord,
   listSegmentRecords,
   listSegmentRecordsBetween,
+  listSegmentTombstones,
+  tombstoneSegment,
   putSegmentRecordIfAbsent,
   deleteSegmentRecordIf,
   deleteSegmentRecords,

@@ -5,6 +5,7 @@
 import { type AttributeValue, ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import type { ReservationState, ReservationType } from '../../control/reservations.ts';
 import type { CheckpointPointer, HeadDesignation, PageRecord, SegmentRecord, StoredPage, VolumeRecord, VolumeState } from '../../core/records.ts';
+import { invariant } from '../../core/errors.ts';
 import { decodePage, encodePage, type Extent } from '../../data/extents.ts';
 import { formatLocation, parseLocation, type ChunkLocation } from '../../data/sleds.ts';
 
@@ -141,7 +142,18 @@ export function segmentToItem(s: SegmentRecord): Record<string, AttributeValue> 
   };
 }
 
+/**
+ * A segment tombstone: an item in the Segments table under a segment id that was never
+ * committed, written so that it never can be (the commit puts the record with
+ * `attribute_not_exists(segmentId)`; docs/page-map.md, "Settling an outcome"). Readers of
+ * segment records never see tombstones.
+ */
+export function isTombstone(item: Record<string, AttributeValue>): boolean {
+  return item.tombstone?.BOOL === true;
+}
+
 export function itemToSegment(item: Record<string, AttributeValue>): SegmentRecord {
+  invariant(!isTombstone(item), () => `segment ${str(item.segmentId)} is a tombstone, not a record`);
   return {
     volumeId: str(item.volumeId),
     segmentId: str(item.segmentId),

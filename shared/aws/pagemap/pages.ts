@@ -25,9 +25,11 @@ import {
   itemToPage,
   locationsToAttribute,
   itemToSegment,
+  isTombstone,
   itemToStoredPage,
   itemToVolume,
   num,
+  str,
   pageKey,
   segmentKey,
   segmentToItem,
@@ -117,6 +119,7 @@ export async function getSegmentRecords(refs: readonly string[]): Promise<Map<st
   const items = await batchGet(config().segmentsTable, keys);
   const out = new Map<string, SegmentRecord>();
   for (const item of items) {
+    if (isTombstone(item)) continue;
     const rec = itemToSegment(item);
     out.set(segmentRef(rec.volumeId, rec.segmentId), rec);
   }
@@ -132,7 +135,38 @@ export async function getSegmentRecord(volumeId: string, segmentId: string): Pro
       ReturnConsumedCapacity: 'TOTAL',
     }),
   );
-  return out.Item ? itemToSegment(out.Item) : null;
+  return out.Item && !isTombstone(out.Item) ? itemToSegment(out.Item) : null;
+}
+
+/**
+ * Makes a segment that has no record uncommittable: puts a tombstone under its id, which the
+ * commit's `attribute_not_exists(segmentId)` then refuses. `tombstoned` (also when an earlier
+ * attempt put it) proves the segment never committed and never will; `committed` means its
+ * record was there first.
+ */
+export async function tombstoneSegment(volumeId: string, segmentId: string, seq: number): Promise<'tombstoned' | 'committed'> {
+  try {
+    await dynamo().send(
+      new PutItemCommand({
+        TableName: config().segmentsTable,
+        Item: { volumeId: S(volumeId), segmentId: S(segmentId), seq: N(seq), tombstone: { BOOL: true }, createdAt: S(new Date().toISOString()) },
+        ConditionExpression: 'attribute_not_exists(segmentId)', // no record, and no tombstone: the id is free
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return 'tombstoned';
+  } catch (err) {
+    if (!conditionFailed(err)) throw err;
+    return err.Item && isTombstone(err.Item) ? 'tombstoned' : 'committed';
+  }
+}
+
+/** Every tombstone of a volume (GC deletes those the head has passed; a volume's reclaim, all). */
+export async function* listSegmentTombstones(volumeId: string): AsyncGenerator<{ segmentId: string; seq: number }> {
+  for await (const item of queryVolumeItems(config().segmentsTable, volumeId)) {
+    if (isTombstone(item)) yield { segmentId: str(item.segmentId), seq: num(item.seq) };
+  }
 }
 
 /**
@@ -187,7 +221,7 @@ async function* queryVolumeItems(
 
 /** Every segment record of a volume, in sequence order, a page of queries at a time. */
 export async function* listSegmentRecords(volumeId: string): AsyncGenerator<SegmentRecord> {
-  for await (const item of queryVolumeItems(config().segmentsTable, volumeId)) yield itemToSegment(item);
+  for await (const item of queryVolumeItems(config().segmentsTable, volumeId)) if (!isTombstone(item)) yield itemToSegment(item);
 }
 
 /** Every page of a volume, in page order. */
@@ -230,7 +264,7 @@ export async function listSegmentRecordsBetween(volumeId: string, afterSeq: numb
   // Segment ids start with their seq in 12 digits, so a key range is a seq range: from the
   // first id of seq afterSeq + 1 to the last of uptoSeq ('.' sorts after '-').
   const range = { name: 'segmentId', from: S(String(afterSeq + 1).padStart(12, '0')), to: S(`${String(uptoSeq).padStart(12, '0')}.`) };
-  for await (const item of queryVolumeItems(config().segmentsTable, volumeId, range)) out.push(itemToSegment(item));
+  for await (const item of queryVolumeItems(config().segmentsTable, volumeId, range)) if (!isTombstone(item)) out.push(itemToSegment(item));
   return out;
 }
 
@@ -255,7 +289,7 @@ export async function deleteSegmentRecordIf(volumeId: string, segmentId: string,
     return null;
   } catch (err) {
     if (!conditionFailed(err)) throw err;
-    return err.Item ? itemToSegment(err.Item) : null;
+    return err.Item && !isTombstone(err.Item) ? itemToSegment(err.Item) : null;
   }
 }
 

@@ -20,7 +20,7 @@ import {
 } from '../../core/records.ts';
 import { formatLocation, type ChunkLocation } from '../../data/sleds.ts';
 import { dynamo } from '../clients.ts';
-import { N, S, itemToSegment, itemToVolume, pageKey, pageToItem, segmentToItem, storedPageToItem } from './items.ts';
+import { N, S, isTombstone, itemToSegment, itemToVolume, pageKey, pageToItem, segmentToItem, storedPageToItem } from './items.ts';
 
 /**
  * The named parts of the writer's access rule (docs/reservations.md), joined with AND into the
@@ -162,6 +162,10 @@ export async function commitSegment(
       }
       throw new CommitRefusedError('head-moved', `volume ${volume.volumeId} head moved from ${volume.headSeq} to ${current.headSeq}`, current);
     }
+    if (reasons[1]?.Code === 'ConditionalCheckFailed') {
+      // The segment id holds a record or a tombstone: a settled attempt of this very commit.
+      throw new CommitRefusedError('segment-taken', `segment ${segment.segmentId} of volume ${volume.volumeId} already has a record or a tombstone`);
+    }
     if (reasons.slice(2).some((r) => r?.Code === 'ConditionalCheckFailed')) {
       throw new CommitRefusedError('page-moved', `a page of volume ${volume.volumeId} changed without a head change`);
     }
@@ -223,7 +227,9 @@ export async function moveChunkLocation(
     const reasons = (err as TransactionCanceledException).CancellationReasons ?? [];
     if (reasons[0]?.Code === 'ConditionalCheckFailed') {
       const item = reasons[0].Item;
-      return item ? { kind: 'refused', reason: 'location-changed', current: itemToSegment(item) } : { kind: 'refused', reason: 'record-gone', current: null };
+      return item && !isTombstone(item)
+        ? { kind: 'refused', reason: 'location-changed', current: itemToSegment(item) }
+        : { kind: 'refused', reason: 'record-gone', current: null };
     }
     if (reasons[1]?.Code === 'ConditionalCheckFailed') return { kind: 'refused', reason: 'target-inactive', current: null };
     throw err;
