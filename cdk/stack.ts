@@ -66,7 +66,7 @@ export const CONSTRUCT_IDS = {
 /**
  * How many times SQS delivers a work message before moving it to the dead-letter queue.
  *
- * Every job is idempotent (DESIGN.md, invariant 5), so redelivery is safe; five deliveries
+ * Every job is idempotent (docs/evacuation.md, docs/checkpoints.md), so redelivery is safe; five deliveries
  * ride out throttling and a head failover of a few minutes, while a poison message still
  * reaches the dead-letter queue within `5 x visibility timeout`, where it stays visible.
  */

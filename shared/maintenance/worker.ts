@@ -4,8 +4,8 @@
  * after the queue's maxReceiveCount it moves to the dead-letter queue.
  *
  * One worker serves every work queue; the message's `type` says what to do. Bodies are parsed
- * and validated into the one union of shared/core/work-messages.ts. Every job is idempotent
- * (DESIGN.md, invariant 5).
+ * and validated into the one union of shared/core/work-messages.ts. Every job is idempotent:
+ * any message may arrive twice, late, or out of order.
  */
 import type { SQSBatchResponse, SQSEvent } from 'aws-lambda';
 import { rebuildPageMap } from './checkpoints/rebuild.ts';
