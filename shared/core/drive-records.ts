@@ -66,7 +66,7 @@ export interface EvacuationState extends EvacuationCounters {
   completedAtMs?: number;
 }
 
-/** What a drive item says about a dump written to it (seed 001: the "coredump attributes"). */
+/** What a drive item says about a dump written to it. */
 export interface DumpAttributes {
   state: 'in-progress' | 'complete' | 'failed';
   volumeId: string;

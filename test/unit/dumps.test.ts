@@ -17,7 +17,7 @@ const drive = (id: string, over: Partial<DriveRecord> = {}): DriveRecord => ({
   ...over,
 });
 
-describe('choosing the dump drive (seed 001 criteria)', () => {
+describe('choosing the dump drive (fits, least needed by service, least preparation)', () => {
   it('takes only drives that fit, are in service or spare, and have no dump in progress', () => {
     const drives = [
       drive('full', { usedBytes: 10 * GiB - 100 }),
