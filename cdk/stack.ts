@@ -2,7 +2,8 @@
  * The Sledge stack: everything one Sledge deployment needs, and nothing that runs while
  * nobody does I/O.
  *
- * - Three DynamoDB tables: `Volumes`, `Pages` (the page map) and `Segments` (chunk maps).
+ * - Five DynamoDB tables: `Volumes`, `Pages` (the page map and snapshots' frozen pages),
+ *   `Segments` (chunk maps), `Snapshots` and `Drives` (the drive registry).
  * - `sledCount` S3 buckets, the sleds. A stripe puts its k+m chunks on k+m different sleds.
  * - Three SQS work queues (`GcQueue`, `EvacuationQueue`, `CheckpointQueue`), each with its own
  *   dead-letter queue.
@@ -45,6 +46,7 @@ export const CONSTRUCT_IDS = {
   volumesTable: 'VolumesTable',
   pagesTable: 'PagesTable',
   segmentsTable: 'SegmentsTable',
+  snapshotsTable: 'SnapshotsTable',
   drivesTable: 'DrivesTable',
   /** Sled `i` is `Sled${i}`: adding sleds appends, removing sleds removes the highest. */
   sledPrefix: 'Sled',
@@ -340,6 +342,8 @@ export class SledgeStack extends Stack {
   readonly volumesTable: dynamodb.Table;
   readonly pagesTable: dynamodb.Table;
   readonly segmentsTable: dynamodb.Table;
+  /** Snapshot records, one partition per volume (docs/snapshots.md). */
+  readonly snapshotsTable: dynamodb.Table;
   /** The drive registry: one item per drive (sled bucket + prefix), with its state, usage and dumps. */
   readonly drivesTable: dynamodb.Table;
   /** The sleds, in order: sled `i` is `sleds[i]`. */
@@ -387,6 +391,11 @@ export class SledgeStack extends Stack {
       CONSTRUCT_IDS.segmentsTable,
       { name: 'volumeId', type: dynamodb.AttributeType.STRING },
       { name: 'segmentId', type: dynamodb.AttributeType.STRING },
+    );
+    this.snapshotsTable = table(
+      CONSTRUCT_IDS.snapshotsTable,
+      { name: 'volumeId', type: dynamodb.AttributeType.STRING },
+      { name: 'snapshotId', type: dynamodb.AttributeType.STRING },
     );
     this.drivesTable = table(CONSTRUCT_IDS.drivesTable, { name: 'driveId', type: dynamodb.AttributeType.STRING });
 
@@ -497,6 +506,7 @@ export class SledgeStack extends Stack {
       bindTable(fn, ENV.volumesTable, this.volumesTable);
       bindTable(fn, ENV.pagesTable, this.pagesTable);
       bindTable(fn, ENV.segmentsTable, this.segmentsTable);
+      bindTable(fn, ENV.snapshotsTable, this.snapshotsTable);
       bindTable(fn, ENV.drivesTable, this.drivesTable);
       bindBuckets(fn, ENV.sledBuckets, this.sleds);
       bindQueue(fn, ENV.gcQueueUrl, this.gcQueue.queue);

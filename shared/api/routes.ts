@@ -21,7 +21,8 @@ import type { WriterIdentity } from '../data/segments.ts';
 import { HEAD_ID, MAX_IO_BYTES } from '../data/volume-rules.ts';
 import { describeReservations, applyReservationBody } from '../control/reservation-commands.ts';
 import { createVolume, deleteVolume, describeVolume, listVolumeViews, resizeVolume } from '../control/volumes.ts';
-import { readData } from '../data/read.ts';
+import { readData, readSnapshotData } from '../data/read.ts';
+import { changedBlocks, createSnapshot, deleteSnapshot, describeSnapshot, listSnapshotViews } from '../control/snapshots.ts';
 import { trimRange, writeData, writePieces } from '../data/write.ts';
 import openapi from './openapi.json' with { type: 'json' };
 
@@ -115,6 +116,28 @@ export const router = new Router()
   .on('POST', '/volumes/{volumeId}/heads/join', async (req) => {
     return { status: 200, json: await joinAsReserve(req.params.volumeId!, jsonBody(req)) };
   })
+  // Snapshots, snapshot reads and changed blocks (docs/snapshots.md). Clones are POST /volumes.
+  .on('POST', '/volumes/{volumeId}/snapshots', async (req) => ({
+    status: 201,
+    json: await createSnapshot(req.params.volumeId!, optionalJsonBody(req), writer(req)),
+  }))
+  .on('GET', '/volumes/{volumeId}/snapshots', async (req) => ({
+    status: 200,
+    json: await listSnapshotViews(req.params.volumeId!, req.query.limit, req.query.next),
+  }))
+  .on('GET', '/snapshots/{snapshotId}', async (req) => ({ status: 200, json: await describeSnapshot(req.params.snapshotId!) }))
+  .on('DELETE', '/snapshots/{snapshotId}', async (req) => ({ status: 202, json: await deleteSnapshot(req.params.snapshotId!) }))
+  .on('GET', '/snapshots/{snapshotId}/data', async (req) => {
+    const offset = intQuery(req, 'offset');
+    const length = intQuery(req, 'length');
+    const report = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
+    const bytes = await readSnapshotData(req.params.snapshotId!, offset, length, report);
+    return { status: 200, bytes, headers: { 'x-sledge-ranged-gets': String(report.rangedGets) } };
+  })
+  .on('GET', '/snapshots/{snapshotId}/changed-blocks', async (req) => ({
+    status: 200,
+    json: await changedBlocks(req.params.snapshotId!, req.query.base, req.query.limit, req.query.next),
+  }))
   // Checkpoints and rebuild (docs/checkpoints.md). `mode: queue` hands the job to the worker.
   .on('GET', '/volumes/{volumeId}/checkpoints', async (req) => ({ status: 200, json: await listCheckpoints(req.params.volumeId!) }))
   .on('POST', '/volumes/{volumeId}/checkpoints', async (req) => {

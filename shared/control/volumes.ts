@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { DEFAULT_CHECKPOINT_EVERY_COMMITS } from '../maintenance/checkpoint-messages.ts';
 import { config } from '../core/config.ts';
-import { InvalidInputError, NotFoundError, invariant } from '../core/errors.ts';
+import { ConflictError, InvalidInputError, NotFoundError, UnavailableError, invariant } from '../core/errors.ts';
 import { segmentRef, type VolumeRecord } from '../core/records.ts';
 import { EMPTY_RESERVATIONS } from './reservations.ts';
 import {
@@ -20,6 +20,7 @@ import {
 } from '../data/volume-rules.ts';
 import { forEachLimited } from '../core/async.ts';
 import { forgetSegment } from '../data/read.ts';
+import { MAX_CLONE_DEPTH, checkSnapshotIdField, requireSnapshot } from '../data/views.ts';
 import { chunkStore, workQueue } from '../ports.ts';
 import type { ReclaimVolumeMessage } from '../core/work-messages.ts';
 import { pageMap } from '../ports.ts';
@@ -40,6 +41,8 @@ export interface VolumeView {
   checkpointEveryCommits: number;
   /** The seq of the latest checkpoint, or null before the first. */
   checkpointSeq: number | null;
+  /** For a clone: the snapshot it reads through to (docs/snapshots.md). */
+  parent?: { volumeId: string; snapshotId: string };
 }
 
 export function view(v: VolumeRecord): VolumeView {
@@ -58,6 +61,7 @@ export function view(v: VolumeRecord): VolumeView {
     checkpointSeq: v.checkpoint?.seq ?? null,
   };
   if (v.name !== undefined) out.name = v.name;
+  if (v.parent) out.parent = { volumeId: v.parent.volumeId, snapshotId: v.parent.snapshotId };
   return out;
 }
 
@@ -68,9 +72,10 @@ export interface CreateVolumeInput {
   parityChunks?: unknown;
   name?: unknown;
   checkpointEveryCommits?: unknown;
+  sourceSnapshotId?: unknown;
 }
 
-const CREATE_FIELDS = new Set(['sizeBytes', 'blockSizeBytes', 'dataChunks', 'parityChunks', 'name', 'checkpointEveryCommits']);
+const CREATE_FIELDS = new Set(['sizeBytes', 'blockSizeBytes', 'dataChunks', 'parityChunks', 'name', 'checkpointEveryCommits', 'sourceSnapshotId']);
 
 /**
  * Creates a volume.
@@ -83,6 +88,7 @@ export async function createVolume(input: CreateVolumeInput): Promise<VolumeView
   for (const key of Object.keys(input)) {
     if (!CREATE_FIELDS.has(key)) throw new InvalidInputError(`unknown field ${JSON.stringify(key)}; allowed: ${[...CREATE_FIELDS].join(', ')}`);
   }
+  if (input.sourceSnapshotId !== undefined) return createClone(input);
   const blockSizeBytes = input.blockSizeBytes === undefined ? DEFAULT_BLOCK_SIZE_BYTES : integerField(input.blockSizeBytes, 'blockSizeBytes');
   if (blockSizeBytes < 512 || blockSizeBytes > 65536 || (blockSizeBytes & (blockSizeBytes - 1)) !== 0) {
     throw new InvalidInputError(`blockSizeBytes must be a power of two from 512 to 65536, got ${blockSizeBytes}`);
@@ -129,6 +135,58 @@ export async function createVolume(input: CreateVolumeInput): Promise<VolumeView
   };
   if (name !== undefined) record.name = name;
   await pageMap().putNewVolume(record);
+  return view(record);
+}
+
+const CLONE_FIELDS = new Set(['sourceSnapshotId', 'sizeBytes', 'name', 'checkpointEveryCommits']);
+
+/**
+ * Creates a clone of a snapshot: a volume that reads as the snapshot until written, made in
+ * constant time with nothing copied (docs/snapshots.md, "Clones").
+ */
+async function createClone(input: CreateVolumeInput): Promise<VolumeView> {
+  for (const key of Object.keys(input)) {
+    if (!CLONE_FIELDS.has(key)) throw new InvalidInputError(`a clone takes ${[...CLONE_FIELDS].join(', ')}; ${key} comes from the snapshot`);
+  }
+  const snapshotId = checkSnapshotIdField(input.sourceSnapshotId, 'sourceSnapshotId');
+  const { snapshot, volume: source } = await requireSnapshot(snapshotId);
+  const sizeBytes = input.sizeBytes === undefined ? snapshot.sizeBytes : integerField(input.sizeBytes, 'sizeBytes');
+  if (sizeBytes < snapshot.sizeBytes)
+    throw new InvalidInputError(`a clone is at least as large as its snapshot (${snapshot.sizeBytes} bytes), not ${sizeBytes}`);
+  if (sizeBytes > MAX_VOLUME_BYTES) throw new InvalidInputError(`sizeBytes must be at most ${MAX_VOLUME_BYTES}`);
+  checkAligned(sizeBytes, source.blockSizeBytes, 'sizeBytes');
+  let depth = 0;
+  for (let p = snapshot.parent; p; depth++) {
+    if (depth >= MAX_CLONE_DEPTH - 1) throw new InvalidInputError(`clone chains are at most ${MAX_CLONE_DEPTH} deep; flatten an ancestor first`);
+    p = (await pageMap().getSnapshot(p.volumeId, p.snapshotId))?.parent;
+  }
+  let name: string | undefined;
+  if (input.name !== undefined) {
+    if (typeof input.name !== 'string' || input.name.length === 0 || input.name.length > 128)
+      throw new InvalidInputError('name must be a string of 1 to 128 characters');
+    name = input.name;
+  }
+  const checkpointEveryCommits =
+    input.checkpointEveryCommits === undefined ? DEFAULT_CHECKPOINT_EVERY_COMMITS : integerField(input.checkpointEveryCommits, 'checkpointEveryCommits');
+  const now = new Date().toISOString();
+  const record: VolumeRecord = {
+    volumeId: `vol-${randomBytes(8).toString('hex')}`,
+    sizeBytes,
+    blockSizeBytes: source.blockSizeBytes,
+    dataChunks: source.dataChunks,
+    parityChunks: source.parityChunks,
+    pageBlocks: source.pageBlocks,
+    state: 'active',
+    headSeq: 0,
+    headSegmentId: '',
+    reservations: EMPTY_RESERVATIONS,
+    createdAt: now,
+    updatedAt: now,
+    checkpointEveryCommits,
+    parent: { volumeId: snapshot.volumeId, snapshotId: snapshot.snapshotId, seq: snapshot.seq },
+  };
+  if (name !== undefined) record.name = name;
+  await pageMap().createCloneVolume(record);
   return view(record);
 }
 
@@ -180,7 +238,17 @@ function deletedView(volumeId: string): VolumeView {
  * items. Deleting a volume that is already being deleted queues the job again (harmless).
  */
 export async function deleteVolume(volumeId: string): Promise<VolumeView> {
+  const snapshots = await pageMap().listSnapshots(volumeId);
+  const ready = snapshots.filter((s) => s.state === 'ready');
+  if (ready.length > 0) {
+    const names = ready.slice(0, 5).map((s) => s.snapshotId);
+    throw new ConflictError(`volume ${volumeId} has ${ready.length} snapshots (${names.join(', ')}${ready.length > 5 ? ', ...' : ''}); delete them first`);
+  }
+  if (snapshots.length > 0)
+    throw new UnavailableError(`deleted snapshots of volume ${volumeId} are still being purged; retry shortly`, { retryAfterSeconds: 2 });
   await pageMap().markDeleting(volumeId);
+  const before = await pageMap().getVolume(volumeId);
+  if (before?.parent) await pageMap().removeDependant(before.parent, volumeId);
   const message: ReclaimVolumeMessage = { type: 'reclaim-volume', volumeId };
   await workQueue().send(message);
   const v = await pageMap().getVolume(volumeId);
@@ -212,6 +280,9 @@ export async function reclaimVolume(volumeId: string): Promise<{ chunksDeleted: 
   const pages: number[] = [];
   for await (const p of pageMap().listPages(v)) pages.push(p.page);
   await pageMap().deletePages(volumeId, pages);
+  // Frozen pages a stray writer may have left under a purged tag (docs/snapshots.md).
+  for await (const f of pageMap().listFrozenPages(volumeId, v.pageBlocks, 0)) await pageMap().deleteFrozenPage(volumeId, f.tag, f.page);
+  if (v.parent) await pageMap().removeDependant(v.parent, volumeId);
   await pageMap().deleteVolumeItem(volumeId);
   return { chunksDeleted, pagesDeleted: pages.length, segmentsDeleted: segmentIds.length };
 }

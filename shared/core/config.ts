@@ -12,6 +12,7 @@ export const ENV = {
   volumesTable: 'SLEDGE_VOLUMES_TABLE',
   pagesTable: 'SLEDGE_PAGES_TABLE',
   segmentsTable: 'SLEDGE_SEGMENTS_TABLE',
+  snapshotsTable: 'SLEDGE_SNAPSHOTS_TABLE',
   drivesTable: 'SLEDGE_DRIVES_TABLE',
   sledBuckets: 'SLEDGE_SLED_BUCKETS',
   gcQueueUrl: 'SLEDGE_GC_QUEUE_URL',
@@ -64,6 +65,7 @@ export interface SledgeConfig {
   volumesTable: string;
   pagesTable: string;
   segmentsTable: string;
+  snapshotsTable: string;
   drivesTable: string;
   sledBuckets: string[];
   gcQueueUrl: string;
@@ -95,6 +97,7 @@ export function config(): SledgeConfig {
     volumesTable: required(ENV.volumesTable),
     pagesTable: required(ENV.pagesTable),
     segmentsTable: required(ENV.segmentsTable),
+    snapshotsTable: required(ENV.snapshotsTable),
     drivesTable: required(ENV.drivesTable),
     sledBuckets,
     gcQueueUrl: required(ENV.gcQueueUrl),

@@ -9,11 +9,13 @@ import type { DriveRecord, DriveState, DumpAttributes, EvacuationState } from '.
 import type {
   CheckpointPointer,
   CommitWriter,
+  FrozenPage,
   HeadDesignation,
   MoveOutcome,
   PageChange,
   PageRecord,
   SegmentRecord,
+  SnapshotRecord,
   StoredPage,
   VolumeRecord,
 } from './records.ts';
@@ -166,6 +168,30 @@ export interface PageMapStore {
   moveChunkLocation(volumeId: string, segmentId: string, index: number, from: ChunkLocation, to: ChunkLocation, targetDriveId: string): Promise<MoveOutcome>;
   /** Writes and deletes rebuilt pages while the rebuild fence is `token`'s (RebuildFenceLostError otherwise). */
   writeRebuiltPages(volumeId: string, token: string, puts: readonly StoredPage[], deletes: readonly number[]): Promise<void>;
+
+  // Snapshots and clones (docs/snapshots.md)
+  /** Puts frozen pages that do not exist yet; a refused put (the copy exists) is not an error. Returns how many were written. */
+  freezePages(volumeId: string, pageBlocks: number, pages: readonly FrozenPage[]): Promise<number>;
+  /** The frozen pages among `keys` that exist. */
+  getFrozenPages(volumeId: string, pageBlocks: number, keys: ReadonlyArray<{ tag: number; page: number }>): Promise<FrozenPage[]>;
+  /** Frozen pages with `fromTag <= tag < toTag` (to the end when `toTag` is absent), in tag then page order. */
+  listFrozenPages(volumeId: string, pageBlocks: number, fromTag: number, toTag?: number): AsyncGenerator<FrozenPage>;
+  deleteFrozenPage(volumeId: string, tag: number, page: number): Promise<void>;
+  getSnapshot(volumeId: string, snapshotId: string): Promise<SnapshotRecord | null>;
+  /** Every snapshot record of a volume, ready or deleting, in seq order. */
+  listSnapshots(volumeId: string): Promise<SnapshotRecord[]>;
+  /** Sets `snapSeq` to the head and puts the record, while head, state and fencing hold (CommitRefusedError otherwise). */
+  createSnapshotRecord(volume: VolumeRecord, snap: SnapshotRecord, writer: CommitWriter): Promise<void>;
+  /** Puts a clone's volume item and adds it to its parent snapshot's dependants (NotFoundError if that is not ready). */
+  createCloneVolume(clone: VolumeRecord): Promise<void>;
+  removeDependant(parent: { volumeId: string; snapshotId: string }, dependant: string): Promise<void>;
+  /** `ready -> deleting` while nothing depends on it; the record as it is when refused. */
+  markSnapshotDeleting(volumeId: string, snapshotId: string): Promise<{ ok: true } | { ok: false; current: SnapshotRecord | null }>;
+  deleteSnapshotRecord(volumeId: string, snapshotId: string): Promise<void>;
+  /** Takes the volume's purge lock under `token` (again, if it is ours); false when another purge holds it. */
+  lockSnapshotPurge(volumeId: string, token: string): Promise<boolean>;
+  /** Releases the purge lock; with `dropSnapSeq`, also removes `snapSeq` if it is still that value. */
+  unlockSnapshotPurge(volumeId: string, token: string, dropSnapSeq?: number): Promise<boolean>;
 }
 
 /**

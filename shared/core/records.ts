@@ -50,6 +50,44 @@ export interface VolumeRecord {
   rebuilds?: number;
   /** The token of the rebuild holding the fence while `state` is `rebuilding`. */
   rebuildToken?: string;
+  /** The tag commits freeze changed pages under: the newest snapshot's seq (docs/snapshots.md). */
+  snapSeq?: number;
+  /** For a clone: the snapshot it reads through to. */
+  parent?: ParentRef;
+  /** A snapshot purge of this volume holds this token while it runs (one at a time). */
+  snapPurge?: string;
+}
+
+/** A clone's parent: the snapshot, its volume and its seq (docs/snapshots.md). */
+export interface ParentRef {
+  volumeId: string;
+  snapshotId: string;
+  seq: number;
+}
+
+export type SnapshotState = 'ready' | 'deleting';
+
+/** A snapshot of a volume: its state as of commit `seq` (docs/snapshots.md). */
+export interface SnapshotRecord {
+  volumeId: string;
+  snapshotId: string;
+  seq: number;
+  name?: string;
+  sizeBytes: number;
+  createdAt: string;
+  state: SnapshotState;
+  /** The volume's parent when the snapshot was taken (snapshots of clones read through it too). */
+  parent?: ParentRef;
+  /** Clones (`vol-...`) and snapshots of clones (`snap-...`) that read through this snapshot. */
+  dependants: string[];
+}
+
+/** A frozen page: page `page` as it was at snapshot tag `tag` (empty extents: no item then). */
+export interface FrozenPage {
+  tag: number;
+  page: number;
+  version: number;
+  extents: Extent[];
 }
 
 /** The volume's primary head, its reserves, and the primary's lease (docs/reservations.md). */
@@ -109,7 +147,7 @@ export interface PageChange {
 }
 
 /** Why a commit transaction was refused; the writer's next step depends on it. */
-export type CommitRefusal = 'head-moved' | 'volume-gone' | 'volume-not-active' | 'page-moved' | 'fenced' | 'segment-taken';
+export type CommitRefusal = 'head-moved' | 'volume-gone' | 'volume-not-active' | 'page-moved' | 'fenced' | 'segment-taken' | 'snapshot-moved';
 
 export class CommitRefusedError extends Error {
   override name = 'CommitRefusedError';

@@ -20,6 +20,12 @@ export interface SweepLeasesMessage {
   type: 'sweep-leases';
 }
 
+/** Purge a volume's snapshots in state `deleting` (docs/snapshots.md, "Deleting a snapshot"). */
+export interface SnapshotPurgeMessage {
+  type: 'snapshot-purge';
+  volumeId: string;
+}
+
 /** GC of one volume, or one step of the sweep over all of them (docs/evacuation.md, section 6). */
 export type GcMessage = { type: 'gc-volume'; volumeId: string } | { type: 'gc-sweep'; startAfter?: string };
 
@@ -63,7 +69,7 @@ export type CheckpointQueueMessage = CheckpointVolumeMessage | CheckpointSweepMe
 // ---------------------------------------------------------------------------------------
 // The union and its queues
 
-export type WorkMessage = ReclaimVolumeMessage | SweepLeasesMessage | GcMessage | EvacuationMessage | CheckpointQueueMessage;
+export type WorkMessage = ReclaimVolumeMessage | SweepLeasesMessage | SnapshotPurgeMessage | GcMessage | EvacuationMessage | CheckpointQueueMessage;
 
 export const WORK_QUEUE_NAMES = ['gc', 'evacuation', 'checkpoint'] as const;
 export type WorkQueueName = (typeof WORK_QUEUE_NAMES)[number];
@@ -72,6 +78,7 @@ export type WorkQueueName = (typeof WORK_QUEUE_NAMES)[number];
 export function queueOf(message: WorkMessage): WorkQueueName {
   switch (message.type) {
     case 'reclaim-volume':
+    case 'snapshot-purge':
     case 'sweep-leases':
     case 'gc-volume':
     case 'gc-sweep':
@@ -112,6 +119,7 @@ export function parseWorkMessage(body: string): WorkMessage {
   const m = msg as Record<string, unknown>;
   if (m.type === 'reclaim-volume' && typeof m.volumeId === 'string') return { type: 'reclaim-volume', volumeId: m.volumeId };
   if (m.type === 'gc-volume' && typeof m.volumeId === 'string') return { type: 'gc-volume', volumeId: m.volumeId };
+  if (m.type === 'snapshot-purge' && isVolumeId(m.volumeId)) return { type: 'snapshot-purge', volumeId: m.volumeId };
   if (m.type === 'gc-sweep' && (m.startAfter === undefined || typeof m.startAfter === 'string')) {
     return m.startAfter === undefined ? { type: 'gc-sweep' } : { type: 'gc-sweep', startAfter: m.startAfter };
   }

@@ -10,6 +10,7 @@ import { readPayload, type PayloadRange, type ReadReport } from './segment-reade
 import { readRefusal } from '../control/reservations.ts';
 import { MAX_IO_BYTES, checkRange, requireActive } from './volume-rules.ts';
 import { pageMap } from '../ports.ts';
+import { liveViewPoint, requireSnapshot, snapshotViewPoint, viewExtents } from './views.ts';
 
 /** The parts of a volume record that never change after creation. */
 type Geometry = Pick<VolumeRecord, 'volumeId' | 'blockSizeBytes' | 'pageBlocks'>;
@@ -105,8 +106,31 @@ export async function readData(
   const end = first + length / bs;
   const pageNums = pageRange(v, offset, length);
   const pages = early ?? (await pageMap().getPages(v, pageNums));
-  const extents = pageNums.flatMap((p) => clip(pages.get(p)?.extents ?? [], first, end)).filter((e) => e.seg !== null);
+  const extents = v.parent ? await viewExtents(liveViewPoint(v), first, end, pages) : pageNums.flatMap((p) => clip(pages.get(p)?.extents ?? [], first, end));
+  return readExtents(extents, first, length, bs, report);
+}
 
+/**
+ * Reads `length` bytes at `offset` of a snapshot (docs/snapshots.md): as the volume read right
+ * after the snapshot's commit. Blocks never written anywhere in the chain read as zeros.
+ */
+export async function readSnapshotData(
+  snapshotId: string,
+  offset: number,
+  length: number,
+  report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 },
+): Promise<Buffer> {
+  const { snapshot, volume } = await requireSnapshot(snapshotId);
+  checkRange({ ...volume, sizeBytes: snapshot.sizeBytes }, offset, length, MAX_IO_BYTES);
+  const bs = volume.blockSizeBytes;
+  const first = offset / bs;
+  const extents = await viewExtents(snapshotViewPoint(volume, snapshot), first, first + length / bs);
+  return readExtents(extents, first, length, bs, report);
+}
+
+/** Reads the data extents among `extents` (blocks from `first`) into a zeroed buffer of `length` bytes. */
+async function readExtents(all: readonly Extent[], first: number, length: number, bs: number, report: ReadReport): Promise<Buffer> {
+  const extents = all.filter((e) => e.seg !== null);
   const out = Buffer.alloc(length);
   const bySegment = new Map<string, Extent[]>();
   for (const e of extents) {

@@ -13,6 +13,7 @@ import {
   MAX_PAGES_PER_COMMIT,
   segmentRef,
   type CommitWriter,
+  type FrozenPage,
   type PageChange,
   type PageRecord,
   type SegmentRecord,
@@ -201,6 +202,8 @@ export interface PreparedWrite {
    * repeat of an applied transaction with success. Correctness does not rest on it.
    */
   commitToken?: string;
+  /** Pages to freeze under the newest snapshot's tag before the commit (docs/snapshots.md). */
+  freeze?: FrozenPage[];
 }
 
 /**
@@ -284,6 +287,16 @@ export async function prepareWrite(
     const old = current.get(page);
     return { page, oldVersion: old ? old.version : null, extents: overlay(old?.extents ?? [], top) };
   });
+  // Copy on first write after a snapshot (docs/snapshots.md): each changed page as it was, under
+  // the newest snapshot's tag; put only where absent, just before the commit.
+  const tag = v.snapSeq;
+  const freeze: FrozenPage[] =
+    tag === undefined
+      ? []
+      : [...byPage.keys()].map((page) => {
+          const old = current.get(page);
+          return { tag, page, version: old?.version ?? 0, extents: old?.extents ?? [] };
+        });
 
   const d = encoded.descriptor;
   // The descriptor was built from this segment's id, seq and block size (encodeSegment above).
@@ -295,7 +308,7 @@ export async function prepareWrite(
     bytesWritten: d.payloadBytes,
     bytesZeroed: pieces.filter((p) => !p.data).reduce((n, p) => n + p.length, 0),
   };
-  return { volume: v, record, changes, writer, result, locations, commitToken: randomUUID() };
+  return { volume: v, record, changes, writer, result, locations, commitToken: randomUUID(), freeze };
 }
 
 /**
@@ -309,6 +322,15 @@ export async function completeWrite(prepared: PreparedWrite, writerOverride?: Co
   const { volume: v, record, changes, writer, result } = prepared;
   const fencedOn = writerOverride ?? commitWriter(writer);
   const commitToken = prepared.commitToken ?? randomUUID();
+  if (prepared.freeze && prepared.freeze.length > 0) {
+    try {
+      await pageMap().freezePages(v.volumeId, v.pageBlocks, prepared.freeze);
+    } catch (err) {
+      await deleteChunksQuietly(prepared.locations); // no commit was sent for this segment
+      throw err;
+    }
+    prepared.freeze = [];
+  }
   try {
     await pageMap().commitSegment(v, record, changes, fencedOn, commitToken);
     return result;

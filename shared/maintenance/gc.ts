@@ -85,6 +85,16 @@ export function checkpointRetention(v: Pick<VolumeRecord, 'checkpoint'>): Segmen
   return v.checkpoint === undefined ? { keepAll: true } : { keepSeqAbove: v.checkpoint.seq };
 }
 
+/**
+ * What snapshots need (docs/snapshots.md): every segment a frozen page references, under any
+ * tag (ready, deleting, or a stray the purge has not reached).
+ */
+export async function snapshotRetention(v: VolumeRecord): Promise<SegmentRetention> {
+  const refs = new Set<string>();
+  for await (const f of pageMap().listFrozenPages(v.volumeId, v.pageBlocks, 0)) for (const e of f.extents) if (e.seg !== null) refs.add(e.seg);
+  return { refs };
+}
+
 // ---------------------------------------------------------------------------------------
 // Messages
 
@@ -308,7 +318,7 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
   const records: SegmentRecord[] = [];
   for await (const r of pageMap().listSegmentRecords(volumeId)) records.push(r);
   const volume = v;
-  const retentions = [checkpointRetention(volume), ...(await Promise.all(providers.map((p) => p.segmentsNeededBy(volume))))];
+  const retentions = [checkpointRetention(volume), await snapshotRetention(volume), ...(await Promise.all(providers.map((p) => p.segmentsNeededBy(volume))))];
   const pages: PageRecord[] = [];
   for await (const p of pageMap().listPages(v)) pages.push(p);
   const { liveBlocks, pagesOf } = liveness(pages);
@@ -344,8 +354,11 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
   if (dead.length > DELETE_SEGMENTS_MAX) report.continued = true;
 
   // Compaction to the space target.
+  // Segments at or below the newest snapshot are held by it, and rewriting their blocks would
+  // make them look changed between snapshots (docs/snapshots.md): only newer ones are compacted.
+  const seqOf = new Map(records.map((r) => [segmentRef(r.volumeId, r.segmentId), r.seq]));
   const plan = planCompaction(
-    usages.filter((u) => u.liveBytes > 0),
+    usages.filter((u) => u.liveBytes > 0 && (v.snapSeq === undefined || (seqOf.get(u.ref) ?? 0) > v.snapSeq)),
     { ...DEFAULT_COMPACTION_POLICY, dataChunks: v.dataChunks, parityChunks: v.parityChunks, blockSizeBytes: v.blockSizeBytes, segmentBytesMax: MAX_IO_BYTES },
   );
   if (plan.length > 0) {

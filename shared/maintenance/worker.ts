@@ -16,12 +16,15 @@ import { handleEvacuationMessage } from './evacuation.ts';
 import { collectVolume, sweep } from './gc.ts';
 import { sweepLeases } from '../control/heads.ts';
 import { reclaimVolume } from '../control/volumes.ts';
+import { purgeSnapshots } from '../control/snapshots.ts';
 
 /** Runs one work message; returns what was done, for the log. */
 async function run(msg: WorkMessage): Promise<Record<string, unknown>> {
   switch (msg.type) {
     case 'reclaim-volume':
       return { msg: 'reclaimed volume', volumeId: msg.volumeId, ...(await reclaimVolume(msg.volumeId)) };
+    case 'snapshot-purge':
+      return { msg: 'snapshot purge', volumeId: msg.volumeId, ...(await purgeSnapshots(msg.volumeId)) };
     case 'sweep-leases':
       return { msg: 'swept leases', ...(await sweepLeases()) };
     case 'checkpoint-volume':

@@ -64,7 +64,7 @@ describe('SledgeStack', () => {
   let stack: SledgeStack;
   let template: Template;
   let ids: {
-    tables: Record<'volumes' | 'pages' | 'segments' | 'drives', string>;
+    tables: Record<'volumes' | 'pages' | 'segments' | 'snapshots' | 'drives', string>;
     sleds: string[];
     queues: { queue: string; dlq: string; env: string }[];
     head: string;
@@ -78,6 +78,7 @@ describe('SledgeStack', () => {
         volumes: logicalId(stack, stack.volumesTable),
         pages: logicalId(stack, stack.pagesTable),
         segments: logicalId(stack, stack.segmentsTable),
+        snapshots: logicalId(stack, stack.snapshotsTable),
         drives: logicalId(stack, stack.drivesTable),
       },
       sleds: stack.sleds.map((sled) => logicalId(stack, sled)),
@@ -182,8 +183,8 @@ describe('SledgeStack', () => {
   });
 
   describe('tables', () => {
-    it('has Volumes, Pages, Segments and Drives with their keys, on demand, with point-in-time recovery', () => {
-      template.resourceCountIs('AWS::DynamoDB::Table', 4);
+    it('has Volumes, Pages, Segments, Snapshots and Drives with their keys, on demand, with point-in-time recovery', () => {
+      template.resourceCountIs('AWS::DynamoDB::Table', 5);
       const expected = {
         [ids.tables.volumes]: { keys: [{ AttributeName: 'volumeId', KeyType: 'HASH' }], attrs: [{ AttributeName: 'volumeId', AttributeType: 'S' }] },
         [ids.tables.pages]: {
@@ -204,6 +205,16 @@ describe('SledgeStack', () => {
           attrs: [
             { AttributeName: 'volumeId', AttributeType: 'S' },
             { AttributeName: 'segmentId', AttributeType: 'S' },
+          ],
+        },
+        [ids.tables.snapshots]: {
+          keys: [
+            { AttributeName: 'volumeId', KeyType: 'HASH' },
+            { AttributeName: 'snapshotId', KeyType: 'RANGE' },
+          ],
+          attrs: [
+            { AttributeName: 'volumeId', AttributeType: 'S' },
+            { AttributeName: 'snapshotId', AttributeType: 'S' },
           ],
         },
         [ids.tables.drives]: { keys: [{ AttributeName: 'driveId', KeyType: 'HASH' }], attrs: [{ AttributeName: 'driveId', AttributeType: 'S' }] },
@@ -362,6 +373,7 @@ describe('SledgeStack', () => {
           [ENV.volumesTable]: ref(ids.tables.volumes),
           [ENV.pagesTable]: ref(ids.tables.pages),
           [ENV.segmentsTable]: ref(ids.tables.segments),
+          [ENV.snapshotsTable]: ref(ids.tables.snapshots),
           [ENV.drivesTable]: ref(ids.tables.drives),
           // Sled order is the sled index: a chunk map names sled i, and i must stay the same bucket.
           [ENV.sledBuckets]: { 'Fn::Join': [',', ids.sleds.map(ref)] },

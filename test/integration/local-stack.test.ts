@@ -99,6 +99,7 @@ describe('deployLocalStack', () => {
       [ENV.volumesTable]: ['volumeId:HASH'],
       [ENV.pagesTable]: ['volumeId:HASH', 'page:RANGE'],
       [ENV.segmentsTable]: ['volumeId:HASH', 'segmentId:RANGE'],
+      [ENV.snapshotsTable]: ['volumeId:HASH', 'snapshotId:RANGE'],
       [ENV.drivesTable]: ['driveId:HASH'],
     };
     for (const [name, keys] of Object.entries(expected)) {

@@ -17,6 +17,21 @@ import {
   putSegmentRecordIfAbsent,
   tombstoneSegment,
 } from './pages.ts';
+import {
+  createCloneVolume,
+  createSnapshotRecord,
+  deleteFrozenPage,
+  deleteSnapshotRecord,
+  freezePages,
+  getFrozenPages,
+  getSnapshot,
+  listFrozenPages,
+  listSnapshots,
+  lockSnapshotPurge,
+  markSnapshotDeleting,
+  removeDependant,
+  unlockSnapshotPurge,
+} from './snapshots.ts';
 import { commitSegment, moveChunkLocation, writeRebuiltPages } from './transactions.ts';
 import {
   deleteVolumeItem,
@@ -66,4 +81,17 @@ export const dynamoPageMap: PageMapStore = {
   commitSegment,
   moveChunkLocation,
   writeRebuiltPages,
+  freezePages,
+  getFrozenPages,
+  listFrozenPages,
+  deleteFrozenPage,
+  getSnapshot,
+  listSnapshots,
+  createSnapshotRecord,
+  createCloneVolume,
+  removeDependant,
+  markSnapshotDeleting,
+  deleteSnapshotRecord,
+  lockSnapshotPurge,
+  unlockSnapshotPurge,
 };

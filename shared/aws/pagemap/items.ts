@@ -4,7 +4,7 @@
  */
 import { type AttributeValue, ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import type { ReservationState, ReservationType } from '../../control/reservations.ts';
-import type { CheckpointPointer, HeadDesignation, PageRecord, SegmentRecord, StoredPage, VolumeRecord, VolumeState } from '../../core/records.ts';
+import type { CheckpointPointer, HeadDesignation, PageRecord, ParentRef, SegmentRecord, StoredPage, VolumeRecord, VolumeState } from '../../core/records.ts';
 import { invariant } from '../../core/errors.ts';
 import { decodePage, encodePage, type Extent } from '../../data/extents.ts';
 import { formatLocation, parseLocation, type ChunkLocation } from '../../data/sleds.ts';
@@ -57,6 +57,8 @@ export function volumeToItem(v: VolumeRecord): Record<string, AttributeValue> {
   if (v.name !== undefined) item.name = S(v.name);
   if (v.heads) item.heads = headsToAttribute(v.heads);
   if (v.checkpointEveryCommits !== undefined) item.checkpointEveryCommits = N(v.checkpointEveryCommits);
+  if (v.snapSeq !== undefined) item.snapSeq = N(v.snapSeq);
+  if (v.parent) item.parent = parentToAttribute(v.parent);
   return item;
 }
 
@@ -99,7 +101,20 @@ export function itemToVolume(item: Record<string, AttributeValue>): VolumeRecord
   const heads = attributeToHeads(item.heads);
   if (heads) v.heads = heads;
   readCheckpointFields(item, v);
+  if (item.snapSeq?.N !== undefined) v.snapSeq = num(item.snapSeq);
+  const parent = attributeToParent(item.parent);
+  if (parent) v.parent = parent;
+  if (item.snapPurge?.S !== undefined) v.snapPurge = item.snapPurge.S;
   return v;
+}
+
+export function parentToAttribute(p: ParentRef): AttributeValue {
+  return { M: { volumeId: S(p.volumeId), snapshotId: S(p.snapshotId), seq: N(p.seq) } };
+}
+
+export function attributeToParent(a: AttributeValue | undefined): ParentRef | undefined {
+  const m = a?.M;
+  return m ? { volumeId: str(m.volumeId), snapshotId: str(m.snapshotId), seq: num(m.seq) } : undefined;
 }
 
 export function readCheckpointFields(item: Record<string, AttributeValue>, v: VolumeRecord): void {

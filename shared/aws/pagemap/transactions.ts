@@ -94,6 +94,8 @@ export async function commitSegment(
           '#state = :active', // and is not being deleted
           'headSeq = :prevSeq', // and nobody committed since we read the head we built on
           ...fencing.parts, // and the writer has not been fenced off (docs/reservations.md)
+          // and no snapshot was taken since we froze the changed pages (docs/snapshots.md)
+          volume.snapSeq === undefined ? 'attribute_not_exists(snapSeq)' : 'snapSeq = :snapSeq',
         ].join(' AND '),
         ExpressionAttributeNames: { '#state': 'state', ...fencing.names },
         ExpressionAttributeValues: {
@@ -103,6 +105,7 @@ export async function commitSegment(
           ':segment': S(segment.segmentId),
           ':active': S('active'),
           ':now': S(now),
+          ...(volume.snapSeq === undefined ? {} : { ':snapSeq': N(volume.snapSeq) }),
         },
         ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
       },
@@ -159,6 +162,9 @@ export async function commitSegment(
             `(reservation generation ${r.generation}${r.reservation ? `, reserved ${r.reservation.type} by ${r.reservation.holder}` : ''})`,
           current,
         );
+      }
+      if (current.headSeq === volume.headSeq && current.snapSeq !== volume.snapSeq) {
+        throw new CommitRefusedError('snapshot-moved', `a snapshot of volume ${volume.volumeId} was taken while this commit was prepared`, current);
       }
       throw new CommitRefusedError('head-moved', `volume ${volume.volumeId} head moved from ${volume.headSeq} to ${current.headSeq}`, current);
     }
