@@ -16,6 +16,7 @@ import { driveView } from '../maintenance/evacuation-progress.ts';
 import { peekDeadLetters, redriveDeadLetters } from '../maintenance/dead-letters.ts';
 import { describeDrive, retireDrive } from '../maintenance/evacuation.ts';
 import { queueGc } from '../maintenance/gc.ts';
+import { startFlatten } from '../maintenance/flatten.ts';
 import { checkKey } from '../control/reservations.ts';
 import type { WriterIdentity } from '../data/segments.ts';
 import { HEAD_ID, MAX_IO_BYTES } from '../data/volume-rules.ts';
@@ -125,6 +126,7 @@ export const router = new Router()
     status: 200,
     json: await listSnapshotViews(req.params.volumeId!, req.query.limit, req.query.next),
   }))
+  .on('POST', '/volumes/{volumeId}/flatten', async (req) => ({ status: 202, json: await startFlatten(req.params.volumeId!) }))
   .on('GET', '/snapshots/{snapshotId}', async (req) => ({ status: 200, json: await describeSnapshot(req.params.snapshotId!) }))
   .on('DELETE', '/snapshots/{snapshotId}', async (req) => ({ status: 202, json: await deleteSnapshot(req.params.snapshotId!) }))
   .on('GET', '/snapshots/{snapshotId}/data', async (req) => {

@@ -43,6 +43,8 @@ export interface VolumeView {
   checkpointSeq: number | null;
   /** For a clone: the snapshot it reads through to (docs/snapshots.md). */
   parent?: { volumeId: string; snapshotId: string };
+  /** While a clone is flattened: pages done of pages, bytes copied so far. */
+  flatten?: { pagesDone: number; pages: number; bytesCopied: number; fractionDone: number; startedAt: string; updatedAt: string };
 }
 
 export function view(v: VolumeRecord): VolumeView {
@@ -62,6 +64,7 @@ export function view(v: VolumeRecord): VolumeView {
   };
   if (v.name !== undefined) out.name = v.name;
   if (v.parent) out.parent = { volumeId: v.parent.volumeId, snapshotId: v.parent.snapshotId };
+  if (v.flatten) out.flatten = { ...v.flatten, fractionDone: v.flatten.pages === 0 ? 1 : Math.min(1, v.flatten.pagesDone / v.flatten.pages) };
   return out;
 }
 

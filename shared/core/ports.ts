@@ -9,6 +9,7 @@ import type { DriveRecord, DriveState, DumpAttributes, EvacuationState } from '.
 import type {
   CheckpointPointer,
   CommitWriter,
+  FlattenProgress,
   FrozenPage,
   HeadDesignation,
   MoveOutcome,
@@ -192,6 +193,10 @@ export interface PageMapStore {
   lockSnapshotPurge(volumeId: string, token: string): Promise<boolean>;
   /** Releases the purge lock; with `dropSnapSeq`, also removes `snapSeq` if it is still that value. */
   unlockSnapshotPurge(volumeId: string, token: string, dropSnapSeq?: number): Promise<boolean>;
+  /** Records a clone's flatten progress while it still has that parent; false otherwise. */
+  setFlattenProgress(volumeId: string, parentSnapshotId: string, progress: FlattenProgress): Promise<boolean>;
+  /** Removes a clone's parent (and its flatten progress) while it is still that parent; false when refused. */
+  finishFlatten(volumeId: string, parentSnapshotId: string): Promise<boolean>;
 }
 
 /**

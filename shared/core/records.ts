@@ -56,6 +56,16 @@ export interface VolumeRecord {
   parent?: ParentRef;
   /** A snapshot purge of this volume holds this token while it runs (one at a time). */
   snapPurge?: string;
+  /** A clone's flatten in progress (docs/snapshots.md, "Flatten"). */
+  flatten?: FlattenProgress;
+}
+
+export interface FlattenProgress {
+  pagesDone: number;
+  pages: number;
+  bytesCopied: number;
+  startedAt: string;
+  updatedAt: string;
 }
 
 /** A clone's parent: the snapshot, its volume and its seq (docs/snapshots.md). */

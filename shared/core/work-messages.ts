@@ -26,6 +26,13 @@ export interface SnapshotPurgeMessage {
   volumeId: string;
 }
 
+/** Copy what a clone still reads from its parent, from page `nextPage` on (docs/snapshots.md, "Flatten"). */
+export interface FlattenVolumeMessage {
+  type: 'flatten-volume';
+  volumeId: string;
+  nextPage: number;
+}
+
 /** GC of one volume, or one step of the sweep over all of them (docs/evacuation.md, section 6). */
 export type GcMessage = { type: 'gc-volume'; volumeId: string } | { type: 'gc-sweep'; startAfter?: string };
 
@@ -69,7 +76,14 @@ export type CheckpointQueueMessage = CheckpointVolumeMessage | CheckpointSweepMe
 // ---------------------------------------------------------------------------------------
 // The union and its queues
 
-export type WorkMessage = ReclaimVolumeMessage | SweepLeasesMessage | SnapshotPurgeMessage | GcMessage | EvacuationMessage | CheckpointQueueMessage;
+export type WorkMessage =
+  | ReclaimVolumeMessage
+  | SweepLeasesMessage
+  | SnapshotPurgeMessage
+  | FlattenVolumeMessage
+  | GcMessage
+  | EvacuationMessage
+  | CheckpointQueueMessage;
 
 export const WORK_QUEUE_NAMES = ['gc', 'evacuation', 'checkpoint'] as const;
 export type WorkQueueName = (typeof WORK_QUEUE_NAMES)[number];
@@ -79,6 +93,7 @@ export function queueOf(message: WorkMessage): WorkQueueName {
   switch (message.type) {
     case 'reclaim-volume':
     case 'snapshot-purge':
+    case 'flatten-volume':
     case 'sweep-leases':
     case 'gc-volume':
     case 'gc-sweep':
@@ -120,6 +135,9 @@ export function parseWorkMessage(body: string): WorkMessage {
   if (m.type === 'reclaim-volume' && typeof m.volumeId === 'string') return { type: 'reclaim-volume', volumeId: m.volumeId };
   if (m.type === 'gc-volume' && typeof m.volumeId === 'string') return { type: 'gc-volume', volumeId: m.volumeId };
   if (m.type === 'snapshot-purge' && isVolumeId(m.volumeId)) return { type: 'snapshot-purge', volumeId: m.volumeId };
+  if (m.type === 'flatten-volume' && isVolumeId(m.volumeId) && Number.isSafeInteger(m.nextPage) && (m.nextPage as number) >= 0) {
+    return { type: 'flatten-volume', volumeId: m.volumeId, nextPage: m.nextPage as number };
+  }
   if (m.type === 'gc-sweep' && (m.startAfter === undefined || typeof m.startAfter === 'string')) {
     return m.startAfter === undefined ? { type: 'gc-sweep' } : { type: 'gc-sweep', startAfter: m.startAfter };
   }

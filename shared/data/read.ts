@@ -129,7 +129,7 @@ export async function readSnapshotData(
 }
 
 /** Reads the data extents among `extents` (blocks from `first`) into a zeroed buffer of `length` bytes. */
-async function readExtents(all: readonly Extent[], first: number, length: number, bs: number, report: ReadReport): Promise<Buffer> {
+export async function readExtents(all: readonly Extent[], first: number, length: number, bs: number, report: ReadReport): Promise<Buffer> {
   const extents = all.filter((e) => e.seg !== null);
   const out = Buffer.alloc(length);
   const bySegment = new Map<string, Extent[]>();

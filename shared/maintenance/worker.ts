@@ -17,12 +17,15 @@ import { collectVolume, sweep } from './gc.ts';
 import { sweepLeases } from '../control/heads.ts';
 import { reclaimVolume } from '../control/volumes.ts';
 import { purgeSnapshots } from '../control/snapshots.ts';
+import { flattenStep } from './flatten.ts';
 
 /** Runs one work message; returns what was done, for the log. */
 async function run(msg: WorkMessage): Promise<Record<string, unknown>> {
   switch (msg.type) {
     case 'reclaim-volume':
       return { msg: 'reclaimed volume', volumeId: msg.volumeId, ...(await reclaimVolume(msg.volumeId)) };
+    case 'flatten-volume':
+      return { msg: 'flatten', ...(await flattenStep(msg.volumeId, msg.nextPage)) };
     case 'snapshot-purge':
       return { msg: 'snapshot purge', volumeId: msg.volumeId, ...(await purgeSnapshots(msg.volumeId)) };
     case 'sweep-leases':

@@ -161,6 +161,42 @@ describe('snapshots', () => {
     expect((await http(`${url}/volumes/${vol.volumeId}`, { method: 'DELETE' })).status).toBe(202);
   });
 
+  it('flattens a clone: it keeps its bytes, loses its parent, and the parent snapshot can go', async () => {
+    const vol = await api.createVolume({ sizeBytes: 6 * MiB });
+    const a = randomBytes(5 * MiB);
+    await api.write(vol.volumeId, 0, a.subarray(0, 4 * MiB));
+    await api.write(vol.volumeId, 4 * MiB, a.subarray(4 * MiB));
+    await api.trim(vol.volumeId, 2 * MiB, 8 * BLOCK);
+    const s = await snapshot(vol.volumeId);
+    const clone = await api.createVolume({ sourceSnapshotId: s.snapshotId });
+    const w = randomBytes(64 * BLOCK);
+    await api.write(clone.volumeId, MiB - 16 * BLOCK, w);
+    const expected = Buffer.concat([a, Buffer.alloc(MiB)]);
+    expected.fill(0, 2 * MiB, 2 * MiB + 8 * BLOCK);
+    w.copy(expected, MiB - 16 * BLOCK);
+    expect((await http(`${url}/volumes/${vol.volumeId}/flatten`, { method: 'POST' })).status).toBe(409); // not a clone
+    const started = await http(`${url}/volumes/${clone.volumeId}/flatten`, { method: 'POST' });
+    expect(started.status, started.body.toString()).toBe(202);
+    expect(started.json).toEqual({ volumeId: clone.volumeId, pages: 6 });
+    let shown: any;
+    for (let i = 0; i < 120; i++) {
+      shown = (await api.describe(clone.volumeId)).json;
+      if (!shown.parent) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    expect(shown.parent).toBeUndefined();
+    expect(shown.flatten).toBeUndefined();
+    for (let off = 0; off < 6 * MiB; off += 2 * MiB) expect((await api.read(clone.volumeId, off, 2 * MiB)).equals(expected.subarray(off, off + 2 * MiB))).toBe(true);
+    // The parent snapshot has no dependants now; deleting it and the parent leaves the clone whole.
+    expect((await http(`${url}/snapshots/${s.snapshotId}`)).json.dependants).toEqual([]);
+    expect((await http(`${url}/snapshots/${s.snapshotId}`, { method: 'DELETE' })).status).toBe(202);
+    await waitGone(s.snapshotId, vol.volumeId);
+    expect((await http(`${url}/volumes/${vol.volumeId}`, { method: 'DELETE' })).status).toBe(202);
+    for (let i = 0; i < 100 && (await api.describe(vol.volumeId)).status !== 404; i++) await new Promise((r) => setTimeout(r, 300));
+    expect((await api.describe(vol.volumeId)).status).toBe(404); // reclaimed: its segments are gone
+    for (let off = 0; off < 6 * MiB; off += 2 * MiB) expect((await api.read(clone.volumeId, off, 2 * MiB)).equals(expected.subarray(off, off + 2 * MiB))).toBe(true);
+  });
+
   it('keeps what a snapshot references through GC, and lets GC reclaim it once the snapshot is deleted', async () => {
     const vol = await api.createVolume({ sizeBytes: 4 * MiB, checkpointEveryCommits: 0 });
     const a = randomBytes(MiB);

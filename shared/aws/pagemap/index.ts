@@ -30,6 +30,8 @@ import {
   lockSnapshotPurge,
   markSnapshotDeleting,
   removeDependant,
+  finishFlatten,
+  setFlattenProgress,
   unlockSnapshotPurge,
 } from './snapshots.ts';
 import { commitSegment, moveChunkLocation, writeRebuiltPages } from './transactions.ts';
@@ -94,4 +96,6 @@ export const dynamoPageMap: PageMapStore = {
   deleteSnapshotRecord,
   lockSnapshotPurge,
   unlockSnapshotPurge,
+  setFlattenProgress,
+  finishFlatten,
 };

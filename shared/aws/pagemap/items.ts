@@ -4,7 +4,17 @@
  */
 import { type AttributeValue, ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import type { ReservationState, ReservationType } from '../../control/reservations.ts';
-import type { CheckpointPointer, HeadDesignation, PageRecord, ParentRef, SegmentRecord, StoredPage, VolumeRecord, VolumeState } from '../../core/records.ts';
+import type {
+  CheckpointPointer,
+  FlattenProgress,
+  HeadDesignation,
+  PageRecord,
+  ParentRef,
+  SegmentRecord,
+  StoredPage,
+  VolumeRecord,
+  VolumeState,
+} from '../../core/records.ts';
 import { invariant } from '../../core/errors.ts';
 import { decodePage, encodePage, type Extent } from '../../data/extents.ts';
 import { formatLocation, parseLocation, type ChunkLocation } from '../../data/sleds.ts';
@@ -105,7 +115,15 @@ export function itemToVolume(item: Record<string, AttributeValue>): VolumeRecord
   const parent = attributeToParent(item.parent);
   if (parent) v.parent = parent;
   if (item.snapPurge?.S !== undefined) v.snapPurge = item.snapPurge.S;
+  const f = item.flatten?.M;
+  if (f) {
+    v.flatten = { pagesDone: num(f.pagesDone), pages: num(f.pages), bytesCopied: num(f.bytesCopied), startedAt: str(f.startedAt), updatedAt: str(f.updatedAt) };
+  }
   return v;
+}
+
+export function flattenToAttribute(f: FlattenProgress): AttributeValue {
+  return { M: { pagesDone: N(f.pagesDone), pages: N(f.pages), bytesCopied: N(f.bytesCopied), startedAt: S(f.startedAt), updatedAt: S(f.updatedAt) } };
 }
 
 export function parentToAttribute(p: ParentRef): AttributeValue {

@@ -17,11 +17,11 @@ import {
 } from '@aws-sdk/client-dynamodb';
 import { config } from '../../core/config.ts';
 import { ConflictError, NotFoundError, UnavailableError, invariant } from '../../core/errors.ts';
-import { CommitRefusedError, type CommitWriter, type FrozenPage, type SnapshotRecord, type VolumeRecord } from '../../core/records.ts';
+import { CommitRefusedError, type CommitWriter, type FlattenProgress, type FrozenPage, type SnapshotRecord, type VolumeRecord } from '../../core/records.ts';
 import { sleep } from '../../core/async.ts';
 import { decodePage, encodePage } from '../../data/extents.ts';
 import { dynamo } from '../clients.ts';
-import { N, S, attributeToParent, conditionFailed, itemToVolume, num, parentToAttribute, str, volumeToItem } from './items.ts';
+import { N, S, attributeToParent, conditionFailed, flattenToAttribute, itemToVolume, num, parentToAttribute, str, volumeToItem } from './items.ts';
 import { fencingCondition } from './transactions.ts';
 
 /** Pages of a volume are below this (2^26 pages at most); a frozen page's key is `tag × PAGE_SPAN + page`. */
@@ -373,6 +373,57 @@ export async function unlockSnapshotPurge(volumeId: string, token: string, dropS
           ...(dropSnapSeq === undefined ? [] : ['snapSeq = :snapSeq']), // and no snapshot was taken since we looked
         ].join(' AND '),
         ExpressionAttributeValues: { ':token': S(token), ...(dropSnapSeq === undefined ? {} : { ':snapSeq': N(dropSnapSeq) }) },
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return true;
+  } catch (err) {
+    if (conditionFailed(err)) return false;
+    throw err;
+  }
+}
+
+/** Records a clone's flatten progress while it still has `parent` (false when it has not: finished or deleted). */
+export async function setFlattenProgress(volumeId: string, parentSnapshotId: string, progress: FlattenProgress): Promise<boolean> {
+  try {
+    await dynamo().send(
+      new UpdateItemCommand({
+        TableName: config().volumesTable,
+        Key: { volumeId: S(volumeId) },
+        UpdateExpression: 'SET flatten = :f',
+        ConditionExpression: [
+          '#state = :active', // the clone is serving
+          'parent.snapshotId = :parent', // and still reads through this parent
+        ].join(' AND '),
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: { ':f': flattenToAttribute(progress), ':active': S('active'), ':parent': S(parentSnapshotId) },
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return true;
+  } catch (err) {
+    if (conditionFailed(err)) return false;
+    throw err;
+  }
+}
+
+/**
+ * Ends a flatten: the clone stops reading through its parent (every block the parent covered
+ * was copied; pages only ever gain coverage, so that stays true); false when refused.
+ */
+export async function finishFlatten(volumeId: string, parentSnapshotId: string): Promise<boolean> {
+  try {
+    await dynamo().send(
+      new UpdateItemCommand({
+        TableName: config().volumesTable,
+        Key: { volumeId: S(volumeId) },
+        UpdateExpression: 'REMOVE parent, flatten',
+        ConditionExpression: [
+          '#state = :active', // the clone is serving
+          'parent.snapshotId = :parent', // and still has this parent
+        ].join(' AND '),
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: { ':active': S('active'), ':parent': S(parentSnapshotId) },
         ReturnConsumedCapacity: 'TOTAL',
       }),
     );
