@@ -23,7 +23,7 @@ import { HEAD_ID, MAX_IO_BYTES } from '../data/volume-rules.ts';
 import { describeReservations, applyReservationBody } from '../control/reservation-commands.ts';
 import { createVolume, deleteVolume, describeVolume, listVolumeViews, resizeVolume } from '../control/volumes.ts';
 import { readData, readSnapshotData } from '../data/read.ts';
-import { changedBlocks, createSnapshot, deleteSnapshot, describeSnapshot, listSnapshotViews } from '../control/snapshots.ts';
+import { changedBlocks, createSnapshot, deleteSnapshot, describeSnapshot, listSnapshotViews, rollbackVolume } from '../control/snapshots.ts';
 import { trimRange, writeData, writePieces } from '../data/write.ts';
 import openapi from './openapi.json' with { type: 'json' };
 
@@ -126,6 +126,7 @@ export const router = new Router()
     status: 200,
     json: await listSnapshotViews(req.params.volumeId!, req.query.limit, req.query.next),
   }))
+  .on('POST', '/volumes/{volumeId}/rollback', async (req) => ({ status: 200, json: await rollbackVolume(req.params.volumeId!, jsonBody(req), writer(req)) }))
   .on('POST', '/volumes/{volumeId}/flatten', async (req) => ({ status: 202, json: await startFlatten(req.params.volumeId!) }))
   .on('GET', '/snapshots/{snapshotId}', async (req) => ({ status: 200, json: await describeSnapshot(req.params.snapshotId!) }))
   .on('DELETE', '/snapshots/{snapshotId}', async (req) => ({ status: 202, json: await deleteSnapshot(req.params.snapshotId!) }))

@@ -4,13 +4,22 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { ConflictError, FencedError, InvalidInputError, NotFoundError, UnavailableError } from '../core/errors.ts';
-import { CommitRefusedError, type SnapshotRecord } from '../core/records.ts';
+import { CommitRefusedError, MAX_PAGES_PER_COMMIT, type SnapshotRecord } from '../core/records.ts';
 import { sleep } from '../core/async.ts';
 import type { Extent } from '../data/extents.ts';
 import type { WriterIdentity } from '../data/segments.ts';
 import { requireActive } from '../data/volume-rules.ts';
-import { commitWriter } from '../data/write.ts';
-import { forgetSnapshot, requireSnapshot, snapshotViewPoint, snapshotVolume, viewExtents, type ViewPoint } from '../data/views.ts';
+import { commitWriter, completeWrite, prepareWrite, type WriteResult } from '../data/write.ts';
+import {
+  checkSnapshotIdField,
+  forgetSnapshot,
+  ownPages,
+  requireSnapshot,
+  snapshotViewPoint,
+  snapshotVolume,
+  viewExtents,
+  type ViewPoint,
+} from '../data/views.ts';
 import { writeRefusal } from './reservations.ts';
 import { pageMap, workQueue } from '../ports.ts';
 
@@ -327,4 +336,53 @@ export async function changedBlocks(
     }
   }
   return { blockSizeBytes: bs, extents };
+}
+
+// ---------------------------------------------------------------------------------------
+// Rollback
+
+/**
+ * Rolls a volume back to one of its snapshots (docs/snapshots.md, "Rollback"): every page
+ * changed since the snapshot gets the snapshot's page again, in one commit, fenced like any
+ * write and recorded in the chain (the segment's descriptor carries the pages), so that a
+ * checkpoint or rebuild replays it. At most one commit's worth of pages may have changed.
+ */
+export async function rollbackVolume(
+  volumeId: string,
+  body: unknown,
+  requester: WriterIdentity,
+): Promise<WriteResult & { snapshotId: string; pagesRolledBack: number }> {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new InvalidInputError('the body must be a JSON object with snapshotId');
+  const extra = Object.keys(body).filter((k) => k !== 'snapshotId');
+  if (extra.length > 0) throw new InvalidInputError(`unknown field ${JSON.stringify(extra[0])}; a rollback takes snapshotId`);
+  const snapshotId = checkSnapshotIdField((body as { snapshotId?: unknown }).snapshotId, 'snapshotId');
+  const { snapshot, volume } = await requireSnapshot(snapshotId);
+  if (snapshot.volumeId !== volumeId) throw new InvalidInputError(`snapshot ${snapshotId} is of volume ${snapshot.volumeId}, not ${volumeId}`);
+  const vp = snapshotViewPoint(volume, snapshot);
+  for (let attempt = 0; attempt < SNAPSHOT_ATTEMPT_MAX; attempt++) {
+    if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
+    const v = requireActive(await pageMap().getVolume(volumeId), volumeId);
+    const refusal = writeRefusal(volumeId, v.reservations, requester.key);
+    if (refusal) throw new FencedError(refusal);
+    // Pages changed since the snapshot are exactly those frozen under a tag at or above it.
+    const changed = new Set<number>();
+    for await (const f of pageMap().listFrozenPages(volumeId, v.pageBlocks, snapshot.seq)) changed.add(f.page);
+    if (changed.size === 0) {
+      return { volumeId, segmentId: null, commitSeq: v.headSeq, bytesWritten: 0, bytesZeroed: 0, snapshotId, pagesRolledBack: 0 };
+    }
+    if (changed.size > MAX_PAGES_PER_COMMIT) {
+      throw new ConflictError(
+        `${changed.size} pages of volume ${volumeId} changed since snapshot ${snapshotId}; a rollback is one commit of at most ` +
+          `${MAX_PAGES_PER_COMMIT} pages: clone the snapshot instead (POST /volumes with sourceSnapshotId)`,
+      );
+    }
+    const target = await ownPages(
+      vp,
+      [...changed].sort((a, b) => a - b),
+    );
+    const prepared = await prepareWrite(v, [], requester, { replacePages: target });
+    const done = await completeWrite(prepared);
+    if (done) return { ...done, snapshotId, pagesRolledBack: changed.size };
+  }
+  throw new UnavailableError(`volume ${volumeId} kept committing while the rollback was prepared; retry`, { retryAfterSeconds: 1 });
 }

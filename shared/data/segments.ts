@@ -50,6 +50,11 @@ export interface SegmentDescriptor {
   blockSizeBytes: number;
   payloadBytes: number;
   extents: DescriptorExtent[];
+  /**
+   * Pages this commit replaced whole, as `[page, segs, ext (base64)]` exactly as stored (a
+   * rollback to a snapshot, docs/snapshots.md); replayed after `extents`.
+   */
+  pages?: Array<[number, string[], string]>;
   /** `crcs[chunk][granule]`: CRC32C of each granule of each chunk. */
   crcs: number[][];
   createdAt: string;

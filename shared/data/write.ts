@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { checkpointAfterCommit } from '../maintenance/checkpoint-messages.ts';
 import { config } from '../core/config.ts';
 import { FencedError, InvalidInputError, NotFoundError, UnavailableError, invariant } from '../core/errors.ts';
-import { overlay, splitByPage, type Extent } from './extents.ts';
+import { encodePage, overlay, splitByPage, type Extent } from './extents.ts';
 import {
   CommitRefusedError,
   MAX_PAGES_PER_COMMIT,
@@ -215,7 +215,7 @@ export async function prepareWrite(
   v: VolumeRecord,
   pieces: WritePiece[],
   requester: WriterIdentity,
-  opts: { maintenance?: boolean; pages?: PrefetchedPages } = {},
+  opts: { maintenance?: boolean; pages?: PrefetchedPages; replacePages?: Map<number, Extent[]> } = {},
 ): Promise<PreparedWrite> {
   const bs = v.blockSizeBytes;
   // Fencing, part one: refuse at once what the reservation state refuses now. Part two is the
@@ -240,7 +240,13 @@ export async function prepareWrite(
       incoming.push({ first: p.offset / bs, count: p.length / bs, seg: null, segBlock: 0 });
     }
   }
-  const byPage = splitByPage(incoming, v.pageBlocks);
+  // A rollback replaces pages whole: one block of zeros carries the descriptor, no extents.
+  const replace = opts.replacePages;
+  if (replace) {
+    invariant(pieces.length === 0, 'a page replacement carries no extents');
+    payloadParts.push(Buffer.alloc(bs));
+  }
+  const byPage = replace ?? splitByPage(incoming, v.pageBlocks);
   if (byPage.size > MAX_PAGES_PER_COMMIT) {
     throw new InvalidInputError(
       `this write touches ${byPage.size} pages of ${v.pageBlocks * bs} bytes; one commit holds at most ${MAX_PAGES_PER_COMMIT}: split it`,
@@ -264,6 +270,14 @@ export async function prepareWrite(
       m: v.parityChunks,
       blockSizeBytes: bs,
       extents: incoming.map((e) => [e.first, e.count, e.seg === null ? -1 : e.segBlock]),
+      ...(replace
+        ? {
+            pages: [...replace].map(([page, extents]): [number, string[], string] => {
+              const enc = encodePage(extents, page, v.pageBlocks);
+              return [page, enc.segs, Buffer.from(enc.ext).toString('base64')];
+            }),
+          }
+        : {}),
     },
     payloadParts,
   );
@@ -285,7 +299,7 @@ export async function prepareWrite(
   }
   const changes: PageChange[] = [...byPage].map(([page, top]) => {
     const old = current.get(page);
-    return { page, oldVersion: old ? old.version : null, extents: overlay(old?.extents ?? [], top) };
+    return { page, oldVersion: old ? old.version : null, extents: replace ? top : overlay(old?.extents ?? [], top) };
   });
   // Copy on first write after a snapshot (docs/snapshots.md): each changed page as it was, under
   // the newest snapshot's tag; put only where absent, just before the commit.

@@ -11,7 +11,7 @@ import { Api, http, useSledgeEnv } from './helpers.ts';
 /**
  * The invariant "a snapshot never changes; a clone reads as its snapshot until written",
  * checked against a model (docs/snapshots.md). Random writes, trims, snapshots, clones, clone
- * writes, flattens, snapshot and clone deletes, GC passes, a checkpoint + rebuild and a drive
+ * writes, rollbacks, flattens, snapshot and clone deletes, GC passes, a checkpoint + rebuild and a drive
  * evacuation. After every step the volumes and snapshots it touched, one other volume and one
  * other snapshot (at random) are read whole and compared with the model; after every step that
  * can move or delete data (GC, deletes, flatten, rebuild, evacuation) and every 100 steps, all
@@ -44,6 +44,7 @@ interface ModelSnapshot {
   seq: number;
   bytes: Buffer;
   state: BlockState;
+  own: Uint8Array;
   /** Snapshots that may be its base: of its volume up to its seq, then of each ancestor up to the clone point. */
   chain: Array<{ volumeId: string; maxSeq: number }>;
   dependants: Set<string>;
@@ -155,6 +156,7 @@ describe('snapshots and clones against a model', () => {
           seq,
           bytes: Buffer.from(v.bytes),
           state: Int32Array.from(v.state),
+          own: Uint8Array.from(v.own),
           chain: [{ volumeId: v.volumeId, maxSeq: seq }, ...(v.parent ? snapshots.get(v.parent)!.chain : [])],
           dependants: new Set(),
         };
@@ -212,7 +214,7 @@ describe('snapshots and clones against a model', () => {
           structural = true;
           count('clone delete');
         }
-      } else if (r < 0.84) {
+      } else if (r < 0.82) {
         const clones = vols.filter((v) => v.parent);
         if (clones.length === 0) continue;
         const v = pick(clones);
@@ -237,11 +239,23 @@ describe('snapshots and clones against a model', () => {
         structural = true;
         count('flatten');
       } else if (r < 0.86) {
+        const own = snaps.filter((x) => volumes.has(x.volumeId));
+        if (own.length === 0) continue;
+        const x = pick(own);
+        const v = volumes.get(x.volumeId)!;
+        const res = await post(`/volumes/${v.volumeId}/rollback`, { snapshotId: x.snapshotId });
+        expect(res.status, `${context}: ${res.body.toString()}`).toBe(200);
+        v.bytes = Buffer.from(x.bytes);
+        v.state = Int32Array.from(x.state);
+        v.own = Uint8Array.from(x.own);
+        touched.add(v.volumeId);
+        count('rollback');
+      } else if (r < 0.88) {
         const v = pick(vols);
         await collectVolume(v.volumeId, { queueContinuation: false });
         structural = true;
         count('gc');
-      } else if (r < 0.92) {
+      } else if (r < 0.94) {
         if (snaps.length === 0) continue;
         const s = pick(snaps);
         const bases = snaps.filter((b) => s.chain.some((c) => c.volumeId === b.volumeId && b.seq <= c.maxSeq));

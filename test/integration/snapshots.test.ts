@@ -197,6 +197,41 @@ describe('snapshots', () => {
     for (let off = 0; off < 6 * MiB; off += 2 * MiB) expect((await api.read(clone.volumeId, off, 2 * MiB)).equals(expected.subarray(off, off + 2 * MiB))).toBe(true);
   });
 
+  it('rolls a volume back to a snapshot in one commit that a checkpoint and a rebuild replay', async () => {
+    const vol = await api.createVolume({ sizeBytes: 4 * MiB, checkpointEveryCommits: 0 });
+    const other = await api.createVolume({ sizeBytes: 4 * MiB });
+    const a = randomBytes(2 * MiB);
+    await api.write(vol.volumeId, 0, a);
+    const s = await snapshot(vol.volumeId);
+    const atS = Buffer.concat([a, Buffer.alloc(2 * MiB)]);
+    expect((await http(`${url}/volumes/${vol.volumeId}/checkpoints`, { method: 'POST' })).status).toBe(201);
+    await api.write(vol.volumeId, MiB - BLOCK, randomBytes(2 * MiB));
+    await api.trim(vol.volumeId, 0, 8 * BLOCK);
+    const later = await snapshot(vol.volumeId);
+    const atLater = Buffer.from(await api.read(vol.volumeId, 0, 4 * MiB));
+    await api.write(vol.volumeId, 3 * MiB, randomBytes(BLOCK));
+    const os = await snapshot(other.volumeId);
+
+    expect((await http(`${url}/volumes/${vol.volumeId}/rollback`, { method: 'POST', ...json({ snapshotId: os.snapshotId }) })).status).toBe(400);
+    expect((await http(`${url}/volumes/${vol.volumeId}/rollback`, { method: 'POST', ...json({}) })).status).toBe(400);
+    const r = await http(`${url}/volumes/${vol.volumeId}/rollback`, { method: 'POST', ...json({ snapshotId: s.snapshotId }) });
+    expect(r.status, r.body.toString()).toBe(200);
+    expect(r.json).toMatchObject({ snapshotId: s.snapshotId, pagesRolledBack: 4 });
+    expect((await api.read(vol.volumeId, 0, 4 * MiB)).equals(atS)).toBe(true);
+    // Snapshots taken after the rolled-back one still read as they did.
+    expect((await readSnapshot(later.snapshotId, 0, 4 * MiB)).equals(atLater)).toBe(true);
+    // The rollback is on the chain: a rebuild from the checkpoint before it replays it.
+    const rb = await http(`${url}/volumes/${vol.volumeId}/rebuild`, { method: 'POST' });
+    expect(rb.status, rb.body.toString()).toBe(200);
+    expect((await api.read(vol.volumeId, 0, 4 * MiB)).equals(atS)).toBe(true);
+    const ck = await http(`${url}/volumes/${vol.volumeId}/checkpoints`, { method: 'POST' });
+    expect(ck.status, ck.body.toString()).toBe(201);
+    // Writes go on from the rolled-back state; changed blocks since the snapshot are the new write only.
+    await api.write(vol.volumeId, 2 * BLOCK, Buffer.alloc(BLOCK, 9));
+    const after = await snapshot(vol.volumeId);
+    expect(await changed(after.snapshotId, s.snapshotId)).toEqual([{ offset: 2 * BLOCK, length: BLOCK }]);
+  });
+
   it('keeps what a snapshot references through GC, and lets GC reclaim it once the snapshot is deleted', async () => {
     const vol = await api.createVolume({ sizeBytes: 4 * MiB, checkpointEveryCommits: 0 });
     const a = randomBytes(MiB);

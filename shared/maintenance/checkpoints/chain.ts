@@ -25,12 +25,21 @@ export function touchedPages(d: Pick<SegmentDescriptor, 'volumeId' | 'segmentId'
  * Applies one committed segment to a page map exactly as its commit did (docs/page-map.md,
  * step 4): each touched page gets the segment's extents laid over its own, and version + 1.
  */
-export function replaySegment(map: Map<number, StoredPage>, d: Pick<SegmentDescriptor, 'volumeId' | 'segmentId' | 'extents'>, pageBlocks: number): void {
+export function replaySegment(
+  map: Map<number, StoredPage>,
+  d: Pick<SegmentDescriptor, 'volumeId' | 'segmentId' | 'extents' | 'pages'>,
+  pageBlocks: number,
+): void {
   for (const [page, top] of splitByPage(incomingExtents(d), pageBlocks)) {
     const old = map.get(page);
     const extents = overlay(old ? decodePage(old, page, pageBlocks) : [], top);
     const enc = encodePage(extents, page, pageBlocks);
     map.set(page, { page, version: (old?.version ?? 0) + 1, segs: enc.segs, ext: enc.ext });
+  }
+  // A rollback's commit replaces pages whole (docs/snapshots.md, "Rollback").
+  for (const [page, segs, ext] of d.pages ?? []) {
+    const old = map.get(page);
+    map.set(page, { page, version: (old?.version ?? 0) + 1, segs, ext: new Uint8Array(Buffer.from(ext, 'base64')) });
   }
 }
 
