@@ -17,7 +17,7 @@ import {
   requireSnapshot,
   snapshotViewPoint,
   snapshotVolume,
-  viewExtents,
+  viewPages,
   type ViewPoint,
 } from '../data/views.ts';
 import { writeRefusal } from './reservations.ts';
@@ -82,7 +82,7 @@ export async function createSnapshot(volumeId: string, body: unknown, requester:
     if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
     const v = requireActive(await pageMap().getVolume(volumeId), volumeId);
     const refusal = writeRefusal(volumeId, v.reservations, requester.key);
-    if (refusal) throw new FencedError(refusal.replace('write', 'snapshot'));
+    if (refusal) throw new FencedError(`${refusal} (taking a snapshot is refused like a write)`);
     const existing = await pageMap().listSnapshots(volumeId);
     const ready = existing.filter((s) => s.state === 'ready');
     if (ready.length >= MAX_SNAPSHOTS_PER_VOLUME) {
@@ -235,6 +235,7 @@ async function finishRecord(d: SnapshotRecord, out: { purged: number }): Promise
 
 const CHANGED_LIMIT_DEFAULT = 1000;
 const CHANGED_LIMIT_MAX = 10000;
+const CHANGED_PAGES_PER_BATCH = 64;
 
 /** Same mapping: both never written, both zeros, or the same block of the same segment. */
 function sameMapping(a: Extent | undefined, b: Extent | undefined, block: number): boolean {
@@ -321,17 +322,23 @@ export async function changedBlocks(
     .filter((p) => (p + 1) * volume.pageBlocks > startBlock && p * volume.pageBlocks < endBlock)
     .sort((a, b) => a - b);
   const extents: Array<{ offset: number; length: number }> = [];
-  for (const page of pages) {
-    const first = Math.max(page * volume.pageBlocks, startBlock);
-    const end = Math.min((page + 1) * volume.pageBlocks, endBlock);
-    const [t, b] = await Promise.all([viewExtents(targetVp, first, end), baseVp ? viewExtents(baseVp, first, end) : Promise.resolve([] as Extent[])]);
-    for (let block = first; block < end; block++) {
-      if (sameMapping(extentAt(t, block), extentAt(b, block), block)) continue;
-      const last = extents[extents.length - 1];
-      if (last && last.offset + last.length === block * bs) last.length += bs;
-      else {
-        if (extents.length === limit) return { blockSizeBytes: bs, extents, next: String(block * bs) };
-        extents.push({ offset: block * bs, length: bs });
+  // A batch of pages at a time: one read of each view's own pages per batch.
+  for (let i = 0; i < pages.length; i += CHANGED_PAGES_PER_BATCH) {
+    const batch = pages.slice(i, i + CHANGED_PAGES_PER_BATCH);
+    const [t, b] = await Promise.all([viewPages(targetVp, batch), baseVp ? viewPages(baseVp, batch) : Promise.resolve(new Map<number, Extent[]>())]);
+    for (const page of batch) {
+      const first = Math.max(page * volume.pageBlocks, startBlock);
+      const end = Math.min((page + 1) * volume.pageBlocks, endBlock);
+      const te = t.get(page) ?? [];
+      const be = b.get(page) ?? [];
+      for (let block = first; block < end; block++) {
+        if (sameMapping(extentAt(te, block), extentAt(be, block), block)) continue;
+        const last = extents[extents.length - 1];
+        if (last && last.offset + last.length === block * bs) last.length += bs;
+        else {
+          if (extents.length === limit) return { blockSizeBytes: bs, extents, next: String(block * bs) };
+          extents.push({ offset: block * bs, length: bs });
+        }
       }
     }
   }

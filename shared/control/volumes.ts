@@ -115,11 +115,7 @@ export async function createVolume(input: CreateVolumeInput): Promise<VolumeView
       throw new InvalidInputError('name must be a string of 1 to 128 characters');
     name = input.name;
   }
-  const checkpointEveryCommits =
-    input.checkpointEveryCommits === undefined ? DEFAULT_CHECKPOINT_EVERY_COMMITS : integerField(input.checkpointEveryCommits, 'checkpointEveryCommits');
-  if (checkpointEveryCommits < 0 || checkpointEveryCommits > 1e9) {
-    throw new InvalidInputError(`checkpointEveryCommits must be from 0 (no automatic checkpoints) to 1000000000, got ${checkpointEveryCommits}`);
-  }
+  const checkpointEveryCommits = checkpointInterval(input.checkpointEveryCommits);
   const now = new Date().toISOString();
   const record: VolumeRecord = {
     volumeId: `vol-${randomBytes(8).toString('hex')}`,
@@ -139,6 +135,12 @@ export async function createVolume(input: CreateVolumeInput): Promise<VolumeView
   if (name !== undefined) record.name = name;
   await pageMap().putNewVolume(record);
   return view(record);
+}
+
+function checkpointInterval(value: unknown): number {
+  const n = value === undefined ? DEFAULT_CHECKPOINT_EVERY_COMMITS : integerField(value, 'checkpointEveryCommits');
+  if (n < 0 || n > 1e9) throw new InvalidInputError(`checkpointEveryCommits must be from 0 (no automatic checkpoints) to 1000000000, got ${n}`);
+  return n;
 }
 
 const CLONE_FIELDS = new Set(['sourceSnapshotId', 'sizeBytes', 'name', 'checkpointEveryCommits']);
@@ -169,8 +171,7 @@ async function createClone(input: CreateVolumeInput): Promise<VolumeView> {
       throw new InvalidInputError('name must be a string of 1 to 128 characters');
     name = input.name;
   }
-  const checkpointEveryCommits =
-    input.checkpointEveryCommits === undefined ? DEFAULT_CHECKPOINT_EVERY_COMMITS : integerField(input.checkpointEveryCommits, 'checkpointEveryCommits');
+  const checkpointEveryCommits = checkpointInterval(input.checkpointEveryCommits);
   const now = new Date().toISOString();
   const record: VolumeRecord = {
     volumeId: `vol-${randomBytes(8).toString('hex')}`,

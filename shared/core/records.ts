@@ -112,6 +112,8 @@ export interface PageRecord {
   page: number;
   version: number;
   extents: Extent[];
+  /** The snapshot tag the last commit made sure a frozen copy exists under (docs/snapshots.md). */
+  frozenTag?: number;
 }
 
 export interface SegmentRecord {

@@ -68,7 +68,11 @@ export async function ownPages(vp: ViewPoint, pageNums: readonly number[], live?
     else missing.push(p);
   }
   if (missing.length === 0) return out;
-  // Every tag at or above the snapshot's seq may hold its copy; the smallest present wins.
+  // The order matters (docs/snapshots.md, "Reading a snapshot"): the live pages first, then the
+  // tags, then the frozen pages. A commit that changed a page after the snapshot froze it first
+  // under a tag whose record existed before that commit, so whatever live page was read, a
+  // change to it is visible through a tag listed after it.
+  const livePages = await pageMap().getPages(vp.volume, missing);
   const atSeq = vp.atSeq;
   const tags = [...new Set((await pageMap().listSnapshots(vp.volume.volumeId)).map((s) => s.seq).filter((t) => t >= atSeq))].sort((a, b) => a - b);
   const frozen = await pageMap().getFrozenPages(
@@ -76,14 +80,13 @@ export async function ownPages(vp: ViewPoint, pageNums: readonly number[], live?
     vp.volume.pageBlocks,
     tags.flatMap((tag) => missing.map((page) => ({ tag, page }))),
   );
+  // Every tag at or above the snapshot's seq may hold its copy; the smallest present wins.
   const best = new Map<number, { tag: number; extents: Extent[] }>();
   for (const f of frozen) {
     const b = best.get(f.page);
     if (!b || f.tag < b.tag) best.set(f.page, { tag: f.tag, extents: f.extents });
   }
-  const unfrozen = missing.filter((p) => !best.has(p));
   // Pages not frozen under any tag did not change since the snapshot: the live page is its page.
-  const livePages = unfrozen.length > 0 ? await pageMap().getPages(vp.volume, unfrozen) : new Map<number, { extents: Extent[] }>();
   for (const p of missing) {
     const extents = best.get(p)?.extents ?? livePages.get(p)?.extents ?? [];
     out.set(p, extents);
@@ -138,6 +141,40 @@ export async function viewExtents(vp: ViewPoint, first: number, end: number, liv
   invariant(parent.volume.blockSizeBytes === vp.volume.blockSizeBytes, 'a clone has its parent block size');
   const inherited = await Promise.all(gaps.map(([a, b]) => viewExtents(parent, a, b, undefined, depth + 1)));
   return [...own, ...inherited.flat()].sort((a, b) => a.first - b.first);
+}
+
+/**
+ * The whole-page views of `pages` (any set, one batch of reads for the view point's own pages):
+ * each page's extents, with a clone's uncovered blocks filled from its parent.
+ */
+export async function viewPages(vp: ViewPoint, pages: readonly number[]): Promise<Map<number, Extent[]>> {
+  const pb = vp.volume.pageBlocks;
+  const limit = Math.floor(vp.sizeBytes / vp.volume.blockSizeBytes);
+  const inRange = pages.filter((p) => p * pb < limit);
+  const own = await ownPages(vp, inRange);
+  const out = new Map<number, Extent[]>();
+  for (const p of pages) out.set(p, []);
+  for (const p of inRange) {
+    const first = p * pb;
+    const end = Math.min((p + 1) * pb, limit);
+    const mine = clip(own.get(p) ?? [], first, end);
+    if (!vp.parent) {
+      out.set(p, mine);
+      continue;
+    }
+    const gaps = gapsOf(mine, first, end);
+    if (gaps.length === 0) {
+      out.set(p, mine);
+      continue;
+    }
+    const parent = await parentViewPoint(vp.parent);
+    const inherited = await Promise.all(gaps.map(([a, b]) => viewExtents(parent, a, b)));
+    out.set(
+      p,
+      [...mine, ...inherited.flat()].sort((a, b) => a.first - b.first),
+    );
+  }
+  return out;
 }
 
 const SNAPSHOT_ID = /^snap-([0-9a-f]{16})-(\d{12})-([0-9a-f]{6})$/;

@@ -307,10 +307,13 @@ export async function prepareWrite(
   const freeze: FrozenPage[] =
     tag === undefined
       ? []
-      : [...byPage.keys()].map((page) => {
-          const old = current.get(page);
-          return { tag, page, version: old?.version ?? 0, extents: old?.extents ?? [] };
-        });
+      : [...byPage.keys()]
+          // A page whose last commit already made sure of a copy under this tag needs no put.
+          .filter((page) => current.get(page)?.frozenTag !== tag)
+          .map((page) => {
+            const old = current.get(page);
+            return { tag, page, version: old?.version ?? 0, extents: old?.extents ?? [] };
+          });
 
   const d = encoded.descriptor;
   // The descriptor was built from this segment's id, seq and block size (encodeSegment above).

@@ -204,7 +204,14 @@ export function itemToSegment(item: Record<string, AttributeValue>): SegmentReco
   };
 }
 
-export function pageToItem(volumeId: string, page: number, version: number, extents: Extent[], pageBlocks: number): Record<string, AttributeValue> {
+export function pageToItem(
+  volumeId: string,
+  page: number,
+  version: number,
+  extents: Extent[],
+  pageBlocks: number,
+  frozenTag?: number,
+): Record<string, AttributeValue> {
   const enc = encodePage(extents, page, pageBlocks);
   return {
     volumeId: S(volumeId),
@@ -212,13 +219,16 @@ export function pageToItem(volumeId: string, page: number, version: number, exte
     version: N(version),
     segs: { L: enc.segs.map(S) },
     ext: { B: enc.ext },
+    ...(frozenTag === undefined ? {} : { ft: N(frozenTag) }),
   };
 }
 
 export function itemToPage(item: Record<string, AttributeValue>, pageBlocks: number): PageRecord {
   const page = num(item.page);
   const segs = (item.segs?.L ?? []).map(str);
-  return { page, version: num(item.version), extents: decodePage({ segs, ext: item.ext?.B ?? new Uint8Array() }, page, pageBlocks) };
+  const rec: PageRecord = { page, version: num(item.version), extents: decodePage({ segs, ext: item.ext?.B ?? new Uint8Array() }, page, pageBlocks) };
+  if (item.ft?.N !== undefined) rec.frozenTag = num(item.ft);
+  return rec;
 }
 
 export function itemToStoredPage(item: Record<string, AttributeValue>): StoredPage {

@@ -122,7 +122,8 @@ export async function commitSegment(
       (c): TransactWriteItem => ({
         Put: {
           TableName: cfg.pagesTable,
-          Item: pageToItem(volume.volumeId, c.page, (c.oldVersion ?? 0) + 1, c.extents, volume.pageBlocks),
+          // `ft`: the writer made sure the page is frozen under the newest snapshot's tag (docs/snapshots.md).
+          Item: pageToItem(volume.volumeId, c.page, (c.oldVersion ?? 0) + 1, c.extents, volume.pageBlocks, volume.snapSeq),
           ...(c.oldVersion === null
             ? { ConditionExpression: 'attribute_not_exists(page)' } // the page had no item when we read it
             : {
