@@ -34,6 +34,7 @@ import { toSqsRecord } from '#local/sqs-poller.ts';
 import { benchCodec } from './codec.ts';
 import { benchCrc } from './crc.ts';
 import { benchNbd } from './nbd.ts';
+import { benchSnapshots } from './snapshots.ts';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -48,12 +49,12 @@ const PRICE = {
 
 /**
  * `npm run bench -- <name> ...` runs only the named parts (codec, encode, crc, evacuation, gc,
- * throughput, endpoint, cost, checkpoints, fencing, nbd); no names runs them all.
+ * throughput, endpoint, cost, checkpoints, fencing, snapshots, nbd); no names runs them all.
  */
 const only = new Set(process.argv.slice(2));
 /** The parts that need no control plane, which is then not started. */
 const IN_PROCESS_PARTS = ['codec', 'encode', 'crc'];
-const PARTS = [...IN_PROCESS_PARTS, 'evacuation', 'gc', 'throughput', 'endpoint', 'cost', 'checkpoints', 'fencing', 'nbd'];
+const PARTS = [...IN_PROCESS_PARTS, 'evacuation', 'gc', 'throughput', 'endpoint', 'cost', 'checkpoints', 'fencing', 'snapshots', 'nbd'];
 for (const name of only) if (!PARTS.includes(name)) throw new Error(`unknown bench part ${name}; the parts are ${PARTS.join(', ')}`);
 const want = (name: string): boolean => only.size === 0 || only.has(name);
 
@@ -388,6 +389,8 @@ async function main(): Promise<void> {
       });
       table([row('no reservation', a, await volItem(plain)), row('write-exclusive, key presented', b, await volItem(fenced))]);
     }
+
+    if (want('snapshots')) await benchSnapshots({ apiUrl: api, idle: () => plane.idle(), table, section });
 
     if (want('nbd')) await benchNbd({
       apiUrl: api,

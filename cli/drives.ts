@@ -12,7 +12,7 @@
 import type { EvacuationProgress } from '#shared/maintenance/evacuation-progress.ts';
 import { apiError, UsageError, unreachable } from './errors.ts';
 
-type Out = Pick<NodeJS.WriteStream, 'write'> & { isTTY?: boolean; columns?: number };
+export type Out = Pick<NodeJS.WriteStream, 'write'> & { isTTY?: boolean; columns?: number };
 /** One answer of the API: its status and parsed JSON body (null when the body is not JSON). */
 interface Answer {
   status: number;
@@ -21,7 +21,7 @@ interface Answer {
   text?: string;
   retryAfter?: string | null;
 }
-type Fetch = (url: string, init?: { method?: string; body?: string; headers?: Record<string, string> }) => Promise<Answer>;
+export type Fetch = (url: string, init?: { method?: string; body?: string; headers?: Record<string, string> }) => Promise<Answer>;
 
 /** One request should not keep an operator waiting longer than this; a stuck API is reported. */
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -30,7 +30,7 @@ const REQUEST_TIMEOUT_MS = 30_000;
  * The global fetch, with a timeout, network failures turned into one clear line about
  * reaching `apiUrl`, and bodies that are not JSON read as null rather than thrown.
  */
-function apiFetch(apiUrl: string): Fetch {
+export function apiFetch(apiUrl: string): Fetch {
   return async (url, init) => {
     let res: Response;
     try {
@@ -50,7 +50,7 @@ function apiFetch(apiUrl: string): Fetch {
 }
 
 /** Throws the one-line error for an answer other than `expected`. */
-async function expectStatus(res: Answer, expected: number, request: string): Promise<void> {
+export async function expectStatus(res: Answer, expected: number, request: string): Promise<void> {
   if (res.status === expected) return;
   throw apiError(res.status, await res.json(), res.text ?? '', request, res.retryAfter ?? null);
 }

@@ -2,8 +2,9 @@
  * The `sledge` command line (bin/sledge.js loads this file).
  *
  *   sledge nbd <volumeId> --api <url> [--port N | --socket PATH] [options]
+ *   sledge snapshot create|list|delete ..., sledge clone <snapshotId> ... (cli/snapshots.ts)
  *
- * Argument parsing only; the gateway itself lives in gateway/.
+ * Argument parsing only; the gateway itself lives in gateway/, the other commands in this folder.
  */
 import { existsSync, statSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
@@ -55,6 +56,26 @@ export const COMMAND_USAGE = {
 `,
   evacuation: `  evacuation <sled>/<drive> --api <url>
       Follow a drive's evacuation with a progress bar (chunks, bytes, rate, ETA).
+`,
+  snapshot: `  snapshot create <volumeId> --api <url> [--name N] [--key KEY]
+  snapshot list <volumeId> --api <url>
+  snapshot delete <snapshotId> --api <url>
+      Take a snapshot of a volume: every write acknowledged before it is in it, none started
+      after it is (writes a \`sledge nbd\` gateway still holds in its cache are not, until a
+      FLUSH); nothing is copied. List a volume's snapshots, one line each: id, commit, size,
+      created, name, clones. Delete one: refused while clones read through it.
+
+      --name N               a name for the snapshot (1 to 128 characters)
+      --key KEY              the reservation key to act under when the volume is reserved
+                             (e.g. the one \`sledge nbd\` printed when it attached)
+`,
+  clone: `  clone <snapshotId> --api <url> [--size BYTES] [--name N]
+      Create a volume that reads as the snapshot, at once, with nothing copied; writes to the
+      clone never touch the snapshot's volume. Prints the new volume's id and size.
+
+      --size BYTES           the clone's size: the snapshot's by default, never smaller; bytes,
+                             or a whole number of KiB, MiB, GiB or TiB (e.g. 2TiB)
+      --name N               a name for the volume (1 to 128 characters)
 `,
   help: `  help [<command>]
       This text, or one command's. \`sledge <command> --help\` does the same.
@@ -321,6 +342,10 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       return 0;
     }
     if (command === 'nbd') return await runNbd(parseNbdArgs(rest));
+    if (command === 'snapshot' || command === 'clone') {
+      const { parseCloneArgs, parseSnapshotArgs, runSnapshotCommand } = await import('./snapshots.ts');
+      return await runSnapshotCommand(command === 'clone' ? parseCloneArgs(rest) : parseSnapshotArgs(rest), process.stdout);
+    }
     return await runAdmin(command, rest);
   } catch (err) {
     if (err instanceof UsageError) {
@@ -333,7 +358,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
 }
 
 /** The operator commands: one positional at most, `--api`, and a flag or two. */
-async function runAdmin(command: Exclude<CommandName, 'nbd' | 'help'>, args: string[]): Promise<number> {
+async function runAdmin(command: Exclude<CommandName, 'nbd' | 'help' | 'snapshot' | 'clone'>, args: string[]): Promise<number> {
   // Each command takes only its own flags, so a flag given to the wrong command is an error, not ignored.
   const flags = { rebuild: ['queue'], drives: [], retire: ['watch'], evacuation: [] }[command];
   let parsed;

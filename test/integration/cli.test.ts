@@ -48,7 +48,7 @@ describe('sledge operator commands', () => {
 
   it('prints every command\'s usage for --help, -h and help <command>, and exits 0', async () => {
     const forms = [
-      ...['nbd', 'rebuild', 'drives', 'retire', 'evacuation', 'help'].map((command) => ({ args: [command, '--help'], starts: command === 'help' ? 'usage: sledge <command>' : `usage: sledge ${command} ` })),
+      ...['nbd', 'rebuild', 'drives', 'retire', 'evacuation', 'snapshot', 'clone', 'help'].map((command) => ({ args: [command, '--help'], starts: command === 'help' ? 'usage: sledge <command>' : `usage: sledge ${command} ` })),
       { args: ['drives', '-h'], starts: 'usage: sledge drives ' },
       { args: ['help', 'retire'], starts: 'usage: sledge retire ' },
     ];
