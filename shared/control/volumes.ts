@@ -28,6 +28,8 @@ import { pageMap } from '../ports.ts';
 export interface VolumeView {
   volumeId: string;
   name?: string;
+  /** The principal that created it (docs/security.md). */
+  owner?: string;
   sizeBytes: number;
   blockSizeBytes: number;
   dataChunks: number;
@@ -58,6 +60,7 @@ export function view(v: VolumeRecord): VolumeView {
     checkpointSeq: v.checkpoint?.seq ?? null,
   };
   if (v.name !== undefined) out.name = v.name;
+  if (v.owner !== undefined) out.owner = v.owner;
   return out;
 }
 
@@ -73,12 +76,13 @@ export interface CreateVolumeInput {
 const CREATE_FIELDS = new Set(['sizeBytes', 'blockSizeBytes', 'dataChunks', 'parityChunks', 'name', 'checkpointEveryCommits']);
 
 /**
- * Creates a volume.
+ * Creates a volume, owned by `owner` (a principal's canonical ARN; without one only operators
+ * can reach it).
  *
  * @example
  * const v = await createVolume({ sizeBytes: 1 << 30 }); // 1 GiB, 4 KiB blocks, RS 4+2
  */
-export async function createVolume(input: CreateVolumeInput): Promise<VolumeView> {
+export async function createVolume(input: CreateVolumeInput, owner?: string): Promise<VolumeView> {
   if (typeof input !== 'object' || input === null || Array.isArray(input)) throw new InvalidInputError('the body must be a JSON object');
   for (const key of Object.keys(input)) {
     if (!CREATE_FIELDS.has(key)) throw new InvalidInputError(`unknown field ${JSON.stringify(key)}; allowed: ${[...CREATE_FIELDS].join(', ')}`);
@@ -128,6 +132,7 @@ export async function createVolume(input: CreateVolumeInput): Promise<VolumeView
     checkpointEveryCommits,
   };
   if (name !== undefined) record.name = name;
+  if (owner !== undefined) record.owner = owner;
   await pageMap().putNewVolume(record);
   return view(record);
 }
@@ -138,10 +143,15 @@ export async function describeVolume(volumeId: string): Promise<VolumeView> {
   return view(v);
 }
 
-export async function listVolumeViews(limitParam: string | undefined, next: string | undefined): Promise<{ volumes: VolumeView[]; next?: string }> {
+/** One page of the volume list; with `owner`, only that principal's volumes (a page may hold fewer than `limit`). */
+export async function listVolumeViews(
+  limitParam: string | undefined,
+  next: string | undefined,
+  owner?: string,
+): Promise<{ volumes: VolumeView[]; next?: string }> {
   const limit = limitParam === undefined ? 100 : Number(limitParam);
   if (!Number.isSafeInteger(limit) || limit < 1 || limit > 1000) throw new InvalidInputError(`limit must be an integer from 1 to 1000, got ${limitParam}`);
-  const page = await pageMap().listVolumes(limit, next);
+  const page = await pageMap().listVolumes(limit, next, owner);
   return page.next ? { volumes: page.volumes.map(view), next: page.next } : { volumes: page.volumes.map(view) };
 }
 
