@@ -560,13 +560,13 @@ describe('SledgeStack', () => {
       const role = resources[logicalId(stack, stack.operatorRole)]!;
       expect(role.Properties.RoleName).toBe('Sledge-operator');
       const operators = resources[ids.head]!.Properties.Environment.Variables[ENV.operatorPrincipals];
-      expect(operators).toEqual({ 'Fn::Join': [',', [{ 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':iam::', { Ref: 'AWS::AccountId' }, ':role/Sledge-operator']] }]] });
+      expect(operators).toEqual({ 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':iam::', { Ref: 'AWS::AccountId' }, ':role/Sledge-operator']] });
       template.hasOutput(CONSTRUCT_IDS.tenantPolicyOutput, { Value: ref(logicalId(stack, stack.tenantPolicy)) });
       template.hasOutput(CONSTRUCT_IDS.operatorRoleOutput, { Value: arn(logicalId(stack, stack.operatorRole)) });
       // More operators from props.
       const more = synth({ operatorPrincipalArns: ['arn:aws:iam::111122223333:user/ops'] });
       const joined = more.template.toJSON().Resources[logicalId(more.stack, more.stack.head)].Properties.Environment.Variables[ENV.operatorPrincipals];
-      expect(joined['Fn::Join'][1]).toContain('arn:aws:iam::111122223333:user/ops');
+      expect(JSON.stringify(joined)).toMatch(/:role\/Sledge-operator.*arn:aws:iam::111122223333:user\/ops/);
     });
 
     it('logs API access and throttles the stage; logs sled access to the log bucket; caps the worker, reserves the head when asked', () => {
