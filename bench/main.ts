@@ -218,7 +218,10 @@ async function main(): Promise<void> {
   process.env.SLEDGE_EVACUATION_SETTLE_MS ??= '1000';
   process.env.SLEDGE_EVACUATION_RECHECK_SECONDS ??= '1';
   process.env.SLEDGE_GC_EVERY_COMMITS ??= '0';
-  const plane = await startControlPlane({ port: 0, endpointPort: 0, preferExistingEndpoint: false, stackName: 'sledge-bench' });
+  // Unsigned, as a stack deployed with apiIamAuthorization: false: the bench measures Sledge, and
+  // its clients (node:http, nbd) send no signatures. Signing costs a SHA-256 of each body on each
+  // side (docs/security.md).
+  const plane = await startControlPlane({ port: 0, endpointPort: 0, preferExistingEndpoint: false, stackName: 'sledge-bench', apiAuth: 'none' });
   endpointPid = plane.endpointPid;
   try {
     const api = plane.apiUrl;

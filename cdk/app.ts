@@ -4,7 +4,8 @@
  * Context (`-c key=value`, or `context` in cdk.json):
  * - `stackName`: the stack's name. Default `Sledge`.
  * - `sledCount`: how many sleds (S3 buckets). Default 8 (see `SledgeStackProps.sledCount`).
- * - `apiIamAuthorization`: `true` to require SigV4-signed API requests. Default `false`.
+ * - `apiIamAuthorization`: `false` to turn off IAM authorization (SigV4) on the API, the explicit
+ *   opt-out of docs/security.md. Default `true`: every request must be signed.
  * - `sledge:skipBundling`: `true` to skip esbuild bundling, for a fast synth whose templates
  *   are right but whose function code is the whole project directory (never deploy that).
  *   The CLI refuses `-c aws:...` keys and sets `aws:cdk:bundling-stacks` itself, so this flag
@@ -32,6 +33,11 @@ function contextFlag(key: string): boolean {
   return value === true || value === 'true' || value === '1';
 }
 
+function contextFalse(key: string): boolean {
+  const value: unknown = app.node.tryGetContext(key);
+  return value === false || value === 'false' || value === '0';
+}
+
 function contextInteger(key: string): number | undefined {
   const value: unknown = app.node.tryGetContext(key);
   if (value === undefined) return undefined;
@@ -51,7 +57,7 @@ const sledCount = contextInteger('sledCount');
 new SledgeStack(app, stackName, {
   description: 'Sledge: serverless block storage (volumes on S3 sleds, page map in DynamoDB, heads on Lambda)',
   ...(sledCount !== undefined ? { sledCount } : {}),
-  apiIamAuthorization: contextFlag('apiIamAuthorization'),
+  apiIamAuthorization: !contextFalse('apiIamAuthorization'),
 });
 
 app.synth();

@@ -10,6 +10,12 @@
  * - The head function behind an HTTP API, and one worker function fed by the three queues.
  * - An EventBridge schedule that puts a checkpoint sweep on the checkpoint queue
  *   (docs/checkpoints.md).
+ * - Security (docs/security.md): IAM authorization (SigV4) on every API route unless turned
+ *   off explicitly; one role per function with only the actions and resources it uses; an
+ *   operator role and the managed policies a tenant and an operator get, on execute-api ARNs;
+ *   API access logs and stage throttling; server access logs of the sleds in a log bucket.
+ *   cdk-nag's AwsSolutions pack finds nothing (test/cdk/stack.test.ts); each suppression below
+ *   carries its reason and is listed in docs/security.md.
  *
  * Construct IDs are a contract: renaming one replaces the resource, and for a table or a
  * sled that means losing its data. They are listed in `CONSTRUCT_IDS` below and asserted by
@@ -19,13 +25,14 @@
  */
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { CfnOutput, Duration, Fn, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
+import { CfnOutput, Duration, Fn, RemovalPolicy, Stack, type StackProps, Validations } from 'aws-cdk-lib';
 import * as apigwv2 from 'aws-cdk-lib/aws-apigatewayv2';
 import { HttpIamAuthorizer } from 'aws-cdk-lib/aws-apigatewayv2-authorizers';
 import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import { SqsEventSource } from 'aws-cdk-lib/aws-lambda-event-sources';
 import { NodejsFunction, OutputFormat, type NodejsFunctionProps } from 'aws-cdk-lib/aws-lambda-nodejs';
@@ -63,7 +70,44 @@ export const CONSTRUCT_IDS = {
   worker: 'Worker',
   httpApi: 'HttpApi',
   apiUrlOutput: 'ApiUrl',
+  /** The bucket the sleds' server access logs go to. */
+  accessLogsBucket: 'AccessLogs',
+  apiAccessLogs: 'ApiAccessLogs',
+  headRole: 'HeadRole',
+  workerRole: 'WorkerRole',
+  operatorRole: 'OperatorRole',
+  tenantPolicy: 'TenantApiPolicy',
+  operatorPolicy: 'OperatorApiPolicy',
+  tenantPolicyOutput: 'TenantPolicyArn',
+  operatorRoleOutput: 'OperatorRoleArn',
 } as const;
+
+/**
+ * The routes only operators may call under `/volumes` (the rest of the operator routes, `/drives`,
+ * `/dumps`, `/queues`, are outside the tenant policy's paths). The head refuses them to tenants
+ * too (shared/api/routes.ts); the tenant policy denies them so IAM does first.
+ */
+export const OPERATOR_VOLUME_ROUTES: ReadonlyArray<readonly [method: string, path: string]> = [
+  ['POST', '/volumes/*/heads/fail'],
+  ['POST', '/volumes/*/gc'],
+  ['POST', '/volumes/*/rebuild'],
+];
+
+/** The DynamoDB actions the functions use on items (a transaction needs the item actions it contains). */
+export const TABLE_ITEM_ACTIONS = [
+  'dynamodb:BatchGetItem',
+  'dynamodb:BatchWriteItem',
+  'dynamodb:ConditionCheckItem',
+  'dynamodb:DeleteItem',
+  'dynamodb:GetItem',
+  'dynamodb:PutItem',
+  'dynamodb:Query',
+  'dynamodb:Scan',
+  'dynamodb:UpdateItem',
+] as const;
+
+/** The S3 actions the functions use on chunk objects (HeadObject is authorized as GetObject). */
+export const SLED_OBJECT_ACTIONS = ['s3:GetObject', 's3:PutObject', 's3:DeleteObject'] as const;
 
 /**
  * How many times SQS delivers a work message before moving it to the dead-letter queue.
@@ -201,12 +245,56 @@ export interface SledgeStackProps extends StackProps {
   readonly dataRemovalPolicy?: RemovalPolicy;
 
   /**
-   * Require SigV4-signed requests (IAM authorization) on the HTTP API. Without it anyone who
-   * knows the URL can read and write every volume, which is fine for a sandbox account only.
+   * Require SigV4-signed requests (IAM authorization) on the HTTP API, and tell the head to
+   * accept only requests that carry an IAM identity. `false` is the explicit opt-out: anyone
+   * who knows the URL can then read and write every volume and call every operator route (the
+   * head treats every caller as an operator), which is fine for a sandbox account only
+   * (docs/security.md).
    *
-   * @default false
+   * @default true
    */
   readonly apiIamAuthorization?: boolean;
+
+  /**
+   * Who may assume the operator role the stack creates (`OperatorRole`, which has
+   * `OperatorApiPolicy`).
+   *
+   * @default the account (its IAM policies then decide who)
+   */
+  readonly operatorRoleTrust?: iam.IPrincipal;
+
+  /**
+   * More operator principals besides the operator role: ARNs of IAM users or roles (a role's
+   * sessions count as the role). They also need `OperatorApiPolicy` (or equivalent) in IAM.
+   *
+   * @default none
+   */
+  readonly operatorPrincipalArns?: readonly string[];
+
+  /**
+   * The stage's throttling: requests per second and burst, across all callers. API Gateway
+   * answers 429 beyond them.
+   *
+   * @default { rateLimit: 2000, burstLimit: 1000 }
+   */
+  readonly apiThrottle?: { readonly rateLimit: number; readonly burstLimit: number };
+
+  /**
+   * Reserved concurrency of the head: invocations the worker and other functions of the account
+   * can never take from it. Lambda keeps 100 of the account's concurrency unreserved, so an
+   * account needs at least this plus 100 (new accounts may have less).
+   *
+   * @default none (the head shares the account's pool; the worker's is capped by `workerMaxConcurrency`)
+   */
+  readonly headReservedConcurrency?: number;
+
+  /**
+   * The most concurrent worker invocations each work queue's event source mapping starts (2 to
+   * 1000), so background work cannot take the concurrency the head needs for I/O.
+   *
+   * @default 5
+   */
+  readonly workerMaxConcurrency?: number;
 
   /**
    * Add the `AWS::CDK::Metadata` version-reporting resource. Off unless asked for: the local
@@ -261,6 +349,10 @@ export const SLEDGE_FUNCTION_RUNTIME = lambda.Runtime.NODEJS_24_X;
 export class SledgeFunction extends NodejsFunction {
   constructor(scope: Construct, id: string, props: SledgeFunctionProps) {
     const { entry: relativeEntry, logRetention, logRemovalPolicy, bundling, ...rest } = props;
+    const logGroup = new logs.LogGroup(scope, `${id}LogGroup`, {
+      retention: logRetention ?? logs.RetentionDays.ONE_MONTH,
+      removalPolicy: logRemovalPolicy ?? RemovalPolicy.DESTROY,
+    });
     super(scope, id, {
       runtime: SLEDGE_FUNCTION_RUNTIME,
       architecture: lambda.Architecture.ARM_64,
@@ -278,10 +370,7 @@ export class SledgeFunction extends NodejsFunction {
       // The log group is a sibling, created before the function: a child could not be created
       // before `super`, and an explicit group (unlike the deprecated `logRetention` prop) needs
       // no custom resource.
-      logGroup: new logs.LogGroup(scope, `${id}LogGroup`, {
-        retention: logRetention ?? logs.RetentionDays.ONE_MONTH,
-        removalPolicy: logRemovalPolicy ?? RemovalPolicy.DESTROY,
-      }),
+      logGroup,
       bundling: {
         format: OutputFormat.ESM,
         // No `target`: NodejsFunction derives it from the runtime.
@@ -301,19 +390,38 @@ export class SledgeFunction extends NodejsFunction {
   }
 }
 
-/** Sets `envName` on `fn` to the table's name and grants read/write access to its items. */
-export function bindTable(fn: lambda.Function, envName: EnvName, table: dynamodb.ITable): void {
-  fn.addEnvironment(envName, table.tableName);
-  table.grantReadWriteData(fn);
+/**
+ * Acknowledges a cdk-nag finding on `scope` (CDK's policy validation, which cdk-nag 3 reads),
+ * with the reason. Every call is listed in docs/security.md.
+ */
+export function acknowledge(scope: Construct, id: string, reason: string): void {
+  Validations.of(scope).acknowledge({ id, reason });
 }
 
 /**
- * Sets `envName` on `fn` to the buckets' names, comma-joined in sled order, and grants
- * read/write/delete access to their objects (GC and evacuation delete chunks).
+ * A role for one function: Lambda may assume it, it has no AWS managed policy, and it may
+ * write only to the function's own log group. Everything else is granted by the `bind*`
+ * functions, which set the variable that names a resource and grant what its use needs.
+ */
+export function functionRole(scope: Construct, id: string, description: string): iam.Role {
+  return new iam.Role(scope, id, { assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'), description });
+}
+
+/** Sets `envName` on `fn` to the table's name and grants the item actions Sledge uses on it (`TABLE_ITEM_ACTIONS`). */
+export function bindTable(fn: lambda.Function, envName: EnvName, table: dynamodb.ITable): void {
+  fn.addEnvironment(envName, table.tableName);
+  table.grant(fn, ...TABLE_ITEM_ACTIONS);
+}
+
+/**
+ * Sets `envName` on `fn` to the buckets' names, comma-joined in sled order, and grants what
+ * chunk storage needs: get, put and delete their objects (GC and evacuation delete chunks), and
+ * list them (reclaim, evacuation and orphan scans).
  */
 export function bindBuckets(fn: lambda.Function, envName: EnvName, buckets: readonly s3.IBucket[]): void {
   fn.addEnvironment(envName, Fn.join(',', buckets.map((bucket) => bucket.bucketName)));
-  for (const bucket of buckets) bucket.grantReadWrite(fn);
+  fn.addToRolePolicy(new iam.PolicyStatement({ actions: [...SLED_OBJECT_ACTIONS], resources: buckets.map((bucket) => bucket.arnForObjects('*')) }));
+  fn.addToRolePolicy(new iam.PolicyStatement({ actions: ['s3:ListBucket'], resources: buckets.map((bucket) => bucket.bucketArn) }));
 }
 
 /** Sets `envName` on `fn` to the queue's URL and grants sending to it. */
@@ -323,13 +431,14 @@ export function bindQueue(fn: lambda.Function, envName: EnvName, queue: sqs.IQue
 }
 
 /**
- * Sets `envName` on `fn` to a dead-letter queue's URL and grants what an operator's peek and
- * redrive need: receive, change visibility and delete on the DLQ (sending back to the source
- * queue is granted by `bindQueue`).
+ * Sets `envName` on `fn` to a dead-letter queue's URL and, with `grant` (the head, which serves
+ * the operator's peek and redrive), grants receive, change visibility and delete on the DLQ
+ * (sending back to the source queue is granted by `bindQueue`). The worker gets the variable,
+ * which its configuration requires, and no access.
  */
-export function bindDeadLetterQueue(fn: lambda.Function, envName: EnvName, deadLetterQueue: sqs.IQueue): void {
+export function bindDeadLetterQueue(fn: lambda.Function, envName: EnvName, deadLetterQueue: sqs.IQueue, opts: { grant?: boolean } = {}): void {
   fn.addEnvironment(envName, deadLetterQueue.queueUrl);
-  deadLetterQueue.grantConsumeMessages(fn);
+  if (opts.grant ?? true) deadLetterQueue.grantConsumeMessages(fn);
 }
 
 /** A work queue and its dead-letter queue. */
@@ -359,6 +468,16 @@ export class SledgeStack extends Stack {
   readonly head: SledgeFunction;
   readonly worker: SledgeFunction;
   readonly httpApi: apigwv2.HttpApi;
+  /** The sleds' server access logs. */
+  readonly accessLogsBucket: s3.Bucket;
+  /** The API's access log. */
+  readonly apiAccessLogs: logs.LogGroup;
+  /** The role operators assume; it has `operatorPolicy`. */
+  readonly operatorRole: iam.Role;
+  /** What a tenant principal needs: invoke the volume routes (attach it to the tenants' users or roles). */
+  readonly tenantPolicy: iam.ManagedPolicy;
+  /** What an operator needs: invoke every route. */
+  readonly operatorPolicy: iam.ManagedPolicy;
 
   constructor(scope: Construct, id: string, props: SledgeStackProps = {}) {
     super(scope, id, { ...props, analyticsReporting: props.analyticsReporting ?? false });
@@ -399,10 +518,23 @@ export class SledgeStack extends Stack {
     );
     this.drivesTable = table(CONSTRUCT_IDS.drivesTable, { name: 'driveId', type: dynamodb.AttributeType.STRING });
 
+    this.accessLogsBucket = new s3.Bucket(this, CONSTRUCT_IDS.accessLogsBucket, {
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      enforceSSL: true,
+      // Server access logging delivers only to SSE-S3 buckets.
+      encryption: s3.BucketEncryption.S3_MANAGED,
+      objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+      lifecycleRules: [{ id: 'ExpireAccessLogs', expiration: Duration.days(365) }],
+      removalPolicy: dataRemovalPolicy,
+    });
+    acknowledge(this.accessLogsBucket, 'AwsSolutions-S1', 'This is the server access log bucket of the sleds; logging its own accesses into itself would loop.');
+
     const sleds: s3.Bucket[] = [];
     for (let i = 0; i < sledCount; i++) {
       sleds.push(
         new s3.Bucket(this, `${CONSTRUCT_IDS.sledPrefix}${i}`, {
+          serverAccessLogsBucket: this.accessLogsBucket,
+          serverAccessLogsPrefix: `sled${i}/`,
           blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
           enforceSSL: true,
           // Chunks are immutable and written with If-None-Match, so versions would only keep
@@ -479,6 +611,12 @@ export class SledgeStack extends Stack {
       { type: 'sweep-leases' },
     );
 
+    const headRole = functionRole(this, CONSTRUCT_IDS.headRole, 'Sledge head: the volume API');
+    const workerRole = functionRole(this, CONSTRUCT_IDS.workerRole, 'Sledge worker: GC, evacuation and checkpoints');
+    const headReserved = props.headReservedConcurrency;
+    if (headReserved !== undefined && !(Number.isInteger(headReserved) && headReserved >= 1)) {
+      throw new Error(`headReservedConcurrency ${headReserved} must be a positive integer`);
+    }
     this.head = new SledgeFunction(this, CONSTRUCT_IDS.head, {
       entry: 'lambdas/api.ts',
       description: 'Sledge head: the volume API',
@@ -486,6 +624,8 @@ export class SledgeStack extends Stack {
       runtime: props.functionRuntime ?? SLEDGE_FUNCTION_RUNTIME,
       timeout: props.headTimeout ?? Duration.seconds(29),
       logRetention,
+      role: headRole,
+      ...(headReserved !== undefined ? { reservedConcurrentExecutions: headReserved } : {}),
     });
     this.worker = new SledgeFunction(this, CONSTRUCT_IDS.worker, {
       entry: 'lambdas/worker.ts',
@@ -494,6 +634,7 @@ export class SledgeStack extends Stack {
       runtime: props.functionRuntime ?? SLEDGE_FUNCTION_RUNTIME,
       timeout: workerTimeout,
       logRetention,
+      role: workerRole,
       // A job may enqueue its own continuation (evacuating a drive one batch of segments at a
       // time), which Lambda's loop detection would cut off after 16 hops. Every job makes
       // progress and is idempotent, so the chain ends by itself.
@@ -501,8 +642,10 @@ export class SledgeStack extends Stack {
     });
 
     // Both functions get the same variables: the head enqueues work, and the worker reads
-    // and rewrites the same tables and sleds the head does.
+    // and rewrites the same tables and sleds the head does. Only the head, which serves the
+    // operator's peek and redrive, may read the dead-letter queues.
     for (const fn of [this.head, this.worker]) {
+      fn.logGroup.grantWrite(fn);
       bindTable(fn, ENV.volumesTable, this.volumesTable);
       bindTable(fn, ENV.pagesTable, this.pagesTable);
       bindTable(fn, ENV.segmentsTable, this.segmentsTable);
@@ -512,36 +655,148 @@ export class SledgeStack extends Stack {
       bindQueue(fn, ENV.gcQueueUrl, this.gcQueue.queue);
       bindQueue(fn, ENV.evacuationQueueUrl, this.evacuationQueue.queue);
       bindQueue(fn, ENV.checkpointQueueUrl, this.checkpointQueue.queue);
-      bindDeadLetterQueue(fn, ENV.gcDeadLetterQueueUrl, this.gcQueue.deadLetterQueue);
-      bindDeadLetterQueue(fn, ENV.evacuationDeadLetterQueueUrl, this.evacuationQueue.deadLetterQueue);
-      bindDeadLetterQueue(fn, ENV.checkpointDeadLetterQueueUrl, this.checkpointQueue.deadLetterQueue);
+      const grant = fn === this.head;
+      bindDeadLetterQueue(fn, ENV.gcDeadLetterQueueUrl, this.gcQueue.deadLetterQueue, { grant });
+      bindDeadLetterQueue(fn, ENV.evacuationDeadLetterQueueUrl, this.evacuationQueue.deadLetterQueue, { grant });
+      bindDeadLetterQueue(fn, ENV.checkpointDeadLetterQueueUrl, this.checkpointQueue.deadLetterQueue, { grant });
     }
 
+    const workerMaxConcurrency = props.workerMaxConcurrency ?? 5;
+    if (!Number.isInteger(workerMaxConcurrency) || workerMaxConcurrency < 2 || workerMaxConcurrency > 1000) {
+      throw new Error(`workerMaxConcurrency ${workerMaxConcurrency} must be an integer from 2 to 1000`);
+    }
     for (const { queue } of [this.gcQueue, this.evacuationQueue, this.checkpointQueue]) {
       this.worker.addEventSource(
         new SqsEventSource(queue, {
           batchSize: props.workerBatchSize ?? 10,
           reportBatchItemFailures: true,
+          maxConcurrency: workerMaxConcurrency,
         }),
       );
+    }
+
+    // Chunk objects are named per volume and segment at run time, so the object grants are per
+    // sled bucket (`<sled ARN>/*`), and nothing beyond the sleds.
+    for (const role of [headRole, workerRole]) {
+      for (const sled of this.sleds) {
+        acknowledge(
+          role,
+          `AwsSolutions-IAM5[Resource::<${this.getLogicalId(sled.node.defaultChild as s3.CfnBucket)}.Arn>/*]`,
+          'Chunks are objects whose keys (drive/volume/segment) are made at run time; the function gets Get/Put/DeleteObject on the objects of the sled buckets and on nothing else.',
+        );
+      }
     }
 
     // One `$default` route sends every request to the head, whose router owns the whole API
     // surface (paths, 404s, 405s, error bodies). Per-path routes would be a second copy of
     // that surface to keep in step, would answer unknown paths with API Gateway's own error
     // shape instead of Sledge's, and would make the local runtime emulate route matching.
+    const iamAuthorization = props.apiIamAuthorization ?? true;
     this.httpApi = new apigwv2.HttpApi(this, CONSTRUCT_IDS.httpApi, {
       description: 'Sledge volume API',
       defaultIntegration: new HttpLambdaIntegration('HeadIntegration', this.head, {
         payloadFormatVersion: apigwv2.PayloadFormatVersion.VERSION_2_0,
       }),
-      ...(props.apiIamAuthorization ? { defaultAuthorizer: new HttpIamAuthorizer() } : {}),
+      ...(iamAuthorization ? { defaultAuthorizer: new HttpIamAuthorizer() } : {}),
       createDefaultStage: true,
     });
+    if (!iamAuthorization) {
+      acknowledge(this.httpApi, 'AwsSolutions-APIG4', 'IAM authorization was turned off explicitly (apiIamAuthorization: false); docs/security.md says what that opens.');
+    }
+
+    // Access logs and throttling on the stage (the `$default` stage CDK creates).
+    this.apiAccessLogs = new logs.LogGroup(this, CONSTRUCT_IDS.apiAccessLogs, { retention: logRetention, removalPolicy: RemovalPolicy.DESTROY });
+    const throttle = props.apiThrottle ?? { rateLimit: 2000, burstLimit: 1000 };
+    if (!(throttle.rateLimit > 0 && Number.isInteger(throttle.burstLimit) && throttle.burstLimit > 0)) {
+      throw new Error(`apiThrottle ${JSON.stringify(throttle)} needs a positive rateLimit and a positive integer burstLimit`);
+    }
+    const stage = this.httpApi.defaultStage!.node.defaultChild as apigwv2.CfnStage;
+    stage.accessLogSettings = {
+      destinationArn: this.apiAccessLogs.logGroupArn,
+      format: JSON.stringify({
+        requestId: '$context.requestId',
+        requestTime: '$context.requestTime',
+        ip: '$context.identity.sourceIp',
+        caller: '$context.identity.caller',
+        userArn: '$context.identity.userArn',
+        accessKey: '$context.identity.accessKey',
+        method: '$context.httpMethod',
+        path: '$context.path',
+        status: '$context.status',
+        responseLength: '$context.responseLength',
+        integrationLatency: '$context.integrationLatency',
+        error: '$context.error.message',
+        authorizerError: '$context.authorizer.error',
+      }),
+    };
+    stage.defaultRouteSettings = { throttlingRateLimit: throttle.rateLimit, throttlingBurstLimit: throttle.burstLimit };
+
+    // Who is an operator: the operator role (by name, so the head's variable needs no reference
+    // to the role, and the local runtime can resolve it) and any principals given.
+    const operatorRoleName = `${this.stackName}-operator`.slice(0, 64);
+    this.operatorRole = new iam.Role(this, CONSTRUCT_IDS.operatorRole, {
+      roleName: operatorRoleName,
+      assumedBy: props.operatorRoleTrust ?? new iam.AccountRootPrincipal(),
+      description: 'Sledge operator: every API route (drives, dead letters, dumps, forced head failure, GC, rebuild) on every volume',
+    });
+    const operatorArns = [
+      Fn.join('', ['arn:', this.partition, ':iam::', this.account, `:role/${operatorRoleName}`]),
+      ...(props.operatorPrincipalArns ?? []),
+    ];
+    this.head.addEnvironment(ENV.apiAuth, iamAuthorization ? 'iam' : 'none');
+    this.head.addEnvironment(ENV.operatorPrincipals, Fn.join(',', operatorArns));
+
+    // The policies a tenant and an operator get, on the API's execute-api ARNs
+    // (arn:aws:execute-api:<region>:<account>:<api>/<stage>/<METHOD>/<path>).
+    const invoke = (method: string, path: string) => this.httpApi.arnForExecuteApi(method, path, '$default');
+    this.tenantPolicy = new iam.ManagedPolicy(this, CONSTRUCT_IDS.tenantPolicy, {
+      description: 'Sledge tenant: create, list and use volumes through the API; the head limits each tenant to the volumes it created',
+      statements: [
+        new iam.PolicyStatement({
+          sid: 'VolumeRoutes',
+          actions: ['execute-api:Invoke'],
+          resources: [invoke('*', '/volumes'), invoke('*', '/volumes/*'), invoke('GET', '/openapi.json')],
+        }),
+        new iam.PolicyStatement({
+          sid: 'NotOperatorRoutes',
+          effect: iam.Effect.DENY,
+          actions: ['execute-api:Invoke'],
+          resources: OPERATOR_VOLUME_ROUTES.map(([method, path]) => invoke(method, path)),
+        }),
+      ],
+    });
+    this.operatorPolicy = new iam.ManagedPolicy(this, CONSTRUCT_IDS.operatorPolicy, {
+      description: 'Sledge operator: every API route',
+      statements: [new iam.PolicyStatement({ sid: 'AllRoutes', actions: ['execute-api:Invoke'], resources: [invoke('*', '/*')] })],
+      roles: [this.operatorRole],
+    });
+    // cdk-nag names an execute-api ARN by its template form.
+    const apiArn = (method: string, path: string) =>
+      `Resource::arn:<AWS::Partition>:execute-api:<AWS::Region>:<AWS::AccountId>:<${this.getLogicalId(this.httpApi.node.defaultChild as apigwv2.CfnApi)}>/$default/${method}${path}`;
+    for (const path of ['/volumes', '/volumes/*']) {
+      acknowledge(
+        this.tenantPolicy,
+        `AwsSolutions-IAM5[${apiArn('*', path)}]`,
+        'execute-api ARNs name API paths: a tenant may call any method on /volumes and on any volume path (volume ids are made at run time; the head lets it reach only the volumes it created), and is denied the operator routes among them.',
+      );
+    }
+    acknowledge(
+      this.operatorPolicy,
+      `AwsSolutions-IAM5[${apiArn('*', '/*')}]`,
+      'The operator may call every route of this one API (its own stage only), which is what an operator is for.',
+    );
 
     new CfnOutput(this, CONSTRUCT_IDS.apiUrlOutput, {
       description: 'Base URL of the Sledge volume API',
       value: this.httpApi.apiEndpoint,
+    });
+    new CfnOutput(this, CONSTRUCT_IDS.tenantPolicyOutput, {
+      description: 'Managed policy to attach to tenant users or roles',
+      value: this.tenantPolicy.managedPolicyArn,
+    });
+    new CfnOutput(this, CONSTRUCT_IDS.operatorRoleOutput, {
+      description: 'Role operators assume (sledge --profile with role_arn)',
+      value: this.operatorRole.roleArn,
     });
   }
 }

@@ -10,7 +10,9 @@
  * (cli/errors.ts). `renderProgress` is pure.
  */
 import type { EvacuationProgress } from '#shared/maintenance/evacuation-progress.ts';
+import type { RequestSigner } from '#shared/api/signing.ts';
 import { apiError, UsageError, unreachable } from './errors.ts';
+import { defaultSigner } from './signing.ts';
 
 export type Out = Pick<NodeJS.WriteStream, 'write'> & { isTTY?: boolean; columns?: number };
 /** One answer of the API: its status and parsed JSON body (null when the body is not JSON). */
@@ -27,14 +29,19 @@ export type Fetch = (url: string, init?: { method?: string; body?: string; heade
 const REQUEST_TIMEOUT_MS = 30_000;
 
 /**
- * The global fetch, with a timeout, network failures turned into one clear line about
- * reaching `apiUrl`, and bodies that are not JSON read as null rather than thrown.
+ * The global fetch, signed (SigV4, `sign` or the default credential chain), with a timeout,
+ * network failures turned into one clear line about reaching `apiUrl`, and bodies that are not
+ * JSON read as null rather than thrown.
  */
-export function apiFetch(apiUrl: string): Fetch {
+export function apiFetch(apiUrl: string, sign?: RequestSigner): Fetch {
+  let signer: Promise<RequestSigner> | undefined;
   return async (url, init) => {
+    signer ??= sign ? Promise.resolve(sign) : defaultSigner(apiUrl);
+    const method = init?.method ?? 'GET';
+    const headers = await (await signer)({ method, url, ...(init?.headers ? { headers: init.headers } : {}), ...(init?.body !== undefined ? { body: init.body } : {}) });
     let res: Response;
     try {
-      res = await fetch(url, { ...init, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+      res = await fetch(url, { ...init, method, headers, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
     } catch (err) {
       throw unreachable(apiUrl, err);
     }
@@ -60,8 +67,10 @@ export interface WatchOptions {
   intervalMs?: number;
   /** Give up after this long (exit status 1). Default 24 h. */
   timeoutMs?: number;
-  /** Injected for tests; default the global fetch. */
+  /** Injected for tests; default the global fetch, signed with `sign`. */
   fetch?: Fetch;
+  /** Signs requests; default the AWS credential chain (cli/signing.ts). */
+  sign?: RequestSigner;
 }
 
 interface DriveJson {
@@ -125,7 +134,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * terminal the bar redraws in place; otherwise one line per change.
  */
 export async function watchEvacuation(apiUrl: string, driveId: string, out: Out, opts: WatchOptions = {}): Promise<number> {
-  const get = opts.fetch ?? apiFetch(apiUrl);
+  const get = opts.fetch ?? apiFetch(apiUrl, opts.sign);
   const intervalMs = opts.intervalMs ?? 1000;
   const deadline = Date.now() + (opts.timeoutMs ?? 24 * 3600_000);
   const url = driveUrl(apiUrl, driveId);
@@ -159,8 +168,8 @@ export async function watchEvacuation(apiUrl: string, driveId: string, out: Out,
  * progress where there is one. (The registry's `usedBytes` is not printed: nothing accounts
  * chunk bytes to drives yet, so it would always read 0.)
  */
-export async function listDrivesCommand(apiUrl: string, out: Out, opts: Pick<WatchOptions, 'fetch'> = {}): Promise<number> {
-  const get = opts.fetch ?? apiFetch(apiUrl);
+export async function listDrivesCommand(apiUrl: string, out: Out, opts: Pick<WatchOptions, 'fetch' | 'sign'> = {}): Promise<number> {
+  const get = opts.fetch ?? apiFetch(apiUrl, opts.sign);
   const res = await get(`${apiUrl.replace(/\/$/, '')}/drives`);
   await expectStatus(res, 200, 'GET /drives');
   const body = (await res.json()) as { drives?: DriveJson[] };
@@ -174,7 +183,7 @@ export async function listDrivesCommand(apiUrl: string, out: Out, opts: Pick<Wat
 
 /** Marks a drive retiring (queues its evacuation); with `watch`, then follows it. */
 export async function retireDriveCommand(apiUrl: string, driveId: string, out: Out, opts: WatchOptions & { watch?: boolean; reason?: string } = {}): Promise<number> {
-  const post = opts.fetch ?? apiFetch(apiUrl);
+  const post = opts.fetch ?? apiFetch(apiUrl, opts.sign);
   const url = `${driveUrl(apiUrl, driveId)}/retire`;
   const res = await post(url, {
     method: 'POST',

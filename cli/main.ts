@@ -15,6 +15,7 @@ import { WriteBackCache } from '#gateway/cache.ts';
 import { startNbdServer } from '#gateway/server.ts';
 import { VolumeApiError, VolumeClient, type VolumeDescription } from '#gateway/volume-client.ts';
 import { debugEnabled, formatCliError, unreachable, UsageError } from './errors.ts';
+import { defaultSigner, type SigningOptions } from './signing.ts';
 
 /** The command line is wrong; the message says how. Exit status 2. */
 export { UsageError };
@@ -86,16 +87,45 @@ export type CommandName = keyof typeof COMMAND_USAGE;
 
 const isCommand = (word: string | undefined): word is CommandName => word !== undefined && Object.hasOwn(COMMAND_USAGE, word);
 
+/** The options every command that talks to the API takes (see `SIGNING_USAGE`). */
+const SIGNING_OPTIONS = {
+  profile: { type: 'string' },
+  region: { type: 'string' },
+  unsigned: { type: 'boolean' },
+} as const;
+
+const SIGNING_USAGE = `Every command signs its requests to the API (AWS SigV4, service execute-api) with the
+standard AWS credential chain, as the AWS CLI does:
+  --profile NAME     a profile of the shared credentials/config files (default AWS_PROFILE)
+  --region REGION    the region to sign for (default: the API URL's, AWS_REGION, us-east-1)
+  --unsigned         send requests unsigned (a stack deployed without IAM authorization)
+Otherwise AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, SSO, or an instance or container role.
+Locally: export AWS_SHARED_CREDENTIALS_FILE=.sledge/credentials (written by npm start), then
+--profile sledge-operator, sledge-tenant-a or sledge-tenant-b.
+`;
+
 export const USAGE = `usage: sledge <command> [options]
 
 commands:
 ${Object.values(COMMAND_USAGE).join('\n')}
+${SIGNING_USAGE}
 Errors are one line on stderr; set SLEDGE_DEBUG=1 to see stacks as well.
 `;
 
 /** One command's usage, for `sledge <command> --help`. */
 export function commandUsage(command: CommandName): string {
-  return `usage: sledge ${COMMAND_USAGE[command].trimStart()}`;
+  return `usage: sledge ${COMMAND_USAGE[command].trimStart()}${command === 'help' ? '' : `\n${SIGNING_USAGE}`}`;
+}
+
+function signingOptions(values: { profile?: string; region?: string; unsigned?: boolean }): SigningOptions {
+  if (values.profile === '') throw new UsageError('--profile needs a name');
+  if (values.region !== undefined && !/^[a-z]{2}(-[a-z]+)+-\d+$/.test(values.region)) throw new UsageError(`--region must be an AWS region like us-east-1, got ${JSON.stringify(values.region)}`);
+  if (values.unsigned && values.profile !== undefined) throw new UsageError('give either --profile or --unsigned, not both');
+  return {
+    ...(values.profile !== undefined ? { profile: values.profile } : {}),
+    ...(values.region !== undefined ? { region: values.region } : {}),
+    ...(values.unsigned ? { unsigned: true } : {}),
+  };
 }
 
 function checkKeyOption(key: string): string {
@@ -130,6 +160,8 @@ export interface NbdCommand {
   maxDirtyAgeMs: number;
   /** The reservation key to attach with; a fresh one per process by default. */
   reservationKey?: string;
+  /** How requests are signed (`--profile`, `--region`, `--unsigned`). */
+  signing: SigningOptions;
 }
 
 /** Parses `nbd` arguments (everything after the word `nbd`). Throws UsageError. */
@@ -149,6 +181,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
         'segment-mib': { type: 'string' },
         'max-dirty-age-ms': { type: 'string' },
         key: { type: 'string' },
+        ...SIGNING_OPTIONS,
       },
     });
   } catch (err) {
@@ -172,6 +205,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
     segmentBytes: segmentMiB * MiB,
     maxDirtyAgeMs: intOption(values['max-dirty-age-ms'], 'max-dirty-age-ms', 0, 24 * 3600 * 1000, 5000),
     ...(values.key !== undefined ? { reservationKey: checkKeyOption(values.key) } : {}),
+    signing: signingOptions(values),
   };
 }
 
@@ -221,12 +255,13 @@ function log(message: string): void {
 }
 
 async function runNbd(cmd: NbdCommand): Promise<number> {
-  const client = new VolumeClient(cmd.apiUrl, cmd.volumeId);
+  const client = new VolumeClient(cmd.apiUrl, cmd.volumeId, { sign: await defaultSigner(cmd.apiUrl, cmd.signing) });
   let volume: VolumeDescription;
   try {
     volume = await client.describe();
   } catch (err) {
     if (err instanceof VolumeApiError && err.status === 404) log(`volume ${cmd.volumeId} does not exist at ${cmd.apiUrl}`);
+    else if (err instanceof VolumeApiError && err.status === 403) log(`the API refused the request (403): ${err.message}; check --profile and the credentials it names`);
     // Status 0: no answer after every retry; say why in the words of the network, not fetch's.
     else if (err instanceof VolumeApiError && err.status === 0) log(unreachable(cmd.apiUrl, err).message);
     else log(`cannot describe volume ${cmd.volumeId} at ${cmd.apiUrl}: ${(err as Error).message}`);
@@ -367,30 +402,31 @@ async function runAdmin(command: Exclude<CommandName, 'nbd' | 'help' | 'snapshot
       args,
       allowPositionals: true,
       strict: true,
-      options: { api: { type: 'string' }, ...Object.fromEntries(flags.map((f) => [f, { type: 'boolean' as const }])) },
+      options: { api: { type: 'string' }, ...SIGNING_OPTIONS, ...Object.fromEntries(flags.map((f) => [f, { type: 'boolean' as const }])) },
     });
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
   const { positionals } = parsed;
-  const values = parsed.values as { api?: string; queue?: boolean; watch?: boolean };
+  const values = parsed.values as { api?: string; queue?: boolean; watch?: boolean; profile?: string; region?: string; unsigned?: boolean };
   if (!values.api) throw new UsageError(`--api <url> is required for ${command}`);
   checkApiUrl(values.api);
   const wanted = command === 'drives' ? 0 : 1;
   if (positionals.length !== wanted) throw new UsageError(`sledge ${command} takes ${wanted === 0 ? 'no arguments' : 'exactly one argument'}, got ${positionals.length}`);
   const target = positionals[0]!;
+  const sign = await defaultSigner(values.api, signingOptions(values));
   switch (command) {
     case 'rebuild': {
       const { rebuildVolume, formatRebuildReport } = await import('./rebuild.ts');
-      const out = await rebuildVolume(values.api, target, { queue: values.queue === true });
+      const out = await rebuildVolume(values.api, target, { queue: values.queue === true, sign });
       process.stdout.write('queued' in out ? `rebuild of ${target} queued for the worker\n` : `${formatRebuildReport(out)}\n`);
       return 0;
     }
     case 'drives':
-      return (await import('./drives.ts')).listDrivesCommand(values.api, process.stdout);
+      return (await import('./drives.ts')).listDrivesCommand(values.api, process.stdout, { sign });
     case 'retire':
-      return (await import('./drives.ts')).retireDriveCommand(values.api, target, process.stdout, { watch: values.watch === true });
+      return (await import('./drives.ts')).retireDriveCommand(values.api, target, process.stdout, { watch: values.watch === true, sign });
     case 'evacuation':
-      return (await import('./drives.ts')).watchEvacuation(values.api, target, process.stdout);
+      return (await import('./drives.ts')).watchEvacuation(values.api, target, process.stdout, { sign });
   }
 }

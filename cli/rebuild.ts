@@ -6,7 +6,9 @@
  * against the local control plane and a deployed stack alike.
  */
 import type { RebuildReport } from '#shared/maintenance/checkpoints/rebuild.ts';
+import type { RequestSigner } from '#shared/api/signing.ts';
 import { apiError, CliError, unreachable } from './errors.ts';
+import { defaultSigner } from './signing.ts';
 
 /** What `POST /volumes/{volumeId}/rebuild` answers (shared/api/openapi.json, `RebuildReport`). */
 export type { RebuildReport };
@@ -37,15 +39,22 @@ const REQUEST_TIMEOUT_MS = 15 * 60 * 1000;
  * const report = await rebuildVolume('http://127.0.0.1:3000', 'vol-0123456789abcdef');
  * console.log(formatRebuildReport(report));
  */
-export async function rebuildVolume(apiUrl: string, volumeId: string, opts: { queue?: boolean; timeoutMs?: number } = {}): Promise<RebuildReport | { queued: true; volumeId: string }> {
+export async function rebuildVolume(
+  apiUrl: string,
+  volumeId: string,
+  opts: { queue?: boolean; timeoutMs?: number; sign?: RequestSigner } = {},
+): Promise<RebuildReport | { queued: true; volumeId: string }> {
   if (!/^[A-Za-z0-9._-]{1,128}$/.test(volumeId)) throw new RebuildRequestError(`"${volumeId}" is not a volume id (like vol-0123456789abcdef)`, null, null);
   const url = `${apiUrl.replace(/\/+$/, '')}/volumes/${encodeURIComponent(volumeId)}/rebuild`;
+  const request = JSON.stringify({ mode: opts.queue ? 'queue' : 'run' });
+  const sign = opts.sign ?? (await defaultSigner(apiUrl));
+  const headers = await sign({ method: 'POST', url, headers: { 'content-type': 'application/json' }, body: request });
   let res: Response;
   try {
     res = await fetch(url, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ mode: opts.queue ? 'queue' : 'run' }),
+      headers,
+      body: request,
       signal: AbortSignal.timeout(opts.timeoutMs ?? REQUEST_TIMEOUT_MS),
     });
   } catch (err) {

@@ -1,6 +1,8 @@
 /**
  * The gateway's only link to Sledge: the volume API over HTTP (local, or API Gateway on AWS).
- * No AWS SDK here; the gateway never touches S3 or DynamoDB itself.
+ * The gateway never touches S3 or DynamoDB itself; the only AWS code here is the SDK's request
+ * signer: every attempt is signed (SigV4 for execute-api) with the credentials the `sledge`
+ * command resolved (`--profile`, environment, shared credentials file).
  *
  * Retries are bounded: retryable answers (429, 5xx, network errors, timeouts) are tried again
  * up to `attemptMax` times with capped, jittered backoff that honours `Retry-After`. Resending
@@ -8,6 +10,7 @@
  * volume and writing the same bytes to the same blocks twice is idempotent.
  */
 import { encodeBatch } from '#shared/api/batch.ts';
+import { requestSigner, type RequestSigner } from '#shared/api/signing.ts';
 
 /**
  * The API's limits (shared/data/volume-rules.ts MAX_IO_BYTES, shared/core/records.ts MAX_PAGES_PER_COMMIT).
@@ -48,6 +51,8 @@ export interface VolumeClientOptions {
   requestTimeoutMs?: number;
   /** Longest pause between attempts. Default 5 s. */
   backoffMaxMs?: number;
+  /** Signs each attempt. Default: the AWS SDK's default credential chain. */
+  sign?: RequestSigner;
 }
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -56,6 +61,7 @@ export class VolumeClient {
   private readonly attemptMax: number;
   private readonly requestTimeoutMs: number;
   private readonly backoffMaxMs: number;
+  private signer: Promise<RequestSigner> | undefined;
   /** Counts of requests sent (attempts included), for logs and the bench. */
   readonly sent = { reads: 0, batches: 0, describes: 0 };
   /** The reservation key every read and write presents, once the gateway has attached. */
@@ -69,6 +75,7 @@ export class VolumeClient {
     this.attemptMax = opts.attemptMax ?? 6;
     this.requestTimeoutMs = opts.requestTimeoutMs ?? 60_000;
     this.backoffMaxMs = opts.backoffMaxMs ?? 5_000;
+    if (opts.sign) this.signer = Promise.resolve(opts.sign);
   }
 
   private url(path: string): string {
@@ -82,10 +89,14 @@ export class VolumeClient {
       let retryAfterMs = 0;
       let res: Response | undefined;
       let body = Buffer.alloc(0);
+      this.signer ??= requestSigner({ apiUrl: this.apiUrl });
+      // Signed per attempt: a retry gets a fresh date, within the API's 15-minute window. A
+      // signer that cannot find credentials fails the request at once (it is not the network).
+      const headers = await (await this.signer)({ method: init.method, url, ...(init.headers ? { headers: init.headers } : {}), ...(init.body ? { body: init.body } : {}) });
       try {
         res = await fetch(url, {
           method: init.method,
-          headers: init.headers,
+          headers,
           // A Buffer is a Uint8Array, which fetch sends as is; the DOM typings just do not say so.
           body: init.body as unknown as BodyInit | undefined,
           signal: AbortSignal.timeout(this.requestTimeoutMs),

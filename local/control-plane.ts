@@ -5,10 +5,20 @@
  *
  * The handlers are the very modules Lambda runs; they read their configuration from the
  * environment the stack's template gives the head function.
+ *
+ * The API requires SigV4-signed requests, as the deployed stack does: the stand-in knows the
+ * local principals (local/principals.ts), an operator and two tenants, whose keys are in a
+ * shared credentials file, and the head is told which of them is the operator.
  */
+import { appendFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { ENV } from '#shared/core/config.ts';
 import { ensureEndpoint } from './endpoint.ts';
 import { startLocalApi } from './http-adapter.ts';
+import { LOCAL_AUDIT_LOG_ENV, LOCAL_CREDENTIALS_ENV, localPrincipals, type LocalPrincipals } from './principals.ts';
+
+export { LOCAL_AUDIT_LOG_ENV, LOCAL_CREDENTIALS_ENV };
 import { startPoller } from './sqs-poller.ts';
 import { deployLocalStack } from './stack.ts';
 
@@ -31,6 +41,23 @@ export interface ControlPlaneOptions {
    * Default 0: tests drive failover themselves. `npm start` turns it on.
    */
   leaseSweepIntervalMs?: number;
+  /**
+   * The shared credentials file of the local principals: reused when it holds their three
+   * profiles, else written. Default: `SLEDGE_LOCAL_CREDENTIALS_FILE` when set (so that control
+   * planes started by tests share one set of keys), else a new file in a temporary folder that
+   * `stop()` removes.
+   */
+  credentialsFile?: string;
+  /**
+   * `iam` (default): only requests signed by a local principal reach the head, as with the
+   * stack's IAM authorization. `none`: the explicit opt-out, as `apiIamAuthorization: false`.
+   */
+  apiAuth?: 'iam' | 'none';
+  /**
+   * Where the head's audit lines go: `stdout`, or a file (JSON lines). Default:
+   * `SLEDGE_LOCAL_AUDIT_LOG` when set, else `audit.log` beside a temporary credentials file.
+   */
+  auditLog?: 'stdout' | string;
 }
 
 export interface ControlPlane {
@@ -38,8 +65,14 @@ export interface ControlPlane {
   endpointUrl: string;
   /** The process id of the local endpoint when this control plane started it. */
   endpointPid?: number;
-  /** The environment the head and worker run with (table, bucket and queue names). */
+  /**
+   * The environment the head and worker run with (table, bucket and queue names, the operator
+   * principals), plus `SLEDGE_LOCAL_CREDENTIALS_FILE` and `SLEDGE_LOCAL_AUDIT_LOG`: where the
+   * local principals' keys and the audit log are.
+   */
   env: Record<string, string>;
+  /** The local principals the API accepts. */
+  principals: LocalPrincipals;
   /** Resolves when every work queue was just seen empty and nothing is in flight. */
   idle(): Promise<void>;
   stop(): Promise<void>;
@@ -54,14 +87,33 @@ function queueArn(url: string): string {
 export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise<ControlPlane> {
   const endpoint = await ensureEndpoint({ port: opts.endpointPort ?? 4566, preferExisting: opts.preferExistingEndpoint ?? true });
   process.env.AWS_ENDPOINT_URL = endpoint.url;
+  const named = opts.credentialsFile ?? process.env[LOCAL_CREDENTIALS_ENV];
+  const scratch = named === undefined ? mkdtempSync(join(tmpdir(), 'sledge-principals-')) : undefined;
   try {
-    const { env } = await deployLocalStack({ endpointUrl: endpoint.url, stackName: opts.stackName ?? 'sledge-local', sledCount: opts.sledCount });
+    const principals = localPrincipals(named ?? join(scratch!, 'credentials'));
+    const auditLog = opts.auditLog ?? process.env[LOCAL_AUDIT_LOG_ENV] ?? join(scratch ?? mkdtempSync(join(tmpdir(), 'sledge-audit-')), 'audit.log');
+    const apiAuth = opts.apiAuth ?? 'iam';
+    const deployed = await deployLocalStack({ endpointUrl: endpoint.url, stackName: opts.stackName ?? 'sledge-local', sledCount: opts.sledCount });
+    const env: Record<string, string> = {
+      ...deployed.env,
+      // The stack names its operator role; locally the operator is the local operator user.
+      [ENV.apiAuth]: apiAuth,
+      [ENV.operatorPrincipals]: principals.operatorArns.join(','),
+      [LOCAL_CREDENTIALS_ENV]: principals.credentialsFile!,
+      ...(auditLog === 'stdout' ? {} : { [LOCAL_AUDIT_LOG_ENV]: auditLog }),
+    };
     Object.assign(process.env, env);
     // Imported only now: the handlers read their configuration from the environment just set.
     const api = await import('#lambdas/api.ts');
     const worker = await import('#lambdas/worker.ts');
     const { sweepLeases } = await import('#shared/control/heads.ts');
-    const server = await startLocalApi({ handler: api.handler, port: opts.port ?? 3000 });
+    const { setAuditSink } = await import('#shared/api/authz.ts');
+    if (auditLog !== 'stdout') setAuditSink((record) => appendFileSync(auditLog, `${JSON.stringify(record)}\n`));
+    const server = await startLocalApi({
+      handler: api.handler,
+      port: opts.port ?? 3000,
+      ...(apiAuth === 'iam' ? { iam: { principals: Object.values(principals.byProfile) } } : {}),
+    });
     const queues = [ENV.gcQueueUrl, ENV.evacuationQueueUrl, ENV.checkpointQueueUrl].map((name) => env[name]!);
     const poller = startPoller(
       queues.map((queueUrl) => ({
@@ -101,6 +153,7 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
       endpointUrl: endpoint.url,
       endpointPid: endpoint.pid,
       env,
+      principals,
       idle: () => poller.idle(),
       async stop() {
         if (sweeper) clearInterval(sweeper);
@@ -108,10 +161,12 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
         await poller.stop();
         await server.close();
         await endpoint.stop();
+        if (scratch) rmSync(scratch, { recursive: true, force: true });
       },
     };
   } catch (err) {
     await endpoint.stop();
+    if (scratch) rmSync(scratch, { recursive: true, force: true });
     throw err;
   }
 }

@@ -14,7 +14,13 @@
  * - the errors: a handler that throws or returns a malformed result gives
  *   `500 {"message":"Internal Server Error"}`, a body over the payload limit gives
  *   `413 {"message":"Request Entity Too Large"}` without invoking the handler, and a handler
- *   slower than the integration timeout gives `503 {"message":"Service Unavailable"}`.
+ *   slower than the integration timeout gives `503 {"message":"Service Unavailable"}`;
+ * - Lambda's limits: an event over 6 MiB as JSON (a binary body grows by a third in base64) is
+ *   `413 {"message":"Request Entity Too Large"}` without invoking the handler, and a result
+ *   over 6 MiB is `500 {"message":"Internal Server Error"}`, as Lambda fails such an invocation;
+ * - IAM authorization (with `iam`): every request must carry a valid SigV4 signature for
+ *   `execute-api`, checked as API Gateway checks it (local/iam-auth.ts), else `403` with API
+ *   Gateway's message; the handler then finds the caller in `requestContext.authorizer.iam`.
  */
 import { randomBytes } from 'node:crypto';
 import { isUtf8 } from 'node:buffer';
@@ -23,6 +29,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { finished } from 'node:stream';
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
 import { BufferPool } from '#shared/data/buffer-pool.ts';
+import { type LocalIamOptions, verifySigV4 } from './iam-auth.ts';
 
 /** Request bodies, kept only until the event's copy is made (see readBody). */
 const bodyBuffers = new BufferPool({ minBytes: 64 * 1024, maxBytes: 16 * 1024 * 1024, classBytes: 1024 * 1024, keepPerClass: 4 });
@@ -46,6 +53,13 @@ export interface LocalApiOptions {
   timeoutMs?: number;
   /** Where handler failures are reported; default `console.error`. */
   log?: (message: string, err: unknown) => void;
+  /**
+   * Require SigV4-signed requests from these principals, as API Gateway's IAM authorization
+   * does. Absent: no authorization (an API whose route has `AuthorizationType: NONE`).
+   */
+  iam?: LocalIamOptions;
+  /** Largest event (as JSON) and result Lambda carries; default 6 MiB, Lambda's synchronous limit. */
+  maxLambdaPayloadBytes?: number;
 }
 
 export interface LocalApi {
@@ -72,6 +86,8 @@ export interface RawHttpRequest {
 }
 
 export const DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024;
+/** Lambda's limit on a synchronous invocation's event and on its result (6 MB = 6 MiB here, as Lambda counts). */
+export const LAMBDA_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024;
 const DEFAULT_TIMEOUT_MS = 30_000;
 const ACCOUNT_ID = '123456789012';
 const API_ID = 'local';
@@ -284,12 +300,21 @@ function send(res: ServerResponse, reply: HttpReply): void {
   res.end(reply.body);
 }
 
+/** The size of `value` as JSON, cheaply when it carries a large string body (which needs no escaping in base64). */
+function jsonBytes(value: { body?: string; isBase64Encoded?: boolean }): number {
+  const { body, ...rest } = value;
+  if (typeof body !== 'string') return Buffer.byteLength(JSON.stringify(value));
+  const bodyBytes = value.isBase64Encoded === true ? body.length + 2 : Buffer.byteLength(JSON.stringify(body));
+  return Buffer.byteLength(JSON.stringify(rest)) + ',"body":'.length + bodyBytes;
+}
+
 /** Starts the local API. Resolves once it is listening. */
 export async function startLocalApi(opts: LocalApiOptions): Promise<LocalApi> {
   const host = opts.host ?? '127.0.0.1';
   const maxBodyBytes = opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   const stage = opts.stage ?? '$default';
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const maxLambdaPayloadBytes = opts.maxLambdaPayloadBytes ?? LAMBDA_MAX_PAYLOAD_BYTES;
   const log = opts.log ?? ((message: string, err: unknown) => (err === undefined ? console.error(message) : console.error(message, err)));
   const stagePrefix = stage === '$default' ? '' : `/${stage}`;
   let listenPort = 0;
@@ -334,10 +359,28 @@ export async function startLocalApi(opts: LocalApiOptions): Promise<LocalApi> {
     if (read === undefined) return; // 413 sent, or the client went away
     const { body } = read;
 
-    const { path } = splitTarget(req.url ?? '/');
+    const { path, query } = splitTarget(req.url ?? '/');
     if (stagePrefix !== '' && !(path === stagePrefix || path.startsWith(`${stagePrefix}/`))) {
       send(res, jsonReply(404, 'Not Found'));
       return;
+    }
+
+    let iam: Awaited<ReturnType<typeof verifySigV4>> | undefined;
+    if (opts.iam) {
+      const signed: Record<string, string | undefined> = {};
+      for (const [name, values] of Object.entries(req.headersDistinct)) if (values) signed[name] = values.join(',');
+      iam = await verifySigV4(opts.iam, {
+        method: req.method ?? 'GET',
+        path,
+        query,
+        headers: signed,
+        body,
+      });
+      if (!iam.ok) {
+        read.release();
+        send(res, jsonReply(403, iam.message));
+        return;
+      }
     }
 
     const headers: Record<string, string | string[] | undefined> = { ...req.headersDistinct };
@@ -357,6 +400,13 @@ export async function startLocalApi(opts: LocalApiOptions): Promise<LocalApi> {
       requestId,
     });
     read.release(); // the event holds its own copy (text or base64) of the body
+    if (iam?.ok) (event.requestContext as { authorizer?: unknown }).authorizer = { iam: iam.iam };
+    const eventBytes = jsonBytes(event);
+    if (eventBytes > maxLambdaPayloadBytes) {
+      log(`[local-api] event of ${eventBytes} bytes is over Lambda's ${maxLambdaPayloadBytes} (requestId ${requestId})`, undefined);
+      send(res, jsonReply(413, 'Request Entity Too Large'));
+      return;
+    }
 
     let timer: NodeJS.Timeout | undefined;
     try {
@@ -374,6 +424,12 @@ export async function startLocalApi(opts: LocalApiOptions): Promise<LocalApi> {
         invocation.catch((err: unknown) => log(`[local-api] handler failed after timing out (requestId ${requestId})`, err));
         log(`[local-api] handler timed out after ${timeoutMs} ms (requestId ${requestId})`, undefined);
         send(res, jsonReply(503, 'Service Unavailable'));
+        return;
+      }
+      const resultBytes = typeof result === 'object' && result !== null ? jsonBytes(result as { body?: string }) : 0;
+      if (resultBytes > maxLambdaPayloadBytes) {
+        log(`[local-api] result of ${resultBytes} bytes is over Lambda's ${maxLambdaPayloadBytes}; Lambda fails the invocation (requestId ${requestId})`, undefined);
+        send(res, jsonReply(500, 'Internal Server Error'));
         return;
       }
       send(res, fromHandlerResult(result));

@@ -1,12 +1,16 @@
 /**
  * `npm start`: the control plane on this machine, against the local AWS endpoint.
  */
+import { resolve } from 'node:path';
 import { startControlPlane, type ControlPlane } from './control-plane.ts';
+import { LOCAL_CREDENTIALS_ENV, PROFILES } from './principals.ts';
 import { EndpointUnavailableError, portIsFree } from './endpoint.ts';
 import { UnsafeEndpointError } from './endpoint-check.ts';
 
 const port = Number(process.env.PORT ?? 3000);
 const sledCount = process.env.SLEDGE_SLEDS ? Number(process.env.SLEDGE_SLEDS) : undefined;
+/** The local principals' keys, in AWS shared-credentials format (docs/security.md). */
+const credentialsFile = resolve(process.env[LOCAL_CREDENTIALS_ENV] ?? '.sledge/credentials');
 
 /** Prints one message for a problem the user can fix, without a stack, and exits non-zero. */
 function refuse(message: string): never {
@@ -26,23 +30,34 @@ if (port !== 0 && !(await portIsFree(port))) portInUse();
 let plane: ControlPlane;
 try {
   // The lease watchdog runs every 5 s here; the stack's schedule runs it every minute on AWS.
-  plane = await startControlPlane({ port, sledCount, leaseSweepIntervalMs: 5000 });
+  plane = await startControlPlane({ port, sledCount, leaseSweepIntervalMs: 5000, credentialsFile, auditLog: 'stdout' });
 } catch (err) {
   if (err instanceof UnsafeEndpointError || err instanceof EndpointUnavailableError) refuse(err.message);
   if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') portInUse();
   throw err;
 }
 const url = plane.apiUrl;
+const tenant = plane.principals.byProfile[PROFILES.tenantA];
+const region = process.env.AWS_REGION ?? 'us-east-1';
+const sig = `--aws-sigv4 "aws:amz:${region}:execute-api" --user "$KEY:$SECRET"`;
 console.log(`
 Sledge is serving the volume API on ${url}
   local AWS endpoint: ${plane.endpointUrl}
   API description:    ${url}/openapi.json
+  credentials:        ${credentialsFile}
+                      profiles ${PROFILES.operator} (every route), ${PROFILES.tenantA} and ${PROFILES.tenantB} (their own volumes)
 
-Try:
-  curl -s -X POST ${url}/volumes -H 'content-type: application/json' -d '{"sizeBytes": 1073741824}'
-  head -c 8192 /dev/urandom > /tmp/blk && curl -s -X PUT "${url}/volumes/<volumeId>/data?offset=0" \\
+Every request must be signed (AWS SigV4, service execute-api), as with the deployed stack.
+Try, as ${PROFILES.tenantA}:
+  KEY=${tenant.accessKeyId} SECRET='${tenant.secretAccessKey}'
+  curl -s ${sig} -X POST ${url}/volumes -H 'content-type: application/json' -d '{"sizeBytes": 1073741824}'
+  head -c 8192 /dev/urandom > /tmp/blk && curl -s ${sig} -X PUT "${url}/volumes/<volumeId>/data?offset=0" \\
        -H 'content-type: application/octet-stream' --data-binary @/tmp/blk
-  curl -s "${url}/volumes/<volumeId>/data?offset=0&length=8192" | cmp - /tmp/blk && echo identical
+  curl -s ${sig} "${url}/volumes/<volumeId>/data?length=8192&offset=0" | cmp - /tmp/blk && echo identical
+The sledge CLI and the NBD gateway take the same keys through the AWS credential chain:
+  export AWS_SHARED_CREDENTIALS_FILE=${credentialsFile}
+  node bin/sledge.js nbd <volumeId> --api ${url} --profile ${PROFILES.tenantA}
+  node bin/sledge.js drives --api ${url} --profile ${PROFILES.operator}
 
 Ctrl-C stops it.`);
 

@@ -3,10 +3,16 @@
  * lives here: routes receive a parsed request and return a plain response; errors are mapped
  * to HTTP once, in `toErrorResponse`, after AWS SDK errors that mean "unavailable now"
  * (throttling, 5xx, timeouts) became UnavailableErrors (`toSledgeError`, shared/aws/errors.ts).
+ *
+ * Authorization happens here too, once for every route (shared/api/authz.ts): the caller is
+ * read from the event, the matched route's rule (operator only, any principal, or the owner of
+ * the resource its path names) is applied before the handler runs, and control-plane changes
+ * and refusals are written to the audit log.
  */
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
 import { toSledgeError } from '../aws/errors.ts';
 import { InvalidInputError, NotFoundError, PayloadTooLargeError, SledgeError, UnsupportedMediaTypeError } from '../core/errors.ts';
+import { type AuthSettings, type OwnerResolver, type Principal, type RouteAccess, audit, authorize, defaultAccess, principalOf } from './authz.ts';
 
 export interface Request {
   method: string;
@@ -15,6 +21,8 @@ export interface Request {
   query: Record<string, string | undefined>;
   headers: Record<string, string | undefined>;
   body: Buffer;
+  /** The caller, once the router has read it from the event (shared/api/authz.ts). */
+  principal?: Principal;
 }
 
 export type Response =
@@ -22,11 +30,33 @@ export type Response =
   | { status: number; bytes: Buffer; headers?: Record<string, string> }
   | { status: number; headers?: Record<string, string> };
 
-type Route = { method: string; pattern: RegExp; names: string[]; handle: (req: Request) => Promise<Response> };
+type Handler = (req: Request) => Promise<Response>;
+type Route = { method: string; path: string; pattern: RegExp; names: string[]; access: RouteAccess; handle: Handler };
+
+/**
+ * Lambda's limit on a synchronous invocation's result (and event): 6 MB, counted as 6 MiB. A
+ * result over it would make Lambda fail the invocation (API Gateway then answers 500), so the
+ * router answers 413 itself.
+ */
+export const LAMBDA_PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024;
+
+export interface HandleOptions {
+  /** Add stacks to 500 bodies. */
+  development?: boolean;
+  /** Default `{ mode: 'none' }`: every caller is an operator (routers built in tests). The head passes its configuration. */
+  auth?: AuthSettings;
+}
 
 export class Router {
   private readonly routes: Route[] = [];
+  private readonly resolvers = new Map<string, OwnerResolver>();
   private unexpected?: (err: unknown, req: Request) => Promise<void>;
+
+  /** Registers how to find the owner of a resource kind named by routes' `owned(kind, param)` rules. */
+  resource(kind: string, resolve: OwnerResolver): this {
+    this.resolvers.set(kind, resolve);
+    return this;
+  }
 
   /** Called for errors that are not SledgeErrors (bugs, broken invariants) before the 500. */
   onUnexpectedError(hook: (err: unknown, req: Request) => Promise<void>): this {
@@ -34,26 +64,57 @@ export class Router {
     return this;
   }
 
-  /** Adds a route; `{name}` segments match one path segment and become `params.name`. */
-  on(method: string, path: string, handle: (req: Request) => Promise<Response>): this {
+  /**
+   * Adds a route; `{name}` segments match one path segment and become `params.name`. `access`
+   * says who may call it (shared/authz.ts); without it, a path with `{volumeId}` is for the
+   * volume's owner and any other path for operators.
+   */
+  on(method: string, path: string, handle: Handler): this;
+  on(method: string, path: string, access: RouteAccess, handle: Handler): this;
+  on(method: string, path: string, accessOrHandle: RouteAccess | Handler, maybeHandle?: Handler): this {
+    const [access, handle] = typeof accessOrHandle === 'function' ? [defaultAccess(path), accessOrHandle] : [accessOrHandle, maybeHandle!];
     const names: string[] = [];
     const pattern = new RegExp('^' + path.replace(/\{(\w+)\}/g, (_, name: string) => (names.push(name), '([^/]+)')) + '/?$');
-    this.routes.push({ method, pattern, names, handle });
+    this.routes.push({ method, path, pattern, names, access, handle });
     return this;
   }
 
-  async handle(event: APIGatewayProxyEventV2, development = false): Promise<APIGatewayProxyStructuredResultV2> {
+  /** Who may call each route, as registered: `METHOD /path` -> its rule. */
+  accessRules(): Map<string, RouteAccess> {
+    return new Map(this.routes.map((r) => [`${r.method} ${r.path}`, r.access]));
+  }
+
+  async handle(event: APIGatewayProxyEventV2, options: boolean | HandleOptions = false): Promise<APIGatewayProxyStructuredResultV2> {
+    const { development = false, auth = { mode: 'none', operators: [] } } = typeof options === 'boolean' ? { development: options } : options;
+    const requestId = (event.requestContext as { requestId?: string } | undefined)?.requestId;
     let parsed: Request | undefined;
+    let matched: Route | undefined;
+    let stage: 'authenticating' | 'authorizing' | 'handling' = 'authenticating';
     try {
       const req = (parsed = toRequest(event));
+      req.principal = principalOf(event.requestContext, auth);
       let pathMatched = false;
       for (const route of this.routes) {
         const m = route.pattern.exec(req.path);
         if (!m) continue;
         pathMatched = true;
         if (route.method !== req.method) continue;
+        matched = route;
         route.names.forEach((n, i) => (req.params[n] = decodeParam(n, m[i + 1]!)));
-        return toResult(await route.handle(req));
+        stage = 'authorizing';
+        await authorize(route.access, req.principal, req.params, `${route.method} ${route.path}`, this.resolvers);
+        stage = 'handling';
+        const result = toResult(await route.handle(req));
+        if (auditable(route, req))
+          audit({
+            ...who(req),
+            action: `${route.method} ${route.path}`,
+            resource: { ...req.params },
+            status: result.statusCode ?? 200,
+            result: 'allowed',
+            ...(requestId ? { requestId } : {}),
+          });
+        return result;
       }
       if (pathMatched) {
         const allowed = this.routes.filter((r) => r.pattern.test(req.path)).map((r) => r.method);
@@ -67,12 +128,35 @@ export class Router {
     } catch (thrown) {
       // Throttling, 5xx and timeouts of AWS are 503s, not bugs: no diagnostic dump for them.
       const err = toSledgeError(thrown);
-      if (!(err instanceof SledgeError) && this.unexpected && parsed) {
+      if (!(err instanceof SledgeError) && this.unexpected && parsed && stage === 'handling') {
         await this.unexpected(err, parsed).catch((hookErr) => console.error('unexpected-error hook failed', hookErr));
       }
-      return toResult(toErrorResponse(err, development));
+      const result = toResult(toErrorResponse(err, development));
+      // Refused by authentication (403) or by the route's rule (403, or 404 for another tenant's resource).
+      const denied =
+        (stage === 'authenticating' && result.statusCode === 403) || (stage === 'authorizing' && (result.statusCode === 403 || result.statusCode === 404));
+      if (denied || (matched && parsed && stage === 'handling' && auditable(matched, parsed))) {
+        audit({
+          ...(parsed ? who(parsed) : { principal: 'unknown' }),
+          action: matched ? `${matched.method} ${matched.path}` : `${event.requestContext?.http?.method ?? '?'} ${event.rawPath ?? '?'}`,
+          resource: { ...(parsed?.params ?? {}) },
+          status: result.statusCode ?? 500,
+          result: denied ? 'denied' : 'failed',
+          ...(requestId ? { requestId } : {}),
+        });
+      }
+      return result;
     }
   }
+}
+
+function auditable(route: Route, req: Request): boolean {
+  return route.access.audit ?? !(req.method === 'GET' || req.method === 'HEAD');
+}
+
+function who(req: Request): { principal: string; accessKey?: string } {
+  const p = req.principal;
+  return p ? { principal: p.arn, ...(p.accessKey ? { accessKey: p.accessKey } : {}) } : { principal: 'unsigned' };
 }
 
 function toRequest(event: APIGatewayProxyEventV2): Request {
@@ -111,18 +195,33 @@ export function toErrorResponse(thrown: unknown, development: boolean): Response
 
 function toResult(res: Response): APIGatewayProxyStructuredResultV2 {
   const headers = { ...(res.headers ?? {}) };
+  let result: APIGatewayProxyStructuredResultV2;
   if ('json' in res) {
-    return { statusCode: res.status, headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(res.json) };
-  }
-  if ('bytes' in res) {
-    return {
+    result = { statusCode: res.status, headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(res.json) };
+  } else if ('bytes' in res) {
+    result = {
       statusCode: res.status,
       headers: { 'content-type': 'application/octet-stream', ...headers },
       body: res.bytes.toString('base64'),
       isBase64Encoded: true,
     };
+  } else return { statusCode: res.status, headers };
+  // What Lambda would carry: the result as JSON (a base64 body needs no escaping).
+  const body = result.body ?? '';
+  // Escaping at most sextuples a character (`\u0000`); small bodies need no count.
+  if (body.length * 6 + 64 * 1024 < LAMBDA_PAYLOAD_LIMIT_BYTES) return result;
+  const size = (result.isBase64Encoded ? body.length : Buffer.byteLength(JSON.stringify(body))) + Buffer.byteLength(JSON.stringify({ ...result, body: '' }));
+  if (size > LAMBDA_PAYLOAD_LIMIT_BYTES) {
+    const err = new PayloadTooLargeError(
+      `the response would be ${size} bytes as a Lambda result, over the ${LAMBDA_PAYLOAD_LIMIT_BYTES} Lambda carries; ask for less`,
+    );
+    return {
+      statusCode: 413,
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ error: err.name, message: err.message, retryable: false }),
+    };
   }
-  return { statusCode: res.status, headers };
+  return result;
 }
 
 // ---------------------------------------------------------------------------------------

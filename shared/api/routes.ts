@@ -1,13 +1,22 @@
 /**
  * The volume API: routes to domain functions. See shared/api/openapi.json.
+ *
+ * Each route says who may call it (shared/api/authz.ts, docs/security.md): `OPERATOR`,
+ * `ANY_PRINCIPAL`, or the owner of the volume in its path (`VOLUME_OWNER`, and `VOLUME_DATA`
+ * for the data path, which is not audited per request). The router checks it before the handler
+ * runs; a route registered without a rule gets the owner rule when its path has `{volumeId}`,
+ * and is for operators otherwise.
  */
 import { decodeBatch, BATCH_CONTENT_TYPE, MAX_BATCH_HEADER_BYTES } from './batch.ts';
 import { sendCheckpointMessage } from '../maintenance/checkpoint-messages.ts';
 import { listCheckpoints, parseMode, takeCheckpoint } from '../maintenance/checkpoints/take.ts';
 import { rebuildPageMap } from '../maintenance/checkpoints/rebuild.ts';
 import { config } from '../core/config.ts';
-import { ConflictError, InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError } from '../core/errors.ts';
+import { ConflictError, InvalidInputError, NotFoundError, PayloadTooLargeError, UnsupportedMediaTypeError } from '../core/errors.ts';
 import { Router, intQuery, jsonBody, optionalJsonBody, type Request } from './http.ts';
+import { ANY_PRINCIPAL, OPERATOR, VOLUME_DATA, VOLUME_OWNER, owned, ownerFilter } from './authz.ts';
+import { snapshotVolume } from '../data/views.ts';
+import { pageMap } from '../ports.ts';
 import { describeHeads, designateHeads, failHead, forcedFailure, joinAsReserve, promote, renewLease } from '../control/heads.ts';
 import { listDumps, readDump } from '../control/dumps.ts';
 import { driveId } from '../core/drive-records.ts';
@@ -43,20 +52,72 @@ function writer(req: Request): WriterIdentity {
   return key === undefined ? { id: HEAD_ID } : { id: HEAD_ID, key };
 }
 
+/**
+ * Owners of volumes, by id. An owner never changes and a volume id is never reused, so a head
+ * looks each one up once (bounded, oldest forgotten first).
+ */
+const volumeOwners = new Map<string, string | undefined>();
+const VOLUME_OWNERS_MAX = 10_000;
+
+async function volumeOwner(volumeId: string): Promise<string | undefined | null> {
+  if (volumeOwners.has(volumeId)) return volumeOwners.get(volumeId);
+  const v = await pageMap().getVolume(volumeId);
+  if (!v) return null;
+  if (volumeOwners.size >= VOLUME_OWNERS_MAX) volumeOwners.delete(volumeOwners.keys().next().value!);
+  volumeOwners.set(volumeId, v.owner);
+  return v.owner;
+}
+
+/** A snapshot belongs to its volume's owner (the id names the volume: docs/snapshots.md). */
+async function snapshotOwner(snapshotId: string): Promise<string | undefined | null> {
+  let volumeId: string;
+  try {
+    volumeId = snapshotVolume(snapshotId);
+  } catch {
+    return null;
+  }
+  return volumeOwner(volumeId);
+}
+
+const SNAPSHOT_OWNER = owned('snapshot', 'snapshotId');
+const SNAPSHOT_DATA = owned('snapshot', 'snapshotId', { audit: false });
+
+/** A clone is made only from a snapshot the caller could read (another tenant's reads as missing). */
+async function checkCloneSource(req: Request, body: Record<string, unknown>): Promise<void> {
+  const source = body.sourceSnapshotId;
+  if (typeof source !== 'string' || req.principal === undefined || req.principal.operator) return;
+  if ((await snapshotOwner(source)) !== req.principal.arn) throw new NotFoundError(`snapshot ${source} does not exist`);
+}
+
+/** The owner a new volume gets: the caller, unless authorization is off (no owner: operators only). */
+function newOwner(req: Request): string | undefined {
+  const p = req.principal;
+  return p === undefined || p.arn === 'anonymous' ? undefined : p.arn;
+}
+
 export const router = new Router()
-  .on('GET', '/openapi.json', async () => ({ status: 200, json: openapi }))
-  .on('GET', '/volumes', async (req) => ({ status: 200, json: await listVolumeViews(req.query.limit, req.query.next) }))
-  .on('POST', '/volumes', async (req) => ({ status: 201, json: await createVolume(jsonBody(req)) }))
-  .on('GET', '/volumes/{volumeId}', async (req) => ({ status: 200, json: await describeVolume(req.params.volumeId!) }))
-  .on('PATCH', '/volumes/{volumeId}', async (req) => ({ status: 200, json: await resizeVolume(req.params.volumeId!, jsonBody(req)) }))
-  .on('DELETE', '/volumes/{volumeId}', async (req) => ({ status: 202, json: await deleteVolume(req.params.volumeId!) }))
-  .on('PUT', '/volumes/{volumeId}/data', async (req) => {
+  .resource('volume', volumeOwner)
+  .resource('snapshot', snapshotOwner)
+  .on('GET', '/openapi.json', ANY_PRINCIPAL, async () => ({ status: 200, json: openapi }))
+  .on('GET', '/volumes', ANY_PRINCIPAL, async (req) => ({
+    status: 200,
+    json: await listVolumeViews(req.query.limit, req.query.next, ownerFilter(req.principal)),
+  }))
+  .on('POST', '/volumes', ANY_PRINCIPAL, async (req) => {
+    const body = jsonBody(req);
+    await checkCloneSource(req, body);
+    return { status: 201, json: await createVolume(body, newOwner(req)) };
+  })
+  .on('GET', '/volumes/{volumeId}', VOLUME_OWNER, async (req) => ({ status: 200, json: await describeVolume(req.params.volumeId!) }))
+  .on('PATCH', '/volumes/{volumeId}', VOLUME_OWNER, async (req) => ({ status: 200, json: await resizeVolume(req.params.volumeId!, jsonBody(req)) }))
+  .on('DELETE', '/volumes/{volumeId}', VOLUME_OWNER, async (req) => ({ status: 202, json: await deleteVolume(req.params.volumeId!) }))
+  .on('PUT', '/volumes/{volumeId}/data', VOLUME_DATA, async (req) => {
     requireBinary(req, ['application/octet-stream']);
     if (req.body.length > MAX_IO_BYTES) throw new PayloadTooLargeError(`a write carries at most ${MAX_IO_BYTES} bytes, this one ${req.body.length}`);
     const offset = intQuery(req, 'offset');
     return { status: 200, json: await writeData(req.params.volumeId!, offset, req.body, writer(req)) };
   })
-  .on('GET', '/volumes/{volumeId}/data', async (req) => {
+  .on('GET', '/volumes/{volumeId}/data', VOLUME_DATA, async (req) => {
     const offset = intQuery(req, 'offset');
     const length = intQuery(req, 'length');
     const report = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
@@ -72,34 +133,34 @@ export const router = new Router()
       },
     };
   })
-  .on('POST', '/volumes/{volumeId}/batch', async (req) => {
+  .on('POST', '/volumes/{volumeId}/batch', VOLUME_DATA, async (req) => {
     requireBinary(req, [BATCH_CONTENT_TYPE, 'application/octet-stream']);
     if (req.body.length > MAX_IO_BYTES + MAX_BATCH_HEADER_BYTES + 8)
       throw new PayloadTooLargeError(`a batch body is at most ${MAX_IO_BYTES} bytes of data plus its header`);
     return { status: 200, json: await writePieces(req.params.volumeId!, decodeBatch(req.body), writer(req)) };
   })
-  .on('POST', '/volumes/{volumeId}/trim', async (req) => {
+  .on('POST', '/volumes/{volumeId}/trim', VOLUME_DATA, async (req) => {
     const body = jsonBody(req);
     const extra = Object.keys(body).filter((k) => k !== 'offset' && k !== 'length');
     if (extra.length > 0) throw new InvalidInputError(`unknown field ${extra[0]}; a trim takes offset and length`);
     if (typeof body.offset !== 'number' || typeof body.length !== 'number') throw new InvalidInputError('a trim needs numeric offset and length');
     return { status: 200, json: await trimRange(req.params.volumeId!, body.offset, body.length, writer(req)) };
   })
-  .on('GET', '/volumes/{volumeId}/reservations', async (req) => ({ status: 200, json: await describeReservations(req.params.volumeId!) }))
-  .on('POST', '/volumes/{volumeId}/reservations', async (req) => {
+  .on('GET', '/volumes/{volumeId}/reservations', VOLUME_OWNER, async (req) => ({ status: 200, json: await describeReservations(req.params.volumeId!) }))
+  .on('POST', '/volumes/{volumeId}/reservations', VOLUME_OWNER, async (req) => {
     return { status: 200, json: await applyReservationBody(req.params.volumeId!, jsonBody(req)) };
   })
-  .on('GET', '/volumes/{volumeId}/heads', async (req) => ({ status: 200, json: await describeHeads(req.params.volumeId!) }))
-  .on('PUT', '/volumes/{volumeId}/heads', async (req) => ({ status: 200, json: await designateHeads(req.params.volumeId!, jsonBody(req)) }))
-  .on('POST', '/volumes/{volumeId}/heads/renew', async (req) => ({ status: 200, json: await renewLease(req.params.volumeId!, jsonBody(req)) }))
-  .on('POST', '/volumes/{volumeId}/heads/promote', async (req) => ({ status: 200, json: await promote(req.params.volumeId!, jsonBody(req)) }))
-  .on('POST', '/volumes/{volumeId}/heads/fail', async (req) => ({ status: 200, json: await forcedFailure(req.params.volumeId!, jsonBody(req)) }))
-  .on('GET', '/dumps', async () => ({ status: 200, json: { dumps: await listDumps() } }))
-  .on('GET', '/dumps/{dumpId}', async (req) => ({ status: 200, json: await readDump(req.params.dumpId!) }))
-  .on('GET', '/drives', async () => ({ status: 200, json: { drives: (await listDrives()).map((d) => driveView(d)) } }))
+  .on('GET', '/volumes/{volumeId}/heads', VOLUME_OWNER, async (req) => ({ status: 200, json: await describeHeads(req.params.volumeId!) }))
+  .on('PUT', '/volumes/{volumeId}/heads', VOLUME_OWNER, async (req) => ({ status: 200, json: await designateHeads(req.params.volumeId!, jsonBody(req)) }))
+  .on('POST', '/volumes/{volumeId}/heads/renew', VOLUME_OWNER, async (req) => ({ status: 200, json: await renewLease(req.params.volumeId!, jsonBody(req)) }))
+  .on('POST', '/volumes/{volumeId}/heads/promote', VOLUME_OWNER, async (req) => ({ status: 200, json: await promote(req.params.volumeId!, jsonBody(req)) }))
+  .on('POST', '/volumes/{volumeId}/heads/fail', OPERATOR, async (req) => ({ status: 200, json: await forcedFailure(req.params.volumeId!, jsonBody(req)) }))
+  .on('GET', '/dumps', OPERATOR, async () => ({ status: 200, json: { dumps: await listDumps() } }))
+  .on('GET', '/dumps/{dumpId}', OPERATOR, async (req) => ({ status: 200, json: await readDump(req.params.dumpId!) }))
+  .on('GET', '/drives', OPERATOR, async () => ({ status: 200, json: { drives: (await listDrives()).map((d) => driveView(d)) } }))
   // A drive id is `<sled>/<drive>`: its two parts are two path segments.
-  .on('GET', '/drives/{sled}/{drive}', async (req) => ({ status: 200, json: await describeDrive(driveId(req.params.sled!, req.params.drive!)) }))
-  .on('POST', '/drives/{sled}/{drive}/retire', async (req) => {
+  .on('GET', '/drives/{sled}/{drive}', OPERATOR, async (req) => ({ status: 200, json: await describeDrive(driveId(req.params.sled!, req.params.drive!)) }))
+  .on('POST', '/drives/{sled}/{drive}/retire', OPERATOR, async (req) => {
     const body = req.body.length === 0 ? {} : jsonBody(req);
     const extra = Object.keys(body).filter((k) => k !== 'reason');
     if (extra.length > 0) throw new InvalidInputError(`unknown field ${extra[0]}; a retire takes an optional reason`);
@@ -107,43 +168,49 @@ export const router = new Router()
       throw new InvalidInputError('reason must be a string of at most 200 characters');
     return { status: 202, json: await retireDrive(driveId(req.params.sled!, req.params.drive!), (body.reason as string | undefined) ?? 'operator') };
   })
-  .on('GET', '/queues/dead-letters', async () => ({ status: 200, json: await peekDeadLetters() }))
-  .on('POST', '/queues/dead-letters/redrive', async (req) => ({ status: 200, json: await redriveDeadLetters(req.body.length === 0 ? {} : jsonBody(req)) }))
-  .on('POST', '/volumes/{volumeId}/gc', async (req) => {
+  .on('GET', '/queues/dead-letters', OPERATOR, async () => ({ status: 200, json: await peekDeadLetters() }))
+  .on('POST', '/queues/dead-letters/redrive', OPERATOR, async (req) => ({
+    status: 200,
+    json: await redriveDeadLetters(req.body.length === 0 ? {} : jsonBody(req)),
+  }))
+  .on('POST', '/volumes/{volumeId}/gc', OPERATOR, async (req) => {
     await describeVolume(req.params.volumeId!); // 404 for a volume that does not exist
     await queueGc(req.params.volumeId!);
     return { status: 202, json: { volumeId: req.params.volumeId, queued: 'gc-volume' } };
   })
-  .on('POST', '/volumes/{volumeId}/heads/join', async (req) => {
+  .on('POST', '/volumes/{volumeId}/heads/join', VOLUME_OWNER, async (req) => {
     return { status: 200, json: await joinAsReserve(req.params.volumeId!, jsonBody(req)) };
   })
   // Snapshots, snapshot reads and changed blocks (docs/snapshots.md). Clones are POST /volumes.
-  .on('POST', '/volumes/{volumeId}/snapshots', async (req) => ({
+  .on('POST', '/volumes/{volumeId}/snapshots', VOLUME_OWNER, async (req) => ({
     status: 201,
     json: await createSnapshot(req.params.volumeId!, optionalJsonBody(req), writer(req)),
   }))
-  .on('GET', '/volumes/{volumeId}/snapshots', async (req) => ({
+  .on('GET', '/volumes/{volumeId}/snapshots', VOLUME_OWNER, async (req) => ({
     status: 200,
     json: await listSnapshotViews(req.params.volumeId!, req.query.limit, req.query.next),
   }))
-  .on('POST', '/volumes/{volumeId}/rollback', async (req) => ({ status: 200, json: await rollbackVolume(req.params.volumeId!, jsonBody(req), writer(req)) }))
-  .on('POST', '/volumes/{volumeId}/flatten', async (req) => ({ status: 202, json: await startFlatten(req.params.volumeId!) }))
-  .on('GET', '/snapshots/{snapshotId}', async (req) => ({ status: 200, json: await describeSnapshot(req.params.snapshotId!) }))
-  .on('DELETE', '/snapshots/{snapshotId}', async (req) => ({ status: 202, json: await deleteSnapshot(req.params.snapshotId!) }))
-  .on('GET', '/snapshots/{snapshotId}/data', async (req) => {
+  .on('POST', '/volumes/{volumeId}/rollback', VOLUME_OWNER, async (req) => ({
+    status: 200,
+    json: await rollbackVolume(req.params.volumeId!, jsonBody(req), writer(req)),
+  }))
+  .on('POST', '/volumes/{volumeId}/flatten', VOLUME_OWNER, async (req) => ({ status: 202, json: await startFlatten(req.params.volumeId!) }))
+  .on('GET', '/snapshots/{snapshotId}', SNAPSHOT_OWNER, async (req) => ({ status: 200, json: await describeSnapshot(req.params.snapshotId!) }))
+  .on('DELETE', '/snapshots/{snapshotId}', SNAPSHOT_OWNER, async (req) => ({ status: 202, json: await deleteSnapshot(req.params.snapshotId!) }))
+  .on('GET', '/snapshots/{snapshotId}/data', SNAPSHOT_DATA, async (req) => {
     const offset = intQuery(req, 'offset');
     const length = intQuery(req, 'length');
     const report = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
     const bytes = await readSnapshotData(req.params.snapshotId!, offset, length, report);
     return { status: 200, bytes, headers: { 'x-sledge-ranged-gets': String(report.rangedGets) } };
   })
-  .on('GET', '/snapshots/{snapshotId}/changed-blocks', async (req) => ({
+  .on('GET', '/snapshots/{snapshotId}/changed-blocks', SNAPSHOT_OWNER, async (req) => ({
     status: 200,
     json: await changedBlocks(req.params.snapshotId!, req.query.base, req.query.limit, req.query.next),
   }))
   // Checkpoints and rebuild (docs/checkpoints.md). `mode: queue` hands the job to the worker.
-  .on('GET', '/volumes/{volumeId}/checkpoints', async (req) => ({ status: 200, json: await listCheckpoints(req.params.volumeId!) }))
-  .on('POST', '/volumes/{volumeId}/checkpoints', async (req) => {
+  .on('GET', '/volumes/{volumeId}/checkpoints', VOLUME_OWNER, async (req) => ({ status: 200, json: await listCheckpoints(req.params.volumeId!) }))
+  .on('POST', '/volumes/{volumeId}/checkpoints', VOLUME_OWNER, async (req) => {
     const volumeId = req.params.volumeId!;
     if (parseMode(optionalJsonBody(req)) === 'queue') {
       const v = await describeVolume(volumeId);
@@ -154,7 +221,7 @@ export const router = new Router()
     if (out.done === 'skipped') throw new ConflictError(`${out.reason}; no checkpoint was taken`);
     return { status: out.done === 'written' ? 201 : 200, json: out };
   })
-  .on('POST', '/volumes/{volumeId}/rebuild', async (req) => {
+  .on('POST', '/volumes/{volumeId}/rebuild', OPERATOR, async (req) => {
     const volumeId = req.params.volumeId!;
     if (parseMode(optionalJsonBody(req)) === 'queue') {
       await describeVolume(volumeId);
@@ -176,5 +243,6 @@ router.onUnexpectedError(async (err, req) => {
 
 /** Handles one API Gateway event. */
 export function handleApiEvent(event: Parameters<Router['handle']>[0]) {
-  return router.handle(event, config().development);
+  const c = config();
+  return router.handle(event, { development: c.development, auth: { mode: c.apiAuth, operators: c.operatorPrincipals } });
 }

@@ -35,8 +35,13 @@ export interface FaultRule {
   ops?: string[];
   /** Probability per attempt, 0 to 1. Default 1. */
   rate?: number;
-  /** `error` (default) fails at once; `hang` waits `hangMs` and then fails like a timeout. */
-  mode?: 'error' | 'hang';
+  /**
+   * `error` (default) fails at once with a 5xx; `hang` waits `hangMs` and then fails like a
+   * timeout; `throttle` fails at once with the service's throttling error (DynamoDB
+   * `ThrottlingException`, S3 `SlowDown`, SQS `RequestThrottled`), which the SDK retries with
+   * backoff as it would a real one.
+   */
+  mode?: 'error' | 'hang' | 'throttle';
   /** The error's HTTP status: 500 (InternalError, default) or 503 (ServiceUnavailable). */
   status?: 500 | 503;
   /** How long a hang lasts before the timeout error. Default: the S3 client's request timeout. */
@@ -57,14 +62,18 @@ const HANG_MS_MAX = 120_000;
  */
 export class InjectedFaultError extends Error {
   readonly injected = true;
-  readonly $fault = 'server';
+  readonly $fault: 'server' | 'client';
   readonly $metadata: { httpStatusCode: number; attempts?: number };
+  /** Set for a throttling error, as the SDK marks one it deserializes. */
+  readonly $retryable?: { throttling: boolean };
   readonly Code: string;
-  constructor(code: string, status: number, message: string) {
+  constructor(code: string, status: number, message: string, opts: { throttling?: boolean } = {}) {
     super(message);
     this.name = code;
     this.Code = code;
     this.$metadata = { httpStatusCode: status };
+    this.$fault = opts.throttling ? 'client' : 'server';
+    if (opts.throttling) this.$retryable = { throttling: true };
   }
 }
 
@@ -97,7 +106,8 @@ export function parseFaultRules(input: unknown): FaultRule[] {
       throw new InvalidInputError(`fault rule ${i}: service must be s3, dynamodb or sqs`);
     if (rule.rate !== undefined && !(typeof rule.rate === 'number' && rule.rate >= 0 && rule.rate <= 1))
       throw new InvalidInputError(`fault rule ${i}: rate must be from 0 to 1`);
-    if (rule.mode !== undefined && rule.mode !== 'error' && rule.mode !== 'hang') throw new InvalidInputError(`fault rule ${i}: mode must be error or hang`);
+    if (rule.mode !== undefined && rule.mode !== 'error' && rule.mode !== 'hang' && rule.mode !== 'throttle')
+      throw new InvalidInputError(`fault rule ${i}: mode must be error, hang or throttle`);
     if (rule.phase !== undefined && rule.phase !== 'before' && rule.phase !== 'after')
       throw new InvalidInputError(`fault rule ${i}: phase must be before or after`);
     if (rule.status !== undefined && rule.status !== 500 && rule.status !== 503) throw new InvalidInputError(`fault rule ${i}: status must be 500 or 503`);
@@ -166,6 +176,10 @@ export function matchFault(service: FaultService, operation: string, input: Reco
 }
 
 function faultError(service: FaultService, operation: string, r: FaultRule): Error {
+  if (r.mode === 'throttle') {
+    const [code, status] = service === 's3' ? ['SlowDown', 503] : service === 'sqs' ? ['RequestThrottled', 400] : ['ThrottlingException', 400];
+    return new InjectedFaultError(code, status, `injected throttling (${code}) on ${service} ${operation} (SLEDGE_FAULTS / setFaults)`, { throttling: true });
+  }
   const status = r.status ?? 500;
   const code =
     service === 's3'

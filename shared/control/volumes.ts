@@ -29,6 +29,8 @@ import { pageMap } from '../ports.ts';
 export interface VolumeView {
   volumeId: string;
   name?: string;
+  /** The principal that created it (docs/security.md). */
+  owner?: string;
   sizeBytes: number;
   blockSizeBytes: number;
   dataChunks: number;
@@ -63,6 +65,7 @@ export function view(v: VolumeRecord): VolumeView {
     checkpointSeq: v.checkpoint?.seq ?? null,
   };
   if (v.name !== undefined) out.name = v.name;
+  if (v.owner !== undefined) out.owner = v.owner;
   if (v.parent) out.parent = { volumeId: v.parent.volumeId, snapshotId: v.parent.snapshotId };
   if (v.flatten) out.flatten = { ...v.flatten, fractionDone: v.flatten.pages === 0 ? 1 : Math.min(1, v.flatten.pagesDone / v.flatten.pages) };
   return out;
@@ -81,17 +84,18 @@ export interface CreateVolumeInput {
 const CREATE_FIELDS = new Set(['sizeBytes', 'blockSizeBytes', 'dataChunks', 'parityChunks', 'name', 'checkpointEveryCommits', 'sourceSnapshotId']);
 
 /**
- * Creates a volume.
+ * Creates a volume, owned by `owner` (a principal's canonical ARN; without one only operators
+ * can reach it).
  *
  * @example
  * const v = await createVolume({ sizeBytes: 1 << 30 }); // 1 GiB, 4 KiB blocks, RS 4+2
  */
-export async function createVolume(input: CreateVolumeInput): Promise<VolumeView> {
+export async function createVolume(input: CreateVolumeInput, owner?: string): Promise<VolumeView> {
   if (typeof input !== 'object' || input === null || Array.isArray(input)) throw new InvalidInputError('the body must be a JSON object');
   for (const key of Object.keys(input)) {
     if (!CREATE_FIELDS.has(key)) throw new InvalidInputError(`unknown field ${JSON.stringify(key)}; allowed: ${[...CREATE_FIELDS].join(', ')}`);
   }
-  if (input.sourceSnapshotId !== undefined) return createClone(input);
+  if (input.sourceSnapshotId !== undefined) return createClone(input, owner);
   const blockSizeBytes = input.blockSizeBytes === undefined ? DEFAULT_BLOCK_SIZE_BYTES : integerField(input.blockSizeBytes, 'blockSizeBytes');
   if (blockSizeBytes < 512 || blockSizeBytes > 65536 || (blockSizeBytes & (blockSizeBytes - 1)) !== 0) {
     throw new InvalidInputError(`blockSizeBytes must be a power of two from 512 to 65536, got ${blockSizeBytes}`);
@@ -133,6 +137,7 @@ export async function createVolume(input: CreateVolumeInput): Promise<VolumeView
     checkpointEveryCommits,
   };
   if (name !== undefined) record.name = name;
+  if (owner !== undefined) record.owner = owner;
   await pageMap().putNewVolume(record);
   return view(record);
 }
@@ -149,7 +154,7 @@ const CLONE_FIELDS = new Set(['sourceSnapshotId', 'sizeBytes', 'name', 'checkpoi
  * Creates a clone of a snapshot: a volume that reads as the snapshot until written, made in
  * constant time with nothing copied (docs/snapshots.md, "Clones").
  */
-async function createClone(input: CreateVolumeInput): Promise<VolumeView> {
+async function createClone(input: CreateVolumeInput, owner?: string): Promise<VolumeView> {
   for (const key of Object.keys(input)) {
     if (!CLONE_FIELDS.has(key)) throw new InvalidInputError(`a clone takes ${[...CLONE_FIELDS].join(', ')}; ${key} comes from the snapshot`);
   }
@@ -190,6 +195,7 @@ async function createClone(input: CreateVolumeInput): Promise<VolumeView> {
     parent: { volumeId: snapshot.volumeId, snapshotId: snapshot.snapshotId, seq: snapshot.seq },
   };
   if (name !== undefined) record.name = name;
+  if (owner !== undefined) record.owner = owner;
   await pageMap().createCloneVolume(record);
   return view(record);
 }
@@ -200,10 +206,15 @@ export async function describeVolume(volumeId: string): Promise<VolumeView> {
   return view(v);
 }
 
-export async function listVolumeViews(limitParam: string | undefined, next: string | undefined): Promise<{ volumes: VolumeView[]; next?: string }> {
+/** One page of the volume list; with `owner`, only that principal's volumes (a page may hold fewer than `limit`). */
+export async function listVolumeViews(
+  limitParam: string | undefined,
+  next: string | undefined,
+  owner?: string,
+): Promise<{ volumes: VolumeView[]; next?: string }> {
   const limit = limitParam === undefined ? 100 : Number(limitParam);
   if (!Number.isSafeInteger(limit) || limit < 1 || limit > 1000) throw new InvalidInputError(`limit must be an integer from 1 to 1000, got ${limitParam}`);
-  const page = await pageMap().listVolumes(limit, next);
+  const page = await pageMap().listVolumes(limit, next, owner);
   return page.next ? { volumes: page.volumes.map(view), next: page.next } : { volumes: page.volumes.map(view) };
 }
 

@@ -37,6 +37,17 @@ export const ENV = {
   crcImpl: 'SLEDGE_CRC_IMPL',
   /** `development` adds stacks to 500 responses. */
   mode: 'SLEDGE_MODE',
+  /**
+   * `iam` (the default): every API request must come with API Gateway's IAM identity
+   * (`requestContext.authorizer.iam`), else 403. `none`: the stack was deployed without IAM
+   * authorization on purpose (`apiIamAuthorization: false`), and every caller is an operator.
+   */
+  apiAuth: 'SLEDGE_API_AUTH',
+  /**
+   * Comma-separated ARNs of the operator principals (IAM users, or roles, whose sessions count
+   * as the role); everyone else who signs is a tenant (docs/security.md).
+   */
+  operatorPrincipals: 'SLEDGE_OPERATOR_PRINCIPALS',
 } as const;
 
 export class ConfigError extends Error {
@@ -79,6 +90,15 @@ export interface SledgeConfig {
   orphanGraceMs: number;
   gcEveryCommits: number;
   development: boolean;
+  apiAuth: 'iam' | 'none';
+  operatorPrincipals: string[];
+}
+
+function apiAuthMode(): 'iam' | 'none' {
+  const raw = process.env[ENV.apiAuth];
+  if (raw === undefined || raw === '' || raw === 'iam') return 'iam';
+  if (raw === 'none') return 'none';
+  throw new ConfigError(`environment variable ${ENV.apiAuth} must be iam or none, got ${JSON.stringify(raw)}`);
 }
 
 let cached: SledgeConfig | undefined;
@@ -111,6 +131,11 @@ export function config(): SledgeConfig {
     orphanGraceMs: optionalInteger(ENV.orphanGraceMs, 3600_000, 30 * 24 * 3600_000),
     gcEveryCommits: optionalInteger(ENV.gcEveryCommits, 256, 1_000_000),
     development: process.env[ENV.mode] === 'development',
+    apiAuth: apiAuthMode(),
+    operatorPrincipals: (process.env[ENV.operatorPrincipals] ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
   };
   return cached;
 }

@@ -20,6 +20,17 @@ export class InvalidInputError extends SledgeError {
   readonly retryable = false;
 }
 
+/**
+ * The caller may not do this: the request is not signed (or not by a principal Sledge knows), or
+ * the route is for operators and the caller is not one. Another tenant's volume is not a 403
+ * but a 404 (NotFoundError), so that its existence is not revealed (docs/security.md).
+ */
+export class ForbiddenError extends SledgeError {
+  override name = 'ForbiddenError';
+  readonly status = 403;
+  readonly retryable = false;
+}
+
 /** The volume (or other named thing) does not exist. */
 export class NotFoundError extends SledgeError {
   override name = 'NotFoundError';

@@ -98,7 +98,8 @@ export interface PageMapStore {
   /** Creates the item; refused if the id exists. */
   putNewVolume(v: VolumeRecord): Promise<void>;
   /** One page of the volume list; `next` continues it. */
-  listVolumes(limit: number, startAfter?: string): Promise<{ volumes: VolumeRecord[]; next?: string }>;
+  /** With `owner`, only that principal's volumes (a page may hold fewer than `limit`). */
+  listVolumes(limit: number, startAfter?: string, owner?: string): Promise<{ volumes: VolumeRecord[]; next?: string }>;
   /** Grows an active volume (never shrinks it): NotFoundError or ConflictError otherwise. */
   growVolume(volumeId: string, sizeBytes: number): Promise<VolumeRecord>;
   /** Marks an active volume as being deleted; false if it already was. */

@@ -29,6 +29,8 @@ export interface CheckpointPointer {
 export interface VolumeRecord {
   volumeId: string;
   name?: string;
+  /** The canonical ARN of the principal that created it (shared/api/authz.ts); absent: operators only. */
+  owner?: string;
   sizeBytes: number;
   blockSizeBytes: number;
   dataChunks: number;

@@ -3,13 +3,16 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { App, Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
+import { App, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import type { IConstruct } from 'constructs';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import type { CfnElement } from 'aws-cdk-lib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseCheckpointMessage, parseWorkMessage } from '#shared/core/work-messages.ts';
 import { ENV } from '#shared/core/config.ts';
-import { CONSTRUCT_IDS, MAX_RECEIVE_COUNT, cdkJsonContext, SledgeStack, type SledgeStackProps } from '../../cdk/stack.ts';
+import { CONSTRUCT_IDS, MAX_RECEIVE_COUNT, OPERATOR_VOLUME_ROUTES, cdkJsonContext, SledgeStack, type SledgeStackProps } from '../../cdk/stack.ts';
 
 const projectRoot = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -142,14 +145,15 @@ describe('SledgeStack', () => {
   });
 
   describe('sleds', () => {
+    // One more bucket: the sleds' server access logs.
     it('creates 8 by default, in order', () => {
-      template.resourceCountIs('AWS::S3::Bucket', 8);
+      template.resourceCountIs('AWS::S3::Bucket', 9);
       expect(stack.sleds.map((s) => s.node.id)).toEqual(['Sled0', 'Sled1', 'Sled2', 'Sled3', 'Sled4', 'Sled5', 'Sled6', 'Sled7']);
     });
 
     it('creates sledCount when configured', () => {
-      synth({ sledCount: 3 }).template.resourceCountIs('AWS::S3::Bucket', 3);
-      synth({ sledCount: 12 }).template.resourceCountIs('AWS::S3::Bucket', 12);
+      synth({ sledCount: 3 }).template.resourceCountIs('AWS::S3::Bucket', 3 + 1);
+      synth({ sledCount: 12 }).template.resourceCountIs('AWS::S3::Bucket', 12 + 1);
     });
 
     it('refuses a sledCount that is not a positive integer', () => {
@@ -402,7 +406,7 @@ describe('SledgeStack', () => {
         }
         for (const sled of ids.sleds) {
           const objects = { 'Fn::Join': ['', [arn(sled), '/*']] };
-          for (const action of ['s3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload']) {
+          for (const action of ['s3:GetObject', 's3:PutObject', 's3:DeleteObject']) {
             expect(allows(statements, action, objects), `${id} ${action} ${sled}/*`).toBe(true);
           }
           expect(allows(statements, 's3:ListBucket', arn(sled)), `${id} s3:ListBucket ${sled}`).toBe(true);
@@ -410,6 +414,8 @@ describe('SledgeStack', () => {
         for (const { queue, dlq } of ids.queues) {
           expect(allows(statements, 'sqs:SendMessage', arn(queue)), `${id} sqs:SendMessage ${queue}`).toBe(true);
           expect(allows(statements, 'sqs:SendMessage', arn(dlq)), `${id} must not write to ${dlq}`).toBe(false);
+          // Only the head serves the operator's peek and redrive of the dead-letter queues.
+          expect(allows(statements, 'sqs:ReceiveMessage', arn(dlq)), `${id} sqs:ReceiveMessage ${dlq}`).toBe(id === ids.head);
         }
       }
       // Only the worker consumes.
@@ -425,13 +431,13 @@ describe('SledgeStack', () => {
   });
 
   describe('HTTP API', () => {
-    it('sends every request to the head through one $default route, payload format 2.0', () => {
+    it('sends every request to the head through one $default route, payload format 2.0, SigV4 required', () => {
       template.resourceCountIs('AWS::ApiGatewayV2::Api', 1);
       template.hasResourceProperties('AWS::ApiGatewayV2::Api', { ProtocolType: 'HTTP' });
       template.resourceCountIs('AWS::ApiGatewayV2::Route', 1);
       template.hasResourceProperties('AWS::ApiGatewayV2::Route', {
         RouteKey: '$default',
-        AuthorizationType: 'NONE',
+        AuthorizationType: 'AWS_IAM',
         Target: { 'Fn::Join': ['', ['integrations/', { Ref: Match.anyValue() }]] },
       });
       template.resourceCountIs('AWS::ApiGatewayV2::Integration', 1);
@@ -448,11 +454,150 @@ describe('SledgeStack', () => {
       });
     });
 
-    it('requires SigV4 when apiIamAuthorization is set', () => {
-      synth({ apiIamAuthorization: true }).template.hasResourceProperties('AWS::ApiGatewayV2::Route', {
-        RouteKey: '$default',
-        AuthorizationType: 'AWS_IAM',
+    it('tells the head to require an IAM identity, and turns both off only when asked (apiIamAuthorization: false)', () => {
+      expect(template.toJSON().Resources[ids.head].Properties.Environment.Variables[ENV.apiAuth]).toBe('iam');
+      const { stack: open, template: t } = synth({ apiIamAuthorization: false });
+      t.hasResourceProperties('AWS::ApiGatewayV2::Route', { RouteKey: '$default', AuthorizationType: 'NONE' });
+      expect(t.toJSON().Resources[logicalId(open, open.head)].Properties.Environment.Variables[ENV.apiAuth]).toBe('none');
+    });
+  });
+
+  describe('security (docs/security.md)', () => {
+    /** Synthesizes with cdk-nag's AwsSolutions pack as a policy validation plugin; returns the error, if synth refused. */
+    function synthWithNag(props: SledgeStackProps = {}, extra?: (stack: SledgeStack) => void): { error?: Error; app: App; outdir: string } {
+      const outdir = mkdtempSync(join(tmpdir(), 'sledge-nag-'));
+      const app = new App({ outdir, context: { ...cdkJsonContext(), 'aws:cdk:bundling-stacks': [] } });
+      const s = new SledgeStack(app, 'Sledge', props);
+      extra?.(s);
+      Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+      try {
+        app.synth();
+        return { app, outdir };
+      } catch (error) {
+        return { error: error as Error, app, outdir };
+      }
+    }
+    const report = (outdir: string) => {
+      try {
+        return readFileSync(join(outdir, 'validation-report.json'), 'utf8');
+      } catch {
+        return '(no report)';
+      }
+    };
+
+    it('passes cdk-nag\'s AwsSolutions pack (policy validation plugin) with zero errors, as deployed and with IAM turned off', () => {
+      for (const props of [{}, { apiIamAuthorization: false }, { sledCount: 3, headReservedConcurrency: 50 }]) {
+        const { error, outdir } = synthWithNag(props);
+        try {
+          expect(error, `${JSON.stringify(props)}: ${report(outdir)}`).toBeUndefined();
+        } finally {
+          rmSync(outdir, { recursive: true, force: true });
+        }
+      }
+    });
+
+    it('is a live check: a finding nobody acknowledged fails the synth', () => {
+      const { error, outdir } = synthWithNag({}, (st) => new s3.Bucket(st, 'Unlogged'));
+      try {
+        expect(error, 'synth should have refused the unlogged bucket').toBeDefined();
+        expect(`${error?.message} ${report(outdir)}`).toMatch(/AwsSolutions-S1/);
+      } finally {
+        rmSync(outdir, { recursive: true, force: true });
+      }
+    });
+
+    it('lists every acknowledged finding, with a reason in code, in docs/security.md', () => {
+      const app = new App({ context: { ...cdkJsonContext(), 'aws:cdk:bundling-stacks': [] } });
+      const s = new SledgeStack(app, 'Sledge', { apiIamAuthorization: false });
+      const found: Array<{ construct: string; id: string; reason: string }> = [];
+      const walk = (c: IConstruct) => {
+        for (const entry of c.node.metadata) {
+          if (entry.type !== Validations.ACKNOWLEDGED_RULES_METADATA_KEY) continue;
+          for (const [key, value] of Object.entries(entry.data as Record<string, unknown>)) {
+            found.push({ construct: c.node.id, id: key.replace(/^annotation::/i, ''), reason: typeof value === 'string' ? value : JSON.stringify(value) });
+          }
+        }
+        for (const child of c.node.children) walk(child);
+      };
+      walk(s);
+      expect(found.length).toBeGreaterThan(10);
+      const docs = readFileSync(join(projectRoot, 'docs/security.md'), 'utf8');
+      const rows = docs.split('\n').filter((l) => l.startsWith('|'));
+      const missing = found.filter((f) => {
+        const rule = f.id.replace(/\[.*$/, '');
+        return !rows.some((row) => row.includes(rule) && row.includes(`\`${f.construct}\``));
       });
+      expect(missing.map((m) => `${m.construct} ${m.id}`)).toEqual([]);
+      for (const f of found) expect(f.reason.length, `${f.construct} ${f.id}`).toBeGreaterThan(30);
+    });
+
+    it('gives each function a role of its own, with no AWS managed policy and no wildcard action, writing only to its own log group', () => {
+      const resources = template.toJSON().Resources as Record<string, { Type: string; Properties: Record<string, any> }>;
+      const roleOf = (fn: string) => resources[fn]!.Properties.Role['Fn::GetAtt'][0] as string;
+      expect(roleOf(ids.head)).not.toBe(roleOf(ids.worker));
+      for (const [id, role] of Object.entries(resources).filter(([, r]) => r.Type === 'AWS::IAM::Role')) {
+        expect(role.Properties.ManagedPolicyArns, id).toBeUndefined();
+      }
+      for (const fn of [ids.head, ids.worker]) {
+        const statements = allowStatements(template, fn);
+        for (const st of statements) for (const action of [st.Action].flat()) expect(action, `${fn} ${action}`).not.toMatch(/\*/);
+        const logGroup = resources[fn]!.Properties.LoggingConfig.LogGroup.Ref as string;
+        const logStatements = statements.filter((st) => [st.Action].flat().some((a) => a.startsWith('logs:')));
+        expect(logStatements.flatMap((st) => [st.Resource].flat())).toEqual([arn(logGroup)]);
+        expect(logStatements.flatMap((st) => [st.Action].flat()).sort()).toEqual(['logs:CreateLogStream', 'logs:PutLogEvents']);
+      }
+    });
+
+    it('shows the tenant and operator policies on execute-api ARNs, and tells the head who the operators are', () => {
+      const resources = template.toJSON().Resources as Record<string, { Type: string; Properties: Record<string, any> }>;
+      const apiId = logicalId(stack, stack.httpApi);
+      const executeApi = (method: string, path: string) => ({
+        'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':execute-api:', { Ref: 'AWS::Region' }, ':', { Ref: 'AWS::AccountId' }, ':', { Ref: apiId }, `/$default/${method}${path}`]],
+      });
+      const tenant = resources[logicalId(stack, stack.tenantPolicy)]!;
+      expect(tenant.Type).toBe('AWS::IAM::ManagedPolicy');
+      expect(tenant.Properties.PolicyDocument.Statement).toEqual([
+        { Sid: 'VolumeRoutes', Effect: 'Allow', Action: 'execute-api:Invoke', Resource: [executeApi('*', '/volumes'), executeApi('*', '/volumes/*'), executeApi('GET', '/openapi.json')] },
+        {
+          Sid: 'NotOperatorRoutes',
+          Effect: 'Deny',
+          Action: 'execute-api:Invoke',
+          Resource: expect.arrayContaining(OPERATOR_VOLUME_ROUTES.map(([m, p]) => executeApi(m, p))),
+        },
+      ]);
+      expect(tenant.Properties.PolicyDocument.Statement[1].Resource).toHaveLength(OPERATOR_VOLUME_ROUTES.length);
+      const operator = resources[logicalId(stack, stack.operatorPolicy)]!;
+      expect(operator.Properties.PolicyDocument.Statement).toEqual([{ Sid: 'AllRoutes', Effect: 'Allow', Action: 'execute-api:Invoke', Resource: executeApi('*', '/*') }]);
+      expect(operator.Properties.Roles).toEqual([ref(logicalId(stack, stack.operatorRole))]);
+      const role = resources[logicalId(stack, stack.operatorRole)]!;
+      expect(role.Properties.RoleName).toBe('Sledge-operator');
+      const operators = resources[ids.head]!.Properties.Environment.Variables[ENV.operatorPrincipals];
+      expect(operators).toEqual({ 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':iam::', { Ref: 'AWS::AccountId' }, ':role/Sledge-operator']] });
+      template.hasOutput(CONSTRUCT_IDS.tenantPolicyOutput, { Value: ref(logicalId(stack, stack.tenantPolicy)) });
+      template.hasOutput(CONSTRUCT_IDS.operatorRoleOutput, { Value: arn(logicalId(stack, stack.operatorRole)) });
+      // More operators from props.
+      const more = synth({ operatorPrincipalArns: ['arn:aws:iam::111122223333:user/ops'] });
+      const joined = more.template.toJSON().Resources[logicalId(more.stack, more.stack.head)].Properties.Environment.Variables[ENV.operatorPrincipals];
+      expect(JSON.stringify(joined)).toMatch(/:role\/Sledge-operator.*arn:aws:iam::111122223333:user\/ops/);
+    });
+
+    it('logs API access and throttles the stage; logs sled access to the log bucket; caps the worker, reserves the head when asked', () => {
+      const stage = Object.values(template.findResources('AWS::ApiGatewayV2::Stage'))[0]!;
+      expect(stage.Properties.AccessLogSettings.DestinationArn).toEqual(arn(logicalId(stack, stack.apiAccessLogs)));
+      expect(JSON.parse(stage.Properties.AccessLogSettings.Format)).toMatchObject({ userArn: '$context.identity.userArn', status: '$context.status' });
+      expect(stage.Properties.DefaultRouteSettings).toEqual({ ThrottlingRateLimit: 2000, ThrottlingBurstLimit: 1000 });
+      const logs = logicalId(stack, stack.accessLogsBucket);
+      stack.sleds.forEach((sled, i) => {
+        expect(template.toJSON().Resources[logicalId(stack, sled)].Properties.LoggingConfiguration).toEqual({ DestinationBucketName: ref(logs), LogFilePrefix: `sled${i}/` });
+      });
+      for (const mapping of Object.values(template.findResources('AWS::Lambda::EventSourceMapping'))) {
+        expect(mapping.Properties.ScalingConfig).toEqual({ MaximumConcurrency: 5 });
+      }
+      expect(template.toJSON().Resources[ids.head].Properties.ReservedConcurrentExecutions).toBeUndefined();
+      const reserved = synth({ headReservedConcurrency: 100, workerMaxConcurrency: 2 });
+      expect(reserved.template.toJSON().Resources[logicalId(reserved.stack, reserved.stack.head)].Properties.ReservedConcurrentExecutions).toBe(100);
+      reserved.template.hasResourceProperties('AWS::Lambda::EventSourceMapping', { ScalingConfig: { MaximumConcurrency: 2 } });
+      expect(() => synth({ workerMaxConcurrency: 1 })).toThrow(/workerMaxConcurrency 1/);
     });
   });
 

@@ -1,17 +1,107 @@
 /**
  * Helpers for integration tests: an HTTP client for the local API, and the environment
  * (table, bucket, queue names) so tests can inspect or damage what is stored.
+ *
+ * Every request is signed (AWS SigV4, service execute-api), as the API requires: by the local
+ * operator unless a test says otherwise (`as: PROFILES.tenantA`, or `as: 'unsigned'`). The keys
+ * are the control plane's local principals, read from its shared credentials file
+ * (local/principals.ts). Importing this module also points this process's AWS credential chain at
+ * that file with the operator's profile, so the `sledge` CLI and gateways the tests start sign
+ * as the operator too.
  */
+import { readFileSync } from 'node:fs';
 import { inject } from 'vitest';
+import type { IamIdentity, LocalPrincipal } from '#local/iam-auth.ts';
+import { LOCAL_ACCOUNT_ID, LOCAL_CREDENTIALS_ENV, PROFILES, parseCredentialsFile, type ProfileName } from '#local/principals.ts';
+import { requestSigner, type RequestSigner, type SigningCredentials } from '#shared/api/signing.ts';
+
+export { PROFILES, type ProfileName };
+
+/** The control plane's credentials file: the one this process was told of, else the plane's. */
+function findCredentialsFile(): string | undefined {
+  if (process.env[LOCAL_CREDENTIALS_ENV]) return process.env[LOCAL_CREDENTIALS_ENV];
+  try {
+    return inject('sledgeEnv')?.[LOCAL_CREDENTIALS_ENV];
+  } catch {
+    return undefined;
+  }
+}
+
+const credentialsFile = findCredentialsFile();
+if (credentialsFile) {
+  // A control plane this process starts (lost-responses.test.ts) uses the same keys.
+  process.env[LOCAL_CREDENTIALS_ENV] = credentialsFile;
+  process.env.AWS_SHARED_CREDENTIALS_FILE = credentialsFile;
+  process.env.AWS_PROFILE ??= PROFILES.operator;
+  // The local endpoint's placeholder keys would only make the SDK warn that two sources are set.
+  if (process.env.AWS_ACCESS_KEY_ID === 'test') delete process.env.AWS_ACCESS_KEY_ID;
+  if (process.env.AWS_SECRET_ACCESS_KEY === 'test') delete process.env.AWS_SECRET_ACCESS_KEY;
+}
 
 /** Puts the control plane's environment into this worker so shared modules can be used. */
 export function useSledgeEnv(): { apiUrl: string } {
   const env = inject('sledgeEnv');
   Object.assign(process.env, env, { AWS_ENDPOINT_URL: inject('endpointUrl') });
-  process.env.AWS_ACCESS_KEY_ID ??= 'test';
-  process.env.AWS_SECRET_ACCESS_KEY ??= 'test';
+  if (!process.env.AWS_PROFILE) {
+    process.env.AWS_ACCESS_KEY_ID ??= 'test';
+    process.env.AWS_SECRET_ACCESS_KEY ??= 'test';
+  }
   process.env.AWS_REGION ??= 'us-east-1';
   return { apiUrl: inject('apiUrl') };
+}
+
+/** A local principal: its keys (from the credentials file) and identity. */
+export function principal(profile: ProfileName): LocalPrincipal {
+  const file = findCredentialsFile();
+  if (!file) throw new Error(`no local credentials file: ${LOCAL_CREDENTIALS_ENV} is not set and the control plane provided none`);
+  const keys = parseCredentialsFile(readFileSync(file, 'utf8'))[profile];
+  if (!keys?.accessKeyId || !keys.secretAccessKey) throw new Error(`${file} has no keys for profile ${profile}`);
+  const userArn = `arn:aws:iam::${LOCAL_ACCOUNT_ID}:user/${profile}`;
+  return { accessKeyId: keys.accessKeyId, secretAccessKey: keys.secretAccessKey, userArn, userId: `AIDA-${profile}`, accountId: LOCAL_ACCOUNT_ID };
+}
+
+/** `requestContext.authorizer` as API Gateway fills it for `profile`, for events built in-process. */
+export function iamAuthorizer(profile: ProfileName = PROFILES.operator): { iam: IamIdentity } {
+  const p = principal(profile);
+  return {
+    iam: {
+      accessKey: p.accessKeyId,
+      accountId: p.accountId,
+      callerId: p.userId,
+      cognitoIdentity: null,
+      principalOrgId: null as unknown as string,
+      userArn: p.userArn,
+      userId: p.userId,
+    },
+  };
+}
+
+/** The environment for a `sledge` process that signs as `profile`. */
+export function cliEnv(profile: ProfileName = PROFILES.operator, base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  const file = findCredentialsFile();
+  const env: NodeJS.ProcessEnv = { ...base, AWS_PROFILE: profile, ...(file ? { AWS_SHARED_CREDENTIALS_FILE: file } : {}) };
+  delete env.AWS_ACCESS_KEY_ID;
+  delete env.AWS_SECRET_ACCESS_KEY;
+  delete env.AWS_SESSION_TOKEN;
+  return env;
+}
+
+/** Who signs a request: a local profile, explicit credentials, or nobody. */
+export type Signer = ProfileName | 'unsigned' | { credentials: SigningCredentials; now?: () => Date };
+
+const signers = new Map<string, Promise<RequestSigner>>();
+
+function signerFor(as: Signer, url: string): Promise<RequestSigner> | undefined {
+  if (as === 'unsigned') return undefined;
+  if (typeof as === 'object') return requestSigner({ apiUrl: url, credentials: as.credentials, ...(as.now ? { now: as.now } : {}) });
+  const key = `${as} ${findCredentialsFile()}`;
+  let signer = signers.get(key);
+  if (!signer) {
+    const p = principal(as);
+    signer = requestSigner({ apiUrl: url, credentials: { accessKeyId: p.accessKeyId, secretAccessKey: p.secretAccessKey } });
+    signers.set(key, signer);
+  }
+  return signer;
 }
 
 export interface HttpResult {
@@ -21,9 +111,21 @@ export interface HttpResult {
   json: any;
 }
 
-export async function http(url: string, init: { method?: string; body?: Buffer | string; headers?: Record<string, string> } = {}): Promise<HttpResult> {
+export interface HttpInit {
+  method?: string;
+  body?: Buffer | string;
+  headers?: Record<string, string>;
+  /** Who signs it; default the local operator. */
+  as?: Signer;
+}
+
+/** One request to the API, signed (see the file comment). */
+export async function http(url: string, init: HttpInit = {}): Promise<HttpResult> {
   const body = typeof init.body === 'string' || init.body === undefined ? init.body : new Uint8Array(init.body);
-  const res = await fetch(url, { method: init.method ?? 'GET', body, headers: init.headers });
+  const method = init.method ?? 'GET';
+  const signer = signerFor(init.as ?? PROFILES.operator, url);
+  const headers = signer ? await (await signer)({ method, url, ...(init.headers ? { headers: init.headers } : {}), ...(body !== undefined ? { body } : {}) }) : init.headers;
+  const res = await fetch(url, { method, body, headers });
   const bytes = Buffer.from(await res.arrayBuffer());
   let json: any;
   if ((res.headers.get('content-type') ?? '').includes('json')) json = JSON.parse(bytes.toString('utf8'));
@@ -31,16 +133,28 @@ export async function http(url: string, init: { method?: string; body?: Buffer |
 }
 
 export class Api {
-  constructor(readonly url: string) {}
+  /** Who signs this client's requests; default the local operator. */
+  readonly as: Signer;
+  constructor(
+    readonly url: string,
+    opts: { as?: Signer } = {},
+  ) {
+    this.as = opts.as ?? PROFILES.operator;
+  }
+
+  /** One request signed as this client's principal. */
+  http(url: string, init: HttpInit = {}): Promise<HttpResult> {
+    return http(url, { as: this.as, ...init });
+  }
 
   async createVolume(body: Record<string, unknown>): Promise<any> {
-    const r = await http(`${this.url}/volumes`, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+    const r = await this.http(`${this.url}/volumes`, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
     if (r.status !== 201) throw new Error(`create volume: ${r.status} ${r.body.toString()}`);
     return r.json;
   }
 
   async write(volumeId: string, offset: number, data: Buffer): Promise<any> {
-    const r = await http(`${this.url}/volumes/${volumeId}/data?offset=${offset}`, {
+    const r = await this.http(`${this.url}/volumes/${volumeId}/data?offset=${offset}`, {
       method: 'PUT',
       body: data,
       headers: { 'content-type': 'application/octet-stream' },
@@ -56,22 +170,22 @@ export class Api {
   }
 
   readRaw(volumeId: string, offset: number, length: number): Promise<HttpResult> {
-    return http(`${this.url}/volumes/${volumeId}/data?offset=${offset}&length=${length}`);
+    return this.http(`${this.url}/volumes/${volumeId}/data?offset=${offset}&length=${length}`);
   }
 
   async trim(volumeId: string, offset: number, length: number): Promise<any> {
-    const r = await http(`${this.url}/volumes/${volumeId}/trim`, { method: 'POST', body: JSON.stringify({ offset, length }), headers: { 'content-type': 'application/json' } });
+    const r = await this.http(`${this.url}/volumes/${volumeId}/trim`, { method: 'POST', body: JSON.stringify({ offset, length }), headers: { 'content-type': 'application/json' } });
     if (r.status !== 200) throw new Error(`trim ${volumeId} @${offset}+${length}: ${r.status} ${r.body.toString()}`);
     return r.json;
   }
 
   async batch(volumeId: string, body: Buffer): Promise<any> {
-    const r = await http(`${this.url}/volumes/${volumeId}/batch`, { method: 'POST', body, headers: { 'content-type': 'application/vnd.sledge.batch' } });
+    const r = await this.http(`${this.url}/volumes/${volumeId}/batch`, { method: 'POST', body, headers: { 'content-type': 'application/vnd.sledge.batch' } });
     if (r.status !== 200) throw new Error(`batch ${volumeId}: ${r.status} ${r.body.toString()}`);
     return r.json;
   }
 
   async describe(volumeId: string): Promise<HttpResult> {
-    return http(`${this.url}/volumes/${volumeId}`);
+    return this.http(`${this.url}/volumes/${volumeId}`);
   }
 }

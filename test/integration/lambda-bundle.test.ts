@@ -19,6 +19,7 @@ import { App } from 'aws-cdk-lib';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { cdkJsonContext, SledgeStack } from '../../cdk/stack.ts';
 import { seeded } from '../unit/seed.ts';
+import { iamAuthorizer } from './helpers.ts';
 
 const MiB = 1024 * 1024;
 
@@ -119,6 +120,8 @@ function httpEvent(method: string, path: string, opts: { query?: Record<string, 
       stage: '$default',
       time: now.toISOString(),
       timeEpoch: now.getTime(),
+      // As API Gateway's IAM authorization fills it: the local operator.
+      ...({ authorizer: iamAuthorizer() } as object),
     },
     ...(body !== undefined ? { body } : {}),
     isBase64Encoded,

@@ -10,7 +10,7 @@ import { clearFaults, faultStats, setFaults } from '#shared/aws/faults.ts';
 import { listDumps } from '#shared/control/dumps.ts';
 import { createVolume } from '#shared/control/volumes.ts';
 import { config } from '#shared/core/config.ts';
-import { useSledgeEnv } from './helpers.ts';
+import { iamAuthorizer, useSledgeEnv } from './helpers.ts';
 
 beforeAll(() => {
   useSledgeEnv();
@@ -19,7 +19,7 @@ beforeAll(() => {
 afterEach(() => clearFaults());
 
 function get(path: string, query: Record<string, string> = {}): Promise<{ statusCode?: number; headers?: Record<string, unknown>; body?: string }> {
-  const event = { rawPath: path, headers: {}, queryStringParameters: query, requestContext: { http: { method: 'GET' } } } as unknown as APIGatewayProxyEventV2;
+  const event = { rawPath: path, headers: {}, queryStringParameters: query, requestContext: { http: { method: 'GET' }, authorizer: iamAuthorizer() } } as unknown as APIGatewayProxyEventV2;
   return handleApiEvent(event) as Promise<{ statusCode?: number; headers?: Record<string, unknown>; body?: string }>;
 }
 

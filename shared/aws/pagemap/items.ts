@@ -65,6 +65,7 @@ export function volumeToItem(v: VolumeRecord): Record<string, AttributeValue> {
     updatedAt: S(v.updatedAt),
   };
   if (v.name !== undefined) item.name = S(v.name);
+  if (v.owner !== undefined) item.owner = S(v.owner);
   if (v.heads) item.heads = headsToAttribute(v.heads);
   if (v.checkpointEveryCommits !== undefined) item.checkpointEveryCommits = N(v.checkpointEveryCommits);
   if (v.snapSeq !== undefined) item.snapSeq = N(v.snapSeq);
@@ -108,6 +109,7 @@ export function itemToVolume(item: Record<string, AttributeValue>): VolumeRecord
     updatedAt: str(item.updatedAt),
   };
   if (item.name?.S !== undefined) v.name = item.name.S;
+  if (item.owner?.S !== undefined) v.owner = item.owner.S;
   const heads = attributeToHeads(item.heads);
   if (heads) v.heads = heads;
   readCheckpointFields(item, v);

@@ -38,13 +38,19 @@ export async function putNewVolume(v: VolumeRecord): Promise<void> {
   );
 }
 
-/** One page of the volume list; `next` continues it. */
-export async function listVolumes(limit: number, startAfter?: string): Promise<{ volumes: VolumeRecord[]; next?: string }> {
+/**
+ * One page of the volume list; `next` continues it. With `owner`, only that principal's volumes
+ * (a filter on the scan: a page may then hold fewer than `limit`, or none, and still have a `next`).
+ */
+export async function listVolumes(limit: number, startAfter?: string, owner?: string): Promise<{ volumes: VolumeRecord[]; next?: string }> {
   const out = await dynamo().send(
     new ScanCommand({
       TableName: config().volumesTable,
       Limit: limit,
       ExclusiveStartKey: startAfter ? { volumeId: S(startAfter) } : undefined,
+      ...(owner === undefined
+        ? {}
+        : { FilterExpression: '#owner = :owner', ExpressionAttributeNames: { '#owner': 'owner' }, ExpressionAttributeValues: { ':owner': S(owner) } }),
       ConsistentRead: true,
       ReturnConsumedCapacity: 'TOTAL',
     }),
