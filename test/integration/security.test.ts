@@ -97,6 +97,10 @@ describe('volumes belong to the principal that created them', () => {
       ['PUT', '/heads', JSON.stringify({ primary: 'b1', reserves: [] }), json],
       ['GET', '/checkpoints'],
       ['POST', '/checkpoints'],
+      ['POST', '/snapshots', '{}', json],
+      ['GET', '/snapshots'],
+      ['POST', '/rollback', JSON.stringify({ snapshotId: 'snap-0000000000000000-000000000001-000000' }), json],
+      ['POST', '/flatten'],
       ['DELETE', ''],
     ];
     for (const [method, suffix, body, headers] of attempts) {
@@ -105,6 +109,28 @@ describe('volumes belong to the principal that created them', () => {
       // The same words as for a volume that does not exist.
       expect(r.json.message.replace(volumeId, 'X'), `${method} ${suffix}`).toBe(missing.json.message.replace('vol-00000000deadbeef', 'X'));
     }
+
+    // Tenant A's snapshot: as missing for tenant B on every snapshot route, and not a clone source.
+    const snap = await a.http(`${url}/volumes/${volumeId}/snapshots`, { method: 'POST', body: '{}', headers: json });
+    expect(snap.status, snap.body.toString()).toBe(201);
+    const snapshotId = snap.json.snapshotId as string;
+    const ghost = `snap-${volumeId.slice(4, 12)}00000000-000000000009-abcdef`;
+    const missingSnap = await b.http(`${url}/snapshots/${ghost}`);
+    expect(missingSnap.status).toBe(404);
+    for (const [method, suffix] of [
+      ['GET', ''],
+      ['GET', '/data?length=4096&offset=0'],
+      ['GET', '/changed-blocks'],
+      ['DELETE', ''],
+    ] as const) {
+      const r = await b.http(`${url}/snapshots/${snapshotId}${suffix}`, { method });
+      expect([r.status, r.json?.error], `${method} snapshot${suffix}`).toEqual([404, 'NotFoundError']);
+      expect(r.json.message.replace(snapshotId, 'X'), `${method} snapshot${suffix}`).toBe(missingSnap.json.message.replace(ghost, 'X'));
+    }
+    const clone = await b.http(`${url}/volumes`, { method: 'POST', body: JSON.stringify({ sourceSnapshotId: snapshotId }), headers: json });
+    expect([clone.status, clone.json?.error]).toEqual([404, 'NotFoundError']);
+    expect((await a.http(`${url}/snapshots/${snapshotId}`)).json).toMatchObject({ snapshotId, state: 'ready', dependants: [] });
+    expect((await a.http(`${url}/snapshots/${snapshotId}`, { method: 'DELETE' })).status).toBe(202);
 
     const after = (await a.describe(volumeId)).json;
     expect(after).toEqual(before);
