@@ -127,7 +127,12 @@ describe('sledge snapshot and sledge clone', () => {
     expect(fenced.stderr.startsWith(`sledge: volume ${vol.volumeId} is reserved `), fenced.stderr).toBe(true);
     // The API's wording of the refusal is its own; the CLI's part is one line, the status and the --key hint.
     expect(fenced.stderr).toContain(' by key gw-cli-test; ');
-    expect(fenced.stderr.endsWith(" must present a reservation key in x-sledge-reservation-key (409); give the reservation holder's key with --key\n"), fenced.stderr).toBe(true);
+    expect(
+      fenced.stderr.endsWith(
+        " must present a reservation key in x-sledge-reservation-key (taking a snapshot is refused like a write) (409); give the reservation holder's key with --key\n",
+      ),
+      fenced.stderr,
+    ).toBe(true);
     expect(fenced.stderr.split('\n').length, fenced.stderr).toBe(2);
     const keyed = await sledge(['snapshot', 'create', vol.volumeId, '--key', 'gw-cli-test', '--api', url]);
     expect(keyed.code, describeRun('sledge snapshot create --key', keyed)).toBe(0);

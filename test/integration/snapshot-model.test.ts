@@ -76,8 +76,9 @@ describe('snapshots and clones against a model', () => {
     const volumes = new Map<string, ModelVolume>();
     const snapshots = new Map<string, ModelSnapshot>();
     const counts: Record<string, number> = {};
-    const count = (k: string) => {
+    const count = (k: string, detail = '') => {
       counts[k] = (counts[k] ?? 0) + 1;
+      if (process.env.SLEDGE_MODEL_TRACE) console.log(`step: ${k} ${detail}`);
     };
     let writeId = 0;
     const pick = <T>(xs: T[]): T => xs[rng.int(xs.length)]!;
@@ -133,7 +134,7 @@ describe('snapshots and clones against a model', () => {
         v.state.fill(writeId, at, at + n);
         v.own.fill(1, at, at + n);
         touched.add(v.volumeId);
-        count(v.parent ? 'clone write' : 'write');
+        count(v.parent ? 'clone write' : 'write', `${v.volumeId} blocks ${at}+${n}`);
       } else if (r < 0.5) {
         const v = pick(vols);
         const n = 1 + rng.int(64);
@@ -143,7 +144,7 @@ describe('snapshots and clones against a model', () => {
         v.state.fill(-1, at, at + n);
         v.own.fill(1, at, at + n);
         touched.add(v.volumeId);
-        count('trim');
+        count('trim', `${v.volumeId} blocks ${at}+${n}`);
       } else if (r < 0.62) {
         if (snaps.length >= MAX_SNAPSHOTS) continue;
         const v = pick(vols);
@@ -164,7 +165,7 @@ describe('snapshots and clones against a model', () => {
         v.snapshots.add(s.snapshotId);
         if (v.parent) snapshots.get(v.parent)!.dependants.add(s.snapshotId);
         touched.add(s.snapshotId);
-        count('snapshot');
+        count('snapshot', `${s.snapshotId} of ${v.volumeId}`);
       } else if (r < 0.68) {
         if (snaps.length === 0 || vols.length >= MAX_VOLUMES) continue;
         const s = pick(snaps);
@@ -179,7 +180,7 @@ describe('snapshots and clones against a model', () => {
         });
         s.dependants.add(clone.volumeId);
         touched.add(clone.volumeId);
-        count('clone');
+        count('clone', `${clone.volumeId} of ${s.snapshotId}`);
       } else if (r < 0.76) {
         if (snaps.length === 0) continue;
         const s = pick(snaps);
@@ -197,7 +198,7 @@ describe('snapshots and clones against a model', () => {
           // Its frozen pages move to the next older snapshot of the volume: check those.
           for (const x of snapshots.values()) if (x.volumeId === s.volumeId) touched.add(x.snapshotId);
           touched.add(s.volumeId);
-          count('snapshot delete');
+          count('snapshot delete', s.snapshotId);
         }
       } else if (r < 0.8) {
         const clones = vols.filter((v) => v.volumeId !== base.volumeId);
@@ -213,7 +214,7 @@ describe('snapshots and clones against a model', () => {
           expect(res.status, `${context}: ${res.body.toString()}`).toBe(202);
           volumes.delete(v.volumeId);
           if (v.parent) snapshots.get(v.parent)?.dependants.delete(v.volumeId);
-          count('clone delete');
+          count('clone delete', v.volumeId);
         }
       } else if (r < 0.82) {
         const clones = vols.filter((v) => v.parent);
@@ -238,7 +239,7 @@ describe('snapshots and clones against a model', () => {
         snapshots.get(v.parent!)?.dependants.delete(v.volumeId);
         v.parent = undefined;
         touched.add(v.volumeId);
-        count('flatten');
+        count('flatten', v.volumeId);
       } else if (r < 0.86) {
         const own = snaps.filter((x) => volumes.has(x.volumeId));
         if (own.length === 0) continue;
@@ -250,12 +251,12 @@ describe('snapshots and clones against a model', () => {
         v.state = Int32Array.from(x.state);
         v.own = Uint8Array.from(x.own);
         touched.add(v.volumeId);
-        count('rollback');
+        count('rollback', `${v.volumeId} to ${x.snapshotId}`);
       } else if (r < 0.88) {
         const v = pick(vols);
         await collectVolume(v.volumeId, { queueContinuation: false });
         structural = true;
-        count('gc');
+        count('gc', v.volumeId);
       } else if (r < 0.94) {
         if (snaps.length === 0) continue;
         const s = pick(snaps);
