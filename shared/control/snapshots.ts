@@ -371,6 +371,13 @@ export async function rollbackVolume(
     const v = requireActive(await pageMap().getVolume(volumeId), volumeId);
     const refusal = writeRefusal(volumeId, v.reservations, requester.key);
     if (refusal) throw new FencedError(refusal);
+    if (snapshot.parent?.snapshotId !== v.parent?.snapshotId) {
+      // The snapshot reads through to a parent the volume no longer has (it was flattened since).
+      throw new ConflictError(
+        `snapshot ${snapshotId} reads through to ${snapshot.parent?.snapshotId ?? 'no parent'} and volume ${volumeId} now to ` +
+          `${v.parent?.snapshotId ?? 'none'} (it was flattened since): clone the snapshot instead`,
+      );
+    }
     // Pages changed since the snapshot are exactly those frozen under a tag at or above it.
     const changed = new Set<number>();
     for await (const f of pageMap().listFrozenPages(volumeId, v.pageBlocks, snapshot.seq)) changed.add(f.page);

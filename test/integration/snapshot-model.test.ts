@@ -246,6 +246,12 @@ describe('snapshots and clones against a model', () => {
         const x = pick(own);
         const v = volumes.get(x.volumeId)!;
         const res = await post(`/volumes/${v.volumeId}/rollback`, { snapshotId: x.snapshotId });
+        if (x.chain.length > 1 && !v.parent) {
+          // Taken while the volume was a clone, which has been flattened since: refused.
+          expect(res.status, `${context}: ${res.body.toString()}`).toBe(409);
+          count('rollback refused', `${v.volumeId} to ${x.snapshotId}`);
+          continue;
+        }
         expect(res.status, `${context}: ${res.body.toString()}`).toBe(200);
         v.bytes = Buffer.from(x.bytes);
         v.state = Int32Array.from(x.state);
