@@ -101,7 +101,9 @@ describe('sledge rollback', () => {
     expect(fenced.code, describeRun('sledge rollback (fenced)', fenced)).toBe(1);
     expect(fenced.stdout).toBe('');
     expect(fenced.stderr.startsWith(`sledge: volume ${vol.volumeId} is reserved `), fenced.stderr).toBe(true);
-    expect(fenced.stderr.endsWith("(409); give the reservation holder's key with --key\n"), fenced.stderr).toBe(true);
+    const refusal = await post(`/volumes/${vol.volumeId}/rollback`, { snapshotId: s.snapshotId });
+    expect(refusal.status).toBe(409);
+    expect(fenced.stderr).toBe(`sledge: ${refusal.json.message} (409); give the reservation holder's key with --key\n`);
     expect(fenced.stderr.split('\n').length, fenced.stderr).toBe(2);
     expect((await readAll(vol.volumeId, 8 * MiB)).equals(moved)).toBe(true);
     const keyed = await sledge(['rollback', vol.volumeId, '--snapshot', s.snapshotId, '--key', 'gw-cli-rb', '--api', url]);
