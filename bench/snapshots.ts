@@ -13,6 +13,11 @@
  *     the changed-block lists between them (and without base) are timed, counted and checked
  *     against the pages that were changed.
  *
+ * Then flatten: a clone of a snapshot of a volume with FLATTEN_MIB MiB written is flattened
+ * (POST /volumes/{id}/flatten, timed until GET /volumes/{id} shows no parent), against a raw
+ * copy of the same bytes through the same API on the same endpoint: GET /volumes/{parent}/data
+ * 4 MiB at a time, each PUT to a fresh volume, one after the other.
+ *
  * DynamoDB units are computed from item sizes by the published rules (shared/aws/capacity.ts):
  * the local endpoint reports no real consumed capacity. Requests are counted exactly by the
  * SDK middleware (shared/aws/clients.ts); the API runs in this process, so every request it
@@ -36,6 +41,8 @@ const STRIDE = 4;
 const OVERWRITES = 32;
 /** Snapshots and clones timed per size (the median is reported). */
 const REPEATS = 5;
+/** MiB written to the parent of the clone that is flattened. */
+const FLATTEN_MIB = 64;
 
 export interface SnapshotBenchContext {
   apiUrl: string;
@@ -256,4 +263,74 @@ export async function benchSnapshots(ctx: SnapshotBenchContext): Promise<void> {
   ctx.table(writeRows);
   console.log('Changed-block lists (every page of the answer, limit 10000), checked against the pages written:');
   ctx.table(listRows);
+
+  await benchFlatten(ctx);
+}
+
+/** Flatten MB/s of a clone of a snapshot with FLATTEN_MIB MiB written, against a raw copy of the same bytes through the API. */
+async function benchFlatten(ctx: SnapshotBenchContext): Promise<void> {
+  const api = ctx.apiUrl;
+  const bytes = FLATTEN_MIB * MiB;
+  const step = 4 * MiB;
+  const vol = await call(`${api}/volumes`, 'POST', { sizeBytes: bytes, checkpointEveryCommits: 0 });
+  const data = randomBytes(bytes);
+  for (let off = 0; off < bytes; off += step) await writePieces(vol.volumeId, [{ offset: off, length: step, data: data.subarray(off, off + step) }]);
+  const snap = await call(`${api}/volumes/${vol.volumeId}/snapshots`, 'POST', {});
+  const clone = await call(`${api}/volumes`, 'POST', { sourceSnapshotId: snap.snapshotId, checkpointEveryCommits: 0 });
+  const readAll = async (volumeId: string) => {
+    const parts: Buffer[] = [];
+    for (let off = 0; off < bytes; off += step) {
+      const res = await fetch(`${api}/volumes/${volumeId}/data?offset=${off}&length=${step}`);
+      if (!res.ok) throw new Error(`read ${volumeId} @${off}: ${res.status} ${await res.text()}`);
+      parts.push(Buffer.from(await res.arrayBuffer()));
+    }
+    return Buffer.concat(parts);
+  };
+
+  // Flatten: from the POST to the first GET that shows no parent (polled every 20 ms).
+  let progressSeen = 0;
+  let polls = 0;
+  const flat = await measured(ctx, async () => {
+    await call(`${api}/volumes/${clone.volumeId}/flatten`, 'POST');
+    for (;;) {
+      const v = await call(`${api}/volumes/${clone.volumeId}`, 'GET');
+      polls++;
+      if (!v.parent) return;
+      if (v.flatten) progressSeen++;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  });
+  if (!(await readAll(clone.volumeId)).equals(data)) throw new Error('the flattened clone does not read as its snapshot');
+  if ((await call(`${api}/snapshots/${snap.snapshotId}`, 'GET')).dependants.length !== 0) throw new Error('the flattened clone is still a dependant');
+
+  // Raw copy of the same bytes through the API: read the parent, write a fresh volume.
+  const target = await call(`${api}/volumes`, 'POST', { sizeBytes: bytes, checkpointEveryCommits: 0 });
+  const copy = await measured(ctx, async () => {
+    for (let off = 0; off < bytes; off += step) {
+      const res = await fetch(`${api}/volumes/${vol.volumeId}/data?offset=${off}&length=${step}`);
+      if (!res.ok) throw new Error(`read @${off}: ${res.status}`);
+      await put(api, target.volumeId, off, Buffer.from(await res.arrayBuffer()));
+    }
+  });
+  if (!(await readAll(target.volumeId)).equals(data)) throw new Error('the raw copy does not read as the parent');
+
+  const mbs = (ms: number) => bytes / 1e6 / (ms / 1000);
+  const row = (what: string, m: { ms: number; dynamo: Dynamo; counts: RequestCounts }) => ({
+    copy: what,
+    seconds: (m.ms / 1000).toFixed(2),
+    'MB/s': mbs(m.ms).toFixed(1),
+    'S3 PUT': m.counts.requests['S3:PutObject'] ?? 0,
+    'S3 GET': m.counts.requests['S3:GetObject'] ?? 0,
+    'DDB requests': m.dynamo.requests,
+    WCU: m.dynamo.wcu,
+    'SQS send': m.counts.requests['SQS:SendMessage'] ?? 0,
+  });
+  ctx.section(`Flatten: a clone of a snapshot of a volume with ${FLATTEN_MIB} MiB written, against a raw copy of the same bytes through the API`);
+  console.log(
+    'flatten: POST /volumes/{clone}/flatten, then GET /volumes/{clone} every 20 ms until it has no parent (the SQS worker copies 16 pages per message, one commit per 1 MiB page). ' +
+      'raw copy: GET /volumes/{parent}/data 4 MiB, PUT it to a fresh volume, one after the other. Same endpoint, same run; both results read back and compared with the bytes written. ' +
+      `The flatten row's requests include the ${polls} polls (one GetItem each); progress was shown in ${progressSeen} of them.`,
+  );
+  ctx.table([row('flatten', flat), row('raw copy through the API (GET + PUT, 4 MiB each)', copy)]);
+  console.log(`flatten / raw copy: ${(mbs(flat.ms) / mbs(copy.ms)).toFixed(2)} x the raw copy's MB/s`);
 }

@@ -18,6 +18,14 @@ export class UsageError extends Error {
   override name = 'UsageError';
 }
 
+/**
+ * A UsageError from what `util.parseArgs` threw: Node's messages can run to three lines (a
+ * value that looks like an option); joined into the one line the CLI prints.
+ */
+export function parseArgsUsageError(err: unknown): UsageError {
+  return new UsageError(String((err as Error).message).split('\n').map((l) => l.trim()).filter(Boolean).join(' '));
+}
+
 /** The API answered with an error status; `status` and the API's error body say why. */
 export class ApiError extends CliError {
   override name = 'ApiError';

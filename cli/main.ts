@@ -3,6 +3,7 @@
  *
  *   sledge nbd <volumeId> --api <url> [--port N | --socket PATH] [options]
  *   sledge snapshot create|list|delete ..., sledge clone <snapshotId> ... (cli/snapshots.ts)
+ *   sledge rollback <volumeId> --snapshot <snapshotId> ..., sledge flatten <volumeId> ... (cli/flatten.ts)
  *
  * Argument parsing only; the gateway itself lives in gateway/, the other commands in this folder.
  */
@@ -14,7 +15,7 @@ import { parseArgs } from 'node:util';
 import { WriteBackCache } from '#gateway/cache.ts';
 import { startNbdServer } from '#gateway/server.ts';
 import { VolumeApiError, VolumeClient, type VolumeDescription } from '#gateway/volume-client.ts';
-import { debugEnabled, formatCliError, unreachable, UsageError } from './errors.ts';
+import { debugEnabled, formatCliError, parseArgsUsageError, unreachable, UsageError } from './errors.ts';
 import { defaultSigner, type SigningOptions } from './signing.ts';
 
 /** The command line is wrong; the message says how. Exit status 2. */
@@ -77,6 +78,21 @@ export const COMMAND_USAGE = {
       --size BYTES           the clone's size: the snapshot's by default, never smaller; bytes,
                              or a whole number of KiB, MiB, GiB or TiB (e.g. 2TiB)
       --name N               a name for the volume (1 to 128 characters)
+`,
+  rollback: `  rollback <volumeId> --snapshot <snapshotId> --api <url> [--key KEY]
+      Make the volume read as one of its own snapshots again, in one commit (at most 96 pages
+      changed since the snapshot; for more, clone the snapshot instead). Snapshots taken after
+      it keep reading as they did. Prints the pages restored and the commit.
+
+      --snapshot ID          the snapshot of this volume to roll back to (required)
+      --key KEY              the reservation key to act under when the volume is reserved
+                             (e.g. the one \`sledge nbd\` printed when it attached)
+`,
+  flatten: `  flatten <volumeId> --api <url>
+      Copy into a clone every block it still reads from its parent, so that it stands alone
+      (and its parent snapshot can be deleted). The worker does the copying; this shows a
+      progress bar (pages, bytes copied, rate, ETA) until the clone has no parent, then exits 0.
+      Writes to the clone go on meanwhile and are never overwritten by the copy.
 `,
   help: `  help [<command>]
       This text, or one command's. \`sledge <command> --help\` does the same.
@@ -185,7 +201,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
       },
     });
   } catch (err) {
-    throw new UsageError((err as Error).message);
+    throw parseArgsUsageError(err);
   }
   const { values, positionals } = parsed;
   if (positionals.length !== 1) throw new UsageError(`sledge nbd takes exactly one volume id, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}`);
@@ -381,6 +397,14 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       const { parseCloneArgs, parseSnapshotArgs, runSnapshotCommand } = await import('./snapshots.ts');
       return await runSnapshotCommand(command === 'clone' ? parseCloneArgs(rest) : parseSnapshotArgs(rest), process.stdout);
     }
+    if (command === 'rollback') {
+      const { parseRollbackArgs, runRollback } = await import('./flatten.ts');
+      return await runRollback(parseRollbackArgs(rest), process.stdout);
+    }
+    if (command === 'flatten') {
+      const { parseFlattenArgs, runFlatten } = await import('./flatten.ts');
+      return await runFlatten(parseFlattenArgs(rest), process.stdout);
+    }
     return await runAdmin(command, rest);
   } catch (err) {
     if (err instanceof UsageError) {
@@ -393,7 +417,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
 }
 
 /** The operator commands: one positional at most, `--api`, and a flag or two. */
-async function runAdmin(command: Exclude<CommandName, 'nbd' | 'help' | 'snapshot' | 'clone'>, args: string[]): Promise<number> {
+async function runAdmin(command: Exclude<CommandName, 'nbd' | 'help' | 'snapshot' | 'clone' | 'rollback' | 'flatten'>, args: string[]): Promise<number> {
   // Each command takes only its own flags, so a flag given to the wrong command is an error, not ignored.
   const flags = { rebuild: ['queue'], drives: [], retire: ['watch'], evacuation: [] }[command];
   let parsed;
@@ -405,7 +429,7 @@ async function runAdmin(command: Exclude<CommandName, 'nbd' | 'help' | 'snapshot
       options: { api: { type: 'string' }, ...SIGNING_OPTIONS, ...Object.fromEntries(flags.map((f) => [f, { type: 'boolean' as const }])) },
     });
   } catch (err) {
-    throw new UsageError((err as Error).message);
+    throw parseArgsUsageError(err);
   }
   const { positionals } = parsed;
   const values = parsed.values as { api?: string; queue?: boolean; watch?: boolean; profile?: string; region?: string; unsigned?: boolean };

@@ -12,7 +12,7 @@
  */
 import { parseArgs } from 'node:util';
 import { apiFetch, expectStatus, type Fetch, type Out } from './drives.ts';
-import { apiError, ApiError, UsageError } from './errors.ts';
+import { apiError, ApiError, parseArgsUsageError, UsageError } from './errors.ts';
 
 export type SnapshotCommand =
   | { kind: 'create'; apiUrl: string; volumeId: string; name?: string; key?: string }
@@ -56,7 +56,7 @@ export function formatSize(n: number): string {
 }
 
 /** Checks a positional id's shape, and that it is the kind of id the command takes, not the other one. */
-function checkId(id: string, want: 'volume' | 'snapshot', usage: string): string {
+export function checkId(id: string, want: 'volume' | 'snapshot', usage: string): string {
   if (want === 'snapshot' && id.startsWith('vol-')) {
     throw new UsageError(`${id} is a volume id; ${usage} takes a snapshot id (\`sledge snapshot list ${id}\` lists the volume's)`);
   }
@@ -67,7 +67,7 @@ function checkId(id: string, want: 'volume' | 'snapshot', usage: string): string
   return id;
 }
 
-function checkApi(api: string | undefined, usage: string): string {
+export function checkApi(api: string | undefined, usage: string): string {
   if (!api) throw new UsageError(`--api <url> is required for ${usage}`);
   let url: URL;
   try {
@@ -80,17 +80,17 @@ function checkApi(api: string | undefined, usage: string): string {
 }
 
 /** Parses `--api` and the string options named, strictly: any other flag is an error. */
-function parse(args: string[], names: string[]): { values: Record<string, string | undefined>; positionals: string[] } {
+export function parse(args: string[], names: string[]): { values: Record<string, string | undefined>; positionals: string[] } {
   try {
     const options = Object.fromEntries(['api', ...names].map((n) => [n, { type: 'string' as const }]));
     const { values, positionals } = parseArgs({ args, allowPositionals: true, strict: true, options });
     return { values: values as Record<string, string | undefined>, positionals };
   } catch (err) {
-    throw new UsageError((err as Error).message);
+    throw parseArgsUsageError(err);
   }
 }
 
-function onePositional(positionals: string[], usage: string, what: string): string {
+export function onePositional(positionals: string[], usage: string, what: string): string {
   if (positionals.length !== 1) throw new UsageError(`${usage} takes exactly one ${what}, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}`);
   return positionals[0]!;
 }
@@ -169,14 +169,14 @@ export function formatSnapshot(s: SnapshotJson): string {
   return parts.join('  ');
 }
 
-interface VolumeJson {
+export interface VolumeJson {
   volumeId: string;
   name?: string;
   sizeBytes: number;
   parent?: { volumeId: string; snapshotId: string };
 }
 
-async function send(get: Fetch, apiUrl: string, method: string, path: string, expected: number, body?: unknown, headers: Record<string, string> = {}): Promise<unknown> {
+export async function send(get: Fetch, apiUrl: string, method: string, path: string, expected: number, body?: unknown, headers: Record<string, string> = {}): Promise<unknown> {
   const res = await get(`${apiUrl}${path}`, {
     method,
     ...(body === undefined ? { headers } : { body: JSON.stringify(body), headers: { 'content-type': 'application/json', ...headers } }),

@@ -127,12 +127,10 @@ describe('sledge snapshot and sledge clone', () => {
     expect(fenced.stderr.startsWith(`sledge: volume ${vol.volumeId} is reserved `), fenced.stderr).toBe(true);
     // The API's wording of the refusal is its own; the CLI's part is one line, the status and the --key hint.
     expect(fenced.stderr).toContain(' by key gw-cli-test; ');
-    expect(
-      fenced.stderr.endsWith(
-        " must present a reservation key in x-sledge-reservation-key (taking a snapshot is refused like a write) (409); give the reservation holder's key with --key\n",
-      ),
-      fenced.stderr,
-    ).toBe(true);
+    // Exactly the API's message for the same refusal, then the status and the hint, on one line.
+    const refusal = await http(`${url}/volumes/${vol.volumeId}/snapshots`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
+    expect(refusal.status).toBe(409);
+    expect(fenced.stderr).toBe(`sledge: ${refusal.json.message} (409); give the reservation holder's key with --key\n`);
     expect(fenced.stderr.split('\n').length, fenced.stderr).toBe(2);
     const keyed = await sledge(['snapshot', 'create', vol.volumeId, '--key', 'gw-cli-test', '--api', url]);
     expect(keyed.code, describeRun('sledge snapshot create --key', keyed)).toBe(0);
