@@ -278,6 +278,8 @@ describe('snapshots and clones against a model', () => {
         const v = pick(vols);
         expect((await post(`/volumes/${v.volumeId}/checkpoints`, {})).status, context).toBeLessThan(300);
         await api.write(v.volumeId, 0, v.bytes.subarray(0, BLOCK)); // a commit after the checkpoint, replayed by the rebuild
+        v.state[0] = ++writeId; // the same bytes, but a write: changed-block lists name it
+        v.own[0] = 1;
         const rb = await post(`/volumes/${v.volumeId}/rebuild`, {});
         expect(rb.status, `${context}: ${rb.body.toString()}`).toBe(200);
         rebuilt = true;
