@@ -58,6 +58,8 @@ beforeAll(async () => {
   process.env.SLEDGE_EVACUATION_RECHECK_SECONDS = '1';
   process.env.SLEDGE_ORPHAN_GRACE_MS = '30000';
   process.env.SLEDGE_GC_EVERY_COMMITS = '64';
+  // Jobs that fail under the injected faults are retried after 2 s, not the stack's 12 minutes,
+  // and poison messages reach the dead-letter queues within the test (see settle below).
   plane = await startControlPlane({ port: 0, preferExistingEndpoint: true, stackName: `sledge-faults-${Date.now().toString(36)}`, visibilityTimeoutSeconds: 2 });
   url = plane.apiUrl;
   await setClientTokens(false);
