@@ -156,8 +156,8 @@ export async function watchEvacuation(apiUrl: string, driveId: string, out: Out,
 
 /**
  * Prints the registry: one line per drive with its state and write errors, and evacuation
- * progress where there is one. (The registry's `usedBytes` is not printed: nothing accounts
- * chunk bytes to drives yet, so it would always read 0.)
+ * progress where there is one. No usage column: the registry's `usedBytes` is not maintained
+ * (docs/evacuation.md, section 4).
  */
 export async function listDrivesCommand(apiUrl: string, out: Out, opts: Pick<WatchOptions, 'fetch'> = {}): Promise<number> {
   const get = opts.fetch ?? apiFetch(apiUrl);
