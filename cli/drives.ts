@@ -10,7 +10,7 @@
  * (cli/errors.ts). `renderProgress` is pure.
  */
 import type { EvacuationProgress } from '#shared/maintenance/evacuation-progress.ts';
-import { apiError, UsageError, unreachable } from './errors.ts';
+import { apiError, jsonOrNull, UsageError, unreachable } from './errors.ts';
 
 type Out = Pick<NodeJS.WriteStream, 'write'> & { isTTY?: boolean; columns?: number };
 /** One answer of the API: its status and parsed JSON body (null when the body is not JSON). */
@@ -39,12 +39,7 @@ function apiFetch(apiUrl: string): Fetch {
       throw unreachable(apiUrl, err);
     }
     const text = await res.text();
-    let body: unknown = null;
-    try {
-      body = JSON.parse(text);
-    } catch {
-      body = null;
-    }
+    const body = jsonOrNull(text);
     return { status: res.status, json: async () => body, text, retryAfter: res.headers.get('retry-after') };
   };
 }
