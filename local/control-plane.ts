@@ -33,9 +33,9 @@ export interface ControlPlaneOptions {
    * Overrides the work queues' visibility timeout (the stack's is six times the worker's
    * timeout, 12 minutes) when receiving. Default: none, the queues' own. Tests that wait for a
    * failed message to come back, or to reach its dead-letter queue after 5 receives, set a few
-   * seconds. The worker's timeout stays the stack's, so a job running longer than the override
-   * may be delivered again while it runs (every job is idempotent); on AWS the visibility timeout
-   * is never below the function's timeout.
+   * seconds. The worker's timeout stays the stack's; while a batch runs, the poller keeps it
+   * invisible (on AWS the visibility timeout is never below the function's timeout), so only the
+   * wait after a failure is shorter.
    */
   visibilityTimeoutSeconds?: number;
   /**

@@ -15,7 +15,11 @@
  *
  * As deployed, like an event source mapping:
  * - Visibility: the queue's own visibility timeout, unless a binding overrides it (tests do, so
- *   that a failed message returns in seconds rather than the stack's 12 minutes).
+ *   that a failed message returns in seconds rather than the stack's 12 minutes). Lambda refuses
+ *   a mapping whose queue's visibility timeout is shorter than the function's timeout, so on AWS
+ *   no message comes back while an invocation still holds it; when an override is shorter, the
+ *   poller keeps the batch invisible while its handler runs (ChangeMessageVisibility every half
+ *   override), so the override shortens only the wait after a failure.
  * - Function timeout: a handler still running `functionTimeoutSeconds` after its invocation
  *   began is abandoned, as Lambda ends an invocation that times out: the batch counts as
  *   failed, nothing is deleted, and its messages return when their visibility timeout runs out.
@@ -26,6 +30,7 @@
  *   concurrently.
  */
 import {
+  ChangeMessageVisibilityBatchCommand,
   DeleteMessageBatchCommand,
   GetQueueAttributesCommand,
   ReceiveMessageCommand,
@@ -44,7 +49,10 @@ export interface QueueBinding {
   handler: SqsHandler;
   /** Messages per batch, 1 to 10 000; default 10. Above 10, up to that many are gathered with several receives. */
   batchSize?: number;
-  /** VisibilityTimeout passed to ReceiveMessage, overriding the queue's own; default the queue's own. */
+  /**
+   * VisibilityTimeout passed to ReceiveMessage, overriding the queue's own; default the queue's
+   * own. When shorter than the function's timeout, a batch is kept invisible while it runs.
+   */
   visibilityTimeoutSeconds?: number;
   /**
    * Long-poll wait, 0 to 20; default 1. (Lambda's pollers wait 20 s; a short wait lets `idle()`
@@ -390,16 +398,51 @@ export function startPoller(bindings: QueueBinding[], opts: PollerOptions = {}):
     });
   }
 
+  /**
+   * With a visibility override shorter than the function's timeout: every half override, makes
+   * the batch invisible for another override, until the returned function stops it.
+   */
+  function keepInvisible(s: BindingState, messages: Message[]): () => void {
+    const b = s.binding;
+    const seconds = b.visibilityTimeoutSeconds;
+    if (seconds === undefined || seconds < 1 || seconds >= (b.functionTimeoutSeconds ?? DEFAULT_FUNCTION_TIMEOUT_SECONDS)) return () => {};
+    let stopped = false;
+    const extend = async () => {
+      for (let i = 0; i < messages.length && !stopped; i += 10) {
+        try {
+          const out = await sqs.send(
+            new ChangeMessageVisibilityBatchCommand({
+              QueueUrl: b.queueUrl,
+              Entries: messages.slice(i, i + 10).map((m, j) => ({ Id: String(j), ReceiptHandle: m.ReceiptHandle, VisibilityTimeout: seconds })),
+            }),
+          );
+          // (After the batch ended, a refusal only means its messages were already deleted.)
+          if (!stopped) for (const f of out.Failed ?? []) report(new Error(`could not extend the visibility of a message of ${b.queueUrl}: ${f.Code ?? 'unknown'} (${f.Message ?? ''})`));
+        } catch (err) {
+          if (!stopped) report(err);
+        }
+      }
+    };
+    const timer = setInterval(() => void extend(), (seconds * 1000) / 2);
+    return () => {
+      stopped = true;
+      clearInterval(timer);
+    };
+  }
+
   async function processBatch(s: BindingState, messages: Message[]): Promise<void> {
     const b = s.binding;
     const records = messages.map((m) => toSqsRecord(m, s.arn ?? '', s.region ?? ''));
     const ids = records.map((r) => r.messageId);
     let outcome: Awaited<ReturnType<typeof invoke>>;
+    const stopExtending = keepInvisible(s, messages);
     try {
       outcome = await invoke(b, { Records: records });
     } catch (err) {
       report(new SqsHandlerError(b.queueUrl, ids, err));
       return; // delete nothing: the batch comes back after the visibility timeout
+    } finally {
+      stopExtending();
     }
     if (outcome.timedOut) {
       report(new SqsHandlerTimeoutError(b.queueUrl, ids, b.functionTimeoutSeconds ?? DEFAULT_FUNCTION_TIMEOUT_SECONDS));

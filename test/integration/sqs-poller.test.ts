@@ -381,6 +381,29 @@ describe('startPoller against a local SQS', () => {
     await overridden.poller.stop();
   });
 
+  it('keeps a running batch invisible when the visibility override is shorter than the function timeout', async () => {
+    // Lambda refuses a queue whose visibility timeout is below the function's timeout, so no
+    // message returns while its invocation runs; the override must not change that.
+    const q = await makeQueue(30);
+    await sendAll(q.url, ['long']);
+    let attempt = 0;
+    const { deliveries, handler } = recorder(() => 'ok');
+    const slowOnce: SqsHandler = async (event) => {
+      const response = await handler(event);
+      // 3.5 s, with a 1 s override: without the extensions it would be delivered three more times.
+      if (++attempt === 1) await new Promise((r) => setTimeout(r, 3_500));
+      return response;
+    };
+    const { poller, errors } = poll([{ queueUrl: q.url, handler: slowOnce, visibilityTimeoutSeconds: 1, functionTimeoutSeconds: 30 }]);
+    await waitFor('a delivery', () => deliveries.size > 0);
+    await poller.idle();
+
+    expect(Object.fromEntries(deliveries)).toEqual({ long: ['1'] });
+    expect(await counts(q.url)).toEqual({ visible: 0, inFlight: 0 });
+    expect(errors).toEqual([]);
+    await poller.stop();
+  });
+
   it('runs at most maxConcurrency batches of a queue at once, and receives no more meanwhile', async () => {
     const q = await makeQueue(60);
     await sendAll(q.url, ['c1', 'c2', 'c3', 'c4', 'c5', 'c6']);
