@@ -18,8 +18,8 @@
  *   that a failed message returns in seconds rather than the stack's 12 minutes). Lambda refuses
  *   a mapping whose queue's visibility timeout is shorter than the function's timeout, so on AWS
  *   no message comes back while an invocation still holds it; when an override is shorter, the
- *   poller keeps the batch invisible while its handler runs (ChangeMessageVisibility every half
- *   override), so the override shortens only the wait after a failure.
+ *   poller keeps the batch invisible while its handler runs (ChangeMessageVisibility every third
+ *   of the override), so the override shortens only the wait after a failure.
  * - Function timeout: a handler still running `functionTimeoutSeconds` after its invocation
  *   began is abandoned, as Lambda ends an invocation that times out: the batch counts as
  *   failed, nothing is deleted, and its messages return when their visibility timeout runs out.
@@ -399,7 +399,7 @@ export function startPoller(bindings: QueueBinding[], opts: PollerOptions = {}):
   }
 
   /**
-   * With a visibility override shorter than the function's timeout: every half override, makes
+   * With a visibility override shorter than the function's timeout: every third of the override, makes
    * the batch invisible for another override, until the returned function stops it.
    */
   function keepInvisible(s: BindingState, messages: Message[]): () => void {
@@ -423,7 +423,7 @@ export function startPoller(bindings: QueueBinding[], opts: PollerOptions = {}):
         }
       }
     };
-    const timer = setInterval(() => void extend(), (seconds * 1000) / 2);
+    const timer = setInterval(() => void extend(), (seconds * 1000) / 3);
     return () => {
       stopped = true;
       clearInterval(timer);

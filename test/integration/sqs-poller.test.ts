@@ -390,11 +390,11 @@ describe('startPoller against a local SQS', () => {
     const { deliveries, handler } = recorder(() => 'ok');
     const slowOnce: SqsHandler = async (event) => {
       const response = await handler(event);
-      // 3.5 s, with a 1 s override: without the extensions it would be delivered three more times.
-      if (++attempt === 1) await new Promise((r) => setTimeout(r, 3_500));
+      // 5 s, with a 2 s override: without the extensions it would be delivered twice more.
+      if (++attempt === 1) await new Promise((r) => setTimeout(r, 5_000));
       return response;
     };
-    const { poller, errors } = poll([{ queueUrl: q.url, handler: slowOnce, visibilityTimeoutSeconds: 1, functionTimeoutSeconds: 30 }]);
+    const { poller, errors } = poll([{ queueUrl: q.url, handler: slowOnce, visibilityTimeoutSeconds: 2, functionTimeoutSeconds: 30 }]);
     await waitFor('a delivery', () => deliveries.size > 0);
     await poller.idle();
 
