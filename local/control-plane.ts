@@ -39,6 +39,11 @@ export interface ControlPlaneOptions {
    */
   visibilityTimeoutSeconds?: number;
   /**
+   * Overrides every event source mapping's concurrency (default: its `MaximumConcurrency`, else
+   * the 5 concurrent batches Lambda starts with). `lost-responses.test.ts` sets 1.
+   */
+  maxConcurrency?: number;
+  /**
    * Run the stack's EventBridge schedules (lease sweep every minute, checkpoint sweep every hour,
    * GC sweep every 6 hours) at their rates. Default false: tests drive sweeps and failover
    * themselves, and a sweep at a moment they do not choose would race them. `npm start` turns
@@ -85,6 +90,7 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
           reportBatchItemFailures: source.reportBatchItemFailures,
           // Without ScalingConfig the poller keeps to the 5 concurrent batches Lambda starts with.
           ...(source.maximumConcurrency !== undefined ? { maxConcurrency: source.maximumConcurrency } : {}),
+          ...(opts.maxConcurrency !== undefined ? { maxConcurrency: opts.maxConcurrency } : {}),
           ...(opts.visibilityTimeoutSeconds !== undefined ? { visibilityTimeoutSeconds: opts.visibilityTimeoutSeconds } : {}),
         };
       }),
