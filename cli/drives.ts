@@ -11,7 +11,7 @@
  */
 import type { EvacuationProgress } from '#shared/maintenance/evacuation-progress.ts';
 import type { RequestSigner } from '#shared/api/signing.ts';
-import { apiError, UsageError, unreachable } from './errors.ts';
+import { apiError, jsonOrNull, UsageError, unreachable } from './errors.ts';
 import { defaultSigner } from './signing.ts';
 
 export type Out = Pick<NodeJS.WriteStream, 'write'> & { isTTY?: boolean; columns?: number };
@@ -46,12 +46,7 @@ export function apiFetch(apiUrl: string, sign?: RequestSigner): Fetch {
       throw unreachable(apiUrl, err);
     }
     const text = await res.text();
-    let body: unknown = null;
-    try {
-      body = JSON.parse(text);
-    } catch {
-      body = null;
-    }
+    const body = jsonOrNull(text);
     return { status: res.status, json: async () => body, text, retryAfter: res.headers.get('retry-after') };
   };
 }
@@ -165,8 +160,8 @@ export async function watchEvacuation(apiUrl: string, driveId: string, out: Out,
 
 /**
  * Prints the registry: one line per drive with its state and write errors, and evacuation
- * progress where there is one. (The registry's `usedBytes` is not printed: nothing accounts
- * chunk bytes to drives yet, so it would always read 0.)
+ * progress where there is one. No usage column: the registry's `usedBytes` is not maintained
+ * (docs/evacuation.md, section 4).
  */
 export async function listDrivesCommand(apiUrl: string, out: Out, opts: Pick<WatchOptions, 'fetch' | 'sign'> = {}): Promise<number> {
   const get = opts.fetch ?? apiFetch(apiUrl, opts.sign);

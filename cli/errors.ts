@@ -7,16 +7,13 @@
  * client code in this folder turns HTTP error answers and network failures into them.
  */
 import { inspect } from 'node:util';
+import { namedError } from '#shared/core/errors.ts';
 
 /** A failure whose message is already the line to show the user (without the `sledge: ` prefix). */
-export class CliError extends Error {
-  override name = 'CliError';
-}
+export class CliError extends namedError('CliError') {}
 
 /** The command line is wrong; the message says how. Exit status 2, with the usage. */
-export class UsageError extends Error {
-  override name = 'UsageError';
-}
+export class UsageError extends namedError('UsageError') {}
 
 /**
  * A UsageError from what `util.parseArgs` threw: Node's messages can run to three lines (a
@@ -41,6 +38,15 @@ export class ApiError extends CliError {
 /** The API could not be reached at all: nothing was answered. */
 export class ApiUnreachableError extends CliError {
   override name = 'ApiUnreachableError';
+}
+
+/** An answer's body as JSON, or null when it is not JSON (a proxy's HTML page, an empty body). */
+export function jsonOrNull(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
 }
 
 /** Sledge's error body (shared/api/openapi.json, `Error`). */

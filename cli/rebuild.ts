@@ -7,7 +7,7 @@
  */
 import type { RebuildReport } from '#shared/maintenance/checkpoints/rebuild.ts';
 import type { RequestSigner } from '#shared/api/signing.ts';
-import { apiError, CliError, unreachable } from './errors.ts';
+import { apiError, CliError, jsonOrNull, unreachable } from './errors.ts';
 import { defaultSigner } from './signing.ts';
 
 /** What `POST /volumes/{volumeId}/rebuild` answers (shared/api/openapi.json, `RebuildReport`). */
@@ -61,12 +61,7 @@ export async function rebuildVolume(
     throw new RebuildRequestError(unreachable(apiUrl, err).message, null, null, { cause: err });
   }
   const text = await res.text();
-  let body: unknown = null;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    body = null;
-  }
+  const body = jsonOrNull(text);
   if (!res.ok) {
     const e = apiError(res.status, body, text, `POST ${new URL(url).pathname}`, res.headers.get('retry-after'));
     throw new RebuildRequestError(e.message, res.status, body as RebuildRequestError['body']);

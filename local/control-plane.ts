@@ -1,10 +1,13 @@
 /**
  * The whole control plane on one machine: the local AWS endpoint, the resources of the CDK
  * stack deployed to it from the synthesized template, the head behind a local API Gateway
- * stand-in, and the worker behind a local SQS event source mapping.
+ * stand-in, the worker behind local SQS event source mappings, and (when asked) the stack's
+ * schedules.
  *
  * The handlers are the very modules Lambda runs; they read their configuration from the
- * environment the stack's template gives the head function.
+ * environment the stack's template gives the head function. The event source mappings and
+ * schedules are read from the same template (`local/stack-settings.ts`): batch size,
+ * concurrency, the worker's timeout, each queue's visibility timeout, each schedule's rate.
  *
  * The API requires SigV4-signed requests, as the deployed stack does: the stand-in knows the
  * local principals (local/principals.ts), an operator and two tenants, whose keys are in a
@@ -13,14 +16,17 @@
 import { appendFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { SQSClient } from '@aws-sdk/client-sqs';
 import { ENV } from '#shared/core/config.ts';
 import { ensureEndpoint } from './endpoint.ts';
 import { startLocalApi } from './http-adapter.ts';
 import { LOCAL_AUDIT_LOG_ENV, LOCAL_CREDENTIALS_ENV, localPrincipals, type LocalPrincipals } from './principals.ts';
+import { startSchedules, type Scheduler } from './schedules.ts';
+import { startPoller, type SqsHandler } from './sqs-poller.ts';
 
 export { LOCAL_AUDIT_LOG_ENV, LOCAL_CREDENTIALS_ENV };
-import { startPoller } from './sqs-poller.ts';
 import { deployLocalStack } from './stack.ts';
+import { eventSources, schedules } from './stack-settings.ts';
 
 export interface ControlPlaneOptions {
   /** API port; 0 picks a free one. Default 3000. */
@@ -34,13 +40,27 @@ export interface ControlPlaneOptions {
   preferExistingEndpoint?: boolean;
   stackName?: string;
   sledCount?: number;
-  /** Visibility timeout the poller uses for work messages. */
+  /**
+   * Overrides the work queues' visibility timeout (the stack's is six times the worker's
+   * timeout, 12 minutes) when receiving. Default: none, the queues' own. Tests that wait for a
+   * failed message to come back, or to reach its dead-letter queue after 5 receives, set a few
+   * seconds. The worker's timeout stays the stack's; while a batch runs, the poller keeps it
+   * invisible (on AWS the visibility timeout is never below the function's timeout), so only the
+   * wait after a failure is shorter.
+   */
   visibilityTimeoutSeconds?: number;
   /**
-   * How often to sweep leases (what the stack's schedule does on AWS); 0 turns it off.
-   * Default 0: tests drive failover themselves. `npm start` turns it on.
+   * Overrides every event source mapping's concurrency (default: its `MaximumConcurrency`, else
+   * the 5 concurrent batches Lambda starts with). `lost-responses.test.ts` sets 1.
    */
-  leaseSweepIntervalMs?: number;
+  maxConcurrency?: number;
+  /**
+   * Run the stack's EventBridge schedules (lease sweep every minute, checkpoint sweep every hour,
+   * GC sweep every 6 hours) at their rates. Default false: tests drive sweeps and failover
+   * themselves, and a sweep at a moment they do not choose would race them. `npm start` turns
+   * it on.
+   */
+  schedules?: boolean;
   /**
    * The shared credentials file of the local principals: reused when it holds their three
    * profiles, else written. Default: `SLEDGE_LOCAL_CREDENTIALS_FILE` when set (so that control
@@ -78,12 +98,6 @@ export interface ControlPlane {
   stop(): Promise<void>;
 }
 
-function queueArn(url: string): string {
-  // https://host/<account>/<name> -> arn:aws:sqs:<region>:<account>:<name>
-  const parts = new URL(url).pathname.split('/').filter(Boolean);
-  return `arn:aws:sqs:${process.env.AWS_REGION ?? 'us-east-1'}:${parts[0]}:${parts[1]}`;
-}
-
 export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise<ControlPlane> {
   const endpoint = await ensureEndpoint({ port: opts.endpointPort ?? 4566, preferExisting: opts.preferExistingEndpoint ?? true });
   process.env.AWS_ENDPOINT_URL = endpoint.url;
@@ -93,9 +107,9 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
     const principals = localPrincipals(named ?? join(scratch!, 'credentials'));
     const auditLog = opts.auditLog ?? process.env[LOCAL_AUDIT_LOG_ENV] ?? join(scratch ?? mkdtempSync(join(tmpdir(), 'sledge-audit-')), 'audit.log');
     const apiAuth = opts.apiAuth ?? 'iam';
-    const deployed = await deployLocalStack({ endpointUrl: endpoint.url, stackName: opts.stackName ?? 'sledge-local', sledCount: opts.sledCount });
+    const deployment = await deployLocalStack({ endpointUrl: endpoint.url, stackName: opts.stackName ?? 'sledge-local', sledCount: opts.sledCount });
     const env: Record<string, string> = {
-      ...deployed.env,
+      ...deployment.env,
       // The stack names its operator role; locally the operator is the local operator user.
       [ENV.apiAuth]: apiAuth,
       [ENV.operatorPrincipals]: principals.operatorArns.join(','),
@@ -106,48 +120,35 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
     // Imported only now: the handlers read their configuration from the environment just set.
     const api = await import('#lambdas/api.ts');
     const worker = await import('#lambdas/worker.ts');
-    const { sweepLeases } = await import('#shared/control/heads.ts');
     const { setAuditSink } = await import('#shared/api/authz.ts');
     if (auditLog !== 'stdout') setAuditSink((record) => appendFileSync(auditLog, `${JSON.stringify(record)}\n`));
+    const handlers: Record<string, SqsHandler> = { [deployment.functions.worker]: worker.handler };
     const server = await startLocalApi({
       handler: api.handler,
       port: opts.port ?? 3000,
       ...(apiAuth === 'iam' ? { iam: { principals: Object.values(principals.byProfile) } } : {}),
     });
-    const queues = [ENV.gcQueueUrl, ENV.evacuationQueueUrl, ENV.checkpointQueueUrl].map((name) => env[name]!);
+    // The pollers' and schedules' own client, outside the handlers' (which tests may wrap for faults).
+    const sqs = new SQSClient(process.env.AWS_REGION ? {} : { region: 'us-east-1' });
     const poller = startPoller(
-      queues.map((queueUrl) => ({
-        queueUrl,
-        queueArn: queueArn(queueUrl),
-        handler: worker.handler,
-        batchSize: 10,
-        visibilityTimeoutSeconds: opts.visibilityTimeoutSeconds ?? 30,
-      })),
-      { onError: (err) => console.error('sqs poller:', err) },
+      eventSources(deployment).map((source) => {
+        const handler = handlers[source.functionLogicalId];
+        if (!handler) throw new Error(`event source mapping ${source.mappingLogicalId} invokes ${source.functionLogicalId}, which has no local handler`);
+        return {
+          queueUrl: source.queueUrl,
+          handler,
+          batchSize: source.batchSize,
+          functionTimeoutSeconds: source.functionTimeoutSeconds,
+          reportBatchItemFailures: source.reportBatchItemFailures,
+          // Without ScalingConfig the poller keeps to the 5 concurrent batches Lambda starts with.
+          ...(source.maximumConcurrency !== undefined ? { maxConcurrency: source.maximumConcurrency } : {}),
+          ...(opts.maxConcurrency !== undefined ? { maxConcurrency: opts.maxConcurrency } : {}),
+          ...(opts.visibilityTimeoutSeconds !== undefined ? { visibilityTimeoutSeconds: opts.visibilityTimeoutSeconds } : {}),
+        };
+      }),
+      { sqs, onError: (err) => console.error('sqs poller:', err) },
     );
-    const sweepMs = opts.leaseSweepIntervalMs ?? 0;
-    // On AWS the stack's schedule queues a `sweep-leases` message and the worker logs the result
-    // of every job. Here the sweep runs in this process and is logged only when it promoted a
-    // head: a line every few seconds would bury what `npm start` prints.
-    let sweeping: Promise<void> | undefined;
-    const sweeper =
-      sweepMs > 0
-        ? setInterval(() => {
-            // One sweep at a time; a slow one just delays the next.
-            if (sweeping) return;
-            sweeping = sweepLeases()
-              .then(
-                (result) => {
-                  if (result.promoted.length > 0) console.log(JSON.stringify({ msg: 'swept leases', ...result }));
-                },
-                (err) => console.error('lease sweep:', err),
-              )
-              .finally(() => {
-                sweeping = undefined;
-              });
-          }, sweepMs)
-        : undefined;
-    sweeper?.unref();
+    const scheduler: Scheduler | undefined = opts.schedules ? startSchedules(schedules(deployment), { sqs, onError: (err) => console.error('schedule:', err) }) : undefined;
     return {
       apiUrl: server.url,
       endpointUrl: endpoint.url,
@@ -156,9 +157,9 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
       principals,
       idle: () => poller.idle(),
       async stop() {
-        if (sweeper) clearInterval(sweeper);
-        await sweeping;
+        await scheduler?.stop();
         await poller.stop();
+        sqs.destroy();
         await server.close();
         await endpoint.stop();
         if (scratch) rmSync(scratch, { recursive: true, force: true });

@@ -29,8 +29,9 @@ if (port !== 0 && !(await portIsFree(port))) portInUse();
 
 let plane: ControlPlane;
 try {
-  // The lease watchdog runs every 5 s here; the stack's schedule runs it every minute on AWS.
-  plane = await startControlPlane({ port, sledCount, leaseSweepIntervalMs: 5000, credentialsFile, auditLog: 'stdout' });
+  // The stack's schedules run at the stack's rates: the lease sweep every minute, so a head
+  // whose lease lapsed is replaced within about a minute, as on AWS.
+  plane = await startControlPlane({ port, sledCount, schedules: true, credentialsFile, auditLog: 'stdout' });
 } catch (err) {
   if (err instanceof UnsafeEndpointError || err instanceof EndpointUnavailableError) refuse(err.message);
   if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') portInUse();

@@ -12,9 +12,25 @@
  *
  * Messages left undeleted are never touched again by the poller: redelivery and
  * dead-lettering are SQS's job (visibility timeout and the queue's RedrivePolicy).
- * Batches of one queue are processed one at a time; queues are polled concurrently.
+ *
+ * As deployed, like an event source mapping:
+ * - Visibility: the queue's own visibility timeout, unless a binding overrides it (tests do, so
+ *   that a failed message returns in seconds rather than the stack's 12 minutes). Lambda refuses
+ *   a mapping whose queue's visibility timeout is shorter than the function's timeout, so on AWS
+ *   no message comes back while an invocation still holds it; when an override is shorter, the
+ *   poller keeps the batch invisible while its handler runs (ChangeMessageVisibility every third
+ *   of the override), so the override shortens only the wait after a failure.
+ * - Function timeout: a handler still running `functionTimeoutSeconds` after its invocation
+ *   began is abandoned, as Lambda ends an invocation that times out: the batch counts as
+ *   failed, nothing is deleted, and its messages return when their visibility timeout runs out.
+ *   In-process code cannot be killed, so the abandoned call runs on in the background and its
+ *   result is ignored (on Lambda its execution environment would be stopped).
+ * - Concurrency: each queue has one receive loop that hands batches to up to `maxConcurrency`
+ *   concurrent invocations and receives no more while that many are running; queues are polled
+ *   concurrently.
  */
 import {
+  ChangeMessageVisibilityBatchCommand,
   DeleteMessageBatchCommand,
   GetQueueAttributesCommand,
   ReceiveMessageCommand,
@@ -33,10 +49,30 @@ export interface QueueBinding {
   handler: SqsHandler;
   /** Messages per batch, 1 to 10 000; default 10. Above 10, up to that many are gathered with several receives. */
   batchSize?: number;
-  /** VisibilityTimeout passed to ReceiveMessage; default the queue's own. */
+  /**
+   * VisibilityTimeout passed to ReceiveMessage, overriding the queue's own; default the queue's
+   * own. When shorter than the function's timeout, a batch is kept invisible while it runs.
+   */
   visibilityTimeoutSeconds?: number;
-  /** Long-poll wait, 0 to 20; default 1. */
+  /**
+   * Long-poll wait, 0 to 20; default 1. (Lambda's pollers wait 20 s; a short wait lets `idle()`
+   * and `stop()` answer soon after the queue empties.)
+   */
   waitTimeSeconds?: number;
+  /** The function's timeout, 1 to 900 s; default 3, Lambda's default. */
+  functionTimeoutSeconds?: number;
+  /**
+   * Batches of this queue in flight at once, 1 to 1000: the event source mapping's
+   * `ScalingConfig.MaximumConcurrency`, or the 5 concurrent batches Lambda starts a standard
+   * queue with. Default 5.
+   */
+  maxConcurrency?: number;
+  /**
+   * `FunctionResponseTypes: ['ReportBatchItemFailures']`; default true. When false, a handler
+   * that resolves has processed the whole batch, whatever it returns (as Lambda then reads no
+   * batch response).
+   */
+  reportBatchItemFailures?: boolean;
 }
 
 export interface PollerOptions {
@@ -47,7 +83,10 @@ export interface PollerOptions {
 }
 
 export interface Poller {
-  /** Ends long polls and backoff waits at once, waits for batches in progress (and their deletes). Idempotent. */
+  /**
+   * Ends long polls and backoff waits at once, waits for batches in progress (and their
+   * deletes), but not for handlers abandoned at their timeout. Idempotent.
+   */
   stop(): Promise<void>;
   /**
    * Resolves when every queue has been seen empty by a receive that began after this call
@@ -82,6 +121,21 @@ export class InvalidBatchResponseError extends Error {
   }
 }
 
+/**
+ * The handler ran past the function's timeout; as Lambda does, the invocation failed and the
+ * whole batch is left for redelivery. The call itself is abandoned, not stopped.
+ */
+export class SqsHandlerTimeoutError extends Error {
+  override name = 'SqsHandlerTimeoutError';
+  constructor(
+    readonly queueUrl: string,
+    readonly messageIds: string[],
+    readonly timeoutSeconds: number,
+  ) {
+    super(`handler for ${queueUrl} timed out after ${timeoutSeconds} s on a batch of ${messageIds.length}; the batch will be retried`);
+  }
+}
+
 /** A DeleteMessageBatch entry SQS refused; the message will be delivered again. */
 export class DeleteFailedError extends Error {
   override name = 'DeleteFailedError';
@@ -99,6 +153,9 @@ const BACKOFF_BASE_MS = 100;
 const BACKOFF_CAP_MS = 5_000;
 const EMPTY_POLL_PAUSE_MS = 100;
 const DELETE_ATTEMPTS = 3;
+/** Lambda's defaults for a function and for a standard queue's event source mapping. */
+const DEFAULT_FUNCTION_TIMEOUT_SECONDS = 3;
+const DEFAULT_MAX_CONCURRENCY = 5;
 const KNOWN_ATTRIBUTES = ['ApproximateReceiveCount', 'SentTimestamp', 'SenderId', 'ApproximateFirstReceiveTimestamp'] as const;
 
 /** Capped exponential backoff with jitter: attempt 1 waits about 100 ms, never more than 5 s. */
@@ -202,6 +259,8 @@ function validate(b: QueueBinding): void {
   check('batchSize', b.batchSize, 1, 10_000);
   check('waitTimeSeconds', b.waitTimeSeconds, 0, 20);
   check('visibilityTimeoutSeconds', b.visibilityTimeoutSeconds, 0, 43_200);
+  check('functionTimeoutSeconds', b.functionTimeoutSeconds, 1, 900);
+  check('maxConcurrency', b.maxConcurrency, 1, 1000);
 }
 
 interface BindingState {
@@ -314,27 +373,94 @@ export function startPoller(bindings: QueueBinding[], opts: PollerOptions = {}):
     }
   }
 
+  /** The handler's result, or `timedOut` once the function's timeout passes first. */
+  function invoke(b: QueueBinding, event: SQSEvent): Promise<{ timedOut: false; response: unknown } | { timedOut: true }> {
+    const timeoutMs = (b.functionTimeoutSeconds ?? DEFAULT_FUNCTION_TIMEOUT_SECONDS) * 1000;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => resolve({ timedOut: true }), timeoutMs);
+      let call: Promise<SQSBatchResponse | void>;
+      try {
+        call = Promise.resolve(b.handler(event));
+      } catch (err) {
+        call = Promise.reject(err);
+      }
+      // Settling after the timeout changes nothing: the promise is already resolved.
+      call.then(
+        (response) => {
+          clearTimeout(timer);
+          resolve({ timedOut: false, response });
+        },
+        (err: unknown) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      );
+    });
+  }
+
+  /**
+   * With a visibility override shorter than the function's timeout: every third of the override, makes
+   * the batch invisible for another override, until the returned function stops it.
+   */
+  function keepInvisible(s: BindingState, messages: Message[]): () => void {
+    const b = s.binding;
+    const seconds = b.visibilityTimeoutSeconds;
+    if (seconds === undefined || seconds < 1 || seconds >= (b.functionTimeoutSeconds ?? DEFAULT_FUNCTION_TIMEOUT_SECONDS)) return () => {};
+    let stopped = false;
+    const extend = async () => {
+      for (let i = 0; i < messages.length && !stopped; i += 10) {
+        try {
+          const out = await sqs.send(
+            new ChangeMessageVisibilityBatchCommand({
+              QueueUrl: b.queueUrl,
+              Entries: messages.slice(i, i + 10).map((m, j) => ({ Id: String(j), ReceiptHandle: m.ReceiptHandle, VisibilityTimeout: seconds })),
+            }),
+          );
+          // (After the batch ended, a refusal only means its messages were already deleted.)
+          if (!stopped) for (const f of out.Failed ?? []) report(new Error(`could not extend the visibility of a message of ${b.queueUrl}: ${f.Code ?? 'unknown'} (${f.Message ?? ''})`));
+        } catch (err) {
+          if (!stopped) report(err);
+        }
+      }
+    };
+    const timer = setInterval(() => void extend(), (seconds * 1000) / 3);
+    return () => {
+      stopped = true;
+      clearInterval(timer);
+    };
+  }
+
   async function processBatch(s: BindingState, messages: Message[]): Promise<void> {
     const b = s.binding;
     const records = messages.map((m) => toSqsRecord(m, s.arn ?? '', s.region ?? ''));
     const ids = records.map((r) => r.messageId);
-    let response: unknown;
+    let outcome: Awaited<ReturnType<typeof invoke>>;
+    const stopExtending = keepInvisible(s, messages);
     try {
-      response = await b.handler({ Records: records });
+      outcome = await invoke(b, { Records: records });
     } catch (err) {
       report(new SqsHandlerError(b.queueUrl, ids, err));
       return; // delete nothing: the batch comes back after the visibility timeout
+    } finally {
+      stopExtending();
     }
-    const outcome = interpretBatchResponse(response, new Set(ids));
-    if (outcome.kind === 'invalid') {
-      report(new InvalidBatchResponseError(b.queueUrl, ids, response, outcome.reason));
+    if (outcome.timedOut) {
+      report(new SqsHandlerTimeoutError(b.queueUrl, ids, b.functionTimeoutSeconds ?? DEFAULT_FUNCTION_TIMEOUT_SECONDS));
+      return; // as for a throw
+    }
+    const response = outcome.response;
+    const interpreted = (b.reportBatchItemFailures ?? true) ? interpretBatchResponse(response, new Set(ids)) : ({ kind: 'ok', failed: new Set() } as const);
+    if (interpreted.kind === 'invalid') {
+      report(new InvalidBatchResponseError(b.queueUrl, ids, response, interpreted.reason));
       return;
     }
-    const done = messages.filter((m) => !outcome.failed.has(m.MessageId ?? ''));
+    const done = messages.filter((m) => !interpreted.failed.has(m.MessageId ?? ''));
     await deleteMessages(s, done);
   }
 
   async function run(s: BindingState): Promise<void> {
+    const maxConcurrency = s.binding.maxConcurrency ?? DEFAULT_MAX_CONCURRENCY;
+    const running = new Set<Promise<void>>();
     let failures = 0;
     const fail = async (err: unknown) => {
       failures++;
@@ -342,6 +468,11 @@ export function startPoller(bindings: QueueBinding[], opts: PollerOptions = {}):
       await sleep(backoffMs(failures), signal);
     };
     while (!signal.aborted) {
+      if (running.size >= maxConcurrency) {
+        // Every slot is busy: receive nothing more (its visibility clock would run) until one frees.
+        await Promise.race(running);
+        continue;
+      }
       if (s.arn === undefined) {
         try {
           await resolveArn(s);
@@ -369,17 +500,21 @@ export function startPoller(bindings: QueueBinding[], opts: PollerOptions = {}):
         continue;
       }
       s.last = { startTick, empty: false };
+      // Counted before the next receive starts, so idle() never sees an empty receive while a
+      // batch received before it is still on its way to the handler.
       inFlight++;
-      try {
-        await processBatch(s, messages);
-      } catch (err) {
-        report(err);
-      } finally {
-        inFlight--;
-        lastBatchEndTick = ++tick;
-        checkIdle();
-      }
+      const batch: Promise<void> = processBatch(s, messages)
+        .catch(report)
+        .finally(() => {
+          running.delete(batch);
+          inFlight--;
+          lastBatchEndTick = ++tick;
+          checkIdle();
+        });
+      running.add(batch);
     }
+    // stop(): wait for the batches in progress (not for handlers already abandoned at their timeout).
+    await Promise.all(running);
   }
 
   const loops = states.map((s) => run(s));

@@ -81,8 +81,8 @@ export interface LocalStackDeployment {
    * The whole synthesized template, functions and event source mappings included (only its
    * data resources were deployed locally). It is the AWS template but for two local choices:
    * data resources are deletable (`dataRemovalPolicy: DESTROY`) and there is no bootstrap
-   * version check. The local runtime can read its SQS pollers' settings (batch size, partial
-   * batch failures) from the event source mappings here.
+   * version check. The local runtime reads its SQS pollers' and schedules' settings from it
+   * (`local/stack-settings.ts`).
    */
   template: unknown;
   /**
@@ -90,6 +90,8 @@ export interface LocalStackDeployment {
    * queue its URL on the endpoint.
    */
   resources: Record<string, string>;
+  /** The logical IDs of the two functions in `template`, which run in-process locally. */
+  functions: { head: string; worker: string };
 }
 
 /**
@@ -104,7 +106,7 @@ export interface LocalStackDeployment {
  */
 export async function deployLocalStack(opts: DeployLocalStackOptions): Promise<LocalStackDeployment> {
   const stackName = opts.stackName ?? DEFAULT_LOCAL_STACK_NAME;
-  const { template, headLogicalId } = synthesize(stackName, opts.sledCount);
+  const { template, headLogicalId, workerLogicalId } = synthesize(stackName, opts.sledCount);
   const localTemplate = localOnly(template);
   const templateBody = JSON.stringify(localTemplate);
 
@@ -116,7 +118,7 @@ export async function deployLocalStack(opts: DeployLocalStackOptions): Promise<L
     const physicalIds = await deployedResources(cfn, stackName, localTemplate);
     const resources = await withLocalQueueUrls(sqs, localTemplate, physicalIds);
     const env = resolveEnvironment(template, headLogicalId, resources, stack);
-    return { env, template, resources };
+    return { env, template, resources, functions: { head: headLogicalId, worker: workerLogicalId } };
   } finally {
     cfn.destroy();
     sqs.destroy();
@@ -143,7 +145,7 @@ interface TemplateResource {
   [key: string]: unknown;
 }
 
-function synthesize(stackName: string, sledCount: number | undefined): { template: Template; headLogicalId: string } {
+function synthesize(stackName: string, sledCount: number | undefined): { template: Template; headLogicalId: string; workerLogicalId: string } {
   const outdir = mkdtempSync(join(tmpdir(), 'sledge-local-synth-'));
   try {
     const app = new App({
@@ -161,8 +163,9 @@ function synthesize(stackName: string, sledCount: number | undefined): { templat
       synthesizer: new DefaultStackSynthesizer({ generateBootstrapVersionRule: false }),
     });
     const headLogicalId = stack.resolve((stack.head.node.defaultChild as CfnFunction).logicalId) as string;
+    const workerLogicalId = stack.resolve((stack.worker.node.defaultChild as CfnFunction).logicalId) as string;
     const template = app.synth().getStackArtifact(stack.artifactId).template as Template;
-    return { template, headLogicalId };
+    return { template, headLogicalId, workerLogicalId };
   } finally {
     rmSync(outdir, { recursive: true, force: true });
   }

@@ -236,14 +236,7 @@ function updateEvacuation(
  * Advances the scan chain from `step` to `step + 1` at `cursor`, adding what the page listed
  * to the totals on the first pass. Null when the step already moved (a duplicate won).
  */
-export function advanceScan(
-  id: string,
-  run: string,
-  step: number,
-  cursor: string,
-  listed: { chunks: number; bytes: number; unmanaged: number },
-  firstPass: boolean,
-): Promise<DriveRecord | null> {
+export const advanceScan: DriveRegistry['advanceScan'] = (id, run, step, cursor, listed, firstPass) => {
   const totals = firstPass
     ? ', evac.chunksTotal = evac.chunksTotal + :chunks, evac.bytesTotal = evac.bytesTotal + :bytes, evac.unmanagedObjects = evac.unmanagedObjects + :unmanaged'
     : '';
@@ -256,7 +249,7 @@ export function advanceScan(
       ...(firstPass ? { ':chunks': N(listed.chunks), ':bytes': N(listed.bytes), ':unmanaged': N(listed.unmanaged) } : {}),
     },
   });
-}
+};
 
 /** Records that the message for `step` was sent (so a duplicate does not send it again). */
 export async function markStepSent(id: string, run: string, step: number): Promise<void> {

@@ -68,3 +68,20 @@ export function toSledgeError(err: unknown): unknown {
     retryAfterSeconds: SDK_UNAVAILABLE_RETRY_AFTER_SECONDS,
   });
 }
+
+/**
+ * DynamoDB left items of a BatchGetItem or BatchWriteItem unprocessed through every retry.
+ * It does that when it throttles a table or a partition, so it is the same "cannot answer now"
+ * as a throttling error: a 503 with Retry-After, retryable, and no diagnostic dump.
+ *
+ * @example
+ * if (attempt >= UNPROCESSED_RETRY_MAX) throw unprocessedAfterRetries('BatchWriteItem', [table], attempt);
+ */
+export function unprocessedAfterRetries(operation: 'BatchGetItem' | 'BatchWriteItem', tables: readonly string[], attempts: number): UnavailableError {
+  return new UnavailableError(
+    `AWS could not serve the request now (throttled: ${operation} on ${tables.join(', ')} left items unprocessed after ${attempts} attempts); retry`,
+    {
+      retryAfterSeconds: SDK_UNAVAILABLE_RETRY_AFTER_SECONDS,
+    },
+  );
+}

@@ -14,8 +14,12 @@ export interface DriveRecord {
   drive: string;
   state: DriveState;
   capacityBytes: number;
+  /** Not maintained: 0 unless set with `updateDrive` (docs/evacuation.md, section 4). */
   usedBytes: number;
-  /** How much normal service leans on this drive (recent chunk traffic); lower is better for a dump. */
+  /**
+   * How much normal service leans on this drive; lower is better for a dump. Not maintained
+   * either: 0 unless set with `updateDrive`.
+   */
   serviceLoad: number;
   /** Whether a dump area is already prepared on it (no preparation needed before a dump). */
   dumpPrepared: boolean;

@@ -13,68 +13,49 @@ export abstract class SledgeError extends Error {
   }
 }
 
-/** The request is malformed or out of range. Fix it; do not retry. */
-export class InvalidInputError extends SledgeError {
-  override name = 'InvalidInputError';
-  readonly status = 400;
-  readonly retryable = false;
+/**
+ * The base class of one error kind: its name (the `error` of the answer's body), status and
+ * whether a retry may succeed. Each kind below is one line on top of it.
+ */
+function errorKind(name: string, status: number, retryable: boolean) {
+  return class extends SledgeError {
+    override name = name;
+    readonly status = status;
+    readonly retryable = retryable;
+  };
 }
+
+/** The request is malformed or out of range. Fix it; do not retry. */
+export class InvalidInputError extends errorKind('InvalidInputError', 400, false) {}
 
 /**
  * The caller may not do this: the request is not signed (or not by a principal Sledge knows), or
  * the route is for operators and the caller is not one. Another tenant's volume is not a 403
  * but a 404 (NotFoundError), so that its existence is not revealed (docs/security.md).
  */
-export class ForbiddenError extends SledgeError {
-  override name = 'ForbiddenError';
-  readonly status = 403;
-  readonly retryable = false;
-}
+export class ForbiddenError extends errorKind('ForbiddenError', 403, false) {}
 
 /** The volume (or other named thing) does not exist. */
-export class NotFoundError extends SledgeError {
-  override name = 'NotFoundError';
-  readonly status = 404;
-  readonly retryable = false;
-}
+export class NotFoundError extends errorKind('NotFoundError', 404, false) {}
 
 /** The request conflicts with the current state (for example the volume is being deleted). */
-export class ConflictError extends SledgeError {
-  override name = 'ConflictError';
-  readonly status = 409;
-  readonly retryable = false;
-}
+export class ConflictError extends errorKind('ConflictError', 409, false) {}
 
 /**
  * The request's reservation key does not allow it: not registered (never, or preempted), or
  * another key holds a reservation that excludes it. Retrying the same request will not help;
  * the caller must re-register or stop, since someone else now owns the volume.
  */
-export class FencedError extends SledgeError {
-  override name = 'FencedError';
-  readonly status = 409;
-  readonly retryable = false;
-}
+export class FencedError extends errorKind('FencedError', 409, false) {}
 
 /** The body is larger than the API accepts. */
-export class PayloadTooLargeError extends SledgeError {
-  override name = 'PayloadTooLargeError';
-  readonly status = 413;
-  readonly retryable = false;
-}
+export class PayloadTooLargeError extends errorKind('PayloadTooLargeError', 413, false) {}
 
 /** The media type of the body is not one this route accepts. */
-export class UnsupportedMediaTypeError extends SledgeError {
-  override name = 'UnsupportedMediaTypeError';
-  readonly status = 415;
-  readonly retryable = false;
-}
+export class UnsupportedMediaTypeError extends errorKind('UnsupportedMediaTypeError', 415, false) {}
 
 /** Temporarily unable to serve (contention, throttling, chunks unreachable). Retry after a pause. */
-export class UnavailableError extends SledgeError {
-  override name = 'UnavailableError';
-  readonly status = 503;
-  readonly retryable = true;
+export class UnavailableError extends errorKind('UnavailableError', 503, true) {
   override readonly retryAfterSeconds: number;
   constructor(message: string, options?: { cause?: unknown; retryAfterSeconds?: number }) {
     super(message, options);
@@ -87,17 +68,19 @@ export class UnavailableError extends SledgeError {
  * produced; returning anything else would be wrong data. Retrying helps only if the missing
  * chunks were transiently unreachable.
  */
-export class DataUnavailableError extends SledgeError {
-  override name = 'DataUnavailableError';
-  readonly status = 503;
-  readonly retryable = true;
+export class DataUnavailableError extends errorKind('DataUnavailableError', 503, true) {
   override readonly retryAfterSeconds = 5;
 }
 
-/** A broken internal invariant. Always a bug; the message says which invariant. */
-export class InvariantError extends Error {
-  override name = 'InvariantError';
+/** A subclass of Error whose `name` is `name`, for errors that are not one of the kinds above. */
+export function namedError(name: string) {
+  return class extends Error {
+    override name = name;
+  };
 }
+
+/** A broken internal invariant. Always a bug; the message says which invariant. */
+export class InvariantError extends namedError('InvariantError') {}
 
 /** Throws an InvariantError when `condition` is false. */
 export function invariant(condition: unknown, message: string | (() => string)): asserts condition {

@@ -5,8 +5,10 @@
  * Two implementations with identical results (checked by the shared test vectors):
  * `@node-rs/crc32` (SSE4.2 / ARMv8 CRC instructions, an optional prebuilt addon) when it loads,
  * else pure TypeScript, slicing-by-8 (eight 256-entry tables, one 8-byte step per iteration),
- * which runs anywhere. `SLEDGE_CRC_IMPL=portable` forces the TypeScript one (the Lambda bundle
- * has no addon, so it always runs that one; the switch lets the tests run it too).
+ * which runs anywhere. `SLEDGE_CRC_IMPL=portable` forces the TypeScript one (the switch lets the
+ * tests run it). The Lambda bundle has no `@node-rs/crc32`; a bundle built with
+ * `cdk/native-crc.ts` carries its Linux arm64 addon instead, loaded from next to the bundle, and
+ * falls back to the TypeScript one where that addon does not load.
  */
 import { createRequire } from 'node:module';
 import { ENV } from '../core/config.ts';
@@ -65,20 +67,43 @@ export function crc32cPortable(data: Uint8Array, initial = 0): number {
 
 type NativeCrc = (input: Uint8Array, initial?: number) => number;
 
-function loadNative(): NativeCrc | null {
-  try {
-    const mod = createRequire(import.meta.url)('@node-rs/crc32') as { crc32c: (input: Buffer, initial?: number) => number };
-    const fn: NativeCrc = (input, initial = 0) =>
-      mod.crc32c(Buffer.isBuffer(input) ? input : Buffer.from(input.buffer, input.byteOffset, input.byteLength), initial) >>> 0;
-    // Pair assertion at load: the addon must agree with the portable code on the check value.
-    return fn(Buffer.from('123456789')) === 0xe3069283 ? fn : null;
-  } catch {
-    return null;
+/**
+ * The file name of the Linux arm64 addon a Lambda bundle may carry next to its `index.mjs`
+ * (`cdk/native-crc.ts` puts it there; `@node-rs/crc32` is not in the bundle).
+ */
+export const BUNDLED_CRC_ADDON_FILE = 'crc32c-linux-arm64-gnu.node';
+
+type NativeSource = '@node-rs/crc32' | typeof BUNDLED_CRC_ADDON_FILE;
+
+function loadNative(): { fn: NativeCrc; source: NativeSource } | null {
+  // Not named `require`, so that esbuild leaves these loads to run time.
+  const load = createRequire(import.meta.url);
+  const candidates: Array<[NativeSource, string]> = [
+    ['@node-rs/crc32', '@node-rs/crc32'],
+    // Next to this module: in a Lambda bundle, next to index.mjs (never there in the source tree).
+    [BUNDLED_CRC_ADDON_FILE, `./${BUNDLED_CRC_ADDON_FILE}`],
+  ];
+  for (const [source, specifier] of candidates) {
+    try {
+      const mod = load(specifier) as { crc32c: (input: Buffer, initial?: number) => number };
+      const fn: NativeCrc = (input, initial = 0) =>
+        mod.crc32c(Buffer.isBuffer(input) ? input : Buffer.from(input.buffer, input.byteOffset, input.byteLength), initial) >>> 0;
+      // Pair assertion at load: the addon must agree with the portable code on the check value.
+      if (fn(Buffer.from('123456789')) === 0xe3069283) return { fn, source };
+    } catch {
+      // Not installed, or built for another platform (the arm64 addon on x64): try the next.
+    }
   }
+  return null;
 }
 
-/** The native implementation, or null where the addon is not installed. */
-export const crc32cNative: NativeCrc | null = loadNative();
+const native = loadNative();
+
+/** The native implementation, or null where no addon loads. */
+export const crc32cNative: NativeCrc | null = native?.fn ?? null;
+
+/** Where the native implementation came from: the installed package, or the addon a Lambda bundle carries. */
+export const crc32cNativeSource: NativeSource | null = native?.source ?? null;
 
 /**
  * The implementation `crc32c` is, chosen once, when this module loads: the environment is read

@@ -1,7 +1,8 @@
 /**
  * The drive registry: one item per drive (a key prefix in a sled bucket) with its
  * state, capacity budget, usage and service load. S3 has no capacity limit, so a drive's
- * capacity is a budget the operator sets (default 1 TiB); usage is what Sledge accounts to it.
+ * capacity is a budget the operator sets (default 1 TiB). Usage and service load are not
+ * maintained (docs/evacuation.md, section 4): they read 0 unless an operator sets them.
  */
 import { randomBytes } from 'node:crypto';
 import { ConflictError, NotFoundError } from '../core/errors.ts';

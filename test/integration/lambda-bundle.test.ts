@@ -9,15 +9,20 @@
  * the child process can load is the two bundles and Node's built-ins, which this test checks
  * before trusting the result.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
 import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, parse } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2, SQSBatchResponse, SQSEvent } from 'aws-lambda';
-import { App } from 'aws-cdk-lib';
+import { createRequire } from 'node:module';
+import { App, Stack } from 'aws-cdk-lib';
+import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { cdkJsonContext, SledgeStack } from '../../cdk/stack.ts';
+import { nativeCrcBundling } from '../../cdk/native-crc.ts';
+import { cdkJsonContext, SledgeFunction, SledgeStack } from '../../cdk/stack.ts';
+import { BUNDLED_CRC_ADDON_FILE } from '#shared/data/crc32c.ts';
 import { seeded } from '../unit/seed.ts';
 import { iamAuthorizer } from './helpers.ts';
 
@@ -40,10 +45,13 @@ const isolation = {
   existingModuleDirs: [...(require.resolve.paths('@aws-sdk/client-s3') ?? []), ...Module.globalPaths].filter((p) => existsSync(p)),
   sdkImport: await import('@aws-sdk/client-s3').then(() => 'loaded', (err) => err.code),
   nativeCrcRequire: (() => { try { require('@node-rs/crc32'); return 'loaded'; } catch (err) { return err.code; } })(),
+  // What the bundle's CRC loader meets when it opens the arm64 addon it carries.
+  bundledCrcAddon: (() => { try { process.dlopen({ exports: {} }, new URL('./api-native-crc/${BUNDLED_CRC_ADDON_FILE}', import.meta.url).pathname); return 'loaded'; } catch (err) { return err.code; } })(),
 };
 const handlers = {
   api: (await import('./api/index.mjs')).handler,
   worker: (await import('./worker/index.mjs')).handler,
+  apiNativeCrc: (await import('./api-native-crc/index.mjs')).handler,
 };
 process.send({ ready: true, isolation });
 
@@ -159,10 +167,11 @@ let workDir: string | undefined;
 let assemblyDir: string | undefined;
 let child: ChildProcess | undefined;
 let childOutput = '';
-let isolation: { existingModuleDirs: string[]; sdkImport: string; nativeCrcRequire: string };
+let isolation: { existingModuleDirs: string[]; sdkImport: string; nativeCrcRequire: string; bundledCrcAddon: string };
+let nativeCrcAsset: string | undefined;
 const pending = new Map<string, (m: Invocation<unknown>) => void>();
 
-function invoke(fn: 'api', event: APIGatewayProxyEventV2): Promise<Invocation<APIGatewayProxyStructuredResultV2>>;
+function invoke(fn: 'api' | 'apiNativeCrc', event: APIGatewayProxyEventV2): Promise<Invocation<APIGatewayProxyStructuredResultV2>>;
 function invoke(fn: 'worker', event: SQSEvent): Promise<Invocation<SQSBatchResponse>>;
 function invoke(fn: string, event: unknown): Promise<Invocation<unknown>> {
   const id = randomUUID();
@@ -173,8 +182,8 @@ function invoke(fn: string, event: unknown): Promise<Invocation<unknown>> {
 }
 
 /** Invokes the API bundle; fails with the child's output if the handler threw. */
-async function api(event: APIGatewayProxyEventV2): Promise<APIGatewayProxyStructuredResultV2 & { statusCode: number }> {
-  const out = await invoke('api', event);
+async function api(event: APIGatewayProxyEventV2, fn: 'api' | 'apiNativeCrc' = 'api'): Promise<APIGatewayProxyStructuredResultV2 & { statusCode: number }> {
+  const out = await invoke(fn, event);
   expect(out.thrown, `the API handler threw:\n${out.thrown}\n${childOutput}`).toBeUndefined();
   return out.result as APIGatewayProxyStructuredResultV2 & { statusCode: number };
 }
@@ -186,6 +195,9 @@ beforeAll(async () => {
   assemblyDir = mkdtempSync(join(tmpdir(), 'sledge-lambda-synth-'));
   const app = new App({ outdir: assemblyDir, context: cdkJsonContext() });
   const stack = new SledgeStack(app, 'Sledge');
+  // The head again, built with the native CRC addon for arm64 in its asset (cdk/native-crc.ts).
+  const nativeStack = new Stack(app, 'SledgeNativeCrc');
+  new SledgeFunction(nativeStack, 'Head', { entry: 'lambdas/api.ts', bundling: nativeCrcBundling() });
   const assembly = app.synth();
 
   // A fresh directory, with nothing above it that Node could load packages from.
@@ -193,6 +205,8 @@ beforeAll(async () => {
   expect(nodeModulesAbove(workDir), `node_modules above ${workDir} would let the bundles load what they lack`).toEqual([]);
   cpSync(assetDir(assembly.directory, stack.artifactId, 'Head/Code'), join(workDir, 'api'), { recursive: true });
   cpSync(assetDir(assembly.directory, stack.artifactId, 'Worker/Code'), join(workDir, 'worker'), { recursive: true });
+  nativeCrcAsset = join(workDir, 'api-native-crc');
+  cpSync(assetDir(assembly.directory, nativeStack.artifactId, 'Head/Code'), nativeCrcAsset, { recursive: true });
   writeFileSync(join(workDir, 'driver.mjs'), DRIVER);
 
   // Lambda's environment: the function's variables from the stack (as the local stack resolved
@@ -226,7 +240,7 @@ afterAll(() => {
 
 describe('the bundled Lambda functions, with no node_modules', () => {
   it('cannot load anything but the bundles and Node built-ins', () => {
-    expect(readdirSync(workDir!).sort()).toEqual(['api', 'driver.mjs', 'worker']);
+    expect(readdirSync(workDir!).sort()).toEqual(['api', 'api-native-crc', 'driver.mjs', 'worker']);
     expect(isolation.existingModuleDirs).toEqual([]);
     expect(isolation.sdkImport).toBe('ERR_MODULE_NOT_FOUND');
     // The native CRC addon is not shipped, so the bundle runs the portable CRC (shared/data/crc32c.ts).
@@ -291,5 +305,64 @@ describe('the bundled Lambda functions, with no node_modules', () => {
     const poison = sqsEvent([{ type: 'no-such-job' }]);
     const failed = await invoke('worker', poison);
     expect(failed.result).toEqual({ batchItemFailures: [{ itemIdentifier: poison.Records[0]!.messageId }] });
+  });
+
+  it('carries the arm64 CRC-32C addon when built with nativeCrcBundling, and serves with the portable CRC where it does not load', async () => {
+    // The stack's own bundles carry no addon.
+    expect(readdirSync(join(workDir!, 'api')).filter((f) => f.endsWith('.node'))).toEqual([]);
+    const files = readdirSync(nativeCrcAsset!).sort();
+    expect(files).toEqual(expect.arrayContaining(['index.mjs', BUNDLED_CRC_ADDON_FILE]));
+    // An ELF shared object for AArch64 (e_machine 183), 64-bit little-endian.
+    const elf = readFileSync(join(nativeCrcAsset!, BUNDLED_CRC_ADDON_FILE));
+    expect(elf.subarray(0, 4).toString('latin1')).toBe('\x7fELF');
+    expect({ elfClass: elf[4], dataEncoding: elf[5], machine: elf.readUInt16LE(18) }).toEqual({ elfClass: 2, dataEncoding: 1, machine: 183 });
+
+    // Where it loads (Lambda's arm64) the bundle uses it; elsewhere dlopen refuses it and the
+    // bundle's loader falls back to the portable CRC. This machine shows which one applies.
+    const loadsHere = process.platform === 'linux' && process.arch === 'arm64';
+    expect(isolation.bundledCrcAddon).toBe(loadsHere ? 'loaded' : 'ERR_DLOPEN_FAILED');
+
+    // Either way the head serves: a write and a byte-identical read through that bundle.
+    const data = Buffer.from(Array.from({ length: 64 * 1024 }, (_, i) => (i * 7 + 3) & 0xff));
+    const created = await api(httpEvent('POST', '/volumes', { json: { sizeBytes: MiB } }), 'apiNativeCrc');
+    expect(created.statusCode, created.body).toBe(201);
+    const { volumeId } = jsonOf(created) as { volumeId: string };
+    const written = await api(httpEvent('PUT', `/volumes/${volumeId}/data`, { query: { offset: '0' }, binary: data }), 'apiNativeCrc');
+    expect(written.statusCode, written.body).toBe(200);
+    const read = await api(httpEvent('GET', `/volumes/${volumeId}/data`, { query: { offset: '0', length: String(data.length) } }), 'apiNativeCrc');
+    expect(read.statusCode, read.body).toBe(200);
+    expect(Buffer.from(read.body!, 'base64').equals(data)).toBe(true);
+    // And the other bundle reads the same bytes: the checksums both wrote agree.
+    const readElsewhere = await api(httpEvent('GET', `/volumes/${volumeId}/data`, { query: { offset: '0', length: String(data.length) } }));
+    expect(Buffer.from(readElsewhere.body!, 'base64').equals(data)).toBe(true);
+  });
+
+  it('loads an addon that matches the machine from next to the bundle, and uses it', async () => {
+    // The bundled loader's other branch, with this machine's build of the same addon standing
+    // in for the arm64 one (no arm64 machine here): shared/data/crc32c.ts bundled alone, the
+    // addon beside it under the bundled name, in a directory with no node_modules.
+    const dir = mkdtempSync(join(tmpdir(), 'sledge-crc-bundle-'));
+    try {
+      expect(nodeModulesAbove(dir)).toEqual([]);
+      await build({
+        entryPoints: [fileURLToPath(new URL('../../shared/data/crc32c.ts', import.meta.url))],
+        outfile: join(dir, 'index.mjs'),
+        bundle: true,
+        platform: 'node',
+        format: 'esm',
+        logLevel: 'silent',
+      });
+      const hostAddon = createRequire(import.meta.url).resolve(`@node-rs/crc32-${process.platform}-${process.arch}-gnu/crc32.${process.platform}-${process.arch}-gnu.node`);
+      cpSync(hostAddon, join(dir, BUNDLED_CRC_ADDON_FILE));
+      const probe =
+        "const m = await import('./index.mjs'); console.log(JSON.stringify({ impl: m.crc32cImpl, source: m.crc32cNativeSource, check: m.crc32c(Buffer.from('123456789')) }));";
+      const run = () => JSON.parse(execFileSync(process.execPath, ['--input-type=module', '-e', probe], { cwd: dir, env: { PATH: process.env.PATH, HOME: dir }, encoding: 'utf8' }));
+      expect(run()).toEqual({ impl: 'native', source: BUNDLED_CRC_ADDON_FILE, check: 0xe3069283 });
+      // Without the addon the same bundle runs the portable CRC.
+      rmSync(join(dir, BUNDLED_CRC_ADDON_FILE));
+      expect(run()).toEqual({ impl: 'portable', source: null, check: 0xe3069283 });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -12,6 +12,7 @@ import { GetQueueAttributesCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ENV } from '#shared/core/config.ts';
 import { deployLocalStack, LOCAL_RESOURCE_TYPES, type LocalStackDeployment } from '#local/stack.ts';
+import { eventSources, rateIntervalMs, schedules } from '#local/stack-settings.ts';
 
 const endpointUrl = process.env.AWS_ENDPOINT_URL;
 if (!endpointUrl) {
@@ -138,6 +139,40 @@ describe('deployLocalStack', () => {
       expect(arns.has(arn), arn).toBe(true);
       expect(arns.get(arn)?.RedrivePolicy, arn).toBeUndefined();
     }
+  });
+
+  it('gives the local pollers and schedules the settings of the deployed stack', async () => {
+    const worker = template.Resources[deployment.functions.worker];
+    expect(worker?.Type).toBe('AWS::Lambda::Function');
+    const workerTimeout = worker?.Properties?.Timeout as number;
+    expect(workerTimeout).toBe(120);
+
+    const sources = eventSources(deployment);
+    expect(sources).toHaveLength(3);
+    for (const source of sources) {
+      expect(source.functionLogicalId).toBe(deployment.functions.worker);
+      expect(source.queueUrl).toBe(deployment.resources[source.queueLogicalId]);
+      expect(source).toMatchObject({ batchSize: 10, reportBatchItemFailures: true, functionTimeoutSeconds: 120, visibilityTimeoutSeconds: 720 });
+      // No ScalingConfig in the stack: the poller keeps to Lambda's starting 5 batches.
+      expect(source.maximumConcurrency).toBeUndefined();
+      // The queue on the endpoint has the visibility timeout the poller relies on.
+      const { Attributes } = await sqs.send(new GetQueueAttributesCommand({ QueueUrl: source.queueUrl, AttributeNames: ['VisibilityTimeout'] }));
+      expect(Attributes?.VisibilityTimeout).toBe('720');
+    }
+
+    const rules = Object.fromEntries(schedules(deployment).map((rule) => [rule.ruleLogicalId.replace(/[0-9A-F]{8}$/, ''), rule]));
+    const queueOf = (id: string) => deployment.resources[Object.keys(template.Resources).find((key) => key.startsWith(id)) ?? ''];
+    expect(rules).toEqual({
+      LeaseSweepSchedule: expect.objectContaining({ intervalMs: 60_000, targets: [expect.objectContaining({ queueUrl: queueOf('GcQueue'), input: '{"type":"sweep-leases"}' })] }),
+      CheckpointSchedule: expect.objectContaining({
+        intervalMs: 3_600_000,
+        targets: [expect.objectContaining({ queueUrl: queueOf('CheckpointQueue'), input: '{"type":"checkpoint-sweep"}' })],
+      }),
+      GcSchedule: expect.objectContaining({ intervalMs: 21_600_000, targets: [expect.objectContaining({ queueUrl: queueOf('GcQueue'), input: '{"type":"gc-sweep"}' })] }),
+    });
+    expect(rateIntervalMs('rate(5 minutes)')).toBe(300_000);
+    expect(() => rateIntervalMs('rate(1 minutes)')).toThrow(/singular/);
+    expect(() => rateIntervalMs('cron(0 * * * ? *)')).toThrow(/only rates/);
   });
 
   it('is idempotent: deploying again changes nothing and resolves the same environment', async () => {

@@ -58,7 +58,18 @@ beforeAll(async () => {
   process.env.SLEDGE_EVACUATION_RECHECK_SECONDS = '1';
   process.env.SLEDGE_ORPHAN_GRACE_MS = '30000';
   process.env.SLEDGE_GC_EVERY_COMMITS = '64';
-  plane = await startControlPlane({ port: 0, preferExistingEndpoint: true, stackName: `sledge-faults-${Date.now().toString(36)}`, visibilityTimeoutSeconds: 2 });
+  // Jobs that fail under the injected faults are retried after 2 s, not the stack's 12 minutes,
+  // and poison messages reach the dead-letter queues within the test (see quiesce below). One
+  // batch at a time per queue: with the stack's 5, the GC and checkpoint jobs the last test
+  // queues every 1.5 s run side by side on this 2-core machine, batches of them outlast the
+  // worker's 120 s timeout under the faults, and the test does not finish in its 15 minutes.
+  plane = await startControlPlane({
+    port: 0,
+    preferExistingEndpoint: true,
+    stackName: `sledge-faults-${Date.now().toString(36)}`,
+    visibilityTimeoutSeconds: 2,
+    maxConcurrency: 1,
+  });
   url = plane.apiUrl;
   await setClientTokens(false);
 });

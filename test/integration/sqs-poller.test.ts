@@ -10,9 +10,11 @@ import {
 } from '@aws-sdk/client-sqs';
 import type { SQSEvent, SQSRecord } from 'aws-lambda';
 import { afterAll, describe, expect, inject, it } from 'vitest';
+import { startSchedules } from '#local/schedules.ts';
 import {
   InvalidBatchResponseError,
   SqsHandlerError,
+  SqsHandlerTimeoutError,
   startPoller,
   type Poller,
   type QueueBinding,
@@ -43,8 +45,8 @@ interface TestQueue {
   dlqArn: string;
 }
 
-/** A fresh queue (visibility timeout 1 s) whose RedrivePolicy sends to a fresh DLQ after 2 receives. */
-async function makeQueue(): Promise<TestQueue> {
+/** A fresh queue (visibility timeout 1 s unless given) whose RedrivePolicy sends to a fresh DLQ after 2 receives. */
+async function makeQueue(visibilityTimeoutSeconds = 1): Promise<TestQueue> {
   const name = `sledge-it-poller-${runId}-${++queueCounter}`;
   const dlq = await sqs.send(new CreateQueueCommand({ QueueName: `${name}-dlq` }));
   const dlqUrl = dlq.QueueUrl!;
@@ -53,7 +55,7 @@ async function makeQueue(): Promise<TestQueue> {
   const q = await sqs.send(
     new CreateQueueCommand({
       QueueName: name,
-      Attributes: { VisibilityTimeout: '1', RedrivePolicy: JSON.stringify({ deadLetterTargetArn: dlqArn, maxReceiveCount: 2 }) },
+      Attributes: { VisibilityTimeout: String(visibilityTimeoutSeconds), RedrivePolicy: JSON.stringify({ deadLetterTargetArn: dlqArn, maxReceiveCount: 2 }) },
     }),
   );
   const url = q.QueueUrl!;
@@ -88,6 +90,14 @@ async function waitFor(what: string, cond: () => boolean | Promise<boolean>, tim
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+function gate(): { promise: Promise<void>; open: () => void } {
+  let open = () => {};
+  const promise = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { promise, open };
 }
 
 /** Records every delivery: body -> the ApproximateReceiveCount of each delivery, in order. */
@@ -309,5 +319,161 @@ describe('startPoller against a local SQS', () => {
     const n = errors.length;
     await new Promise((r) => setTimeout(r, 300));
     expect(errors).toHaveLength(n); // nothing after stop
+  });
+
+  it('abandons a handler that runs past the function timeout and lets its batch come back', async () => {
+    const q = await makeQueue();
+    await sendAll(q.url, ['slow', 'fine']);
+    const stuck = gate();
+    const deliveries: string[][] = [];
+    let abandonedResult: 'pending' | 'returned' = 'pending';
+    const handler: SqsHandler = async (event) => {
+      deliveries.push(event.Records.map((r) => `${r.body}#${r.attributes.ApproximateReceiveCount}`).sort());
+      if (deliveries.length === 1) {
+        // Runs on past the 1 s timeout; its answer, when it comes, would have deleted the batch.
+        await stuck.promise;
+        abandonedResult = 'returned';
+      }
+      return undefined;
+    };
+    const { poller, errors } = poll([{ queueUrl: q.url, handler, functionTimeoutSeconds: 1 }]);
+    await waitFor('the batch delivered again', () => deliveries.length >= 2);
+    await poller.idle();
+
+    expect(deliveries).toEqual([
+      ['fine#1', 'slow#1'],
+      ['fine#2', 'slow#2'],
+    ]);
+    // The second delivery came while the first call was still running: it had been abandoned.
+    expect(abandonedResult).toBe('pending');
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toBeInstanceOf(SqsHandlerTimeoutError);
+    expect((errors[0] as SqsHandlerTimeoutError).timeoutSeconds).toBe(1);
+    expect(await counts(q.url)).toEqual({ visible: 0, inFlight: 0 });
+    stuck.open();
+    await poller.stop();
+    expect(abandonedResult).toBe('returned');
+    expect(errors).toHaveLength(1);
+  });
+
+  it("uses the queue's own visibility timeout unless the binding overrides it", async () => {
+    // Visibility 30 s on the queue: a failed message stays invisible, where an override of 1 s
+    // brings it back.
+    const q = await makeQueue(30);
+    await sendAll(q.url, ['held']);
+    const first = recorder(() => 'fail');
+    const own = poll([{ queueUrl: q.url, handler: first.handler }]);
+    await waitFor('a delivery', () => first.events.length > 0);
+    await own.poller.idle();
+    expect(await counts(q.url)).toEqual({ visible: 0, inFlight: 1 });
+    expect(Object.fromEntries(first.deliveries)).toEqual({ held: ['1'] });
+    await own.poller.stop();
+
+    const q2 = await makeQueue(30);
+    await sendAll(q2.url, ['back']);
+    const second = recorder((r) => (r.attributes.ApproximateReceiveCount === '1' ? 'fail' : 'ok'));
+    const overridden = poll([{ queueUrl: q2.url, handler: second.handler, visibilityTimeoutSeconds: 1 }]);
+    await waitFor('the message back', () => (second.deliveries.get('back') ?? []).length >= 2);
+    await overridden.poller.idle();
+    expect(Object.fromEntries(second.deliveries)).toEqual({ back: ['1', '2'] });
+    expect(await counts(q2.url)).toEqual({ visible: 0, inFlight: 0 });
+    expect([...own.errors, ...overridden.errors]).toEqual([]);
+    await overridden.poller.stop();
+  });
+
+  it('keeps a running batch invisible when the visibility override is shorter than the function timeout', async () => {
+    // Lambda refuses a queue whose visibility timeout is below the function's timeout, so no
+    // message returns while its invocation runs; the override must not change that.
+    const q = await makeQueue(30);
+    await sendAll(q.url, ['long']);
+    let attempt = 0;
+    const { deliveries, handler } = recorder(() => 'ok');
+    const slowOnce: SqsHandler = async (event) => {
+      const response = await handler(event);
+      // 5 s, with a 2 s override: without the extensions it would be delivered twice more.
+      if (++attempt === 1) await new Promise((r) => setTimeout(r, 5_000));
+      return response;
+    };
+    const { poller, errors } = poll([{ queueUrl: q.url, handler: slowOnce, visibilityTimeoutSeconds: 2, functionTimeoutSeconds: 30 }]);
+    await waitFor('a delivery', () => deliveries.size > 0);
+    await poller.idle();
+
+    expect(Object.fromEntries(deliveries)).toEqual({ long: ['1'] });
+    expect(await counts(q.url)).toEqual({ visible: 0, inFlight: 0 });
+    expect(errors).toEqual([]);
+    await poller.stop();
+  });
+
+  it('runs at most maxConcurrency batches of a queue at once, and receives no more meanwhile', async () => {
+    const q = await makeQueue(60);
+    await sendAll(q.url, ['c1', 'c2', 'c3', 'c4', 'c5', 'c6']);
+    const hold = gate();
+    let active = 0;
+    let mostActive = 0;
+    const seen: string[] = [];
+    const handler: SqsHandler = async (event) => {
+      active++;
+      mostActive = Math.max(mostActive, active);
+      seen.push(...event.Records.map((r) => r.body));
+      await hold.promise;
+      active--;
+    };
+    const { poller, errors } = poll([{ queueUrl: q.url, handler, batchSize: 1, maxConcurrency: 2, functionTimeoutSeconds: 60 }]);
+    await waitFor('two batches running', () => active === 2);
+    // Long enough for a poller that ignored the bound to receive more (its receives take ms).
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(active).toBe(2);
+    expect(seen).toHaveLength(2);
+    expect(await counts(q.url)).toEqual({ visible: 4, inFlight: 2 });
+    hold.open();
+    await waitFor('every message', () => seen.length === 6);
+    await poller.idle();
+
+    expect([...seen].sort()).toEqual(['c1', 'c2', 'c3', 'c4', 'c5', 'c6']);
+    expect(mostActive).toBe(2);
+    expect(await counts(q.url)).toEqual({ visible: 0, inFlight: 0 });
+    expect(errors).toEqual([]);
+    await poller.stop();
+  });
+
+  it('deletes the whole batch when the mapping does not report batch item failures', async () => {
+    const q = await makeQueue();
+    await sendAll(q.url, ['p', 'q']);
+    const { deliveries, handler } = recorder((r) => (r.body === 'p' ? 'fail' : 'ok'));
+    const { poller, errors } = poll([{ queueUrl: q.url, handler, reportBatchItemFailures: false }]);
+    await waitFor('a delivery', () => deliveries.size === 2);
+    await poller.idle();
+
+    expect(Object.fromEntries(deliveries)).toEqual({ p: ['1'], q: ['1'] });
+    expect(await counts(q.url)).toEqual({ visible: 0, inFlight: 0 });
+    expect(errors).toEqual([]);
+    await poller.stop();
+  });
+});
+
+describe('startSchedules against a local SQS', () => {
+  it("sends each rule's message to its target queue once per interval until stopped", async () => {
+    const q = await makeQueue();
+    const errors: unknown[] = [];
+    const scheduler = startSchedules(
+      [
+        {
+          ruleLogicalId: 'TestSchedule',
+          expression: 'rate(1 minute)',
+          // Shortened for the test; the control plane passes the rule's own interval.
+          intervalMs: 300,
+          targets: [{ queueLogicalId: 'TestQueue', queueUrl: q.url, input: '{"type":"sweep-leases"}', maximumRetryAttempts: 2 }],
+        },
+      ],
+      { sqs, onError: (e) => errors.push(e) },
+    );
+    await waitFor('three runs', async () => (await counts(q.url)).visible >= 3);
+    await scheduler.stop();
+    const after = (await counts(q.url)).visible;
+    await new Promise((r) => setTimeout(r, 900));
+    expect((await counts(q.url)).visible).toBe(after); // nothing after stop
+    const out = await sqs.send(new ReceiveMessageCommand({ QueueUrl: q.url, MaxNumberOfMessages: 10 }));
+    expect(new Set(out.Messages?.map((m) => m.Body))).toEqual(new Set(['{"type":"sweep-leases"}']));
+    expect(errors).toEqual([]);
   });
 });

@@ -2,7 +2,7 @@ import type { APIGatewayProxyEventV2 } from 'aws-lambda';
 import { ConditionalCheckFailedException, ProvisionedThroughputExceededException } from '@aws-sdk/client-dynamodb';
 import { describe, expect, it } from 'vitest';
 import { Router } from '#shared/api/http.ts';
-import { sdkUnavailableReason, toSledgeError } from '#shared/aws/errors.ts';
+import { sdkUnavailableReason, toSledgeError, unprocessedAfterRetries } from '#shared/aws/errors.ts';
 import { InjectedFaultError, InjectedTimeoutError } from '#shared/aws/faults.ts';
 import { FencedError, InvariantError, NotFoundError, UnavailableError } from '#shared/core/errors.ts';
 
@@ -36,6 +36,15 @@ describe('SDK errors mapped once (shared/aws/errors.ts)', () => {
     const mapped = toSledgeError(cause) as UnavailableError;
     expect(mapped).toBeInstanceOf(UnavailableError);
     expect(mapped.cause).toBe(cause);
+  });
+
+  it('answers batch items left unprocessed after every retry with a retryable 503, as throttling', () => {
+    const err = unprocessedAfterRetries('BatchWriteItem', ['sledge-pages'], 8);
+    expect(err).toBeInstanceOf(UnavailableError);
+    expect({ status: err.status, retryable: err.retryable, retryAfterSeconds: err.retryAfterSeconds }).toEqual({ status: 503, retryable: true, retryAfterSeconds: 1 });
+    expect(err.message).toContain('BatchWriteItem on sledge-pages left items unprocessed after 8 attempts');
+    // Already a Sledge error: the boundary passes it through unchanged.
+    expect(toSledgeError(err)).toBe(err);
   });
 
   it('leaves domain errors, refusals and bugs alone', () => {

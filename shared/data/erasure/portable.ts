@@ -115,8 +115,7 @@ function xorRow(t: Int32Array, to: number, row: WordRow, base: number, n: number
         bo = base + p[i + 1]!,
         co = base + p[i + 2]!,
         dO = base + p[i + 3]!;
-      if (first) set4(t, to, a, ao, b, bo, c, co, d, dO, n);
-      else xor4(t, to, a, ao, b, bo, c, co, d, dO, n);
+      combine4(t, to, a, ao, b, bo, c, co, d, dO, n, !first);
       i += 4;
     } else if (left === 3) {
       const a = s[i]!,
@@ -173,7 +172,8 @@ function xor3(t: Int32Array, to: number, a: Int32Array, ao: number, b: Int32Arra
   for (let i = 0; i < n; i++) t[to + i]! ^= a[ao + i]! ^ b[bo + i]! ^ c[co + i]!;
 }
 
-function set4(
+/** set4 and xor4 in one: `accumulate` XORs into `t`, otherwise overwrites it (one branch per call, not per word). */
+function combine4(
   t: Int32Array,
   to: number,
   a: Int32Array,
@@ -185,24 +185,10 @@ function set4(
   d: Int32Array,
   dO: number,
   n: number,
+  accumulate: boolean,
 ): void {
-  for (let i = 0; i < n; i++) t[to + i] = a[ao + i]! ^ b[bo + i]! ^ c[co + i]! ^ d[dO + i]!;
-}
-
-function xor4(
-  t: Int32Array,
-  to: number,
-  a: Int32Array,
-  ao: number,
-  b: Int32Array,
-  bo: number,
-  c: Int32Array,
-  co: number,
-  d: Int32Array,
-  dO: number,
-  n: number,
-): void {
-  for (let i = 0; i < n; i++) t[to + i]! ^= a[ao + i]! ^ b[bo + i]! ^ c[co + i]! ^ d[dO + i]!;
+  if (accumulate) for (let i = 0; i < n; i++) t[to + i]! ^= a[ao + i]! ^ b[bo + i]! ^ c[co + i]! ^ d[dO + i]!;
+  else for (let i = 0; i < n; i++) t[to + i] = a[ao + i]! ^ b[bo + i]! ^ c[co + i]! ^ d[dO + i]!;
 }
 
 /** A Buffer of the same bytes whose offset is 4-aligned (the input itself when it already is). */
