@@ -80,7 +80,7 @@ describe('deployLocalStack', () => {
     expect({ buckets: count('AWS::S3::Bucket'), tables: count('AWS::DynamoDB::Table'), queues: count('AWS::SQS::Queue') }).toEqual({
       // The 8 sleds and the bucket of their server access logs (docs/security.md).
       buckets: 9,
-      tables: 4,
+      tables: 5,
       queues: 6,
     });
     expect(Object.keys(deployment.resources).sort()).toEqual(local.map(([id]) => id).sort());
@@ -153,8 +153,8 @@ describe('deployLocalStack', () => {
       expect(source.functionLogicalId).toBe(deployment.functions.worker);
       expect(source.queueUrl).toBe(deployment.resources[source.queueLogicalId]);
       expect(source).toMatchObject({ batchSize: 10, reportBatchItemFailures: true, functionTimeoutSeconds: 120, visibilityTimeoutSeconds: 720 });
-      // No ScalingConfig in the stack: the poller keeps to Lambda's starting 5 batches.
-      expect(source.maximumConcurrency).toBeUndefined();
+      // The stack caps each mapping at workerMaxConcurrency (5) concurrent batches; the poller does the same.
+      expect(source.maximumConcurrency).toBe(5);
       // The queue on the endpoint has the visibility timeout the poller relies on.
       const { Attributes } = await sqs.send(new GetQueueAttributesCommand({ QueueUrl: source.queueUrl, AttributeNames: ['VisibilityTimeout'] }));
       expect(Attributes?.VisibilityTimeout).toBe('720');
