@@ -83,6 +83,12 @@ const INFLIGHT_REQUESTS_MAX = 64;
 const READ_AHEAD_BYTES = 1024 * 1024;
 /** How long shutdown waits for in-flight requests before it closes connections anyway. */
 const SHUTDOWN_GRACE_MS = 30_000;
+/**
+ * After shutdown has answered every request and half-closed a connection, how long it waits for
+ * the client to close its end before dropping the connection. A client may sit idle on an open
+ * connection forever (and never read the server's end-of-stream), so this must be bounded.
+ */
+const SHUTDOWN_LINGER_MS = 1000;
 
 /** Reads exact byte counts from a socket, pausing it when the reader falls behind (back-pressure). */
 class SocketReader {
@@ -168,6 +174,12 @@ export interface NbdServerOptions {
   description: string;
   cache: WriteBackCache;
   listen: { host: string; port: number } | { socketPath: string };
+  /**
+   * Connections accepted before this resolves wait for it before the greeting; if it rejects
+   * they are closed. The CLI listens first and attaches to the volume after, so that a gateway
+   * that cannot listen never takes the volume from one that serves it.
+   */
+  ready?: Promise<void>;
   log?: (message: string) => void;
 }
 
@@ -206,6 +218,7 @@ class Connection {
 
   async run(): Promise<void> {
     try {
+      if (this.opts.ready) await this.opts.ready;
       if (await this.handshake()) await this.transmission();
     } catch (err) {
       this.log(`connection closed: ${(err as Error).message}`);
@@ -408,7 +421,11 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServer>
   const log = opts.log ?? (() => undefined);
   const connections = new Set<Connection>();
   const running = new Set<Promise<void>>();
+  /** Every socket not yet closed, including half-closed ones whose connection has finished. */
+  const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
     const conn = new Connection(socket, opts, log);
     connections.add(conn);
     const done = conn.run().finally(() => {
@@ -445,6 +462,12 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServer>
       await Promise.race([Promise.all(running), grace]);
       clearTimeout(timer);
       for (const c of connections) c.destroy();
+      // Connections that finished were half-closed (their replies sent, then end-of-stream); a
+      // client that keeps its end open would hold server.close() forever. Give clients a moment
+      // to close, then drop what is left.
+      const linger = Date.now() + SHUTDOWN_LINGER_MS;
+      while (sockets.size > 0 && Date.now() < linger) await new Promise((resolve) => setTimeout(resolve, 20));
+      for (const s of sockets) s.destroy();
       await closed;
     },
   };

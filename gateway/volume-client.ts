@@ -2,10 +2,14 @@
  * The gateway's only link to Sledge: the volume API over HTTP (local, or API Gateway on AWS).
  * No AWS SDK here; the gateway never touches S3 or DynamoDB itself.
  *
- * Retries are bounded: retryable answers (429, 5xx, network errors, timeouts) are tried again
- * up to `attemptMax` times with capped, jittered backoff that honours `Retry-After`. Resending
- * a batch after an unknown outcome is safe: the gateway has at most one batch in flight per
- * volume and writing the same bytes to the same blocks twice is idempotent.
+ * Retries are bounded in time, not in count: retryable answers (429, 5xx, network errors,
+ * timeouts) are tried again with capped, jittered backoff that honours `Retry-After`, until the
+ * retry budget (`retryBudgetMs`, 120 s by default) is spent. Like iSCSI's replacement timeout
+ * (also 120 s by default), the budget lets the volume ride out a control-plane restart or a
+ * network outage: the client's I/O waits instead of failing, and a FLUSH that fails turns a
+ * mounted file system read-only. Resending a batch after an unknown outcome is safe: writing the
+ * same bytes to the same blocks twice is idempotent, and batches that overlap are never in
+ * flight together (docs/nbd-gateway.md).
  */
 import { encodeBatch } from '#shared/api/batch.ts';
 
@@ -42,11 +46,16 @@ export interface VolumeDescription {
 export type BatchPiece = { offset: number; data: Buffer } | { offset: number; length: number; zero: true };
 
 export interface VolumeClientOptions {
-  /** Attempts per request, the first included. Default 6. */
+  /**
+   * How long a request keeps being retried after its first attempt failed (the last attempt
+   * starts before the budget ends). Default 120 s; 0 means a single attempt.
+   */
+  retryBudgetMs?: number;
+  /** Attempts per request at most, the first included. Default: no limit but the budget. */
   attemptMax?: number;
   /** Per-attempt timeout. Default 60 s (a 4 MiB batch is encoded and uploaded k+m times). */
   requestTimeoutMs?: number;
-  /** Longest pause between attempts. Default 5 s. */
+  /** Longest pause between attempts. Default 2 s, so service resumes soon after an outage ends. */
   backoffMaxMs?: number;
 }
 
@@ -54,6 +63,8 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 
 export class VolumeClient {
   private readonly attemptMax: number;
+  /** Mutable: the CLI gives up sooner while starting than while serving. */
+  retryBudgetMs: number;
   private readonly requestTimeoutMs: number;
   private readonly backoffMaxMs: number;
   /** Counts of requests sent (attempts included), for logs and the bench. */
@@ -66,19 +77,22 @@ export class VolumeClient {
     readonly volumeId: string,
     opts: VolumeClientOptions = {},
   ) {
-    this.attemptMax = opts.attemptMax ?? 6;
+    this.attemptMax = opts.attemptMax ?? Number.POSITIVE_INFINITY;
+    this.retryBudgetMs = opts.retryBudgetMs ?? 120_000;
     this.requestTimeoutMs = opts.requestTimeoutMs ?? 60_000;
-    this.backoffMaxMs = opts.backoffMaxMs ?? 5_000;
+    this.backoffMaxMs = opts.backoffMaxMs ?? 2_000;
   }
 
   private url(path: string): string {
     return `${this.apiUrl.replace(/\/+$/, '')}/volumes/${encodeURIComponent(this.volumeId)}${path}`;
   }
 
-  /** Sends one request with bounded retries; returns the body of a 2xx answer. */
+  /** Sends one request, retrying within the budget; returns the body of a 2xx answer. */
   private async send(what: string, url: string, init: { method: string; body?: Buffer; headers?: Record<string, string> }): Promise<Buffer> {
     let last: VolumeApiError | undefined;
-    for (let attempt = 1; attempt <= this.attemptMax; attempt++) {
+    const deadline = Date.now() + this.retryBudgetMs;
+    let attempt = 1;
+    for (; ; attempt++) {
       let retryAfterMs = 0;
       let res: Response | undefined;
       let body = Buffer.alloc(0);
@@ -102,12 +116,13 @@ export class VolumeClient {
         if (res.status !== 429 && res.status < 500) throw last;
         retryAfterMs = Number(res.headers.get('retry-after') ?? 0) * 1000;
       }
-      if (attempt < this.attemptMax) {
-        const backoff = Math.min(this.backoffMaxMs, 100 * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
-        await sleep(Math.min(this.backoffMaxMs, Math.max(retryAfterMs, backoff)));
-      }
+      const backoff = Math.min(this.backoffMaxMs, 100 * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
+      const pause = Math.min(this.backoffMaxMs, Math.max(retryAfterMs, backoff));
+      if (attempt >= this.attemptMax || Date.now() >= deadline) break;
+      await sleep(Math.min(pause, deadline - Date.now()));
     }
-    throw new VolumeApiError(`${last!.message} (gave up after ${this.attemptMax} attempts)`, last!.status, { cause: last });
+    const seconds = ((Date.now() - deadline + this.retryBudgetMs) / 1000).toFixed(1);
+    throw new VolumeApiError(`${last!.message} (gave up after ${attempt} attempts in ${seconds} s)`, last!.status, { cause: last });
   }
 
   async describe(): Promise<VolumeDescription> {
