@@ -35,6 +35,8 @@ export const COMMAND_USAGE = {
       --host ADDR            TCP address to listen on (default 127.0.0.1)
       --socket PATH          listen on a Unix socket instead of TCP
       --cache-mib N          dirty data held before clients are slowed down (default 64)
+      --read-cache-mib N     clean data kept for reads, least recently used out (default 256;
+                             0 = none, and no read-ahead)
       --segment-mib N        dirty data that starts a write-back (default 4, at most 4 per batch)
       --max-dirty-age-ms N   write back dirty data older than this (default 5000; 0 = only on
                              FLUSH, FUA, full segments and shutdown)
@@ -108,6 +110,7 @@ export interface NbdCommand {
   apiUrl: string;
   listen: { host: string; port: number } | { socketPath: string };
   cacheBytes: number;
+  readCacheBytes: number;
   segmentBytes: number;
   maxDirtyAgeMs: number;
   /** How long API requests are retried while serving (VolumeClient's retry budget). */
@@ -130,6 +133,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
         host: { type: 'string' },
         socket: { type: 'string' },
         'cache-mib': { type: 'string' },
+        'read-cache-mib': { type: 'string' },
         'segment-mib': { type: 'string' },
         'max-dirty-age-ms': { type: 'string' },
         key: { type: 'string' },
@@ -154,6 +158,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
     apiUrl: values.api,
     listen: values.socket !== undefined ? { socketPath: values.socket } : { host: values.host ?? '127.0.0.1', port: intOption(values.port, 'port', 0, 65535, DEFAULT_NBD_PORT) },
     cacheBytes: cacheMiB * MiB,
+    readCacheBytes: intOption(values['read-cache-mib'], 'read-cache-mib', 0, 64 * 1024, 256) * MiB,
     segmentBytes: segmentMiB * MiB,
     maxDirtyAgeMs: intOption(values['max-dirty-age-ms'], 'max-dirty-age-ms', 0, 24 * 3600 * 1000, 5000),
     retryBudgetMs: intOption(values['retry-budget-s'], 'retry-budget-s', 0, 24 * 3600, 120) * 1000,
@@ -246,6 +251,7 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     pageBytes: volume.pageBlocks * volume.blockSizeBytes,
     segmentBytes: cmd.segmentBytes,
     capacityBytes: cmd.cacheBytes,
+    readCacheBytes: cmd.readCacheBytes,
     maxDirtyAgeMs: cmd.maxDirtyAgeMs,
     log,
   });
@@ -306,7 +312,10 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   try {
     await cache.close();
     const s = cache.stats;
-    log(`stopped; ${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes`);
+    log(
+      `stopped; ${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes; ` +
+        `${s.apiReads} API reads (${s.apiReadBytes} bytes, ${s.readAheads} ahead), read cache ${cache.clean.stats.hits} hits, ${cache.clean.stats.misses} misses`,
+    );
   } catch (err) {
     log(`stopped WITH DATA LOSS: ${(err as Error).message}`);
     status = 1;

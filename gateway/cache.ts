@@ -12,6 +12,7 @@
  * stack before asking the API can never miss a write (see `readAligned`).
  */
 import { invariant } from '#shared/core/errors.ts';
+import { CleanCache, LINE_BYTES, StreamDetector } from './read-cache.ts';
 import { API_MAX_IO_BYTES, API_MAX_PAGES_PER_BATCH, type BatchPiece } from './volume-client.ts';
 
 const KiB = 1024;
@@ -234,8 +235,10 @@ export interface WriteBackCacheOptions {
   capacityBytes?: number;
   /** Dirty data older than this is written back even without FLUSH; 0 never. Default 5000. */
   maxDirtyAgeMs?: number;
-  /** Parallel API reads for one large read. Default 4. */
-  readConcurrency?: number;
+  /** Clean data kept for reads (read-cache.ts); 0 keeps none. Default 256 MiB. */
+  readCacheBytes?: number;
+  /** Largest read-ahead window of a sequential stream. Default 16 MiB; 0 turns read-ahead off. */
+  readAheadMaxBytes?: number;
   log?: (message: string) => void;
 }
 
@@ -246,6 +249,11 @@ export interface CacheStats {
   flushes: number;
   readModifyWrites: number;
   writeBackFailures: number;
+  /** API reads sent (demand and read-ahead) and the bytes they asked for. */
+  apiReads: number;
+  apiReadBytes: number;
+  /** API reads sent ahead of demand. */
+  readAheads: number;
 }
 
 /** Sealed layers taken into one write-back round: they are merged, so concurrent FLUSH/FUA share batches. */
@@ -265,7 +273,12 @@ export class WriteBackCache {
   private readonly segmentBytes: number;
   readonly capacityBytes: number;
   private readonly maxDirtyAgeMs: number;
-  private readonly readConcurrency: number;
+  /** Clean data for reads; see read-cache.ts. */
+  readonly clean: CleanCache;
+  private readonly streams: StreamDetector;
+  private readonly readAheadMaxBytes: number;
+  /** API reads in flight, by line: readers of a line join the fetch instead of sending their own. */
+  private readonly fetching = new Map<number, Fetch>();
   private readonly limits: BatchLimits;
   private readonly log: (message: string) => void;
 
@@ -282,7 +295,17 @@ export class WriteBackCache {
   private laneDepth = 0;
   private readonly timer: NodeJS.Timeout;
   private closed = false;
-  readonly stats: CacheStats = { batchesWritten: 0, dataBytesWritten: 0, zeroBytesWritten: 0, flushes: 0, readModifyWrites: 0, writeBackFailures: 0 };
+  readonly stats: CacheStats = {
+    batchesWritten: 0,
+    dataBytesWritten: 0,
+    zeroBytesWritten: 0,
+    flushes: 0,
+    readModifyWrites: 0,
+    writeBackFailures: 0,
+    apiReads: 0,
+    apiReadBytes: 0,
+    readAheads: 0,
+  };
 
   constructor(
     private readonly backend: CacheBackend,
@@ -293,7 +316,10 @@ export class WriteBackCache {
     this.segmentBytes = opts.segmentBytes ?? 4 * MiB;
     this.capacityBytes = opts.capacityBytes ?? 64 * MiB;
     this.maxDirtyAgeMs = opts.maxDirtyAgeMs ?? 5000;
-    this.readConcurrency = opts.readConcurrency ?? 4;
+    this.clean = new CleanCache(opts.readCacheBytes ?? 256 * MiB);
+    // Read-ahead needs room to keep what it read until the reader gets there.
+    this.readAheadMaxBytes = Math.min(opts.readAheadMaxBytes ?? 16 * MiB, Math.floor(this.clean.capacityBytes / 4 / API_MAX_IO_BYTES) * API_MAX_IO_BYTES);
+    this.streams = new StreamDetector(this.readAheadMaxBytes, Math.min(this.readAheadMaxBytes, API_MAX_IO_BYTES));
     this.log = opts.log ?? (() => undefined);
     this.limits = { pageBytes: opts.pageBytes, dataMaxBytes: API_MAX_IO_BYTES, pagesMax: API_MAX_PAGES_PER_BATCH };
     invariant(this.sizeBytes % this.blockSizeBytes === 0, 'volume size is not a multiple of its block size');
@@ -453,7 +479,11 @@ export class WriteBackCache {
     // miss a layer that was written back (and dropped) while the read was in flight, if the API
     // had served the read from before that commit.
     const overlay = [...this.sealed, this.open].map((l) => l.map.pieces(start, end));
-    const out = coversAll(overlay, start, end) ? Buffer.alloc(length) : await this.readBackend(start, length);
+    const out = Buffer.alloc(length);
+    if (!coversAll(overlay, start, end)) {
+      await this.readClean(start, end, out);
+      this.readAhead(start, end);
+    }
     for (const pieces of overlay) {
       for (const p of pieces) {
         if (p.data) p.data.copy(out, p.start - start);
@@ -463,20 +493,108 @@ export class WriteBackCache {
     return out;
   }
 
-  private async readBackend(start: number, length: number): Promise<Buffer> {
-    if (length <= API_MAX_IO_BYTES) return this.checkedRead(start, length);
-    const out = Buffer.allocUnsafe(length);
-    const pieces = Math.ceil(length / API_MAX_IO_BYTES);
-    let next = 0;
-    await Promise.all(
-      Array.from({ length: Math.min(this.readConcurrency, pieces) }, async () => {
-        for (let i = next++; i < pieces; i = next++) {
-          const s = i * API_MAX_IO_BYTES;
-          (await this.checkedRead(start + s, Math.min(API_MAX_IO_BYTES, length - s))).copy(out, s);
+  /**
+   * Fills `out` with the volume's durable bytes of [start, end): cached lines at once (before
+   * any await, so they are as recent as the overlay snapshot the caller took), the rest from
+   * fetches in flight or new ones.
+   */
+  private async readClean(start: number, end: number, out: Buffer): Promise<void> {
+    const missing: number[] = [];
+    for (let line = Math.floor(start / LINE_BYTES); line * LINE_BYTES < end; line++) {
+      const b = this.clean.get(line);
+      if (b) copyLine(b, line, start, end, out);
+      else missing.push(line);
+    }
+    if (missing.length === 0) return;
+    // Join fetches already in flight; send one API read per run of the other lines.
+    const joined = new Map<number, Fetch>();
+    const runs: number[][] = [];
+    for (const line of missing) {
+      const f = this.fetching.get(line);
+      if (f) {
+        joined.set(line, f);
+        continue;
+      }
+      const run = runs[runs.length - 1];
+      if (run && run[run.length - 1] === line - 1 && !crossesWindow(run[0]!, line)) run.push(line);
+      else runs.push([line]);
+    }
+    const own = runs.map((run) => this.fetch(run[0]!, run[run.length - 1]! + 1, false));
+    await Promise.all([
+      ...own.map(async (f) => {
+        copyFetched(await f.promise, f, start, end, out);
+      }),
+      ...[...joined].map(async ([line, f]) => {
+        let bytes: Buffer | null = null;
+        try {
+          bytes = await f.promise;
+        } catch {
+          // A failed read-ahead: read the line again, as this reader's own request.
+        }
+        // A fetch that a write-back overtook may predate that write, which this reader's overlay
+        // no longer holds (its layer may be gone): only the reader that started a fetch may use
+        // a stale one (its overlay was taken before the fetch began).
+        if (!bytes || f.stale) {
+          const again = this.fetch(line, line + 1, false);
+          copyFetched(await again.promise, again, start, end, out);
+        } else {
+          copyLine(bytes.subarray((line - f.first) * LINE_BYTES), line, start, end, out);
         }
       }),
+    ]);
+  }
+
+  /** Sends one API read of lines [first, last) (inside one 4 MiB window) and registers it for joiners. */
+  private fetch(first: number, last: number, ahead: boolean): Fetch {
+    const start = first * LINE_BYTES;
+    const end = Math.min(this.sizeBytes, last * LINE_BYTES);
+    const f: Fetch = { first, last, stale: false, promise: undefined as unknown as Promise<Buffer> };
+    this.stats.apiReads++;
+    this.stats.apiReadBytes += end - start;
+    if (ahead) this.stats.readAheads++;
+    f.promise = this.checkedRead(start, end - start).then(
+      (bytes) => {
+        this.unregister(f);
+        if (!f.stale) for (let line = first; line < last; line++) this.clean.put(line, Buffer.from(bytes.subarray((line - first) * LINE_BYTES, Math.min(bytes.length, (line - first + 1) * LINE_BYTES))));
+        return bytes;
+      },
+      (err: unknown) => {
+        this.unregister(f);
+        throw err;
+      },
     );
-    return out;
+    if (ahead) f.promise.catch((err: Error) => this.log(`read-ahead of [${start}, ${end}) failed: ${err.message}`));
+    for (let line = first; line < last; line++) this.fetching.set(line, f);
+    return f;
+  }
+
+  private unregister(f: Fetch): void {
+    for (let line = f.first; line < f.last; line++) if (this.fetching.get(line) === f) this.fetching.delete(line);
+  }
+
+  /**
+   * A read of [start, end) that continues a sequential stream starts API reads of the window
+   * ahead of it: whole 4 MiB windows (whole chunks of the segments a sequential writer made), of
+   * the lines neither cached nor being read.
+   */
+  private readAhead(start: number, end: number): void {
+    if (this.readAheadMaxBytes === 0) return;
+    const ahead = this.streams.observe(start, end);
+    if (!ahead) return;
+    const W = API_MAX_IO_BYTES;
+    const aheadEnd = Math.min(this.sizeBytes, Math.ceil(ahead.end / W) * W);
+    let line = Math.floor(ahead.start / LINE_BYTES);
+    const lastLine = Math.ceil(aheadEnd / LINE_BYTES);
+    while (line < lastLine) {
+      if (this.clean.has(line) || this.fetching.has(line)) {
+        line++;
+        continue;
+      }
+      let runEnd = line + 1;
+      while (runEnd < lastLine && !crossesWindow(line, runEnd) && !this.clean.has(runEnd) && !this.fetching.has(runEnd)) runEnd++;
+      this.fetch(line, runEnd, true);
+      line = runEnd;
+    }
   }
 
   private async checkedRead(start: number, length: number): Promise<Buffer> {
@@ -484,6 +602,18 @@ export class WriteBackCache {
       return await this.backend.read(start, length);
     } catch (err) {
       throw new CacheReadError(`read [${start}, ${start + length}) failed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** A batch the API acknowledged: cached lines take its bytes, and reads in flight over it may not fill the cache. */
+  private committed(pieces: readonly BatchPiece[]): void {
+    for (const p of pieces) {
+      const end = p.offset + ('data' in p ? p.data.length : p.length);
+      this.clean.patch(p.offset, end, 'data' in p ? p.data : null);
+      for (let line = Math.floor(p.offset / LINE_BYTES); line * LINE_BYTES < end; line++) {
+        const f = this.fetching.get(line);
+        if (f) f.stale = true;
+      }
     }
   }
 
@@ -533,6 +663,7 @@ export class WriteBackCache {
         for (const planned of planBatches(merged.extents(), this.limits)) {
           const pieces = toBatchPieces(planned);
           await this.backend.writeBatch(pieces);
+          this.committed(pieces);
           this.stats.batchesWritten++;
           for (const p of pieces) {
             if ('data' in p) this.stats.dataBytesWritten += p.data.length;
@@ -600,6 +731,36 @@ export class WriteBackCache {
     }
     throw new WriteBackError(`${this.dirtyDataBytes} dirty bytes in ${this.dirtyExtents} extents could not be written back: ${(lastErr as Error | undefined)?.message ?? 'unknown'}`, { cause: lastErr });
   }
+}
+
+/** An API read in flight: lines [first, last). `stale` once a write-back over it was acknowledged. */
+interface Fetch {
+  first: number;
+  last: number;
+  stale: boolean;
+  promise: Promise<Buffer>;
+}
+
+/** Lines a and b lie in different 4 MiB windows (API reads stay inside one, as segments of a sequential writer do). */
+function crossesWindow(a: number, b: number): boolean {
+  const perWindow = API_MAX_IO_BYTES / LINE_BYTES;
+  return Math.floor(a / perWindow) !== Math.floor(b / perWindow);
+}
+
+/** Copies the part of line `line` (whose bytes start at `bytes`) inside [start, end) into `out` (which holds [start, end)). */
+function copyLine(bytes: Buffer, line: number, start: number, end: number, out: Buffer): void {
+  const lineStart = line * LINE_BYTES;
+  const s = Math.max(start, lineStart);
+  const t = Math.min(end, lineStart + Math.min(LINE_BYTES, bytes.length));
+  if (t > s) bytes.copy(out, s - start, s - lineStart, t - lineStart);
+}
+
+/** Copies the part of a fetch's bytes inside [start, end) into `out`. */
+function copyFetched(bytes: Buffer, f: Fetch, start: number, end: number, out: Buffer): void {
+  const fStart = f.first * LINE_BYTES;
+  const s = Math.max(start, fStart);
+  const t = Math.min(end, fStart + bytes.length);
+  if (t > s) bytes.copy(out, s - start, s - fStart, t - fStart);
 }
 
 /** True when the pieces (from all layers) cover every byte of [start, end). */

@@ -330,3 +330,71 @@ describe('WriteBackCache', () => {
     expect(vol.bytes.equals(model), 'the volume equals the model after close').toBe(true);
   });
 });
+
+describe('WriteBackCache read path: clean cache, joined reads, read-ahead', () => {
+  it('serves a re-read from the clean cache, and a write-back patches the cached lines', async () => {
+    const vol = new MemoryVolume(8 * MiB, MiB);
+    randomBytes(MiB).copy(vol.bytes, 0);
+    const cache = newCache(vol, { readAheadMaxBytes: 0 });
+    expect((await cache.read(0, MiB)).equals(vol.bytes.subarray(0, MiB))).toBe(true);
+    const reads = vol.reads;
+    expect((await cache.read(4096, 8192)).equals(vol.bytes.subarray(4096, 4096 + 8192))).toBe(true);
+    expect(vol.reads, 'a re-read is served from the clean cache').toBe(reads);
+    await cache.write(8192, Buffer.alloc(BS, 9));
+    await cache.flush();
+    const got = await cache.read(0, 3 * BS);
+    expect(got[2 * BS]).toBe(9);
+    expect(got.subarray(0, 2 * BS).equals(vol.bytes.subarray(0, 2 * BS))).toBe(true);
+    expect(vol.reads, 'the write-back patched the line; no API read').toBe(reads);
+    await cache.close();
+  });
+
+  it('does not cache a read that a write-back overtook, and a reader that joined it reads again', async () => {
+    const vol = new MemoryVolume(MiB, 64 * KiB);
+    const cache = newCache(vol, { readAheadMaxBytes: 0 });
+    // R0's API read takes the old bytes (zeros), then waits.
+    const readHold = release();
+    vol.readGate = readHold.gate;
+    const r0 = cache.read(0, BS);
+    // A write made durable while R0 waits: its layer leaves the cache.
+    vol.readGate = null;
+    await cache.write(0, Buffer.alloc(BS, 5));
+    await cache.flush();
+    // R1 starts after the write-back: it may not take R0's old bytes.
+    const r1 = cache.read(0, BS);
+    readHold.open();
+    expect((await r0)[0], 'R0 began before the write was durable; either answer is allowed, it took the old one').toBe(0);
+    expect((await r1)[0], 'R1 began after the write was durable').toBe(5);
+    expect((await cache.read(0, BS))[0], 'the overtaken read did not fill the cache with old bytes').toBe(5);
+    await cache.close();
+  });
+
+  it('reads a sequential stream in whole 4 MiB windows ahead of the reader', async () => {
+    const vol = new MemoryVolume(64 * MiB, MiB);
+    randomBytes(32 * MiB).copy(vol.bytes, 0);
+    const cache = newCache(vol);
+    const sizes: number[] = [];
+    const read = vol.read.bind(vol);
+    vol.read = (offset: number, length: number) => {
+      sizes.push(length);
+      return read(offset, length);
+    };
+    for (let pos = 0; pos < 32 * MiB; pos += 256 * KiB) {
+      expect((await cache.read(pos, 256 * KiB)).equals(vol.bytes.subarray(pos, pos + 256 * KiB))).toBe(true);
+    }
+    // Two demand reads start the stream; everything after comes in 4 MiB windows read ahead.
+    expect(sizes.filter((n) => n === 4 * MiB).length).toBeGreaterThanOrEqual(7);
+    expect(cache.stats.apiReadBytes, 'read-ahead stops near the reader: at most one window of 16 MiB beyond').toBeLessThanOrEqual(32 * MiB + 20 * MiB);
+    expect(sizes.length, 'about one API read per 4 MiB, not one per request').toBeLessThanOrEqual(16);
+    await cache.close();
+  });
+
+  it('keeps the clean cache within its bound', async () => {
+    const vol = new MemoryVolume(16 * MiB, MiB);
+    const cache = newCache(vol, { readCacheBytes: 2 * MiB, readAheadMaxBytes: 0 });
+    for (let pos = 0; pos < 16 * MiB; pos += MiB) await cache.read(pos, MiB);
+    expect(cache.clean.usedBytes).toBeLessThanOrEqual(2 * MiB);
+    expect(cache.clean.stats.evictions).toBeGreaterThan(0);
+    await cache.close();
+  });
+});
