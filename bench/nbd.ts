@@ -11,7 +11,8 @@
  * bench/main.ts runs in-process, so every AWS request it causes is counted exactly there.
  * Small runs are measured and scaled linearly; the table says what was measured.
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RequestCounts } from '#shared/aws/clients.ts';
@@ -103,39 +104,63 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
   await ctx.createBucket(bucket);
   const mnt = join(dir, 's3backer');
   mkdirSync(mnt);
+  // In the foreground (-f), so that the bench knows when it has exited: after an unmount it
+  // writes back its dirty blocks and clears its mounted flag, and only then can it mount again.
+  let daemon: ChildProcess | undefined;
+  let daemonOut = '';
   const mount = async () => {
-    const r = await run('s3backer', [
-      '--accessId=test',
-      '--accessKey=test',
-      `--baseURL=${ctx.endpointUrl.replace(/\/*$/, '/')}`,
-      '--blockSize=1M',
-      `--size=${COMPARE_MIB}M`,
-      `--blockCacheSize=${cacheMiB}`,
-      '--directIO',
-      '--quiet',
-      bucket,
-      mnt,
-    ]);
-    if (r.code !== 0) throw new Error(`s3backer exited ${r.code}: ${r.stderr}`);
+    daemonOut = '';
+    daemon = spawn(
+      's3backer',
+      [
+        '--accessId=test',
+        '--accessKey=test',
+        `--baseURL=${ctx.endpointUrl.replace(/\/*$/, '/')}`,
+        '--blockSize=1M',
+        `--size=${COMPARE_MIB}M`,
+        `--blockCacheSize=${cacheMiB}`,
+        '--directIO',
+        '-f',
+        bucket,
+        mnt,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    daemon.stdout!.on('data', (d) => (daemonOut += d));
+    daemon.stderr!.on('data', (d) => (daemonOut += d));
+    for (let i = 0; i < 200 && !existsSync(join(mnt, 'file')); i++) {
+      if (daemon.exitCode !== null) throw new Error(`s3backer exited ${daemon.exitCode}: ${daemonOut}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    if (!existsSync(join(mnt, 'file'))) throw new Error(`s3backer did not mount within 10 s: ${daemonOut}`);
   };
-  const umount = async () => {
+  /** Unmounts and waits for s3backer to exit (its dirty blocks written back); returns the milliseconds that took. */
+  const umount = async (): Promise<number> => {
+    const started = Date.now();
+    const d = daemon;
+    if (!d) return 0;
+    const exited = d.exitCode !== null ? Promise.resolve() : new Promise<void>((resolve) => d.once('exit', () => resolve()));
     await run('umount', [mnt]);
+    await exited;
+    daemon = undefined;
+    return Date.now() - started;
   };
   await mount();
   const file = join(mnt, 'file');
+  let lastUmountMs = 0;
   const s3b: Side = {
     async fio(name, args) {
       return fio('', `s3backer ${name}`, args, dir, ['--ioengine=libaio', '--direct=1', `--filename=${file}`]);
     },
     async restart() {
-      await umount();
+      lastUmountMs = await umount();
       await mount();
     },
     async gets() {
       const stats = readFileSync(join(mnt, 'stats'), 'utf8');
       return Number(/http_gets\s+(\d+)/.exec(stats)?.[1] ?? NaN);
     },
-    stop: umount,
+    stop: async () => void (await umount()),
   };
   try {
     const results: Record<string, { sledge: number; s3backer: number }> = {};
@@ -145,7 +170,11 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
       ['s3backer', s3b],
     ] as const) {
       const w = await side.fio('sequential write', ['--rw=write', ...SEQ, '--end_fsync=1']);
+      lastUmountMs = 0;
       await side.restart();
+      // s3backer's fsync does not wait for its block cache; its unmount does. Durable is fio's
+      // time plus the unmount's (0 for the gateway, whose FLUSH is durable).
+      const durableMBps = (COMPARE_MIB * MiB) / (w.job_runtime / 1000 + lastUmountMs / 1000) / 1e6;
       if (name === 'sledge') ctx.resetRequestCounts();
       const g0 = await side.gets();
       const cold = await side.fio('cold sequential read', ['--rw=read', ...SEQ]);
@@ -157,13 +186,14 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
         results[k]![name] = v;
       };
       put('sequential write 1 MiB, qd 8, then FLUSH (MB/s)', w.write.bw_bytes / 1e6);
+      put('sequential write until durable (MB/s)', durableMBps);
       put('cold sequential read 1 MiB, qd 8 (MB/s)', cold.read.bw_bytes / 1e6);
       put('warm sequential re-read 1 MiB, qd 8 (MB/s)', warm.read.bw_bytes / 1e6);
       put('4 KiB random read, qd 32, warm (IOPS)', rand.read.iops);
       await side.stop();
     }
     const goals: Record<string, string> = {
-      'sequential write 1 MiB, qd 8, then FLUSH (MB/s)': '>= 0.6',
+      'sequential write until durable (MB/s)': '>= 0.6',
       'cold sequential read 1 MiB, qd 8 (MB/s)': '>= 1.0',
       'warm sequential re-read 1 MiB, qd 8 (MB/s)': '>= 2.0',
     };
@@ -178,11 +208,12 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
     );
     ctx.table([{ 'S3 GETs per MiB read cold': 'sledge', value: getsPerMiB.sledge.toFixed(2) }, { 'S3 GETs per MiB read cold': 's3backer', value: getsPerMiB.s3backer.toFixed(2) }]);
     console.log(
-      `(s3backer ${(await run('s3backer', ['--version'])).stdout.split('\n')[0]}: --blockSize=1M --blockCacheSize=${cacheMiB} --directIO, fio libaio O_DIRECT on its file; ` +
+      `(s3backer ${(await run('s3backer', ['--version'])).stdout.split('\n')[0]}: --blockSize=1M --blockCacheSize=${cacheMiB} --directIO, fio libaio O_DIRECT on its file, ` +
+        'its write "until durable" includes the unmount that writes its cache back; ' +
         `the gateway with --read-cache-mib ${cacheMiB}, fio's nbd engine. Sledge writes 1.5x the bytes (4+2 erasure coding).)`,
     );
   } finally {
-    await run('umount', [mnt]);
+    if (daemon) await umount();
   }
 }
 

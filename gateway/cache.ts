@@ -13,7 +13,7 @@
  */
 import { invariant } from '#shared/core/errors.ts';
 import { CleanCache, LINE_BYTES, StreamDetector } from './read-cache.ts';
-import { API_MAX_IO_BYTES, API_MAX_PAGES_PER_BATCH, type BatchPiece } from './volume-client.ts';
+import { API_MAX_ALLOCATION_BYTES, API_MAX_IO_BYTES, API_MAX_PAGES_PER_BATCH, type AllocationRun, type BatchPiece } from './volume-client.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -22,6 +22,8 @@ const MiB = 1024 * KiB;
 export interface CacheBackend {
   read(offset: number, length: number): Promise<Buffer>;
   writeBatch(pieces: readonly BatchPiece[]): Promise<void>;
+  /** Runs of data and of zeros over a block-aligned range (at most API_MAX_ALLOCATION_BYTES), covering it exactly. */
+  allocation?(offset: number, length: number): Promise<AllocationRun[]>;
 }
 
 /** A run of dirty bytes: `data` (exactly `end - start` bytes), or zeros when `data` is null. */
@@ -239,6 +241,8 @@ export interface WriteBackCacheOptions {
   readCacheBytes?: number;
   /** Largest read-ahead window of a sequential stream. Default 16 MiB; 0 turns read-ahead off. */
   readAheadMaxBytes?: number;
+  /** Batches of one write-back round in flight at once. Default 4. */
+  writeBackConcurrency?: number;
   log?: (message: string) => void;
 }
 
@@ -277,6 +281,7 @@ export class WriteBackCache {
   readonly clean: CleanCache;
   private readonly streams: StreamDetector;
   private readonly readAheadMaxBytes: number;
+  private readonly writeBackConcurrency: number;
   /** API reads in flight, by line: readers of a line join the fetch instead of sending their own. */
   private readonly fetching = new Map<number, Fetch>();
   private readonly limits: BatchLimits;
@@ -316,6 +321,7 @@ export class WriteBackCache {
     this.segmentBytes = opts.segmentBytes ?? 4 * MiB;
     this.capacityBytes = opts.capacityBytes ?? 64 * MiB;
     this.maxDirtyAgeMs = opts.maxDirtyAgeMs ?? 5000;
+    this.writeBackConcurrency = Math.max(1, opts.writeBackConcurrency ?? 4);
     this.clean = new CleanCache(opts.readCacheBytes ?? 256 * MiB);
     // Read-ahead needs room to keep what it read until the reader gets there.
     this.readAheadMaxBytes = Math.min(opts.readAheadMaxBytes ?? 16 * MiB, Math.floor(this.clean.capacityBytes / 4 / API_MAX_IO_BYTES) * API_MAX_IO_BYTES);
@@ -479,7 +485,9 @@ export class WriteBackCache {
     // miss a layer that was written back (and dropped) while the read was in flight, if the API
     // had served the read from before that commit.
     const overlay = [...this.sealed, this.open].map((l) => l.map.pieces(start, end));
-    const out = Buffer.alloc(length);
+    // Every byte is written below: by cached lines and fetches (readClean fills the whole range),
+    // or by the overlay when it covers the range.
+    const out = Buffer.allocUnsafe(length);
     if (!coversAll(overlay, start, end)) {
       await this.readClean(start, end, out);
       this.readAhead(start, end);
@@ -583,7 +591,8 @@ export class WriteBackCache {
     if (!ahead) return;
     const W = API_MAX_IO_BYTES;
     const aheadEnd = Math.min(this.sizeBytes, Math.ceil(ahead.end / W) * W);
-    let line = Math.floor(ahead.start / LINE_BYTES);
+    // Lines up to `ahead.from` were looked at by an earlier read of this stream.
+    let line = Math.floor(Math.max(ahead.start, ahead.from) / LINE_BYTES);
     const lastLine = Math.ceil(aheadEnd / LINE_BYTES);
     while (line < lastLine) {
       if (this.clean.has(line) || this.fetching.has(line)) {
@@ -615,6 +624,40 @@ export class WriteBackCache {
         if (f) f.stale = true;
       }
     }
+  }
+
+  /**
+   * Block status: runs of data and of zeros from `offset`, covering at least the first block
+   * and at most `length` bytes (a client asks again for the rest). The volume's allocation as
+   * the API reports it, with the dirty layers laid over it (data where a write is cached, zeros
+   * where a trim or WRITE_ZEROES is): snapshot first, as for reads.
+   */
+  async allocation(offset: number, length: number): Promise<AllocationRun[]> {
+    const bs = this.blockSizeBytes;
+    const a0 = Math.floor(offset / bs) * bs;
+    const a1 = Math.min(this.sizeBytes, Math.ceil((offset + length) / bs) * bs, a0 + API_MAX_ALLOCATION_BYTES);
+    const overlay = [...this.sealed, this.open].flatMap((l) => l.map.pieces(a0, a1));
+    let runs: AllocationRun[];
+    if (this.backend.allocation) {
+      try {
+        runs = await this.backend.allocation(a0, a1 - a0);
+      } catch (err) {
+        throw new CacheReadError(`allocation of [${a0}, ${a1}) failed: ${(err as Error).message}`, { cause: err });
+      }
+    } else runs = [{ offset: a0, length: a1 - a0, zero: false }];
+    for (const p of overlay) runs = setRun(runs, p.start, p.end, p.data === null);
+    // From `offset` exactly, and no further than the request.
+    const end = Math.min(offset + length, a1);
+    const out: AllocationRun[] = [];
+    for (const r of runs) {
+      const s = Math.max(offset, r.offset);
+      const t = Math.min(end, r.offset + r.length);
+      if (t <= s) continue;
+      const last = out[out.length - 1];
+      if (last && last.zero === r.zero && last.offset + last.length === s) last.length += t - s;
+      else out.push({ offset: s, length: t - s, zero: r.zero });
+    }
+    return out;
   }
 
   // -------------------------------------------------------------------------------------
@@ -660,16 +703,36 @@ export class WriteBackCache {
       const merged = new ExtentMap();
       try {
         for (const layer of group) for (const e of layer.map.extents()) merged.set(e.start, e.end, e.data);
-        for (const planned of planBatches(merged.extents(), this.limits)) {
-          const pieces = toBatchPieces(planned);
-          await this.backend.writeBatch(pieces);
-          this.committed(pieces);
-          this.stats.batchesWritten++;
-          for (const p of pieces) {
-            if ('data' in p) this.stats.dataBytesWritten += p.data.length;
-            else this.stats.zeroBytesWritten += p.length;
-          }
-        }
+        // The batches of one round never overlap (they are cut from one merged map), so several
+        // may be in flight: the API commits one writer's concurrent batches one after another
+        // without re-uploading (docs/page-map.md, "Pipelined writes"). Rounds do not overlap,
+        // so a newer write to a block is always committed after an older one.
+        const planned = planBatches(merged.extents(), this.limits);
+        let next = 0;
+        let failed = false;
+        // Every batch sent settles before the round ends, failed or not: a batch of this round
+        // still in flight must never race one of the next round over the same blocks.
+        const settled = await Promise.allSettled(
+          Array.from({ length: Math.min(this.writeBackConcurrency, planned.length) }, async () => {
+            while (next < planned.length && !failed) {
+              const pieces = toBatchPieces(planned[next++]!);
+              try {
+                await this.backend.writeBatch(pieces);
+              } catch (err) {
+                failed = true;
+                throw err;
+              }
+              this.committed(pieces);
+              this.stats.batchesWritten++;
+              for (const p of pieces) {
+                if ('data' in p) this.stats.dataBytesWritten += p.data.length;
+                else this.stats.zeroBytesWritten += p.length;
+              }
+            }
+          }),
+        );
+        const failure = settled.find((r) => r.status === 'rejected');
+        if (failure) throw failure.reason;
       } catch (err) {
         const error = new WriteBackError(`write-back of ${merged.dataBytes} dirty bytes failed: ${(err as Error).message}`, { cause: err });
         this.lastError = error;
@@ -761,6 +824,37 @@ function copyFetched(bytes: Buffer, f: Fetch, start: number, end: number, out: B
   const s = Math.max(start, fStart);
   const t = Math.min(end, fStart + bytes.length);
   if (t > s) bytes.copy(out, s - start, s - fStart, t - fStart);
+}
+
+/** Runs with [start, end) set to `zero`; sorted, covering what `runs` covered. */
+function setRun(runs: readonly AllocationRun[], start: number, end: number, zero: boolean): AllocationRun[] {
+  const out: AllocationRun[] = [];
+  const push = (offset: number, length: number, z: boolean) => {
+    if (length <= 0) return;
+    const last = out[out.length - 1];
+    if (last && last.zero === z && last.offset + last.length === offset) last.length += length;
+    else out.push({ offset, length, zero: z });
+  };
+  let placed = false;
+  for (const r of runs) {
+    const rEnd = r.offset + r.length;
+    if (rEnd <= start || r.offset >= end) {
+      if (r.offset >= end && !placed) {
+        placed = true;
+        push(start, end - start, zero);
+      }
+      push(r.offset, r.length, r.zero);
+      continue;
+    }
+    push(r.offset, Math.max(0, start - r.offset), r.zero);
+    if (!placed) {
+      placed = true;
+      push(start, end - start, zero);
+    }
+    push(end, rEnd - end, r.zero);
+  }
+  if (!placed) push(start, end - start, zero);
+  return out;
 }
 
 /** True when the pieces (from all layers) cover every byte of [start, end). */

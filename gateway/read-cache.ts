@@ -100,7 +100,7 @@ export class CleanCache {
  * window, up to `maxWindowBytes`, as the Linux page cache does.
  */
 export class StreamDetector {
-  private streams: Array<{ next: number; window: number }> = [];
+  private streams: Array<{ next: number; window: number; aheadTo: number }> = [];
 
   constructor(
     readonly maxWindowBytes: number,
@@ -109,13 +109,13 @@ export class StreamDetector {
   ) {}
 
   /**
-   * Records a read of [start, end); returns the range to read ahead (possibly empty) when the
-   * read continues a stream.
+   * Records a read of [start, end); returns the range to read ahead when the read continues a
+   * stream, and how far an earlier read-ahead of the stream already went.
    */
-  observe(start: number, end: number): { start: number; end: number } | null {
+  observe(start: number, end: number): { start: number; end: number; from: number } | null {
     const i = this.streams.findIndex((s) => start >= s.next - Math.max(s.window, this.firstWindowBytes) && start <= s.next + Math.max(s.window, this.firstWindowBytes));
     if (i < 0) {
-      this.streams.push({ next: end, window: 0 });
+      this.streams.push({ next: end, window: 0, aheadTo: 0 });
       if (this.streams.length > this.maxStreams) this.streams.shift();
       return null;
     }
@@ -125,6 +125,10 @@ export class StreamDetector {
     this.streams.push(s);
     s.next = Math.max(s.next, end);
     s.window = Math.min(this.maxWindowBytes, Math.max(this.firstWindowBytes, s.window * 2));
-    return { start: s.next, end: s.next + s.window };
+    // `from`: where the read-ahead of this stream got to last time (what lies before it was
+    // already cached or fetched then); the caller need not look at those lines again.
+    const from = s.aheadTo;
+    s.aheadTo = Math.max(s.aheadTo, s.next + s.window);
+    return { start: s.next, end: s.next + s.window, from };
   }
 }

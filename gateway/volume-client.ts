@@ -20,6 +20,15 @@ import { encodeBatch } from '#shared/api/batch.ts';
  */
 export const API_MAX_IO_BYTES = 4 * 1024 * 1024;
 export const API_MAX_PAGES_PER_BATCH = 96;
+/** The longest range one allocation query describes (shared/data/read.ts MAX_ALLOCATION_BYTES). */
+export const API_MAX_ALLOCATION_BYTES = 256 * 1024 * 1024;
+
+/** A run of the volume that holds data, or reads as zeros (never written, trimmed, zeroed). */
+export interface AllocationRun {
+  offset: number;
+  length: number;
+  zero: boolean;
+}
 
 /** The API answered with an error, or could not be reached after every attempt. */
 export class VolumeApiError extends Error {
@@ -68,7 +77,9 @@ export class VolumeClient {
   private readonly requestTimeoutMs: number;
   private readonly backoffMaxMs: number;
   /** Counts of requests sent (attempts included), for logs and the bench. */
-  readonly sent = { reads: 0, batches: 0, describes: 0 };
+  readonly sent = { reads: 0, batches: 0, describes: 0, allocations: 0 };
+  /** S3 ranged GETs the API reported making for this client's reads (its x-sledge-ranged-gets header). */
+  rangedGets = 0;
   /** The reservation key every read and write presents, once the gateway has attached. */
   reservationKey: string | undefined;
 
@@ -88,7 +99,12 @@ export class VolumeClient {
   }
 
   /** Sends one request, retrying within the budget; returns the body of a 2xx answer. */
-  private async send(what: string, url: string, init: { method: string; body?: Buffer; headers?: Record<string, string> }): Promise<Buffer> {
+  private async send(
+    what: string,
+    url: string,
+    init: { method: string; body?: Buffer; headers?: Record<string, string> },
+    onOk?: (headers: Headers) => void,
+  ): Promise<Buffer> {
     let last: VolumeApiError | undefined;
     const deadline = Date.now() + this.retryBudgetMs;
     let attempt = 1;
@@ -110,7 +126,10 @@ export class VolumeClient {
         last = new VolumeApiError(`${what}: ${(err as Error).message}`, 0, { cause: err });
       }
       if (res) {
-        if (res.ok) return body;
+        if (res.ok) {
+          onOk?.(res.headers);
+          return body;
+        }
         last = new VolumeApiError(`${what}: HTTP ${res.status} ${body.toString('utf8').slice(0, 500)}`, res.status);
         // 4xx other than 429 will fail the same way again: bad input or a missing volume.
         if (res.status !== 429 && res.status < 500) throw last;
@@ -139,10 +158,30 @@ export class VolumeClient {
   async read(offset: number, length: number): Promise<Buffer> {
     if (length > API_MAX_IO_BYTES) throw new RangeError(`a read through the API is at most ${API_MAX_IO_BYTES} bytes, not ${length}`);
     this.sent.reads++;
-    const body = await this.send(`read ${this.volumeId} @${offset}+${length}`, this.url(`/data?offset=${offset}&length=${length}`), { method: 'GET', headers: this.keyHeader() });
+    const body = await this.send(`read ${this.volumeId} @${offset}+${length}`, this.url(`/data?offset=${offset}&length=${length}`), { method: 'GET', headers: this.keyHeader() }, (h) => {
+      this.rangedGets += Number(h.get('x-sledge-ranged-gets') ?? 0);
+    });
     // Pair assertion: the API must answer with exactly the bytes asked for.
     if (body.length !== length) throw new VolumeApiError(`read ${this.volumeId} @${offset}+${length}: got ${body.length} bytes`, 200);
     return body;
+  }
+
+  /** Which parts of a block-aligned range (at most API_MAX_ALLOCATION_BYTES) hold data: runs covering it exactly. */
+  async allocation(offset: number, length: number): Promise<AllocationRun[]> {
+    this.sent.allocations++;
+    const body = await this.send(`allocation ${this.volumeId} @${offset}+${length}`, this.url(`/allocation?offset=${offset}&length=${length}`), {
+      method: 'GET',
+      headers: this.keyHeader(),
+    });
+    const { runs } = JSON.parse(body.toString('utf8')) as { runs: AllocationRun[] };
+    // Pair assertion: the runs must cover the range exactly, in order.
+    let pos = offset;
+    for (const r of runs) {
+      if (r.offset !== pos || !(r.length > 0)) throw new VolumeApiError(`allocation ${this.volumeId} @${offset}+${length}: runs do not cover the range`, 200);
+      pos += r.length;
+    }
+    if (pos !== offset + length) throw new VolumeApiError(`allocation ${this.volumeId} @${offset}+${length}: runs end at ${pos}`, 200);
+    return runs;
   }
 
   /** Writes a batch (at most API_MAX_IO_BYTES of data and API_MAX_PAGES_PER_BATCH pages) as one segment. */
