@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { Agent as HttpAgent, request as httpRequest } from 'node:http';
-import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { startControlPlane } from '#local/control-plane.ts';
 import { BatchGetItemCommand, GetItemCommand } from '@aws-sdk/client-dynamodb';
 import { dynamo, requestCounts, resetRequestCounts, s3, type RequestCounts } from '#shared/aws/clients.ts';
@@ -397,6 +397,8 @@ async function main(): Promise<void> {
 
     if (want('nbd')) await benchNbd({
       apiUrl: api,
+      endpointUrl: plane.endpointUrl,
+      createBucket: async (name) => void (await s3().send(new CreateBucketCommand({ Bucket: name }))),
       createVolume,
       resetRequestCounts,
       requestCounts,

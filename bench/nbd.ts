@@ -1,28 +1,35 @@
 /**
  * The NBD gateway section of `npm run bench`.
  *
- * Speed: the same fio jobs (fio's nbd engine, libnbd) against the gateway and against
- * `nbdkit memory`, the upper bound of the transport on this machine, in one run, as ratios.
- * Writes end with a FLUSH (`end_fsync=1`), so the gateway's figures are for durable writes,
- * not for filling its cache.
+ * Speed: the gateway against s3backer (the S3-backed block device people use today) on the
+ * same local endpoint, in one run, as ratios: sequential write, cold sequential read, warm
+ * re-read, 4 KiB random reads, and S3 GETs per MiB read (`compareWithS3backer`). Writes end
+ * with a FLUSH (`end_fsync=1`), so the figures are for durable writes, not for filling a cache.
+ * `SLEDGE_BENCH_NBD_MIB` sets the size (default 512).
  *
  * Cost: the gateway runs as a child process (the real CLI) and talks HTTP to the API that
  * bench/main.ts runs in-process, so every AWS request it causes is counted exactly there.
  * Small runs are measured and scaled linearly; the table says what was measured.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RequestCounts } from '#shared/aws/clients.ts';
-import { run, startGateway, startNbdkitMemory, type NbdTarget } from '../test/integration/nbd-tools.ts';
+import { run, startGateway, type NbdTarget } from '../test/integration/nbd-tools.ts';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
+/** The size of the s3backer comparison: 512 MiB, as in issue 16. */
+const COMPARE_MIB = Number(process.env.SLEDGE_BENCH_NBD_MIB ?? 512);
 /** fio's random seed, fixed so runs are comparable. */
 const FIO_SEED = 20240601;
 
 export interface NbdBenchContext {
   apiUrl: string;
+  /** The local AWS endpoint the API uses (s3backer is pointed at it too). */
+  endpointUrl: string;
+  createBucket(name: string): Promise<void>;
   createVolume(api: string, sizeBytes: number): Promise<string>;
   resetRequestCounts(): void;
   requestCounts(): RequestCounts;
@@ -39,44 +46,182 @@ interface FioJob {
   job_runtime: number;
 }
 
-async function fio(uri: string, name: string, args: string[], outDir: string): Promise<FioJob> {
+async function fio(uri: string, name: string, args: string[], outDir: string, target: string[] = ['--ioengine=nbd', `--uri=${uri}`]): Promise<FioJob> {
   const out = join(outDir, `${name.replace(/\W+/g, '-')}.json`);
-  const r = await run('fio', [`--name=${name.replace(/\W+/g, '-')}`, '--ioengine=nbd', `--uri=${uri}`, `--randseed=${FIO_SEED}`, '--output-format=json', `--output=${out}`, ...args], {
+  const r = await run('fio', [`--name=${name.replace(/\W+/g, '-')}`, ...target, `--randseed=${FIO_SEED}`, '--output-format=json', `--output=${out}`, ...args], {
     timeoutMs: 300_000,
   });
   if (r.code !== 0) throw new Error(`fio ${name} on ${uri} exited ${r.code}: ${r.stderr.slice(-2000)}`);
   return JSON.parse(readFileSync(out, 'utf8')).jobs[0] as FioJob;
 }
 
+/** The fio job options both sides run: 1 MiB requests, 8 in flight, fresh random data in every write. */
+const SEQ = ['--bs=1M', `--size=${COMPARE_MIB}M`, '--iodepth=8', '--refill_buffers'];
+const RAND = ['--rw=randread', '--bs=4k', `--size=${COMPARE_MIB}M`, '--iodepth=32', '--runtime=10', '--time_based'];
+
+interface Side {
+  /** Runs a fio job against this side's device; `args` are the job's own options. */
+  fio(name: string, args: string[]): Promise<FioJob>;
+  /** Drops every cache: restarts the gateway, or remounts s3backer. */
+  restart(): Promise<void>;
+  /** S3 GETs sent so far. */
+  gets(): Promise<number>;
+  stop(): Promise<void>;
+}
+
+/**
+ * The gateway against s3backer (Debian's `s3backer`, FUSE, 1 MiB blocks, its block cache set to
+ * the gateway's read cache size) on the same local endpoint, in the same run, on the same 512
+ * MiB of random data: each through the interface its users use, the gateway over NBD (fio's nbd
+ * engine) and s3backer as the file it mounts (fio's libaio engine with O_DIRECT, s3backer's
+ * --directIO, so neither side is helped by the kernel's page cache).
+ */
+async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: NbdTarget[]): Promise<void> {
+  ctx.section(`NBD gateway against s3backer on the same local endpoint, one run: ${COMPARE_MIB} MiB of random data`);
+  const which = await run('s3backer', ['--version']).catch(() => null);
+  if (!which || which.code !== 0) {
+    console.log('s3backer is not installed (apt-get install s3backer); skipped');
+    return;
+  }
+  const cacheMiB = COMPARE_MIB * 2;
+  // Sledge: a gateway per phase, so the cold read starts with an empty cache.
+  const vol = await ctx.createVolume(ctx.apiUrl, COMPARE_MIB * MiB);
+  const sock = join(dir, 'cmp.sock');
+  let gw = await startGateway(ctx.apiUrl, vol, ['--socket', sock], ['--read-cache-mib', String(cacheMiB)]);
+  targets.push(gw);
+  const sledge: Side = {
+    fio: (name, args) => fio(gw.uri, `sledge ${name}`, args, dir),
+    async restart() {
+      await gw.stop();
+      gw = await startGateway(ctx.apiUrl, vol, ['--socket', sock], ['--read-cache-mib', String(cacheMiB)]);
+      targets.push(gw);
+    },
+    gets: async () => ctx.requestCounts().requests['S3:GetObject'] ?? 0,
+    stop: async () => void (await gw.stop()),
+  };
+  // s3backer: a bucket of its own on the same endpoint, credentials as the endpoint takes them.
+  const bucket = `s3backer-bench-${Date.now().toString(36)}`;
+  await ctx.createBucket(bucket);
+  const mnt = join(dir, 's3backer');
+  mkdirSync(mnt);
+  // In the foreground (-f), so that the bench knows when it has exited: after an unmount it
+  // writes back its dirty blocks and clears its mounted flag, and only then can it mount again.
+  let daemon: ChildProcess | undefined;
+  let daemonOut = '';
+  const mount = async () => {
+    daemonOut = '';
+    daemon = spawn(
+      's3backer',
+      [
+        '--accessId=test',
+        '--accessKey=test',
+        `--baseURL=${ctx.endpointUrl.replace(/\/*$/, '/')}`,
+        '--blockSize=1M',
+        `--size=${COMPARE_MIB}M`,
+        `--blockCacheSize=${cacheMiB}`,
+        '--directIO',
+        '-f',
+        bucket,
+        mnt,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    daemon.stdout!.on('data', (d) => (daemonOut += d));
+    daemon.stderr!.on('data', (d) => (daemonOut += d));
+    for (let i = 0; i < 200 && !existsSync(join(mnt, 'file')); i++) {
+      if (daemon.exitCode !== null) throw new Error(`s3backer exited ${daemon.exitCode}: ${daemonOut}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    if (!existsSync(join(mnt, 'file'))) throw new Error(`s3backer did not mount within 10 s: ${daemonOut}`);
+  };
+  /** Unmounts and waits for s3backer to exit (its dirty blocks written back); returns the milliseconds that took. */
+  const umount = async (): Promise<number> => {
+    const started = Date.now();
+    const d = daemon;
+    if (!d) return 0;
+    const exited = d.exitCode !== null ? Promise.resolve() : new Promise<void>((resolve) => d.once('exit', () => resolve()));
+    await run('umount', [mnt]);
+    await exited;
+    daemon = undefined;
+    return Date.now() - started;
+  };
+  await mount();
+  const file = join(mnt, 'file');
+  let lastUmountMs = 0;
+  const s3b: Side = {
+    async fio(name, args) {
+      return fio('', `s3backer ${name}`, args, dir, ['--ioengine=libaio', '--direct=1', `--filename=${file}`]);
+    },
+    async restart() {
+      lastUmountMs = await umount();
+      await mount();
+    },
+    async gets() {
+      const stats = readFileSync(join(mnt, 'stats'), 'utf8');
+      return Number(/http_gets\s+(\d+)/.exec(stats)?.[1] ?? NaN);
+    },
+    stop: async () => void (await umount()),
+  };
+  try {
+    const results: Record<string, { sledge: number; s3backer: number }> = {};
+    const getsPerMiB = { sledge: 0, s3backer: 0 };
+    for (const [name, side] of [
+      ['sledge', sledge],
+      ['s3backer', s3b],
+    ] as const) {
+      const w = await side.fio('sequential write', ['--rw=write', ...SEQ, '--end_fsync=1']);
+      lastUmountMs = 0;
+      await side.restart();
+      // s3backer's fsync does not wait for its block cache; its unmount does. Durable is fio's
+      // time plus the unmount's (0 for the gateway, whose FLUSH is durable).
+      const durableMBps = (COMPARE_MIB * MiB) / (w.job_runtime / 1000 + lastUmountMs / 1000) / 1e6;
+      if (name === 'sledge') ctx.resetRequestCounts();
+      const g0 = await side.gets();
+      const cold = await side.fio('cold sequential read', ['--rw=read', ...SEQ]);
+      getsPerMiB[name] = ((await side.gets()) - g0) / COMPARE_MIB;
+      const warm = await side.fio('warm sequential re-read', ['--rw=read', ...SEQ]);
+      const rand = await side.fio('4 KiB random read', RAND);
+      const put = (k: string, v: number) => {
+        results[k] ??= { sledge: 0, s3backer: 0 };
+        results[k]![name] = v;
+      };
+      put('sequential write 1 MiB, qd 8, then FLUSH (MB/s)', w.write.bw_bytes / 1e6);
+      put('sequential write until durable (MB/s)', durableMBps);
+      put('cold sequential read 1 MiB, qd 8 (MB/s)', cold.read.bw_bytes / 1e6);
+      put('warm sequential re-read 1 MiB, qd 8 (MB/s)', warm.read.bw_bytes / 1e6);
+      put('4 KiB random read, qd 32, warm (IOPS)', rand.read.iops);
+      await side.stop();
+    }
+    const goals: Record<string, string> = {
+      'sequential write until durable (MB/s)': '>= 0.6',
+      'cold sequential read 1 MiB, qd 8 (MB/s)': '>= 1.0',
+      'warm sequential re-read 1 MiB, qd 8 (MB/s)': '>= 2.0',
+    };
+    ctx.table(
+      Object.entries(results).map(([job, r]) => ({
+        job,
+        sledge: r.sledge.toFixed(1),
+        s3backer: r.s3backer.toFixed(1),
+        'sledge / s3backer': (r.sledge / r.s3backer).toFixed(2),
+        goal: goals[job] ?? '',
+      })),
+    );
+    ctx.table([{ 'S3 GETs per MiB read cold': 'sledge', value: getsPerMiB.sledge.toFixed(2) }, { 'S3 GETs per MiB read cold': 's3backer', value: getsPerMiB.s3backer.toFixed(2) }]);
+    console.log(
+      `(s3backer ${(await run('s3backer', ['--version'])).stdout.split('\n')[0]}: --blockSize=1M --blockCacheSize=${cacheMiB} --directIO, fio libaio O_DIRECT on its file, ` +
+        'its write "until durable" includes the unmount that writes its cache back; ' +
+        `the gateway with --read-cache-mib ${cacheMiB}, fio's nbd engine. Sledge writes 1.5x the bytes (4+2 erasure coding).)`,
+    );
+  } finally {
+    if (daemon) await umount();
+  }
+}
+
 export async function benchNbd(ctx: NbdBenchContext): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'sledge-bench-nbd-'));
   const targets: NbdTarget[] = [];
   try {
-    ctx.section('NBD gateway against nbdkit memory: the same fio jobs (nbd engine), one run');
-    const vol = await ctx.createVolume(ctx.apiUrl, GiB);
-    const gateway = await startGateway(ctx.apiUrl, vol, ['--socket', join(dir, 'gw.sock')]);
-    targets.push(gateway);
-    const memory = await startNbdkitMemory(join(dir, 'mem.sock'), GiB);
-    targets.push(memory);
-    const jobs: Array<{ label: string; args: string[]; metric: (j: FioJob) => number; unit: string }> = [
-      { label: 'sequential write 1 MiB, qd 8, then FLUSH', args: ['--rw=write', '--bs=1M', '--size=64M', '--iodepth=8', '--end_fsync=1'], metric: (j) => j.write.bw_bytes / 1e6, unit: 'MB/s' },
-      { label: 'sequential read 1 MiB, qd 8', args: ['--rw=read', '--bs=1M', '--size=64M', '--iodepth=8'], metric: (j) => j.read.bw_bytes / 1e6, unit: 'MB/s' },
-      {
-        label: 'random write 4 KiB over 64 MiB, qd 32, 8192 writes, then FLUSH',
-        args: ['--rw=randwrite', '--bs=4k', '--size=64M', '--offset=128M', '--number_ios=8192', '--iodepth=32', '--end_fsync=1'],
-        metric: (j) => j.write.iops,
-        unit: 'IOPS',
-      },
-    ];
-    const rows: Array<Record<string, string | number>> = [];
-    for (const job of jobs) {
-      const g = job.metric(await fio(gateway.uri, `gw ${job.label}`, job.args, dir));
-      const m = job.metric(await fio(memory.uri, `mem ${job.label}`, job.args, dir));
-      rows.push({ job: job.label, unit: job.unit, 'sledge gateway': g.toFixed(1), 'nbdkit memory': m.toFixed(1), 'gateway / memory': (g / m).toFixed(3) });
-    }
-    ctx.table(rows);
-    console.log('(fio figures over each job\'s runtime, the final FLUSH included; the gateway writes back one 4 MiB segment at a time through the API)');
-    await memory.stop();
+    await compareWithS3backer(ctx, dir, targets);
 
     ctx.section('NBD gateway: AWS requests and cost (exact counts, scaled from the runs described)');
     const costRows: Array<Record<string, string | number>> = [];

@@ -38,11 +38,16 @@ export const COMMAND_USAGE = {
       --host ADDR            TCP address to listen on (default 127.0.0.1)
       --socket PATH          listen on a Unix socket instead of TCP
       --cache-mib N          dirty data held before clients are slowed down (default 64)
+      --read-cache-mib N     clean data kept for reads, least recently used out (default 256;
+                             0 = none, and no read-ahead)
       --segment-mib N        dirty data that starts a write-back (default 4, at most 4 per batch)
       --max-dirty-age-ms N   write back dirty data older than this (default 5000; 0 = only on
                              FLUSH, FUA, full segments and shutdown)
       --key KEY              reservation key to attach with (default gw-<host>-<random>); the
                              gateway takes a write-exclusive reservation, preempting any holder
+      --retry-budget-s N     how long a read or write-back keeps retrying an unreachable or
+                             failing API before the client gets EIO (default 120, like iSCSI's
+                             replacement timeout; 0 = one attempt)
 
       Attach with e.g.  nbdinfo nbd://127.0.0.1:10809   or   qemu-io -f raw nbd://127.0.0.1:10809
 `,
@@ -172,8 +177,11 @@ export interface NbdCommand {
   apiUrl: string;
   listen: { host: string; port: number } | { socketPath: string };
   cacheBytes: number;
+  readCacheBytes: number;
   segmentBytes: number;
   maxDirtyAgeMs: number;
+  /** How long API requests are retried while serving (VolumeClient's retry budget). */
+  retryBudgetMs: number;
   /** The reservation key to attach with; a fresh one per process by default. */
   reservationKey?: string;
   /** How requests are signed (`--profile`, `--region`, `--unsigned`). */
@@ -194,10 +202,12 @@ export function parseNbdArgs(args: string[]): NbdCommand {
         host: { type: 'string' },
         socket: { type: 'string' },
         'cache-mib': { type: 'string' },
+        'read-cache-mib': { type: 'string' },
         'segment-mib': { type: 'string' },
         'max-dirty-age-ms': { type: 'string' },
         key: { type: 'string' },
         ...SIGNING_OPTIONS,
+        'retry-budget-s': { type: 'string' },
       },
     });
   } catch (err) {
@@ -218,8 +228,10 @@ export function parseNbdArgs(args: string[]): NbdCommand {
     apiUrl: values.api,
     listen: values.socket !== undefined ? { socketPath: values.socket } : { host: values.host ?? '127.0.0.1', port: intOption(values.port, 'port', 0, 65535, DEFAULT_NBD_PORT) },
     cacheBytes: cacheMiB * MiB,
+    readCacheBytes: intOption(values['read-cache-mib'], 'read-cache-mib', 0, 64 * 1024, 256) * MiB,
     segmentBytes: segmentMiB * MiB,
     maxDirtyAgeMs: intOption(values['max-dirty-age-ms'], 'max-dirty-age-ms', 0, 24 * 3600 * 1000, 5000),
+    retryBudgetMs: intOption(values['retry-budget-s'], 'retry-budget-s', 0, 24 * 3600, 120) * 1000,
     ...(values.key !== undefined ? { reservationKey: checkKeyOption(values.key) } : {}),
     signing: signingOptions(values),
   };
@@ -235,9 +247,15 @@ export function parseNbdArgs(args: string[]): NbdCommand {
 export async function onAttach(client: VolumeClient, key: string): Promise<string | null> {
   let state = await client.reserve({ action: 'register', key });
   const holder = state.reservation?.holder;
-  if (holder === undefined) state = await client.reserve({ action: 'reserve', key, type: 'write-exclusive' });
-  else if (holder !== key) {
-    state = await client.reserve({ action: 'preempt', key, victimKey: holder, type: 'write-exclusive' });
+  try {
+    if (holder === undefined) state = await client.reserve({ action: 'reserve', key, type: 'write-exclusive' });
+    else if (holder !== key) {
+      state = await client.reserve({ action: 'preempt', key, victimKey: holder, type: 'write-exclusive' });
+    }
+  } catch (err) {
+    // Registered but not attached: take the registration back, so nothing is left behind.
+    await client.reserve({ action: 'unregister', key }).catch(() => undefined);
+    throw err;
   }
   client.reservationKey = key;
   return holder !== undefined && holder !== key ? holder : null;
@@ -270,8 +288,14 @@ function log(message: string): void {
   process.stderr.write(`sledge nbd: ${message}\n`);
 }
 
+/** Retry budget while starting: a wrong --api or a stopped API is reported in seconds, not minutes. */
+const STARTUP_RETRY_BUDGET_MS = 3000;
+
 async function runNbd(cmd: NbdCommand): Promise<number> {
-  const client = new VolumeClient(cmd.apiUrl, cmd.volumeId, { sign: await defaultSigner(cmd.apiUrl, cmd.signing) });
+  const client = new VolumeClient(cmd.apiUrl, cmd.volumeId, {
+    retryBudgetMs: Math.min(cmd.retryBudgetMs, STARTUP_RETRY_BUDGET_MS),
+    sign: await defaultSigner(cmd.apiUrl, cmd.signing),
+  });
   let volume: VolumeDescription;
   try {
     volume = await client.describe();
@@ -296,22 +320,26 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     unlinkSync(cmd.listen.socketPath);
   }
   const key = cmd.reservationKey ?? `gw-${hostname().replace(/[^A-Za-z0-9._:-]/g, '-').slice(0, 40)}-${randomBytes(4).toString('hex')}`;
-  try {
-    const preempted = await onAttach(client, key);
-    log(`attached with reservation key ${key}${preempted ? `, preempting ${preempted}` : ''}`);
-  } catch (err) {
-    log(`cannot attach to volume ${cmd.volumeId}: ${(err as Error).message}`);
-    return 1;
-  }
   const cache = new WriteBackCache(client, {
     sizeBytes: volume.sizeBytes,
     blockSizeBytes: volume.blockSizeBytes,
     pageBytes: volume.pageBlocks * volume.blockSizeBytes,
     segmentBytes: cmd.segmentBytes,
     capacityBytes: cmd.cacheBytes,
+    readCacheBytes: cmd.readCacheBytes,
     maxDirtyAgeMs: cmd.maxDirtyAgeMs,
     log,
   });
+  // Listen first, attach after: a gateway that cannot listen (a port or socket in use) must
+  // never take the volume's reservation from a gateway that is serving it. Connections that
+  // arrive in between wait for the attach.
+  let attached!: () => void;
+  let attachFailed!: (err: Error) => void;
+  const ready = new Promise<void>((resolve, reject) => {
+    attached = resolve;
+    attachFailed = reject;
+  });
+  ready.catch(() => undefined);
   let server;
   try {
     server = await startNbdServer({
@@ -319,12 +347,27 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
       description: `Sledge volume ${volume.volumeId}, ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`,
       cache,
       listen: cmd.listen,
+      ready,
       log,
     });
   } catch (err) {
     log(`cannot listen: ${(err as Error).message}`);
+    await cache.close().catch(() => undefined);
     return 1;
   }
+  try {
+    const preempted = await onAttach(client, key);
+    log(`attached with reservation key ${key}${preempted ? `, preempting ${preempted}` : ''}`);
+  } catch (err) {
+    log(`cannot attach to volume ${cmd.volumeId}: ${(err as Error).message}`);
+    attachFailed(err as Error);
+    await server.close();
+    await cache.close().catch(() => undefined);
+    removeSocket(cmd.listen);
+    return 1;
+  }
+  attached();
+  client.retryBudgetMs = cmd.retryBudgetMs;
   // Tests and scripts wait for this line; it carries the URI clients connect to.
   process.stdout.write(`sledge nbd: serving ${volume.volumeId} (${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks) at ${server.uri}\n`);
 
@@ -344,20 +387,27 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   try {
     await cache.close();
     const s = cache.stats;
-    log(`stopped; ${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes`);
+    log(
+      `stopped; ${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes; ` +
+        `${s.apiReads} API reads (${s.apiReadBytes} bytes, ${s.readAheads} ahead, ${client.rangedGets} S3 ranged GETs), ${client.sent.allocations} allocation queries, ` +
+        `read cache ${cache.clean.stats.hits} hits, ${cache.clean.stats.misses} misses`,
+    );
   } catch (err) {
     log(`stopped WITH DATA LOSS: ${(err as Error).message}`);
     status = 1;
   }
   if (status === 0) await onDetach(client);
-  if ('socketPath' in cmd.listen) {
-    try {
-      unlinkSync(cmd.listen.socketPath);
-    } catch {
-      // Already gone.
-    }
-  }
+  removeSocket(cmd.listen);
   return status;
+}
+
+function removeSocket(listen: NbdCommand['listen']): void {
+  if (!('socketPath' in listen)) return;
+  try {
+    unlinkSync(listen.socketPath);
+  } catch {
+    // Already gone.
+  }
 }
 
 /** Whether `args` ask for help: `--help` or `-h` before any `--` (after which words are positionals). */

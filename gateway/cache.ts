@@ -12,7 +12,8 @@
  * stack before asking the API can never miss a write (see `readAligned`).
  */
 import { invariant } from '#shared/core/errors.ts';
-import { API_MAX_IO_BYTES, API_MAX_PAGES_PER_BATCH, type BatchPiece } from './volume-client.ts';
+import { CleanCache, LINE_BYTES, StreamDetector } from './read-cache.ts';
+import { API_MAX_ALLOCATION_BYTES, API_MAX_IO_BYTES, API_MAX_PAGES_PER_BATCH, type AllocationRun, type BatchPiece } from './volume-client.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -21,6 +22,8 @@ const MiB = 1024 * KiB;
 export interface CacheBackend {
   read(offset: number, length: number): Promise<Buffer>;
   writeBatch(pieces: readonly BatchPiece[]): Promise<void>;
+  /** Runs of data and of zeros over a block-aligned range (at most API_MAX_ALLOCATION_BYTES), covering it exactly. */
+  allocation?(offset: number, length: number): Promise<AllocationRun[]>;
 }
 
 /** A run of dirty bytes: `data` (exactly `end - start` bytes), or zeros when `data` is null. */
@@ -234,8 +237,12 @@ export interface WriteBackCacheOptions {
   capacityBytes?: number;
   /** Dirty data older than this is written back even without FLUSH; 0 never. Default 5000. */
   maxDirtyAgeMs?: number;
-  /** Parallel API reads for one large read. Default 4. */
-  readConcurrency?: number;
+  /** Clean data kept for reads (read-cache.ts); 0 keeps none. Default 256 MiB. */
+  readCacheBytes?: number;
+  /** Largest read-ahead window of a sequential stream. Default 16 MiB; 0 turns read-ahead off. */
+  readAheadMaxBytes?: number;
+  /** Batches of one write-back round in flight at once. Default 4. */
+  writeBackConcurrency?: number;
   log?: (message: string) => void;
 }
 
@@ -246,6 +253,11 @@ export interface CacheStats {
   flushes: number;
   readModifyWrites: number;
   writeBackFailures: number;
+  /** API reads sent (demand and read-ahead) and the bytes they asked for. */
+  apiReads: number;
+  apiReadBytes: number;
+  /** API reads sent ahead of demand. */
+  readAheads: number;
 }
 
 /** Sealed layers taken into one write-back round: they are merged, so concurrent FLUSH/FUA share batches. */
@@ -265,7 +277,13 @@ export class WriteBackCache {
   private readonly segmentBytes: number;
   readonly capacityBytes: number;
   private readonly maxDirtyAgeMs: number;
-  private readonly readConcurrency: number;
+  /** Clean data for reads; see read-cache.ts. */
+  readonly clean: CleanCache;
+  private readonly streams: StreamDetector;
+  private readonly readAheadMaxBytes: number;
+  private readonly writeBackConcurrency: number;
+  /** API reads in flight, by line: readers of a line join the fetch instead of sending their own. */
+  private readonly fetching = new Map<number, Fetch>();
   private readonly limits: BatchLimits;
   private readonly log: (message: string) => void;
 
@@ -282,7 +300,17 @@ export class WriteBackCache {
   private laneDepth = 0;
   private readonly timer: NodeJS.Timeout;
   private closed = false;
-  readonly stats: CacheStats = { batchesWritten: 0, dataBytesWritten: 0, zeroBytesWritten: 0, flushes: 0, readModifyWrites: 0, writeBackFailures: 0 };
+  readonly stats: CacheStats = {
+    batchesWritten: 0,
+    dataBytesWritten: 0,
+    zeroBytesWritten: 0,
+    flushes: 0,
+    readModifyWrites: 0,
+    writeBackFailures: 0,
+    apiReads: 0,
+    apiReadBytes: 0,
+    readAheads: 0,
+  };
 
   constructor(
     private readonly backend: CacheBackend,
@@ -293,7 +321,11 @@ export class WriteBackCache {
     this.segmentBytes = opts.segmentBytes ?? 4 * MiB;
     this.capacityBytes = opts.capacityBytes ?? 64 * MiB;
     this.maxDirtyAgeMs = opts.maxDirtyAgeMs ?? 5000;
-    this.readConcurrency = opts.readConcurrency ?? 4;
+    this.writeBackConcurrency = Math.max(1, opts.writeBackConcurrency ?? 4);
+    this.clean = new CleanCache(opts.readCacheBytes ?? 256 * MiB);
+    // Read-ahead needs room to keep what it read until the reader gets there.
+    this.readAheadMaxBytes = Math.min(opts.readAheadMaxBytes ?? 16 * MiB, Math.floor(this.clean.capacityBytes / 4 / API_MAX_IO_BYTES) * API_MAX_IO_BYTES);
+    this.streams = new StreamDetector(this.readAheadMaxBytes, Math.min(this.readAheadMaxBytes, API_MAX_IO_BYTES));
     this.log = opts.log ?? (() => undefined);
     this.limits = { pageBytes: opts.pageBytes, dataMaxBytes: API_MAX_IO_BYTES, pagesMax: API_MAX_PAGES_PER_BATCH };
     invariant(this.sizeBytes % this.blockSizeBytes === 0, 'volume size is not a multiple of its block size');
@@ -453,7 +485,13 @@ export class WriteBackCache {
     // miss a layer that was written back (and dropped) while the read was in flight, if the API
     // had served the read from before that commit.
     const overlay = [...this.sealed, this.open].map((l) => l.map.pieces(start, end));
-    const out = coversAll(overlay, start, end) ? Buffer.alloc(length) : await this.readBackend(start, length);
+    // Every byte is written below: by cached lines and fetches (readClean fills the whole range),
+    // or by the overlay when it covers the range.
+    const out = Buffer.allocUnsafe(length);
+    if (!coversAll(overlay, start, end)) {
+      await this.readClean(start, end, out);
+      this.readAhead(start, end);
+    }
     for (const pieces of overlay) {
       for (const p of pieces) {
         if (p.data) p.data.copy(out, p.start - start);
@@ -463,20 +501,109 @@ export class WriteBackCache {
     return out;
   }
 
-  private async readBackend(start: number, length: number): Promise<Buffer> {
-    if (length <= API_MAX_IO_BYTES) return this.checkedRead(start, length);
-    const out = Buffer.allocUnsafe(length);
-    const pieces = Math.ceil(length / API_MAX_IO_BYTES);
-    let next = 0;
-    await Promise.all(
-      Array.from({ length: Math.min(this.readConcurrency, pieces) }, async () => {
-        for (let i = next++; i < pieces; i = next++) {
-          const s = i * API_MAX_IO_BYTES;
-          (await this.checkedRead(start + s, Math.min(API_MAX_IO_BYTES, length - s))).copy(out, s);
+  /**
+   * Fills `out` with the volume's durable bytes of [start, end): cached lines at once (before
+   * any await, so they are as recent as the overlay snapshot the caller took), the rest from
+   * fetches in flight or new ones.
+   */
+  private async readClean(start: number, end: number, out: Buffer): Promise<void> {
+    const missing: number[] = [];
+    for (let line = Math.floor(start / LINE_BYTES); line * LINE_BYTES < end; line++) {
+      const b = this.clean.get(line);
+      if (b) copyLine(b, line, start, end, out);
+      else missing.push(line);
+    }
+    if (missing.length === 0) return;
+    // Join fetches already in flight; send one API read per run of the other lines.
+    const joined = new Map<number, Fetch>();
+    const runs: number[][] = [];
+    for (const line of missing) {
+      const f = this.fetching.get(line);
+      if (f) {
+        joined.set(line, f);
+        continue;
+      }
+      const run = runs[runs.length - 1];
+      if (run && run[run.length - 1] === line - 1 && !crossesWindow(run[0]!, line)) run.push(line);
+      else runs.push([line]);
+    }
+    const own = runs.map((run) => this.fetch(run[0]!, run[run.length - 1]! + 1, false));
+    await Promise.all([
+      ...own.map(async (f) => {
+        copyFetched(await f.promise, f, start, end, out);
+      }),
+      ...[...joined].map(async ([line, f]) => {
+        let bytes: Buffer | null = null;
+        try {
+          bytes = await f.promise;
+        } catch {
+          // A failed read-ahead: read the line again, as this reader's own request.
+        }
+        // A fetch that a write-back overtook may predate that write, which this reader's overlay
+        // no longer holds (its layer may be gone): only the reader that started a fetch may use
+        // a stale one (its overlay was taken before the fetch began).
+        if (!bytes || f.stale) {
+          const again = this.fetch(line, line + 1, false);
+          copyFetched(await again.promise, again, start, end, out);
+        } else {
+          copyLine(bytes.subarray((line - f.first) * LINE_BYTES), line, start, end, out);
         }
       }),
+    ]);
+  }
+
+  /** Sends one API read of lines [first, last) (inside one 4 MiB window) and registers it for joiners. */
+  private fetch(first: number, last: number, ahead: boolean): Fetch {
+    const start = first * LINE_BYTES;
+    const end = Math.min(this.sizeBytes, last * LINE_BYTES);
+    const f: Fetch = { first, last, stale: false, promise: undefined as unknown as Promise<Buffer> };
+    this.stats.apiReads++;
+    this.stats.apiReadBytes += end - start;
+    if (ahead) this.stats.readAheads++;
+    f.promise = this.checkedRead(start, end - start).then(
+      (bytes) => {
+        this.unregister(f);
+        if (!f.stale) for (let line = first; line < last; line++) this.clean.put(line, Buffer.from(bytes.subarray((line - first) * LINE_BYTES, Math.min(bytes.length, (line - first + 1) * LINE_BYTES))));
+        return bytes;
+      },
+      (err: unknown) => {
+        this.unregister(f);
+        throw err;
+      },
     );
-    return out;
+    if (ahead) f.promise.catch((err: Error) => this.log(`read-ahead of [${start}, ${end}) failed: ${err.message}`));
+    for (let line = first; line < last; line++) this.fetching.set(line, f);
+    return f;
+  }
+
+  private unregister(f: Fetch): void {
+    for (let line = f.first; line < f.last; line++) if (this.fetching.get(line) === f) this.fetching.delete(line);
+  }
+
+  /**
+   * A read of [start, end) that continues a sequential stream starts API reads of the window
+   * ahead of it: whole 4 MiB windows (whole chunks of the segments a sequential writer made), of
+   * the lines neither cached nor being read.
+   */
+  private readAhead(start: number, end: number): void {
+    if (this.readAheadMaxBytes === 0) return;
+    const ahead = this.streams.observe(start, end);
+    if (!ahead) return;
+    const W = API_MAX_IO_BYTES;
+    const aheadEnd = Math.min(this.sizeBytes, Math.ceil(ahead.end / W) * W);
+    // Lines up to `ahead.from` were looked at by an earlier read of this stream.
+    let line = Math.floor(Math.max(ahead.start, ahead.from) / LINE_BYTES);
+    const lastLine = Math.ceil(aheadEnd / LINE_BYTES);
+    while (line < lastLine) {
+      if (this.clean.has(line) || this.fetching.has(line)) {
+        line++;
+        continue;
+      }
+      let runEnd = line + 1;
+      while (runEnd < lastLine && !crossesWindow(line, runEnd) && !this.clean.has(runEnd) && !this.fetching.has(runEnd)) runEnd++;
+      this.fetch(line, runEnd, true);
+      line = runEnd;
+    }
   }
 
   private async checkedRead(start: number, length: number): Promise<Buffer> {
@@ -485,6 +612,52 @@ export class WriteBackCache {
     } catch (err) {
       throw new CacheReadError(`read [${start}, ${start + length}) failed: ${(err as Error).message}`, { cause: err });
     }
+  }
+
+  /** A batch the API acknowledged: cached lines take its bytes, and reads in flight over it may not fill the cache. */
+  private committed(pieces: readonly BatchPiece[]): void {
+    for (const p of pieces) {
+      const end = p.offset + ('data' in p ? p.data.length : p.length);
+      this.clean.patch(p.offset, end, 'data' in p ? p.data : null);
+      for (let line = Math.floor(p.offset / LINE_BYTES); line * LINE_BYTES < end; line++) {
+        const f = this.fetching.get(line);
+        if (f) f.stale = true;
+      }
+    }
+  }
+
+  /**
+   * Block status: runs of data and of zeros from `offset`, covering at least the first block
+   * and at most `length` bytes (a client asks again for the rest). The volume's allocation as
+   * the API reports it, with the dirty layers laid over it (data where a write is cached, zeros
+   * where a trim or WRITE_ZEROES is): snapshot first, as for reads.
+   */
+  async allocation(offset: number, length: number): Promise<AllocationRun[]> {
+    const bs = this.blockSizeBytes;
+    const a0 = Math.floor(offset / bs) * bs;
+    const a1 = Math.min(this.sizeBytes, Math.ceil((offset + length) / bs) * bs, a0 + API_MAX_ALLOCATION_BYTES);
+    const overlay = [...this.sealed, this.open].flatMap((l) => l.map.pieces(a0, a1));
+    let runs: AllocationRun[];
+    if (this.backend.allocation) {
+      try {
+        runs = await this.backend.allocation(a0, a1 - a0);
+      } catch (err) {
+        throw new CacheReadError(`allocation of [${a0}, ${a1}) failed: ${(err as Error).message}`, { cause: err });
+      }
+    } else runs = [{ offset: a0, length: a1 - a0, zero: false }];
+    for (const p of overlay) runs = setRun(runs, p.start, p.end, p.data === null);
+    // From `offset` exactly, and no further than the request.
+    const end = Math.min(offset + length, a1);
+    const out: AllocationRun[] = [];
+    for (const r of runs) {
+      const s = Math.max(offset, r.offset);
+      const t = Math.min(end, r.offset + r.length);
+      if (t <= s) continue;
+      const last = out[out.length - 1];
+      if (last && last.zero === r.zero && last.offset + last.length === s) last.length += t - s;
+      else out.push({ offset: s, length: t - s, zero: r.zero });
+    }
+    return out;
   }
 
   // -------------------------------------------------------------------------------------
@@ -530,15 +703,36 @@ export class WriteBackCache {
       const merged = new ExtentMap();
       try {
         for (const layer of group) for (const e of layer.map.extents()) merged.set(e.start, e.end, e.data);
-        for (const planned of planBatches(merged.extents(), this.limits)) {
-          const pieces = toBatchPieces(planned);
-          await this.backend.writeBatch(pieces);
-          this.stats.batchesWritten++;
-          for (const p of pieces) {
-            if ('data' in p) this.stats.dataBytesWritten += p.data.length;
-            else this.stats.zeroBytesWritten += p.length;
-          }
-        }
+        // The batches of one round never overlap (they are cut from one merged map), so several
+        // may be in flight: the API commits one writer's concurrent batches one after another
+        // without re-uploading (docs/page-map.md, "Pipelined writes"). Rounds do not overlap,
+        // so a newer write to a block is always committed after an older one.
+        const planned = planBatches(merged.extents(), this.limits);
+        let next = 0;
+        let failed = false;
+        // Every batch sent settles before the round ends, failed or not: a batch of this round
+        // still in flight must never race one of the next round over the same blocks.
+        const settled = await Promise.allSettled(
+          Array.from({ length: Math.min(this.writeBackConcurrency, planned.length) }, async () => {
+            while (next < planned.length && !failed) {
+              const pieces = toBatchPieces(planned[next++]!);
+              try {
+                await this.backend.writeBatch(pieces);
+              } catch (err) {
+                failed = true;
+                throw err;
+              }
+              this.committed(pieces);
+              this.stats.batchesWritten++;
+              for (const p of pieces) {
+                if ('data' in p) this.stats.dataBytesWritten += p.data.length;
+                else this.stats.zeroBytesWritten += p.length;
+              }
+            }
+          }),
+        );
+        const failure = settled.find((r) => r.status === 'rejected');
+        if (failure) throw failure.reason;
       } catch (err) {
         const error = new WriteBackError(`write-back of ${merged.dataBytes} dirty bytes failed: ${(err as Error).message}`, { cause: err });
         this.lastError = error;
@@ -600,6 +794,67 @@ export class WriteBackCache {
     }
     throw new WriteBackError(`${this.dirtyDataBytes} dirty bytes in ${this.dirtyExtents} extents could not be written back: ${(lastErr as Error | undefined)?.message ?? 'unknown'}`, { cause: lastErr });
   }
+}
+
+/** An API read in flight: lines [first, last). `stale` once a write-back over it was acknowledged. */
+interface Fetch {
+  first: number;
+  last: number;
+  stale: boolean;
+  promise: Promise<Buffer>;
+}
+
+/** Lines a and b lie in different 4 MiB windows (API reads stay inside one, as segments of a sequential writer do). */
+function crossesWindow(a: number, b: number): boolean {
+  const perWindow = API_MAX_IO_BYTES / LINE_BYTES;
+  return Math.floor(a / perWindow) !== Math.floor(b / perWindow);
+}
+
+/** Copies the part of line `line` (whose bytes start at `bytes`) inside [start, end) into `out` (which holds [start, end)). */
+function copyLine(bytes: Buffer, line: number, start: number, end: number, out: Buffer): void {
+  const lineStart = line * LINE_BYTES;
+  const s = Math.max(start, lineStart);
+  const t = Math.min(end, lineStart + Math.min(LINE_BYTES, bytes.length));
+  if (t > s) bytes.copy(out, s - start, s - lineStart, t - lineStart);
+}
+
+/** Copies the part of a fetch's bytes inside [start, end) into `out`. */
+function copyFetched(bytes: Buffer, f: Fetch, start: number, end: number, out: Buffer): void {
+  const fStart = f.first * LINE_BYTES;
+  const s = Math.max(start, fStart);
+  const t = Math.min(end, fStart + bytes.length);
+  if (t > s) bytes.copy(out, s - start, s - fStart, t - fStart);
+}
+
+/** Runs with [start, end) set to `zero`; sorted, covering what `runs` covered. */
+function setRun(runs: readonly AllocationRun[], start: number, end: number, zero: boolean): AllocationRun[] {
+  const out: AllocationRun[] = [];
+  const push = (offset: number, length: number, z: boolean) => {
+    if (length <= 0) return;
+    const last = out[out.length - 1];
+    if (last && last.zero === z && last.offset + last.length === offset) last.length += length;
+    else out.push({ offset, length, zero: z });
+  };
+  let placed = false;
+  for (const r of runs) {
+    const rEnd = r.offset + r.length;
+    if (rEnd <= start || r.offset >= end) {
+      if (r.offset >= end && !placed) {
+        placed = true;
+        push(start, end - start, zero);
+      }
+      push(r.offset, r.length, r.zero);
+      continue;
+    }
+    push(r.offset, Math.max(0, start - r.offset), r.zero);
+    if (!placed) {
+      placed = true;
+      push(start, end - start, zero);
+    }
+    push(end, rEnd - end, r.zero);
+  }
+  if (!placed) push(start, end - start, zero);
+  return out;
 }
 
 /** True when the pieces (from all layers) cover every byte of [start, end). */

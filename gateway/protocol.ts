@@ -1,7 +1,10 @@
 /**
  * The NBD wire protocol, as much of it as the gateway speaks: the fixed newstyle handshake
- * (options EXPORT_NAME, ABORT, LIST, INFO, GO; everything else gets NBD_REP_ERR_UNSUP) and
- * the transmission phase with simple replies (READ, WRITE, DISC, FLUSH, TRIM, WRITE_ZEROES).
+ * (options EXPORT_NAME, ABORT, LIST, INFO, GO, STRUCTURED_REPLY, LIST_META_CONTEXT and
+ * SET_META_CONTEXT with `base:allocation`; everything else gets NBD_REP_ERR_UNSUP) and the
+ * transmission phase (READ, WRITE, DISC, FLUSH, TRIM, WRITE_ZEROES with FAST_ZERO, and
+ * BLOCK_STATUS), with simple replies, or structured ones for READ and BLOCK_STATUS once
+ * negotiated.
  *
  * Pure encoding, decoding and validation: no sockets, no I/O, so every rule here is unit
  * tested on bytes (test/unit/nbd-protocol.test.ts). Constants and layouts follow the
@@ -19,6 +22,7 @@ export const NBD_OPTS_MAGIC = 0x49484156454f5054n;
 export const NBD_REP_MAGIC = 0x3e889045565a9n;
 export const NBD_REQUEST_MAGIC = 0x25609513;
 export const NBD_SIMPLE_REPLY_MAGIC = 0x67446698;
+export const NBD_STRUCTURED_REPLY_MAGIC = 0x668e33ef;
 
 // ---------------------------------------------------------------------------------------
 // Handshake flags (16 bits, server) and client flags (32 bits)
@@ -54,10 +58,13 @@ export const NBD_OPT_STARTTLS = 5;
 export const NBD_OPT_INFO = 6;
 export const NBD_OPT_GO = 7;
 export const NBD_OPT_STRUCTURED_REPLY = 8;
+export const NBD_OPT_LIST_META_CONTEXT = 9;
+export const NBD_OPT_SET_META_CONTEXT = 10;
 
 export const NBD_REP_ACK = 1;
 export const NBD_REP_SERVER = 2;
 export const NBD_REP_INFO = 3;
+export const NBD_REP_META_CONTEXT = 4;
 const NBD_REP_FLAG_ERROR = 2 ** 31;
 export const NBD_REP_ERR_UNSUP = NBD_REP_FLAG_ERROR + 1;
 export const NBD_REP_ERR_POLICY = NBD_REP_FLAG_ERROR + 2;
@@ -91,6 +98,19 @@ export const NBD_CMD_FLAG_NO_HOLE = 1 << 1;
 export const NBD_CMD_FLAG_DF = 1 << 2;
 export const NBD_CMD_FLAG_REQ_ONE = 1 << 3;
 export const NBD_CMD_FLAG_FAST_ZERO = 1 << 4;
+
+/** Structured reply chunks: the flag on the last chunk of a reply, and the chunk types. */
+export const NBD_REPLY_FLAG_DONE = 1 << 0;
+export const NBD_REPLY_TYPE_NONE = 0;
+export const NBD_REPLY_TYPE_OFFSET_DATA = 1;
+export const NBD_REPLY_TYPE_OFFSET_HOLE = 2;
+export const NBD_REPLY_TYPE_BLOCK_STATUS = 5;
+export const NBD_REPLY_TYPE_ERROR = 2 ** 15 + 1;
+
+/** The one metadata context served, and its flags: a hole that reads as zeros, or data. */
+export const BASE_ALLOCATION = 'base:allocation';
+export const NBD_STATE_HOLE = 1 << 0;
+export const NBD_STATE_ZERO = 1 << 1;
 
 export const NBD_EPERM = 1;
 export const NBD_EIO = 5;
@@ -251,6 +271,44 @@ export function encodeExportNameReply(sizeBytes: number, transmissionFlags: numb
   return b;
 }
 
+export interface MetaContextRequest {
+  name: string;
+  queries: string[];
+}
+
+/**
+ * The data of NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT: u32 name length, name,
+ * u32 query count, then each query as u32 length and string. Null when malformed.
+ */
+export function decodeMetaContextRequest(data: Buffer): MetaContextRequest | null {
+  if (data.length < 8) return null;
+  const nameBytes = data.readUInt32BE(0);
+  if (nameBytes > STRING_MAX_BYTES || 4 + nameBytes + 4 > data.length) return null;
+  const name = data.subarray(4, 4 + nameBytes).toString('utf8');
+  let pos = 4 + nameBytes;
+  const count = data.readUInt32BE(pos);
+  pos += 4;
+  const queries: string[] = [];
+  for (let i = 0; i < count; i++) {
+    if (pos + 4 > data.length) return null;
+    const n = data.readUInt32BE(pos);
+    pos += 4;
+    if (n > STRING_MAX_BYTES || pos + n > data.length) return null;
+    queries.push(data.subarray(pos, pos + n).toString('utf8'));
+    pos += n;
+  }
+  return pos === data.length ? { name, queries } : null;
+}
+
+/** NBD_REP_META_CONTEXT: the context's id (0 in answers to LIST) and name. */
+export function encodeMetaContextReply(option: number, id: number, name: string): Buffer {
+  const n = Buffer.from(name, 'utf8');
+  const d = Buffer.alloc(4 + n.length);
+  d.writeUInt32BE(id, 0);
+  n.copy(d, 4);
+  return encodeOptionReply(option, NBD_REP_META_CONTEXT, d);
+}
+
 // ---------------------------------------------------------------------------------------
 // Transmission
 
@@ -298,6 +356,46 @@ export function encodeSimpleReply(error: number, handle: Buffer): Buffer {
   return b;
 }
 
+/** A structured reply chunk header; `payloadBytes` of payload follow it on the wire. */
+export function encodeChunkHeader(flags: number, type: number, handle: Buffer, payloadBytes: number): Buffer {
+  const b = Buffer.alloc(20);
+  b.writeUInt32BE(NBD_STRUCTURED_REPLY_MAGIC, 0);
+  b.writeUInt16BE(flags, 4);
+  b.writeUInt16BE(type, 6);
+  handle.copy(b, 8, 0, 8);
+  b.writeUInt32BE(payloadBytes, 16);
+  return b;
+}
+
+/** The header and offset of a final NBD_REPLY_TYPE_OFFSET_DATA chunk; the data follows. */
+export function encodeOffsetDataHeader(handle: Buffer, offset: number, dataBytes: number): Buffer {
+  const b = Buffer.alloc(28);
+  encodeChunkHeader(NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, handle, 8 + dataBytes).copy(b, 0);
+  b.writeBigUInt64BE(BigInt(offset), 20);
+  return b;
+}
+
+/** A final NBD_REPLY_TYPE_ERROR chunk: the error and a message for humans. */
+export function encodeStructuredError(handle: Buffer, error: number, message: string): Buffer {
+  const m = Buffer.from(message, 'utf8').subarray(0, STRING_MAX_BYTES);
+  const payload = Buffer.alloc(6 + m.length);
+  payload.writeUInt32BE(error, 0);
+  payload.writeUInt16BE(m.length, 4);
+  m.copy(payload, 6);
+  return Buffer.concat([encodeChunkHeader(NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, handle, payload.length), payload]);
+}
+
+/** A final NBD_REPLY_TYPE_BLOCK_STATUS chunk: the context id, then (length, flags) descriptors. */
+export function encodeBlockStatus(handle: Buffer, contextId: number, descriptors: ReadonlyArray<{ length: number; flags: number }>): Buffer {
+  const payload = Buffer.alloc(4 + 8 * descriptors.length);
+  payload.writeUInt32BE(contextId, 0);
+  descriptors.forEach((d, i) => {
+    payload.writeUInt32BE(d.length, 4 + 8 * i);
+    payload.writeUInt32BE(d.flags, 8 + 8 * i);
+  });
+  return Buffer.concat([encodeChunkHeader(NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, handle, payload.length), payload]);
+}
+
 /** The command flags each command may carry, given the transmission flags we advertise. */
 const ALLOWED_FLAGS: Record<number, number> = {
   // FUA is valid on every command once SEND_FUA is advertised (clients are known to set it
@@ -307,12 +405,16 @@ const ALLOWED_FLAGS: Record<number, number> = {
   [NBD_CMD_DISC]: NBD_CMD_FLAG_FUA,
   [NBD_CMD_FLUSH]: NBD_CMD_FLAG_FUA,
   [NBD_CMD_TRIM]: NBD_CMD_FLAG_FUA,
-  [NBD_CMD_WRITE_ZEROES]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE,
+  // FAST_ZERO: zeroing is always fast here (a zero extent, no data written), so never refused.
+  [NBD_CMD_WRITE_ZEROES]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
+  [NBD_CMD_BLOCK_STATUS]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE,
 };
 
 export interface ExportLimits {
   sizeBytes: number;
   readOnly: boolean;
+  /** The client negotiated structured replies and selected base:allocation: BLOCK_STATUS is allowed. */
+  blockStatus?: boolean;
 }
 
 /**
@@ -325,7 +427,8 @@ export function requestError(r: NbdRequest, limits: ExportLimits): number {
   if (allowed === undefined) return NBD_EINVAL; // Unknown command (BLOCK_STATUS, CACHE, ...).
   if ((r.flags & ~allowed) !== 0) return NBD_EINVAL;
   if (r.type === NBD_CMD_DISC || r.type === NBD_CMD_FLUSH) return r.offset === 0 && r.length === 0 ? 0 : NBD_EINVAL;
-  const writes = r.type !== NBD_CMD_READ;
+  if (r.type === NBD_CMD_BLOCK_STATUS && !limits.blockStatus) return NBD_EINVAL;
+  const writes = r.type !== NBD_CMD_READ && r.type !== NBD_CMD_BLOCK_STATUS;
   if (writes && limits.readOnly) return NBD_EPERM;
   if (r.length === 0) return NBD_EINVAL;
   if ((r.type === NBD_CMD_READ || r.type === NBD_CMD_WRITE) && r.length > PAYLOAD_MAX_BYTES) return NBD_EINVAL;

@@ -11,7 +11,21 @@
 import net from 'node:net';
 import { WriteBackError, type WriteBackCache } from './cache.ts';
 import {
+  BASE_ALLOCATION,
   CLIENT_FLAGS_BYTES,
+  NBD_CMD_BLOCK_STATUS,
+  NBD_CMD_FLAG_REQ_ONE,
+  NBD_FLAG_SEND_FAST_ZERO,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STRUCTURED_REPLY,
+  NBD_STATE_HOLE,
+  NBD_STATE_ZERO,
+  decodeMetaContextRequest,
+  encodeBlockStatus,
+  encodeMetaContextReply,
+  encodeOffsetDataHeader,
+  encodeStructuredError,
   NBD_CMD_DISC,
   NBD_CMD_FLAG_FUA,
   NBD_CMD_FLUSH,
@@ -70,10 +84,22 @@ import {
  * - CAN_MULTI_CONN: all connections to this gateway share one cache, so a FLUSH or FUA on one
  *   connection makes every connection's completed writes durable, and every connection reads
  *   every other's writes at once.
- * Not advertised: READ_ONLY, ROTATIONAL, structured replies (DF), block status, CACHE, FAST_ZERO.
+ * - SEND_FAST_ZERO: WRITE_ZEROES is a zero extent in the cache, never slower than a write of
+ *   zeros, so a FAST_ZERO request is never refused.
+ * Not advertised: READ_ONLY, ROTATIONAL, DF (a READ is always one chunk anyway), CACHE.
+ * Structured replies and block status (base:allocation) are options, not flags.
  */
 export const TRANSMISSION_FLAGS =
-  NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_CAN_MULTI_CONN;
+  NBD_FLAG_HAS_FLAGS |
+  NBD_FLAG_SEND_FLUSH |
+  NBD_FLAG_SEND_FUA |
+  NBD_FLAG_SEND_TRIM |
+  NBD_FLAG_SEND_WRITE_ZEROES |
+  NBD_FLAG_CAN_MULTI_CONN |
+  NBD_FLAG_SEND_FAST_ZERO;
+
+/** The id of base:allocation on every connection that selects it. */
+const BASE_ALLOCATION_ID = 1;
 
 /** Options per connection before the server hangs up (a client looping on options is a DoS). */
 const OPTIONS_MAX = 256;
@@ -83,6 +109,12 @@ const INFLIGHT_REQUESTS_MAX = 64;
 const READ_AHEAD_BYTES = 1024 * 1024;
 /** How long shutdown waits for in-flight requests before it closes connections anyway. */
 const SHUTDOWN_GRACE_MS = 30_000;
+/**
+ * After shutdown has answered every request and half-closed a connection, how long it waits for
+ * the client to close its end before dropping the connection. A client may sit idle on an open
+ * connection forever (and never read the server's end-of-stream), so this must be bounded.
+ */
+const SHUTDOWN_LINGER_MS = 1000;
 
 /** Reads exact byte counts from a socket, pausing it when the reader falls behind (back-pressure). */
 class SocketReader {
@@ -168,6 +200,12 @@ export interface NbdServerOptions {
   description: string;
   cache: WriteBackCache;
   listen: { host: string; port: number } | { socketPath: string };
+  /**
+   * Connections accepted before this resolves wait for it before the greeting; if it rejects
+   * they are closed. The CLI listens first and attaches to the volume after, so that a gateway
+   * that cannot listen never takes the volume from one that serves it.
+   */
+  ready?: Promise<void>;
   log?: (message: string) => void;
 }
 
@@ -183,6 +221,10 @@ class Connection {
   private inflight = 0;
   private waiters: Array<() => void> = [];
   private stopping = false;
+  /** NBD_OPT_STRUCTURED_REPLY was negotiated: READ and BLOCK_STATUS answer in chunks. */
+  private structured = false;
+  /** base:allocation was selected with NBD_OPT_SET_META_CONTEXT. */
+  private allocation = false;
 
   constructor(
     private readonly socket: net.Socket,
@@ -206,6 +248,7 @@ class Connection {
 
   async run(): Promise<void> {
     try {
+      if (this.opts.ready) await this.opts.ready;
       if (await this.handshake()) await this.transmission();
     } catch (err) {
       this.log(`connection closed: ${(err as Error).message}`);
@@ -287,6 +330,38 @@ class Connection {
           if (option === NBD_OPT_GO) return true;
           break;
         }
+        case NBD_OPT_STRUCTURED_REPLY:
+          if (length !== 0) this.send(encodeOptionError(option, NBD_REP_ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY carries no data'));
+          else {
+            this.structured = true;
+            this.send(encodeOptionReply(option, NBD_REP_ACK));
+          }
+          break;
+        case NBD_OPT_LIST_META_CONTEXT:
+        case NBD_OPT_SET_META_CONTEXT: {
+          const req = decodeMetaContextRequest(data);
+          if (!this.structured) {
+            this.send(encodeOptionError(option, NBD_REP_ERR_INVALID, 'metadata contexts need structured replies (NBD_OPT_STRUCTURED_REPLY) first'));
+            break;
+          }
+          if (!req) {
+            this.send(encodeOptionError(option, NBD_REP_ERR_INVALID, 'malformed metadata context request'));
+            break;
+          }
+          if (!this.knows(req.name)) {
+            this.send(encodeOptionError(option, NBD_REP_ERR_UNKNOWN, `no export ${JSON.stringify(req.name)}; this gateway serves ${this.opts.exportName}`));
+            break;
+          }
+          if (option === NBD_OPT_SET_META_CONTEXT) {
+            // Each SET replaces the selection; only the exact name selects it.
+            this.allocation = req.queries.includes(BASE_ALLOCATION);
+            if (this.allocation) this.send(encodeMetaContextReply(option, BASE_ALLOCATION_ID, BASE_ALLOCATION));
+          } else if (req.queries.length === 0 || req.queries.some((q) => q === 'base:' || q === BASE_ALLOCATION)) {
+            this.send(encodeMetaContextReply(option, 0, BASE_ALLOCATION));
+          }
+          this.send(encodeOptionReply(option, NBD_REP_ACK));
+          break;
+        }
         case NBD_OPT_STARTTLS:
           this.send(encodeOptionError(option, NBD_REP_ERR_UNSUP, 'this gateway does not speak TLS; use a Unix socket or a private network'));
           break;
@@ -298,7 +373,7 @@ class Connection {
   }
 
   private async transmission(): Promise<void> {
-    const limits = { sizeBytes: this.opts.cache.sizeBytes, readOnly: false };
+    const limits = { sizeBytes: this.opts.cache.sizeBytes, readOnly: false, blockStatus: this.structured && this.allocation };
     // Bounded by the life of the connection: each pass reads one request or ends it.
     while (!this.stopping) {
       await this.room();
@@ -355,10 +430,30 @@ class Connection {
 
   private reply(req: NbdRequest, error: number, data?: Buffer): void {
     if (this.socket.destroyed) return;
+    if (this.structured && (req.type === NBD_CMD_READ || req.type === NBD_CMD_BLOCK_STATUS)) {
+      // Once negotiated, READ and BLOCK_STATUS answer in structured chunks (the others may
+      // keep simple replies, as qemu's server does).
+      if (error !== 0) this.socket.write(encodeStructuredError(req.handle, error, `${commandName(req.type)} failed`));
+      else if (req.type === NBD_CMD_READ) {
+        this.socket.cork();
+        this.socket.write(encodeOffsetDataHeader(req.handle, req.offset, data!.length));
+        this.socket.write(data!);
+        this.socket.uncork();
+      }
+      return;
+    }
     this.socket.cork();
     this.socket.write(encodeSimpleReply(error, req.handle));
     if (data && error === 0) this.socket.write(data);
     this.socket.uncork();
+  }
+
+  /** BLOCK_STATUS for base:allocation: runs of data (flags 0) and of zeros (HOLE | ZERO). */
+  private async blockStatus(req: NbdRequest): Promise<void> {
+    const runs = await this.opts.cache.allocation(req.offset, req.length);
+    let descriptors = runs.map((r) => ({ length: r.length, flags: r.zero ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0 }));
+    if ((req.flags & NBD_CMD_FLAG_REQ_ONE) !== 0) descriptors = descriptors.slice(0, 1);
+    if (!this.socket.destroyed) this.socket.write(encodeBlockStatus(req.handle, BASE_ALLOCATION_ID, descriptors));
   }
 
   private async serve(req: NbdRequest, payload: Buffer | undefined): Promise<void> {
@@ -381,6 +476,9 @@ class Connection {
         case NBD_CMD_FLUSH:
           await cache.flush();
           break;
+        case NBD_CMD_BLOCK_STATUS:
+          await this.blockStatus(req);
+          return;
         default:
           // requestError lets only the commands above through.
           this.reply(req, NBD_EINVAL);
@@ -408,7 +506,11 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServer>
   const log = opts.log ?? (() => undefined);
   const connections = new Set<Connection>();
   const running = new Set<Promise<void>>();
+  /** Every socket not yet closed, including half-closed ones whose connection has finished. */
+  const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
     const conn = new Connection(socket, opts, log);
     connections.add(conn);
     const done = conn.run().finally(() => {
@@ -445,6 +547,12 @@ export async function startNbdServer(opts: NbdServerOptions): Promise<NbdServer>
       await Promise.race([Promise.all(running), grace]);
       clearTimeout(timer);
       for (const c of connections) c.destroy();
+      // Connections that finished were half-closed (their replies sent, then end-of-stream); a
+      // client that keeps its end open would hold server.close() forever. Give clients a moment
+      // to close, then drop what is left.
+      const linger = Date.now() + SHUTDOWN_LINGER_MS;
+      while (sockets.size > 0 && Date.now() < linger) await new Promise((resolve) => setTimeout(resolve, 20));
+      for (const s of sockets) s.destroy();
       await closed;
     },
   };

@@ -4,10 +4,14 @@
  * signer: every attempt is signed (SigV4 for execute-api) with the credentials the `sledge`
  * command resolved (`--profile`, environment, shared credentials file).
  *
- * Retries are bounded: retryable answers (429, 5xx, network errors, timeouts) are tried again
- * up to `attemptMax` times with capped, jittered backoff that honours `Retry-After`. Resending
- * a batch after an unknown outcome is safe: the gateway has at most one batch in flight per
- * volume and writing the same bytes to the same blocks twice is idempotent.
+ * Retries are bounded in time, not in count: retryable answers (429, 5xx, network errors,
+ * timeouts) are tried again with capped, jittered backoff that honours `Retry-After`, until the
+ * retry budget (`retryBudgetMs`, 120 s by default) is spent. Like iSCSI's replacement timeout
+ * (also 120 s by default), the budget lets the volume ride out a control-plane restart or a
+ * network outage: the client's I/O waits instead of failing, and a FLUSH that fails turns a
+ * mounted file system read-only. Resending a batch after an unknown outcome is safe: writing the
+ * same bytes to the same blocks twice is idempotent, and batches that overlap are never in
+ * flight together (docs/nbd-gateway.md).
  */
 import { encodeBatch } from '#shared/api/batch.ts';
 import { requestSigner, type RequestSigner } from '#shared/api/signing.ts';
@@ -19,6 +23,15 @@ import { requestSigner, type RequestSigner } from '#shared/api/signing.ts';
  */
 export const API_MAX_IO_BYTES = 4 * 1024 * 1024;
 export const API_MAX_PAGES_PER_BATCH = 96;
+/** The longest range one allocation query describes (shared/data/read.ts MAX_ALLOCATION_BYTES). */
+export const API_MAX_ALLOCATION_BYTES = 256 * 1024 * 1024;
+
+/** A run of the volume that holds data, or reads as zeros (never written, trimmed, zeroed). */
+export interface AllocationRun {
+  offset: number;
+  length: number;
+  zero: boolean;
+}
 
 /** The API answered with an error, or could not be reached after every attempt. */
 export class VolumeApiError extends Error {
@@ -45,11 +58,16 @@ export interface VolumeDescription {
 export type BatchPiece = { offset: number; data: Buffer } | { offset: number; length: number; zero: true };
 
 export interface VolumeClientOptions {
-  /** Attempts per request, the first included. Default 6. */
+  /**
+   * How long a request keeps being retried after its first attempt failed (the last attempt
+   * starts before the budget ends). Default 120 s; 0 means a single attempt.
+   */
+  retryBudgetMs?: number;
+  /** Attempts per request at most, the first included. Default: no limit but the budget. */
   attemptMax?: number;
   /** Per-attempt timeout. Default 60 s (a 4 MiB batch is encoded and uploaded k+m times). */
   requestTimeoutMs?: number;
-  /** Longest pause between attempts. Default 5 s. */
+  /** Longest pause between attempts. Default 2 s, so service resumes soon after an outage ends. */
   backoffMaxMs?: number;
   /** Signs each attempt. Default: the AWS SDK's default credential chain. */
   sign?: RequestSigner;
@@ -59,11 +77,15 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 
 export class VolumeClient {
   private readonly attemptMax: number;
+  /** Mutable: the CLI gives up sooner while starting than while serving. */
+  retryBudgetMs: number;
   private readonly requestTimeoutMs: number;
   private readonly backoffMaxMs: number;
   private signer: Promise<RequestSigner> | undefined;
   /** Counts of requests sent (attempts included), for logs and the bench. */
-  readonly sent = { reads: 0, batches: 0, describes: 0 };
+  readonly sent = { reads: 0, batches: 0, describes: 0, allocations: 0 };
+  /** S3 ranged GETs the API reported making for this client's reads (its x-sledge-ranged-gets header). */
+  rangedGets = 0;
   /** The reservation key every read and write presents, once the gateway has attached. */
   reservationKey: string | undefined;
 
@@ -72,9 +94,10 @@ export class VolumeClient {
     readonly volumeId: string,
     opts: VolumeClientOptions = {},
   ) {
-    this.attemptMax = opts.attemptMax ?? 6;
+    this.attemptMax = opts.attemptMax ?? Number.POSITIVE_INFINITY;
+    this.retryBudgetMs = opts.retryBudgetMs ?? 120_000;
     this.requestTimeoutMs = opts.requestTimeoutMs ?? 60_000;
-    this.backoffMaxMs = opts.backoffMaxMs ?? 5_000;
+    this.backoffMaxMs = opts.backoffMaxMs ?? 2_000;
     if (opts.sign) this.signer = Promise.resolve(opts.sign);
   }
 
@@ -82,10 +105,17 @@ export class VolumeClient {
     return `${this.apiUrl.replace(/\/+$/, '')}/volumes/${encodeURIComponent(this.volumeId)}${path}`;
   }
 
-  /** Sends one request with bounded retries; returns the body of a 2xx answer. */
-  private async send(what: string, url: string, init: { method: string; body?: Buffer; headers?: Record<string, string> }): Promise<Buffer> {
+  /** Sends one request, retrying within the budget; returns the body of a 2xx answer. */
+  private async send(
+    what: string,
+    url: string,
+    init: { method: string; body?: Buffer; headers?: Record<string, string> },
+    onOk?: (headers: Headers) => void,
+  ): Promise<Buffer> {
     let last: VolumeApiError | undefined;
-    for (let attempt = 1; attempt <= this.attemptMax; attempt++) {
+    const deadline = Date.now() + this.retryBudgetMs;
+    let attempt = 1;
+    for (; ; attempt++) {
       let retryAfterMs = 0;
       let res: Response | undefined;
       let body = Buffer.alloc(0);
@@ -107,18 +137,22 @@ export class VolumeClient {
         last = new VolumeApiError(`${what}: ${(err as Error).message}`, 0, { cause: err });
       }
       if (res) {
-        if (res.ok) return body;
+        if (res.ok) {
+          onOk?.(res.headers);
+          return body;
+        }
         last = new VolumeApiError(`${what}: HTTP ${res.status} ${body.toString('utf8').slice(0, 500)}`, res.status);
         // 4xx other than 429 will fail the same way again: bad input or a missing volume.
         if (res.status !== 429 && res.status < 500) throw last;
         retryAfterMs = Number(res.headers.get('retry-after') ?? 0) * 1000;
       }
-      if (attempt < this.attemptMax) {
-        const backoff = Math.min(this.backoffMaxMs, 100 * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
-        await sleep(Math.min(this.backoffMaxMs, Math.max(retryAfterMs, backoff)));
-      }
+      const backoff = Math.min(this.backoffMaxMs, 100 * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
+      const pause = Math.min(this.backoffMaxMs, Math.max(retryAfterMs, backoff));
+      if (attempt >= this.attemptMax || Date.now() >= deadline) break;
+      await sleep(Math.min(pause, deadline - Date.now()));
     }
-    throw new VolumeApiError(`${last!.message} (gave up after ${this.attemptMax} attempts)`, last!.status, { cause: last });
+    const seconds = ((Date.now() - deadline + this.retryBudgetMs) / 1000).toFixed(1);
+    throw new VolumeApiError(`${last!.message} (gave up after ${attempt} attempts in ${seconds} s)`, last!.status, { cause: last });
   }
 
   async describe(): Promise<VolumeDescription> {
@@ -135,10 +169,30 @@ export class VolumeClient {
   async read(offset: number, length: number): Promise<Buffer> {
     if (length > API_MAX_IO_BYTES) throw new RangeError(`a read through the API is at most ${API_MAX_IO_BYTES} bytes, not ${length}`);
     this.sent.reads++;
-    const body = await this.send(`read ${this.volumeId} @${offset}+${length}`, this.url(`/data?offset=${offset}&length=${length}`), { method: 'GET', headers: this.keyHeader() });
+    const body = await this.send(`read ${this.volumeId} @${offset}+${length}`, this.url(`/data?offset=${offset}&length=${length}`), { method: 'GET', headers: this.keyHeader() }, (h) => {
+      this.rangedGets += Number(h.get('x-sledge-ranged-gets') ?? 0);
+    });
     // Pair assertion: the API must answer with exactly the bytes asked for.
     if (body.length !== length) throw new VolumeApiError(`read ${this.volumeId} @${offset}+${length}: got ${body.length} bytes`, 200);
     return body;
+  }
+
+  /** Which parts of a block-aligned range (at most API_MAX_ALLOCATION_BYTES) hold data: runs covering it exactly. */
+  async allocation(offset: number, length: number): Promise<AllocationRun[]> {
+    this.sent.allocations++;
+    const body = await this.send(`allocation ${this.volumeId} @${offset}+${length}`, this.url(`/allocation?offset=${offset}&length=${length}`), {
+      method: 'GET',
+      headers: this.keyHeader(),
+    });
+    const { runs } = JSON.parse(body.toString('utf8')) as { runs: AllocationRun[] };
+    // Pair assertion: the runs must cover the range exactly, in order.
+    let pos = offset;
+    for (const r of runs) {
+      if (r.offset !== pos || !(r.length > 0)) throw new VolumeApiError(`allocation ${this.volumeId} @${offset}+${length}: runs do not cover the range`, 200);
+      pos += r.length;
+    }
+    if (pos !== offset + length) throw new VolumeApiError(`allocation ${this.volumeId} @${offset}+${length}: runs end at ${pos}`, 200);
+    return runs;
   }
 
   /** Writes a batch (at most API_MAX_IO_BYTES of data and API_MAX_PAGES_PER_BATCH pages) as one segment. */

@@ -31,7 +31,7 @@ import type { WriterIdentity } from '../data/segments.ts';
 import { HEAD_ID, MAX_IO_BYTES } from '../data/volume-rules.ts';
 import { describeReservations, applyReservationBody } from '../control/reservation-commands.ts';
 import { createVolume, deleteVolume, describeVolume, listVolumeViews, resizeVolume } from '../control/volumes.ts';
-import { readData, readSnapshotData } from '../data/read.ts';
+import { readAllocation, readData, readSnapshotData } from '../data/read.ts';
 import { changedBlocks, createSnapshot, deleteSnapshot, describeSnapshot, listSnapshotViews, rollbackVolume } from '../control/snapshots.ts';
 import { trimRange, writeData, writePieces } from '../data/write.ts';
 import openapi from './openapi.json' with { type: 'json' };
@@ -132,6 +132,11 @@ export const router = new Router()
         'x-sledge-rebuilt-granules': String(report.rebuiltGranules),
       },
     };
+  })
+  .on('GET', '/volumes/{volumeId}/allocation', VOLUME_DATA, async (req) => {
+    const offset = intQuery(req, 'offset');
+    const length = intQuery(req, 'length');
+    return { status: 200, json: { runs: await readAllocation(req.params.volumeId!, offset, length, requestKey(req)) } };
   })
   .on('POST', '/volumes/{volumeId}/batch', VOLUME_DATA, async (req) => {
     requireBinary(req, [BATCH_CONTENT_TYPE, 'application/octet-stream']);

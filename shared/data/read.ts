@@ -149,6 +149,53 @@ export async function readExtents(all: readonly Extent[], first: number, length:
   return out;
 }
 
+/** The longest range one allocation query covers: 256 pages of 1 MiB at the default geometry. */
+export const MAX_ALLOCATION_BYTES = 256 * 1024 * 1024;
+
+/** A run of a volume's address space that holds data (`zero: false`) or reads as zeros (never written, trimmed, zeroed). */
+export interface AllocationRun {
+  offset: number;
+  length: number;
+  zero: boolean;
+}
+
+/**
+ * Which parts of [offset, offset + length) hold data, from the page map alone (no chunk is
+ * read): runs in address order, adjacent runs of one kind merged, covering the range exactly.
+ * For NBD block status (`base:allocation`): clients skip the zero runs.
+ */
+export async function readAllocation(volumeId: string, offset: number, length: number, key?: string): Promise<AllocationRun[]> {
+  const v = requireActive(await pageMap().getVolume(volumeId), volumeId);
+  rememberGeometry(v);
+  const refusal = readRefusal(volumeId, v.reservations, key);
+  if (refusal) throw new FencedError(refusal);
+  checkRange(v, offset, length, MAX_ALLOCATION_BYTES);
+  const bs = v.blockSizeBytes;
+  const first = offset / bs;
+  const end = first + length / bs;
+  const pageNums = pageRange(v, offset, length);
+  const pages = await pageMap().getPages(v, pageNums);
+  // A clone's uncovered blocks read through to its parent snapshot: they are allocated there.
+  const extents = v.parent
+    ? await viewExtents(liveViewPoint(v), first, end, pages)
+    : pageNums.flatMap((p) => clip(pages.get(p)?.extents ?? [], first, end));
+  const runs: AllocationRun[] = [];
+  const push = (fromBlock: number, toBlock: number, zero: boolean) => {
+    if (toBlock <= fromBlock) return;
+    const last = runs[runs.length - 1];
+    if (last && last.zero === zero && last.offset + last.length === fromBlock * bs) last.length += (toBlock - fromBlock) * bs;
+    else runs.push({ offset: fromBlock * bs, length: (toBlock - fromBlock) * bs, zero });
+  };
+  let pos = first;
+  for (const e of extents) {
+    push(pos, e.first, true);
+    push(e.first, e.first + e.count, e.seg === null);
+    pos = e.first + e.count;
+  }
+  push(pos, end, true);
+  return runs;
+}
+
 function sameLocations(a: SegmentRecord, b: SegmentRecord): boolean {
   return a.locations.length === b.locations.length && a.locations.every((l, i) => l.bucket === b.locations[i]!.bucket && l.key === b.locations[i]!.key);
 }

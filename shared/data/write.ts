@@ -110,16 +110,46 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
   };
   const set = inflight.get(volumeId) ?? new Set();
   inflight.set(volumeId, set.add(entry));
+  // Pipelining: the write this process started last on the volume, if the same writer's.
+  const tail = chains.get(volumeId);
+  const predecessor = tail && tail.writer.id === writer.id && tail.writer.key === writer.key ? tail : undefined;
+  const link: ChainLink = { writer, built: deferred(), settled: deferred() };
+  chains.set(volumeId, link);
   try {
     for (let attempt = 0; attempt < COMMIT_ATTEMPT_MAX; attempt++) {
       if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
-      const early = await readVolumeWithPages(volumeId, pieces);
-      const v = requireActive(early ? early.volume : await pageMap().getVolume(volumeId), volumeId);
-      rememberGeometry(v);
+      // The first attempt builds on the predecessor when there is one; retries on the head.
+      const base = attempt === 0 && predecessor ? await predecessor.built.promise : null;
+      let v: VolumeRecord;
+      let opts: { pages?: PrefetchedPages; readPages?: (pages: number[]) => Promise<Map<number, PageRecord>> };
+      if (base) {
+        v = { ...base.volume, headSeq: base.seq, headSegmentId: base.segmentId };
+        const volume = v;
+        opts = { readPages: (pages) => pagesAfter(predecessor!, volume, pages) };
+      } else {
+        const early = await readVolumeWithPages(volumeId, pieces);
+        v = requireActive(early ? early.volume : await pageMap().getVolume(volumeId), volumeId);
+        rememberGeometry(v);
+        opts = { pages: early ?? undefined };
+      }
       const sorted = checkPieces(v, pieces);
-      const prepared = await prepareWrite(v, sorted, writer, { pages: early ?? undefined });
-      entry.prepared = { segmentId: prepared.record.segmentId, locations: prepared.locations, pages: prepared.changes };
-      const outcome = await completeWrite(prepared);
+      const volume = v;
+      let prepared: PreparedWrite;
+      let outcome: WriteResult | null;
+      try {
+        prepared = await prepareWrite(v, sorted, writer, {
+          ...opts,
+          ...(attempt === 0 ? { onBuilt: (seq: number, segmentId: string) => link.built.resolve({ volume, seq, segmentId }) } : {}),
+        });
+        entry.prepared = { segmentId: prepared.record.segmentId, locations: prepared.locations, pages: prepared.changes };
+        outcome = await completeWrite(prepared);
+      } catch (err) {
+        if (attempt === 0) link.settled.resolve(null);
+        // The predecessor did not commit: this attempt's chunks are deleted; start over on the head.
+        if (err instanceof PredecessorFailedError) continue;
+        throw err;
+      }
+      if (attempt === 0) link.settled.resolve(outcome ? pagesOf(prepared.changes) : null);
       if (outcome) {
         await checkpointAfterCommit(v, outcome.commitSeq);
         await maybeQueueGc(volumeId, outcome.commitSeq);
@@ -128,9 +158,62 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
     }
     throw new UnavailableError(`volume ${volumeId} is busy: ${COMMIT_ATTEMPT_MAX} commit attempts lost to concurrent writers; retry`, { retryAfterSeconds: 1 });
   } finally {
+    link.built.resolve(null);
+    link.settled.resolve(null);
+    if (chains.get(volumeId) === link) chains.delete(volumeId);
     set.delete(entry);
     if (set.size === 0) inflight.delete(volumeId);
   }
+}
+
+/**
+ * Pipelined writes (docs/page-map.md, "Pipelined writes"): per volume, the write this process
+ * started last, until it is settled. A write of the same writer that arrives meanwhile builds
+ * on it rather than on the head it would read: sequence number one higher, `prev` its segment,
+ * its pages as that commit leaves them. So one writer's writes upload their chunks at the same
+ * time and commit one after the other in arrival order, instead of racing for the head and
+ * uploading again. A write whose predecessor does not commit deletes its chunks and starts
+ * over on the head, as after a lost race.
+ */
+interface ChainLink {
+  writer: WriterIdentity;
+  /** The volume it built on, its seq and segment, once chosen; null if it failed before. */
+  built: Deferred<{ volume: VolumeRecord; seq: number; segmentId: string } | null>;
+  /** The pages its commit left, once committed; null once it is known not to have committed (on its first attempt). */
+  settled: Deferred<Map<number, PageRecord> | null>;
+}
+
+const chains = new Map<string, ChainLink>();
+
+class PredecessorFailedError extends Error {
+  override name = 'PredecessorFailedError';
+}
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve: (value: T) => void;
+}
+
+function deferred<T>(): Deferred<T> {
+  let resolve!: (value: T) => void;
+  const promise = new Promise<T>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+/** The pages a commit leaves: each changed page at its next version. */
+function pagesOf(changes: readonly PageChange[]): Map<number, PageRecord> {
+  return new Map(changes.map((c) => [c.page, { page: c.page, version: (c.oldVersion ?? 0) + 1, extents: c.extents }]));
+}
+
+/** The pages as they are once `predecessor` committed: its own from its commit, the others read then. */
+async function pagesAfter(predecessor: ChainLink, v: VolumeRecord, pages: number[]): Promise<Map<number, PageRecord>> {
+  const after = await predecessor.settled.promise;
+  if (!after) throw new PredecessorFailedError(`the write ${v.volumeId} was built on did not commit`);
+  const out = new Map<number, PageRecord>();
+  const others = pages.filter((p) => !after.has(p));
+  for (const p of pages) if (after.has(p)) out.set(p, after.get(p)!);
+  if (others.length > 0) for (const [p, r] of await pageMap().getPages(v, others)) out.set(p, r);
+  return out;
 }
 
 /**
@@ -215,7 +298,16 @@ export async function prepareWrite(
   v: VolumeRecord,
   pieces: WritePiece[],
   requester: WriterIdentity,
-  opts: { maintenance?: boolean; pages?: PrefetchedPages; replacePages?: Map<number, Extent[]> } = {},
+  opts: {
+    maintenance?: boolean;
+    pages?: PrefetchedPages;
+    /** Reads the pages the commit changes (instead of the page map), after the upload started. */
+    readPages?: (pages: number[]) => Promise<Map<number, PageRecord>>;
+    /** Told the segment's seq and id as soon as they are chosen, before anything is uploaded. */
+    onBuilt?: (seq: number, segmentId: string) => void;
+    /** A rollback: these pages are replaced whole (docs/snapshots.md, "Rollback"). */
+    replacePages?: Map<number, Extent[]>;
+  } = {},
 ): Promise<PreparedWrite> {
   const bs = v.blockSizeBytes;
   // Fencing, part one: refuse at once what the reservation state refuses now. Part two is the
@@ -227,6 +319,7 @@ export async function prepareWrite(
     requester.key === undefined ? { id: requester.id } : { id: requester.id, key: requester.key, generation: v.reservations.registrants[requester.key]! };
   const seq = v.headSeq + 1;
   const segmentId = newSegmentId(seq);
+  opts.onBuilt?.(seq, segmentId);
   const ref = segmentRef(v.volumeId, segmentId);
   const incoming: Extent[] = [];
   const payloadParts: Buffer[] = [];
@@ -256,7 +349,7 @@ export async function prepareWrite(
   // (one request fewer), else now, while the segment is encoded and uploaded, which keeps the
   // round trip off the write's critical path.
   const prefetched = opts.pages && [...byPage.keys()].every((p) => opts.pages!.covered.has(p)) ? opts.pages.pages : undefined;
-  const pagesRead = prefetched ? Promise.resolve(prefetched) : pageMap().getPages(v, [...byPage.keys()]);
+  const pagesRead = prefetched ? Promise.resolve(prefetched) : opts.readPages ? opts.readPages([...byPage.keys()]) : pageMap().getPages(v, [...byPage.keys()]);
   pagesRead.catch(() => undefined); // Awaited below; this only stops an early rejection going unhandled.
 
   const encoded = await encodeSegment(

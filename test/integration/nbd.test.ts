@@ -167,8 +167,9 @@ describe.each(harnesses)('NBD clients against $name', (harness) => {
       // Truthful about what it lacks, and tells clients to align to the volume's 4 KiB blocks.
       expect(info.can_multi_conn).toBe(true);
       expect(info.can_cache).toBe(false);
-      expect(info.can_fast_zero).toBe(false);
+      expect(info.can_fast_zero).toBe(true);
       expect(info.can_df).toBe(false);
+      expect(info.contexts).toEqual(['base:allocation']);
       expect(info.block_size_minimum).toBe(4096);
       expect(info.block_size_preferred).toBe(4096);
       expect(info.block_size_maximum).toBe(32 * MiB);

@@ -330,3 +330,167 @@ describe('WriteBackCache', () => {
     expect(vol.bytes.equals(model), 'the volume equals the model after close').toBe(true);
   });
 });
+
+describe('WriteBackCache read path: clean cache, joined reads, read-ahead', () => {
+  it('serves a re-read from the clean cache, and a write-back patches the cached lines', async () => {
+    const vol = new MemoryVolume(8 * MiB, MiB);
+    randomBytes(MiB).copy(vol.bytes, 0);
+    const cache = newCache(vol, { readAheadMaxBytes: 0 });
+    expect((await cache.read(0, MiB)).equals(vol.bytes.subarray(0, MiB))).toBe(true);
+    const reads = vol.reads;
+    expect((await cache.read(4096, 8192)).equals(vol.bytes.subarray(4096, 4096 + 8192))).toBe(true);
+    expect(vol.reads, 'a re-read is served from the clean cache').toBe(reads);
+    await cache.write(8192, Buffer.alloc(BS, 9));
+    await cache.flush();
+    const got = await cache.read(0, 3 * BS);
+    expect(got[2 * BS]).toBe(9);
+    expect(got.subarray(0, 2 * BS).equals(vol.bytes.subarray(0, 2 * BS))).toBe(true);
+    expect(vol.reads, 'the write-back patched the line; no API read').toBe(reads);
+    await cache.close();
+  });
+
+  it('does not cache a read that a write-back overtook, and a reader that joined it reads again', async () => {
+    const vol = new MemoryVolume(MiB, 64 * KiB);
+    const cache = newCache(vol, { readAheadMaxBytes: 0 });
+    // R0's API read takes the old bytes (zeros), then waits.
+    const readHold = release();
+    vol.readGate = readHold.gate;
+    const r0 = cache.read(0, BS);
+    // A write made durable while R0 waits: its layer leaves the cache.
+    vol.readGate = null;
+    await cache.write(0, Buffer.alloc(BS, 5));
+    await cache.flush();
+    // R1 starts after the write-back: it may not take R0's old bytes.
+    const r1 = cache.read(0, BS);
+    readHold.open();
+    expect((await r0)[0], 'R0 began before the write was durable; either answer is allowed, it took the old one').toBe(0);
+    expect((await r1)[0], 'R1 began after the write was durable').toBe(5);
+    expect((await cache.read(0, BS))[0], 'the overtaken read did not fill the cache with old bytes').toBe(5);
+    await cache.close();
+  });
+
+  it('reads a sequential stream in whole 4 MiB windows ahead of the reader', async () => {
+    const vol = new MemoryVolume(64 * MiB, MiB);
+    randomBytes(32 * MiB).copy(vol.bytes, 0);
+    const cache = newCache(vol);
+    const sizes: number[] = [];
+    const read = vol.read.bind(vol);
+    vol.read = (offset: number, length: number) => {
+      sizes.push(length);
+      return read(offset, length);
+    };
+    for (let pos = 0; pos < 32 * MiB; pos += 256 * KiB) {
+      expect((await cache.read(pos, 256 * KiB)).equals(vol.bytes.subarray(pos, pos + 256 * KiB))).toBe(true);
+    }
+    // Two demand reads start the stream; everything after comes in 4 MiB windows read ahead.
+    expect(sizes.filter((n) => n === 4 * MiB).length).toBeGreaterThanOrEqual(7);
+    expect(cache.stats.apiReadBytes, 'read-ahead stops near the reader: at most one window of 16 MiB beyond').toBeLessThanOrEqual(32 * MiB + 20 * MiB);
+    expect(sizes.length, 'about one API read per 4 MiB, not one per request').toBeLessThanOrEqual(16);
+    await cache.close();
+  });
+
+  it('keeps the clean cache within its bound', async () => {
+    const vol = new MemoryVolume(16 * MiB, MiB);
+    const cache = newCache(vol, { readCacheBytes: 2 * MiB, readAheadMaxBytes: 0 });
+    for (let pos = 0; pos < 16 * MiB; pos += MiB) await cache.read(pos, MiB);
+    expect(cache.clean.usedBytes).toBeLessThanOrEqual(2 * MiB);
+    expect(cache.clean.stats.evictions).toBeGreaterThan(0);
+    await cache.close();
+  });
+});
+
+describe('WriteBackCache write-back pipeline', () => {
+  it('sends the batches of a round several at a time, and ends a failed round only when every batch has settled', async () => {
+    const vol = new MemoryVolume(64 * MiB, MiB);
+    const cache = newCache(vol, { capacityBytes: 64 * MiB, segmentBytes: 4 * MiB, writeBackConcurrency: 3 });
+    let inFlight = 0;
+    let most = 0;
+    const write = vol.writeBatch.bind(vol);
+    const holds: Array<() => void> = [];
+    let failNext = false;
+    vol.writeBatch = async (pieces) => {
+      inFlight++;
+      most = Math.max(most, inFlight);
+      await new Promise<void>((resolve) => holds.push(resolve));
+      inFlight--;
+      if (failNext) {
+        failNext = false;
+        throw new Error('injected failure');
+      }
+      return write(pieces);
+    };
+    // 4 MiB, then 12 MiB in one write (one layer): a round of one batch, then a round of three.
+    const big = randomBytes(16 * MiB);
+    await cache.write(0, big.subarray(0, 4 * MiB));
+    const flushing = cache.flush();
+    await cache.write(4 * MiB, big.subarray(4 * MiB));
+    const flushing2 = cache.flush();
+    for (let i = 0; i < 50 && holds.length < 1; i++) await new Promise((r) => setImmediate(r));
+    // First round: one layer of 4 MiB. Release it; the second round has three batches.
+    holds.shift()!();
+    await flushing;
+    for (let i = 0; i < 50 && holds.length < 3; i++) await new Promise((r) => setImmediate(r));
+    expect(holds.length, 'three batches of the second round in flight at once').toBe(3);
+    // One fails; the round ends only after the other two settled.
+    failNext = true;
+    holds.shift()!();
+    let ended = false;
+    const f2 = flushing2.then(
+      () => (ended = true),
+      () => (ended = true),
+    );
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    expect(ended, 'the FLUSH waits for the batches still in flight').toBe(false);
+    while (holds.length > 0) holds.shift()!();
+    await f2;
+    await expect(flushing2).rejects.toThrow(/injected failure/);
+    expect(most).toBe(3);
+    // A later FLUSH writes everything back.
+    const done = cache.flush();
+    for (let i = 0; i < 100; i++) {
+      while (holds.length > 0) holds.shift()!();
+      await new Promise((r) => setImmediate(r));
+    }
+    await done;
+    expect(vol.bytes.subarray(0, 16 * MiB).equals(big)).toBe(true);
+    const closing = cache.close();
+    for (let i = 0; i < 20; i++) {
+      while (holds.length > 0) holds.shift()!();
+      await new Promise((r) => setImmediate(r));
+    }
+    await closing;
+  });
+});
+
+describe('WriteBackCache block status', () => {
+  it('lays cached writes (data) and trims (holes) over the allocation the API reports', async () => {
+    const vol = new MemoryVolume(16 * MiB, MiB);
+    const cache = newCache(vol);
+    const backend = vol as MemoryVolume & { allocation: (o: number, l: number) => Promise<Array<{ offset: number; length: number; zero: boolean }>> };
+    // The API: data in [1 MiB, 3 MiB), zeros elsewhere.
+    backend.allocation = async (o, l) => {
+      const runs = [
+        { offset: 0, length: MiB, zero: true },
+        { offset: MiB, length: 2 * MiB, zero: false },
+        { offset: 3 * MiB, length: 13 * MiB, zero: true },
+      ];
+      return runs
+        .map((r) => ({ offset: Math.max(o, r.offset), length: Math.min(o + l, r.offset + r.length) - Math.max(o, r.offset), zero: r.zero }))
+        .filter((r) => r.length > 0);
+    };
+    await cache.write(8 * MiB, Buffer.alloc(64 * KiB, 1));
+    await cache.trim(2 * MiB, 64 * KiB);
+    expect(await cache.allocation(0, 16 * MiB)).toEqual([
+      { offset: 0, length: MiB, zero: true },
+      { offset: MiB, length: MiB, zero: false },
+      { offset: 2 * MiB, length: 64 * KiB, zero: true },
+      { offset: 2 * MiB + 64 * KiB, length: MiB - 64 * KiB, zero: false },
+      { offset: 3 * MiB, length: 5 * MiB, zero: true },
+      { offset: 8 * MiB, length: 64 * KiB, zero: false },
+      { offset: 8 * MiB + 64 * KiB, length: 8 * MiB - 64 * KiB, zero: true },
+    ]);
+    // From an unaligned offset, no further than asked.
+    expect(await cache.allocation(MiB + 100, 1000)).toEqual([{ offset: MiB + 100, length: 1000, zero: false }]);
+    await cache.close();
+  });
+});

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import {
   NBD_CMD_FLAG_FAST_ZERO,
   NBD_CMD_FLAG_FUA,
+  NBD_CMD_FLAG_REQ_ONE,
   NBD_CMD_FLAG_NO_HOLE,
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_DISC,
@@ -29,6 +30,11 @@ import {
   PAYLOAD_MAX_BYTES,
   decodeClientFlags,
   decodeInfoRequest,
+  decodeMetaContextRequest,
+  encodeBlockStatus,
+  encodeMetaContextReply,
+  encodeOffsetDataHeader,
+  encodeStructuredError,
   decodeOptionHeader,
   decodeRequest,
   encodeExportNameReply,
@@ -145,9 +151,33 @@ describe('NBD handshake encoding', () => {
     expect(r.readUInt16BE(8)).toBe(0x13d);
   });
 
-  it('advertises exactly flush, FUA, trim, write-zeroes and multi-conn', () => {
-    // HAS_FLAGS(0) SEND_FLUSH(2) SEND_FUA(3) SEND_TRIM(5) SEND_WRITE_ZEROES(6) CAN_MULTI_CONN(8)
-    expect(TRANSMISSION_FLAGS).toBe((1 << 0) | (1 << 2) | (1 << 3) | (1 << 5) | (1 << 6) | (1 << 8));
+  it('advertises exactly flush, FUA, trim, write-zeroes, multi-conn and fast zero', () => {
+    // HAS_FLAGS(0) SEND_FLUSH(2) SEND_FUA(3) SEND_TRIM(5) SEND_WRITE_ZEROES(6) CAN_MULTI_CONN(8) SEND_FAST_ZERO(11)
+    expect(TRANSMISSION_FLAGS).toBe((1 << 0) | (1 << 2) | (1 << 3) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 11));
+  });
+
+  it('decodes metadata context requests and refuses malformed ones', () => {
+    const q = (name: string, queries: string[]) => {
+      const parts = [Buffer.alloc(4), Buffer.from(name)];
+      parts[0]!.writeUInt32BE(Buffer.byteLength(name));
+      const count = Buffer.alloc(4);
+      count.writeUInt32BE(queries.length);
+      parts.push(count);
+      for (const x of queries) {
+        const l = Buffer.alloc(4);
+        l.writeUInt32BE(Buffer.byteLength(x));
+        parts.push(l, Buffer.from(x));
+      }
+      return Buffer.concat(parts);
+    };
+    expect(decodeMetaContextRequest(q('vol-1', ['base:allocation', 'qemu:dirty-bitmap:x']))).toEqual({ name: 'vol-1', queries: ['base:allocation', 'qemu:dirty-bitmap:x'] });
+    expect(decodeMetaContextRequest(q('', []))).toEqual({ name: '', queries: [] });
+    expect(decodeMetaContextRequest(q('v', ['base:allocation']).subarray(0, 12))).toBeNull();
+    expect(decodeMetaContextRequest(Buffer.concat([q('v', []), Buffer.from([0])]))).toBeNull();
+    const r = encodeMetaContextReply(NBD_OPT_GO, 1, 'base:allocation');
+    expect(r.readUInt32BE(12)).toBe(4); // NBD_REP_META_CONTEXT
+    expect(r.readUInt32BE(20)).toBe(1);
+    expect(r.subarray(24).toString()).toBe('base:allocation');
   });
 });
 
@@ -176,6 +206,18 @@ describe('NBD transmission encoding', () => {
   it('lays out simple replies: magic 0x67446698, error, handle', () => {
     expect(encodeSimpleReply(22, handle).toString('hex')).toBe('67446698' + '00000016' + '0102030405060708');
   });
+
+  it('lays out structured chunks: read data, errors and block status, each flagged DONE', () => {
+    const d = encodeOffsetDataHeader(handle, 4096, 512);
+    expect(d.toString('hex')).toBe('668e33ef' + '0001' + '0001' + '0102030405060708' + '00000208' + '0000000000001000');
+    const e = encodeStructuredError(handle, 5, 'no');
+    expect(e.toString('hex')).toBe('668e33ef' + '0001' + '8001' + '0102030405060708' + '00000008' + '00000005' + '0002' + '6e6f');
+    const b = encodeBlockStatus(handle, 1, [
+      { length: 8192, flags: 0 },
+      { length: 4096, flags: 3 },
+    ]);
+    expect(b.toString('hex')).toBe('668e33ef' + '0001' + '0005' + '0102030405060708' + '00000014' + '00000001' + '00002000' + '00000000' + '00001000' + '00000003');
+  });
 });
 
 describe('request validation', () => {
@@ -193,10 +235,13 @@ describe('request validation', () => {
   });
 
   it('refuses unknown commands and flags not allowed for the command with EINVAL', () => {
-    expect(requestError(req(NBD_CMD_BLOCK_STATUS, 0, 4096), limits)).toBe(NBD_EINVAL);
+    expect(requestError(req(NBD_CMD_BLOCK_STATUS, 0, 4096), limits), 'block status without base:allocation negotiated').toBe(NBD_EINVAL);
+    expect(requestError(req(NBD_CMD_BLOCK_STATUS, 0, 4096, NBD_CMD_FLAG_REQ_ONE), { ...limits, blockStatus: true })).toBe(0);
+    expect(requestError(req(NBD_CMD_BLOCK_STATUS, limits.sizeBytes, 4096), { ...limits, blockStatus: true })).toBe(NBD_EINVAL);
     expect(requestError(req(42, 0, 4096), limits)).toBe(NBD_EINVAL);
     expect(requestError(req(NBD_CMD_WRITE, 0, 4096, NBD_CMD_FLAG_NO_HOLE), limits)).toBe(NBD_EINVAL);
-    expect(requestError(req(NBD_CMD_WRITE_ZEROES, 0, 4096, NBD_CMD_FLAG_FAST_ZERO), limits)).toBe(NBD_EINVAL);
+    expect(requestError(req(NBD_CMD_WRITE_ZEROES, 0, 4096, NBD_CMD_FLAG_FAST_ZERO), limits), 'FAST_ZERO is advertised and never refused').toBe(0);
+    expect(requestError(req(NBD_CMD_WRITE, 0, 4096, NBD_CMD_FLAG_FAST_ZERO), limits)).toBe(NBD_EINVAL);
     expect(requestError(req(NBD_CMD_READ, 0, 4096, 1 << 15), limits)).toBe(NBD_EINVAL);
   });
 

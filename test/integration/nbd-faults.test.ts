@@ -1,0 +1,97 @@
+/**
+ * Faults of the gateway's process life, each shown with real processes: a second gateway on a
+ * port already in use, a client that keeps an idle connection open through SIGTERM, and (in
+ * nbd-outage.test.ts) a control-plane restart under a mounted file system.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { Api, http } from './helpers.ts';
+import { describeRun, nbdsh, run, SLEDGE_BIN, startGateway, TOOLS_ENV } from './nbd-tools.ts';
+
+const MiB = 1024 * 1024;
+const VOLUME_BYTES = 16 * MiB;
+
+const dir = mkdtempSync(join(tmpdir(), 'sledge-nbd-faults-'));
+let api: Api;
+let apiUrl: string;
+
+beforeAll(() => {
+  apiUrl = inject('apiUrl');
+  api = new Api(apiUrl);
+});
+
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** Resolves with `p`'s value, or with `onTimeout` after `ms`. */
+function within<T>(p: Promise<T>, ms: number, onTimeout: T): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<T>((resolve) => {
+    timer = setTimeout(() => resolve(onTimeout), ms);
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
+
+describe('gateway process faults', () => {
+  it('a second gateway on a port already in use fails without touching the running one', async () => {
+    const vol = await api.createVolume({ sizeBytes: VOLUME_BYTES });
+    const first = await startGateway(apiUrl, vol.volumeId, ['--port', '0'], ['--max-dirty-age-ms', '0', '--key', 'gw-first']);
+    try {
+      const port = /:(\d+)\//.exec(first.uri)![1]!;
+      // A real second process, same volume, same port: it cannot listen, so it must not attach.
+      const second = await run(process.execPath, [SLEDGE_BIN, 'nbd', vol.volumeId, '--api', apiUrl, '--port', port, '--key', 'gw-second'], { timeoutMs: 60_000 });
+      expect(second.code, describeRun('second gateway', second)).toBe(1);
+      expect(second.stderr).toMatch(/cannot listen/);
+      // The running gateway still holds the volume, and nobody else is registered.
+      const state = (await http(`${apiUrl}/volumes/${vol.volumeId}/reservations`)).json;
+      expect(state.reservation).toEqual({ holder: 'gw-first', type: 'write-exclusive' });
+      expect(state.registrants.map((r: { key: string }) => r.key)).toEqual(['gw-first']);
+      // And it still serves writes that become durable.
+      const r = await nbdsh(first.uri, 'h.pwrite(b"\\x66" * 65536, 0); h.flush()');
+      expect(r.code, describeRun('nbdsh on the first gateway', r)).toBe(0);
+      expect((await api.read(vol.volumeId, 0, 65536)).equals(Buffer.alloc(65536, 0x66))).toBe(true);
+    } finally {
+      expect(await first.stop(), first.output()).toBe(0);
+    }
+  });
+
+  it('a gateway that cannot listen leaves no registration behind', async () => {
+    const vol = await api.createVolume({ sizeBytes: VOLUME_BYTES });
+    // A listen that fails for another reason (a socket path in a directory that does not
+    // exist) must not leave the volume reserved by a gateway that never served.
+    const r = await run(process.execPath, [SLEDGE_BIN, 'nbd', vol.volumeId, '--api', apiUrl, '--socket', join(dir, 'no-such-dir', 's.sock'), '--key', 'gw-never']);
+    expect(r.code, describeRun('gateway on a bad socket path', r)).toBe(1);
+    expect(r.stderr).toMatch(/cannot listen/);
+    expect((await http(`${apiUrl}/volumes/${vol.volumeId}/reservations`)).json).toMatchObject({ registrants: [], reservation: null });
+  });
+
+  it('SIGTERM completes while a real client keeps an idle connection open, and writes everything back', async () => {
+    const vol = await api.createVolume({ sizeBytes: VOLUME_BYTES });
+    const gw = await startGateway(apiUrl, vol.volumeId, ['--socket', join(dir, 'idle.sock')], ['--max-dirty-age-ms', '0']);
+    // nbdsh writes (no FLUSH), says so, then sits on its open connection without a word.
+    const client = spawn('nbdsh', ['-u', gw.uri, '-c', 'import sys, time\nh.pwrite(b"\\x77" * 65536, 0)\nprint("written", flush=True)\ntime.sleep(120)'], {
+      env: TOOLS_ENV,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let clientOut = '';
+    client.stdout.on('data', (d) => (clientOut += d));
+    client.stderr.on('data', (d) => (clientOut += d));
+    try {
+      for (let i = 0; i < 200 && !clientOut.includes('written'); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(clientOut).toContain('written');
+      const started = Date.now();
+      const code = await within<number | null | 'still running'>(gw.stop('SIGTERM'), 20_000, 'still running');
+      expect(code, `gateway did not exit within 20 s of SIGTERM with an idle client connected:\n${gw.output()}`).toBe(0);
+      expect(Date.now() - started).toBeLessThan(20_000);
+      // The unflushed write was written back on the way out.
+      expect((await api.read(vol.volumeId, 0, 65536)).equals(Buffer.alloc(65536, 0x77))).toBe(true);
+    } finally {
+      await gw.stop('SIGKILL');
+      client.kill('SIGKILL');
+    }
+  });
+});
