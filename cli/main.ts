@@ -30,8 +30,10 @@ const DEFAULT_NBD_PORT = 10809;
  */
 export const COMMAND_USAGE = {
   nbd: `  nbd <volumeId> --api <url> [--port N | --socket PATH]
+  nbd --snapshot <snapshotId> --api <url> [--port N | --socket PATH]
       Serve a volume as a block device over NBD, with a volatile write cache that is made
       durable on FLUSH, FUA, every segment's worth of writes, old dirty data and shutdown.
+      With --snapshot, serve a snapshot read-only (READ_ONLY advertised; writes get EPERM).
 
       --api URL              the Sledge volume API (e.g. http://127.0.0.1:3000)
       --port N               TCP port (default ${DEFAULT_NBD_PORT}; 0 picks a free one)
@@ -184,6 +186,8 @@ export interface NbdCommand {
   retryBudgetMs: number;
   /** The reservation key to attach with; a fresh one per process by default. */
   reservationKey?: string;
+  /** Serve this snapshot of the volume, read-only, instead of the volume. */
+  snapshotId?: string;
   /** How requests are signed (`--profile`, `--region`, `--unsigned`). */
   signing: SigningOptions;
 }
@@ -208,14 +212,25 @@ export function parseNbdArgs(args: string[]): NbdCommand {
         key: { type: 'string' },
         ...SIGNING_OPTIONS,
         'retry-budget-s': { type: 'string' },
+        snapshot: { type: 'string' },
       },
     });
   } catch (err) {
     throw parseArgsUsageError(err);
   }
   const { values, positionals } = parsed;
-  if (positionals.length !== 1) throw new UsageError(`sledge nbd takes exactly one volume id, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}`);
-  const volumeId = positionals[0]!;
+  const snapshotId = values.snapshot;
+  let volumeId: string;
+  if (snapshotId !== undefined) {
+    if (positionals.length !== 0) throw new UsageError(`sledge nbd --snapshot serves the snapshot alone; drop ${positionals.join(' ')}`);
+    const m = /^snap-([0-9a-f]{16})-\d{12}-[0-9a-f]{6}$/.exec(snapshotId);
+    if (!m) throw new UsageError(`--snapshot needs a snapshot id (snap-<16 hex>-<12 digits>-<6 hex>), got ${JSON.stringify(snapshotId)}`);
+    if (values.key !== undefined) throw new UsageError('--key has no use with --snapshot: a snapshot export takes no reservation');
+    volumeId = `vol-${m[1]}`;
+  } else {
+    if (positionals.length !== 1) throw new UsageError(`sledge nbd takes exactly one volume id, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}`);
+    volumeId = positionals[0]!;
+  }
   if (!values.api) throw new UsageError('--api <url> is required: the Sledge API that serves the volume, e.g. --api http://127.0.0.1:3000');
   checkApiUrl(values.api);
   if (values.socket !== undefined && (values.port !== undefined || values.host !== undefined)) throw new UsageError('give either --socket or --port/--host, not both');
@@ -225,6 +240,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
   if (segmentMiB > cacheMiB) throw new UsageError(`--segment-mib ${segmentMiB} is larger than --cache-mib ${cacheMiB}`);
   return {
     volumeId,
+    ...(snapshotId !== undefined ? { snapshotId } : {}),
     apiUrl: values.api,
     listen: values.socket !== undefined ? { socketPath: values.socket } : { host: values.host ?? '127.0.0.1', port: intOption(values.port, 'port', 0, 65535, DEFAULT_NBD_PORT) },
     cacheBytes: cacheMiB * MiB,
@@ -295,20 +311,22 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   const client = new VolumeClient(cmd.apiUrl, cmd.volumeId, {
     retryBudgetMs: Math.min(cmd.retryBudgetMs, STARTUP_RETRY_BUDGET_MS),
     sign: await defaultSigner(cmd.apiUrl, cmd.signing),
+    ...(cmd.snapshotId !== undefined ? { snapshotId: cmd.snapshotId } : {}),
   });
+  const what = cmd.snapshotId ?? cmd.volumeId;
   let volume: VolumeDescription;
   try {
     volume = await client.describe();
   } catch (err) {
-    if (err instanceof VolumeApiError && err.status === 404) log(`volume ${cmd.volumeId} does not exist at ${cmd.apiUrl}`);
+    if (err instanceof VolumeApiError && err.status === 404) log(`${cmd.snapshotId ? 'snapshot' : 'volume'} ${what} does not exist at ${cmd.apiUrl}`);
     else if (err instanceof VolumeApiError && err.status === 403) log(`the API refused the request (403): ${err.message}; check --profile and the credentials it names`);
     // Status 0: no answer after every retry; say why in the words of the network, not fetch's.
     else if (err instanceof VolumeApiError && err.status === 0) log(unreachable(cmd.apiUrl, err).message);
     else log(`cannot describe volume ${cmd.volumeId} at ${cmd.apiUrl}: ${(err as Error).message}`);
     return 1;
   }
-  if (volume.state !== 'active') {
-    log(`volume ${cmd.volumeId} is ${volume.state}, not active`);
+  if (volume.state !== (cmd.snapshotId ? 'ready' : 'active')) {
+    log(`${cmd.snapshotId ? 'snapshot' : 'volume'} ${what} is ${volume.state}, not ${cmd.snapshotId ? 'ready' : 'active'}`);
     return 1;
   }
   if ('socketPath' in cmd.listen && existsSync(cmd.listen.socketPath)) {
@@ -343,8 +361,11 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   let server;
   try {
     server = await startNbdServer({
-      exportName: volume.volumeId,
-      description: `Sledge volume ${volume.volumeId}, ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`,
+      exportName: what,
+      description: cmd.snapshotId
+        ? `Sledge snapshot ${cmd.snapshotId} of ${volume.volumeId} (read-only), ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`
+        : `Sledge volume ${volume.volumeId}, ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`,
+      readOnly: cmd.snapshotId !== undefined,
       cache,
       listen: cmd.listen,
       ready,
@@ -356,8 +377,11 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     return 1;
   }
   try {
-    const preempted = await onAttach(client, key);
-    log(`attached with reservation key ${key}${preempted ? `, preempting ${preempted}` : ''}`);
+    // A snapshot never changes: its export takes no reservation and writes nothing.
+    if (cmd.snapshotId === undefined) {
+      const preempted = await onAttach(client, key);
+      log(`attached with reservation key ${key}${preempted ? `, preempting ${preempted}` : ''}`);
+    }
   } catch (err) {
     log(`cannot attach to volume ${cmd.volumeId}: ${(err as Error).message}`);
     attachFailed(err as Error);
@@ -369,7 +393,9 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   attached();
   client.retryBudgetMs = cmd.retryBudgetMs;
   // Tests and scripts wait for this line; it carries the URI clients connect to.
-  process.stdout.write(`sledge nbd: serving ${volume.volumeId} (${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks) at ${server.uri}\n`);
+  process.stdout.write(
+    `sledge nbd: serving ${what}${cmd.snapshotId ? ' read-only' : ''} (${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks) at ${server.uri}\n`,
+  );
 
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGINT', () => resolve('SIGINT'));
@@ -396,7 +422,7 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     log(`stopped WITH DATA LOSS: ${(err as Error).message}`);
     status = 1;
   }
-  if (status === 0) await onDetach(client);
+  if (status === 0 && cmd.snapshotId === undefined) await onDetach(client);
   removeSocket(cmd.listen);
   return status;
 }

@@ -37,6 +37,7 @@ import {
   NBD_EINVAL,
   NBD_FLAG_CAN_MULTI_CONN,
   NBD_FLAG_HAS_FLAGS,
+  NBD_FLAG_READ_ONLY,
   NBD_FLAG_SEND_FLUSH,
   NBD_FLAG_SEND_FUA,
   NBD_FLAG_SEND_TRIM,
@@ -86,7 +87,7 @@ import {
  *   every other's writes at once.
  * - SEND_FAST_ZERO: WRITE_ZEROES is a zero extent in the cache, never slower than a write of
  *   zeros, so a FAST_ZERO request is never refused.
- * Not advertised: READ_ONLY, ROTATIONAL, DF (a READ is always one chunk anyway), CACHE.
+ * Not advertised: READ_ONLY (but on snapshot exports), ROTATIONAL, DF (a READ is always one chunk anyway), CACHE.
  * Structured replies and block status (base:allocation) are options, not flags.
  */
 export const TRANSMISSION_FLAGS =
@@ -207,6 +208,11 @@ export interface NbdServerOptions {
    */
   ready?: Promise<void>;
   log?: (message: string) => void;
+  /**
+   * A read-only export (a snapshot): READ_ONLY is advertised, writes, trims and zeroes get
+   * EPERM, and block status is not offered (the snapshot has no allocation route).
+   */
+  readOnly?: boolean;
 }
 
 export interface NbdServer {
@@ -266,6 +272,11 @@ class Connection {
     return name === '' || name === this.opts.exportName;
   }
 
+  /** The export's flags: a read-only export advertises READ_ONLY and no write commands. */
+  private transmissionFlags(): number {
+    return this.opts.readOnly ? NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY | NBD_FLAG_CAN_MULTI_CONN : TRANSMISSION_FLAGS;
+  }
+
   /** Fixed newstyle negotiation. True when the client entered the transmission phase. */
   private async handshake(): Promise<boolean> {
     const { cache } = this.opts;
@@ -289,7 +300,7 @@ class Connection {
           const name = data.toString('utf8');
           // This option cannot fail politely: an unknown name ends the session.
           if (!this.knows(name)) throw new NbdProtocolError(`client asked for export ${JSON.stringify(name)}; this gateway serves ${this.opts.exportName}`);
-          this.send(encodeExportNameReply(cache.sizeBytes, TRANSMISSION_FLAGS, clientFlags.noZeroes));
+          this.send(encodeExportNameReply(cache.sizeBytes, this.transmissionFlags(), clientFlags.noZeroes));
           return true;
         }
         case NBD_OPT_ABORT:
@@ -314,7 +325,7 @@ class Connection {
             this.send(encodeOptionError(option, NBD_REP_ERR_UNKNOWN, `no export ${JSON.stringify(req.name)}; this gateway serves ${this.opts.exportName}`));
             break;
           }
-          this.send(encodeInfoExport(option, cache.sizeBytes, TRANSMISSION_FLAGS));
+          this.send(encodeInfoExport(option, cache.sizeBytes, this.transmissionFlags()));
           // Sent even when not asked for (allowed): clients that honour it align to the volume's
           // blocks; the gateway still serves unaligned requests by read-modify-write.
           this.send(
@@ -354,7 +365,7 @@ class Connection {
           }
           if (option === NBD_OPT_SET_META_CONTEXT) {
             // Each SET replaces the selection; only the exact name selects it.
-            this.allocation = req.queries.includes(BASE_ALLOCATION);
+            this.allocation = !this.opts.readOnly && req.queries.includes(BASE_ALLOCATION);
             if (this.allocation) this.send(encodeMetaContextReply(option, BASE_ALLOCATION_ID, BASE_ALLOCATION));
           } else if (req.queries.length === 0 || req.queries.some((q) => q === 'base:' || q === BASE_ALLOCATION)) {
             this.send(encodeMetaContextReply(option, 0, BASE_ALLOCATION));
@@ -373,7 +384,7 @@ class Connection {
   }
 
   private async transmission(): Promise<void> {
-    const limits = { sizeBytes: this.opts.cache.sizeBytes, readOnly: false, blockStatus: this.structured && this.allocation };
+    const limits = { sizeBytes: this.opts.cache.sizeBytes, readOnly: this.opts.readOnly === true, blockStatus: this.structured && this.allocation };
     // Bounded by the life of the connection: each pass reads one request or ends it.
     while (!this.stopping) {
       await this.room();

@@ -71,6 +71,8 @@ export interface VolumeClientOptions {
   backoffMaxMs?: number;
   /** Signs each attempt. Default: the AWS SDK's default credential chain. */
   sign?: RequestSigner;
+  /** Serve this snapshot of the volume, read-only (docs/snapshots.md): reads go to `/snapshots/{id}`. */
+  snapshotId?: string;
 }
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -99,10 +101,15 @@ export class VolumeClient {
     this.requestTimeoutMs = opts.requestTimeoutMs ?? 60_000;
     this.backoffMaxMs = opts.backoffMaxMs ?? 2_000;
     if (opts.sign) this.signer = Promise.resolve(opts.sign);
+    this.snapshotId = opts.snapshotId;
   }
 
+  /** The snapshot served instead of the volume, read-only. */
+  readonly snapshotId: string | undefined;
+
   private url(path: string): string {
-    return `${this.apiUrl.replace(/\/+$/, '')}/volumes/${encodeURIComponent(this.volumeId)}${path}`;
+    const base = this.snapshotId === undefined ? `/volumes/${encodeURIComponent(this.volumeId)}` : `/snapshots/${encodeURIComponent(this.snapshotId)}`;
+    return `${this.apiUrl.replace(/\/+$/, '')}${base}${path}`;
   }
 
   /** Sends one request, retrying within the budget; returns the body of a 2xx answer. */

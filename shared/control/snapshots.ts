@@ -34,6 +34,8 @@ export interface SnapshotView {
   name?: string;
   sizeBytes: number;
   blockSizeBytes: number;
+  /** Blocks per page map page (as the volume's; a gateway sizes its write-back by it). */
+  pageBlocks: number;
   createdAt: string;
   commitSeq: number;
   state: string;
@@ -41,12 +43,13 @@ export interface SnapshotView {
   dependants: string[];
 }
 
-export function snapshotView(s: SnapshotRecord, blockSizeBytes: number): SnapshotView {
+export function snapshotView(s: SnapshotRecord, geometry: { blockSizeBytes: number; pageBlocks: number }): SnapshotView {
   const out: SnapshotView = {
     snapshotId: s.snapshotId,
     volumeId: s.volumeId,
     sizeBytes: s.sizeBytes,
-    blockSizeBytes,
+    blockSizeBytes: geometry.blockSizeBytes,
+    pageBlocks: geometry.pageBlocks,
     createdAt: s.createdAt,
     commitSeq: s.seq,
     state: s.state,
@@ -112,14 +115,14 @@ export async function createSnapshot(volumeId: string, body: unknown, requester:
     }
     // Deleted snapshots below the new one can be purged now (the newest tag waits for this).
     if (existing.some((s) => s.state === 'deleting')) await queuePurge(volumeId);
-    return snapshotView(snap, v.blockSizeBytes);
+    return snapshotView(snap, v);
   }
   throw new UnavailableError(`volume ${volumeId} kept committing while the snapshot was taken; retry`, { retryAfterSeconds: 1 });
 }
 
 export async function describeSnapshot(snapshotId: string): Promise<SnapshotView> {
   const { snapshot, volume } = await requireSnapshot(snapshotId);
-  return snapshotView(snapshot, volume.blockSizeBytes);
+  return snapshotView(snapshot, volume);
 }
 
 export async function listSnapshotViews(
@@ -132,7 +135,7 @@ export async function listSnapshotViews(
   const v = await pageMap().getVolume(volumeId);
   if (!v || v.state === 'deleting') throw new NotFoundError(`volume ${volumeId} does not exist`);
   const all = (await pageMap().listSnapshots(volumeId)).filter((s) => s.state === 'ready' && (next === undefined || s.snapshotId > next));
-  const page = all.slice(0, limit).map((s) => snapshotView(s, v.blockSizeBytes));
+  const page = all.slice(0, limit).map((s) => snapshotView(s, v));
   return all.length > limit ? { snapshots: page, next: page[page.length - 1]!.snapshotId } : { snapshots: page };
 }
 
@@ -152,8 +155,8 @@ export async function deleteSnapshot(snapshotId: string): Promise<SnapshotView> 
   const s = await pageMap().getSnapshot(volumeId, snapshotId);
   const v = await pageMap().getVolume(volumeId);
   return s
-    ? snapshotView(s, v?.blockSizeBytes ?? 0)
-    : { snapshotId, volumeId, sizeBytes: 0, blockSizeBytes: 0, createdAt: '', commitSeq: 0, state: 'deleted', dependants: [] };
+    ? snapshotView(s, v ?? { blockSizeBytes: 0, pageBlocks: 0 })
+    : { snapshotId, volumeId, sizeBytes: 0, blockSizeBytes: 0, pageBlocks: 0, createdAt: '', commitSeq: 0, state: 'deleted', dependants: [] };
 }
 
 async function queuePurge(volumeId: string): Promise<void> {

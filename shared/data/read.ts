@@ -176,9 +176,7 @@ export async function readAllocation(volumeId: string, offset: number, length: n
   const pageNums = pageRange(v, offset, length);
   const pages = await pageMap().getPages(v, pageNums);
   // A clone's uncovered blocks read through to its parent snapshot: they are allocated there.
-  const extents = v.parent
-    ? await viewExtents(liveViewPoint(v), first, end, pages)
-    : pageNums.flatMap((p) => clip(pages.get(p)?.extents ?? [], first, end));
+  const extents = v.parent ? await viewExtents(liveViewPoint(v), first, end, pages) : pageNums.flatMap((p) => clip(pages.get(p)?.extents ?? [], first, end));
   const runs: AllocationRun[] = [];
   const push = (fromBlock: number, toBlock: number, zero: boolean) => {
     if (toBlock <= fromBlock) return;

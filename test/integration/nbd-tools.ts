@@ -55,11 +55,12 @@ function waitExit(child: ChildProcess): Promise<number | null> {
 }
 
 /**
- * Starts `sledge nbd` as a child process through bin/sledge.js and waits for the line that
- * carries its URI.
+ * Starts `sledge nbd` (of a volume, or `--snapshot` read-only) as a child process through
+ * bin/sledge.js and waits for the line that carries its URI.
  */
-export function startGateway(apiUrl: string, volumeId: string, listen: string[], extra: string[] = []): Promise<NbdTarget> {
-  const child = spawn(process.execPath, [SLEDGE_BIN, 'nbd', volumeId, '--api', apiUrl, ...listen, ...extra], {
+export function startGateway(apiUrl: string, volumeId: string | { snapshotId: string }, listen: string[], extra: string[] = []): Promise<NbdTarget> {
+  const what = typeof volumeId === 'string' ? [volumeId] : ['--snapshot', volumeId.snapshotId];
+  const child = spawn(process.execPath, [SLEDGE_BIN, 'nbd', ...what, '--api', apiUrl, ...listen, ...extra], {
     cwd: REPO_ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
