@@ -18,6 +18,7 @@ import { segmentRef, splitSegmentRef, type PageRecord, type SegmentRecord, type 
 import { sleep } from '../../core/async.ts';
 import type { ChunkLocation } from '../../data/sleds.ts';
 import { dynamo } from '../clients.ts';
+import { unprocessedAfterRetries } from '../errors.ts';
 import {
   N,
   S,
@@ -56,10 +57,7 @@ async function batchGetTables(keysByTable: Record<string, Record<string, Attribu
   let pending: Record<string, { Keys: Record<string, AttributeValue>[]; ConsistentRead: true }> = {};
   for (const [table, keys] of Object.entries(keysByTable)) if (keys.length > 0) pending[table] = { Keys: keys, ConsistentRead: true };
   for (let attempt = 0; Object.keys(pending).length > 0; attempt++) {
-    invariant(
-      attempt < UNPROCESSED_RETRY_MAX,
-      `BatchGetItem on ${Object.keys(pending).join(', ')} still had unprocessed keys after ${UNPROCESSED_RETRY_MAX} attempts`,
-    );
+    if (attempt >= UNPROCESSED_RETRY_MAX) throw unprocessedAfterRetries('BatchGetItem', Object.keys(pending), attempt);
     if (attempt > 0) await sleep(Math.min(1000, 20 * 2 ** attempt));
     const out: { Responses?: Record<string, Record<string, AttributeValue>[]>; UnprocessedKeys?: Record<string, { Keys?: Record<string, AttributeValue>[] }> } =
       await dynamo().send(new BatchGetItemCommand({ RequestItems: pending, ReturnConsumedCapacity: 'TOTAL' }));
@@ -235,7 +233,7 @@ export async function deleteItems(table: 'pages' | 'segments', keys: Record<stri
   for (let i = 0; i < keys.length; i += 25) {
     let pending = keys.slice(i, i + 25).map((Key) => ({ DeleteRequest: { Key } }));
     for (let attempt = 0; pending.length > 0; attempt++) {
-      invariant(attempt < UNPROCESSED_RETRY_MAX, `BatchWriteItem on ${name} still had unprocessed items`);
+      if (attempt >= UNPROCESSED_RETRY_MAX) throw unprocessedAfterRetries('BatchWriteItem', [name], attempt);
       if (attempt > 0) await sleep(Math.min(1000, 20 * 2 ** attempt));
       const out = await dynamo().send(new BatchWriteItemCommand({ RequestItems: { [name]: pending }, ReturnConsumedCapacity: 'TOTAL' }));
       pending = (out.UnprocessedItems?.[name] ?? []) as typeof pending;

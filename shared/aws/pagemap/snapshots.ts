@@ -21,6 +21,7 @@ import { CommitRefusedError, type CommitWriter, type FlattenProgress, type Froze
 import { sleep } from '../../core/async.ts';
 import { decodePage, encodePage } from '../../data/extents.ts';
 import { dynamo } from '../clients.ts';
+import { unprocessedAfterRetries } from '../errors.ts';
 import { N, S, attributeToParent, conditionFailed, flattenToAttribute, itemToVolume, num, parentToAttribute, str, volumeToItem } from './items.ts';
 import { fencingCondition } from './transactions.ts';
 
@@ -91,7 +92,7 @@ export async function getFrozenPages(volumeId: string, pageBlocks: number, keys:
   for (let i = 0; i < keys.length; i += 100) {
     let pending: Record<string, AttributeValue>[] = keys.slice(i, i + 100).map((k) => frozenKey(volumeId, k.tag, k.page));
     for (let attempt = 0; pending.length > 0; attempt++) {
-      invariant(attempt < UNPROCESSED_RETRY_MAX, 'BatchGetItem of frozen pages still had unprocessed keys');
+      if (attempt >= UNPROCESSED_RETRY_MAX) throw unprocessedAfterRetries('BatchGetItem', [table], attempt);
       if (attempt > 0) await sleep(Math.min(1000, 20 * 2 ** attempt));
       const got = await dynamo().send(
         new BatchGetItemCommand({ RequestItems: { [table]: { Keys: pending, ConsistentRead: true } }, ReturnConsumedCapacity: 'TOTAL' }),
