@@ -151,8 +151,11 @@ export async function deleteSnapshot(snapshotId: string): Promise<SnapshotView> 
     }
   }
   forgetSnapshot(snapshotId);
-  await queuePurge(volumeId);
   const s = await pageMap().getSnapshot(volumeId, snapshotId);
+  // A snapshot being deleted is never read again, so it stops depending on its parent at once
+  // (the purge only moves frames within its own volume); the purge removes it again, harmlessly.
+  if (s?.parent) await pageMap().removeDependant(s.parent, snapshotId);
+  await queuePurge(volumeId);
   const v = await pageMap().getVolume(volumeId);
   return s
     ? snapshotView(s, v ?? { blockSizeBytes: 0, pageBlocks: 0 })

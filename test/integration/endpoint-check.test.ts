@@ -145,9 +145,11 @@ describe('a plain moto_server', () => {
     expect(warnings.join('\n')).toMatch(/acknowledged writes are lost when two or more writers commit to one volume at the same time/);
   });
 
-  it('makes `npm start` exit non-zero with the refusal, before it serves anything', async () => {
+  it('makes `npm start` exit non-zero with the refusal, before it serves anything', { timeout: 200_000 }, async () => {
     const apiPort = await freePort();
-    const out = await run(process.execPath, START, { env: startEnv({ AWS_ENDPOINT_URL: plain.url, PORT: String(apiPort) }), timeoutMs: 60_000 });
+    // A bound against a hang, not a speed check: the self-test against plain moto_server (which
+    // copies whole tables on every cancelled transaction) took over a minute under CI's load.
+    const out = await run(process.execPath, START, { env: startEnv({ AWS_ENDPOINT_URL: plain.url, PORT: String(apiPort) }), timeoutMs: 150_000 });
     expect(out.code, out.stderr).toBe(1);
     expect(out.stderr).toMatch(new RegExp(`^sledge: the AWS endpoint ${plain.url} does not isolate concurrent DynamoDB transactions`, 'm'));
     expectSafeChoicesNamed(out.stderr);

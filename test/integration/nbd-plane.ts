@@ -32,9 +32,13 @@ if (mode === 'deploy' && args.length === 1) {
   // Imported only now: the handlers read their configuration from the environment just set.
   const { handler } = await import('#lambdas/api.ts');
   const { startLocalApi } = await import('#local/http-adapter.ts');
+  const { LOCAL_CREDENTIALS_ENV, localPrincipals } = await import('#local/principals.ts');
+  // The API checks signatures as the first one did: the same local principals, from the same file.
+  const credentials = process.env[LOCAL_CREDENTIALS_ENV];
+  const iam = credentials && process.env.SLEDGE_API_AUTH !== 'none' ? { iam: { principals: Object.values(localPrincipals(credentials).byProfile) } } : {};
   const wait = Number(notBefore) - Date.now();
   if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
-  const api = await startLocalApi({ handler, port: Number(port) });
+  const api = await startLocalApi({ handler, port: Number(port), ...iam });
   process.stdout.write(`${READY_PREFIX}${JSON.stringify({ apiUrl: api.url, env: JSON.parse(envJson) })}\n`);
   stop = () => api.close();
 } else {
