@@ -390,11 +390,18 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
     // Read the record again: a segment committed or a chunk moved since the listing.
     rec = await pageMap().getSegmentRecord(volumeId, p.segmentId);
     if (referenced(rec)) continue;
-    if (!rec && segmentIdSeq(p.segmentId) > v.headSeq) {
+    const seq = segmentIdSeq(p.segmentId);
+    if (!rec && seq <= v.headSeq && seq > (v.checkpoint?.seq ?? 0)) {
+      // Above the latest checkpoint the head has passed: it may be a committed segment whose
+      // record was lost, and a rebuild walks the chain through its trailer. Kept until a
+      // checkpoint passes it (docs/checkpoints.md, "What GC keeps").
+      continue;
+    }
+    if (!rec && seq > v.headSeq) {
       // Not committed, but it still could be: its transaction needs the head at seq - 1 and the
       // head (read before the record) has not passed it. A tombstone makes that impossible, or
       // finds that it just committed (docs/page-map.md, "Settling an outcome").
-      if ((await pageMap().tombstoneSegment(volumeId, p.segmentId, segmentIdSeq(p.segmentId))) === 'committed') continue;
+      if ((await pageMap().tombstoneSegment(volumeId, p.segmentId, seq)) === 'committed') continue;
     }
     if (!rec && liveBlocks.has(segmentRef(volumeId, p.segmentId))) {
       // A page references this segment but its record is gone (a lost or rolled-back Segments
