@@ -345,7 +345,7 @@ describe('the bundled Lambda functions, with no node_modules', () => {
     try {
       expect(nodeModulesAbove(dir)).toEqual([]);
       await build({
-        entryPoints: [fileURLToPath(new URL('../../shared/data/crc32c.ts', import.meta.url))],
+        entryPoints: [join(fileURLToPath(new URL('../..', import.meta.url)), 'shared', 'data', 'crc32c.ts')],
         outfile: join(dir, 'index.mjs'),
         bundle: true,
         platform: 'node',

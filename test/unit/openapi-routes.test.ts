@@ -26,7 +26,8 @@ import * as errors from '#shared/core/errors.ts';
 import { Router } from '#shared/api/http.ts';
 import openapi from '#shared/api/openapi.json' with { type: 'json' };
 
-const SHARED_DIR = fileURLToPath(new URL('../../shared/', import.meta.url));
+/** The project's own shared/ folder of domain code (the API's handlers live there). */
+const SHARED_DIR = join(fileURLToPath(new URL('../..', import.meta.url)), 'shared') + '/';
 const METHODS = ['get', 'put', 'post', 'patch', 'delete', 'head', 'options'] as const;
 
 interface Operation {
