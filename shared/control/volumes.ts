@@ -113,12 +113,7 @@ export async function createVolume(input: CreateVolumeInput, owner?: string): Pr
   if (dataChunks + parityChunks > sleds) {
     throw new InvalidInputError(`dataChunks + parityChunks = ${dataChunks + parityChunks} needs that many sleds; this deployment has ${sleds}`);
   }
-  let name: string | undefined;
-  if (input.name !== undefined) {
-    if (typeof input.name !== 'string' || input.name.length === 0 || input.name.length > 128)
-      throw new InvalidInputError('name must be a string of 1 to 128 characters');
-    name = input.name;
-  }
+  const name = volumeName(input.name);
   const checkpointEveryCommits = checkpointInterval(input.checkpointEveryCommits);
   const now = new Date().toISOString();
   const record: VolumeRecord = {
@@ -140,6 +135,12 @@ export async function createVolume(input: CreateVolumeInput, owner?: string): Pr
   if (owner !== undefined) record.owner = owner;
   await pageMap().putNewVolume(record);
   return view(record);
+}
+
+function volumeName(value: unknown): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || value.length === 0 || value.length > 128) throw new InvalidInputError('name must be a string of 1 to 128 characters');
+  return value;
 }
 
 function checkpointInterval(value: unknown): number {
@@ -170,12 +171,7 @@ async function createClone(input: CreateVolumeInput, owner?: string): Promise<Vo
     if (depth >= MAX_CLONE_DEPTH - 1) throw new InvalidInputError(`clone chains are at most ${MAX_CLONE_DEPTH} deep; flatten an ancestor first`);
     p = (await pageMap().getSnapshot(p.volumeId, p.snapshotId))?.parent;
   }
-  let name: string | undefined;
-  if (input.name !== undefined) {
-    if (typeof input.name !== 'string' || input.name.length === 0 || input.name.length > 128)
-      throw new InvalidInputError('name must be a string of 1 to 128 characters');
-    name = input.name;
-  }
+  const name = volumeName(input.name);
   const checkpointEveryCommits = checkpointInterval(input.checkpointEveryCommits);
   const now = new Date().toISOString();
   const record: VolumeRecord = {
