@@ -177,7 +177,7 @@ export async function purgeSnapshots(volumeId: string): Promise<{ purged: number
   const v = await pageMap().getVolume(volumeId);
   if (!v) return out;
   if (!(await pageMap().lockSnapshotPurge(volumeId, token))) {
-    throw new UnavailableError(`another purge of volume ${volumeId}'s snapshots is running; this message is retried`);
+    throw new UnavailableError(`another purge of volume ${volumeId}'s snapshots is running, or its page map is being rebuilt; this message is retried`);
   }
   let dropSnapSeq: number | undefined;
   try {

@@ -18,6 +18,7 @@ import type {
   SegmentRecord,
   SnapshotRecord,
   StoredPage,
+  StoredFrozen,
   VolumeRecord,
 } from './records.ts';
 import type { WorkMessage } from './work-messages.ts';
@@ -170,6 +171,8 @@ export interface PageMapStore {
   moveChunkLocation(volumeId: string, segmentId: string, index: number, from: ChunkLocation, to: ChunkLocation, targetDriveId: string): Promise<MoveOutcome>;
   /** Writes and deletes rebuilt pages while the rebuild fence is `token`'s (RebuildFenceLostError otherwise). */
   writeRebuiltPages(volumeId: string, token: string, puts: readonly StoredPage[], deletes: readonly number[]): Promise<void>;
+  /** The same for frozen pages (docs/checkpoints.md, "Frozen pages"). */
+  writeRebuiltFrozen(volumeId: string, token: string, puts: readonly StoredFrozen[], deletes: ReadonlyArray<{ tag: number; page: number }>): Promise<void>;
 
   // Snapshots and clones (docs/snapshots.md)
   /** Puts frozen pages that do not exist yet; a refused put (the copy exists) is not an error. Returns how many were written. */
@@ -179,6 +182,8 @@ export interface PageMapStore {
   /** Frozen pages with `fromTag <= tag < toTag` (to the end when `toTag` is absent), in tag then page order. */
   listFrozenPages(volumeId: string, pageBlocks: number, fromTag: number, toTag?: number): AsyncGenerator<FrozenPage>;
   deleteFrozenPage(volumeId: string, tag: number, page: number): Promise<void>;
+  /** Every frozen page item of a volume in stored form, in tag then page order. */
+  listStoredFrozen(volumeId: string): AsyncGenerator<StoredFrozen>;
   getSnapshot(volumeId: string, snapshotId: string): Promise<SnapshotRecord | null>;
   /** Every snapshot record of a volume, ready or deleting, in seq order. */
   listSnapshots(volumeId: string): Promise<SnapshotRecord[]>;

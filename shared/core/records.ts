@@ -143,6 +143,11 @@ export interface StoredPage {
   ext: Uint8Array;
 }
 
+/** A frozen page item exactly as stored: page `page` as it was at snapshot tag `tag` (docs/snapshots.md). */
+export interface StoredFrozen extends StoredPage {
+  tag: number;
+}
+
 export function segmentRef(volumeId: string, segmentId: string): string {
   return `${volumeId}/${segmentId}`;
 }

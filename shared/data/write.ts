@@ -434,7 +434,12 @@ export async function completeWrite(prepared: PreparedWrite, writerOverride?: Co
   const commitToken = prepared.commitToken ?? randomUUID();
   if (prepared.freeze && prepared.freeze.length > 0) {
     try {
-      await pageMap().freezePages(v.volumeId, v.pageBlocks, prepared.freeze);
+      // The pages were read after the volume item: if a snapshot was taken in between, a page may
+      // already hold a commit made after it, and freezing that under the older tag would change
+      // the older snapshot. The tag is still current now, so the pages read before are as of it;
+      // otherwise no copy is put, and the commit is refused ('snapshot-moved') and prepared again.
+      const now = await pageMap().getVolume(v.volumeId);
+      if (now?.snapSeq === v.snapSeq) await pageMap().freezePages(v.volumeId, v.pageBlocks, prepared.freeze);
     } catch (err) {
       await deleteChunksQuietly(prepared.locations); // no commit was sent for this segment
       throw err;

@@ -27,6 +27,7 @@ import {
   getSnapshot,
   listFrozenPages,
   listSnapshots,
+  listStoredFrozen,
   lockSnapshotPurge,
   markSnapshotDeleting,
   removeDependant,
@@ -34,7 +35,7 @@ import {
   setFlattenProgress,
   unlockSnapshotPurge,
 } from './snapshots.ts';
-import { commitSegment, moveChunkLocation, writeRebuiltPages } from './transactions.ts';
+import { commitSegment, moveChunkLocation, writeRebuiltFrozen, writeRebuiltPages } from './transactions.ts';
 import {
   deleteVolumeItem,
   fenceForRebuild,
@@ -83,10 +84,12 @@ export const dynamoPageMap: PageMapStore = {
   commitSegment,
   moveChunkLocation,
   writeRebuiltPages,
+  writeRebuiltFrozen,
   freezePages,
   getFrozenPages,
   listFrozenPages,
   deleteFrozenPage,
+  listStoredFrozen,
   getSnapshot,
   listSnapshots,
   createSnapshotRecord,

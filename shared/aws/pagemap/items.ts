@@ -11,6 +11,7 @@ import type {
   PageRecord,
   ParentRef,
   SegmentRecord,
+  StoredFrozen,
   StoredPage,
   VolumeRecord,
   VolumeState,
@@ -265,4 +266,32 @@ export function checkpointToAttribute(p: CheckpointPointer): AttributeValue {
 
 export function attributeToCheckpoint(c: Record<string, AttributeValue>): CheckpointPointer {
   return { id: str(c.id), seq: num(c.seq), crc: num(c.crc), bytes: num(c.bytes), pages: num(c.pages), placement: str(c.placement) };
+}
+
+// ---------------------------------------------------------------------------------------
+// Frozen pages (docs/snapshots.md)
+
+/** Pages of a volume are below this (2^26 pages at most); a frozen page's key is `tag × PAGE_SPAN + page`. */
+export const PAGE_SPAN = 100_000_000n;
+
+export function frozenPartition(volumeId: string): string {
+  return `${volumeId}#frozen`;
+}
+
+/** The sort key of frozen page `(tag, page)`, as DynamoDB's decimal string (never a JS number: it passes 2^53). */
+export function frozenSortKey(tag: number, page: number): string {
+  invariant(
+    Number.isSafeInteger(tag) && tag >= 0 && Number.isSafeInteger(page) && page >= 0 && BigInt(page) < PAGE_SPAN,
+    () => `bad frozen key ${tag}/${page}`,
+  );
+  return (BigInt(tag) * PAGE_SPAN + BigInt(page)).toString();
+}
+
+export function frozenKey(volumeId: string, tag: number, page: number): Record<string, AttributeValue> {
+  return { volumeId: S(frozenPartition(volumeId)), page: { N: frozenSortKey(tag, page) } };
+}
+
+/** The item of a frozen page in stored form. */
+export function storedFrozenToItem(volumeId: string, f: StoredFrozen): Record<string, AttributeValue> {
+  return { ...frozenKey(volumeId, f.tag, f.page), tag: N(f.tag), p: N(f.page), version: N(f.version), segs: { L: f.segs.map(S) }, ext: { B: f.ext } };
 }

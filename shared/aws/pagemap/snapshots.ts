@@ -17,36 +17,38 @@ import {
 } from '@aws-sdk/client-dynamodb';
 import { config } from '../../core/config.ts';
 import { ConflictError, NotFoundError, UnavailableError, invariant } from '../../core/errors.ts';
-import { CommitRefusedError, type CommitWriter, type FlattenProgress, type FrozenPage, type SnapshotRecord, type VolumeRecord } from '../../core/records.ts';
+import {
+  CommitRefusedError,
+  type CommitWriter,
+  type FlattenProgress,
+  type FrozenPage,
+  type SnapshotRecord,
+  type StoredFrozen,
+  type VolumeRecord,
+} from '../../core/records.ts';
 import { sleep } from '../../core/async.ts';
 import { decodePage, encodePage } from '../../data/extents.ts';
 import { dynamo } from '../clients.ts';
 import { unprocessedAfterRetries } from '../errors.ts';
-import { N, S, attributeToParent, conditionFailed, flattenToAttribute, itemToVolume, num, parentToAttribute, str, volumeToItem } from './items.ts';
+import {
+  N,
+  S,
+  PAGE_SPAN,
+  attributeToParent,
+  conditionFailed,
+  frozenKey,
+  frozenPartition,
+  flattenToAttribute,
+  itemToVolume,
+  num,
+  parentToAttribute,
+  str,
+  volumeToItem,
+} from './items.ts';
 import { fencingCondition } from './transactions.ts';
-
-/** Pages of a volume are below this (2^26 pages at most); a frozen page's key is `tag × PAGE_SPAN + page`. */
-const PAGE_SPAN = 100_000_000n;
 
 const QUERY_PAGES_MAX = 100_000;
 const UNPROCESSED_RETRY_MAX = 8;
-
-export function frozenPartition(volumeId: string): string {
-  return `${volumeId}#frozen`;
-}
-
-/** The sort key of frozen page `(tag, page)`, as DynamoDB's decimal string (never a JS number: it passes 2^53). */
-export function frozenSortKey(tag: number, page: number): string {
-  invariant(
-    Number.isSafeInteger(tag) && tag >= 0 && Number.isSafeInteger(page) && page >= 0 && BigInt(page) < PAGE_SPAN,
-    () => `bad frozen key ${tag}/${page}`,
-  );
-  return (BigInt(tag) * PAGE_SPAN + BigInt(page)).toString();
-}
-
-function frozenKey(volumeId: string, tag: number, page: number): Record<string, AttributeValue> {
-  return { volumeId: S(frozenPartition(volumeId)), page: { N: frozenSortKey(tag, page) } };
-}
 
 function itemToFrozen(item: Record<string, AttributeValue>, pageBlocks: number): FrozenPage {
   const page = num(item.p);
@@ -123,6 +125,29 @@ export async function* listFrozenPages(volumeId: string, pageBlocks: number, fro
       }),
     );
     for (const item of out.Items ?? []) yield itemToFrozen(item, pageBlocks);
+    start = out.LastEvaluatedKey;
+    if (!start) return;
+  }
+}
+
+/** Every frozen page item of a volume as stored (not decoded), in tag then page order: what a checkpoint copies. */
+export async function* listStoredFrozen(volumeId: string): AsyncGenerator<StoredFrozen> {
+  let start: Record<string, AttributeValue> | undefined;
+  for (let n = 0; ; n++) {
+    invariant(n < QUERY_PAGES_MAX, 'query of frozen pages did not end');
+    const out = await dynamo().send(
+      new QueryCommand({
+        TableName: config().pagesTable,
+        KeyConditionExpression: 'volumeId = :v',
+        ExpressionAttributeValues: { ':v': S(frozenPartition(volumeId)) },
+        ExclusiveStartKey: start,
+        ConsistentRead: true,
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    for (const item of out.Items ?? []) {
+      yield { tag: num(item.tag), page: num(item.p), version: num(item.version), segs: (item.segs?.L ?? []).map(str), ext: item.ext?.B ?? new Uint8Array() };
+    }
     start = out.LastEvaluatedKey;
     if (!start) return;
   }
@@ -341,7 +366,7 @@ export async function deleteSnapshotRecord(volumeId: string, snapshotId: string)
   );
 }
 
-/** Takes (or re-takes, with the same token) the volume's purge lock; false when another purge holds it. */
+/** Takes (or re-takes, with the same token) the volume's purge lock; false when another purge holds it or a rebuild runs. */
 export async function lockSnapshotPurge(volumeId: string, token: string): Promise<boolean> {
   try {
     await dynamo().send(
@@ -349,8 +374,13 @@ export async function lockSnapshotPurge(volumeId: string, token: string): Promis
         TableName: config().volumesTable,
         Key: { volumeId: S(volumeId) },
         UpdateExpression: 'SET snapPurge = :token',
-        ConditionExpression: 'attribute_exists(volumeId) AND (attribute_not_exists(snapPurge) OR snapPurge = :token)',
-        ExpressionAttributeValues: { ':token': S(token) },
+        ConditionExpression: [
+          'attribute_exists(volumeId)', // the volume exists
+          '#state <> :rebuilding', // and no rebuild is rewriting its frozen pages (docs/checkpoints.md, "Frozen pages")
+          '(attribute_not_exists(snapPurge) OR snapPurge = :token)', // and no other purge holds the lock
+        ].join(' AND '),
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: { ':token': S(token), ':rebuilding': S('rebuilding') },
         ReturnConsumedCapacity: 'TOTAL',
       }),
     );

@@ -15,12 +15,25 @@ import {
   type MoveOutcome,
   type PageChange,
   type SegmentRecord,
+  type StoredFrozen,
   type StoredPage,
   type VolumeRecord,
 } from '../../core/records.ts';
 import { formatLocation, type ChunkLocation } from '../../data/sleds.ts';
 import { dynamo } from '../clients.ts';
-import { N, S, isTombstone, itemToSegment, itemToVolume, pageKey, pageToItem, segmentToItem, storedPageToItem } from './items.ts';
+import {
+  N,
+  S,
+  frozenKey,
+  isTombstone,
+  itemToSegment,
+  itemToVolume,
+  pageKey,
+  pageToItem,
+  segmentToItem,
+  storedFrozenToItem,
+  storedPageToItem,
+} from './items.ts';
 
 /**
  * The named parts of the writer's access rule (docs/reservations.md), joined with AND into the
@@ -252,11 +265,30 @@ const REBUILD_WRITES_PER_TRANSACTION = 99;
  * fence can never overwrite a page committed after the fence was lifted.
  */
 export async function writeRebuiltPages(volumeId: string, token: string, puts: readonly StoredPage[], deletes: readonly number[]): Promise<void> {
+  const table = config().pagesTable;
+  await writeWhileFenced(volumeId, token, [
+    ...puts.map((p): TransactWriteItem => ({ Put: { TableName: table, Item: storedPageToItem(volumeId, p) } })),
+    ...deletes.map((page): TransactWriteItem => ({ Delete: { TableName: table, Key: pageKey(volumeId, page) } })),
+  ]);
+}
+
+/** Writes and deletes rebuilt frozen pages, under the same fence as the pages (docs/checkpoints.md, "Frozen pages"). */
+export async function writeRebuiltFrozen(
+  volumeId: string,
+  token: string,
+  puts: readonly StoredFrozen[],
+  deletes: ReadonlyArray<{ tag: number; page: number }>,
+): Promise<void> {
+  const table = config().pagesTable;
+  await writeWhileFenced(volumeId, token, [
+    ...puts.map((f): TransactWriteItem => ({ Put: { TableName: table, Item: storedFrozenToItem(volumeId, f) } })),
+    ...deletes.map((k): TransactWriteItem => ({ Delete: { TableName: table, Key: frozenKey(volumeId, k.tag, k.page) } })),
+  ]);
+}
+
+/** Sends `writes` in transactions of REBUILD_WRITES_PER_TRANSACTION, each with a check that `token`'s rebuild still holds the fence. */
+async function writeWhileFenced(volumeId: string, token: string, writes: readonly TransactWriteItem[]): Promise<void> {
   const cfg = config();
-  const writes: TransactWriteItem[] = [
-    ...puts.map((p): TransactWriteItem => ({ Put: { TableName: cfg.pagesTable, Item: storedPageToItem(volumeId, p) } })),
-    ...deletes.map((page): TransactWriteItem => ({ Delete: { TableName: cfg.pagesTable, Key: pageKey(volumeId, page) } })),
-  ];
   for (let i = 0; i < writes.length; i += REBUILD_WRITES_PER_TRANSACTION) {
     const fence: TransactWriteItem = {
       ConditionCheck: {

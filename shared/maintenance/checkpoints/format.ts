@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { invariant } from '../../core/errors.ts';
-import { type StoredPage } from '../../core/records.ts';
+import { type StoredFrozen, type StoredPage } from '../../core/records.ts';
 import { chunkKey, parseObjectChunkKey, type ChunkLocation } from '../../data/sleds.ts';
 
 /** How many checkpoints a volume keeps; older ones are reclaimed (docs/checkpoints.md). */
@@ -43,7 +43,11 @@ export const CHECKPOINT_ID_PREFIX = 'ckpt-';
 
 export const CHECKPOINT_FOOTER_MAGIC = Buffer.from('SLDGCKP1', 'ascii');
 
+/** A payload of pages only (checkpoints taken before frozen pages were part of them). */
 const PAYLOAD_MAGIC = Buffer.from('SLDGMAP1', 'ascii');
+
+/** A payload of pages, then frozen pages (docs/checkpoints.md, "Frozen pages"). */
+const PAYLOAD_MAGIC_FROZEN = Buffer.from('SLDGMAP2', 'ascii');
 
 /** Raised when a checkpoint cannot be read back intact (too few chunks, a bad checksum). */
 export class CheckpointUnreadableError extends Error {
@@ -129,56 +133,88 @@ export function parsePlacement(placement: string, volumeId: string, checkpointId
 // ---------------------------------------------------------------------------------------
 // The payload: the page map in stored form (pure)
 
+/** What a checkpoint holds: the live pages and, unless it predates them, the frozen pages. */
+export interface CheckpointContents {
+  pages: StoredPage[];
+  /** Null for a payload written before checkpoints held frozen pages (`SLDGMAP1`). */
+  frozen: StoredFrozen[] | null;
+}
+
+function storedBytes(p: StoredPage): number {
+  return 6 + 2 + 4 * p.segs.length + 4 + p.ext.length;
+}
+
 /**
- * Encodes pages (any order; written in page order) as a checkpoint payload: a string table of
- * segment references, then per page its version, its `segs` as table indexes, and its `ext`
- * bytes verbatim (format in docs/checkpoints.md).
+ * Encodes pages (any order; written in page order) and frozen pages (written in tag, then page
+ * order) as a checkpoint payload: a string table of segment references, then per page its
+ * version, its `segs` as table indexes, and its `ext` bytes verbatim, then the frozen pages the
+ * same way after their tag (format in docs/checkpoints.md). Without `frozen`, the older
+ * pages-only format.
  *
  * @example
- * const payload = encodeCheckpointPayload([{ page: 0, version: 1, segs: ['vol-1/000000000001-ab12cd34'], ext }]);
- * decodeCheckpointPayload(payload); // the same page back
+ * const payload = encodeCheckpointPayload([{ page: 0, version: 1, segs: ['vol-1/000000000001-ab12cd34'], ext }], []);
+ * decodeCheckpointContents(payload); // { pages: [the same page], frozen: [] }
  */
-export function encodeCheckpointPayload(pages: Iterable<StoredPage>): Buffer {
+export function encodeCheckpointPayload(pages: Iterable<StoredPage>, frozen?: Iterable<StoredFrozen>): Buffer {
   const sorted = [...pages].sort((a, b) => a.page - b.page);
+  const frames = frozen === undefined ? null : [...frozen].sort((a, b) => a.tag - b.tag || a.page - b.page);
   const table = new Map<string, number>();
-  for (const p of sorted) for (const s of p.segs) if (!table.has(s)) table.set(s, table.size);
+  for (const p of [...sorted, ...(frames ?? [])]) for (const s of p.segs) if (!table.has(s)) table.set(s, table.size);
   const strings = [...table.keys()].map((s) => Buffer.from(s, 'utf8'));
   let size = 8 + 4 + strings.reduce((n, b) => n + 2 + b.length, 0) + 4;
-  for (const p of sorted) size += 4 + 6 + 2 + 4 * p.segs.length + 4 + p.ext.length;
+  for (const p of sorted) size += 4 + storedBytes(p);
+  if (frames) size += 4 + frames.reduce((n, f) => n + 6 + 4 + storedBytes(f), 0);
   invariant(size <= CHECKPOINT_PAYLOAD_MAX_BYTES, () => `checkpoint payload of ${size} bytes is over the limit of ${CHECKPOINT_PAYLOAD_MAX_BYTES}`);
   const out = Buffer.alloc(size);
-  let o = PAYLOAD_MAGIC.copy(out, 0);
+  let o = (frames ? PAYLOAD_MAGIC_FROZEN : PAYLOAD_MAGIC).copy(out, 0);
   o = out.writeUInt32BE(strings.length, o);
   for (const b of strings) {
     invariant(b.length <= 0xffff, 'segment reference longer than 65535 bytes');
     o = out.writeUInt16BE(b.length, o);
     o += b.copy(out, o);
   }
-  o = out.writeUInt32BE(sorted.length, o);
-  for (let i = 0; i < sorted.length; i++) {
-    const p = sorted[i]!;
-    invariant(i === 0 || sorted[i - 1]!.page < p.page, () => `page ${p.page} appears twice`);
+  const writeStored = (p: StoredPage) => {
     invariant(Number.isSafeInteger(p.version) && p.version >= 0 && p.version < 2 ** 48, () => `page ${p.page}: version ${p.version} does not fit 48 bits`);
     invariant(p.ext.length % 10 === 0 && p.segs.length <= 0xffff, () => `page ${p.page}: malformed stored page`);
-    o = out.writeUInt32BE(p.page, o);
     o = out.writeUIntBE(p.version, o, 6);
     o = out.writeUInt16BE(p.segs.length, o);
     for (const s of p.segs) o = out.writeUInt32BE(table.get(s)!, o);
     o = out.writeUInt32BE(p.ext.length, o);
     o += Buffer.from(p.ext.buffer, p.ext.byteOffset, p.ext.byteLength).copy(out, o);
+  };
+  o = out.writeUInt32BE(sorted.length, o);
+  for (let i = 0; i < sorted.length; i++) {
+    const p = sorted[i]!;
+    invariant(i === 0 || sorted[i - 1]!.page < p.page, () => `page ${p.page} appears twice`);
+    o = out.writeUInt32BE(p.page, o);
+    writeStored(p);
+  }
+  if (frames) {
+    o = out.writeUInt32BE(frames.length, o);
+    for (let i = 0; i < frames.length; i++) {
+      const f = frames[i]!;
+      const prev = frames[i - 1];
+      invariant(!prev || prev.tag < f.tag || prev.page < f.page, () => `frozen page ${f.tag}/${f.page} appears twice`);
+      invariant(Number.isSafeInteger(f.tag) && f.tag >= 0 && f.tag < 2 ** 48, () => `frozen page ${f.page}: tag ${f.tag} does not fit 48 bits`);
+      o = out.writeUIntBE(f.tag, o, 6);
+      o = out.writeUInt32BE(f.page, o);
+      writeStored(f);
+    }
   }
   invariant(o === size, 'checkpoint payload size miscounted');
   return out;
 }
 
-/** Decodes a checkpoint payload; any malformation is a CheckpointFormatError. */
-export function decodeCheckpointPayload(payload: Buffer): StoredPage[] {
+/** Decodes a checkpoint payload of either format; any malformation is a CheckpointFormatError. */
+export function decodeCheckpointContents(payload: Buffer): CheckpointContents {
   let o = 0;
   const need = (n: number) => {
     if (o + n > payload.length) throw new CheckpointFormatError(`checkpoint payload ends at ${payload.length}, needed ${o + n}`);
   };
   need(12);
-  if (!payload.subarray(0, 8).equals(PAYLOAD_MAGIC)) throw new CheckpointFormatError('checkpoint payload magic missing');
+  const magic = payload.subarray(0, 8);
+  const withFrozen = magic.equals(PAYLOAD_MAGIC_FROZEN);
+  if (!withFrozen && !magic.equals(PAYLOAD_MAGIC)) throw new CheckpointFormatError('checkpoint payload magic missing');
   o = 8;
   const stringCount = payload.readUInt32BE(o);
   o += 4;
@@ -191,16 +227,11 @@ export function decodeCheckpointPayload(payload: Buffer): StoredPage[] {
     strings.push(payload.toString('utf8', o, o + len));
     o += len;
   }
-  need(4);
-  const pageCount = payload.readUInt32BE(o);
-  o += 4;
-  const pages: StoredPage[] = [];
-  for (let i = 0; i < pageCount; i++) {
-    need(12);
-    const page = payload.readUInt32BE(o);
-    const version = payload.readUIntBE(o + 4, 6);
-    const segCount = payload.readUInt16BE(o + 10);
-    o += 12;
+  const readStored = (page: number): StoredPage => {
+    need(8);
+    const version = payload.readUIntBE(o, 6);
+    const segCount = payload.readUInt16BE(o + 6);
+    o += 8;
     need(4 * segCount + 4);
     const segs: string[] = [];
     for (let j = 0; j < segCount; j++, o += 4) {
@@ -212,12 +243,44 @@ export function decodeCheckpointPayload(payload: Buffer): StoredPage[] {
     o += 4;
     need(extBytes);
     if (extBytes % 10 !== 0) throw new CheckpointFormatError(`page ${page}: extent bytes ${extBytes} not a multiple of 10`);
-    if (pages.length > 0 && pages[pages.length - 1]!.page >= page) throw new CheckpointFormatError(`page ${page} out of order`);
-    pages.push({ page, version, segs, ext: new Uint8Array(payload.subarray(o, o + extBytes)) });
+    const ext = new Uint8Array(payload.subarray(o, o + extBytes));
     o += extBytes;
+    return { page, version, segs, ext };
+  };
+  need(4);
+  const pageCount = payload.readUInt32BE(o);
+  o += 4;
+  const pages: StoredPage[] = [];
+  for (let i = 0; i < pageCount; i++) {
+    need(4);
+    const page = payload.readUInt32BE(o);
+    o += 4;
+    if (pages.length > 0 && pages[pages.length - 1]!.page >= page) throw new CheckpointFormatError(`page ${page} out of order`);
+    pages.push(readStored(page));
+  }
+  let frozen: StoredFrozen[] | null = null;
+  if (withFrozen) {
+    need(4);
+    const frameCount = payload.readUInt32BE(o);
+    o += 4;
+    frozen = [];
+    for (let i = 0; i < frameCount; i++) {
+      need(10);
+      const tag = payload.readUIntBE(o, 6);
+      const page = payload.readUInt32BE(o + 6);
+      o += 10;
+      const prev = frozen[frozen.length - 1];
+      if (prev && (prev.tag > tag || (prev.tag === tag && prev.page >= page))) throw new CheckpointFormatError(`frozen page ${tag}/${page} out of order`);
+      frozen.push({ tag, ...readStored(page) });
+    }
   }
   if (o !== payload.length) throw new CheckpointFormatError(`checkpoint payload has ${payload.length - o} bytes after the last page`);
-  return pages;
+  return { pages, frozen };
+}
+
+/** The live pages of a checkpoint payload of either format. */
+export function decodeCheckpointPayload(payload: Buffer): StoredPage[] {
+  return decodeCheckpointContents(payload).pages;
 }
 
 /** Whether two stored pages are identical (version, segment references, extent bytes). */

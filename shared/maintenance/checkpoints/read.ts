@@ -4,7 +4,7 @@
 import { config } from '../../core/config.ts';
 import { crc32c } from '../../data/crc32c.ts';
 import { invariant } from '../../core/errors.ts';
-import { type SegmentRecord, type StoredPage, type VolumeRecord } from '../../core/records.ts';
+import { type SegmentRecord, type StoredFrozen, type StoredPage, type VolumeRecord } from '../../core/records.ts';
 import { readPayload } from '../../data/segment-reader.ts';
 import { GRANULE_BYTES, decodeTrailer, parseTrailer, trailerBytesIn, type SegmentDescriptor } from '../../data/segments.ts';
 import { chunkKey, driveName, parseObjectChunkKey, type ChunkLocation, type VolumeChunk } from '../../data/sleds.ts';
@@ -18,7 +18,7 @@ import {
   IO_CONCURRENCY,
   TAIL_GUESS_BYTES,
   checkpointIdSeq,
-  decodeCheckpointPayload,
+  decodeCheckpointContents,
   parsePlacement,
 } from './format.ts';
 import { CheckpointSet, orderChain } from './chain.ts';
@@ -86,6 +86,8 @@ export async function committedDescriptors(
 export interface LoadedCheckpoint {
   descriptor: CheckpointDescriptor;
   pages: StoredPage[];
+  /** Its frozen pages; null for a checkpoint taken before checkpoints held them. */
+  frozen: StoredFrozen[] | null;
 }
 
 /** Finds a checkpoint's chunks by listing the sleds (when its placement is stale or unknown). */
@@ -181,9 +183,9 @@ async function readCheckpointAt(
       `checkpoint ${volumeId}/${checkpointId}: payload CRC32C ${crc} differs from the recorded ${expectedCrc ?? descriptor.payloadCrc}`,
     );
   }
-  const pages = decodeCheckpointPayload(payload);
+  const { pages, frozen } = decodeCheckpointContents(payload);
   invariant(pages.length === descriptor.pages, () => `checkpoint ${checkpointId}: ${pages.length} pages, descriptor says ${descriptor.pages}`);
-  return { descriptor, pages };
+  return { descriptor, pages, frozen };
 }
 
 /** The volume's checkpoint object sets on the sleds, grouped by id. */

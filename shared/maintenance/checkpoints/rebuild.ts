@@ -6,12 +6,13 @@
 import { randomBytes } from 'node:crypto';
 import { config } from '../../core/config.ts';
 import { ConflictError, DataUnavailableError } from '../../core/errors.ts';
-import { RebuildFenceLostError, segmentRef, type SegmentRecord, type StoredPage, type VolumeRecord } from '../../core/records.ts';
+import { RebuildFenceLostError, segmentRef, type SegmentRecord, type StoredFrozen, type StoredPage, type VolumeRecord } from '../../core/records.ts';
 import { segmentRecordOf, type SegmentDescriptor } from '../../data/segments.ts';
 import { parseObjectChunkKey, placeChunks, type ChunkLocation } from '../../data/sleds.ts';
 import { forEachLimited } from '../../core/async.ts';
 import { CheckpointFormatError, CheckpointUnreadableError, IO_CONCURRENCY, pad12, samePage, segmentIdSeq } from './format.ts';
 import { orderChain, replaySegment } from './chain.ts';
+import { canonicalFrozen, frozenId, replayFreezes } from './frozen.ts';
 import { listCheckpointSets, readCheckpoint, readDescriptors, readSegmentDescriptor } from './read.ts';
 import { chunkStore } from '../../ports.ts';
 import { pageMap } from '../../ports.ts';
@@ -53,6 +54,8 @@ export interface RebuildReport {
   segmentRecordsRestored: number;
   /** Referenced segments with no record and no readable chunk trailer: their blocks cannot be read. */
   segmentsUnrecoverable: string[];
+  /** The snapshots' frozen pages (docs/checkpoints.md, "Frozen pages"). */
+  frozen: FrozenRebuild;
   phasesMs: Partial<Record<'checkpoint' | 'chain' | 'replay' | 'records' | 'write', number>>;
 }
 
@@ -62,6 +65,8 @@ export interface RebuildBase {
   seq: number;
   headSegmentId: string;
   pages: StoredPage[];
+  /** Its frozen pages; null when it predates checkpoints holding them. */
+  frozen: StoredFrozen[] | null;
 }
 
 /**
@@ -74,7 +79,7 @@ export async function findBase(v: VolumeRecord, unreadable: RebuildReport['unrea
   const tryLoad = async (id: string, opts: { placement?: string; expectedCrc?: number } = {}): Promise<RebuildBase | null> => {
     try {
       const loaded = await readCheckpoint(v, id, opts);
-      return { checkpointId: id, seq: loaded.descriptor.seq, headSegmentId: loaded.descriptor.headSegmentId, pages: loaded.pages };
+      return { checkpointId: id, seq: loaded.descriptor.seq, headSegmentId: loaded.descriptor.headSegmentId, pages: loaded.pages, frozen: loaded.frozen };
     } catch (err) {
       if (!(err instanceof CheckpointUnreadableError) && !(err instanceof CheckpointFormatError)) throw err;
       unreadable.push({ checkpointId: id, reason: err.message });
@@ -97,7 +102,7 @@ export async function findBase(v: VolumeRecord, unreadable: RebuildReport['unrea
     }
   }
   // No checkpoint was ever retained, so nothing was ever reclaimed: replay from the first write.
-  if (v.checkpointFloorSeq === undefined && near(0)) return { checkpointId: null, seq: 0, headSegmentId: '', pages: [] };
+  if (v.checkpointFloorSeq === undefined && near(0)) return { checkpointId: null, seq: 0, headSegmentId: '', pages: [], frozen: [] };
   return null;
 }
 
@@ -159,14 +164,27 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
     }
 
     clock.lap('chain');
+    // Snapshot tags: the seqs of the volume's snapshot records, ready or being deleted.
+    const tags = [...new Set((await pageMap().listSnapshots(volumeId)).map((r) => r.seq))].sort((a, b) => a - b);
+    // A checkpoint from before checkpoints held frozen pages says nothing of the copies made up
+    // to it; if a snapshot is older than it, those copies cannot be rebuilt and are left as they are.
+    const frozenKnown = base.frozen !== null || !tags.some((t) => t < base.seq);
+    // The base's copies in canonical form for today's tags first (a purge may have moved them
+    // since), so that a replayed commit finds the copy an earlier commit made.
+    const frozen = canonicalFrozen(base.frozen ?? [], tags);
     const map = new Map(base.pages.map((p) => [p.page, p]));
-    for (const id of chain) replaySegment(map, descriptors.get(id)!, v.pageBlocks);
+    for (const id of chain) {
+      const d = descriptors.get(id)!;
+      if (frozenKnown) replayFreezes(frozen, map, d, tags, v.pageBlocks);
+      replaySegment(map, d, v.pageBlocks);
+    }
+    const frozenWant = frozenKnown ? canonicalFrozen(frozen.values(), tags) : null;
     clock.lap('replay');
 
     // Every segment the map references needs its record (reads find chunks and CRCs there):
     // restore lost ones from the chunks' trailers before the pages are written.
     // (Restored records change no page: they do not keep the fence up if the rebuild fails.)
-    const records = await restoreSegmentRecords(v, map, bySegment, descriptors);
+    const records = await restoreSegmentRecords(v, [...map.values(), ...(frozenWant?.values() ?? [])], bySegment, descriptors);
     clock.lap('records');
 
     const current = new Map<number, StoredPage>();
@@ -178,6 +196,11 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
     const deletes = [...current.keys()].filter((page) => !map.has(page));
     writing ||= puts.length + deletes.length > 0;
     await pageMap().writeRebuiltPages(volumeId, token, puts, deletes);
+    const frozenReport = frozenWant
+      ? await writeFrozen(v, token, frozenWant, () => {
+          writing = true;
+        })
+      : { rebuilt: false as const, reason: `checkpoint ${base.checkpointId} predates frozen pages in checkpoints and a snapshot is older than it` };
     if (!(await pageMap().unfenceAfterRebuild(volumeId, token))) {
       throw new RebuildFenceLostError(`the rebuild of volume ${volumeId} was taken over by another rebuild before it finished`);
     }
@@ -195,6 +218,7 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
       pagesUnchanged: map.size - puts.length,
       segmentRecordsRestored: records.restored,
       segmentsUnrecoverable: records.unrecoverable,
+      frozen: frozenReport,
       elapsedMs: Math.round(performance.now() - started),
       phasesMs: clock.laps,
     };
@@ -211,8 +235,39 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
   }
 }
 
+/** What a rebuild did to the frozen pages. */
+export type FrozenRebuild =
+  | { rebuilt: true; frozenPages: number; written: number; deleted: number; unchanged: number; purgeRunning: boolean }
+  | { rebuilt: false; reason: string };
+
 /**
- * Restores the records of segments that `map` references and the Segments table lacks (a lost
+ * Makes the stored frozen pages equal `want`: writes those missing or different, deletes those
+ * `want` lacks (copies under tags no record names, which no read uses). A purge that held its
+ * lock before the fence may still be moving copies: then only missing copies are written, and
+ * nothing is overwritten or deleted (a purge cannot start during the rebuild: its lock needs an
+ * active volume).
+ */
+async function writeFrozen(v: VolumeRecord, token: string, want: ReadonlyMap<string, StoredFrozen>, onWrite: () => void): Promise<FrozenRebuild> {
+  const live = new Map<string, StoredFrozen>();
+  for await (const f of pageMap().listStoredFrozen(v.volumeId)) live.set(frozenId(f.tag, f.page), f);
+  const purgeRunning = v.snapPurge !== undefined;
+  const puts = [...want.entries()].filter(([id, f]) => {
+    const have = live.get(id);
+    return !have || (!purgeRunning && !samePage(have, f));
+  });
+  const deletes = purgeRunning ? [] : [...live.entries()].filter(([id]) => !want.has(id)).map(([, f]) => ({ tag: f.tag, page: f.page }));
+  if (puts.length + deletes.length > 0) onWrite();
+  await pageMap().writeRebuiltFrozen(
+    v.volumeId,
+    token,
+    puts.map(([, f]) => f),
+    deletes,
+  );
+  return { rebuilt: true, frozenPages: want.size, written: puts.length, deleted: deletes.length, unchanged: want.size - puts.length, purgeRunning };
+}
+
+/**
+ * Restores the records of segments that `pages` (live and frozen) reference and the Segments table lacks (a lost
  * or rolled-back table), from the trailers of their chunks on the sleds: the descriptor holds
  * everything a record does but the chunk locations, which are where the chunks are found (a
  * chunk found nowhere keeps the key it would have, and reads rebuild it from the others).
@@ -221,13 +276,13 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
  */
 async function restoreSegmentRecords(
   v: VolumeRecord,
-  map: ReadonlyMap<number, StoredPage>,
+  pages: readonly StoredPage[],
   listedAfterBase: ReadonlyMap<string, ChunkLocation[]>,
   descriptors: ReadonlyMap<string, SegmentDescriptor>,
 ): Promise<{ restored: number; unrecoverable: string[] }> {
   const own = `${v.volumeId}/`;
   const referenced = new Set<string>();
-  for (const p of map.values()) for (const ref of p.segs) if (ref.startsWith(own)) referenced.add(ref.slice(own.length));
+  for (const p of pages) for (const ref of p.segs) if (ref.startsWith(own)) referenced.add(ref.slice(own.length));
   if (referenced.size === 0) return { restored: 0, unrecoverable: [] };
   const existing = await pageMap().getSegmentRecords([...referenced].map((id) => segmentRef(v.volumeId, id)));
   const lost = [...referenced].filter((id) => !existing.has(segmentRef(v.volumeId, id))).sort();

@@ -7,7 +7,7 @@ import { sendCheckpointMessages, sendCheckpointMessage, DEFAULT_CHECKPOINT_EVERY
 import { config } from '../../core/config.ts';
 import { crc32c } from '../../data/crc32c.ts';
 import { ConflictError, InvalidInputError, NotFoundError, UnavailableError } from '../../core/errors.ts';
-import { type CheckpointPointer, type StoredPage, type VolumeRecord } from '../../core/records.ts';
+import { type CheckpointPointer, type StoredFrozen, type StoredPage, type VolumeRecord } from '../../core/records.ts';
 import { GRANULE_BYTES, decodeTrailer, encodeStripes, encodeTrailer } from '../../data/segments.ts';
 import { placeChunks } from '../../data/sleds.ts';
 import { deleteChunksQuietly, uploadChunksAt } from '../../data/upload.ts';
@@ -28,6 +28,8 @@ import {
   samePage,
 } from './format.ts';
 import { planRetention, replaySegment, touchedPages } from './chain.ts';
+import { canonicalFrozen, changedPages, replayFreezes } from './frozen.ts';
+import { STABLE_ATTEMPTS_MAX, compareFrozen, scanFrozen, stillStable, tagsWithoutPurge } from './frozen-scan.ts';
 import { committedDescriptors, listCheckpointSets, readTrailerBytes } from './read.ts';
 import { RebuildBase, RebuildReport, findBase, phaseClock } from './rebuild.ts';
 import { chunkStore } from '../../ports.ts';
@@ -82,6 +84,8 @@ export interface MapProvenance {
   /** Pages compared with the live items; pages changed by commits during the comparison are skipped. */
   pagesVerified: number;
   pagesSkipped: number;
+  /** Frozen pages compared with the copies the commit chain implies. */
+  frozenVerified: number;
   /** `scan` only: times the scan was repaired because commits overtook it. */
   settleRounds: number;
 }
@@ -91,6 +95,8 @@ interface BuiltMap extends MapProvenance {
   seq: number;
   headSegmentId: string;
   map: Map<number, StoredPage>;
+  /** The snapshots' frozen pages as of `seq` (docs/checkpoints.md, "Frozen pages"). */
+  frozen: Map<string, StoredFrozen>;
 }
 
 /**
@@ -99,18 +105,40 @@ interface BuiltMap extends MapProvenance {
  * live item; any difference means the live map and the chain disagree, and nothing is written.
  */
 async function mapByReplay(v0: VolumeRecord, base: RebuildBase, clock: ReturnType<typeof phaseClock<CheckpointPhase>>): Promise<BuiltMap> {
+  for (let attempt = 1; ; attempt++) {
+    const built = await mapByReplayOnce(v0, base, clock);
+    if (built) return built;
+    if (attempt >= STABLE_ATTEMPTS_MAX) {
+      throw new UnavailableError(`snapshots of volume ${v0.volumeId} kept being purged during its checkpoint; retry later`, { retryAfterSeconds: 10 });
+    }
+  }
+}
+
+/** One attempt of mapByReplay; null when a snapshot purge overlapped the scans (then it is tried again). */
+async function mapByReplayOnce(v0: VolumeRecord, base: RebuildBase, clock: ReturnType<typeof phaseClock<CheckpointPhase>>): Promise<BuiltMap | null> {
   const { volumeId, pageBlocks } = v0;
+  const snapshots = await tagsWithoutPurge(volumeId);
+  const { tags } = snapshots;
+  // As in a rebuild: a base from before checkpoints held frozen pages knows nothing of the
+  // copies made up to it when a snapshot is older than it; then the scanned copies are taken.
+  const frozenKnown = base.frozen !== null || !tags.some((t) => t < base.seq);
+  const derived = canonicalFrozen(base.frozen ?? [], tags);
   const descs = await committedDescriptors(volumeId, { seq: base.seq, segmentId: base.headSegmentId }, { seq: v0.headSeq, segmentId: v0.headSegmentId });
   const map = new Map(base.pages.map((p) => [p.page, p]));
-  for (const d of descs) replaySegment(map, d, pageBlocks);
+  for (const d of descs) {
+    if (frozenKnown) replayFreezes(derived, map, d, tags, pageBlocks);
+    replaySegment(map, d, pageBlocks);
+  }
   clock.lap('build');
 
   const live = new Map<number, StoredPage>();
   for await (const p of pageMap().listStoredPages(volumeId)) live.set(p.page, p);
+  const scanned = canonicalFrozen(await scanFrozen(volumeId), tags);
+  if (!(await stillStable(volumeId, snapshots))) return null;
   const now = mustStayActive(v0, await pageMap().getVolume(volumeId));
-  // Commits after v0 may have changed pages during the scan: those pages are not compared.
+  // Commits after v0 may have changed pages (and frozen them) during the scans: those pages are not compared.
   const later = await committedDescriptors(volumeId, { seq: v0.headSeq, segmentId: v0.headSegmentId }, { seq: now.headSeq, segmentId: now.headSegmentId });
-  const moved = new Set(later.flatMap((d) => touchedPages(d, pageBlocks)));
+  const moved = new Set(later.flatMap((d) => changedPages(d, pageBlocks)));
   let pagesVerified = 0;
   for (const page of new Set([...map.keys(), ...live.keys()])) {
     if (moved.has(page)) continue;
@@ -126,18 +154,49 @@ async function mapByReplay(v0: VolumeRecord, base: RebuildBase, clock: ReturnTyp
     }
     pagesVerified++;
   }
+  let frozenVerified = 0;
+  if (frozenKnown) {
+    const check = compareFrozen(derived, scanned, map, moved, pageBlocks);
+    if (check.mismatch) {
+      throw new ConflictError(
+        `the frozen pages of volume ${volumeId} do not match its commit chain: ${check.mismatch}; no checkpoint was written: rebuild the page map`,
+      );
+    }
+    frozenVerified = check.compared;
+  }
   return {
     seq: v0.headSeq,
     headSegmentId: v0.headSegmentId,
     map,
+    // Copies under tags after the checkpoint's head are made by commits a rebuild replays.
+    frozen: frozenKnown ? derived : new Map([...scanned].filter(([, f]) => f.tag <= v0.headSeq)),
     method: 'replay',
     baseCheckpointId: base.checkpointId,
     segmentsReplayed: descs.length,
     verified: true,
     pagesVerified,
     pagesSkipped: moved.size,
+    frozenVerified,
     settleRounds: 0,
   };
+}
+
+/**
+ * The frozen pages for a checkpoint at `seq`, scanned after the map settled there (so every copy
+ * a commit up to `seq` made is in it) by a scan no purge overlapped. Copies made by later commits
+ * under older tags are harmless: a rebuild's replay of those commits finds them made.
+ */
+async function frozenAfter(volumeId: string, seq: number): Promise<Map<string, StoredFrozen>> {
+  let frozen: Map<string, StoredFrozen> | undefined;
+  for (let attempt = 1; !frozen; attempt++) {
+    const snapshots = await tagsWithoutPurge(volumeId);
+    const scanned = canonicalFrozen(await scanFrozen(volumeId), snapshots.tags);
+    if (await stillStable(volumeId, snapshots)) frozen = scanned;
+    else if (attempt >= STABLE_ATTEMPTS_MAX) {
+      throw new UnavailableError(`snapshots of volume ${volumeId} kept being purged during its checkpoint; retry later`, { retryAfterSeconds: 10 });
+    }
+  }
+  return new Map([...frozen].filter(([, f]) => f.tag <= seq));
 }
 
 /**
@@ -158,12 +217,14 @@ async function mapByScan(v0: VolumeRecord): Promise<BuiltMap> {
         seq: known.headSeq,
         headSegmentId: known.headSegmentId,
         map,
+        frozen: await frozenAfter(volumeId, known.headSeq),
         method: 'scan',
         baseCheckpointId: null,
         segmentsReplayed: 0,
         verified: false,
         pagesVerified: 0,
         pagesSkipped: 0,
+        frozenVerified: 0,
         settleRounds,
       };
     }
@@ -220,8 +281,8 @@ export async function takeCheckpoint(volumeId: string, opts: { requestedAtSeq?: 
   clock.lap(base ? 'verify' : 'build');
 
   // 2. Write the object set, then record it if it is newer than the recorded one.
-  const { seq, headSegmentId, map, ...provenance } = built;
-  const payload = encodeCheckpointPayload(map.values());
+  const { seq, headSegmentId, map, frozen, ...provenance } = built;
+  const payload = encodeCheckpointPayload(map.values(), frozen.values());
   const checkpointId = newCheckpointId(seq);
   const k = v0.dataChunks;
   const m = v0.parityChunks;
