@@ -4,6 +4,9 @@ import { collectVolume } from '#shared/maintenance/gc.ts';
 import { purgeSnapshots } from '#shared/control/snapshots.ts';
 import { flattenStep } from '#shared/maintenance/flatten.ts';
 import { listDrives, reactivateDrive } from '#shared/maintenance/drives.ts';
+import { BatchWriteItemCommand, QueryCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
+import { dynamo } from '#shared/aws/clients.ts';
+import { config } from '#shared/core/config.ts';
 import { pageMap } from '#shared/ports.ts';
 import { seeded } from '../unit/seed.ts';
 import { Api, http, useSledgeEnv } from './helpers.ts';
@@ -287,8 +290,13 @@ describe('snapshots and clones against a model', () => {
         await api.write(v.volumeId, 0, v.bytes.subarray(0, BLOCK)); // a commit after the checkpoint, replayed by the rebuild
         v.state[0] = ++writeId; // the same bytes, but a write: changed-block lists name it
         v.own[0] = 1;
+        // The volume's page items and frozen pages are lost (a table restored without them): the
+        // rebuild must bring back both from the checkpoint and the commits after it.
+        const lost = await deletePartition(v.volumeId);
         const rb = await post(`/volumes/${v.volumeId}/rebuild`, {});
         expect(rb.status, `${context}: ${rb.body.toString()}`).toBe(200);
+        expect(rb.json.frozen?.rebuilt, `${context}: ${rb.body.toString()}`).toBe(true);
+        expect(rb.json.pagesWritten + rb.json.frozen.written, context).toBe(lost);
         rebuilt = true;
         structural = true;
         count('checkpoint + rebuild');
@@ -329,3 +337,33 @@ describe('snapshots and clones against a model', () => {
     expect(evacuated && rebuilt).toBe(true);
   }, 1_200_000);
 });
+
+/** Deletes every page item and frozen page of a volume, as a lost table would; returns how many. */
+async function deletePartition(volumeId: string): Promise<number> {
+  let n = 0;
+  for (const partition of [volumeId, `${volumeId}#frozen`]) {
+    const keys: Record<string, AttributeValue>[] = [];
+    let start: Record<string, AttributeValue> | undefined;
+    do {
+      const out = await dynamo().send(
+        new QueryCommand({
+          TableName: config().pagesTable,
+          KeyConditionExpression: 'volumeId = :v',
+          ExpressionAttributeValues: { ':v': { S: partition } },
+          ProjectionExpression: 'volumeId, page',
+          ExclusiveStartKey: start,
+        }),
+      );
+      keys.push(...(out.Items ?? []));
+      start = out.LastEvaluatedKey;
+    } while (start);
+    for (let i = 0; i < keys.length; i += 25) {
+      const out = await dynamo().send(
+        new BatchWriteItemCommand({ RequestItems: { [config().pagesTable]: keys.slice(i, i + 25).map((Key) => ({ DeleteRequest: { Key } })) } }),
+      );
+      expect(Object.keys(out.UnprocessedItems ?? {})).toHaveLength(0);
+    }
+    n += keys.length;
+  }
+  return n;
+}

@@ -232,6 +232,58 @@ describe('snapshots', () => {
     expect(await changed(after.snapshotId, s.snapshotId)).toEqual([{ offset: 2 * BLOCK, length: BLOCK }]);
   });
 
+  it('come back from a checkpoint and a rebuild when the page map and its frozen pages are lost', async () => {
+    const vol = await api.createVolume({ sizeBytes: 4 * MiB, checkpointEveryCommits: 0 });
+    const id = vol.volumeId;
+    await api.write(id, 0, randomBytes(2 * MiB));
+    const s1 = await snapshot(id);
+    await api.write(id, MiB, randomBytes(2 * MiB));
+    const s2 = await snapshot(id);
+    await api.write(id, 0, randomBytes(MiB + BLOCK));
+    await api.trim(id, 3 * MiB, 16 * BLOCK);
+    // The checkpoint holds the copies made so far; the commits after it freeze more, under s3.
+    const ck = await http(`${url}/volumes/${id}/checkpoints`, { method: 'POST' });
+    expect(ck.status, ck.body.toString()).toBe(201);
+    expect(ck.json.frozenVerified).toBeGreaterThan(0);
+    await api.write(id, 2 * MiB, randomBytes(MiB));
+    const s3 = await snapshot(id);
+    await api.write(id, BLOCK, randomBytes(3 * MiB));
+    // s2 goes: its copies move down to s1 where s1 has none.
+    expect((await http(`${url}/snapshots/${s2.snapshotId}`, { method: 'DELETE' })).status).toBe(202);
+    await waitGone(s2.snapshotId, id);
+    const want = {
+      s1: await readSnapshot(s1.snapshotId, 0, 4 * MiB),
+      s3: await readSnapshot(s3.snapshotId, 0, 4 * MiB),
+      volume: Buffer.from(await api.read(id, 0, 4 * MiB)),
+    };
+    const frozenBefore: string[] = [];
+    for await (const f of pageMap().listStoredFrozen(id)) frozenBefore.push(`${f.tag}/${f.page}/${f.version}`);
+    expect(frozenBefore.length).toBeGreaterThan(0);
+
+    // Lose every page item and frozen page of the volume, as a restored table without them would.
+    const pages: number[] = [];
+    for await (const p of pageMap().listStoredPages(id)) pages.push(p.page);
+    await pageMap().deletePages(id, pages);
+    for (const f of frozenBefore) await pageMap().deleteFrozenPage(id, Number(f.split('/')[0]), Number(f.split('/')[1]));
+
+    const rb = await http(`${url}/volumes/${id}/rebuild`, { method: 'POST' });
+    expect(rb.status, rb.body.toString()).toBe(200);
+    expect(rb.json.frozen).toMatchObject({ rebuilt: true, written: frozenBefore.length, deleted: 0 });
+    const frozenAfter: string[] = [];
+    for await (const f of pageMap().listStoredFrozen(id)) frozenAfter.push(`${f.tag}/${f.page}/${f.version}`);
+    expect(frozenAfter).toEqual(frozenBefore);
+    expect((await readSnapshot(s1.snapshotId, 0, 4 * MiB)).equals(want.s1)).toBe(true);
+    expect((await readSnapshot(s3.snapshotId, 0, 4 * MiB)).equals(want.s3)).toBe(true);
+    expect(Buffer.from(await api.read(id, 0, 4 * MiB)).equals(want.volume)).toBe(true);
+    // A rebuild of what it rebuilt changes nothing, and a checkpoint now verifies the copies.
+    const again = await http(`${url}/volumes/${id}/rebuild`, { method: 'POST' });
+    expect(again.json).toMatchObject({ pagesWritten: 0, pagesDeleted: 0, frozen: { rebuilt: true, written: 0, deleted: 0 } });
+    await api.write(id, 0, randomBytes(BLOCK));
+    const ck2 = await http(`${url}/volumes/${id}/checkpoints`, { method: 'POST' });
+    expect(ck2.status, ck2.body.toString()).toBe(201);
+    expect(ck2.json.frozenVerified).toBe(frozenBefore.length);
+  });
+
   it('keeps what a snapshot references through GC, and lets GC reclaim it once the snapshot is deleted', async () => {
     const vol = await api.createVolume({ sizeBytes: 4 * MiB, checkpointEveryCommits: 0 });
     const a = randomBytes(MiB);
