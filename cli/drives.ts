@@ -12,7 +12,7 @@
 import type { EvacuationProgress } from '#shared/maintenance/evacuation-progress.ts';
 import type { RequestSigner } from '#shared/api/signing.ts';
 import { apiError, jsonOrNull, UsageError, unreachable } from './errors.ts';
-import { defaultSigner } from './signing.ts';
+import { defaultSigner, type SigningOptions } from './signing.ts';
 
 export type Out = Pick<NodeJS.WriteStream, 'write'> & { isTTY?: boolean; columns?: number };
 /** One answer of the API: its status and parsed JSON body (null when the body is not JSON). */
@@ -33,10 +33,10 @@ const REQUEST_TIMEOUT_MS = 30_000;
  * network failures turned into one clear line about reaching `apiUrl`, and bodies that are not
  * JSON read as null rather than thrown.
  */
-export function apiFetch(apiUrl: string, sign?: RequestSigner): Fetch {
+export function apiFetch(apiUrl: string, sign?: RequestSigner, signing?: SigningOptions): Fetch {
   let signer: Promise<RequestSigner> | undefined;
   return async (url, init) => {
-    signer ??= sign ? Promise.resolve(sign) : defaultSigner(apiUrl);
+    signer ??= sign ? Promise.resolve(sign) : defaultSigner(apiUrl, signing);
     const method = init?.method ?? 'GET';
     const headers = await (await signer)({ method, url, ...(init?.headers ? { headers: init.headers } : {}), ...(init?.body !== undefined ? { body: init.body } : {}) });
     let res: Response;

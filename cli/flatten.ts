@@ -13,17 +13,21 @@
 import { apiFetch, expectStatus, formatBytes, formatDuration, type Fetch, type Out } from './drives.ts';
 import { ApiError, CliError, UsageError } from './errors.ts';
 import { checkApi, checkId, onePositional, parse, send } from './snapshots.ts';
+import type { SigningOptions } from './signing.ts';
 
 export interface RollbackCommand {
   apiUrl: string;
   volumeId: string;
   snapshotId: string;
   key?: string;
+  /** `--profile`, `--region`, `--unsigned`. */
+  signing?: SigningOptions;
 }
 
 export interface FlattenCommand {
   apiUrl: string;
   volumeId: string;
+  signing?: SigningOptions;
 }
 
 function checkKey(key: string): string {
@@ -34,20 +38,20 @@ function checkKey(key: string): string {
 /** Parses the words after `sledge rollback`. Throws UsageError. */
 export function parseRollbackArgs(args: string[]): RollbackCommand {
   const usage = 'sledge rollback';
-  const { values, positionals } = parse(args, ['snapshot', 'key']);
+  const { values, positionals, signing } = parse(args, ['snapshot', 'key']);
   const volumeId = checkId(onePositional(positionals, usage, 'volume id'), 'volume', usage);
   if (values.snapshot === undefined) throw new UsageError(`--snapshot <snapshotId> is required for ${usage}: the snapshot of ${volumeId} to roll back to`);
   const snapshotId = checkId(values.snapshot, 'snapshot', '--snapshot');
   const apiUrl = checkApi(values.api, usage);
-  return { apiUrl, volumeId, snapshotId, ...(values.key !== undefined ? { key: checkKey(values.key) } : {}) };
+  return { apiUrl, volumeId, snapshotId, ...(values.key !== undefined ? { key: checkKey(values.key) } : {}), ...signing };
 }
 
 /** Parses the words after `sledge flatten`. Throws UsageError. */
 export function parseFlattenArgs(args: string[]): FlattenCommand {
   const usage = 'sledge flatten';
-  const { values, positionals } = parse(args, []);
+  const { values, positionals, signing } = parse(args, []);
   const volumeId = checkId(onePositional(positionals, usage, 'volume id'), 'volume', usage);
-  return { apiUrl: checkApi(values.api, usage), volumeId };
+  return { apiUrl: checkApi(values.api, usage), volumeId, ...signing };
 }
 
 /** What the API answers a rollback (shared/api/openapi.json). */
@@ -60,7 +64,7 @@ interface RollbackJson {
 
 /** Rolls the volume back; one line on stdout. Returns the exit status. */
 export async function runRollback(cmd: RollbackCommand, out: Out, opts: { fetch?: Fetch } = {}): Promise<number> {
-  const get = opts.fetch ?? apiFetch(cmd.apiUrl);
+  const get = opts.fetch ?? apiFetch(cmd.apiUrl, undefined, cmd.signing);
   let r: RollbackJson;
   try {
     r = (await send(get, cmd.apiUrl, 'POST', `/volumes/${encodeURIComponent(cmd.volumeId)}/rollback`, 200, { snapshotId: cmd.snapshotId }, cmd.key ? { 'x-sledge-reservation-key': cmd.key } : {})) as RollbackJson;
@@ -120,7 +124,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * is an error (CliError).
  */
 export async function runFlatten(cmd: FlattenCommand, out: Out, opts: FlattenOptions = {}): Promise<number> {
-  const get = opts.fetch ?? apiFetch(cmd.apiUrl);
+  const get = opts.fetch ?? apiFetch(cmd.apiUrl, undefined, cmd.signing);
   const intervalMs = opts.intervalMs ?? 1000;
   const deadline = Date.now() + (opts.timeoutMs ?? 24 * 3600_000);
   const path = `/volumes/${encodeURIComponent(cmd.volumeId)}`;

@@ -16,7 +16,7 @@ import { WriteBackCache } from '#gateway/cache.ts';
 import { startNbdServer } from '#gateway/server.ts';
 import { VolumeApiError, VolumeClient, type VolumeDescription } from '#gateway/volume-client.ts';
 import { debugEnabled, formatCliError, parseArgsUsageError, unreachable, UsageError } from './errors.ts';
-import { defaultSigner, type SigningOptions } from './signing.ts';
+import { SIGNING_OPTIONS, defaultSigner, signingFromValues, type SigningOptions } from './signing.ts';
 
 /** The command line is wrong; the message says how. Exit status 2. */
 export { UsageError };
@@ -111,12 +111,6 @@ export type CommandName = keyof typeof COMMAND_USAGE;
 const isCommand = (word: string | undefined): word is CommandName => word !== undefined && Object.hasOwn(COMMAND_USAGE, word);
 
 /** The options every command that talks to the API takes (see `SIGNING_USAGE`). */
-const SIGNING_OPTIONS = {
-  profile: { type: 'string' },
-  region: { type: 'string' },
-  unsigned: { type: 'boolean' },
-} as const;
-
 const SIGNING_USAGE = `Every command signs its requests to the API (AWS SigV4, service execute-api) with the
 standard AWS credential chain, as the AWS CLI does:
   --profile NAME     a profile of the shared credentials/config files (default AWS_PROFILE)
@@ -138,17 +132,6 @@ Errors are one line on stderr; set SLEDGE_DEBUG=1 to see stacks as well.
 /** One command's usage, for `sledge <command> --help`. */
 export function commandUsage(command: CommandName): string {
   return `usage: sledge ${COMMAND_USAGE[command].trimStart()}${command === 'help' ? '' : `\n${SIGNING_USAGE}`}`;
-}
-
-function signingOptions(values: { profile?: string; region?: string; unsigned?: boolean }): SigningOptions {
-  if (values.profile === '') throw new UsageError('--profile needs a name');
-  if (values.region !== undefined && !/^[a-z]{2}(-[a-z]+)+-\d+$/.test(values.region)) throw new UsageError(`--region must be an AWS region like us-east-1, got ${JSON.stringify(values.region)}`);
-  if (values.unsigned && values.profile !== undefined) throw new UsageError('give either --profile or --unsigned, not both');
-  return {
-    ...(values.profile !== undefined ? { profile: values.profile } : {}),
-    ...(values.region !== undefined ? { region: values.region } : {}),
-    ...(values.unsigned ? { unsigned: true } : {}),
-  };
 }
 
 function checkKeyOption(key: string): string {
@@ -249,7 +232,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
     maxDirtyAgeMs: intOption(values['max-dirty-age-ms'], 'max-dirty-age-ms', 0, 24 * 3600 * 1000, 5000),
     retryBudgetMs: intOption(values['retry-budget-s'], 'retry-budget-s', 0, 24 * 3600, 120) * 1000,
     ...(values.key !== undefined ? { reservationKey: checkKeyOption(values.key) } : {}),
-    signing: signingOptions(values),
+    signing: signingFromValues(values),
   };
 }
 
@@ -514,7 +497,7 @@ async function runAdmin(command: Exclude<CommandName, 'nbd' | 'help' | 'snapshot
   const wanted = command === 'drives' ? 0 : 1;
   if (positionals.length !== wanted) throw new UsageError(`sledge ${command} takes ${wanted === 0 ? 'no arguments' : 'exactly one argument'}, got ${positionals.length}`);
   const target = positionals[0]!;
-  const sign = await defaultSigner(values.api, signingOptions(values));
+  const sign = await defaultSigner(values.api, signingFromValues(values));
   switch (command) {
     case 'rebuild': {
       const { rebuildVolume, formatRebuildReport } = await import('./rebuild.ts');

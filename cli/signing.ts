@@ -3,7 +3,7 @@
  * with the standard AWS credential chain, `--profile` and `--region` from the command line.
  */
 import { credentialChain, requestSigner, type RequestSigner, type SigningCredentials } from '#shared/api/signing.ts';
-import { CliError } from './errors.ts';
+import { CliError, UsageError } from './errors.ts';
 
 export interface SigningOptions {
   /** `--profile`: a profile of the shared credentials/config files (default `AWS_PROFILE`). */
@@ -12,6 +12,25 @@ export interface SigningOptions {
   region?: string;
   /** `--unsigned`: send requests unsigned, for a stack deployed without IAM authorization. */
   unsigned?: boolean;
+}
+
+/** The command-line options that choose how requests are signed, for parseArgs. */
+export const SIGNING_OPTIONS = {
+  profile: { type: 'string' },
+  region: { type: 'string' },
+  unsigned: { type: 'boolean' },
+} as const;
+
+/** Checks `--profile`, `--region` and `--unsigned` as parsed. Throws UsageError. */
+export function signingFromValues(values: { profile?: string; region?: string; unsigned?: boolean }): SigningOptions {
+  if (values.profile === '') throw new UsageError('--profile needs a name');
+  if (values.region !== undefined && !/^[a-z]{2}(-[a-z]+)+-\d+$/.test(values.region)) throw new UsageError(`--region must be an AWS region like us-east-1, got ${JSON.stringify(values.region)}`);
+  if (values.unsigned && values.profile !== undefined) throw new UsageError('give either --profile or --unsigned, not both');
+  return {
+    ...(values.profile !== undefined ? { profile: values.profile } : {}),
+    ...(values.region !== undefined ? { region: values.region } : {}),
+    ...(values.unsigned ? { unsigned: true } : {}),
+  };
 }
 
 /** No AWS credentials could be found; the message says where they are looked for. */

@@ -13,12 +13,13 @@
 import { parseArgs } from 'node:util';
 import { apiFetch, expectStatus, type Fetch, type Out } from './drives.ts';
 import { apiError, ApiError, parseArgsUsageError, UsageError } from './errors.ts';
+import { SIGNING_OPTIONS, signingFromValues, type SigningOptions } from './signing.ts';
 
 export type SnapshotCommand =
-  | { kind: 'create'; apiUrl: string; volumeId: string; name?: string; key?: string }
-  | { kind: 'list'; apiUrl: string; volumeId: string }
-  | { kind: 'delete'; apiUrl: string; snapshotId: string }
-  | { kind: 'clone'; apiUrl: string; snapshotId: string; sizeBytes?: number; name?: string };
+  | { kind: 'create'; apiUrl: string; volumeId: string; name?: string; key?: string; signing?: SigningOptions }
+  | { kind: 'list'; apiUrl: string; volumeId: string; signing?: SigningOptions }
+  | { kind: 'delete'; apiUrl: string; snapshotId: string; signing?: SigningOptions }
+  | { kind: 'clone'; apiUrl: string; snapshotId: string; sizeBytes?: number; name?: string; signing?: SigningOptions };
 
 export const SNAPSHOT_SUBCOMMANDS = ['create', 'list', 'delete'] as const;
 
@@ -80,14 +81,21 @@ export function checkApi(api: string | undefined, usage: string): string {
 }
 
 /** Parses `--api` and the string options named, strictly: any other flag is an error. */
-export function parse(args: string[], names: string[]): { values: Record<string, string | undefined>; positionals: string[] } {
+export function parse(
+  args: string[],
+  names: string[],
+): { values: Record<string, string | undefined>; positionals: string[]; signing: { signing?: SigningOptions } } {
+  let parsed;
   try {
-    const options = Object.fromEntries(['api', ...names].map((n) => [n, { type: 'string' as const }]));
-    const { values, positionals } = parseArgs({ args, allowPositionals: true, strict: true, options });
-    return { values: values as Record<string, string | undefined>, positionals };
+    const options = { ...Object.fromEntries(['api', ...names].map((n) => [n, { type: 'string' as const }])), ...SIGNING_OPTIONS };
+    parsed = parseArgs({ args, allowPositionals: true, strict: true, options });
   } catch (err) {
     throw parseArgsUsageError(err);
   }
+  const { profile, region, unsigned, ...values } = parsed.values as Record<string, string | undefined> & { unsigned?: boolean };
+  const signing = signingFromValues({ profile, region, unsigned });
+  // Present only when given, so a command without them reads as before.
+  return { values, positionals: parsed.positionals, signing: Object.keys(signing).length > 0 ? { signing } : {} };
 }
 
 export function onePositional(positionals: string[], usage: string, what: string): string {
@@ -102,23 +110,30 @@ export function parseSnapshotArgs(args: string[]): SnapshotCommand {
   const usage = `sledge snapshot ${sub}`;
   switch (sub) {
     case 'create': {
-      const { values, positionals } = parse(rest, ['name', 'key']);
+      const { values, positionals, signing } = parse(rest, ['name', 'key']);
       const volumeId = checkId(onePositional(positionals, usage, 'volume id'), 'volume', usage);
       const apiUrl = checkApi(values.api, usage);
       if (values.key !== undefined && !/^[A-Za-z0-9._:-]{1,64}$/.test(values.key)) {
         throw new UsageError(`--key must be 1 to 64 characters from A-Z a-z 0-9 . _ : -, got ${JSON.stringify(values.key)}`);
       }
-      return { kind: 'create', apiUrl, volumeId, ...(values.name !== undefined ? { name: values.name } : {}), ...(values.key !== undefined ? { key: values.key } : {}) };
+      return {
+        kind: 'create',
+        apiUrl,
+        volumeId,
+        ...(values.name !== undefined ? { name: values.name } : {}),
+        ...(values.key !== undefined ? { key: values.key } : {}),
+        ...signing,
+      };
     }
     case 'list': {
-      const { values, positionals } = parse(rest, []);
+      const { values, positionals, signing } = parse(rest, []);
       const volumeId = checkId(onePositional(positionals, usage, 'volume id'), 'volume', usage);
-      return { kind: 'list', apiUrl: checkApi(values.api, usage), volumeId };
+      return { kind: 'list', apiUrl: checkApi(values.api, usage), volumeId, ...signing };
     }
     case 'delete': {
-      const { values, positionals } = parse(rest, []);
+      const { values, positionals, signing } = parse(rest, []);
       const snapshotId = checkId(onePositional(positionals, usage, 'snapshot id'), 'snapshot', usage);
-      return { kind: 'delete', apiUrl: checkApi(values.api, usage), snapshotId };
+      return { kind: 'delete', apiUrl: checkApi(values.api, usage), snapshotId, ...signing };
     }
     default:
       throw new UsageError(`unknown snapshot subcommand ${JSON.stringify(sub)}; the subcommands are ${SNAPSHOT_SUBCOMMANDS.join(', ')}`);
@@ -128,7 +143,7 @@ export function parseSnapshotArgs(args: string[]): SnapshotCommand {
 /** Parses the words after `sledge clone`. Throws UsageError. */
 export function parseCloneArgs(args: string[]): SnapshotCommand {
   const usage = 'sledge clone';
-  const { values, positionals } = parse(args, ['size', 'name']);
+  const { values, positionals, signing } = parse(args, ['size', 'name']);
   const snapshotId = checkId(onePositional(positionals, usage, 'snapshot id'), 'snapshot', usage);
   const apiUrl = checkApi(values.api, usage);
   return {
@@ -137,6 +152,7 @@ export function parseCloneArgs(args: string[]): SnapshotCommand {
     snapshotId,
     ...(values.size !== undefined ? { sizeBytes: parseSize(values.size, '--size') } : {}),
     ...(values.name !== undefined ? { name: values.name } : {}),
+    ...signing,
   };
 }
 
@@ -189,7 +205,7 @@ export async function send(get: Fetch, apiUrl: string, method: string, path: str
 
 /** Runs a parsed snapshot or clone command; returns the exit status. */
 export async function runSnapshotCommand(cmd: SnapshotCommand, out: Out, opts: { fetch?: Fetch } = {}): Promise<number> {
-  const get = opts.fetch ?? apiFetch(cmd.apiUrl);
+  const get = opts.fetch ?? apiFetch(cmd.apiUrl, undefined, cmd.signing);
   switch (cmd.kind) {
     case 'create': {
       const path = `/volumes/${encodeURIComponent(cmd.volumeId)}/snapshots`;

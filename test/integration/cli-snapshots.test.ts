@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { Api, http, useSledgeEnv } from './helpers.ts';
+import { pageMap } from '#shared/ports.ts';
+import { Api, http, PROFILES, useSledgeEnv } from './helpers.ts';
 import { describeRun, run, SLEDGE_BIN, TOOLS_ENV } from './nbd-tools.ts';
 
 /**
@@ -135,6 +136,22 @@ describe('sledge snapshot and sledge clone', () => {
     const keyed = await sledge(['snapshot', 'create', vol.volumeId, '--key', 'gw-cli-test', '--api', url]);
     expect(keyed.code, describeRun('sledge snapshot create --key', keyed)).toBe(0);
     expect(keyed.stdout).toMatch(/^snap-\S+ {2}commit 1 {2}8 MiB {2}\S+\n$/);
+  });
+
+  it('sign with the profile given: the owner takes and lists snapshots, another tenant is told the volume does not exist', async () => {
+    const owned = await new Api(url, { as: PROFILES.tenantA }).createVolume({ sizeBytes: 4 * MiB });
+    const mine = await sledge(['snapshot', 'create', owned.volumeId, '--profile', PROFILES.tenantA, '--api', url]);
+    expect(mine.code, describeRun('sledge snapshot create --profile tenant-a', mine)).toBe(0);
+    const listed = await sledge(['snapshot', 'list', owned.volumeId, '--profile', PROFILES.tenantA, '--api', url]);
+    expect(listed.code, describeRun('sledge snapshot list --profile tenant-a', listed)).toBe(0);
+    expect(listed.stdout.trim().split('\n')).toHaveLength(1);
+    const theirs = await sledge(['snapshot', 'create', owned.volumeId, '--profile', PROFILES.tenantB, '--api', url]);
+    expect(theirs.code, describeRun('sledge snapshot create --profile tenant-b', theirs)).toBe(1);
+    expect(theirs.stderr).toMatch(/404/);
+    const both = await sledge(['flatten', owned.volumeId, '--profile', PROFILES.tenantA, '--unsigned', '--api', url]);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toContain('give either --profile or --unsigned, not both');
+    expect((await pageMap().listSnapshots(owned.volumeId)).length).toBe(1);
   });
 
   it('refuses a wrong command line before sending anything, with the command\'s usage, exit 2', async () => {
