@@ -27,6 +27,9 @@ import { pageMap, workQueue } from '../ports.ts';
 export const MAX_SNAPSHOTS_PER_VOLUME = 128;
 const SNAPSHOT_ATTEMPT_MAX = 8;
 
+/** How long taking a snapshot waits for a purge of deleted snapshots to release the volume's lock before answering 503. */
+const SNAPSHOT_PURGE_WAIT_MS = 20_000;
+
 /** What the API shows of a snapshot. */
 export interface SnapshotView {
   snapshotId: string;
@@ -81,9 +84,17 @@ function parseName(body: unknown): string | undefined {
  */
 export async function createSnapshot(volumeId: string, body: unknown, requester: WriterIdentity): Promise<SnapshotView> {
   const name = parseName(body);
+  // A purge of deleted snapshots holds the volume's lock for a moment (it moves frozen pages
+  // between tags, and a new tag would race it): wait it out for a while rather than answer 503.
+  const purgeWaitUntil = Date.now() + SNAPSHOT_PURGE_WAIT_MS;
   for (let attempt = 0; attempt < SNAPSHOT_ATTEMPT_MAX; attempt++) {
     if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
     const v = requireActive(await pageMap().getVolume(volumeId), volumeId);
+    if (v.snapPurge !== undefined && Date.now() < purgeWaitUntil) {
+      attempt--;
+      await sleep(250);
+      continue;
+    }
     const refusal = writeRefusal(volumeId, v.reservations, requester.key);
     if (refusal) throw new FencedError(`${refusal} (taking a snapshot is refused like a write)`);
     const existing = await pageMap().listSnapshots(volumeId);
@@ -107,6 +118,11 @@ export async function createSnapshot(volumeId: string, body: unknown, requester:
     try {
       await pageMap().createSnapshotRecord(v, snap, commitWriter(writer));
     } catch (err) {
+      if (err instanceof UnavailableError && Date.now() < purgeWaitUntil) {
+        attempt--; // a purge took the lock since the read: wait for it as above
+        await sleep(250);
+        continue;
+      }
       if (!(err instanceof CommitRefusedError)) throw err;
       if (err.reason === 'head-moved') continue;
       if (err.reason === 'fenced') throw new FencedError(err.message);

@@ -257,7 +257,14 @@ export async function deleteVolume(volumeId: string): Promise<VolumeView> {
   }
   if (snapshots.length > 0)
     throw new UnavailableError(`deleted snapshots of volume ${volumeId} are still being purged; retry shortly`, { retryAfterSeconds: 2 });
-  await pageMap().markDeleting(volumeId);
+  if ((await pageMap().markDeleting(volumeId)) === 'has-snapshots') {
+    // A snapshot was taken after the check above, or the purge of the last one is still
+    // finishing (it drops the tag last); a purge also drops a tag left without records.
+    const now = await pageMap().listSnapshots(volumeId);
+    if (now.some((s) => s.state === 'ready')) throw new ConflictError(`volume ${volumeId} has a snapshot taken while it was being deleted; delete it first`);
+    await workQueue().send({ type: 'snapshot-purge', volumeId });
+    throw new UnavailableError(`deleted snapshots of volume ${volumeId} are still being purged; retry shortly`, { retryAfterSeconds: 2 });
+  }
   const before = await pageMap().getVolume(volumeId);
   if (before?.parent) await pageMap().removeDependant(before.parent, volumeId);
   const message: ReclaimVolumeMessage = { type: 'reclaim-volume', volumeId };

@@ -104,7 +104,8 @@ export interface PageMapStore {
   /** Grows an active volume (never shrinks it): NotFoundError or ConflictError otherwise. */
   growVolume(volumeId: string, sizeBytes: number): Promise<VolumeRecord>;
   /** Marks an active volume as being deleted; false if it already was. */
-  markDeleting(volumeId: string): Promise<boolean>;
+  /** `deleting` unless the volume has a snapshot tag ('has-snapshots'); false when it was not active. */
+  markDeleting(volumeId: string): Promise<boolean | 'has-snapshots'>;
   deleteVolumeItem(volumeId: string): Promise<void>;
   /** Stores reservations computed from generation `expected` (and heads, when given); false if they changed since. */
   storeReservations(

@@ -147,6 +147,10 @@ describe('snapshots', () => {
     expect(refused.status).toBe(409);
     expect(refused.json.message).toContain(clone.volumeId);
     expect((await http(`${url}/volumes/${vol.volumeId}`, { method: 'DELETE' })).status).toBe(409);
+    // The second step of a delete refuses on its own too, as when a snapshot is taken between
+    // the delete's check and its mark: the volume stays active.
+    expect(await pageMap().markDeleting(vol.volumeId)).toBe('has-snapshots');
+    expect((await pageMap().getVolume(vol.volumeId))?.state).toBe('active');
     expect((await readSnapshot(s.snapshotId, 0, BLOCK)).equals(a.subarray(0, BLOCK))).toBe(true);
 
     // Unwind: grandchild, the clone's snapshot, the clone, then the snapshot.

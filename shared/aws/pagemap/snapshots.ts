@@ -48,6 +48,12 @@ import {
 import { fencingCondition } from './transactions.ts';
 
 const QUERY_PAGES_MAX = 100_000;
+
+/**
+ * A purge's lock lapses after this long: longer than any function may run (Lambda's limit is 15
+ * minutes), so only a purge that crashed loses it; its redelivered message then takes it over.
+ */
+const PURGE_LOCK_LEASE_MS = 16 * 60 * 1000;
 const UNPROCESSED_RETRY_MAX = 8;
 
 function itemToFrozen(item: Record<string, AttributeValue>, pageBlocks: number): FrozenPage {
@@ -373,14 +379,20 @@ export async function lockSnapshotPurge(volumeId: string, token: string): Promis
       new UpdateItemCommand({
         TableName: config().volumesTable,
         Key: { volumeId: S(volumeId) },
-        UpdateExpression: 'SET snapPurge = :token',
+        UpdateExpression: 'SET snapPurge = :token, snapPurgeUntil = :until',
         ConditionExpression: [
           'attribute_exists(volumeId)', // the volume exists
           '#state <> :rebuilding', // and no rebuild is rewriting its frozen pages (docs/checkpoints.md, "Frozen pages")
-          '(attribute_not_exists(snapPurge) OR snapPurge = :token)', // and no other purge holds the lock
+          // and no other purge holds the lock, or the one that does outlived any function that could hold it (it crashed)
+          '(attribute_not_exists(snapPurge) OR snapPurge = :token OR snapPurgeUntil < :now)',
         ].join(' AND '),
         ExpressionAttributeNames: { '#state': 'state' },
-        ExpressionAttributeValues: { ':token': S(token), ':rebuilding': S('rebuilding') },
+        ExpressionAttributeValues: {
+          ':token': S(token),
+          ':rebuilding': S('rebuilding'),
+          ':now': N(Date.now()),
+          ':until': N(Date.now() + PURGE_LOCK_LEASE_MS),
+        },
         ReturnConsumedCapacity: 'TOTAL',
       }),
     );
@@ -398,7 +410,7 @@ export async function unlockSnapshotPurge(volumeId: string, token: string, dropS
       new UpdateItemCommand({
         TableName: config().volumesTable,
         Key: { volumeId: S(volumeId) },
-        UpdateExpression: dropSnapSeq === undefined ? 'REMOVE snapPurge' : 'REMOVE snapPurge, snapSeq',
+        UpdateExpression: dropSnapSeq === undefined ? 'REMOVE snapPurge, snapPurgeUntil' : 'REMOVE snapPurge, snapPurgeUntil, snapSeq',
         ConditionExpression: [
           'snapPurge = :token', // our purge holds the lock
           ...(dropSnapSeq === undefined ? [] : ['snapSeq = :snapSeq']), // and no snapshot was taken since we looked

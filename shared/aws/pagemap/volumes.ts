@@ -90,15 +90,25 @@ export async function growVolume(volumeId: string, sizeBytes: number): Promise<V
   }
 }
 
-/** Marks a volume as being deleted; returns false if it was already. */
-export async function markDeleting(volumeId: string): Promise<boolean> {
+/**
+ * Marks an active volume without snapshots `deleting`: true, or false when it already is (or is
+ * being reclaimed); 'has-snapshots' when it still has a snapshot tag (a snapshot was taken since
+ * the caller looked, or the purge of the last one has not finished).
+ */
+export async function markDeleting(volumeId: string): Promise<boolean | 'has-snapshots'> {
   try {
     await dynamo().send(
       new UpdateItemCommand({
         TableName: config().volumesTable,
         Key: { volumeId: S(volumeId) },
         UpdateExpression: 'SET #state = :deleting, updatedAt = :now',
-        ConditionExpression: 'attribute_exists(volumeId) AND #state = :active',
+        ConditionExpression: [
+          'attribute_exists(volumeId)', // the volume exists
+          '#state = :active', // and is serving
+          // and has no snapshot: taking one sets snapSeq in the same transaction as its record,
+          // and the purge of the last one removes it after the records (docs/snapshots.md)
+          'attribute_not_exists(snapSeq)',
+        ].join(' AND '),
         ExpressionAttributeNames: { '#state': 'state' },
         ExpressionAttributeValues: { ':deleting': S('deleting'), ':active': S('active'), ':now': S(new Date().toISOString()) },
         ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
@@ -110,6 +120,7 @@ export async function markDeleting(volumeId: string): Promise<boolean> {
     if (!conditionFailed(err)) throw err;
     if (!err.Item) throw new NotFoundError(`volume ${volumeId} does not exist`);
     if (str(err.Item.state) === 'rebuilding') throw new ConflictError(`volume ${volumeId} is being rebuilt; delete it when the rebuild is done`);
+    if (str(err.Item.state) === 'active' && err.Item.snapSeq !== undefined) return 'has-snapshots';
     return false;
   }
 }
