@@ -43,6 +43,7 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import { ENV } from '#shared/core/config.ts';
+import { nativeCrcBundling } from './native-crc.ts';
 
 /** The name of one of the environment variables in `ENV`. */
 export type EnvName = (typeof ENV)[keyof typeof ENV];
@@ -384,21 +385,28 @@ export const SLEDGE_FUNCTION_RUNTIME = lambda.Runtime.NODEJS_24_X;
  * `@ronomon/reed-solomon` is external and not shipped: it is a native addon built for the
  * build machine, and the shared codec falls back to the portable implementation when the
  * import fails, so Lambda never needs the native build.
+ *
+ * An ARM64 function's asset also carries the Linux arm64 (glibc) build of the `@node-rs/crc32`
+ * addon, at the version and integrity package-lock.json pins (`nativeCrcBundling`, cdk/native-crc.ts),
+ * which shared/data/crc32c.ts loads from next to `index.mjs` and checks, falling back to the
+ * portable CRC-32C where it does not load. Synth then fetches that package with `npm pack`
+ * (npm's cache, or the registry); `bundling.commandHooks` replaces the step.
  */
 export class SledgeFunction extends NodejsFunction {
   constructor(scope: Construct, id: string, props: SledgeFunctionProps) {
     const { entry: relativeEntry, logRetention, logRemovalPolicy, bundling, ...rest } = props;
+    const architecture = rest.architecture ?? lambda.Architecture.ARM_64;
     const logGroup = new logs.LogGroup(scope, `${id}LogGroup`, {
       retention: logRetention ?? logs.RetentionDays.ONE_MONTH,
       removalPolicy: logRemovalPolicy ?? RemovalPolicy.DESTROY,
     });
     super(scope, id, {
       runtime: SLEDGE_FUNCTION_RUNTIME,
-      architecture: lambda.Architecture.ARM_64,
       timeout: Duration.seconds(29),
       memorySize: 1024,
       loggingFormat: lambda.LoggingFormat.JSON,
       ...rest,
+      architecture,
       // The bundle's source maps are used only when Node is told to; stacks then name the
       // TypeScript files and lines.
       environment: { NODE_OPTIONS: '--enable-source-maps', ...rest.environment },
@@ -423,6 +431,8 @@ export class SledgeFunction extends NodejsFunction {
         minify: true,
         keepNames: true,
         externalModules: ['@ronomon/reed-solomon'],
+        // The addon is built for arm64 only; an x86 function would carry a file it cannot load.
+        ...(architecture.name === lambda.Architecture.ARM_64.name ? nativeCrcBundling() : {}),
         ...bundling,
       },
     });

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { App, CfnWaitConditionHandle, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import * as kms from 'aws-cdk-lib/aws-kms';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import type { IConstruct } from 'constructs';
@@ -13,7 +14,8 @@ import type { CfnElement } from 'aws-cdk-lib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseCheckpointMessage, parseWorkMessage } from '#shared/core/work-messages.ts';
 import { ENV } from '#shared/core/config.ts';
-import { CONSTRUCT_IDS, DATA_KEY_ACTIONS, MAX_RECEIVE_COUNT, OPERATOR_VOLUME_ROUTES, cdkJsonContext, SledgeStack, type SledgeStackProps } from '../../cdk/stack.ts';
+import { BUNDLED_CRC_ADDON_FILE } from '#shared/data/crc32c.ts';
+import { CONSTRUCT_IDS, DATA_KEY_ACTIONS, MAX_RECEIVE_COUNT, OPERATOR_VOLUME_ROUTES, cdkJsonContext, SledgeFunction, SledgeStack, type SledgeStackProps } from '../../cdk/stack.ts';
 
 const projectRoot = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -757,19 +759,30 @@ describe('SledgeStack', () => {
       if (outdir) rmSync(outdir, { recursive: true, force: true });
     });
 
-    it('bundles each function into one ESM file with its source map, with no native addon', () => {
+    it('bundles each function into one ESM file with its source map and the arm64 CRC-32C addon (none on x86)', () => {
       outdir = mkdtempSync(join(tmpdir(), 'sledge-cdk-bundle-'));
       const app = new App({ outdir, context: cdkJsonContext() });
       const s = new SledgeStack(app, 'Sledge');
+      // An x86 function of the same kind: the arm64 addon could never load there, so it is left out.
+      const x86 = new Stack(app, 'SledgeX86');
+      new SledgeFunction(x86, 'Head', { entry: 'lambdas/api.ts', architecture: lambda.Architecture.X86_64 });
       const assembly = app.synth();
-      const assets = JSON.parse(readFileSync(join(assembly.directory, `${s.artifactId}.assets.json`), 'utf8')) as {
-        files: Record<string, { displayName?: string; source: { path: string } }>;
-      };
-      for (const name of ['Head/Code', 'Worker/Code']) {
+      const assetDir = (stackOf: Stack, name: string) => {
+        const assets = JSON.parse(readFileSync(join(assembly.directory, `${stackOf.artifactId}.assets.json`), 'utf8')) as {
+          files: Record<string, { displayName?: string; source: { path: string } }>;
+        };
         const asset = Object.values(assets.files).find((f) => f.displayName === name);
         expect(asset, name).toBeDefined();
-        const dir = join(assembly.directory, asset?.source.path ?? '');
-        expect(readdirSync(dir).sort(), name).toEqual(['index.mjs', 'index.mjs.map']);
+        return join(assembly.directory, asset?.source.path ?? '');
+      };
+      expect(readdirSync(assetDir(x86, 'Head/Code')).sort()).toEqual(['index.mjs', 'index.mjs.map']);
+      for (const name of ['Head/Code', 'Worker/Code']) {
+        const dir = assetDir(s, name);
+        expect(readdirSync(dir).sort(), name).toEqual([BUNDLED_CRC_ADDON_FILE, 'index.mjs', 'index.mjs.map'].sort());
+        // An ELF shared object for AArch64 (e_machine 183), 64-bit little-endian: what Lambda's arm64 loads.
+        const elf = readFileSync(join(dir, BUNDLED_CRC_ADDON_FILE));
+        expect(elf.subarray(0, 4).toString('latin1'), name).toBe('\x7fELF');
+        expect({ elfClass: elf[4], dataEncoding: elf[5], machine: elf.readUInt16LE(18) }, name).toEqual({ elfClass: 2, dataEncoding: 1, machine: 183 });
         const code = readFileSync(join(dir, 'index.mjs'), 'utf8');
         // ESM with a `require` for bundled CommonJS code, and the handler exported.
         expect(code.startsWith("import { createRequire as __sledgeCreateRequire } from 'node:module';")).toBe(true);
