@@ -1,7 +1,8 @@
 /**
- * CPU per 4 MiB write with the portable and the native CRC-32C: what shipping the
- * `@node-rs/crc32` addon in the Lambda bundle would save the head (which today runs the
- * portable CRC there, and the portable erasure codec).
+ * CPU per 4 MiB write with the portable and the native CRC-32C: what the `@node-rs/crc32`
+ * addon the Lambda bundle carries (cdk/native-crc.ts) saves the head where it loads (it runs
+ * the portable erasure codec either way). Measured on the machine that runs the bench, not
+ * on Lambda's arm64.
  *
  * The CRC implementation is chosen once, when shared/data/crc32c.ts loads (SLEDGE_CRC_IMPL), so
  * `benchCrc()` measures each in a child process of its own: `npx tsx bench/crc.ts` measures the

@@ -6,6 +6,8 @@
  * - `sledCount`: how many sleds (S3 buckets). Default 8 (see `SledgeStackProps.sledCount`).
  * - `apiIamAuthorization`: `false` to turn off IAM authorization (SigV4) on the API, the explicit
  *   opt-out of docs/security.md. Default `true`: every request must be signed.
+ * - `encryptionKey`: `customer` to encrypt the sleds, tables and queues with a customer managed
+ *   KMS key the stack creates (see `SledgeStackProps.encryptionKey`). Default `aws-managed`.
  * - `sledge:skipBundling`: `true` to skip esbuild bundling, for a fast synth whose templates
  *   are right but whose function code is the whole project directory (never deploy that).
  *   The CLI refuses `-c aws:...` keys and sets `aws:cdk:bundling-stacks` itself, so this flag
@@ -53,11 +55,16 @@ if (contextFlag('sledge:skipBundling')) {
 
 const stackName = String(app.node.tryGetContext('stackName') ?? 'Sledge');
 const sledCount = contextInteger('sledCount');
+const encryptionKey = String(app.node.tryGetContext('encryptionKey') ?? 'aws-managed');
+if (encryptionKey !== 'aws-managed' && encryptionKey !== 'customer') {
+  throw new Error(`context encryptionKey=${encryptionKey} must be aws-managed or customer`);
+}
 
 new SledgeStack(app, stackName, {
   description: 'Sledge: serverless block storage (volumes on S3 sleds, page map in DynamoDB, heads on Lambda)',
   ...(sledCount !== undefined ? { sledCount } : {}),
   apiIamAuthorization: !contextFalse('apiIamAuthorization'),
+  encryptionKey,
 });
 
 app.synth();

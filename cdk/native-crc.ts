@@ -6,11 +6,11 @@
  * CRC-32C check value, and uses the portable CRC where it does not load (another architecture,
  * another libc).
  *
- * For an ARM64 function only (`SledgeFunction`'s architecture); on x86 the addon never loads.
- * The synth then needs the package from npm's cache or the registry.
- *
- * @example
- * new SledgeFunction(this, 'Head', { entry: 'lambdas/api.ts', bundling: nativeCrcBundling() });
+ * `SledgeFunction` (cdk/stack.ts) adds these hooks to every ARM64 function, so the stack's
+ * head and worker carry the addon; on x86 it would never load, and is left out. The synth then
+ * needs the package from npm's cache or the registry (`npm pack`), and fails if neither has it
+ * at the pinned integrity. The handlers log which CRC they loaded at cold start
+ * (lambdas/cold-start.ts).
  */
 import type { BundlingOptions, ICommandHooks } from 'aws-cdk-lib/aws-lambda-nodejs';
 import { BUNDLED_CRC_ADDON_FILE } from '#shared/data/crc32c.ts';

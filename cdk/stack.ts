@@ -13,7 +13,8 @@
  * - Security (docs/security.md): IAM authorization (SigV4) on every API route unless turned
  *   off explicitly; one role per function with only the actions and resources it uses; an
  *   operator role and the managed policies a tenant and an operator get, on execute-api ARNs;
- *   API access logs and stage throttling; server access logs of the sleds in a log bucket.
+ *   API access logs and stage throttling; server access logs of the sleds in a log bucket;
+ *   optionally a customer managed KMS key for the sleds, tables and queues (`encryptionKey`).
  *   cdk-nag's AwsSolutions pack finds nothing (test/cdk/stack.test.ts); each suppression below
  *   carries its reason and is listed in docs/security.md.
  *
@@ -33,6 +34,7 @@ import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
+import * as kms from 'aws-cdk-lib/aws-kms';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import { SqsEventSource } from 'aws-cdk-lib/aws-lambda-event-sources';
 import { NodejsFunction, OutputFormat, type NodejsFunctionProps } from 'aws-cdk-lib/aws-lambda-nodejs';
@@ -41,6 +43,7 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import { ENV } from '#shared/core/config.ts';
+import { nativeCrcBundling } from './native-crc.ts';
 
 /** The name of one of the environment variables in `ENV`. */
 export type EnvName = (typeof ENV)[keyof typeof ENV];
@@ -80,6 +83,8 @@ export const CONSTRUCT_IDS = {
   operatorPolicy: 'OperatorApiPolicy',
   tenantPolicyOutput: 'TenantPolicyArn',
   operatorRoleOutput: 'OperatorRoleArn',
+  /** The customer managed KMS key of the sleds, tables and queues (only with `encryptionKey: 'customer'`). */
+  dataKey: 'DataKey',
 } as const;
 
 /**
@@ -105,6 +110,18 @@ export const TABLE_ITEM_ACTIONS = [
   'dynamodb:Scan',
   'dynamodb:UpdateItem',
 ] as const;
+
+/**
+ * The KMS actions a function needs on the customer managed key (`encryptionKey`), all through
+ * S3, DynamoDB or SQS: S3 and SQS make a data key for each object or batch of messages written
+ * (GenerateDataKey) and decrypt it to read one back (Decrypt); DynamoDB encrypts and decrypts
+ * its table key with the caller's permission (Encrypt, Decrypt) and checks the key
+ * (DescribeKey). No ReEncrypt, no key management, and no `*`.
+ */
+export const DATA_KEY_ACTIONS = ['kms:Decrypt', 'kms:DescribeKey', 'kms:Encrypt', 'kms:GenerateDataKey'] as const;
+
+/** The services through which the functions may use the key (`kms:ViaService`). */
+export const DATA_KEY_SERVICES = ['s3', 'dynamodb', 'sqs'] as const;
 
 /** The S3 actions the functions use on chunk objects (HeadObject is authorized as GetObject). */
 export const SLED_OBJECT_ACTIONS = ['s3:GetObject', 's3:PutObject', 's3:DeleteObject'] as const;
@@ -304,6 +321,29 @@ export interface SledgeStackProps extends StackProps {
    * @default false
    */
   readonly analyticsReporting?: boolean;
+
+  /**
+   * The key that encrypts the sleds (SSE-KMS with S3 bucket keys), the tables and the work
+   * queues with their dead-letter queues.
+   *
+   * - `'aws-managed'`: SSE-S3 sleds, DynamoDB's AWS owned key, SSE-SQS queues; no key to manage
+   *   and no KMS requests to pay for.
+   * - `'customer'`: the stack creates a customer managed key (`DataKey`) with yearly automatic
+   *   rotation, retained or deleted with the data (`dataRemovalPolicy`), and uses it for all
+   *   three. Its key policy is KMS's default (the account's IAM decides) plus EventBridge's use
+   *   for the schedules' messages; each function role gets `DATA_KEY_ACTIONS` on it only
+   *   through S3, DynamoDB and SQS. Revoking or disabling the key makes the data unreadable.
+   * - A key (`kms.IKey`): the same with a key made elsewhere. Its policy must then let the
+   *   account's IAM policies grant its use, and let `events.amazonaws.com` use
+   *   GenerateDataKey and Decrypt (the stack cannot change an imported key's policy).
+   *
+   * The server access log bucket stays SSE-S3: S3 delivers server access logs only to such a
+   * bucket. Changing this on a deployed stack re-encrypts nothing already stored: new objects
+   * and messages use the new setting, DynamoDB switches a table's key in place.
+   *
+   * @default 'aws-managed'
+   */
+  readonly encryptionKey?: 'aws-managed' | 'customer' | kms.IKey;
 }
 
 export interface SledgeFunctionProps extends Omit<NodejsFunctionProps, 'entry' | 'logGroup'> {
@@ -345,21 +385,28 @@ export const SLEDGE_FUNCTION_RUNTIME = lambda.Runtime.NODEJS_24_X;
  * `@ronomon/reed-solomon` is external and not shipped: it is a native addon built for the
  * build machine, and the shared codec falls back to the portable implementation when the
  * import fails, so Lambda never needs the native build.
+ *
+ * An ARM64 function's asset also carries the Linux arm64 (glibc) build of the `@node-rs/crc32`
+ * addon, at the version and integrity package-lock.json pins (`nativeCrcBundling`, cdk/native-crc.ts),
+ * which shared/data/crc32c.ts loads from next to `index.mjs` and checks, falling back to the
+ * portable CRC-32C where it does not load. Synth then fetches that package with `npm pack`
+ * (npm's cache, or the registry); `bundling.commandHooks` replaces the step.
  */
 export class SledgeFunction extends NodejsFunction {
   constructor(scope: Construct, id: string, props: SledgeFunctionProps) {
     const { entry: relativeEntry, logRetention, logRemovalPolicy, bundling, ...rest } = props;
+    const architecture = rest.architecture ?? lambda.Architecture.ARM_64;
     const logGroup = new logs.LogGroup(scope, `${id}LogGroup`, {
       retention: logRetention ?? logs.RetentionDays.ONE_MONTH,
       removalPolicy: logRemovalPolicy ?? RemovalPolicy.DESTROY,
     });
     super(scope, id, {
       runtime: SLEDGE_FUNCTION_RUNTIME,
-      architecture: lambda.Architecture.ARM_64,
       timeout: Duration.seconds(29),
       memorySize: 1024,
       loggingFormat: lambda.LoggingFormat.JSON,
       ...rest,
+      architecture,
       // The bundle's source maps are used only when Node is told to; stacks then name the
       // TypeScript files and lines.
       environment: { NODE_OPTIONS: '--enable-source-maps', ...rest.environment },
@@ -384,6 +431,8 @@ export class SledgeFunction extends NodejsFunction {
         minify: true,
         keepNames: true,
         externalModules: ['@ronomon/reed-solomon'],
+        // The addon is built for arm64 only; an x86 function would carry a file it cannot load.
+        ...(architecture.name === lambda.Architecture.ARM_64.name ? nativeCrcBundling() : {}),
         ...bundling,
       },
     });
@@ -424,21 +473,47 @@ export function bindBuckets(fn: lambda.Function, envName: EnvName, buckets: read
   fn.addToRolePolicy(new iam.PolicyStatement({ actions: ['s3:ListBucket'], resources: buckets.map((bucket) => bucket.bucketArn) }));
 }
 
-/** Sets `envName` on `fn` to the queue's URL and grants sending to it. */
+/**
+ * Sets `envName` on `fn` to the queue's URL and grants sending to it. The queue actions only:
+ * CDK's `grantSendMessages` would add `kms:GenerateDataKey*` and `kms:ReEncrypt*` on an
+ * encrypted queue's key, and `grantDataKey` grants the key's use instead.
+ */
 export function bindQueue(fn: lambda.Function, envName: EnvName, queue: sqs.IQueue): void {
   fn.addEnvironment(envName, queue.queueUrl);
-  queue.grantSendMessages(fn);
+  fn.addToRolePolicy(new iam.PolicyStatement({ actions: ['sqs:SendMessage', 'sqs:GetQueueAttributes', 'sqs:GetQueueUrl'], resources: [queue.queueArn] }));
+}
+
+/**
+ * Grants `fn` the use of the data key that what it binds is encrypted with: `DATA_KEY_ACTIONS`,
+ * on that key only, and only through S3, DynamoDB and SQS in the stack's region (so the role
+ * cannot decrypt with the key directly).
+ */
+export function grantDataKey(fn: lambda.Function, key: kms.IKey): void {
+  const stack = Stack.of(fn);
+  fn.addToRolePolicy(
+    new iam.PolicyStatement({
+      actions: [...DATA_KEY_ACTIONS],
+      resources: [key.keyArn],
+      conditions: { StringEquals: { 'kms:ViaService': DATA_KEY_SERVICES.map((service) => `${service}.${stack.region}.${stack.urlSuffix}`) } },
+    }),
+  );
 }
 
 /**
  * Sets `envName` on `fn` to a dead-letter queue's URL and, with `grant` (the head, which serves
  * the operator's peek and redrive), grants receive, change visibility and delete on the DLQ
  * (sending back to the source queue is granted by `bindQueue`). The worker gets the variable,
- * which its configuration requires, and no access.
+ * which its configuration requires, and no access. The queue actions only, as in `bindQueue`.
  */
 export function bindDeadLetterQueue(fn: lambda.Function, envName: EnvName, deadLetterQueue: sqs.IQueue, opts: { grant?: boolean } = {}): void {
   fn.addEnvironment(envName, deadLetterQueue.queueUrl);
-  if (opts.grant ?? true) deadLetterQueue.grantConsumeMessages(fn);
+  if (!(opts.grant ?? true)) return;
+  fn.addToRolePolicy(
+    new iam.PolicyStatement({
+      actions: ['sqs:ReceiveMessage', 'sqs:ChangeMessageVisibility', 'sqs:GetQueueUrl', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes'],
+      resources: [deadLetterQueue.queueArn],
+    }),
+  );
 }
 
 /** A work queue and its dead-letter queue. */
@@ -478,6 +553,8 @@ export class SledgeStack extends Stack {
   readonly tenantPolicy: iam.ManagedPolicy;
   /** What an operator needs: invoke every route. */
   readonly operatorPolicy: iam.ManagedPolicy;
+  /** The customer managed key of the sleds, tables and queues, or undefined with AWS managed encryption (`encryptionKey`). */
+  readonly dataKey?: kms.IKey;
 
   constructor(scope: Construct, id: string, props: SledgeStackProps = {}) {
     super(scope, id, { ...props, analyticsReporting: props.analyticsReporting ?? false });
@@ -490,13 +567,26 @@ export class SledgeStack extends Stack {
     const workerTimeout = props.workerTimeout ?? Duration.minutes(2);
     const logRetention = props.logRetention ?? logs.RetentionDays.ONE_MONTH;
 
+    const encryptionKey = props.encryptionKey ?? 'aws-managed';
+    if (encryptionKey === 'customer') {
+      this.dataKey = new kms.Key(this, CONSTRUCT_IDS.dataKey, {
+        description: `Sledge ${this.stackName}: sleds, tables and work queues`,
+        enableKeyRotation: true,
+        // Deleting the key loses the data it encrypts, so it goes with the data.
+        removalPolicy: dataRemovalPolicy,
+      });
+    } else if (encryptionKey !== 'aws-managed') {
+      this.dataKey = encryptionKey;
+    }
+    const dataKey = this.dataKey;
+
     const table = (constructId: string, partitionKey: dynamodb.Attribute, sortKey?: dynamodb.Attribute) =>
       new dynamodb.Table(this, constructId, {
         partitionKey,
         ...(sortKey ? { sortKey } : {}),
         billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
         pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
-        encryption: dynamodb.TableEncryption.AWS_MANAGED,
+        ...(dataKey ? { encryption: dynamodb.TableEncryption.CUSTOMER_MANAGED, encryptionKey: dataKey } : { encryption: dynamodb.TableEncryption.AWS_MANAGED }),
         deletionProtection: dataRemovalPolicy === RemovalPolicy.RETAIN,
         removalPolicy: dataRemovalPolicy,
       });
@@ -540,7 +630,8 @@ export class SledgeStack extends Stack {
           // Chunks are immutable and written with If-None-Match, so versions would only keep
           // garbage that GC has already decided to delete.
           versioned: false,
-          encryption: s3.BucketEncryption.S3_MANAGED,
+          // Bucket keys: S3 asks KMS for a data key per bucket key, not per chunk object.
+          ...(dataKey ? { encryption: s3.BucketEncryption.KMS, encryptionKey: dataKey, bucketKeyEnabled: true } : { encryption: s3.BucketEncryption.S3_MANAGED }),
           objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
           lifecycleRules: [{ id: 'AbortIncompleteMultipartUploads', abortIncompleteMultipartUploadAfter: Duration.days(1) }],
           removalPolicy: dataRemovalPolicy,
@@ -549,18 +640,21 @@ export class SledgeStack extends Stack {
     }
     this.sleds = sleds;
 
+    const queueEncryption: Pick<sqs.QueueProps, 'encryption' | 'encryptionMasterKey'> = dataKey
+      ? { encryption: sqs.QueueEncryption.KMS, encryptionMasterKey: dataKey }
+      : { encryption: sqs.QueueEncryption.SQS_MANAGED };
     const workQueue = (queueId: string, deadLetterQueueId: string): WorkQueue => {
       const deadLetterQueue = new sqs.Queue(this, deadLetterQueueId, {
         // The maximum, so a poison message waits two weeks for a human.
         retentionPeriod: Duration.days(14),
-        encryption: sqs.QueueEncryption.SQS_MANAGED,
+        ...queueEncryption,
         enforceSSL: true,
       });
       const queue = new sqs.Queue(this, queueId, {
         visibilityTimeout: Duration.seconds(workerTimeout.toSeconds() * 6),
         retentionPeriod: Duration.days(4),
         receiveMessageWaitTime: Duration.seconds(20),
-        encryption: sqs.QueueEncryption.SQS_MANAGED,
+        ...queueEncryption,
         enforceSSL: true,
         deadLetterQueue: { queue: deadLetterQueue, maxReceiveCount: MAX_RECEIVE_COUNT },
       });
@@ -659,6 +753,7 @@ export class SledgeStack extends Stack {
       bindDeadLetterQueue(fn, ENV.gcDeadLetterQueueUrl, this.gcQueue.deadLetterQueue, { grant });
       bindDeadLetterQueue(fn, ENV.evacuationDeadLetterQueueUrl, this.evacuationQueue.deadLetterQueue, { grant });
       bindDeadLetterQueue(fn, ENV.checkpointDeadLetterQueueUrl, this.checkpointQueue.deadLetterQueue, { grant });
+      if (dataKey) grantDataKey(fn, dataKey);
     }
 
     const workerMaxConcurrency = props.workerMaxConcurrency ?? 5;

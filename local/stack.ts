@@ -157,6 +157,9 @@ function synthesize(stackName: string, sledCount: number | undefined): { templat
     const stack = new SledgeStack(app, stackName, {
       ...(sledCount !== undefined ? { sledCount } : {}),
       analyticsReporting: false,
+      // No `encryptionKey`: AWS managed encryption, as by default. The customer key's path is not
+      // deployed locally (the key is not among LOCAL_RESOURCE_TYPES, and the endpoint's KMS would
+      // prove nothing about AWS's); test/cdk/stack.test.ts checks its template.
       // Local data is disposable, and a retained table would survive DeleteStack.
       dataRemovalPolicy: RemovalPolicy.DESTROY,
       // No BootstrapVersion parameter and rule: nothing is bootstrapped locally.

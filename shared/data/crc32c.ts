@@ -6,9 +6,9 @@
  * `@node-rs/crc32` (SSE4.2 / ARMv8 CRC instructions, an optional prebuilt addon) when it loads,
  * else pure TypeScript, slicing-by-8 (eight 256-entry tables, one 8-byte step per iteration),
  * which runs anywhere. `SLEDGE_CRC_IMPL=portable` forces the TypeScript one (the switch lets the
- * tests run it). The Lambda bundle has no `@node-rs/crc32`; a bundle built with
- * `cdk/native-crc.ts` carries its Linux arm64 addon instead, loaded from next to the bundle, and
- * falls back to the TypeScript one where that addon does not load.
+ * tests run it). The stack's Lambda bundles have no `@node-rs/crc32` package; they carry its
+ * Linux arm64 addon instead (`cdk/native-crc.ts`), loaded from next to the bundle, and fall back
+ * to the TypeScript one where that addon does not load.
  */
 import { createRequire } from 'node:module';
 import { ENV } from '../core/config.ts';

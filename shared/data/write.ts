@@ -2,6 +2,7 @@
  * The write path: writes, trims and batches as segments, and the commit protocol of
  * docs/page-map.md with its outcome settling ("Settling an outcome"): `prepareWrite` checks,
  * builds and uploads; `completeWrite` commits and settles a refusal or an unknown outcome.
+ * The chain that orders one writer's pipelined writes is shared/data/write-pipeline.ts.
  */
 import { randomUUID } from 'node:crypto';
 import { checkpointAfterCommit } from '../maintenance/checkpoint-messages.ts';
@@ -30,6 +31,7 @@ import { deleteChunksQuietly, uploadChunks } from './upload.ts';
 import { geometryCache, pageRange, rememberGeometry } from './read.ts';
 import { workQueue } from '../ports.ts';
 import { pageMap } from '../ports.ts';
+import { joinChain, leaveChain, pagesAfter, pagesOf, PredecessorFailedError } from './write-pipeline.ts';
 
 // ---------------------------------------------------------------------------------------
 // The data path
@@ -110,11 +112,8 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
   };
   const set = inflight.get(volumeId) ?? new Set();
   inflight.set(volumeId, set.add(entry));
-  // Pipelining: the write this process started last on the volume, if the same writer's.
-  const tail = chains.get(volumeId);
-  const predecessor = tail && tail.writer.id === writer.id && tail.writer.key === writer.key ? tail : undefined;
-  const link: ChainLink = { writer, built: deferred(), settled: deferred() };
-  chains.set(volumeId, link);
+  // Pipelining (shared/data/write-pipeline.ts): the write this process started last on the volume, if the same writer's.
+  const { link, predecessor } = joinChain(volumeId, writer);
   try {
     for (let attempt = 0; attempt < COMMIT_ATTEMPT_MAX; attempt++) {
       if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
@@ -158,62 +157,10 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
     }
     throw new UnavailableError(`volume ${volumeId} is busy: ${COMMIT_ATTEMPT_MAX} commit attempts lost to concurrent writers; retry`, { retryAfterSeconds: 1 });
   } finally {
-    link.built.resolve(null);
-    link.settled.resolve(null);
-    if (chains.get(volumeId) === link) chains.delete(volumeId);
+    leaveChain(volumeId, link);
     set.delete(entry);
     if (set.size === 0) inflight.delete(volumeId);
   }
-}
-
-/**
- * Pipelined writes (docs/page-map.md, "Pipelined writes"): per volume, the write this process
- * started last, until it is settled. A write of the same writer that arrives meanwhile builds
- * on it rather than on the head it would read: sequence number one higher, `prev` its segment,
- * its pages as that commit leaves them. So one writer's writes upload their chunks at the same
- * time and commit one after the other in arrival order, instead of racing for the head and
- * uploading again. A write whose predecessor does not commit deletes its chunks and starts
- * over on the head, as after a lost race.
- */
-interface ChainLink {
-  writer: WriterIdentity;
-  /** The volume it built on, its seq and segment, once chosen; null if it failed before. */
-  built: Deferred<{ volume: VolumeRecord; seq: number; segmentId: string } | null>;
-  /** The pages its commit left, once committed; null once it is known not to have committed (on its first attempt). */
-  settled: Deferred<Map<number, PageRecord> | null>;
-}
-
-const chains = new Map<string, ChainLink>();
-
-class PredecessorFailedError extends Error {
-  override name = 'PredecessorFailedError';
-}
-
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve: (value: T) => void;
-}
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: (value: T) => void;
-  const promise = new Promise<T>((r) => (resolve = r));
-  return { promise, resolve };
-}
-
-/** The pages a commit leaves: each changed page at its next version. */
-function pagesOf(changes: readonly PageChange[]): Map<number, PageRecord> {
-  return new Map(changes.map((c) => [c.page, { page: c.page, version: (c.oldVersion ?? 0) + 1, extents: c.extents }]));
-}
-
-/** The pages as they are once `predecessor` committed: its own from its commit, the others read then. */
-async function pagesAfter(predecessor: ChainLink, v: VolumeRecord, pages: number[]): Promise<Map<number, PageRecord>> {
-  const after = await predecessor.settled.promise;
-  if (!after) throw new PredecessorFailedError(`the write ${v.volumeId} was built on did not commit`);
-  const out = new Map<number, PageRecord>();
-  const others = pages.filter((p) => !after.has(p));
-  for (const p of pages) if (after.has(p)) out.set(p, after.get(p)!);
-  if (others.length > 0) for (const [p, r] of await pageMap().getPages(v, others)) out.set(p, r);
-  return out;
 }
 
 /**

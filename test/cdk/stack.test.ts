@@ -3,7 +3,9 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { App, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import { App, CfnWaitConditionHandle, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import * as kms from 'aws-cdk-lib/aws-kms';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import type { IConstruct } from 'constructs';
@@ -12,7 +14,8 @@ import type { CfnElement } from 'aws-cdk-lib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseCheckpointMessage, parseWorkMessage } from '#shared/core/work-messages.ts';
 import { ENV } from '#shared/core/config.ts';
-import { CONSTRUCT_IDS, MAX_RECEIVE_COUNT, OPERATOR_VOLUME_ROUTES, cdkJsonContext, SledgeStack, type SledgeStackProps } from '../../cdk/stack.ts';
+import { BUNDLED_CRC_ADDON_FILE } from '#shared/data/crc32c.ts';
+import { CONSTRUCT_IDS, DATA_KEY_ACTIONS, MAX_RECEIVE_COUNT, OPERATOR_VOLUME_ROUTES, cdkJsonContext, SledgeFunction, SledgeStack, type SledgeStackProps } from '../../cdk/stack.ts';
 
 const projectRoot = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -38,6 +41,7 @@ interface Statement {
   Effect: string;
   Action: string | string[];
   Resource: unknown;
+  Condition?: unknown;
 }
 
 /** The Allow statements of every IAM policy attached to the role of the function `functionId`. */
@@ -485,8 +489,8 @@ describe('SledgeStack', () => {
       }
     };
 
-    it('passes cdk-nag\'s AwsSolutions pack (policy validation plugin) with zero errors, as deployed and with IAM turned off', () => {
-      for (const props of [{}, { apiIamAuthorization: false }, { sledCount: 3, headReservedConcurrency: 50 }]) {
+    it('passes cdk-nag\'s AwsSolutions pack (policy validation plugin) with zero errors: as deployed, with IAM turned off, with the customer key', () => {
+      for (const props of [{}, { apiIamAuthorization: false }, { sledCount: 3, headReservedConcurrency: 50 }, { encryptionKey: 'customer' as const }]) {
         const { error, outdir } = synthWithNag(props);
         try {
           expect(error, `${JSON.stringify(props)}: ${report(outdir)}`).toBeUndefined();
@@ -601,6 +605,138 @@ describe('SledgeStack', () => {
     });
   });
 
+  describe('encryption key (encryptionKey)', () => {
+    const kmsStatements = (t: Template, fn: string) => allowStatements(t, fn).filter((st) => [st.Action].flat().some((a) => a.startsWith('kms:')));
+    const viaServices = {
+      StringEquals: {
+        'kms:ViaService': ['s3', 'dynamodb', 'sqs'].map((service) => ({
+          'Fn::Join': ['', [`${service}.`, { Ref: 'AWS::Region' }, '.', { Ref: 'AWS::URLSuffix' }]],
+        })),
+      },
+    };
+
+    it('uses AWS managed encryption and no key by default', () => {
+      template.resourceCountIs('AWS::KMS::Key', 0);
+      expect(stack.dataKey).toBeUndefined();
+      for (const [id, bucket] of Object.entries(template.findResources('AWS::S3::Bucket'))) {
+        expect(bucket.Properties.BucketEncryption, id).toEqual({ ServerSideEncryptionConfiguration: [{ ServerSideEncryptionByDefault: { SSEAlgorithm: 'AES256' } }] });
+      }
+      for (const [id, table] of Object.entries(template.findResources('AWS::DynamoDB::Table'))) {
+        expect(table.Properties.SSESpecification, id).toEqual({ SSEEnabled: true });
+      }
+      for (const [id, queue] of Object.entries(template.findResources('AWS::SQS::Queue'))) {
+        expect(queue.Properties.SqsManagedSseEnabled, id).toBe(true);
+        expect(queue.Properties.KmsMasterKeyId, id).toBeUndefined();
+      }
+      for (const fn of [ids.head, ids.worker]) expect(kmsStatements(template, fn), fn).toEqual([]);
+    });
+
+    describe("with 'customer'", () => {
+      let customer: ReturnType<typeof synth>;
+      let keyId: string;
+      let fns: { head: string; worker: string };
+      beforeAll(() => {
+        customer = synth({ encryptionKey: 'customer' });
+        keyId = logicalId(customer.stack, customer.stack.dataKey as kms.Key);
+        fns = { head: logicalId(customer.stack, customer.stack.head), worker: logicalId(customer.stack, customer.stack.worker) };
+      });
+
+      it('creates one key with rotation, kept with the data, used by nobody but the account and EventBridge', () => {
+        const t = customer.template;
+        t.resourceCountIs('AWS::KMS::Key', 1);
+        expect(Object.keys(t.findResources('AWS::KMS::Key'))).toEqual([keyId]);
+        expect(customer.stack.node.findChild(CONSTRUCT_IDS.dataKey)).toBe(customer.stack.dataKey);
+        const key = t.findResources('AWS::KMS::Key')[keyId]!;
+        expect(key.Properties.EnableKeyRotation).toBe(true);
+        expect(key.DeletionPolicy).toBe('Retain');
+        const principals = (key.Properties.KeyPolicy.Statement as Array<{ Principal: unknown }>).map((st) => st.Principal);
+        expect(principals).toEqual([
+          { AWS: { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':iam::', { Ref: 'AWS::AccountId' }, ':root']] } },
+          // The schedules' messages to the encrypted queues.
+          { Service: 'events.amazonaws.com' },
+        ]);
+        // Deleted with the data when the data is.
+        const destroy = synth({ encryptionKey: 'customer', dataRemovalPolicy: RemovalPolicy.DESTROY }).template;
+        expect(Object.values(destroy.findResources('AWS::KMS::Key'))[0]?.DeletionPolicy).toBe('Delete');
+      });
+
+      it('encrypts every sled (SSE-KMS, bucket keys), every table and every queue with it; the log bucket stays SSE-S3', () => {
+        const t = customer.template;
+        const resources = t.toJSON().Resources as Record<string, { Properties: Record<string, any> }>;
+        const sleds = customer.stack.sleds.map((sled) => logicalId(customer.stack, sled));
+        expect(sleds).toHaveLength(8);
+        for (const sled of sleds) {
+          expect(resources[sled]!.Properties.BucketEncryption, sled).toEqual({
+            ServerSideEncryptionConfiguration: [{ BucketKeyEnabled: true, ServerSideEncryptionByDefault: { SSEAlgorithm: 'aws:kms', KMSMasterKeyID: arn(keyId) } }],
+          });
+        }
+        expect(resources[logicalId(customer.stack, customer.stack.accessLogsBucket)]!.Properties.BucketEncryption).toEqual({
+          ServerSideEncryptionConfiguration: [{ ServerSideEncryptionByDefault: { SSEAlgorithm: 'AES256' } }],
+        });
+        const tables = t.findResources('AWS::DynamoDB::Table');
+        expect(Object.keys(tables)).toHaveLength(5);
+        for (const [id, table] of Object.entries(tables)) {
+          expect(table.Properties.SSESpecification, id).toEqual({ SSEEnabled: true, SSEType: 'KMS', KMSMasterKeyId: arn(keyId) });
+        }
+        const queues = t.findResources('AWS::SQS::Queue');
+        expect(Object.keys(queues)).toHaveLength(6);
+        for (const [id, queue] of Object.entries(queues)) {
+          expect(queue.Properties.KmsMasterKeyId, id).toEqual(arn(keyId));
+          expect(queue.Properties.SqsManagedSseEnabled, id).toBeUndefined();
+        }
+      });
+
+      it('grants each function role only the data key actions, on that key, through S3, DynamoDB and SQS', () => {
+        const t = customer.template;
+        expect([...DATA_KEY_ACTIONS].sort()).toEqual(['kms:Decrypt', 'kms:DescribeKey', 'kms:Encrypt', 'kms:GenerateDataKey']);
+        for (const fn of [fns.head, fns.worker]) {
+          const statements = kmsStatements(t, fn);
+          expect(statements.filter((st) => st.Condition), fn).toEqual([
+            expect.objectContaining({ Action: [...DATA_KEY_ACTIONS].sort(), Resource: arn(keyId), Condition: viaServices }),
+          ]);
+          for (const st of statements) {
+            expect(st.Resource, fn).toEqual(arn(keyId));
+            for (const action of [st.Action].flat()) expect(DATA_KEY_ACTIONS as readonly string[], `${fn} ${action}`).toContain(action);
+          }
+          // Every action of every statement is named, no wildcard, with the key as with AWS managed encryption.
+          for (const st of allowStatements(t, fn)) for (const action of [st.Action].flat()) expect(action, `${fn} ${action}`).not.toMatch(/\*/);
+        }
+        // The one grant not through the condition: the SQS event source mapping's kms:Decrypt for
+        // the worker (CDK adds it with the mapping; it is also one of DATA_KEY_ACTIONS).
+        expect(kmsStatements(t, fns.head).filter((st) => !st.Condition)).toEqual([]);
+        expect(kmsStatements(t, fns.worker).filter((st) => !st.Condition).map((st) => st.Action)).toEqual(['kms:Decrypt']);
+        // No other role or policy may use the key.
+        const others = Object.entries(t.toJSON().Resources as Record<string, { Type: string; Properties: Record<string, any> }>)
+          .filter(([, r]) => r.Type === 'AWS::IAM::Policy' || r.Type === 'AWS::IAM::ManagedPolicy')
+          .filter(([, r]) => JSON.stringify(r.Properties.PolicyDocument).includes('kms:'))
+          .flatMap(([, r]) => r.Properties.Roles ?? []);
+        const roleOf = (fn: string) => t.toJSON().Resources[fn].Properties.Role['Fn::GetAtt'][0];
+        expect(others.sort((a: unknown, b: unknown) => JSON.stringify(a).localeCompare(JSON.stringify(b)))).toEqual([ref(roleOf(fns.head)), ref(roleOf(fns.worker))]);
+      });
+
+      it('uses a key made elsewhere instead, creating none', () => {
+        const keyArn = 'arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab';
+        const app = new App({ context: { ...cdkJsonContext(), 'aws:cdk:bundling-stacks': [] } });
+        // A key made in another account's stack, imported by ARN (the holder needs a resource to synthesize).
+        const holder = new Stack(app, 'Keys');
+        new CfnWaitConditionHandle(holder, 'Placeholder');
+        const s = new SledgeStack(app, 'Sledge', { encryptionKey: kms.Key.fromKeyArn(holder, 'Imported', keyArn) });
+        const t = Template.fromStack(s);
+        t.resourceCountIs('AWS::KMS::Key', 0);
+        for (const table of Object.values(t.findResources('AWS::DynamoDB::Table'))) expect(table.Properties.SSESpecification.KMSMasterKeyId).toBe(keyArn);
+        for (const queue of Object.values(t.findResources('AWS::SQS::Queue'))) expect(queue.Properties.KmsMasterKeyId).toBe(keyArn);
+        for (const sled of s.sleds) {
+          expect(t.toJSON().Resources[logicalId(s, sled)].Properties.BucketEncryption.ServerSideEncryptionConfiguration[0].ServerSideEncryptionByDefault.KMSMasterKeyID).toBe(keyArn);
+        }
+        for (const fn of [s.head, s.worker]) {
+          expect(kmsStatements(t, logicalId(s, fn)).filter((st) => st.Condition)).toEqual([
+            expect.objectContaining({ Action: [...DATA_KEY_ACTIONS].sort(), Resource: keyArn, Condition: viaServices }),
+          ]);
+        }
+      });
+    });
+  });
+
   describe('version reporting', () => {
     it('adds no AWS::CDK::Metadata by default, even when the app would', () => {
       template.resourceCountIs('AWS::CDK::Metadata', 0);
@@ -623,19 +759,30 @@ describe('SledgeStack', () => {
       if (outdir) rmSync(outdir, { recursive: true, force: true });
     });
 
-    it('bundles each function into one ESM file with its source map, with no native addon', () => {
+    it('bundles each function into one ESM file with its source map and the arm64 CRC-32C addon (none on x86)', () => {
       outdir = mkdtempSync(join(tmpdir(), 'sledge-cdk-bundle-'));
       const app = new App({ outdir, context: cdkJsonContext() });
       const s = new SledgeStack(app, 'Sledge');
+      // An x86 function of the same kind: the arm64 addon could never load there, so it is left out.
+      const x86 = new Stack(app, 'SledgeX86');
+      new SledgeFunction(x86, 'Head', { entry: 'lambdas/api.ts', architecture: lambda.Architecture.X86_64 });
       const assembly = app.synth();
-      const assets = JSON.parse(readFileSync(join(assembly.directory, `${s.artifactId}.assets.json`), 'utf8')) as {
-        files: Record<string, { displayName?: string; source: { path: string } }>;
-      };
-      for (const name of ['Head/Code', 'Worker/Code']) {
+      const assetDir = (stackOf: Stack, name: string) => {
+        const assets = JSON.parse(readFileSync(join(assembly.directory, `${stackOf.artifactId}.assets.json`), 'utf8')) as {
+          files: Record<string, { displayName?: string; source: { path: string } }>;
+        };
         const asset = Object.values(assets.files).find((f) => f.displayName === name);
         expect(asset, name).toBeDefined();
-        const dir = join(assembly.directory, asset?.source.path ?? '');
-        expect(readdirSync(dir).sort(), name).toEqual(['index.mjs', 'index.mjs.map']);
+        return join(assembly.directory, asset?.source.path ?? '');
+      };
+      expect(readdirSync(assetDir(x86, 'Head/Code')).sort()).toEqual(['index.mjs', 'index.mjs.map']);
+      for (const name of ['Head/Code', 'Worker/Code']) {
+        const dir = assetDir(s, name);
+        expect(readdirSync(dir).sort(), name).toEqual([BUNDLED_CRC_ADDON_FILE, 'index.mjs', 'index.mjs.map'].sort());
+        // An ELF shared object for AArch64 (e_machine 183), 64-bit little-endian: what Lambda's arm64 loads.
+        const elf = readFileSync(join(dir, BUNDLED_CRC_ADDON_FILE));
+        expect(elf.subarray(0, 4).toString('latin1'), name).toBe('\x7fELF');
+        expect({ elfClass: elf[4], dataEncoding: elf[5], machine: elf.readUInt16LE(18) }, name).toEqual({ elfClass: 2, dataEncoding: 1, machine: 183 });
         const code = readFileSync(join(dir, 'index.mjs'), 'utf8');
         // ESM with a `require` for bundled CommonJS code, and the handler exported.
         expect(code.startsWith("import { createRequire as __sledgeCreateRequire } from 'node:module';")).toBe(true);
@@ -648,9 +795,16 @@ describe('SledgeStack', () => {
     it('finds nothing in the synthesized template (scripts/cfn-lint.sh documents the ignored rules)', () => {
       const dir = mkdtempSync(join(tmpdir(), 'sledge-cfn-lint-'));
       try {
-        const file = join(dir, 'Sledge.template.json');
-        writeFileSync(file, JSON.stringify(template.toJSON(), null, 1));
-        const lint = spawnSync('bash', [join(projectRoot, 'scripts/cfn-lint.sh'), file], { encoding: 'utf8', timeout: 110_000 });
+        // As deployed by default, and with the customer managed key.
+        const files = [
+          ['Sledge.template.json', template],
+          ['SledgeCustomerKey.template.json', synth({ encryptionKey: 'customer' }).template],
+        ].map(([name, t]) => {
+          const file = join(dir, name as string);
+          writeFileSync(file, JSON.stringify((t as Template).toJSON(), null, 1));
+          return file;
+        });
+        const lint = spawnSync('bash', [join(projectRoot, 'scripts/cfn-lint.sh'), ...files], { encoding: 'utf8', timeout: 110_000 });
         expect(lint.error, 'could not run scripts/cfn-lint.sh').toBeUndefined();
         expect({ status: lint.status, output: `${lint.stdout}${lint.stderr}` }).toEqual({ status: 0, output: expect.any(String) });
       } finally {

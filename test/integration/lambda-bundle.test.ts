@@ -17,11 +17,10 @@ import { dirname, join, parse } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2, SQSBatchResponse, SQSEvent } from 'aws-lambda';
 import { createRequire } from 'node:module';
-import { App, Stack } from 'aws-cdk-lib';
+import { App } from 'aws-cdk-lib';
 import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { nativeCrcBundling } from '../../cdk/native-crc.ts';
-import { cdkJsonContext, SledgeFunction, SledgeStack } from '../../cdk/stack.ts';
+import { cdkJsonContext, SledgeStack } from '../../cdk/stack.ts';
 import { BUNDLED_CRC_ADDON_FILE } from '#shared/data/crc32c.ts';
 import { seeded } from '../unit/seed.ts';
 import { iamAuthorizer } from './helpers.ts';
@@ -46,12 +45,11 @@ const isolation = {
   sdkImport: await import('@aws-sdk/client-s3').then(() => 'loaded', (err) => err.code),
   nativeCrcRequire: (() => { try { require('@node-rs/crc32'); return 'loaded'; } catch (err) { return err.code; } })(),
   // What the bundle's CRC loader meets when it opens the arm64 addon it carries.
-  bundledCrcAddon: (() => { try { process.dlopen({ exports: {} }, new URL('./api-native-crc/${BUNDLED_CRC_ADDON_FILE}', import.meta.url).pathname); return 'loaded'; } catch (err) { return err.code; } })(),
+  bundledCrcAddon: (() => { try { process.dlopen({ exports: {} }, new URL('./api/${BUNDLED_CRC_ADDON_FILE}', import.meta.url).pathname); return 'loaded'; } catch (err) { return err.code; } })(),
 };
 const handlers = {
   api: (await import('./api/index.mjs')).handler,
   worker: (await import('./worker/index.mjs')).handler,
-  apiNativeCrc: (await import('./api-native-crc/index.mjs')).handler,
 };
 process.send({ ready: true, isolation });
 
@@ -168,10 +166,9 @@ let assemblyDir: string | undefined;
 let child: ChildProcess | undefined;
 let childOutput = '';
 let isolation: { existingModuleDirs: string[]; sdkImport: string; nativeCrcRequire: string; bundledCrcAddon: string };
-let nativeCrcAsset: string | undefined;
 const pending = new Map<string, (m: Invocation<unknown>) => void>();
 
-function invoke(fn: 'api' | 'apiNativeCrc', event: APIGatewayProxyEventV2): Promise<Invocation<APIGatewayProxyStructuredResultV2>>;
+function invoke(fn: 'api', event: APIGatewayProxyEventV2): Promise<Invocation<APIGatewayProxyStructuredResultV2>>;
 function invoke(fn: 'worker', event: SQSEvent): Promise<Invocation<SQSBatchResponse>>;
 function invoke(fn: string, event: unknown): Promise<Invocation<unknown>> {
   const id = randomUUID();
@@ -182,8 +179,8 @@ function invoke(fn: string, event: unknown): Promise<Invocation<unknown>> {
 }
 
 /** Invokes the API bundle; fails with the child's output if the handler threw. */
-async function api(event: APIGatewayProxyEventV2, fn: 'api' | 'apiNativeCrc' = 'api'): Promise<APIGatewayProxyStructuredResultV2 & { statusCode: number }> {
-  const out = await invoke(fn, event);
+async function api(event: APIGatewayProxyEventV2): Promise<APIGatewayProxyStructuredResultV2 & { statusCode: number }> {
+  const out = await invoke('api', event);
   expect(out.thrown, `the API handler threw:\n${out.thrown}\n${childOutput}`).toBeUndefined();
   return out.result as APIGatewayProxyStructuredResultV2 & { statusCode: number };
 }
@@ -195,9 +192,6 @@ beforeAll(async () => {
   assemblyDir = mkdtempSync(join(tmpdir(), 'sledge-lambda-synth-'));
   const app = new App({ outdir: assemblyDir, context: cdkJsonContext() });
   const stack = new SledgeStack(app, 'Sledge');
-  // The head again, built with the native CRC addon for arm64 in its asset (cdk/native-crc.ts).
-  const nativeStack = new Stack(app, 'SledgeNativeCrc');
-  new SledgeFunction(nativeStack, 'Head', { entry: 'lambdas/api.ts', bundling: nativeCrcBundling() });
   const assembly = app.synth();
 
   // A fresh directory, with nothing above it that Node could load packages from.
@@ -205,8 +199,6 @@ beforeAll(async () => {
   expect(nodeModulesAbove(workDir), `node_modules above ${workDir} would let the bundles load what they lack`).toEqual([]);
   cpSync(assetDir(assembly.directory, stack.artifactId, 'Head/Code'), join(workDir, 'api'), { recursive: true });
   cpSync(assetDir(assembly.directory, stack.artifactId, 'Worker/Code'), join(workDir, 'worker'), { recursive: true });
-  nativeCrcAsset = join(workDir, 'api-native-crc');
-  cpSync(assetDir(assembly.directory, nativeStack.artifactId, 'Head/Code'), nativeCrcAsset, { recursive: true });
   writeFileSync(join(workDir, 'driver.mjs'), DRIVER);
 
   // Lambda's environment: the function's variables from the stack (as the local stack resolved
@@ -220,6 +212,8 @@ beforeAll(async () => {
     AWS_ACCESS_KEY_ID: 'test',
     AWS_SECRET_ACCESS_KEY: 'test',
     AWS_REGION: 'us-east-1',
+    // Set by Lambda; the handlers then log which CRC-32C and codec they loaded (lambdas/cold-start.ts).
+    AWS_LAMBDA_FUNCTION_NAME: 'sledge-lambda-bundle-test',
   };
   child = fork(join(workDir, 'driver.mjs'), [], { cwd: workDir, env, execArgv: [], stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
   child.stdout!.on('data', (d) => (childOutput += d));
@@ -240,10 +234,10 @@ afterAll(() => {
 
 describe('the bundled Lambda functions, with no node_modules', () => {
   it('cannot load anything but the bundles and Node built-ins', () => {
-    expect(readdirSync(workDir!).sort()).toEqual(['api', 'api-native-crc', 'driver.mjs', 'worker']);
+    expect(readdirSync(workDir!).sort()).toEqual(['api', 'driver.mjs', 'worker']);
     expect(isolation.existingModuleDirs).toEqual([]);
     expect(isolation.sdkImport).toBe('ERR_MODULE_NOT_FOUND');
-    // The native CRC addon is not shipped, so the bundle runs the portable CRC (shared/data/crc32c.ts).
+    // The `@node-rs/crc32` package is not shipped (only its arm64 addon, checked below).
     expect(isolation.nativeCrcRequire).toBe('MODULE_NOT_FOUND');
   });
 
@@ -307,34 +301,32 @@ describe('the bundled Lambda functions, with no node_modules', () => {
     expect(failed.result).toEqual({ batchItemFailures: [{ itemIdentifier: poison.Records[0]!.messageId }] });
   });
 
-  it('carries the arm64 CRC-32C addon when built with nativeCrcBundling, and serves with the portable CRC where it does not load', async () => {
-    // The stack's own bundles carry no addon.
-    expect(readdirSync(join(workDir!, 'api')).filter((f) => f.endsWith('.node'))).toEqual([]);
-    const files = readdirSync(nativeCrcAsset!).sort();
-    expect(files).toEqual(expect.arrayContaining(['index.mjs', BUNDLED_CRC_ADDON_FILE]));
-    // An ELF shared object for AArch64 (e_machine 183), 64-bit little-endian.
-    const elf = readFileSync(join(nativeCrcAsset!, BUNDLED_CRC_ADDON_FILE));
-    expect(elf.subarray(0, 4).toString('latin1')).toBe('\x7fELF');
-    expect({ elfClass: elf[4], dataEncoding: elf[5], machine: elf.readUInt16LE(18) }).toEqual({ elfClass: 2, dataEncoding: 1, machine: 183 });
+  it('carries the arm64 CRC-32C addon in both functions, and falls back to the portable CRC where it does not load', async () => {
+    for (const fn of ['api', 'worker']) {
+      const files = readdirSync(join(workDir!, fn)).sort();
+      expect(files, fn).toEqual([BUNDLED_CRC_ADDON_FILE, 'index.mjs', 'index.mjs.map'].sort());
+      // An ELF shared object for AArch64 (e_machine 183), 64-bit little-endian.
+      const elf = readFileSync(join(workDir!, fn, BUNDLED_CRC_ADDON_FILE));
+      expect(elf.subarray(0, 4).toString('latin1')).toBe('\x7fELF');
+      expect({ elfClass: elf[4], dataEncoding: elf[5], machine: elf.readUInt16LE(18) }).toEqual({ elfClass: 2, dataEncoding: 1, machine: 183 });
+    }
 
     // Where it loads (Lambda's arm64) the bundle uses it; elsewhere dlopen refuses it and the
-    // bundle's loader falls back to the portable CRC. This machine shows which one applies.
+    // bundle's loader falls back to the portable CRC. This machine shows which one applies: on
+    // x64 (this project's machines) only the fallback can be seen.
     const loadsHere = process.platform === 'linux' && process.arch === 'arm64';
     expect(isolation.bundledCrcAddon).toBe(loadsHere ? 'loaded' : 'ERR_DLOPEN_FAILED');
-
-    // Either way the head serves: a write and a byte-identical read through that bundle.
-    const data = Buffer.from(Array.from({ length: 64 * 1024 }, (_, i) => (i * 7 + 3) & 0xff));
-    const created = await api(httpEvent('POST', '/volumes', { json: { sizeBytes: MiB } }), 'apiNativeCrc');
-    expect(created.statusCode, created.body).toBe(201);
-    const { volumeId } = jsonOf(created) as { volumeId: string };
-    const written = await api(httpEvent('PUT', `/volumes/${volumeId}/data`, { query: { offset: '0' }, binary: data }), 'apiNativeCrc');
-    expect(written.statusCode, written.body).toBe(200);
-    const read = await api(httpEvent('GET', `/volumes/${volumeId}/data`, { query: { offset: '0', length: String(data.length) } }), 'apiNativeCrc');
-    expect(read.statusCode, read.body).toBe(200);
-    expect(Buffer.from(read.body!, 'base64').equals(data)).toBe(true);
-    // And the other bundle reads the same bytes: the checksums both wrote agree.
-    const readElsewhere = await api(httpEvent('GET', `/volumes/${volumeId}/data`, { query: { offset: '0', length: String(data.length) } }));
-    expect(Buffer.from(readElsewhere.body!, 'base64').equals(data)).toBe(true);
+    // What each bundle chose, from its cold-start log line (the line a deployment shows too).
+    const coldStarts = childOutput
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((l) => l.msg === 'cold start');
+    const expected = loadsHere ? { crc32c: 'native', crc32cSource: BUNDLED_CRC_ADDON_FILE } : { crc32c: 'portable', crc32cSource: null };
+    expect(coldStarts.sort((a, b) => String(a.fn).localeCompare(String(b.fn))), childOutput).toEqual([
+      { msg: 'cold start', fn: 'api', ...expected, erasure: 'portable', arch: process.arch },
+      { msg: 'cold start', fn: 'worker', ...expected, erasure: 'portable', arch: process.arch },
+    ]);
   });
 
   it('loads an addon that matches the machine from next to the bundle, and uses it', async () => {
