@@ -398,7 +398,7 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     const s = cache.stats;
     log(
       `stopped; ${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes; ` +
-        `${s.apiReads} API reads (${s.apiReadBytes} bytes, ${s.readAheads} ahead, ${client.rangedGets} S3 ranged GETs), ${client.sent.allocations} allocation queries, ` +
+        `${s.apiReads} API reads (${s.apiReadBytes} bytes, ${s.readAheads} ahead, ${s.prefetches} for CACHE, ${client.rangedGets} S3 ranged GETs), ${client.sent.allocations} allocation queries, ` +
         `read cache ${cache.clean.stats.hits} hits, ${cache.clean.stats.misses} misses`,
     );
   } catch (err) {

@@ -258,6 +258,8 @@ export interface CacheStats {
   apiReadBytes: number;
   /** API reads sent ahead of demand. */
   readAheads: number;
+  /** API reads sent for NBD_CMD_CACHE. */
+  prefetches: number;
 }
 
 /** Sealed layers taken into one write-back round: they are merged, so concurrent FLUSH/FUA share batches. */
@@ -310,6 +312,7 @@ export class WriteBackCache {
     apiReads: 0,
     apiReadBytes: 0,
     readAheads: 0,
+    prefetches: 0,
   };
 
   constructor(
@@ -578,6 +581,37 @@ export class WriteBackCache {
 
   private unregister(f: Fetch): void {
     for (let line = f.first; line < f.last; line++) if (this.fetching.get(line) === f) this.fetching.delete(line);
+  }
+
+  /**
+   * NBD_CMD_CACHE: reads the durable bytes of [offset, offset + length) into the clean cache, the
+   * lines neither cached nor being read, in runs inside 4 MiB windows, and resolves once they
+   * are there. At most half the clean cache is prefetched by one request (more would evict its
+   * own first lines); returns how many bytes were asked of the API.
+   */
+  async prefetch(offset: number, length: number): Promise<number> {
+    const end = Math.min(this.sizeBytes, offset + Math.min(length, Math.floor(this.clean.capacityBytes / 2)));
+    const pending: Array<Promise<Buffer>> = [];
+    let asked = 0;
+    let line = Math.floor(offset / LINE_BYTES);
+    const lastLine = Math.ceil(end / LINE_BYTES);
+    while (line < lastLine) {
+      const inFlight = this.fetching.get(line);
+      if (this.clean.has(line) || inFlight) {
+        if (inFlight) pending.push(inFlight.promise);
+        line++;
+        continue;
+      }
+      let runEnd = line + 1;
+      while (runEnd < lastLine && !crossesWindow(line, runEnd) && !this.clean.has(runEnd) && !this.fetching.has(runEnd)) runEnd++;
+      const f = this.fetch(line, runEnd, false);
+      this.stats.prefetches++;
+      asked += Math.min(this.sizeBytes, runEnd * LINE_BYTES) - line * LINE_BYTES;
+      pending.push(f.promise);
+      line = runEnd;
+    }
+    await Promise.all(pending);
+    return asked;
   }
 
   /**

@@ -405,6 +405,7 @@ const ALLOWED_FLAGS: Record<number, number> = {
   [NBD_CMD_DISC]: NBD_CMD_FLAG_FUA,
   [NBD_CMD_FLUSH]: NBD_CMD_FLAG_FUA,
   [NBD_CMD_TRIM]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_CACHE]: NBD_CMD_FLAG_FUA,
   // FAST_ZERO: zeroing is always fast here (a zero extent, no data written), so never refused.
   [NBD_CMD_WRITE_ZEROES]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
   [NBD_CMD_BLOCK_STATUS]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE,
@@ -424,11 +425,11 @@ export interface ExportLimits {
  */
 export function requestError(r: NbdRequest, limits: ExportLimits): number {
   const allowed = ALLOWED_FLAGS[r.type];
-  if (allowed === undefined) return NBD_EINVAL; // Unknown command (BLOCK_STATUS, CACHE, ...).
+  if (allowed === undefined) return NBD_EINVAL; // An unknown command.
   if ((r.flags & ~allowed) !== 0) return NBD_EINVAL;
   if (r.type === NBD_CMD_DISC || r.type === NBD_CMD_FLUSH) return r.offset === 0 && r.length === 0 ? 0 : NBD_EINVAL;
   if (r.type === NBD_CMD_BLOCK_STATUS && !limits.blockStatus) return NBD_EINVAL;
-  const writes = r.type !== NBD_CMD_READ && r.type !== NBD_CMD_BLOCK_STATUS;
+  const writes = r.type !== NBD_CMD_READ && r.type !== NBD_CMD_BLOCK_STATUS && r.type !== NBD_CMD_CACHE;
   if (writes && limits.readOnly) return NBD_EPERM;
   if (r.length === 0) return NBD_EINVAL;
   if ((r.type === NBD_CMD_READ || r.type === NBD_CMD_WRITE) && r.length > PAYLOAD_MAX_BYTES) return NBD_EINVAL;

@@ -14,6 +14,8 @@ import {
   BASE_ALLOCATION,
   CLIENT_FLAGS_BYTES,
   NBD_CMD_BLOCK_STATUS,
+  NBD_CMD_CACHE,
+  NBD_FLAG_SEND_CACHE,
   NBD_CMD_FLAG_REQ_ONE,
   NBD_FLAG_SEND_FAST_ZERO,
   NBD_OPT_LIST_META_CONTEXT,
@@ -87,7 +89,9 @@ import {
  *   every other's writes at once.
  * - SEND_FAST_ZERO: WRITE_ZEROES is a zero extent in the cache, never slower than a write of
  *   zeros, so a FAST_ZERO request is never refused.
- * Not advertised: READ_ONLY (but on snapshot exports), ROTATIONAL, DF (a READ is always one chunk anyway), CACHE.
+ * - SEND_CACHE: NBD_CMD_CACHE reads the range into the clean cache (at most half of it) and
+ *   replies once it is there.
+ * Not advertised: READ_ONLY (but on snapshot exports), ROTATIONAL, DF (a READ is always one chunk anyway).
  * Structured replies and block status (base:allocation) are options, not flags.
  */
 export const TRANSMISSION_FLAGS =
@@ -97,7 +101,8 @@ export const TRANSMISSION_FLAGS =
   NBD_FLAG_SEND_TRIM |
   NBD_FLAG_SEND_WRITE_ZEROES |
   NBD_FLAG_CAN_MULTI_CONN |
-  NBD_FLAG_SEND_FAST_ZERO;
+  NBD_FLAG_SEND_FAST_ZERO |
+  NBD_FLAG_SEND_CACHE;
 
 /** The id of base:allocation on every connection that selects it. */
 const BASE_ALLOCATION_ID = 1;
@@ -274,7 +279,7 @@ class Connection {
 
   /** The export's flags: a read-only export advertises READ_ONLY and no write commands. */
   private transmissionFlags(): number {
-    return this.opts.readOnly ? NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY | NBD_FLAG_CAN_MULTI_CONN : TRANSMISSION_FLAGS;
+    return this.opts.readOnly ? NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE : TRANSMISSION_FLAGS;
   }
 
   /** Fixed newstyle negotiation. True when the client entered the transmission phase. */
@@ -490,12 +495,15 @@ class Connection {
         case NBD_CMD_BLOCK_STATUS:
           await this.blockStatus(req);
           return;
+        case NBD_CMD_CACHE:
+          await cache.prefetch(req.offset, req.length);
+          break;
         default:
           // requestError lets only the commands above through.
           this.reply(req, NBD_EINVAL);
           return;
       }
-      if (fua && req.type !== NBD_CMD_FLUSH) await cache.flush();
+      if (fua && req.type !== NBD_CMD_FLUSH && req.type !== NBD_CMD_CACHE) await cache.flush();
       this.reply(req, 0);
     } catch (err) {
       // Every failure is an NBD error for this request only; the gateway keeps serving.

@@ -130,7 +130,7 @@ h.trim(${64 * KiB}, ${22 * MiB})
     }
     const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', src, out]);
     expect(cmp.code, describeRun('qemu-img compare', cmp)).toBe(0);
-    const m = /(\d+) API reads \((\d+) bytes, \d+ ahead, (\d+) S3 ranged GETs\), (\d+) allocation queries/.exec(reader.output());
+    const m = /(\d+) API reads \((\d+) bytes, \d+ ahead, \d+ for CACHE, (\d+) S3 ranged GETs\), (\d+) allocation queries/.exec(reader.output());
     expect(m, reader.output()).not.toBeNull();
     const [, reads, bytes, gets, queries] = m!.map(Number);
     console.log(`nbdcopy of 1 GiB with 3 MiB written: ${reads} API reads, ${bytes} bytes, ${gets} S3 ranged GETs, ${queries} allocation queries`);

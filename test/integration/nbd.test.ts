@@ -7,7 +7,7 @@
  * passes on nbdkit and fails on the gateway is a gateway bug, and a check that fails on both is
  * a harness bug. Tests in a file run in order; each uses its own region of the export.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -166,7 +166,7 @@ describe.each(harnesses)('NBD clients against $name', (harness) => {
     if (harness.sledge) {
       // Truthful about what it lacks, and tells clients to align to the volume's 4 KiB blocks.
       expect(info.can_multi_conn).toBe(true);
-      expect(info.can_cache).toBe(false);
+      expect(info.can_cache).toBe(true);
       expect(info.can_fast_zero).toBe(true);
       expect(info.can_df).toBe(false);
       expect(info.contexts).toEqual(['base:allocation']);
@@ -429,6 +429,37 @@ describe('sledge gateway: durability, shutdown, errors, CLI', () => {
     } finally {
       expect(await gw.stop()).toBe(0);
     }
+  });
+
+  it('NBD_CMD_CACHE reads a range into the clean cache, so reading it then asks the API nothing more', async () => {
+    const vol = await api.createVolume({ sizeBytes: VOLUME_BYTES });
+    const data = randomBytes(3 * MiB);
+    await api.write(vol.volumeId, MiB, data);
+    const gw = await startGateway(apiUrl, vol.volumeId, ['--socket', socketPath()]);
+    let stopped: number | null = null;
+    try {
+      const script = `
+import hashlib
+h.cache(${3 * MiB}, ${MiB})
+print("cached")
+got = h.pread(${3 * MiB}, ${MiB})
+print("sha", hashlib.sha256(got).hexdigest())
+h.cache(${MiB}, ${VOLUME_BYTES - MiB})
+`;
+      const r = await nbdsh(gw.uri, script);
+      expect(r.code, describeRun('nbdsh', r)).toBe(0);
+      expect(r.stdout).toContain('cached');
+      expect(r.stdout).toContain(`sha ${createHash('sha256').update(data).digest('hex')}`);
+    } finally {
+      stopped = await gw.stop();
+    }
+    expect(stopped, gw.output()).toBe(0);
+    // The first CACHE is one API read of its 3 MiB (inside one 4 MiB window), the second one of
+    // the last MiB; the READ of the cached range sends none.
+    const m = /(\d+) API reads \((\d+) bytes, (\d+) ahead, (\d+) for CACHE,/.exec(gw.output());
+    expect(m, gw.output()).not.toBeNull();
+    const [, reads, bytes, ahead, forCache] = m!.map(Number);
+    expect({ reads, bytes, ahead, forCache }).toEqual({ reads: 2, bytes: 4 * MiB, ahead: 0, forCache: 2 });
   });
 
   it('answers out-of-range requests with NBD errors and keeps serving; also over TCP', async () => {

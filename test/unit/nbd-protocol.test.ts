@@ -47,6 +47,7 @@ import {
   encodeServerReply,
   encodeSimpleReply,
   requestError,
+  NBD_CMD_CACHE,
 } from '#gateway/protocol.ts';
 import { TRANSMISSION_FLAGS } from '#gateway/server.ts';
 
@@ -151,9 +152,9 @@ describe('NBD handshake encoding', () => {
     expect(r.readUInt16BE(8)).toBe(0x13d);
   });
 
-  it('advertises exactly flush, FUA, trim, write-zeroes, multi-conn and fast zero', () => {
-    // HAS_FLAGS(0) SEND_FLUSH(2) SEND_FUA(3) SEND_TRIM(5) SEND_WRITE_ZEROES(6) CAN_MULTI_CONN(8) SEND_FAST_ZERO(11)
-    expect(TRANSMISSION_FLAGS).toBe((1 << 0) | (1 << 2) | (1 << 3) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 11));
+  it('advertises exactly flush, FUA, trim, write-zeroes, multi-conn, cache and fast zero', () => {
+    // HAS_FLAGS(0) SEND_FLUSH(2) SEND_FUA(3) SEND_TRIM(5) SEND_WRITE_ZEROES(6) CAN_MULTI_CONN(8) SEND_CACHE(10) SEND_FAST_ZERO(11)
+    expect(TRANSMISSION_FLAGS).toBe((1 << 0) | (1 << 2) | (1 << 3) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 10) | (1 << 11));
   });
 
   it('decodes metadata context requests and refuses malformed ones', () => {
@@ -232,6 +233,11 @@ describe('request validation', () => {
     expect(requestError(req(NBD_CMD_TRIM, 0, limits.sizeBytes), limits)).toBe(0);
     expect(requestError(req(NBD_CMD_WRITE_ZEROES, 100, 1000, NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FUA), limits)).toBe(0);
     expect(requestError(req(NBD_CMD_DISC, 0, 0), limits)).toBe(0);
+    // CACHE: any length (it is not a payload), allowed on read-only exports, EINVAL past the end like a read.
+    expect(requestError(req(NBD_CMD_CACHE, 0, PAYLOAD_MAX_BYTES * 2), limits)).toBe(0);
+    expect(requestError(req(NBD_CMD_CACHE, 0, 4096), { ...limits, readOnly: true })).toBe(0);
+    expect(requestError(req(NBD_CMD_CACHE, limits.sizeBytes - 512, 1024), limits)).toBe(NBD_EINVAL);
+    expect(requestError(req(NBD_CMD_CACHE, 0, 0), limits)).toBe(NBD_EINVAL);
   });
 
   it('refuses unknown commands and flags not allowed for the command with EINVAL', () => {
