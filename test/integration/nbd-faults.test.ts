@@ -1,7 +1,8 @@
 /**
  * Faults of the gateway's process life, each shown with real processes: a second gateway on a
- * port already in use, a client that keeps an idle connection open through SIGTERM, and (in
- * nbd-outage.test.ts) a control-plane restart under a mounted file system.
+ * port already in use, a client that keeps an idle connection open through SIGTERM, a gateway
+ * killed under a client that reconnects to its replacement, and (in nbd-outage.test.ts) a
+ * control-plane restart under a mounted file system.
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -93,5 +94,46 @@ describe('gateway process faults', () => {
       await gw.stop('SIGKILL');
       client.kill('SIGKILL');
     }
+  });
+
+  it('a client rides out a gateway that dies: qemu reconnects to its replacement and loses nothing flushed', async () => {
+    const vol = await api.createVolume({ sizeBytes: VOLUME_BYTES });
+    const path = join(dir, 'reconnect.sock');
+    const first = await startGateway(apiUrl, vol.volumeId, ['--socket', path], ['--max-dirty-age-ms', '0', '--key', 'gw-before']);
+    let second: Awaited<ReturnType<typeof startGateway>> | undefined;
+    // qemu's NBD client with reconnect-delay: on a lost connection it keeps requests waiting and
+    // connects again to the same socket, for up to 60 s.
+    const image = JSON.stringify({
+      driver: 'raw',
+      file: { driver: 'nbd', server: { type: 'unix', path }, export: vol.volumeId, 'reconnect-delay': 60 },
+    });
+    const commands = ['write -P 0xa5 0 2M', 'flush', 'sleep 5000', 'read -P 0xa5 0 2M', 'write -P 0x5a 2M 1M', 'flush', 'read -P 0x5a 2M 1M', 'read -P 0xa5 1M 1M'];
+    const qemu = spawn('qemu-io', [`json:${image}`, ...commands.flatMap((c) => ['-c', c])], { env: TOOLS_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    qemu.stdout.on('data', (d) => (out += d));
+    qemu.stderr.on('data', (d) => (out += d));
+    const exited = new Promise<number | null>((resolve) => qemu.once('exit', (code) => resolve(code)));
+    try {
+      // Once the first 2 MiB are durable (the flush wrote them back), the gateway dies.
+      for (let i = 0; i < 600 && (await api.describe(vol.volumeId)).json.commitSeq < 1; i++) await new Promise((r) => setTimeout(r, 100));
+      expect((await api.read(vol.volumeId, 0, 2 * MiB)).equals(Buffer.alloc(2 * MiB, 0xa5)), out).toBe(true);
+      // Killed while qemu-io still has reads and writes to send (it sleeps 5 s after the flush).
+      expect(qemu.exitCode, out).toBeNull();
+      expect(await first.stop('SIGKILL')).toBeNull();
+      // Its replacement takes over the volume (fencing the dead one) and listens on the same socket.
+      second = await startGateway(apiUrl, vol.volumeId, ['--socket', path], ['--max-dirty-age-ms', '0', '--key', 'gw-after']);
+      const code = await within(exited, 120_000, -1);
+      expect(code, out).toBe(0);
+      expect(out).not.toMatch(/Pattern verification failed|error|failed/i);
+      expect(out.match(/read 1048576\/1048576|read 2097152\/2097152/g)?.length, out).toBe(3);
+    } finally {
+      if (qemu.exitCode === null) qemu.kill('SIGKILL');
+      if (second) expect(await second.stop(), second.output()).toBe(0);
+      await first.stop('SIGKILL');
+    }
+    // What was written after the reconnect went through the replacement and is durable too.
+    expect((await api.read(vol.volumeId, 2 * MiB, MiB)).equals(Buffer.alloc(MiB, 0x5a))).toBe(true);
+    const state = (await http(`${apiUrl}/volumes/${vol.volumeId}/reservations`)).json;
+    expect(state.registrants.map((r: { key: string }) => r.key)).not.toContain('gw-before');
   });
 });
