@@ -3,6 +3,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { collectVolume } from '#shared/maintenance/gc.ts';
 import { purgeSnapshots } from '#shared/control/snapshots.ts';
 import { pageMap } from '#shared/ports.ts';
+import { completeWrite, prepareWrite } from '#shared/data/write.ts';
 import { Api, http, useSledgeEnv } from './helpers.ts';
 
 /**
@@ -286,6 +287,30 @@ describe('snapshots', () => {
     const ck2 = await http(`${url}/volumes/${id}/checkpoints`, { method: 'POST' });
     expect(ck2.status, ck2.body.toString()).toBe(201);
     expect(ck2.json.frozenVerified).toBe(frozenBefore.length);
+  });
+
+  it('never freeze a page under an older snapshot when a newer one was taken between a writer reading the volume and its pages', async () => {
+    const vol = await api.createVolume({ sizeBytes: 4 * MiB });
+    const id = vol.volumeId;
+    const a = Buffer.alloc(BLOCK, 0xa1);
+    await api.write(id, 0, a);
+    const s1 = await snapshot(id);
+    // A writer reads the volume item now (the newest tag is s1's)...
+    const stale = (await pageMap().getVolume(id))!;
+    expect(stale.snapSeq).toBe(s1.commitSeq);
+    // ...then another writer commits, a snapshot is taken, and page 0 changes after it.
+    await api.write(id, 2 * MiB, Buffer.alloc(BLOCK, 0x11));
+    const s2 = await snapshot(id);
+    await api.write(id, 0, Buffer.alloc(BLOCK, 0xb2));
+    // The first writer reads page 0 only now: it holds the write made after s2. Freezing that under
+    // s1's tag would change what s1 reads.
+    const prepared = await prepareWrite(stale, [{ offset: 0, length: BLOCK, data: Buffer.alloc(BLOCK, 0xc3) }], { id: 'stale-writer' });
+    expect(prepared.freeze?.map((f) => f.tag)).toEqual([s1.commitSeq]);
+    expect(await completeWrite(prepared)).toBeNull(); // refused: the head moved; its caller would prepare again
+    expect((await readSnapshot(s1.snapshotId, 0, BLOCK)).equals(a)).toBe(true);
+    expect((await readSnapshot(s2.snapshotId, 0, BLOCK)).equals(a)).toBe(true);
+    expect(await pageMap().getFrozenPages(id, stale.pageBlocks, [{ tag: s1.commitSeq, page: 0 }])).toEqual([]);
+    expect((await api.read(id, 0, BLOCK)).equals(Buffer.alloc(BLOCK, 0xb2))).toBe(true);
   });
 
   it('keeps what a snapshot references through GC, and lets GC reclaim it once the snapshot is deleted', async () => {
