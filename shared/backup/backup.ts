@@ -16,8 +16,6 @@ import { pageMap, workQueue } from '../ports.ts';
 import { addChild, changeBackup, getBackup, listBackups, listPacks, putNewBackup, putPack } from './catalog.ts';
 import { newBackupId, packIdOf, packKey, type BackupRecord, type PackExtent, type PackRecord } from './records.ts';
 
-/** Data bytes per pack object. */
-export const PACK_BYTES = 16 * 1024 * 1024;
 /** Packs shipped per message; then the job queues itself again (a Lambda run stays short). */
 export const PACKS_PER_MESSAGE = 8;
 /** Bytes read from the snapshot at a time (the read path's limit). */
@@ -216,7 +214,9 @@ async function ship(backupId: string): Promise<Record<string, unknown>> {
   let resumeAt = committed.length === 0 ? 0 : committed[committed.length - 1]!.endByte;
   let shippedBefore = committed.reduce((sum, p) => sum + packListedBytes(p, bs), 0);
   let packsThisRun = 0;
-  const data = Buffer.allocUnsafe(PACK_BYTES);
+  const packBytes = vaultConfig().packBytes;
+  const data = Buffer.allocUnsafe(packBytes);
+  const resumedAtPack = seq;
   let used = 0;
   let packExtents: PackExtent[] = [];
   let crcs: number[] = [];
@@ -244,7 +244,7 @@ async function ship(backupId: string): Promise<Record<string, unknown>> {
   for (const e of extents) {
     const end = e.offset + e.length;
     for (let offset = Math.max(e.offset, resumeAt); offset < end; ) {
-      const length = Math.min(READ_BYTES, end - offset, PACK_BYTES - used);
+      const length = Math.min(READ_BYTES, end - offset, packBytes - used);
       const bytes = await readSnapshotData(started.snapshotId, offset, length);
       for (let i = 0; i < length; i += bs) {
         const block = (offset + i) / bs;
@@ -257,11 +257,11 @@ async function ship(backupId: string): Promise<Record<string, unknown>> {
         }
       }
       offset += length;
-      if (used === PACK_BYTES) {
+      if (used === packBytes) {
         await commit(offset);
         if (packsThisRun >= PACKS_PER_MESSAGE) {
           await workQueue().send({ type: 'backup-volume', backupId });
-          return { backupId, packs: seq, bytesShipped: shippedBefore, bytesToShip, continued: true };
+          return { backupId, resumedAtPack, packsShipped: packsThisRun, packs: seq, bytesShipped: shippedBefore, bytesToShip, continued: true };
         }
       }
     }
@@ -277,7 +277,7 @@ async function ship(backupId: string): Promise<Record<string, unknown>> {
     delete r.error;
     return true;
   });
-  return { backupId, packs: all.length, bytesToShip, state: done?.state };
+  return { backupId, resumedAtPack, packsShipped: packsThisRun, packs: all.length, bytesToShip, state: done?.state };
 }
 
 /** The listed bytes a pack accounts for (its data and its zero extents). */

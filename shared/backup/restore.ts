@@ -192,6 +192,7 @@ async function runRestore(initial: RestoreRecord, receiveCount: number): Promise
   // Zeros need writing only over a parent's blocks; a new volume reads zeros already.
   const todo = blocks.filter((block) => block >= r.nextBlock && (parent !== undefined || map.get(block) !== null));
   let restored = r.bytesRestored;
+  const resumedAtBlock = r.nextBlock;
   for (let i = 0; i < todo.length; ) {
     // One commit: up to COMMIT_BYTES and COMMIT_PAGES pages.
     const pieces: WritePiece[] = [];
@@ -245,7 +246,7 @@ async function runRestore(initial: RestoreRecord, receiveCount: number): Promise
     return true;
   });
   await claimSiteRestore(r.site, b.backupId, restoreId);
-  return { restoreId, volumeId: r.volumeId, state: done?.state, bytesRestored: done?.bytesRestored, ...(parent ? { parentRestoreId: parent.restoreId } : {}) };
+  return { restoreId, volumeId: r.volumeId, resumedAtBlock, state: done?.state, bytesRestored: done?.bytesRestored, ...(parent ? { parentRestoreId: parent.restoreId } : {}) };
 }
 
 /** Commits `pieces` as a maintenance write (fenced on the reservation generation), reading the volume again when the head moved. */

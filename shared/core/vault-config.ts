@@ -16,7 +16,11 @@ export const VAULT_ENV = {
   table: 'SLEDGE_VAULT_TABLE',
   /** Optional: this deployment's name as a restoring site. Default: its Volumes table at its endpoint or region. */
   site: 'SLEDGE_SITE',
+  /** Optional: data bytes per pack, a multiple of 64 KiB from 64 KiB to 64 MiB. Default 16 MiB. Tests set less to make many packs. */
+  packBytes: 'SLEDGE_BACKUP_PACK_BYTES',
 } as const;
+
+export const DEFAULT_PACK_BYTES = 16 * 1024 * 1024;
 
 /** The names the local vault and the vault stack use by default. */
 export const DEFAULT_VAULT_BUCKET = 'sledge-vault-packs';
@@ -28,6 +32,7 @@ export interface VaultConfig {
   bucket: string;
   table: string;
   site: string;
+  packBytes: number;
 }
 
 let cached: VaultConfig | undefined;
@@ -48,6 +53,11 @@ export function vaultConfig(): VaultConfig {
   const endpointUrl = process.env[VAULT_ENV.endpointUrl] || undefined;
   const primary = process.env.AWS_ENDPOINT_URL || region;
   const site = process.env[VAULT_ENV.site] || `${process.env.SLEDGE_VOLUMES_TABLE ?? 'volumes'}@${primary}`;
-  cached = { endpointUrl, region, bucket, table, site };
+  const rawPack = process.env[VAULT_ENV.packBytes];
+  const packBytes = rawPack ? Number(rawPack) : DEFAULT_PACK_BYTES;
+  if (!Number.isSafeInteger(packBytes) || packBytes < 65536 || packBytes > 64 * 1024 * 1024 || packBytes % 65536 !== 0) {
+    throw new ConfigError(`${VAULT_ENV.packBytes} must be a multiple of 65536 from 65536 to 67108864, got ${JSON.stringify(rawPack)}`);
+  }
+  cached = { endpointUrl, region, bucket, table, site, packBytes };
   return cached;
 }
