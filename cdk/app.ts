@@ -6,6 +6,8 @@
  * - `sledCount`: how many sleds (S3 buckets). Default 8 (see `SledgeStackProps.sledCount`).
  * - `apiIamAuthorization`: `false` to turn off IAM authorization (SigV4) on the API, the explicit
  *   opt-out of docs/security.md. Default `true`: every request must be signed.
+ * - `vaultBackupRoleArn` (with `vaultRegion`, `vaultRestoreRoleArns`): also synthesize the vault
+ *   stack `<stackName>Vault` (cdk/vault-stack.ts, docs/backup.md).
  * - `sledge:skipBundling`: `true` to skip esbuild bundling, for a fast synth whose templates
  *   are right but whose function code is the whole project directory (never deploy that).
  *   The CLI refuses `-c aws:...` keys and sets `aws:cdk:bundling-stacks` itself, so this flag
@@ -21,6 +23,7 @@
  */
 import { App } from 'aws-cdk-lib';
 import { cdkJsonContext, SledgeStack } from './stack.ts';
+import { SledgeVaultStack } from './vault-stack.ts';
 
 const BUNDLING_STACKS_CONTEXT = 'aws:cdk:bundling-stacks';
 
@@ -59,5 +62,22 @@ new SledgeStack(app, stackName, {
   ...(sledCount !== undefined ? { sledCount } : {}),
   apiIamAuthorization: !contextFalse('apiIamAuthorization'),
 });
+
+// The vault (docs/backup.md), when the primary's backup role is named: `-c vaultBackupRoleArn=arn:...`
+// (the deployed primary's worker role), `-c vaultRegion=...` for another region,
+// `-c vaultRestoreRoleArns=arn1,arn2` for the roles of sites that restore from it.
+const vaultBackupRoleArn = app.node.tryGetContext('vaultBackupRoleArn') as string | undefined;
+if (vaultBackupRoleArn) {
+  const vaultRegion = app.node.tryGetContext('vaultRegion') as string | undefined;
+  const restorers = String(app.node.tryGetContext('vaultRestoreRoleArns') ?? '')
+    .split(',')
+    .filter(Boolean);
+  new SledgeVaultStack(app, `${stackName}Vault`, {
+    description: 'Sledge vault: incremental backups of one Sledge deployment',
+    backupRoleArn: vaultBackupRoleArn,
+    restoreRoleArns: restorers,
+    ...(vaultRegion ? { env: { region: vaultRegion } } : {}),
+  });
+}
 
 app.synth();

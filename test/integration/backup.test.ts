@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Api, http, useSledgeEnv } from './helpers.ts';
 import { MiB, backup, firstDifference, json, readAll, restore, snapshot, waitState } from './backup-helpers.ts';
+import { describeRun, run, SLEDGE_BIN, TOOLS_ENV } from './nbd-tools.ts';
 
 /**
  * Backups to the vault and restores (docs/backup.md) through the API, against the local
@@ -116,4 +117,27 @@ describe('backups and restores', () => {
   });
 });
 
-export { waitState };
+describe('sledge backup and sledge restore', () => {
+  it('back up and restore with a progress bar, and say what they made', async () => {
+    const v = await api.createVolume({ sizeBytes: 8 * MiB });
+    await api.write(v.volumeId, 0, randomBytes(3 * MiB));
+    const s = await snapshot(url, v.volumeId);
+    const env: NodeJS.ProcessEnv = { ...TOOLS_ENV };
+    delete env.SLEDGE_DEBUG;
+    const b = await run(process.execPath, [SLEDGE_BIN, 'backup', v.volumeId, '--snapshot', s.snapshotId, '--api', url], { env });
+    expect(b.code, describeRun('sledge backup', b)).toBe(0);
+    const backupId = /^(bkp-\S+): backing up/m.exec(b.stdout)?.[1];
+    expect(backupId, b.stdout).toBeTruthy();
+    expect(b.stdout).toMatch(/\[#+\] 100% 3\.0 MiB of 3\.0 MiB shipped/);
+    expect(b.stdout).toMatch(new RegExp(`${backupId} complete in .*: 3\\.0 MiB of changed blocks in 1 packs`));
+    const r = await run(process.execPath, [SLEDGE_BIN, 'restore', backupId!, '--api', url], { env });
+    expect(r.code, describeRun('sledge restore', r)).toBe(0);
+    const volumeId = /^(vol-[0-9a-f]+) restored from /m.exec(r.stdout)?.[1];
+    expect(volumeId, r.stdout).toBeTruthy();
+    expect(r.stdout).toMatch(/\[#+\] 100% 3\.0 MiB of 3\.0 MiB restored/);
+    expect(firstDifference(await readAll(url, 'volumes', volumeId!, 8 * MiB), await readAll(url, 'snapshots', s.snapshotId, 8 * MiB))).toBeNull();
+    const bad = await run(process.execPath, [SLEDGE_BIN, 'restore', 'bkp-nope', '--api', url], { env });
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/is not a backup id/);
+  });
+});
