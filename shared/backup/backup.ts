@@ -65,10 +65,9 @@ async function chainPoints(snap: SnapshotRecord): Promise<Array<{ volumeId: stri
  */
 async function chooseBase(snap: SnapshotRecord): Promise<BackupRecord | undefined> {
   const points = await chainPoints(snap);
-  const complete = (await listBackups()).filter((b) => b.state === 'complete');
   for (const point of points) {
-    const candidates = complete
-      .filter((b) => b.volumeId === point.volumeId && b.snapshotSeq <= point.seq)
+    const candidates = (await listBackups(point.volumeId))
+      .filter((b) => b.state === 'complete' && b.snapshotSeq <= point.seq)
       .sort((a, b) => b.snapshotSeq - a.snapshotSeq || (a.createdAt < b.createdAt ? 1 : -1));
     for (const b of candidates) {
       const s = await pageMap().getSnapshot(b.volumeId, b.snapshotId);

@@ -16,15 +16,16 @@ import {
 } from '@aws-sdk/client-dynamodb';
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultDynamo } from '../aws/vault-clients.ts';
-import type { BackupRecord, PackExtent, PackRecord, RestoreRecord } from './records.ts';
+import { volumeOfBackup, type BackupRecord, type PackExtent, type PackRecord, type RestoreRecord } from './records.ts';
 
 type Item = Record<string, AttributeValue>;
 
 const table = () => vaultConfig().table;
 const isConditionFailure = (err: unknown) => (err as Error).name === 'ConditionalCheckFailedException';
 
+/** A volume's backups are one partition (the id names the volume), so listing them is one Query. */
 function backupKey(backupId: string): Item {
-  return { pk: { S: `backup#${backupId}` }, sk: { S: 'backup' } };
+  return { pk: { S: `vol#${volumeOfBackup(backupId)}` }, sk: { S: `backup#${backupId}` } };
 }
 
 function restoreKey(restoreId: string): Item {
@@ -160,19 +161,27 @@ export async function deleteBackupRecord(backupId: string): Promise<void> {
   await vaultDynamo().send(new DeleteItemCommand({ TableName: table(), Key: backupKey(backupId) }));
 }
 
-/** Every backup record (of one volume when given), oldest first. */
+/** Every backup record (of one volume when given: one Query; else a Scan of the catalog), oldest first. */
 export async function listBackups(volumeId?: string): Promise<BackupRecord[]> {
   const out: BackupRecord[] = [];
   let start: Item | undefined;
   do {
     const page = await vaultDynamo().send(
-      new ScanCommand({
-        TableName: table(),
-        ConsistentRead: true,
-        FilterExpression: volumeId === undefined ? 'kind = :backup' : 'kind = :backup AND volumeId = :v',
-        ExpressionAttributeValues: { ':backup': { S: 'backup' }, ...(volumeId === undefined ? {} : { ':v': { S: volumeId } }) },
-        ...(start ? { ExclusiveStartKey: start } : {}),
-      }),
+      volumeId === undefined
+        ? new ScanCommand({
+            TableName: table(),
+            ConsistentRead: true,
+            FilterExpression: 'kind = :backup',
+            ExpressionAttributeValues: { ':backup': { S: 'backup' } },
+            ...(start ? { ExclusiveStartKey: start } : {}),
+          })
+        : new QueryCommand({
+            TableName: table(),
+            ConsistentRead: true,
+            KeyConditionExpression: 'pk = :pk AND begins_with(sk, :backup)',
+            ExpressionAttributeValues: { ':pk': { S: `vol#${volumeId}` }, ':backup': { S: 'backup#' } },
+            ...(start ? { ExclusiveStartKey: start } : {}),
+          }),
     );
     for (const item of page.Items ?? []) out.push(toBackup(item).record);
     start = page.LastEvaluatedKey;

@@ -85,6 +85,11 @@ export function newBackupId(volumeId: string, now = Date.now()): string {
   return `bkp-${volumeId.slice('vol-'.length)}-${now.toString(16).padStart(12, '0')}-${randomBytes(3).toString('hex')}`;
 }
 
+/** The volume a backup id names. */
+export function volumeOfBackup(backupId: string): string {
+  return `vol-${checkBackupId(backupId).slice('bkp-'.length, 'bkp-'.length + 16)}`;
+}
+
 export function newRestoreId(now = Date.now()): string {
   return `rst-${now.toString(16).padStart(12, '0')}-${randomBytes(4).toString('hex')}`;
 }

@@ -246,7 +246,14 @@ async function runRestore(initial: RestoreRecord, receiveCount: number): Promise
     return true;
   });
   await claimSiteRestore(r.site, b.backupId, restoreId);
-  return { restoreId, volumeId: r.volumeId, resumedAtBlock, state: done?.state, bytesRestored: done?.bytesRestored, ...(parent ? { parentRestoreId: parent.restoreId } : {}) };
+  return {
+    restoreId,
+    volumeId: r.volumeId,
+    resumedAtBlock,
+    state: done?.state,
+    bytesRestored: done?.bytesRestored,
+    ...(parent ? { parentRestoreId: parent.restoreId } : {}),
+  };
 }
 
 /** Commits `pieces` as a maintenance write (fenced on the reservation generation), reading the volume again when the head moved. */
