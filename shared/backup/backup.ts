@@ -18,8 +18,9 @@ import { newBackupId, packIdOf, packKey, type BackupRecord, type PackExtent, typ
 
 /** Packs shipped per message; then the job queues itself again (a Lambda run stays short). */
 export const PACKS_PER_MESSAGE = 8;
-/** Bytes read from the snapshot at a time (the read path's limit). */
+/** Bytes read from the snapshot at a time (the read path's limit), and reads in flight ahead of the packing. */
 const READ_BYTES = 4 * 1024 * 1024;
+const READ_AHEAD = 4;
 /** The queue's maxReceiveCount (cdk/stack.ts): on this receive a failing job records that it failed. */
 export const LAST_RECEIVE = 5;
 
@@ -136,6 +137,39 @@ async function changedExtents(r: BackupRecord): Promise<Array<{ offset: number; 
   return out;
 }
 
+/** Listed extents closer than this are read as one range (the blocks between are read, not shipped). */
+const READ_GAP_BYTES = 256 * 1024;
+
+/**
+ * The snapshot reads that cover the listed extents from `resumeAt` on, in order: each at most
+ * READ_BYTES, nearby extents in one read (one snapshot read costs page-map requests whatever
+ * its length), with the byte ranges wanted from it.
+ */
+export function readPlan(
+  extents: ReadonlyArray<{ offset: number; length: number }>,
+  resumeAt: number,
+): Array<{ offset: number; length: number; wanted: Array<[number, number]> }> {
+  const plan: Array<{ offset: number; length: number; wanted: Array<[number, number]> }> = [];
+  for (const e of extents) {
+    for (let from = Math.max(e.offset, resumeAt); from < e.offset + e.length; ) {
+      const last = plan[plan.length - 1];
+      const lastEnd = last ? last.offset + last.length : -Infinity;
+      if (last && from - lastEnd <= READ_GAP_BYTES && from - last.offset < READ_BYTES) {
+        // Extend the last read as far as READ_BYTES allows.
+        const to = Math.min(e.offset + e.length, last.offset + READ_BYTES);
+        last.length = to - last.offset;
+        last.wanted.push([from, to]);
+        from = to;
+        continue;
+      }
+      const to = Math.min(e.offset + e.length, from + READ_BYTES);
+      plan.push({ offset: from, length: to - from, wanted: [[from, to]] });
+      from = to;
+    }
+  }
+  return plan;
+}
+
 function isZero(buf: Buffer, start: number, end: number): boolean {
   for (let i = start; i < end; i += 8) if (buf.readBigUInt64LE(i) !== 0n) return false;
   return true;
@@ -210,7 +244,7 @@ async function ship(backupId: string): Promise<Record<string, unknown>> {
   }
   const committed = await listPacks(backupId);
   let seq = committed.length === 0 ? 0 : committed[committed.length - 1]!.seq + 1;
-  let resumeAt = committed.length === 0 ? 0 : committed[committed.length - 1]!.endByte;
+  const resumeAt = committed.length === 0 ? 0 : committed[committed.length - 1]!.endByte;
   let shippedBefore = committed.reduce((sum, p) => sum + packListedBytes(p, bs), 0);
   let packsThisRun = 0;
   const packBytes = vaultConfig().packBytes;
@@ -238,27 +272,34 @@ async function ship(backupId: string): Promise<Record<string, unknown>> {
     used = 0;
     packExtents = [];
     crcs = [];
-    resumeAt = endByte;
   };
-  for (const e of extents) {
-    const end = e.offset + e.length;
-    for (let offset = Math.max(e.offset, resumeAt); offset < end; ) {
-      const length = Math.min(READ_BYTES, end - offset, packBytes - used);
-      const bytes = await readSnapshotData(started.snapshotId, offset, length);
-      for (let i = 0; i < length; i += bs) {
-        const block = (offset + i) / bs;
-        if (isZero(bytes, i, i + bs)) addExtent(block, true, 0);
+  const plan = readPlan(extents, resumeAt);
+  const reads: Array<Promise<Buffer>> = [];
+  const startRead = (i: number) => {
+    if (i >= plan.length || reads[i]) return;
+    reads[i] = readSnapshotData(started.snapshotId, plan[i]!.offset, plan[i]!.length);
+    reads[i]!.catch(() => undefined); // awaited below; a read left behind by an early return must not go unhandled
+  };
+  for (let i = 0; i < plan.length; i++) {
+    for (let k = i; k < i + READ_AHEAD; k++) startRead(k);
+    const { offset, wanted } = plan[i]!;
+    const bytes = await reads[i]!;
+    for (let w = 0; w < wanted.length; w++) {
+      const [from, to] = wanted[w]!;
+      for (let at = from; at < to; at += bs) {
+        const j = at - offset;
+        const block = at / bs;
+        if (isZero(bytes, j, j + bs)) addExtent(block, true, 0);
         else {
-          bytes.copy(data, used, i, i + bs);
-          crcs.push(crc32c(bytes.subarray(i, i + bs)) >>> 0);
+          bytes.copy(data, used, j, j + bs);
+          crcs.push(crc32c(bytes.subarray(j, j + bs)) >>> 0);
           addExtent(block, false, used);
           used += bs;
         }
-      }
-      offset += length;
-      if (used === packBytes) {
-        await commit(offset);
-        if (packsThisRun >= PACKS_PER_MESSAGE) {
+        if (used < packBytes) continue;
+        await commit(at + bs);
+        const more = at + bs < to || w + 1 < wanted.length || i + 1 < plan.length;
+        if (more && packsThisRun >= PACKS_PER_MESSAGE) {
           await workQueue().send({ type: 'backup-volume', backupId });
           return { backupId, resumedAtPack, packsShipped: packsThisRun, packs: seq, bytesShipped: shippedBefore, bytesToShip, continued: true };
         }
