@@ -57,10 +57,24 @@ if (contextFlag('sledge:skipBundling')) {
 const stackName = String(app.node.tryGetContext('stackName') ?? 'Sledge');
 const sledCount = contextInteger('sledCount');
 
+// The vault this deployment backs up to (docs/backup.md): `-c vaultBucket=... -c vaultTable=...
+// -c vaultRegion=... -c vaultKeyArn=...` (the vault stack's outputs; `-c vaultAccount=...` for another account).
+const vaultBucket = app.node.tryGetContext('vaultBucket') as string | undefined;
+const vault = vaultBucket
+  ? {
+      bucketName: vaultBucket,
+      tableName: String(app.node.tryGetContext('vaultTable')),
+      region: String(app.node.tryGetContext('vaultRegion')),
+      keyArn: String(app.node.tryGetContext('vaultKeyArn')),
+      ...(app.node.tryGetContext('vaultAccount') ? { account: String(app.node.tryGetContext('vaultAccount')) } : {}),
+    }
+  : undefined;
+
 new SledgeStack(app, stackName, {
   description: 'Sledge: serverless block storage (volumes on S3 sleds, page map in DynamoDB, heads on Lambda)',
   ...(sledCount !== undefined ? { sledCount } : {}),
   apiIamAuthorization: !contextFalse('apiIamAuthorization'),
+  ...(vault ? { vault } : {}),
 });
 
 // The vault (docs/backup.md), when the primary's backup role is named: `-c vaultBackupRoleArn=arn:...`

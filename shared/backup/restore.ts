@@ -22,6 +22,8 @@ const COMMIT_BYTES = 4 * 1024 * 1024;
 /** Pages per restore commit: below the commit's limit. */
 const COMMIT_PAGES = Math.min(64, MAX_PAGES_PER_COMMIT);
 const COMMIT_ATTEMPTS = 8;
+/** Commits whose pack bytes are fetched ahead of the one committing. */
+const FETCH_AHEAD = 3;
 
 /** Where a block's bytes are in the vault: a pack and offset (and CRC), or zeros. */
 export type BlockSource = { packId: string; offset: number; crc: number } | null;
@@ -193,38 +195,28 @@ async function runRestore(initial: RestoreRecord, receiveCount: number): Promise
   const todo = blocks.filter((block) => block >= r.nextBlock && (parent !== undefined || map.get(block) !== null));
   let restored = r.bytesRestored;
   const resumedAtBlock = r.nextBlock;
-  for (let i = 0; i < todo.length; ) {
-    // One commit: up to COMMIT_BYTES and COMMIT_PAGES pages.
-    const pieces: WritePiece[] = [];
-    const pages = new Set<number>();
-    let bytes = 0;
-    const v0 = (await pageMap().getVolume(r.volumeId))!;
-    let j = i;
-    while (j < todo.length && bytes < COMMIT_BYTES) {
-      const block = todo[j]!;
-      const page = Math.floor(block / v0.pageBlocks);
-      if (!pages.has(page) && pages.size >= COMMIT_PAGES) break;
-      pages.add(page);
-      // A run: consecutive blocks, from one pack at consecutive offsets (or all zeros).
-      const src = map.get(block)!;
-      let n = 1;
-      while (j + n < todo.length && todo[j + n] === block + n && bytes + (n + 1) * bs <= COMMIT_BYTES && Math.floor((block + n) / v0.pageBlocks) === page) {
-        const next = map.get(block + n)!;
-        if (src === null ? next !== null : next === null || next.packId !== src.packId || next.offset !== src.offset + n * bs) break;
-        n++;
-      }
-      if (src === null) pieces.push({ offset: block * bs, length: n * bs });
-      else {
+  const { pageBlocks } = (await pageMap().getVolume(r.volumeId))!;
+  const commits = commitPlan(todo, map, bs, pageBlocks);
+  // The packs' bytes for the next commits are fetched while one commits.
+  const fetches: Array<Promise<WritePiece[]>> = [];
+  const fetchCommit = (k: number) => {
+    if (k >= commits.length || fetches[k]) return;
+    fetches[k] = Promise.all(
+      commits[k]!.runs.map(async ({ block, count, src }) => {
+        if (src === null) return { offset: block * bs, length: count * bs };
         const p = packs.get(src.packId)!;
-        const crcs = Array.from({ length: n }, (_, k) => p.crcs[src.offset / bs + k]!);
-        pieces.push({ offset: block * bs, length: n * bs, data: await readPackBlocks(src.packId, src.offset, n, bs, crcs) });
-      }
-      bytes += n * bs;
-      j += n;
-    }
-    await commitPieces(r.volumeId, pieces);
-    restored += bytes;
-    const nextBlock = todo[j - 1]! + 1;
+        const crcs = Array.from({ length: count }, (_, x) => p.crcs[src.offset / bs + x]!);
+        return { offset: block * bs, length: count * bs, data: await readPackBlocks(src.packId, src.offset, count, bs, crcs) };
+      }),
+    );
+    fetches[k]!.catch(() => undefined); // awaited in order below
+  };
+  for (let k = 0; k < commits.length; k++) {
+    for (let ahead = k; ahead < k + FETCH_AHEAD; ahead++) fetchCommit(ahead);
+    await commitPieces(r.volumeId, await fetches[k]!);
+    delete fetches[k];
+    restored += commits[k]!.bytes;
+    const nextBlock = commits[k]!.nextBlock;
     const bytesRestored = restored;
     r = (await changeRestore(restoreId, (x) => {
       if (x.nextBlock >= nextBlock) return false;
@@ -232,7 +224,6 @@ async function runRestore(initial: RestoreRecord, receiveCount: number): Promise
       x.bytesRestored = Math.max(x.bytesRestored, bytesRestored);
       return true;
     }))!;
-    i = j;
   }
   // A snapshot of what was restored: clones restored here later are made from it.
   const snap = r.snapshotId ? undefined : await createSnapshot(r.volumeId, { name: `restore of ${b.backupId}` }, { id: 'restore' });
@@ -254,6 +245,44 @@ async function runRestore(initial: RestoreRecord, receiveCount: number): Promise
     bytesRestored: done?.bytesRestored,
     ...(parent ? { parentRestoreId: parent.restoreId } : {}),
   };
+}
+
+/** One restore commit: runs of blocks (from one pack at consecutive offsets, or zeros), up to COMMIT_BYTES and COMMIT_PAGES pages. */
+interface PlannedCommit {
+  runs: Array<{ block: number; count: number; src: BlockSource }>;
+  bytes: number;
+  /** The restore's `nextBlock` once this commit is in. */
+  nextBlock: number;
+}
+
+/** The commits that write `todo` (ascending blocks) from the block map. */
+export function commitPlan(todo: readonly number[], map: ReadonlyMap<number, BlockSource>, bs: number, pageBlocks: number): PlannedCommit[] {
+  const out: PlannedCommit[] = [];
+  for (let i = 0; i < todo.length; ) {
+    const runs: PlannedCommit['runs'] = [];
+    const pages = new Set<number>();
+    let bytes = 0;
+    let j = i;
+    while (j < todo.length && bytes < COMMIT_BYTES) {
+      const block = todo[j]!;
+      const page = Math.floor(block / pageBlocks);
+      if (!pages.has(page) && pages.size >= COMMIT_PAGES) break;
+      pages.add(page);
+      const src = map.get(block)!;
+      let n = 1;
+      while (j + n < todo.length && todo[j + n] === block + n && bytes + (n + 1) * bs <= COMMIT_BYTES && Math.floor((block + n) / pageBlocks) === page) {
+        const next = map.get(block + n)!;
+        if (src === null ? next !== null : next === null || next.packId !== src.packId || next.offset !== src.offset + n * bs) break;
+        n++;
+      }
+      runs.push({ block, count: n, src });
+      bytes += n * bs;
+      j += n;
+    }
+    out.push({ runs, bytes, nextBlock: todo[j - 1]! + 1 });
+    i = j;
+  }
+  return out;
 }
 
 /** Commits `pieces` as a maintenance write (fenced on the reservation generation), reading the volume again when the head moved. */

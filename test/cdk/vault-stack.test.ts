@@ -6,7 +6,8 @@ import { Match, Template } from 'aws-cdk-lib/assertions';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { describe, expect, it } from 'vitest';
-import { cdkJsonContext } from '../../cdk/stack.ts';
+import { cdkJsonContext, SledgeStack } from '../../cdk/stack.ts';
+import { VAULT_ENV } from '#shared/core/vault-config.ts';
 import { SledgeVaultStack, type SledgeVaultStackProps } from '../../cdk/vault-stack.ts';
 
 /** The vault stack (cdk/vault-stack.ts, docs/backup.md): its bucket, key and catalog, who may write, and cdk-nag. */
@@ -76,5 +77,33 @@ describe('SledgeVaultStack', () => {
       PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true },
       ResourcePolicy: Match.anyValue(),
     });
+  });
+
+  it('the primary stack, given the vault, passes its names to both functions and grants them its bucket, catalog and key; cdk-nag stays clean', () => {
+    const outdir = mkdtempSync(join(tmpdir(), 'sledge-vault-primary-'));
+    try {
+      const app = new App({ outdir, context: { ...cdkJsonContext(), 'aws:cdk:bundling-stacks': [] } });
+      const vault = { bucketName: 'sledgevault-packs-x', tableName: 'SledgeVault-Catalog-x', region: 'eu-west-1', keyArn: 'arn:aws:kms:eu-west-1:111111111111:key/k' };
+      const stack = new SledgeStack(app, 'Sledge', { vault });
+      Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+      let error: Error | undefined;
+      try {
+        app.synth();
+      } catch (e) {
+        error = e as Error;
+      }
+      expect(error?.message).toBeUndefined();
+      const t = Template.fromStack(stack);
+      const fns = Object.values(t.findResources('AWS::Lambda::Function')).filter((f: any) => f.Properties.Environment?.Variables?.[VAULT_ENV.bucket]);
+      expect(fns.length).toBe(2);
+      for (const f of fns as any[]) {
+        expect(f.Properties.Environment.Variables).toMatchObject({ [VAULT_ENV.bucket]: vault.bucketName, [VAULT_ENV.table]: vault.tableName, [VAULT_ENV.region]: vault.region });
+      }
+      const statements = Object.values(t.findResources('AWS::IAM::Policy')).flatMap((p: any) => p.Properties.PolicyDocument.Statement);
+      expect(statements.some((st: any) => JSON.stringify(st.Resource).includes(`table/${vault.tableName}`))).toBe(true);
+      expect(statements.some((st: any) => st.Resource === vault.keyArn)).toBe(true);
+    } finally {
+      rmSync(outdir, { recursive: true, force: true });
+    }
   });
 });

@@ -5,7 +5,7 @@
  * second site and compared byte for byte with the model's snapshot, and the bytes each backup
  * put in the vault compared with the model's changed blocks; then backups deleted in random
  * order, the rest restored again. The seed is printed; replay with SLEDGE_SEED=<seed>.
- * SLEDGE_BACKUP_MODEL_ROUNDS sets the rounds (default 4).
+ * SLEDGE_BACKUP_MODEL_ROUNDS sets the rounds (default 3).
  */
 import { randomBytes } from 'node:crypto';
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
@@ -18,7 +18,7 @@ import { backup, firstDifference, readAll, restore, snapshot } from './backup-he
 const BLOCK = 4096;
 const SIZE = 4 * 1024 * 1024;
 const BLOCKS = SIZE / BLOCK;
-const ROUNDS = Number(process.env.SLEDGE_BACKUP_MODEL_ROUNDS ?? 4);
+const ROUNDS = Number(process.env.SLEDGE_BACKUP_MODEL_ROUNDS ?? 3);
 
 interface ModelVolume {
   volumeId: string;
