@@ -11,7 +11,7 @@ import { describeRun, run, SLEDGE_BIN, TOOLS_ENV } from './nbd-tools.ts';
  * relation, deleting a backup merges it forward, verify, and bad input.
  */
 const BLOCK = 4096;
-const SIZE = 32 * MiB;
+const SIZE = 24 * MiB;
 
 let api: Api;
 let url: string;
