@@ -65,16 +65,68 @@ export async function blockMap(backups: readonly BackupRecord[], bs: number): Pr
 
 /** Reads `count` blocks of a pack from `offset` and checks each one's CRC-32C. */
 export async function readPackBlocks(packId: string, offset: number, count: number, bs: number, crcs: readonly number[]): Promise<Buffer> {
+  const bytes = await readPackRange(packId, offset, count * bs);
+  checkBlocks(packId, offset, bytes, crcs, bs);
+  return bytes;
+}
+
+/** Runs of one pack closer than this in the pack are read with one ranged GET (the bytes between are read and dropped). */
+const GET_GAP_BYTES = 256 * 1024;
+
+/**
+ * The write pieces of a commit's runs: the runs of one pack that lie near each other in it are
+ * fetched with one ranged GET, and every block is checked against its CRC-32C.
+ */
+async function fetchRuns(runs: PlannedCommit['runs'], packs: ReadonlyMap<string, PackRecord>, bs: number): Promise<WritePiece[]> {
+  // Groups of runs, each group one GET: same pack, ascending offsets, small gaps.
+  const groups: Array<{ packId: string; from: number; to: number; members: number[] }> = [];
+  const order = runs.map((_, i) => i).filter((i) => runs[i]!.src !== null);
+  order.sort((a, b) => {
+    const x = runs[a]!.src!;
+    const y = runs[b]!.src!;
+    return x.packId === y.packId ? x.offset - y.offset : x.packId < y.packId ? -1 : 1;
+  });
+  for (const i of order) {
+    const { count, src } = runs[i]!;
+    const last = groups[groups.length - 1];
+    const end = src!.offset + count * bs;
+    if (last && last.packId === src!.packId && src!.offset - last.to <= GET_GAP_BYTES) {
+      last.to = Math.max(last.to, end);
+      last.members.push(i);
+    } else groups.push({ packId: src!.packId, from: src!.offset, to: end, members: [i] });
+  }
+  const pieces: WritePiece[] = runs.map(({ block, count }) => ({ offset: block * bs, length: count * bs }));
+  await Promise.all(
+    groups.map(async (g) => {
+      const p = packs.get(g.packId)!;
+      const crcs = Array.from({ length: (g.to - g.from) / bs }, (_, x) => p.crcs[g.from / bs + x]!);
+      const bytes = await readPackRange(g.packId, g.from, g.to - g.from);
+      for (const i of g.members) {
+        const { count, src } = runs[i]!;
+        const at = src!.offset - g.from;
+        const data = bytes.subarray(at, at + count * bs);
+        checkBlocks(g.packId, src!.offset, data, crcs.slice(at / bs, at / bs + count), bs);
+        pieces[i]!.data = data;
+      }
+    }),
+  );
+  return pieces;
+}
+
+async function readPackRange(packId: string, offset: number, length: number): Promise<Buffer> {
   const out = await vaultS3().send(
-    new GetObjectCommand({ Bucket: vaultConfig().bucket, Key: packKey(packId), Range: `bytes=${offset}-${offset + count * bs - 1}` }),
+    new GetObjectCommand({ Bucket: vaultConfig().bucket, Key: packKey(packId), Range: `bytes=${offset}-${offset + length - 1}` }),
   );
   const bytes = Buffer.from(await out.Body!.transformToByteArray());
-  if (bytes.length !== count * bs) throw new BadBlockError(`pack ${packId} returned ${bytes.length} bytes at ${offset}, expected ${count * bs}`);
-  for (let i = 0; i < count; i++) {
+  if (bytes.length !== length) throw new BadBlockError(`pack ${packId} returned ${bytes.length} bytes at ${offset}, expected ${length}`);
+  return bytes;
+}
+
+function checkBlocks(packId: string, offset: number, bytes: Buffer, crcs: readonly number[], bs: number): void {
+  for (let i = 0; i < bytes.length / bs; i++) {
     const actual = crc32c(bytes.subarray(i * bs, (i + 1) * bs)) >>> 0;
     if (actual !== crcs[i]) throw new BadBlockError(`pack ${packId} block at byte ${offset + i * bs} has CRC-32C ${actual}, its manifest says ${crcs[i]}`);
   }
-  return bytes;
 }
 
 export class BadBlockError extends Error {
@@ -201,14 +253,7 @@ async function runRestore(initial: RestoreRecord, receiveCount: number): Promise
   const fetches: Array<Promise<WritePiece[]>> = [];
   const fetchCommit = (k: number) => {
     if (k >= commits.length || fetches[k]) return;
-    fetches[k] = Promise.all(
-      commits[k]!.runs.map(async ({ block, count, src }) => {
-        if (src === null) return { offset: block * bs, length: count * bs };
-        const p = packs.get(src.packId)!;
-        const crcs = Array.from({ length: count }, (_, x) => p.crcs[src.offset / bs + x]!);
-        return { offset: block * bs, length: count * bs, data: await readPackBlocks(src.packId, src.offset, count, bs, crcs) };
-      }),
-    );
+    fetches[k] = fetchRuns(commits[k]!.runs, packs, bs);
     fetches[k]!.catch(() => undefined); // awaited in order below
   };
   for (let k = 0; k < commits.length; k++) {
