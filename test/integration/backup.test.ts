@@ -1,8 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Api, http, useSledgeEnv } from './helpers.ts';
-import { MiB, backup, firstDifference, json, readAll, restore, snapshot } from './backup-helpers.ts';
+import { MiB, backup, firstDifference, json, readAll, restore, snapshot, waitState } from './backup-helpers.ts';
 import { describeRun, run, SLEDGE_BIN, TOOLS_ENV } from './nbd-tools.ts';
+import { workQueue } from '#shared/ports.ts';
+import { getBackup, getRestore, listPacks } from '#shared/backup/catalog.ts';
 
 /**
  * Backups to the vault and restores (docs/backup.md) through the API, against the local
@@ -114,6 +116,36 @@ describe('backups and restores', () => {
     expect((await http(`${url}/backups/${b.backupId}`, { method: 'DELETE' })).status).toBe(202);
     const r = await http(`${url}/restores`, { method: 'POST', ...json({ backupId: b.backupId }) });
     expect([404, 409]).toContain(r.status);
+  });
+});
+
+describe('duplicate and late messages', () => {
+  it('change nothing: a backup run twice at once, and messages for finished jobs', async () => {
+    const v = await api.createVolume({ sizeBytes: 16 * MiB });
+    for (let off = 0; off < 12 * MiB; off += 4 * MiB) await api.write(v.volumeId, off, randomBytes(4 * MiB));
+    const s = await snapshot(url, v.volumeId);
+    const started = await http(`${url}/volumes/${v.volumeId}/backups`, { method: 'POST', ...json({ snapshotId: s.snapshotId }) });
+    expect(started.status).toBe(202);
+    const backupId = started.json.backupId;
+    // Two more copies of its message at once: three workers run the same backup.
+    await Promise.all([workQueue().send({ type: 'backup-volume', backupId }), workQueue().send({ type: 'backup-volume', backupId })]);
+    const done = await waitState(url, `/backups/${backupId}`, ['complete', 'failed']);
+    expect(done.state).toBe('complete');
+    const packs = await listPacks(backupId);
+    expect(packs.map((p) => p.seq)).toEqual([0]);
+    expect(done.bytesShipped).toBe(12 * MiB);
+    const before = (await getBackup(backupId))!;
+    const r = await restore(url, backupId);
+    const restoreBefore = (await getRestore(r.restoreId))!;
+    // Late duplicates of finished jobs, in any order.
+    await workQueue().send({ type: 'restore-volume', restoreId: r.restoreId });
+    await workQueue().send({ type: 'backup-volume', backupId });
+    await workQueue().send({ type: 'backup-delete', backupId });
+    await workQueue().send({ type: 'restore-volume', restoreId: r.restoreId });
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    expect((await getBackup(backupId))!.record).toEqual(before.record);
+    expect(await getRestore(r.restoreId)).toEqual(restoreBefore);
+    expect(firstDifference(await readAll(url, 'volumes', r.volumeId, 16 * MiB), await readAll(url, 'snapshots', s.snapshotId, 16 * MiB))).toBeNull();
   });
 });
 
