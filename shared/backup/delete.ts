@@ -7,9 +7,12 @@ import { ConflictError, NotFoundError, UnavailableError } from '../core/errors.t
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultS3 } from '../aws/vault-clients.ts';
 import { workQueue } from '../ports.ts';
-import { addChild, addPackRef, changeBackup, deleteBackupRecord, deletePackRecord, getBackup, removeChild, removePackRef } from './catalog.ts';
+import { addChild, addPackRef, changeBackup, deleteBackupRecord, deletePackRecord, getBackup, listPacks, removeChild, removePackRef } from './catalog.ts';
 import { packKey } from './records.ts';
 import { backupChain, blockMap, readPackBlocks, BadBlockError } from './restore.ts';
+
+/** A queued or running backup whose record has not changed for this long may be deleted. */
+export const STALE_MS = 15 * 60_000;
 
 /** `DELETE /backups/{id}` (202): the record goes to `deleting` and the job is queued. */
 export async function deleteBackup(backupId: string): Promise<{ backupId: string; state: string }> {
@@ -17,7 +20,11 @@ export async function deleteBackup(backupId: string): Promise<{ backupId: string
   if (!stored) throw new NotFoundError(`backup ${backupId} does not exist`);
   const r = await changeBackup(backupId, (x) => {
     if (x.state === 'deleting') return false;
-    if (x.state !== 'complete' && x.state !== 'failed') throw new ConflictError(`backup ${backupId} is ${x.state}; delete it once it is complete or failed`);
+    // A job whose record has not moved for STALE_MS is taken for dead (its worker cannot reach the vault, or is gone).
+    const stale = Date.now() - Date.parse(x.updatedAt) > STALE_MS;
+    if (x.state !== 'complete' && x.state !== 'failed' && !stale) {
+      throw new ConflictError(`backup ${backupId} is ${x.state}; delete it once it is complete or failed (or has not moved for ${STALE_MS / 60_000} minutes)`);
+    }
     x.state = 'deleting';
     return true;
   });
@@ -58,7 +65,9 @@ export async function deleteStep(backupId: string): Promise<Record<string, unkno
   }
   if (d.base) await removeChild(d.base, backupId);
   let packsDeleted = 0;
-  for (const packId of d.layers) {
+  // Its layers, and the packs it made but never listed (it was deleted before it completed).
+  const own = (await listPacks(backupId)).map((p) => p.packId);
+  for (const packId of new Set([...d.layers, ...own])) {
     if ((await removePackRef(packId, backupId)) > 0) continue;
     await vaultS3().send(new DeleteObjectCommand({ Bucket: vaultConfig().bucket, Key: packKey(packId) }));
     await deletePackRecord(packId);
