@@ -20,7 +20,7 @@ import { newBackupId, packIdOf, packKey, type BackupRecord, type PackExtent, typ
 export const PACKS_PER_MESSAGE = 8;
 /** Bytes read from the snapshot at a time (the read path's limit), and reads in flight ahead of the packing. */
 const READ_BYTES = 4 * 1024 * 1024;
-const READ_AHEAD = 4;
+const READ_AHEAD = 6;
 /** The queue's maxReceiveCount (cdk/stack.ts): on this receive a failing job records that it failed. */
 export const LAST_RECEIVE = 5;
 
@@ -138,7 +138,7 @@ async function changedExtents(r: BackupRecord): Promise<Array<{ offset: number; 
 }
 
 /** Listed extents closer than this are read as one range (the blocks between are read, not shipped). */
-const READ_GAP_BYTES = 256 * 1024;
+const READ_GAP_BYTES = 1024 * 1024;
 
 /**
  * The snapshot reads that cover the listed extents from `resumeAt` on, in order: each at most

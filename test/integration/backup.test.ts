@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { Api, http, useSledgeEnv } from './helpers.ts';
+import { Api, PROFILES, http, useSledgeEnv } from './helpers.ts';
 import { MiB, backup, firstDifference, json, readAll, restore, snapshot, waitState } from './backup-helpers.ts';
 import { describeRun, run, SLEDGE_BIN, TOOLS_ENV } from './nbd-tools.ts';
 import { workQueue } from '#shared/ports.ts';
@@ -105,6 +105,13 @@ describe('backups and restores', () => {
     expect((await http(`${url}/backups/nope`)).status).toBe(404);
     expect((await http(`${url}/restores/nope`)).status).toBe(404);
     const b = await backup(url, v.volumeId, s.snapshotId);
+    // Another tenant sees none of it (docs/security.md): 404 as for a backup that does not exist.
+    expect((await http(`${url}/backups/${b.backupId}`, { as: PROFILES.tenantB })).status).toBe(404);
+    expect((await http(`${url}/backups/${b.backupId}/verify`, { method: 'POST', as: PROFILES.tenantB })).status).toBe(404);
+    expect((await http(`${url}/restores`, { method: 'POST', as: PROFILES.tenantB, ...json({ backupId: b.backupId }) })).status).toBe(404);
+    const theirs = await http(`${url}/backups`, { as: PROFILES.tenantB });
+    expect(theirs.status).toBe(200);
+    expect(theirs.json.backups.map((x: any) => x.backupId)).not.toContain(b.backupId);
     expect((await http(`${url}/restores`, { method: 'POST', ...json({ backupId: b.backupId, sizeBytes: 2 * MiB }) })).status).toBe(400);
     expect((await http(`${url}/restores`, { method: 'POST', ...json({ backupId: b.backupId, sizeBytes: 4 * MiB + 1 }) })).status).toBe(400);
     // A bigger restore is fine, and reads zeros beyond the backup.
