@@ -8,6 +8,8 @@
  *   opt-out of docs/security.md. Default `true`: every request must be signed.
  * - `encryptionKey`: `customer` to encrypt the sleds, tables and queues with a customer managed
  *   KMS key the stack creates (see `SledgeStackProps.encryptionKey`). Default `aws-managed`.
+ * - `vaultBackupRoleArn` (with `vaultRegion`, `vaultRestoreRoleArns`): also synthesize the vault
+ *   stack `<stackName>Vault` (cdk/vault-stack.ts, docs/backup.md).
  * - `sledge:skipBundling`: `true` to skip esbuild bundling, for a fast synth whose templates
  *   are right but whose function code is the whole project directory (never deploy that).
  *   The CLI refuses `-c aws:...` keys and sets `aws:cdk:bundling-stacks` itself, so this flag
@@ -23,6 +25,7 @@
  */
 import { App } from 'aws-cdk-lib';
 import { cdkJsonContext, SledgeStack } from './stack.ts';
+import { SledgeVaultStack } from './vault-stack.ts';
 
 const BUNDLING_STACKS_CONTEXT = 'aws:cdk:bundling-stacks';
 
@@ -60,11 +63,42 @@ if (encryptionKey !== 'aws-managed' && encryptionKey !== 'customer') {
   throw new Error(`context encryptionKey=${encryptionKey} must be aws-managed or customer`);
 }
 
+// The vault this deployment backs up to (docs/backup.md): `-c vaultBucket=... -c vaultTable=...
+// -c vaultRegion=... -c vaultKeyArn=...` (the vault stack's outputs; `-c vaultAccount=...` for another account).
+const vaultBucket = app.node.tryGetContext('vaultBucket') as string | undefined;
+const vault = vaultBucket
+  ? {
+      bucketName: vaultBucket,
+      tableName: String(app.node.tryGetContext('vaultTable')),
+      region: String(app.node.tryGetContext('vaultRegion')),
+      keyArn: String(app.node.tryGetContext('vaultKeyArn')),
+      ...(app.node.tryGetContext('vaultAccount') ? { account: String(app.node.tryGetContext('vaultAccount')) } : {}),
+    }
+  : undefined;
+
 new SledgeStack(app, stackName, {
   description: 'Sledge: serverless block storage (volumes on S3 sleds, page map in DynamoDB, heads on Lambda)',
   ...(sledCount !== undefined ? { sledCount } : {}),
   apiIamAuthorization: !contextFalse('apiIamAuthorization'),
   encryptionKey,
+  ...(vault ? { vault } : {}),
 });
+
+// The vault (docs/backup.md), when the primary's backup role is named: `-c vaultBackupRoleArn=arn:...`
+// (the deployed primary's worker role), `-c vaultRegion=...` for another region,
+// `-c vaultRestoreRoleArns=arn1,arn2` for the roles of sites that restore from it.
+const vaultBackupRoleArn = app.node.tryGetContext('vaultBackupRoleArn') as string | undefined;
+if (vaultBackupRoleArn) {
+  const vaultRegion = app.node.tryGetContext('vaultRegion') as string | undefined;
+  const restorers = String(app.node.tryGetContext('vaultRestoreRoleArns') ?? '')
+    .split(',')
+    .filter(Boolean);
+  new SledgeVaultStack(app, `${stackName}Vault`, {
+    description: 'Sledge vault: incremental backups of one Sledge deployment',
+    backupRoleArn: vaultBackupRoleArn,
+    restoreRoleArns: restorers,
+    ...(vaultRegion ? { env: { region: vaultRegion } } : {}),
+  });
+}
 
 app.synth();

@@ -44,6 +44,7 @@ import * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import { ENV } from '#shared/core/config.ts';
 import { nativeCrcBundling } from './native-crc.ts';
+import { VAULT_ENV } from '#shared/core/vault-config.ts';
 
 /** The name of one of the environment variables in `ENV`. */
 export type EnvName = (typeof ENV)[keyof typeof ENV];
@@ -304,6 +305,15 @@ export interface SledgeStackProps extends StackProps {
    * @default none (the head shares the account's pool; the worker's is capped by `workerMaxConcurrency`)
    */
   readonly headReservedConcurrency?: number;
+
+  /**
+   * The vault backups go to (docs/backup.md, `SledgeVaultStack`, usually in another region or
+   * account): both functions get its names (`SLEDGE_VAULT_*`) and access to its bucket,
+   * catalog table and key. Without it the backup routes answer 503.
+   *
+   * @default none
+   */
+  readonly vault?: { bucketName: string; tableName: string; region: string; keyArn: string; account?: string };
 
   /**
    * The most concurrent worker invocations each work queue's event source mapping starts (2 to
@@ -756,6 +766,8 @@ export class SledgeStack extends Stack {
       if (dataKey) grantDataKey(fn, dataKey);
     }
 
+    if (props.vault) this.bindVault(props.vault, [headRole, workerRole]);
+
     const workerMaxConcurrency = props.workerMaxConcurrency ?? 5;
     if (!Number.isInteger(workerMaxConcurrency) || workerMaxConcurrency < 2 || workerMaxConcurrency > 1000) {
       throw new Error(`workerMaxConcurrency ${workerMaxConcurrency} must be an integer from 2 to 1000`);
@@ -893,5 +905,36 @@ export class SledgeStack extends Stack {
       description: 'Role operators assume (sledge --profile with role_arn)',
       value: this.operatorRole.roleArn,
     });
+  }
+
+  /** The vault's names in both functions' environment, and its bucket, catalog and key granted to their roles. */
+  private bindVault(vault: NonNullable<SledgeStackProps['vault']>, roles: iam.Role[]): void {
+    const account = vault.account ?? this.account;
+    // The vault's partition from its region, as a literal: the ARNs name a resource of another stack.
+    const partition = vault.region.startsWith('cn-') ? 'aws-cn' : vault.region.startsWith('us-gov-') ? 'aws-us-gov' : 'aws';
+    const bucketArn = `arn:${partition}:s3:::${vault.bucketName}`;
+    const tableArn = `arn:${partition}:dynamodb:${vault.region}:${account}:table/${vault.tableName}`;
+    for (const fn of [this.head, this.worker]) {
+      fn.addEnvironment(VAULT_ENV.bucket, vault.bucketName);
+      fn.addEnvironment(VAULT_ENV.table, vault.tableName);
+      fn.addEnvironment(VAULT_ENV.region, vault.region);
+    }
+    for (const role of roles) {
+      role.addToPolicy(new iam.PolicyStatement({ actions: ['s3:PutObject', 's3:GetObject', 's3:DeleteObject'], resources: [`${bucketArn}/*`] }));
+      role.addToPolicy(new iam.PolicyStatement({ actions: ['s3:ListBucket'], resources: [bucketArn] }));
+      role.addToPolicy(
+        new iam.PolicyStatement({
+          actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem', 'dynamodb:Query', 'dynamodb:Scan', 'dynamodb:BatchGetItem'],
+          resources: [tableArn],
+        }),
+      );
+      role.addToPolicy(new iam.PolicyStatement({ actions: ['kms:Encrypt', 'kms:Decrypt', 'kms:GenerateDataKey*'], resources: [vault.keyArn] }));
+      acknowledge(
+        role,
+        `AwsSolutions-IAM5[Resource::${bucketArn}/*]`,
+        "Pack objects are named per backup at run time; Get/Put/DeleteObject on the vault bucket's objects and nothing else (docs/backup.md).",
+      );
+      acknowledge(role, 'AwsSolutions-IAM5[Action::kms:GenerateDataKey*]', "KMS's own action family for data keys, on the vault's key only.");
+    }
   }
 }

@@ -101,6 +101,17 @@ export const COMMAND_USAGE = {
       progress bar (pages, bytes copied, rate, ETA) until the clone has no parent, then exits 0.
       Writes to the clone go on meanwhile and are never overwritten by the copy.
 `,
+  backup: `  backup <volumeId> --snapshot <snapshotId> --api <url>
+      Back up one of the volume's snapshots to the vault (docs/backup.md): only the blocks
+      changed since the newest backup on its snapshot chain are shipped. Shows a progress bar
+      (bytes shipped of bytes to ship, rate, ETA) until the backup is complete, then exits 0.
+`,
+  restore: `  restore <backupId> --api <url> [--size SIZE]
+      Restore a backup into a new volume (a clone's backup becomes a clone of its parent's
+      restore). Shows a progress bar until the restore is complete and prints the volume id.
+
+      --size BYTES           the new volume's size: the backup's by default, never smaller
+`,
   help: `  help [<command>]
       This text, or one command's. \`sledge <command> --help\` does the same.
 `,
@@ -464,6 +475,14 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       const { parseFlattenArgs, runFlatten } = await import('./flatten.ts');
       return await runFlatten(parseFlattenArgs(rest), process.stdout);
     }
+    if (command === 'backup') {
+      const { parseBackupArgs, runBackup } = await import('./backup.ts');
+      return await runBackup(parseBackupArgs(rest), process.stdout);
+    }
+    if (command === 'restore') {
+      const { parseRestoreArgs, runRestore } = await import('./backup.ts');
+      return await runRestore(parseRestoreArgs(rest), process.stdout);
+    }
     return await runAdmin(command, rest);
   } catch (err) {
     if (err instanceof UsageError) {
@@ -476,7 +495,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
 }
 
 /** The operator commands: one positional at most, `--api`, and a flag or two. */
-async function runAdmin(command: Exclude<CommandName, 'nbd' | 'help' | 'snapshot' | 'clone' | 'rollback' | 'flatten'>, args: string[]): Promise<number> {
+async function runAdmin(command: Exclude<CommandName, 'nbd' | 'help' | 'snapshot' | 'clone' | 'rollback' | 'flatten' | 'backup' | 'restore'>, args: string[]): Promise<number> {
   // Each command takes only its own flags, so a flag given to the wrong command is an error, not ignored.
   const flags = { rebuild: ['queue'], drives: [], retire: ['watch'], evacuation: [] }[command];
   let parsed;

@@ -27,6 +27,7 @@ import { startPoller, type SqsHandler } from './sqs-poller.ts';
 export { LOCAL_AUDIT_LOG_ENV, LOCAL_CREDENTIALS_ENV };
 import { deployLocalStack } from './stack.ts';
 import { eventSources, schedules } from './stack-settings.ts';
+import { ensureVault } from './vault.ts';
 
 export interface ControlPlaneOptions {
   /** API port; 0 picks a free one. Default 3000. */
@@ -78,6 +79,12 @@ export interface ControlPlaneOptions {
    * `SLEDGE_LOCAL_AUDIT_LOG` when set, else `audit.log` beside a temporary credentials file.
    */
   auditLog?: 'stdout' | string;
+  /**
+   * The vault backups go to (docs/backup.md): by default a second endpoint process this call
+   * starts (or the one `SLEDGE_VAULT_ENDPOINT_URL` names); `{ endpointUrl }` uses another
+   * control plane's vault (a second site); `false` runs without one.
+   */
+  vault?: false | { endpointUrl?: string };
 }
 
 export interface ControlPlane {
@@ -85,6 +92,9 @@ export interface ControlPlane {
   endpointUrl: string;
   /** The process id of the local endpoint when this control plane started it. */
   endpointPid?: number;
+  /** The vault's endpoint, and its process id when this control plane started it. */
+  vaultUrl?: string;
+  vaultPid?: number;
   /**
    * The environment the head and worker run with (table, bucket and queue names, the operator
    * principals), plus `SLEDGE_LOCAL_CREDENTIALS_FILE` and `SLEDGE_LOCAL_AUDIT_LOG`: where the
@@ -99,7 +109,10 @@ export interface ControlPlane {
 }
 
 export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise<ControlPlane> {
-  const endpoint = await ensureEndpoint({ port: opts.endpointPort ?? 4566, preferExisting: opts.preferExistingEndpoint ?? true });
+  const [endpoint, vault] = await Promise.all([
+    ensureEndpoint({ port: opts.endpointPort ?? 4566, preferExisting: opts.preferExistingEndpoint ?? true }),
+    opts.vault === false ? Promise.resolve(undefined) : ensureVault(opts.vault ?? {}),
+  ]);
   process.env.AWS_ENDPOINT_URL = endpoint.url;
   const named = opts.credentialsFile ?? process.env[LOCAL_CREDENTIALS_ENV];
   const scratch = named === undefined ? mkdtempSync(join(tmpdir(), 'sledge-principals-')) : undefined;
@@ -110,6 +123,7 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
     const deployment = await deployLocalStack({ endpointUrl: endpoint.url, stackName: opts.stackName ?? 'sledge-local', sledCount: opts.sledCount });
     const env: Record<string, string> = {
       ...deployment.env,
+      ...(vault?.env ?? {}),
       // The stack names its operator role; locally the operator is the local operator user.
       [ENV.apiAuth]: apiAuth,
       [ENV.operatorPrincipals]: principals.operatorArns.join(','),
@@ -153,6 +167,8 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
       apiUrl: server.url,
       endpointUrl: endpoint.url,
       endpointPid: endpoint.pid,
+      ...(vault ? { vaultUrl: vault.url } : {}),
+      ...(vault?.pid !== undefined ? { vaultPid: vault.pid } : {}),
       env,
       principals,
       idle: () => poller.idle(),
@@ -162,11 +178,13 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
         sqs.destroy();
         await server.close();
         await endpoint.stop();
+        await vault?.stop();
         if (scratch) rmSync(scratch, { recursive: true, force: true });
       },
     };
   } catch (err) {
     await endpoint.stop();
+    await vault?.stop();
     if (scratch) rmSync(scratch, { recursive: true, force: true });
     throw err;
   }

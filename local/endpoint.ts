@@ -135,6 +135,22 @@ export async function ensureEndpoint(opts: EnsureEndpointOptions = {}): Promise<
   };
 }
 
+/**
+ * Starts another bundled endpoint on a free port (or `port`), leaving `AWS_ENDPOINT_URL` as it
+ * is: the vault's (docs/backup.md), which must not share state with the primary's endpoint.
+ * Self-tested like the primary's. Stopped by `stop()` and when this process exits.
+ */
+export async function startSeparateEndpoint(port = 0): Promise<{ url: string; pid: number | undefined; stop(): Promise<void> }> {
+  const server = await startMoto(port === 0 ? await freePort() : port);
+  try {
+    await verifyEndpointIsolation(server.url);
+  } catch (err) {
+    await server.stop();
+    throw err;
+  }
+  return server;
+}
+
 /** The command that starts the bundled endpoint where `url` points (4566 on 127.0.0.1 when `url` is not plain HTTP with a port). */
 function bundledCommandFor(url: string): string {
   let host = HOST;

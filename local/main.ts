@@ -44,6 +44,7 @@ const sig = `--aws-sigv4 "aws:amz:${region}:execute-api" --user "$KEY:$SECRET"`;
 console.log(`
 Sledge is serving the volume API on ${url}
   local AWS endpoint: ${plane.endpointUrl}
+  backup vault:       ${plane.vaultUrl ?? 'none'} (docs/backup.md; SLEDGE_VAULT_ENDPOINT_URL names another)
   API description:    ${url}/openapi.json
   credentials:        ${credentialsFile}
                       profiles ${PROFILES.operator} (every route), ${PROFILES.tenantA} and ${PROFILES.tenantB} (their own volumes)

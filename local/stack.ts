@@ -29,7 +29,7 @@
  * encryption and tags; of a table, point-in-time recovery), none of which the local runtime
  * depends on.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -106,7 +106,7 @@ export interface LocalStackDeployment {
  */
 export async function deployLocalStack(opts: DeployLocalStackOptions): Promise<LocalStackDeployment> {
   const stackName = opts.stackName ?? DEFAULT_LOCAL_STACK_NAME;
-  const { template, headLogicalId, workerLogicalId } = synthesize(stackName, opts.sledCount);
+  const { template, headLogicalId, workerLogicalId } = synthesizeOrReuse(stackName, opts.sledCount);
   const localTemplate = localOnly(template);
   const templateBody = JSON.stringify(localTemplate);
 
@@ -143,6 +143,29 @@ interface TemplateResource {
   DependsOn?: string | string[];
   Condition?: string;
   [key: string]: unknown;
+}
+
+/**
+ * `SLEDGE_LOCAL_SYNTH_CACHE` names a folder where a synthesized template is kept and reused by
+ * later deployments of the same stack name and sled count: the tests that start control planes
+ * in child processes again and again (test/integration/site-process.ts) synthesize once. Only
+ * for tests: the cache is never invalidated, so it must be a fresh folder per run.
+ */
+const SYNTH_CACHE_ENV = 'SLEDGE_LOCAL_SYNTH_CACHE';
+
+function synthesizeOrReuse(stackName: string, sledCount: number | undefined): { template: Template; headLogicalId: string; workerLogicalId: string } {
+  const dir = process.env[SYNTH_CACHE_ENV];
+  if (!dir) return synthesize(stackName, sledCount);
+  const file = join(dir, `${stackName}-${sledCount ?? 'default'}.json`);
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as ReturnType<typeof synthesize>;
+  } catch {
+    const out = synthesize(stackName, sledCount);
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(`${file}.tmp`, JSON.stringify(out));
+    renameSync(`${file}.tmp`, file);
+    return out;
+  }
 }
 
 function synthesize(stackName: string, sledCount: number | undefined): { template: Template; headLogicalId: string; workerLogicalId: string } {

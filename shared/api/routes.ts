@@ -34,6 +34,10 @@ import { createVolume, deleteVolume, describeVolume, listVolumeViews, resizeVolu
 import { readAllocation, readData, readSnapshotData } from '../data/read.ts';
 import { changedBlocks, createSnapshot, deleteSnapshot, describeSnapshot, listSnapshotViews, rollbackVolume } from '../control/snapshots.ts';
 import { trimRange, writeData, writePieces } from '../data/write.ts';
+import { BACKUP_OWNER, RESTORE_OWNER, backupOwner, checkRestoreSource, requireVault, restoreOwner } from './backup-routes.ts';
+import { describeBackup, listBackupViews, startBackup } from '../backup/backup.ts';
+import { deleteBackup, verifyBackup } from '../backup/delete.ts';
+import { describeRestore, startRestore } from '../backup/restore.ts';
 import openapi from './openapi.json' with { type: 'json' };
 
 function requireBinary(req: Request, allowed: string[]): void {
@@ -98,6 +102,8 @@ function newOwner(req: Request): string | undefined {
 export const router = new Router()
   .resource('volume', volumeOwner)
   .resource('snapshot', snapshotOwner)
+  .resource('backup', backupOwner)
+  .resource('restore', restoreOwner)
   .on('GET', '/openapi.json', ANY_PRINCIPAL, async () => ({ status: 200, json: openapi }))
   .on('GET', '/volumes', ANY_PRINCIPAL, async (req) => ({
     status: 200,
@@ -234,7 +240,26 @@ export const router = new Router()
       return { status: 202, json: { queued: true, volumeId } };
     }
     return { status: 200, json: await rebuildPageMap(volumeId) };
-  });
+  })
+  // Backups to the vault and restores (docs/backup.md).
+  .on('POST', '/volumes/{volumeId}/backups', VOLUME_OWNER, async (req) => {
+    requireVault();
+    return { status: 202, json: await startBackup(req.params.volumeId!, jsonBody(req)) };
+  })
+  .on('GET', '/backups', ANY_PRINCIPAL, async (req) => {
+    requireVault();
+    return { status: 200, json: await listBackupViews(req.query.volumeId, ownerFilter(req.principal)) };
+  })
+  .on('GET', '/backups/{backupId}', BACKUP_OWNER, async (req) => ({ status: 200, json: await describeBackup(req.params.backupId!) }))
+  .on('DELETE', '/backups/{backupId}', BACKUP_OWNER, async (req) => ({ status: 202, json: await deleteBackup(req.params.backupId!) }))
+  .on('POST', '/backups/{backupId}/verify', BACKUP_OWNER, async (req) => ({ status: 200, json: await verifyBackup(req.params.backupId!) }))
+  .on('POST', '/restores', ANY_PRINCIPAL, async (req) => {
+    requireVault();
+    const body = jsonBody(req);
+    await checkRestoreSource(req, body);
+    return { status: 202, json: await startRestore(body, newOwner(req)) };
+  })
+  .on('GET', '/restores/{restoreId}', RESTORE_OWNER, async (req) => ({ status: 200, json: await describeRestore(req.params.restoreId!) }));
 
 // A head that hits a bug while serving a volume dumps its in-flight state before answering 500.
 router.onUnexpectedError(async (err, req) => {

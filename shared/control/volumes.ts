@@ -90,12 +90,12 @@ const CREATE_FIELDS = new Set(['sizeBytes', 'blockSizeBytes', 'dataChunks', 'par
  * @example
  * const v = await createVolume({ sizeBytes: 1 << 30 }); // 1 GiB, 4 KiB blocks, RS 4+2
  */
-export async function createVolume(input: CreateVolumeInput, owner?: string): Promise<VolumeView> {
+export async function createVolume(input: CreateVolumeInput, owner?: string, opts: { volumeId?: string } = {}): Promise<VolumeView> {
   if (typeof input !== 'object' || input === null || Array.isArray(input)) throw new InvalidInputError('the body must be a JSON object');
   for (const key of Object.keys(input)) {
     if (!CREATE_FIELDS.has(key)) throw new InvalidInputError(`unknown field ${JSON.stringify(key)}; allowed: ${[...CREATE_FIELDS].join(', ')}`);
   }
-  if (input.sourceSnapshotId !== undefined) return createClone(input, owner);
+  if (input.sourceSnapshotId !== undefined) return createClone(input, owner, opts.volumeId);
   const blockSizeBytes = input.blockSizeBytes === undefined ? DEFAULT_BLOCK_SIZE_BYTES : integerField(input.blockSizeBytes, 'blockSizeBytes');
   if (blockSizeBytes < 512 || blockSizeBytes > 65536 || (blockSizeBytes & (blockSizeBytes - 1)) !== 0) {
     throw new InvalidInputError(`blockSizeBytes must be a power of two from 512 to 65536, got ${blockSizeBytes}`);
@@ -117,7 +117,8 @@ export async function createVolume(input: CreateVolumeInput, owner?: string): Pr
   const checkpointEveryCommits = checkpointInterval(input.checkpointEveryCommits);
   const now = new Date().toISOString();
   const record: VolumeRecord = {
-    volumeId: `vol-${randomBytes(8).toString('hex')}`,
+    // A restore (docs/backup.md) names the volume before its job creates it.
+    volumeId: opts.volumeId ?? newVolumeId(),
     sizeBytes,
     blockSizeBytes,
     dataChunks,
@@ -135,6 +136,11 @@ export async function createVolume(input: CreateVolumeInput, owner?: string): Pr
   if (owner !== undefined) record.owner = owner;
   await pageMap().putNewVolume(record);
   return view(record);
+}
+
+/** A new volume id: 16 random hex digits. */
+export function newVolumeId(): string {
+  return `vol-${randomBytes(8).toString('hex')}`;
 }
 
 function volumeName(value: unknown): string | undefined {
@@ -155,7 +161,7 @@ const CLONE_FIELDS = new Set(['sourceSnapshotId', 'sizeBytes', 'name', 'checkpoi
  * Creates a clone of a snapshot: a volume that reads as the snapshot until written, made in
  * constant time with nothing copied (docs/snapshots.md, "Clones").
  */
-async function createClone(input: CreateVolumeInput, owner?: string): Promise<VolumeView> {
+async function createClone(input: CreateVolumeInput, owner?: string, volumeId?: string): Promise<VolumeView> {
   for (const key of Object.keys(input)) {
     if (!CLONE_FIELDS.has(key)) throw new InvalidInputError(`a clone takes ${[...CLONE_FIELDS].join(', ')}; ${key} comes from the snapshot`);
   }
@@ -175,7 +181,7 @@ async function createClone(input: CreateVolumeInput, owner?: string): Promise<Vo
   const checkpointEveryCommits = checkpointInterval(input.checkpointEveryCommits);
   const now = new Date().toISOString();
   const record: VolumeRecord = {
-    volumeId: `vol-${randomBytes(8).toString('hex')}`,
+    volumeId: volumeId ?? newVolumeId(),
     sizeBytes,
     blockSizeBytes: source.blockSizeBytes,
     dataChunks: source.dataChunks,

@@ -74,6 +74,14 @@ export interface RebuildVolumeMessage {
 export type CheckpointQueueMessage = CheckpointVolumeMessage | CheckpointSweepMessage | RebuildVolumeMessage;
 
 // ---------------------------------------------------------------------------------------
+// Backups and restores (docs/backup.md), on the GC queue
+
+export type BackupMessage =
+  | { type: 'backup-volume'; backupId: string }
+  | { type: 'backup-delete'; backupId: string }
+  | { type: 'restore-volume'; restoreId: string };
+
+// ---------------------------------------------------------------------------------------
 // The union and its queues
 
 export type WorkMessage =
@@ -83,7 +91,8 @@ export type WorkMessage =
   | FlattenVolumeMessage
   | GcMessage
   | EvacuationMessage
-  | CheckpointQueueMessage;
+  | CheckpointQueueMessage
+  | BackupMessage;
 
 export const WORK_QUEUE_NAMES = ['gc', 'evacuation', 'checkpoint'] as const;
 export type WorkQueueName = (typeof WORK_QUEUE_NAMES)[number];
@@ -97,6 +106,9 @@ export function queueOf(message: WorkMessage): WorkQueueName {
     case 'sweep-leases':
     case 'gc-volume':
     case 'gc-sweep':
+    case 'backup-volume':
+    case 'backup-delete':
+    case 'restore-volume':
       return 'gc';
     case 'evacuate-drive':
     case 'move-chunks':
@@ -141,6 +153,8 @@ export function parseWorkMessage(body: string): WorkMessage {
   if (m.type === 'gc-sweep' && (m.startAfter === undefined || typeof m.startAfter === 'string')) {
     return m.startAfter === undefined ? { type: 'gc-sweep' } : { type: 'gc-sweep', startAfter: m.startAfter };
   }
+  if ((m.type === 'backup-volume' || m.type === 'backup-delete') && isJobId(m.backupId)) return { type: m.type, backupId: m.backupId };
+  if (m.type === 'restore-volume' && isJobId(m.restoreId)) return { type: m.type, restoreId: m.restoreId };
   const evacuation = parseEvacuationMessage(m);
   if (evacuation) return evacuation;
   if (m.type === 'sweep-leases') return { type: 'sweep-leases' };
@@ -172,6 +186,7 @@ export function parseEvacuationMessage(msg: Record<string, unknown>): Evacuation
   return null;
 }
 
+const isJobId = (v: unknown): v is string => typeof v === 'string' && /^(bkp|rst)-[0-9a-f-]{1,60}$/.test(v);
 const isVolumeId = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= 128;
 
 /** Parses a checkpoint-queue message body, or returns null if its `type` is not one of them. */

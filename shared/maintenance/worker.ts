@@ -18,9 +18,12 @@ import { sweepLeases } from '../control/heads.ts';
 import { reclaimVolume } from '../control/volumes.ts';
 import { purgeSnapshots } from '../control/snapshots.ts';
 import { flattenStep } from './flatten.ts';
+import { backupStep } from '../backup/backup.ts';
+import { deleteStep } from '../backup/delete.ts';
+import { restoreStep } from '../backup/restore.ts';
 
 /** Runs one work message; returns what was done, for the log. */
-async function run(msg: WorkMessage): Promise<Record<string, unknown>> {
+async function run(msg: WorkMessage, receiveCount = 1): Promise<Record<string, unknown>> {
   switch (msg.type) {
     case 'reclaim-volume':
       return { msg: 'reclaimed volume', volumeId: msg.volumeId, ...(await reclaimVolume(msg.volumeId)) };
@@ -51,6 +54,13 @@ async function run(msg: WorkMessage): Promise<Record<string, unknown>> {
     case 'move-chunks':
     case 'finish-pass':
       return { msg: `work done: ${msg.type}`, result: await handleEvacuationMessage(msg) };
+    // Backups and restores (docs/backup.md): the receive count lets the last try record the failure.
+    case 'backup-volume':
+      return { msg: 'backup', ...(await backupStep(msg.backupId, receiveCount)) };
+    case 'backup-delete':
+      return { msg: 'backup delete', ...(await deleteStep(msg.backupId)) };
+    case 'restore-volume':
+      return { msg: 'restore', ...(await restoreStep(msg.restoreId, receiveCount)) };
   }
 }
 
@@ -58,7 +68,7 @@ export async function handleWorkEvent(event: SQSEvent): Promise<SQSBatchResponse
   const batchItemFailures: SQSBatchResponse['batchItemFailures'] = [];
   for (const record of event.Records) {
     try {
-      const result = await run(parseWorkMessage(record.body));
+      const result = await run(parseWorkMessage(record.body), Number(record.attributes?.ApproximateReceiveCount ?? 1) || 1);
       console.log(JSON.stringify(result));
     } catch (err) {
       console.error(`work message ${record.messageId} failed (receive ${record.attributes?.ApproximateReceiveCount}):`, err);

@@ -1,0 +1,47 @@
+/**
+ * What the backup and restore routes (docs/backup.md) need besides their handlers. A backup
+ * and a restore belong to the owner of the volume they came from (recorded in the vault, so a
+ * second site knows it too); another tenant's answer 404, as for volumes.
+ */
+import { NotFoundError, UnavailableError } from '../core/errors.ts';
+import { hasVault } from '../core/vault-config.ts';
+import { owned } from './authz.ts';
+import type { Request } from './http.ts';
+import { getBackup, getRestore } from '../backup/catalog.ts';
+import { checkBackupId, checkRestoreId } from '../backup/records.ts';
+
+export const BACKUP_OWNER = owned('backup', 'backupId');
+export const RESTORE_OWNER = owned('restore', 'restoreId');
+
+export function requireVault(): void {
+  if (!hasVault()) throw new UnavailableError('this deployment has no backup vault configured (docs/backup.md)', { retryAfterSeconds: 60 });
+}
+
+export async function backupOwner(backupId: string): Promise<string | undefined | null> {
+  if (!hasVault()) return null;
+  try {
+    checkBackupId(backupId);
+  } catch {
+    return null;
+  }
+  const b = await getBackup(backupId);
+  return b ? b.record.owner : null;
+}
+
+export async function restoreOwner(restoreId: string): Promise<string | undefined | null> {
+  if (!hasVault()) return null;
+  try {
+    checkRestoreId(restoreId);
+  } catch {
+    return null;
+  }
+  const r = await getRestore(restoreId);
+  return r ? r.owner : null;
+}
+
+/** A tenant restores only its own backups (another tenant's reads as missing). */
+export async function checkRestoreSource(req: Request, body: Record<string, unknown>): Promise<void> {
+  const id = body.backupId;
+  if (typeof id !== 'string' || req.principal === undefined || req.principal.operator) return;
+  if ((await backupOwner(id)) !== req.principal.arn) throw new NotFoundError(`backup ${id} does not exist`);
+}

@@ -1,0 +1,383 @@
+/**
+ * The vault's catalog table (docs/backup.md): backup, pack and restore records, and site
+ * claims. A record's fields are one JSON document (`doc`) beside the few attributes that
+ * conditions and sets need (`state`, `version`, `children`, `refs`); every update of a document
+ * is conditional on its version, so two workers never lose each other's changes.
+ */
+import {
+  BatchGetItemCommand,
+  DeleteItemCommand,
+  GetItemCommand,
+  PutItemCommand,
+  QueryCommand,
+  ScanCommand,
+  UpdateItemCommand,
+  type AttributeValue,
+} from '@aws-sdk/client-dynamodb';
+import { vaultConfig } from '../core/vault-config.ts';
+import { vaultDynamo } from '../aws/vault-clients.ts';
+import { volumeOfBackup, type BackupRecord, type PackExtent, type PackRecord, type RestoreRecord } from './records.ts';
+
+type Item = Record<string, AttributeValue>;
+
+const table = () => vaultConfig().table;
+const isConditionFailure = (err: unknown) => (err as Error).name === 'ConditionalCheckFailedException';
+
+/** A volume's backups are one partition (the id names the volume), so listing them is one Query. */
+function backupKey(backupId: string): Item {
+  return { pk: { S: `vol#${volumeOfBackup(backupId)}` }, sk: { S: `backup#${backupId}` } };
+}
+
+function restoreKey(restoreId: string): Item {
+  return { pk: { S: `restore#${restoreId}` }, sk: { S: 'restore' } };
+}
+
+function packItemKey(packId: string): Item {
+  const [backupId, seq] = packId.split('/');
+  return { pk: { S: `pack#${backupId}` }, sk: { S: seq! } };
+}
+
+// ---------------------------------------------------------------------------------------
+// Backups
+
+export interface StoredBackup {
+  record: BackupRecord;
+  children: string[];
+}
+
+function toBackup(item: Item): StoredBackup {
+  const record = JSON.parse(item.doc!.S!) as BackupRecord;
+  record.version = Number(item.version!.N);
+  record.state = item.state!.S as BackupRecord['state'];
+  return { record, children: item.children?.SS ?? [] };
+}
+
+function backupDoc(r: BackupRecord): string {
+  const { version: _v, ...rest } = r;
+  return JSON.stringify(rest);
+}
+
+export async function getBackup(backupId: string): Promise<StoredBackup | null> {
+  const out = await vaultDynamo().send(new GetItemCommand({ TableName: table(), Key: backupKey(backupId), ConsistentRead: true }));
+  return out.Item ? toBackup(out.Item) : null;
+}
+
+export async function putNewBackup(r: BackupRecord): Promise<void> {
+  await vaultDynamo().send(
+    new PutItemCommand({
+      TableName: table(),
+      Item: {
+        ...backupKey(r.backupId),
+        kind: { S: 'backup' },
+        volumeId: { S: r.volumeId },
+        state: { S: r.state },
+        version: { N: '0' },
+        doc: { S: backupDoc({ ...r, version: 0 }) },
+      },
+      ConditionExpression: 'attribute_not_exists(pk)',
+    }),
+  );
+}
+
+/** Writes `r` over the stored record if it is still at `r.version`; false if another update came first. */
+export async function updateBackup(r: BackupRecord): Promise<boolean> {
+  try {
+    await vaultDynamo().send(
+      new UpdateItemCommand({
+        TableName: table(),
+        Key: backupKey(r.backupId),
+        UpdateExpression: 'SET #doc = :doc, #state = :state, #version = :next',
+        ConditionExpression: '#version = :version',
+        ExpressionAttributeNames: { '#doc': 'doc', '#state': 'state', '#version': 'version' },
+        ExpressionAttributeValues: {
+          ':doc': { S: backupDoc(r) },
+          ':state': { S: r.state },
+          ':version': { N: String(r.version) },
+          ':next': { N: String(r.version + 1) },
+        },
+      }),
+    );
+    r.version += 1;
+    return true;
+  } catch (err) {
+    if (isConditionFailure(err)) return false;
+    throw err;
+  }
+}
+
+/**
+ * Reads, changes and writes a backup record until the write wins (or `change` returns false:
+ * nothing to do). Returns the record as written, or as read when unchanged; null if absent.
+ */
+export async function changeBackup(backupId: string, change: (r: BackupRecord) => boolean): Promise<BackupRecord | null> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const stored = await getBackup(backupId);
+    if (!stored) return null;
+    const r = stored.record;
+    if (!change(r)) return r;
+    r.updatedAt = new Date().toISOString();
+    if (await updateBackup(r)) return r;
+  }
+  throw new Error(`backup ${backupId} kept changing under 20 updates in a row`);
+}
+
+/** Adds `childId` to the base's children, on condition that the base is complete. False if it is not (any more). */
+export async function addChild(baseId: string, childId: string, requireComplete: boolean): Promise<boolean> {
+  try {
+    await vaultDynamo().send(
+      new UpdateItemCommand({
+        TableName: table(),
+        Key: backupKey(baseId),
+        UpdateExpression: 'ADD children :c',
+        ConditionExpression: requireComplete ? '#state = :complete' : 'attribute_exists(pk)',
+        ExpressionAttributeNames: requireComplete ? { '#state': 'state' } : undefined,
+        ExpressionAttributeValues: { ':c': { SS: [childId] }, ...(requireComplete ? { ':complete': { S: 'complete' } } : {}) },
+      }),
+    );
+    return true;
+  } catch (err) {
+    if (isConditionFailure(err)) return false;
+    throw err;
+  }
+}
+
+export async function removeChild(baseId: string, childId: string): Promise<void> {
+  try {
+    await vaultDynamo().send(
+      new UpdateItemCommand({
+        TableName: table(),
+        Key: backupKey(baseId),
+        UpdateExpression: 'DELETE children :c',
+        ConditionExpression: 'attribute_exists(pk)',
+        ExpressionAttributeValues: { ':c': { SS: [childId] } },
+      }),
+    );
+  } catch (err) {
+    if (!isConditionFailure(err)) throw err;
+  }
+}
+
+export async function deleteBackupRecord(backupId: string): Promise<void> {
+  await vaultDynamo().send(new DeleteItemCommand({ TableName: table(), Key: backupKey(backupId) }));
+}
+
+/** Every backup record (of one volume when given: one Query; else a Scan of the catalog), oldest first. */
+export async function listBackups(volumeId?: string): Promise<BackupRecord[]> {
+  const out: BackupRecord[] = [];
+  let start: Item | undefined;
+  do {
+    const page = await vaultDynamo().send(
+      volumeId === undefined
+        ? new ScanCommand({
+            TableName: table(),
+            ConsistentRead: true,
+            FilterExpression: 'kind = :backup',
+            ExpressionAttributeValues: { ':backup': { S: 'backup' } },
+            ...(start ? { ExclusiveStartKey: start } : {}),
+          })
+        : new QueryCommand({
+            TableName: table(),
+            ConsistentRead: true,
+            KeyConditionExpression: 'pk = :pk AND begins_with(sk, :backup)',
+            ExpressionAttributeValues: { ':pk': { S: `vol#${volumeId}` }, ':backup': { S: 'backup#' } },
+            ...(start ? { ExclusiveStartKey: start } : {}),
+          }),
+    );
+    for (const item of page.Items ?? []) out.push(toBackup(item).record);
+    start = page.LastEvaluatedKey;
+  } while (start);
+  return out.sort((a, b) => (a.backupId < b.backupId ? -1 : 1));
+}
+
+// ---------------------------------------------------------------------------------------
+// Packs
+
+function toPack(item: Item): PackRecord {
+  const backupId = item.pk!.S!.slice('pack#'.length);
+  const seq = Number(item.sk!.S);
+  const raw = item.crcs?.B ?? new Uint8Array(0);
+  const crcs = new Uint32Array(raw.byteLength / 4);
+  const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  for (let i = 0; i < crcs.length; i++) crcs[i] = view.getUint32(i * 4, true);
+  return {
+    packId: `${backupId}/${item.sk!.S}`,
+    backupId,
+    seq,
+    extents: JSON.parse(item.extents!.S!) as PackExtent[],
+    crcs,
+    bytes: Number(item.bytes!.N),
+    endByte: Number(item.endByte!.N),
+  };
+}
+
+/** Puts a pack record with its first reference (the backup that made it); false if it was there already. */
+export async function putPack(p: PackRecord): Promise<boolean> {
+  const crcs = Buffer.alloc(p.crcs.length * 4);
+  for (let i = 0; i < p.crcs.length; i++) crcs.writeUInt32LE(p.crcs[i]!, i * 4);
+  try {
+    await vaultDynamo().send(
+      new PutItemCommand({
+        TableName: table(),
+        Item: {
+          ...packItemKey(p.packId),
+          kind: { S: 'pack' },
+          extents: { S: JSON.stringify(p.extents) },
+          crcs: { B: crcs },
+          bytes: { N: String(p.bytes) },
+          endByte: { N: String(p.endByte) },
+          refs: { SS: [p.backupId] },
+        },
+        ConditionExpression: 'attribute_not_exists(pk)',
+      }),
+    );
+    return true;
+  } catch (err) {
+    if (isConditionFailure(err)) return false;
+    throw err;
+  }
+}
+
+/** A backup's own packs (those it made), by seq. */
+export async function listPacks(backupId: string): Promise<PackRecord[]> {
+  const out: PackRecord[] = [];
+  let start: Item | undefined;
+  do {
+    const page = await vaultDynamo().send(
+      new QueryCommand({
+        TableName: table(),
+        ConsistentRead: true,
+        KeyConditionExpression: 'pk = :pk',
+        ExpressionAttributeValues: { ':pk': { S: `pack#${backupId}` } },
+        ...(start ? { ExclusiveStartKey: start } : {}),
+      }),
+    );
+    for (const item of page.Items ?? []) out.push(toPack(item));
+    start = page.LastEvaluatedKey;
+  } while (start);
+  return out.sort((a, b) => a.seq - b.seq);
+}
+
+/** The pack records of `packIds` (any order); a missing one is absent from the map. */
+export async function getPacks(packIds: readonly string[]): Promise<Map<string, PackRecord>> {
+  const out = new Map<string, PackRecord>();
+  const unique = [...new Set(packIds)];
+  for (let i = 0; i < unique.length; i += 100) {
+    let keys: Item[] = unique.slice(i, i + 100).map(packItemKey);
+    for (let round = 0; keys.length > 0 && round < 20; round++) {
+      const res = await vaultDynamo().send(new BatchGetItemCommand({ RequestItems: { [table()]: { Keys: keys, ConsistentRead: true } } }));
+      for (const item of res.Responses?.[table()] ?? []) {
+        const p = toPack(item);
+        out.set(p.packId, p);
+      }
+      keys = (res.UnprocessedKeys?.[table()]?.Keys as Item[] | undefined) ?? [];
+    }
+  }
+  return out;
+}
+
+export async function addPackRef(packId: string, backupId: string): Promise<void> {
+  try {
+    await vaultDynamo().send(
+      new UpdateItemCommand({
+        TableName: table(),
+        Key: packItemKey(packId),
+        UpdateExpression: 'ADD refs :b',
+        ConditionExpression: 'attribute_exists(pk)',
+        ExpressionAttributeValues: { ':b': { SS: [backupId] } },
+      }),
+    );
+  } catch (err) {
+    if (!isConditionFailure(err)) throw err;
+  }
+}
+
+/** Removes a reference; returns how many remain (0 also when the record is already gone). */
+export async function removePackRef(packId: string, backupId: string): Promise<number> {
+  try {
+    const out = await vaultDynamo().send(
+      new UpdateItemCommand({
+        TableName: table(),
+        Key: packItemKey(packId),
+        UpdateExpression: 'DELETE refs :b',
+        ConditionExpression: 'attribute_exists(pk)',
+        ExpressionAttributeValues: { ':b': { SS: [backupId] } },
+        ReturnValues: 'ALL_NEW',
+      }),
+    );
+    return out.Attributes?.refs?.SS?.length ?? 0;
+  } catch (err) {
+    if (isConditionFailure(err)) return 0;
+    throw err;
+  }
+}
+
+export async function deletePackRecord(packId: string): Promise<void> {
+  await vaultDynamo().send(new DeleteItemCommand({ TableName: table(), Key: packItemKey(packId) }));
+}
+
+// ---------------------------------------------------------------------------------------
+// Restores and site claims
+
+function toRestore(item: Item): RestoreRecord {
+  const r = JSON.parse(item.doc!.S!) as RestoreRecord;
+  r.version = Number(item.version!.N);
+  return r;
+}
+
+export async function getRestore(restoreId: string): Promise<RestoreRecord | null> {
+  const out = await vaultDynamo().send(new GetItemCommand({ TableName: table(), Key: restoreKey(restoreId), ConsistentRead: true }));
+  return out.Item ? toRestore(out.Item) : null;
+}
+
+export async function putNewRestore(r: RestoreRecord): Promise<void> {
+  const { version: _v, ...doc } = r;
+  await vaultDynamo().send(
+    new PutItemCommand({
+      TableName: table(),
+      Item: { ...restoreKey(r.restoreId), kind: { S: 'restore' }, version: { N: '0' }, doc: { S: JSON.stringify(doc) } },
+      ConditionExpression: 'attribute_not_exists(pk)',
+    }),
+  );
+}
+
+export async function changeRestore(restoreId: string, change: (r: RestoreRecord) => boolean): Promise<RestoreRecord | null> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const r = await getRestore(restoreId);
+    if (!r) return null;
+    if (!change(r)) return r;
+    r.updatedAt = new Date().toISOString();
+    const { version, ...doc } = r;
+    try {
+      await vaultDynamo().send(
+        new UpdateItemCommand({
+          TableName: table(),
+          Key: restoreKey(restoreId),
+          UpdateExpression: 'SET #doc = :doc, #version = :next',
+          ConditionExpression: '#version = :version',
+          ExpressionAttributeNames: { '#doc': 'doc', '#version': 'version' },
+          ExpressionAttributeValues: { ':doc': { S: JSON.stringify(doc) }, ':version': { N: String(version) }, ':next': { N: String(version + 1) } },
+        }),
+      );
+      r.version = version + 1;
+      return r;
+    } catch (err) {
+      if (!isConditionFailure(err)) throw err;
+    }
+  }
+  throw new Error(`restore ${restoreId} kept changing under 20 updates in a row`);
+}
+
+/** The restore at `site` that rebuilds `backupId`: claims it for `restoreId` if unclaimed; returns the claimant. */
+export async function claimSiteRestore(site: string, backupId: string, restoreId: string): Promise<string> {
+  const Key = { pk: { S: `site#${site}` }, sk: { S: `restored#${backupId}` } };
+  try {
+    await vaultDynamo().send(
+      new PutItemCommand({ TableName: table(), Item: { ...Key, restoreId: { S: restoreId } }, ConditionExpression: 'attribute_not_exists(pk)' }),
+    );
+    return restoreId;
+  } catch (err) {
+    if (!isConditionFailure(err)) throw err;
+  }
+  const out = await vaultDynamo().send(new GetItemCommand({ TableName: table(), Key, ConsistentRead: true }));
+  return out.Item!.restoreId!.S!;
+}

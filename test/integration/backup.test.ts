@@ -1,0 +1,182 @@
+import { randomBytes } from 'node:crypto';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { Api, PROFILES, http, useSledgeEnv } from './helpers.ts';
+import { MiB, backup, firstDifference, json, readAll, restore, snapshot, waitState } from './backup-helpers.ts';
+import { describeRun, run, SLEDGE_BIN, TOOLS_ENV } from './nbd-tools.ts';
+import { workQueue } from '#shared/ports.ts';
+import { getBackup, getRestore, listPacks } from '#shared/backup/catalog.ts';
+
+/**
+ * Backups to the vault and restores (docs/backup.md) through the API, against the local
+ * endpoint and the vault's own endpoint process: full and incremental backups ship only the
+ * changed blocks, restores equal the snapshot byte for byte, a clone's backup keeps its
+ * relation, deleting a backup merges it forward, verify, and bad input.
+ */
+const BLOCK = 4096;
+const SIZE = 24 * MiB;
+
+let api: Api;
+let url: string;
+beforeAll(() => {
+  url = useSledgeEnv().apiUrl;
+  api = new Api(url);
+});
+
+async function expectRestoresAs(backupId: string, snapshotId: string, sizeBytes: number): Promise<any> {
+  const done = await restore(url, backupId);
+  const [restored, expected] = await Promise.all([readAll(url, 'volumes', done.volumeId, sizeBytes), readAll(url, 'snapshots', snapshotId, sizeBytes)]);
+  expect(firstDifference(restored, expected)).toBeNull();
+  return done;
+}
+
+describe('backups and restores', () => {
+  it('ships a full backup, then only the changed blocks, and restores each exactly', async () => {
+    const v = await api.createVolume({ sizeBytes: SIZE });
+    // 2 MiB of data, one zero block written (never shipped), 8 blocks far apart.
+    await api.write(v.volumeId, 0, randomBytes(2 * MiB));
+    await api.write(v.volumeId, 4 * MiB, Buffer.alloc(BLOCK));
+    for (let i = 0; i < 8; i++) await api.write(v.volumeId, 8 * MiB + i * 97 * BLOCK, randomBytes(BLOCK));
+    const s1 = await snapshot(url, v.volumeId);
+    const b1 = await backup(url, v.volumeId, s1.snapshotId);
+    expect(b1.base).toBeUndefined();
+    expect(b1.bytesToShip).toBe(2 * MiB + BLOCK + 8 * BLOCK);
+    expect(b1.blocksChanged).toBe(b1.bytesToShip / BLOCK);
+
+    await api.write(v.volumeId, 64 * BLOCK, randomBytes(3 * BLOCK));
+    await api.trim(v.volumeId, 128 * BLOCK, 2 * BLOCK);
+    await api.write(v.volumeId, 20 * MiB, randomBytes(BLOCK));
+    const s2 = await snapshot(url, v.volumeId);
+    const b2 = await backup(url, v.volumeId, s2.snapshotId);
+    expect(b2.base).toBe(b1.backupId);
+    expect(b2.bytesToShip).toBe(6 * BLOCK);
+
+    const listed = await http(`${url}/backups?volumeId=${v.volumeId}`);
+    expect(listed.status).toBe(200);
+    expect(listed.json.backups.map((b: any) => b.backupId)).toEqual([b1.backupId, b2.backupId]);
+
+    await expectRestoresAs(b1.backupId, s1.snapshotId, SIZE);
+    await expectRestoresAs(b2.backupId, s2.snapshotId, SIZE);
+    const verified = await http(`${url}/backups/${b2.backupId}/verify`, { method: 'POST' });
+    expect(verified.status).toBe(200);
+    expect(verified.json).toMatchObject({ ok: true, badBlocks: [] });
+    expect(verified.json.bytes).toBe(2 * MiB + 8 * BLOCK + 4 * BLOCK);
+
+    // Deleting the full backup merges it forward: the incremental still restores exactly.
+    const del = await http(`${url}/backups/${b1.backupId}`, { method: 'DELETE' });
+    expect(del.status, del.body.toString()).toBe(202);
+    for (let i = 0; i < 200 && (await http(`${url}/backups/${b1.backupId}`)).status !== 404; i++) await new Promise((r) => setTimeout(r, 100));
+    expect((await http(`${url}/backups/${b1.backupId}`)).status).toBe(404);
+    const after = (await http(`${url}/backups/${b2.backupId}`)).json;
+    expect(after.base).toBeUndefined();
+    await expectRestoresAs(b2.backupId, s2.snapshotId, SIZE);
+  });
+
+  it("backs up a clone as its own blocks on its parent's backup, and restores it as a clone", async () => {
+    const parent = await api.createVolume({ sizeBytes: SIZE });
+    await api.write(parent.volumeId, 0, randomBytes(4 * MiB));
+    const ps = await snapshot(url, parent.volumeId);
+    const pb = await backup(url, parent.volumeId, ps.snapshotId);
+    const clone = await api.createVolume({ sourceSnapshotId: ps.snapshotId });
+    await api.write(clone.volumeId, MiB, randomBytes(4 * BLOCK));
+    await api.write(clone.volumeId, 10 * MiB, randomBytes(BLOCK));
+    const cs = await snapshot(url, clone.volumeId);
+    const cb = await backup(url, clone.volumeId, cs.snapshotId);
+    expect(cb.base).toBe(pb.backupId);
+    expect(cb.parent).toBe(pb.backupId);
+    expect(cb.bytesToShip).toBe(5 * BLOCK);
+
+    const restored = await expectRestoresAs(cb.backupId, cs.snapshotId, SIZE);
+    // A clone at this site too: of the parent's restore's snapshot.
+    const described = (await api.describe(restored.volumeId)).json;
+    const parentRestore = (await http(`${url}/restores/${restored.parentRestoreId}`)).json;
+    expect(parentRestore.state).toBe('complete');
+    expect(described.parent?.snapshotId).toBe(parentRestore.snapshotId);
+  });
+
+  it('refuses bad input with a clear 4xx', async () => {
+    const v = await api.createVolume({ sizeBytes: 4 * MiB });
+    await api.write(v.volumeId, 0, randomBytes(BLOCK));
+    const s = await snapshot(url, v.volumeId);
+    const missingSnap = `snap-${v.volumeId.slice(4)}-000000000999-abcdef`;
+    expect((await http(`${url}/volumes/${v.volumeId}/backups`, { method: 'POST', ...json({ snapshotId: missingSnap }) })).status).toBe(404);
+    expect((await http(`${url}/volumes/${v.volumeId}/backups`, { method: 'POST', ...json({}) })).status).toBe(400);
+    expect((await http(`${url}/volumes/${v.volumeId}/backups`, { method: 'POST', ...json({ snapshotId: s.snapshotId, x: 1 }) })).status).toBe(400);
+    expect((await http(`${url}/restores`, { method: 'POST', ...json({ backupId: 'bkp-0000000000000000-000000000000-000000' }) })).status).toBe(404);
+    expect((await http(`${url}/backups/nope`)).status).toBe(404);
+    expect((await http(`${url}/restores/nope`)).status).toBe(404);
+    const b = await backup(url, v.volumeId, s.snapshotId);
+    // Another tenant sees none of it (docs/security.md): 404 as for a backup that does not exist.
+    expect((await http(`${url}/backups/${b.backupId}`, { as: PROFILES.tenantB })).status).toBe(404);
+    expect((await http(`${url}/backups/${b.backupId}/verify`, { method: 'POST', as: PROFILES.tenantB })).status).toBe(404);
+    expect((await http(`${url}/restores`, { method: 'POST', as: PROFILES.tenantB, ...json({ backupId: b.backupId }) })).status).toBe(404);
+    const theirs = await http(`${url}/backups`, { as: PROFILES.tenantB });
+    expect(theirs.status).toBe(200);
+    expect(theirs.json.backups.map((x: any) => x.backupId)).not.toContain(b.backupId);
+    expect((await http(`${url}/restores`, { method: 'POST', ...json({ backupId: b.backupId, sizeBytes: 2 * MiB }) })).status).toBe(400);
+    expect((await http(`${url}/restores`, { method: 'POST', ...json({ backupId: b.backupId, sizeBytes: 4 * MiB + 1 }) })).status).toBe(400);
+    // A bigger restore is fine, and reads zeros beyond the backup.
+    const bigger = await restore(url, b.backupId, 8 * MiB);
+    const data = await readAll(url, 'volumes', bigger.volumeId, 8 * MiB);
+    expect(firstDifference(data.subarray(0, 4 * MiB), await readAll(url, 'snapshots', s.snapshotId, 4 * MiB))).toBeNull();
+    expect(data.subarray(4 * MiB).equals(Buffer.alloc(4 * MiB))).toBe(true);
+    // A backup being deleted is not restorable.
+    expect((await http(`${url}/backups/${b.backupId}`, { method: 'DELETE' })).status).toBe(202);
+    const r = await http(`${url}/restores`, { method: 'POST', ...json({ backupId: b.backupId }) });
+    expect([404, 409]).toContain(r.status);
+  });
+});
+
+describe('duplicate and late messages', () => {
+  it('change nothing: a backup run twice at once, and messages for finished jobs', async () => {
+    const v = await api.createVolume({ sizeBytes: 16 * MiB });
+    for (let off = 0; off < 12 * MiB; off += 4 * MiB) await api.write(v.volumeId, off, randomBytes(4 * MiB));
+    const s = await snapshot(url, v.volumeId);
+    const started = await http(`${url}/volumes/${v.volumeId}/backups`, { method: 'POST', ...json({ snapshotId: s.snapshotId }) });
+    expect(started.status).toBe(202);
+    const backupId = started.json.backupId;
+    // Two more copies of its message at once: three workers run the same backup.
+    await Promise.all([workQueue().send({ type: 'backup-volume', backupId }), workQueue().send({ type: 'backup-volume', backupId })]);
+    const done = await waitState(url, `/backups/${backupId}`, ['complete', 'failed']);
+    expect(done.state).toBe('complete');
+    const packs = await listPacks(backupId);
+    expect(packs.map((p) => p.seq)).toEqual([0]);
+    expect(done.bytesShipped).toBe(12 * MiB);
+    const before = (await getBackup(backupId))!;
+    const r = await restore(url, backupId);
+    const restoreBefore = (await getRestore(r.restoreId))!;
+    // Late duplicates of finished jobs, in any order.
+    await workQueue().send({ type: 'restore-volume', restoreId: r.restoreId });
+    await workQueue().send({ type: 'backup-volume', backupId });
+    await workQueue().send({ type: 'backup-delete', backupId });
+    await workQueue().send({ type: 'restore-volume', restoreId: r.restoreId });
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    expect((await getBackup(backupId))!.record).toEqual(before.record);
+    expect(await getRestore(r.restoreId)).toEqual(restoreBefore);
+    expect(firstDifference(await readAll(url, 'volumes', r.volumeId, 16 * MiB), await readAll(url, 'snapshots', s.snapshotId, 16 * MiB))).toBeNull();
+  });
+});
+
+describe('sledge backup and sledge restore', () => {
+  it('back up and restore with a progress bar, and say what they made', async () => {
+    const v = await api.createVolume({ sizeBytes: 8 * MiB });
+    await api.write(v.volumeId, 0, randomBytes(3 * MiB));
+    const s = await snapshot(url, v.volumeId);
+    const env: NodeJS.ProcessEnv = { ...TOOLS_ENV };
+    delete env.SLEDGE_DEBUG;
+    const b = await run(process.execPath, [SLEDGE_BIN, 'backup', v.volumeId, '--snapshot', s.snapshotId, '--api', url], { env });
+    expect(b.code, describeRun('sledge backup', b)).toBe(0);
+    const backupId = /^(bkp-\S+): backing up/m.exec(b.stdout)?.[1];
+    expect(backupId, b.stdout).toBeTruthy();
+    expect(b.stdout).toMatch(/\[#+\] 100% 3\.0 MiB of 3\.0 MiB shipped/);
+    expect(b.stdout).toMatch(new RegExp(`${backupId} complete in .*: 3\\.0 MiB of changed blocks in 1 packs`));
+    const r = await run(process.execPath, [SLEDGE_BIN, 'restore', backupId!, '--api', url], { env });
+    expect(r.code, describeRun('sledge restore', r)).toBe(0);
+    const volumeId = /^(vol-[0-9a-f]+) restored from /m.exec(r.stdout)?.[1];
+    expect(volumeId, r.stdout).toBeTruthy();
+    expect(r.stdout).toMatch(/\[#+\] 100% 3\.0 MiB of 3\.0 MiB restored/);
+    expect(firstDifference(await readAll(url, 'volumes', volumeId!, 8 * MiB), await readAll(url, 'snapshots', s.snapshotId, 8 * MiB))).toBeNull();
+    const bad = await run(process.execPath, [SLEDGE_BIN, 'restore', 'bkp-nope', '--api', url], { env });
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/is not a backup id/);
+  });
+});
