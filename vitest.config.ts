@@ -1,12 +1,23 @@
 import { defineConfig } from 'vitest/config';
 
-// Three projects: `unit` touches no network; `integration` talks to the local AWS endpoint
-// over HTTP (started by its global setup) and to the local Sledge API; `integration-portable`
+// Four projects: `unit` touches no network; `integration` and `integration-b` talk to a local AWS
+// endpoint over HTTP (each started by its global setup) and to a local Sledge API; `integration-portable`
 // runs the data-path tests again against a control plane with the portable codec and CRC.
 // Pooled write buffers are overwritten when released (shared/data/buffer-pool.ts), so that a use
 // after release corrupts data the tests would catch, rather than passing by luck. Set before
 // the global setup starts the control plane, which inherits it.
 process.env.SLEDGE_POOL_POISON = '1';
+
+/** Integration files that run against the second control plane (the `integration-b` project). */
+const SECOND_PLANE_FILES = [
+  'test/integration/snapshot-model.test.ts',
+  'test/integration/backup-sites.test.ts',
+  'test/integration/backup.test.ts',
+  'test/integration/interleavings.test.ts',
+  'test/integration/snapshots.test.ts',
+  'test/integration/cli-snapshots.test.ts',
+  'test/integration/cli-flatten.test.ts',
+];
 
 export default defineConfig({
   test: {
@@ -24,12 +35,25 @@ export default defineConfig({
         test: {
           name: 'integration',
           include: ['test/integration/**/*.test.ts'],
-          // Needs the portable control plane, which only the next project starts.
-          exclude: ['test/integration/portable-codecs.test.ts'],
+          // Needs the portable control plane, which only the last project starts; the others run in integration-b.
+          exclude: ['test/integration/portable-codecs.test.ts', ...SECOND_PLANE_FILES],
           globalSetup: ['test/integration/global-setup.ts'],
           testTimeout: 300_000,
           hookTimeout: 300_000,
-          // The local endpoint is one process on a 2-core machine; files run one at a time.
+          // One file at a time against this control plane; integration-b runs beside it.
+          fileParallelism: false,
+        },
+      },
+      {
+        // Long files that need nothing but a control plane, against a second one on its own local
+        // endpoint (test/integration/global-setup-b.ts), at the same time as the project above:
+        // the machine has 2 cores, and each endpoint is one process.
+        test: {
+          name: 'integration-b',
+          include: SECOND_PLANE_FILES,
+          globalSetup: ['test/integration/global-setup-b.ts'],
+          testTimeout: 300_000,
+          hookTimeout: 300_000,
           fileParallelism: false,
         },
       },
