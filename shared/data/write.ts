@@ -18,6 +18,7 @@ import {
   type PageRecord,
   type SegmentRecord,
   type VolumeRecord,
+  type WriteBarrier,
 } from '../core/records.ts';
 import { sleep } from '../core/async.ts';
 import { encodeSegment, newSegmentId, segmentRecordOf, type WriterIdentity } from './segments.ts';
@@ -441,13 +442,43 @@ export async function completeWrite(prepared: PreparedWrite, writerOverride?: Co
     }
     prepared.freeze = [];
   }
-  try {
-    await pageMap().commitSegment(v, record, changes, fencedOn, commitToken);
-    return result;
-  } catch (err) {
-    if (err instanceof CommitRefusedError) return settleRefusal(prepared, err);
-    // The outcome is unknown: find out from the volume item and the segment record.
-    return resolveUnknownOutcome(prepared, fencedOn, commitToken, err);
+  let token = commitToken;
+  for (const startedMs = Date.now(); ; ) {
+    try {
+      await pageMap().commitSegment(v, record, changes, fencedOn, token);
+      return result;
+    } catch (err) {
+      const barrier = err instanceof CommitRefusedError && err.reason === 'barrier-raised' ? err.currentVolume?.barrier : undefined;
+      if (barrier && Date.now() - startedMs < BARRIER_WAIT_MAX_MS) {
+        // A group snapshot holds the volume still (docs/consistency-groups.md): the condition
+        // refused this attempt, so nothing applied. Wait for the barrier to drop or expire, and
+        // send the commit again under a new token (its timestamp differs, so the old one would
+        // not match).
+        await waitForBarrier(v.volumeId, barrier);
+        token = randomUUID();
+        continue;
+      }
+      if (err instanceof CommitRefusedError) return settleRefusal(prepared, err);
+      // The outcome is unknown: find out from the volume item and the segment record.
+      return resolveUnknownOutcome(prepared, fencedOn, token, err);
+    }
+  }
+}
+
+/** The longest a commit waits behind write barriers before it is settled like any refusal. */
+const BARRIER_WAIT_MAX_MS = 120_000;
+
+/**
+ * Waits until `barrier` is gone from the volume item (dropped, replaced, or past its lease by
+ * this process's clock), polling every 10 ms at first and then less often.
+ */
+async function waitForBarrier(volumeId: string, barrier: WriteBarrier): Promise<void> {
+  for (let poll = 0; ; poll++) {
+    const untilExpiryMs = barrier.expiresAtMs - Date.now();
+    if (untilExpiryMs < 0) return;
+    await sleep(Math.min(untilExpiryMs + 1, poll < 10 ? 10 : 100));
+    const now = await pageMap().getVolume(volumeId);
+    if (!now?.barrier || now.barrier.id !== barrier.id || now.barrier.expiresAtMs < Date.now()) return;
   }
 }
 
