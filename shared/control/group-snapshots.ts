@@ -50,8 +50,12 @@ export interface CoordinatorOptions {
   transactionMembers?: number;
   /** The barriers' lease (config `groupBarrierLeaseMs`). */
   leaseMs?: number;
-  /** Runs once every barrier is up (a test kills the coordinator here). */
-  afterBarriers?: (groupSnapshotId: string) => Promise<void>;
+  /** Run at steps of the barrier path (a test kills the coordinator in them): once every barrier is up, after the first transaction of step 4, after the commit point. */
+  hooks?: {
+    afterBarriers?: (groupSnapshotId: string) => Promise<void>;
+    afterFirstMembers?: (groupSnapshotId: string) => Promise<void>;
+    afterCommit?: (groupSnapshotId: string) => Promise<void>;
+  };
 }
 
 /** A member's snapshot record at its head, and the requester as fenced on it; throws when the member cannot be snapshotted. */
@@ -96,13 +100,13 @@ function refusalError(refused: readonly MemberRefusal[], g: GroupRecord, request
 export async function createGroupSnapshot(groupId: string, requester: WriterIdentity, opts: CoordinatorOptions = {}): Promise<GroupSnapshotView> {
   const g = await requireGroup(groupId);
   const purgeAfter: string[] = [];
-  for (const volumeId of g.members) {
-    const existing = await pageMap().listSnapshots(volumeId);
-    if (existing.filter((s) => s.state === 'ready').length >= MAX_SNAPSHOTS_PER_VOLUME) {
-      throw new InvalidInputError(`volume ${volumeId} has ${MAX_SNAPSHOTS_PER_VOLUME} snapshots, the most it may have; delete some first`);
+  const existing = await Promise.all(g.members.map((volumeId) => pageMap().listSnapshots(volumeId)));
+  existing.forEach((records, i) => {
+    if (records.filter((s) => s.state === 'ready').length >= MAX_SNAPSHOTS_PER_VOLUME) {
+      throw new InvalidInputError(`volume ${g.members[i]} has ${MAX_SNAPSHOTS_PER_VOLUME} snapshots, the most it may have; delete some first`);
     }
-    if (existing.some((s) => s.state === 'deleting')) purgeAfter.push(volumeId);
-  }
+    if (records.some((s) => s.state === 'deleting')) purgeAfter.push(g.members[i]!);
+  });
   const atOnce = g.members.length <= (opts.transactionMembers ?? config().groupTransactionMembers);
   const out = atOnce ? await snapshotAtOnce(g, requester) : await snapshotBehindBarriers(g, requester, opts);
   // Deleted snapshots below the new ones can be purged now (the newest tag waits for a newer snapshot).
@@ -171,7 +175,7 @@ async function snapshotBehindBarriers(g: GroupRecord, requester: WriterIdentity,
     if (!up.every(Boolean)) {
       throw new ConflictError(`another group snapshot of consistency group ${g.groupId} holds its members (or one left the group); retry`);
     }
-    await opts.afterBarriers?.(gsid);
+    await opts.hooks?.afterBarriers?.(gsid);
     // 3: the heads, which no commit moves while the barriers are up.
     const volumes = await readMembers(g);
     const members = volumes.map((v, i) => memberSnapshot(v, g.members[i]!, g, gsid, requester, 'pending'));
@@ -184,6 +188,7 @@ async function snapshotBehindBarriers(g: GroupRecord, requester: WriterIdentity,
           new UnavailableError(`a member of consistency group ${g.groupId} committed past its barrier (the lease passed); retry`, { retryAfterSeconds: 1 })
         );
       }
+      if (i === 0) await opts.hooks?.afterFirstMembers?.(gsid);
     }
     // 5: writers go on.
     await Promise.all(raised.map((volumeId) => groupStore().dropBarrier(volumeId, gsid)));
@@ -193,6 +198,7 @@ async function snapshotBehindBarriers(g: GroupRecord, requester: WriterIdentity,
     if (!(await groupStore().setGroupSnapshotState(g.groupId, gsid, 'pending', 'ready', { lease: 'live', members: list }))) {
       throw new UnavailableError(`group snapshot ${gsid} took longer than its lease of ${leaseMs} ms and was abandoned; retry`, { retryAfterSeconds: 1 });
     }
+    await opts.hooks?.afterCommit?.(gsid);
     // 7: the members become ordinary snapshots.
     await Promise.all(members.map((m) => groupStore().setSnapshotState(m.record, 'pending', 'ready')));
     return { ...gs, state: 'ready', members: list };
