@@ -35,7 +35,7 @@ import { readAllocation, readData, readSnapshotData } from '../data/read.ts';
 import { changedBlocks, createSnapshot, deleteSnapshot, describeSnapshot, listSnapshotViews, rollbackVolume } from '../control/snapshots.ts';
 import { trimRange, writeData, writePieces } from '../data/write.ts';
 import { changeGroup, createGroup, deleteGroup, describeGroup, groupOwner } from '../control/groups.ts';
-import { createGroupSnapshot, deleteGroupSnapshot, describeGroupSnapshot, listGroupSnapshotViews } from '../control/group-snapshots.ts';
+import { createGroupSnapshot, deleteGroupSnapshot, describeGroupSnapshot, listGroupSnapshotViews, parseGroupSnapshotBody } from '../control/group-snapshots.ts';
 import openapi from './openapi.json' with { type: 'json' };
 
 function requireBinary(req: Request, allowed: string[]): void {
@@ -233,7 +233,7 @@ export const router = new Router()
   .on('DELETE', '/consistency-groups/{groupId}', GROUP_OWNER, async (req) => ({ status: 200, json: await deleteGroup(req.params.groupId!) }))
   .on('POST', '/consistency-groups/{groupId}/snapshots', GROUP_OWNER, async (req) => ({
     status: 201,
-    json: await createGroupSnapshot(req.params.groupId!, writer(req)),
+    json: await createGroupSnapshot(req.params.groupId!, writer(req), parseGroupSnapshotBody(optionalJsonBody(req))),
   }))
   .on('GET', '/consistency-groups/{groupId}/snapshots', GROUP_OWNER, async (req) => ({ status: 200, json: await listGroupSnapshotViews(req.params.groupId!) }))
   .on('GET', '/consistency-groups/{groupId}/snapshots/{groupSnapshotId}', GROUP_OWNER, async (req) => ({

@@ -13,7 +13,7 @@ import type { WriterIdentity } from '../data/segments.ts';
 import { commitWriter } from '../data/write.ts';
 import { groupStore, pageMap } from '../ports.ts';
 import { requireGroup } from './groups.ts';
-import { writeRefusal } from './reservations.ts';
+import { checkKey, writeRefusal } from './reservations.ts';
 import { MAX_SNAPSHOTS_PER_VOLUME, deleteSnapshot, queuePurge, snapshotIdFor } from './snapshots.ts';
 
 const GROUP_SNAPSHOT_ATTEMPT_MAX = 16;
@@ -50,6 +50,11 @@ export interface CoordinatorOptions {
   transactionMembers?: number;
   /** The barriers' lease (config `groupBarrierLeaseMs`). */
   leaseMs?: number;
+  /**
+   * The reservation key to present on each member, by volume id (members attached by different
+   * gateways hold different keys); members not named present the requester's key.
+   */
+  reservationKeys?: Record<string, string>;
   /** Run at steps of the barrier path (a test kills the coordinator in them): once every barrier is up, after the first transaction of step 4, after the commit point. */
   hooks?: {
     afterBarriers?: (groupSnapshotId: string) => Promise<void>;
@@ -58,8 +63,27 @@ export interface CoordinatorOptions {
   };
 }
 
+/** The requester as it presents itself on one member: with that member's key when one was given for it. */
+function memberRequester(requester: WriterIdentity & { keys?: Record<string, string> }, volumeId: string): WriterIdentity {
+  const key = requester.keys?.[volumeId] ?? requester.key;
+  return key === undefined ? { id: requester.id } : { id: requester.id, key };
+}
+
+/** Parses the optional body of a group snapshot request: `{ reservationKeys?: { <volumeId>: <key> } }`. */
+export function parseGroupSnapshotBody(body: Record<string, unknown>): CoordinatorOptions {
+  const extra = Object.keys(body).filter((k) => k !== 'reservationKeys');
+  if (extra.length > 0) throw new InvalidInputError(`unknown field ${JSON.stringify(extra[0])}; allowed: reservationKeys`);
+  const keys = body.reservationKeys;
+  if (keys === undefined) return {};
+  if (typeof keys !== 'object' || keys === null || Array.isArray(keys)) throw new InvalidInputError('reservationKeys must map volume ids to keys');
+  const out: Record<string, string> = {};
+  for (const [volumeId, key] of Object.entries(keys)) out[volumeId] = checkKey(key, `reservationKeys.${volumeId}`);
+  return { reservationKeys: out };
+}
+
 /** A member's snapshot record at its head, and the requester as fenced on it; throws when the member cannot be snapshotted. */
-function memberSnapshot(v: VolumeRecord | null, volumeId: string, g: GroupRecord, gsid: string, requester: WriterIdentity, state: 'ready' | 'pending') {
+function memberSnapshot(v: VolumeRecord | null, volumeId: string, g: GroupRecord, gsid: string, asRequested: WriterIdentity, state: 'ready' | 'pending') {
+  const requester = memberRequester(asRequested, volumeId);
   if (!v || v.state !== 'active') throw new NotFoundError(`volume ${volumeId} of consistency group ${g.groupId} does not exist or is not serving`);
   if (v.groupId !== g.groupId) throw new ConflictError(`volume ${volumeId} left consistency group ${g.groupId} meanwhile; retry`);
   const refused = writeRefusal(volumeId, v.reservations, requester.key);
@@ -82,8 +106,9 @@ function memberSnapshot(v: VolumeRecord | null, volumeId: string, g: GroupRecord
 }
 
 /** The answer to members refused in a transaction: an error to give, or null to try again (a head moved, a barrier, a purge). */
-function refusalError(refused: readonly MemberRefusal[], g: GroupRecord, requester: WriterIdentity): Error | null {
+function refusalError(refused: readonly MemberRefusal[], g: GroupRecord, asRequested: WriterIdentity): Error | null {
   for (const r of refused) {
+    const requester = memberRequester(asRequested, r.volumeId);
     const v = r.current;
     if (!v || v.state !== 'active') return new NotFoundError(`volume ${r.volumeId} of consistency group ${g.groupId} does not exist or is not serving`);
     if (v.groupId !== g.groupId) return new ConflictError(`volume ${r.volumeId} left consistency group ${g.groupId} meanwhile; retry`);
@@ -99,6 +124,9 @@ function refusalError(refused: readonly MemberRefusal[], g: GroupRecord, request
  */
 export async function createGroupSnapshot(groupId: string, requester: WriterIdentity, opts: CoordinatorOptions = {}): Promise<GroupSnapshotView> {
   const g = await requireGroup(groupId);
+  const stranger = Object.keys(opts.reservationKeys ?? {}).find((v) => !g.members.includes(v));
+  if (stranger) throw new InvalidInputError(`reservationKeys names ${stranger}, which is not a member of consistency group ${groupId}`);
+  if (opts.reservationKeys) requester = { ...requester, keys: opts.reservationKeys } as WriterIdentity;
   const purgeAfter: string[] = [];
   const existing = await Promise.all(g.members.map((volumeId) => pageMap().listSnapshots(volumeId)));
   existing.forEach((records, i) => {
