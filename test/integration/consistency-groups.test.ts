@@ -1,6 +1,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { pageMap } from '#shared/ports.ts';
 import { Api, PROFILES, http, useSledgeEnv } from './helpers.ts';
+import { describeRun, run, SLEDGE_BIN, TOOLS_ENV } from './nbd-tools.ts';
 
 /**
  * Consistency groups through the API (docs/consistency-groups.md): create, describe, change and
@@ -167,5 +168,28 @@ describe('consistency groups', () => {
     for (const s of gs.snapshots) expect((await http(`${url}/snapshots/${s.snapshotId}`)).json.state).toBe('ready');
     expect((await http(`${url}/consistency-groups/${g.groupId}/snapshots/${gs.groupSnapshotId}`)).status).toBe(200);
     expect((await http(`${url}/volumes/${clone.volumeId}`, { method: 'DELETE' })).status).toBe(202);
+  });
+
+  it('is driven by the CLI: sledge group create, snapshot, snapshots, delete-snapshot, delete', async () => {
+    const env: NodeJS.ProcessEnv = { ...TOOLS_ENV };
+    delete env.SLEDGE_DEBUG;
+    const sledge = async (args: string[]) => {
+      const r = await run(process.execPath, [SLEDGE_BIN, 'group', ...args, '--api', url], { env });
+      expect(r.code, describeRun(`sledge group ${args[0]}`, r)).toBe(0);
+      return r.stdout.trim();
+    };
+    const [a, b] = [await volume(), await volume()];
+    const created = await sledge(['create', 'cli', a, b]);
+    const groupId = /^(cg-[0-9a-f]{16}) {2}"cli" {2}(\S+) (\S+)$/.exec(created);
+    expect(groupId, created).not.toBeNull();
+    expect([groupId![2], groupId![3]]).toEqual([a, b]);
+    const taken = await sledge(['snapshot', groupId![1]!]);
+    const gs = /^(gsnap-[0-9a-f]{16}-[0-9a-f]{8}) {2}ready {2}\S+ {2}(\S+) (\S+)$/.exec(taken);
+    expect(gs, taken).not.toBeNull();
+    expect(gs![2]).toMatch(new RegExp(`^${a}=snap-`));
+    expect(await sledge(['snapshots', groupId![1]!])).toBe(taken);
+    expect(await sledge(['delete-snapshot', groupId![1]!, gs![1]!])).toBe(`${gs![1]} deleted with its member snapshots`);
+    expect(await sledge(['delete', groupId![1]!])).toBe(`${groupId![1]} deleted; its volumes are in no group`);
+    expect(await groupIdOf(a)).toBeUndefined();
   });
 });
