@@ -147,7 +147,7 @@ function newGroupSnapshotId(groupId: string): string {
 }
 
 async function readMembers(g: GroupRecord): Promise<Array<VolumeRecord | null>> {
-  return Promise.all(g.members.map((id) => pageMap().getVolume(id)));
+  return groupStore().getVolumes(g.members);
 }
 
 /** The one-transaction path: no barrier, no wait for writers. */
@@ -192,17 +192,11 @@ async function snapshotBehindBarriers(g: GroupRecord, requester: WriterIdentity,
   await groupStore().putGroupSnapshot(gs); // 1
   const raised: string[] = [];
   try {
-    // 2: every member's barrier, in parallel.
-    const up = await Promise.all(
-      g.members.map(async (volumeId) => {
-        const ok = await groupStore().raiseBarrier(volumeId, g.groupId, { id: gsid, expiresAtMs });
-        if (ok) raised.push(volumeId);
-        return ok;
-      }),
-    );
-    if (!up.every(Boolean)) {
+    // 2: every member's barrier, in one transaction.
+    if (!(await groupStore().raiseBarriers(g.members, g.groupId, { id: gsid, expiresAtMs }))) {
       throw new ConflictError(`another group snapshot of consistency group ${g.groupId} holds its members (or one left the group); retry`);
     }
+    raised.push(...g.members);
     await opts.hooks?.afterBarriers?.(gsid);
     // 3: the heads, which no commit moves while the barriers are up.
     const volumes = await readMembers(g);
@@ -219,7 +213,7 @@ async function snapshotBehindBarriers(g: GroupRecord, requester: WriterIdentity,
       if (i === 0) await opts.hooks?.afterFirstMembers?.(gsid);
     }
     // 5: writers go on.
-    await Promise.all(raised.map((volumeId) => groupStore().dropBarrier(volumeId, gsid)));
+    await groupStore().dropBarriers(raised, gsid);
     raised.length = 0;
     // 6: the commit point.
     const list = members.map((m) => ({ volumeId: m.record.volumeId, snapshotId: m.record.snapshotId, seq: m.record.seq }));
@@ -228,10 +222,10 @@ async function snapshotBehindBarriers(g: GroupRecord, requester: WriterIdentity,
     }
     await opts.hooks?.afterCommit?.(gsid);
     // 7: the members become ordinary snapshots.
-    await Promise.all(members.map((m) => groupStore().setSnapshotState(m.record, 'pending', 'ready')));
+    await groupStore().readyMembers(members.map((m) => m.record));
     return { ...gs, state: 'ready', members: list };
   } catch (err) {
-    await Promise.all(raised.map((volumeId) => groupStore().dropBarrier(volumeId, gsid)));
+    if (raised.length > 0) await groupStore().dropBarriers(raised, gsid);
     await abortGroupSnapshot(g.groupId, gsid, false);
     throw err;
   }

@@ -43,6 +43,8 @@ export interface MemberRefusal {
 export type MembershipOutcome = { ok: true } | { ok: false; volumeId: string; current: VolumeRecord | null } | { ok: false; groupChanged: true };
 
 export interface GroupStore {
+  /** Several volume items at once (consistent), in order; null for a missing one. */
+  getVolumes(volumeIds: readonly string[]): Promise<Array<VolumeRecord | null>>;
   getGroup(groupId: string): Promise<GroupRecord | null>;
   createGroup(g: GroupRecord): Promise<MembershipOutcome>;
   changeGroupMembers(g: GroupRecord, members: string[], add: string[], remove: string[]): Promise<MembershipOutcome>;
@@ -60,7 +62,8 @@ export interface GroupStore {
     opts?: { lease?: 'live' | 'passed'; members?: GroupSnapshotRecord['members'] },
   ): Promise<boolean>;
   deleteGroupSnapshotItem(groupId: string, groupSnapshotId: string): Promise<void>;
-  raiseBarrier(volumeId: string, groupId: string, barrier: WriteBarrier): Promise<boolean>;
-  dropBarrier(volumeId: string, groupSnapshotId: string): Promise<void>;
+  raiseBarriers(volumeIds: readonly string[], groupId: string, barrier: WriteBarrier): Promise<boolean>;
+  dropBarriers(volumeIds: readonly string[], groupSnapshotId: string): Promise<void>;
+  readyMembers(records: ReadonlyArray<Pick<SnapshotRecord, 'volumeId' | 'snapshotId'>>): Promise<void>;
   setSnapshotState(s: Pick<SnapshotRecord, 'volumeId' | 'snapshotId'>, from: string, to: string): Promise<boolean>;
 }

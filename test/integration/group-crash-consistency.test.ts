@@ -149,14 +149,17 @@ async function runRound(rng: ReturnType<typeof seeded>, round: number, perRound:
       while (taken.length < perRound && !stop) {
         await new Promise((resolve) => setTimeout(resolve, r() * 30));
         const barrierPath = r() < 0.25;
+        snapshotting.set(id, performance.now());
         try {
-          const view = await createGroupSnapshot(groupId, { id: HEAD_ID }, barrierPath ? { transactionMembers: 2, leaseMs: 3000 } : {});
+          const view = await createGroupSnapshot(groupId, { id: HEAD_ID }, barrierPath ? { transactionMembers: Math.ceil(nVolumes / 2), leaseMs: 3000 } : {});
           taken.push({ view, issuedPerVolume: perVolume.map((l) => l.length), issuedTotal: globalSeq, barrierPath });
         } catch (err) {
           // Two barrier-path snapshots of one group at once: the second finds the members held (409); a
           // one-transaction snapshot that kept meeting barriers or commits gives up (503). Neither is taken.
           if (!(err instanceof ConflictError) && !(err instanceof UnavailableError)) throw err;
           refusedBusy++;
+        } finally {
+          snapshotting.delete(id);
         }
       }
     };
@@ -216,7 +219,6 @@ async function runRound(rng: ReturnType<typeof seeded>, round: number, perRound:
         }),
       );
       checked++;
-      if (checked % 25 === 0) console.log(`round ${round}: ${taken.length} taken, ${checked} checked, ${writes.length} writes, ${refusedBusy} refused as busy`);
     };
     const checker = async () => {
       for (let n = 0; n < perRound; n++) {
@@ -225,14 +227,27 @@ async function runRound(rng: ReturnType<typeof seeded>, round: number, perRound:
       }
     };
 
+    const snapshotting = new Map<number, number>();
     const startedAt = performance.now();
+    // Progress, so that a slow or stuck round shows where it is.
+    const progress = setInterval(() => {
+      const now = performance.now();
+      const pending = writes.filter((w) => w.ackedAt === undefined).map((w) => `w${w.writer}:${((now - w.issuedAt) / 1000).toFixed(1)}s`);
+      const snaps = [...snapshotting.values()].map((t) => `${((now - t) / 1000).toFixed(1)}s`);
+      console.log(`round ${round} at ${((now - startedAt) / 1000).toFixed(0)} s: ${taken.length} taken, ${checked} checked, ${writes.length} writes; in flight: writes ${pending.join(' ')}, group snapshots ${snaps.join(' ')}`);
+    }, 15_000);
     const writersDone = Promise.all(Array.from({ length: WRITERS }, (_, i) => writer(i)));
     const checked200 = checker();
+    // A writer that fails ends the round at once (the checker would otherwise wait for its acknowledgement).
+    const writerFailed = writersDone.then(() => {
+      if (!stop) throw new Error('the writers stopped before the group snapshots were taken');
+    });
     try {
-      await Promise.all([...Array.from({ length: SNAPSHOTTERS }, (_, i) => snapshotter(i)), checked200]);
+      await Promise.race([Promise.all([...Array.from({ length: SNAPSHOTTERS }, (_, i) => snapshotter(i)), checked200]), writerFailed]);
     } finally {
       stop = true;
       await writersDone;
+      clearInterval(progress);
     }
     const barrierTaken = taken.filter((t) => t.barrierPath).length;
     const runMs = performance.now() - startedAt;

@@ -15,7 +15,7 @@ import {
 } from '@aws-sdk/client-dynamodb';
 import { config } from '../../core/config.ts';
 import { invariant } from '../../core/errors.ts';
-import type { CommitWriter, SnapshotRecord, WriteBarrier } from '../../core/records.ts';
+import type { CommitWriter, SnapshotRecord, VolumeRecord, WriteBarrier } from '../../core/records.ts';
 import type {
   GroupMemberSnapshot,
   GroupRecord,
@@ -27,6 +27,7 @@ import type {
 } from '../../core/groups.ts';
 import { dynamo } from '../clients.ts';
 import { N, S, conditionFailed, itemToVolume, num, str } from './items.ts';
+import { batchGet } from './pages.ts';
 import { cancellation, snapshotToItem } from './snapshots.ts';
 import { NO_LIVE_BARRIER, fencingCondition } from './transactions.ts';
 
@@ -184,6 +185,16 @@ export async function deleteGroup(g: GroupRecord): Promise<MembershipOutcome> {
     ...g.members.map((v) => leaveItem(v, g.groupId)),
   ];
   return membershipTransaction(items, (i) => (i === 0 ? undefined : g.members[i - 1]));
+}
+
+/** The volume items of `volumeIds` (consistent reads, one BatchGetItem per 100), in that order; null for a missing one. */
+export async function getVolumes(volumeIds: readonly string[]): Promise<Array<VolumeRecord | null>> {
+  const items = await batchGet(
+    config().volumesTable,
+    volumeIds.map((v) => ({ volumeId: S(v) })),
+  );
+  const byId = new Map(items.map((item) => [str(item.volumeId), itemToVolume(item)]));
+  return volumeIds.map((v) => byId.get(v) ?? null);
 }
 
 export async function getGroupSnapshot(groupId: string, groupSnapshotId: string): Promise<GroupSnapshotRecord | null> {
@@ -358,11 +369,16 @@ export async function deleteGroupSnapshotItem(groupId: string, groupSnapshotId: 
   await dynamo().send(new DeleteItemCommand({ TableName: config().snapshotsTable, Key: groupKey(groupId, groupSnapshotId), ReturnConsumedCapacity: 'TOTAL' }));
 }
 
-/** Raises group snapshot `barrier.id`'s barrier on a volume; false when another live barrier is up (or the volume is not a serving member). */
-export async function raiseBarrier(volumeId: string, groupId: string, barrier: WriteBarrier): Promise<boolean> {
-  try {
-    await dynamo().send(
-      new UpdateItemCommand({
+/**
+ * Raises the barrier on every volume in one transaction (100 volumes per transaction; a group
+ * has at most 64): all are raised, or none and false (a live barrier of another group snapshot,
+ * or a volume not serving or not in the group).
+ */
+export async function raiseBarriers(volumeIds: readonly string[], groupId: string, barrier: WriteBarrier): Promise<boolean> {
+  const nowMs = Date.now();
+  const items = volumeIds.map(
+    (volumeId): TransactWriteItem => ({
+      Update: {
         TableName: config().volumesTable,
         Key: { volumeId: S(volumeId) },
         UpdateExpression: 'SET barrier = :b',
@@ -376,16 +392,69 @@ export async function raiseBarrier(volumeId: string, groupId: string, barrier: W
           ':b': { M: { id: S(barrier.id), expiresAtMs: N(barrier.expiresAtMs) } },
           ':active': S('active'),
           ':group': S(groupId),
-          ':nowMs': N(Date.now()),
+          ':nowMs': N(nowMs),
         },
-        ReturnConsumedCapacity: 'TOTAL',
-      }),
-    );
-    return true;
-  } catch (err) {
-    if (conditionFailed(err)) return false;
-    throw err;
+      },
+    }),
+  );
+  for (let i = 0; i < items.length; i += 100) {
+    try {
+      await dynamo().send(new TransactWriteItemsCommand({ TransactItems: items.slice(i, i + 100), ReturnConsumedCapacity: 'TOTAL' }));
+    } catch (err) {
+      if (cancellation(err)?.some((r) => r?.Code === 'ConditionalCheckFailed')) return false;
+      throw err;
+    }
   }
+  return true;
+}
+
+/** Drops this group snapshot's barriers: in one transaction, or one by one when one of them is no longer its. */
+export async function dropBarriers(volumeIds: readonly string[], groupSnapshotId: string): Promise<void> {
+  const items = volumeIds.map(
+    (volumeId): TransactWriteItem => ({
+      Update: {
+        TableName: config().volumesTable,
+        Key: { volumeId: S(volumeId) },
+        UpdateExpression: 'REMOVE barrier',
+        ConditionExpression: 'barrier.id = :id', // ours, not one a later group snapshot raised after ours expired
+        ExpressionAttributeValues: { ':id': S(groupSnapshotId) },
+      },
+    }),
+  );
+  if (items.length > 0 && items.length <= 100) {
+    try {
+      await dynamo().send(new TransactWriteItemsCommand({ TransactItems: items, ReturnConsumedCapacity: 'TOTAL' }));
+      return;
+    } catch (err) {
+      if (!cancellation(err)) throw err;
+    }
+  }
+  await Promise.all(volumeIds.map((v) => dropBarrier(v, groupSnapshotId)));
+}
+
+/** Moves member records `pending -> ready`: in one transaction, or one by one when one of them is not pending. */
+export async function readyMembers(records: ReadonlyArray<Pick<SnapshotRecord, 'volumeId' | 'snapshotId'>>): Promise<void> {
+  const items = records.map(
+    (r): TransactWriteItem => ({
+      Update: {
+        TableName: config().snapshotsTable,
+        Key: { volumeId: S(r.volumeId), snapshotId: S(r.snapshotId) },
+        UpdateExpression: 'SET #state = :ready',
+        ConditionExpression: '#state = :pending',
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: { ':pending': S('pending'), ':ready': S('ready') },
+      },
+    }),
+  );
+  if (items.length > 0 && items.length <= 100) {
+    try {
+      await dynamo().send(new TransactWriteItemsCommand({ TransactItems: items, ReturnConsumedCapacity: 'TOTAL' }));
+      return;
+    } catch (err) {
+      if (!cancellation(err)) throw err;
+    }
+  }
+  await Promise.all(records.map((r) => setSnapshotState(r, 'pending', 'ready')));
 }
 
 /** Drops a barrier if it is still this group snapshot's. */
@@ -428,6 +497,7 @@ export async function setSnapshotState(s: Pick<SnapshotRecord, 'volumeId' | 'sna
 }
 
 export const dynamoGroupStore: GroupStore = {
+  getVolumes,
   getGroup,
   createGroup,
   changeGroupMembers,
@@ -439,7 +509,8 @@ export const dynamoGroupStore: GroupStore = {
   putGroupSnapshot,
   setGroupSnapshotState,
   deleteGroupSnapshotItem,
-  raiseBarrier,
-  dropBarrier,
+  raiseBarriers,
+  dropBarriers,
+  readyMembers,
   setSnapshotState,
 };
