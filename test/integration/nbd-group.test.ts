@@ -22,7 +22,7 @@ import { describeRun, run, startGateway, type NbdTarget } from './nbd-tools.ts';
 
 const MiB = 1024 * 1024;
 const BLOCK = 4096;
-const WRITTEN = 2 * MiB;
+const WRITTEN = MiB;
 const BLOCKS = WRITTEN / BLOCK;
 const FLUSH_EVERY = 8;
 const FIO_MAGIC = 0xacca;
