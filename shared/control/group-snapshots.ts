@@ -152,10 +152,11 @@ async function readMembers(g: GroupRecord): Promise<Array<VolumeRecord | null>> 
 
 /** The one-transaction path: no barrier, no wait for writers. */
 async function snapshotAtOnce(g: GroupRecord, requester: WriterIdentity): Promise<GroupSnapshotRecord> {
+  let known: Array<VolumeRecord | null> | null = null;
   for (let attempt = 0; attempt < GROUP_SNAPSHOT_ATTEMPT_MAX; attempt++) {
-    if (attempt > 0) await sleep(Math.random() * Math.min(200, 5 * 2 ** attempt));
+    if (attempt > 0 && known === null) await sleep(Math.random() * Math.min(200, 5 * 2 ** attempt));
     const gsid = newGroupSnapshotId(g.groupId);
-    const volumes = await readMembers(g);
+    const volumes: Array<VolumeRecord | null> = known ?? (await readMembers(g));
     const members = volumes.map((v, i) => memberSnapshot(v, g.members[i]!, g, gsid, requester, 'ready'));
     const gs: GroupSnapshotRecord = {
       groupId: g.groupId,
@@ -169,6 +170,11 @@ async function snapshotAtOnce(g: GroupRecord, requester: WriterIdentity): Promis
     if (refused.length === 0) return gs;
     const err = refusalError(refused, g, requester);
     if (err) throw err;
+    // When commits only moved heads, try again at once on the heads the refusal returned (the
+    // conditions check them again); a barrier, a purge or anything else backs off and reads anew.
+    const nowMs = Date.now();
+    const headsMoved = refused.every((r) => r.current && r.current.snapPurge === undefined && !(r.current.barrier && r.current.barrier.expiresAtMs >= nowMs));
+    known = headsMoved && attempt % 4 !== 3 ? volumes.map((v) => refused.find((r) => r.volumeId === v?.volumeId)?.current ?? v) : null;
   }
   throw new UnavailableError(`the members of consistency group ${g.groupId} kept committing while the group snapshot was taken; retry`, {
     retryAfterSeconds: 1,
