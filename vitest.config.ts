@@ -14,9 +14,7 @@ const SECOND_PLANE_FILES = [
   'test/integration/backup-sites.test.ts',
   'test/integration/backup.test.ts',
   'test/integration/interleavings.test.ts',
-  'test/integration/snapshots.test.ts',
-  'test/integration/cli-snapshots.test.ts',
-  'test/integration/cli-flatten.test.ts',
+  'test/integration/group-crash-consistency.test.ts',
 ];
 
 export default defineConfig({

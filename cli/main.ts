@@ -4,6 +4,7 @@
  *   sledge nbd <volumeId> --api <url> [--port N | --socket PATH] [options]
  *   sledge snapshot create|list|delete ..., sledge clone <snapshotId> ... (cli/snapshots.ts)
  *   sledge rollback <volumeId> --snapshot <snapshotId> ..., sledge flatten <volumeId> ... (cli/flatten.ts)
+ *   sledge group create|show|add|remove|delete|snapshot|snapshots|delete-snapshot ... (cli/groups.ts)
  *
  * Argument parsing only; the gateway itself lives in gateway/, the other commands in this folder.
  */
@@ -111,6 +112,21 @@ export const COMMAND_USAGE = {
       restore). Shows a progress bar until the restore is complete and prints the volume id.
 
       --size BYTES           the new volume's size: the backup's by default, never smaller
+`,
+  group: `  group create <name> <volumeId>... --api <url>
+  group show|delete <groupId> --api <url>
+  group add|remove <groupId> <volumeId>... --api <url>
+  group snapshot <groupId> --api <url> [--key <volumeId>=<key>]...
+  group snapshots <groupId> --api <url>
+  group delete-snapshot <groupId> <groupSnapshotId> --api <url>
+      Consistency groups: volumes of one owner whose snapshots are taken together, at one
+      point in time (a write acknowledged before another was issued is in every group snapshot
+      that holds the other). A volume is in at most one group. \`group snapshot\` prints the
+      group snapshot and each member's snapshot (an ordinary snapshot); \`delete-snapshot\`
+      deletes them all.
+
+      --key VOL=KEY          the reservation key to present on member VOL (e.g. the one its
+                             \`sledge nbd\` printed); repeat for each reserved member
 `,
   help: `  help [<command>]
       This text, or one command's. \`sledge <command> --help\` does the same.
@@ -467,6 +483,10 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
       const { parseCloneArgs, parseSnapshotArgs, runSnapshotCommand } = await import('./snapshots.ts');
       return await runSnapshotCommand(command === 'clone' ? parseCloneArgs(rest) : parseSnapshotArgs(rest), process.stdout);
     }
+    if (command === 'group') {
+      const { parseGroupArgs, runGroupCommand } = await import('./groups.ts');
+      return await runGroupCommand(parseGroupArgs(rest), process.stdout);
+    }
     if (command === 'rollback') {
       const { parseRollbackArgs, runRollback } = await import('./flatten.ts');
       return await runRollback(parseRollbackArgs(rest), process.stdout);
@@ -495,7 +515,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
 }
 
 /** The operator commands: one positional at most, `--api`, and a flag or two. */
-async function runAdmin(command: Exclude<CommandName, 'nbd' | 'help' | 'snapshot' | 'clone' | 'rollback' | 'flatten' | 'backup' | 'restore'>, args: string[]): Promise<number> {
+async function runAdmin(command: Exclude<CommandName, 'nbd' | 'help' | 'snapshot' | 'clone' | 'rollback' | 'flatten' | 'backup' | 'restore' | 'group'>, args: string[]): Promise<number> {
   // Each command takes only its own flags, so a flag given to the wrong command is an error, not ignored.
   const flags = { rebuild: ['queue'], drives: [], retire: ['watch'], evacuation: [] }[command];
   let parsed;

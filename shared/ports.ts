@@ -6,6 +6,8 @@
 import { s3ChunkStore } from './aws/chunk-store.ts';
 import { dynamoDriveRegistry } from './aws/drive-registry.ts';
 import { dynamoPageMap } from './aws/pagemap/index.ts';
+import { dynamoGroupStore } from './aws/pagemap/groups.ts';
+import type { GroupStore } from './core/groups.ts';
 import { sqsWorkQueue } from './aws/work-queue.ts';
 import type { ChunkStore, DriveRegistry, PageMapStore, Ports, WorkQueue } from './core/ports.ts';
 
@@ -14,6 +16,11 @@ const bound: Ports = { pageMap: dynamoPageMap, drives: dynamoDriveRegistry, chun
 /** The page map (DynamoDB). */
 export function pageMap(): PageMapStore {
   return bound.pageMap;
+}
+
+/** Consistency groups and their snapshots (DynamoDB; docs/consistency-groups.md). */
+export function groupStore(): GroupStore {
+  return dynamoGroupStore;
 }
 
 /** The chunk store (S3 sleds). */

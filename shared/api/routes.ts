@@ -38,6 +38,8 @@ import { BACKUP_OWNER, RESTORE_OWNER, backupOwner, checkRestoreSource, requireVa
 import { describeBackup, listBackupViews, startBackup } from '../backup/backup.ts';
 import { deleteBackup, verifyBackup } from '../backup/delete.ts';
 import { describeRestore, startRestore } from '../backup/restore.ts';
+import { changeGroup, createGroup, deleteGroup, describeGroup, groupOwner } from '../control/groups.ts';
+import { createGroupSnapshot, deleteGroupSnapshot, describeGroupSnapshot, listGroupSnapshotViews, parseGroupSnapshotBody } from '../control/group-snapshots.ts';
 import openapi from './openapi.json' with { type: 'json' };
 
 function requireBinary(req: Request, allowed: string[]): void {
@@ -84,6 +86,13 @@ async function snapshotOwner(snapshotId: string): Promise<string | undefined | n
 }
 
 const SNAPSHOT_OWNER = owned('snapshot', 'snapshotId');
+const GROUP_OWNER = owned('group', 'groupId');
+
+/** The caller's ARN when it is a tenant (whose requests see only its own volumes); undefined for operators. */
+function tenantOf(req: Request): string | undefined {
+  const p = req.principal;
+  return p === undefined || p.operator ? undefined : p.arn;
+}
 const SNAPSHOT_DATA = owned('snapshot', 'snapshotId', { audit: false });
 
 /** A clone is made only from a snapshot the caller could read (another tenant's reads as missing). */
@@ -104,6 +113,7 @@ export const router = new Router()
   .resource('snapshot', snapshotOwner)
   .resource('backup', backupOwner)
   .resource('restore', restoreOwner)
+  .resource('group', groupOwner)
   .on('GET', '/openapi.json', ANY_PRINCIPAL, async () => ({ status: 200, json: openapi }))
   .on('GET', '/volumes', ANY_PRINCIPAL, async (req) => ({
     status: 200,
@@ -218,6 +228,27 @@ export const router = new Router()
   .on('GET', '/snapshots/{snapshotId}/changed-blocks', SNAPSHOT_OWNER, async (req) => ({
     status: 200,
     json: await changedBlocks(req.params.snapshotId!, req.query.base, req.query.limit, req.query.next),
+  }))
+  // Consistency groups and group snapshots (docs/consistency-groups.md).
+  .on('POST', '/consistency-groups', ANY_PRINCIPAL, async (req) => ({ status: 201, json: await createGroup(jsonBody(req), tenantOf(req)) }))
+  .on('GET', '/consistency-groups/{groupId}', GROUP_OWNER, async (req) => ({ status: 200, json: await describeGroup(req.params.groupId!) }))
+  .on('PATCH', '/consistency-groups/{groupId}', GROUP_OWNER, async (req) => ({
+    status: 200,
+    json: await changeGroup(req.params.groupId!, jsonBody(req), tenantOf(req)),
+  }))
+  .on('DELETE', '/consistency-groups/{groupId}', GROUP_OWNER, async (req) => ({ status: 200, json: await deleteGroup(req.params.groupId!) }))
+  .on('POST', '/consistency-groups/{groupId}/snapshots', GROUP_OWNER, async (req) => ({
+    status: 201,
+    json: await createGroupSnapshot(req.params.groupId!, writer(req), parseGroupSnapshotBody(optionalJsonBody(req))),
+  }))
+  .on('GET', '/consistency-groups/{groupId}/snapshots', GROUP_OWNER, async (req) => ({ status: 200, json: await listGroupSnapshotViews(req.params.groupId!) }))
+  .on('GET', '/consistency-groups/{groupId}/snapshots/{groupSnapshotId}', GROUP_OWNER, async (req) => ({
+    status: 200,
+    json: await describeGroupSnapshot(req.params.groupId!, req.params.groupSnapshotId!),
+  }))
+  .on('DELETE', '/consistency-groups/{groupId}/snapshots/{groupSnapshotId}', GROUP_OWNER, async (req) => ({
+    status: 202,
+    json: await deleteGroupSnapshot(req.params.groupId!, req.params.groupSnapshotId!),
   }))
   // Checkpoints and rebuild (docs/checkpoints.md). `mode: queue` hands the job to the worker.
   .on('GET', '/volumes/{volumeId}/checkpoints', VOLUME_OWNER, async (req) => ({ status: 200, json: await listCheckpoints(req.params.volumeId!) }))

@@ -63,7 +63,7 @@ export function snapshotView(s: SnapshotRecord, geometry: { blockSizeBytes: numb
   return out;
 }
 
-function snapshotIdFor(volumeId: string, seq: number): string {
+export function snapshotIdFor(volumeId: string, seq: number): string {
   return `snap-${volumeId.slice('vol-'.length)}-${String(seq).padStart(12, '0')}-${randomBytes(3).toString('hex')}`;
 }
 
@@ -178,7 +178,7 @@ export async function deleteSnapshot(snapshotId: string): Promise<SnapshotView> 
     : { snapshotId, volumeId, sizeBytes: 0, blockSizeBytes: 0, pageBlocks: 0, createdAt: '', commitSeq: 0, state: 'deleted', dependants: [] };
 }
 
-async function queuePurge(volumeId: string): Promise<void> {
+export async function queuePurge(volumeId: string): Promise<void> {
   await workQueue().send({ type: 'snapshot-purge', volumeId });
 }
 
@@ -200,7 +200,8 @@ export async function purgeSnapshots(volumeId: string): Promise<{ purged: number
     // Snapshots cannot be taken while the lock is held, so snapSeq and the ready set stay as read.
     const locked = (await pageMap().getVolume(volumeId)) ?? v;
     const records = await pageMap().listSnapshots(volumeId);
-    const ready = records.filter((s) => s.state === 'ready');
+    // A `pending` member of a group snapshot may still become ready: it counts as kept.
+    const ready = records.filter((s) => s.state !== 'deleting');
     const deleting = records.filter((s) => s.state === 'deleting').sort((a, b) => b.seq - a.seq);
     if (ready.length === 0) {
       // Nothing left to freeze for: every frozen page goes, then the records, then snapSeq.

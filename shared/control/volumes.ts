@@ -45,6 +45,8 @@ export interface VolumeView {
   checkpointSeq: number | null;
   /** For a clone: the snapshot it reads through to (docs/snapshots.md). */
   parent?: { volumeId: string; snapshotId: string };
+  /** The consistency group it is in (docs/consistency-groups.md). */
+  groupId?: string;
   /** While a clone is flattened: pages done of pages, bytes copied so far. */
   flatten?: { pagesDone: number; pages: number; bytesCopied: number; fractionDone: number; startedAt: string; updatedAt: string };
 }
@@ -67,6 +69,7 @@ export function view(v: VolumeRecord): VolumeView {
   if (v.name !== undefined) out.name = v.name;
   if (v.owner !== undefined) out.owner = v.owner;
   if (v.parent) out.parent = { volumeId: v.parent.volumeId, snapshotId: v.parent.snapshotId };
+  if (v.groupId) out.groupId = v.groupId;
   if (v.flatten) out.flatten = { ...v.flatten, fractionDone: v.flatten.pages === 0 ? 1 : Math.min(1, v.flatten.pagesDone / v.flatten.pages) };
   return out;
 }
@@ -255,6 +258,8 @@ function deletedView(volumeId: string): VolumeView {
  * items. Deleting a volume that is already being deleted queues the job again (harmless).
  */
 export async function deleteVolume(volumeId: string): Promise<VolumeView> {
+  const item = await pageMap().getVolume(volumeId);
+  if (item?.groupId) throw new ConflictError(`volume ${volumeId} is in consistency group ${item.groupId}; remove it from the group first`);
   const snapshots = await pageMap().listSnapshots(volumeId);
   const ready = snapshots.filter((s) => s.state === 'ready');
   if (ready.length > 0) {

@@ -29,6 +29,13 @@ export const ENV = {
   orphanGraceMs: 'SLEDGE_ORPHAN_GRACE_MS',
   /** Optional: a head queues GC of a volume every this many commits (0: never). Default 256. */
   gcEveryCommits: 'SLEDGE_GC_EVERY_COMMITS',
+  /**
+   * Optional: the largest consistency group whose snapshot is one transaction, 1 to 49
+   * (docs/consistency-groups.md); larger groups take the barrier path. Default 49.
+   */
+  groupTransactionMembers: 'SLEDGE_GROUP_TRANSACTION_MEMBERS',
+  /** Optional: the lease of a group snapshot's write barriers, in ms. Default 5000. */
+  groupBarrierLeaseMs: 'SLEDGE_GROUP_BARRIER_LEASE_MS',
   /** Optional: fault-injection rules, a JSON array (shared/aws/faults.ts). Never set in a deployment. */
   faults: 'SLEDGE_FAULTS',
   /** `portable` forces the pure-TypeScript erasure codec; anything else prefers the native one. */
@@ -89,6 +96,8 @@ export interface SledgeConfig {
   evacuationRecheckSeconds: number;
   orphanGraceMs: number;
   gcEveryCommits: number;
+  groupTransactionMembers: number;
+  groupBarrierLeaseMs: number;
   development: boolean;
   apiAuth: 'iam' | 'none';
   operatorPrincipals: string[];
@@ -130,6 +139,8 @@ export function config(): SledgeConfig {
     evacuationRecheckSeconds: optionalInteger(ENV.evacuationRecheckSeconds, 10, 900),
     orphanGraceMs: optionalInteger(ENV.orphanGraceMs, 3600_000, 30 * 24 * 3600_000),
     gcEveryCommits: optionalInteger(ENV.gcEveryCommits, 256, 1_000_000),
+    groupTransactionMembers: Math.max(1, optionalInteger(ENV.groupTransactionMembers, 49, 49)),
+    groupBarrierLeaseMs: Math.max(100, optionalInteger(ENV.groupBarrierLeaseMs, 5000, 600_000)),
     development: process.env[ENV.mode] === 'development',
     apiAuth: apiAuthMode(),
     operatorPrincipals: (process.env[ENV.operatorPrincipals] ?? '')

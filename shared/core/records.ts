@@ -60,6 +60,16 @@ export interface VolumeRecord {
   snapPurge?: string;
   /** A clone's flatten in progress (docs/snapshots.md, "Flatten"). */
   flatten?: FlattenProgress;
+  /** The consistency group the volume is in (docs/consistency-groups.md). */
+  groupId?: string;
+  /** A group snapshot's write barrier; commits wait while it is up (docs/consistency-groups.md). */
+  barrier?: WriteBarrier;
+}
+
+/** A write barrier: raised by group snapshot `id`, live until `expiresAtMs` (the coordinator's clock). */
+export interface WriteBarrier {
+  id: string;
+  expiresAtMs: number;
 }
 
 export interface FlattenProgress {
@@ -77,7 +87,8 @@ export interface ParentRef {
   seq: number;
 }
 
-export type SnapshotState = 'ready' | 'deleting';
+/** `pending`: a member of a group snapshot not committed yet (docs/consistency-groups.md). */
+export type SnapshotState = 'ready' | 'deleting' | 'pending';
 
 /** A snapshot of a volume: its state as of commit `seq` (docs/snapshots.md). */
 export interface SnapshotRecord {
@@ -92,6 +103,8 @@ export interface SnapshotRecord {
   parent?: ParentRef;
   /** Clones (`vol-...`) and snapshots of clones (`snap-...`) that read through this snapshot. */
   dependants: string[];
+  /** The group snapshot this one is a member of (docs/consistency-groups.md). */
+  groupSnapshotId?: string;
 }
 
 /** A frozen page: page `page` as it was at snapshot tag `tag` (empty extents: no item then). */
@@ -166,7 +179,15 @@ export interface PageChange {
 }
 
 /** Why a commit transaction was refused; the writer's next step depends on it. */
-export type CommitRefusal = 'head-moved' | 'volume-gone' | 'volume-not-active' | 'page-moved' | 'fenced' | 'segment-taken' | 'snapshot-moved';
+export type CommitRefusal =
+  | 'head-moved'
+  | 'volume-gone'
+  | 'volume-not-active'
+  | 'page-moved'
+  | 'fenced'
+  | 'segment-taken'
+  | 'snapshot-moved'
+  | 'barrier-raised';
 
 export class CommitRefusedError extends Error {
   override name = 'CommitRefusedError';

@@ -6,7 +6,7 @@
 import { InvalidInputError, NotFoundError, invariant } from '../core/errors.ts';
 import type { ParentRef, SnapshotRecord, VolumeRecord } from '../core/records.ts';
 import { clip, type Extent } from './extents.ts';
-import { pageMap } from '../ports.ts';
+import { groupStore, pageMap } from '../ports.ts';
 
 /** Where a view looks: a live volume, or one of its snapshots (`atSeq`). */
 export interface ViewPoint {
@@ -190,8 +190,22 @@ export function snapshotVolume(snapshotId: string): string {
 export async function requireSnapshot(snapshotId: string): Promise<{ snapshot: SnapshotRecord; volume: VolumeRecord }> {
   const volumeId = snapshotVolume(snapshotId);
   const [snapshot, volume] = await Promise.all([pageMap().getSnapshot(volumeId, snapshotId), pageMap().getVolume(volumeId)]);
+  if (snapshot?.state === 'pending' && volume && (await committedGroupMember(snapshot))) return { snapshot: { ...snapshot, state: 'ready' }, volume };
   if (!snapshot || snapshot.state !== 'ready' || !volume) throw new NotFoundError(`snapshot ${snapshotId} does not exist`);
   return { snapshot, volume };
+}
+
+/**
+ * A `pending` member of a group snapshot is a snapshot once its group snapshot is `ready` (the
+ * commit point, docs/consistency-groups.md); this finishes its coordinator's last step for it.
+ */
+async function committedGroupMember(s: SnapshotRecord): Promise<boolean> {
+  const m = s.groupSnapshotId === undefined ? null : /^gsnap-([0-9a-f]{16})-/.exec(s.groupSnapshotId);
+  if (!m) return false;
+  const gs = await groupStore().getGroupSnapshot(`cg-${m[1]}`, s.groupSnapshotId!);
+  if (gs?.state !== 'ready') return false;
+  await groupStore().setSnapshotState(s, 'pending', 'ready');
+  return true;
 }
 
 /** Refuses a snapshot id that is malformed as a request field (400), not just unknown. */

@@ -19,6 +19,7 @@ import {
   type PageRecord,
   type SegmentRecord,
   type VolumeRecord,
+  type WriteBarrier,
 } from '../core/records.ts';
 import { sleep } from '../core/async.ts';
 import { encodeSegment, newSegmentId, segmentRecordOf, type WriterIdentity } from './segments.ts';
@@ -234,6 +235,8 @@ export interface PreparedWrite {
   commitToken?: string;
   /** Pages to freeze under the newest snapshot's tag before the commit (docs/snapshots.md). */
   freeze?: FrozenPage[];
+  /** Every page the commit changes, as it was read (`tag` unset), to freeze again under a newer snapshot. */
+  before?: FrozenPage[];
 }
 
 /**
@@ -365,7 +368,11 @@ export async function prepareWrite(
     bytesWritten: d.payloadBytes,
     bytesZeroed: pieces.filter((p) => !p.data).reduce((n, p) => n + p.length, 0),
   };
-  return { volume: v, record, changes, writer, result, locations, commitToken: randomUUID(), freeze };
+  const before = [...byPage.keys()].map((page): FrozenPage => {
+    const old = current.get(page);
+    return { tag: 0, page, version: old?.version ?? 0, extents: old?.extents ?? [] };
+  });
+  return { volume: v, record, changes, writer, result, locations, commitToken: randomUUID(), freeze, before };
 }
 
 /**
@@ -376,7 +383,8 @@ export async function prepareWrite(
  * anything is deleted (docs/page-map.md, "Settling an outcome").
  */
 export async function completeWrite(prepared: PreparedWrite, writerOverride?: CommitWriter): Promise<WriteResult | null> {
-  const { volume: v, record, changes, writer, result } = prepared;
+  const { record, changes, writer, result } = prepared;
+  const v = prepared.volume;
   const fencedOn = writerOverride ?? commitWriter(writer);
   const commitToken = prepared.commitToken ?? randomUUID();
   if (prepared.freeze && prepared.freeze.length > 0) {
@@ -393,13 +401,67 @@ export async function completeWrite(prepared: PreparedWrite, writerOverride?: Co
     }
     prepared.freeze = [];
   }
-  try {
-    await pageMap().commitSegment(v, record, changes, fencedOn, commitToken);
-    return result;
-  } catch (err) {
-    if (err instanceof CommitRefusedError) return settleRefusal(prepared, err);
-    // The outcome is unknown: find out from the volume item and the segment record.
-    return resolveUnknownOutcome(prepared, fencedOn, commitToken, err);
+  let token = commitToken;
+  for (let refrozen = 0, startedMs = Date.now(); ; ) {
+    try {
+      await pageMap().commitSegment(prepared.volume, record, changes, fencedOn, token);
+      return result;
+    } catch (err) {
+      const moved = err instanceof CommitRefusedError && err.reason === 'snapshot-moved' ? err.currentVolume : undefined;
+      if (moved?.snapSeq !== undefined && moved.headSeq === v.headSeq && prepared.before && refrozen < REFREEZE_MAX) {
+        // A snapshot (a group snapshot, often) was taken after the pages were read, and nothing
+        // committed since: the pages as read are the pages at its tag. Freeze them under it and
+        // send the same segment again, instead of building and uploading it anew. The refused
+        // attempt applied nothing; the new one gets a new token (its parameters differ).
+        try {
+          await pageMap().freezePages(
+            v.volumeId,
+            v.pageBlocks,
+            prepared.before.map((p) => ({ ...p, tag: moved.snapSeq! })),
+          );
+        } catch (freezeErr) {
+          await deleteChunksQuietly(prepared.locations); // no attempt of this commit applied or is outstanding
+          throw freezeErr;
+        }
+        prepared.volume = { ...prepared.volume, snapSeq: moved.snapSeq };
+        token = randomUUID();
+        refrozen++;
+        continue;
+      }
+      const barrier = err instanceof CommitRefusedError && err.reason === 'barrier-raised' ? err.currentVolume?.barrier : undefined;
+      if (barrier && Date.now() - startedMs < BARRIER_WAIT_MAX_MS) {
+        // A group snapshot holds the volume still (docs/consistency-groups.md): the condition
+        // refused this attempt, so nothing applied. Wait for the barrier to drop or expire, and
+        // send the commit again under a new token (its timestamp differs, so the old one would
+        // not match).
+        await waitForBarrier(v.volumeId, barrier);
+        token = randomUUID();
+        continue;
+      }
+      if (err instanceof CommitRefusedError) return settleRefusal(prepared, err);
+      // The outcome is unknown: find out from the volume item and the segment record.
+      return resolveUnknownOutcome(prepared, fencedOn, token, err);
+    }
+  }
+}
+
+/** Snapshots a commit follows (freezing its pages again) before it is settled like any refusal. */
+const REFREEZE_MAX = 16;
+
+/** The longest a commit waits behind write barriers before it is settled like any refusal. */
+const BARRIER_WAIT_MAX_MS = 120_000;
+
+/**
+ * Waits until `barrier` is gone from the volume item (dropped, replaced, or past its lease by
+ * this process's clock), polling every 10 ms at first and then less often.
+ */
+async function waitForBarrier(volumeId: string, barrier: WriteBarrier): Promise<void> {
+  for (let poll = 0; ; poll++) {
+    const untilExpiryMs = barrier.expiresAtMs - Date.now();
+    if (untilExpiryMs < 0) return;
+    await sleep(Math.min(untilExpiryMs + 1, poll < 10 ? 10 : 100));
+    const now = await pageMap().getVolume(volumeId);
+    if (!now?.barrier || now.barrier.id !== barrier.id || now.barrier.expiresAtMs < Date.now()) return;
   }
 }
 

@@ -118,6 +118,9 @@ export function itemToVolume(item: Record<string, AttributeValue>): VolumeRecord
   const parent = attributeToParent(item.parent);
   if (parent) v.parent = parent;
   if (item.snapPurge?.S !== undefined) v.snapPurge = item.snapPurge.S;
+  if (item.groupId?.S !== undefined) v.groupId = item.groupId.S;
+  const barrier = item.barrier?.M;
+  if (barrier) v.barrier = { id: str(barrier.id), expiresAtMs: num(barrier.expiresAtMs) };
   const f = item.flatten?.M;
   if (f) {
     v.flatten = { pagesDone: num(f.pagesDone), pages: num(f.pages), bytesCopied: num(f.bytesCopied), startedAt: str(f.startedAt), updatedAt: str(f.updatedAt) };

@@ -45,7 +45,8 @@ const QUERY_PAGES_MAX = 100_000;
 /** Bounded retries of DynamoDB batch calls that return unprocessed keys. */
 const UNPROCESSED_RETRY_MAX = 8;
 
-async function batchGet(table: string, keys: Record<string, AttributeValue>[]): Promise<Record<string, AttributeValue>[]> {
+/** Consistent reads of `keys` (any number) from one table, in BatchGetItems of 100. */
+export async function batchGet(table: string, keys: Record<string, AttributeValue>[]): Promise<Record<string, AttributeValue>[]> {
   const items: Record<string, AttributeValue>[] = [];
   for (let i = 0; i < keys.length; i += 100) items.push(...((await batchGetTables({ [table]: keys.slice(i, i + 100) }))[table] ?? []));
   return items;

@@ -166,7 +166,7 @@ export async function deleteFrozenPage(volumeId: string, tag: number, page: numb
 // ---------------------------------------------------------------------------------------
 // Snapshot records
 
-function snapshotToItem(s: SnapshotRecord): Record<string, AttributeValue> {
+export function snapshotToItem(s: SnapshotRecord): Record<string, AttributeValue> {
   const item: Record<string, AttributeValue> = {
     volumeId: S(s.volumeId),
     snapshotId: S(s.snapshotId),
@@ -178,10 +178,11 @@ function snapshotToItem(s: SnapshotRecord): Record<string, AttributeValue> {
   if (s.name !== undefined) item.name = S(s.name);
   if (s.parent) item.parent = parentToAttribute(s.parent);
   if (s.dependants.length > 0) item.dependants = { SS: s.dependants };
+  if (s.groupSnapshotId !== undefined) item.groupSnapshotId = S(s.groupSnapshotId);
   return item;
 }
 
-function itemToSnapshot(item: Record<string, AttributeValue>): SnapshotRecord {
+export function itemToSnapshot(item: Record<string, AttributeValue>): SnapshotRecord {
   const s: SnapshotRecord = {
     volumeId: str(item.volumeId),
     snapshotId: str(item.snapshotId),
@@ -194,6 +195,7 @@ function itemToSnapshot(item: Record<string, AttributeValue>): SnapshotRecord {
   if (item.name?.S !== undefined) s.name = item.name.S;
   const parent = attributeToParent(item.parent);
   if (parent) s.parent = parent;
+  if (item.groupSnapshotId?.S !== undefined) s.groupSnapshotId = item.groupSnapshotId.S;
   return s;
 }
 
@@ -231,7 +233,7 @@ export async function listSnapshots(volumeId: string): Promise<SnapshotRecord[]>
   }
 }
 
-function cancellation(err: unknown): Array<{ Code?: string; Item?: Record<string, AttributeValue> }> | null {
+export function cancellation(err: unknown): Array<{ Code?: string; Item?: Record<string, AttributeValue> }> | null {
   if (!(err instanceof TransactionCanceledException) && (err as { name?: string })?.name !== 'TransactionCanceledException') return null;
   return (err as TransactionCanceledException).CancellationReasons ?? [];
 }

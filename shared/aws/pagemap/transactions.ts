@@ -77,6 +77,13 @@ export function fencingCondition(writer: CommitWriter): { parts: string[]; names
 }
 
 /**
+ * The commit-condition part that keeps commits behind a raised write barrier
+ * (docs/consistency-groups.md): none, or one whose lease has passed by the writer's clock
+ * (`:nowMs`). Group snapshots use it too, so that one never overtakes another's barrier.
+ */
+export const NO_LIVE_BARRIER = '(attribute_not_exists(barrier) OR barrier.expiresAtMs < :nowMs)';
+
+/**
  * Commits a segment: moves the volume's head from `volume.headSeq` to `segment.seq`, records
  * the segment, and replaces the changed pages, in one transaction. See docs/page-map.md.
  *
@@ -95,7 +102,8 @@ export async function commitSegment(
   invariant(segment.prev === volume.headSegmentId, 'segment prev is not the head it was built on');
   invariant(changes.length <= MAX_PAGES_PER_COMMIT, () => `${changes.length} pages in one commit, max ${MAX_PAGES_PER_COMMIT}`);
   const cfg = config();
-  const now = new Date().toISOString();
+  const nowMs = Date.now();
+  const now = new Date(nowMs).toISOString();
   const items: TransactWriteItem[] = [
     {
       Update: {
@@ -109,6 +117,7 @@ export async function commitSegment(
           ...fencing.parts, // and the writer has not been fenced off (docs/reservations.md)
           // and no snapshot was taken since we froze the changed pages (docs/snapshots.md)
           volume.snapSeq === undefined ? 'attribute_not_exists(snapSeq)' : 'snapSeq = :snapSeq',
+          NO_LIVE_BARRIER, // and no group snapshot holds a write barrier on it (docs/consistency-groups.md)
         ].join(' AND '),
         ExpressionAttributeNames: { '#state': 'state', ...fencing.names },
         ExpressionAttributeValues: {
@@ -118,6 +127,7 @@ export async function commitSegment(
           ':segment': S(segment.segmentId),
           ':active': S('active'),
           ':now': S(now),
+          ':nowMs': N(nowMs),
           ...(volume.snapSeq === undefined ? {} : { ':snapSeq': N(volume.snapSeq) }),
         },
         ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
@@ -176,6 +186,9 @@ export async function commitSegment(
             `(reservation generation ${r.generation}${r.reservation ? `, reserved ${r.reservation.type} by ${r.reservation.holder}` : ''})`,
           current,
         );
+      }
+      if (current.headSeq === volume.headSeq && current.snapSeq === volume.snapSeq && current.barrier && current.barrier.expiresAtMs >= nowMs) {
+        throw new CommitRefusedError('barrier-raised', `group snapshot ${current.barrier.id} holds a write barrier on volume ${volume.volumeId}`, current);
       }
       if (current.headSeq === volume.headSeq && current.snapSeq !== volume.snapSeq) {
         throw new CommitRefusedError('snapshot-moved', `a snapshot of volume ${volume.volumeId} was taken while this commit was prepared`, current);
