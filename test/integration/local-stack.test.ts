@@ -33,7 +33,19 @@ const sqs = new SQSClient(clientConfig);
 const cfn = new CloudFormationClient(clientConfig);
 
 /** ENV variables the stack must set: all but the optional ones, which have defaults at runtime. */
-const OPTIONAL: string[] = [ENV.erasureImpl, ENV.crcImpl, ENV.mode, ENV.evacuationSettleMs, ENV.evacuationRecheckSeconds, ENV.orphanGraceMs, ENV.gcEveryCommits, ENV.faults];
+const OPTIONAL: string[] = [
+  ENV.erasureImpl,
+  ENV.crcImpl,
+  ENV.mode,
+  ENV.evacuationSettleMs,
+  ENV.evacuationRecheckSeconds,
+  ENV.orphanGraceMs,
+  ENV.gcEveryCommits,
+  ENV.faults,
+  // Consistency groups' tuning knobs, with defaults (docs/consistency-groups.md).
+  ENV.groupTransactionMembers,
+  ENV.groupBarrierLeaseMs,
+];
 const REQUIRED = Object.values(ENV).filter((name) => !OPTIONAL.includes(name));
 
 interface TemplateShape {
