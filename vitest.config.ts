@@ -19,6 +19,10 @@ const SECOND_PLANE_FILES = [
 
 export default defineConfig({
   test: {
+    // The default is one worker per core less one: 1 on CI's 2 cores, which would run the
+    // projects below one after another. Each integration project still runs its files one at a
+    // time (fileParallelism: false); this lets the two run side by side.
+    maxWorkers: 3,
     projects: [
       {
         test: {
@@ -44,9 +48,8 @@ export default defineConfig({
       },
       {
         // Long files that need nothing but a control plane, against a second one on its own local
-        // endpoint (test/integration/global-setup-b.ts). `npm test` runs this project in a vitest
-        // process of its own beside the others (scripts/run-tests.mjs): one process runs projects
-        // whose files go one at a time one after the other, and the machine has 2 cores.
+        // endpoint (test/integration/global-setup-b.ts), at the same time as the project above:
+        // the machine has 2 cores, and each endpoint is one process.
         test: {
           name: 'integration-b',
           include: SECOND_PLANE_FILES,
