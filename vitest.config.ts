@@ -19,10 +19,6 @@ const SECOND_PLANE_FILES = [
 
 export default defineConfig({
   test: {
-    // The default is one worker per core less one: 1 on CI's 2 cores, which would run the
-    // projects below one after another. Each integration project still runs its files one at a
-    // time (fileParallelism: false); this lets the two run side by side.
-    maxWorkers: 3,
     projects: [
       {
         test: {
