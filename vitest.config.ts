@@ -38,14 +38,14 @@ export default defineConfig({
           globalSetup: ['test/integration/global-setup.ts'],
           testTimeout: 300_000,
           hookTimeout: 300_000,
-          // One file at a time against this control plane; integration-b runs beside it.
+          // One file at a time against this control plane.
           fileParallelism: false,
         },
       },
       {
         // Long files that need nothing but a control plane, against a second one on its own local
-        // endpoint (test/integration/global-setup-b.ts), at the same time as the project above:
-        // the machine has 2 cores, and each endpoint is one process.
+        // endpoint (test/integration/global-setup-b.ts). Vitest runs it after the project above
+        // (both run one file at a time); a second vitest process could run it beside it.
         test: {
           name: 'integration-b',
           include: SECOND_PLANE_FILES,
