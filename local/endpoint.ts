@@ -22,7 +22,7 @@ export const DEFAULT_ENDPOINT_PORT = 4566;
 
 const HOST = '127.0.0.1';
 /** How long a reachability probe may take before the endpoint counts as unreachable. */
-const PROBE_TIMEOUT_MS = 2_000;
+const PROBE_TIMEOUT_MS = 10_000;
 /** How long the endpoint may take to answer after it is spawned (it starts in 1-3 s). */
 const START_TIMEOUT_MS = 30_000;
 const START_POLL_INTERVAL_MS = 100;
