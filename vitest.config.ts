@@ -44,8 +44,9 @@ export default defineConfig({
       },
       {
         // Long files that need nothing but a control plane, against a second one on its own local
-        // endpoint (test/integration/global-setup-b.ts). Vitest runs it after the project above
-        // (both run one file at a time); a second vitest process could run it beside it.
+        // endpoint (test/integration/global-setup-b.ts). `npm test` runs it in a vitest process of
+        // its own beside the others (scripts/run-tests.mjs): one process runs projects whose files
+        // go one at a time one after the other.
         test: {
           name: 'integration-b',
           include: SECOND_PLANE_FILES,
