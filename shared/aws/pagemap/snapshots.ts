@@ -112,8 +112,8 @@ export async function getFrozenPages(volumeId: string, pageBlocks: number, keys:
   return out;
 }
 
-/** Frozen pages with `fromTag <= tag < toTag` (all tags when `toTag` is absent), in tag then page order. */
-export async function* listFrozenPages(volumeId: string, pageBlocks: number, fromTag: number, toTag?: number): AsyncGenerator<FrozenPage> {
+/** Frozen page items with `fromTag <= tag < toTag` (all tags from `fromTag` when `toTag` is absent), raw, in tag then page order. */
+async function* frozenItems(volumeId: string, fromTag: number, toTag?: number): AsyncGenerator<Record<string, AttributeValue>> {
   let start: Record<string, AttributeValue> | undefined;
   const from = (BigInt(fromTag) * PAGE_SPAN).toString();
   const to = toTag === undefined ? undefined : (BigInt(toTag) * PAGE_SPAN - 1n).toString();
@@ -130,32 +130,21 @@ export async function* listFrozenPages(volumeId: string, pageBlocks: number, fro
         ReturnConsumedCapacity: 'TOTAL',
       }),
     );
-    for (const item of out.Items ?? []) yield itemToFrozen(item, pageBlocks);
+    yield* out.Items ?? [];
     start = out.LastEvaluatedKey;
     if (!start) return;
   }
 }
 
+/** Frozen pages with `fromTag <= tag < toTag` (all tags when `toTag` is absent), in tag then page order. */
+export async function* listFrozenPages(volumeId: string, pageBlocks: number, fromTag: number, toTag?: number): AsyncGenerator<FrozenPage> {
+  for await (const item of frozenItems(volumeId, fromTag, toTag)) yield itemToFrozen(item, pageBlocks);
+}
+
 /** Every frozen page item of a volume as stored (not decoded), in tag then page order: what a checkpoint copies. */
 export async function* listStoredFrozen(volumeId: string): AsyncGenerator<StoredFrozen> {
-  let start: Record<string, AttributeValue> | undefined;
-  for (let n = 0; ; n++) {
-    invariant(n < QUERY_PAGES_MAX, 'query of frozen pages did not end');
-    const out = await dynamo().send(
-      new QueryCommand({
-        TableName: config().pagesTable,
-        KeyConditionExpression: 'volumeId = :v',
-        ExpressionAttributeValues: { ':v': S(frozenPartition(volumeId)) },
-        ExclusiveStartKey: start,
-        ConsistentRead: true,
-        ReturnConsumedCapacity: 'TOTAL',
-      }),
-    );
-    for (const item of out.Items ?? []) {
-      yield { tag: num(item.tag), page: num(item.p), version: num(item.version), segs: (item.segs?.L ?? []).map(str), ext: item.ext?.B ?? new Uint8Array() };
-    }
-    start = out.LastEvaluatedKey;
-    if (!start) return;
+  for await (const item of frozenItems(volumeId, 0)) {
+    yield { tag: num(item.tag), page: num(item.p), version: num(item.version), segs: (item.segs?.L ?? []).map(str), ext: item.ext?.B ?? new Uint8Array() };
   }
 }
 
