@@ -28,8 +28,8 @@ import type {
 import { dynamo } from '../clients.ts';
 import { N, S, conditionFailed, itemToVolume, num, str } from './items.ts';
 import { batchGet } from './pages.ts';
-import { cancellation, snapshotToItem } from './snapshots.ts';
-import { NO_LIVE_BARRIER, fencingCondition } from './transactions.ts';
+import { cancellation, snapshotPointUpdate, snapshotToItem } from './snapshots.ts';
+import { NO_LIVE_BARRIER } from './transactions.ts';
 
 /** The sort key of a group's own item in its partition (group snapshot ids start with `gsnap-`). */
 const GROUP_ITEM = '#group';
@@ -237,32 +237,13 @@ export async function listGroupSnapshots(groupId: string): Promise<GroupSnapshot
  * one-transaction path) no barrier is live.
  */
 function memberSnapshotUpdate(volumeId: string, seq: number, groupId: string, writer: CommitWriter, nowMs: number | undefined): TransactWriteItem {
-  const fencing = fencingCondition(writer);
-  return {
-    Update: {
-      TableName: config().volumesTable,
-      Key: { volumeId: S(volumeId) },
-      UpdateExpression: 'SET snapSeq = :seq',
-      ConditionExpression: [
-        'attribute_exists(volumeId)', // the volume exists
-        '#state = :active', // and is serving
-        'headSeq = :seq', // and nothing committed since we read the head the snapshot is of
-        'attribute_not_exists(snapPurge)', // and no purge is moving frozen pages between tags
-        'groupId = :group', // and it is still a member of the group
-        ...fencing.parts, // and the requester is not fenced off
-        ...(nowMs === undefined ? [] : [NO_LIVE_BARRIER]), // and no other group snapshot holds it still
-      ].join(' AND '),
-      ExpressionAttributeNames: { '#state': 'state', ...fencing.names },
-      ExpressionAttributeValues: {
-        ...fencing.values,
-        ':seq': N(seq),
-        ':active': S('active'),
-        ':group': S(groupId),
-        ...(nowMs === undefined ? {} : { ':nowMs': N(nowMs) }),
-      },
-      ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
-    },
-  };
+  return snapshotPointUpdate(volumeId, seq, writer, {
+    parts: [
+      'groupId = :group', // and it is still a member of the group
+      ...(nowMs === undefined ? [] : [NO_LIVE_BARRIER]), // and no other group snapshot holds it still
+    ],
+    values: { ':group': S(groupId), ...(nowMs === undefined ? {} : { ':nowMs': N(nowMs) }) },
+  });
 }
 
 function memberItems(members: readonly GroupMemberSnapshot[], groupId: string, nowMs: number | undefined): TransactWriteItem[] {

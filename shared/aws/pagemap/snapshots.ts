@@ -242,31 +242,46 @@ function dependantUpdate(parent: { volumeId: string; snapshotId: string }, depen
 }
 
 /**
+ * A snapshot point on a volume item: `SET snapSeq = :seq` while the volume exists, serves, its
+ * head is still `seq`, no purge runs and the writer is not fenced, plus the caller's `extra`
+ * condition parts (a group snapshot's). Its first item of the snapshot transactions.
+ */
+export function snapshotPointUpdate(
+  volumeId: string,
+  seq: number,
+  writer: CommitWriter,
+  extra: { parts: string[]; values: Record<string, AttributeValue> } = { parts: [], values: {} },
+): TransactWriteItem {
+  const fencing = fencingCondition(writer);
+  return {
+    Update: {
+      TableName: config().volumesTable,
+      Key: { volumeId: S(volumeId) },
+      UpdateExpression: 'SET snapSeq = :seq',
+      ConditionExpression: [
+        'attribute_exists(volumeId)', // the volume exists
+        '#state = :active', // and is serving
+        'headSeq = :seq', // and nothing committed since we read the head the snapshot is of
+        'attribute_not_exists(snapPurge)', // and no purge is moving frozen pages between tags
+        ...fencing.parts, // and the requester is not fenced off
+        ...extra.parts,
+      ].join(' AND '),
+      ExpressionAttributeNames: { '#state': 'state', ...fencing.names },
+      ExpressionAttributeValues: { ...fencing.values, ...extra.values, ':seq': N(seq), ':active': S('active') },
+      ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+    },
+  };
+}
+
+/**
  * Takes a snapshot at `volume.headSeq`: sets `snapSeq` on the volume item while its head, state
  * and the writer's fencing still hold, and puts the record (and, for a clone, adds it to its
  * parent snapshot's dependants). CommitRefusedError when a condition failed.
  */
 export async function createSnapshotRecord(volume: VolumeRecord, snap: SnapshotRecord, writer: CommitWriter): Promise<void> {
-  const fencing = fencingCondition(writer);
   const cfg = config();
   const items: TransactWriteItem[] = [
-    {
-      Update: {
-        TableName: cfg.volumesTable,
-        Key: { volumeId: S(volume.volumeId) },
-        UpdateExpression: 'SET snapSeq = :seq',
-        ConditionExpression: [
-          'attribute_exists(volumeId)', // the volume exists
-          '#state = :active', // and is serving
-          'headSeq = :seq', // and nothing committed since we read the head the snapshot is of
-          'attribute_not_exists(snapPurge)', // and no purge is moving frozen pages between tags
-          ...fencing.parts, // and the requester is not fenced off
-        ].join(' AND '),
-        ExpressionAttributeNames: { '#state': 'state', ...fencing.names },
-        ExpressionAttributeValues: { ...fencing.values, ':seq': N(snap.seq), ':active': S('active') },
-        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
-      },
-    },
+    snapshotPointUpdate(volume.volumeId, snap.seq, writer),
     { Put: { TableName: cfg.snapshotsTable, Item: snapshotToItem(snap), ConditionExpression: 'attribute_not_exists(snapshotId)' } },
   ];
   if (snap.parent) items.push(dependantUpdate(snap.parent, snap.snapshotId, 'ADD'));
