@@ -11,6 +11,7 @@ import { readRefusal } from '../control/reservations.ts';
 import { MAX_IO_BYTES, checkRange, requireActive } from './volume-rules.ts';
 import { pageMap } from '../ports.ts';
 import { liveViewPoint, requireSnapshot, snapshotViewPoint, viewExtents } from './views.ts';
+import { livePages } from './tail.ts';
 
 /** The parts of a volume record that never change after creation. */
 type Geometry = Pick<VolumeRecord, 'volumeId' | 'blockSizeBytes' | 'pageBlocks'>;
@@ -105,7 +106,8 @@ export async function readData(
   const first = offset / bs;
   const end = first + length / bs;
   const pageNums = pageRange(v, offset, length);
-  const pages = early ?? (await pageMap().getPages(v, pageNums));
+  // On a folding volume the tail up to the head read is laid over the page items (docs/page-map.md, "Folding").
+  const pages = await livePages(v, pageNums, early ?? undefined);
   const extents = v.parent ? await viewExtents(liveViewPoint(v), first, end, pages) : pageNums.flatMap((p) => clip(pages.get(p)?.extents ?? [], first, end));
   return readExtents(extents, first, length, bs, report);
 }
@@ -174,7 +176,7 @@ export async function readAllocation(volumeId: string, offset: number, length: n
   const first = offset / bs;
   const end = first + length / bs;
   const pageNums = pageRange(v, offset, length);
-  const pages = await pageMap().getPages(v, pageNums);
+  const pages = await livePages(v, pageNums);
   // A clone's uncovered blocks read through to its parent snapshot: they are allocated there.
   const extents = v.parent ? await viewExtents(liveViewPoint(v), first, end, pages) : pageNums.flatMap((p) => clip(pages.get(p)?.extents ?? [], first, end));
   const runs: AllocationRun[] = [];

@@ -18,6 +18,7 @@ import { sweepLeases } from '../control/heads.ts';
 import { reclaimVolume } from '../control/volumes.ts';
 import { purgeSnapshots } from '../control/snapshots.ts';
 import { flattenStep } from './flatten.ts';
+import { foldVolume } from './fold.ts';
 import { backupStep } from '../backup/backup.ts';
 import { deleteStep } from '../backup/delete.ts';
 import { restoreStep } from '../backup/restore.ts';
@@ -29,6 +30,8 @@ async function run(msg: WorkMessage, receiveCount = 1): Promise<Record<string, u
       return { msg: 'reclaimed volume', volumeId: msg.volumeId, ...(await reclaimVolume(msg.volumeId)) };
     case 'flatten-volume':
       return { msg: 'flatten', ...(await flattenStep(msg.volumeId, msg.nextPage)) };
+    case 'fold-volume':
+      return { msg: 'fold', ...(await foldVolume(msg.volumeId)) };
     case 'snapshot-purge':
       return { msg: 'snapshot purge', volumeId: msg.volumeId, ...(await purgeSnapshots(msg.volumeId)) };
     case 'sweep-leases':

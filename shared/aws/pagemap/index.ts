@@ -35,6 +35,7 @@ import {
   setFlattenProgress,
   unlockSnapshotPurge,
 } from './snapshots.ts';
+import { advanceFoldedSeq, putFoldedPage } from './fold.ts';
 import { commitSegment, moveChunkLocation, writeRebuiltFrozen, writeRebuiltPages } from './transactions.ts';
 import {
   deleteVolumeItem,
@@ -82,6 +83,8 @@ export const dynamoPageMap: PageMapStore = {
   deleteSegmentRecordIf,
   deleteSegmentRecords,
   commitSegment,
+  putFoldedPage,
+  advanceFoldedSeq,
   moveChunkLocation,
   writeRebuiltPages,
   writeRebuiltFrozen,

@@ -70,6 +70,10 @@ export function volumeToItem(v: VolumeRecord): Record<string, AttributeValue> {
   if (v.heads) item.heads = headsToAttribute(v.heads);
   if (v.checkpointEveryCommits !== undefined) item.checkpointEveryCommits = N(v.checkpointEveryCommits);
   if (v.snapSeq !== undefined) item.snapSeq = N(v.snapSeq);
+  if (v.foldedSeq !== undefined) {
+    item.foldedSeq = N(v.foldedSeq);
+    item.foldedSegmentId = S(v.foldedSegmentId ?? '');
+  }
   if (v.parent) item.parent = parentToAttribute(v.parent);
   return item;
 }
@@ -115,6 +119,10 @@ export function itemToVolume(item: Record<string, AttributeValue>): VolumeRecord
   if (heads) v.heads = heads;
   readCheckpointFields(item, v);
   if (item.snapSeq?.N !== undefined) v.snapSeq = num(item.snapSeq);
+  if (item.foldedSeq?.N !== undefined) {
+    v.foldedSeq = num(item.foldedSeq);
+    v.foldedSegmentId = str(item.foldedSegmentId);
+  }
   const parent = attributeToParent(item.parent);
   if (parent) v.parent = parent;
   if (item.snapPurge?.S !== undefined) v.snapPurge = item.snapPurge.S;
@@ -178,7 +186,31 @@ export function segmentToItem(s: SegmentRecord): Record<string, AttributeValue> 
     locations: locationsToAttribute(s.locations),
     crcs: { L: s.crcs.map((c) => ({ B: packCrcs(c) })) },
     createdAt: S(s.createdAt),
+    ...(s.extents ? { ext: { B: packSegmentExtents(s.extents) } } : {}),
   };
+}
+
+/** Bytes per extent in a segment record's `ext`: first block u48, block count u32, offset in the segment i32 (-1: zeros). */
+const SEGMENT_EXTENT_BYTES = 14;
+
+/** Packs a segment's extents for its record (docs/page-map.md, "Folding"). */
+export function packSegmentExtents(extents: ReadonlyArray<readonly [number, number, number]>): Uint8Array {
+  const out = Buffer.alloc(extents.length * SEGMENT_EXTENT_BYTES);
+  extents.forEach(([first, count, offset], i) => {
+    const o = i * SEGMENT_EXTENT_BYTES;
+    out.writeUIntBE(first, o, 6);
+    out.writeUInt32BE(count, o + 6);
+    out.writeInt32BE(offset, o + 10);
+  });
+  return out;
+}
+
+export function unpackSegmentExtents(bytes: Uint8Array): Array<[number, number, number]> {
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  invariant(b.length % SEGMENT_EXTENT_BYTES === 0, () => `segment extents of ${b.length} bytes`);
+  const out: Array<[number, number, number]> = [];
+  for (let o = 0; o < b.length; o += SEGMENT_EXTENT_BYTES) out.push([b.readUIntBE(o, 6), b.readUInt32BE(o + 6), b.readInt32BE(o + 10)]);
+  return out;
 }
 
 /**
@@ -207,6 +239,7 @@ export function itemToSegment(item: Record<string, AttributeValue>): SegmentReco
     locations: (item.locations?.L ?? []).map((a) => parseLocation(str(a))),
     crcs: (item.crcs?.L ?? []).map((a) => unpackCrcs(a.B ?? new Uint8Array())),
     createdAt: str(item.createdAt),
+    ...(item.ext?.B ? { extents: unpackSegmentExtents(item.ext.B) } : {}),
   };
 }
 
@@ -217,6 +250,7 @@ export function pageToItem(
   extents: Extent[],
   pageBlocks: number,
   frozenTag?: number,
+  foldedTo?: number,
 ): Record<string, AttributeValue> {
   const enc = encodePage(extents, page, pageBlocks);
   return {
@@ -226,6 +260,7 @@ export function pageToItem(
     segs: { L: enc.segs.map(S) },
     ext: { B: enc.ext },
     ...(frozenTag === undefined ? {} : { ft: N(frozenTag) }),
+    ...(foldedTo === undefined ? {} : { foldedTo: N(foldedTo) }),
   };
 }
 
@@ -234,15 +269,25 @@ export function itemToPage(item: Record<string, AttributeValue>, pageBlocks: num
   const segs = (item.segs?.L ?? []).map(str);
   const rec: PageRecord = { page, version: num(item.version), extents: decodePage({ segs, ext: item.ext?.B ?? new Uint8Array() }, page, pageBlocks) };
   if (item.ft?.N !== undefined) rec.frozenTag = num(item.ft);
+  if (item.foldedTo?.N !== undefined) rec.foldedTo = num(item.foldedTo);
   return rec;
 }
 
 export function itemToStoredPage(item: Record<string, AttributeValue>): StoredPage {
-  return { page: num(item.page), version: num(item.version), segs: (item.segs?.L ?? []).map(str), ext: item.ext?.B ?? new Uint8Array() };
+  const p: StoredPage = { page: num(item.page), version: num(item.version), segs: (item.segs?.L ?? []).map(str), ext: item.ext?.B ?? new Uint8Array() };
+  if (item.foldedTo?.N !== undefined) p.foldedTo = num(item.foldedTo);
+  return p;
 }
 
 export function storedPageToItem(volumeId: string, p: StoredPage): Record<string, AttributeValue> {
-  return { volumeId: S(volumeId), page: N(p.page), version: N(p.version), segs: { L: p.segs.map(S) }, ext: { B: p.ext } };
+  return {
+    volumeId: S(volumeId),
+    page: N(p.page),
+    version: N(p.version),
+    segs: { L: p.segs.map(S) },
+    ext: { B: p.ext },
+    ...(p.foldedTo === undefined ? {} : { foldedTo: N(p.foldedTo) }),
+  };
 }
 
 export function pageKey(volumeId: string, page: number): Record<string, AttributeValue> {

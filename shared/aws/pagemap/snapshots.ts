@@ -263,6 +263,7 @@ export function snapshotPointUpdate(
         '#state = :active', // and is serving
         'headSeq = :seq', // and nothing committed since we read the head the snapshot is of
         'attribute_not_exists(snapPurge)', // and no purge is moving frozen pages between tags
+        '(attribute_not_exists(foldedSeq) OR foldedSeq = :seq)', // and, folding, every commit is in the page items (docs/page-map.md, "Folding")
         ...fencing.parts, // and the requester is not fenced off
         ...extra.parts,
       ].join(' AND '),

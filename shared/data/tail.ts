@@ -1,0 +1,135 @@
+/**
+ * The tail of a folding volume (docs/page-map.md, "Folding"): the committed segments not yet in
+ * its page items, cached by each head (their extents never change), and the live pages with
+ * the tail laid over them.
+ */
+import { DataUnavailableError } from '../core/errors.ts';
+import { segmentRef, type PageRecord, type SegmentRecord, type VolumeRecord } from '../core/records.ts';
+import { overlay, splitByPage, type Extent } from './extents.ts';
+import { pageMap } from '../ports.ts';
+
+/** The volume fields the tail and the overlay need. */
+export type TailVolume = Pick<VolumeRecord, 'volumeId' | 'pageBlocks' | 'headSeq' | 'headSegmentId' | 'foldedSeq' | 'foldedSegmentId'>;
+
+/** Whether a volume commits by folding (its protocol is fixed at creation). */
+export function isFolding<V extends Pick<VolumeRecord, 'foldedSeq'>>(v: V): v is V & { foldedSeq: number } {
+  return v.foldedSeq !== undefined;
+}
+
+/** A committed segment of a tail: its extents split by page, as a fold lays them over the pages. */
+export interface TailSegment {
+  seq: number;
+  segmentId: string;
+  prev: string;
+  byPage: Map<number, Extent[]>;
+}
+
+/** A segment's extents as page-map extents (a zero extent has no segment). */
+export function segmentExtents(rec: Pick<SegmentRecord, 'volumeId' | 'segmentId'>, extents: ReadonlyArray<readonly [number, number, number]>): Extent[] {
+  const ref = segmentRef(rec.volumeId, rec.segmentId);
+  return extents.map(([first, count, offset]) => (offset < 0 ? { first, count, seg: null, segBlock: 0 } : { first, count, seg: ref, segBlock: offset }));
+}
+
+export function tailSegmentOf(rec: SegmentRecord, pageBlocks: number): TailSegment {
+  if (!rec.extents) {
+    throw new DataUnavailableError(
+      `segment ${rec.segmentId} of volume ${rec.volumeId} is in the unfolded tail but its record has no extents; rebuild the page map`,
+    );
+  }
+  return { seq: rec.seq, segmentId: rec.segmentId, prev: rec.prev, byPage: splitByPage(segmentExtents(rec, rec.extents), pageBlocks) };
+}
+
+/** Tail segments by volume, then by seq. Bounded: volumes beyond the bound are forgotten oldest first. */
+const tails = new Map<string, Map<number, TailSegment>>();
+const TAIL_VOLUMES_MAX = 256;
+
+function tailOf(volumeId: string): Map<number, TailSegment> {
+  let t = tails.get(volumeId);
+  if (!t) {
+    if (tails.size >= TAIL_VOLUMES_MAX) tails.delete(tails.keys().next().value!);
+    tails.set(volumeId, (t = new Map()));
+  }
+  return t;
+}
+
+/** A segment this head just committed to a folding volume: reads of this head need not query it. */
+export function rememberTailSegment(v: Pick<VolumeRecord, 'pageBlocks'>, rec: SegmentRecord): void {
+  if (rec.extents) tailOf(rec.volumeId).set(rec.seq, tailSegmentOf(rec, v.pageBlocks));
+}
+
+/** Drops what this head cached of a volume's tail (the volume was rebuilt or deleted). */
+export function forgetTail(volumeId: string): void {
+  tails.delete(volumeId);
+}
+
+/**
+ * The committed segments with seq in `(from, upto]` (default: the volume's tail as read), oldest
+ * first, one per seq. Records are written in their commit's transaction, so every seq up to a
+ * head read before them has one; a gap is damage, reported as 503.
+ */
+export async function tailSegments(v: TailVolume, from = v.foldedSeq ?? v.headSeq, upto = v.headSeq): Promise<TailSegment[]> {
+  const cache = tailOf(v.volumeId);
+  for (const seq of cache.keys()) if (seq <= (v.foldedSeq ?? 0)) cache.delete(seq); // folded: no reader overlays it again
+  const missing: number[] = [];
+  for (let seq = from + 1; seq <= upto; seq++) if (!cache.has(seq)) missing.push(seq);
+  if (missing.length > 0) {
+    const found = await pageMap().listSegmentRecordsBetween(v.volumeId, missing[0]! - 1, missing[missing.length - 1]!);
+    const bySeq = new Map<number, SegmentRecord[]>();
+    for (const r of found) bySeq.set(r.seq, [...(bySeq.get(r.seq) ?? []), r]);
+    for (const seq of missing) {
+      const recs = bySeq.get(seq) ?? [];
+      if (recs.length !== 1) {
+        throw new DataUnavailableError(
+          `volume ${v.volumeId} has ${recs.length} segment records at seq ${seq} of its unfolded tail (${from}, ${upto}]; ` +
+            'rebuilding the page map (POST /volumes/{volumeId}/rebuild) restores them from the sleds',
+        );
+      }
+      cache.set(seq, tailSegmentOf(recs[0]!, v.pageBlocks));
+    }
+  }
+  const out: TailSegment[] = [];
+  for (let seq = from + 1; seq <= upto; seq++) out.push(cache.get(seq)!);
+  return out;
+}
+
+/**
+ * Lays `tail` (oldest first) over a page item: every segment above the page's fold point
+ * (`max(foldedTo, foldedSeq)`), one by one, version + 1 each, as their commits would have.
+ * Laying a segment the page already holds again changes nothing (docs/page-map.md), so a fold
+ * point below the true one is safe. Null when no segment of the tail touches the page.
+ */
+export function foldPage(page: number, item: PageRecord | undefined, tail: readonly TailSegment[], foldedSeq: number): PageRecord | null {
+  const from = Math.max(item?.foldedTo ?? 0, foldedSeq);
+  let extents = item?.extents ?? [];
+  let version = item?.version ?? 0;
+  let touched = false;
+  for (const s of tail) {
+    if (s.seq <= from) continue;
+    const top = s.byPage.get(page);
+    if (!top) continue;
+    extents = overlay(extents, top);
+    version++;
+    touched = true;
+  }
+  if (!touched) return null;
+  const out: PageRecord = { page, version, extents, foldedTo: tail[tail.length - 1]!.seq };
+  if (item?.frozenTag !== undefined) out.frozenTag = item.frozenTag;
+  return out;
+}
+
+/**
+ * The pages `pageNums` of the live volume as of the volume item `v`: the page items (`pages` if
+ * already read with it, else read now, after it) with the tail up to `v.headSeq` laid over
+ * them. On a volume that does not fold, the page items as they are.
+ */
+export async function livePages(v: TailVolume, pageNums: readonly number[], pages?: Map<number, PageRecord>): Promise<Map<number, PageRecord>> {
+  const read = pages ?? (await pageMap().getPages(v, pageNums));
+  if (!isFolding(v) || v.headSeq <= v.foldedSeq) return read;
+  const tail = await tailSegments(v);
+  const out = new Map(read);
+  for (const p of pageNums) {
+    const folded = foldPage(p, read.get(p), tail, v.foldedSeq);
+    if (folded) out.set(p, folded);
+  }
+  return out;
+}
