@@ -140,7 +140,7 @@ export async function createVolume(input: CreateVolumeInput, owner?: string, opt
   if (name !== undefined) record.name = name;
   if (owner !== undefined) record.owner = owner;
   // The commit protocol is fixed at creation (docs/page-map.md, "Folding").
-  if (config().foldTailMax > 0) Object.assign(record, { foldedSeq: 0, foldedSegmentId: '' });
+  if (config().foldTailMax > 0) Object.assign(record, { foldedSeq: 0, foldedSegmentId: '', foldTailMax: config().foldTailMax });
   await pageMap().putNewVolume(record);
   return view(record);
 }
@@ -206,7 +206,7 @@ async function createClone(input: CreateVolumeInput, owner?: string, volumeId?: 
   if (name !== undefined) record.name = name;
   if (owner !== undefined) record.owner = owner;
   // The commit protocol is fixed at creation (docs/page-map.md, "Folding").
-  if (config().foldTailMax > 0) Object.assign(record, { foldedSeq: 0, foldedSegmentId: '' });
+  if (config().foldTailMax > 0) Object.assign(record, { foldedSeq: 0, foldedSegmentId: '', foldTailMax: config().foldTailMax });
   await pageMap().createCloneVolume(record);
   return view(record);
 }

@@ -161,7 +161,7 @@ export function config(): SledgeConfig {
 /** The tail bound of folding volumes when the switch is off (volumes made while it was on still fold). */
 export const DEFAULT_FOLD_TAIL_MAX = 64;
 
-/** At most this many commits of a folding volume are not yet in its page items (docs/page-map.md, "Folding"). */
-export function foldTailBound(): number {
-  return config().foldTailMax || DEFAULT_FOLD_TAIL_MAX;
+/** At most this many commits of folding volume `v` are not yet in its page items (docs/page-map.md, "Folding"). */
+export function foldTailBound(v: { foldTailMax?: number }): number {
+  return v.foldTailMax || config().foldTailMax || DEFAULT_FOLD_TAIL_MAX;
 }

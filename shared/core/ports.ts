@@ -127,7 +127,7 @@ export interface PageMapStore {
   /** Fences a volume for a rebuild under `token` (taking over a rebuild in progress). */
   fenceForRebuild(volumeId: string, token: string): Promise<{ volume: VolumeRecord; tookOver: boolean }>;
   /** Lifts the rebuild fence held under `token`; false if another rebuild took it over. */
-  unfenceAfterRebuild(volumeId: string, token: string): Promise<boolean>;
+  unfenceAfterRebuild(volumeId: string, token: string, folded?: { seq: number; segmentId: string }): Promise<boolean>;
 
   // Pages and segment records
   /** The volume item and the stored pages among `pages`, in one request. */

@@ -61,6 +61,8 @@ export interface VolumeRecord {
   foldedSeq?: number;
   /** The segment at `foldedSeq` ('' at 0). */
   foldedSegmentId?: string;
+  /** The most commits the tail holds (config `foldTailMax` when the volume was made). */
+  foldTailMax?: number;
   /** For a clone: the snapshot it reads through to. */
   parent?: ParentRef;
   /** A snapshot purge of this volume holds this token while it runs (one at a time). */

@@ -60,7 +60,8 @@ export async function ownPages(vp: ViewPoint, pageNums: readonly number[], live?
   if (vp.atSeq === undefined) {
     // The live view of a folding volume overlays its tail (docs/page-map.md, "Folding"): a live
     // view point's volume is the whole volume item.
-    const pages = live ?? ('headSeq' in vp.volume ? await liveWithTail(vp.volume as unknown as TailVolume, pageNums) : await pageMap().getPages(vp.volume, pageNums));
+    const pages =
+      live ?? ('headSeq' in vp.volume ? await liveWithTail(vp.volume as unknown as TailVolume, pageNums) : await pageMap().getPages(vp.volume, pageNums));
     for (const p of pageNums) out.set(p, pages.get(p)?.extents ?? []);
     return out;
   }

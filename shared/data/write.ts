@@ -136,7 +136,7 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
         v = requireActive(early ? early.volume : await pageMap().getVolume(volumeId), volumeId);
         rememberGeometry(v);
         opts = { pages: early ?? undefined };
-        if (isFolding(v) && v.headSeq - v.foldedSeq >= foldTailBound()) {
+        if (isFolding(v) && v.headSeq - v.foldedSeq >= foldTailBound(v)) {
           // The tail is full (docs/page-map.md, "Folding"): the write waits while it is folded here.
           await foldVolume(volumeId, { batchesMax: 1 });
           v = requireActive(await pageMap().getVolume(volumeId), volumeId);
@@ -164,7 +164,7 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
       if (outcome) {
         if (isFolding(v) && prepared.changes.length === 0) {
           rememberTailSegment(v, prepared.record);
-          if (foldDue(outcome.commitSeq)) await queueFold(volumeId);
+          if (foldDue(v, outcome.commitSeq)) await queueFold(volumeId);
         }
         await checkpointAfterCommit(v, outcome.commitSeq);
         await maybeQueueGc(volumeId, outcome.commitSeq);

@@ -64,11 +64,12 @@ export async function foldVolume(volumeId: string, opts: FoldOptions = {}): Prom
   let first = true;
   for (let batch = 0; batch < batchesMax; ) {
     const v = await pageMap().getVolume(volumeId);
-    if (!v || v.state !== 'active' || !isFolding(v)) return { ...report, skipped: v ? (isFolding(v) ? `volume is ${v.state}` : 'volume does not fold') : 'no such volume' };
+    if (!v || v.state !== 'active' || !isFolding(v))
+      return { ...report, skipped: v ? (isFolding(v) ? `volume is ${v.state}` : 'volume does not fold') : 'no such volume' };
     if (first) report.fromSeq = report.toSeq = v.foldedSeq;
     first = false;
     if (v.foldedSeq >= v.headSeq) return report;
-    const target = Math.min(v.headSeq, v.foldedSeq + foldTailBound());
+    const target = Math.min(v.headSeq, v.foldedSeq + foldTailBound(v));
     const tail = await tailSegments(v, v.foldedSeq, target);
     checkChain(v, tail);
     const done = await foldBatch(v, tail, report, opts);
@@ -172,7 +173,7 @@ async function inFlight<T>(items: readonly T[], limit: number, task: (item: T) =
 }
 
 /** Whether a fold is due after commit `seq` of a folding volume: every half tail. */
-export function foldDue(seq: number): boolean {
-  const every = Math.max(1, Math.floor(foldTailBound() / 2));
+export function foldDue(v: { foldTailMax?: number }, seq: number): boolean {
+  const every = Math.max(1, Math.floor(foldTailBound(v) / 2));
   return seq % every === 0;
 }

@@ -331,7 +331,12 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
   const records: SegmentRecord[] = [];
   for await (const r of pageMap().listSegmentRecords(volumeId)) records.push(r);
   const volume = v;
-  const retentions = [checkpointRetention(volume), foldRetention(volume), await snapshotRetention(volume), ...(await Promise.all(providers.map((p) => p.segmentsNeededBy(volume))))];
+  const retentions = [
+    checkpointRetention(volume),
+    foldRetention(volume),
+    await snapshotRetention(volume),
+    ...(await Promise.all(providers.map((p) => p.segmentsNeededBy(volume)))),
+  ];
   const pages: PageRecord[] = [];
   for await (const p of pageMap().listPages(v)) pages.push(p);
   const { liveBlocks, pagesOf } = liveness(pages);

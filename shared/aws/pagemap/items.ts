@@ -73,6 +73,7 @@ export function volumeToItem(v: VolumeRecord): Record<string, AttributeValue> {
   if (v.foldedSeq !== undefined) {
     item.foldedSeq = N(v.foldedSeq);
     item.foldedSegmentId = S(v.foldedSegmentId ?? '');
+    if (v.foldTailMax !== undefined) item.foldTailMax = N(v.foldTailMax);
   }
   if (v.parent) item.parent = parentToAttribute(v.parent);
   return item;
@@ -122,6 +123,7 @@ export function itemToVolume(item: Record<string, AttributeValue>): VolumeRecord
   if (item.foldedSeq?.N !== undefined) {
     v.foldedSeq = num(item.foldedSeq);
     v.foldedSegmentId = str(item.foldedSegmentId);
+    if (item.foldTailMax?.N !== undefined) v.foldTailMax = num(item.foldTailMax);
   }
   const parent = attributeToParent(item.parent);
   if (parent) v.parent = parent;

@@ -101,7 +101,7 @@ function foldParts(
       values: {},
     };
   }
-  const foldFloor = segment.seq - foldTailBound();
+  const foldFloor = segment.seq - foldTailBound(volume);
   return { parts: ['foldedSeq >= :foldFloor'], set: [], values: { ':foldFloor': N(foldFloor) }, foldFloor }; // and the tail stays within its bound
 }
 
@@ -235,7 +235,7 @@ export async function commitSegment(
         throw new CommitRefusedError(
           'tail-full',
           `volume ${volume.volumeId} has ${current.headSeq - (current.foldedSeq ?? 0)} commits not yet folded into its pages ` +
-            (direct ? '(this commit needs none)' : `(at most ${foldTailBound()})`),
+            (direct ? '(this commit needs none)' : `(at most ${foldTailBound(volume)})`),
           current,
         );
       }
