@@ -37,6 +37,11 @@ export interface NbdBenchContext {
   costRow(label: string, counts: RequestCounts, scale: number): Record<string, string | number>;
   table(rows: Array<Record<string, string | number>>): void;
   section(title: string): void;
+  /**
+   * Waits for the background work the writes queued, then folds what is left of a folding
+   * volume's tail (docs/page-map.md, "Folding"), so that a row carries its folding work.
+   */
+  settle(volumeId: string): Promise<void>;
 }
 
 interface FioJob {
@@ -226,11 +231,14 @@ export async function benchNbd(ctx: NbdBenchContext): Promise<void> {
     ctx.section('NBD gateway: AWS requests and cost (exact counts, scaled from the runs described)');
     const costRows: Array<Record<string, string | number>> = [];
     // Write-back only on FLUSH, full segments and shutdown, so the flush pattern alone decides.
-    const cost = await startGateway(ctx.apiUrl, await ctx.createVolume(ctx.apiUrl, GiB), ['--socket', join(dir, 'cost.sock')], ['--max-dirty-age-ms', '0']);
+    const costVolume = await ctx.createVolume(ctx.apiUrl, GiB);
+    const cost = await startGateway(ctx.apiUrl, costVolume, ['--socket', join(dir, 'cost.sock')], ['--max-dirty-age-ms', '0']);
     targets.push(cost);
     const measure = async (label: string, args: string[], scale: (j: FioJob) => number) => {
+      await ctx.settle(costVolume);
       ctx.resetRequestCounts();
       const j = await fio(cost.uri, label, args, dir);
+      await ctx.settle(costVolume);
       const counts = ctx.requestCounts();
       costRows.push({ ...ctx.costRow(label, counts, scale(j)), measured: `${j.write.total_ios} writes, ${counts.requests['S3:PutObject'] ?? 0} S3 PUTs` });
     };

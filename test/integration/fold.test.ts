@@ -76,20 +76,20 @@ async function expectChainAgrees(volumeId: string): Promise<void> {
 }
 
 describe('folding', () => {
-  it('commits a write over 200 pages as one segment of two items, reads it from the tail, then folds it', async () => {
+  it('commits a write over more than 96 pages as one segment of two items, reads it from the tail, then folds it', async () => {
     const rng = seeded('fold one commit');
-    const m = await folding(256 * MiB);
-    const seq = await scattered(m, rng, 200);
+    const m = await folding(160 * MiB);
+    const seq = await scattered(m, rng, 150);
     expect(seq).toBe(1);
     const v = await pageMap().getVolume(m.volumeId);
     expect(v?.foldedSeq).toBe(0);
-    expect([...(await pageMap().getPages(v!, [...Array(256).keys()])).keys()]).toEqual([]); // no page item yet
+    expect([...(await pageMap().getPages(v!, [...Array(160).keys()])).keys()]).toEqual([]); // no page item yet
     const [rec] = await pageMap().listSegmentRecordsBetween(m.volumeId, 0, 1);
-    expect(rec?.extents?.length).toBe(200);
+    expect(rec?.extents?.length).toBe(150);
     await expectModel(m, 'api', 'unfolded');
     const r = await foldVolume(m.volumeId);
     expect(r).toMatchObject({ fromSeq: 0, toSeq: 1, segmentsFolded: 1 });
-    expect(r.pagesWritten).toBeGreaterThan(100);
+    expect(r.pagesWritten).toBeGreaterThan(96);
     expect((await pageMap().getVolume(m.volumeId))?.foldedSeq).toBe(1);
     await expectModel(m, 'api', 'folded');
     await expectChainAgrees(m.volumeId);
@@ -98,7 +98,7 @@ describe('folding', () => {
   it('keeps the tail within its bound: writers fold inline when it is full', async () => {
     const rng = seeded('fold bound');
     const m = await folding(64 * MiB);
-    for (let i = 0; i < 30; i++) {
+    for (let i = 0; i < 20; i++) {
       await scattered(m, rng, 1 + rng.int(40));
       const v = (await pageMap().getVolume(m.volumeId))!;
       expect(v.headSeq - v.foldedSeq!).toBeLessThanOrEqual(8);
