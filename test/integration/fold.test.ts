@@ -79,7 +79,7 @@ describe('folding', () => {
   it('commits a write over more than 96 pages as one segment of two items, reads it from the tail, then folds it', async () => {
     const rng = seeded('fold one commit');
     const m = await folding(160 * MiB);
-    // One block in each of 120 pages (1 MiB each): more than one unfolded commit may touch.
+    // One block in each of 120 pages (1 MiB each): more than a commit that writes its pages may touch (96).
     const pieces: WritePiece[] = [...Array(120).keys()].map((p) => ({ offset: (p * 256 + rng.int(256)) * BLOCK, length: BLOCK, data: Buffer.alloc(BLOCK, 1 + p) }));
     const { commitSeq: seq } = await writePieces(m.volumeId, pieces);
     for (const p of pieces) p.data!.copy(m.bytes, p.offset);
