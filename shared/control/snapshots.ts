@@ -131,7 +131,7 @@ export async function createSnapshot(volumeId: string, body: unknown, requester:
         continue;
       }
       if (!(err instanceof CommitRefusedError)) throw err;
-      if (err.reason === 'head-moved') continue;
+      if (err.reason === 'head-moved' || err.reason === 'tail-full') continue; // folded again on the next attempt
       if (err.reason === 'fenced') throw new FencedError(err.message);
       requireActive(err.currentVolume ?? null, volumeId);
       throw err;

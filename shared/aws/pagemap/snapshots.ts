@@ -296,6 +296,9 @@ export async function createSnapshotRecord(volume: VolumeRecord, snap: SnapshotR
       if (!current) throw new CommitRefusedError('volume-gone', `volume ${volume.volumeId} does not exist`);
       if (current.state !== 'active') throw new CommitRefusedError('volume-not-active', `volume ${volume.volumeId} is ${current.state}`, current);
       if (current.headSeq !== snap.seq) throw new CommitRefusedError('head-moved', `volume ${volume.volumeId} committed while the snapshot was taken`, current);
+      if (current.foldedSeq !== undefined && current.foldedSeq !== snap.seq) {
+        throw new CommitRefusedError('tail-full', `volume ${volume.volumeId} has commits not yet folded into its pages`, current);
+      }
       if (current.snapPurge !== undefined) {
         throw new UnavailableError(`deleted snapshots of volume ${volume.volumeId} are being purged; retry in a few seconds`, { retryAfterSeconds: 2 });
       }
