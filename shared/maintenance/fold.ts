@@ -28,6 +28,12 @@ export interface FoldReport {
 export interface FoldOptions {
   /** Folds at most this many batches (default: until the tail is empty as read). */
   batchesMax?: number;
+  /**
+   * Does nothing while the tail holds fewer commits than this (default 0): the worker's folds
+   * wait for half a tail, so that each page write carries many commits (a fold started on a
+   * short tail rewrites the same pages for a few commits each).
+   */
+  minTail?: number;
   /** Test hooks: after each page write of a batch (a test kills the folder there), and before raising the folded point. */
   hooks?: { afterPageWrite?: (written: number) => Promise<void>; beforeAdvance?: (seq: number) => Promise<void> };
 }
@@ -67,6 +73,7 @@ export async function foldVolume(volumeId: string, opts: FoldOptions = {}): Prom
     if (!v || v.state !== 'active' || !isFolding(v))
       return { ...report, skipped: v ? (isFolding(v) ? `volume is ${v.state}` : 'volume does not fold') : 'no such volume' };
     if (first) report.fromSeq = report.toSeq = v.foldedSeq;
+    if (first && v.headSeq - v.foldedSeq < (opts.minTail ?? 1)) return { ...report, skipped: `tail of ${v.headSeq - v.foldedSeq} commits` };
     first = false;
     if (v.foldedSeq >= v.headSeq) return report;
     const target = Math.min(v.headSeq, v.foldedSeq + foldTailBound(v));
@@ -170,6 +177,11 @@ async function inFlight<T>(items: readonly T[], limit: number, task: (item: T) =
       while (next < items.length) await task(items[next++]!);
     }),
   );
+}
+
+/** What the worker waits for before it folds (FoldOptions.minTail): half the volume's tail bound. */
+export function workerMinTail(v: { foldTailMax?: number }): number {
+  return Math.max(1, Math.floor(foldTailBound(v) / 2));
 }
 
 /** Whether a fold is due after commit `seq` of a folding volume: every half tail. */
