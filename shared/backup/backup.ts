@@ -21,7 +21,7 @@ export const PACKS_PER_MESSAGE = 8;
 /** Bytes read from the snapshot at a time (the read path's limit), and reads in flight ahead of the packing. */
 const READ_BYTES = 4 * 1024 * 1024;
 const READ_AHEAD = 6;
-/** The queue's maxReceiveCount (cdk/stack.ts): on this receive a failing job records that it failed. */
+/** The queue's maxReceiveCount (`MAX_RECEIVE_COUNT`, cdk/contract.ts): on this receive a failing job records that it failed. */
 export const LAST_RECEIVE = 5;
 
 /** What the API shows of a backup: the record, with rate and ETA while it runs. */
