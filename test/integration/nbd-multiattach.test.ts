@@ -1,0 +1,139 @@
+/**
+ * Multi-attach (docs/nbd-gateway.md, "Multi-attach with lease-guarded caches"), with real
+ * processes and real clients: a writer gateway and a reader gateway (`sledge nbd --reader`) on
+ * one volume, fio writing through the writer and verifying through the reader. Every round
+ * writes a new pattern and flushes it before the reader's reads are issued, so a read answered
+ * from a line older than that write fails fio's verify. The patterns are random (the seed is
+ * printed; replay with SLEDGE_SEED=<seed>).
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { seeded } from '../unit/seed.ts';
+import { Api } from './helpers.ts';
+import { describeRun, run, startGateway, type NbdTarget } from './nbd-tools.ts';
+
+const MiB = 1024 * 1024;
+const VOLUME_BYTES = 16 * MiB;
+/** What each round writes and reads: 2,048 blocks of 4 KiB. */
+const REGION = '8M';
+const BLOCKS_PER_PASS = 2048;
+
+const dir = mkdtempSync(join(tmpdir(), 'sledge-nbd-multiattach-'));
+let api: Api;
+let apiUrl: string;
+
+beforeAll(() => {
+  apiUrl = inject('apiUrl');
+  api = new Api(apiUrl);
+});
+
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** Runs fio's nbd engine against `target`; returns how many reads it issued. Any verify failure fails the test. */
+async function fio(target: NbdTarget, name: string, args: string[]): Promise<number> {
+  const out = join(dir, `${name}.json`);
+  const r = await run('fio', [`--name=${name}`, '--ioengine=nbd', `--uri=${target.uri}`, '--verify_fatal=1', '--output-format=json', `--output=${out}`, ...args]);
+  expect(r.code, `${describeRun(`fio ${name}`, r)}\n${readFileSync(out, 'utf8').slice(-2000)}`).toBe(0);
+  // biome-ignore lint/suspicious/noExplicitAny: fio's JSON report
+  const job = JSON.parse(readFileSync(out, 'utf8')).jobs[0] as any;
+  expect(job.error, `fio ${name} reported an error`).toBe(0);
+  return job.read.total_ios as number;
+}
+
+/** Writes `pattern` over the region through the writer, and flushes (fio's end_fsync is an NBD FLUSH). */
+function writePattern(writer: NbdTarget, name: string, pattern: string): Promise<number> {
+  return fio(writer, name, ['--rw=randwrite', '--bs=4k', `--size=${REGION}`, '--iodepth=8', '--verify=pattern', `--verify_pattern=${pattern}`, '--do_verify=0', '--end_fsync=1']);
+}
+
+/** Reads the whole region through the reader, 4 KiB at random, verifying every block holds `pattern`. */
+function verifyPattern(reader: NbdTarget, name: string, pattern: string): Promise<number> {
+  return fio(reader, name, ['--rw=randread', '--bs=4k', `--size=${REGION}`, '--iodepth=8', '--verify=pattern', `--verify_pattern=${pattern}`]);
+}
+
+/** Waits until the reader has logged `count` times that it caches (its lease saw the intent closed). */
+async function untilCaching(reader: NbdTarget, count: number): Promise<void> {
+  const seen = () => reader.output().split('read lease: caching').length - 1;
+  for (let i = 0; i < 300 && seen() < count; i++) await new Promise((r) => setTimeout(r, 100));
+  expect(seen(), `the reader never started caching again:\n${reader.output()}`).toBeGreaterThanOrEqual(count);
+}
+
+/** The numbers on a gateway's exit line. */
+function exitStats(output: string): { hits: number; drops: number } {
+  const m = /read cache (\d+) hits, .*read lease: \d+ renewals, (\d+) drops/.exec(output);
+  expect(m, `no exit line with read-lease counters:\n${output}`).not.toBeNull();
+  return { hits: Number(m![1]), drops: Number(m![2]) };
+}
+
+describe('multi-attach: a writer and a reader gateway on one volume', () => {
+  it('fio verify through the reader sees every write the writer flushed before it, over 12,288 reads', async () => {
+    const rng = seeded('multi-attach patterns');
+    const vol = await api.createVolume({ sizeBytes: VOLUME_BYTES });
+    const writer = await startGateway(apiUrl, vol.volumeId, ['--socket', join(dir, 'w1.sock')], ['--key', 'gw-writer', '--max-dirty-age-ms', '0']);
+    let reader: NbdTarget | undefined;
+    try {
+      reader = await startGateway(apiUrl, vol.volumeId, ['--socket', join(dir, 'r1.sock')], ['--reader', '--key', 'gw-reader']);
+      let reads = 0;
+      for (let round = 1; round <= 3; round++) {
+        // A pattern no earlier round wrote: a stale line cannot pass for this round's.
+        const pattern = `0x${(((rng.int(2 ** 24) << 8) | round) >>> 0).toString(16).padStart(8, '0')}`;
+        await writePattern(writer, `write-${round}`, pattern);
+        // Once no commit came for a while the reader closes the intent and caches: the reads below
+        // are then served from its cache as far as it holds them (the second pass entirely).
+        await untilCaching(reader, round);
+        reads += await verifyPattern(reader, `read-${round}-a`, pattern);
+        reads += await verifyPattern(reader, `read-${round}-b`, pattern);
+      }
+      expect(reads).toBe(3 * 2 * BLOCKS_PER_PASS);
+      expect(await reader.stop(), reader.output()).toBe(0);
+      const stats = exitStats(reader.output());
+      // The cache served reads (this is not a reader that never caches), and each new round's
+      // write made it drop what it held.
+      expect(stats.hits, reader.output()).toBeGreaterThan(BLOCKS_PER_PASS);
+      expect(stats.drops, reader.output()).toBeGreaterThanOrEqual(2);
+    } finally {
+      await reader?.stop('SIGKILL');
+      expect(await writer.stop(), writer.output()).toBe(0);
+    }
+  });
+
+  it('a reader stopped past its lease (SIGSTOP) serves nothing stale when resumed', async () => {
+    const rng = seeded('multi-attach SIGSTOP patterns');
+    const vol = await api.createVolume({ sizeBytes: VOLUME_BYTES });
+    const writer = await startGateway(apiUrl, vol.volumeId, ['--socket', join(dir, 'w2.sock')], ['--key', 'gw-writer-2', '--max-dirty-age-ms', '0']);
+    let reader: NbdTarget | undefined;
+    let stopped = false;
+    try {
+      reader = await startGateway(apiUrl, vol.volumeId, ['--socket', join(dir, 'r2.sock')], ['--reader', '--key', 'gw-reader-2', '--lease-s', '2']);
+      const before = `0x${(((rng.int(2 ** 24) << 8) | 0xa1) >>> 0).toString(16).padStart(8, '0')}`;
+      const after = `0x${(((rng.int(2 ** 24) << 8) | 0xb2) >>> 0).toString(16).padStart(8, '0')}`;
+      await writePattern(writer, 'stop-write-a', before);
+      await untilCaching(reader, 1);
+      // The reader caches the region (the second pass comes from its cache).
+      await verifyPattern(reader, 'stop-read-a1', before);
+      await verifyPattern(reader, 'stop-read-a2', before);
+      process.kill(reader.pid!, 'SIGSTOP');
+      stopped = true;
+      // The writer's commit needs the stopped reader's acknowledgement or its lease to run out:
+      // it waits out the lease (2 s), then commits, and the flush returns.
+      await writePattern(writer, 'stop-write-b', after);
+      process.kill(reader.pid!, 'SIGCONT');
+      stopped = false;
+      // At once: the resumed reader's lease has lapsed by its own clock, so nothing comes from
+      // the cache that still holds the old pattern until a renewal has made it drop it.
+      await verifyPattern(reader, 'stop-read-b1', after);
+      await verifyPattern(reader, 'stop-read-b2', after);
+      expect(await reader.stop(), reader.output()).toBe(0);
+      const stats = exitStats(reader.output());
+      expect(stats.hits, reader.output()).toBeGreaterThan(0);
+      expect(stats.drops, reader.output()).toBeGreaterThanOrEqual(1);
+    } finally {
+      if (stopped) process.kill(reader!.pid!, 'SIGCONT');
+      await reader?.stop('SIGKILL');
+      expect(await writer.stop(), writer.output()).toBe(0);
+    }
+  });
+});
