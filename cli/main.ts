@@ -14,9 +14,9 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { WriteBackCache } from '#gateway/cache.ts';
-import { ReadLease } from '#gateway/read-lease.ts';
 import { startNbdServer } from '#gateway/server.ts';
 import { VolumeApiError, VolumeClient, type VolumeDescription } from '#gateway/volume-client.ts';
+import { NbdReader, onAttach, onDetach } from './nbd-attach.ts';
 import { debugEnabled, formatCliError, parseArgsUsageError, unreachable, UsageError } from './errors.ts';
 import { SIGNING_OPTIONS, defaultSigner, signingFromValues, type SigningOptions } from './signing.ts';
 
@@ -53,7 +53,8 @@ export const COMMAND_USAGE = {
       --key KEY              reservation key to attach with (default gw-<host>-<random>); the
                              gateway takes a write-exclusive reservation, preempting any holder
       --reader               attach as a reader: register the key, take no reservation, hold a
-                             read lease on the cache instead
+                             read lease on the cache instead; SIGUSR1 promotes it to the writer
+                             (it preempts the reservation's holder: for a writer that died)
       --lease-s N            a reader's lease term (default 6, 1 to 15): a stopped reader delays
                              the writer's next write by at most this much
       --retry-budget-s N     how long a read or write-back keeps retrying an unreachable or
@@ -278,40 +279,6 @@ export function parseNbdArgs(args: string[]): NbdCommand {
   };
 }
 
-/**
- * Runs when the gateway attaches to a volume, before it serves a single request: registers
- * the gateway's reservation key and takes a write-exclusive reservation, preempting whoever
- * held it (docs/reservations.md). So a second gateway attaching to the same volume fences the
- * first: the first's write-backs are refused by the commit condition, and its FLUSHes fail
- * with EIO instead of silently losing to the newcomer. Every request then presents the key.
- */
-export async function onAttach(client: VolumeClient, key: string): Promise<string | null> {
-  let state = await client.reserve({ action: 'register', key });
-  const holder = state.reservation?.holder;
-  try {
-    if (holder === undefined) state = await client.reserve({ action: 'reserve', key, type: 'write-exclusive' });
-    else if (holder !== key) {
-      state = await client.reserve({ action: 'preempt', key, victimKey: holder, type: 'write-exclusive' });
-    }
-  } catch (err) {
-    // Registered but not attached: take the registration back, so nothing is left behind.
-    await client.reserve({ action: 'unregister', key }).catch(() => undefined);
-    throw err;
-  }
-  client.reservationKey = key;
-  return holder !== undefined && holder !== key ? holder : null;
-}
-
-/** On a clean stop, after the final write-back: give the volume back (unregister releases). */
-async function onDetach(client: VolumeClient): Promise<void> {
-  if (!client.reservationKey) return;
-  try {
-    await client.reserve({ action: 'unregister', key: client.reservationKey });
-  } catch (err) {
-    log(`could not unregister key ${client.reservationKey}: ${(err as Error).message}`);
-  }
-}
-
 /** True when `path` is a Unix socket that refuses connections (its server is gone). */
 async function isStaleSocket(path: string): Promise<boolean> {
   if (!statSync(path).isSocket()) return false;
@@ -365,10 +332,10 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   const key = cmd.reservationKey ?? `gw-${hostname().replace(/[^A-Za-z0-9._:-]/g, '-').slice(0, 40)}-${randomBytes(4).toString('hex')}`;
   // A reader's lease renews on a client of its own with a short retry budget: a renewal that
   // needs longer is stale anyway (the lease is timed from when it was sent).
-  const lease =
+  const reader =
     cmd.readerLeaseMs === undefined
       ? undefined
-      : new ReadLease(
+      : new NbdReader(
           new VolumeClient(cmd.apiUrl, cmd.volumeId, { retryBudgetMs: cmd.readerLeaseMs / 3, requestTimeoutMs: cmd.readerLeaseMs, sign: await defaultSigner(cmd.apiUrl, cmd.signing) }),
           { invalidate: () => cache.invalidate() },
           { key, leaseMs: cmd.readerLeaseMs, log },
@@ -381,7 +348,7 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     capacityBytes: cmd.cacheBytes,
     readCacheBytes: cmd.readCacheBytes,
     maxDirtyAgeMs: cmd.maxDirtyAgeMs,
-    ...(lease ? { coherence: lease } : {}),
+    ...(reader ? { coherence: reader } : {}),
     log,
   });
   // Listen first, attach after: a gateway that cannot listen (a port or socket in use) must
@@ -394,19 +361,21 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     attachFailed = reject;
   });
   ready.catch(() => undefined);
+  // Kept: a reader promoted to the writer serves new connections read-write (see promote below).
+  const serverOptions: Parameters<typeof startNbdServer>[0] = {
+    exportName: what,
+    description: cmd.snapshotId
+      ? `Sledge snapshot ${cmd.snapshotId} of ${volume.volumeId} (read-only), ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`
+      : `Sledge volume ${volume.volumeId}, ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`,
+    readOnly: cmd.snapshotId !== undefined || reader !== undefined,
+    cache,
+    listen: cmd.listen,
+    ready,
+    log,
+  };
   let server;
   try {
-    server = await startNbdServer({
-      exportName: what,
-      description: cmd.snapshotId
-        ? `Sledge snapshot ${cmd.snapshotId} of ${volume.volumeId} (read-only), ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`
-        : `Sledge volume ${volume.volumeId}, ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`,
-      readOnly: cmd.snapshotId !== undefined || lease !== undefined,
-      cache,
-      listen: cmd.listen,
-      ready,
-      log,
-    });
+    server = await startNbdServer(serverOptions);
   } catch (err) {
     log(`cannot listen: ${(err as Error).message}`);
     await cache.close().catch(() => undefined);
@@ -414,16 +383,8 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   }
   try {
     // A snapshot never changes: its export takes no reservation and writes nothing.
-    if (lease) {
-      // A reader registers (its identity on the volume) and takes a read lease, no reservation.
-      await client.reserve({ action: 'register', key });
-      client.reservationKey = key;
-      try {
-        await lease.start();
-      } catch (err) {
-        await client.reserve({ action: 'unregister', key }).catch(() => undefined);
-        throw err;
-      }
+    if (reader) {
+      await reader.attach(client);
       log(`attached as a reader with key ${key}, read lease ${cmd.readerLeaseMs} ms`);
     } else if (cmd.snapshotId === undefined) {
       const preempted = await onAttach(client, key);
@@ -439,9 +400,12 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   }
   attached();
   client.retryBudgetMs = cmd.retryBudgetMs;
+  // Several roots: a reader already serving the volume becomes its writer on SIGUSR1 (sent by
+  // whoever decided the writer is gone), and clients of the dead writer reconnect to it.
+  if (reader) process.on('SIGUSR1', () => void reader.promote(client, cache, serverOptions));
   // Tests and scripts wait for this line; it carries the URI clients connect to.
   process.stdout.write(
-    `sledge nbd: serving ${what}${cmd.snapshotId || lease ? ' read-only' : ''} (${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks) at ${server.uri}\n`,
+    `sledge nbd: serving ${what}${cmd.snapshotId || reader ? ' read-only' : ''} (${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks) at ${server.uri}\n`,
   );
 
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
@@ -464,14 +428,14 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
       `stopped; ${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes; ` +
         `${s.apiReads} API reads (${s.apiReadBytes} bytes, ${s.readAheads} ahead, ${s.prefetches} for CACHE, ${client.rangedGets} S3 ranged GETs), ${client.sent.allocations} allocation queries, ` +
         `read cache ${cache.clean.stats.hits} hits, ${cache.clean.stats.misses} misses` +
-        (lease ? `; ${s.readsThrough} reads through, read lease: ${lease.stats.renewals} renewals, ${lease.stats.drops} drops, ${lease.stats.closes} closes` : ''),
+        (reader ? `; ${s.readsThrough} reads through, ${reader.statsLine()}` : ''),
     );
   } catch (err) {
     log(`stopped WITH DATA LOSS: ${(err as Error).message}`);
     status = 1;
   }
-  await lease?.stop();
-  if (status === 0 && cmd.snapshotId === undefined) await onDetach(client);
+  await reader?.lease.stop();
+  if (status === 0 && cmd.snapshotId === undefined) await onDetach(client, log);
   removeSocket(cmd.listen);
   return status;
 }

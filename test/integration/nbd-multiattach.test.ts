@@ -7,12 +7,12 @@
  * printed; replay with SLEDGE_SEED=<seed>).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { seeded } from '../unit/seed.ts';
-import { Api } from './helpers.ts';
+import { Api, http } from './helpers.ts';
 import { describeRun, run, startGateway, TOOLS_ENV, type NbdTarget } from './nbd-tools.ts';
 
 const MiB = 1024 * 1024;
@@ -38,11 +38,10 @@ afterAll(() => {
 async function fio(target: NbdTarget, name: string, args: string[]): Promise<number> {
   const out = join(dir, `${name}.json`);
   const r = await run('fio', [`--name=${name}`, '--ioengine=nbd', `--uri=${target.uri}`, '--verify_fatal=1', '--verify_state_save=0', '--output-format=json', `--output=${out}`, ...args]);
-  expect(r.code, `${describeRun(`fio ${name}`, r)}\n${readFileSync(out, 'utf8').slice(-2000)}`).toBe(0);
-  // biome-ignore lint/suspicious/noExplicitAny: fio's JSON report
-  const job = JSON.parse(readFileSync(out, 'utf8')).jobs[0] as any;
+  expect(r.code, `${describeRun(`fio ${name}`, r)}\n${existsSync(out) ? readFileSync(out, 'utf8').slice(-2000) : ''}`).toBe(0);
+  const job = (JSON.parse(readFileSync(out, 'utf8')) as { jobs: Array<{ error: number; read: { total_ios: number } }> }).jobs[0]!;
   expect(job.error, `fio ${name} reported an error`).toBe(0);
-  return job.read.total_ios as number;
+  return job.read.total_ios;
 }
 
 /** Writes `pattern` over the region through the writer, and flushes (fio's end_fsync is an NBD FLUSH). */
@@ -166,6 +165,51 @@ describe('multi-attach: a writer and a reader gateway on one volume', () => {
       client?.kill('SIGKILL');
       await reader?.stop('SIGKILL');
       expect(await writer.stop(), writer.output()).toBe(0);
+    }
+  });
+  it('several roots: clients of a writer that died reconnect to a reader promoted in its place and lose nothing flushed', async () => {
+    const vol = await api.createVolume({ sizeBytes: VOLUME_BYTES });
+    const writer = await startGateway(apiUrl, vol.volumeId, ['--socket', join(dir, 'w3.sock')], ['--key', 'gw-writer-3', '--max-dirty-age-ms', '0']);
+    let reader: NbdTarget | undefined;
+    let qemu: ChildProcess | undefined;
+    try {
+      reader = await startGateway(apiUrl, vol.volumeId, ['--socket', join(dir, 'r3.sock')], ['--reader', '--key', 'gw-reader-3']);
+      // The address clients use: a path that leads to the writer now, and to the promoted reader
+      // after the failover, as a load balancer or a DNS name would.
+      const entry = join(dir, 'entry.sock');
+      symlinkSync(join(dir, 'w3.sock'), entry);
+      const image = JSON.stringify({
+        driver: 'raw',
+        file: { driver: 'nbd', server: { type: 'unix', path: entry }, export: vol.volumeId, 'reconnect-delay': 60 },
+      });
+      const commands = ['write -P 0xa5 0 2M', 'flush', 'sleep 6000', 'read -P 0xa5 0 2M', 'write -P 0x5a 2M 1M', 'flush', 'read -P 0x5a 2M 1M', 'read -P 0xa5 1M 1M'];
+      qemu = spawn('qemu-io', [`json:${image}`, ...commands.flatMap((c) => ['-c', c])], { env: TOOLS_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      qemu.stdout!.on('data', (d) => (out += d));
+      qemu.stderr!.on('data', (d) => (out += d));
+      const exited = new Promise<number | null>((resolve) => qemu!.once('exit', (code) => resolve(code)));
+      for (let i = 0; i < 600 && (await api.describe(vol.volumeId)).json.commitSeq < 1; i++) await new Promise((r) => setTimeout(r, 100));
+      expect((await api.read(vol.volumeId, 0, 2 * MiB)).equals(Buffer.alloc(2 * MiB, 0xa5)), out).toBe(true);
+      // The writer dies while qemu-io still has reads and writes to send; the reader, already
+      // serving the volume, is promoted, and the clients' address now leads to it.
+      await writer.stop('SIGKILL');
+      process.kill(reader.pid!, 'SIGUSR1');
+      for (let i = 0; i < 300 && !reader.output().includes('promoted to the writer'); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(reader.output()).toContain('promoted to the writer');
+      unlinkSync(entry);
+      symlinkSync(join(dir, 'r3.sock'), entry);
+      expect(await exited, out).toBe(0);
+      expect(out).not.toMatch(/error|failed/i);
+      expect(out.match(/read \d+\/\d+ bytes/g), out).toHaveLength(3);
+      expect((await api.read(vol.volumeId, 0, 2 * MiB)).equals(Buffer.alloc(2 * MiB, 0xa5)), 'flushed through the dead writer').toBe(true);
+      expect((await api.read(vol.volumeId, 2 * MiB, MiB)).equals(Buffer.alloc(MiB, 0x5a)), 'flushed through the promoted reader').toBe(true);
+      const state = (await http(`${apiUrl}/volumes/${vol.volumeId}/reservations`)).json;
+      expect(state.reservation).toEqual({ holder: 'gw-reader-3', type: 'write-exclusive' });
+      expect(await reader.stop(), reader.output()).toBe(0);
+    } finally {
+      qemu?.kill('SIGKILL');
+      await reader?.stop('SIGKILL');
+      await writer.stop('SIGKILL');
     }
   });
 });
