@@ -6,7 +6,8 @@
  *
  * The lease is timed from the moment a renewal was sent, on the monotonic clock, which keeps
  * running while the process is stopped: a reader resumed after SIGSTOP finds its lease lapsed
- * and serves nothing from its cache until a renewal says what is still good.
+ * and serves nothing from its cache until a renewal says what is still good. It is timed on the
+ * wall clock too, and must hold on both: a machine suspended whole may stop the monotonic clock.
  */
 import { performance } from 'node:perf_hooks';
 import type { ReadLeaseAnswer } from './volume-client.ts';
@@ -38,6 +39,8 @@ export class ReadLease {
   private caching: { epoch: number; seq: number } | null = null;
   /** Monotonic time until which the lease is valid here: the last good renewal's send time plus T minus the margin. */
   private validUntilMs = Number.NEGATIVE_INFINITY;
+  /** The same bound on the wall clock: a machine suspended whole may stop the monotonic clock, not the wall clock. */
+  private validUntilWallMs = Number.NEGATIVE_INFINITY;
   /** The open intent and head last seen, and since when (for closing a quiet intent). */
   private openSeen: { epoch: number; seq: number; sinceMs: number } | null = null;
   private stopped = false;
@@ -63,7 +66,7 @@ export class ReadLease {
 
   /** The cache may answer from its lines, and fill them, now. */
   cacheUsable(): boolean {
-    return this.caching !== null && performance.now() < this.validUntilMs;
+    return this.caching !== null && performance.now() < this.validUntilMs && Date.now() < this.validUntilWallMs;
   }
 
   /** Takes the lease (the first renewal must succeed), then keeps renewing it until `stop`. */
@@ -91,6 +94,7 @@ export class ReadLease {
   /** One renewal; true when the acknowledgement it stored is behind the intent (renew again at once). */
   private async renew(): Promise<boolean> {
     const sentMs = performance.now();
+    const sentWallMs = Date.now();
     const quiet = this.openSeen !== null && sentMs - this.openSeen.sinceMs >= this.quietMs;
     const answer = await this.api.renewReadLease({
       key: this.opts.key,
@@ -122,6 +126,7 @@ export class ReadLease {
     } else this.openSeen = null;
     // Valid from the send time, not the answer's: the head timed the lease from no earlier.
     this.validUntilMs = Math.max(this.validUntilMs, sentMs + answer.leaseMs - this.marginMs);
+    this.validUntilWallMs = Math.max(this.validUntilWallMs, sentWallMs + answer.leaseMs - this.marginMs);
     return answer.ackedEpoch < intent.epoch;
   }
 
@@ -129,6 +134,7 @@ export class ReadLease {
   async stop(): Promise<void> {
     this.stopped = true;
     this.validUntilMs = Number.NEGATIVE_INFINITY;
+    this.validUntilWallMs = Number.NEGATIVE_INFINITY;
     await this.loop?.catch(() => undefined);
     await this.api.releaseReadLease(this.opts.key).catch((err: Error) => this.log(`could not release the read lease: ${err.message}`));
   }
