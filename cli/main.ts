@@ -361,7 +361,7 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     attachFailed = reject;
   });
   ready.catch(() => undefined);
-  // Kept: a reader promoted to the writer serves new connections read-write (see promote below).
+  // Kept: a reader promoted to the writer (NbdReader.promote) serves new connections read-write.
   const serverOptions: Parameters<typeof startNbdServer>[0] = {
     exportName: what,
     description: cmd.snapshotId
