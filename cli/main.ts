@@ -16,6 +16,7 @@ import { parseArgs } from 'node:util';
 import { WriteBackCache } from '#gateway/cache.ts';
 import { startNbdServer } from '#gateway/server.ts';
 import { VolumeApiError, VolumeClient, type VolumeDescription } from '#gateway/volume-client.ts';
+import { NbdReader, onAttach, onDetach } from './nbd-attach.ts';
 import { debugEnabled, formatCliError, parseArgsUsageError, unreachable, UsageError } from './errors.ts';
 import { SIGNING_OPTIONS, defaultSigner, signingFromValues, type SigningOptions } from './signing.ts';
 
@@ -35,6 +36,9 @@ export const COMMAND_USAGE = {
       Serve a volume as a block device over NBD, with a volatile write cache that is made
       durable on FLUSH, FUA, every segment's worth of writes, old dirty data and shutdown.
       With --snapshot, serve a snapshot read-only (READ_ONLY advertised; writes get EPERM).
+      With --reader, serve the volume read-only beside the gateway that writes it, with a
+      clean cache guarded by a read lease (docs/nbd-gateway.md, "Multi-attach"): no read
+      returns data older than a write the writer made durable before the read was issued.
 
       --api URL              the Sledge volume API (e.g. http://127.0.0.1:3000)
       --port N               TCP port (default ${DEFAULT_NBD_PORT}; 0 picks a free one)
@@ -48,6 +52,11 @@ export const COMMAND_USAGE = {
                              FLUSH, FUA, full segments and shutdown)
       --key KEY              reservation key to attach with (default gw-<host>-<random>); the
                              gateway takes a write-exclusive reservation, preempting any holder
+      --reader               attach as a reader: register the key, take no reservation, hold a
+                             read lease on the cache instead; SIGUSR1 promotes it to the writer
+                             (it preempts the reservation's holder: for a writer that died)
+      --lease-s N            a reader's lease term (default 6, 1 to 15): a stopped reader delays
+                             the writer's next write by at most this much
       --retry-budget-s N     how long a read or write-back keeps retrying an unreachable or
                              failing API before the client gets EIO (default 120, like iSCSI's
                              replacement timeout; 0 = one attempt)
@@ -198,6 +207,8 @@ export interface NbdCommand {
   reservationKey?: string;
   /** Serve this snapshot of the volume, read-only, instead of the volume. */
   snapshotId?: string;
+  /** Attach as a reader under a read lease of this term (multi-attach), instead of as the writer. */
+  readerLeaseMs?: number;
   /** How requests are signed (`--profile`, `--region`, `--unsigned`). */
   signing: SigningOptions;
 }
@@ -223,6 +234,8 @@ export function parseNbdArgs(args: string[]): NbdCommand {
         ...SIGNING_OPTIONS,
         'retry-budget-s': { type: 'string' },
         snapshot: { type: 'string' },
+        reader: { type: 'boolean' },
+        'lease-s': { type: 'string' },
       },
     });
   } catch (err) {
@@ -247,6 +260,8 @@ export function parseNbdArgs(args: string[]): NbdCommand {
   if (values.socket === '') throw new UsageError('--socket needs a path');
   const cacheMiB = intOption(values['cache-mib'], 'cache-mib', 4, 64 * 1024, 64);
   const segmentMiB = intOption(values['segment-mib'], 'segment-mib', 1, 4, 4);
+  if (values.reader && snapshotId !== undefined) throw new UsageError('--reader has no use with --snapshot: a snapshot never changes, so its cache needs no lease');
+  if (values['lease-s'] !== undefined && !values.reader) throw new UsageError('--lease-s is the term of a reader\'s lease; give it with --reader');
   if (segmentMiB > cacheMiB) throw new UsageError(`--segment-mib ${segmentMiB} is larger than --cache-mib ${cacheMiB}`);
   return {
     volumeId,
@@ -259,42 +274,9 @@ export function parseNbdArgs(args: string[]): NbdCommand {
     maxDirtyAgeMs: intOption(values['max-dirty-age-ms'], 'max-dirty-age-ms', 0, 24 * 3600 * 1000, 5000),
     retryBudgetMs: intOption(values['retry-budget-s'], 'retry-budget-s', 0, 24 * 3600, 120) * 1000,
     ...(values.key !== undefined ? { reservationKey: checkKeyOption(values.key) } : {}),
+    ...(values.reader ? { readerLeaseMs: intOption(values['lease-s'], 'lease-s', 1, 15, 6) * 1000 } : {}),
     signing: signingFromValues(values),
   };
-}
-
-/**
- * Runs when the gateway attaches to a volume, before it serves a single request: registers
- * the gateway's reservation key and takes a write-exclusive reservation, preempting whoever
- * held it (docs/reservations.md). So a second gateway attaching to the same volume fences the
- * first: the first's write-backs are refused by the commit condition, and its FLUSHes fail
- * with EIO instead of silently losing to the newcomer. Every request then presents the key.
- */
-export async function onAttach(client: VolumeClient, key: string): Promise<string | null> {
-  let state = await client.reserve({ action: 'register', key });
-  const holder = state.reservation?.holder;
-  try {
-    if (holder === undefined) state = await client.reserve({ action: 'reserve', key, type: 'write-exclusive' });
-    else if (holder !== key) {
-      state = await client.reserve({ action: 'preempt', key, victimKey: holder, type: 'write-exclusive' });
-    }
-  } catch (err) {
-    // Registered but not attached: take the registration back, so nothing is left behind.
-    await client.reserve({ action: 'unregister', key }).catch(() => undefined);
-    throw err;
-  }
-  client.reservationKey = key;
-  return holder !== undefined && holder !== key ? holder : null;
-}
-
-/** On a clean stop, after the final write-back: give the volume back (unregister releases). */
-async function onDetach(client: VolumeClient): Promise<void> {
-  if (!client.reservationKey) return;
-  try {
-    await client.reserve({ action: 'unregister', key: client.reservationKey });
-  } catch (err) {
-    log(`could not unregister key ${client.reservationKey}: ${(err as Error).message}`);
-  }
 }
 
 /** True when `path` is a Unix socket that refuses connections (its server is gone). */
@@ -348,6 +330,16 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     unlinkSync(cmd.listen.socketPath);
   }
   const key = cmd.reservationKey ?? `gw-${hostname().replace(/[^A-Za-z0-9._:-]/g, '-').slice(0, 40)}-${randomBytes(4).toString('hex')}`;
+  // A reader's lease renews on a client of its own with a short retry budget: a renewal that
+  // needs longer is stale anyway (the lease is timed from when it was sent).
+  const reader =
+    cmd.readerLeaseMs === undefined
+      ? undefined
+      : new NbdReader(
+          new VolumeClient(cmd.apiUrl, cmd.volumeId, { retryBudgetMs: cmd.readerLeaseMs / 3, requestTimeoutMs: cmd.readerLeaseMs, sign: await defaultSigner(cmd.apiUrl, cmd.signing) }),
+          { invalidate: () => cache.invalidate() },
+          { key, leaseMs: cmd.readerLeaseMs, log },
+        );
   const cache = new WriteBackCache(client, {
     sizeBytes: volume.sizeBytes,
     blockSizeBytes: volume.blockSizeBytes,
@@ -356,6 +348,7 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     capacityBytes: cmd.cacheBytes,
     readCacheBytes: cmd.readCacheBytes,
     maxDirtyAgeMs: cmd.maxDirtyAgeMs,
+    ...(reader ? { coherence: reader } : {}),
     log,
   });
   // Listen first, attach after: a gateway that cannot listen (a port or socket in use) must
@@ -368,19 +361,21 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     attachFailed = reject;
   });
   ready.catch(() => undefined);
+  // Kept: a reader promoted to the writer (NbdReader.promote) serves new connections read-write.
+  const serverOptions: Parameters<typeof startNbdServer>[0] = {
+    exportName: what,
+    description: cmd.snapshotId
+      ? `Sledge snapshot ${cmd.snapshotId} of ${volume.volumeId} (read-only), ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`
+      : `Sledge volume ${volume.volumeId}, ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`,
+    readOnly: cmd.snapshotId !== undefined || reader !== undefined,
+    cache,
+    listen: cmd.listen,
+    ready,
+    log,
+  };
   let server;
   try {
-    server = await startNbdServer({
-      exportName: what,
-      description: cmd.snapshotId
-        ? `Sledge snapshot ${cmd.snapshotId} of ${volume.volumeId} (read-only), ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`
-        : `Sledge volume ${volume.volumeId}, ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`,
-      readOnly: cmd.snapshotId !== undefined,
-      cache,
-      listen: cmd.listen,
-      ready,
-      log,
-    });
+    server = await startNbdServer(serverOptions);
   } catch (err) {
     log(`cannot listen: ${(err as Error).message}`);
     await cache.close().catch(() => undefined);
@@ -388,7 +383,10 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   }
   try {
     // A snapshot never changes: its export takes no reservation and writes nothing.
-    if (cmd.snapshotId === undefined) {
+    if (reader) {
+      await reader.attach(client);
+      log(`attached as a reader with key ${key}, read lease ${cmd.readerLeaseMs} ms`);
+    } else if (cmd.snapshotId === undefined) {
       const preempted = await onAttach(client, key);
       log(`attached with reservation key ${key}${preempted ? `, preempting ${preempted}` : ''}`);
     }
@@ -402,9 +400,12 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   }
   attached();
   client.retryBudgetMs = cmd.retryBudgetMs;
+  // Several roots: a reader already serving the volume becomes its writer on SIGUSR1 (sent by
+  // whoever decided the writer is gone), and clients of the dead writer reconnect to it.
+  if (reader) process.on('SIGUSR1', () => void reader.promote(client, cache, serverOptions));
   // Tests and scripts wait for this line; it carries the URI clients connect to.
   process.stdout.write(
-    `sledge nbd: serving ${what}${cmd.snapshotId ? ' read-only' : ''} (${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks) at ${server.uri}\n`,
+    `sledge nbd: serving ${what}${cmd.snapshotId || reader ? ' read-only' : ''} (${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks) at ${server.uri}\n`,
   );
 
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
@@ -426,13 +427,15 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     log(
       `stopped; ${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes; ` +
         `${s.apiReads} API reads (${s.apiReadBytes} bytes, ${s.readAheads} ahead, ${s.prefetches} for CACHE, ${client.rangedGets} S3 ranged GETs), ${client.sent.allocations} allocation queries, ` +
-        `read cache ${cache.clean.stats.hits} hits, ${cache.clean.stats.misses} misses`,
+        `read cache ${cache.clean.stats.hits} hits, ${cache.clean.stats.misses} misses` +
+        (reader ? `; ${s.readsThrough} reads through, ${reader.statsLine()}` : ''),
     );
   } catch (err) {
     log(`stopped WITH DATA LOSS: ${(err as Error).message}`);
     status = 1;
   }
-  if (status === 0 && cmd.snapshotId === undefined) await onDetach(client);
+  await reader?.lease.stop();
+  if (status === 0 && cmd.snapshotId === undefined) await onDetach(client, log);
   removeSocket(cmd.listen);
   return status;
 }

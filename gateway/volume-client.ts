@@ -217,6 +217,25 @@ export class VolumeClient {
     return this.reservationKey ? { 'x-sledge-reservation-key': this.reservationKey } : {};
   }
 
+  /** Renews this reader's read lease (multi-attach, docs/nbd-gateway.md) and returns what it learned. */
+  async renewReadLease(body: { key: string; leaseMs: number; ackEpoch: number | null; closeAtSeq?: number }): Promise<ReadLeaseAnswer> {
+    const answer = await this.send(`read lease of ${this.volumeId}`, this.url('/read-lease'), {
+      method: 'POST',
+      body: Buffer.from(JSON.stringify({ action: 'renew', ...body })),
+      headers: { 'content-type': 'application/json' },
+    });
+    return JSON.parse(answer.toString('utf8')) as ReadLeaseAnswer;
+  }
+
+  /** Gives the read lease back (a clean stop). */
+  async releaseReadLease(key: string): Promise<void> {
+    await this.send(`read lease release on ${this.volumeId}`, this.url('/read-lease'), {
+      method: 'POST',
+      body: Buffer.from(JSON.stringify({ action: 'release', key })),
+      headers: { 'content-type': 'application/json' },
+    });
+  }
+
   /** Sends a reservation command (docs/reservations.md) and returns the new state. */
   async reserve(command: { action: string; key: string; type?: string; victimKey?: string }): Promise<ReservationState> {
     const body = await this.send(`reservation ${command.action} on ${this.volumeId}`, this.url('/reservations'), {
@@ -226,6 +245,14 @@ export class VolumeClient {
     });
     return JSON.parse(body.toString('utf8')) as ReservationState;
   }
+}
+
+/** What the API answers to a read-lease renewal (docs/nbd-gateway.md, "The reader's side"). */
+export interface ReadLeaseAnswer {
+  leaseMs: number;
+  ackedEpoch: number;
+  intent: { epoch: number; open: boolean };
+  headSeq: number;
 }
 
 /** What the API answers to reservation commands. */

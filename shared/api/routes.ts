@@ -30,6 +30,7 @@ import { checkKey } from '../control/reservations.ts';
 import type { WriterIdentity } from '../data/segments.ts';
 import { HEAD_ID, MAX_IO_BYTES } from '../data/volume-rules.ts';
 import { describeReservations, applyReservationBody } from '../control/reservation-commands.ts';
+import { applyReadLeaseBody } from '../control/read-lease-commands.ts';
 import { createVolume, deleteVolume, describeVolume, listVolumeViews, resizeVolume } from '../control/volumes.ts';
 import { readAllocation, readData, readSnapshotData } from '../data/read.ts';
 import { changedBlocks, createSnapshot, deleteSnapshot, describeSnapshot, listSnapshotViews, rollbackVolume } from '../control/snapshots.ts';
@@ -171,6 +172,10 @@ export const router = new Router()
   .on('POST', '/volumes/{volumeId}/reservations', VOLUME_OWNER, async (req) => {
     return { status: 200, json: await applyReservationBody(req.params.volumeId!, jsonBody(req)) };
   })
+  .on('POST', '/volumes/{volumeId}/read-lease', VOLUME_OWNER, async (req) => ({
+    status: 200,
+    json: await applyReadLeaseBody(req.params.volumeId!, jsonBody(req)),
+  }))
   .on('GET', '/volumes/{volumeId}/heads', VOLUME_OWNER, async (req) => ({ status: 200, json: await describeHeads(req.params.volumeId!) }))
   .on('PUT', '/volumes/{volumeId}/heads', VOLUME_OWNER, async (req) => ({ status: 200, json: await designateHeads(req.params.volumeId!, jsonBody(req)) }))
   .on('POST', '/volumes/{volumeId}/heads/renew', VOLUME_OWNER, async (req) => ({ status: 200, json: await renewLease(req.params.volumeId!, jsonBody(req)) }))

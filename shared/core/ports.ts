@@ -5,6 +5,7 @@
  */
 import type { ChunkLocation, ListedChunk, VolumeChunk } from '../data/sleds.ts';
 import type { ReservationState } from '../control/reservations.ts';
+import type { LeaseUpdate } from '../control/read-leases.ts';
 import type { DriveRecord, DriveState, DumpAttributes, EvacuationState } from './drive-records.ts';
 import type {
   CheckpointPointer,
@@ -20,6 +21,7 @@ import type {
   StoredPage,
   StoredFrozen,
   VolumeRecord,
+  WriteIntent,
 } from './records.ts';
 import type { WorkMessage } from './work-messages.ts';
 
@@ -114,6 +116,10 @@ export interface PageMapStore {
     next: ReservationState,
     change?: { heads: HeadDesignation; primaryWas?: { head: string; leaseLapsedBeforeMs?: number } },
   ): Promise<boolean>;
+  /** Stores readers' leases and the write intent computed from `read`; false if they (or the head, where it matters) changed since. */
+  storeReadLeases(read: VolumeRecord, update: LeaseUpdate): Promise<boolean>;
+  /** Opens the write intent `read` (closed) at the next epoch; false if it changed since. */
+  openWriteIntent(volumeId: string, read: WriteIntent): Promise<boolean>;
   /** Extends the primary's lease while it is still the primary by the same registration. */
   renewLease(
     volumeId: string,

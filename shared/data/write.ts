@@ -33,6 +33,7 @@ import { geometryCache, pageRange, rememberGeometry } from './read.ts';
 import { workQueue } from '../ports.ts';
 import { pageMap } from '../ports.ts';
 import { joinChain, leaveChain, pagesAfter, pagesOf, PredecessorFailedError } from './write-pipeline.ts';
+import { INTENT_WAIT_MAX_MS, openIntentAndWait } from './intent-wait.ts';
 
 // ---------------------------------------------------------------------------------------
 // The data path
@@ -435,6 +436,16 @@ export async function completeWrite(prepared: PreparedWrite, writerOverride?: Co
         // send the commit again under a new token (its timestamp differs, so the old one would
         // not match).
         await waitForBarrier(v.volumeId, barrier);
+        token = randomUUID();
+        continue;
+      }
+      if (err instanceof CommitRefusedError && err.reason === 'intent-unacked' && Date.now() - startedMs < INTENT_WAIT_MAX_MS) {
+        // Readers share the volume (docs/nbd-gateway.md, "Multi-attach"): the condition refused
+        // this attempt, so nothing applied. Open the write intent, wait for the readers to drop
+        // their caches (or their leases to run out), and send the same segment again on the
+        // intent and leases as now read, under a new token.
+        const now = await openIntentAndWait(v.volumeId, startedMs + INTENT_WAIT_MAX_MS);
+        if (now) prepared.volume = { ...prepared.volume, writeIntent: now.writeIntent, readLeases: now.readLeases };
         token = randomUUID();
         continue;
       }

@@ -35,6 +35,7 @@ import {
   setFlattenProgress,
   unlockSnapshotPurge,
 } from './snapshots.ts';
+import { openWriteIntent, storeReadLeases } from './read-leases.ts';
 import { commitSegment, moveChunkLocation, writeRebuiltFrozen, writeRebuiltPages } from './transactions.ts';
 import {
   deleteVolumeItem,
@@ -61,6 +62,8 @@ export const dynamoPageMap: PageMapStore = {
   markDeleting,
   deleteVolumeItem,
   storeReservations,
+  storeReadLeases,
+  openWriteIntent,
   renewLease,
   recordCheckpoint,
   raiseCheckpointFloor,
