@@ -7,7 +7,8 @@ import { NotFoundError, UnavailableError } from '../core/errors.ts';
 import { hasVault } from '../core/vault-config.ts';
 import { owned } from './authz.ts';
 import type { Request } from './http.ts';
-import { getBackup, getRestore } from '../backup/catalog.ts';
+import { getRestore } from '../backup/catalog.ts';
+import { readBackupOrJob } from '../backup/job-records.ts';
 import { checkBackupId, checkRestoreId } from '../backup/records.ts';
 
 export const BACKUP_OWNER = owned('backup', 'backupId');
@@ -24,8 +25,9 @@ export async function backupOwner(backupId: string): Promise<string | undefined 
   } catch {
     return null;
   }
-  const b = await getBackup(backupId);
-  return b ? b.record.owner : null;
+  const found = await readBackupOrJob(backupId);
+  if (!found) return null;
+  return 'job' in found ? found.job.owner : found.record.owner;
 }
 
 export async function restoreOwner(restoreId: string): Promise<string | undefined | null> {

@@ -9,6 +9,7 @@ import { vaultS3 } from '../aws/vault-clients.ts';
 import { workQueue } from '../ports.ts';
 import { addChild, addPackRef, changeBackup, deleteBackupRecord, deletePackRecord, getBackup, listPacks, removeChild, removePackRef } from './catalog.ts';
 import { packKey } from './records.ts';
+import { settleBackup } from './job-records.ts';
 import { backupChain, blockMap, readPackBlocks, BadBlockError } from './restore.ts';
 
 /** A queued or running backup whose record has not changed for this long may be deleted. */
@@ -18,6 +19,7 @@ export const STALE_MS = 15 * 60_000;
 export async function deleteBackup(backupId: string): Promise<{ backupId: string; state: string }> {
   const stored = await getBackup(backupId);
   if (!stored) throw new NotFoundError(`backup ${backupId} does not exist`);
+  await settleBackup(stored.record); // a job that failed while the vault was down may be deleted at once
   const r = await changeBackup(backupId, (x) => {
     if (x.state === 'deleting') return false;
     // A job whose record has not moved for STALE_MS is taken for dead (its worker cannot reach the vault, or is gone).

@@ -7,7 +7,7 @@ import { startSeparateEndpoint } from '#local/endpoint.ts';
 import { VAULT_ENV } from '#shared/core/vault-config.ts';
 import { Api, http, useSledgeEnv } from './helpers.ts';
 import { MiB, backup, firstDifference, json, readAll, restore, snapshot, waitState } from './backup-helpers.ts';
-import { startSite, type Site } from './site-helpers.ts';
+import { startPlug, startSite, type Plug, type Site } from './site-helpers.ts';
 import { runBackupModel, vaultPackBytes } from './backup-model.ts';
 
 /**
@@ -88,11 +88,14 @@ describe('a second site', () => {
   });
 });
 
-describe('a worker killed mid-job', () => {
-  it('resumes a backup and a restore from where the killed process left them, and ends exactly', async () => {
+describe('a worker killed mid-job, and a vault that stops answering', () => {
+  it('resumes a backup and a restore from where the killed process left them, and ends exactly; then fails a backup whose vault is unreachable', async () => {
+    // The vault behind a relay the test can unplug (below); the relay changes nothing it carries.
+    const vault = await startPlug(await endpoint());
+    cleanups.push(() => vault.close());
     const env = {
       AWS_ENDPOINT_URL: await endpoint(),
-      [VAULT_ENV.endpointUrl]: await endpoint(),
+      [VAULT_ENV.endpointUrl]: vault.url,
       // 512 KiB packs: 32 of them, so the kill lands between two.
       [VAULT_ENV.packBytes]: String(MiB / 2),
     };
@@ -151,6 +154,77 @@ describe('a worker killed mid-job', () => {
     expect(resumedAtBlock).toBeGreaterThan(0);
     const [got, want] = await Promise.all([readAll(third.apiUrl, 'volumes', r.json.volumeId, SIZE), readAll(third.apiUrl, 'snapshots', s.snapshotId, SIZE)]);
     expect(firstDifference(got, want)).toBeNull();
+
+    await vaultUnreachable(third, vault, v.volumeId);
     await third.stop();
   });
 });
+
+/**
+ * A backup whose vault stops answering once it is queued: every attempt fails; the fifth sets
+ * it `failed` with the reason and the attempts, kept at the primary while the vault is down and
+ * written into the vault's record once it is back; the message is dead-lettered with the same
+ * reason; nothing is ever restorable.
+ */
+async function vaultUnreachable(site: Site, vault: Plug, volumeId: string): Promise<void> {
+  const a = new Api(site.apiUrl);
+  await a.write(volumeId, 0, randomBytes(MiB));
+  const s = await snapshot(site.apiUrl, volumeId);
+  const started = await http(`${site.apiUrl}/volumes/${volumeId}/backups`, { method: 'POST', ...json({ snapshotId: s.snapshotId }) });
+  expect(started.status, started.body.toString()).toBe(202);
+  await vault.unplug();
+  const backupId = started.json.backupId as string;
+  const retried = new Set<string>();
+  let failed: any;
+  for (const deadline = Date.now() + 120_000; !failed; ) {
+    expect(Date.now(), `backup ${backupId} never failed; retried: ${[...retried].join(' | ')}`).toBeLessThan(deadline);
+    const r = await http(`${site.apiUrl}/backups/${backupId}`);
+    // 503 until the first attempt has left its record at the primary.
+    expect([200, 503], r.body.toString()).toContain(r.status);
+    if (r.status === 200 && r.json.state === 'failed') failed = r.json;
+    else if (r.status === 200 && r.json.error) retried.add(r.json.error);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  const unreachable = `the vault is unreachable (catalog SledgeVaultCatalog / bucket sledge-vault-packs at ${vault.url})`;
+  expect(failed).toMatchObject({ backupId, volumeId, state: 'failed', attempts: 5, vaultReachable: false });
+  expect(failed.error).toContain(unreachable);
+  expect(failed.error).toMatch(/ECONNREFUSED.*; gave up after 5 attempts$/);
+  // The attempts before the last said they would be retried.
+  expect([...retried].some((e) => e.startsWith(unreachable) && / \(attempt [1-4] of 5, retried\)$/.test(e)), [...retried].join(' | ')).toBe(true);
+  // With the vault down nothing can be restored.
+  const refused = await http(`${site.apiUrl}/restores`, { method: 'POST', ...json({ backupId }) });
+  expect(refused.status, refused.body.toString()).toBe(503);
+
+  // The message is in the dead-letter queue, with the same reason.
+  let dead: any;
+  for (let i = 0; i < 60 && !dead; i++) {
+    const view = (await http(`${site.apiUrl}/queues/dead-letters`)).json;
+    dead = view.queues.find((q: any) => q.queue === 'gc').messages.find((m: any) => m.body.includes(backupId));
+    if (!dead) await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  expect(dead, 'the backup message never reached the dead-letter queue').toBeTruthy();
+  expect(dead.failedAttempts).toBe(5);
+  expect(dead.reason).toBe(`BackupJobError: ${failed.error}`);
+
+  // The vault is back: its record is settled from the primary's, and never restorable.
+  await vault.plug();
+  const settled = (await http(`${site.apiUrl}/backups/${backupId}`)).json;
+  expect(settled).toMatchObject({ backupId, state: 'failed', error: failed.error });
+  expect(settled.vaultReachable).toBeUndefined();
+  const listed = (await http(`${site.apiUrl}/backups?volumeId=${volumeId}`)).json.backups.find((b: any) => b.backupId === backupId);
+  expect(listed.state).toBe('failed');
+  const again = await http(`${site.apiUrl}/restores`, { method: 'POST', ...json({ backupId }) });
+  expect(again.status, again.body.toString()).toBe(409);
+  expect(again.json.message).toContain('gave up after 5 attempts');
+  // A failed backup is deleted at once.
+  expect((await http(`${site.apiUrl}/backups/${backupId}`, { method: 'DELETE' })).status).toBe(202);
+  await waitGone(site.apiUrl, `/backups/${backupId}`);
+}
+
+async function waitGone(apiUrl: string, path: string): Promise<void> {
+  for (let i = 0; i < 300; i++) {
+    if ((await http(`${apiUrl}${path}`)).status === 404) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`${path} was never deleted`);
+}
