@@ -43,13 +43,15 @@ function packItemKey(packId: string): Item {
 export interface StoredBackup {
   record: BackupRecord;
   children: string[];
+  /** The restores holding it (docs/backup.md, "A restore holds its backup"). */
+  restoring: string[];
 }
 
 function toBackup(item: Item): StoredBackup {
   const record = JSON.parse(item.doc!.S!) as BackupRecord;
   record.version = Number(item.version!.N);
   record.state = item.state!.S as BackupRecord['state'];
-  return { record, children: item.children?.SS ?? [] };
+  return { record, children: item.children?.SS ?? [], restoring: item.restoring?.SS ?? [] };
 }
 
 function backupDoc(r: BackupRecord): string {
@@ -79,15 +81,18 @@ export async function putNewBackup(r: BackupRecord): Promise<void> {
   );
 }
 
-/** Writes `r` over the stored record if it is still at `r.version`; false if another update came first. */
-export async function updateBackup(r: BackupRecord): Promise<boolean> {
+/**
+ * Writes `r` over the stored record if it is still at `r.version` (and, with `unheld`, no restore
+ * holds it); false if another update came first.
+ */
+export async function updateBackup(r: BackupRecord, opts: { unheld?: boolean } = {}): Promise<boolean> {
   try {
     await vaultDynamo().send(
       new UpdateItemCommand({
         TableName: table(),
         Key: backupKey(r.backupId),
         UpdateExpression: 'SET #doc = :doc, #state = :state, #version = :next',
-        ConditionExpression: '#version = :version',
+        ConditionExpression: opts.unheld ? '#version = :version AND attribute_not_exists(restoring)' : '#version = :version',
         ExpressionAttributeNames: { '#doc': 'doc', '#state': 'state', '#version': 'version' },
         ExpressionAttributeValues: {
           ':doc': { S: backupDoc(r) },
@@ -138,6 +143,43 @@ export async function addChild(baseId: string, childId: string, requireComplete:
   } catch (err) {
     if (isConditionFailure(err)) return false;
     throw err;
+  }
+}
+
+/** A restore holds a complete backup (ADD to `restoring`, on condition that it is complete); false if it is not (any more). */
+export async function holdBackup(backupId: string, restoreId: string): Promise<boolean> {
+  try {
+    await vaultDynamo().send(
+      new UpdateItemCommand({
+        TableName: table(),
+        Key: backupKey(backupId),
+        UpdateExpression: 'ADD restoring :r',
+        ConditionExpression: '#state = :complete',
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: { ':r': { SS: [restoreId] }, ':complete': { S: 'complete' } },
+      }),
+    );
+    return true;
+  } catch (err) {
+    if (isConditionFailure(err)) return false;
+    throw err;
+  }
+}
+
+/** A restore lets its backup go (an empty set disappears, which is what a delete's condition asks). */
+export async function releaseBackup(backupId: string, restoreId: string): Promise<void> {
+  try {
+    await vaultDynamo().send(
+      new UpdateItemCommand({
+        TableName: table(),
+        Key: backupKey(backupId),
+        UpdateExpression: 'DELETE restoring :r',
+        ConditionExpression: 'attribute_exists(pk)',
+        ExpressionAttributeValues: { ':r': { SS: [restoreId] } },
+      }),
+    );
+  } catch (err) {
+    if (!isConditionFailure(err)) throw err;
   }
 }
 

@@ -13,7 +13,7 @@ import { MAX_PAGES_PER_COMMIT } from '../core/records.ts';
 import { createSnapshot } from '../control/snapshots.ts';
 import { createVolume, newVolumeId } from '../control/volumes.ts';
 import { pageMap, workQueue } from '../ports.ts';
-import { changeRestore, claimSiteRestore, getBackup, getPacks, getRestore, putNewRestore } from './catalog.ts';
+import { changeRestore, claimSiteRestore, getBackup, getPacks, getRestore, holdBackup, putNewRestore, releaseBackup } from './catalog.ts';
 import { checkBackupId, newRestoreId, packKey, type BackupRecord, type PackRecord, type RestoreRecord } from './records.ts';
 import { LAST_RECEIVE } from './backup.ts';
 
@@ -153,6 +153,8 @@ export async function startRestore(body: unknown, owner: string | undefined): Pr
     size = sizeBytes as number;
   }
   const restore = newRestoreRecord(b, size, owner);
+  // Held before the record exists: a delete that finds a hold without a record releases it.
+  if (!(await holdBackup(b.backupId, restore.restoreId))) throw new ConflictError(`backup ${backupId} is being deleted; it cannot be restored`);
   await putNewRestore(restore);
   await workQueue().send({ type: 'restore-volume', restoreId: restore.restoreId });
   return { restoreId: restore.restoreId, volumeId: restore.volumeId };
@@ -195,6 +197,8 @@ export async function restoreStep(restoreId: string, receiveCount = 1): Promise<
       if (last) x.state = 'failed';
       return true;
     }).catch(() => undefined);
+    // An ended restore lets its backup go (a delete also removes holds of ended restores).
+    if (last) await releaseBackup(r.backupId, restoreId).catch(() => undefined);
     if (permanent) return { restoreId, failed: message };
     throw err;
   }
@@ -211,7 +215,10 @@ async function parentRestore(r: RestoreRecord, crossing: BackupRecord, receiveCo
     });
     parent = (await getRestore(claimant))!;
   }
-  if (parent.state !== 'complete') await runRestore(parent, receiveCount);
+  if (parent.state !== 'complete') {
+    if (!(await holdBackup(crossing.backupId, claimant))) throw new ConflictError(`parent backup ${crossing.backupId} is being deleted; it cannot be restored`);
+    await runRestore(parent, receiveCount);
+  }
   parent = (await getRestore(claimant))!;
   if (parent.state !== 'complete' || !parent.snapshotId)
     throw new ConflictError(`the restore ${claimant} of parent backup ${crossing.backupId} is ${parent.state}`);
@@ -282,6 +289,7 @@ async function runRestore(initial: RestoreRecord, receiveCount: number): Promise
     return true;
   });
   await claimSiteRestore(r.site, b.backupId, restoreId);
+  await releaseBackup(b.backupId, restoreId);
   return {
     restoreId,
     volumeId: r.volumeId,

@@ -126,6 +126,31 @@ describe('backups and restores', () => {
   });
 });
 
+describe('a backup being restored', () => {
+  it('refuses its deletion (409) until the restore has ended, and the restore ends exactly', async () => {
+    const v = await api.createVolume({ sizeBytes: 8 * MiB });
+    for (let off = 0; off < 8 * MiB; off += 4 * MiB) await api.write(v.volumeId, off, randomBytes(4 * MiB));
+    const s = await snapshot(url, v.volumeId);
+    const b = await backup(url, v.volumeId, s.snapshotId);
+    const started = await http(`${url}/restores`, { method: 'POST', ...json({ backupId: b.backupId }) });
+    expect(started.status, started.body.toString()).toBe(202);
+    // The restore holds its backup from the moment it is accepted.
+    const refused = await http(`${url}/backups/${b.backupId}`, { method: 'DELETE' });
+    const during = (await http(`${url}/restores/${started.json.restoreId}`)).json;
+    expect(during.state, 'the restore ended before the delete; the test needs it running').not.toBe('complete');
+    expect(refused.status, refused.body.toString()).toBe(409);
+    expect(refused.json.message).toContain(`being restored by ${started.json.restoreId}`);
+    expect((await http(`${url}/backups/${b.backupId}`)).json.state).toBe('complete');
+    const done = await waitState(url, `/restores/${started.json.restoreId}`, ['complete', 'failed']);
+    expect(done.state, JSON.stringify(done)).toBe('complete');
+    expect(firstDifference(await readAll(url, 'volumes', done.volumeId, 8 * MiB), await readAll(url, 'snapshots', s.snapshotId, 8 * MiB))).toBeNull();
+    // Once it has ended, the backup may go; a restore asked for after that is refused.
+    expect((await http(`${url}/backups/${b.backupId}`, { method: 'DELETE' })).status).toBe(202);
+    const late = await http(`${url}/restores`, { method: 'POST', ...json({ backupId: b.backupId }) });
+    expect([404, 409]).toContain(late.status);
+  });
+});
+
 describe('duplicate and late messages', () => {
   it('change nothing: a backup run twice at once, and messages for finished jobs', async () => {
     const v = await api.createVolume({ sizeBytes: 16 * MiB });
