@@ -85,13 +85,23 @@ export async function startBackup(volumeId: string, body: unknown): Promise<{ ba
   const extra = Object.keys(body).filter((k) => k !== 'snapshotId');
   if (extra.length > 0) throw new InvalidInputError(`unknown field ${JSON.stringify(extra[0])}; a backup takes snapshotId`);
   const snapshotId = checkSnapshotIdField((body as { snapshotId?: unknown }).snapshotId, 'snapshotId');
-  const { snapshot, volume } = await requireSnapshot(snapshotId);
+  await checkBackupable(volumeId, snapshotId);
+  return beginBackup(volumeId, snapshotId, newBackupId(volumeId));
+}
+
+/** 404 for a snapshot that is missing or not the volume's, 409 while a backup of it is queued or running. */
+export async function checkBackupable(volumeId: string, snapshotId: string): Promise<void> {
+  const { snapshot } = await requireSnapshot(snapshotId);
   if (snapshot.volumeId !== volumeId) throw new NotFoundError(`snapshot ${snapshotId} is not a snapshot of volume ${volumeId}`);
   const ofSnapshot = (await listBackups(volumeId)).filter((b) => b.snapshotId === snapshotId);
   const running = (await Promise.all(ofSnapshot.map(settleBackup))).find((b) => b.state === 'queued' || b.state === 'running');
   if (running) throw new ConflictError(`backup ${running.backupId} of snapshot ${snapshotId} is already ${running.state}`);
+}
+
+/** Records the backup `backupId` of a checked snapshot (its base chosen now) and queues its job. */
+export async function beginBackup(volumeId: string, snapshotId: string, backupId: string): Promise<{ backupId: string; base?: string; state: string }> {
+  const { snapshot, volume } = await requireSnapshot(snapshotId);
   const now = new Date().toISOString();
-  const backupId = newBackupId(volumeId);
   let base: BackupRecord | undefined;
   // A base being deleted refuses new children; choose again (at worst, a full backup).
   for (let attempt = 0; attempt < 4; attempt++) {

@@ -152,7 +152,19 @@ export async function startRestore(body: unknown, owner: string | undefined): Pr
     if ((sizeBytes as number) % b.blockSizeBytes !== 0) throw new InvalidInputError(`sizeBytes must be a multiple of the block size ${b.blockSizeBytes}`);
     size = sizeBytes as number;
   }
-  const restore = newRestoreRecord(b, size, owner);
+  return beginRestore(b, size, owner);
+}
+
+/** Holds a complete backup for a new restore (ids chosen by the caller or now), records the restore and queues its job. */
+export async function beginRestore(
+  b: BackupRecord,
+  size: number,
+  owner: string | undefined,
+  ids: { restoreId?: string; volumeId?: string } = {},
+): Promise<{ restoreId: string; volumeId: string }> {
+  const backupId = b.backupId;
+  const restore = newRestoreRecord(b, size, owner, ids.restoreId);
+  if (ids.volumeId !== undefined) restore.volumeId = ids.volumeId;
   // Held before the record exists: a delete that finds a hold without a record releases it.
   if (!(await holdBackup(b.backupId, restore.restoreId))) throw new ConflictError(`backup ${backupId} is being deleted; it cannot be restored`);
   await putNewRestore(restore);
