@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSeparateEndpoint } from '#local/endpoint.ts';
 import { VAULT_ENV } from '#shared/core/vault-config.ts';
+import { groupStore } from '#shared/ports.ts';
 import { Api, http, useSledgeEnv } from './helpers.ts';
 import { MiB, backup, firstDifference, json, readAll, restore, snapshot, waitState } from './backup-helpers.ts';
 import { startPlug, startSite, type Plug, type Site } from './site-helpers.ts';
@@ -81,6 +82,81 @@ describe('a second site', () => {
     expect(described.parent.snapshotId).toBe(parentRestore.snapshotId);
     const parentThere = await readAll(dr.apiUrl, 'volumes', parentRestore.volumeId, 8 * MiB);
     expect(firstDifference(parentThere, await readAll(url, 'snapshots', ps.snapshotId, 8 * MiB))).toBeNull();
+  });
+
+  it('backs up a group snapshot as a group, and restores it at the second site as new volumes in a new group, all or nothing', async () => {
+    const SIZE = 2 * MiB;
+    const vols = [await api.createVolume({ sizeBytes: SIZE }), await api.createVolume({ sizeBytes: SIZE })];
+    for (const v of vols) await api.write(v.volumeId, 64 * BLOCK, randomBytes(64 * BLOCK));
+    const g = await http(`${url}/consistency-groups`, { method: 'POST', ...json({ name: 'db', volumeIds: vols.map((v) => v.volumeId) }) });
+    expect(g.status, g.body.toString()).toBe(201);
+    const groupId = g.json.groupId as string;
+    const gs = await http(`${url}/consistency-groups/${groupId}/snapshots`, { method: 'POST' });
+    expect(gs.status, gs.body.toString()).toBe(201);
+    // Written after the group snapshot: in no backup of it.
+    for (const v of vols) await api.write(v.volumeId, 0, randomBytes(BLOCK));
+    const backupsOf = (gsid: string) => `${url}/consistency-groups/${groupId}/snapshots/${gsid}/backups`;
+
+    // Bad input changes nothing.
+    const groupHex = groupId.slice('cg-'.length);
+    expect((await http(backupsOf(`gsnap-${groupHex}-00000000`), { method: 'POST' })).status).toBe(404);
+    expect((await http(backupsOf('gsnap-nope'), { method: 'POST' })).status).toBe(404);
+    expect((await http(`${url}/consistency-groups/cg-0000000000000000/snapshots/${gs.json.groupSnapshotId}/backups`, { method: 'POST' })).status).toBe(404);
+    expect((await http(backupsOf(gs.json.groupSnapshotId), { method: 'POST', ...json({ x: 1 }) })).status).toBe(400);
+    // A group snapshot still being taken (as a coordinator leaves it at its first step), or being deleted: 409.
+    const members = gs.json.snapshots.map((m: any) => ({ volumeId: m.volumeId, snapshotId: m.snapshotId, seq: m.commitSeq }));
+    for (const [suffix, state] of [['0000000a', 'pending'], ['0000000b', 'deleting']] as const) {
+      const id = `gsnap-${groupHex}-${suffix}`;
+      await groupStore().putGroupSnapshot({ groupId, groupSnapshotId: id, state, members, createdAt: new Date().toISOString(), leaseExpiresAtMs: Date.now() + 600_000 });
+      const refused = await http(backupsOf(id), { method: 'POST' });
+      expect(refused.status, `${state}: ${refused.body.toString()}`).toBe(409);
+      await groupStore().deleteGroupSnapshotItem(groupId, id);
+    }
+    expect((await http(`${url}/group-backups?groupId=${groupId}`)).json.groupBackups).toEqual([]);
+
+    const started = await http(backupsOf(gs.json.groupSnapshotId), { method: 'POST' });
+    expect(started.status, started.body.toString()).toBe(202);
+    const groupBackupId = started.json.groupBackupId as string;
+    expect(started.json.backups.map((b: any) => [b.volumeId, b.snapshotId])).toEqual(gs.json.snapshots.map((m: any) => [m.volumeId, m.snapshotId]));
+    // Not restorable before every member backup is complete; unknown ids and bad fields are refused.
+    const early = await http(`${dr.apiUrl}/group-restores`, { method: 'POST', ...json({ groupBackupId }) });
+    expect(early.status, early.body.toString()).toBe(409);
+    expect((await http(`${dr.apiUrl}/group-restores`, { method: 'POST', ...json({ groupBackupId: `gbkp-${groupHex}-000000000000-000000` }) })).status).toBe(404);
+    expect((await http(`${dr.apiUrl}/group-restores`, { method: 'POST', ...json({ groupBackupId: 'nope' }) })).status).toBe(404);
+    expect((await http(`${dr.apiUrl}/group-restores`, { method: 'POST', ...json({ groupBackupId, x: 1 }) })).status).toBe(400);
+    expect((await http(`${dr.apiUrl}/group-restores`, { method: 'POST', ...json({ groupBackupId, groupName: '' }) })).status).toBe(400);
+    expect((await http(`${dr.apiUrl}/group-backups/gbkp-nope`)).status).toBe(404);
+    expect((await http(`${dr.apiUrl}/group-restores/grst-nope`)).status).toBe(404);
+
+    const backedUp = await waitState(url, `/group-backups/${groupBackupId}`, ['complete', 'failed']);
+    expect(backedUp.state, JSON.stringify(backedUp)).toBe('complete');
+    expect(backedUp.backups.map((b: any) => b.state)).toEqual(['complete', 'complete']);
+    expect(backedUp.bytesShipped).toBe(2 * 64 * BLOCK);
+    // The second site has no copy of the group; it finds the group's backups in the vault.
+    const listed = (await http(`${dr.apiUrl}/group-backups?groupId=${groupId}`)).json.groupBackups;
+    expect(listed.map((x: any) => [x.groupBackupId, x.state])).toEqual([[groupBackupId, 'complete']]);
+
+    const r = await http(`${dr.apiUrl}/group-restores`, { method: 'POST', ...json({ groupBackupId, groupName: 'db restored' }) });
+    expect(r.status, r.body.toString()).toBe(202);
+    const restored = await waitState(dr.apiUrl, `/group-restores/${r.json.groupRestoreId}`, ['complete', 'failed']);
+    expect(restored.state, JSON.stringify(restored)).toBe('complete');
+    expect(restored.groupId).toBe(r.json.groupId);
+    for (const m of restored.restores) {
+      const snap = gs.json.snapshots.find((x: any) => x.volumeId === m.sourceVolumeId);
+      const [there, here] = await Promise.all([readAll(dr.apiUrl, 'volumes', m.volumeId, SIZE), readAll(url, 'snapshots', snap.snapshotId, SIZE)]);
+      expect(firstDifference(there, here), m.sourceVolumeId).toBeNull();
+    }
+    const made = (await http(`${dr.apiUrl}/consistency-groups/${restored.groupId}`)).json;
+    expect(made).toMatchObject({ name: 'db restored', volumeIds: restored.restores.map((m: any) => m.volumeId) });
+
+    // All or nothing: without one member backup the group backup is failed and not restorable.
+    const gone = started.json.backups[0].backupId;
+    expect((await http(`${url}/backups/${gone}`, { method: 'DELETE' })).status).toBe(202);
+    const broken = (await http(`${url}/group-backups/${groupBackupId}`)).json;
+    expect(broken.state).toBe('failed');
+    expect(broken.error).toContain(gone);
+    const refused = await http(`${dr.apiUrl}/group-restores`, { method: 'POST', ...json({ groupBackupId }) });
+    expect(refused.status, refused.body.toString()).toBe(409);
   });
 
   it('restores every backup of a volume and two clones exactly, before and after deleting half of them at random (seeded)', async () => {
