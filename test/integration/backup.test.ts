@@ -204,4 +204,30 @@ describe('sledge backup and sledge restore', () => {
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/is not a backup id/);
   });
+
+  it('back up a group snapshot and restore it as a new group (sledge group backup, sledge group restore)', async () => {
+    const vols = [await api.createVolume({ sizeBytes: MiB }), await api.createVolume({ sizeBytes: MiB })];
+    for (const v of vols) await api.write(v.volumeId, 0, randomBytes(16 * BLOCK));
+    const g = await http(`${url}/consistency-groups`, { method: 'POST', ...json({ name: 'pair', volumeIds: vols.map((v) => v.volumeId) }) });
+    expect(g.status, g.body.toString()).toBe(201);
+    const gs = await http(`${url}/consistency-groups/${g.json.groupId}/snapshots`, { method: 'POST' });
+    expect(gs.status, gs.body.toString()).toBe(201);
+    const env: NodeJS.ProcessEnv = { ...TOOLS_ENV };
+    delete env.SLEDGE_DEBUG;
+    const b = await run(process.execPath, [SLEDGE_BIN, 'group', 'backup', g.json.groupId, gs.json.groupSnapshotId, '--api', url], { env });
+    expect(b.code, describeRun('sledge group backup', b)).toBe(0);
+    const groupBackupId = /^(gbkp-\S+): backing up/m.exec(b.stdout)?.[1];
+    expect(groupBackupId, b.stdout).toBeTruthy();
+    expect(b.stdout).toMatch(/\[#+\] 100% 128\.0 KiB of 128\.0 KiB shipped/);
+    expect(b.stdout).toContain(`${groupBackupId} complete: 2 member backups`);
+    const r = await run(process.execPath, [SLEDGE_BIN, 'group', 'restore', groupBackupId!, '--name', 'pair again', '--api', url], { env });
+    expect(r.code, describeRun('sledge group restore', r)).toBe(0);
+    const done = new RegExp(`complete: (vol-[0-9a-f]+) (vol-[0-9a-f]+) in consistency group (cg-[0-9a-f]+)`).exec(r.stdout);
+    expect(done, r.stdout).toBeTruthy();
+    const made = (await http(`${url}/consistency-groups/${done![3]}`)).json;
+    expect(made).toMatchObject({ name: 'pair again', volumeIds: [done![1], done![2]] });
+    for (const [i, m] of gs.json.snapshots.entries()) {
+      expect(firstDifference(await readAll(url, 'volumes', done![1 + i]!, MiB), await readAll(url, 'snapshots', m.snapshotId, MiB))).toBeNull();
+    }
+  });
 });
