@@ -174,6 +174,8 @@ describe('a worker killed mid-job, and a vault that stops answering', () => {
       [VAULT_ENV.endpointUrl]: vault.url,
       // 512 KiB packs: 32 of them, so the kill lands between two.
       [VAULT_ENV.packBytes]: String(MiB / 2),
+      // A restore message writes 4 MiB and queues the next: the 16 MiB restore takes several.
+      [VAULT_ENV.restoreBytesPerMessage]: String(4 * MiB),
     };
     const first = await site(env);
     const a = new Api(first.apiUrl);
@@ -226,8 +228,13 @@ describe('a worker killed mid-job, and a vault that stops answering', () => {
     const third = await site(env);
     const restored = await waitState(third.apiUrl, `/restores/${r.json.restoreId}`, ['complete', 'failed']);
     expect(restored.state).toBe('complete');
-    const resumedAtBlock = Math.min(...third.logged('restore').map((x) => x.resumedAtBlock as number));
+    const restoreRuns = third.logged('restore');
+    const resumedAtBlock = Math.min(...restoreRuns.map((x) => x.resumedAtBlock as number));
     expect(resumedAtBlock).toBeGreaterThan(0);
+    // It went on in messages of 4 MiB each: at least one run of the third process handed over to the next.
+    const handedOver = restoreRuns.filter((x) => x.continued === true);
+    expect(handedOver.length, JSON.stringify(restoreRuns)).toBeGreaterThan(0);
+    for (const x of handedOver) expect(x.bytesRestored as number).toBeLessThan(SIZE);
     const [got, want] = await Promise.all([readAll(third.apiUrl, 'volumes', r.json.volumeId, SIZE), readAll(third.apiUrl, 'snapshots', s.snapshotId, SIZE)]);
     expect(firstDifference(got, want)).toBeNull();
 
@@ -243,6 +250,7 @@ describe('a worker killed mid-job, and a vault that stops answering', () => {
  * reason; nothing is ever restorable.
  */
 async function vaultUnreachable(site: Site, vault: Plug, volumeId: string): Promise<void> {
+  const t0 = Date.now();
   const a = new Api(site.apiUrl);
   await a.write(volumeId, 0, randomBytes(MiB));
   const s = await snapshot(site.apiUrl, volumeId);
@@ -295,6 +303,7 @@ async function vaultUnreachable(site: Site, vault: Plug, volumeId: string): Prom
   // A failed backup is deleted at once.
   expect((await http(`${site.apiUrl}/backups/${backupId}`, { method: 'DELETE' })).status).toBe(202);
   await waitGone(site.apiUrl, `/backups/${backupId}`);
+  console.log(`vault unreachable: failed after 5 attempts, dead-lettered, settled and deleted in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 }
 
 async function waitGone(apiUrl: string, path: string): Promise<void> {
