@@ -10,12 +10,12 @@ import {
   GetItemCommand,
   PutItemCommand,
   QueryCommand,
-  ScanCommand,
   UpdateItemCommand,
   type AttributeValue,
 } from '@aws-sdk/client-dynamodb';
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultDynamo } from '../aws/vault-clients.ts';
+import { getItems, listedIds, putListed, removeListing } from './listing.ts';
 import { volumeOfBackup, type BackupRecord, type PackExtent, type PackRecord, type RestoreRecord } from './records.ts';
 
 type Item = Record<string, AttributeValue>;
@@ -64,21 +64,17 @@ export async function getBackup(backupId: string): Promise<StoredBackup | null> 
   return out.Item ? toBackup(out.Item) : null;
 }
 
+/** Puts a new backup record (condition: absent) with its listing item. */
 export async function putNewBackup(r: BackupRecord): Promise<void> {
-  await vaultDynamo().send(
-    new PutItemCommand({
-      TableName: table(),
-      Item: {
-        ...backupKey(r.backupId),
-        kind: { S: 'backup' },
-        volumeId: { S: r.volumeId },
-        state: { S: r.state },
-        version: { N: '0' },
-        doc: { S: backupDoc({ ...r, version: 0 }) },
-      },
-      ConditionExpression: 'attribute_not_exists(pk)',
-    }),
-  );
+  const item: Item = {
+    ...backupKey(r.backupId),
+    kind: { S: 'backup' },
+    volumeId: { S: r.volumeId },
+    state: { S: r.state },
+    version: { N: '0' },
+    doc: { S: backupDoc({ ...r, version: 0 }) },
+  };
+  await putListed(item, 'backup', r.backupId);
 }
 
 /**
@@ -201,29 +197,26 @@ export async function removeChild(baseId: string, childId: string): Promise<void
 
 export async function deleteBackupRecord(backupId: string): Promise<void> {
   await vaultDynamo().send(new DeleteItemCommand({ TableName: table(), Key: backupKey(backupId) }));
+  await removeListing('backup', backupId);
 }
 
-/** Every backup record (of one volume when given: one Query; else a Scan of the catalog), oldest first. */
+/** Every backup record (of one volume when given: one Query; else the listing, then the records), oldest first. */
 export async function listBackups(volumeId?: string): Promise<BackupRecord[]> {
   const out: BackupRecord[] = [];
+  if (volumeId === undefined) {
+    for (const item of await getItems((await listedIds('backup')).map(backupKey))) out.push(toBackup(item).record);
+    return out.sort((a, b) => (a.backupId < b.backupId ? -1 : 1));
+  }
   let start: Item | undefined;
   do {
     const page = await vaultDynamo().send(
-      volumeId === undefined
-        ? new ScanCommand({
-            TableName: table(),
-            ConsistentRead: true,
-            FilterExpression: 'kind = :backup',
-            ExpressionAttributeValues: { ':backup': { S: 'backup' } },
-            ...(start ? { ExclusiveStartKey: start } : {}),
-          })
-        : new QueryCommand({
-            TableName: table(),
-            ConsistentRead: true,
-            KeyConditionExpression: 'pk = :pk AND begins_with(sk, :backup)',
-            ExpressionAttributeValues: { ':pk': { S: `vol#${volumeId}` }, ':backup': { S: 'backup#' } },
-            ...(start ? { ExclusiveStartKey: start } : {}),
-          }),
+      new QueryCommand({
+        TableName: table(),
+        ConsistentRead: true,
+        KeyConditionExpression: 'pk = :pk AND begins_with(sk, :backup)',
+        ExpressionAttributeValues: { ':pk': { S: `vol#${volumeId}` }, ':backup': { S: 'backup#' } },
+        ...(start ? { ExclusiveStartKey: start } : {}),
+      }),
     );
     for (const item of page.Items ?? []) out.push(toBackup(item).record);
     start = page.LastEvaluatedKey;

@@ -4,10 +4,11 @@
  * records, never stored; a group restore stores only what its job decides (the group made).
  */
 import { randomBytes } from 'node:crypto';
-import { GetItemCommand, PutItemCommand, QueryCommand, ScanCommand, UpdateItemCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
+import { GetItemCommand, PutItemCommand, QueryCommand, UpdateItemCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
 import { NotFoundError } from '../core/errors.ts';
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultDynamo } from '../aws/vault-clients.ts';
+import { getItems, listedIds, putListed } from './listing.ts';
 
 type Item = Record<string, AttributeValue>;
 
@@ -73,13 +74,7 @@ function groupRestoreKey(groupRestoreId: string): Item {
 }
 
 export async function putGroupBackup(g: GroupBackupRecord): Promise<void> {
-  await vaultDynamo().send(
-    new PutItemCommand({
-      TableName: table(),
-      Item: { ...groupBackupKey(g.groupBackupId), kind: { S: 'group-backup' }, doc: { S: JSON.stringify(g) } },
-      ConditionExpression: 'attribute_not_exists(pk)',
-    }),
-  );
+  await putListed({ ...groupBackupKey(g.groupBackupId), kind: { S: 'group-backup' }, doc: { S: JSON.stringify(g) } }, 'group-backup', g.groupBackupId);
 }
 
 export async function getGroupBackup(groupBackupId: string): Promise<GroupBackupRecord | null> {
@@ -87,27 +82,23 @@ export async function getGroupBackup(groupBackupId: string): Promise<GroupBackup
   return out.Item ? (JSON.parse(out.Item.doc!.S!) as GroupBackupRecord) : null;
 }
 
-/** A group's group backups (one Query), or every one (a Scan of the catalog), oldest first. */
+/** A group's group backups (one Query), or every one (the listing, then the records), oldest first. */
 export async function listGroupBackups(groupId?: string): Promise<GroupBackupRecord[]> {
   const out: GroupBackupRecord[] = [];
+  if (groupId === undefined) {
+    for (const item of await getItems((await listedIds('group-backup')).map(groupBackupKey))) out.push(JSON.parse(item.doc!.S!) as GroupBackupRecord);
+    return out.sort((a, b) => (a.groupBackupId < b.groupBackupId ? -1 : 1));
+  }
   let start: Item | undefined;
   do {
     const page = await vaultDynamo().send(
-      groupId === undefined
-        ? new ScanCommand({
-            TableName: table(),
-            ConsistentRead: true,
-            FilterExpression: 'kind = :k',
-            ExpressionAttributeValues: { ':k': { S: 'group-backup' } },
-            ...(start ? { ExclusiveStartKey: start } : {}),
-          })
-        : new QueryCommand({
-            TableName: table(),
-            ConsistentRead: true,
-            KeyConditionExpression: 'pk = :pk AND begins_with(sk, :g)',
-            ExpressionAttributeValues: { ':pk': { S: `group#${groupId}` }, ':g': { S: 'gbkp#' } },
-            ...(start ? { ExclusiveStartKey: start } : {}),
-          }),
+      new QueryCommand({
+        TableName: table(),
+        ConsistentRead: true,
+        KeyConditionExpression: 'pk = :pk AND begins_with(sk, :g)',
+        ExpressionAttributeValues: { ':pk': { S: `group#${groupId}` }, ':g': { S: 'gbkp#' } },
+        ...(start ? { ExclusiveStartKey: start } : {}),
+      }),
     );
     for (const item of page.Items ?? []) out.push(JSON.parse(item.doc!.S!) as GroupBackupRecord);
     start = page.LastEvaluatedKey;

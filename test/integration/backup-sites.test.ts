@@ -135,6 +135,8 @@ describe('a second site', () => {
     // The second site has no copy of the group; it finds the group's backups in the vault.
     const listed = (await http(`${dr.apiUrl}/group-backups?groupId=${groupId}`)).json.groupBackups;
     expect(listed.map((x: any) => [x.groupBackupId, x.state])).toEqual([[groupBackupId, 'complete']]);
+    const all = (await http(`${dr.apiUrl}/group-backups`)).json.groupBackups;
+    expect(all.map((x: any) => x.groupBackupId)).toContain(groupBackupId);
 
     const r = await http(`${dr.apiUrl}/group-restores`, { method: 'POST', ...json({ groupBackupId, groupName: 'db restored' }) });
     expect(r.status, r.body.toString()).toBe(202);

@@ -144,10 +144,16 @@ describe('a backup being restored', () => {
     const done = await waitState(url, `/restores/${started.json.restoreId}`, ['complete', 'failed']);
     expect(done.state, JSON.stringify(done)).toBe('complete');
     expect(firstDifference(await readAll(url, 'volumes', done.volumeId, 8 * MiB), await readAll(url, 'snapshots', s.snapshotId, 8 * MiB))).toBeNull();
+    // Listed without a filter (from the catalog's listing, not a scan) while it exists.
+    const listedIds = async () => (await http(`${url}/backups`)).json.backups.map((x: any) => x.backupId);
+    expect(await listedIds()).toContain(b.backupId);
     // Once it has ended, the backup may go; a restore asked for after that is refused.
     expect((await http(`${url}/backups/${b.backupId}`, { method: 'DELETE' })).status).toBe(202);
     const late = await http(`${url}/restores`, { method: 'POST', ...json({ backupId: b.backupId }) });
     expect([404, 409]).toContain(late.status);
+    for (let i = 0; i < 300 && (await http(`${url}/backups/${b.backupId}`)).status !== 404; i++) await new Promise((resolve) => setTimeout(resolve, 100));
+    expect((await http(`${url}/backups/${b.backupId}`)).status).toBe(404);
+    expect(await listedIds()).not.toContain(b.backupId);
   });
 });
 
