@@ -25,6 +25,7 @@ import {
   type GroupBackupRecord,
   type GroupRestoreRecord,
 } from './group-catalog.ts';
+import { STALE_MS } from './delete.ts';
 import { settleBackup } from './job-records.ts';
 import { newBackupId, newRestoreId, type BackupRecord } from './records.ts';
 import { backupChain, beginRestore } from './restore.ts';
@@ -272,6 +273,16 @@ export async function groupRestoreStep(groupRestoreId: string): Promise<Record<s
   const view = await groupRestoreState(g);
   if (view.state !== 'running') return { groupRestoreId, state: view.state };
   if (view.restores.some((r) => r.state !== 'complete')) {
+    // A member restore that stopped moving (its messages dead-lettered unrecorded) ends the wait.
+    const unfinished = await Promise.all(view.restores.filter((r) => r.state !== 'complete').map((r) => getRestore(r.restoreId)));
+    const lastMoveMs = Math.max(...unfinished.map((r) => (r ? Date.parse(r.updatedAt) : 0)));
+    if (Date.now() - lastMoveMs > STALE_MS) {
+      await changeGroupRestore(groupRestoreId, (x) => {
+        x.error = `member restores stopped: none has moved for ${STALE_MS / 60_000} minutes`;
+        return true;
+      });
+      return { groupRestoreId, failed: 'member restores stopped' };
+    }
     await workQueue().send({ type: 'group-restore', groupRestoreId }, { delaySeconds: GROUP_RESTORE_RECHECK_SECONDS });
     return { groupRestoreId, waiting: view.restores.filter((r) => r.state !== 'complete').length };
   }
