@@ -46,7 +46,7 @@ import {
   requireVault,
   restoreOwner,
 } from './backup-routes.ts';
-import { describeGroupBackup, describeGroupRestore, listGroupBackupViews, startGroupBackup, startGroupRestore } from '../backup/groups.ts';
+import { deleteGroupBackup, describeGroupBackup, describeGroupRestore, listGroupBackupViews, startGroupBackup, startGroupRestore } from '../backup/groups.ts';
 import { describeBackup, listBackupViews, startBackup } from '../backup/backup.ts';
 import { deleteBackup, verifyBackup } from '../backup/delete.ts';
 import { describeRestore, startRestore } from '../backup/restore.ts';
@@ -315,6 +315,10 @@ export const router = new Router()
     return { status: 200, json: await listGroupBackupViews(req.query.groupId, ownerFilter(req.principal)) };
   })
   .on('GET', '/group-backups/{groupBackupId}', GROUP_BACKUP_OWNER, async (req) => ({ status: 200, json: await describeGroupBackup(req.params.groupBackupId!) }))
+  .on('DELETE', '/group-backups/{groupBackupId}', GROUP_BACKUP_OWNER, async (req) => ({
+    status: 202,
+    json: await deleteGroupBackup(req.params.groupBackupId!),
+  }))
   .on('POST', '/group-restores', ANY_PRINCIPAL, async (req) => {
     requireVault();
     const body = jsonBody(req);

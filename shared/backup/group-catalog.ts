@@ -4,11 +4,11 @@
  * records, never stored; a group restore stores only what its job decides (the group made).
  */
 import { randomBytes } from 'node:crypto';
-import { GetItemCommand, PutItemCommand, QueryCommand, UpdateItemCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
+import { DeleteItemCommand, GetItemCommand, PutItemCommand, QueryCommand, UpdateItemCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
 import { NotFoundError } from '../core/errors.ts';
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultDynamo } from '../aws/vault-clients.ts';
-import { getItems, listedIds, putListed } from './listing.ts';
+import { getItems, listedIds, putListed, removeListing } from './listing.ts';
 
 type Item = Record<string, AttributeValue>;
 
@@ -75,6 +75,12 @@ function groupRestoreKey(groupRestoreId: string): Item {
 
 export async function putGroupBackup(g: GroupBackupRecord): Promise<void> {
   await putListed({ ...groupBackupKey(g.groupBackupId), kind: { S: 'group-backup' }, doc: { S: JSON.stringify(g) } }, 'group-backup', g.groupBackupId);
+}
+
+/** Deletes a group backup's record, then its listing item. */
+export async function deleteGroupBackupRecord(groupBackupId: string): Promise<void> {
+  await vaultDynamo().send(new DeleteItemCommand({ TableName: table(), Key: groupBackupKey(groupBackupId) }));
+  await removeListing('group-backup', groupBackupId);
 }
 
 export async function getGroupBackup(groupBackupId: string): Promise<GroupBackupRecord | null> {

@@ -15,6 +15,7 @@ import {
   changeGroupRestore,
   checkGroupBackupId,
   checkGroupRestoreId,
+  deleteGroupBackupRecord,
   getGroupBackup,
   getGroupRestore,
   listGroupBackups,
@@ -25,7 +26,7 @@ import {
   type GroupBackupRecord,
   type GroupRestoreRecord,
 } from './group-catalog.ts';
-import { STALE_MS } from './delete.ts';
+import { STALE_MS, deleteBackup } from './delete.ts';
 import { settleBackup } from './job-records.ts';
 import { newBackupId, newRestoreId, type BackupRecord } from './records.ts';
 import { backupChain, beginRestore } from './restore.ts';
@@ -159,6 +160,28 @@ export async function groupBackupOwner(groupBackupId: string): Promise<string | 
 export async function listGroupBackupViews(groupId: string | undefined, owner: string | undefined): Promise<{ groupBackups: GroupBackupView[] }> {
   const all = (await listGroupBackups(groupId)).filter((g) => owner === undefined || g.owner === owner);
   return { groupBackups: await Promise.all(all.map(async (g) => (await groupBackupState(g)).view)) };
+}
+
+/**
+ * `DELETE /group-backups/{id}` (202): every member backup is deleted as `DELETE /backups/{id}`
+ * does, then the record. 409, nothing deleted, while a member backup runs or a restore holds one
+ * (checked first; a member that starts being restored after the check answers 409 with the
+ * members before it deleted: the group backup then reads `failed`, and a repeat finishes).
+ */
+export async function deleteGroupBackup(groupBackupId: string): Promise<{ groupBackupId: string; deleting: string[] }> {
+  const g = await requireGroupBackup(groupBackupId);
+  const stored = await Promise.all(g.members.map((m) => getBackup(m.backupId)));
+  const present = stored.filter((b): b is NonNullable<typeof b> => b !== null && b.record.state !== 'deleting');
+  for (const b of present) {
+    const r = await settleBackup(b.record);
+    if (r.state !== 'complete' && r.state !== 'failed')
+      throw new ConflictError(`member backup ${r.backupId} is ${r.state}; delete the group backup once it has ended`);
+    if (b.restoring.length > 0)
+      throw new ConflictError(`member backup ${r.backupId} is being restored by ${b.restoring[0]}; delete the group backup once the restore has ended`);
+  }
+  for (const b of present) await deleteBackup(b.record.backupId);
+  await deleteGroupBackupRecord(groupBackupId);
+  return { groupBackupId, deleting: present.map((b) => b.record.backupId) };
 }
 
 // ---------------------------------------------------------------------------------------

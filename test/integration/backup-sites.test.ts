@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSeparateEndpoint } from '#local/endpoint.ts';
 import { VAULT_ENV } from '#shared/core/vault-config.ts';
 import { groupStore } from '#shared/ports.ts';
-import { Api, http, useSledgeEnv } from './helpers.ts';
+import { Api, PROFILES, http, useSledgeEnv } from './helpers.ts';
 import { MiB, backup, firstDifference, json, readAll, restore, snapshot, waitState } from './backup-helpers.ts';
 import { startPlug, startSite, type Plug, type Site } from './site-helpers.ts';
 import { runBackupModel, vaultPackBytes } from './backup-model.ts';
@@ -137,9 +137,18 @@ describe('a second site', () => {
     expect(listed.map((x: any) => [x.groupBackupId, x.state])).toEqual([[groupBackupId, 'complete']]);
     const all = (await http(`${dr.apiUrl}/group-backups`)).json.groupBackups;
     expect(all.map((x: any) => x.groupBackupId)).toContain(groupBackupId);
+    // Another tenant sees none of it (docs/security.md): 404 as for one that does not exist.
+    expect((await http(`${url}/group-backups/${groupBackupId}`, { as: PROFILES.tenantB })).status).toBe(404);
+    expect((await http(`${url}/group-restores`, { method: 'POST', as: PROFILES.tenantB, ...json({ groupBackupId }) })).status).toBe(404);
+    expect((await http(backupsOf(gs.json.groupSnapshotId), { method: 'POST', as: PROFILES.tenantB })).status).toBe(404);
+    const theirs = (await http(`${url}/group-backups`, { as: PROFILES.tenantB })).json.groupBackups;
+    expect(theirs.map((x: any) => x.groupBackupId)).not.toContain(groupBackupId);
 
     const r = await http(`${dr.apiUrl}/group-restores`, { method: 'POST', ...json({ groupBackupId, groupName: 'db restored' }) });
     expect(r.status, r.body.toString()).toBe(202);
+    // The restores hold the member backups: the group backup cannot be deleted under them.
+    const held = await http(`${url}/group-backups/${groupBackupId}`, { method: 'DELETE' });
+    expect(held.status, held.body.toString()).toBe(409);
     const restored = await waitState(dr.apiUrl, `/group-restores/${r.json.groupRestoreId}`, ['complete', 'failed']);
     expect(restored.state, JSON.stringify(restored)).toBe('complete');
     expect(restored.groupId).toBe(r.json.groupId);
@@ -159,6 +168,13 @@ describe('a second site', () => {
     expect(broken.error).toContain(gone);
     const refused = await http(`${dr.apiUrl}/group-restores`, { method: 'POST', ...json({ groupBackupId }) });
     expect(refused.status, refused.body.toString()).toBe(409);
+    // Deleting the group backup deletes the member backups left, then the record.
+    const deleted = await http(`${url}/group-backups/${groupBackupId}`, { method: 'DELETE' });
+    expect(deleted.status, deleted.body.toString()).toBe(202);
+    expect(deleted.json.deleting).toEqual([started.json.backups[1].backupId]);
+    expect((await http(`${url}/group-backups/${groupBackupId}`)).status).toBe(404);
+    expect((await http(`${url}/group-backups?groupId=${groupId}`)).json.groupBackups).toEqual([]);
+    for (const b of started.json.backups) await waitGone(url, `/backups/${b.backupId}`);
   });
 
   it('restores every backup of a volume and two clones exactly, before and after deleting half of them at random (seeded)', async () => {
