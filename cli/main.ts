@@ -128,11 +128,15 @@ export const COMMAND_USAGE = {
   group snapshot <groupId> --api <url> [--key <volumeId>=<key>]...
   group snapshots <groupId> --api <url>
   group delete-snapshot <groupId> <groupSnapshotId> --api <url>
+  group backup <groupId> <groupSnapshotId> --api <url>
+  group restore <groupBackupId> --api <url> [--name <groupName>]
       Consistency groups: volumes of one owner whose snapshots are taken together, at one
       point in time (a write acknowledged before another was issued is in every group snapshot
       that holds the other). A volume is in at most one group. \`group snapshot\` prints the
       group snapshot and each member's snapshot (an ordinary snapshot); \`delete-snapshot\`
-      deletes them all.
+      deletes them all. \`group backup\` backs a group snapshot up to the vault as one backup
+      per member; \`group restore\` restores such a group backup into new volumes (and, with
+      --name, a new group of them); both show a progress bar until done.
 
       --key VOL=KEY          the reservation key to present on member VOL (e.g. the one its
                              \`sledge nbd\` printed); repeat for each reserved member

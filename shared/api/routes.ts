@@ -35,7 +35,19 @@ import { createVolume, deleteVolume, describeVolume, listVolumeViews, resizeVolu
 import { readAllocation, readData, readSnapshotData } from '../data/read.ts';
 import { changedBlocks, createSnapshot, deleteSnapshot, describeSnapshot, listSnapshotViews, rollbackVolume } from '../control/snapshots.ts';
 import { trimRange, writeData, writePieces } from '../data/write.ts';
-import { BACKUP_OWNER, RESTORE_OWNER, backupOwner, checkRestoreSource, requireVault, restoreOwner } from './backup-routes.ts';
+import {
+  BACKUP_OWNER,
+  GROUP_BACKUP_OWNER,
+  GROUP_RESTORE_OWNER,
+  RESTORE_OWNER,
+  backupOwner,
+  checkGroupRestoreSource,
+  checkRestoreSource,
+  groupBackupOrRestoreOwner,
+  requireVault,
+  restoreOwner,
+} from './backup-routes.ts';
+import { deleteGroupBackup, describeGroupBackup, describeGroupRestore, listGroupBackupViews, startGroupBackup, startGroupRestore } from '../backup/groups.ts';
 import { describeBackup, listBackupViews, startBackup } from '../backup/backup.ts';
 import { deleteBackup, verifyBackup } from '../backup/delete.ts';
 import { describeRestore, startRestore } from '../backup/restore.ts';
@@ -115,6 +127,8 @@ export const router = new Router()
   .resource('backup', backupOwner)
   .resource('restore', restoreOwner)
   .resource('group', groupOwner)
+  .resource('groupBackup', (id) => groupBackupOrRestoreOwner('backup', id))
+  .resource('groupRestore', (id) => groupBackupOrRestoreOwner('restore', id))
   .on('GET', '/openapi.json', ANY_PRINCIPAL, async () => ({ status: 200, json: openapi }))
   .on('GET', '/volumes', ANY_PRINCIPAL, async (req) => ({
     status: 200,
@@ -295,7 +309,31 @@ export const router = new Router()
     await checkRestoreSource(req, body);
     return { status: 202, json: await startRestore(body, newOwner(req)) };
   })
-  .on('GET', '/restores/{restoreId}', RESTORE_OWNER, async (req) => ({ status: 200, json: await describeRestore(req.params.restoreId!) }));
+  .on('GET', '/restores/{restoreId}', RESTORE_OWNER, async (req) => ({ status: 200, json: await describeRestore(req.params.restoreId!) }))
+  // Group snapshots backed up and restored as a group (docs/consistency-groups.md).
+  .on('POST', '/consistency-groups/{groupId}/snapshots/{groupSnapshotId}/backups', GROUP_OWNER, async (req) => {
+    requireVault();
+    return { status: 202, json: await startGroupBackup(req.params.groupId!, req.params.groupSnapshotId!, optionalJsonBody(req)) };
+  })
+  .on('GET', '/group-backups', ANY_PRINCIPAL, async (req) => {
+    requireVault();
+    return { status: 200, json: await listGroupBackupViews(req.query.groupId, ownerFilter(req.principal)) };
+  })
+  .on('GET', '/group-backups/{groupBackupId}', GROUP_BACKUP_OWNER, async (req) => ({ status: 200, json: await describeGroupBackup(req.params.groupBackupId!) }))
+  .on('DELETE', '/group-backups/{groupBackupId}', GROUP_BACKUP_OWNER, async (req) => ({
+    status: 202,
+    json: await deleteGroupBackup(req.params.groupBackupId!),
+  }))
+  .on('POST', '/group-restores', ANY_PRINCIPAL, async (req) => {
+    requireVault();
+    const body = jsonBody(req);
+    await checkGroupRestoreSource(req, body);
+    return { status: 202, json: await startGroupRestore(body, newOwner(req)) };
+  })
+  .on('GET', '/group-restores/{groupRestoreId}', GROUP_RESTORE_OWNER, async (req) => ({
+    status: 200,
+    json: await describeGroupRestore(req.params.groupRestoreId!),
+  }));
 
 // A head that hits a bug while serving a volume dumps its in-flight state before answering 500.
 router.onUnexpectedError(async (err, req) => {

@@ -263,6 +263,26 @@ export interface DriveRegistry {
 }
 
 /** Every port, as bound in shared/ports.ts. */
+/** Where a note is kept: never a volume's or group's key. */
+export interface NoteKey {
+  partition: string;
+  sort: string;
+}
+
+/**
+ * Small JSON notes at the primary (a backup's job record when the vault does not answer, the
+ * last failure of a work message). A missing note reads as null; `getMany` keys its answers by
+ * `partition + "\n" + sort` and leaves missing ones out.
+ */
+export interface NoteStore {
+  get(key: NoteKey): Promise<Record<string, unknown> | null>;
+  getMany(keys: readonly NoteKey[]): Promise<Map<string, Record<string, unknown>>>;
+  /** Writes the note, replacing any note under the key. */
+  put(key: NoteKey, doc: Record<string, unknown>): Promise<void>;
+  /** Deletes the note; deleting a missing one succeeds. */
+  delete(key: NoteKey): Promise<void>;
+}
+
 export interface Ports {
   pageMap: PageMapStore;
   drives: DriveRegistry;
