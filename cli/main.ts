@@ -60,6 +60,8 @@ export const COMMAND_USAGE = {
       --retry-budget-s N     how long a read or write-back keeps retrying an unreachable or
                              failing API before the client gets EIO (default 120, like iSCSI's
                              replacement timeout; 0 = one attempt)
+      --no-direct-reads      read every byte through the API instead of fetching data chunks
+                             with the head's read plans (docs/nbd-gateway.md)
 
       Attach with e.g.  nbdinfo nbd://127.0.0.1:10809   or   qemu-io -f raw nbd://127.0.0.1:10809
 `,
@@ -209,6 +211,8 @@ export interface NbdCommand {
   snapshotId?: string;
   /** Attach as a reader under a read lease of this term (multi-attach), instead of as the writer. */
   readerLeaseMs?: number;
+  /** Read through the API only, never with read plans and direct chunk GETs. */
+  noDirectReads?: boolean;
   /** How requests are signed (`--profile`, `--region`, `--unsigned`). */
   signing: SigningOptions;
 }
@@ -236,6 +240,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
         snapshot: { type: 'string' },
         reader: { type: 'boolean' },
         'lease-s': { type: 'string' },
+        'no-direct-reads': { type: 'boolean' },
       },
     });
   } catch (err) {
@@ -275,6 +280,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
     retryBudgetMs: intOption(values['retry-budget-s'], 'retry-budget-s', 0, 24 * 3600, 120) * 1000,
     ...(values.key !== undefined ? { reservationKey: checkKeyOption(values.key) } : {}),
     ...(values.reader ? { readerLeaseMs: intOption(values['lease-s'], 'lease-s', 1, 15, 6) * 1000 } : {}),
+    ...(values['no-direct-reads'] ? { noDirectReads: true } : {}),
     signing: signingFromValues(values),
   };
 }
@@ -304,6 +310,8 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     retryBudgetMs: Math.min(cmd.retryBudgetMs, STARTUP_RETRY_BUDGET_MS),
     sign: await defaultSigner(cmd.apiUrl, cmd.signing),
     ...(cmd.snapshotId !== undefined ? { snapshotId: cmd.snapshotId } : {}),
+    directReads: !cmd.noDirectReads,
+    onFallback: log,
   });
   const what = cmd.snapshotId ?? cmd.volumeId;
   let volume: VolumeDescription;
@@ -427,7 +435,8 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     log(
       `stopped; ${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes; ` +
         `${s.apiReads} API reads (${s.apiReadBytes} bytes, ${s.readAheads} ahead, ${s.prefetches} for CACHE, ${client.rangedGets} S3 ranged GETs), ${client.sent.allocations} allocation queries, ` +
-        `read cache ${cache.clean.stats.hits} hits, ${cache.clean.stats.misses} misses` +
+        `read cache ${cache.clean.stats.hits} hits, ${cache.clean.stats.misses} misses; ` +
+        `direct reads: ${client.sent.plans} read plans, ${client.direct.reads} read directly, ${client.direct.gets} chunk GETs, ${client.direct.fallbacks} fallbacks, ${client.sent.reads} API data reads` +
         (reader ? `; ${s.readsThrough} reads through, ${reader.statsLine()}` : ''),
     );
   } catch (err) {
