@@ -69,6 +69,19 @@ interface Side {
   stop(): Promise<void>;
 }
 
+/** The chunk GETs a running gateway sent itself (direct reads), from the line it prints on SIGUSR2. */
+async function gatewayChunkGets(gw: NbdTarget): Promise<number> {
+  const pattern = /so far: .*? (\d+) chunk GETs/g;
+  const before = [...gw.output().matchAll(pattern)].length;
+  process.kill(gw.pid!, 'SIGUSR2');
+  for (let waitedMs = 0; waitedMs < 10_000; waitedMs += 50) {
+    const lines = [...gw.output().matchAll(pattern)];
+    if (lines.length > before) return Number(lines[lines.length - 1]![1]);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`the gateway did not report its GETs on SIGUSR2:\n${gw.output()}`);
+}
+
 /**
  * The gateway against s3backer (Debian's `s3backer`, FUSE, 1 MiB blocks, its block cache set to
  * the gateway's read cache size) on the same local endpoint, in the same run, on the same 512
@@ -96,7 +109,8 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
       gw = await startGateway(ctx.apiUrl, vol, ['--socket', sock], ['--read-cache-mib', String(cacheMiB)]);
       targets.push(gw);
     },
-    gets: async () => ctx.requestCounts().requests['S3:GetObject'] ?? 0,
+    // The head's GETs (in this process) and the gateway's own chunk GETs (direct reads).
+    gets: async () => (ctx.requestCounts().requests['S3:GetObject'] ?? 0) + (await gatewayChunkGets(gw)),
     stop: async () => void (await gw.stop()),
   };
   // s3backer: a bucket of its own on the same endpoint, credentials as the endpoint takes them.

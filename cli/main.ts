@@ -54,7 +54,8 @@ export const COMMAND_USAGE = {
                              gateway takes a write-exclusive reservation, preempting any holder
       --reader               attach as a reader: register the key, take no reservation, hold a
                              read lease on the cache instead; SIGUSR1 promotes it to the writer
-                             (it preempts the reservation's holder: for a writer that died)
+                             (it preempts the reservation's holder: for a writer that died);
+                             SIGUSR2 prints what it did so far (requests, cache, GETs)
       --lease-s N            a reader's lease term (default 6, 1 to 15): a stopped reader delays
                              the writer's next write by at most this much
       --retry-budget-s N     how long a read or write-back keeps retrying an unreachable or
@@ -411,6 +412,18 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   // Several roots: a reader already serving the volume becomes its writer on SIGUSR1 (sent by
   // whoever decided the writer is gone), and clients of the dead writer reconnect to it.
   if (reader) process.on('SIGUSR1', () => void reader.promote(client, cache, serverOptions));
+  // What the gateway did so far, without stopping it (the bench counts S3 GETs with it).
+  const stats = () => {
+    const s = cache.stats;
+    return (
+      `${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes; ` +
+        `${s.apiReads} API reads (${s.apiReadBytes} bytes, ${s.readAheads} ahead, ${s.prefetches} for CACHE, ${client.rangedGets} S3 ranged GETs), ${client.sent.allocations} allocation queries, ` +
+        `read cache ${cache.clean.stats.hits} hits, ${cache.clean.stats.misses} misses; ` +
+        `direct reads: ${client.sent.plans} read plans, ${client.direct.reads} read directly, ${client.direct.gets} chunk GETs, ${client.direct.fallbacks} fallbacks, ${client.sent.reads} API data reads` +
+        (reader ? `; ${s.readsThrough} reads through, ${reader.statsLine()}` : '')
+    );
+  };
+  process.on('SIGUSR2', () => log(`so far: ${stats()}`));
   // Tests and scripts wait for this line; it carries the URI clients connect to.
   process.stdout.write(
     `sledge nbd: serving ${what}${cmd.snapshotId || reader ? ' read-only' : ''} (${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks) at ${server.uri}\n`,
@@ -431,14 +444,7 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   await server.close();
   try {
     await cache.close();
-    const s = cache.stats;
-    log(
-      `stopped; ${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes; ` +
-        `${s.apiReads} API reads (${s.apiReadBytes} bytes, ${s.readAheads} ahead, ${s.prefetches} for CACHE, ${client.rangedGets} S3 ranged GETs), ${client.sent.allocations} allocation queries, ` +
-        `read cache ${cache.clean.stats.hits} hits, ${cache.clean.stats.misses} misses; ` +
-        `direct reads: ${client.sent.plans} read plans, ${client.direct.reads} read directly, ${client.direct.gets} chunk GETs, ${client.direct.fallbacks} fallbacks, ${client.sent.reads} API data reads` +
-        (reader ? `; ${s.readsThrough} reads through, ${reader.statsLine()}` : ''),
-    );
+    log(`stopped; ${stats()}`);
   } catch (err) {
     log(`stopped WITH DATA LOSS: ${(err as Error).message}`);
     status = 1;
