@@ -179,6 +179,7 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
   try {
     const results: Record<string, { sledge: number; s3backer: number }> = {};
     const getsPerMiB = { sledge: 0, s3backer: 0 };
+    let headCpuMsPer4MiB = 0;
     for (const [name, side] of [
       ['sledge', sledge],
       ['s3backer', s3b],
@@ -191,8 +192,12 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
       const durableMBps = (COMPARE_MIB * MiB) / (w.job_runtime / 1000 + lastUmountMs / 1000) / 1e6;
       if (name === 'sledge') ctx.resetRequestCounts();
       const g0 = await side.gets();
+      const cpu0 = process.cpuUsage();
       const cold = await side.fio('cold sequential read', ['--rw=read', ...SEQ]);
+      const cpu = process.cpuUsage(cpu0);
       getsPerMiB[name] = ((await side.gets()) - g0) / COMPARE_MIB;
+      // The control plane runs in this process: its CPU is the head's (and the poller's, idle here).
+      if (name === 'sledge') headCpuMsPer4MiB = (cpu.user + cpu.system) / 1000 / (COMPARE_MIB / 4);
       const warm = await side.fio('warm sequential re-read', ['--rw=read', ...SEQ]);
       const rand = await side.fio('4 KiB random read', RAND);
       const put = (k: string, v: number) => {
@@ -221,6 +226,7 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
       })),
     );
     ctx.table([{ 'S3 GETs per MiB read cold': 'sledge', value: getsPerMiB.sledge.toFixed(2) }, { 'S3 GETs per MiB read cold': 's3backer', value: getsPerMiB.s3backer.toFixed(2) }]);
+    console.log(`The head's CPU (this process) during Sledge's cold read: ${headCpuMsPer4MiB.toFixed(1)} ms per 4 MiB read.`);
     console.log(
       `(s3backer ${(await run('s3backer', ['--version'])).stdout.split('\n')[0]}: --blockSize=1M --blockCacheSize=${cacheMiB} --directIO, fio libaio O_DIRECT on its file, ` +
         'its write "until durable" includes the unmount that writes its cache back; ' +
