@@ -54,12 +54,15 @@ export const COMMAND_USAGE = {
                              gateway takes a write-exclusive reservation, preempting any holder
       --reader               attach as a reader: register the key, take no reservation, hold a
                              read lease on the cache instead; SIGUSR1 promotes it to the writer
-                             (it preempts the reservation's holder: for a writer that died)
+                             (it preempts the reservation's holder: for a writer that died);
+                             SIGUSR2 prints what it did so far (requests, cache, GETs)
       --lease-s N            a reader's lease term (default 6, 1 to 15): a stopped reader delays
                              the writer's next write by at most this much
       --retry-budget-s N     how long a read or write-back keeps retrying an unreachable or
                              failing API before the client gets EIO (default 120, like iSCSI's
                              replacement timeout; 0 = one attempt)
+      --no-direct-reads      read every byte through the API instead of fetching data chunks
+                             with the head's read plans (docs/nbd-gateway.md)
 
       Attach with e.g.  nbdinfo nbd://127.0.0.1:10809   or   qemu-io -f raw nbd://127.0.0.1:10809
 `,
@@ -213,6 +216,8 @@ export interface NbdCommand {
   snapshotId?: string;
   /** Attach as a reader under a read lease of this term (multi-attach), instead of as the writer. */
   readerLeaseMs?: number;
+  /** Read through the API only, never with read plans and direct chunk GETs. */
+  noDirectReads?: boolean;
   /** How requests are signed (`--profile`, `--region`, `--unsigned`). */
   signing: SigningOptions;
 }
@@ -240,6 +245,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
         snapshot: { type: 'string' },
         reader: { type: 'boolean' },
         'lease-s': { type: 'string' },
+        'no-direct-reads': { type: 'boolean' },
       },
     });
   } catch (err) {
@@ -279,6 +285,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
     retryBudgetMs: intOption(values['retry-budget-s'], 'retry-budget-s', 0, 24 * 3600, 120) * 1000,
     ...(values.key !== undefined ? { reservationKey: checkKeyOption(values.key) } : {}),
     ...(values.reader ? { readerLeaseMs: intOption(values['lease-s'], 'lease-s', 1, 15, 6) * 1000 } : {}),
+    ...(values['no-direct-reads'] ? { noDirectReads: true } : {}),
     signing: signingFromValues(values),
   };
 }
@@ -308,6 +315,8 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     retryBudgetMs: Math.min(cmd.retryBudgetMs, STARTUP_RETRY_BUDGET_MS),
     sign: await defaultSigner(cmd.apiUrl, cmd.signing),
     ...(cmd.snapshotId !== undefined ? { snapshotId: cmd.snapshotId } : {}),
+    directReads: !cmd.noDirectReads,
+    onFallback: log,
   });
   const what = cmd.snapshotId ?? cmd.volumeId;
   let volume: VolumeDescription;
@@ -407,6 +416,18 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   // Several roots: a reader already serving the volume becomes its writer on SIGUSR1 (sent by
   // whoever decided the writer is gone), and clients of the dead writer reconnect to it.
   if (reader) process.on('SIGUSR1', () => void reader.promote(client, cache, serverOptions));
+  // What the gateway did so far, without stopping it (the bench counts S3 GETs with it).
+  const stats = () => {
+    const s = cache.stats;
+    return (
+      `${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes; ` +
+        `${s.apiReads} API reads (${s.apiReadBytes} bytes, ${s.readAheads} ahead, ${s.prefetches} for CACHE, ${client.rangedGets} S3 ranged GETs), ${client.sent.allocations} allocation queries, ` +
+        `read cache ${cache.clean.stats.hits} hits, ${cache.clean.stats.misses} misses; ` +
+        `direct reads: ${client.sent.plans} read plans, ${client.direct.reads} read directly, ${client.direct.gets} chunk GETs, ${client.direct.fallbacks} fallbacks, ${client.sent.reads} API data reads` +
+        (reader ? `; ${s.readsThrough} reads through, ${reader.statsLine()}` : '')
+    );
+  };
+  process.on('SIGUSR2', () => log(`so far: ${stats()}`));
   // Tests and scripts wait for this line; it carries the URI clients connect to.
   process.stdout.write(
     `sledge nbd: serving ${what}${cmd.snapshotId || reader ? ' read-only' : ''} (${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks) at ${server.uri}\n`,
@@ -427,13 +448,7 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   await server.close();
   try {
     await cache.close();
-    const s = cache.stats;
-    log(
-      `stopped; ${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes; ` +
-        `${s.apiReads} API reads (${s.apiReadBytes} bytes, ${s.readAheads} ahead, ${s.prefetches} for CACHE, ${client.rangedGets} S3 ranged GETs), ${client.sent.allocations} allocation queries, ` +
-        `read cache ${cache.clean.stats.hits} hits, ${cache.clean.stats.misses} misses` +
-        (reader ? `; ${s.readsThrough} reads through, ${reader.statsLine()}` : ''),
-    );
+    log(`stopped; ${stats()}`);
   } catch (err) {
     log(`stopped WITH DATA LOSS: ${(err as Error).message}`);
     status = 1;

@@ -33,6 +33,7 @@ import { describeReservations, applyReservationBody } from '../control/reservati
 import { applyReadLeaseBody } from '../control/read-lease-commands.ts';
 import { createVolume, deleteVolume, describeVolume, listVolumeViews, resizeVolume } from '../control/volumes.ts';
 import { readAllocation, readData, readSnapshotData } from '../data/read.ts';
+import { planRead } from '../data/read-plan.ts';
 import { changedBlocks, createSnapshot, deleteSnapshot, describeSnapshot, listSnapshotViews, rollbackVolume } from '../control/snapshots.ts';
 import { trimRange, writeData, writePieces } from '../data/write.ts';
 import {
@@ -168,6 +169,11 @@ export const router = new Router()
     const offset = intQuery(req, 'offset');
     const length = intQuery(req, 'length');
     return { status: 200, json: { runs: await readAllocation(req.params.volumeId!, offset, length, requestKey(req)) } };
+  })
+  .on('GET', '/volumes/{volumeId}/read-plan', VOLUME_DATA, async (req) => {
+    const offset = intQuery(req, 'offset');
+    const length = intQuery(req, 'length');
+    return { status: 200, json: await planRead(req.params.volumeId!, offset, length, requestKey(req)) };
   })
   .on('POST', '/volumes/{volumeId}/batch', VOLUME_DATA, async (req) => {
     requireBinary(req, [BATCH_CONTENT_TYPE, 'application/octet-stream']);

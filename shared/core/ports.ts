@@ -33,6 +33,11 @@ export interface ChunkStore {
   storedChunkEquals(loc: ChunkLocation, body: Buffer, crc32c: number): Promise<boolean>;
   /** Bytes `[start, end)` of a chunk, or null if it does not exist. */
   getChunkRange(loc: ChunkLocation, start: number, end: number): Promise<Buffer | null>;
+  /**
+   * A URL that lets its holder GET bytes `[start, end)` of a chunk (with exactly that Range
+   * header) for `expiresSeconds`, signed with the head's credentials; no request is sent.
+   */
+  presignChunkRange(loc: ChunkLocation, start: number, end: number, expiresSeconds: number): Promise<string>;
   /** The last `bytes` bytes of a chunk (all of it if shorter), or null if it does not exist. */
   getChunkTail(loc: ChunkLocation, bytes: number): Promise<Buffer | null>;
   /** A whole chunk, or null if it does not exist. */
