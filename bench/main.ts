@@ -35,6 +35,8 @@ import { toSqsRecord } from '#local/sqs-poller.ts';
 import { benchCodec } from './codec.ts';
 import { benchCrc } from './crc.ts';
 import { benchNbd } from './nbd.ts';
+import { VolumeClient } from '#gateway/volume-client.ts';
+import { invariant } from '#shared/core/errors.ts';
 import { benchSnapshots } from './snapshots.ts';
 import { benchBackup } from './backup.ts';
 import { benchGroups } from './groups.ts';
@@ -255,6 +257,16 @@ async function main(): Promise<void> {
       const rawPutCpu = lastCpu;
       const apiRead = await timed(count, concurrency, (i) => read(api, vols[i % concurrency]!, Math.floor(i / concurrency) * 4 * MiB, 4 * MiB).then(() => undefined));
       const apiReadCpu = lastCpu;
+      // The NBD gateway's direct reads (docs/nbd-gateway.md): the head answers a read plan and the
+      // client GETs the data chunks itself. Node CPU here is the head's and the client's together.
+      const unsigned = async (r: { headers?: Record<string, string> }) => r.headers ?? {};
+      const planned = vols.map((v) => new VolumeClient(api, v, { sign: unsigned }));
+      const directRead = await timed(count, concurrency, (i) => planned[i % concurrency]!.read(Math.floor(i / concurrency) * 4 * MiB, 4 * MiB).then(() => undefined));
+      const directReadCpu = lastCpu;
+      invariant(
+        planned.every((c) => c.direct.fallbacks === 0 && c.sent.reads === 0),
+        'a direct read fell back to an API read',
+      );
       const rawGet = await timed(count, concurrency, async (i) => {
         const out = await s3().send(new GetObjectCommand({ Bucket: bucket, Key: `bench/raw-${i}` }));
         await out.Body!.transformToByteArray();
@@ -276,6 +288,7 @@ async function main(): Promise<void> {
       table([
         { path: 'write 4 MiB', 'API MB/s': (mb / apiWrite).toFixed(1), 'raw S3 MB/s': (mb / rawPut).toFixed(1), 'API / raw': (rawPut / apiWrite).toFixed(2), 'endpoint CPU ms/op (API, raw)': `${perOp(apiWriteCpu.endpoint)}, ${perOp(rawPutCpu.endpoint)}`, 'node CPU ms/op (API, raw)': `${perOp(apiWriteCpu.node)}, ${perOp(rawPutCpu.node)}` },
         { path: 'read 4 MiB', 'API MB/s': (mb / apiRead).toFixed(1), 'raw S3 MB/s': (mb / rawGet).toFixed(1), 'API / raw': (rawGet / apiRead).toFixed(2), 'endpoint CPU ms/op (API, raw)': `${perOp(apiReadCpu.endpoint)}, ${perOp(rawGetCpu.endpoint)}`, 'node CPU ms/op (API, raw)': `${perOp(apiReadCpu.node)}, ${perOp(rawGetCpu.node)}` },
+        { path: 'read 4 MiB, plan + direct GETs', 'API MB/s': (mb / directRead).toFixed(1), 'raw S3 MB/s': (mb / rawGet).toFixed(1), 'API / raw': (rawGet / directRead).toFixed(2), 'endpoint CPU ms/op (API, raw)': `${perOp(directReadCpu.endpoint)}, ${perOp(rawGetCpu.endpoint)}`, 'node CPU ms/op (API, raw)': `${perOp(directReadCpu.node)}, ${perOp(rawGetCpu.node)}` },
         { path: 'ceiling: 6 x 1 MiB raw PUTs per 4 MiB', 'API MB/s': (mb / stripePuts).toFixed(1), 'raw S3 MB/s': (mb / rawPut).toFixed(1), 'API / raw': (rawPut / stripePuts).toFixed(2), 'endpoint CPU ms/op (API, raw)': `${perOp(stripeCpu.endpoint)}, ${perOp(rawPutCpu.endpoint)}`, 'node CPU ms/op (API, raw)': `${perOp(stripeCpu.node)}, ${perOp(rawPutCpu.node)}` },
       ]);
       console.log(

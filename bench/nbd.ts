@@ -74,6 +74,29 @@ interface Side {
   stop(): Promise<void>;
 }
 
+/** CPU milliseconds a process has used (utime + stime of /proc/<pid>/stat, 100 ticks per second); NaN where unknown. */
+function processCpuMs(pid: number | undefined): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** The chunk GETs a running gateway sent itself (direct reads), from the line it prints on SIGUSR2. */
+async function gatewayChunkGets(gw: NbdTarget): Promise<number> {
+  const pattern = /so far: .*? (\d+) chunk GETs/g;
+  const before = [...gw.output().matchAll(pattern)].length;
+  process.kill(gw.pid!, 'SIGUSR2');
+  for (let waitedMs = 0; waitedMs < 10_000; waitedMs += 50) {
+    const lines = [...gw.output().matchAll(pattern)];
+    if (lines.length > before) return Number(lines[lines.length - 1]![1]);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`the gateway did not report its GETs on SIGUSR2:\n${gw.output()}`);
+}
+
 /**
  * The gateway against s3backer (Debian's `s3backer`, FUSE, 1 MiB blocks, its block cache set to
  * the gateway's read cache size) on the same local endpoint, in the same run, on the same 512
@@ -101,7 +124,8 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
       gw = await startGateway(ctx.apiUrl, vol, ['--socket', sock], ['--read-cache-mib', String(cacheMiB)]);
       targets.push(gw);
     },
-    gets: async () => ctx.requestCounts().requests['S3:GetObject'] ?? 0,
+    // The head's GETs (in this process) and the gateway's own chunk GETs (direct reads).
+    gets: async () => (ctx.requestCounts().requests['S3:GetObject'] ?? 0) + (await gatewayChunkGets(gw)),
     stop: async () => void (await gw.stop()),
   };
   // s3backer: a bucket of its own on the same endpoint, credentials as the endpoint takes them.
@@ -170,6 +194,8 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
   try {
     const results: Record<string, { sledge: number; s3backer: number }> = {};
     const getsPerMiB = { sledge: 0, s3backer: 0 };
+    let headCpuMsPer4MiB = 0;
+    let gatewayCpuMsPer4MiB = 0;
     for (const [name, side] of [
       ['sledge', sledge],
       ['s3backer', s3b],
@@ -182,8 +208,14 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
       const durableMBps = (COMPARE_MIB * MiB) / (w.job_runtime / 1000 + lastUmountMs / 1000) / 1e6;
       if (name === 'sledge') ctx.resetRequestCounts();
       const g0 = await side.gets();
+      const cpu0 = process.cpuUsage();
+      const gw0 = name === 'sledge' ? processCpuMs(gw.pid) : 0;
       const cold = await side.fio('cold sequential read', ['--rw=read', ...SEQ]);
+      const cpu = process.cpuUsage(cpu0);
+      if (name === 'sledge') gatewayCpuMsPer4MiB = (processCpuMs(gw.pid) - gw0) / (COMPARE_MIB / 4);
       getsPerMiB[name] = ((await side.gets()) - g0) / COMPARE_MIB;
+      // The control plane runs in this process: its CPU is the head's (and the poller's, idle here).
+      if (name === 'sledge') headCpuMsPer4MiB = (cpu.user + cpu.system) / 1000 / (COMPARE_MIB / 4);
       const warm = await side.fio('warm sequential re-read', ['--rw=read', ...SEQ]);
       const rand = await side.fio('4 KiB random read', RAND);
       const put = (k: string, v: number) => {
@@ -212,6 +244,9 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
       })),
     );
     ctx.table([{ 'S3 GETs per MiB read cold': 'sledge', value: getsPerMiB.sledge.toFixed(2) }, { 'S3 GETs per MiB read cold': 's3backer', value: getsPerMiB.s3backer.toFixed(2) }]);
+    console.log(
+      `CPU during Sledge's cold read, per 4 MiB read: the head (this process) ${headCpuMsPer4MiB.toFixed(1)} ms, the gateway process ${gatewayCpuMsPer4MiB.toFixed(1)} ms.`,
+    );
     console.log(
       `(s3backer ${(await run('s3backer', ['--version'])).stdout.split('\n')[0]}: --blockSize=1M --blockCacheSize=${cacheMiB} --directIO, fio libaio O_DIRECT on its file, ` +
         'its write "until durable" includes the unmount that writes its cache back; ' +

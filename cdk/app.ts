@@ -24,7 +24,8 @@
  * `analyticsReporting` defaulting to false on the stack).
  */
 import { App } from 'aws-cdk-lib';
-import { cdkJsonContext, SledgeStack } from './stack.ts';
+import { cdkJsonContext } from './contract.ts';
+import { SledgeStack } from './stack.ts';
 import { SledgeVaultStack } from './vault-stack.ts';
 
 const BUNDLING_STACKS_CONTEXT = 'aws:cdk:bundling-stacks';

@@ -6,7 +6,7 @@
  * CRC-32C check value, and uses the portable CRC where it does not load (another architecture,
  * another libc).
  *
- * `SledgeFunction` (cdk/stack.ts) adds these hooks to every ARM64 function, so the stack's
+ * `SledgeFunction` (cdk/function.ts) adds these hooks to every ARM64 function, so the stack's
  * head and worker carry the addon; on x86 it would never load, and is left out. The synth then
  * needs the package from npm's cache or the registry (`npm pack`), and fails if neither has it
  * at the pinned integrity. The handlers log which CRC they loaded at cold start

@@ -21,7 +21,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import type { Construct } from 'constructs';
-import { acknowledge } from './stack.ts';
+import { acknowledge } from './function.ts';
 
 /** Construct IDs: a contract, as the primary stack's (renaming one replaces the resource). */
 export const VAULT_CONSTRUCT_IDS = {

@@ -81,7 +81,7 @@ export interface WatchOptions {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Polls `path` and draws its progress until it is complete (0), failed (CliError) or the timeout passes (1). */
-async function watch(
+export async function watch(
   get: Fetch,
   apiUrl: string,
   path: string,

@@ -16,6 +16,7 @@ import { parseArgs } from 'node:util';
 import { WriteBackCache } from '#gateway/cache.ts';
 import { startNbdServer } from '#gateway/server.ts';
 import { API_FOLDING_PAGES_PER_BATCH, VolumeApiError, VolumeClient, type VolumeDescription } from '#gateway/volume-client.ts';
+import { NbdReader, onAttach, onDetach } from './nbd-attach.ts';
 import { debugEnabled, formatCliError, parseArgsUsageError, unreachable, UsageError } from './errors.ts';
 import { SIGNING_OPTIONS, defaultSigner, signingFromValues, type SigningOptions } from './signing.ts';
 
@@ -35,6 +36,9 @@ export const COMMAND_USAGE = {
       Serve a volume as a block device over NBD, with a volatile write cache that is made
       durable on FLUSH, FUA, every segment's worth of writes, old dirty data and shutdown.
       With --snapshot, serve a snapshot read-only (READ_ONLY advertised; writes get EPERM).
+      With --reader, serve the volume read-only beside the gateway that writes it, with a
+      clean cache guarded by a read lease (docs/nbd-gateway.md, "Multi-attach"): no read
+      returns data older than a write the writer made durable before the read was issued.
 
       --api URL              the Sledge volume API (e.g. http://127.0.0.1:3000)
       --port N               TCP port (default ${DEFAULT_NBD_PORT}; 0 picks a free one)
@@ -48,9 +52,17 @@ export const COMMAND_USAGE = {
                              FLUSH, FUA, full segments and shutdown)
       --key KEY              reservation key to attach with (default gw-<host>-<random>); the
                              gateway takes a write-exclusive reservation, preempting any holder
+      --reader               attach as a reader: register the key, take no reservation, hold a
+                             read lease on the cache instead; SIGUSR1 promotes it to the writer
+                             (it preempts the reservation's holder: for a writer that died);
+                             SIGUSR2 prints what it did so far (requests, cache, GETs)
+      --lease-s N            a reader's lease term (default 6, 1 to 15): a stopped reader delays
+                             the writer's next write by at most this much
       --retry-budget-s N     how long a read or write-back keeps retrying an unreachable or
                              failing API before the client gets EIO (default 120, like iSCSI's
                              replacement timeout; 0 = one attempt)
+      --no-direct-reads      read every byte through the API instead of fetching data chunks
+                             with the head's read plans (docs/nbd-gateway.md)
 
       Attach with e.g.  nbdinfo nbd://127.0.0.1:10809   or   qemu-io -f raw nbd://127.0.0.1:10809
 `,
@@ -119,11 +131,15 @@ export const COMMAND_USAGE = {
   group snapshot <groupId> --api <url> [--key <volumeId>=<key>]...
   group snapshots <groupId> --api <url>
   group delete-snapshot <groupId> <groupSnapshotId> --api <url>
+  group backup <groupId> <groupSnapshotId> --api <url>
+  group restore <groupBackupId> --api <url> [--name <groupName>]
       Consistency groups: volumes of one owner whose snapshots are taken together, at one
       point in time (a write acknowledged before another was issued is in every group snapshot
       that holds the other). A volume is in at most one group. \`group snapshot\` prints the
       group snapshot and each member's snapshot (an ordinary snapshot); \`delete-snapshot\`
-      deletes them all.
+      deletes them all. \`group backup\` backs a group snapshot up to the vault as one backup
+      per member; \`group restore\` restores such a group backup into new volumes (and, with
+      --name, a new group of them); both show a progress bar until done.
 
       --key VOL=KEY          the reservation key to present on member VOL (e.g. the one its
                              \`sledge nbd\` printed); repeat for each reserved member
@@ -198,6 +214,10 @@ export interface NbdCommand {
   reservationKey?: string;
   /** Serve this snapshot of the volume, read-only, instead of the volume. */
   snapshotId?: string;
+  /** Attach as a reader under a read lease of this term (multi-attach), instead of as the writer. */
+  readerLeaseMs?: number;
+  /** Read through the API only, never with read plans and direct chunk GETs. */
+  noDirectReads?: boolean;
   /** How requests are signed (`--profile`, `--region`, `--unsigned`). */
   signing: SigningOptions;
 }
@@ -223,6 +243,9 @@ export function parseNbdArgs(args: string[]): NbdCommand {
         ...SIGNING_OPTIONS,
         'retry-budget-s': { type: 'string' },
         snapshot: { type: 'string' },
+        reader: { type: 'boolean' },
+        'lease-s': { type: 'string' },
+        'no-direct-reads': { type: 'boolean' },
       },
     });
   } catch (err) {
@@ -247,6 +270,8 @@ export function parseNbdArgs(args: string[]): NbdCommand {
   if (values.socket === '') throw new UsageError('--socket needs a path');
   const cacheMiB = intOption(values['cache-mib'], 'cache-mib', 4, 64 * 1024, 64);
   const segmentMiB = intOption(values['segment-mib'], 'segment-mib', 1, 4, 4);
+  if (values.reader && snapshotId !== undefined) throw new UsageError('--reader has no use with --snapshot: a snapshot never changes, so its cache needs no lease');
+  if (values['lease-s'] !== undefined && !values.reader) throw new UsageError('--lease-s is the term of a reader\'s lease; give it with --reader');
   if (segmentMiB > cacheMiB) throw new UsageError(`--segment-mib ${segmentMiB} is larger than --cache-mib ${cacheMiB}`);
   return {
     volumeId,
@@ -259,42 +284,10 @@ export function parseNbdArgs(args: string[]): NbdCommand {
     maxDirtyAgeMs: intOption(values['max-dirty-age-ms'], 'max-dirty-age-ms', 0, 24 * 3600 * 1000, 5000),
     retryBudgetMs: intOption(values['retry-budget-s'], 'retry-budget-s', 0, 24 * 3600, 120) * 1000,
     ...(values.key !== undefined ? { reservationKey: checkKeyOption(values.key) } : {}),
+    ...(values.reader ? { readerLeaseMs: intOption(values['lease-s'], 'lease-s', 1, 15, 6) * 1000 } : {}),
+    ...(values['no-direct-reads'] ? { noDirectReads: true } : {}),
     signing: signingFromValues(values),
   };
-}
-
-/**
- * Runs when the gateway attaches to a volume, before it serves a single request: registers
- * the gateway's reservation key and takes a write-exclusive reservation, preempting whoever
- * held it (docs/reservations.md). So a second gateway attaching to the same volume fences the
- * first: the first's write-backs are refused by the commit condition, and its FLUSHes fail
- * with EIO instead of silently losing to the newcomer. Every request then presents the key.
- */
-export async function onAttach(client: VolumeClient, key: string): Promise<string | null> {
-  let state = await client.reserve({ action: 'register', key });
-  const holder = state.reservation?.holder;
-  try {
-    if (holder === undefined) state = await client.reserve({ action: 'reserve', key, type: 'write-exclusive' });
-    else if (holder !== key) {
-      state = await client.reserve({ action: 'preempt', key, victimKey: holder, type: 'write-exclusive' });
-    }
-  } catch (err) {
-    // Registered but not attached: take the registration back, so nothing is left behind.
-    await client.reserve({ action: 'unregister', key }).catch(() => undefined);
-    throw err;
-  }
-  client.reservationKey = key;
-  return holder !== undefined && holder !== key ? holder : null;
-}
-
-/** On a clean stop, after the final write-back: give the volume back (unregister releases). */
-async function onDetach(client: VolumeClient): Promise<void> {
-  if (!client.reservationKey) return;
-  try {
-    await client.reserve({ action: 'unregister', key: client.reservationKey });
-  } catch (err) {
-    log(`could not unregister key ${client.reservationKey}: ${(err as Error).message}`);
-  }
 }
 
 /** True when `path` is a Unix socket that refuses connections (its server is gone). */
@@ -322,6 +315,8 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     retryBudgetMs: Math.min(cmd.retryBudgetMs, STARTUP_RETRY_BUDGET_MS),
     sign: await defaultSigner(cmd.apiUrl, cmd.signing),
     ...(cmd.snapshotId !== undefined ? { snapshotId: cmd.snapshotId } : {}),
+    directReads: !cmd.noDirectReads,
+    onFallback: log,
   });
   const what = cmd.snapshotId ?? cmd.volumeId;
   let volume: VolumeDescription;
@@ -348,6 +343,16 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     unlinkSync(cmd.listen.socketPath);
   }
   const key = cmd.reservationKey ?? `gw-${hostname().replace(/[^A-Za-z0-9._:-]/g, '-').slice(0, 40)}-${randomBytes(4).toString('hex')}`;
+  // A reader's lease renews on a client of its own with a short retry budget: a renewal that
+  // needs longer is stale anyway (the lease is timed from when it was sent).
+  const reader =
+    cmd.readerLeaseMs === undefined
+      ? undefined
+      : new NbdReader(
+          new VolumeClient(cmd.apiUrl, cmd.volumeId, { retryBudgetMs: cmd.readerLeaseMs / 3, requestTimeoutMs: cmd.readerLeaseMs, sign: await defaultSigner(cmd.apiUrl, cmd.signing) }),
+          { invalidate: () => cache.invalidate() },
+          { key, leaseMs: cmd.readerLeaseMs, log },
+        );
   const cache = new WriteBackCache(client, {
     sizeBytes: volume.sizeBytes,
     blockSizeBytes: volume.blockSizeBytes,
@@ -357,6 +362,7 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     readCacheBytes: cmd.readCacheBytes,
     maxDirtyAgeMs: cmd.maxDirtyAgeMs,
     ...(volume.foldedSeq === undefined ? {} : { pagesPerBatch: API_FOLDING_PAGES_PER_BATCH }),
+    ...(reader ? { coherence: reader } : {}),
     log,
   });
   // Listen first, attach after: a gateway that cannot listen (a port or socket in use) must
@@ -369,19 +375,21 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     attachFailed = reject;
   });
   ready.catch(() => undefined);
+  // Kept: a reader promoted to the writer (NbdReader.promote) serves new connections read-write.
+  const serverOptions: Parameters<typeof startNbdServer>[0] = {
+    exportName: what,
+    description: cmd.snapshotId
+      ? `Sledge snapshot ${cmd.snapshotId} of ${volume.volumeId} (read-only), ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`
+      : `Sledge volume ${volume.volumeId}, ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`,
+    readOnly: cmd.snapshotId !== undefined || reader !== undefined,
+    cache,
+    listen: cmd.listen,
+    ready,
+    log,
+  };
   let server;
   try {
-    server = await startNbdServer({
-      exportName: what,
-      description: cmd.snapshotId
-        ? `Sledge snapshot ${cmd.snapshotId} of ${volume.volumeId} (read-only), ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`
-        : `Sledge volume ${volume.volumeId}, ${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks`,
-      readOnly: cmd.snapshotId !== undefined,
-      cache,
-      listen: cmd.listen,
-      ready,
-      log,
-    });
+    server = await startNbdServer(serverOptions);
   } catch (err) {
     log(`cannot listen: ${(err as Error).message}`);
     await cache.close().catch(() => undefined);
@@ -389,7 +397,10 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   }
   try {
     // A snapshot never changes: its export takes no reservation and writes nothing.
-    if (cmd.snapshotId === undefined) {
+    if (reader) {
+      await reader.attach(client);
+      log(`attached as a reader with key ${key}, read lease ${cmd.readerLeaseMs} ms`);
+    } else if (cmd.snapshotId === undefined) {
       const preempted = await onAttach(client, key);
       log(`attached with reservation key ${key}${preempted ? `, preempting ${preempted}` : ''}`);
     }
@@ -403,9 +414,24 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   }
   attached();
   client.retryBudgetMs = cmd.retryBudgetMs;
+  // Several roots: a reader already serving the volume becomes its writer on SIGUSR1 (sent by
+  // whoever decided the writer is gone), and clients of the dead writer reconnect to it.
+  if (reader) process.on('SIGUSR1', () => void reader.promote(client, cache, serverOptions));
+  // What the gateway did so far, without stopping it (the bench counts S3 GETs with it).
+  const stats = () => {
+    const s = cache.stats;
+    return (
+      `${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes; ` +
+        `${s.apiReads} API reads (${s.apiReadBytes} bytes, ${s.readAheads} ahead, ${s.prefetches} for CACHE, ${client.rangedGets} S3 ranged GETs), ${client.sent.allocations} allocation queries, ` +
+        `read cache ${cache.clean.stats.hits} hits, ${cache.clean.stats.misses} misses; ` +
+        `direct reads: ${client.sent.plans} read plans, ${client.direct.reads} read directly, ${client.direct.gets} chunk GETs, ${client.direct.fallbacks} fallbacks, ${client.sent.reads} API data reads` +
+        (reader ? `; ${s.readsThrough} reads through, ${reader.statsLine()}` : '')
+    );
+  };
+  process.on('SIGUSR2', () => log(`so far: ${stats()}`));
   // Tests and scripts wait for this line; it carries the URI clients connect to.
   process.stdout.write(
-    `sledge nbd: serving ${what}${cmd.snapshotId ? ' read-only' : ''} (${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks) at ${server.uri}\n`,
+    `sledge nbd: serving ${what}${cmd.snapshotId || reader ? ' read-only' : ''} (${volume.sizeBytes} bytes, ${volume.blockSizeBytes}-byte blocks) at ${server.uri}\n`,
   );
 
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
@@ -423,17 +449,13 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
   await server.close();
   try {
     await cache.close();
-    const s = cache.stats;
-    log(
-      `stopped; ${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes; ` +
-        `${s.apiReads} API reads (${s.apiReadBytes} bytes, ${s.readAheads} ahead, ${s.prefetches} for CACHE, ${client.rangedGets} S3 ranged GETs), ${client.sent.allocations} allocation queries, ` +
-        `read cache ${cache.clean.stats.hits} hits, ${cache.clean.stats.misses} misses`,
-    );
+    log(`stopped; ${stats()}`);
   } catch (err) {
     log(`stopped WITH DATA LOSS: ${(err as Error).message}`);
     status = 1;
   }
-  if (status === 0 && cmd.snapshotId === undefined) await onDetach(client);
+  await reader?.lease.stop();
+  if (status === 0 && cmd.snapshotId === undefined) await onDetach(client, log);
   removeSocket(cmd.listen);
   return status;
 }

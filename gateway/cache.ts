@@ -245,6 +245,11 @@ export interface WriteBackCacheOptions {
   writeBackConcurrency?: number;
   /** Pages one batch may touch. Default the API's 96; a folding volume's commits take any number (API_FOLDING_PAGES_PER_BATCH). */
   pagesPerBatch?: number;
+  /**
+   * A reader gateway's read lease (read-lease.ts): the clean cache is used and filled only while
+   * it says so; otherwise reads go through the API, uncached. Absent: the cache is always usable.
+   */
+  coherence?: { cacheUsable(): boolean };
   log?: (message: string) => void;
 }
 
@@ -262,6 +267,8 @@ export interface CacheStats {
   readAheads: number;
   /** API reads sent for NBD_CMD_CACHE. */
   prefetches: number;
+  /** Reads sent through the API uncached because the read lease did not allow the cache. */
+  readsThrough: number;
 }
 
 /** Sealed layers taken into one write-back round: they are merged, so concurrent FLUSH/FUA share batches. */
@@ -315,7 +322,9 @@ export class WriteBackCache {
     apiReadBytes: 0,
     readAheads: 0,
     prefetches: 0,
+    readsThrough: 0,
   };
+  private readonly coherence: { cacheUsable(): boolean } | undefined;
 
   constructor(
     private readonly backend: CacheBackend,
@@ -327,6 +336,7 @@ export class WriteBackCache {
     this.capacityBytes = opts.capacityBytes ?? 64 * MiB;
     this.maxDirtyAgeMs = opts.maxDirtyAgeMs ?? 5000;
     this.writeBackConcurrency = Math.max(1, opts.writeBackConcurrency ?? 4);
+    this.coherence = opts.coherence;
     this.clean = new CleanCache(opts.readCacheBytes ?? 256 * MiB);
     // Read-ahead needs room to keep what it read until the reader gets there.
     this.readAheadMaxBytes = Math.min(opts.readAheadMaxBytes ?? 16 * MiB, Math.floor(this.clean.capacityBytes / 4 / API_MAX_IO_BYTES) * API_MAX_IO_BYTES);
@@ -494,8 +504,10 @@ export class WriteBackCache {
     // or by the overlay when it covers the range.
     const out = Buffer.allocUnsafe(length);
     if (!coversAll(overlay, start, end)) {
-      await this.readClean(start, end, out);
-      this.readAhead(start, end);
+      if (this.cacheUsable()) {
+        await this.readClean(start, end, out);
+        this.readAhead(start, end);
+      } else await this.readThrough(start, end, out);
     }
     for (const pieces of overlay) {
       for (const p of pieces) {
@@ -557,6 +569,34 @@ export class WriteBackCache {
     ]);
   }
 
+  /** Whether the clean cache may answer and be filled now (always, but on a reader whose lease says otherwise). */
+  private cacheUsable(): boolean {
+    return this.coherence === undefined || this.coherence.cacheUsable();
+  }
+
+  /** Reads [start, end) from the API into `out`, at most 4 MiB per request, past the clean cache and filling nothing. */
+  private async readThrough(start: number, end: number, out: Buffer): Promise<void> {
+    const reads: Array<Promise<void>> = [];
+    for (let pos = start; pos < end; pos += API_MAX_IO_BYTES) {
+      const t = Math.min(end, pos + API_MAX_IO_BYTES);
+      this.stats.readsThrough++;
+      this.stats.apiReads++;
+      this.stats.apiReadBytes += t - pos;
+      reads.push(this.checkedRead(pos, t - pos).then((bytes) => void bytes.copy(out, pos - start)));
+    }
+    await Promise.all(reads);
+  }
+
+  /**
+   * Drops every clean line and makes every API read in flight fill nothing (readers that joined
+   * one read again): a reader's lease found that lines may be older than a commit.
+   */
+  invalidate(): void {
+    this.clean.clear();
+    for (const f of this.fetching.values()) f.stale = true;
+    this.fetching.clear();
+  }
+
   /** Sends one API read of lines [first, last) (inside one 4 MiB window) and registers it for joiners. */
   private fetch(first: number, last: number, ahead: boolean): Fetch {
     const start = first * LINE_BYTES;
@@ -568,7 +608,8 @@ export class WriteBackCache {
     f.promise = this.checkedRead(start, end - start).then(
       (bytes) => {
         this.unregister(f);
-        if (!f.stale) for (let line = first; line < last; line++) this.clean.put(line, Buffer.from(bytes.subarray((line - first) * LINE_BYTES, Math.min(bytes.length, (line - first + 1) * LINE_BYTES))));
+        // A reader whose lease lapsed (or that dropped its cache) meanwhile keeps nothing of it.
+        if (!f.stale && this.cacheUsable()) for (let line = first; line < last; line++) this.clean.put(line, Buffer.from(bytes.subarray((line - first) * LINE_BYTES, Math.min(bytes.length, (line - first + 1) * LINE_BYTES))));
         return bytes;
       },
       (err: unknown) => {
@@ -592,6 +633,7 @@ export class WriteBackCache {
    * own first lines); returns how many bytes were asked of the API.
    */
   async prefetch(offset: number, length: number): Promise<number> {
+    if (!this.cacheUsable()) return 0; // a reader without a usable lease caches nothing
     const end = Math.min(this.sizeBytes, offset + Math.min(length, Math.floor(this.clean.capacityBytes / 2)));
     const pending: Array<Promise<Buffer>> = [];
     let asked = 0;
@@ -622,7 +664,7 @@ export class WriteBackCache {
    * the lines neither cached nor being read.
    */
   private readAhead(start: number, end: number): void {
-    if (this.readAheadMaxBytes === 0) return;
+    if (this.readAheadMaxBytes === 0 || !this.cacheUsable()) return;
     const ahead = this.streams.observe(start, end);
     if (!ahead) return;
     const W = API_MAX_IO_BYTES;

@@ -15,6 +15,7 @@
  */
 import { encodeBatch } from '#shared/api/batch.ts';
 import { requestSigner, type RequestSigner } from '#shared/api/signing.ts';
+import { checkPlan, readPlanned, type ReadPlan } from './direct-read.ts';
 
 /**
  * The API's limits (shared/data/volume-rules.ts MAX_IO_BYTES, shared/core/records.ts MAX_PAGES_PER_COMMIT).
@@ -82,6 +83,13 @@ export interface VolumeClientOptions {
   sign?: RequestSigner;
   /** Serve this snapshot of the volume, read-only (docs/snapshots.md): reads go to `/snapshots/{id}`. */
   snapshotId?: string;
+  /**
+   * Read data straight from the sleds with read plans (docs/nbd-gateway.md, "Direct data
+   * reads"), falling back to API reads. Default true; snapshots are always read through the API.
+   */
+  directReads?: boolean;
+  /** Told why a direct read fell back to an API read. */
+  onFallback?: (reason: string) => void;
 }
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -94,7 +102,12 @@ export class VolumeClient {
   private readonly backoffMaxMs: number;
   private signer: Promise<RequestSigner> | undefined;
   /** Counts of requests sent (attempts included), for logs and the bench. */
-  readonly sent = { reads: 0, batches: 0, describes: 0, allocations: 0 };
+  readonly sent = { reads: 0, batches: 0, describes: 0, allocations: 0, plans: 0 };
+  /** Direct reads: chunk GETs sent, and reads that fell back to the API after a plan or a GET failed. */
+  readonly direct = { gets: 0, reads: 0, fallbacks: 0 };
+  /** Whether reads use plans; turned off for good when the API has no plan route. */
+  directReads: boolean;
+  private readonly onFallback: ((reason: string) => void) | undefined;
   /** S3 ranged GETs the API reported making for this client's reads (its x-sledge-ranged-gets header). */
   rangedGets = 0;
   /** The reservation key every read and write presents, once the gateway has attached. */
@@ -111,6 +124,8 @@ export class VolumeClient {
     this.backoffMaxMs = opts.backoffMaxMs ?? 2_000;
     if (opts.sign) this.signer = Promise.resolve(opts.sign);
     this.snapshotId = opts.snapshotId;
+    this.directReads = (opts.directReads ?? true) && opts.snapshotId === undefined;
+    this.onFallback = opts.onFallback;
   }
 
   /** The snapshot served instead of the volume, read-only. */
@@ -181,8 +196,61 @@ export class VolumeClient {
     return v;
   }
 
-  /** Reads `length` bytes (block-aligned, at most API_MAX_IO_BYTES) at `offset`. */
+  /**
+   * Reads `length` bytes (block-aligned, at most API_MAX_IO_BYTES) at `offset`: with a read plan
+   * and direct chunk GETs when enabled, and through the API when that is off or anything in it
+   * fails (the API read is always correct; see docs/nbd-gateway.md, "Direct data reads").
+   */
   async read(offset: number, length: number): Promise<Buffer> {
+    if (length > API_MAX_IO_BYTES) throw new RangeError(`a read through the API is at most ${API_MAX_IO_BYTES} bytes, not ${length}`);
+    if (!this.directReads) return this.readThroughApi(offset, length);
+    let plan: ReadPlan;
+    try {
+      plan = await this.readPlan(offset, length);
+    } catch (err) {
+      // Refusals (404, 409, 400) come back from the API read in the same words; an API without
+      // the plan route answers 404 to the plan and 200 to the read: then plans are turned off.
+      this.direct.fallbacks++;
+      this.onFallback?.(`read plan @${offset}+${length}: ${(err as Error).message}`);
+      const bytes = await this.readThroughApi(offset, length);
+      if (err instanceof VolumeApiError && (err.status === 404 || err.status === 405)) {
+        this.directReads = false;
+        this.onFallback?.('the API has no read-plan route: reading through the API from now on');
+      }
+      return bytes;
+    }
+    try {
+      this.direct.gets += plan.gets.length;
+      this.rangedGets += plan.gets.length;
+      const bytes = await readPlanned(plan, this.requestTimeoutMs);
+      this.direct.reads++;
+      return bytes;
+    } catch (err) {
+      this.direct.fallbacks++;
+      this.onFallback?.(`direct read @${offset}+${length}: ${(err as Error).message}; reading through the API`);
+      return this.readThroughApi(offset, length);
+    }
+  }
+
+  /** The head's plan of a read (`GET /volumes/{id}/read-plan`), checked against the range asked. */
+  async readPlan(offset: number, length: number): Promise<ReadPlan> {
+    this.sent.plans++;
+    const body = await this.send(`read plan ${this.volumeId} @${offset}+${length}`, this.url(`/read-plan?offset=${offset}&length=${length}`), {
+      method: 'GET',
+      headers: this.keyHeader(),
+    });
+    let plan: ReadPlan;
+    try {
+      plan = JSON.parse(body.toString('utf8')) as ReadPlan;
+      checkPlan(plan, offset, length);
+    } catch (err) {
+      throw new VolumeApiError(`read plan ${this.volumeId} @${offset}+${length}: unusable answer: ${(err as Error).message}`, 200, { cause: err });
+    }
+    return plan;
+  }
+
+  /** Reads `length` bytes (block-aligned, at most API_MAX_IO_BYTES) at `offset` through the API (the head fetches the chunks). */
+  async readThroughApi(offset: number, length: number): Promise<Buffer> {
     if (length > API_MAX_IO_BYTES) throw new RangeError(`a read through the API is at most ${API_MAX_IO_BYTES} bytes, not ${length}`);
     this.sent.reads++;
     const body = await this.send(`read ${this.volumeId} @${offset}+${length}`, this.url(`/data?offset=${offset}&length=${length}`), { method: 'GET', headers: this.keyHeader() }, (h) => {
@@ -226,6 +294,25 @@ export class VolumeClient {
     return this.reservationKey ? { 'x-sledge-reservation-key': this.reservationKey } : {};
   }
 
+  /** Renews this reader's read lease (multi-attach, docs/nbd-gateway.md) and returns what it learned. */
+  async renewReadLease(body: { key: string; leaseMs: number; ackEpoch: number | null; closeAtSeq?: number }): Promise<ReadLeaseAnswer> {
+    const answer = await this.send(`read lease of ${this.volumeId}`, this.url('/read-lease'), {
+      method: 'POST',
+      body: Buffer.from(JSON.stringify({ action: 'renew', ...body })),
+      headers: { 'content-type': 'application/json' },
+    });
+    return JSON.parse(answer.toString('utf8')) as ReadLeaseAnswer;
+  }
+
+  /** Gives the read lease back (a clean stop). */
+  async releaseReadLease(key: string): Promise<void> {
+    await this.send(`read lease release on ${this.volumeId}`, this.url('/read-lease'), {
+      method: 'POST',
+      body: Buffer.from(JSON.stringify({ action: 'release', key })),
+      headers: { 'content-type': 'application/json' },
+    });
+  }
+
   /** Sends a reservation command (docs/reservations.md) and returns the new state. */
   async reserve(command: { action: string; key: string; type?: string; victimKey?: string }): Promise<ReservationState> {
     const body = await this.send(`reservation ${command.action} on ${this.volumeId}`, this.url('/reservations'), {
@@ -235,6 +322,14 @@ export class VolumeClient {
     });
     return JSON.parse(body.toString('utf8')) as ReservationState;
   }
+}
+
+/** What the API answers to a read-lease renewal (docs/nbd-gateway.md, "The reader's side"). */
+export interface ReadLeaseAnswer {
+  leaseMs: number;
+  ackedEpoch: number;
+  intent: { epoch: number; open: boolean };
+  headSeq: number;
 }
 
 /** What the API answers to reservation commands. */

@@ -46,7 +46,8 @@ import {
 import { GetQueueUrlCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { App, DefaultStackSynthesizer, RemovalPolicy } from 'aws-cdk-lib';
 import type { CfnFunction } from 'aws-cdk-lib/aws-lambda';
-import { cdkJsonContext, SledgeStack } from '../cdk/stack.ts';
+import { cdkJsonContext } from '../cdk/contract.ts';
+import { SledgeStack } from '../cdk/stack.ts';
 
 /** The resource types deployed to the local endpoint: the data resources the local runtime uses. */
 export const LOCAL_RESOURCE_TYPES: readonly string[] = ['AWS::S3::Bucket', 'AWS::DynamoDB::Table', 'AWS::SQS::Queue'];

@@ -9,7 +9,8 @@ import { dynamoPageMap } from './aws/pagemap/index.ts';
 import { dynamoGroupStore } from './aws/pagemap/groups.ts';
 import type { GroupStore } from './core/groups.ts';
 import { sqsWorkQueue } from './aws/work-queue.ts';
-import type { ChunkStore, DriveRegistry, PageMapStore, Ports, WorkQueue } from './core/ports.ts';
+import { dynamoNotes } from './aws/notes.ts';
+import type { ChunkStore, DriveRegistry, NoteStore, PageMapStore, Ports, WorkQueue } from './core/ports.ts';
 
 const bound: Ports = { pageMap: dynamoPageMap, drives: dynamoDriveRegistry, chunks: s3ChunkStore, queue: sqsWorkQueue };
 
@@ -21,6 +22,11 @@ export function pageMap(): PageMapStore {
 /** Consistency groups and their snapshots (DynamoDB; docs/consistency-groups.md). */
 export function groupStore(): GroupStore {
   return dynamoGroupStore;
+}
+
+/** Notes at the primary: backup job records and work failure notes (DynamoDB; docs/backup.md). */
+export function notes(): NoteStore {
+  return dynamoNotes;
 }
 
 /** The chunk store (S3 sleds). */

@@ -7,11 +7,28 @@ import { NotFoundError, UnavailableError } from '../core/errors.ts';
 import { hasVault } from '../core/vault-config.ts';
 import { owned } from './authz.ts';
 import type { Request } from './http.ts';
-import { getBackup, getRestore } from '../backup/catalog.ts';
+import { getRestore } from '../backup/catalog.ts';
+import { readBackupOrJob } from '../backup/job-records.ts';
+import { groupBackupOwner, groupRestoreOwner } from '../backup/groups.ts';
 import { checkBackupId, checkRestoreId } from '../backup/records.ts';
 
 export const BACKUP_OWNER = owned('backup', 'backupId');
 export const RESTORE_OWNER = owned('restore', 'restoreId');
+export const GROUP_BACKUP_OWNER = owned('groupBackup', 'groupBackupId');
+export const GROUP_RESTORE_OWNER = owned('groupRestore', 'groupRestoreId');
+
+/** The owner of a group backup or group restore (docs/consistency-groups.md): null without a vault or when it does not exist. */
+export async function groupBackupOrRestoreOwner(kind: 'backup' | 'restore', id: string): Promise<string | undefined | null> {
+  if (!hasVault()) return null;
+  return kind === 'backup' ? groupBackupOwner(id) : groupRestoreOwner(id);
+}
+
+/** A tenant restores only its own group backups (another tenant's reads as missing). */
+export async function checkGroupRestoreSource(req: Request, body: Record<string, unknown>): Promise<void> {
+  const id = body.groupBackupId;
+  if (typeof id !== 'string' || req.principal === undefined || req.principal.operator) return;
+  if ((await groupBackupOwner(id)) !== req.principal.arn) throw new NotFoundError(`group backup ${id} does not exist`);
+}
 
 export function requireVault(): void {
   if (!hasVault()) throw new UnavailableError('this deployment has no backup vault configured (docs/backup.md)', { retryAfterSeconds: 60 });
@@ -24,8 +41,9 @@ export async function backupOwner(backupId: string): Promise<string | undefined 
   } catch {
     return null;
   }
-  const b = await getBackup(backupId);
-  return b ? b.record.owner : null;
+  const found = await readBackupOrJob(backupId);
+  if (!found) return null;
+  return 'job' in found ? found.job.owner : found.record.owner;
 }
 
 export async function restoreOwner(restoreId: string): Promise<string | undefined | null> {

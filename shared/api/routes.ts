@@ -30,11 +30,25 @@ import { checkKey } from '../control/reservations.ts';
 import type { WriterIdentity } from '../data/segments.ts';
 import { HEAD_ID, MAX_IO_BYTES } from '../data/volume-rules.ts';
 import { describeReservations, applyReservationBody } from '../control/reservation-commands.ts';
+import { applyReadLeaseBody } from '../control/read-lease-commands.ts';
 import { createVolume, deleteVolume, describeVolume, listVolumeViews, resizeVolume } from '../control/volumes.ts';
 import { readAllocation, readData, readSnapshotData } from '../data/read.ts';
+import { planRead } from '../data/read-plan.ts';
 import { changedBlocks, createSnapshot, deleteSnapshot, describeSnapshot, listSnapshotViews, rollbackVolume } from '../control/snapshots.ts';
 import { trimRange, writeData, writePieces } from '../data/write.ts';
-import { BACKUP_OWNER, RESTORE_OWNER, backupOwner, checkRestoreSource, requireVault, restoreOwner } from './backup-routes.ts';
+import {
+  BACKUP_OWNER,
+  GROUP_BACKUP_OWNER,
+  GROUP_RESTORE_OWNER,
+  RESTORE_OWNER,
+  backupOwner,
+  checkGroupRestoreSource,
+  checkRestoreSource,
+  groupBackupOrRestoreOwner,
+  requireVault,
+  restoreOwner,
+} from './backup-routes.ts';
+import { deleteGroupBackup, describeGroupBackup, describeGroupRestore, listGroupBackupViews, startGroupBackup, startGroupRestore } from '../backup/groups.ts';
 import { describeBackup, listBackupViews, startBackup } from '../backup/backup.ts';
 import { deleteBackup, verifyBackup } from '../backup/delete.ts';
 import { describeRestore, startRestore } from '../backup/restore.ts';
@@ -114,6 +128,8 @@ export const router = new Router()
   .resource('backup', backupOwner)
   .resource('restore', restoreOwner)
   .resource('group', groupOwner)
+  .resource('groupBackup', (id) => groupBackupOrRestoreOwner('backup', id))
+  .resource('groupRestore', (id) => groupBackupOrRestoreOwner('restore', id))
   .on('GET', '/openapi.json', ANY_PRINCIPAL, async () => ({ status: 200, json: openapi }))
   .on('GET', '/volumes', ANY_PRINCIPAL, async (req) => ({
     status: 200,
@@ -154,6 +170,11 @@ export const router = new Router()
     const length = intQuery(req, 'length');
     return { status: 200, json: { runs: await readAllocation(req.params.volumeId!, offset, length, requestKey(req)) } };
   })
+  .on('GET', '/volumes/{volumeId}/read-plan', VOLUME_DATA, async (req) => {
+    const offset = intQuery(req, 'offset');
+    const length = intQuery(req, 'length');
+    return { status: 200, json: await planRead(req.params.volumeId!, offset, length, requestKey(req)) };
+  })
   .on('POST', '/volumes/{volumeId}/batch', VOLUME_DATA, async (req) => {
     requireBinary(req, [BATCH_CONTENT_TYPE, 'application/octet-stream']);
     if (req.body.length > MAX_IO_BYTES + MAX_BATCH_HEADER_BYTES + 8)
@@ -171,6 +192,10 @@ export const router = new Router()
   .on('POST', '/volumes/{volumeId}/reservations', VOLUME_OWNER, async (req) => {
     return { status: 200, json: await applyReservationBody(req.params.volumeId!, jsonBody(req)) };
   })
+  .on('POST', '/volumes/{volumeId}/read-lease', VOLUME_OWNER, async (req) => ({
+    status: 200,
+    json: await applyReadLeaseBody(req.params.volumeId!, jsonBody(req)),
+  }))
   .on('GET', '/volumes/{volumeId}/heads', VOLUME_OWNER, async (req) => ({ status: 200, json: await describeHeads(req.params.volumeId!) }))
   .on('PUT', '/volumes/{volumeId}/heads', VOLUME_OWNER, async (req) => ({ status: 200, json: await designateHeads(req.params.volumeId!, jsonBody(req)) }))
   .on('POST', '/volumes/{volumeId}/heads/renew', VOLUME_OWNER, async (req) => ({ status: 200, json: await renewLease(req.params.volumeId!, jsonBody(req)) }))
@@ -290,7 +315,31 @@ export const router = new Router()
     await checkRestoreSource(req, body);
     return { status: 202, json: await startRestore(body, newOwner(req)) };
   })
-  .on('GET', '/restores/{restoreId}', RESTORE_OWNER, async (req) => ({ status: 200, json: await describeRestore(req.params.restoreId!) }));
+  .on('GET', '/restores/{restoreId}', RESTORE_OWNER, async (req) => ({ status: 200, json: await describeRestore(req.params.restoreId!) }))
+  // Group snapshots backed up and restored as a group (docs/consistency-groups.md).
+  .on('POST', '/consistency-groups/{groupId}/snapshots/{groupSnapshotId}/backups', GROUP_OWNER, async (req) => {
+    requireVault();
+    return { status: 202, json: await startGroupBackup(req.params.groupId!, req.params.groupSnapshotId!, optionalJsonBody(req)) };
+  })
+  .on('GET', '/group-backups', ANY_PRINCIPAL, async (req) => {
+    requireVault();
+    return { status: 200, json: await listGroupBackupViews(req.query.groupId, ownerFilter(req.principal)) };
+  })
+  .on('GET', '/group-backups/{groupBackupId}', GROUP_BACKUP_OWNER, async (req) => ({ status: 200, json: await describeGroupBackup(req.params.groupBackupId!) }))
+  .on('DELETE', '/group-backups/{groupBackupId}', GROUP_BACKUP_OWNER, async (req) => ({
+    status: 202,
+    json: await deleteGroupBackup(req.params.groupBackupId!),
+  }))
+  .on('POST', '/group-restores', ANY_PRINCIPAL, async (req) => {
+    requireVault();
+    const body = jsonBody(req);
+    await checkGroupRestoreSource(req, body);
+    return { status: 202, json: await startGroupRestore(body, newOwner(req)) };
+  })
+  .on('GET', '/group-restores/{groupRestoreId}', GROUP_RESTORE_OWNER, async (req) => ({
+    status: 200,
+    json: await describeGroupRestore(req.params.groupRestoreId!),
+  }));
 
 // A head that hits a bug while serving a volume dumps its in-flight state before answering 500.
 router.onUnexpectedError(async (err, req) => {

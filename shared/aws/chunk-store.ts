@@ -8,6 +8,7 @@ import type { ChunkStore } from '../core/ports.ts';
 import { invariant } from '../core/errors.ts';
 import { DRIVES_PER_SLED, driveName, type ChunkLocation, type ListedChunk, type VolumeChunk } from '../data/sleds.ts';
 import { s3 } from './clients.ts';
+import { SignatureV4 } from '@smithy/signature-v4';
 
 /** Writes a chunk that must not exist yet (`If-None-Match: *`): chunks are never overwritten. */
 export async function putChunk(loc: ChunkLocation, body: Buffer, crc32c: number): Promise<void> {
@@ -68,6 +69,69 @@ export async function getChunkRange(loc: ChunkLocation, start: number, end: numb
     if (isMissing(err)) return null;
     throw err;
   }
+}
+
+/** The parts of an HTTP request the SDK's serializer resolved (endpoint, path, query). */
+interface ResolvedRequest {
+  protocol: string;
+  hostname: string;
+  port?: number;
+  path: string;
+  query: Record<string, string | string[] | null>;
+}
+
+/** The longest a presigned chunk URL may live: the longest a gateway should hold a read plan. */
+export const PRESIGN_MAX_SECONDS = 3600;
+
+let presigner: SignatureV4 | undefined;
+
+/**
+ * A presigned URL (SigV4 query-string signature, the head's credentials) for one GET of bytes
+ * `[start, end)` of a chunk, valid `expiresSeconds`. The `Range` header is signed in: the URL is
+ * good for exactly that range, sent with exactly `Range: bytes=<start>-<end - 1>`. No request is
+ * sent; the endpoint and path are the ones the S3 client would use (the SDK resolves them, then
+ * the request is taken before signing and sending).
+ */
+export async function presignChunkRange(loc: ChunkLocation, start: number, end: number, expiresSeconds: number): Promise<string> {
+  invariant(end > start && start >= 0, () => `bad range [${start}, ${end})`);
+  invariant(expiresSeconds > 0 && expiresSeconds <= PRESIGN_MAX_SECONDS, () => `bad expiry ${expiresSeconds} s`);
+  const client = s3();
+  const range = `bytes=${start}-${end - 1}`;
+  const command = new GetObjectCommand({ Bucket: loc.bucket, Key: loc.key, Range: range });
+  // Last in the build step: the request is resolved, and nothing after (signing, retries, the
+  // request counter, fault injection, the network) runs.
+  (command.middlewareStack as unknown as { add(mw: unknown, opts: { step: 'build'; name: string; priority: 'low' }): void }).add(
+    () => async (args: { request: ResolvedRequest }) => ({ output: { request: args.request }, response: {} }),
+    { step: 'build', name: 'sledgeTakeRequest', priority: 'low' },
+  );
+  const { request } = (await client.send(command)) as unknown as { request: ResolvedRequest };
+  presigner ??= new SignatureV4({
+    credentials: client.config.credentials,
+    region: client.config.region,
+    service: 's3',
+    sha256: client.config.sha256,
+    uriEscapePath: false,
+  });
+  const host = request.port ? `${request.hostname}:${request.port}` : request.hostname;
+  const signed = await presigner.presign(
+    {
+      method: 'GET',
+      protocol: request.protocol,
+      hostname: request.hostname,
+      ...(request.port ? { port: request.port } : {}),
+      path: request.path,
+      query: { ...request.query },
+      // S3 takes presigned GETs with an unsigned payload; this header becomes a query parameter.
+      headers: { host, range, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
+    },
+    { expiresIn: expiresSeconds },
+  );
+  const query = Object.entries(signed.query ?? {})
+    .flatMap(([k, v]) =>
+      v === null ? [encodeURIComponent(k)] : (Array.isArray(v) ? v : [v]).map((one) => `${encodeURIComponent(k)}=${encodeURIComponent(one)}`),
+    )
+    .join('&');
+  return `${request.protocol}//${host}${request.path}?${query}`;
 }
 
 /** The last `bytes` bytes of a chunk object (all of it if shorter), or null if it does not exist. */
@@ -214,6 +278,7 @@ export const s3ChunkStore: ChunkStore = {
   putChunk,
   storedChunkEquals,
   getChunkRange,
+  presignChunkRange,
   getChunkTail,
   getChunk,
   deleteChunk,

@@ -37,11 +37,36 @@ function counted<C extends S3Client | DynamoDBClient>(client: C, service: string
       const body = (args as { request?: { body?: unknown } }).request?.body;
       if (body instanceof Uint8Array) bytesSent += body.byteLength;
       else if (typeof body === 'string') bytesSent += Buffer.byteLength(body);
-      return next(args);
+      try {
+        return await next(args);
+      } catch (err) {
+        if (typeof err === 'object' && err !== null) fromVault.add(err);
+        throw err;
+      }
     },
     { step: 'finalizeRequest', name: 'sledgeVaultCounter' },
   );
   return client;
+}
+
+/** Errors thrown by a request to the vault (any attempt), to tell them from the primary's. */
+const fromVault = new WeakSet<object>();
+
+/**
+ * Whether `err` is a vault request that got no usable answer: no response at all (refused
+ * connection, timeout, reset) or a 5xx, after the SDK's own retries. A refusal the vault
+ * answered (a failed condition, a missing key) is not.
+ */
+export function isVaultUnreachable(err: unknown): boolean {
+  if (typeof err !== 'object' || err === null || !fromVault.has(err)) return false;
+  const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+  return status === undefined || status >= 500;
+}
+
+/** The vault as an error message names it. */
+export function describeVault(): string {
+  const c = vaultConfig();
+  return `catalog ${c.table} / bucket ${c.bucket} at ${c.endpointUrl ?? c.region}`;
 }
 
 let s3Client: S3Client | undefined;

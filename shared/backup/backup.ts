@@ -15,13 +15,14 @@ import { changedBlocks } from '../control/snapshots.ts';
 import { pageMap, workQueue } from '../ports.ts';
 import { addChild, changeBackup, getBackup, listBackups, listPacks, putNewBackup, putPack } from './catalog.ts';
 import { newBackupId, packIdOf, packKey, type BackupRecord, type PackExtent, type PackRecord } from './records.ts';
+import { failureText, forgetJobRecord, readBackupOrJob, recordJobAtPrimary, settleBackup, type BackupJobRecord } from './job-records.ts';
 
 /** Packs shipped per message; then the job queues itself again (a Lambda run stays short). */
 export const PACKS_PER_MESSAGE = 8;
 /** Bytes read from the snapshot at a time (the read path's limit), and reads in flight ahead of the packing. */
 const READ_BYTES = 4 * 1024 * 1024;
 const READ_AHEAD = 6;
-/** The queue's maxReceiveCount (cdk/stack.ts): on this receive a failing job records that it failed. */
+/** The queue's maxReceiveCount (`MAX_RECEIVE_COUNT`, cdk/contract.ts): on this receive a failing job records that it failed. */
 export const LAST_RECEIVE = 5;
 
 /** What the API shows of a backup: the record, with rate and ETA while it runs. */
@@ -84,12 +85,23 @@ export async function startBackup(volumeId: string, body: unknown): Promise<{ ba
   const extra = Object.keys(body).filter((k) => k !== 'snapshotId');
   if (extra.length > 0) throw new InvalidInputError(`unknown field ${JSON.stringify(extra[0])}; a backup takes snapshotId`);
   const snapshotId = checkSnapshotIdField((body as { snapshotId?: unknown }).snapshotId, 'snapshotId');
-  const { snapshot, volume } = await requireSnapshot(snapshotId);
+  await checkBackupable(volumeId, snapshotId);
+  return beginBackup(volumeId, snapshotId, newBackupId(volumeId));
+}
+
+/** 404 for a snapshot that is missing or not the volume's, 409 while a backup of it is queued or running. */
+export async function checkBackupable(volumeId: string, snapshotId: string): Promise<void> {
+  const { snapshot } = await requireSnapshot(snapshotId);
   if (snapshot.volumeId !== volumeId) throw new NotFoundError(`snapshot ${snapshotId} is not a snapshot of volume ${volumeId}`);
-  const running = (await listBackups(volumeId)).find((b) => b.snapshotId === snapshotId && (b.state === 'queued' || b.state === 'running'));
+  const ofSnapshot = (await listBackups(volumeId)).filter((b) => b.snapshotId === snapshotId);
+  const running = (await Promise.all(ofSnapshot.map(settleBackup))).find((b) => b.state === 'queued' || b.state === 'running');
   if (running) throw new ConflictError(`backup ${running.backupId} of snapshot ${snapshotId} is already ${running.state}`);
+}
+
+/** Records the backup `backupId` of a checked snapshot (its base chosen now) and queues its job. */
+export async function beginBackup(volumeId: string, snapshotId: string, backupId: string): Promise<{ backupId: string; base?: string; state: string }> {
+  const { snapshot, volume } = await requireSnapshot(snapshotId);
   const now = new Date().toISOString();
-  const backupId = newBackupId(volumeId);
   let base: BackupRecord | undefined;
   // A base being deleted refuses new children; choose again (at worst, a full backup).
   for (let attempt = 0; attempt < 4; attempt++) {
@@ -202,25 +214,43 @@ async function shipPack(backupId: string, seq: number, data: Buffer, extents: Pa
  * committed, ships up to PACKS_PER_MESSAGE more, and queues itself again or completes.
  */
 export async function backupStep(backupId: string, receiveCount = 1): Promise<Record<string, unknown>> {
-  const stored = await getBackup(backupId);
-  if (!stored) return { backupId, skipped: 'no such backup' };
-  if (stored.record.state !== 'queued' && stored.record.state !== 'running') return { backupId, skipped: `backup is ${stored.record.state}` };
   try {
-    return await ship(backupId);
+    const stored = await getBackup(backupId);
+    if (!stored) return { backupId, skipped: 'no such backup' };
+    if (stored.record.state !== 'queued' && stored.record.state !== 'running') return { backupId, skipped: `backup is ${stored.record.state}` };
+    const out = await ship(backupId);
+    // An earlier attempt may have left a job record at the primary; this one got through.
+    if (receiveCount > 1) await forgetJobRecord(backupId).catch(() => undefined);
+    return out;
   } catch (err) {
-    const message = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
     // The snapshot went away at the primary: nothing will make this backup possible again.
     const permanent = err instanceof NotFoundError;
     const last = permanent || receiveCount >= LAST_RECEIVE;
-    await changeBackup(backupId, (r) => {
+    const reason = failureText(err);
+    const error = permanent
+      ? reason
+      : last
+        ? `${reason}; gave up after ${receiveCount} attempts`
+        : `${reason} (attempt ${receiveCount} of ${LAST_RECEIVE}, retried)`;
+    const recorded = await changeBackup(backupId, (r) => {
       if (r.state !== 'queued' && r.state !== 'running') return false;
-      r.error = last ? message : `${message} (attempt ${receiveCount}, retried)`;
+      r.error = error;
       if (last) r.state = 'failed';
       return true;
-    }).catch(() => undefined); // the vault may be what failed; the dead-letter queue keeps the reason then
-    if (permanent) return { backupId, failed: message };
-    throw err;
+    }).then(
+      () => true,
+      () => false,
+    );
+    // The vault did not take it: the primary keeps it, where GET /backups/{id} finds it.
+    if (!recorded) await recordJobAtPrimary(backupId, last ? 'failed' : 'running', error, receiveCount).catch(() => undefined);
+    if (permanent) return { backupId, failed: error };
+    throw new BackupJobError(error, { cause: err });
   }
+}
+
+/** A backup attempt failed; the message says what failed and which attempt it was. */
+export class BackupJobError extends Error {
+  override name = 'BackupJobError';
 }
 
 async function ship(backupId: string): Promise<Record<string, unknown>> {
@@ -325,13 +355,23 @@ function packListedBytes(p: PackRecord, bs: number): number {
   return p.extents.reduce((sum, [, count]) => sum + count * bs, 0);
 }
 
-export async function describeBackup(backupId: string): Promise<BackupView> {
-  const stored = await getBackup(backupId);
-  if (!stored) throw new NotFoundError(`backup ${backupId} does not exist`);
-  return backupView(stored.record);
+/** What the API shows of a backup whose vault does not answer: this site's job record. */
+export interface BackupJobView extends Omit<BackupJobRecord, 'recordedAt'> {
+  updatedAt: string;
+  vaultReachable: false;
+}
+
+export async function describeBackup(backupId: string): Promise<BackupView | BackupJobView> {
+  const found = await readBackupOrJob(backupId);
+  if (!found) throw new NotFoundError(`backup ${backupId} does not exist`);
+  if ('job' in found) {
+    const { recordedAt, ...job } = found.job;
+    return { ...job, updatedAt: recordedAt, vaultReachable: false };
+  }
+  return backupView(found.record);
 }
 
 export async function listBackupViews(volumeId: string | undefined, owner: string | undefined): Promise<{ backups: BackupView[] }> {
-  const all = await listBackups(volumeId);
-  return { backups: all.filter((b) => owner === undefined || b.owner === owner).map((b) => backupView(b)) };
+  const all = (await listBackups(volumeId)).filter((b) => owner === undefined || b.owner === owner);
+  return { backups: (await Promise.all(all.map(settleBackup))).map((b) => backupView(b)) };
 }

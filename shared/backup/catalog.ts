@@ -10,12 +10,12 @@ import {
   GetItemCommand,
   PutItemCommand,
   QueryCommand,
-  ScanCommand,
   UpdateItemCommand,
   type AttributeValue,
 } from '@aws-sdk/client-dynamodb';
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultDynamo } from '../aws/vault-clients.ts';
+import { getItems, listedIds, putListed, removeListing } from './listing.ts';
 import { volumeOfBackup, type BackupRecord, type PackExtent, type PackRecord, type RestoreRecord } from './records.ts';
 
 type Item = Record<string, AttributeValue>;
@@ -43,13 +43,15 @@ function packItemKey(packId: string): Item {
 export interface StoredBackup {
   record: BackupRecord;
   children: string[];
+  /** The restores holding it (docs/backup.md, "A restore holds its backup"). */
+  restoring: string[];
 }
 
 function toBackup(item: Item): StoredBackup {
   const record = JSON.parse(item.doc!.S!) as BackupRecord;
   record.version = Number(item.version!.N);
   record.state = item.state!.S as BackupRecord['state'];
-  return { record, children: item.children?.SS ?? [] };
+  return { record, children: item.children?.SS ?? [], restoring: item.restoring?.SS ?? [] };
 }
 
 function backupDoc(r: BackupRecord): string {
@@ -62,32 +64,31 @@ export async function getBackup(backupId: string): Promise<StoredBackup | null> 
   return out.Item ? toBackup(out.Item) : null;
 }
 
+/** Puts a new backup record (condition: absent) with its listing item. */
 export async function putNewBackup(r: BackupRecord): Promise<void> {
-  await vaultDynamo().send(
-    new PutItemCommand({
-      TableName: table(),
-      Item: {
-        ...backupKey(r.backupId),
-        kind: { S: 'backup' },
-        volumeId: { S: r.volumeId },
-        state: { S: r.state },
-        version: { N: '0' },
-        doc: { S: backupDoc({ ...r, version: 0 }) },
-      },
-      ConditionExpression: 'attribute_not_exists(pk)',
-    }),
-  );
+  const item: Item = {
+    ...backupKey(r.backupId),
+    kind: { S: 'backup' },
+    volumeId: { S: r.volumeId },
+    state: { S: r.state },
+    version: { N: '0' },
+    doc: { S: backupDoc({ ...r, version: 0 }) },
+  };
+  await putListed(item, 'backup', r.backupId);
 }
 
-/** Writes `r` over the stored record if it is still at `r.version`; false if another update came first. */
-export async function updateBackup(r: BackupRecord): Promise<boolean> {
+/**
+ * Writes `r` over the stored record if it is still at `r.version` (and, with `unheld`, no restore
+ * holds it); false if another update came first.
+ */
+export async function updateBackup(r: BackupRecord, opts: { unheld?: boolean } = {}): Promise<boolean> {
   try {
     await vaultDynamo().send(
       new UpdateItemCommand({
         TableName: table(),
         Key: backupKey(r.backupId),
         UpdateExpression: 'SET #doc = :doc, #state = :state, #version = :next',
-        ConditionExpression: '#version = :version',
+        ConditionExpression: opts.unheld ? '#version = :version AND attribute_not_exists(restoring)' : '#version = :version',
         ExpressionAttributeNames: { '#doc': 'doc', '#state': 'state', '#version': 'version' },
         ExpressionAttributeValues: {
           ':doc': { S: backupDoc(r) },
@@ -141,6 +142,43 @@ export async function addChild(baseId: string, childId: string, requireComplete:
   }
 }
 
+/** A restore holds a complete backup (ADD to `restoring`, on condition that it is complete); false if it is not (any more). */
+export async function holdBackup(backupId: string, restoreId: string): Promise<boolean> {
+  try {
+    await vaultDynamo().send(
+      new UpdateItemCommand({
+        TableName: table(),
+        Key: backupKey(backupId),
+        UpdateExpression: 'ADD restoring :r',
+        ConditionExpression: '#state = :complete',
+        ExpressionAttributeNames: { '#state': 'state' },
+        ExpressionAttributeValues: { ':r': { SS: [restoreId] }, ':complete': { S: 'complete' } },
+      }),
+    );
+    return true;
+  } catch (err) {
+    if (isConditionFailure(err)) return false;
+    throw err;
+  }
+}
+
+/** A restore lets its backup go (an empty set disappears, which is what a delete's condition asks). */
+export async function releaseBackup(backupId: string, restoreId: string): Promise<void> {
+  try {
+    await vaultDynamo().send(
+      new UpdateItemCommand({
+        TableName: table(),
+        Key: backupKey(backupId),
+        UpdateExpression: 'DELETE restoring :r',
+        ConditionExpression: 'attribute_exists(pk)',
+        ExpressionAttributeValues: { ':r': { SS: [restoreId] } },
+      }),
+    );
+  } catch (err) {
+    if (!isConditionFailure(err)) throw err;
+  }
+}
+
 export async function removeChild(baseId: string, childId: string): Promise<void> {
   try {
     await vaultDynamo().send(
@@ -159,29 +197,26 @@ export async function removeChild(baseId: string, childId: string): Promise<void
 
 export async function deleteBackupRecord(backupId: string): Promise<void> {
   await vaultDynamo().send(new DeleteItemCommand({ TableName: table(), Key: backupKey(backupId) }));
+  await removeListing('backup', backupId);
 }
 
-/** Every backup record (of one volume when given: one Query; else a Scan of the catalog), oldest first. */
+/** Every backup record (of one volume when given: one Query; else the listing, then the records), oldest first. */
 export async function listBackups(volumeId?: string): Promise<BackupRecord[]> {
   const out: BackupRecord[] = [];
+  if (volumeId === undefined) {
+    for (const item of await getItems((await listedIds('backup')).map(backupKey))) out.push(toBackup(item).record);
+    return out.sort((a, b) => (a.backupId < b.backupId ? -1 : 1));
+  }
   let start: Item | undefined;
   do {
     const page = await vaultDynamo().send(
-      volumeId === undefined
-        ? new ScanCommand({
-            TableName: table(),
-            ConsistentRead: true,
-            FilterExpression: 'kind = :backup',
-            ExpressionAttributeValues: { ':backup': { S: 'backup' } },
-            ...(start ? { ExclusiveStartKey: start } : {}),
-          })
-        : new QueryCommand({
-            TableName: table(),
-            ConsistentRead: true,
-            KeyConditionExpression: 'pk = :pk AND begins_with(sk, :backup)',
-            ExpressionAttributeValues: { ':pk': { S: `vol#${volumeId}` }, ':backup': { S: 'backup#' } },
-            ...(start ? { ExclusiveStartKey: start } : {}),
-          }),
+      new QueryCommand({
+        TableName: table(),
+        ConsistentRead: true,
+        KeyConditionExpression: 'pk = :pk AND begins_with(sk, :backup)',
+        ExpressionAttributeValues: { ':pk': { S: `vol#${volumeId}` }, ':backup': { S: 'backup#' } },
+        ...(start ? { ExclusiveStartKey: start } : {}),
+      }),
     );
     for (const item of page.Items ?? []) out.push(toBackup(item).record);
     start = page.LastEvaluatedKey;

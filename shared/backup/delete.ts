@@ -7,29 +7,64 @@ import { ConflictError, NotFoundError, UnavailableError } from '../core/errors.t
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultS3 } from '../aws/vault-clients.ts';
 import { workQueue } from '../ports.ts';
-import { addChild, addPackRef, changeBackup, deleteBackupRecord, deletePackRecord, getBackup, listPacks, removeChild, removePackRef } from './catalog.ts';
+import {
+  addChild,
+  addPackRef,
+  changeBackup,
+  deleteBackupRecord,
+  deletePackRecord,
+  getBackup,
+  getRestore,
+  listPacks,
+  releaseBackup,
+  removeChild,
+  removePackRef,
+  updateBackup,
+} from './catalog.ts';
 import { packKey } from './records.ts';
+import { settleBackup } from './job-records.ts';
 import { backupChain, blockMap, readPackBlocks, BadBlockError } from './restore.ts';
 
 /** A queued or running backup whose record has not changed for this long may be deleted. */
 export const STALE_MS = 15 * 60_000;
 
-/** `DELETE /backups/{id}` (202): the record goes to `deleting` and the job is queued. */
+/** `DELETE /backups/{id}` (202): the record goes to `deleting` and the job is queued. 409 while it runs or a restore holds it. */
 export async function deleteBackup(backupId: string): Promise<{ backupId: string; state: string }> {
-  const stored = await getBackup(backupId);
-  if (!stored) throw new NotFoundError(`backup ${backupId} does not exist`);
-  const r = await changeBackup(backupId, (x) => {
-    if (x.state === 'deleting') return false;
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const stored = await getBackup(backupId);
+    if (!stored) throw new NotFoundError(`backup ${backupId} does not exist`);
+    const x = await settleBackup(stored.record); // a job that failed while the vault was down may be deleted at once
+    if (x.state === 'deleting') {
+      await workQueue().send({ type: 'backup-delete', backupId }); // a delete asked again runs its job again
+      return { backupId, state: 'deleting' };
+    }
     // A job whose record has not moved for STALE_MS is taken for dead (its worker cannot reach the vault, or is gone).
     const stale = Date.now() - Date.parse(x.updatedAt) > STALE_MS;
     if (x.state !== 'complete' && x.state !== 'failed' && !stale) {
       throw new ConflictError(`backup ${backupId} is ${x.state}; delete it once it is complete or failed (or has not moved for ${STALE_MS / 60_000} minutes)`);
     }
+    if (stored.restoring.length > 0) {
+      await releaseEndedHolds(backupId, stored.restoring);
+      continue;
+    }
     x.state = 'deleting';
-    return true;
-  });
-  await workQueue().send({ type: 'backup-delete', backupId });
-  return { backupId, state: r?.state ?? 'deleting' };
+    x.updatedAt = new Date().toISOString();
+    if (!(await updateBackup(x, { unheld: true }))) continue; // changed or held meanwhile: read again
+    await workQueue().send({ type: 'backup-delete', backupId });
+    return { backupId, state: 'deleting' };
+  }
+  throw new ConflictError(`backup ${backupId} kept changing; retry`);
+}
+
+/** Removes the holds of restores that ended without removing them (or never got their record); 409 naming a live one. */
+async function releaseEndedHolds(backupId: string, restoreIds: readonly string[]): Promise<void> {
+  for (const restoreId of restoreIds) {
+    const r = await getRestore(restoreId);
+    if (r && r.state !== 'complete' && r.state !== 'failed') {
+      throw new ConflictError(`backup ${backupId} is being restored by ${restoreId} (${r.state}); delete it once the restore has ended`);
+    }
+    await releaseBackup(backupId, restoreId);
+  }
 }
 
 /** One `backup-delete` message: merge into each child, drop the references, delete what nothing uses. */

@@ -10,10 +10,11 @@ import { vaultS3 } from '../aws/vault-clients.ts';
 import { crc32c } from '../data/crc32c.ts';
 import { completeWrite, prepareWrite, type WritePiece } from '../data/write.ts';
 import { MAX_PAGES_PER_COMMIT } from '../core/records.ts';
+import type { WorkMessage } from '../core/work-messages.ts';
 import { createSnapshot } from '../control/snapshots.ts';
 import { createVolume, newVolumeId } from '../control/volumes.ts';
 import { pageMap, workQueue } from '../ports.ts';
-import { changeRestore, claimSiteRestore, getBackup, getPacks, getRestore, putNewRestore } from './catalog.ts';
+import { changeRestore, claimSiteRestore, getBackup, getPacks, getRestore, holdBackup, putNewRestore, releaseBackup } from './catalog.ts';
 import { checkBackupId, newRestoreId, packKey, type BackupRecord, type PackRecord, type RestoreRecord } from './records.ts';
 import { LAST_RECEIVE } from './backup.ts';
 
@@ -152,7 +153,21 @@ export async function startRestore(body: unknown, owner: string | undefined): Pr
     if ((sizeBytes as number) % b.blockSizeBytes !== 0) throw new InvalidInputError(`sizeBytes must be a multiple of the block size ${b.blockSizeBytes}`);
     size = sizeBytes as number;
   }
-  const restore = newRestoreRecord(b, size, owner);
+  return beginRestore(b, size, owner);
+}
+
+/** Holds a complete backup for a new restore (ids chosen by the caller or now), records the restore and queues its job. */
+export async function beginRestore(
+  b: BackupRecord,
+  size: number,
+  owner: string | undefined,
+  ids: { restoreId?: string; volumeId?: string } = {},
+): Promise<{ restoreId: string; volumeId: string }> {
+  const backupId = b.backupId;
+  const restore = newRestoreRecord(b, size, owner, ids.restoreId);
+  if (ids.volumeId !== undefined) restore.volumeId = ids.volumeId;
+  // Held before the record exists: a delete that finds a hold without a record releases it.
+  if (!(await holdBackup(b.backupId, restore.restoreId))) throw new ConflictError(`backup ${backupId} is being deleted; it cannot be restored`);
   await putNewRestore(restore);
   await workQueue().send({ type: 'restore-volume', restoreId: restore.restoreId });
   return { restoreId: restore.restoreId, volumeId: restore.volumeId };
@@ -178,13 +193,26 @@ function newRestoreRecord(b: BackupRecord, sizeBytes: number, owner: string | un
   return r;
 }
 
-/** One `restore-volume` message: runs the restore to the end, resuming where a killed run stopped. */
+/**
+ * What one message may still write, and the message that carries the restore on once it has
+ * (the top-level restore's own: a clone's parent is restored under its clone's messages).
+ */
+interface MessageBudget {
+  bytesLeft: number;
+  continuation: WorkMessage;
+}
+
+/**
+ * One `restore-volume` message: resumes where the last run stopped and writes up to the
+ * configured bytes per message, then queues the next message, or completes the restore.
+ */
 export async function restoreStep(restoreId: string, receiveCount = 1): Promise<Record<string, unknown>> {
   const r = await getRestore(restoreId);
   if (!r) return { restoreId, skipped: 'no such restore' };
   if (r.state === 'complete' || r.state === 'failed') return { restoreId, skipped: `restore is ${r.state}` };
   try {
-    return await runRestore(r, receiveCount);
+    const budget: MessageBudget = { bytesLeft: vaultConfig().restoreBytesPerMessage, continuation: { type: 'restore-volume', restoreId } };
+    return await runRestore(r, receiveCount, budget);
   } catch (err) {
     const message = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
     const permanent = err instanceof BadBlockError || err instanceof ConflictError || err instanceof NotFoundError;
@@ -195,13 +223,18 @@ export async function restoreStep(restoreId: string, receiveCount = 1): Promise<
       if (last) x.state = 'failed';
       return true;
     }).catch(() => undefined);
+    // An ended restore lets its backup go (a delete also removes holds of ended restores).
+    if (last) await releaseBackup(r.backupId, restoreId).catch(() => undefined);
     if (permanent) return { restoreId, failed: message };
     throw err;
   }
 }
 
-/** The restore of `crossing` at this site (made and run here if none is), complete, with its snapshot. */
-async function parentRestore(r: RestoreRecord, crossing: BackupRecord, receiveCount: number): Promise<RestoreRecord> {
+/**
+ * The restore of `crossing` at this site (made and run here if none is), complete, with its
+ * snapshot; null when this message's budget ran out first (the continuation is queued).
+ */
+async function parentRestore(r: RestoreRecord, crossing: BackupRecord, receiveCount: number, budget: MessageBudget): Promise<RestoreRecord | null> {
   const proposed = newRestoreRecord(crossing, crossing.sizeBytes, r.owner);
   const claimant = await claimSiteRestore(r.site, crossing.backupId, proposed.restoreId);
   let parent = await getRestore(claimant);
@@ -211,19 +244,23 @@ async function parentRestore(r: RestoreRecord, crossing: BackupRecord, receiveCo
     });
     parent = (await getRestore(claimant))!;
   }
-  if (parent.state !== 'complete') await runRestore(parent, receiveCount);
+  if (parent.state !== 'complete') {
+    if (!(await holdBackup(crossing.backupId, claimant))) throw new ConflictError(`parent backup ${crossing.backupId} is being deleted; it cannot be restored`);
+    if ((await runRestore(parent, receiveCount, budget)).continued) return null;
+  }
   parent = (await getRestore(claimant))!;
   if (parent.state !== 'complete' || !parent.snapshotId)
     throw new ConflictError(`the restore ${claimant} of parent backup ${crossing.backupId} is ${parent.state}`);
   return parent;
 }
 
-async function runRestore(initial: RestoreRecord, receiveCount: number): Promise<Record<string, unknown>> {
+async function runRestore(initial: RestoreRecord, receiveCount: number, budget: MessageBudget): Promise<Record<string, unknown>> {
   const restoreId = initial.restoreId;
   const b = (await getBackup(initial.backupId))?.record;
   if (!b || b.state !== 'complete') throw new ConflictError(`backup ${initial.backupId} is ${b?.state ?? 'gone'}; it cannot be restored`);
   const { own, crossing } = await backupChain(b);
-  const parent = crossing ? await parentRestore(initial, crossing, receiveCount) : undefined;
+  const parent = crossing ? await parentRestore(initial, crossing, receiveCount, budget) : undefined;
+  if (parent === null) return { restoreId, continued: true, waitingFor: 'the restore of its parent' };
   const bs = b.blockSizeBytes;
   const { map, packs } = await blockMap(own, bs);
   const blocks = [...map.keys()].filter((block) => block * bs < b.sizeBytes).sort((x, y) => x - y);
@@ -257,10 +294,16 @@ async function runRestore(initial: RestoreRecord, receiveCount: number): Promise
     fetches[k]!.catch(() => undefined); // awaited in order below
   };
   for (let k = 0; k < commits.length; k++) {
+    if (budget.bytesLeft <= 0) {
+      // This message has written its share: the next one resumes from nextBlock.
+      await workQueue().send(budget.continuation);
+      return { restoreId, volumeId: r.volumeId, resumedAtBlock, continued: true, nextBlock: r.nextBlock, bytesRestored: restored };
+    }
     for (let ahead = k; ahead < k + FETCH_AHEAD; ahead++) fetchCommit(ahead);
     await commitPieces(r.volumeId, await fetches[k]!);
     delete fetches[k];
     restored += commits[k]!.bytes;
+    budget.bytesLeft -= commits[k]!.bytes;
     const nextBlock = commits[k]!.nextBlock;
     const bytesRestored = restored;
     r = (await changeRestore(restoreId, (x) => {
@@ -282,6 +325,7 @@ async function runRestore(initial: RestoreRecord, receiveCount: number): Promise
     return true;
   });
   await claimSiteRestore(r.site, b.backupId, restoreId);
+  await releaseBackup(b.backupId, restoreId);
   return {
     restoreId,
     volumeId: r.volumeId,

@@ -297,6 +297,26 @@ export async function describeGroupSnapshot(groupId: string, groupSnapshotId: st
   return view(gs);
 }
 
+/**
+ * A group snapshot that is whole and finished, for backing it up (docs/consistency-groups.md,
+ * "Backing up"): 404 when absent (or aborted), 409 while it is being taken or deleted, or when a
+ * member snapshot was deleted on its own since.
+ */
+export async function requireWholeGroupSnapshot(groupId: string, groupSnapshotId: string): Promise<GroupSnapshotRecord> {
+  if (groupOfSnapshot(groupSnapshotId) !== groupId) throw new NotFoundError(`group snapshot ${groupSnapshotId} does not exist`);
+  const raw = await groupStore().getGroupSnapshot(groupId, groupSnapshotId);
+  if (!raw) throw new NotFoundError(`group snapshot ${groupSnapshotId} does not exist`);
+  if (raw.state === 'deleting') throw new ConflictError(`group snapshot ${groupSnapshotId} is being deleted`);
+  const gs = await settle(raw);
+  if (!gs) throw new NotFoundError(`group snapshot ${groupSnapshotId} does not exist (it was aborted)`);
+  if (gs.state === 'pending') throw new ConflictError(`group snapshot ${groupSnapshotId} is still being taken; back it up once it is ready`);
+  await finishMembers(gs);
+  const records = await Promise.all(gs.members.map((m) => pageMap().getSnapshot(m.volumeId, m.snapshotId)));
+  const gone = gs.members.find((_, i) => records[i]?.state !== 'ready');
+  if (gone) throw new ConflictError(`snapshot ${gone.snapshotId} of member ${gone.volumeId} is gone; group snapshot ${groupSnapshotId} is no longer whole`);
+  return gs;
+}
+
 export async function listGroupSnapshotViews(groupId: string): Promise<{ groupSnapshots: GroupSnapshotView[] }> {
   await requireGroup(groupId);
   const all = await groupStore().listGroupSnapshots(groupId);

@@ -26,6 +26,10 @@ export function groupView(g: GroupRecord): GroupView {
   return out;
 }
 
+export function newGroupId(): string {
+  return `cg-${randomBytes(8).toString('hex')}`;
+}
+
 /** The group, or 404 (also for ids that cannot be group ids). */
 export async function requireGroup(groupId: string): Promise<GroupRecord> {
   const g = GROUP_ID.test(groupId) ? await groupStore().getGroup(groupId) : null;
@@ -89,12 +93,12 @@ function refusal(out: MembershipOutcome, groupId: string): Error {
 }
 
 /** `POST /consistency-groups { name, volumeIds }`. `tenant`: the caller's ARN when it is not an operator. */
-export async function createGroup(body: Record<string, unknown>, tenant: string | undefined): Promise<GroupView> {
+export async function createGroup(body: Record<string, unknown>, tenant: string | undefined, opts: { groupId?: string } = {}): Promise<GroupView> {
   checkFields(body, ['name', 'volumeIds']);
   const name = nameField(body.name);
   const members = volumeIdList(body.volumeIds, 'volumeIds', 1);
   const owner = await checkJoiners(members, tenant);
-  const g: GroupRecord = { groupId: `cg-${randomBytes(8).toString('hex')}`, name, members, createdAt: new Date().toISOString(), version: 1 };
+  const g: GroupRecord = { groupId: opts.groupId ?? newGroupId(), name, members, createdAt: new Date().toISOString(), version: 1 };
   if (owner !== undefined) g.owner = owner;
   const out = await groupStore().createGroup(g);
   if (!out.ok) throw refusal(out, g.groupId);

@@ -5,6 +5,7 @@
  */
 import type { ChunkLocation, ListedChunk, VolumeChunk } from '../data/sleds.ts';
 import type { ReservationState } from '../control/reservations.ts';
+import type { LeaseUpdate } from '../control/read-leases.ts';
 import type { DriveRecord, DriveState, DumpAttributes, EvacuationState } from './drive-records.ts';
 import type {
   CheckpointPointer,
@@ -20,6 +21,7 @@ import type {
   StoredPage,
   StoredFrozen,
   VolumeRecord,
+  WriteIntent,
 } from './records.ts';
 import type { WorkMessage } from './work-messages.ts';
 
@@ -31,6 +33,11 @@ export interface ChunkStore {
   storedChunkEquals(loc: ChunkLocation, body: Buffer, crc32c: number): Promise<boolean>;
   /** Bytes `[start, end)` of a chunk, or null if it does not exist. */
   getChunkRange(loc: ChunkLocation, start: number, end: number): Promise<Buffer | null>;
+  /**
+   * A URL that lets its holder GET bytes `[start, end)` of a chunk (with exactly that Range
+   * header) for `expiresSeconds`, signed with the head's credentials; no request is sent.
+   */
+  presignChunkRange(loc: ChunkLocation, start: number, end: number, expiresSeconds: number): Promise<string>;
   /** The last `bytes` bytes of a chunk (all of it if shorter), or null if it does not exist. */
   getChunkTail(loc: ChunkLocation, bytes: number): Promise<Buffer | null>;
   /** A whole chunk, or null if it does not exist. */
@@ -114,6 +121,10 @@ export interface PageMapStore {
     next: ReservationState,
     change?: { heads: HeadDesignation; primaryWas?: { head: string; leaseLapsedBeforeMs?: number } },
   ): Promise<boolean>;
+  /** Stores readers' leases and the write intent computed from `read`; false if they (or the head, where it matters) changed since. */
+  storeReadLeases(read: VolumeRecord, update: LeaseUpdate): Promise<boolean>;
+  /** Opens the write intent `read` (closed) at the next epoch; false if it changed since. */
+  openWriteIntent(volumeId: string, read: WriteIntent): Promise<boolean>;
   /** Extends the primary's lease while it is still the primary by the same registration. */
   renewLease(
     volumeId: string,
@@ -261,6 +272,26 @@ export interface DriveRegistry {
 }
 
 /** Every port, as bound in shared/ports.ts. */
+/** Where a note is kept: never a volume's or group's key. */
+export interface NoteKey {
+  partition: string;
+  sort: string;
+}
+
+/**
+ * Small JSON notes at the primary (a backup's job record when the vault does not answer, the
+ * last failure of a work message). A missing note reads as null; `getMany` keys its answers by
+ * `partition + "\n" + sort` and leaves missing ones out.
+ */
+export interface NoteStore {
+  get(key: NoteKey): Promise<Record<string, unknown> | null>;
+  getMany(keys: readonly NoteKey[]): Promise<Map<string, Record<string, unknown>>>;
+  /** Writes the note, replacing any note under the key. */
+  put(key: NoteKey, doc: Record<string, unknown>): Promise<void>;
+  /** Deletes the note; deleting a missing one succeeds. */
+  delete(key: NoteKey): Promise<void>;
+}
+
 export interface Ports {
   pageMap: PageMapStore;
   drives: DriveRegistry;

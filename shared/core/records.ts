@@ -73,6 +73,24 @@ export interface VolumeRecord {
   groupId?: string;
   /** A group snapshot's write barrier; commits wait while it is up (docs/consistency-groups.md). */
   barrier?: WriteBarrier;
+  /** Multi-attach (docs/nbd-gateway.md): absent until the first read lease; commits need it open. */
+  writeIntent?: WriteIntent;
+  /** Readers' leases on their caches, by reservation key (docs/nbd-gateway.md, "Multi-attach"). */
+  readLeases?: Record<string, ReadLease>;
+  /** Rises on every rewrite of `readLeases`, which is conditioned on it. */
+  leaseRev?: number;
+}
+
+/** The writer's intent over the whole volume: open = commits may apply and nobody caches; closed = no commit applies. */
+export interface WriteIntent {
+  epoch: number;
+  open: boolean;
+}
+
+/** A reader's lease: live until `expiresAtMs` (the head's clock); it has honoured openings up to `ackedEpoch`. */
+export interface ReadLease {
+  expiresAtMs: number;
+  ackedEpoch: number;
 }
 
 /** A write barrier: raised by group snapshot `id`, live until `expiresAtMs` (the coordinator's clock). */
@@ -203,7 +221,8 @@ export type CommitRefusal =
   | 'segment-taken'
   | 'snapshot-moved'
   | 'barrier-raised'
-  | 'tail-full';
+  | 'tail-full'
+  | 'intent-unacked';
 
 export class CommitRefusedError extends Error {
   override name = 'CommitRefusedError';

@@ -18,7 +18,11 @@ export const VAULT_ENV = {
   site: 'SLEDGE_SITE',
   /** Optional: data bytes per pack, a multiple of 64 KiB from 64 KiB to 64 MiB. Default 16 MiB. Tests set less to make many packs. */
   packBytes: 'SLEDGE_BACKUP_PACK_BYTES',
+  /** Optional: bytes one restore message writes before it queues the next, at least 1 MiB. Default 256 MiB. Tests set less. */
+  restoreBytesPerMessage: 'SLEDGE_RESTORE_BYTES_PER_MESSAGE',
 } as const;
+
+export const DEFAULT_RESTORE_BYTES_PER_MESSAGE = 256 * 1024 * 1024;
 
 export const DEFAULT_PACK_BYTES = 16 * 1024 * 1024;
 
@@ -33,6 +37,7 @@ export interface VaultConfig {
   table: string;
   site: string;
   packBytes: number;
+  restoreBytesPerMessage: number;
 }
 
 let cached: VaultConfig | undefined;
@@ -58,6 +63,11 @@ export function vaultConfig(): VaultConfig {
   if (!Number.isSafeInteger(packBytes) || packBytes < 65536 || packBytes > 64 * 1024 * 1024 || packBytes % 65536 !== 0) {
     throw new ConfigError(`${VAULT_ENV.packBytes} must be a multiple of 65536 from 65536 to 67108864, got ${JSON.stringify(rawPack)}`);
   }
-  cached = { endpointUrl, region, bucket, table, site, packBytes };
+  const rawRestore = process.env[VAULT_ENV.restoreBytesPerMessage];
+  const restoreBytesPerMessage = rawRestore ? Number(rawRestore) : DEFAULT_RESTORE_BYTES_PER_MESSAGE;
+  if (!Number.isSafeInteger(restoreBytesPerMessage) || restoreBytesPerMessage < 1024 * 1024) {
+    throw new ConfigError(`${VAULT_ENV.restoreBytesPerMessage} must be an integer of at least 1048576, got ${JSON.stringify(rawRestore)}`);
+  }
+  cached = { endpointUrl, region, bucket, table, site, packBytes, restoreBytesPerMessage };
   return cached;
 }

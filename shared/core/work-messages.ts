@@ -85,7 +85,8 @@ export type CheckpointQueueMessage = CheckpointVolumeMessage | CheckpointSweepMe
 export type BackupMessage =
   | { type: 'backup-volume'; backupId: string }
   | { type: 'backup-delete'; backupId: string }
-  | { type: 'restore-volume'; restoreId: string };
+  | { type: 'restore-volume'; restoreId: string }
+  | { type: 'group-restore'; groupRestoreId: string };
 
 // ---------------------------------------------------------------------------------------
 // The union and its queues
@@ -117,6 +118,7 @@ export function queueOf(message: WorkMessage): WorkQueueName {
     case 'backup-volume':
     case 'backup-delete':
     case 'restore-volume':
+    case 'group-restore':
       return 'gc';
     case 'evacuate-drive':
     case 'move-chunks':
@@ -164,6 +166,7 @@ export function parseWorkMessage(body: string): WorkMessage {
   }
   if ((m.type === 'backup-volume' || m.type === 'backup-delete') && isJobId(m.backupId)) return { type: m.type, backupId: m.backupId };
   if (m.type === 'restore-volume' && isJobId(m.restoreId)) return { type: m.type, restoreId: m.restoreId };
+  if (m.type === 'group-restore' && isJobId(m.groupRestoreId)) return { type: m.type, groupRestoreId: m.groupRestoreId };
   const evacuation = parseEvacuationMessage(m);
   if (evacuation) return evacuation;
   if (m.type === 'sweep-leases') return { type: 'sweep-leases' };
@@ -195,7 +198,7 @@ export function parseEvacuationMessage(msg: Record<string, unknown>): Evacuation
   return null;
 }
 
-const isJobId = (v: unknown): v is string => typeof v === 'string' && /^(bkp|rst)-[0-9a-f-]{1,60}$/.test(v);
+const isJobId = (v: unknown): v is string => typeof v === 'string' && /^(bkp|rst|grst)-[0-9a-f-]{1,60}$/.test(v);
 const isVolumeId = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= 128;
 
 /** Parses a checkpoint-queue message body, or returns null if its `type` is not one of them. */

@@ -50,7 +50,8 @@ export function forgetSegment(ref: string): void {
   segmentCache.delete(ref);
 }
 
-async function segmentRecordsFor(refs: string[]): Promise<Map<string, SegmentRecord>> {
+/** The records of segments `refs` (cached); a referenced segment without a record is DataUnavailableError. */
+export async function segmentRecordsFor(refs: string[]): Promise<Map<string, SegmentRecord>> {
   const out = new Map<string, SegmentRecord>();
   const missing: string[] = [];
   for (const ref of refs) {
@@ -88,6 +89,22 @@ export async function readData(
   report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 },
   key?: string,
 ): Promise<Buffer> {
+  const view = await readView(volumeId, offset, length, key);
+  return readExtents(view.extents, view.first, length, view.blockSizeBytes, report);
+}
+
+/** What a read of a live volume's range sees: its extents (data and zeros) from block `first`. */
+export interface ReadView {
+  first: number;
+  blockSizeBytes: number;
+  extents: Extent[];
+}
+
+/**
+ * The page-map part of a read (`readData` and read plans): checks the volume, the reservation
+ * and the range, and returns the extents of the range as a read sees them.
+ */
+export async function readView(volumeId: string, offset: number, length: number, key?: string): Promise<ReadView> {
   // A volume's geometry never changes, so once known, its pages are read in the same request
   // as the volume item (which still decides existence, state and size).
   const known = geometryCache.get(volumeId);
@@ -109,7 +126,7 @@ export async function readData(
   // On a folding volume the tail up to the head read is laid over the page items (docs/page-map.md, "Folding").
   const pages = await livePages(v, pageNums, early ?? undefined);
   const extents = v.parent ? await viewExtents(liveViewPoint(v), first, end, pages) : pageNums.flatMap((p) => clip(pages.get(p)?.extents ?? [], first, end));
-  return readExtents(extents, first, length, bs, report);
+  return { first, blockSizeBytes: bs, extents };
 }
 
 /**

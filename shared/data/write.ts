@@ -38,6 +38,7 @@ import { foldDue, foldVolume, queueFold } from '../maintenance/fold.ts';
 
 /** Extents one segment of a folding volume holds at most: its record stays well under DynamoDB's 400 KB item (14 bytes each). */
 export const MAX_SEGMENT_EXTENTS = 16384;
+import { INTENT_WAIT_MAX_MS, openIntentAndWait } from './intent-wait.ts';
 
 // ---------------------------------------------------------------------------------------
 // The data path
@@ -462,6 +463,16 @@ export async function completeWrite(prepared: PreparedWrite, writerOverride?: Co
         // send the commit again under a new token (its timestamp differs, so the old one would
         // not match).
         await waitForBarrier(v.volumeId, barrier);
+        token = randomUUID();
+        continue;
+      }
+      if (err instanceof CommitRefusedError && err.reason === 'intent-unacked' && Date.now() - startedMs < INTENT_WAIT_MAX_MS) {
+        // Readers share the volume (docs/nbd-gateway.md, "Multi-attach"): the condition refused
+        // this attempt, so nothing applied. Open the write intent, wait for the readers to drop
+        // their caches (or their leases to run out), and send the same segment again on the
+        // intent and leases as now read, under a new token.
+        const now = await openIntentAndWait(v.volumeId, startedMs + INTENT_WAIT_MAX_MS);
+        if (now) prepared.volume = { ...prepared.volume, writeIntent: now.writeIntent, readLeases: now.readLeases };
         token = randomUUID();
         continue;
       }

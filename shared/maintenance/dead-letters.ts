@@ -7,6 +7,7 @@ import { InvalidInputError } from '../core/errors.ts';
 import type { QueuedMessage } from '../core/ports.ts';
 import { WORK_QUEUE_NAMES, type WorkQueueName } from '../core/work-messages.ts';
 import { workQueue } from '../ports.ts';
+import { failureNotes } from './failure-notes.ts';
 
 /** Messages shown per queue at most, and the bounded number of receives used to find them. */
 export const PEEK_MAX = 100;
@@ -33,6 +34,11 @@ export interface DeadLetter {
   /** Receives so far, counting the ones on the source queue and this peek's. */
   receiveCount: number;
   sentAt: string | null;
+  /** Why it failed, from the worker's failure note (docs/backup.md, "Failure notes"); absent when none was recorded. */
+  reason?: string;
+  /** The receive on which it last failed, and when. */
+  failedAttempts?: number;
+  failedAt?: string;
 }
 
 export interface DeadLetterQueueView {
@@ -70,6 +76,8 @@ export async function peekDeadLetters(): Promise<{ queues: DeadLetterQueueView[]
     const approximateCount = await workQueue().approximateCount(q.deadLetterQueueUrl);
     const messages = await receiveDistinct(q.deadLetterQueueUrl, PEEK_MAX);
     await release(q.deadLetterQueueUrl, messages);
+    // A missing note only means the reason is not known here (the worker's log has it).
+    const why = await failureNotes(messages.map((m) => m.body)).catch(() => new Map<string, never>());
     out.push({
       queue: q.name,
       deadLetterQueueUrl: q.deadLetterQueueUrl,
@@ -77,7 +85,9 @@ export async function peekDeadLetters(): Promise<{ queues: DeadLetterQueueView[]
       messages: messages.map((m) => {
         const body = m.body;
         const sent = Number(m.attributes.SentTimestamp);
+        const note = why.get(body);
         return {
+          ...(note ? { reason: note.reason, failedAttempts: note.receiveCount, failedAt: note.failedAt } : {}),
           messageId: m.messageId,
           body: body.slice(0, BODY_SHOWN_MAX),
           bodyTruncated: body.length > BODY_SHOWN_MAX,

@@ -23,9 +23,11 @@ import { pageMap } from '../ports.ts';
 import { backupStep } from '../backup/backup.ts';
 import { deleteStep } from '../backup/delete.ts';
 import { restoreStep } from '../backup/restore.ts';
+import { groupRestoreStep } from '../backup/groups.ts';
+import { clearFailure, recordFailure } from './failure-notes.ts';
 
 /** Runs one work message; returns what was done, for the log. */
-async function run(msg: WorkMessage, receiveCount = 1): Promise<Record<string, unknown>> {
+async function runWorkMessage(msg: WorkMessage, receiveCount = 1): Promise<Record<string, unknown>> {
   switch (msg.type) {
     case 'reclaim-volume':
       return { msg: 'reclaimed volume', volumeId: msg.volumeId, ...(await reclaimVolume(msg.volumeId)) };
@@ -68,17 +70,25 @@ async function run(msg: WorkMessage, receiveCount = 1): Promise<Record<string, u
       return { msg: 'backup delete', ...(await deleteStep(msg.backupId)) };
     case 'restore-volume':
       return { msg: 'restore', ...(await restoreStep(msg.restoreId, receiveCount)) };
+    case 'group-restore':
+      return { msg: 'group restore', ...(await groupRestoreStep(msg.groupRestoreId)) };
   }
 }
 
 export async function handleWorkEvent(event: SQSEvent): Promise<SQSBatchResponse> {
   const batchItemFailures: SQSBatchResponse['batchItemFailures'] = [];
   for (const record of event.Records) {
+    const receiveCount = Number(record.attributes?.ApproximateReceiveCount ?? 1) || 1;
     try {
-      const result = await run(parseWorkMessage(record.body), Number(record.attributes?.ApproximateReceiveCount ?? 1) || 1);
+      const result = await runWorkMessage(parseWorkMessage(record.body), receiveCount);
       console.log(JSON.stringify(result));
+      // A message that failed before leaves a failure note; once it succeeds the note is stale.
+      if (receiveCount > 1) await clearFailure(record.body).catch((err: unknown) => console.error('could not clear a failure note:', err));
     } catch (err) {
       console.error(`work message ${record.messageId} failed (receive ${record.attributes?.ApproximateReceiveCount}):`, err);
+      // Why it failed, where the dead-letter peek finds it (docs/backup.md, "Failure notes").
+      const queue = record.eventSourceARN?.split(':').pop() ?? '';
+      await recordFailure(record.body, queue, receiveCount, err).catch((e: unknown) => console.error('could not record a failure note:', e));
       // A message id appears once in the response even if a batch delivered it twice.
       if (!batchItemFailures.some((f) => f.itemIdentifier === record.messageId)) batchItemFailures.push({ itemIdentifier: record.messageId });
     }

@@ -15,7 +15,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseCheckpointMessage, parseWorkMessage } from '#shared/core/work-messages.ts';
 import { ENV } from '#shared/core/config.ts';
 import { BUNDLED_CRC_ADDON_FILE } from '#shared/data/crc32c.ts';
-import { CONSTRUCT_IDS, DATA_KEY_ACTIONS, MAX_RECEIVE_COUNT, OPERATOR_VOLUME_ROUTES, cdkJsonContext, SledgeFunction, SledgeStack, type SledgeStackProps } from '../../cdk/stack.ts';
+import { CONSTRUCT_IDS, cdkJsonContext, DATA_KEY_ACTIONS, MAX_RECEIVE_COUNT, OPERATOR_VOLUME_ROUTES } from '../../cdk/contract.ts';
+import { SledgeFunction } from '../../cdk/function.ts';
+import { SledgeStack } from '../../cdk/stack.ts';
+import type { SledgeStackProps } from '../../cdk/stack-props.ts';
 
 const projectRoot = fileURLToPath(new URL('../..', import.meta.url));
 

@@ -6,7 +6,8 @@ import { Match, Template } from 'aws-cdk-lib/assertions';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { describe, expect, it } from 'vitest';
-import { cdkJsonContext, SledgeStack } from '../../cdk/stack.ts';
+import { cdkJsonContext } from '../../cdk/contract.ts';
+import { SledgeStack } from '../../cdk/stack.ts';
 import { VAULT_ENV } from '#shared/core/vault-config.ts';
 import { SledgeVaultStack, type SledgeVaultStackProps } from '../../cdk/vault-stack.ts';
 

@@ -126,6 +126,37 @@ describe('backups and restores', () => {
   });
 });
 
+describe('a backup being restored', () => {
+  it('refuses its deletion (409) until the restore has ended, and the restore ends exactly', async () => {
+    const v = await api.createVolume({ sizeBytes: 8 * MiB });
+    for (let off = 0; off < 8 * MiB; off += 4 * MiB) await api.write(v.volumeId, off, randomBytes(4 * MiB));
+    const s = await snapshot(url, v.volumeId);
+    const b = await backup(url, v.volumeId, s.snapshotId);
+    const started = await http(`${url}/restores`, { method: 'POST', ...json({ backupId: b.backupId }) });
+    expect(started.status, started.body.toString()).toBe(202);
+    // The restore holds its backup from the moment it is accepted.
+    const refused = await http(`${url}/backups/${b.backupId}`, { method: 'DELETE' });
+    const during = (await http(`${url}/restores/${started.json.restoreId}`)).json;
+    expect(during.state, 'the restore ended before the delete; the test needs it running').not.toBe('complete');
+    expect(refused.status, refused.body.toString()).toBe(409);
+    expect(refused.json.message).toContain(`being restored by ${started.json.restoreId}`);
+    expect((await http(`${url}/backups/${b.backupId}`)).json.state).toBe('complete');
+    const done = await waitState(url, `/restores/${started.json.restoreId}`, ['complete', 'failed']);
+    expect(done.state, JSON.stringify(done)).toBe('complete');
+    expect(firstDifference(await readAll(url, 'volumes', done.volumeId, 8 * MiB), await readAll(url, 'snapshots', s.snapshotId, 8 * MiB))).toBeNull();
+    // Listed without a filter (from the catalog's listing, not a scan) while it exists.
+    const listedIds = async () => (await http(`${url}/backups`)).json.backups.map((x: any) => x.backupId);
+    expect(await listedIds()).toContain(b.backupId);
+    // Once it has ended, the backup may go; a restore asked for after that is refused.
+    expect((await http(`${url}/backups/${b.backupId}`, { method: 'DELETE' })).status).toBe(202);
+    const late = await http(`${url}/restores`, { method: 'POST', ...json({ backupId: b.backupId }) });
+    expect([404, 409]).toContain(late.status);
+    for (let i = 0; i < 300 && (await http(`${url}/backups/${b.backupId}`)).status !== 404; i++) await new Promise((resolve) => setTimeout(resolve, 100));
+    expect((await http(`${url}/backups/${b.backupId}`)).status).toBe(404);
+    expect(await listedIds()).not.toContain(b.backupId);
+  });
+});
+
 describe('duplicate and late messages', () => {
   it('change nothing: a backup run twice at once, and messages for finished jobs', async () => {
     const v = await api.createVolume({ sizeBytes: 16 * MiB });
@@ -178,5 +209,31 @@ describe('sledge backup and sledge restore', () => {
     const bad = await run(process.execPath, [SLEDGE_BIN, 'restore', 'bkp-nope', '--api', url], { env });
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/is not a backup id/);
+  });
+
+  it('back up a group snapshot and restore it as a new group (sledge group backup, sledge group restore)', async () => {
+    const vols = [await api.createVolume({ sizeBytes: MiB }), await api.createVolume({ sizeBytes: MiB })];
+    for (const v of vols) await api.write(v.volumeId, 0, randomBytes(16 * BLOCK));
+    const g = await http(`${url}/consistency-groups`, { method: 'POST', ...json({ name: 'pair', volumeIds: vols.map((v) => v.volumeId) }) });
+    expect(g.status, g.body.toString()).toBe(201);
+    const gs = await http(`${url}/consistency-groups/${g.json.groupId}/snapshots`, { method: 'POST' });
+    expect(gs.status, gs.body.toString()).toBe(201);
+    const env: NodeJS.ProcessEnv = { ...TOOLS_ENV };
+    delete env.SLEDGE_DEBUG;
+    const b = await run(process.execPath, [SLEDGE_BIN, 'group', 'backup', g.json.groupId, gs.json.groupSnapshotId, '--api', url], { env });
+    expect(b.code, describeRun('sledge group backup', b)).toBe(0);
+    const groupBackupId = /^(gbkp-\S+): backing up/m.exec(b.stdout)?.[1];
+    expect(groupBackupId, b.stdout).toBeTruthy();
+    expect(b.stdout).toMatch(/\[#+\] 100% 128\.0 KiB of 128\.0 KiB shipped/);
+    expect(b.stdout).toContain(`${groupBackupId} complete: 2 member backups`);
+    const r = await run(process.execPath, [SLEDGE_BIN, 'group', 'restore', groupBackupId!, '--name', 'pair again', '--api', url], { env });
+    expect(r.code, describeRun('sledge group restore', r)).toBe(0);
+    const done = new RegExp(`complete: (vol-[0-9a-f]+) (vol-[0-9a-f]+) in consistency group (cg-[0-9a-f]+)`).exec(r.stdout);
+    expect(done, r.stdout).toBeTruthy();
+    const made = (await http(`${url}/consistency-groups/${done![3]}`)).json;
+    expect(made).toMatchObject({ name: 'pair again', volumeIds: [done![1], done![2]] });
+    for (const [i, m] of gs.json.snapshots.entries()) {
+      expect(firstDifference(await readAll(url, 'volumes', done![1 + i]!, MiB), await readAll(url, 'snapshots', m.snapshotId, MiB))).toBeNull();
+    }
   });
 });

@@ -141,4 +141,30 @@ describe('bad input gets a clear 4xx and changes nothing', () => {
     expect((await api.read(id, 0, MiB)).equals(data)).toBe(true);
     expect((await api.read(id, MiB, MiB)).equals(Buffer.alloc(MiB))).toBe(true);
   });
+  it('refuses bad read-lease requests; a registered reader gets its lease', async () => {
+    const id = (await api.createVolume({ sizeBytes: 8 * MiB })).volumeId;
+    const lease = `/volumes/${id}/read-lease`;
+    const cases: Array<[string, string, number, RegExp]> = [
+      [lease, '{"action": "renew", "key": "r1"', 400, /not valid JSON/],
+      [lease, '{"action": "grab", "key": "r1"}', 400, /action must be/],
+      [lease, '{"action": "renew", "key": "bad key!"}', 400, /key/],
+      [lease, '{"action": "renew", "key": "r1", "leaseMs": 500}', 400, /leaseMs must be from/],
+      [lease, '{"action": "renew", "key": "r1", "ackEpoch": "1"}', 400, /ackEpoch/],
+      [lease, '{"action": "renew", "key": "r1", "extra": true}', 400, /unknown field/],
+      [lease, '{"action": "renew", "key": "r1"}', 409, /not registered/],
+      ['/volumes/vol-0000000000000000/read-lease', '{"action": "renew", "key": "r1"}', 404, /does not exist/],
+    ];
+    for (const [path, body, status, message] of cases) {
+      const r = await http(`${url}${path}`, { method: 'POST', body, headers: json });
+      expect(r.status, `${path} ${body} -> ${r.body.toString().slice(0, 200)}`).toBe(status);
+      expect(r.json.message, `${path} ${body}`).toMatch(message);
+    }
+    expect((await api.describe(id)).json.commitSeq).toBe(0);
+    expect((await http(`${url}/volumes/${id}/reservations`, { method: 'POST', body: '{"action": "register", "key": "r1"}', headers: json })).status).toBe(200);
+    const ok = await http(`${url}${lease}`, { method: 'POST', body: '{"action": "renew", "key": "r1"}', headers: json });
+    expect(ok.status, ok.body.toString()).toBe(200);
+    // The first lease creates the write intent open, already acknowledged by this empty reader.
+    expect(ok.json).toMatchObject({ key: 'r1', leaseMs: 6000, ackedEpoch: 1, intent: { epoch: 1, open: true }, headSeq: 0 });
+    expect((await http(`${url}${lease}`, { method: 'POST', body: '{"action": "release", "key": "r1"}', headers: json })).json).toMatchObject({ released: true });
+  });
 });

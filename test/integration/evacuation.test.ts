@@ -303,6 +303,9 @@ describe('the drive and queue routes', () => {
     };
     const dead = await findDead();
     expect(dead.receiveCount).toBeGreaterThanOrEqual(5);
+    // With the reason the worker failed on it (docs/backup.md, "Failure notes").
+    expect(dead.reason).toMatch(/^UnknownWorkMessageError: /);
+    expect(dead.failedAttempts).toBe(5);
     // Peeking deletes nothing.
     expect((await http(`${apiUrl}/queues/dead-letters`)).json.queues.find((q: { queue: string }) => q.queue === 'gc').messages.some((x: { messageId: string }) => x.messageId === dead.messageId)).toBe(true);
     expect((await http(`${apiUrl}/queues/dead-letters/redrive`, { method: 'POST', body: '{"queue":"nope"}', headers: { 'content-type': 'application/json' } })).status).toBe(400);

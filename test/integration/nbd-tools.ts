@@ -43,6 +43,8 @@ export function run(cmd: string, args: string[], opts: { timeoutMs?: number; env
 /** A server under test: where to connect and how to stop it. */
 export interface NbdTarget {
   uri: string;
+  /** The server's process id (for SIGSTOP and SIGCONT). */
+  pid?: number;
   /** Stops the server; resolves with its exit code. */
   stop(signal?: NodeJS.Signals): Promise<number | null>;
   /** Everything the server printed, for failure messages. */
@@ -67,6 +69,7 @@ export function startGateway(apiUrl: string, volumeId: string | { snapshotId: st
   let out = '';
   const target: NbdTarget = {
     uri: '',
+    ...(child.pid !== undefined ? { pid: child.pid } : {}),
     async stop(signal = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
       return waitExit(child);

@@ -7,6 +7,7 @@ const API = ['--api', 'http://127.0.0.1:3000/'];
 const URL = 'http://127.0.0.1:3000';
 const GROUP = 'cg-0123456789abcdef';
 const GSNAP = 'gsnap-0123456789abcdef-a1b2c3d4';
+const GBKP = 'gbkp-0123456789abcdef-0190f0e1a2b3-a1b2c3';
 
 describe('sledge group command lines', () => {
   it('parse each subcommand, its ids and its options', () => {
@@ -23,6 +24,9 @@ describe('sledge group command lines', () => {
     });
     expect(parseGroupArgs(['snapshots', GROUP, ...API])).toEqual({ kind: 'snapshots', apiUrl: URL, groupId: GROUP });
     expect(parseGroupArgs(['delete-snapshot', GROUP, GSNAP, ...API])).toEqual({ kind: 'delete-snapshot', apiUrl: URL, groupId: GROUP, groupSnapshotId: GSNAP });
+    expect(parseGroupArgs(['backup', GROUP, GSNAP, ...API])).toEqual({ kind: 'backup', apiUrl: URL, groupId: GROUP, groupSnapshotId: GSNAP });
+    expect(parseGroupArgs(['restore', GBKP, ...API])).toEqual({ kind: 'restore', apiUrl: URL, groupBackupId: GBKP });
+    expect(parseGroupArgs(['restore', GBKP, '--name', 'db', ...API])).toEqual({ kind: 'restore', apiUrl: URL, groupBackupId: GBKP, groupName: 'db' });
     expect(Object.keys(COMMAND_USAGE)).toContain('group');
   });
 
@@ -45,5 +49,9 @@ describe('sledge group command lines', () => {
     expect(refused(() => parseGroupArgs(['show', GROUP, '--key', 'vol-a=k', ...API]))).toMatch(/key/);
     expect(refused(() => parseGroupArgs(['add', GROUP, 'snap-0123456789abcdef-000000000042-a1b2c3', ...API]))).toMatch(/is a snapshot id/);
     expect(refused(() => parseGroupArgs(['delete-snapshot', GROUP, ...API]))).toBe('sledge group delete-snapshot takes a group id and a group snapshot id');
+    expect(refused(() => parseGroupArgs(['backup', GROUP, 'gsnap-nope', ...API]))).toBe('"gsnap-nope" is not a group snapshot id');
+    expect(refused(() => parseGroupArgs(['restore', GROUP, ...API]))).toMatch(/^"cg-0123456789abcdef" is not a group backup id/);
+    expect(refused(() => parseGroupArgs(['restore', GBKP, '--name', '', ...API]))).toBe('--name takes 1 to 128 characters');
+    expect(refused(() => parseGroupArgs(['backup', GROUP, GSNAP, '--name', 'x', ...API]))).toMatch(/name/);
   });
 });

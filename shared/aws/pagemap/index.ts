@@ -36,6 +36,7 @@ import {
   unlockSnapshotPurge,
 } from './snapshots.ts';
 import { advanceFoldedSeq, putFoldedPage } from './fold.ts';
+import { openWriteIntent, storeReadLeases } from './read-leases.ts';
 import { commitSegment, moveChunkLocation, writeRebuiltFrozen, writeRebuiltPages } from './transactions.ts';
 import {
   deleteVolumeItem,
@@ -62,6 +63,8 @@ export const dynamoPageMap: PageMapStore = {
   markDeleting,
   deleteVolumeItem,
   storeReservations,
+  storeReadLeases,
+  openWriteIntent,
   renewLease,
   recordCheckpoint,
   raiseCheckpointFloor,

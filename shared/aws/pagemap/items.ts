@@ -131,6 +131,14 @@ export function itemToVolume(item: Record<string, AttributeValue>): VolumeRecord
   if (item.groupId?.S !== undefined) v.groupId = item.groupId.S;
   const barrier = item.barrier?.M;
   if (barrier) v.barrier = { id: str(barrier.id), expiresAtMs: num(barrier.expiresAtMs) };
+  const intent = item.writeIntent?.M;
+  if (intent) v.writeIntent = { epoch: num(intent.epoch), open: intent.open?.BOOL === true };
+  const leases = item.readLeases?.M;
+  if (leases) {
+    v.readLeases = {};
+    for (const [k, l] of Object.entries(leases)) v.readLeases[k] = { expiresAtMs: num(l.M?.expiresAtMs), ackedEpoch: num(l.M?.ackedEpoch) };
+  }
+  if (item.leaseRev?.N !== undefined) v.leaseRev = num(item.leaseRev);
   const f = item.flatten?.M;
   if (f) {
     v.flatten = { pagesDone: num(f.pagesDone), pages: num(f.pages), bytesCopied: num(f.bytesCopied), startedAt: str(f.startedAt), updatedAt: str(f.updatedAt) };

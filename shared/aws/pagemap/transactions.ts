@@ -4,6 +4,7 @@
  * the fenced page writes of a rebuild (docs/checkpoints.md).
  */
 import { type AttributeValue, TransactWriteItemsCommand, TransactionCanceledException, type TransactWriteItem } from '@aws-sdk/client-dynamodb';
+import { intentAllows } from '../../control/read-leases.ts';
 import { HOLDER_TYPES, REGISTRANT_TYPES, writeAllowed } from '../../control/reservations.ts';
 import { config, foldTailBound } from '../../core/config.ts';
 import { invariant } from '../../core/errors.ts';
@@ -106,6 +107,30 @@ function foldParts(
 }
 
 /**
+ * The commit-condition parts of multi-attach (docs/nbd-gateway.md, "The commit condition"), from
+ * the volume item as the writer's head read it: no intent (no reader ever attached), or the
+ * intent it read still open, and every read lease it read expired at `:nowMs` or having
+ * acknowledged that epoch. Leases created later need no part: their readers cache only after
+ * seeing the intent closed, which fails this condition.
+ */
+export function intentCondition(volume: VolumeRecord): { parts: string[]; names: Record<string, string>; values: Record<string, AttributeValue> } {
+  if (!volume.writeIntent) return { parts: ['attribute_not_exists(writeIntent)'], names: {}, values: {} };
+  const keys = Object.keys(volume.readLeases ?? {});
+  return {
+    parts: [
+      'writeIntent.#intentEpoch = :intentEpoch AND writeIntent.#intentOpen = :intentOpen', // the intent we read is still open
+      // and every reader we read has dropped its cache for this opening, or its lease has run out
+      ...keys.map(
+        (_, i) =>
+          `(attribute_not_exists(readLeases.#lease${i}) OR readLeases.#lease${i}.expiresAtMs < :nowMs OR readLeases.#lease${i}.ackedEpoch >= :intentEpoch)`,
+      ),
+    ],
+    names: { '#intentEpoch': 'epoch', '#intentOpen': 'open', ...Object.fromEntries(keys.map((k, i) => [`#lease${i}`, k])) },
+    values: { ':intentEpoch': N(volume.writeIntent.epoch), ':intentOpen': { BOOL: true } },
+  };
+}
+
+/**
  * Commits a segment: moves the volume's head from `volume.headSeq` to `segment.seq`, records
  * the segment, and replaces the changed pages, in one transaction. See docs/page-map.md. On a
  * folding volume a commit without pages is a tail commit: two items, whatever the scatter.
@@ -121,6 +146,7 @@ export async function commitSegment(
   clientRequestToken?: string,
 ): Promise<void> {
   const fencing = fencingCondition(writer);
+  const intent = intentCondition(volume);
   invariant(segment.seq === volume.headSeq + 1, 'segment built on a different head');
   invariant(segment.prev === volume.headSegmentId, 'segment prev is not the head it was built on');
   invariant(changes.length <= MAX_PAGES_PER_COMMIT, () => `${changes.length} pages in one commit, max ${MAX_PAGES_PER_COMMIT}`);
@@ -145,11 +171,13 @@ export async function commitSegment(
           volume.snapSeq === undefined ? 'attribute_not_exists(snapSeq)' : 'snapSeq = :snapSeq',
           NO_LIVE_BARRIER, // and no group snapshot holds a write barrier on it (docs/consistency-groups.md)
           ...fold.parts, // and, folding, the tail allows it (docs/page-map.md, "Folding")
+          ...intent.parts, // and no reader may still cache what this commit changes (docs/nbd-gateway.md, "Multi-attach")
         ].join(' AND '),
-        ExpressionAttributeNames: { '#state': 'state', ...fencing.names },
+        ExpressionAttributeNames: { '#state': 'state', ...fencing.names, ...intent.names },
         ExpressionAttributeValues: {
           ...fencing.values,
           ...fold.values,
+          ...intent.values,
           ':seq': N(segment.seq),
           ':prevSeq': N(volume.headSeq),
           ':segment': S(segment.segmentId),
@@ -238,6 +266,9 @@ export async function commitSegment(
             (direct ? '(this commit needs none)' : `(at most ${foldTailBound(volume)})`),
           current,
         );
+      }
+      if (current.headSeq === volume.headSeq && !intentAllows(volume, current, nowMs)) {
+        throw new CommitRefusedError('intent-unacked', `volume ${volume.volumeId} has readers that have not dropped their caches for this write`, current);
       }
       throw new CommitRefusedError('head-moved', `volume ${volume.volumeId} head moved from ${volume.headSeq} to ${current.headSeq}`, current);
     }
