@@ -7,30 +7,8 @@
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { crc32c } from '#shared/data/crc32c.ts';
-
-/** Bytes of the answer go from `from` in a GET's body to `at` (see shared/data/read-plan.ts). */
-export interface PlanPiece {
-  at: number;
-  from: number;
-  length: number;
-}
-
-export interface PlannedGet {
-  url: string;
-  start: number;
-  end: number;
-  granuleBytes: number;
-  crcs: number[];
-  pieces: PlanPiece[];
-}
-
-/** A read plan as the API answers it (`GET /volumes/{volumeId}/read-plan`). */
-export interface ReadPlan {
-  offset: number;
-  length: number;
-  expiresAtMs: number;
-  gets: PlannedGet[];
-}
+// The plan's shape is the head's; a type-only import loads nothing of the head's code here.
+import type { PlannedGet, ReadPlan } from '#shared/data/read-plan.ts';
 
 /** Something in a plan could not be used; the range is read through the API instead. */
 export class DirectReadError extends Error {

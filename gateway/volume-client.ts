@@ -15,7 +15,8 @@
  */
 import { encodeBatch } from '#shared/api/batch.ts';
 import { requestSigner, type RequestSigner } from '#shared/api/signing.ts';
-import { checkPlan, readPlanned, type ReadPlan } from './direct-read.ts';
+import type { ReadPlan } from '#shared/data/read-plan.ts';
+import { checkPlan, readPlanned } from './direct-read.ts';
 
 /**
  * The API's limits (shared/data/volume-rules.ts MAX_IO_BYTES, shared/core/records.ts MAX_PAGES_PER_COMMIT).

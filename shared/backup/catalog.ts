@@ -16,6 +16,7 @@ import {
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultDynamo } from '../aws/vault-clients.ts';
 import { getItems, listedIds, putListed, removeListing } from './listing.ts';
+import { changeVersionedDoc } from './versioned-docs.ts';
 import { volumeOfBackup, type BackupRecord, type PackExtent, type PackRecord, type RestoreRecord } from './records.ts';
 
 type Item = Record<string, AttributeValue>;
@@ -376,30 +377,7 @@ export async function putNewRestore(r: RestoreRecord): Promise<void> {
 }
 
 export async function changeRestore(restoreId: string, change: (r: RestoreRecord) => boolean): Promise<RestoreRecord | null> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const r = await getRestore(restoreId);
-    if (!r) return null;
-    if (!change(r)) return r;
-    r.updatedAt = new Date().toISOString();
-    const { version, ...doc } = r;
-    try {
-      await vaultDynamo().send(
-        new UpdateItemCommand({
-          TableName: table(),
-          Key: restoreKey(restoreId),
-          UpdateExpression: 'SET #doc = :doc, #version = :next',
-          ConditionExpression: '#version = :version',
-          ExpressionAttributeNames: { '#doc': 'doc', '#version': 'version' },
-          ExpressionAttributeValues: { ':doc': { S: JSON.stringify(doc) }, ':version': { N: String(version) }, ':next': { N: String(version + 1) } },
-        }),
-      );
-      r.version = version + 1;
-      return r;
-    } catch (err) {
-      if (!isConditionFailure(err)) throw err;
-    }
-  }
-  throw new Error(`restore ${restoreId} kept changing under 20 updates in a row`);
+  return changeVersionedDoc(`restore ${restoreId}`, restoreKey(restoreId), () => getRestore(restoreId), change);
 }
 
 /** The restore at `site` that rebuilds `backupId`: claims it for `restoreId` if unclaimed; returns the claimant. */

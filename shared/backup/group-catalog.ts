@@ -4,11 +4,12 @@
  * records, never stored; a group restore stores only what its job decides (the group made).
  */
 import { randomBytes } from 'node:crypto';
-import { DeleteItemCommand, GetItemCommand, PutItemCommand, QueryCommand, UpdateItemCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
+import { DeleteItemCommand, GetItemCommand, PutItemCommand, QueryCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
 import { NotFoundError } from '../core/errors.ts';
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultDynamo } from '../aws/vault-clients.ts';
 import { getItems, listedIds, putListed, removeListing } from './listing.ts';
+import { changeVersionedDoc } from './versioned-docs.ts';
 
 type Item = Record<string, AttributeValue>;
 
@@ -42,7 +43,6 @@ export interface GroupRestoreRecord {
 const GROUP_BACKUP_ID = /^gbkp-([0-9a-f]{16})-[0-9a-f]{12}-[0-9a-f]{6}$/;
 const GROUP_RESTORE_ID = /^grst-[0-9a-f]{12}-[0-9a-f]{8}$/;
 const table = () => vaultConfig().table;
-const isConditionFailure = (err: unknown) => (err as Error).name === 'ConditionalCheckFailedException';
 
 export function newGroupBackupId(groupId: string, now = Date.now()): string {
   return `gbkp-${groupId.slice('cg-'.length)}-${now.toString(16).padStart(12, '0')}-${randomBytes(3).toString('hex')}`;
@@ -131,26 +131,5 @@ export async function getGroupRestore(groupRestoreId: string): Promise<GroupRest
 
 /** Reads, changes and writes a group restore record until the write wins (or `change` returns false). */
 export async function changeGroupRestore(groupRestoreId: string, change: (g: GroupRestoreRecord) => boolean): Promise<GroupRestoreRecord | null> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const g = await getGroupRestore(groupRestoreId);
-    if (!g || !change(g)) return g;
-    g.updatedAt = new Date().toISOString();
-    const { version, ...doc } = g;
-    try {
-      await vaultDynamo().send(
-        new UpdateItemCommand({
-          TableName: table(),
-          Key: groupRestoreKey(groupRestoreId),
-          UpdateExpression: 'SET #doc = :doc, #version = :next',
-          ConditionExpression: '#version = :version',
-          ExpressionAttributeNames: { '#doc': 'doc', '#version': 'version' },
-          ExpressionAttributeValues: { ':doc': { S: JSON.stringify(doc) }, ':version': { N: String(version) }, ':next': { N: String(version + 1) } },
-        }),
-      );
-      return { ...g, version: version + 1 };
-    } catch (err) {
-      if (!isConditionFailure(err)) throw err;
-    }
-  }
-  throw new Error(`group restore ${groupRestoreId} kept changing under 20 updates in a row`);
+  return changeVersionedDoc(`group restore ${groupRestoreId}`, groupRestoreKey(groupRestoreId), () => getGroupRestore(groupRestoreId), change);
 }

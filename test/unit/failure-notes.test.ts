@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { failureNoteKey, failureReason } from '../../shared/maintenance/failure-notes.ts';
+import { failureNoteKey, failureReason } from '#shared/maintenance/failure-notes.ts';
 
 describe('failure notes (docs/backup.md, "Failure notes")', () => {
   it('key a message by what it says, so a redriven or re-sent copy finds the same note', () => {

@@ -5,8 +5,8 @@
  * plan's shape (gateway/direct-read.ts).
  */
 import { describe, expect, it } from 'vitest';
-import { planSegment } from '#shared/data/read-plan.ts';
-import { checkPlan, DirectReadError, type ReadPlan } from '#gateway/direct-read.ts';
+import { planSegment, type ReadPlan } from '#shared/data/read-plan.ts';
+import { checkPlan, DirectReadError } from '#gateway/direct-read.ts';
 import type { SegmentRecord } from '#shared/core/records.ts';
 
 const KiB = 1024;
