@@ -54,12 +54,13 @@ const PRICE = {
 
 /**
  * `npm run bench -- <name> ...` runs only the named parts (codec, encode, crc, evacuation, gc,
- * throughput, endpoint, cost, checkpoints, fencing, snapshots, groups, nbd, backup); no names runs them all.
+ * throughput, endpoint, cost, checkpoints, fencing, snapshots, groups, nbd, nbd-cost, backup); no names runs them
+ * all. `nbd-cost` is the request-cost part of `nbd` alone, without the s3backer comparison.
  */
 const only = new Set(process.argv.slice(2));
 /** The parts that need no control plane, which is then not started. */
 const IN_PROCESS_PARTS = ['codec', 'encode', 'crc'];
-const PARTS = [...IN_PROCESS_PARTS, 'evacuation', 'gc', 'throughput', 'endpoint', 'cost', 'checkpoints', 'fencing', 'snapshots', 'groups', 'nbd', 'backup'];
+const PARTS = [...IN_PROCESS_PARTS, 'evacuation', 'gc', 'throughput', 'endpoint', 'cost', 'checkpoints', 'fencing', 'snapshots', 'groups', 'nbd', 'nbd-cost', 'backup'];
 for (const name of only) if (!PARTS.includes(name)) throw new Error(`unknown bench part ${name}; the parts are ${PARTS.join(', ')}`);
 const want = (name: string): boolean => only.size === 0 || only.has(name);
 
@@ -419,7 +420,8 @@ async function main(): Promise<void> {
 
     if (want('backup')) await benchBackup({ apiUrl: api, table, section });
 
-    if (want('nbd')) await benchNbd({
+    if (want('nbd') || only.has('nbd-cost')) await benchNbd({
+      compare: want('nbd'),
       apiUrl: api,
       endpointUrl: plane.endpointUrl,
       createBucket: async (name) => void (await s3().send(new CreateBucketCommand({ Bucket: name }))),

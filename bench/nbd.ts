@@ -42,6 +42,8 @@ export interface NbdBenchContext {
    * volume's tail (docs/page-map.md, "Folding"), so that a row carries its folding work.
    */
   settle(volumeId: string): Promise<void>;
+  /** False runs only the request-cost rows (`npm run bench -- nbd-cost`), not the s3backer comparison. */
+  compare: boolean;
 }
 
 interface FioJob {
@@ -261,7 +263,7 @@ export async function benchNbd(ctx: NbdBenchContext): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'sledge-bench-nbd-'));
   const targets: NbdTarget[] = [];
   try {
-    await compareWithS3backer(ctx, dir, targets);
+    if (ctx.compare) await compareWithS3backer(ctx, dir, targets);
 
     ctx.section('NBD gateway: AWS requests and cost (exact counts, scaled from the runs described)');
     const costRows: Array<Record<string, string | number>> = [];

@@ -14,7 +14,8 @@ import { liveViewPoint, requireSnapshot, snapshotViewPoint, viewExtents } from '
 import { livePages } from './tail.ts';
 
 /** The parts of a volume record that never change after creation. */
-type Geometry = Pick<VolumeRecord, 'volumeId' | 'blockSizeBytes' | 'pageBlocks'>;
+/** What never changes about a volume; `folding` too (fixed at creation, docs/page-map.md, "Folding"). */
+type Geometry = Pick<VolumeRecord, 'volumeId' | 'blockSizeBytes' | 'pageBlocks'> & { folding?: boolean };
 
 export const geometryCache = new Map<string, Geometry>();
 
@@ -23,7 +24,7 @@ const GEOMETRY_CACHE_MAX = 4096;
 export function rememberGeometry(v: VolumeRecord): void {
   if (geometryCache.has(v.volumeId)) return;
   if (geometryCache.size >= GEOMETRY_CACHE_MAX) geometryCache.delete(geometryCache.keys().next().value!);
-  geometryCache.set(v.volumeId, { volumeId: v.volumeId, blockSizeBytes: v.blockSizeBytes, pageBlocks: v.pageBlocks });
+  geometryCache.set(v.volumeId, { volumeId: v.volumeId, blockSizeBytes: v.blockSizeBytes, pageBlocks: v.pageBlocks, folding: v.foldedSeq !== undefined });
 }
 
 /** Page numbers covering a block-aligned byte range. */

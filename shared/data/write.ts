@@ -187,7 +187,8 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
  */
 async function readVolumeWithPages(volumeId: string, pieces: readonly WritePiece[]): Promise<(PrefetchedPages & { volume: VolumeRecord | null }) | null> {
   const g = geometryCache.get(volumeId);
-  if (!g) return null;
+  // A folding volume's tail commit reads no page (docs/page-map.md, "Folding").
+  if (!g || g.folding) return null;
   const covered = new Set<number>();
   for (const p of pieces) {
     const plausible = Number.isSafeInteger(p.offset) && Number.isSafeInteger(p.length) && p.offset >= 0 && p.length > 0;
@@ -321,12 +322,14 @@ export async function prepareWrite(
   // (one request fewer), else now, while the segment is encoded and uploaded, which keeps the
   // round trip off the write's critical path.
   const prefetched = opts.pages && [...byPage.keys()].every((p) => opts.pages!.covered.has(p)) ? opts.pages.pages : undefined;
-  const pagesRead =
-    prefetched || tail
-      ? Promise.resolve(prefetched ?? new Map<number, PageRecord>())
-      : opts.readPages
-        ? opts.readPages([...byPage.keys()])
-        : pageMap().getPages(v, [...byPage.keys()]);
+  const pages = [...byPage.keys()];
+  let pagesRead: Promise<Map<number, PageRecord>>;
+  if (prefetched) pagesRead = Promise.resolve(prefetched);
+  // A pipelined write waits for its predecessor's commit here (readPages settles with it). A tail
+  // commit reads no page but must wait too: sent earlier, it would find the head behind it.
+  else if (opts.readPages) pagesRead = opts.readPages(pages);
+  else if (tail) pagesRead = Promise.resolve(new Map<number, PageRecord>());
+  else pagesRead = pageMap().getPages(v, pages);
   pagesRead.catch(() => undefined); // Awaited below; this only stops an early rejection going unhandled.
 
   const encoded = await encodeSegment(

@@ -12,6 +12,7 @@ import { takeCheckpoint } from '#shared/maintenance/checkpoints/take.ts';
 import { handleWorkEvent } from '#shared/maintenance/worker.ts';
 import { toSqsRecord } from '#local/sqs-poller.ts';
 import { pageMap } from '#shared/ports.ts';
+import { requestCounts, resetRequestCounts } from '#shared/aws/clients.ts';
 import { seeded } from '../unit/seed.ts';
 import { Api, useSledgeEnv } from './helpers.ts';
 
@@ -230,5 +231,27 @@ describe('folding', () => {
     await expectModel(m, 'api', 'folded after the snapshot');
     await scattered(m, rng, 10); // GC checkpointed at the head: one more commit for a checkpoint of its own
     await expectChainAgrees(m.volumeId);
+  });
+
+  it('pipelined writes of one writer commit at their first attempt: a tail commit waits for the one it was built on', async () => {
+    const rng = seeded('fold pipeline');
+    const m = await folding(64 * MiB);
+    await scattered(m, rng, 4); // the volume's geometry is known to this process from here on
+    // Six: with the tail bound of 8 here, none of them has to wait for a fold.
+    const pieces = Array.from({ length: 6 }, (_, i) => ({ offset: i * MiB, length: MiB, data: Buffer.alloc(MiB, 11 + i) }));
+    resetRequestCounts();
+    // Started together, each builds on the one before (shared/data/write-pipeline.ts).
+    const seqs = await Promise.all(pieces.map((p) => writePieces(m.volumeId, [p]).then((r) => r.commitSeq)));
+    const c = requestCounts().requests;
+    for (const p of pieces) p.data.copy(m.bytes, p.offset);
+    // Sent before its predecessor had committed, a commit would be refused (head moved) and the
+    // write built again from new chunks: more transactions, more PUTs, deletes of the chunks lost.
+    expect({ transactions: c['DynamoDB:TransactWriteItems'], puts: c['S3:PutObject'], deletes: c['S3:DeleteObject'] ?? 0 }).toEqual({
+      transactions: 6,
+      puts: 6 * 6,
+      deletes: 0,
+    });
+    expect(new Set(seqs).size).toBe(6);
+    await expectModel(m, 'api', 'after the pipelined writes');
   });
 });
