@@ -36,7 +36,7 @@ import { joinChain, leaveChain, pagesAfter, pagesOf, PredecessorFailedError } fr
 import { isFolding, rememberTailSegment } from './tail.ts';
 import { foldDue, foldVolume, queueFold } from '../maintenance/fold.ts';
 
-/** Extents one segment of a folding volume holds at most: its record stays well under DynamoDB's 400 KB item (14 bytes each). */
+/** Extents one segment of a folding volume holds at most: its record stays under DynamoDB's 400 KB item (at most 18 bytes each, about 4 for a scattered 4 KiB write). */
 export const MAX_SEGMENT_EXTENTS = 16384;
 import { INTENT_WAIT_MAX_MS, openIntentAndWait } from './intent-wait.ts';
 

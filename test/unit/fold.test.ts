@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { packSegmentExtents, unpackSegmentExtents } from '#shared/aws/pagemap/items.ts';
+import { packSegmentExtents, SEGMENT_EXTENT_BYTES_MAX, unpackSegmentExtents } from '#shared/aws/pagemap/items.ts';
 import type { PageRecord } from '#shared/core/records.ts';
 import { foldPage, type TailSegment } from '#shared/data/tail.ts';
 import { overlay, splitByPage } from '#shared/data/extents.ts';
@@ -25,15 +25,28 @@ function randomSegment(rng: ReturnType<typeof seeded>, seq: number, pages: numbe
 }
 
 describe('folding, pure parts', () => {
-  it('packs segment extents and unpacks them unchanged (u48 first block, i32 offset with -1 for zeros)', () => {
+  it('packs segment extents and unpacks them unchanged (varint distances; zeros, gaps, far and backward blocks)', () => {
     const extents: Array<[number, number, number]> = [
       [0, 1, 0],
       [2 ** 40 + 7, 256, -1],
       [123_456_789, 1024, 2 ** 31 - 1],
+      [5, 2 ** 32 - 1, 3],
+      [2 ** 48 - 1, 1, -1],
     ];
+    expect(unpackSegmentExtents(packSegmentExtents(extents))).toEqual(extents);
+    expect(unpackSegmentExtents(packSegmentExtents([]))).toEqual([]);
+  });
+
+  it('packs a scattered 4 KiB write in about 4 bytes an extent, never more than the bound', () => {
+    const rng = seeded('fold pack');
+    const blocks = new Set<number>();
+    while (blocks.size < 1024) blocks.add(rng.int(262_144)); // 1 GiB of 4 KiB blocks
+    const extents = [...blocks].sort((a, b) => a - b).map((b, i): [number, number, number] => [b, 1, i]);
     const packed = packSegmentExtents(extents);
-    expect(packed.length).toBe(3 * 14);
     expect(unpackSegmentExtents(packed)).toEqual(extents);
+    expect(packed.length).toBeLessThanOrEqual(1 + 4 * 1024);
+    const worst: Array<[number, number, number]> = [[2 ** 48 - 1, 2 ** 32 - 1, 2 ** 31 - 1]];
+    expect(packSegmentExtents(worst).length).toBeLessThanOrEqual(1 + SEGMENT_EXTENT_BYTES_MAX);
   });
 
   it('a fold equals laying the commits one by one, and folding from below the true fold point again changes nothing', () => {
