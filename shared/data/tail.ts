@@ -39,27 +39,98 @@ export function tailSegmentOf(rec: SegmentRecord, pageBlocks: number): TailSegme
   return { seq: rec.seq, segmentId: rec.segmentId, prev: rec.prev, byPage: splitByPage(segmentExtents(rec, rec.extents), pageBlocks) };
 }
 
-/** Tail segments by volume, then by seq. Bounded: volumes beyond the bound are forgotten oldest first. */
-const tails = new Map<string, Map<number, TailSegment>>();
-const TAIL_VOLUMES_MAX = 256;
+/**
+ * The tail segments this head has cached, by volume, then by seq, within a budget of extents
+ * (each costs about 150 bytes of memory here): a head serving many folding volumes keeps the
+ * most recently used tails and forgets the rest (reads then query their records again). A
+ * segment that does not fit even alone is not cached.
+ */
+export class TailCache {
+  private readonly volumes = new Map<string, { segments: Map<number, TailSegment>; extents: number }>();
+  private total = 0;
 
-function tailOf(volumeId: string): Map<number, TailSegment> {
-  let t = tails.get(volumeId);
-  if (!t) {
-    if (tails.size >= TAIL_VOLUMES_MAX) tails.delete(tails.keys().next().value!);
-    tails.set(volumeId, (t = new Map()));
+  constructor(readonly maxExtents: number) {}
+
+  /** Extents cached in all. */
+  get extents(): number {
+    return this.total;
   }
-  return t;
+
+  get(volumeId: string, seq: number): TailSegment | undefined {
+    const t = this.volumes.get(volumeId);
+    if (!t) return undefined;
+    this.volumes.delete(volumeId); // most recently used last
+    this.volumes.set(volumeId, t);
+    return t.segments.get(seq);
+  }
+
+  set(volumeId: string, segment: TailSegment): void {
+    const size = extentCount(segment);
+    if (size > this.maxExtents) return;
+    let t = this.volumes.get(volumeId);
+    if (t) this.volumes.delete(volumeId);
+    else t = { segments: new Map(), extents: 0 };
+    this.volumes.set(volumeId, t);
+    const old = t.segments.get(segment.seq);
+    if (old) this.take(t, extentCount(old));
+    t.segments.set(segment.seq, segment);
+    t.extents += size;
+    this.total += size;
+    for (const id of [...this.volumes.keys()]) {
+      if (this.total <= this.maxExtents) break;
+      if (id === volumeId) continue;
+      this.forget(id);
+    }
+    // Still over: this volume's oldest segments go.
+    for (const [seq, seg] of t.segments) {
+      if (this.total <= this.maxExtents) break;
+      t.segments.delete(seq);
+      this.take(t, extentCount(seg));
+    }
+  }
+
+  /** Forgets a volume's segments up to `seq` (folded: no read overlays them again). */
+  dropUpTo(volumeId: string, seq: number): void {
+    const t = this.volumes.get(volumeId);
+    if (!t) return;
+    for (const [s, seg] of t.segments) {
+      if (s > seq) continue;
+      t.segments.delete(s);
+      this.take(t, extentCount(seg));
+    }
+  }
+
+  forget(volumeId: string): void {
+    const t = this.volumes.get(volumeId);
+    if (!t) return;
+    this.total -= t.extents;
+    this.volumes.delete(volumeId);
+  }
+
+  private take(t: { extents: number }, n: number): void {
+    t.extents -= n;
+    this.total -= n;
+  }
 }
+
+function extentCount(s: TailSegment): number {
+  let n = 0;
+  for (const e of s.byPage.values()) n += e.length;
+  return Math.max(1, n);
+}
+
+/** Extents the tails cached by one head may hold in all (about 150 MB). */
+export const TAIL_CACHE_EXTENTS_MAX = 1_000_000;
+const tails = new TailCache(TAIL_CACHE_EXTENTS_MAX);
 
 /** A segment this head just committed to a folding volume: reads of this head need not query it. */
 export function rememberTailSegment(v: Pick<VolumeRecord, 'pageBlocks'>, rec: SegmentRecord): void {
-  if (rec.extents) tailOf(rec.volumeId).set(rec.seq, tailSegmentOf(rec, v.pageBlocks));
+  if (rec.extents) tails.set(rec.volumeId, tailSegmentOf(rec, v.pageBlocks));
 }
 
 /** Drops what this head cached of a volume's tail (the volume was rebuilt or deleted). */
 export function forgetTail(volumeId: string): void {
-  tails.delete(volumeId);
+  tails.forget(volumeId);
 }
 
 /**
@@ -68,10 +139,14 @@ export function forgetTail(volumeId: string): void {
  * head read before them has one; a gap is damage, reported as 503.
  */
 export async function tailSegments(v: TailVolume, from = v.foldedSeq ?? v.headSeq, upto = v.headSeq): Promise<TailSegment[]> {
-  const cache = tailOf(v.volumeId);
-  for (const seq of cache.keys()) if (seq <= (v.foldedSeq ?? 0)) cache.delete(seq); // folded: no reader overlays it again
+  tails.dropUpTo(v.volumeId, v.foldedSeq ?? 0);
+  const out: TailSegment[] = [];
   const missing: number[] = [];
-  for (let seq = from + 1; seq <= upto; seq++) if (!cache.has(seq)) missing.push(seq);
+  for (let seq = from + 1; seq <= upto; seq++) {
+    const hit = tails.get(v.volumeId, seq);
+    out.push(hit!);
+    if (!hit) missing.push(seq);
+  }
   if (missing.length > 0) {
     const found = await pageMap().listSegmentRecordsBetween(v.volumeId, missing[0]! - 1, missing[missing.length - 1]!);
     const bySeq = new Map<number, SegmentRecord[]>();
@@ -84,11 +159,11 @@ export async function tailSegments(v: TailVolume, from = v.foldedSeq ?? v.headSe
             'rebuilding the page map (POST /volumes/{volumeId}/rebuild) restores them from the sleds',
         );
       }
-      cache.set(seq, tailSegmentOf(recs[0]!, v.pageBlocks));
+      const segment = tailSegmentOf(recs[0]!, v.pageBlocks);
+      out[seq - from - 1] = segment;
+      tails.set(v.volumeId, segment);
     }
   }
-  const out: TailSegment[] = [];
-  for (let seq = from + 1; seq <= upto; seq++) out.push(cache.get(seq)!);
   return out;
 }
 

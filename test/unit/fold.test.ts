@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { packSegmentExtents, SEGMENT_EXTENT_BYTES_MAX, unpackSegmentExtents } from '#shared/aws/pagemap/items.ts';
 import type { PageRecord } from '#shared/core/records.ts';
-import { foldPage, type TailSegment } from '#shared/data/tail.ts';
+import { foldPage, TailCache, type TailSegment } from '#shared/data/tail.ts';
 import { overlay, splitByPage } from '#shared/data/extents.ts';
 import { seeded } from './seed.ts';
 
@@ -74,5 +74,31 @@ describe('folding, pure parts', () => {
         expect(foldPage(page, folded, tail, 0)).toBeNull();
       }
     }
+  });
+
+  it('the tail cache stays within its extent budget: least recently used volumes go first, then a volume\'s oldest segments', () => {
+    const rng = seeded('tail cache');
+    const cache = new TailCache(60);
+    const seg = (seq: number) => randomSegment(rng, seq, 8);
+    const size = (s: TailSegment) => [...s.byPage.values()].reduce((n, e) => n + e.length, 0);
+    const a1 = seg(1);
+    const b1 = seg(1);
+    cache.set('a', a1);
+    cache.set('b', b1);
+    expect(cache.extents).toBe(size(a1) + size(b1));
+    expect(cache.get('a', 1)).toBe(a1); // 'a' is now the most recently used
+    let seq = 2;
+    while (cache.get('b', 1) !== undefined) {
+      cache.set('a', seg(seq++));
+      expect(cache.extents).toBeLessThanOrEqual(60);
+      expect(cache.get('a', 1)).toBe(a1); // 'b' goes before any of 'a'
+    }
+    // Then 'a' alone: its oldest segments go, its newest stay.
+    for (let i = 0; i < 20; i++) cache.set('a', seg(seq++));
+    expect(cache.extents).toBeLessThanOrEqual(60);
+    expect(cache.get('a', 1)).toBeUndefined();
+    expect(cache.get('a', seq - 1)).toBeDefined();
+    cache.dropUpTo('a', seq - 1);
+    expect(cache.extents).toBe(0);
   });
 });
