@@ -27,6 +27,7 @@ import { listDrives, reactivateDrive, forgetDriveStates } from '#shared/maintena
 import { retireDrive } from '#shared/maintenance/evacuation.ts';
 import { collectVolume } from '#shared/maintenance/gc.ts';
 import { foldVolume } from '#shared/maintenance/fold.ts';
+import { pageMap } from '#shared/ports.ts';
 import { listVolumeChunks } from '#shared/aws/chunk-store.ts';
 import { createVolume as createVolumeInProcess } from '#shared/control/volumes.ts';
 import { writePieces } from '#shared/data/write.ts';
@@ -350,16 +351,37 @@ async function main(): Promise<void> {
       // default): let the worker finish it, so this row carries its amortized cost and the next
       // row none of it.
       await plane.idle();
-      // On a folding volume (SLEDGE_FOLD_TAIL_MAX), what is left of the tail is folded here, so the row carries its folding work.
-      await foldVolume(vol);
-      rows.push(fmtCost('per 1,000 random 4 KiB writes (and the checkpoint and folds they trigger)', costOf(requestCounts(), 1)));
+      const writeCountsBefore = requestCounts();
+      const tailOf = async () => {
+        const v = (await pageMap().getVolume(vol))!;
+        return v.foldedSeq === undefined ? 'not folding' : `tail ${v.headSeq - v.foldedSeq} commits`;
+      };
+      const readRandom = async (label: string) => {
+        resetRequestCounts();
+        const readStartMs = performance.now();
+        for (let i = 0; i < 1000; i++) await read(api, vol, Math.floor(Math.random() * (GiB / 4096)) * 4096, 4096);
+        const readMs = performance.now() - readStartMs;
+        return { row: fmtCost(label, costOf(requestCounts(), 1)), msEach: readMs / 1000 };
+      };
+      // Reads while the tail is as the writes and the worker left it, then after it is folded.
+      const tailBefore = await tailOf();
+      const lagging = await readRandom(`per 1,000 random 4 KiB reads (${tailBefore})`);
+      // On a folding volume (SLEDGE_FOLD_TAIL_MAX), what is left of the tail is folded here, so the write row carries its folding work.
       resetRequestCounts();
-      const readStartMs = performance.now();
-      for (let i = 0; i < 1000; i++) await read(api, vol, Math.floor(Math.random() * (GiB / 4096)) * 4096, 4096);
-      const readMs = performance.now() - readStartMs;
-      rows.push(fmtCost('per 1,000 random 4 KiB reads', costOf(requestCounts(), 1)));
+      await foldVolume(vol);
+      const foldCounts = requestCounts();
+      const writeCounts = { ...writeCountsBefore };
+      for (const [k, n] of Object.entries(foldCounts.requests)) writeCounts.requests[k] = (writeCounts.requests[k] ?? 0) + n;
+      writeCounts.dynamoReadUnits += foldCounts.dynamoReadUnits;
+      writeCounts.dynamoWriteUnits += foldCounts.dynamoWriteUnits;
+      rows.push(fmtCost('per 1,000 random 4 KiB writes (and the checkpoint and folds they trigger)', costOf(writeCounts, 1)));
+      rows.push(lagging.row);
+      const folded = await readRandom(`per 1,000 random 4 KiB reads (${await tailOf()})`);
+      rows.push(folded.row);
       table(rows);
-      console.log(`4 KiB random reads, one at a time: ${(readMs / 1000).toFixed(2)} ms each on average (1,000 reads)`);
+      console.log(
+        `4 KiB random reads, one at a time, 1,000 each: ${lagging.msEach.toFixed(2)} ms on average with the ${tailBefore}, ${folded.msEach.toFixed(2)} ms after the fold`,
+      );
     }
 
     if (want('checkpoints')) {
