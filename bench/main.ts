@@ -380,7 +380,7 @@ async function main(): Promise<void> {
       rows.push(folded.row);
       table(rows);
       console.log(
-        `4 KiB random reads, one at a time, 1,000 each: ${lagging.msEach.toFixed(2)} ms on average with the ${tailBefore}, ${folded.msEach.toFixed(2)} ms after the fold`,
+        `4 KiB random reads, one at a time, 1,000 each: ${lagging.msEach.toFixed(2)} ms on average (${tailBefore}), then ${folded.msEach.toFixed(2)} ms (${await tailOf()})`,
       );
     }
 
