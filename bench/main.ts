@@ -26,6 +26,8 @@ import { getDrive, updateDrive } from '#shared/aws/drive-registry.ts';
 import { listDrives, reactivateDrive, forgetDriveStates } from '#shared/maintenance/drives.ts';
 import { retireDrive } from '#shared/maintenance/evacuation.ts';
 import { collectVolume } from '#shared/maintenance/gc.ts';
+import { foldVolume } from '#shared/maintenance/fold.ts';
+import { pageMap } from '#shared/ports.ts';
 import { listVolumeChunks } from '#shared/aws/chunk-store.ts';
 import { createVolume as createVolumeInProcess } from '#shared/control/volumes.ts';
 import { writePieces } from '#shared/data/write.ts';
@@ -53,12 +55,13 @@ const PRICE = {
 
 /**
  * `npm run bench -- <name> ...` runs only the named parts (codec, encode, crc, evacuation, gc,
- * throughput, endpoint, cost, checkpoints, fencing, snapshots, groups, nbd, backup); no names runs them all.
+ * throughput, endpoint, cost, checkpoints, fencing, snapshots, groups, nbd, nbd-cost, backup); no names runs them
+ * all. `nbd-cost` is the request-cost part of `nbd` alone, without the s3backer comparison.
  */
 const only = new Set(process.argv.slice(2));
 /** The parts that need no control plane, which is then not started. */
 const IN_PROCESS_PARTS = ['codec', 'encode', 'crc'];
-const PARTS = [...IN_PROCESS_PARTS, 'evacuation', 'gc', 'throughput', 'endpoint', 'cost', 'checkpoints', 'fencing', 'snapshots', 'groups', 'nbd', 'backup'];
+const PARTS = [...IN_PROCESS_PARTS, 'evacuation', 'gc', 'throughput', 'endpoint', 'cost', 'checkpoints', 'fencing', 'snapshots', 'groups', 'nbd', 'nbd-cost', 'backup'];
 for (const name of only) if (!PARTS.includes(name)) throw new Error(`unknown bench part ${name}; the parts are ${PARTS.join(', ')}`);
 const want = (name: string): boolean => only.size === 0 || only.has(name);
 
@@ -348,11 +351,37 @@ async function main(): Promise<void> {
       // default): let the worker finish it, so this row carries its amortized cost and the next
       // row none of it.
       await plane.idle();
-      rows.push(fmtCost('per 1,000 random 4 KiB writes (and the checkpoint they trigger)', costOf(requestCounts(), 1)));
+      const writeCountsBefore = requestCounts();
+      const tailOf = async () => {
+        const v = (await pageMap().getVolume(vol))!;
+        return v.foldedSeq === undefined ? 'not folding' : `tail ${v.headSeq - v.foldedSeq} commits`;
+      };
+      const readRandom = async (label: string) => {
+        resetRequestCounts();
+        const readStartMs = performance.now();
+        for (let i = 0; i < 1000; i++) await read(api, vol, Math.floor(Math.random() * (GiB / 4096)) * 4096, 4096);
+        const readMs = performance.now() - readStartMs;
+        return { row: fmtCost(label, costOf(requestCounts(), 1)), msEach: readMs / 1000 };
+      };
+      // Reads while the tail is as the writes and the worker left it, then after it is folded.
+      const tailBefore = await tailOf();
+      const lagging = await readRandom(`per 1,000 random 4 KiB reads (${tailBefore})`);
+      // On a folding volume (SLEDGE_FOLD_TAIL_MAX), what is left of the tail is folded here, so the write row carries its folding work.
       resetRequestCounts();
-      for (let i = 0; i < 1000; i++) await read(api, vol, Math.floor(Math.random() * (GiB / 4096)) * 4096, 4096);
-      rows.push(fmtCost('per 1,000 random 4 KiB reads', costOf(requestCounts(), 1)));
+      await foldVolume(vol);
+      const foldCounts = requestCounts();
+      const writeCounts = { ...writeCountsBefore };
+      for (const [k, n] of Object.entries(foldCounts.requests)) writeCounts.requests[k] = (writeCounts.requests[k] ?? 0) + n;
+      writeCounts.dynamoReadUnits += foldCounts.dynamoReadUnits;
+      writeCounts.dynamoWriteUnits += foldCounts.dynamoWriteUnits;
+      rows.push(fmtCost('per 1,000 random 4 KiB writes (and the checkpoint and folds they trigger)', costOf(writeCounts, 1)));
+      rows.push(lagging.row);
+      const folded = await readRandom(`per 1,000 random 4 KiB reads (${await tailOf()})`);
+      rows.push(folded.row);
       table(rows);
+      console.log(
+        `4 KiB random reads, one at a time, 1,000 each: ${lagging.msEach.toFixed(2)} ms on average (${tailBefore}), then ${folded.msEach.toFixed(2)} ms (${await tailOf()})`,
+      );
     }
 
     if (want('checkpoints')) {
@@ -413,7 +442,8 @@ async function main(): Promise<void> {
 
     if (want('backup')) await benchBackup({ apiUrl: api, table, section });
 
-    if (want('nbd')) await benchNbd({
+    if (want('nbd') || only.has('nbd-cost')) await benchNbd({
+      compare: want('nbd'),
       apiUrl: api,
       endpointUrl: plane.endpointUrl,
       createBucket: async (name) => void (await s3().send(new CreateBucketCommand({ Bucket: name }))),
@@ -421,6 +451,10 @@ async function main(): Promise<void> {
       resetRequestCounts,
       requestCounts,
       costRow: (label, counts, scale) => fmtCost(label, costOf(counts, scale)),
+      settle: async (volumeId) => {
+        await plane.idle();
+        await foldVolume(volumeId);
+      },
       table,
       section,
     });

@@ -59,6 +59,7 @@ if (contextFlag('sledge:skipBundling')) {
 
 const stackName = String(app.node.tryGetContext('stackName') ?? 'Sledge');
 const sledCount = contextInteger('sledCount');
+const foldTailMax = contextInteger('foldTailMax');
 const encryptionKey = String(app.node.tryGetContext('encryptionKey') ?? 'aws-managed');
 if (encryptionKey !== 'aws-managed' && encryptionKey !== 'customer') {
   throw new Error(`context encryptionKey=${encryptionKey} must be aws-managed or customer`);
@@ -80,6 +81,7 @@ const vault = vaultBucket
 new SledgeStack(app, stackName, {
   description: 'Sledge: serverless block storage (volumes on S3 sleds, page map in DynamoDB, heads on Lambda)',
   ...(sledCount !== undefined ? { sledCount } : {}),
+  ...(foldTailMax !== undefined ? { foldTailMax } : {}),
   apiIamAuthorization: !contextFalse('apiIamAuthorization'),
   encryptionKey,
   ...(vault ? { vault } : {}),

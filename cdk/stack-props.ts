@@ -29,6 +29,17 @@ export interface SledgeStackProps extends StackProps {
   readonly headMemoryMb?: number;
 
   /**
+   * The tail bound of volumes the head creates (docs/page-map.md, "Folding"): above 0, new
+   * volumes commit by folding (a commit records its segment and moves the head in two items;
+   * the worker folds the tail into page items, at most this many commits behind). 0 creates
+   * volumes that write their page items at every commit. A volume keeps the protocol it was
+   * made with. Between 0 and 1024; 256 is what the bench measures.
+   *
+   * @default 0
+   */
+  readonly foldTailMax?: number;
+
+  /**
    * Timeout of the head function. API Gateway HTTP APIs end an integration after 30 s, so a
    * longer timeout would only bill for work whose answer nobody can receive.
    *

@@ -235,6 +235,10 @@ export class SledgeStack extends Stack {
     if (headReserved !== undefined && !(Number.isInteger(headReserved) && headReserved >= 1)) {
       throw new Error(`headReservedConcurrency ${headReserved} must be a positive integer`);
     }
+    const foldTailMax = props.foldTailMax ?? 0;
+    if (!(Number.isInteger(foldTailMax) && foldTailMax >= 0 && foldTailMax <= 1024)) {
+      throw new Error(`foldTailMax ${foldTailMax} must be an integer from 0 to 1024`);
+    }
     this.head = new SledgeFunction(this, CONSTRUCT_IDS.head, {
       entry: 'lambdas/api.ts',
       description: 'Sledge head: the volume API',
@@ -244,6 +248,7 @@ export class SledgeStack extends Stack {
       logRetention,
       role: headRole,
       ...(headReserved !== undefined ? { reservedConcurrentExecutions: headReserved } : {}),
+      ...(foldTailMax > 0 ? { environment: { [ENV.foldTailMax]: String(foldTailMax) } } : {}),
     });
     this.worker = new SledgeFunction(this, CONSTRUCT_IDS.worker, {
       entry: 'lambdas/worker.ts',

@@ -15,7 +15,7 @@ import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { WriteBackCache } from '#gateway/cache.ts';
 import { startNbdServer } from '#gateway/server.ts';
-import { VolumeApiError, VolumeClient, type VolumeDescription } from '#gateway/volume-client.ts';
+import { API_FOLDING_PAGES_PER_BATCH, VolumeApiError, VolumeClient, type VolumeDescription } from '#gateway/volume-client.ts';
 import { NbdReader, onAttach, onDetach } from './nbd-attach.ts';
 import { debugEnabled, formatCliError, parseArgsUsageError, unreachable, UsageError } from './errors.ts';
 import { SIGNING_OPTIONS, defaultSigner, signingFromValues, type SigningOptions } from './signing.ts';
@@ -361,6 +361,7 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     capacityBytes: cmd.cacheBytes,
     readCacheBytes: cmd.readCacheBytes,
     maxDirtyAgeMs: cmd.maxDirtyAgeMs,
+    ...(volume.foldedSeq === undefined ? {} : { pagesPerBatch: API_FOLDING_PAGES_PER_BATCH }),
     ...(reader ? { coherence: reader } : {}),
     log,
   });

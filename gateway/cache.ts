@@ -243,6 +243,8 @@ export interface WriteBackCacheOptions {
   readAheadMaxBytes?: number;
   /** Batches of one write-back round in flight at once. Default 4. */
   writeBackConcurrency?: number;
+  /** Pages one batch may touch. Default the API's 96; a folding volume's commits take any number (API_FOLDING_PAGES_PER_BATCH). */
+  pagesPerBatch?: number;
   /**
    * A reader gateway's read lease (read-lease.ts): the clean cache is used and filled only while
    * it says so; otherwise reads go through the API, uncached. Absent: the cache is always usable.
@@ -340,7 +342,7 @@ export class WriteBackCache {
     this.readAheadMaxBytes = Math.min(opts.readAheadMaxBytes ?? 16 * MiB, Math.floor(this.clean.capacityBytes / 4 / API_MAX_IO_BYTES) * API_MAX_IO_BYTES);
     this.streams = new StreamDetector(this.readAheadMaxBytes, Math.min(this.readAheadMaxBytes, API_MAX_IO_BYTES));
     this.log = opts.log ?? (() => undefined);
-    this.limits = { pageBytes: opts.pageBytes, dataMaxBytes: API_MAX_IO_BYTES, pagesMax: API_MAX_PAGES_PER_BATCH };
+    this.limits = { pageBytes: opts.pageBytes, dataMaxBytes: API_MAX_IO_BYTES, pagesMax: opts.pagesPerBatch ?? API_MAX_PAGES_PER_BATCH };
     invariant(this.sizeBytes % this.blockSizeBytes === 0, 'volume size is not a multiple of its block size');
     invariant(opts.pageBytes % this.blockSizeBytes === 0 && API_MAX_IO_BYTES % this.blockSizeBytes === 0, 'page and batch sizes must be multiples of the block size');
     invariant(this.segmentBytes > 0 && this.capacityBytes >= this.segmentBytes, `cache capacity ${this.capacityBytes} must hold at least one segment of ${this.segmentBytes}`);

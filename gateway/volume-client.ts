@@ -25,6 +25,13 @@ import { checkPlan, readPlanned } from './direct-read.ts';
  */
 export const API_MAX_IO_BYTES = 4 * 1024 * 1024;
 export const API_MAX_PAGES_PER_BATCH = 96;
+
+/**
+ * Pages per batch on a folding volume (docs/page-map.md, "Folding"): its commits write no page
+ * items, so only the extents a segment record holds limit a batch (4 MiB of 4 KiB blocks is
+ * 1,024 data extents at most); 1,024 MiB of address space keeps zero runs well within that.
+ */
+export const API_FOLDING_PAGES_PER_BATCH = 1024;
 /** The longest range one allocation query describes (shared/data/read.ts MAX_ALLOCATION_BYTES). */
 export const API_MAX_ALLOCATION_BYTES = 256 * 1024 * 1024;
 
@@ -54,6 +61,8 @@ export interface VolumeDescription {
   blockSizeBytes: number;
   pageBlocks: number;
   state: string;
+  /** Present on a folding volume. */
+  foldedSeq?: number;
 }
 
 /** A piece of a batch: data, or a run of zeros. */

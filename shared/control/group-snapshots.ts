@@ -3,6 +3,8 @@
  * in one transaction for groups that fit one, and behind write barriers for larger ones;
  * listing, describing and deleting them, and aborting one whose coordinator died.
  */
+import { isFolding } from '../data/tail.ts';
+import { foldVolume } from '../maintenance/fold.ts';
 import { randomBytes } from 'node:crypto';
 import { config } from '../core/config.ts';
 import { ConflictError, FencedError, InvalidInputError, NotFoundError, UnavailableError } from '../core/errors.ts';
@@ -150,6 +152,13 @@ function newGroupSnapshotId(groupId: string): string {
 }
 
 async function readMembers(g: GroupRecord): Promise<Array<VolumeRecord | null>> {
+  const volumes = await groupStore().getVolumes(g.members);
+  // A folding member's snapshot is taken on an empty tail (docs/page-map.md, "Folding"): fold
+  // those with a tail, then read them again. A commit in between refuses the snapshot point,
+  // which is tried again like a moved head.
+  const tails = volumes.filter((v): v is VolumeRecord => v !== null && isFolding(v) && v.foldedSeq < v.headSeq);
+  if (tails.length === 0) return volumes;
+  await Promise.all(tails.map((v) => foldVolume(v.volumeId)));
   return groupStore().getVolumes(g.members);
 }
 

@@ -10,6 +10,8 @@ import type { Extent } from '../data/extents.ts';
 import type { WriterIdentity } from '../data/segments.ts';
 import { requireActive } from '../data/volume-rules.ts';
 import { commitWriter, completeWrite, prepareWrite, type WriteResult } from '../data/write.ts';
+import { isFolding } from '../data/tail.ts';
+import { foldVolume } from '../maintenance/fold.ts';
 import {
   checkSnapshotIdField,
   forgetSnapshot,
@@ -89,7 +91,12 @@ export async function createSnapshot(volumeId: string, body: unknown, requester:
   const purgeWaitUntil = Date.now() + SNAPSHOT_PURGE_WAIT_MS;
   for (let attempt = 0; attempt < SNAPSHOT_ATTEMPT_MAX; attempt++) {
     if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
-    const v = requireActive(await pageMap().getVolume(volumeId), volumeId);
+    let v = requireActive(await pageMap().getVolume(volumeId), volumeId);
+    if (isFolding(v) && v.foldedSeq < v.headSeq) {
+      // A snapshot of a folding volume is taken on an empty tail (docs/page-map.md, "Folding").
+      await foldVolume(volumeId);
+      v = requireActive(await pageMap().getVolume(volumeId), volumeId);
+    }
     if (v.snapPurge !== undefined && Date.now() < purgeWaitUntil) {
       attempt--;
       await sleep(250);
@@ -124,7 +131,7 @@ export async function createSnapshot(volumeId: string, body: unknown, requester:
         continue;
       }
       if (!(err instanceof CommitRefusedError)) throw err;
-      if (err.reason === 'head-moved') continue;
+      if (err.reason === 'head-moved' || err.reason === 'tail-full') continue; // folded again on the next attempt
       if (err.reason === 'fenced') throw new FencedError(err.message);
       requireActive(err.currentVolume ?? null, volumeId);
       throw err;
@@ -391,7 +398,13 @@ export async function rollbackVolume(
   const vp = snapshotViewPoint(volume, snapshot);
   for (let attempt = 0; attempt < SNAPSHOT_ATTEMPT_MAX; attempt++) {
     if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
-    const v = requireActive(await pageMap().getVolume(volumeId), volumeId);
+    let v = requireActive(await pageMap().getVolume(volumeId), volumeId);
+    if (isFolding(v) && v.foldedSeq < v.headSeq) {
+      // The changed pages are found by their frozen copies, which the folder makes, and a
+      // rollback is a direct commit, which needs an empty tail (docs/page-map.md, "Folding").
+      await foldVolume(volumeId);
+      v = requireActive(await pageMap().getVolume(volumeId), volumeId);
+    }
     const refusal = writeRefusal(volumeId, v.reservations, requester.key);
     if (refusal) throw new FencedError(refusal);
     if (snapshot.parent?.snapshotId !== v.parent?.snapshotId) {

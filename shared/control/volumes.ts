@@ -43,6 +43,7 @@ export interface VolumeView {
   checkpointEveryCommits: number;
   /** The seq of the latest checkpoint, or null before the first. */
   checkpointSeq: number | null;
+  foldedSeq?: number;
   /** For a clone: the snapshot it reads through to (docs/snapshots.md). */
   parent?: { volumeId: string; snapshotId: string };
   /** The consistency group it is in (docs/consistency-groups.md). */
@@ -70,6 +71,7 @@ export function view(v: VolumeRecord): VolumeView {
   if (v.owner !== undefined) out.owner = v.owner;
   if (v.parent) out.parent = { volumeId: v.parent.volumeId, snapshotId: v.parent.snapshotId };
   if (v.groupId) out.groupId = v.groupId;
+  if (v.foldedSeq !== undefined) out.foldedSeq = v.foldedSeq;
   if (v.flatten) out.flatten = { ...v.flatten, fractionDone: v.flatten.pages === 0 ? 1 : Math.min(1, v.flatten.pagesDone / v.flatten.pages) };
   return out;
 }
@@ -137,6 +139,8 @@ export async function createVolume(input: CreateVolumeInput, owner?: string, opt
   };
   if (name !== undefined) record.name = name;
   if (owner !== undefined) record.owner = owner;
+  // The commit protocol is fixed at creation (docs/page-map.md, "Folding").
+  if (config().foldTailMax > 0) Object.assign(record, { foldedSeq: 0, foldedSegmentId: '', foldTailMax: config().foldTailMax });
   await pageMap().putNewVolume(record);
   return view(record);
 }
@@ -201,6 +205,8 @@ async function createClone(input: CreateVolumeInput, owner?: string, volumeId?: 
   };
   if (name !== undefined) record.name = name;
   if (owner !== undefined) record.owner = owner;
+  // The commit protocol is fixed at creation (docs/page-map.md, "Folding").
+  if (config().foldTailMax > 0) Object.assign(record, { foldedSeq: 0, foldedSegmentId: '', foldTailMax: config().foldTailMax });
   await pageMap().createCloneVolume(record);
   return view(record);
 }

@@ -30,6 +30,11 @@ export const ENV = {
   /** Optional: a head queues GC of a volume every this many commits (0: never). Default 256. */
   gcEveryCommits: 'SLEDGE_GC_EVERY_COMMITS',
   /**
+   * Optional: volumes created while this is above 0 commit by folding (docs/page-map.md,
+   * "Folding"): a tail of at most this many commits not yet in the page items. Default 0: off.
+   */
+  foldTailMax: 'SLEDGE_FOLD_TAIL_MAX',
+  /**
    * Optional: the largest consistency group whose snapshot is one transaction, 1 to 49
    * (docs/consistency-groups.md); larger groups take the barrier path. Default 49.
    */
@@ -96,6 +101,7 @@ export interface SledgeConfig {
   evacuationRecheckSeconds: number;
   orphanGraceMs: number;
   gcEveryCommits: number;
+  foldTailMax: number;
   groupTransactionMembers: number;
   groupBarrierLeaseMs: number;
   development: boolean;
@@ -139,6 +145,7 @@ export function config(): SledgeConfig {
     evacuationRecheckSeconds: optionalInteger(ENV.evacuationRecheckSeconds, 10, 900),
     orphanGraceMs: optionalInteger(ENV.orphanGraceMs, 3600_000, 30 * 24 * 3600_000),
     gcEveryCommits: optionalInteger(ENV.gcEveryCommits, 256, 1_000_000),
+    foldTailMax: optionalInteger(ENV.foldTailMax, 0, 1024),
     groupTransactionMembers: Math.max(1, optionalInteger(ENV.groupTransactionMembers, 49, 49)),
     groupBarrierLeaseMs: Math.max(100, optionalInteger(ENV.groupBarrierLeaseMs, 5000, 600_000)),
     development: process.env[ENV.mode] === 'development',
@@ -149,4 +156,12 @@ export function config(): SledgeConfig {
       .filter(Boolean),
   };
   return cached;
+}
+
+/** The tail bound of folding volumes when the switch is off (volumes made while it was on still fold). */
+export const DEFAULT_FOLD_TAIL_MAX = 64;
+
+/** At most this many commits of folding volume `v` are not yet in its page items (docs/page-map.md, "Folding"). */
+export function foldTailBound(v: { foldTailMax?: number }): number {
+  return v.foldTailMax || config().foldTailMax || DEFAULT_FOLD_TAIL_MAX;
 }

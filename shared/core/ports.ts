@@ -138,7 +138,7 @@ export interface PageMapStore {
   /** Fences a volume for a rebuild under `token` (taking over a rebuild in progress). */
   fenceForRebuild(volumeId: string, token: string): Promise<{ volume: VolumeRecord; tookOver: boolean }>;
   /** Lifts the rebuild fence held under `token`; false if another rebuild took it over. */
-  unfenceAfterRebuild(volumeId: string, token: string): Promise<boolean>;
+  unfenceAfterRebuild(volumeId: string, token: string, folded?: { seq: number; segmentId: string }): Promise<boolean>;
 
   // Pages and segment records
   /** The volume item and the stored pages among `pages`, in one request. */
@@ -179,6 +179,10 @@ export interface PageMapStore {
     writer?: CommitWriter,
     clientRequestToken?: string,
   ): Promise<void>;
+  /** Writes a folded page if the item is still `read` (docs/page-map.md, "Folding"); false when refused. */
+  putFoldedPage(volumeId: string, pageBlocks: number, folded: PageRecord, read: PageRecord | null): Promise<boolean>;
+  /** Raises a folding volume's folded point while it serves; false when refused. */
+  advanceFoldedSeq(volumeId: string, seq: number, segmentId: string): Promise<boolean>;
   /** Points a chunk of a segment at `to` if it is still at `from` and the target drive is active. */
   moveChunkLocation(volumeId: string, segmentId: string, index: number, from: ChunkLocation, to: ChunkLocation, targetDriveId: string): Promise<MoveOutcome>;
   /** Writes and deletes rebuilt pages while the rebuild fence is `token`'s (RebuildFenceLostError otherwise). */

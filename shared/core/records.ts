@@ -54,6 +54,15 @@ export interface VolumeRecord {
   rebuildToken?: string;
   /** The tag commits freeze changed pages under: the newest snapshot's seq (docs/snapshots.md). */
   snapSeq?: number;
+  /**
+   * A folding volume (docs/page-map.md, "Folding"): every committed segment up to this seq is in
+   * the page items; later ones are the tail. Absent: the volume commits its pages directly.
+   */
+  foldedSeq?: number;
+  /** The segment at `foldedSeq` ('' at 0). */
+  foldedSegmentId?: string;
+  /** The most commits the tail holds (config `foldTailMax` when the volume was made). */
+  foldTailMax?: number;
   /** For a clone: the snapshot it reads through to. */
   parent?: ParentRef;
   /** A snapshot purge of this volume holds this token while it runs (one at a time). */
@@ -147,6 +156,8 @@ export interface PageRecord {
   extents: Extent[];
   /** The snapshot tag the last commit made sure a frozen copy exists under (docs/snapshots.md). */
   frozenTag?: number;
+  /** On a folding volume: the seq the folder folded this page to (docs/page-map.md, "Folding"). */
+  foldedTo?: number;
 }
 
 export interface SegmentRecord {
@@ -164,6 +175,8 @@ export interface SegmentRecord {
   /** `crcs[chunk][granule]`. */
   crcs: number[][];
   createdAt: string;
+  /** On a folding volume: the segment's extents, `[firstBlock, blockCount, segmentBlockOffset or -1 for zeros]` (the descriptor's). */
+  extents?: Array<[number, number, number]>;
 }
 
 /** A page item exactly as stored: restoring these fields restores the item byte for byte. */
@@ -172,6 +185,8 @@ export interface StoredPage {
   version: number;
   segs: string[];
   ext: Uint8Array;
+  /** On a folding volume: the seq the page is folded to (a rebuild writes its pages at the head). */
+  foldedTo?: number;
 }
 
 /** A frozen page item exactly as stored: page `page` as it was at snapshot tag `tag` (docs/snapshots.md). */
@@ -206,6 +221,7 @@ export type CommitRefusal =
   | 'segment-taken'
   | 'snapshot-moved'
   | 'barrier-raised'
+  | 'tail-full'
   | 'intent-unacked';
 
 export class CommitRefusedError extends Error {

@@ -33,6 +33,12 @@ export interface FlattenVolumeMessage {
   nextPage: number;
 }
 
+/** Fold a folding volume's tail into its page items (docs/page-map.md, "Folding"). */
+export interface FoldVolumeMessage {
+  type: 'fold-volume';
+  volumeId: string;
+}
+
 /** GC of one volume, or one step of the sweep over all of them (docs/evacuation.md, section 6). */
 export type GcMessage = { type: 'gc-volume'; volumeId: string } | { type: 'gc-sweep'; startAfter?: string };
 
@@ -90,6 +96,7 @@ export type WorkMessage =
   | SweepLeasesMessage
   | SnapshotPurgeMessage
   | FlattenVolumeMessage
+  | FoldVolumeMessage
   | GcMessage
   | EvacuationMessage
   | CheckpointQueueMessage
@@ -104,6 +111,7 @@ export function queueOf(message: WorkMessage): WorkQueueName {
     case 'reclaim-volume':
     case 'snapshot-purge':
     case 'flatten-volume':
+    case 'fold-volume':
     case 'sweep-leases':
     case 'gc-volume':
     case 'gc-sweep':
@@ -149,6 +157,7 @@ export function parseWorkMessage(body: string): WorkMessage {
   if (m.type === 'reclaim-volume' && typeof m.volumeId === 'string') return { type: 'reclaim-volume', volumeId: m.volumeId };
   if (m.type === 'gc-volume' && typeof m.volumeId === 'string') return { type: 'gc-volume', volumeId: m.volumeId };
   if (m.type === 'snapshot-purge' && isVolumeId(m.volumeId)) return { type: 'snapshot-purge', volumeId: m.volumeId };
+  if (m.type === 'fold-volume' && isVolumeId(m.volumeId)) return { type: 'fold-volume', volumeId: m.volumeId };
   if (m.type === 'flatten-volume' && isVolumeId(m.volumeId) && Number.isSafeInteger(m.nextPage) && (m.nextPage as number) >= 0) {
     return { type: 'flatten-volume', volumeId: m.volumeId, nextPage: m.nextPage as number };
   }

@@ -11,9 +11,11 @@ import { readRefusal } from '../control/reservations.ts';
 import { MAX_IO_BYTES, checkRange, requireActive } from './volume-rules.ts';
 import { pageMap } from '../ports.ts';
 import { liveViewPoint, requireSnapshot, snapshotViewPoint, viewExtents } from './views.ts';
+import { livePages } from './tail.ts';
 
 /** The parts of a volume record that never change after creation. */
-type Geometry = Pick<VolumeRecord, 'volumeId' | 'blockSizeBytes' | 'pageBlocks'>;
+/** What never changes about a volume; `folding` too (fixed at creation, docs/page-map.md, "Folding"). */
+type Geometry = Pick<VolumeRecord, 'volumeId' | 'blockSizeBytes' | 'pageBlocks'> & { folding?: boolean };
 
 export const geometryCache = new Map<string, Geometry>();
 
@@ -22,7 +24,7 @@ const GEOMETRY_CACHE_MAX = 4096;
 export function rememberGeometry(v: VolumeRecord): void {
   if (geometryCache.has(v.volumeId)) return;
   if (geometryCache.size >= GEOMETRY_CACHE_MAX) geometryCache.delete(geometryCache.keys().next().value!);
-  geometryCache.set(v.volumeId, { volumeId: v.volumeId, blockSizeBytes: v.blockSizeBytes, pageBlocks: v.pageBlocks });
+  geometryCache.set(v.volumeId, { volumeId: v.volumeId, blockSizeBytes: v.blockSizeBytes, pageBlocks: v.pageBlocks, folding: v.foldedSeq !== undefined });
 }
 
 /** Page numbers covering a block-aligned byte range. */
@@ -122,7 +124,8 @@ export async function readView(volumeId: string, offset: number, length: number,
   const first = offset / bs;
   const end = first + length / bs;
   const pageNums = pageRange(v, offset, length);
-  const pages = early ?? (await pageMap().getPages(v, pageNums));
+  // On a folding volume the tail up to the head read is laid over the page items (docs/page-map.md, "Folding").
+  const pages = await livePages(v, pageNums, early ?? undefined);
   const extents = v.parent ? await viewExtents(liveViewPoint(v), first, end, pages) : pageNums.flatMap((p) => clip(pages.get(p)?.extents ?? [], first, end));
   return { first, blockSizeBytes: bs, extents };
 }
@@ -191,7 +194,7 @@ export async function readAllocation(volumeId: string, offset: number, length: n
   const first = offset / bs;
   const end = first + length / bs;
   const pageNums = pageRange(v, offset, length);
-  const pages = await pageMap().getPages(v, pageNums);
+  const pages = await livePages(v, pageNums);
   // A clone's uncovered blocks read through to its parent snapshot: they are allocated there.
   const extents = v.parent ? await viewExtents(liveViewPoint(v), first, end, pages) : pageNums.flatMap((p) => clip(pages.get(p)?.extents ?? [], first, end));
   const runs: AllocationRun[] = [];

@@ -7,6 +7,7 @@ import { InvalidInputError, NotFoundError, invariant } from '../core/errors.ts';
 import type { ParentRef, SnapshotRecord, VolumeRecord } from '../core/records.ts';
 import { clip, type Extent } from './extents.ts';
 import { groupStore, pageMap } from '../ports.ts';
+import { livePages as liveWithTail, type TailVolume } from './tail.ts';
 
 /** Where a view looks: a live volume, or one of its snapshots (`atSeq`). */
 export interface ViewPoint {
@@ -57,7 +58,10 @@ export function forgetSnapshot(snapshotId: string): void {
 export async function ownPages(vp: ViewPoint, pageNums: readonly number[], live?: Map<number, { extents: Extent[] }>): Promise<Map<number, Extent[]>> {
   const out = new Map<number, Extent[]>();
   if (vp.atSeq === undefined) {
-    const pages = live ?? (await pageMap().getPages(vp.volume, pageNums));
+    // The live view of a folding volume overlays its tail (docs/page-map.md, "Folding"): a live
+    // view point's volume is the whole volume item.
+    const pages =
+      live ?? ('headSeq' in vp.volume ? await liveWithTail(vp.volume as unknown as TailVolume, pageNums) : await pageMap().getPages(vp.volume, pageNums));
     for (const p of pageNums) out.set(p, pages.get(p)?.extents ?? []);
     return out;
   }

@@ -6,7 +6,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { checkpointAfterCommit } from '../maintenance/checkpoint-messages.ts';
-import { config } from '../core/config.ts';
+import { config, foldTailBound } from '../core/config.ts';
 import { FencedError, InvalidInputError, NotFoundError, UnavailableError, invariant } from '../core/errors.ts';
 import { encodePage, overlay, splitByPage, type Extent } from './extents.ts';
 import {
@@ -33,6 +33,11 @@ import { geometryCache, pageRange, rememberGeometry } from './read.ts';
 import { workQueue } from '../ports.ts';
 import { pageMap } from '../ports.ts';
 import { joinChain, leaveChain, pagesAfter, pagesOf, PredecessorFailedError } from './write-pipeline.ts';
+import { isFolding, rememberTailSegment } from './tail.ts';
+import { foldDue, foldVolume, queueFold } from '../maintenance/fold.ts';
+
+/** Extents one segment of a folding volume holds at most: its record stays under DynamoDB's 400 KB item (at most 18 bytes each, about 4 for a scattered 4 KiB write). */
+export const MAX_SEGMENT_EXTENTS = 16384;
 import { INTENT_WAIT_MAX_MS, openIntentAndWait } from './intent-wait.ts';
 
 // ---------------------------------------------------------------------------------------
@@ -132,6 +137,12 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
         v = requireActive(early ? early.volume : await pageMap().getVolume(volumeId), volumeId);
         rememberGeometry(v);
         opts = { pages: early ?? undefined };
+        if (isFolding(v) && v.headSeq - v.foldedSeq >= foldTailBound(v)) {
+          // The tail is full (docs/page-map.md, "Folding"): the write waits while it is folded here.
+          await foldVolume(volumeId, { batchesMax: 1 });
+          v = requireActive(await pageMap().getVolume(volumeId), volumeId);
+          opts = {};
+        }
       }
       const sorted = checkPieces(v, pieces);
       const volume = v;
@@ -152,6 +163,10 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
       }
       if (attempt === 0) link.settled.resolve(outcome ? pagesOf(prepared.changes) : null);
       if (outcome) {
+        if (isFolding(v) && prepared.changes.length === 0) {
+          rememberTailSegment(v, prepared.record);
+          if (foldDue(v, outcome.commitSeq)) await queueFold(volumeId);
+        }
         await checkpointAfterCommit(v, outcome.commitSeq);
         await maybeQueueGc(volumeId, outcome.commitSeq);
         return outcome;
@@ -172,7 +187,8 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
  */
 async function readVolumeWithPages(volumeId: string, pieces: readonly WritePiece[]): Promise<(PrefetchedPages & { volume: VolumeRecord | null }) | null> {
   const g = geometryCache.get(volumeId);
-  if (!g) return null;
+  // A folding volume's tail commit reads no page (docs/page-map.md, "Folding").
+  if (!g || g.folding) return null;
   const covered = new Set<number>();
   for (const p of pieces) {
     const plausible = Number.isSafeInteger(p.offset) && Number.isSafeInteger(p.length) && p.offset >= 0 && p.length > 0;
@@ -290,7 +306,13 @@ export async function prepareWrite(
     invariant(pieces.length === 0, 'a page replacement carries no extents');
     payloadParts.push(Buffer.alloc(bs));
   }
-  const byPage = replace ?? splitByPage(incoming, v.pageBlocks);
+  // A folding volume's commit records the segment's extents and writes no page (docs/page-map.md,
+  // "Folding"); a page replacement is a direct commit, which writes its pages.
+  const tail = isFolding(v) && !replace;
+  if (tail && incoming.length > MAX_SEGMENT_EXTENTS) {
+    throw new InvalidInputError(`this write has ${incoming.length} extents; one commit holds at most ${MAX_SEGMENT_EXTENTS}: split it`);
+  }
+  const byPage = tail ? new Map<number, Extent[]>() : (replace ?? splitByPage(incoming, v.pageBlocks));
   if (byPage.size > MAX_PAGES_PER_COMMIT) {
     throw new InvalidInputError(
       `this write touches ${byPage.size} pages of ${v.pageBlocks * bs} bytes; one commit holds at most ${MAX_PAGES_PER_COMMIT}: split it`,
@@ -300,7 +322,14 @@ export async function prepareWrite(
   // (one request fewer), else now, while the segment is encoded and uploaded, which keeps the
   // round trip off the write's critical path.
   const prefetched = opts.pages && [...byPage.keys()].every((p) => opts.pages!.covered.has(p)) ? opts.pages.pages : undefined;
-  const pagesRead = prefetched ? Promise.resolve(prefetched) : opts.readPages ? opts.readPages([...byPage.keys()]) : pageMap().getPages(v, [...byPage.keys()]);
+  const pages = [...byPage.keys()];
+  let pagesRead: Promise<Map<number, PageRecord>>;
+  if (prefetched) pagesRead = Promise.resolve(prefetched);
+  // A pipelined write waits for its predecessor's commit here (readPages settles with it). A tail
+  // commit reads no page but must wait too: sent earlier, it would find the head behind it.
+  else if (opts.readPages) pagesRead = opts.readPages(pages);
+  else if (tail) pagesRead = Promise.resolve(new Map<number, PageRecord>());
+  else pagesRead = pageMap().getPages(v, pages);
   pagesRead.catch(() => undefined); // Awaited below; this only stops an early rejection going unhandled.
 
   const encoded = await encodeSegment(
@@ -362,6 +391,7 @@ export async function prepareWrite(
   const d = encoded.descriptor;
   // The descriptor was built from this segment's id, seq and block size (encodeSegment above).
   const record: SegmentRecord = segmentRecordOf(d, locations);
+  if (tail) record.extents = d.extents;
   const result: WriteResult = {
     volumeId: v.volumeId,
     segmentId,

@@ -4,6 +4,7 @@
  * uncovered (a client write in between moves the head and refuses the copy, which then reads
  * again), a few pages per message; then the clone drops its parent.
  */
+import { livePages } from '../data/tail.ts';
 import { ConflictError, FencedError, NotFoundError } from '../core/errors.ts';
 import type { FlattenProgress, VolumeRecord } from '../core/records.ts';
 import { clip } from '../data/extents.ts';
@@ -45,7 +46,8 @@ async function copyPage(volumeId: string, page: number): Promise<number> {
     const first = page * v.pageBlocks;
     const end = Math.min((page + 1) * v.pageBlocks, Math.floor(Math.min(v.sizeBytes, parent.sizeBytes) / v.blockSizeBytes));
     if (end <= first) return 0;
-    const own = (await pageMap().getPages(v, [page])).get(page)?.extents ?? [];
+    // With a folding clone's tail laid over (docs/page-map.md, "Folding"): a block written there is the clone's own.
+    const own = (await livePages(v, [page])).get(page)?.extents ?? [];
     const gaps = gapsOf(clip(own, first, end), first, end);
     const inherited = (await Promise.all(gaps.map(([a, b]) => viewExtents(parent, a, b)))).flat().filter((e) => e.seg !== null);
     if (inherited.length === 0) return 0; // the parent has nothing there either: the clone reads zeros without it

@@ -23,6 +23,8 @@ import { parseChunkKey, type ChunkLocation, type ListedChunk } from '../data/sle
 import { MAX_IO_BYTES } from '../data/volume-rules.ts';
 import { completeWrite, prepareWrite, type WritePiece } from '../data/write.ts';
 import { forgetSegment } from '../data/read.ts';
+import { isFolding, livePages } from '../data/tail.ts';
+import { foldVolume } from './fold.ts';
 import { chunkStore, workQueue } from '../ports.ts';
 import type { GcMessage } from '../core/work-messages.ts';
 import { pageMap } from '../ports.ts';
@@ -83,6 +85,15 @@ export function isKept(rec: Pick<SegmentRecord, 'volumeId' | 'segmentId' | 'seq'
  */
 export function checkpointRetention(v: Pick<VolumeRecord, 'checkpoint'>): SegmentRetention {
   return v.checkpoint === undefined ? { keepAll: true } : { keepSeqAbove: v.checkpoint.seq };
+}
+
+/**
+ * What a folding volume needs (docs/page-map.md, "Folding"): its tail, which readers lay over the
+ * pages. `v` is read before the pages are listed, so every segment at or below its `foldedSeq`
+ * is in them, and no later page write can name one again.
+ */
+export function foldRetention(v: Pick<VolumeRecord, 'foldedSeq'>): SegmentRetention {
+  return v.foldedSeq === undefined ? {} : { keepSeqAbove: v.foldedSeq };
 }
 
 /**
@@ -200,7 +211,9 @@ async function compact(volumeId: string, refs: ReadonlySet<string>, pagesOf: Map
     const read = await pageMap().getVolume(volumeId);
     if (!read || read.state !== 'active') return [];
     let v: VolumeRecord = read;
-    const pages = await pageMap().getPages(v, pageNums);
+    // A folding volume's tail is laid over (docs/page-map.md, "Folding"): blocks a tail segment
+    // superseded are not copied back over it.
+    const pages = await livePages(v, pageNums);
     const extents: LiveExtent[] = [];
     for (const p of pages.values()) {
       for (const e of p.extents)
@@ -318,7 +331,12 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
   const records: SegmentRecord[] = [];
   for await (const r of pageMap().listSegmentRecords(volumeId)) records.push(r);
   const volume = v;
-  const retentions = [checkpointRetention(volume), await snapshotRetention(volume), ...(await Promise.all(providers.map((p) => p.segmentsNeededBy(volume))))];
+  const retentions = [
+    checkpointRetention(volume),
+    foldRetention(volume),
+    await snapshotRetention(volume),
+    ...(await Promise.all(providers.map((p) => p.segmentsNeededBy(volume)))),
+  ];
   const pages: PageRecord[] = [];
   for await (const p of pageMap().listPages(v)) pages.push(p);
   const { liveBlocks, pagesOf } = liveness(pages);
@@ -363,6 +381,9 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
   );
   if (plan.length > 0) {
     const rewritten = await compact(volumeId, new Set(plan), pagesOf, report);
+    // On a folding volume the compaction's commits are in the tail: the pages name the old
+    // segments until they are folded (deleteDeadSegment asserts that none does).
+    if (rewritten.length > 0 && isFolding(v)) await foldVolume(volumeId);
     const byRef = new Map(records.map((r) => [segmentRef(r.volumeId, r.segmentId), r]));
     for (const ref of rewritten) {
       const r = byRef.get(ref)!;

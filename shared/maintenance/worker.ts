@@ -18,6 +18,8 @@ import { sweepLeases } from '../control/heads.ts';
 import { reclaimVolume } from '../control/volumes.ts';
 import { purgeSnapshots } from '../control/snapshots.ts';
 import { flattenStep } from './flatten.ts';
+import { foldVolume, workerMinTail } from './fold.ts';
+import { pageMap } from '../ports.ts';
 import { backupStep } from '../backup/backup.ts';
 import { deleteStep } from '../backup/delete.ts';
 import { restoreStep } from '../backup/restore.ts';
@@ -31,6 +33,11 @@ async function runWorkMessage(msg: WorkMessage, receiveCount = 1): Promise<Recor
       return { msg: 'reclaimed volume', volumeId: msg.volumeId, ...(await reclaimVolume(msg.volumeId)) };
     case 'flatten-volume':
       return { msg: 'flatten', ...(await flattenStep(msg.volumeId, msg.nextPage)) };
+    case 'fold-volume': {
+      // Half a tail at least (a late or duplicate message finds less and does nothing; writers fold a full tail themselves).
+      const v = await pageMap().getVolume(msg.volumeId);
+      return { msg: 'fold', ...(await foldVolume(msg.volumeId, { minTail: v ? workerMinTail(v) : 1 })) };
+    }
     case 'snapshot-purge':
       return { msg: 'snapshot purge', volumeId: msg.volumeId, ...(await purgeSnapshots(msg.volumeId)) };
     case 'sweep-leases':

@@ -469,6 +469,19 @@ describe('SledgeStack', () => {
     });
   });
 
+  describe('folding (foldTailMax, docs/page-map.md)', () => {
+    it('creates volumes that fold only when asked: the head gets the tail bound, checked to be 0..1024', () => {
+      expect(template.toJSON().Resources[ids.head].Properties.Environment.Variables[ENV.foldTailMax]).toBeUndefined();
+      const on = synth({ foldTailMax: 256 });
+      const resources = on.template.toJSON().Resources;
+      expect(resources[logicalId(on.stack, on.stack.head)].Properties.Environment.Variables[ENV.foldTailMax]).toBe('256');
+      // The worker folds by the bound each volume item carries, not by its environment.
+      expect(resources[logicalId(on.stack, on.stack.worker)].Properties.Environment.Variables[ENV.foldTailMax]).toBeUndefined();
+      expect(() => synth({ foldTailMax: 1025 })).toThrow(/foldTailMax 1025/);
+      expect(() => synth({ foldTailMax: 1.5 })).toThrow(/foldTailMax 1.5/);
+    });
+  });
+
   describe('security (docs/security.md)', () => {
     /** Synthesizes with cdk-nag's AwsSolutions pack as a policy validation plugin; returns the error, if synth refused. */
     function synthWithNag(props: SledgeStackProps = {}, extra?: (stack: SledgeStack) => void): { error?: Error; app: App; outdir: string } {

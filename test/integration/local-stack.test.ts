@@ -41,6 +41,8 @@ const OPTIONAL: string[] = [
   ENV.evacuationRecheckSeconds,
   ENV.orphanGraceMs,
   ENV.gcEveryCommits,
+  // Folding (docs/page-map.md): off unless set.
+  ENV.foldTailMax,
   ENV.faults,
   // Consistency groups' tuning knobs, with defaults (docs/consistency-groups.md).
   ENV.groupTransactionMembers,

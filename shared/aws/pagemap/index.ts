@@ -35,6 +35,7 @@ import {
   setFlattenProgress,
   unlockSnapshotPurge,
 } from './snapshots.ts';
+import { advanceFoldedSeq, putFoldedPage } from './fold.ts';
 import { openWriteIntent, storeReadLeases } from './read-leases.ts';
 import { commitSegment, moveChunkLocation, writeRebuiltFrozen, writeRebuiltPages } from './transactions.ts';
 import {
@@ -85,6 +86,8 @@ export const dynamoPageMap: PageMapStore = {
   deleteSegmentRecordIf,
   deleteSegmentRecords,
   commitSegment,
+  putFoldedPage,
+  advanceFoldedSeq,
   moveChunkLocation,
   writeRebuiltPages,
   writeRebuiltFrozen,

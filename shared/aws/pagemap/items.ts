@@ -70,6 +70,11 @@ export function volumeToItem(v: VolumeRecord): Record<string, AttributeValue> {
   if (v.heads) item.heads = headsToAttribute(v.heads);
   if (v.checkpointEveryCommits !== undefined) item.checkpointEveryCommits = N(v.checkpointEveryCommits);
   if (v.snapSeq !== undefined) item.snapSeq = N(v.snapSeq);
+  if (v.foldedSeq !== undefined) {
+    item.foldedSeq = N(v.foldedSeq);
+    item.foldedSegmentId = S(v.foldedSegmentId ?? '');
+    if (v.foldTailMax !== undefined) item.foldTailMax = N(v.foldTailMax);
+  }
   if (v.parent) item.parent = parentToAttribute(v.parent);
   return item;
 }
@@ -115,6 +120,11 @@ export function itemToVolume(item: Record<string, AttributeValue>): VolumeRecord
   if (heads) v.heads = heads;
   readCheckpointFields(item, v);
   if (item.snapSeq?.N !== undefined) v.snapSeq = num(item.snapSeq);
+  if (item.foldedSeq?.N !== undefined) {
+    v.foldedSeq = num(item.foldedSeq);
+    v.foldedSegmentId = str(item.foldedSegmentId);
+    if (item.foldTailMax?.N !== undefined) v.foldTailMax = num(item.foldTailMax);
+  }
   const parent = attributeToParent(item.parent);
   if (parent) v.parent = parent;
   if (item.snapPurge?.S !== undefined) v.snapPurge = item.snapPurge.S;
@@ -186,7 +196,85 @@ export function segmentToItem(s: SegmentRecord): Record<string, AttributeValue> 
     locations: locationsToAttribute(s.locations),
     crcs: { L: s.crcs.map((c) => ({ B: packCrcs(c) })) },
     createdAt: S(s.createdAt),
+    ...(s.extents ? { ext: { B: packSegmentExtents(s.extents) } } : {}),
   };
+}
+
+/**
+ * A segment record's `ext` (docs/page-map.md, "Folding"): a format byte (1), then per extent,
+ * in order, LEB128 varints: the zigzag distance of its first block from where the extent before
+ * it ended, its block count times two plus one for a run of zeros, and for data the zigzag
+ * distance of its offset in the segment from where the data before it ended. A 4 KiB write
+ * scattered over a volume takes about 4 bytes where fixed fields took 14; no extent takes more
+ * than SEGMENT_EXTENT_BYTES_MAX.
+ */
+const SEGMENT_EXTENTS_FORMAT = 1;
+/** The most bytes one extent takes in `ext`: first block (u48) 8, count (u32) 5, offset (i32) 5. */
+export const SEGMENT_EXTENT_BYTES_MAX = 18;
+
+function zigzag(n: number): number {
+  return n < 0 ? -2 * n - 1 : 2 * n;
+}
+
+function unzigzag(n: number): number {
+  return n % 2 === 1 ? -(n + 1) / 2 : n / 2;
+}
+
+/** Packs a segment's extents for its record. */
+export function packSegmentExtents(extents: ReadonlyArray<readonly [number, number, number]>): Uint8Array {
+  const out = Buffer.allocUnsafe(1 + extents.length * SEGMENT_EXTENT_BYTES_MAX);
+  let o = 0;
+  out[o++] = SEGMENT_EXTENTS_FORMAT;
+  const put = (v: number) => {
+    invariant(Number.isSafeInteger(v) && v >= 0, () => `segment extent field ${v}`);
+    while (v >= 128) {
+      out[o++] = (v % 128) | 128;
+      v = Math.floor(v / 128);
+    }
+    out[o++] = v;
+  };
+  let end = 0;
+  let dataEnd = 0;
+  for (const [first, count, offset] of extents) {
+    put(zigzag(first - end));
+    put(count * 2 + (offset < 0 ? 1 : 0));
+    if (offset >= 0) {
+      put(zigzag(offset - dataEnd));
+      dataEnd = offset + count;
+    }
+    end = first + count;
+  }
+  return out.subarray(0, o);
+}
+
+export function unpackSegmentExtents(bytes: Uint8Array): Array<[number, number, number]> {
+  invariant(bytes[0] === SEGMENT_EXTENTS_FORMAT, () => `segment extents in format ${bytes[0]}`);
+  let o = 1;
+  const get = (): number => {
+    let v = 0;
+    for (let scale = 1; ; scale *= 128) {
+      invariant(o < bytes.length, 'segment extents end inside a number');
+      const b = bytes[o++]!;
+      v += (b & 127) * scale;
+      if (b < 128) return v;
+    }
+  };
+  const out: Array<[number, number, number]> = [];
+  let end = 0;
+  let dataEnd = 0;
+  while (o < bytes.length) {
+    const first = end + unzigzag(get());
+    const c = get();
+    const count = Math.floor(c / 2);
+    let offset = -1;
+    if (c % 2 === 0) {
+      offset = dataEnd + unzigzag(get());
+      dataEnd = offset + count;
+    }
+    out.push([first, count, offset]);
+    end = first + count;
+  }
+  return out;
 }
 
 /**
@@ -215,6 +303,7 @@ export function itemToSegment(item: Record<string, AttributeValue>): SegmentReco
     locations: (item.locations?.L ?? []).map((a) => parseLocation(str(a))),
     crcs: (item.crcs?.L ?? []).map((a) => unpackCrcs(a.B ?? new Uint8Array())),
     createdAt: str(item.createdAt),
+    ...(item.ext?.B ? { extents: unpackSegmentExtents(item.ext.B) } : {}),
   };
 }
 
@@ -225,6 +314,7 @@ export function pageToItem(
   extents: Extent[],
   pageBlocks: number,
   frozenTag?: number,
+  foldedTo?: number,
 ): Record<string, AttributeValue> {
   const enc = encodePage(extents, page, pageBlocks);
   return {
@@ -234,6 +324,7 @@ export function pageToItem(
     segs: { L: enc.segs.map(S) },
     ext: { B: enc.ext },
     ...(frozenTag === undefined ? {} : { ft: N(frozenTag) }),
+    ...(foldedTo === undefined ? {} : { foldedTo: N(foldedTo) }),
   };
 }
 
@@ -242,15 +333,25 @@ export function itemToPage(item: Record<string, AttributeValue>, pageBlocks: num
   const segs = (item.segs?.L ?? []).map(str);
   const rec: PageRecord = { page, version: num(item.version), extents: decodePage({ segs, ext: item.ext?.B ?? new Uint8Array() }, page, pageBlocks) };
   if (item.ft?.N !== undefined) rec.frozenTag = num(item.ft);
+  if (item.foldedTo?.N !== undefined) rec.foldedTo = num(item.foldedTo);
   return rec;
 }
 
 export function itemToStoredPage(item: Record<string, AttributeValue>): StoredPage {
-  return { page: num(item.page), version: num(item.version), segs: (item.segs?.L ?? []).map(str), ext: item.ext?.B ?? new Uint8Array() };
+  const p: StoredPage = { page: num(item.page), version: num(item.version), segs: (item.segs?.L ?? []).map(str), ext: item.ext?.B ?? new Uint8Array() };
+  if (item.foldedTo?.N !== undefined) p.foldedTo = num(item.foldedTo);
+  return p;
 }
 
 export function storedPageToItem(volumeId: string, p: StoredPage): Record<string, AttributeValue> {
-  return { volumeId: S(volumeId), page: N(p.page), version: N(p.version), segs: { L: p.segs.map(S) }, ext: { B: p.ext } };
+  return {
+    volumeId: S(volumeId),
+    page: N(p.page),
+    version: N(p.version),
+    segs: { L: p.segs.map(S) },
+    ext: { B: p.ext },
+    ...(p.foldedTo === undefined ? {} : { foldedTo: N(p.foldedTo) }),
+  };
 }
 
 export function pageKey(volumeId: string, page: number): Record<string, AttributeValue> {

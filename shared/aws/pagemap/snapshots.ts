@@ -263,6 +263,7 @@ export function snapshotPointUpdate(
         '#state = :active', // and is serving
         'headSeq = :seq', // and nothing committed since we read the head the snapshot is of
         'attribute_not_exists(snapPurge)', // and no purge is moving frozen pages between tags
+        '(attribute_not_exists(foldedSeq) OR foldedSeq = :seq)', // and, folding, every commit is in the page items (docs/page-map.md, "Folding")
         ...fencing.parts, // and the requester is not fenced off
         ...extra.parts,
       ].join(' AND '),
@@ -295,6 +296,9 @@ export async function createSnapshotRecord(volume: VolumeRecord, snap: SnapshotR
       if (!current) throw new CommitRefusedError('volume-gone', `volume ${volume.volumeId} does not exist`);
       if (current.state !== 'active') throw new CommitRefusedError('volume-not-active', `volume ${volume.volumeId} is ${current.state}`, current);
       if (current.headSeq !== snap.seq) throw new CommitRefusedError('head-moved', `volume ${volume.volumeId} committed while the snapshot was taken`, current);
+      if (current.foldedSeq !== undefined && current.foldedSeq !== snap.seq) {
+        throw new CommitRefusedError('tail-full', `volume ${volume.volumeId} has commits not yet folded into its pages`, current);
+      }
       if (current.snapPurge !== undefined) {
         throw new UnavailableError(`deleted snapshots of volume ${volume.volumeId} are being purged; retry in a few seconds`, { retryAfterSeconds: 2 });
       }

@@ -6,7 +6,7 @@
 import { type AttributeValue, TransactWriteItemsCommand, TransactionCanceledException, type TransactWriteItem } from '@aws-sdk/client-dynamodb';
 import { intentAllows } from '../../control/read-leases.ts';
 import { HOLDER_TYPES, REGISTRANT_TYPES, writeAllowed } from '../../control/reservations.ts';
-import { config } from '../../core/config.ts';
+import { config, foldTailBound } from '../../core/config.ts';
 import { invariant } from '../../core/errors.ts';
 import {
   CommitRefusedError,
@@ -85,6 +85,28 @@ export function fencingCondition(writer: CommitWriter): { parts: string[]; names
 export const NO_LIVE_BARRIER = '(attribute_not_exists(barrier) OR barrier.expiresAtMs < :nowMs)';
 
 /**
+ * The named condition parts and updates a commit adds on a folding volume (docs/page-map.md,
+ * "Folding"): a tail commit (no pages) keeps the tail within its bound; a direct commit (pages)
+ * needs an empty tail and moves the folded point with the head. None on other volumes.
+ */
+function foldParts(
+  volume: VolumeRecord,
+  segment: SegmentRecord,
+  direct: boolean,
+): { parts: string[]; set: string[]; values: Record<string, AttributeValue>; foldFloor?: number } {
+  if (volume.foldedSeq === undefined) return { parts: [], set: [], values: {} };
+  if (direct) {
+    return {
+      parts: ['foldedSeq = :prevSeq'], // and every earlier commit is in the page items (the tail is empty)
+      set: ['foldedSeq = :seq', 'foldedSegmentId = :segment'],
+      values: {},
+    };
+  }
+  const foldFloor = segment.seq - foldTailBound(volume);
+  return { parts: ['foldedSeq >= :foldFloor'], set: [], values: { ':foldFloor': N(foldFloor) }, foldFloor }; // and the tail stays within its bound
+}
+
+/**
  * The commit-condition parts of multi-attach (docs/nbd-gateway.md, "The commit condition"), from
  * the volume item as the writer's head read it: no intent (no reader ever attached), or the
  * intent it read still open, and every read lease it read expired at `:nowMs` or having
@@ -110,7 +132,8 @@ export function intentCondition(volume: VolumeRecord): { parts: string[]; names:
 
 /**
  * Commits a segment: moves the volume's head from `volume.headSeq` to `segment.seq`, records
- * the segment, and replaces the changed pages, in one transaction. See docs/page-map.md.
+ * the segment, and replaces the changed pages, in one transaction. See docs/page-map.md. On a
+ * folding volume a commit without pages is a tail commit: two items, whatever the scatter.
  *
  * Throws CommitRefusedError when a condition failed (nothing was changed); any other error
  * leaves the outcome unknown, and the caller resolves it with `getSegmentRecord`.
@@ -130,12 +153,15 @@ export async function commitSegment(
   const cfg = config();
   const nowMs = Date.now();
   const now = new Date(nowMs).toISOString();
+  const direct = changes.length > 0;
+  const fold = foldParts(volume, segment, direct);
+  invariant(volume.foldedSeq === undefined || direct || segment.extents !== undefined, 'a tail commit records its extents');
   const items: TransactWriteItem[] = [
     {
       Update: {
         TableName: cfg.volumesTable,
         Key: { volumeId: S(volume.volumeId) },
-        UpdateExpression: 'SET headSeq = :seq, headSegmentId = :segment, updatedAt = :now',
+        UpdateExpression: ['SET headSeq = :seq', 'headSegmentId = :segment', 'updatedAt = :now', ...fold.set].join(', '),
         ConditionExpression: [
           'attribute_exists(volumeId)', // the volume still exists
           '#state = :active', // and is not being deleted
@@ -144,11 +170,13 @@ export async function commitSegment(
           // and no snapshot was taken since we froze the changed pages (docs/snapshots.md)
           volume.snapSeq === undefined ? 'attribute_not_exists(snapSeq)' : 'snapSeq = :snapSeq',
           NO_LIVE_BARRIER, // and no group snapshot holds a write barrier on it (docs/consistency-groups.md)
+          ...fold.parts, // and, folding, the tail allows it (docs/page-map.md, "Folding")
           ...intent.parts, // and no reader may still cache what this commit changes (docs/nbd-gateway.md, "Multi-attach")
         ].join(' AND '),
         ExpressionAttributeNames: { '#state': 'state', ...fencing.names, ...intent.names },
         ExpressionAttributeValues: {
           ...fencing.values,
+          ...fold.values,
           ...intent.values,
           ':seq': N(segment.seq),
           ':prevSeq': N(volume.headSeq),
@@ -174,7 +202,16 @@ export async function commitSegment(
         Put: {
           TableName: cfg.pagesTable,
           // `ft`: the writer made sure the page is frozen under the newest snapshot's tag (docs/snapshots.md).
-          Item: pageToItem(volume.volumeId, c.page, (c.oldVersion ?? 0) + 1, c.extents, volume.pageBlocks, volume.snapSeq),
+          // `foldedTo`: a direct commit on a folding volume leaves its pages folded to its own seq.
+          Item: pageToItem(
+            volume.volumeId,
+            c.page,
+            (c.oldVersion ?? 0) + 1,
+            c.extents,
+            volume.pageBlocks,
+            volume.snapSeq,
+            volume.foldedSeq === undefined ? undefined : segment.seq,
+          ),
           ...(c.oldVersion === null
             ? { ConditionExpression: 'attribute_not_exists(page)' } // the page had no item when we read it
             : {
@@ -220,6 +257,15 @@ export async function commitSegment(
       }
       if (current.headSeq === volume.headSeq && current.snapSeq !== volume.snapSeq) {
         throw new CommitRefusedError('snapshot-moved', `a snapshot of volume ${volume.volumeId} was taken while this commit was prepared`, current);
+      }
+      const tailRefused = direct ? current.foldedSeq !== volume.headSeq : (current.foldedSeq ?? 0) < (fold.foldFloor ?? 0);
+      if (current.headSeq === volume.headSeq && volume.foldedSeq !== undefined && tailRefused) {
+        throw new CommitRefusedError(
+          'tail-full',
+          `volume ${volume.volumeId} has ${current.headSeq - (current.foldedSeq ?? 0)} commits not yet folded into its pages ` +
+            (direct ? '(this commit needs none)' : `(at most ${foldTailBound(volume)})`),
+          current,
+        );
       }
       if (current.headSeq === volume.headSeq && !intentAllows(volume, current, nowMs)) {
         throw new CommitRefusedError('intent-unacked', `volume ${volume.volumeId} has readers that have not dropped their caches for this write`, current);

@@ -350,19 +350,26 @@ export async function fenceForRebuild(volumeId: string, token: string): Promise<
 }
 
 /** Lifts the rebuild fence held under `token`. Returns false if another rebuild took it over. */
-export async function unfenceAfterRebuild(volumeId: string, token: string): Promise<boolean> {
+export async function unfenceAfterRebuild(volumeId: string, token: string, folded?: { seq: number; segmentId: string }): Promise<boolean> {
   try {
     await dynamo().send(
       new UpdateItemCommand({
         TableName: config().volumesTable,
         Key: { volumeId: S(volumeId) },
-        UpdateExpression: 'SET #state = :active, updatedAt = :now REMOVE rebuildToken',
+        // A folding volume's rebuilt pages hold every commit: its folded point is the head (docs/page-map.md, "Folding").
+        UpdateExpression: `SET #state = :active, updatedAt = :now${folded ? ', foldedSeq = :foldedSeq, foldedSegmentId = :foldedSegment' : ''} REMOVE rebuildToken`,
         ConditionExpression: [
           '#state = :rebuilding', // the volume is fenced for a rebuild
           'rebuildToken = :token', // and the fence is ours, not a rebuild's that took over
         ].join(' AND '),
         ExpressionAttributeNames: { '#state': 'state' },
-        ExpressionAttributeValues: { ':active': S('active'), ':rebuilding': S('rebuilding'), ':token': S(token), ':now': S(new Date().toISOString()) },
+        ExpressionAttributeValues: {
+          ':active': S('active'),
+          ':rebuilding': S('rebuilding'),
+          ':token': S(token),
+          ':now': S(new Date().toISOString()),
+          ...(folded ? { ':foldedSeq': N(folded.seq), ':foldedSegment': S(folded.segmentId) } : {}),
+        },
         ReturnConsumedCapacity: 'TOTAL',
       }),
     );

@@ -189,10 +189,16 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
 
     const current = new Map<number, StoredPage>();
     for await (const p of pageMap().listStoredPages(volumeId)) current.set(p.page, p);
-    const puts = [...map.values()].filter((p) => {
-      const have = current.get(p.page);
-      return !have || !samePage(have, p);
-    });
+    // A folding volume's pages are written folded to the head, and the folded point moves there
+    // when the fence is lifted (docs/page-map.md, "Folding"): a folder that read a page before
+    // this write is refused by it, and one that reads it after finds nothing to fold.
+    const folded = v.foldedSeq === undefined ? undefined : { seq: v.headSeq, segmentId: v.headSegmentId };
+    const puts = [...map.values()]
+      .filter((p) => {
+        const have = current.get(p.page);
+        return !have || !samePage(have, p);
+      })
+      .map((p) => (folded ? { ...p, foldedTo: folded.seq } : p));
     const deletes = [...current.keys()].filter((page) => !map.has(page));
     writing ||= puts.length + deletes.length > 0;
     await pageMap().writeRebuiltPages(volumeId, token, puts, deletes);
@@ -201,7 +207,7 @@ export async function rebuildPageMap(volumeId: string): Promise<RebuildReport> {
           writing = true;
         })
       : { rebuilt: false as const, reason: `checkpoint ${base.checkpointId} predates frozen pages in checkpoints and a snapshot is older than it` };
-    if (!(await pageMap().unfenceAfterRebuild(volumeId, token))) {
+    if (!(await pageMap().unfenceAfterRebuild(volumeId, token, folded))) {
       throw new RebuildFenceLostError(`the rebuild of volume ${volumeId} was taken over by another rebuild before it finished`);
     }
     clock.lap('write');

@@ -3,6 +3,7 @@
  * checkpoints, and the scheduled sweep (docs/checkpoints.md). This folder is the only
  * implementation of that note.
  */
+import { foldVolume } from '../fold.ts';
 import { sendCheckpointMessages, sendCheckpointMessage, DEFAULT_CHECKPOINT_EVERY_COMMITS } from '../checkpoint-messages.ts';
 import { config } from '../../core/config.ts';
 import { crc32c } from '../../data/crc32c.ts';
@@ -136,8 +137,11 @@ async function mapByReplayOnce(v0: VolumeRecord, base: RebuildBase, clock: Retur
   const scanned = canonicalFrozen(await scanFrozen(volumeId), tags);
   if (!(await stillStable(volumeId, snapshots))) return null;
   const now = mustStayActive(v0, await pageMap().getVolume(volumeId));
-  // Commits after v0 may have changed pages (and frozen them) during the scans: those pages are not compared.
-  const later = await committedDescriptors(volumeId, { seq: v0.headSeq, segmentId: v0.headSegmentId }, { seq: now.headSeq, segmentId: now.headSegmentId });
+  // Commits after v0 may have changed pages (and frozen them) during the scans: those pages are
+  // not compared. On a folding volume, neither are those of its tail at v0: they may be folded
+  // or not (docs/page-map.md, "Folding").
+  const from = v0.foldedSeq === undefined ? { seq: v0.headSeq, segmentId: v0.headSegmentId } : { seq: v0.foldedSeq, segmentId: v0.foldedSegmentId ?? '' };
+  const later = await committedDescriptors(volumeId, from, { seq: now.headSeq, segmentId: now.headSegmentId });
   const moved = new Set(later.flatMap((d) => changedPages(d, pageBlocks)));
   let pagesVerified = 0;
   for (const page of new Set([...map.keys(), ...live.keys()])) {
@@ -205,6 +209,7 @@ async function frozenAfter(volumeId: string, seq: number): Promise<Map<string, S
  * checkpoint is near enough to replay from; nothing to verify it against.
  */
 async function mapByScan(v0: VolumeRecord): Promise<BuiltMap> {
+  if (v0.foldedSeq !== undefined) return mapByFoldedScan(v0);
   const { volumeId } = v0;
   const map = new Map<number, StoredPage>();
   for await (const p of pageMap().listStoredPages(volumeId)) map.set(p.page, p);
@@ -239,6 +244,59 @@ async function mapByScan(v0: VolumeRecord): Promise<BuiltMap> {
       { seq: now.headSeq, segmentId: now.headSegmentId },
     );
     for (const d of descs) for (const p of touchedPages(d, v0.pageBlocks)) touched.add(p);
+    const fresh = await pageMap().getStoredPages(volumeId, [...touched]);
+    for (const p of touched) {
+      const item = fresh.get(p);
+      if (item) map.set(p, item);
+      else map.delete(p);
+    }
+    known = now;
+  }
+}
+
+/**
+ * mapByScan for a folding volume (docs/page-map.md, "Folding"): the page items hold the map at
+ * the folded point, page by page at different points while a fold runs. So the tail is folded
+ * here first, and the scan settles at a head that neither moved nor had a tail while the pages
+ * changed since the previous round (by commits after its folded point) were read again.
+ */
+async function mapByFoldedScan(v0: VolumeRecord): Promise<BuiltMap> {
+  const { volumeId } = v0;
+  await foldVolume(volumeId);
+  let known = mustStayActive(v0, await pageMap().getVolume(volumeId));
+  const map = new Map<number, StoredPage>();
+  for await (const p of pageMap().listStoredPages(volumeId)) map.set(p.page, p);
+  for (let settleRounds = 0; ; settleRounds++) {
+    await foldVolume(volumeId);
+    const now = mustStayActive(v0, await pageMap().getVolume(volumeId));
+    if (now.headSeq === known.headSeq && known.foldedSeq === known.headSeq) {
+      return {
+        seq: known.headSeq,
+        headSegmentId: known.headSegmentId,
+        map: new Map([...map].map(([page, p]) => [page, { page, version: p.version, segs: p.segs, ext: p.ext }])),
+        frozen: await frozenAfter(volumeId, known.headSeq),
+        method: 'scan',
+        baseCheckpointId: null,
+        segmentsReplayed: 0,
+        verified: false,
+        pagesVerified: 0,
+        pagesSkipped: 0,
+        frozenVerified: 0,
+        settleRounds,
+      };
+    }
+    if (settleRounds >= SETTLE_ROUNDS_MAX) {
+      throw new UnavailableError(`volume ${volumeId} kept committing during ${SETTLE_ROUNDS_MAX} rounds of its checkpoint scan; retry later`, {
+        retryAfterSeconds: 10,
+      });
+    }
+    // Pages a fold or commit may have changed since `known`: those of the segments after its folded point.
+    const descs = await committedDescriptors(
+      volumeId,
+      { seq: known.foldedSeq ?? known.headSeq, segmentId: known.foldedSegmentId ?? known.headSegmentId },
+      { seq: now.headSeq, segmentId: now.headSegmentId },
+    );
+    const touched = new Set(descs.flatMap((d) => touchedPages(d, v0.pageBlocks)));
     const fresh = await pageMap().getStoredPages(volumeId, [...touched]);
     for (const p of touched) {
       const item = fresh.get(p);

@@ -1,0 +1,191 @@
+/**
+ * The folder (docs/page-map.md, "Folding"): moves a folding volume's tail of committed segments
+ * into its page items, many segments per page write. Run as `fold-volume` work and inline by
+ * writers whose tail is full. Idempotent: a message may arrive twice, late, or out of order, and
+ * any number of folders may run at once; each page write is conditioned on the item it read.
+ */
+import { foldTailBound } from '../core/config.ts';
+import { DataUnavailableError } from '../core/errors.ts';
+import type { FrozenPage, PageRecord, VolumeRecord } from '../core/records.ts';
+import { foldPage, isFolding, tailSegments, type TailSegment } from '../data/tail.ts';
+import { pageMap, workQueue } from '../ports.ts';
+
+export interface FoldReport {
+  volumeId: string;
+  /** The folded point before and after. */
+  fromSeq: number;
+  toSeq: number;
+  segmentsFolded: number;
+  pagesWritten: number;
+  /** Pages already at the target (another folder, or an earlier attempt killed mid-merge, wrote them). */
+  pagesSkipped: number;
+  /** Page writes refused because the item changed since it was read (read again and retried). */
+  pagesRetried: number;
+  framesFrozen: number;
+  skipped?: string;
+}
+
+export interface FoldOptions {
+  /** Folds at most this many batches (default: until the tail is empty as read). */
+  batchesMax?: number;
+  /**
+   * Does nothing while the tail holds fewer commits than this (default 0): the worker's folds
+   * wait for half a tail, so that each page write carries many commits (a fold started on a
+   * short tail rewrites the same pages for a few commits each).
+   */
+  minTail?: number;
+  /** Test hooks: after each page write of a batch (a test kills the folder there), and before raising the folded point. */
+  hooks?: { afterPageWrite?: (written: number) => Promise<void>; beforeAdvance?: (seq: number) => Promise<void> };
+}
+
+/** Pages read (and written) per step of a batch. */
+const PAGES_PER_STEP = 100;
+/** Page writes in flight at once. */
+const PAGE_WRITES_IN_FLIGHT = 16;
+/** Times one page write is retried after its item changed under it. */
+const PAGE_RETRY_MAX = 5;
+/** Batches one call folds at most (the worker queues the rest). */
+const BATCHES_MAX = 16;
+
+/** Queues a fold of a volume (best effort: writers fold inline when the tail fills). */
+export async function queueFold(volumeId: string): Promise<void> {
+  try {
+    await workQueue().send({ type: 'fold-volume', volumeId });
+  } catch (err) {
+    console.warn(`could not queue a fold of ${volumeId}:`, err);
+  }
+}
+
+/**
+ * Folds the tail of a volume: each batch takes the segments `(foldedSeq, F]`, lays them over
+ * every page they touch (freezing each first under the newest snapshot tag) and writes each page
+ * once, then raises `foldedSeq` to `F`.
+ *
+ * @example
+ * const r = await foldVolume('vol-0123'); // { fromSeq: 0, toSeq: 40, pagesWritten: 733, ... }
+ */
+export async function foldVolume(volumeId: string, opts: FoldOptions = {}): Promise<FoldReport> {
+  const report: FoldReport = { volumeId, fromSeq: 0, toSeq: 0, segmentsFolded: 0, pagesWritten: 0, pagesSkipped: 0, pagesRetried: 0, framesFrozen: 0 };
+  const batchesMax = opts.batchesMax ?? BATCHES_MAX;
+  let first = true;
+  for (let batch = 0; batch < batchesMax; ) {
+    const v = await pageMap().getVolume(volumeId);
+    if (!v || v.state !== 'active' || !isFolding(v))
+      return { ...report, skipped: v ? (isFolding(v) ? `volume is ${v.state}` : 'volume does not fold') : 'no such volume' };
+    if (first) report.fromSeq = report.toSeq = v.foldedSeq;
+    if (first && v.headSeq - v.foldedSeq < (opts.minTail ?? 1)) return { ...report, skipped: `tail of ${v.headSeq - v.foldedSeq} commits` };
+    first = false;
+    if (v.foldedSeq >= v.headSeq) return report;
+    const target = Math.min(v.headSeq, v.foldedSeq + foldTailBound(v));
+    const tail = await tailSegments(v, v.foldedSeq, target);
+    checkChain(v, tail);
+    const done = await foldBatch(v, tail, report, opts);
+    if (!done) continue; // a snapshot was taken meanwhile (or the volume stopped serving): read it again
+    await opts.hooks?.beforeAdvance?.(target);
+    await pageMap().advanceFoldedSeq(volumeId, target, tail[tail.length - 1]!.segmentId);
+    report.toSeq = Math.max(report.toSeq, target);
+    report.segmentsFolded += tail.length;
+    batch++;
+  }
+  return report;
+}
+
+/** The tail must be the chain: each segment's predecessor is the one before, the first's the folded point. */
+function checkChain(v: VolumeRecord & { foldedSeq: number }, tail: readonly TailSegment[]): void {
+  let prev = v.foldedSegmentId ?? '';
+  for (const s of tail) {
+    if (s.prev !== prev) {
+      throw new DataUnavailableError(
+        `segment ${s.segmentId} (seq ${s.seq}) of volume ${v.volumeId} names ${s.prev || 'nothing'} as its predecessor, ` +
+          `but the chain holds ${prev || 'nothing'} there; rebuild the page map`,
+      );
+    }
+    prev = s.segmentId;
+  }
+}
+
+/**
+ * Writes every page `tail` touches, folded to its last seq. False when the snapshot tag changed
+ * since `v` was read (the pages may hold commits after the new tag: the caller starts over).
+ */
+async function foldBatch(v: VolumeRecord & { foldedSeq: number }, tail: readonly TailSegment[], report: FoldReport, opts: FoldOptions): Promise<boolean> {
+  const touched = [...new Set(tail.flatMap((s) => [...s.byPage.keys()]))].sort((a, b) => a - b);
+  for (let i = 0; i < touched.length; i += PAGES_PER_STEP) {
+    const step = touched.slice(i, i + PAGES_PER_STEP);
+    const read = await pageMap().getPages(v, step);
+    // The pages were read after the volume item: if a snapshot was taken in between, freezing
+    // them under the older tag could change the older snapshot. Snapshots need an empty tail,
+    // so one taken now means this batch was folded by another folder: nothing here is needed.
+    const now = await pageMap().getVolume(v.volumeId);
+    if (!now || now.state !== 'active' || now.snapSeq !== v.snapSeq) return false;
+    const folds = step.map((page) => ({ page, item: read.get(page) ?? null, folded: foldPage(page, read.get(page), tail, v.foldedSeq) }));
+    const tag = v.snapSeq;
+    if (tag !== undefined) {
+      // Copy on first change after a snapshot, as writers of the unfolded protocol do (docs/snapshots.md).
+      const freeze: FrozenPage[] = folds
+        .filter((f) => f.folded && f.item?.frozenTag !== tag)
+        .map((f) => ({ tag, page: f.page, version: f.item?.version ?? 0, extents: f.item?.extents ?? [] }));
+      if (freeze.length > 0) report.framesFrozen += await pageMap().freezePages(v.volumeId, v.pageBlocks, freeze);
+    }
+    report.pagesSkipped += folds.filter((f) => !f.folded).length;
+    const pending = folds.filter((f) => f.folded);
+    await inFlight(pending, PAGE_WRITES_IN_FLIGHT, async (f) => {
+      await writeFolded(v, tail, f.page, f.item, f.folded!, report);
+      await opts.hooks?.afterPageWrite?.(report.pagesWritten);
+    });
+  }
+  return true;
+}
+
+/** Writes one folded page; when its item changed since it was read, reads it again and folds that. */
+async function writeFolded(
+  v: VolumeRecord & { foldedSeq: number },
+  tail: readonly TailSegment[],
+  page: number,
+  item: PageRecord | null,
+  folded: PageRecord,
+  report: FoldReport,
+): Promise<void> {
+  const tag = v.snapSeq;
+  for (let attempt = 0; ; attempt++) {
+    const out: PageRecord = { ...folded, ...(tag === undefined ? {} : { frozenTag: tag }) };
+    if (await pageMap().putFoldedPage(v.volumeId, v.pageBlocks, out, item)) {
+      report.pagesWritten++;
+      return;
+    }
+    report.pagesRetried++;
+    if (attempt >= PAGE_RETRY_MAX) throw new Error(`page ${page} of volume ${v.volumeId} kept changing during its fold`);
+    item = (await pageMap().getPages(v, [page])).get(page) ?? null;
+    const again = foldPage(page, item ?? undefined, tail, v.foldedSeq);
+    if (!again) {
+      report.pagesSkipped++; // another folder (or a rebuild) brought it to the target first
+      return;
+    }
+    if (tag !== undefined && item?.frozenTag !== tag) {
+      // The item changed under the same tag (the tag was checked after the first read, and a
+      // new one needs an empty tail, which this batch keeps from being): its copy is made.
+      report.framesFrozen += await pageMap().freezePages(v.volumeId, v.pageBlocks, [{ tag, page, version: item?.version ?? 0, extents: item?.extents ?? [] }]);
+    }
+    folded = again;
+  }
+}
+
+async function inFlight<T>(items: readonly T[], limit: number, task: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (next < items.length) await task(items[next++]!);
+    }),
+  );
+}
+
+/** What the worker waits for before it folds (FoldOptions.minTail): half the volume's tail bound. */
+export function workerMinTail(v: { foldTailMax?: number }): number {
+  return Math.max(1, Math.floor(foldTailBound(v) / 2));
+}
+
+/** Whether a fold is due after commit `seq` of a folding volume: every half tail. */
+export function foldDue(v: { foldTailMax?: number }, seq: number): boolean {
+  const every = Math.max(1, Math.floor(foldTailBound(v) / 2));
+  return seq % every === 0;
+}

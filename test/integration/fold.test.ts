@@ -1,0 +1,257 @@
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { createVolume } from '#shared/control/volumes.ts';
+import { createSnapshot } from '#shared/control/snapshots.ts';
+import { readData, readSnapshotData } from '#shared/data/read.ts';
+import { writePieces, type WritePiece } from '#shared/data/write.ts';
+import { foldVolume } from '#shared/maintenance/fold.ts';
+import { collectVolume } from '#shared/maintenance/gc.ts';
+import { rebuildPageMap } from '#shared/maintenance/checkpoints/rebuild.ts';
+import { takeCheckpoint } from '#shared/maintenance/checkpoints/take.ts';
+import { handleWorkEvent } from '#shared/maintenance/worker.ts';
+import { toSqsRecord } from '#local/sqs-poller.ts';
+import { pageMap } from '#shared/ports.ts';
+import { requestCounts, resetRequestCounts } from '#shared/aws/clients.ts';
+import { seeded } from '../unit/seed.ts';
+import { Api, useSledgeEnv } from './helpers.ts';
+
+/**
+ * Folding (docs/page-map.md, "Folding"): commits of a folding volume write no page items; the
+ * folder moves the tail into them. Volumes are made in this process with the switch on (the
+ * protocol is the volume's, so the control plane serves them as folding volumes too). Each case
+ * checks reads against a model of the bytes, and the page items against the commit chain (a
+ * verified checkpoint replays the chain and compares every page item it can).
+ */
+process.env.SLEDGE_FOLD_TAIL_MAX = '8';
+const BLOCK = 4096;
+const MiB = 1024 * 1024;
+const CHILD = fileURLToPath(new URL('./fold-child.ts', import.meta.url));
+
+let api: Api;
+beforeAll(() => {
+  api = new Api(useSledgeEnv().apiUrl);
+});
+
+interface Model {
+  volumeId: string;
+  bytes: Buffer;
+}
+
+async function folding(sizeBytes: number): Promise<Model> {
+  const v = await createVolume({ sizeBytes });
+  expect(v.foldedSeq).toBe(0);
+  return { volumeId: v.volumeId, bytes: Buffer.alloc(sizeBytes) };
+}
+
+/** One commit of `n` 4 KiB blocks scattered over the whole volume (one per page where it can). */
+async function scattered(m: Model, rng: ReturnType<typeof seeded>, n: number): Promise<number> {
+  const blocks = m.bytes.length / BLOCK;
+  const chosen = new Set<number>();
+  while (chosen.size < n) chosen.add(rng.int(blocks));
+  const pieces: WritePiece[] = [...chosen].map((b) => {
+    const zero = rng.next() < 0.1;
+    return zero ? { offset: b * BLOCK, length: BLOCK } : { offset: b * BLOCK, length: BLOCK, data: Buffer.alloc(BLOCK, 1 + rng.int(250)) };
+  });
+  const out = await writePieces(m.volumeId, pieces);
+  for (const p of pieces) {
+    if (p.data) p.data.copy(m.bytes, p.offset);
+    else m.bytes.fill(0, p.offset, p.offset + p.length);
+  }
+  return out.commitSeq;
+}
+
+async function expectModel(m: Model, how: 'api' | 'process', context: string): Promise<void> {
+  for (let o = 0; o < m.bytes.length; o += 4 * MiB) {
+    const len = Math.min(4 * MiB, m.bytes.length - o);
+    const got = how === 'api' ? await api.read(m.volumeId, o, len) : await readData(m.volumeId, o, len);
+    if (!got.equals(m.bytes.subarray(o, o + len))) expect.fail(`${context}: ${how} read at ${o} differs from the model`);
+  }
+}
+
+/** The page items and the commit chain agree: a checkpoint replays the chain and compares the page items no tail holds. */
+async function expectChainAgrees(volumeId: string): Promise<void> {
+  const out = await takeCheckpoint(volumeId);
+  expect(out.done, JSON.stringify(out)).toBe('written');
+  if (out.done === 'written') expect(out).toMatchObject({ method: 'replay', verified: true });
+}
+
+describe('folding', () => {
+  it('commits a write over more than 96 pages as one segment of two items, reads it from the tail, then folds it', async () => {
+    const rng = seeded('fold one commit');
+    const m = await folding(160 * MiB);
+    // One block in each of 120 pages (1 MiB each): more than a commit that writes its pages may touch (96).
+    const pieces: WritePiece[] = [...Array(120).keys()].map((p) => ({ offset: (p * 256 + rng.int(256)) * BLOCK, length: BLOCK, data: Buffer.alloc(BLOCK, 1 + p) }));
+    const { commitSeq: seq } = await writePieces(m.volumeId, pieces);
+    for (const p of pieces) p.data!.copy(m.bytes, p.offset);
+    expect(seq).toBe(1);
+    const v = await pageMap().getVolume(m.volumeId);
+    expect(v?.foldedSeq).toBe(0);
+    expect([...(await pageMap().getPages(v!, [...Array(160).keys()])).keys()]).toEqual([]); // no page item yet
+    const [rec] = await pageMap().listSegmentRecordsBetween(m.volumeId, 0, 1);
+    expect(rec?.extents?.length).toBe(120);
+    await expectModel(m, 'api', 'unfolded');
+    const r = await foldVolume(m.volumeId);
+    expect(r).toMatchObject({ fromSeq: 0, toSeq: 1, segmentsFolded: 1 });
+    expect(r.pagesWritten).toBe(120);
+    expect((await pageMap().getVolume(m.volumeId))?.foldedSeq).toBe(1);
+    await expectModel(m, 'api', 'folded');
+    await expectChainAgrees(m.volumeId);
+  });
+
+  it('keeps the tail within its bound: writers fold inline when it is full', async () => {
+    const rng = seeded('fold bound');
+    const m = await folding(64 * MiB);
+    for (let i = 0; i < 20; i++) {
+      await scattered(m, rng, 1 + rng.int(40));
+      const v = (await pageMap().getVolume(m.volumeId))!;
+      expect(v.headSeq - v.foldedSeq!).toBeLessThanOrEqual(8);
+    }
+    await expectModel(m, 'process', 'bounded tail');
+    await expectModel(m, 'api', 'bounded tail');
+    await foldVolume(m.volumeId);
+    await expectChainAgrees(m.volumeId);
+  });
+
+  it('survives duplicate, concurrent and late fold messages', async () => {
+    const rng = seeded('fold duplicates');
+    const m = await folding(64 * MiB);
+    for (let i = 0; i < 6; i++) await scattered(m, rng, 60);
+    const v = (await pageMap().getVolume(m.volumeId))!;
+    // A message delivered three times: two folders run to the end while the first is between its
+    // first and second page writes; then the same message once more, late, through the worker.
+    let inner: Awaited<ReturnType<typeof foldVolume>>[] = [];
+    const first = await foldVolume(m.volumeId, {
+      hooks: {
+        afterPageWrite: async (written) => {
+          if (written === 1 && inner.length === 0) inner = await Promise.all([foldVolume(m.volumeId), foldVolume(m.volumeId)]);
+        },
+      },
+    });
+    expect(inner.length).toBe(2);
+    expect(first.pagesRetried).toBeGreaterThan(0); // its later writes met pages the others had written
+    expect(Math.max(first.toSeq, ...inner.map((r) => r.toSeq))).toBe(v.headSeq);
+    const message = { MessageId: 'late-fold', ReceiptHandle: 'late-fold', Body: JSON.stringify({ type: 'fold-volume', volumeId: m.volumeId }), Attributes: {} };
+    const late = await handleWorkEvent({ Records: [toSqsRecord(message, '', 'us-east-1')] });
+    expect(late.batchItemFailures).toEqual([]);
+    expect((await pageMap().getVolume(m.volumeId))?.foldedSeq).toBe(v.headSeq);
+    await expectModel(m, 'api', 'after duplicate folds');
+    await expectChainAgrees(m.volumeId);
+  });
+
+  it('a folder SIGKILLed between page writes leaves pages at two fold points, which read right, and the next fold finishes', async () => {
+    const rng = seeded('fold killed');
+    const m = await folding(128 * MiB);
+    // Three commits: the control plane's worker is sent a fold every fourth commit (half the tail), so none runs here.
+    for (let i = 0; i < 3; i++) await scattered(m, rng, 100);
+    const before = (await pageMap().getVolume(m.volumeId))!;
+    const child = spawn(process.execPath, ['--import', 'tsx', CHILD, m.volumeId, '40'], { env: process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+    });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code, signal) => resolve(signal === 'SIGKILL' ? -9 : code)));
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`the folder did not stop in 120 s: ${err}`)), 120_000);
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('stoppedAfter')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      void exited.then((code) => reject(new Error(`the folder exited (${code}) before stopping: ${err}`)));
+    });
+    child.kill('SIGKILL');
+    expect(await exited).toBe(-9);
+    const after = (await pageMap().getVolume(m.volumeId))!;
+    expect(after.foldedSeq).toBe(before.foldedSeq); // it never got to raise the folded point
+    const pages = [...(await pageMap().getPages(after, [...Array(128).keys()])).values()];
+    const atTarget = pages.filter((p) => p.foldedTo === after.headSeq).length;
+    expect(atTarget).toBeGreaterThanOrEqual(40);
+    expect(atTarget).toBeLessThan(pages.length + 1);
+    await expectModel(m, 'api', 'mid-merge');
+    await expectModel(m, 'process', 'mid-merge');
+    const r = await foldVolume(m.volumeId);
+    expect(r.pagesSkipped).toBeGreaterThanOrEqual(40); // the pages the killed folder wrote
+    expect((await pageMap().getVolume(m.volumeId))?.foldedSeq).toBe(after.headSeq);
+    await expectModel(m, 'api', 'after the next fold');
+    await expectChainAgrees(m.volumeId);
+  });
+
+  it('a rebuild racing a fold: the fold cannot overwrite rebuilt pages nor move the folded point back', async () => {
+    const rng = seeded('fold rebuild race');
+    const m = await folding(64 * MiB);
+    for (let i = 0; i < 5; i++) await scattered(m, rng, 50);
+    const head = (await pageMap().getVolume(m.volumeId))!.headSeq;
+    let rebuilt = false;
+    const r = await foldVolume(m.volumeId, {
+      hooks: {
+        afterPageWrite: async (written) => {
+          if (written !== 3 || rebuilt) return;
+          rebuilt = true;
+          // The fold is between page writes: the whole page map is rebuilt from the sleds now.
+          const out = await rebuildPageMap(m.volumeId);
+          expect(out.headSeq).toBe(head);
+        },
+      },
+    });
+    expect(rebuilt).toBe(true);
+    expect(r.pagesRetried + r.pagesSkipped).toBeGreaterThan(0); // the fold met the rebuilt pages
+    const v = (await pageMap().getVolume(m.volumeId))!;
+    expect(v).toMatchObject({ state: 'active', foldedSeq: head, headSeq: head });
+    await expectModel(m, 'api', 'after the race');
+    await scattered(m, rng, 30);
+    await expectModel(m, 'api', 'a write after the race');
+    await foldVolume(m.volumeId);
+    await expectChainAgrees(m.volumeId);
+  });
+
+  it('a snapshot is taken on an empty tail and keeps its bytes while later commits are folded; GC keeps the tail', async () => {
+    const rng = seeded('fold snapshot');
+    const m = await folding(64 * MiB);
+    for (let i = 0; i < 3; i++) await scattered(m, rng, 40);
+    const snap = await createSnapshot(m.volumeId, {}, { id: 'test' });
+    const at = Buffer.from(m.bytes);
+    const v = (await pageMap().getVolume(m.volumeId))!;
+    expect(v.foldedSeq).toBe(v.headSeq); // folded before the snapshot point
+    for (let i = 0; i < 5; i++) await scattered(m, rng, 40);
+    const readSnap = async (context: string) => {
+      for (let o = 0; o < at.length; o += 4 * MiB) {
+        if (!(await readSnapshotData(snap.snapshotId, o, 4 * MiB)).equals(at.subarray(o, o + 4 * MiB))) expect.fail(`${context}: snapshot read at ${o}`);
+      }
+    };
+    await readSnap('tail unfolded');
+    const gc = await collectVolume(m.volumeId);
+    expect(gc.skipped).toBeUndefined();
+    await expectModel(m, 'api', 'after gc with a tail');
+    await foldVolume(m.volumeId);
+    await readSnap('tail folded');
+    await expectModel(m, 'api', 'folded after the snapshot');
+    await scattered(m, rng, 10); // GC checkpointed at the head: one more commit for a checkpoint of its own
+    await expectChainAgrees(m.volumeId);
+  });
+
+  it('pipelined writes of one writer commit at their first attempt: a tail commit waits for the one it was built on', async () => {
+    const rng = seeded('fold pipeline');
+    const m = await folding(64 * MiB);
+    await scattered(m, rng, 4); // the volume's geometry is known to this process from here on
+    // Six: with the tail bound of 8 here, none of them has to wait for a fold.
+    const pieces = Array.from({ length: 6 }, (_, i) => ({ offset: i * MiB, length: MiB, data: Buffer.alloc(MiB, 11 + i) }));
+    resetRequestCounts();
+    // Started together, each builds on the one before (shared/data/write-pipeline.ts).
+    const seqs = await Promise.all(pieces.map((p) => writePieces(m.volumeId, [p]).then((r) => r.commitSeq)));
+    const c = requestCounts().requests;
+    for (const p of pieces) p.data.copy(m.bytes, p.offset);
+    // Sent before its predecessor had committed, a commit would be refused (head moved) and the
+    // write built again from new chunks: more transactions, more PUTs, deletes of the chunks lost.
+    expect({ transactions: c['DynamoDB:TransactWriteItems'], puts: c['S3:PutObject'], deletes: c['S3:DeleteObject'] ?? 0 }).toEqual({
+      transactions: 6,
+      puts: 6 * 6,
+      deletes: 0,
+    });
+    expect(new Set(seqs).size).toBe(6);
+    await expectModel(m, 'api', 'after the pipelined writes');
+  });
+});
