@@ -15,6 +15,8 @@ const SECOND_PLANE_FILES = [
   'test/integration/backup.test.ts',
   'test/integration/interleavings.test.ts',
   'test/integration/group-crash-consistency.test.ts',
+  'test/integration/lost-responses.test.ts',
+  'test/integration/fold.test.ts',
 ];
 
 export default defineConfig({
