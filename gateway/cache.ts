@@ -239,7 +239,10 @@ export interface WriteBackCacheOptions {
   maxDirtyAgeMs?: number;
   /** Clean data kept for reads (read-cache.ts); 0 keeps none. Default 256 MiB. */
   readCacheBytes?: number;
-  /** Largest read-ahead window of a sequential stream. Default 16 MiB; 0 turns read-ahead off. */
+  /**
+   * Largest read-ahead window of a sequential stream. Default 32 MiB: read ahead in steps of half
+   * a window, one 16 MiB read plan each; 0 turns read-ahead off.
+   */
   readAheadMaxBytes?: number;
   /** Batches of one write-back round in flight at once. Default 4. */
   writeBackConcurrency?: number;
@@ -337,7 +340,7 @@ export class WriteBackCache {
     this.coherence = opts.coherence;
     this.clean = new CleanCache(opts.readCacheBytes ?? 256 * MiB);
     // Read-ahead needs room to keep what it read until the reader gets there.
-    this.readAheadMaxBytes = Math.min(opts.readAheadMaxBytes ?? 16 * MiB, Math.floor(this.clean.capacityBytes / 4 / API_MAX_IO_BYTES) * API_MAX_IO_BYTES);
+    this.readAheadMaxBytes = Math.min(opts.readAheadMaxBytes ?? 32 * MiB, Math.floor(this.clean.capacityBytes / 4 / API_MAX_IO_BYTES) * API_MAX_IO_BYTES);
     this.streams = new StreamDetector(this.readAheadMaxBytes, Math.min(this.readAheadMaxBytes, API_MAX_IO_BYTES));
     this.log = opts.log ?? (() => undefined);
     this.limits = { pageBytes: opts.pageBytes, dataMaxBytes: API_MAX_IO_BYTES, pagesMax: API_MAX_PAGES_PER_BATCH };

@@ -375,7 +375,7 @@ describe('WriteBackCache read path: clean cache, joined reads, read-ahead', () =
   it('reads a sequential stream in whole 4 MiB windows ahead of the reader', async () => {
     const vol = new MemoryVolume(64 * MiB, MiB);
     randomBytes(32 * MiB).copy(vol.bytes, 0);
-    const cache = newCache(vol);
+    const cache = newCache(vol, { readAheadMaxBytes: 16 * MiB });
     const sizes: number[] = [];
     const read = vol.read.bind(vol);
     vol.read = (offset: number, length: number) => {
