@@ -86,6 +86,13 @@ function processCpuMs(pid: number | undefined): number {
   }
 }
 
+/** The read cache's hits and misses from the last line a gateway printed on SIGUSR2. */
+function gatewayHits(gw: NbdTarget): string {
+  const lines = [...gw.output().matchAll(/read cache (\d+) hits, (\d+) misses/g)];
+  const last = lines[lines.length - 1];
+  return last ? `${last[1]} hits, ${last[2]} misses` : 'not reported';
+}
+
 /** The chunk GETs a running gateway sent itself (direct reads), from the line it prints on SIGUSR2. */
 async function gatewayChunkGets(gw: NbdTarget): Promise<number> {
   const pattern = /so far: .*? (\d+) chunk GETs/g;
@@ -198,6 +205,9 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
     const getsPerMiB = { sledge: 0, s3backer: 0 };
     let headCpuMsPer4MiB = 0;
     let gatewayCpuMsPer4MiB = 0;
+    let gatewayWarmCpuMsPer4MiB = 0;
+    const warmGets = { sledge: 0, s3backer: 0 };
+    let warmHits = '';
     for (const [name, side] of [
       ['sledge', sledge],
       ['s3backer', s3b],
@@ -215,10 +225,16 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
       const cold = await side.fio('cold sequential read', ['--rw=read', ...SEQ]);
       const cpu = process.cpuUsage(cpu0);
       if (name === 'sledge') gatewayCpuMsPer4MiB = (processCpuMs(gw.pid) - gw0) / (COMPARE_MIB / 4);
-      getsPerMiB[name] = ((await side.gets()) - g0) / COMPARE_MIB;
+      const g1 = await side.gets();
+      getsPerMiB[name] = (g1 - g0) / COMPARE_MIB;
       // The control plane runs in this process: its CPU is the head's (and the poller's, idle here).
       if (name === 'sledge') headCpuMsPer4MiB = (cpu.user + cpu.system) / 1000 / (COMPARE_MIB / 4);
+      const gw1 = name === 'sledge' ? processCpuMs(gw.pid) : 0;
       const warm = await side.fio('warm sequential re-read', ['--rw=read', ...SEQ]);
+      if (name === 'sledge') gatewayWarmCpuMsPer4MiB = (processCpuMs(gw.pid) - gw1) / (COMPARE_MIB / 4);
+      warmGets[name] = (await side.gets()) - g1;
+      // side.gets() had the gateway print its counters (SIGUSR2): the hits of cold and warm reads, before the random reads.
+      if (name === 'sledge') warmHits = gatewayHits(gw);
       const rand = await side.fio('4 KiB random read', RAND);
       const put = (k: string, v: number) => {
         results[k] ??= { sledge: 0, s3backer: 0 };
@@ -247,7 +263,8 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
     );
     ctx.table([{ 'S3 GETs per MiB read cold': 'sledge', value: getsPerMiB.sledge.toFixed(2) }, { 'S3 GETs per MiB read cold': 's3backer', value: getsPerMiB.s3backer.toFixed(2) }]);
     console.log(
-      `CPU during Sledge's cold read, per 4 MiB read: the head (this process) ${headCpuMsPer4MiB.toFixed(1)} ms, the gateway process ${gatewayCpuMsPer4MiB.toFixed(1)} ms.`,
+      `CPU during Sledge's cold read, per 4 MiB read: the head (this process) ${headCpuMsPer4MiB.toFixed(1)} ms, the gateway process ${gatewayCpuMsPer4MiB.toFixed(1)} ms; ` +
+        `the gateway during the warm re-read ${gatewayWarmCpuMsPer4MiB.toFixed(1)} ms per 4 MiB (its read cache after the cold read and the re-read: ${warmHits}); S3 GETs during the warm re-read: sledge ${warmGets.sledge}, s3backer ${warmGets.s3backer}.`,
     );
     console.log(
       `(s3backer ${(await run('s3backer', ['--version'])).stdout.split('\n')[0]}: --blockSize=1M --blockCacheSize=${cacheMiB} --directIO, fio libaio O_DIRECT on its file, ` +

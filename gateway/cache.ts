@@ -239,7 +239,10 @@ export interface WriteBackCacheOptions {
   maxDirtyAgeMs?: number;
   /** Clean data kept for reads (read-cache.ts); 0 keeps none. Default 256 MiB. */
   readCacheBytes?: number;
-  /** Largest read-ahead window of a sequential stream. Default 16 MiB; 0 turns read-ahead off. */
+  /**
+   * Largest read-ahead window of a sequential stream. Default 32 MiB: read ahead in steps of half
+   * a window, one 16 MiB read plan each; 0 turns read-ahead off.
+   */
   readAheadMaxBytes?: number;
   /** Batches of one write-back round in flight at once. Default 4. */
   writeBackConcurrency?: number;
@@ -339,7 +342,7 @@ export class WriteBackCache {
     this.coherence = opts.coherence;
     this.clean = new CleanCache(opts.readCacheBytes ?? 256 * MiB);
     // Read-ahead needs room to keep what it read until the reader gets there.
-    this.readAheadMaxBytes = Math.min(opts.readAheadMaxBytes ?? 16 * MiB, Math.floor(this.clean.capacityBytes / 4 / API_MAX_IO_BYTES) * API_MAX_IO_BYTES);
+    this.readAheadMaxBytes = Math.min(opts.readAheadMaxBytes ?? 32 * MiB, Math.floor(this.clean.capacityBytes / 4 / API_MAX_IO_BYTES) * API_MAX_IO_BYTES);
     this.streams = new StreamDetector(this.readAheadMaxBytes, Math.min(this.readAheadMaxBytes, API_MAX_IO_BYTES));
     this.log = opts.log ?? (() => undefined);
     this.limits = { pageBytes: opts.pageBytes, dataMaxBytes: API_MAX_IO_BYTES, pagesMax: opts.pagesPerBatch ?? API_MAX_PAGES_PER_BATCH };
@@ -422,7 +425,8 @@ export class WriteBackCache {
   /** Reads one block through the cache, for read-modify-write. */
   private async block(start: number): Promise<Buffer> {
     this.stats.readModifyWrites++;
-    return Buffer.from(await this.readAligned(start, this.blockSizeBytes));
+    // A copy: the caller changes it, and the parts may be cached lines.
+    return Buffer.concat(await this.readAligned(start, this.blockSizeBytes));
   }
 
   /**
@@ -485,14 +489,23 @@ export class WriteBackCache {
 
   /** Reads any byte range inside the volume: the API's bytes with every cached write laid over them. */
   async read(offset: number, length: number): Promise<Buffer> {
+    // A copy the caller owns (the parts may be cached lines, which must not change).
+    return Buffer.concat(await this.readv(offset, length));
+  }
+
+  /**
+   * `read`, as buffers that together hold the bytes in order: for an NBD reply written without
+   * a copy. They may be cached lines or a fetch's bytes: the caller must not change them.
+   */
+  async readv(offset: number, length: number): Promise<Buffer[]> {
     const bs = this.blockSizeBytes;
     const a0 = Math.floor(offset / bs) * bs;
     const a1 = Math.ceil((offset + length) / bs) * bs;
-    const buf = await this.readAligned(a0, a1 - a0);
-    return a0 === offset && a1 === offset + length ? buf : buf.subarray(offset - a0, offset - a0 + length);
+    const parts = await this.readAligned(a0, a1 - a0);
+    return a0 === offset && a1 === offset + length ? parts : slice(parts, offset - a0, length);
   }
 
-  private async readAligned(start: number, length: number): Promise<Buffer> {
+  private async readAligned(start: number, length: number): Promise<Buffer[]> {
     const end = start + length;
     // Snapshot the overlay *before* asking the API. A layer leaves the stack only after the API
     // acknowledged it, so anything missing from this snapshot was durable before the API read
@@ -500,73 +513,91 @@ export class WriteBackCache {
     // miss a layer that was written back (and dropped) while the read was in flight, if the API
     // had served the read from before that commit.
     const overlay = [...this.sealed, this.open].map((l) => l.map.pieces(start, end));
-    // Every byte is written below: by cached lines and fetches (readClean fills the whole range),
-    // or by the overlay when it covers the range.
-    const out = Buffer.allocUnsafe(length);
-    if (!coversAll(overlay, start, end)) {
+    const dirty = overlay.some((pieces) => pieces.length > 0);
+    let durable: Buffer[] = [];
+    if (!dirty || !coversAll(overlay, start, end)) {
       if (this.cacheUsable()) {
-        await this.readClean(start, end, out);
+        durable = await this.readClean(start, end);
         this.readAhead(start, end);
-      } else await this.readThrough(start, end, out);
+      } else {
+        const out = Buffer.allocUnsafe(length);
+        await this.readThrough(start, end, out);
+        durable = [out];
+      }
     }
+    // Nothing dirty here: the durable bytes as they are (cached lines, fetched bytes), no copy.
+    if (!dirty) return durable;
+    // Every byte is written below: by the durable parts (which cover the whole range), or by
+    // the overlay when it covers the range.
+    const out = Buffer.allocUnsafe(length);
+    let at = 0;
+    for (const part of durable) at += part.copy(out, at);
     for (const pieces of overlay) {
       for (const p of pieces) {
         if (p.data) p.data.copy(out, p.start - start);
         else out.fill(0, p.start - start, p.end - start);
       }
     }
-    return out;
+    return [out];
   }
 
   /**
-   * Fills `out` with the volume's durable bytes of [start, end): cached lines at once (before
-   * any await, so they are as recent as the overlay snapshot the caller took), the rest from
-   * fetches in flight or new ones.
+   * The volume's durable bytes of [start, end), as buffers in order: cached lines at once
+   * (before any await, so they are as recent as the overlay snapshot the caller took; lines are
+   * never changed in place, so holding them is as good as copying them), the rest from fetches
+   * in flight or new ones.
    */
-  private async readClean(start: number, end: number, out: Buffer): Promise<void> {
+  private async readClean(start: number, end: number): Promise<Buffer[]> {
+    const firstLine = Math.floor(start / LINE_BYTES);
+    const parts: Buffer[] = [];
     const missing: number[] = [];
-    for (let line = Math.floor(start / LINE_BYTES); line * LINE_BYTES < end; line++) {
+    for (let line = firstLine; line * LINE_BYTES < end; line++) {
       const b = this.clean.get(line);
-      if (b) copyLine(b, line, start, end, out);
+      if (b) parts[line - firstLine] = lineView(b, line * LINE_BYTES, start, end);
       else missing.push(line);
     }
-    if (missing.length === 0) return;
-    // Join fetches already in flight; send one API read per run of the other lines.
-    const joined = new Map<number, Fetch>();
-    const runs: number[][] = [];
-    for (const line of missing) {
-      const f = this.fetching.get(line);
-      if (f) {
-        joined.set(line, f);
-        continue;
+    if (missing.length > 0) {
+      // Join fetches already in flight; send one API read per run of the other lines.
+      const joined = new Map<number, Fetch>();
+      const runs: number[][] = [];
+      for (const line of missing) {
+        const f = this.fetching.get(line);
+        if (f) {
+          joined.set(line, f);
+          continue;
+        }
+        const run = runs[runs.length - 1];
+        if (run && run[run.length - 1] === line - 1 && !crossesWindow(run[0]!, line)) run.push(line);
+        else runs.push([line]);
       }
-      const run = runs[runs.length - 1];
-      if (run && run[run.length - 1] === line - 1 && !crossesWindow(run[0]!, line)) run.push(line);
-      else runs.push([line]);
+      const own = runs.map((run) => this.fetch(run[0]!, run[run.length - 1]! + 1, false));
+      const fill = (bytes: Buffer, f: Fetch, line: number) => {
+        const at = (line - f.first) * LINE_BYTES;
+        parts[line - firstLine] = lineView(bytes.subarray(at, at + LINE_BYTES), line * LINE_BYTES, start, end);
+      };
+      await Promise.all([
+        ...own.map(async (f) => {
+          const bytes = await f.promise;
+          for (let line = Math.max(f.first, firstLine); line < f.last && line * LINE_BYTES < end; line++) fill(bytes, f, line);
+        }),
+        ...[...joined].map(async ([line, f]) => {
+          let bytes: Buffer | null = null;
+          try {
+            bytes = await f.promise;
+          } catch {
+            // A failed read-ahead: read the line again, as this reader's own request.
+          }
+          // A fetch that a write-back overtook may predate that write, which this reader's overlay
+          // no longer holds (its layer may be gone): only the reader that started a fetch may use
+          // a stale one (its overlay was taken before the fetch began).
+          if (!bytes || f.stale) {
+            const again = this.fetch(line, line + 1, false);
+            fill(await again.promise, again, line);
+          } else fill(bytes, f, line);
+        }),
+      ]);
     }
-    const own = runs.map((run) => this.fetch(run[0]!, run[run.length - 1]! + 1, false));
-    await Promise.all([
-      ...own.map(async (f) => {
-        copyFetched(await f.promise, f, start, end, out);
-      }),
-      ...[...joined].map(async ([line, f]) => {
-        let bytes: Buffer | null = null;
-        try {
-          bytes = await f.promise;
-        } catch {
-          // A failed read-ahead: read the line again, as this reader's own request.
-        }
-        // A fetch that a write-back overtook may predate that write, which this reader's overlay
-        // no longer holds (its layer may be gone): only the reader that started a fetch may use
-        // a stale one (its overlay was taken before the fetch began).
-        if (!bytes || f.stale) {
-          const again = this.fetch(line, line + 1, false);
-          copyFetched(await again.promise, again, start, end, out);
-        } else {
-          copyLine(bytes.subarray((line - f.first) * LINE_BYTES), line, start, end, out);
-        }
-      }),
-    ]);
+    return joinViews(parts);
   }
 
   /** Whether the clean cache may answer and be filled now (always, but on a reader whose lease says otherwise). */
@@ -609,7 +640,8 @@ export class WriteBackCache {
       (bytes) => {
         this.unregister(f);
         // A reader whose lease lapsed (or that dropped its cache) meanwhile keeps nothing of it.
-        if (!f.stale && this.cacheUsable()) for (let line = first; line < last; line++) this.clean.put(line, Buffer.from(bytes.subarray((line - first) * LINE_BYTES, Math.min(bytes.length, (line - first + 1) * LINE_BYTES))));
+        // Lines are views of the fetched bytes, which nobody changes (readers only copy from them).
+        if (!f.stale && this.cacheUsable()) for (let line = first; line < last; line++) this.clean.put(line, bytes.subarray((line - first) * LINE_BYTES, (line - first + 1) * LINE_BYTES));
         return bytes;
       },
       (err: unknown) => {
@@ -888,20 +920,37 @@ function crossesWindow(a: number, b: number): boolean {
   return Math.floor(a / perWindow) !== Math.floor(b / perWindow);
 }
 
-/** Copies the part of line `line` (whose bytes start at `bytes`) inside [start, end) into `out` (which holds [start, end)). */
-function copyLine(bytes: Buffer, line: number, start: number, end: number, out: Buffer): void {
-  const lineStart = line * LINE_BYTES;
+/** The part of a line (whose bytes `bytes` start at volume offset `lineStart`) inside [start, end). */
+function lineView(bytes: Buffer, lineStart: number, start: number, end: number): Buffer {
   const s = Math.max(start, lineStart);
-  const t = Math.min(end, lineStart + Math.min(LINE_BYTES, bytes.length));
-  if (t > s) bytes.copy(out, s - start, s - lineStart, t - lineStart);
+  const t = Math.min(end, lineStart + bytes.length);
+  return s === lineStart && t === lineStart + bytes.length ? bytes : bytes.subarray(s - lineStart, Math.max(s, t) - lineStart);
 }
 
-/** Copies the part of a fetch's bytes inside [start, end) into `out`. */
-function copyFetched(bytes: Buffer, f: Fetch, start: number, end: number, out: Buffer): void {
-  const fStart = f.first * LINE_BYTES;
-  const s = Math.max(start, fStart);
-  const t = Math.min(end, fStart + bytes.length);
-  if (t > s) bytes.copy(out, s - start, s - fStart, t - fStart);
+/** Joins views that continue one another in the same memory into one view, so a reply is written in few pieces. */
+function joinViews(parts: readonly Buffer[]): Buffer[] {
+  const out: Buffer[] = [];
+  for (const p of parts) {
+    if (p.length === 0) continue;
+    const last = out[out.length - 1];
+    if (last && last.buffer === p.buffer && last.byteOffset + last.length === p.byteOffset) {
+      out[out.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + p.length);
+    } else out.push(p);
+  }
+  return out;
+}
+
+/** Bytes [from, from + length) of the concatenation of `parts`, as views. */
+function slice(parts: readonly Buffer[], from: number, length: number): Buffer[] {
+  const out: Buffer[] = [];
+  let pos = 0;
+  for (const p of parts) {
+    const s = Math.max(from, pos);
+    const t = Math.min(from + length, pos + p.length);
+    if (t > s) out.push(p.subarray(s - pos, t - pos));
+    pos += p.length;
+  }
+  return out;
 }
 
 /** Runs with [start, end) set to `zero`; sorted, covering what `runs` covered. */

@@ -4,11 +4,10 @@
  * granule's CRC32C against the plan. Any failure is a DirectReadError, and the caller reads the
  * range through the API instead: a plan is a hint, never the source of truth.
  */
-import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
-import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { crc32c } from '#shared/data/crc32c.ts';
 // The plan's shape is the head's; a type-only import loads nothing of the head's code here.
 import type { PlannedGet, ReadPlan } from '#shared/data/read-plan.ts';
+import { getInto, type HttpAnswer } from './http.ts';
 
 /** Something in a plan could not be used; the range is read through the API instead. */
 export class DirectReadError extends Error {
@@ -30,47 +29,16 @@ export function checkPlan(plan: ReadPlan, offset: number, length: number): void 
   }
 }
 
-// Keep-alive connections to the sleds' endpoint, shared by every plan.
-const httpAgent = new HttpAgent({ keepAlive: true, maxSockets: 64 });
-const httpsAgent = new HttpsAgent({ keepAlive: true, maxSockets: 64 });
-
-/** One GET with a Range header: its status and its body, read into one buffer of the expected size. */
-function getRange(url: string, range: string, expectedBytes: number, timeoutMs: number): Promise<{ status: number; body: Buffer }> {
-  // node:http rather than fetch: fetch costs several times more CPU per body (a cold 4 MiB read
-  // is four 1 MiB bodies), and the body size is known, so it lands in one buffer without copies.
-  const https = url.startsWith('https:');
-  return new Promise((resolve, reject) => {
-    const req = (https ? httpsRequest : httpRequest)(url, { method: 'GET', headers: { range }, agent: https ? httpsAgent : httpAgent, timeout: timeoutMs }, (res: IncomingMessage) => {
-      const status = res.statusCode ?? 0;
-      let body = status === 206 ? Buffer.allocUnsafe(expectedBytes) : Buffer.alloc(0);
-      let at = 0;
-      const extra: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => {
-        if (at + chunk.length <= body.length) chunk.copy(body, at);
-        else extra.push(chunk);
-        at += chunk.length;
-      });
-      res.on('end', () => {
-        if (extra.length > 0) body = Buffer.concat([body.subarray(0, Math.min(at, body.length)), ...extra]);
-        resolve({ status, body: at === body.length ? body : body.subarray(0, Math.min(at, body.length)) });
-      });
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-    req.on('error', reject);
-    req.end();
-  });
-}
-
 /**
  * Sends one planned GET (with exactly the signed Range header) and returns its verified body.
  * Throws DirectReadError on any status but 206, a body of another length, or a granule that
  * fails its checksum.
  */
-export async function fetchPlanned(g: PlannedGet, timeoutMs: number): Promise<Buffer> {
-  let answer: { status: number; body: Buffer };
+export async function fetchPlanned(g: PlannedGet, timeoutMs: number, into?: Buffer): Promise<Buffer> {
+  let answer: HttpAnswer;
   try {
-    answer = await getRange(g.url, `bytes=${g.start}-${g.end - 1}`, g.end - g.start, timeoutMs);
+    // The body lands in the read's buffer (or one of its own) straight from the socket (http.ts).
+    answer = await getInto(g.url, { range: `bytes=${g.start}-${g.end - 1}` }, into ?? Buffer.allocUnsafe(g.end - g.start), 206, timeoutMs);
   } catch (err) {
     throw new DirectReadError(`chunk GET failed: ${(err as Error).message}`, { cause: err });
   }
@@ -85,11 +53,30 @@ export async function fetchPlanned(g: PlannedGet, timeoutMs: number): Promise<Bu
   return body;
 }
 
-/** The bytes of a plan's read: every planned GET at once, the rest zeros. */
+/**
+ * The bytes of a plan's read: every planned GET at once, the rest zeros. A GET whose body is
+ * one piece of the answer (a whole chunk range of a segment that a sequential writer made)
+ * lands in the answer's buffer itself; others land in their own and their pieces are copied.
+ */
 export async function readPlanned(plan: ReadPlan, timeoutMs: number): Promise<Buffer> {
-  const out = Buffer.alloc(plan.length);
+  const out = Buffer.allocUnsafe(plan.length);
+  // Zeros where no piece goes (never written, trimmed), and only there.
+  const covered = plan.gets.flatMap((g) => g.pieces.map((p) => [p.at, p.at + p.length] as const)).sort((x, y) => x[0] - y[0]);
+  let pos = 0;
+  for (const [s, t] of covered) {
+    if (s > pos) out.fill(0, pos, s);
+    pos = Math.max(pos, t);
+  }
+  if (pos < plan.length) out.fill(0, pos);
   await Promise.all(
     plan.gets.map(async (g) => {
+      const only = g.pieces.length === 1 ? g.pieces[0]! : undefined;
+      if (only && only.from === 0 && only.length === g.end - g.start) {
+        const target = out.subarray(only.at, only.at + only.length);
+        const body = await fetchPlanned(g, timeoutMs, target);
+        if (body !== target) body.copy(target);
+        return;
+      }
       const body = await fetchPlanned(g, timeoutMs);
       for (const p of g.pieces) body.copy(out, p.at, p.from, p.from + p.length);
     }),

@@ -444,7 +444,8 @@ class Connection {
     while (this.inflight > 0) await new Promise<void>((resolve) => this.waiters.push(resolve));
   }
 
-  private reply(req: NbdRequest, error: number, data?: Buffer): void {
+  /** Replies to `req`; a READ's data is written from `data`'s buffers as they are (cached lines, fetched bytes), without joining them. */
+  private reply(req: NbdRequest, error: number, data?: readonly Buffer[]): void {
     if (this.socket.destroyed) return;
     if (this.structured && (req.type === NBD_CMD_READ || req.type === NBD_CMD_BLOCK_STATUS)) {
       // Once negotiated, READ and BLOCK_STATUS answer in structured chunks (the others may
@@ -452,15 +453,15 @@ class Connection {
       if (error !== 0) this.socket.write(encodeStructuredError(req.handle, error, `${commandName(req.type)} failed`));
       else if (req.type === NBD_CMD_READ) {
         this.socket.cork();
-        this.socket.write(encodeOffsetDataHeader(req.handle, req.offset, data!.length));
-        this.socket.write(data!);
+        this.socket.write(encodeOffsetDataHeader(req.handle, req.offset, data!.reduce((n, b) => n + b.length, 0)));
+        for (const b of data!) this.socket.write(b);
         this.socket.uncork();
       }
       return;
     }
     this.socket.cork();
     this.socket.write(encodeSimpleReply(error, req.handle));
-    if (data && error === 0) this.socket.write(data);
+    if (data && error === 0) for (const b of data) this.socket.write(b);
     this.socket.uncork();
   }
 
@@ -478,7 +479,7 @@ class Connection {
     try {
       switch (req.type) {
         case NBD_CMD_READ:
-          this.reply(req, 0, await cache.read(req.offset, req.length));
+          this.reply(req, 0, await cache.readv(req.offset, req.length));
           return;
         case NBD_CMD_WRITE:
           await cache.write(req.offset, payload!);

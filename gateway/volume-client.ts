@@ -16,7 +16,9 @@
 import { encodeBatch } from '#shared/api/batch.ts';
 import { requestSigner, type RequestSigner } from '#shared/api/signing.ts';
 import type { ReadPlan } from '#shared/data/read-plan.ts';
+import type { IncomingHttpHeaders } from 'node:http';
 import { checkPlan, readPlanned } from './direct-read.ts';
+import { type HttpAnswer, httpExchange } from './http.ts';
 
 /**
  * The API's limits (shared/data/volume-rules.ts MAX_IO_BYTES, shared/core/records.ts MAX_PAGES_PER_COMMIT).
@@ -32,8 +34,18 @@ export const API_MAX_PAGES_PER_BATCH = 96;
  * 1,024 data extents at most); 1,024 MiB of address space keeps zero runs well within that.
  */
 export const API_FOLDING_PAGES_PER_BATCH = 1024;
+/** The longest range one read plan describes (shared/data/read-plan.ts MAX_PLAN_BYTES). */
+export const API_MAX_PLAN_BYTES = 16 * 1024 * 1024;
 /** The longest range one allocation query describes (shared/data/read.ts MAX_ALLOCATION_BYTES). */
 export const API_MAX_ALLOCATION_BYTES = 256 * 1024 * 1024;
+
+/** A read waiting to be planned with the others of its step. */
+interface PendingRead {
+  offset: number;
+  length: number;
+  resolve: (bytes: Buffer) => void;
+  reject: (err: unknown) => void;
+}
 
 /** A run of the volume that holds data, or reads as zeros (never written, trimmed, zeroed). */
 export interface AllocationRun {
@@ -108,6 +120,8 @@ export class VolumeClient {
   readonly direct = { gets: 0, reads: 0, fallbacks: 0 };
   /** Whether reads use plans; turned off for good when the API has no plan route. */
   directReads: boolean;
+  /** The longest range one read plan is asked for (the head's MAX_PLAN_BYTES); 4 MiB once a head refused more. */
+  planMaxBytes = API_MAX_PLAN_BYTES;
   private readonly onFallback: ((reason: string) => void) | undefined;
   /** S3 ranged GETs the API reported making for this client's reads (its x-sledge-ranged-gets header). */
   rangedGets = 0;
@@ -142,41 +156,34 @@ export class VolumeClient {
     what: string,
     url: string,
     init: { method: string; body?: Buffer; headers?: Record<string, string> },
-    onOk?: (headers: Headers) => void,
+    onOk?: (headers: IncomingHttpHeaders) => void,
   ): Promise<Buffer> {
     let last: VolumeApiError | undefined;
     const deadline = Date.now() + this.retryBudgetMs;
     let attempt = 1;
     for (; ; attempt++) {
       let retryAfterMs = 0;
-      let res: Response | undefined;
-      let body = Buffer.alloc(0);
+      let res: HttpAnswer | undefined;
       this.signer ??= requestSigner({ apiUrl: this.apiUrl });
       // Signed per attempt: a retry gets a fresh date, within the API's 15-minute window. A
       // signer that cannot find credentials fails the request at once (it is not the network).
       const headers = await (await this.signer)({ method: init.method, url, ...(init.headers ? { headers: init.headers } : {}), ...(init.body ? { body: init.body } : {}) });
       try {
-        res = await fetch(url, {
-          method: init.method,
-          headers,
-          // A Buffer is a Uint8Array, which fetch sends as is; the DOM typings just do not say so.
-          body: init.body as unknown as BodyInit | undefined,
-          signal: AbortSignal.timeout(this.requestTimeoutMs),
-        });
-        body = Buffer.from(await res.arrayBuffer());
+        res = await httpExchange(url, { method: init.method, headers, ...(init.body ? { body: init.body } : {}), timeoutMs: this.requestTimeoutMs });
       } catch (err) {
         res = undefined;
         last = new VolumeApiError(`${what}: ${(err as Error).message}`, 0, { cause: err });
       }
       if (res) {
-        if (res.ok) {
+        const { status, body } = res;
+        if (status >= 200 && status < 300) {
           onOk?.(res.headers);
           return body;
         }
-        last = new VolumeApiError(`${what}: HTTP ${res.status} ${body.toString('utf8').slice(0, 500)}`, res.status);
+        last = new VolumeApiError(`${what}: HTTP ${status} ${body.toString('utf8').slice(0, 500)}`, status);
         // 4xx other than 429 will fail the same way again: bad input or a missing volume.
-        if (res.status !== 429 && res.status < 500) throw last;
-        retryAfterMs = Number(res.headers.get('retry-after') ?? 0) * 1000;
+        if (status !== 429 && status < 500) throw last;
+        retryAfterMs = Number(res.headers['retry-after'] ?? 0) * 1000;
       }
       const backoff = Math.min(this.backoffMaxMs, 100 * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
       const pause = Math.min(this.backoffMaxMs, Math.max(retryAfterMs, backoff));
@@ -201,36 +208,85 @@ export class VolumeClient {
    * Reads `length` bytes (block-aligned, at most API_MAX_IO_BYTES) at `offset`: with a read plan
    * and direct chunk GETs when enabled, and through the API when that is off or anything in it
    * fails (the API read is always correct; see docs/nbd-gateway.md, "Direct data reads").
+   * Reads asked for in the same step (a read-ahead of several 4 MiB windows) that continue one
+   * another share one plan of up to `planMaxBytes`; each gets its part of the fetched bytes.
    */
-  async read(offset: number, length: number): Promise<Buffer> {
-    if (length > API_MAX_IO_BYTES) throw new RangeError(`a read through the API is at most ${API_MAX_IO_BYTES} bytes, not ${length}`);
+  read(offset: number, length: number): Promise<Buffer> {
+    if (length > API_MAX_IO_BYTES) return Promise.reject(new RangeError(`a read through the API is at most ${API_MAX_IO_BYTES} bytes, not ${length}`));
     if (!this.directReads) return this.readThroughApi(offset, length);
+    return new Promise((resolve, reject) => {
+      this.pendingReads.push({ offset, length, resolve, reject });
+      if (this.pendingReads.length === 1) queueMicrotask(() => this.sendPendingReads());
+    });
+  }
+
+  /** Reads waiting for the end of the current step, to be planned together. */
+  private pendingReads: PendingRead[] = [];
+
+  private sendPendingReads(): void {
+    const reads = this.pendingReads.sort((x, y) => x.offset - y.offset);
+    this.pendingReads = [];
+    let group: PendingRead[] = [];
+    for (const r of reads) {
+      const last = group[group.length - 1];
+      const groupStart = group[0]?.offset ?? r.offset;
+      if (last && (last.offset + last.length !== r.offset || r.offset + r.length - groupStart > this.planMaxBytes)) {
+        void this.readGroup(group);
+        group = [];
+      }
+      group.push(r);
+    }
+    if (group.length > 0) void this.readGroup(group);
+  }
+
+  /** One plan for reads that continue one another, its GETs, and each read's part; any failure sends each read through the API. */
+  private async readGroup(group: PendingRead[]): Promise<void> {
+    const offset = group[0]!.offset;
+    const last = group[group.length - 1]!;
+    const length = last.offset + last.length - offset;
+    const throughApi = (after?: () => void) => {
+      for (const r of group)
+        this.readThroughApi(r.offset, r.length).then((bytes) => {
+          after?.();
+          r.resolve(bytes);
+        }, r.reject);
+    };
     let plan: ReadPlan;
     try {
       plan = await this.readPlan(offset, length);
     } catch (err) {
+      if (group.length > 1 && err instanceof VolumeApiError && err.status === 400) {
+        // A head whose plans are at most 4 MiB (an older API): one plan per read from now on.
+        this.planMaxBytes = API_MAX_IO_BYTES;
+        this.onFallback?.(`read plan @${offset}+${length}: ${err.message}; planning at most ${API_MAX_IO_BYTES} bytes at a time from now on`);
+        for (const r of group) void this.readGroup([r]);
+        return;
+      }
       // Refusals (404, 409, 400) come back from the API read in the same words; an API without
       // the plan route answers 404 to the plan and 200 to the read: then plans are turned off.
       this.direct.fallbacks++;
       this.onFallback?.(`read plan @${offset}+${length}: ${(err as Error).message}`);
-      const bytes = await this.readThroughApi(offset, length);
-      if (err instanceof VolumeApiError && (err.status === 404 || err.status === 405)) {
-        this.directReads = false;
-        this.onFallback?.('the API has no read-plan route: reading through the API from now on');
-      }
-      return bytes;
+      throughApi(() => {
+        if (this.directReads && err instanceof VolumeApiError && (err.status === 404 || err.status === 405)) {
+          this.directReads = false;
+          this.onFallback?.('the API has no read-plan route: reading through the API from now on');
+        }
+      });
+      return;
     }
+    let bytes: Buffer;
     try {
       this.direct.gets += plan.gets.length;
       this.rangedGets += plan.gets.length;
-      const bytes = await readPlanned(plan, this.requestTimeoutMs);
+      bytes = await readPlanned(plan, this.requestTimeoutMs);
       this.direct.reads++;
-      return bytes;
     } catch (err) {
       this.direct.fallbacks++;
       this.onFallback?.(`direct read @${offset}+${length}: ${(err as Error).message}; reading through the API`);
-      return this.readThroughApi(offset, length);
+      throughApi();
+      return;
     }
+    for (const r of group) r.resolve(bytes.subarray(r.offset - offset, r.offset - offset + r.length));
   }
 
   /** The head's plan of a read (`GET /volumes/{id}/read-plan`), checked against the range asked. */
@@ -255,7 +311,7 @@ export class VolumeClient {
     if (length > API_MAX_IO_BYTES) throw new RangeError(`a read through the API is at most ${API_MAX_IO_BYTES} bytes, not ${length}`);
     this.sent.reads++;
     const body = await this.send(`read ${this.volumeId} @${offset}+${length}`, this.url(`/data?offset=${offset}&length=${length}`), { method: 'GET', headers: this.keyHeader() }, (h) => {
-      this.rangedGets += Number(h.get('x-sledge-ranged-gets') ?? 0);
+      this.rangedGets += Number(h['x-sledge-ranged-gets'] ?? 0);
     });
     // Pair assertion: the API must answer with exactly the bytes asked for.
     if (body.length !== length) throw new VolumeApiError(`read ${this.volumeId} @${offset}+${length}: got ${body.length} bytes`, 200);

@@ -14,6 +14,13 @@ import { chunkStore } from '../ports.ts';
 /** How long a plan's URLs are good for: long enough for a slow gateway, short if one leaks. */
 export const PLAN_URL_SECONDS = 300;
 
+/**
+ * The longest range one plan describes: four reads' worth (16 pages of 1 MiB, one DynamoDB
+ * read with the volume item), so that a gateway's read-ahead window is one plan, not four.
+ * The answer stays small (a GET per chunk range: 16 for 16 MiB of a sequential writer's data).
+ */
+export const MAX_PLAN_BYTES = 16 * 1024 * 1024;
+
 /** Where fetched bytes go: `length` bytes from `from` in the GET's body to `at` in the answer. */
 export interface PlanPiece {
   at: number;
@@ -103,7 +110,7 @@ export function planSegment(rec: SegmentRecord, extents: readonly Extent[], firs
  * and view as `readData` (refusals are the same errors), and no chunk read.
  */
 export async function planRead(volumeId: string, offset: number, length: number, key?: string): Promise<ReadPlan> {
-  const view = await readView(volumeId, offset, length, key);
+  const view = await readView(volumeId, offset, length, key, MAX_PLAN_BYTES);
   const bySegment = new Map<string, Extent[]>();
   for (const e of view.extents) {
     if (e.seg === null) continue;

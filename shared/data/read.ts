@@ -105,21 +105,23 @@ export interface ReadView {
  * The page-map part of a read (`readData` and read plans): checks the volume, the reservation
  * and the range, and returns the extents of the range as a read sees them.
  */
-export async function readView(volumeId: string, offset: number, length: number, key?: string): Promise<ReadView> {
+export async function readView(volumeId: string, offset: number, length: number, key?: string, maxLength: number = MAX_IO_BYTES): Promise<ReadView> {
   // A volume's geometry never changes, so once known, its pages are read in the same request
   // as the volume item (which still decides existence, state and size).
   const known = geometryCache.get(volumeId);
-  const plausible = Number.isSafeInteger(offset) && offset >= 0 && length > 0 && length <= MAX_IO_BYTES;
+  const plausible = Number.isSafeInteger(offset) && offset >= 0 && length > 0 && length <= maxLength;
   const together = known && plausible && offset % known.blockSizeBytes === 0 && length % known.blockSizeBytes === 0;
-  // Anything implausible is refused below, after a volume read only.
-  const both = together ? await pageMap().getVolumeWithPages(known, pageRange(known, offset, length)) : null;
+  // Anything implausible is refused below, after a volume read only. Pages beyond one
+  // BatchGetItem with the volume (a long plan of small pages) are read after it.
+  const wanted = together ? pageRange(known, offset, length) : [];
+  const both = together && wanted.length <= 99 ? await pageMap().getVolumeWithPages(known, wanted) : null;
   const fresh = both ? both.volume : await pageMap().getVolume(volumeId);
   const early = both?.pages ?? null;
   const v = requireActive(fresh, volumeId);
   rememberGeometry(v);
   const refusal = readRefusal(volumeId, v.reservations, key);
   if (refusal) throw new FencedError(refusal);
-  checkRange(v, offset, length, MAX_IO_BYTES);
+  checkRange(v, offset, length, maxLength);
   const bs = v.blockSizeBytes;
   const first = offset / bs;
   const end = first + length / bs;

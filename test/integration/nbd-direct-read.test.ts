@@ -93,6 +93,25 @@ describe('direct data reads', () => {
     expect((await readPlanned(fresh, 10_000)).equals(data)).toBe(true);
   });
 
+  it('reads asked in one step share one plan of up to 16 MiB; a failed GET sends each of them through the API', async () => {
+    const vol = await api.createVolume({ sizeBytes: 32 * MiB });
+    const data = randomBytes(20 * MiB);
+    const segments: string[] = [];
+    for (let i = 0; i < 5; i++) segments.push((await api.write(vol.volumeId, i * 4 * MiB, data.subarray(i * 4 * MiB, (i + 1) * 4 * MiB))).segmentId);
+    const client = new VolumeClient(apiUrl, vol.volumeId, { retryBudgetMs: 10_000 });
+    // Five 4 MiB reads at once: the first four in one 16 MiB plan, the fifth in another.
+    const got = await Promise.all([0, 1, 2, 3, 4].map((i) => client.read(i * 4 * MiB, 4 * MiB)));
+    expect(Buffer.concat(got).equals(data)).toBe(true);
+    expect({ plans: client.sent.plans, direct: client.direct.reads, gets: client.direct.gets, reads: client.sent.reads }).toEqual({ plans: 2, direct: 2, gets: 20, reads: 0 });
+    // A chunk of the second segment gone: the shared plan's GET fails, and each of its four reads
+    // is read through the API (which rebuilds the chunk from parity).
+    const loc = await chunkOf(vol.volumeId, segments[1]!, 1);
+    await s3().send(new DeleteObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
+    const again = await Promise.all([0, 1, 2, 3].map((i) => client.read(i * 4 * MiB, 4 * MiB)));
+    expect(Buffer.concat(again).equals(data.subarray(0, 16 * MiB))).toBe(true);
+    expect({ plans: client.sent.plans, fallbacks: client.direct.fallbacks, reads: client.sent.reads }).toEqual({ plans: 3, fallbacks: 1, reads: 4 });
+  });
+
   it('holes and trims cost no GET; a read across data and a hole gets both right', async () => {
     const vol = await api.createVolume({ sizeBytes: 16 * MiB });
     const data = randomBytes(MiB);
@@ -111,11 +130,13 @@ describe('direct data reads', () => {
   });
 
   it('the plan route refuses bad input, and another tenant gets 404', async () => {
-    const vol = await api.createVolume({ sizeBytes: 16 * MiB });
+    const vol = await api.createVolume({ sizeBytes: 64 * MiB });
     const plan = (q: string, as = api) => as.http(`${apiUrl}/volumes/${vol.volumeId}/read-plan?${q}`);
     expect((await plan('offset=1&length=4096')).status).toBe(400);
-    expect((await plan(`offset=0&length=${8 * MiB}`)).status).toBe(400);
-    expect((await plan(`offset=${16 * MiB}&length=4096`)).status).toBe(400);
+    // A plan covers up to 16 MiB (a read-ahead window), four times what one read may ask.
+    expect((await plan(`offset=0&length=${16 * MiB}`)).status).toBe(200);
+    expect((await plan(`offset=0&length=${16 * MiB + 4096}`)).status).toBe(400);
+    expect((await plan(`offset=${64 * MiB}&length=4096`)).status).toBe(400);
     expect((await plan('offset=0')).status).toBe(400);
     expect((await api.http(`${apiUrl}/volumes/vol-00000000000000000/read-plan?offset=0&length=4096`)).status).toBe(404);
     expect((await plan('offset=0&length=4096', new Api(apiUrl, { as: PROFILES.tenantA }))).status).toBe(404);

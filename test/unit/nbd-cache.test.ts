@@ -7,8 +7,10 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { ExtentMap, WriteBackCache, WriteBackError, planBatches, toBatchPieces, type CacheBackend, type CacheExtent } from '#gateway/cache.ts';
-import { API_MAX_IO_BYTES, API_MAX_PAGES_PER_BATCH, type BatchPiece } from '#gateway/volume-client.ts';
+import { API_MAX_IO_BYTES, API_MAX_PAGES_PER_BATCH, API_MAX_PLAN_BYTES, type BatchPiece } from '#gateway/volume-client.ts';
+import { CleanCache, LINE_BYTES } from '#gateway/read-cache.ts';
 import { MAX_PAGES_PER_COMMIT } from '#shared/core/records.ts';
+import { MAX_PLAN_BYTES } from '#shared/data/read-plan.ts';
 import { MAX_IO_BYTES } from '#shared/data/volume-rules.ts';
 import { seeded } from './seed.ts';
 
@@ -80,6 +82,7 @@ describe('gateway limits', () => {
   it('match the API (the gateway keeps its own copy to stay free of AWS modules)', () => {
     expect(API_MAX_IO_BYTES).toBe(MAX_IO_BYTES);
     expect(API_MAX_PAGES_PER_BATCH).toBe(MAX_PAGES_PER_COMMIT);
+    expect(API_MAX_PLAN_BYTES).toBe(MAX_PLAN_BYTES);
   });
 });
 
@@ -372,7 +375,7 @@ describe('WriteBackCache read path: clean cache, joined reads, read-ahead', () =
   it('reads a sequential stream in whole 4 MiB windows ahead of the reader', async () => {
     const vol = new MemoryVolume(64 * MiB, MiB);
     randomBytes(32 * MiB).copy(vol.bytes, 0);
-    const cache = newCache(vol);
+    const cache = newCache(vol, { readAheadMaxBytes: 16 * MiB });
     const sizes: number[] = [];
     const read = vol.read.bind(vol);
     vol.read = (offset: number, length: number) => {
@@ -387,6 +390,50 @@ describe('WriteBackCache read path: clean cache, joined reads, read-ahead', () =
     expect(cache.stats.apiReadBytes, 'read-ahead stops near the reader: at most one window of 16 MiB beyond').toBeLessThanOrEqual(32 * MiB + 20 * MiB);
     expect(sizes.length, 'about one API read per 4 MiB, not one per request').toBeLessThanOrEqual(16);
     await cache.close();
+  });
+
+  it('answers from the cached lines themselves, and a write-back replaces a line instead of changing it', async () => {
+    const vol = new MemoryVolume(8 * MiB, MiB);
+    randomBytes(MiB).copy(vol.bytes, 0);
+    const old = Buffer.from(vol.bytes.subarray(0, 128 * KiB));
+    const cache = newCache(vol, { readAheadMaxBytes: 0 });
+    await cache.read(0, MiB);
+    const reads = vol.reads;
+    // Two lines of one fetch: one view of the fetched bytes, no copy.
+    const held = await cache.readv(0, 128 * KiB);
+    expect(held.length, 'adjacent lines of one fetch are one view').toBe(1);
+    expect(Buffer.concat(held).equals(old)).toBe(true);
+    await cache.write(4096, Buffer.alloc(BS, 7));
+    await cache.flush();
+    expect(Buffer.concat(held).equals(old), 'a reply already holding the line keeps the bytes it read').toBe(true);
+    const now = await cache.read(0, 128 * KiB);
+    expect(now[4096]).toBe(7);
+    expect(now.subarray(0, 4096).equals(old.subarray(0, 4096))).toBe(true);
+    expect(now.subarray(8192).equals(old.subarray(8192))).toBe(true);
+    expect(vol.reads, 'served from the patched line').toBe(reads);
+    // Dirty data over the range: one buffer of the cache's own, the overlay laid on the lines.
+    await cache.write(0, Buffer.alloc(BS, 8));
+    const dirty = await cache.readv(0, 2 * BS);
+    expect(dirty.length).toBe(1);
+    expect(dirty[0]![0]).toBe(8);
+    expect(dirty[0]![BS]).toBe(7);
+    await cache.close();
+  });
+
+  it('copies out the last lines of a fetch once most of it was evicted, so few lines cannot pin a whole fetch', () => {
+    const clean = new CleanCache(4 * MiB);
+    const fetched = randomBytes(4 * MiB);
+    for (let line = 0; line < 64; line++) clean.put(line, fetched.subarray(line * LINE_BYTES, (line + 1) * LINE_BYTES));
+    expect(clean.get(5)!.buffer, 'a line is a view of the fetched bytes').toBe(fetched.buffer);
+    // Another 4 MiB: every line but the recently used one is evicted.
+    const other = randomBytes(4 * MiB - LINE_BYTES);
+    for (let line = 0; line < 63; line++) clean.put(100 + line, other.subarray(line * LINE_BYTES, (line + 1) * LINE_BYTES));
+    expect(clean.usedBytes).toBeLessThanOrEqual(4 * MiB);
+    expect(clean.stats.compactions).toBe(1);
+    const kept = clean.get(5)!;
+    expect(kept.buffer, 'copied into a buffer of its own').not.toBe(fetched.buffer);
+    expect(kept.equals(fetched.subarray(5 * LINE_BYTES, 6 * LINE_BYTES))).toBe(true);
+    expect(clean.has(4)).toBe(false);
   });
 
   it('keeps the clean cache within its bound', async () => {
