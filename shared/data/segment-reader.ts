@@ -15,8 +15,10 @@
  * Lost chunks: a chunk answered 404 is remembered (by location) for LOST_CHUNK_MEMORY_MS, and
  * reads meanwhile ask the other chunks first: a degraded segment then costs the same number of
  * GETs as a healthy one (k), in one round, instead of k + (lost) GETs in two rounds plus a
- * fresh read of the segment record each time. The memory only orders what is asked; every
- * chunk, remembered or not, is still asked before a read gives up.
+ * fresh read of the segment record each time. Chunk keys are written once and never reused (a
+ * moved chunk gets a new location), so a 404 does not heal by itself; the memory is bounded in
+ * time and size anyway, and it only orders what is asked: every chunk, remembered or not, is
+ * still asked before a read gives up, and one read that finds it drops it from the memory.
  */
 import { crc32c } from './crc32c.ts';
 import { codec } from './erasure.ts';
@@ -53,8 +55,8 @@ interface GranuleStore {
 }
 
 /** How long a chunk answered 404 is asked last. */
-export const LOST_CHUNK_MEMORY_MS = 30_000;
-const LOST_CHUNKS_MAX = 4096;
+export const LOST_CHUNK_MEMORY_MS = 10 * 60_000;
+const LOST_CHUNKS_MAX = 16_384;
 /** `bucket/key` of chunks answered 404 -> when (Date.now()). */
 const lostChunks = new Map<string, number>();
 
