@@ -233,8 +233,18 @@ async function readSegmentFollowingMoves(ref: string, rec: SegmentRecord, ranges
   const first: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0, missingChunks: 0 };
   let parts: Buffer[] | undefined;
   let failure: unknown;
+  // The record is read again as soon as a chunk answers 404, while the rebuild goes on. A 404
+  // seen before the read still orders it after a mover's record update (the mover deletes the
+  // old chunk only after updating the record), as when it was read after the rebuild.
+  let freshRecord: Promise<SegmentRecord | null> | undefined;
+  const readRecordAgain = () => {
+    if (freshRecord) return;
+    freshRecord = pageMap().getSegmentRecord(rec.volumeId, rec.segmentId);
+    // Awaited below whenever a chunk was missing; this only keeps an early throw from leaving it unhandled.
+    freshRecord.catch(() => {});
+  };
   try {
-    parts = await readPayload(rec, ranges, first, targets);
+    parts = await readPayload(rec, ranges, first, targets, readRecordAgain);
   } catch (err) {
     if (!(err instanceof DataUnavailableError)) throw err;
     failure = err;
@@ -250,7 +260,7 @@ async function readSegmentFollowingMoves(ref: string, rec: SegmentRecord, ranges
     return parts!;
   }
   segmentCache.delete(ref);
-  const fresh = await pageMap().getSegmentRecord(rec.volumeId, rec.segmentId);
+  const fresh = await (freshRecord ?? pageMap().getSegmentRecord(rec.volumeId, rec.segmentId));
   if (fresh) rememberSegment(ref, fresh);
   if (!fresh || sameLocations(fresh, rec)) {
     merge(first);

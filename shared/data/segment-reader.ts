@@ -52,6 +52,8 @@ interface GranuleStore {
    * or null.
    */
   dest?: (chunk: number, a: number, b: number) => Buffer | null;
+  /** Called when a chunk answers 404 (the caller may start reading the segment record again). */
+  onMissingChunk?: () => void;
 }
 
 /** How long a chunk answered 404 is asked last. */
@@ -124,6 +126,7 @@ async function fetchGranules(rec: SegmentRecord, chunk: number, granules: readon
         if (bytes === null) {
           report.missingChunks = (report.missingChunks ?? 0) + 1;
           noteLost(loc);
+          store.onMissingChunk?.();
         } else lostChunks.delete(locationKey(loc));
       } catch (err) {
         console.warn(`chunk ${formatLocation(loc)} unreadable: ${(err as Error).message}`);
@@ -143,13 +146,16 @@ async function fetchGranules(rec: SegmentRecord, chunk: number, granules: readon
 
 /**
  * Returns the payload bytes of each range, verified. With up to m chunks missing or corrupt
- * the bytes are rebuilt; beyond that, DataUnavailableError.
+ * the bytes are rebuilt; beyond that, DataUnavailableError. With `targets` (one buffer of each
+ * range's length) the bytes are read into those, which are returned; `onMissingChunk` is called
+ * on each 404.
  */
 export async function readPayload(
   rec: SegmentRecord,
   ranges: readonly PayloadRange[],
   report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 },
   targets?: readonly Buffer[],
+  onMissingChunk?: () => void,
 ): Promise<Buffer[]> {
   const { k, m, chunkSizeBytes: cs } = rec;
   invariant(rec.locations.length === k + m && rec.crcs.length === k + m, () => `segment ${rec.segmentId} record has the wrong chunk count`);
@@ -178,7 +184,7 @@ export async function readPayload(
     const i = ranges.findIndex((r) => r.start <= start && end <= r.end);
     return i < 0 ? null : targets[i]!.subarray(start - ranges[i]!.start, end - ranges[i]!.start);
   };
-  const store: GranuleStore = { good: new Map([...wanted.keys()].map((chunk) => [chunk, new Map()])), asked: new Set(), dest };
+  const store: GranuleStore = { good: new Map([...wanted.keys()].map((chunk) => [chunk, new Map()])), asked: new Set(), dest, onMissingChunk };
   // Chunks answered 404 lately are not asked first: their granules are rebuilt from others.
   await Promise.all(
     [...wanted].filter(([chunk]) => !isRememberedLost(rec.locations[chunk]!)).map(([chunk, gs]) => fetchGranules(rec, chunk, [...gs], store, report)),
