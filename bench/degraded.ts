@@ -22,6 +22,7 @@ import { randomFillSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import { join } from 'node:path';
+import { PerformanceObserver } from 'node:perf_hooks';
 import { DeleteObjectCommand } from '@aws-sdk/client-s3';
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
 import { toApiGatewayEvent } from '#local/http-adapter.ts';
@@ -60,6 +61,12 @@ async function call(handler: Handler, ev: APIGatewayProxyEventV2): Promise<APIGa
   if ((res.statusCode ?? 500) >= 300) throw new Error(`${ev.requestContext.http.method} ${ev.rawPath}?${ev.rawQueryString}: ${res.statusCode} ${res.body}`);
   return res;
 }
+
+/** Garbage-collection pauses observed so far (ms, main thread), to show what part of the head's CPU they are. */
+let gcPauseMs = 0;
+const gcObserver = new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) gcPauseMs += e.duration;
+});
 
 /** CPU milliseconds (user + system, all threads) of `work`. */
 async function cpuMs(work: () => Promise<unknown> | unknown): Promise<number> {
@@ -118,13 +125,17 @@ export async function benchDegraded({ table, section }: DegradedBenchDeps): Prom
   const payloads = Array.from({ length: WRITES }, () => randomFillSync(Buffer.allocUnsafe(IO)));
 
   // Writes, one at a time, both volumes: head CPU per 4 MiB write (events built beforehand).
+  gcObserver.observe({ entryTypes: ['gc'] });
   const writeCpu: number[] = [];
+  const gcWrites0 = gcPauseMs;
   for (const vol of [healthyVol, degradedVol]) {
     const events = payloads.map((p, i) => event('PUT', `/volumes/${vol}/data?offset=${i * IO}`, p));
     await profiled(`write-${vol === healthyVol ? 1 : 2}`, async () => {
       for (const ev of events) writeCpu.push(await cpuMs(() => call(handler, ev)));
     });
   }
+
+  const gcPerWrite = (gcPauseMs - gcWrites0) / (2 * WRITES);
 
   // Lose the first m data chunks of every segment of the degraded volume.
   const views = await Promise.all(payloads.map((_, i) => readView(degradedVol, i * IO, IO)));
@@ -178,13 +189,14 @@ export async function benchDegraded({ table, section }: DegradedBenchDeps): Prom
   const serialReads = async (vol: string, what: string) => {
     const events = readEvents(vol);
     const cpu: number[] = [];
+    const gc0 = gcPauseMs;
     resetRequestCounts();
     for (const [i, ev] of events.entries()) {
       let res: APIGatewayProxyStructuredResultV2 | undefined;
       cpu.push(await cpuMs(async () => (res = await call(handler, ev))));
       check(res!, i, what);
     }
-    return { cpu, counts: requestCounts() };
+    return { cpu, counts: requestCounts(), gcPerRead: (gcPauseMs - gc0) / READS };
   };
   const healthy = await profiled('read-healthy', () => serialReads(healthyVol, 'healthy'));
   const degraded = await profiled('read-degraded', () => serialReads(degradedVol, 'degraded'));
@@ -234,17 +246,19 @@ export async function benchDegraded({ table, section }: DegradedBenchDeps): Prom
   console.log(
     `(${READS} reads of 4 MiB, ${CONCURRENCY} at a time, best of ${ROUNDS} alternating rounds; ${deleted} chunk objects deleted from ${records.size} segments; codec ${c.name}; every read compared byte for byte)`,
   );
-  const row = (what: string, head: number, floor: number, parts: string) => ({
+  gcObserver.disconnect();
+  const row = (what: string, head: number, gc: number, floor: number, parts: string) => ({
     'per 4 MiB': what,
     'head CPU ms (median)': head.toFixed(1),
+    'of which GC pauses (mean)': gc.toFixed(1),
     'unavoidable ms': floor.toFixed(1),
     'head / unavoidable': (head / floor).toFixed(2),
     'unavoidable = ': parts,
   });
   table([
-    row('write', median(writeCpu), floorWrite, `base64 decode ${base64Decode.toFixed(1)} + RS ${K}+${M} encode ${encode.toFixed(1)} + CRC32C of ${K + M} MiB ${crcWrite.toFixed(1)}`),
-    row('read, healthy', median(healthy.cpu), floorRead, `CRC32C of 4 MiB ${crcRead.toFixed(1)} + base64 encode ${base64Encode.toFixed(1)}`),
-    row(`read, degraded`, median(degraded.cpu), floorDegraded, `CRC32C ${crcRead.toFixed(1)} + RS reconstruct of ${M} ${reconstruct.toFixed(1)} + base64 encode ${base64Encode.toFixed(1)}`),
+    row('write', median(writeCpu), gcPerWrite, floorWrite, `base64 decode ${base64Decode.toFixed(1)} + RS ${K}+${M} encode ${encode.toFixed(1)} + CRC32C of ${K + M} MiB ${crcWrite.toFixed(1)}`),
+    row('read, healthy', median(healthy.cpu), healthy.gcPerRead, floorRead, `CRC32C of 4 MiB ${crcRead.toFixed(1)} + base64 encode ${base64Encode.toFixed(1)}`),
+    row(`read, degraded`, median(degraded.cpu), degraded.gcPerRead, floorDegraded, `CRC32C ${crcRead.toFixed(1)} + RS reconstruct of ${M} ${reconstruct.toFixed(1)} + base64 encode ${base64Encode.toFixed(1)}`),
   ]);
   console.log(`(head CPU: this process around each handler call, one request at a time, ${WRITES * 2} writes and ${READS} reads of each kind; unavoidable: each part alone, median of 9)`);
 }

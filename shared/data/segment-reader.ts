@@ -20,6 +20,7 @@
  * time and size anyway, and it only orders what is asked: every chunk, remembered or not, is
  * still asked before a read gives up, and one read that finds it drops it from the memory.
  */
+import { BufferPool, type Lease } from './buffer-pool.ts';
 import { crc32c } from './crc32c.ts';
 import { codec } from './erasure.ts';
 import { DataUnavailableError, invariant } from '../core/errors.ts';
@@ -54,6 +55,20 @@ interface GranuleStore {
   dest?: (chunk: number, a: number, b: number) => Buffer | null;
   /** Called when a chunk answers 404 (the caller may start reading the segment record again). */
   onMissingChunk?: () => void;
+  /** Pooled buffers granules were fetched into; released once every byte was copied out. */
+  leases: Lease[];
+}
+
+/**
+ * Buffers for fetched granules that have no place in the caller's output (parity read for a
+ * rebuild, granules cut by a range): reused, so that a degraded read does not leave megabytes
+ * of garbage per request. Released only after a read succeeded and copied its bytes out (on a
+ * failure they are left to the garbage collector, which is always safe).
+ */
+const fetchBuffers = new BufferPool({ minBytes: 256 * 1024, maxBytes: 1024 * 1024, classBytes: 256 * 1024, keepPerClass: 8 });
+
+function releaseAll(store: GranuleStore): void {
+  for (const lease of store.leases.splice(0)) lease.release();
 }
 
 /** How long a chunk answered 404 is asked last. */
@@ -121,7 +136,12 @@ async function fetchGranules(rec: SegmentRecord, chunk: number, granules: readon
       let bytes: Buffer | null = null;
       report.rangedGets++;
       try {
-        const into = store.dest?.(chunk, start, end) ?? undefined;
+        let into = store.dest?.(chunk, start, end) ?? undefined;
+        if (!into) {
+          const lease = fetchBuffers.take(end - start);
+          store.leases.push(lease);
+          into = lease.buffer;
+        }
         bytes = await chunkStore().getChunkRange(loc, start, end, into);
         if (bytes === null) {
           report.missingChunks = (report.missingChunks ?? 0) + 1;
@@ -184,7 +204,7 @@ export async function readPayload(
     const i = ranges.findIndex((r) => r.start <= start && end <= r.end);
     return i < 0 ? null : targets[i]!.subarray(start - ranges[i]!.start, end - ranges[i]!.start);
   };
-  const store: GranuleStore = { good: new Map([...wanted.keys()].map((chunk) => [chunk, new Map()])), asked: new Set(), dest, onMissingChunk };
+  const store: GranuleStore = { good: new Map([...wanted.keys()].map((chunk) => [chunk, new Map()])), asked: new Set(), dest, onMissingChunk, leases: [] };
   // Chunks answered 404 lately are not asked first: their granules are rebuilt from others.
   await Promise.all(
     [...wanted].filter(([chunk]) => !isRememberedLost(rec.locations[chunk]!)).map(([chunk, gs]) => fetchGranules(rec, chunk, [...gs], store, report)),
@@ -195,7 +215,7 @@ export async function readPayload(
   for (const [chunk, gs] of wanted) for (const g of gs) if (!store.good.get(chunk)?.has(g)) broken.add(g);
   if (broken.size > 0) await rebuild(rec, [...broken], wanted, store, report);
 
-  return ranges.map((r, i) => {
+  const outputs = ranges.map((r, i) => {
     const out = targets ? targets[i]! : Buffer.allocUnsafe(r.end - r.start);
     for (let pos = r.start; pos < r.end; ) {
       const chunk = Math.floor(pos / cs);
@@ -212,6 +232,8 @@ export async function readPayload(
     }
     return out;
   });
+  releaseAll(store);
+  return outputs;
 }
 
 async function rebuild(rec: SegmentRecord, granules: number[], wanted: Map<number, Set<number>>, store: GranuleStore, report: ReadReport): Promise<void> {
@@ -279,7 +301,7 @@ export async function readChunkData(
   const granuleCount = Math.ceil(rec.chunkSizeBytes / rec.granuleBytes);
   const all = Array.from({ length: granuleCount }, (_, g) => g);
   const wanted = new Map([[chunkIndex, new Set(all)]]);
-  const store: GranuleStore = { good: new Map([[chunkIndex, new Map()]]), asked: new Set() };
+  const store: GranuleStore = { good: new Map([[chunkIndex, new Map()]]), asked: new Set(), leases: [] };
   if (fromOthers) for (const g of all) store.asked.add(`${chunkIndex}:${g}`);
   else await fetchGranules(rec, chunkIndex, all, store, report);
   const broken = all.filter((g) => !store.good.get(chunkIndex)!.has(g));
@@ -290,5 +312,6 @@ export async function readChunkData(
     invariant(bytes, `granule ${g} of chunk ${chunkIndex} missing after rebuild`);
     bytes.copy(out, granuleBounds(rec, g)[0]);
   }
+  releaseAll(store);
   return out;
 }
