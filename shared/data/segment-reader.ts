@@ -198,7 +198,8 @@ export async function readPayload(
     'one target of each range length',
   );
   const dest = (chunk: number, a: number, b: number): Buffer | null => {
-    if (!targets) return null;
+    // Only data chunks hold payload bytes; parity has no place in the output.
+    if (!targets || chunk >= k) return null;
     const start = chunk * cs + a;
     const end = chunk * cs + b;
     const i = ranges.findIndex((r) => r.start <= start && end <= r.end);
