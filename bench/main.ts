@@ -41,6 +41,7 @@ import { invariant } from '#shared/core/errors.ts';
 import { benchSnapshots } from './snapshots.ts';
 import { benchBackup } from './backup.ts';
 import { benchGroups } from './groups.ts';
+import { benchDegraded } from './degraded.ts';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -55,13 +56,13 @@ const PRICE = {
 
 /**
  * `npm run bench -- <name> ...` runs only the named parts (codec, encode, crc, evacuation, gc,
- * throughput, endpoint, cost, checkpoints, fencing, snapshots, groups, nbd, nbd-cost, backup); no names runs them
- * all. `nbd-cost` is the request-cost part of `nbd` alone, without the s3backer comparison.
+ * throughput, endpoint, cost, checkpoints, fencing, snapshots, groups, nbd, nbd-cost, backup, degraded); no names runs
+ * them all. `nbd-cost` is the request-cost part of `nbd` alone, without the s3backer comparison.
  */
 const only = new Set(process.argv.slice(2));
 /** The parts that need no control plane, which is then not started. */
 const IN_PROCESS_PARTS = ['codec', 'encode', 'crc'];
-const PARTS = [...IN_PROCESS_PARTS, 'evacuation', 'gc', 'throughput', 'endpoint', 'cost', 'checkpoints', 'fencing', 'snapshots', 'groups', 'nbd', 'nbd-cost', 'backup'];
+const PARTS = [...IN_PROCESS_PARTS, 'evacuation', 'gc', 'throughput', 'endpoint', 'cost', 'checkpoints', 'fencing', 'snapshots', 'groups', 'nbd', 'nbd-cost', 'backup', 'degraded'];
 for (const name of only) if (!PARTS.includes(name)) throw new Error(`unknown bench part ${name}; the parts are ${PARTS.join(', ')}`);
 const want = (name: string): boolean => only.size === 0 || only.has(name);
 
@@ -439,6 +440,8 @@ async function main(): Promise<void> {
 
     if (want('snapshots')) await benchSnapshots({ apiUrl: api, idle: () => plane.idle(), table, section });
     if (want('groups')) await benchGroups({ idle: () => plane.idle(), table, section });
+
+    if (want('degraded')) await benchDegraded({ table, section });
 
     if (want('backup')) await benchBackup({ apiUrl: api, table, section });
 

@@ -58,17 +58,34 @@ function isMissing(err: unknown): boolean {
 /**
  * Bytes `[start, end)` of a chunk object, or null if the object does not exist.
  * Other errors propagate; callers treat them as an unreadable chunk.
+ *
+ * The body is copied once, from the socket's pieces into one buffer: `into` (exactly
+ * `end - start` bytes, returned) when given, else a new one. (The SDK's
+ * `transformToByteArray` plus `Buffer.from` copied every byte twice and left two large
+ * garbage buffers per GET.) A body shorter than asked is returned as the shorter view; the
+ * reader's checksums catch it.
  */
-export async function getChunkRange(loc: ChunkLocation, start: number, end: number): Promise<Buffer | null> {
+export async function getChunkRange(loc: ChunkLocation, start: number, end: number, into?: Buffer): Promise<Buffer | null> {
   invariant(end > start && start >= 0, () => `bad range [${start}, ${end})`);
+  invariant(!into || into.length === end - start, () => `a buffer of ${end - start} bytes for the range, got ${into!.length}`);
   try {
     const out = await s3().send(new GetObjectCommand({ Bucket: loc.bucket, Key: loc.key, Range: `bytes=${start}-${end - 1}` }));
-    const bytes = Buffer.from(await out.Body!.transformToByteArray());
-    return bytes;
+    return await readBodyInto(out.Body as AsyncIterable<Uint8Array>, into ?? Buffer.allocUnsafe(end - start));
   } catch (err) {
     if (isMissing(err)) return null;
     throw err;
   }
+}
+
+/** Reads a response body into `target`; a body longer than `target` is an error. Returns the bytes read. */
+async function readBodyInto(body: AsyncIterable<Uint8Array>, target: Buffer): Promise<Buffer> {
+  let at = 0;
+  for await (const piece of body) {
+    if (at + piece.length > target.length) throw new Error(`a ranged GET returned more than the ${target.length} bytes asked for`);
+    target.set(piece, at);
+    at += piece.length;
+  }
+  return at === target.length ? target : target.subarray(0, at);
 }
 
 /** The parts of an HTTP request the SDK's serializer resolved (endpoint, path, query). */

@@ -31,8 +31,8 @@ export interface ChunkStore {
   putChunk(loc: ChunkLocation, body: Buffer, crc32c: number): Promise<void>;
   /** Whether the object at `loc` is exactly `body` (its CRC32C `crc32c`); false when it is missing. */
   storedChunkEquals(loc: ChunkLocation, body: Buffer, crc32c: number): Promise<boolean>;
-  /** Bytes `[start, end)` of a chunk, or null if it does not exist. */
-  getChunkRange(loc: ChunkLocation, start: number, end: number): Promise<Buffer | null>;
+  /** Bytes `[start, end)` of a chunk, or null if it does not exist; read into `into` (end - start bytes) when given. */
+  getChunkRange(loc: ChunkLocation, start: number, end: number, into?: Buffer): Promise<Buffer | null>;
   /**
    * A URL that lets its holder GET bytes `[start, end)` of a chunk (with exactly that Range
    * header) for `expiresSeconds`, signed with the head's credentials; no request is sent.

@@ -153,7 +153,15 @@ export async function readSnapshotData(
 /** Reads the data extents among `extents` (blocks from `first`) into a zeroed buffer of `length` bytes. */
 export async function readExtents(all: readonly Extent[], first: number, length: number, bs: number, report: ReadReport): Promise<Buffer> {
   const extents = all.filter((e) => e.seg !== null);
-  const out = Buffer.alloc(length);
+  // Uninitialized, then zeroed wherever no data extent lands; the data is read straight into it.
+  const out = Buffer.allocUnsafe(length);
+  const end = first + length / bs;
+  let cursor = first;
+  for (const e of [...extents].sort((a, b) => a.first - b.first)) {
+    if (e.first > cursor) out.fill(0, (cursor - first) * bs, (Math.min(e.first, end) - first) * bs);
+    cursor = Math.max(cursor, e.first + e.count);
+  }
+  if (cursor < end) out.fill(0, (cursor - first) * bs);
   const bySegment = new Map<string, Extent[]>();
   for (const e of extents) {
     let list = bySegment.get(e.seg!);
@@ -164,8 +172,8 @@ export async function readExtents(all: readonly Extent[], first: number, length:
   await Promise.all(
     [...bySegment].map(async ([ref, list]) => {
       const ranges: PayloadRange[] = list.map((e) => ({ start: e.segBlock * bs, end: (e.segBlock + e.count) * bs }));
-      const parts = await readSegmentFollowingMoves(ref, records.get(ref)!, ranges, report);
-      list.forEach((e, i) => parts[i]!.copy(out, (e.first - first) * bs));
+      const targets = list.map((e) => out.subarray((e.first - first) * bs, (e.first - first + e.count) * bs));
+      await readSegmentFollowingMoves(ref, records.get(ref)!, ranges, report, targets);
     }),
   );
   return out;
@@ -226,12 +234,22 @@ function sameLocations(a: SegmentRecord, b: SegmentRecord): boolean {
  * read the record again and, if a location changed, read once more with it
  * (docs/evacuation.md, section 5).
  */
-async function readSegmentFollowingMoves(ref: string, rec: SegmentRecord, ranges: PayloadRange[], report: ReadReport): Promise<Buffer[]> {
+async function readSegmentFollowingMoves(ref: string, rec: SegmentRecord, ranges: PayloadRange[], report: ReadReport, targets?: Buffer[]): Promise<Buffer[]> {
   const first: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0, missingChunks: 0 };
   let parts: Buffer[] | undefined;
   let failure: unknown;
+  // The record is read again as soon as a chunk answers 404, while the rebuild goes on. A 404
+  // seen before the read still orders it after a mover's record update (the mover deletes the
+  // old chunk only after updating the record), as when it was read after the rebuild.
+  let freshRecord: Promise<SegmentRecord | null> | undefined;
+  const readRecordAgain = () => {
+    if (freshRecord) return;
+    freshRecord = pageMap().getSegmentRecord(rec.volumeId, rec.segmentId);
+    // Awaited below whenever a chunk was missing; this only keeps an early throw from leaving it unhandled.
+    freshRecord.catch(() => {});
+  };
   try {
-    parts = await readPayload(rec, ranges, first);
+    parts = await readPayload(rec, ranges, first, targets, readRecordAgain);
   } catch (err) {
     if (!(err instanceof DataUnavailableError)) throw err;
     failure = err;
@@ -247,7 +265,7 @@ async function readSegmentFollowingMoves(ref: string, rec: SegmentRecord, ranges
     return parts!;
   }
   segmentCache.delete(ref);
-  const fresh = await pageMap().getSegmentRecord(rec.volumeId, rec.segmentId);
+  const fresh = await (freshRecord ?? pageMap().getSegmentRecord(rec.volumeId, rec.segmentId));
   if (fresh) rememberSegment(ref, fresh);
   if (!fresh || sameLocations(fresh, rec)) {
     merge(first);
@@ -257,5 +275,5 @@ async function readSegmentFollowingMoves(ref: string, rec: SegmentRecord, ranges
   // A chunk moved: the first attempt's rebuild work is not what the client should see.
   report.rangedGets += first.rangedGets;
   report.missingChunks = (report.missingChunks ?? 0) + (first.missingChunks ?? 0);
-  return readPayload(fresh, ranges, report);
+  return readPayload(fresh, ranges, report, targets);
 }

@@ -13,8 +13,10 @@ export interface ErasureCodec {
   /**
    * shards has k+m entries, null where missing; at least k present, all of the same length.
    * Returns all k+m shards, missing ones rebuilt. Throws a clear Error if fewer than k present.
+   * With `into` (k+m entries), a missing shard whose entry is a buffer of the shard length is
+   * rebuilt there (and that buffer returned for it); other missing shards get new buffers.
    */
-  reconstruct(k: number, m: number, shards: readonly (Buffer | null)[]): Promise<Buffer[]>;
+  reconstruct(k: number, m: number, shards: readonly (Buffer | null)[], into?: readonly (Buffer | null)[]): Promise<Buffer[]>;
 }
 
 /** Largest k both codecs accept (ronomon's MAX_K). */
@@ -41,6 +43,13 @@ export function checkShardLength(length: number, what: string): void {
 export function checkInto(m: number, length: number, into: readonly Buffer[]): void {
   if (into.length !== m || into.some((p) => !(p instanceof Uint8Array) || p.length !== length)) {
     throw new RangeError(`encode: expected m = ${m} output shards of ${length} bytes`);
+  }
+}
+
+/** Checks reconstruct's `into`: k+m entries, each null or a buffer of the shard length. */
+export function checkReconstructInto(n: number, length: number, into: readonly (Buffer | null)[]): void {
+  if (into.length !== n || into.some((p) => p !== null && p !== undefined && (!(p instanceof Uint8Array) || p.length !== length))) {
+    throw new RangeError(`reconstruct: expected k + m = ${n} output entries, each null or ${length} bytes`);
   }
 }
 

@@ -2,7 +2,7 @@
  * The native codec: `@ronomon/reed-solomon` when it loads (it does not on Lambda).
  */
 import { createRequire } from 'node:module';
-import { type ErasureCodec, MAX_K, MAX_M, checkEncode, checkInto, checkReconstruct, copyInto } from './checks.ts';
+import { type ErasureCodec, MAX_K, MAX_M, checkEncode, checkInto, checkReconstruct, checkReconstructInto, copyInto } from './checks.ts';
 
 // ---------------------------------------------------------------------------------------
 // The native codec.
@@ -39,16 +39,26 @@ interface Ronomon {
  */
 const scratch: Buffer[] = [];
 
-const SCRATCH_KEEP = 4;
+/**
+ * Kept: at most SCRATCH_KEEP buffers of at most SCRATCH_KEEP_BYTES together (a degraded read
+ * rebuilds its granules' stripes concurrently, two scratch buffers each).
+ */
+const SCRATCH_KEEP = 32;
+const SCRATCH_KEEP_BYTES = 16 * 1024 * 1024;
+let scratchBytes = 0;
 
 function takeScratch(size: number): Buffer {
   const i = scratch.findIndex((b) => b.length === size);
-  return i >= 0 ? scratch.splice(i, 1)[0]! : Buffer.allocUnsafeSlow(size);
+  if (i < 0) return Buffer.allocUnsafeSlow(size);
+  scratchBytes -= size;
+  return scratch.splice(i, 1)[0]!;
 }
 
 function giveScratch(buffer: Buffer): void {
-  if (scratch.length >= SCRATCH_KEEP) scratch.shift();
+  while (scratch.length > 0 && (scratch.length >= SCRATCH_KEEP || scratchBytes + buffer.length > SCRATCH_KEEP_BYTES)) scratchBytes -= scratch.shift()!.length;
+  if (buffer.length > SCRATCH_KEEP_BYTES) return;
   scratch.push(buffer);
+  scratchBytes += buffer.length;
 }
 
 function nativeCodec(rs: Ronomon): ErasureCodec {
@@ -109,26 +119,43 @@ function nativeCodec(rs: Ronomon): ErasureCodec {
         if (parityScratch) giveScratch(parityScratch);
       }
     },
-    async reconstruct(k, m, shards) {
+    async reconstruct(k, m, shards, into) {
       const { length, present, presentCount } = checkReconstruct(k, m, shards);
       const n = k + m;
+      if (into) checkReconstructInto(n, length, into);
       const out = shards.slice() as (Buffer | null)[];
       if (presentCount === n) return out as Buffer[];
       checkSize(k, m, length);
-      // Every byte is either copied from a present shard or written by ronomon (targets =
-      // all missing shards), so the buffers need no zeroing.
-      const buffer = Buffer.allocUnsafeSlow(k * length);
-      const parity = Buffer.allocUnsafeSlow(m * length);
-      for (let i = 0; i < n; i++) {
-        const shard = out[i];
-        if (shard) shard.copy(i < k ? buffer : parity, (i < k ? i : i - k) * length);
+      // ronomon wants the shards gathered contiguously: into reused scratch buffers (fresh ones
+      // per call cost page faults and, per 64 KiB granule of a degraded read, the garbage
+      // collector's time). Every byte is either copied from a present shard or written by
+      // ronomon (targets = all missing shards), so they need no zeroing.
+      const buffer = takeScratch(k * length);
+      const parity = takeScratch(m * length);
+      try {
+        for (let i = 0; i < n; i++) {
+          const shard = out[i];
+          if (shard) shard.copy(i < k ? buffer : parity, (i < k ? i : i - k) * length);
+        }
+        const targets = ((1 << n) - 1) & ~present;
+        await run(k, m, present, targets, buffer, parity, length);
+        // Rebuilt shards go to `into` where given, else to one new buffer for all of them.
+        let fresh = 0;
+        for (let i = 0; i < n; i++) if (!out[i] && !into?.[i]) fresh++;
+        const pool = fresh > 0 ? Buffer.allocUnsafeSlow(fresh * length) : null;
+        let next = 0;
+        for (let i = 0; i < n; i++) {
+          if (out[i]) continue;
+          const rebuilt = i < k ? buffer.subarray(i * length, (i + 1) * length) : parity.subarray((i - k) * length, (i - k + 1) * length);
+          const target = into?.[i] ?? pool!.subarray(next * length, ++next * length);
+          rebuilt.copy(target);
+          out[i] = target;
+        }
+        return out as Buffer[];
+      } finally {
+        giveScratch(buffer);
+        giveScratch(parity);
       }
-      const targets = ((1 << n) - 1) & ~present;
-      await run(k, m, present, targets, buffer, parity, length);
-      for (let i = 0; i < n; i++) {
-        if (!out[i]) out[i] = i < k ? buffer.subarray(i * length, (i + 1) * length) : parity.subarray((i - k) * length, (i - k + 1) * length);
-      }
-      return out as Buffer[];
     },
   };
 }

@@ -3,7 +3,7 @@
  * the native codec.
  */
 import { chunkSize, context, decoder } from './generator.ts';
-import { type ErasureCodec, checkEncode, checkInto, checkReconstruct, copyInto } from './checks.ts';
+import { type ErasureCodec, checkEncode, checkInto, checkReconstruct, checkReconstructInto, copyInto } from './checks.ts';
 
 // ---------------------------------------------------------------------------------------
 // The XOR engine of the portable codec.
@@ -226,14 +226,22 @@ function portableEncode(k: number, m: number, data: readonly Buffer[]): Buffer[]
   return parity;
 }
 
-function portableReconstruct(k: number, m: number, shards: readonly (Buffer | null)[]): Buffer[] {
+function portableReconstruct(k: number, m: number, shards: readonly (Buffer | null)[], into?: readonly (Buffer | null)[]): Buffer[] {
   const { length, present, presentCount } = checkReconstruct(k, m, shards);
   const n = k + m;
+  if (into) checkReconstructInto(n, length, into);
   const out = shards.slice() as (Buffer | null)[];
   if (presentCount === n) return out as Buffer[];
+  // Where missing shard i is rebuilt: the caller's buffer, else a new one.
+  const outputFor = (i: number): Buffer => into?.[i] ?? output(length);
   if (k === 1) {
     const source = out.find((s) => s)!;
-    for (let i = 0; i < n; i++) if (!out[i]) out[i] = Buffer.from(source);
+    for (let i = 0; i < n; i++) {
+      if (out[i]) continue;
+      const target = outputFor(i);
+      source.copy(target);
+      out[i] = target;
+    }
     return out as Buffer[];
   }
   const ctx = context(k, m);
@@ -244,7 +252,7 @@ function portableReconstruct(k: number, m: number, shards: readonly (Buffer | nu
   for (let i = 0; i < k; i++) if (!out[i]) missingData.push(i);
   if (missingData.length === 1 && present & (1 << k)) {
     // One data shard lost and parity 0 (the XOR of the data) present: XOR the other k.
-    const target = output(length);
+    const target = outputFor(missingData[0]!);
     const others: Uint8Array[] = [];
     for (let i = 0; i <= k; i++) if (i !== missingData[0]) others.push(aligned(out[i]!));
     const row = Int32Array.from(others.map((_, slot) => slot * w));
@@ -264,7 +272,7 @@ function portableReconstruct(k: number, m: number, shards: readonly (Buffer | nu
     const rows = decoder(ctx, mask, sourceIndexes);
     const sources = sourceIndexes.map((i) => aligned(out[i]!));
     for (const i of missingData) {
-      const target = output(length);
+      const target = outputFor(i);
       jobs.push(job(target, rows, i * w, w, sources));
       out[i] = target;
     }
@@ -275,7 +283,7 @@ function portableReconstruct(k: number, m: number, shards: readonly (Buffer | nu
     // Rebuilt data shards are written by earlier jobs in the same stripe before these read them.
     const data = out.slice(0, k).map((s) => aligned(s!));
     for (const i of missingParity) {
-      const target = output(length);
+      const target = outputFor(k + i);
       jobs.push(job(target, ctx.encodeRows, i * w, w, data));
       out[k + i] = target;
     }
@@ -296,7 +304,7 @@ export const portableCodec: ErasureCodec = {
     checkInto(m, parity[0]?.length ?? 0, into);
     return copyInto(parity, into);
   },
-  async reconstruct(k, m, shards) {
-    return portableReconstruct(k, m, shards);
+  async reconstruct(k, m, shards, into) {
+    return portableReconstruct(k, m, shards, into);
   },
 };

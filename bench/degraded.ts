@@ -1,0 +1,270 @@
+/**
+ * Degraded reads and the head's own CPU per 4 MiB (docs/page-map.md, "Reads").
+ *
+ * Everything goes through the head's real handler (`lambdas/api.ts`, the module Lambda runs),
+ * called in this process with the API Gateway event the local API would build, against the
+ * local endpoint: page map in DynamoDB, chunks on the sleds. The API Gateway side (turning the
+ * HTTP body into the event's base64 and back) is not the head's work and is done outside the
+ * measurements.
+ *
+ * - Throughput: READS reads of 4 MiB, CONCURRENCY at a time, from a healthy volume and from a
+ *   copy of it (same bytes, same layout) whose every segment lost its first m data chunks
+ *   (deleted from the sleds), alternating ROUNDS times; the best round of each. The degraded
+ *   volume's first pass (each segment's lost chunks found by their 404s) is shown on its own.
+ *   Every byte read is compared with what was written.
+ * - Head CPU: the same requests one at a time, this process's user + system CPU (all threads,
+ *   so the native codec's libuv threads count) around each handler call.
+ * - Unavoidable work, timed alone on the same bytes: base64 of the body, Reed-Solomon encode
+ *   (write) or reconstruct (degraded read) of the 4 MiB as k shards in one codec call, and
+ *   CRC32C of every byte that is checksummed (k+m chunks written, k chunks read).
+ */
+import { randomFillSync } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
+import { join } from 'node:path';
+import { PerformanceObserver } from 'node:perf_hooks';
+import { DeleteObjectCommand } from '@aws-sdk/client-s3';
+import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
+import { toApiGatewayEvent } from '#local/http-adapter.ts';
+import { requestCounts, resetRequestCounts, s3 } from '#shared/aws/clients.ts';
+import { crc32c } from '#shared/data/crc32c.ts';
+import { codec } from '#shared/data/erasure.ts';
+import { readView, segmentRecordsFor } from '#shared/data/read.ts';
+
+const MiB = 1024 * 1024;
+const IO = 4 * MiB;
+const K = 4;
+const M = 2;
+const WRITES = 16;
+const READS = 16;
+const CONCURRENCY = 4;
+const ROUNDS = 5;
+
+export interface DegradedBenchDeps {
+  table(rows: Array<Record<string, string | number>>): void;
+  section(title: string): void;
+}
+
+type Handler = (event: APIGatewayProxyEventV2) => Promise<APIGatewayProxyStructuredResultV2>;
+
+function event(method: string, url: string, body?: Buffer, contentType = 'application/octet-stream'): APIGatewayProxyEventV2 {
+  return toApiGatewayEvent({
+    method,
+    url,
+    headers: { host: 'bench.local', ...(body ? { 'content-type': contentType, 'content-length': String(body.length) } : {}) },
+    body: body ?? Buffer.alloc(0),
+  });
+}
+
+async function call(handler: Handler, ev: APIGatewayProxyEventV2): Promise<APIGatewayProxyStructuredResultV2> {
+  const res = await handler(ev);
+  if ((res.statusCode ?? 500) >= 300) throw new Error(`${ev.requestContext.http.method} ${ev.rawPath}?${ev.rawQueryString}: ${res.statusCode} ${res.body}`);
+  return res;
+}
+
+/** Garbage-collection pauses observed so far (ms, main thread), to show what part of the head's CPU they are. */
+let gcPauseMs = 0;
+const gcObserver = new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) gcPauseMs += e.duration;
+});
+
+/** CPU milliseconds (user + system, all threads) of `work`. */
+async function cpuMs(work: () => Promise<unknown> | unknown): Promise<number> {
+  const before = process.cpuUsage();
+  await work();
+  const used = process.cpuUsage(before);
+  return (used.user + used.system) / 1000;
+}
+
+/**
+ * With SLEDGE_BENCH_PROFILE=<dir>, `work` runs under the V8 CPU profiler and its profile is
+ * written to <dir>/<name>.cpuprofile (open it in Chrome DevTools): the head's write and read
+ * paths, without the setup around them.
+ */
+async function profiled<T>(name: string, work: () => Promise<T>): Promise<T> {
+  const dir = process.env.SLEDGE_BENCH_PROFILE;
+  if (!dir) return work();
+  const session = new Session();
+  session.connect();
+  await session.post('Profiler.enable');
+  await session.post('Profiler.setSamplingInterval', { interval: 100 });
+  await session.post('Profiler.start');
+  try {
+    return await work();
+  } finally {
+    const { profile } = await session.post('Profiler.stop');
+    writeFileSync(join(dir, `${name}.cpuprofile`), JSON.stringify(profile));
+    session.disconnect();
+  }
+}
+
+function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+/** Median CPU ms of `work` over 9 runs after 2 warm-up runs. */
+async function medianCpuMs(work: () => Promise<unknown> | unknown): Promise<number> {
+  for (let i = 0; i < 2; i++) await work();
+  const runs: number[] = [];
+  for (let i = 0; i < 9; i++) runs.push(await cpuMs(work));
+  return median(runs);
+}
+
+export async function benchDegraded({ table, section }: DegradedBenchDeps): Promise<void> {
+  section(`Degraded reads (m = ${M} data chunks of every segment lost) and the head's CPU per 4 MiB, through the head's handler`);
+  const { handler } = (await import('#lambdas/api.ts')) as { handler: Handler };
+  const created = await Promise.all(
+    [0, 1].map(async () => {
+      const spec = { sizeBytes: WRITES * IO, dataChunks: K, parityChunks: M };
+      const res = await call(handler, event('POST', '/volumes', Buffer.from(JSON.stringify(spec)), 'application/json'));
+      return (JSON.parse(res.body!) as { volumeId: string }).volumeId;
+    }),
+  );
+  const [healthyVol, degradedVol] = created as [string, string];
+  const payloads = Array.from({ length: WRITES }, () => randomFillSync(Buffer.allocUnsafe(IO)));
+
+  // Writes, one at a time, both volumes: head CPU per 4 MiB write (events built beforehand).
+  gcObserver.observe({ entryTypes: ['gc'] });
+  const writeCpu: number[] = [];
+  const gcWrites0 = gcPauseMs;
+  for (const vol of [healthyVol, degradedVol]) {
+    const events = payloads.map((p, i) => event('PUT', `/volumes/${vol}/data?offset=${i * IO}`, p));
+    await profiled(`write-${vol === healthyVol ? 1 : 2}`, async () => {
+      for (const ev of events) writeCpu.push(await cpuMs(() => call(handler, ev)));
+    });
+  }
+
+  const gcPerWrite = (gcPauseMs - gcWrites0) / (2 * WRITES);
+
+  // Lose the first m data chunks of every segment of the degraded volume.
+  const views = await Promise.all(payloads.map((_, i) => readView(degradedVol, i * IO, IO)));
+  const refs = [...new Set(views.flatMap((v) => v.extents.map((e) => e.seg)).filter((s): s is string => s !== null))];
+  const records = await segmentRecordsFor(refs);
+  let deleted = 0;
+  for (const rec of records.values()) {
+    for (let i = 0; i < M; i++) {
+      const loc = rec.locations[i]!;
+      await s3().send(new DeleteObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
+      deleted++;
+    }
+  }
+
+  const readEvents = (vol: string) => Array.from({ length: READS }, (_, i) => event('GET', `/volumes/${vol}/data?length=${IO}&offset=${(i % WRITES) * IO}`));
+  // Decoded into one reused buffer: the bench's own garbage would otherwise be collected during
+  // (and charged to) the head's next request.
+  const decoded = Buffer.allocUnsafeSlow(IO + 8);
+  const check = (res: APIGatewayProxyStructuredResultV2, i: number, what: string) => {
+    const n = decoded.write(res.body!, 'base64');
+    if (n !== IO || !decoded.subarray(0, n).equals(payloads[i % WRITES]!)) throw new Error(`${what} read ${i} returned wrong bytes`);
+  };
+  /** Wall seconds of READS reads, CONCURRENCY at a time; every result checked after. */
+  const timedReads = async (vol: string, what: string): Promise<number> => {
+    const events = readEvents(vol);
+    const results: APIGatewayProxyStructuredResultV2[] = new Array(READS);
+    const start = process.hrtime.bigint();
+    await Promise.all(
+      Array.from({ length: CONCURRENCY }, async (_, w) => {
+        for (let i = w; i < READS; i += CONCURRENCY) results[i] = await call(handler, events[i]!);
+      }),
+    );
+    const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+    results.forEach((r, i) => check(r, i, what));
+    return seconds;
+  };
+  // Warm-up (connections, segment records; the degraded volume's first reads find its lost
+  // chunks, answered 404, and re-read each segment record), then alternating rounds.
+  await timedReads(healthyVol, 'healthy');
+  resetRequestCounts();
+  const degradedCold = await timedReads(degradedVol, 'degraded');
+  const coldCounts = requestCounts();
+  let healthyBest = Infinity;
+  let degradedBest = Infinity;
+  for (let r = 0; r < ROUNDS; r++) {
+    healthyBest = Math.min(healthyBest, await timedReads(healthyVol, 'healthy'));
+    degradedBest = Math.min(degradedBest, await timedReads(degradedVol, 'degraded'));
+  }
+
+  // Head CPU per read and exact request counts, one read at a time.
+  const serialReads = async (vol: string, what: string) => {
+    const events = readEvents(vol);
+    const cpu: number[] = [];
+    const gc0 = gcPauseMs;
+    resetRequestCounts();
+    for (const [i, ev] of events.entries()) {
+      let res: APIGatewayProxyStructuredResultV2 | undefined;
+      cpu.push(await cpuMs(async () => (res = await call(handler, ev))));
+      check(res!, i, what);
+    }
+    return { cpu, counts: requestCounts(), gcPerRead: (gcPauseMs - gc0) / READS };
+  };
+  const healthy = await profiled('read-healthy', () => serialReads(healthyVol, 'healthy'));
+  const degraded = await profiled('read-degraded', () => serialReads(degradedVol, 'degraded'));
+
+  // The unavoidable work, alone, on the same bytes.
+  const c = codec();
+  const payload = payloads[0]!;
+  const body = payload.toString('base64');
+  const shardBytes = IO / K;
+  const dataShards = Array.from({ length: K }, (_, i) => payload.subarray(i * shardBytes, (i + 1) * shardBytes));
+  const parity = await c.encode(K, M, dataShards);
+  const survivors = [...dataShards.map((d, i) => (i < M ? null : d)), ...parity];
+  const crcAll = (bufs: readonly Buffer[]) => {
+    let x = 0;
+    for (const b of bufs) for (let o = 0; o < b.length; o += 64 * 1024) x ^= crc32c(b.subarray(o, o + 64 * 1024));
+    return x;
+  };
+  const base64Decode = await medianCpuMs(() => Buffer.from(body, 'base64'));
+  const base64Encode = await medianCpuMs(() => payload.toString('base64'));
+  const encode = await medianCpuMs(() => c.encode(K, M, dataShards));
+  const reconstruct = await medianCpuMs(() => c.reconstruct(K, M, survivors));
+  const crcWrite = await medianCpuMs(() => crcAll([...dataShards, ...parity]));
+  const crcRead = await medianCpuMs(() => crcAll(dataShards));
+  const floorWrite = base64Decode + encode + crcWrite;
+  const floorRead = crcRead + base64Encode;
+  const floorDegraded = crcRead + reconstruct + base64Encode;
+
+  const mbps = (seconds: number) => ((READS * IO) / seconds / 1e6).toFixed(1);
+  const perRead = (n: number | undefined) => ((n ?? 0) / READS).toFixed(2);
+  table([
+    { read: 'healthy', 'MB/s': mbps(healthyBest), 'x healthy': '1.00', 'S3 GET per read': perRead(healthy.counts.requests['S3:GetObject']), 'DDB requests per read': perRead(ddb(healthy.counts.requests)) },
+    {
+      read: `degraded (${M} of ${K} data chunks lost), lost chunks known`,
+      'MB/s': mbps(degradedBest),
+      'x healthy': (healthyBest / degradedBest).toFixed(2),
+      'S3 GET per read': perRead(degraded.counts.requests['S3:GetObject']),
+      'DDB requests per read': perRead(ddb(degraded.counts.requests)),
+    },
+    {
+      read: 'degraded, first read of each segment',
+      'MB/s': mbps(degradedCold),
+      'x healthy': (healthyBest / degradedCold).toFixed(2),
+      'S3 GET per read': perRead(coldCounts.requests['S3:GetObject']),
+      'DDB requests per read': perRead(ddb(coldCounts.requests)),
+    },
+  ]);
+  console.log(
+    `(${READS} reads of 4 MiB, ${CONCURRENCY} at a time, best of ${ROUNDS} alternating rounds; ${deleted} chunk objects deleted from ${records.size} segments; codec ${c.name}; every read compared byte for byte)`,
+  );
+  gcObserver.disconnect();
+  const row = (what: string, head: number, gc: number, floor: number, parts: string) => ({
+    'per 4 MiB': what,
+    'head CPU ms (median)': head.toFixed(1),
+    'of which GC pauses (mean)': gc.toFixed(1),
+    'unavoidable ms': floor.toFixed(1),
+    'head / unavoidable': (head / floor).toFixed(2),
+    'unavoidable = ': parts,
+  });
+  table([
+    row('write', median(writeCpu), gcPerWrite, floorWrite, `base64 decode ${base64Decode.toFixed(1)} + RS ${K}+${M} encode ${encode.toFixed(1)} + CRC32C of ${K + M} MiB ${crcWrite.toFixed(1)}`),
+    row('read, healthy', median(healthy.cpu), healthy.gcPerRead, floorRead, `CRC32C of 4 MiB ${crcRead.toFixed(1)} + base64 encode ${base64Encode.toFixed(1)}`),
+    row(`read, degraded`, median(degraded.cpu), degraded.gcPerRead, floorDegraded, `CRC32C ${crcRead.toFixed(1)} + RS reconstruct of ${M} ${reconstruct.toFixed(1)} + base64 encode ${base64Encode.toFixed(1)}`),
+  ]);
+  console.log(`(head CPU: this process around each handler call, one request at a time, ${WRITES * 2} writes and ${READS} reads of each kind; unavoidable: each part alone, median of 9)`);
+}
+
+function ddb(requests: Record<string, number>): number {
+  return Object.entries(requests)
+    .filter(([k]) => k.startsWith('DynamoDB:'))
+    .reduce((n, [, v]) => n + v, 0);
+}
