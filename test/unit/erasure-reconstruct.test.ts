@@ -8,40 +8,17 @@ import { randomInt } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { type ErasureCodec } from '#shared/data/erasure/checks.ts';
 import { context, decoder } from '#shared/data/erasure/generator.ts';
-import { loadNativeCodec } from '#shared/data/erasure/native.ts';
-import { portableCodec } from '#shared/data/erasure/portable.ts';
 import { mulberry32, prngBytes } from './fixtures/make-erasure-vectors.ts';
+import { CODECS, subsets } from './fixtures/codecs.ts';
 
 const SEED = process.env.SLEDGE_SEED ? Number(process.env.SLEDGE_SEED) : randomInt(2 ** 31);
 console.log(`erasure-reconstruct.test seed: ${SEED} (rerun with SLEDGE_SEED=${SEED})`);
 
 const GRANULE = 64 * 1024;
 
-function nativeCodec(): ErasureCodec {
-  const native = loadNativeCodec();
-  if (!native) throw new Error('@ronomon/reed-solomon failed to load, but the build installs it');
-  return native;
-}
-
-const CODECS: Array<[string, () => ErasureCodec]> = [
-  ['portable', () => portableCodec],
-  ['native', nativeCodec],
-];
-
-/** Every subset of {0..n-1} with 1..max elements. */
+/** Every non-empty subset of {0..n-1} with at most `max` elements. */
 function patterns(n: number, max: number): number[][] {
-  const out: number[][] = [];
-  const walk = (start: number, current: number[]): void => {
-    if (current.length > 0) out.push(current.slice());
-    if (current.length === max) return;
-    for (let i = start; i < n; i++) {
-      current.push(i);
-      walk(i + 1, current);
-      current.pop();
-    }
-  };
-  walk(0, []);
-  return out;
+  return subsets(n, max).filter((p) => p.length > 0);
 }
 
 async function stripe(c: ErasureCodec, k: number, m: number, length: number, rng: () => number): Promise<Buffer[]> {

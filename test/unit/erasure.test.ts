@@ -3,43 +3,16 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { crc32c } from '#shared/data/crc32c.ts';
 import { codec } from '#shared/data/erasure.ts';
 import { loadNativeCodec } from '#shared/data/erasure/native.ts';
-import { MAX_K, MAX_M, type ErasureCodec } from '#shared/data/erasure/checks.ts';
+import { MAX_K, MAX_M } from '#shared/data/erasure/checks.ts';
 import { portableCodec } from '#shared/data/erasure/portable.ts';
 import { mulberry32, prngBytes, vectorData, type ErasureVectors } from './fixtures/make-erasure-vectors.ts';
+import { CODECS, nativeCodec, subsets } from './fixtures/codecs.ts';
 import vectorsJson from './fixtures/erasure-vectors.json' with { type: 'json' };
 
 const vectors = vectorsJson as ErasureVectors;
 
 const SEED = process.env.SLEDGE_SEED ? Number(process.env.SLEDGE_SEED) : randomInt(2 ** 31);
 console.log(`erasure.test seed: ${SEED} (rerun with SLEDGE_SEED=${SEED})`);
-
-/** The native codec; our build installs @ronomon/reed-solomon, so failing to load it is a test failure. */
-function nativeCodec(): ErasureCodec {
-  const native = loadNativeCodec();
-  if (!native) throw new Error('@ronomon/reed-solomon failed to load, but the build installs it');
-  return native;
-}
-
-const CODECS: Array<[string, () => ErasureCodec]> = [
-  ['portable', () => portableCodec],
-  ['native', nativeCodec],
-];
-
-/** Every subset of {0..n-1} with at most `max` elements, as sorted arrays. */
-function subsets(n: number, max: number): number[][] {
-  const out: number[][] = [];
-  const walk = (start: number, current: number[]): void => {
-    out.push(current.slice());
-    if (current.length === max) return;
-    for (let i = start; i < n; i++) {
-      current.push(i);
-      walk(i + 1, current);
-      current.pop();
-    }
-  };
-  walk(0, []);
-  return out;
-}
 
 function erase(shards: readonly Buffer[], missing: readonly number[]): (Buffer | null)[] {
   return shards.map((s, i) => (missing.includes(i) ? null : s));
