@@ -4,18 +4,10 @@
  * conditions and sets need (`state`, `version`, `children`, `refs`); every update of a document
  * is conditional on its version, so two workers never lose each other's changes.
  */
-import {
-  BatchGetItemCommand,
-  DeleteItemCommand,
-  GetItemCommand,
-  PutItemCommand,
-  QueryCommand,
-  UpdateItemCommand,
-  type AttributeValue,
-} from '@aws-sdk/client-dynamodb';
+import { BatchGetItemCommand, DeleteItemCommand, GetItemCommand, PutItemCommand, UpdateItemCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultDynamo } from '../aws/vault-clients.ts';
-import { getItems, listedIds, putListed, removeListing } from './listing.ts';
+import { getItems, listedIds, putListed, queryPartition, removeListing } from './listing.ts';
 import { changeVersionedDoc } from './versioned-docs.ts';
 import { volumeOfBackup, type BackupRecord, type PackExtent, type PackRecord, type RestoreRecord } from './records.ts';
 
@@ -203,26 +195,8 @@ export async function deleteBackupRecord(backupId: string): Promise<void> {
 
 /** Every backup record (of one volume when given: one Query; else the listing, then the records), oldest first. */
 export async function listBackups(volumeId?: string): Promise<BackupRecord[]> {
-  const out: BackupRecord[] = [];
-  if (volumeId === undefined) {
-    for (const item of await getItems((await listedIds('backup')).map(backupKey))) out.push(toBackup(item).record);
-    return out.sort((a, b) => (a.backupId < b.backupId ? -1 : 1));
-  }
-  let start: Item | undefined;
-  do {
-    const page = await vaultDynamo().send(
-      new QueryCommand({
-        TableName: table(),
-        ConsistentRead: true,
-        KeyConditionExpression: 'pk = :pk AND begins_with(sk, :backup)',
-        ExpressionAttributeValues: { ':pk': { S: `vol#${volumeId}` }, ':backup': { S: 'backup#' } },
-        ...(start ? { ExclusiveStartKey: start } : {}),
-      }),
-    );
-    for (const item of page.Items ?? []) out.push(toBackup(item).record);
-    start = page.LastEvaluatedKey;
-  } while (start);
-  return out.sort((a, b) => (a.backupId < b.backupId ? -1 : 1));
+  const items = volumeId === undefined ? await getItems((await listedIds('backup')).map(backupKey)) : await queryPartition(`vol#${volumeId}`, 'backup#');
+  return items.map((item) => toBackup(item).record).sort((a, b) => (a.backupId < b.backupId ? -1 : 1));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -275,22 +249,7 @@ export async function putPack(p: PackRecord): Promise<boolean> {
 
 /** A backup's own packs (those it made), by seq. */
 export async function listPacks(backupId: string): Promise<PackRecord[]> {
-  const out: PackRecord[] = [];
-  let start: Item | undefined;
-  do {
-    const page = await vaultDynamo().send(
-      new QueryCommand({
-        TableName: table(),
-        ConsistentRead: true,
-        KeyConditionExpression: 'pk = :pk',
-        ExpressionAttributeValues: { ':pk': { S: `pack#${backupId}` } },
-        ...(start ? { ExclusiveStartKey: start } : {}),
-      }),
-    );
-    for (const item of page.Items ?? []) out.push(toPack(item));
-    start = page.LastEvaluatedKey;
-  } while (start);
-  return out.sort((a, b) => a.seq - b.seq);
+  return (await queryPartition(`pack#${backupId}`)).map(toPack).sort((a, b) => a.seq - b.seq);
 }
 
 /** The pack records of `packIds` (any order); a missing one is absent from the map. */

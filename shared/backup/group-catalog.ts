@@ -4,11 +4,11 @@
  * records, never stored; a group restore stores only what its job decides (the group made).
  */
 import { randomBytes } from 'node:crypto';
-import { DeleteItemCommand, GetItemCommand, PutItemCommand, QueryCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
+import { DeleteItemCommand, GetItemCommand, PutItemCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
 import { NotFoundError } from '../core/errors.ts';
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultDynamo } from '../aws/vault-clients.ts';
-import { getItems, listedIds, putListed, removeListing } from './listing.ts';
+import { getItems, listedIds, putListed, queryPartition, removeListing } from './listing.ts';
 import { changeVersionedDoc } from './versioned-docs.ts';
 
 type Item = Record<string, AttributeValue>;
@@ -90,26 +90,9 @@ export async function getGroupBackup(groupBackupId: string): Promise<GroupBackup
 
 /** A group's group backups (one Query), or every one (the listing, then the records), oldest first. */
 export async function listGroupBackups(groupId?: string): Promise<GroupBackupRecord[]> {
-  const out: GroupBackupRecord[] = [];
-  if (groupId === undefined) {
-    for (const item of await getItems((await listedIds('group-backup')).map(groupBackupKey))) out.push(JSON.parse(item.doc!.S!) as GroupBackupRecord);
-    return out.sort((a, b) => (a.groupBackupId < b.groupBackupId ? -1 : 1));
-  }
-  let start: Item | undefined;
-  do {
-    const page = await vaultDynamo().send(
-      new QueryCommand({
-        TableName: table(),
-        ConsistentRead: true,
-        KeyConditionExpression: 'pk = :pk AND begins_with(sk, :g)',
-        ExpressionAttributeValues: { ':pk': { S: `group#${groupId}` }, ':g': { S: 'gbkp#' } },
-        ...(start ? { ExclusiveStartKey: start } : {}),
-      }),
-    );
-    for (const item of page.Items ?? []) out.push(JSON.parse(item.doc!.S!) as GroupBackupRecord);
-    start = page.LastEvaluatedKey;
-  } while (start);
-  return out.sort((a, b) => (a.groupBackupId < b.groupBackupId ? -1 : 1));
+  const items =
+    groupId === undefined ? await getItems((await listedIds('group-backup')).map(groupBackupKey)) : await queryPartition(`group#${groupId}`, 'gbkp#');
+  return items.map((item) => JSON.parse(item.doc!.S!) as GroupBackupRecord).sort((a, b) => (a.groupBackupId < b.groupBackupId ? -1 : 1));
 }
 
 export async function putGroupRestore(g: GroupRestoreRecord): Promise<void> {

@@ -47,22 +47,30 @@ export async function removeListing(kind: ListedKind, id: string): Promise<void>
 
 /** The ids listed for `kind`, in id order (one Query, paged). */
 export async function listedIds(kind: ListedKind): Promise<string[]> {
-  const ids: string[] = [];
+  return (await queryPartition(`list#${kind}`)).map((item) => item.sk!.S!);
+}
+
+/**
+ * Every item of the catalog partition `pk` (whose sort key starts with `skPrefix`, when given),
+ * in sort-key order: one consistent Query, paged.
+ */
+export async function queryPartition(pk: string, skPrefix?: string): Promise<Item[]> {
+  const out: Item[] = [];
   let start: Item | undefined;
   do {
     const page = await vaultDynamo().send(
       new QueryCommand({
         TableName: table(),
         ConsistentRead: true,
-        KeyConditionExpression: 'pk = :pk',
-        ExpressionAttributeValues: { ':pk': { S: `list#${kind}` } },
+        KeyConditionExpression: skPrefix === undefined ? 'pk = :pk' : 'pk = :pk AND begins_with(sk, :prefix)',
+        ExpressionAttributeValues: { ':pk': { S: pk }, ...(skPrefix === undefined ? {} : { ':prefix': { S: skPrefix } }) },
         ...(start ? { ExclusiveStartKey: start } : {}),
       }),
     );
-    for (const item of page.Items ?? []) ids.push(item.sk!.S!);
+    out.push(...(page.Items ?? []));
     start = page.LastEvaluatedKey;
   } while (start);
-  return ids;
+  return out;
 }
 
 /** The items at `keys` (consistent reads, 100 per request); missing ones are left out. */
