@@ -48,6 +48,8 @@ export function tailSegmentOf(rec: SegmentRecord, pageBlocks: number): TailSegme
 export class TailCache {
   private readonly volumes = new Map<string, { segments: Map<number, TailSegment>; extents: number }>();
   private total = 0;
+  /** The volume last moved to the most recently used end. */
+  private lastUsed: string | undefined;
 
   constructor(readonly maxExtents: number) {}
 
@@ -59,18 +61,24 @@ export class TailCache {
   get(volumeId: string, seq: number): TailSegment | undefined {
     const t = this.volumes.get(volumeId);
     if (!t) return undefined;
-    this.volumes.delete(volumeId); // most recently used last
-    this.volumes.set(volumeId, t);
+    this.use(volumeId, t);
     return t.segments.get(seq);
+  }
+
+  /** Moves a volume to the most recently used end (once per run of uses: a read asks for every seq of its tail). */
+  private use(volumeId: string, t: { segments: Map<number, TailSegment>; extents: number }): void {
+    if (this.lastUsed === volumeId) return;
+    this.volumes.delete(volumeId);
+    this.volumes.set(volumeId, t);
+    this.lastUsed = volumeId;
   }
 
   set(volumeId: string, segment: TailSegment): void {
     const size = extentCount(segment);
     if (size > this.maxExtents) return;
     let t = this.volumes.get(volumeId);
-    if (t) this.volumes.delete(volumeId);
-    else t = { segments: new Map(), extents: 0 };
-    this.volumes.set(volumeId, t);
+    if (!t) this.volumes.set(volumeId, (t = { segments: new Map(), extents: 0 }));
+    this.use(volumeId, t);
     const old = t.segments.get(segment.seq);
     if (old) this.take(t, extentCount(old));
     t.segments.set(segment.seq, segment);
@@ -105,6 +113,7 @@ export class TailCache {
     if (!t) return;
     this.total -= t.extents;
     this.volumes.delete(volumeId);
+    if (this.lastUsed === volumeId) this.lastUsed = undefined;
   }
 
   private take(t: { extents: number }, n: number): void {
