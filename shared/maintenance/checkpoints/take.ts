@@ -203,6 +203,40 @@ async function frozenAfter(volumeId: string, seq: number): Promise<Map<string, S
   return new Map([...frozen].filter(([, f]) => f.tag <= seq));
 }
 
+/** The result of a scan settled at `known`'s head: nothing replayed, nothing to verify against. */
+async function scanSettled(known: VolumeRecord, map: Map<number, StoredPage>, settleRounds: number): Promise<BuiltMap> {
+  return {
+    seq: known.headSeq,
+    headSegmentId: known.headSegmentId,
+    map,
+    frozen: await frozenAfter(known.volumeId, known.headSeq),
+    method: 'scan',
+    baseCheckpointId: null,
+    segmentsReplayed: 0,
+    verified: false,
+    pagesVerified: 0,
+    pagesSkipped: 0,
+    frozenVerified: 0,
+    settleRounds,
+  };
+}
+
+function scanKeptMoving(volumeId: string): UnavailableError {
+  return new UnavailableError(`volume ${volumeId} kept committing during ${SETTLE_ROUNDS_MAX} rounds of its checkpoint scan; retry later`, {
+    retryAfterSeconds: 10,
+  });
+}
+
+/** Reads `pages` of the scanned `map` again (a page whose item is gone leaves it). */
+async function readPagesAgain(volumeId: string, map: Map<number, StoredPage>, pages: Set<number>): Promise<void> {
+  const fresh = await pageMap().getStoredPages(volumeId, [...pages]);
+  for (const p of pages) {
+    const item = fresh.get(p);
+    if (item) map.set(p, item);
+    else map.delete(p);
+  }
+}
+
 /**
  * The map from a scan of the live page items, settled at a head that did not move while the
  * pages changed by overtaking commits were read again (docs/checkpoints.md). Used when no
@@ -218,38 +252,16 @@ async function mapByScan(v0: VolumeRecord): Promise<BuiltMap> {
   for (let settleRounds = 0; ; settleRounds++) {
     const now = mustStayActive(v0, await pageMap().getVolume(volumeId));
     if (now.headSeq === known.headSeq) {
-      return {
-        seq: known.headSeq,
-        headSegmentId: known.headSegmentId,
-        map,
-        frozen: await frozenAfter(volumeId, known.headSeq),
-        method: 'scan',
-        baseCheckpointId: null,
-        segmentsReplayed: 0,
-        verified: false,
-        pagesVerified: 0,
-        pagesSkipped: 0,
-        frozenVerified: 0,
-        settleRounds,
-      };
+      return scanSettled(known, map, settleRounds);
     }
-    if (settleRounds >= SETTLE_ROUNDS_MAX) {
-      throw new UnavailableError(`volume ${volumeId} kept committing during ${SETTLE_ROUNDS_MAX} rounds of its checkpoint scan; retry later`, {
-        retryAfterSeconds: 10,
-      });
-    }
+    if (settleRounds >= SETTLE_ROUNDS_MAX) throw scanKeptMoving(volumeId);
     const descs = await committedDescriptors(
       volumeId,
       { seq: known.headSeq, segmentId: known.headSegmentId },
       { seq: now.headSeq, segmentId: now.headSegmentId },
     );
     for (const d of descs) for (const p of touchedPages(d, v0.pageBlocks)) touched.add(p);
-    const fresh = await pageMap().getStoredPages(volumeId, [...touched]);
-    for (const p of touched) {
-      const item = fresh.get(p);
-      if (item) map.set(p, item);
-      else map.delete(p);
-    }
+    await readPagesAgain(volumeId, map, touched);
     known = now;
   }
 }
@@ -270,39 +282,16 @@ async function mapByFoldedScan(v0: VolumeRecord): Promise<BuiltMap> {
     await foldVolume(volumeId);
     const now = mustStayActive(v0, await pageMap().getVolume(volumeId));
     if (now.headSeq === known.headSeq && known.foldedSeq === known.headSeq) {
-      return {
-        seq: known.headSeq,
-        headSegmentId: known.headSegmentId,
-        map: new Map([...map].map(([page, p]) => [page, { page, version: p.version, segs: p.segs, ext: p.ext }])),
-        frozen: await frozenAfter(volumeId, known.headSeq),
-        method: 'scan',
-        baseCheckpointId: null,
-        segmentsReplayed: 0,
-        verified: false,
-        pagesVerified: 0,
-        pagesSkipped: 0,
-        frozenVerified: 0,
-        settleRounds,
-      };
+      return scanSettled(known, new Map([...map].map(([page, p]) => [page, { page, version: p.version, segs: p.segs, ext: p.ext }])), settleRounds);
     }
-    if (settleRounds >= SETTLE_ROUNDS_MAX) {
-      throw new UnavailableError(`volume ${volumeId} kept committing during ${SETTLE_ROUNDS_MAX} rounds of its checkpoint scan; retry later`, {
-        retryAfterSeconds: 10,
-      });
-    }
+    if (settleRounds >= SETTLE_ROUNDS_MAX) throw scanKeptMoving(volumeId);
     // Pages a fold or commit may have changed since `known`: those of the segments after its folded point.
     const descs = await committedDescriptors(
       volumeId,
       { seq: known.foldedSeq ?? known.headSeq, segmentId: known.foldedSegmentId ?? known.headSegmentId },
       { seq: now.headSeq, segmentId: now.headSegmentId },
     );
-    const touched = new Set(descs.flatMap((d) => touchedPages(d, v0.pageBlocks)));
-    const fresh = await pageMap().getStoredPages(volumeId, [...touched]);
-    for (const p of touched) {
-      const item = fresh.get(p);
-      if (item) map.set(p, item);
-      else map.delete(p);
-    }
+    await readPagesAgain(volumeId, map, new Set(descs.flatMap((d) => touchedPages(d, v0.pageBlocks))));
     known = now;
   }
 }
