@@ -33,9 +33,9 @@ export interface SledgeStackProps extends StackProps {
    * volumes commit by folding (a commit records its segment and moves the head in two items;
    * the worker folds the tail into page items, at most this many commits behind). 0 creates
    * volumes that write their page items at every commit. A volume keeps the protocol it was
-   * made with. Between 0 and 1024; 256 is what the bench measures.
+   * made with. Between 0 and 1024.
    *
-   * @default 0
+   * @default 256
    */
   readonly foldTailMax?: number;
 

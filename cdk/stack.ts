@@ -39,7 +39,7 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
-import { ENV } from '#shared/core/config.ts';
+import { DEFAULT_FOLD_TAIL_MAX, ENV } from '#shared/core/config.ts';
 import { CONSTRUCT_IDS, MAX_RECEIVE_COUNT, OPERATOR_VOLUME_ROUTES } from './contract.ts';
 import { acknowledge, bindBuckets, bindDeadLetterQueue, bindQueue, bindTable, functionRole, grantDataKey, SLEDGE_FUNCTION_RUNTIME, SledgeFunction, type WorkQueue } from './function.ts';
 import type { SledgeStackProps } from './stack-props.ts';
@@ -235,7 +235,7 @@ export class SledgeStack extends Stack {
     if (headReserved !== undefined && !(Number.isInteger(headReserved) && headReserved >= 1)) {
       throw new Error(`headReservedConcurrency ${headReserved} must be a positive integer`);
     }
-    const foldTailMax = props.foldTailMax ?? 0;
+    const foldTailMax = props.foldTailMax ?? DEFAULT_FOLD_TAIL_MAX;
     if (!(Number.isInteger(foldTailMax) && foldTailMax >= 0 && foldTailMax <= 1024)) {
       throw new Error(`foldTailMax ${foldTailMax} must be an integer from 0 to 1024`);
     }
@@ -248,7 +248,7 @@ export class SledgeStack extends Stack {
       logRetention,
       role: headRole,
       ...(headReserved !== undefined ? { reservedConcurrentExecutions: headReserved } : {}),
-      ...(foldTailMax > 0 ? { environment: { [ENV.foldTailMax]: String(foldTailMax) } } : {}),
+      environment: { [ENV.foldTailMax]: String(foldTailMax) },
     });
     this.worker = new SledgeFunction(this, CONSTRUCT_IDS.worker, {
       entry: 'lambdas/worker.ts',

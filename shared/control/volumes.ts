@@ -43,7 +43,10 @@ export interface VolumeView {
   checkpointEveryCommits: number;
   /** The seq of the latest checkpoint, or null before the first. */
   checkpointSeq: number | null;
+  /** For a folding volume (docs/page-map.md, "Folding"): the last seq folded into the page items. */
   foldedSeq?: number;
+  /** For a folding volume: its tail bound, the most commits not yet folded. */
+  foldTailMax?: number;
   /** For a clone: the snapshot it reads through to (docs/snapshots.md). */
   parent?: { volumeId: string; snapshotId: string };
   /** The consistency group it is in (docs/consistency-groups.md). */
@@ -72,6 +75,7 @@ export function view(v: VolumeRecord): VolumeView {
   if (v.parent) out.parent = { volumeId: v.parent.volumeId, snapshotId: v.parent.snapshotId };
   if (v.groupId) out.groupId = v.groupId;
   if (v.foldedSeq !== undefined) out.foldedSeq = v.foldedSeq;
+  if (v.foldTailMax !== undefined) out.foldTailMax = v.foldTailMax;
   if (v.flatten) out.flatten = { ...v.flatten, fractionDone: v.flatten.pages === 0 ? 1 : Math.min(1, v.flatten.pagesDone / v.flatten.pages) };
   return out;
 }
@@ -83,10 +87,11 @@ export interface CreateVolumeInput {
   parityChunks?: unknown;
   name?: unknown;
   checkpointEveryCommits?: unknown;
+  foldTailMax?: unknown;
   sourceSnapshotId?: unknown;
 }
 
-const CREATE_FIELDS = new Set(['sizeBytes', 'blockSizeBytes', 'dataChunks', 'parityChunks', 'name', 'checkpointEveryCommits', 'sourceSnapshotId']);
+const CREATE_FIELDS = new Set(['sizeBytes', 'blockSizeBytes', 'dataChunks', 'parityChunks', 'name', 'checkpointEveryCommits', 'foldTailMax', 'sourceSnapshotId']);
 
 /**
  * Creates a volume, owned by `owner` (a principal's canonical ARN; without one only operators
@@ -140,7 +145,8 @@ export async function createVolume(input: CreateVolumeInput, owner?: string, opt
   if (name !== undefined) record.name = name;
   if (owner !== undefined) record.owner = owner;
   // The commit protocol is fixed at creation (docs/page-map.md, "Folding").
-  if (config().foldTailMax > 0) Object.assign(record, { foldedSeq: 0, foldedSegmentId: '', foldTailMax: config().foldTailMax });
+  const foldTailMax = foldTailField(input.foldTailMax);
+  if (foldTailMax > 0) Object.assign(record, { foldedSeq: 0, foldedSegmentId: '', foldTailMax });
   await pageMap().putNewVolume(record);
   return view(record);
 }
@@ -156,13 +162,25 @@ function volumeName(value: unknown): string | undefined {
   return value;
 }
 
+/**
+ * The tail bound a new volume folds with (docs/page-map.md, "Folding"): the request's
+ * `foldTailMax`, else the deployment's (config `foldTailMax`, default 256); 0 makes a volume that
+ * writes its page items at every commit.
+ */
+function foldTailField(value: unknown): number {
+  if (value === undefined) return config().foldTailMax;
+  const n = integerField(value, 'foldTailMax');
+  if (n < 0 || n > 1024) throw new InvalidInputError(`foldTailMax must be from 0 (do not fold) to 1024, got ${n}`);
+  return n;
+}
+
 function checkpointInterval(value: unknown): number {
   const n = value === undefined ? DEFAULT_CHECKPOINT_EVERY_COMMITS : integerField(value, 'checkpointEveryCommits');
   if (n < 0 || n > 1e9) throw new InvalidInputError(`checkpointEveryCommits must be from 0 (no automatic checkpoints) to 1000000000, got ${n}`);
   return n;
 }
 
-const CLONE_FIELDS = new Set(['sourceSnapshotId', 'sizeBytes', 'name', 'checkpointEveryCommits']);
+const CLONE_FIELDS = new Set(['sourceSnapshotId', 'sizeBytes', 'name', 'checkpointEveryCommits', 'foldTailMax']);
 
 /**
  * Creates a clone of a snapshot: a volume that reads as the snapshot until written, made in
@@ -206,7 +224,8 @@ async function createClone(input: CreateVolumeInput, owner?: string, volumeId?: 
   if (name !== undefined) record.name = name;
   if (owner !== undefined) record.owner = owner;
   // The commit protocol is fixed at creation (docs/page-map.md, "Folding").
-  if (config().foldTailMax > 0) Object.assign(record, { foldedSeq: 0, foldedSegmentId: '', foldTailMax: config().foldTailMax });
+  const foldTailMax = foldTailField(input.foldTailMax);
+  if (foldTailMax > 0) Object.assign(record, { foldedSeq: 0, foldedSegmentId: '', foldTailMax });
   await pageMap().createCloneVolume(record);
   return view(record);
 }

@@ -30,8 +30,9 @@ export const ENV = {
   /** Optional: a head queues GC of a volume every this many commits (0: never). Default 256. */
   gcEveryCommits: 'SLEDGE_GC_EVERY_COMMITS',
   /**
-   * Optional: volumes created while this is above 0 commit by folding (docs/page-map.md,
-   * "Folding"): a tail of at most this many commits not yet in the page items. Default 0: off.
+   * Optional: the tail bound of the volumes created: above 0 they commit by folding
+   * (docs/page-map.md, "Folding"), a tail of at most this many commits not yet in the page
+   * items; 0 creates volumes that write their page items at every commit. Default 256.
    */
   foldTailMax: 'SLEDGE_FOLD_TAIL_MAX',
   /**
@@ -67,6 +68,12 @@ export class ConfigError extends Error {
 }
 
 /** An optional non-negative integer variable, or its default. */
+/**
+ * The tail bound of new volumes when `SLEDGE_FOLD_TAIL_MAX` is not set, and of a folding volume
+ * whose item carries none (docs/page-map.md, "Folding": why 256).
+ */
+export const DEFAULT_FOLD_TAIL_MAX = 256;
+
 function optionalInteger(name: string, fallback: number, max: number): number {
   const raw = process.env[name];
   if (raw === undefined || raw === '') return fallback;
@@ -145,7 +152,7 @@ export function config(): SledgeConfig {
     evacuationRecheckSeconds: optionalInteger(ENV.evacuationRecheckSeconds, 10, 900),
     orphanGraceMs: optionalInteger(ENV.orphanGraceMs, 3600_000, 30 * 24 * 3600_000),
     gcEveryCommits: optionalInteger(ENV.gcEveryCommits, 256, 1_000_000),
-    foldTailMax: optionalInteger(ENV.foldTailMax, 0, 1024),
+    foldTailMax: optionalInteger(ENV.foldTailMax, DEFAULT_FOLD_TAIL_MAX, 1024),
     groupTransactionMembers: Math.max(1, optionalInteger(ENV.groupTransactionMembers, 49, 49)),
     groupBarrierLeaseMs: Math.max(100, optionalInteger(ENV.groupBarrierLeaseMs, 5000, 600_000)),
     development: process.env[ENV.mode] === 'development',
@@ -158,8 +165,6 @@ export function config(): SledgeConfig {
   return cached;
 }
 
-/** The tail bound of folding volumes when the switch is off (volumes made while it was on still fold). */
-export const DEFAULT_FOLD_TAIL_MAX = 64;
 
 /** At most this many commits of folding volume `v` are not yet in its page items (docs/page-map.md, "Folding"). */
 export function foldTailBound(v: { foldTailMax?: number }): number {

@@ -470,11 +470,13 @@ describe('SledgeStack', () => {
   });
 
   describe('folding (foldTailMax, docs/page-map.md)', () => {
-    it('creates volumes that fold only when asked: the head gets the tail bound, checked to be 0..1024', () => {
-      expect(template.toJSON().Resources[ids.head].Properties.Environment.Variables[ENV.foldTailMax]).toBeUndefined();
-      const on = synth({ foldTailMax: 256 });
+    it('creates folding volumes by default (bound 256), and volumes that do not fold when asked with 0: the head gets the bound, checked to be 0..1024', () => {
+      expect(template.toJSON().Resources[ids.head].Properties.Environment.Variables[ENV.foldTailMax]).toBe('256');
+      const off = synth({ foldTailMax: 0 });
+      expect(off.template.toJSON().Resources[logicalId(off.stack, off.stack.head)].Properties.Environment.Variables[ENV.foldTailMax]).toBe('0');
+      const on = synth({ foldTailMax: 64 });
       const resources = on.template.toJSON().Resources;
-      expect(resources[logicalId(on.stack, on.stack.head)].Properties.Environment.Variables[ENV.foldTailMax]).toBe('256');
+      expect(resources[logicalId(on.stack, on.stack.head)].Properties.Environment.Variables[ENV.foldTailMax]).toBe('64');
       // The worker folds by the bound each volume item carries, not by its environment.
       expect(resources[logicalId(on.stack, on.stack.worker)].Properties.Environment.Variables[ENV.foldTailMax]).toBeUndefined();
       expect(() => synth({ foldTailMax: 1025 })).toThrow(/foldTailMax 1025/);

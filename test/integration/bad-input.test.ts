@@ -42,6 +42,9 @@ describe('bad input gets a clear 4xx and changes nothing', () => {
       ['{"sizeBytes": 1048576, "dataChunks": 8, "parityChunks": 3}', json, 400, /needs that many sleds; this deployment has 8/],
       ['{"sizeBytes": 1048576, "parityChunks": 0}', json, 400, /parityChunks must be from 1 to 4/],
       ['{"sizeBytes": 1048576, "colour": "red"}', json, 400, /unknown field "colour"/],
+      ['{"sizeBytes": 1048576, "foldTailMax": 1025}', json, 400, /foldTailMax must be from 0 \(do not fold\) to 1024, got 1025/],
+      ['{"sizeBytes": 1048576, "foldTailMax": -1}', json, 400, /foldTailMax must be from 0/],
+      ['{"sizeBytes": 1048576, "foldTailMax": "256"}', json, 400, /foldTailMax must be an integer/],
       [JSON.stringify({ sizeBytes: 1048576, name: 'x'.repeat(100_000) }), json, 413, /over the limit/],
     ];
     for (const [body, headers, status, message] of cases) {

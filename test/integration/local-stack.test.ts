@@ -41,7 +41,7 @@ const OPTIONAL: string[] = [
   ENV.evacuationRecheckSeconds,
   ENV.orphanGraceMs,
   ENV.gcEveryCommits,
-  // Folding (docs/page-map.md): off unless set.
+  // Folding (docs/page-map.md): new volumes fold with bound 256 unless set.
   ENV.foldTailMax,
   ENV.faults,
   // Consistency groups' tuning knobs, with defaults (docs/consistency-groups.md).
