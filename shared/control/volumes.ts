@@ -91,7 +91,16 @@ export interface CreateVolumeInput {
   sourceSnapshotId?: unknown;
 }
 
-const CREATE_FIELDS = new Set(['sizeBytes', 'blockSizeBytes', 'dataChunks', 'parityChunks', 'name', 'checkpointEveryCommits', 'foldTailMax', 'sourceSnapshotId']);
+const CREATE_FIELDS = new Set([
+  'sizeBytes',
+  'blockSizeBytes',
+  'dataChunks',
+  'parityChunks',
+  'name',
+  'checkpointEveryCommits',
+  'foldTailMax',
+  'sourceSnapshotId',
+]);
 
 /**
  * Creates a volume, owned by `owner` (a principal's canonical ARN; without one only operators

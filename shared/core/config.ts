@@ -165,7 +165,6 @@ export function config(): SledgeConfig {
   return cached;
 }
 
-
 /** At most this many commits of folding volume `v` are not yet in its page items (docs/page-map.md, "Folding"). */
 export function foldTailBound(v: { foldTailMax?: number }): number {
   return v.foldTailMax || config().foldTailMax || DEFAULT_FOLD_TAIL_MAX;

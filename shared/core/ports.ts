@@ -179,8 +179,11 @@ export interface PageMapStore {
     writer?: CommitWriter,
     clientRequestToken?: string,
   ): Promise<void>;
-  /** Writes a folded page if the item is still `read` (docs/page-map.md, "Folding"); false when refused. */
-  putFoldedPage(volumeId: string, pageBlocks: number, folded: PageRecord, read: PageRecord | null): Promise<boolean>;
+  /**
+   * Writes a folded page if the item is still `read` (docs/page-map.md, "Folding"): 'changed'
+   * when it is not; 'stopped' when the page had no item and the volume no longer serves.
+   */
+  putFoldedPage(volumeId: string, pageBlocks: number, folded: PageRecord, read: PageRecord | null): Promise<'written' | 'changed' | 'stopped'>;
   /** Raises a folding volume's folded point while it serves; false when refused. */
   advanceFoldedSeq(volumeId: string, seq: number, segmentId: string): Promise<boolean>;
   /** Points a chunk of a segment at `to` if it is still at `from` and the target drive is active. */

@@ -129,12 +129,24 @@ async function foldBatch(v: VolumeRecord & { foldedSeq: number }, tail: readonly
     }
     report.pagesSkipped += folds.filter((f) => !f.folded).length;
     const pending = folds.filter((f) => f.folded);
-    await inFlight(pending, PAGE_WRITES_IN_FLIGHT, async (f) => {
-      await writeFolded(v, tail, f.page, f.item, f.folded!, report);
-      await opts.hooks?.afterPageWrite?.(report.pagesWritten);
-    });
+    try {
+      await inFlight(pending, PAGE_WRITES_IN_FLIGHT, async (f) => {
+        await writeFolded(v, tail, f.page, f.item, f.folded!, report);
+        await opts.hooks?.afterPageWrite?.(report.pagesWritten);
+      });
+    } catch (err) {
+      if (err instanceof VolumeStoppedError) return false; // deleted (or fenced by a rebuild) mid-step: the caller reads it again and stops
+      throw err;
+    }
   }
   return true;
+}
+
+/** A page the folder would create was refused because the volume no longer serves. */
+class VolumeStoppedError extends Error {
+  constructor(volumeId: string) {
+    super(`volume ${volumeId} stopped serving during its fold`);
+  }
 }
 
 /** Writes one folded page; when its item changed since it was read, reads it again and folds that. */
@@ -149,10 +161,12 @@ async function writeFolded(
   const tag = v.snapSeq;
   for (let attempt = 0; ; attempt++) {
     const out: PageRecord = { ...folded, ...(tag === undefined ? {} : { frozenTag: tag }) };
-    if (await pageMap().putFoldedPage(v.volumeId, v.pageBlocks, out, item)) {
+    const put = await pageMap().putFoldedPage(v.volumeId, v.pageBlocks, out, item);
+    if (put === 'written') {
       report.pagesWritten++;
       return;
     }
+    if (put === 'stopped') throw new VolumeStoppedError(v.volumeId);
     report.pagesRetried++;
     if (attempt >= PAGE_RETRY_MAX) throw new Error(`page ${page} of volume ${v.volumeId} kept changing during its fold`);
     item = (await pageMap().getPages(v, [page])).get(page) ?? null;
@@ -170,13 +184,22 @@ async function writeFolded(
   }
 }
 
+/** Runs `task` over `items`, `limit` at a time; after the first failure no new task starts, and it is thrown once all running ones end. */
 async function inFlight<T>(items: readonly T[], limit: number, task: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
-  await Promise.all(
+  let failed = false;
+  const results = await Promise.allSettled(
     Array.from({ length: Math.min(limit, items.length) }, async () => {
-      while (next < items.length) await task(items[next++]!);
+      try {
+        while (!failed && next < items.length) await task(items[next++]!);
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
     }),
   );
+  const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failure) throw failure.reason;
 }
 
 /** What the worker waits for before it folds (FoldOptions.minTail): half the volume's tail bound. */

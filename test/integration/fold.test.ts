@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { createVolume } from '#shared/control/volumes.ts';
+import { createVolume, deleteVolume, reclaimVolume } from '#shared/control/volumes.ts';
 import { createSnapshot } from '#shared/control/snapshots.ts';
 import { readData, readSnapshotData } from '#shared/data/read.ts';
 import { writePieces, type WritePiece } from '#shared/data/write.ts';
@@ -206,6 +206,32 @@ describe('folding', () => {
     await expectModel(m, 'api', 'a write after the race');
     await foldVolume(m.volumeId);
     await expectChainAgrees(m.volumeId);
+  });
+
+  it('a volume deleted and reclaimed mid-fold leaves no page item behind: the folder cannot create pages of a volume that stopped serving', async () => {
+    const m = await folding(160 * MiB);
+    // One commit over 150 pages that have no item yet: every page the fold writes is a new item.
+    const pieces: WritePiece[] = [...Array(150).keys()].map((p) => ({ offset: p * MiB, length: BLOCK, data: Buffer.alloc(BLOCK, 1 + p) }));
+    await writePieces(m.volumeId, pieces);
+    const v = (await pageMap().getVolume(m.volumeId))!;
+    let reclaimed: Awaited<ReturnType<typeof reclaimVolume>> | undefined;
+    const r = await foldVolume(m.volumeId, {
+      hooks: {
+        afterPageWrite: async (written) => {
+          if (written !== 1) return;
+          // The other page writes of the step go on while the volume is deleted and reclaimed.
+          await deleteVolume(m.volumeId);
+          reclaimed = await reclaimVolume(m.volumeId);
+        },
+      },
+    });
+    expect(reclaimed).toBeDefined();
+    expect(r.skipped).toMatch(/no such volume|volume is deleting/);
+    expect(r.pagesWritten).toBeLessThan(150);
+    expect(await pageMap().getVolume(m.volumeId)).toBeNull();
+    const left: number[] = [];
+    for await (const p of pageMap().listPages(v)) left.push(p.page);
+    expect(left, `page items left after the reclaim (the fold wrote ${r.pagesWritten}, the reclaim deleted ${reclaimed?.pagesDeleted})`).toEqual([]);
   });
 
   it('a snapshot is taken on an empty tail and keeps its bytes while later commits are folded; GC keeps the tail', async () => {

@@ -3,7 +3,7 @@
  * condition that it is still the item the folder read, and the volume's folded point, which
  * only rises.
  */
-import { PutItemCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
+import { type AttributeValue, PutItemCommand, TransactionCanceledException, TransactWriteItemsCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import { config } from '../../core/config.ts';
 import type { PageRecord } from '../../core/records.ts';
 import { dynamo } from '../clients.ts';
@@ -12,30 +12,67 @@ import { N, S, conditionFailed, pageToItem } from './items.ts';
 /**
  * Writes `folded` (with its `foldedTo`) if the page item is still `read` (null: it had none):
  * same version and same fold point, so a rebuild's page, or another folder's, is never
- * overwritten from a stale read. Returns false when refused.
+ * overwritten from a stale read. 'changed' when the item is not as read.
+ *
+ * A page the folder creates (it had no item) is put in one transaction with a check that the
+ * volume still serves: 'stopped' when it does not. Without it, a folder whose step began before
+ * the volume was deleted could create the item after the reclaim listed the pages, leaving a
+ * stray item behind (docs/page-map.md, "Folding", the deletion row). A page that had an item
+ * needs no check: its reclaim deletes it, and a write after that fails its version condition.
  */
-export async function putFoldedPage(volumeId: string, pageBlocks: number, folded: PageRecord, read: PageRecord | null): Promise<boolean> {
-  const parts =
-    read === null
-      ? ['attribute_not_exists(page)'] // the page had no item when read
-      : [
-          'version = :version', // the page is the version folded onto
-          read.foldedTo === undefined ? 'attribute_not_exists(foldedTo)' : 'foldedTo = :from', // at the fold point read
-        ];
-  const values = read === null ? {} : { ':version': N(read.version), ...(read.foldedTo === undefined ? {} : { ':from': N(read.foldedTo) }) };
+export async function putFoldedPage(volumeId: string, pageBlocks: number, folded: PageRecord, read: PageRecord | null): Promise<FoldedPut> {
+  const Item = pageToItem(volumeId, folded.page, folded.version, folded.extents, pageBlocks, folded.frozenTag, folded.foldedTo);
+  if (read === null) return createFoldedPage(volumeId, Item);
   try {
     await dynamo().send(
       new PutItemCommand({
         TableName: config().pagesTable,
-        Item: pageToItem(volumeId, folded.page, folded.version, folded.extents, pageBlocks, folded.frozenTag, folded.foldedTo),
-        ConditionExpression: parts.join(' AND '),
-        ...(Object.keys(values).length > 0 ? { ExpressionAttributeValues: values } : {}),
+        Item,
+        ConditionExpression: [
+          'version = :version', // the page is the version folded onto
+          read.foldedTo === undefined ? 'attribute_not_exists(foldedTo)' : 'foldedTo = :from', // at the fold point read
+        ].join(' AND '),
+        ExpressionAttributeValues: { ':version': N(read.version), ...(read.foldedTo === undefined ? {} : { ':from': N(read.foldedTo) }) },
         ReturnConsumedCapacity: 'TOTAL',
       }),
     );
-    return true;
+    return 'written';
   } catch (err) {
-    if (conditionFailed(err)) return false;
+    if (conditionFailed(err)) return 'changed';
+    throw err;
+  }
+}
+
+/** The outcome of a folded page write. */
+export type FoldedPut = 'written' | 'changed' | 'stopped';
+
+async function createFoldedPage(volumeId: string, Item: Record<string, AttributeValue>): Promise<FoldedPut> {
+  try {
+    await dynamo().send(
+      new TransactWriteItemsCommand({
+        TransactItems: [
+          {
+            ConditionCheck: {
+              TableName: config().volumesTable,
+              Key: { volumeId: S(volumeId) },
+              ConditionExpression: 'attribute_exists(volumeId) AND #state = :active', // the volume still serves
+              ExpressionAttributeNames: { '#state': 'state' },
+              ExpressionAttributeValues: { ':active': S('active') },
+            },
+          },
+          { Put: { TableName: config().pagesTable, Item, ConditionExpression: 'attribute_not_exists(page)' } }, // the page had no item when read
+        ],
+        ReturnConsumedCapacity: 'TOTAL',
+      }),
+    );
+    return 'written';
+  } catch (err) {
+    if (!(err instanceof TransactionCanceledException) && (err as { name?: string })?.name !== 'TransactionCanceledException') throw err;
+    const reasons = (err as TransactionCanceledException).CancellationReasons ?? [];
+    if (reasons[0]?.Code === 'ConditionalCheckFailed') return 'stopped';
+    if (reasons[1]?.Code === 'ConditionalCheckFailed') return 'changed';
+    // A commit or another folder's transaction on the volume or the page at the same moment: read again and retry.
+    if (reasons.some((r) => r.Code === 'TransactionConflict')) return 'changed';
     throw err;
   }
 }
