@@ -80,8 +80,8 @@ async function http(url: string, init: RequestInit = {}): Promise<Response> {
   return res;
 }
 
-async function createVolume(api: string, sizeBytes: number): Promise<string> {
-  const res = await http(`${api}/volumes`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ sizeBytes }) });
+async function createVolume(api: string, sizeBytes: number, extra: Record<string, unknown> = {}): Promise<string> {
+  const res = await http(`${api}/volumes`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ sizeBytes, ...extra }) });
   return ((await res.json()) as { volumeId: string }).volumeId;
 }
 
@@ -332,57 +332,65 @@ async function main(): Promise<void> {
     }
     if (want('cost')) {
       section('Requests and cost (exact counts; DynamoDB units by published rules; list prices us-east-1)');
-      const rows: Array<Record<string, string | number>> = [];
-      const vol = await createVolume(api, GiB);
-      const writes = 16; // 64 MiB, scaled to 1 GiB
-      const data = randomBytes(4 * MiB);
-      resetRequestCounts();
-      for (let i = 0; i < writes; i++) await write(api, vol, i * 4 * MiB, data);
-      const c = costOf(requestCounts(), GiB / (writes * 4 * MiB));
-      rows.push(fmtCost('per GiB written in 4 MiB writes', c));
-      const putsPerWrite = c.s3Puts / (GiB / (4 * MiB));
-      console.log(`S3 PUTs per 4 MiB write: ${putsPerWrite} (k+m = 6; target at most ${(1.1 * 6).toFixed(1)})`);
-      resetRequestCounts();
-      for (let i = 0; i < writes; i++) await read(api, vol, i * 4 * MiB, 4 * MiB);
-      rows.push(fmtCost('per GiB read in 4 MiB reads', costOf(requestCounts(), GiB / (writes * 4 * MiB))));
-      const small = randomBytes(4096);
-      resetRequestCounts();
-      for (let i = 0; i < 1000; i++) await write(api, vol, Math.floor(Math.random() * (GiB / 4096)) * 4096, small);
-      // The 1,000th commit of the volume queued its automatic checkpoint (every 1,000 commits by
-      // default): let the worker finish it, so this row carries its amortized cost and the next
-      // row none of it.
-      await plane.idle();
-      const writeCountsBefore = requestCounts();
-      const tailOf = async () => {
-        const v = (await pageMap().getVolume(vol))!;
-        return v.foldedSeq === undefined ? 'not folding' : `tail ${v.headSeq - v.foldedSeq} commits`;
-      };
-      const readRandom = async (label: string) => {
+      // Both commit protocols in one run (docs/page-map.md, "Folding"): the default, and a volume made with foldTailMax 0.
+      for (const [protocol, create] of [
+        ['folding (the default, bound 256)', {}],
+        ['not folding (foldTailMax 0)', { foldTailMax: 0 }],
+      ] as const) {
+        console.log(`Volume ${protocol}:`);
+        const rows: Array<Record<string, string | number>> = [];
+        const vol = await createVolume(api, GiB, create);
+        const writes = 16; // 64 MiB, scaled to 1 GiB
+        const data = randomBytes(4 * MiB);
         resetRequestCounts();
-        const readStartMs = performance.now();
-        for (let i = 0; i < 1000; i++) await read(api, vol, Math.floor(Math.random() * (GiB / 4096)) * 4096, 4096);
-        const readMs = performance.now() - readStartMs;
-        return { row: fmtCost(label, costOf(requestCounts(), 1)), msEach: readMs / 1000 };
-      };
-      // Reads while the tail is as the writes and the worker left it, then after it is folded.
-      const tailBefore = await tailOf();
-      const lagging = await readRandom(`per 1,000 random 4 KiB reads (${tailBefore})`);
-      // On a folding volume (SLEDGE_FOLD_TAIL_MAX), what is left of the tail is folded here, so the write row carries its folding work.
-      resetRequestCounts();
-      await foldVolume(vol);
-      const foldCounts = requestCounts();
-      const writeCounts = { ...writeCountsBefore };
-      for (const [k, n] of Object.entries(foldCounts.requests)) writeCounts.requests[k] = (writeCounts.requests[k] ?? 0) + n;
-      writeCounts.dynamoReadUnits += foldCounts.dynamoReadUnits;
-      writeCounts.dynamoWriteUnits += foldCounts.dynamoWriteUnits;
-      rows.push(fmtCost('per 1,000 random 4 KiB writes (and the checkpoint and folds they trigger)', costOf(writeCounts, 1)));
-      rows.push(lagging.row);
-      const folded = await readRandom(`per 1,000 random 4 KiB reads (${await tailOf()})`);
-      rows.push(folded.row);
-      table(rows);
-      console.log(
-        `4 KiB random reads, one at a time, 1,000 each: ${lagging.msEach.toFixed(2)} ms on average (${tailBefore}), then ${folded.msEach.toFixed(2)} ms (${await tailOf()})`,
-      );
+        for (let i = 0; i < writes; i++) await write(api, vol, i * 4 * MiB, data);
+        const c = costOf(requestCounts(), GiB / (writes * 4 * MiB));
+        rows.push(fmtCost('per GiB written in 4 MiB writes', c));
+        const putsPerWrite = c.s3Puts / (GiB / (4 * MiB));
+        console.log(`S3 PUTs per 4 MiB write: ${putsPerWrite} (k+m = 6; target at most ${(1.1 * 6).toFixed(1)})`);
+        resetRequestCounts();
+        for (let i = 0; i < writes; i++) await read(api, vol, i * 4 * MiB, 4 * MiB);
+        rows.push(fmtCost('per GiB read in 4 MiB reads', costOf(requestCounts(), GiB / (writes * 4 * MiB))));
+        const small = randomBytes(4096);
+        resetRequestCounts();
+        for (let i = 0; i < 1000; i++) await write(api, vol, Math.floor(Math.random() * (GiB / 4096)) * 4096, small);
+        // The 1,000th commit of the volume queued its automatic checkpoint (every 1,000 commits by
+        // default): let the worker finish it, so this row carries its amortized cost and the next
+        // row none of it.
+        await plane.idle();
+        const writeCountsBefore = requestCounts();
+        const tailOf = async () => {
+          const v = (await pageMap().getVolume(vol))!;
+          return v.foldedSeq === undefined ? 'not folding' : `tail ${v.headSeq - v.foldedSeq} commits`;
+        };
+        const readRandom = async (label: string) => {
+          resetRequestCounts();
+          const readStartMs = performance.now();
+          for (let i = 0; i < 1000; i++) await read(api, vol, Math.floor(Math.random() * (GiB / 4096)) * 4096, 4096);
+          const readMs = performance.now() - readStartMs;
+          return { row: fmtCost(label, costOf(requestCounts(), 1)), msEach: readMs / 1000 };
+        };
+        // Reads while the tail is as the writes and the worker left it, then after it is folded.
+        const tailBefore = await tailOf();
+        const lagging = await readRandom(`per 1,000 random 4 KiB reads (${tailBefore})`);
+        // On a folding volume, what is left of the tail is folded here, so the write row carries its folding work.
+        resetRequestCounts();
+        await foldVolume(vol);
+        const foldCounts = requestCounts();
+        const writeCounts = { ...writeCountsBefore };
+        for (const [k, n] of Object.entries(foldCounts.requests)) writeCounts.requests[k] = (writeCounts.requests[k] ?? 0) + n;
+        writeCounts.dynamoReadUnits += foldCounts.dynamoReadUnits;
+        writeCounts.dynamoWriteUnits += foldCounts.dynamoWriteUnits;
+        rows.push(fmtCost('per 1,000 random 4 KiB writes (and the checkpoint and folds they trigger)', costOf(writeCounts, 1)));
+        rows.push(lagging.row);
+        const folded = await readRandom(`per 1,000 random 4 KiB reads (${await tailOf()})`);
+        rows.push(folded.row);
+        table(rows);
+        console.log(
+          `4 KiB random reads, one at a time, 1,000 each: ${lagging.msEach.toFixed(2)} ms on average (${tailBefore}), then ${folded.msEach.toFixed(2)} ms (${await tailOf()})`,
+        );
+    
+      }
     }
 
     if (want('checkpoints')) {
