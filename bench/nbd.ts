@@ -299,7 +299,10 @@ export async function benchNbd(ctx: NbdBenchContext): Promise<void> {
         const j = await fio(cost.uri, label, args, dir);
         await ctx.settle(costVolume);
         const counts = ctx.requestCounts();
-        costRows.push({ ...ctx.costRow(`${label} [${protocol}]`, counts, scale(j)), measured: `${j.write.total_ios} writes, ${counts.requests['S3:PutObject'] ?? 0} S3 PUTs` });
+        // Every segment is k+m = 6 chunk PUTs: the write units per segment include the folds the run made.
+        const puts = counts.requests['S3:PutObject'] ?? 0;
+        const perSegment = puts > 0 ? `, ${((counts.dynamoWriteUnits * 6) / puts).toFixed(1)} DDB WCU per segment` : '';
+        costRows.push({ ...ctx.costRow(`${label} [${protocol}]`, counts, scale(j)), measured: `${j.write.total_ios} writes, ${puts} S3 PUTs${perSegment}` });
       };
       await measure('per GiB, sequential 1 MiB writes, FLUSH at end', ['--rw=write', '--bs=1M', '--size=64M', '--iodepth=8', '--end_fsync=1'], (j) => GiB / j.write.io_bytes);
       const perMillion = (j: FioJob) => 1e6 / j.write.total_ios;

@@ -28,6 +28,8 @@ export interface FoldReport {
 export interface FoldOptions {
   /** Folds at most this many batches (default: until the tail is empty as read). */
   batchesMax?: number;
+  /** A batch takes the oldest segments that together touch at most this many pages (default 4,096; at least one segment). */
+  pagesMax?: number;
   /**
    * Does nothing while the tail holds fewer commits than this (default 0): the worker's folds
    * wait for half a tail, so that each page write carries many commits (a fold started on a
@@ -44,6 +46,8 @@ const PAGES_PER_STEP = 100;
 const PAGE_WRITES_IN_FLIGHT = 16;
 /** Times one page write is retried after its item changed under it. */
 const PAGE_RETRY_MAX = 5;
+/** Pages one batch writes at most (more when its first segment alone touches more). */
+const PAGES_PER_BATCH_MAX = 4096;
 /** Batches one call folds at most (the worker queues the rest). */
 const BATCHES_MAX = 16;
 
@@ -76,9 +80,10 @@ export async function foldVolume(volumeId: string, opts: FoldOptions = {}): Prom
     if (first && v.headSeq - v.foldedSeq < (opts.minTail ?? 1)) return { ...report, skipped: `tail of ${v.headSeq - v.foldedSeq} commits` };
     first = false;
     if (v.foldedSeq >= v.headSeq) return report;
-    const target = Math.min(v.headSeq, v.foldedSeq + foldTailBound(v));
-    const tail = await tailSegments(v, v.foldedSeq, target);
-    checkChain(v, tail);
+    const read = await tailSegments(v, v.foldedSeq, Math.min(v.headSeq, v.foldedSeq + foldTailBound(v)));
+    checkChain(v, read);
+    const tail = withinPages(read, opts.pagesMax ?? PAGES_PER_BATCH_MAX);
+    const target = tail[tail.length - 1]!.seq;
     const done = await foldBatch(v, tail, report, opts);
     if (!done) continue; // a snapshot was taken meanwhile (or the volume stopped serving): read it again
     await opts.hooks?.beforeAdvance?.(target);
@@ -88,6 +93,21 @@ export async function foldVolume(volumeId: string, opts: FoldOptions = {}): Prom
     batch++;
   }
   return report;
+}
+
+/**
+ * The first segments of `tail` that together touch at most `pagesMax` pages (at least one
+ * segment): a batch's page writes, and so the time a writer folding inline waits, stay bounded
+ * however scattered the commits were (a tail of 256 commits over a large volume could touch
+ * hundreds of thousands of pages).
+ */
+function withinPages(tail: readonly TailSegment[], pagesMax: number): readonly TailSegment[] {
+  const pages = new Set<number>();
+  for (let i = 0; i < tail.length; i++) {
+    for (const p of tail[i]!.byPage.keys()) pages.add(p);
+    if (pages.size > pagesMax && i > 0) return tail.slice(0, i);
+  }
+  return tail;
 }
 
 /** The tail must be the chain: each segment's predecessor is the one before, the first's the folded point. */

@@ -313,6 +313,19 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
   };
   let v = await pageMap().getVolume(volumeId);
   if (!v || v.state !== 'active') return { ...report, skipped: v ? `volume is ${v.state}` : 'no such volume' };
+  if (isFolding(v) && v.headSeq > v.foldedSeq) {
+    // A folding volume's tail is kept whole (foldRetention): folding it first, however short it
+    // is, lets this pass reclaim what the tail superseded, so an idle volume's garbage does not
+    // wait for writes that would fill its tail (docs/page-map.md, "Folding", GC). Without it (it
+    // failed: the pass goes on) the pass reclaims only what precedes the folded point.
+    try {
+      await foldVolume(volumeId);
+    } catch (err) {
+      console.warn(`gc of ${volumeId}: fold before collecting failed (${(err as Error).message}); keeping the tail`);
+    }
+    v = await pageMap().getVolume(volumeId);
+    if (!v || v.state !== 'active') return { ...report, skipped: v ? `volume is ${v.state}` : 'no such volume' };
+  }
   if (v.headSeq > (v.checkpoint?.seq ?? 0)) {
     // Segments after the latest checkpoint are kept for rebuilds; a checkpoint at the head now
     // (cheap next to the scan below) lets this pass reclaim what the last commits superseded.

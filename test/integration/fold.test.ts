@@ -113,6 +113,26 @@ describe('folding', () => {
     await expectChainAgrees(m.volumeId);
   });
 
+  it('bounds a batch by the pages it writes: the oldest commits that touch at most pagesMax pages, at least one', async () => {
+    const m = await folding(64 * MiB);
+    // Three commits (the worker is sent a fold only at the fourth), each one block in each of 10 pages of its own (pages 10i to 10i+9).
+    for (let c = 0; c < 3; c++) {
+      const pieces: WritePiece[] = [...Array(10).keys()].map((p) => ({ offset: (c * 10 + p) * MiB + c * BLOCK, length: BLOCK, data: Buffer.alloc(BLOCK, 1 + c * 10 + p) }));
+      await writePieces(m.volumeId, pieces);
+      for (const p of pieces) p.data!.copy(m.bytes, p.offset);
+    }
+    const two = await foldVolume(m.volumeId, { pagesMax: 25, batchesMax: 1 });
+    expect(two).toMatchObject({ fromSeq: 0, toSeq: 2, segmentsFolded: 2, pagesWritten: 20 });
+    expect((await pageMap().getVolume(m.volumeId))?.foldedSeq).toBe(2);
+    await expectModel(m, 'api', 'folded in part');
+    // A first segment over more pages than the bound is folded alone.
+    const one = await foldVolume(m.volumeId, { pagesMax: 5, batchesMax: 1 });
+    expect(one).toMatchObject({ fromSeq: 2, toSeq: 3, segmentsFolded: 1, pagesWritten: 10 });
+    expect((await pageMap().getVolume(m.volumeId))?.foldedSeq).toBe(3);
+    await expectModel(m, 'api', 'folded in two batches');
+    await expectChainAgrees(m.volumeId);
+  });
+
   it('survives duplicate, concurrent and late fold messages', async () => {
     const rng = seeded('fold duplicates');
     const m = await folding(64 * MiB);
