@@ -31,6 +31,13 @@ S3, SQS and CloudFormation stay concurrent.
    time (tests prove that Sledge does not depend on it); `GET /_sledge/endpoint` names the
    wrapper and its switches.
 
+6. moto answers a Query on a table's own key by listing and sorting every item of the table,
+   then keeping the partition asked for: a cost that grows with the whole table (hundreds of
+   milliseconds per page once the integration tests have filled it), not with the answer. With
+   requests serialized, this wrapper hands that Query the partition's items alone; moto's own
+   code then sorts, pages, filters and projects them as before. Queries on an index are left
+   as they are.
+
 Usage: python3 local/moto-server.py -H 127.0.0.1 -p 4566  (the same flags as moto_server)
 """
 import argparse
@@ -63,6 +70,33 @@ def _serialized_call_action(self):
 
 
 DynamoHandler.call_action = _serialized_call_action
+
+_table_query = Table.query
+_INDEX_NAME_ARG = 6  # Table.query(hash_key, range_comparison, range_objs, limit, exclusive_start_key, scan_index_forward, projection_expressions, index_name, ...)
+
+
+def _query_one_partition(self, hash_key, *args, **kwargs):
+    index_name = args[_INDEX_NAME_ARG] if len(args) > _INDEX_NAME_ARG else kwargs.get("index_name")
+    if index_name or hash_key is None:
+        return _table_query(self, hash_key, *args, **kwargs)
+    # The items moto would keep from all_items() (those whose hash key is `hash_key`), read from
+    # their partition; moto sorts them by range key next. `in` first: `items` is a defaultdict.
+    partition = self.items[hash_key] if hash_key in self.items else None
+    if partition is None:
+        only = []
+    elif self.range_key_attr:
+        only = list(partition.values())
+    else:
+        only = [partition]
+    # DynamoDB requests run one at a time (above), so no other request sees this override.
+    self.all_items = lambda: only
+    try:
+        return _table_query(self, hash_key, *args, **kwargs)
+    finally:
+        del self.all_items
+
+
+Table.query = _query_one_partition
 
 
 def _deepcopy_except_tables(obj, memo=None):

@@ -24,9 +24,13 @@ let api: Api;
 const cleanups: Array<() => Promise<void>> = [];
 // Every site process deploys the same stack: synthesized once, by the first (local/stack.ts).
 const synthCache = mkdtempSync(join(tmpdir(), 'sledge-site-synth-'));
-beforeAll(() => {
+/** The separate endpoints the tests use (a second site's, a vault's, a killed worker's site's), started side by side. */
+let endpoints: { dr: string; vault: string; killed: string };
+beforeAll(async () => {
   url = useSledgeEnv().apiUrl;
   api = new Api(url);
+  const [dr, vault, killed] = await Promise.all([endpoint(), endpoint(), endpoint()]);
+  endpoints = { dr, vault, killed };
 });
 afterAll(async () => {
   for (const c of cleanups.reverse()) await c().catch(() => undefined);
@@ -51,7 +55,7 @@ describe('a second site', () => {
     const vaultUrl = process.env[VAULT_ENV.endpointUrl]!;
     expect(vaultUrl).toBeTruthy();
     expect(vaultUrl).not.toBe(process.env.AWS_ENDPOINT_URL);
-    dr = await site({ AWS_ENDPOINT_URL: await endpoint(), [VAULT_ENV.endpointUrl]: vaultUrl });
+    dr = await site({ AWS_ENDPOINT_URL: endpoints.dr, [VAULT_ENV.endpointUrl]: vaultUrl });
   });
 
   it("restores a volume and its clone from the primary's vault, without reading the primary", async () => {
@@ -185,10 +189,10 @@ describe('a second site', () => {
 describe('a worker killed mid-job, and a vault that stops answering', () => {
   it('resumes a backup and a restore from where the killed process left them, and ends exactly; then fails a backup whose vault is unreachable', async () => {
     // The vault behind a relay the test can unplug (below); the relay changes nothing it carries.
-    const vault = await startPlug(await endpoint());
+    const vault = await startPlug(endpoints.vault);
     cleanups.push(() => vault.close());
     const env = {
-      AWS_ENDPOINT_URL: await endpoint(),
+      AWS_ENDPOINT_URL: endpoints.killed,
       [VAULT_ENV.endpointUrl]: vault.url,
       // 512 KiB packs: 32 of them, so the kill lands between two.
       [VAULT_ENV.packBytes]: String(MiB / 2),
@@ -299,10 +303,10 @@ async function vaultUnreachable(site: Site, vault: Plug, volumeId: string): Prom
 
   // The message is in the dead-letter queue, with the same reason.
   let dead: any;
-  for (let i = 0; i < 60 && !dead; i++) {
+  for (let i = 0; i < 240 && !dead; i++) {
     const view = (await http(`${site.apiUrl}/queues/dead-letters`)).json;
     dead = view.queues.find((q: any) => q.queue === 'gc').messages.find((m: any) => m.body.includes(backupId));
-    if (!dead) await new Promise((resolve) => setTimeout(resolve, 1000));
+    if (!dead) await new Promise((resolve) => setTimeout(resolve, 250));
   }
   expect(dead, 'the backup message never reached the dead-letter queue').toBeTruthy();
   expect(dead.failedAttempts).toBe(5);

@@ -3,6 +3,9 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { Api, PROFILES, http, useSledgeEnv } from './helpers.ts';
 import { MiB, backup, firstDifference, json, readAll, restore, snapshot, waitState } from './backup-helpers.ts';
 import { describeRun, run, SLEDGE_BIN, TOOLS_ENV } from './nbd-tools.ts';
+import { GetQueueAttributesCommand } from '@aws-sdk/client-sqs';
+import { sqs } from '#shared/aws/clients.ts';
+import { queueUrl } from '#shared/aws/work-queue.ts';
 import { workQueue } from '#shared/ports.ts';
 import { getBackup, getRestore, listPacks } from '#shared/backup/catalog.ts';
 
@@ -157,6 +160,23 @@ describe('a backup being restored', () => {
   });
 });
 
+/** Waits until the work queues hold no message, visible or in flight, twice in a row: every late duplicate was received and handled (bounded). */
+async function queuesDrained(): Promise<void> {
+  const urls = [...new Set((['gc', 'evacuation', 'checkpoint'] as const).map((q) => queueUrl(q)))];
+  for (let i = 0, quiet = 0; i < 600; i++) {
+    const counts = await Promise.all(
+      urls.map(async (QueueUrl) => {
+        const a = await sqs().send(new GetQueueAttributesCommand({ QueueUrl, AttributeNames: ['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible', 'ApproximateNumberOfMessagesDelayed'] }));
+        return Number(a.Attributes?.ApproximateNumberOfMessages ?? 0) + Number(a.Attributes?.ApproximateNumberOfMessagesNotVisible ?? 0) + Number(a.Attributes?.ApproximateNumberOfMessagesDelayed ?? 0);
+      }),
+    );
+    quiet = counts.every((n) => n === 0) ? quiet + 1 : 0;
+    if (quiet >= 2) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error('the work queues still hold messages after 60 s');
+}
+
 describe('duplicate and late messages', () => {
   it('change nothing: a backup run twice at once, and messages for finished jobs', async () => {
     const v = await api.createVolume({ sizeBytes: 16 * MiB });
@@ -180,7 +200,7 @@ describe('duplicate and late messages', () => {
     await workQueue().send({ type: 'backup-volume', backupId });
     await workQueue().send({ type: 'backup-delete', backupId });
     await workQueue().send({ type: 'restore-volume', restoreId: r.restoreId });
-    await new Promise((resolve) => setTimeout(resolve, 3000));
+    await queuesDrained();
     expect((await getBackup(backupId))!.record).toEqual(before.record);
     expect(await getRestore(r.restoreId)).toEqual(restoreBefore);
     expect(firstDifference(await readAll(url, 'volumes', r.volumeId, 16 * MiB), await readAll(url, 'snapshots', s.snapshotId, 16 * MiB))).toBeNull();

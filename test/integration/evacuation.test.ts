@@ -11,6 +11,7 @@ import { ReceiveMessageCommand, DeleteMessageCommand, SendMessageCommand } from 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { s3, sqs } from '#shared/aws/clients.ts';
+import { forEachLimited } from '#shared/core/async.ts';
 import { config } from '#shared/core/config.ts';
 import { getDrive } from '#shared/aws/drive-registry.ts';
 import { listDrives, reactivateDrive, WRITE_ERROR_RETIRE_THRESHOLD } from '#shared/maintenance/drives.ts';
@@ -25,13 +26,15 @@ import { createVolume } from '#shared/control/volumes.ts';
 import { readData } from '#shared/data/read.ts';
 import { writePieces } from '#shared/data/write.ts';
 import { handleWorkEvent } from '#shared/maintenance/worker.ts';
-import { seeded } from '../unit/seed.ts';
+import { laneStreams, seeded } from '../unit/seed.ts';
 import { Api, http, useSledgeEnv } from './helpers.ts';
 import { driveQueue, privateQueue } from './work-queues.ts';
 
 const MiB = 1024 * 1024;
-/** The issue's workload: 200 MiB of random writes (about 35 s here; docs/evacuation.md, section 10). */
+/** The issue's workload: 200 MiB of random writes (docs/evacuation.md, section 10). */
 const WORKLOAD_BYTES = 200 * MiB;
+/** Concurrent writers of the workload, each in its own 16 MiB of the volume. */
+const LANES = 4;
 
 let apiUrl: string;
 let api: Api;
@@ -86,15 +89,19 @@ async function evacuate(driveId: string, opts: { duplicate?: boolean } = {}) {
   });
 }
 
-/** Random block-aligned writes of 4 KiB to 1 MiB into a model of the volume; returns how many were acknowledged. */
+/**
+ * Random block-aligned writes of 4 KiB to 1 MiB into a model of the volume, `totalBytes` in all
+ * over `concurrency` lanes; returns how many were acknowledged. The lanes' writes are one
+ * writer's: they upload side by side and commit one after the other (shared/data/write-pipeline.ts).
+ */
 async function randomWrites(volumeId: string, model: Buffer, totalBytes: number, concurrency: number): Promise<number> {
-  let written = 0;
   let acknowledged = 0;
-  // Concurrent writes must not overlap, or the model could not know their order: each lane owns a slice.
+  // Concurrent writes must not overlap, or the model could not know their order: each lane owns a
+  // slice, its share of the bytes and its own stream from the seed (a replay does not depend on timing).
   const lane = Math.floor(model.length / concurrency / 4096) * 4096;
   await Promise.all(
-    Array.from({ length: concurrency }, async (_, l) => {
-      while (written < totalBytes) {
+    laneStreams(rng, concurrency).map(async (rng, l) => {
+      for (let written = 0; written < totalBytes / concurrency; ) {
         const length = 4096 * (1 + rng.int(256));
         const offset = l * lane + 4096 * rng.int((lane - length) / 4096 + 1);
         const data = Buffer.alloc(length);
@@ -124,7 +131,8 @@ async function expectStripesWhole(volumeId: string, driveId?: string): Promise<{
   for await (const c of listVolumeChunks(volumeId, config().sledBuckets)) stored.add(`${c.bucket}/${c.key}`);
   const segments = new Set([...stored].map((k) => parseChunkKey(k.slice(k.indexOf('/') + 1))!.segmentId));
   let chunks = 0;
-  for (const seg of segments) {
+  // The records are read a few at a time: the checks are independent.
+  await forEachLimited(segments, 8, async (seg) => {
     const rec = (await getSegmentRecord(volumeId, seg))!;
     expect(rec, `segment ${seg} has chunks but no record`).toBeTruthy();
     expect(new Set(rec.locations.map((l) => l.bucket)).size).toBe(rec.k + rec.m);
@@ -133,7 +141,7 @@ async function expectStripesWhole(volumeId: string, driveId?: string): Promise<{
       if (driveId) expect(`${l.bucket}/${l.key.split('/')[0]}`).not.toBe(driveId);
       chunks++;
     }
-  }
+  });
   // No strays: every stored chunk is one a record points at.
   expect(stored.size).toBe(chunks);
   return { chunks };
@@ -146,12 +154,18 @@ async function expectStripesWhole(volumeId: string, driveId?: string): Promise<{
 async function volumeWithData(segments: number): Promise<{ volumeId: string; model: Buffer; drive: DriveRecord; chunksOnDrive: number }> {
   const v = await createVolume({ sizeBytes: 16 * MiB });
   const model = Buffer.alloc(segments * 256 * 1024);
-  for (let i = 0; i < segments; i++) {
+  // One writer's writes to distinct ranges, all at once: they upload side by side and commit in order.
+  const writes = Array.from({ length: segments }, (_, i) => {
     const data = Buffer.alloc(256 * 1024, i + 1);
     data.writeUInt32LE(rng.int(2 ** 32), 0);
-    await writePieces(v.volumeId, [{ offset: i * 256 * 1024, length: data.length, data }]);
-    data.copy(model, i * 256 * 1024);
-  }
+    return data;
+  });
+  await Promise.all(
+    writes.map(async (data, i) => {
+      await writePieces(v.volumeId, [{ offset: i * 256 * 1024, length: data.length, data }]);
+      data.copy(model, i * 256 * 1024);
+    }),
+  );
   const count = new Map<string, number>();
   for await (const c of listVolumeChunks(v.volumeId, config().sledBuckets)) {
     const id = `${c.bucket}/${c.key.split('/')[0]}`;
@@ -172,10 +186,10 @@ describe('a drive that fails writes during a random-write workload', () => {
     const v = await createVolume({ sizeBytes: 64 * MiB });
     const model = Buffer.alloc(64 * MiB);
     // Phase 1: no faults, so the drive holds data to evacuate.
-    let acks = await randomWrites(v.volumeId, model, WORKLOAD_BYTES / 3, 1);
+    let acks = await randomWrites(v.volumeId, model, WORKLOAD_BYTES / 3, LANES);
     const drives = await listDrives();
-    const candidates = [];
-    for (const d of drives) if ((await segmentKeys(d)).some((k) => k.includes(v.volumeId))) candidates.push(d);
+    const holds = await Promise.all(drives.map(async (d) => (await segmentKeys(d)).some((k) => k.includes(v.volumeId))));
+    const candidates = drives.filter((_, i) => holds[i]);
     const bad = candidates[rng.int(candidates.length)]!;
     console.log(`failing drive ${bad.driveId}`);
     // Phase 2: every PUT to the drive fails (after the SDK's and Sledge's retries), a third of its GETs too.
@@ -184,7 +198,7 @@ describe('a drive that fails writes during a random-write workload', () => {
       { service: 's3', bucket: bad.sled, prefix: `${bad.drive}/`, ops: ['GetObject'], rate: 0.3 },
     ]);
     const worker = evacuate(bad.driveId);
-    acks += await randomWrites(v.volumeId, model, (2 * WORKLOAD_BYTES) / 3, 1);
+    acks += await randomWrites(v.volumeId, model, (2 * WORKLOAD_BYTES) / 3, LANES);
     const report = await worker;
     console.log(`evacuation: ${JSON.stringify(report)}; faults fired ${faultStats().fired}`);
     const after = (await getDrive(bad.driveId))!;
@@ -274,10 +288,10 @@ describe('the drive and queue routes', () => {
     expect(r.status, r.body.toString()).toBe(202);
     expect(r.json).toMatchObject({ state: 'retiring', evacuation: { state: 'running', reason: 'test' } });
     let shown: any;
-    for (let i = 0; i < 120; i++) {
+    for (let i = 0; i < 480; i++) {
       shown = (await http(`${apiUrl}/drives/${sled}/${drive}`)).json;
       if (shown.state === 'retired') break;
-      await new Promise((res) => setTimeout(res, 1000));
+      await new Promise((res) => setTimeout(res, 250));
     }
     expect(shown).toMatchObject({ state: 'retired', evacuation: { state: 'complete', chunksRemaining: 0, bytesRemaining: 0 } });
     expect(shown.evacuation.chunksMoved).toBeGreaterThan(0);
@@ -292,12 +306,12 @@ describe('the drive and queue routes', () => {
     const marker = `poison-${rng.seed}-${Date.now()}`;
     await sqs().send(new SendMessageCommand({ QueueUrl: gcQueue, MessageBody: JSON.stringify({ type: 'no-such-work', marker }) }));
     const findDead = async () => {
-      for (let i = 0; i < 90; i++) {
+      for (let i = 0; i < 360; i++) {
         const view = (await http(`${apiUrl}/queues/dead-letters`)).json;
         const gc = view.queues.find((q: { queue: string }) => q.queue === 'gc');
         const m = gc.messages.find((x: { body: string }) => x.body.includes(marker));
         if (m) return m;
-        await new Promise((res) => setTimeout(res, 1000));
+        await new Promise((res) => setTimeout(res, 250));
       }
       throw new Error('the poison message never reached the dead-letter queue');
     };

@@ -21,11 +21,13 @@ import { createVolume } from '#shared/control/volumes.ts';
 import { readData } from '#shared/data/read.ts';
 import { applyReservationBody } from '#shared/control/reservation-commands.ts';
 import { handleWorkEvent } from '#shared/maintenance/worker.ts';
-import { seeded } from '../unit/seed.ts';
+import { laneStreams, seeded } from '../unit/seed.ts';
 import { Api, http, useSledgeEnv } from './helpers.ts';
 import { driveQueue, privateQueue } from './work-queues.ts';
 
 const MiB = 1024 * 1024;
+/** Concurrent writers of the overwrite-heavy workload, each in its own 2 MiB of the volume. */
+const LANES = 4;
 const rng = seeded('gc');
 let api: Api;
 let apiUrl: string;
@@ -92,11 +94,16 @@ async function expectExtentsResolve(volumeId: string): Promise<number> {
   return liveBlocks * v.blockSizeBytes;
 }
 
-/** Overwrite-heavy random writes and trims into a model, in `lanes` concurrent non-overlapping lanes. */
+/**
+ * Overwrite-heavy random writes and trims into a model, in `lanes` concurrent non-overlapping
+ * lanes (each with its own stream from the seed, so a replay does not depend on timing). The
+ * lanes' writes are one writer's: they upload side by side and commit one after the other
+ * (shared/data/write-pipeline.ts).
+ */
 async function overwrite(volumeId: string, model: Buffer, writes: number, lanes: number): Promise<void> {
   const lane = Math.floor(model.length / lanes / 4096) * 4096;
   await Promise.all(
-    Array.from({ length: lanes }, async (_, l) => {
+    laneStreams(rng, lanes).map(async (rng, l) => {
       for (let i = 0; i < writes / lanes; i++) {
         const length = 4096 * (1 + rng.int(rng.int(4) === 0 ? 64 : 8));
         const offset = l * lane + 4096 * rng.int((lane - length) / 4096 + 1);
@@ -125,9 +132,9 @@ describe('garbage collection', () => {
     const v = await createVolume({ sizeBytes: 8 * MiB });
     const model = Buffer.alloc(8 * MiB);
     // Half the workload with GC running at the same time (its messages come every 64 commits).
-    await overwrite(v.volumeId, model, 300, 1);
+    await overwrite(v.volumeId, model, 300, LANES);
     const before = await stored(v.volumeId);
-    await Promise.all([overwrite(v.volumeId, model, 150, 1), runGc(true)]);
+    await Promise.all([overwrite(v.volumeId, model, 150, LANES), runGc(true)]);
     await queueGc(v.volumeId);
     await runGc(true);
     const after = await stored(v.volumeId);

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startControlPlane, type ControlPlane } from '#local/control-plane.ts';
 import { dynamo, s3 } from '#shared/aws/clients.ts';
 import { encodeBatch } from '#shared/api/batch.ts';
+import { forEachLimited } from '#shared/core/async.ts';
 import { config } from '#shared/core/config.ts';
 import { clearFaults, faultStats, setFaults, type FaultRule } from '#shared/aws/faults.ts';
 import { listSegmentRecords } from '#shared/aws/pagemap/pages.ts';
@@ -33,6 +34,8 @@ const VOLUME_BYTES = 8 * 1024 * 1024;
 const BLOCKS = VOLUME_BYTES / BLOCK;
 const REGION_BLOCKS = 16; // 64 KiB regions, dealt round-robin to the writers: they share 1 MiB pages
 const ZERO = createHash('sha1').update(Buffer.alloc(BLOCK)).digest('hex');
+/** Reads and chunk checks the verification runs at once. */
+const VERIFY_PARALLELISM = 4;
 const json = { 'content-type': 'application/json' };
 
 let plane: ControlPlane;
@@ -282,18 +285,20 @@ async function verify(volumeId: string, model: BlockModel): Promise<Verdict> {
   await plane.idle();
 
   const READ_BYTES = 256 * 1024;
+  // The ranges and the segments are checked a few at a time: the checks are independent.
+  const offsets = Array.from({ length: VOLUME_BYTES / READ_BYTES }, (_, i) => i * READ_BYTES);
   let rangesUnreadable = 0;
   let acknowledgedWritesLost = 0;
   const bytes: Buffer[] = [];
-  for (let offset = 0; offset < VOLUME_BYTES; offset += READ_BYTES) {
+  await forEachLimited(offsets, VERIFY_PARALLELISM, async (offset) => {
     const r = await http(`${url}/volumes/${volumeId}/data?offset=${offset}&length=${READ_BYTES}`);
     if (r.status !== 200) {
       rangesUnreadable++;
       console.error(`unreadable at ${offset}: ${r.status} ${r.body.toString()}`);
-      bytes.push(Buffer.alloc(0));
-      continue;
+      bytes[offset / READ_BYTES] = Buffer.alloc(0);
+      return;
     }
-    bytes.push(r.body);
+    bytes[offset / READ_BYTES] = r.body;
     hashBlocks(r.body).forEach((h, i) => {
       const block = offset / BLOCK + i;
       if (!model.allowed(block).has(h)) {
@@ -301,25 +306,26 @@ async function verify(volumeId: string, model: BlockModel): Promise<Verdict> {
         if (acknowledgedWritesLost <= 5) console.error(`block ${block} holds neither its last acknowledged write nor a later one`);
       }
     });
-  }
+  });
 
-  let segments = 0;
   let committedSegmentsMissingChunks = 0;
-  for await (const rec of listSegmentRecords(volumeId)) {
-    segments++;
-    let missing = 0;
-    for (const loc of rec.locations) {
-      try {
-        await s3().send(new HeadObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
-      } catch {
-        missing++;
-      }
-    }
+  const segments = await forEachLimited(listSegmentRecords(volumeId), VERIFY_PARALLELISM, async (rec) => {
+    const found = await Promise.all(
+      rec.locations.map((loc) =>
+        s3()
+          .send(new HeadObjectCommand({ Bucket: loc.bucket, Key: loc.key }))
+          .then(
+            () => true,
+            () => false,
+          ),
+      ),
+    );
+    const missing = found.filter((f) => !f).length;
     if (missing > 0) {
       committedSegmentsMissingChunks++;
       console.error(`segment ${rec.segmentId} (seq ${rec.seq}) is committed but ${missing} of its ${rec.locations.length} chunks are gone`);
     }
-  }
+  });
 
   // Invariant 6: the checkpoints (taken by the worker while the faults were on) plus replay of
   // the segments after the latest rebuild the very page map they replace.
@@ -329,10 +335,11 @@ async function verify(volumeId: string, model: BlockModel): Promise<Verdict> {
   if (rebuilt.status === 200) {
     const after = await rawPages(volumeId);
     if (JSON.stringify(after) !== JSON.stringify(before)) rebuild = 'rebuilt page map differs';
-    for (let offset = 0, i = 0; offset < VOLUME_BYTES; offset += READ_BYTES, i++) {
+    await forEachLimited(offsets, VERIFY_PARALLELISM, async (offset) => {
       const r = await http(`${url}/volumes/${volumeId}/data?offset=${offset}&length=${READ_BYTES}`);
-      if (r.status !== 200 || (bytes[i]!.length > 0 && !r.body.equals(bytes[i]!))) rebuild = `bytes at ${offset} differ after the rebuild (${r.status})`;
-    }
+      const was = bytes[offset / READ_BYTES]!;
+      if (r.status !== 200 || (was.length > 0 && !r.body.equals(was))) rebuild = `bytes at ${offset} differ after the rebuild (${r.status})`;
+    });
   }
   return { acknowledgedWritesLost, rangesUnreadable, committedSegmentsMissingChunks, segments, rebuild };
 }
