@@ -129,6 +129,10 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
       [ENV.operatorPrincipals]: principals.operatorArns.join(','),
       [LOCAL_CREDENTIALS_ENV]: principals.credentialsFile!,
       ...(auditLog === 'stdout' ? {} : { [LOCAL_AUDIT_LOG_ENV]: auditLog }),
+      // Set by whoever starts the local control plane, the tail bound of new volumes wins over
+      // the stack's default (what `-c foldTailMax=N` does for a deployment): 0 makes volumes that
+      // do not fold (docs/page-map.md, "Folding").
+      ...(process.env[ENV.foldTailMax] ? { [ENV.foldTailMax]: process.env[ENV.foldTailMax] } : {}),
     };
     Object.assign(process.env, env);
     // Imported only now: the handlers read their configuration from the environment just set.

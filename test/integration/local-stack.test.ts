@@ -41,8 +41,6 @@ const OPTIONAL: string[] = [
   ENV.evacuationRecheckSeconds,
   ENV.orphanGraceMs,
   ENV.gcEveryCommits,
-  // Folding (docs/page-map.md): new volumes fold with bound 256 unless set.
-  ENV.foldTailMax,
   ENV.faults,
   // Consistency groups' tuning knobs, with defaults (docs/consistency-groups.md).
   ENV.groupTransactionMembers,
