@@ -36,8 +36,8 @@ export interface FoldOptions {
    * short tail rewrites the same pages for a few commits each).
    */
   minTail?: number;
-  /** Test hooks: after each page write of a batch (a test kills the folder there), and before raising the folded point. */
-  hooks?: { afterPageWrite?: (written: number) => Promise<void>; beforeAdvance?: (seq: number) => Promise<void> };
+  /** Test hooks: after a step's pages are read, after each page write of a batch (a test kills the folder there), and before raising the folded point. */
+  hooks?: { afterPagesRead?: () => Promise<void>; afterPageWrite?: (written: number) => Promise<void>; beforeAdvance?: (seq: number) => Promise<void> };
 }
 
 /** Pages read (and written) per step of a batch. */
@@ -133,6 +133,7 @@ async function foldBatch(v: VolumeRecord & { foldedSeq: number }, tail: readonly
   for (let i = 0; i < touched.length; i += PAGES_PER_STEP) {
     const step = touched.slice(i, i + PAGES_PER_STEP);
     const read = await pageMap().getPages(v, step);
+    await opts.hooks?.afterPagesRead?.();
     // The pages were read after the volume item: if a snapshot was taken in between, freezing
     // them under the older tag could change the older snapshot. Snapshots need an empty tail,
     // so one taken now means this batch was folded by another folder: nothing here is needed.

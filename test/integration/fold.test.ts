@@ -254,6 +254,38 @@ describe('folding', () => {
     expect(left, `page items left after the reclaim (the fold wrote ${r.pagesWritten}, the reclaim deleted ${reclaimed?.pagesDeleted})`).toEqual([]);
   });
 
+  it('a snapshot taken between a folder reading its pages and freezing them: the folder starts over and freezes under the new tag', async () => {
+    const m = await folding(8 * MiB);
+    const a = Buffer.alloc(BLOCK, 0xa1);
+    await writePieces(m.volumeId, [{ offset: 0, length: BLOCK, data: a }]);
+    const s1 = await createSnapshot(m.volumeId, {}, { id: 'test' });
+    await writePieces(m.volumeId, [{ offset: 0, length: BLOCK, data: Buffer.alloc(BLOCK, 0xb2) }]); // page 0 after s1, in the tail
+    let raced = false;
+    let s2: Awaited<ReturnType<typeof createSnapshot>> | undefined;
+    const r = await foldVolume(m.volumeId, {
+      hooks: {
+        afterPagesRead: async () => {
+          if (raced) return;
+          raced = true;
+          // Between this folder's page read and its freeze: another folder folds the tail, a
+          // snapshot is taken on the empty tail, and page 0 changes after it.
+          await foldVolume(m.volumeId);
+          s2 = await createSnapshot(m.volumeId, {}, { id: 'test' });
+          await writePieces(m.volumeId, [{ offset: 0, length: BLOCK, data: Buffer.alloc(BLOCK, 0xc3) }]);
+        },
+      },
+    });
+    expect(raced).toBe(true);
+    expect(r.toSeq).toBe((await pageMap().getVolume(m.volumeId))!.headSeq);
+    expect((await readSnapshotData(s1.snapshotId, 0, BLOCK)).equals(a)).toBe(true);
+    expect((await readSnapshotData(s2!.snapshotId, 0, BLOCK)).equals(Buffer.alloc(BLOCK, 0xb2))).toBe(true);
+    expect((await readData(m.volumeId, 0, BLOCK)).equals(Buffer.alloc(BLOCK, 0xc3))).toBe(true);
+    const v = (await pageMap().getVolume(m.volumeId))!;
+    const frozen = await pageMap().getFrozenPages(m.volumeId, v.pageBlocks, [{ tag: s1.commitSeq, page: 0 }, { tag: s2!.commitSeq, page: 0 }]);
+    expect(frozen.map((f) => f.tag).sort((x, y) => x - y)).toEqual([s1.commitSeq, s2!.commitSeq]);
+    await expectChainAgrees(m.volumeId);
+  });
+
   it('a snapshot is taken on an empty tail and keeps its bytes while later commits are folded; GC keeps the tail', async () => {
     const rng = seeded('fold snapshot');
     const m = await folding(64 * MiB);
