@@ -56,13 +56,13 @@ const PRICE = {
 
 /**
  * `npm run bench -- <name> ...` runs only the named parts (codec, encode, crc, evacuation, gc,
- * throughput, endpoint, cost, checkpoints, fencing, snapshots, groups, nbd, nbd-cost, backup, degraded); no names runs
+ * throughput, endpoint, cost, fold-reads, checkpoints, fencing, snapshots, groups, nbd, nbd-cost, backup, degraded); no names runs
  * them all. `nbd-cost` is the request-cost part of `nbd` alone, without the s3backer comparison.
  */
 const only = new Set(process.argv.slice(2));
 /** The parts that need no control plane, which is then not started. */
 const IN_PROCESS_PARTS = ['codec', 'encode', 'crc'];
-const PARTS = [...IN_PROCESS_PARTS, 'evacuation', 'gc', 'throughput', 'endpoint', 'cost', 'checkpoints', 'fencing', 'snapshots', 'groups', 'nbd', 'nbd-cost', 'backup', 'degraded'];
+const PARTS = [...IN_PROCESS_PARTS, 'evacuation', 'gc', 'throughput', 'endpoint', 'cost', 'fold-reads', 'checkpoints', 'fencing', 'snapshots', 'groups', 'nbd', 'nbd-cost', 'backup', 'degraded'];
 for (const name of only) if (!PARTS.includes(name)) throw new Error(`unknown bench part ${name}; the parts are ${PARTS.join(', ')}`);
 const want = (name: string): boolean => only.size === 0 || only.has(name);
 
@@ -391,6 +391,61 @@ async function main(): Promise<void> {
         );
     
       }
+    }
+
+    if (want('fold-reads')) {
+      section('4 KiB random reads: a folding volume (with a tail, then folded) against one that does not fold, interleaved');
+      // Two 1 GiB volumes given the same writes; the reads alternate between them read by read, so
+      // the machine's load weighs on both sides alike (the ratio is the figure, not the ms).
+      const folding = await createVolume(api, GiB);
+      const plain = await createVolume(api, GiB, { foldTailMax: 0 });
+      const base = randomBytes(4 * MiB);
+      for (let i = 0; i < 16; i++) for (const vol of [folding, plain]) await write(api, vol, i * 64 * MiB, base);
+      const small = randomBytes(4096);
+      for (let i = 0; i < 100; i++) {
+        const offset = Math.floor(Math.random() * (GiB / 4096)) * 4096;
+        for (const vol of [folding, plain]) await write(api, vol, offset, small);
+      }
+      const tailOf = async () => {
+        const v = (await pageMap().getVolume(folding))!;
+        return v.headSeq - v.foldedSeq!;
+      };
+      const rows: Array<Record<string, string | number>> = [];
+      const compare = async (label: string) => {
+        const ms = { folding: 0, plain: 0 };
+        const counts = { folding: { dynamoReadUnits: 0, gets: 0 }, plain: { dynamoReadUnits: 0, gets: 0 } };
+        const n = 1000;
+        for (let i = 0; i < n; i++) {
+          const offset = Math.floor(Math.random() * (GiB / 4096)) * 4096;
+          const order = i % 2 === 0 ? (['folding', 'plain'] as const) : (['plain', 'folding'] as const);
+          for (const side of order) {
+            resetRequestCounts();
+            const t = performance.now();
+            await read(api, side === 'folding' ? folding : plain, offset, 4096);
+            ms[side] += performance.now() - t;
+            const c = requestCounts();
+            counts[side].dynamoReadUnits += c.dynamoReadUnits;
+            counts[side].gets += c.requests['S3:GetObject'] ?? 0;
+          }
+        }
+        rows.push({
+          reads: label,
+          'folding ms': (ms.folding / n).toFixed(2),
+          'not folding ms': (ms.plain / n).toFixed(2),
+          'latency ratio': (ms.folding / ms.plain).toFixed(2),
+          'folding RCU/read': (counts.folding.dynamoReadUnits / n).toFixed(2),
+          'not folding RCU/read': (counts.plain.dynamoReadUnits / n).toFixed(2),
+          'folding GETs/read': (counts.folding.gets / n).toFixed(2),
+          'not folding GETs/read': (counts.plain.gets / n).toFixed(2),
+        });
+      };
+      await plane.idle();
+      const tail = await tailOf();
+      await compare(`1,000 each, folding volume's tail ${tail} commits`);
+      await foldVolume(folding);
+      await compare(`1,000 each, folding volume's tail ${await tailOf()} commits`);
+      table(rows);
+      console.log('(the goal: at most 1.5x the latency and read units of a volume that does not fold)');
     }
 
     if (want('checkpoints')) {
