@@ -125,7 +125,14 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
     for (let attempt = 0; attempt < COMMIT_ATTEMPT_MAX; attempt++) {
       if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
       // The first attempt builds on the predecessor when there is one; retries on the head.
-      const base = attempt === 0 && predecessor ? await predecessor.built.promise : null;
+      let base = attempt === 0 && predecessor ? await predecessor.built.promise : null;
+      if (base && isFolding(base.volume) && base.seq - base.volume.foldedSeq >= foldTailBound(base.volume)) {
+        // A commit on the predecessor would find the tail full (docs/page-map.md, "Folding") and be
+        // refused: wait for the predecessor to settle, then fold and commit on the head below, in
+        // order, instead of uploading a segment bound to be refused.
+        await predecessor!.settled.promise;
+        base = null;
+      }
       let v: VolumeRecord;
       let opts: { pages?: PrefetchedPages; readPages?: (pages: number[]) => Promise<Map<number, PageRecord>> };
       if (base) {

@@ -288,6 +288,7 @@ describe('snapshots', () => {
     const again = await http(`${url}/volumes/${id}/rebuild`, { method: 'POST' });
     expect(again.json).toMatchObject({ pagesWritten: 0, pagesDeleted: 0, frozen: { rebuilt: true, written: 0, deleted: 0 } });
     await api.write(id, 0, randomBytes(BLOCK));
+    await foldVolume(id); // a checkpoint compares only what no tail commit touches: fold the write first
     const ck2 = await http(`${url}/volumes/${id}/checkpoints`, { method: 'POST' });
     expect(ck2.status, ck2.body.toString()).toBe(201);
     expect(ck2.json.frozenVerified).toBe(frozenBefore.length);

@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { config } from '../../core/config.ts';
 import { ConflictError, DataUnavailableError } from '../../core/errors.ts';
 import { RebuildFenceLostError, segmentRef, type SegmentRecord, type StoredFrozen, type StoredPage, type VolumeRecord } from '../../core/records.ts';
+import { isFolding } from '../../data/tail.ts';
 import { segmentRecordOf, type SegmentDescriptor } from '../../data/segments.ts';
 import { parseObjectChunkKey, placeChunks, type ChunkLocation } from '../../data/sleds.ts';
 import { forEachLimited } from '../../core/async.ts';
@@ -323,6 +324,8 @@ async function restoreSegmentRecords(
     const planned = placeChunks(v.volumeId, segmentId, n, config().sledBuckets);
     const locations = Array.from({ length: n }, (_, i) => found.find((l) => parseObjectChunkKey(l.key)?.chunkIndex === i) ?? planned[i]!);
     const record: SegmentRecord = segmentRecordOf(d, locations);
+    // A folding volume's records carry their extents, as its commits wrote them (docs/page-map.md, "Folding").
+    if (isFolding(v)) record.extents = d.extents;
     if (await pageMap().putSegmentRecordIfAbsent(record)) restored++;
   });
   if (unrecoverable.length > 0) {
