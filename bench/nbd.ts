@@ -53,10 +53,10 @@ interface FioJob {
   job_runtime: number;
 }
 
-async function fio(uri: string, name: string, args: string[], outDir: string, target: string[] = ['--ioengine=nbd', `--uri=${uri}`]): Promise<FioJob> {
+async function fio(uri: string, name: string, args: string[], outDir: string, target: string[] = ['--ioengine=nbd', `--uri=${uri}`], timeoutMs = 300_000): Promise<FioJob> {
   const out = join(outDir, `${name.replace(/\W+/g, '-')}.json`);
   const r = await run('fio', [`--name=${name.replace(/\W+/g, '-')}`, ...target, `--randseed=${FIO_SEED}`, '--output-format=json', `--output=${out}`, ...args], {
-    timeoutMs: 300_000,
+    timeoutMs,
   });
   if (r.code !== 0) throw new Error(`fio ${name} on ${uri} exited ${r.code}: ${r.stderr.slice(-2000)}`);
   return JSON.parse(readFileSync(out, 'utf8')).jobs[0] as FioJob;
@@ -293,16 +293,19 @@ export async function benchNbd(ctx: NbdBenchContext): Promise<void> {
       const costVolume = await ctx.createVolume(ctx.apiUrl, GiB, create);
       const cost = await startGateway(ctx.apiUrl, costVolume, ['--socket', join(dir, `cost-${protocol.replace(' ', '-')}.sock`)], ['--max-dirty-age-ms', '0']);
       targets.push(cost);
-      const measure = async (label: string, args: string[], scale: (j: FioJob) => number) => {
+      const measure = async (label: string, args: string[], scale: (j: FioJob) => number, timeoutMs?: number) => {
         await ctx.settle(costVolume);
         ctx.resetRequestCounts();
-        const j = await fio(cost.uri, label, args, dir);
+        const j = await fio(cost.uri, label, args, dir, undefined, timeoutMs);
         await ctx.settle(costVolume);
         const counts = ctx.requestCounts();
         // Every segment is k+m = 6 chunk PUTs: the write units per segment include the folds the run made.
         const puts = counts.requests['S3:PutObject'] ?? 0;
         const perSegment = puts > 0 ? `, ${((counts.dynamoWriteUnits * 6) / puts).toFixed(1)} DDB WCU per segment` : '';
-        costRows.push({ ...ctx.costRow(`${label} [${protocol}]`, counts, scale(j)), measured: `${j.write.total_ios} writes, ${puts} S3 PUTs${perSegment}` });
+        const row = { ...ctx.costRow(`${label} [${protocol}]`, counts, scale(j)), measured: `${j.write.total_ios} writes, ${puts} S3 PUTs${perSegment}` };
+        costRows.push(row);
+        console.log(JSON.stringify({ msg: 'nbd cost row', ...row })); // each row as measured, should a later one fail
+
       };
       await measure('per GiB, sequential 1 MiB writes, FLUSH at end', ['--rw=write', '--bs=1M', '--size=64M', '--iodepth=8', '--end_fsync=1'], (j) => GiB / j.write.io_bytes);
       const perMillion = (j: FioJob) => 1e6 / j.write.total_ios;
@@ -317,7 +320,7 @@ export async function benchNbd(ctx: NbdBenchContext): Promise<void> {
       if (protocol === 'folding') {
         // A long run, 1 GiB of 4 KiB writes (256 commits): the worker folds every 128 commits as
         // it would for a VM's disk, and the closing fold is one of them, not the whole cost.
-        await measure('per 1M 4 KiB random writes (whole 1 GiB), FLUSH every 4 MiB, 262144 writes', ['--rw=randwrite', '--bs=4k', '--size=1G', '--number_ios=262144', '--iodepth=1', '--fsync=1024'], perMillion);
+        await measure('per 1M 4 KiB random writes (whole 1 GiB), FLUSH every 4 MiB, 262144 writes', ['--rw=randwrite', '--bs=4k', '--size=1G', '--number_ios=262144', '--iodepth=1', '--fsync=1024'], perMillion, 1_800_000);
       }
       await cost.stop();
       targets.pop();
