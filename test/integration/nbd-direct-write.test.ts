@@ -16,12 +16,15 @@ import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, PutObjectComm
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { s3 } from '#shared/aws/clients.ts';
 import { crc32c } from '#shared/data/crc32c.ts';
+import { createVolume } from '#shared/control/volumes.ts';
 import { type EncodedBatch, encodeDirectBatch, putChunks, type WritePlan } from '#gateway/direct-write.ts';
 import { VolumeApiError, VolumeClient } from '#gateway/volume-client.ts';
 import { Api, http, useSledgeEnv } from './helpers.ts';
 import { describeRun, run, startGateway, TOOLS_ENV } from './nbd-tools.ts';
 
 const MiB = 1024 * 1024;
+// Volumes this process creates itself (createVolume below) fold, with a tail of at most 4 commits.
+process.env.SLEDGE_FOLD_TAIL_MAX = '4';
 
 const dir = mkdtempSync(join(tmpdir(), 'sledge-nbd-dwrite-'));
 let api: Api;
@@ -251,6 +254,27 @@ describe('direct writes', () => {
     await other.writeBatch([{ offset: 0, data }]);
     expect({ direct: other.direct.writes, batches: other.sent.batches }).toEqual({ direct: 1, batches: 0 });
     expect((await api.read(vol.volumeId, 0, MiB)).equals(data)).toBe(true);
+  });
+
+  it('a folding volume commits direct writes by tail, and folds its full tail first', async () => {
+    const v = await createVolume({ sizeBytes: 32 * MiB });
+    expect(v.foldedSeq).toBe(0);
+    const c = await client(v.volumeId);
+    const data = randomBytes(10 * MiB);
+    // Ten 1 MiB batches, four in flight as the gateway sends them (chained plans): the tail of 4 fills twice.
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 4 }, async () => {
+        for (let i = next++; i < 10; i = next++) await c.writeBatch([{ offset: i * MiB, data: data.subarray(i * MiB, (i + 1) * MiB) }]);
+      }),
+    );
+    expect({ direct: c.direct.writes, fallbacks: c.direct.writeFallbacks, batches: c.sent.batches }).toEqual({ direct: 10, fallbacks: 0, batches: 0 });
+    const after = (await api.describe(v.volumeId)).json as { commitSeq: number; foldedSeq: number };
+    expect(after.commitSeq).toBe(10);
+    expect(after.foldedSeq).toBeGreaterThanOrEqual(6);
+    const back: Buffer[] = [];
+    for (let o = 0; o < 10 * MiB; o += 4 * MiB) back.push(await api.read(v.volumeId, o, Math.min(4 * MiB, 10 * MiB - o)));
+    expect(Buffer.concat(back).equals(data)).toBe(true);
   });
 
   it('a head without the write-plan route: the gateway writes through the API from then on', async () => {
