@@ -63,8 +63,9 @@ export const COMMAND_USAGE = {
                              replacement timeout; 0 = one attempt)
       --no-direct-reads      read every byte through the API instead of fetching data chunks
                              with the head's read plans (docs/nbd-gateway.md)
-      --no-direct-writes     write every batch back through the API instead of encoding it here
-                             and uploading its chunks with the head's write plans
+      --direct-writes        encode write-backs here and upload their chunks with the head's
+                             write plans, the head committing them by reference (off by default:
+                             not faster on the local endpoint yet; docs/nbd-gateway.md)
 
       Attach with e.g.  nbdinfo nbd://127.0.0.1:10809   or   qemu-io -f raw nbd://127.0.0.1:10809
 `,
@@ -220,8 +221,8 @@ export interface NbdCommand {
   readerLeaseMs?: number;
   /** Read through the API only, never with read plans and direct chunk GETs. */
   noDirectReads?: boolean;
-  /** Write back through the API only, never with write plans and direct chunk PUTs. */
-  noDirectWrites?: boolean;
+  /** Write back with write plans and direct chunk PUTs (docs/nbd-gateway.md, "Direct writes"). */
+  directWrites?: boolean;
   /** How requests are signed (`--profile`, `--region`, `--unsigned`). */
   signing: SigningOptions;
 }
@@ -250,7 +251,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
         reader: { type: 'boolean' },
         'lease-s': { type: 'string' },
         'no-direct-reads': { type: 'boolean' },
-        'no-direct-writes': { type: 'boolean' },
+        'direct-writes': { type: 'boolean' },
       },
     });
   } catch (err) {
@@ -291,7 +292,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
     ...(values.key !== undefined ? { reservationKey: checkKeyOption(values.key) } : {}),
     ...(values.reader ? { readerLeaseMs: intOption(values['lease-s'], 'lease-s', 1, 15, 6) * 1000 } : {}),
     ...(values['no-direct-reads'] ? { noDirectReads: true } : {}),
-    ...(values['no-direct-writes'] ? { noDirectWrites: true } : {}),
+    ...(values['direct-writes'] ? { directWrites: true } : {}),
     signing: signingFromValues(values),
   };
 }
@@ -322,7 +323,7 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     sign: await defaultSigner(cmd.apiUrl, cmd.signing),
     ...(cmd.snapshotId !== undefined ? { snapshotId: cmd.snapshotId } : {}),
     directReads: !cmd.noDirectReads,
-    directWrites: !cmd.noDirectWrites,
+    directWrites: cmd.directWrites === true,
     onFallback: log,
   });
   const what = cmd.snapshotId ?? cmd.volumeId;

@@ -108,7 +108,8 @@ export interface VolumeClientOptions {
   /**
    * Encode write-back batches here and upload their chunks with write plans, the head
    * committing them by reference (docs/nbd-gateway.md, "Direct writes"), falling back to API
-   * writes. Default true; needs the volume's geometry from `describe()` first.
+   * writes. Default false (not faster on the local endpoint yet: docs/nbd-gateway.md, "Speed
+   * against s3backer"); needs the volume's geometry from `describe()` first.
    */
   directWrites?: boolean;
   /** Told why a direct read fell back to an API read, or a direct write to an API write. */
@@ -174,7 +175,7 @@ export class VolumeClient {
     if (opts.sign) this.signer = Promise.resolve(opts.sign);
     this.snapshotId = opts.snapshotId;
     this.directReads = (opts.directReads ?? true) && opts.snapshotId === undefined;
-    this.directWrites = (opts.directWrites ?? true) && opts.snapshotId === undefined;
+    this.directWrites = (opts.directWrites ?? false) && opts.snapshotId === undefined;
     this.onFallback = opts.onFallback;
   }
 

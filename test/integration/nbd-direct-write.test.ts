@@ -51,7 +51,7 @@ function directCounts(output: string) {
 
 /** A client attached like a gateway, with the geometry direct writes need. */
 async function client(volumeId: string, url = apiUrl) {
-  const c = new VolumeClient(url, volumeId, { retryBudgetMs: 5_000 });
+  const c = new VolumeClient(url, volumeId, { retryBudgetMs: 5_000, directWrites: true });
   await c.describe();
   return c;
 }
@@ -85,7 +85,7 @@ describe('direct writes', () => {
     const data = randomBytes(16 * MiB);
     const file = join(dir, 'in.img');
     writeFileSync(file, data);
-    const gw = await startGateway(apiUrl, vol.volumeId, ['--socket', join(dir, 'w.sock')]);
+    const gw = await startGateway(apiUrl, vol.volumeId, ['--socket', join(dir, 'w.sock')], ['--direct-writes']);
     try {
       const copy = await run('nbdcopy', [file, gw.uri], { env: TOOLS_ENV });
       expect(copy.code, describeRun('nbdcopy', copy)).toBe(0);
