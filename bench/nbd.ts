@@ -13,7 +13,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RequestCounts } from '#shared/aws/clients.ts';
 import { run, startGateway, type NbdTarget } from '../test/integration/nbd-tools.ts';
@@ -208,11 +208,32 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
     let gatewayWarmCpuMsPer4MiB = 0;
     const warmGets = { sledge: 0, s3backer: 0 };
     let warmHits = '';
+    // CPU per 4 MiB written: this process (the head) and the gateway, with every batch through
+    // the API (the default) and, on a volume of its own, with direct writes (--direct-writes).
+    const writeCpu = { direct: { head: 0, gateway: 0 }, api: { head: 0, gateway: 0 } };
+    {
+      const directVol = await ctx.createVolume(ctx.apiUrl, COMPARE_MIB * MiB);
+      const directGw = await startGateway(ctx.apiUrl, directVol, ['--socket', join(dir, 'cmp-direct.sock')], ['--read-cache-mib', String(cacheMiB), '--direct-writes']);
+      targets.push(directGw);
+      const c0 = process.cpuUsage();
+      const p0 = processCpuMs(directGw.pid);
+      const w = await fio(directGw.uri, 'sledge direct sequential write', ['--rw=write', ...SEQ, '--end_fsync=1'], dir);
+      const c = process.cpuUsage(c0);
+      writeCpu.direct = { head: (c.user + c.system) / 1000 / (COMPARE_MIB / 4), gateway: (processCpuMs(directGw.pid) - p0) / (COMPARE_MIB / 4) };
+      await directGw.stop();
+      results['sequential write until durable, --direct-writes (MB/s)'] = { sledge: (COMPARE_MIB * MiB) / (w.job_runtime / 1000) / 1e6, s3backer: 0 };
+    }
     for (const [name, side] of [
       ['sledge', sledge],
       ['s3backer', s3b],
     ] as const) {
+      const wc0 = process.cpuUsage();
+      const wp0 = name === 'sledge' ? processCpuMs(gw.pid) : 0;
       const w = await side.fio('sequential write', ['--rw=write', ...SEQ, '--end_fsync=1']);
+      if (name === 'sledge') {
+        const c = process.cpuUsage(wc0);
+        writeCpu.api = { head: (c.user + c.system) / 1000 / (COMPARE_MIB / 4), gateway: (processCpuMs(gw.pid) - wp0) / (COMPARE_MIB / 4) };
+      }
       lastUmountMs = 0;
       await side.restart();
       // s3backer's fsync does not wait for its block cache; its unmount does. Durable is fio's
@@ -242,6 +263,7 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
       };
       put('sequential write 1 MiB, qd 8, then FLUSH (MB/s)', w.write.bw_bytes / 1e6);
       put('sequential write until durable (MB/s)', durableMBps);
+      if (name === 's3backer') results['sequential write until durable, --direct-writes (MB/s)']!.s3backer = durableMBps;
       put('cold sequential read 1 MiB, qd 8 (MB/s)', cold.read.bw_bytes / 1e6);
       put('warm sequential re-read 1 MiB, qd 8 (MB/s)', warm.read.bw_bytes / 1e6);
       put('4 KiB random read, qd 32, warm (IOPS)', rand.read.iops);
@@ -260,6 +282,12 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
         'sledge / s3backer': (r.sledge / r.s3backer).toFixed(2),
         goal: goals[job] ?? '',
       })),
+    );
+    console.log(
+      `CPU during Sledge's sequential write, per 4 MiB written: through the API the head (this process) ${writeCpu.api.head.toFixed(1)} ms, the gateway ${writeCpu.api.gateway.toFixed(1)} ms; ` +
+        `with --direct-writes the head ${writeCpu.direct.head.toFixed(1)} ms, the gateway ${writeCpu.direct.gateway.toFixed(1)} ms. Load average at the end: ${loadavg()
+          .map((x) => x.toFixed(1))
+          .join(', ')}.`,
     );
     ctx.table([{ 'S3 GETs per MiB read cold': 'sledge', value: getsPerMiB.sledge.toFixed(2) }, { 'S3 GETs per MiB read cold': 's3backer', value: getsPerMiB.s3backer.toFixed(2) }]);
     console.log(

@@ -63,6 +63,9 @@ export const COMMAND_USAGE = {
                              replacement timeout; 0 = one attempt)
       --no-direct-reads      read every byte through the API instead of fetching data chunks
                              with the head's read plans (docs/nbd-gateway.md)
+      --direct-writes        encode write-backs here and upload their chunks with the head's
+                             write plans, the head committing them by reference (off by default:
+                             not faster on the local endpoint yet; docs/nbd-gateway.md)
 
       Attach with e.g.  nbdinfo nbd://127.0.0.1:10809   or   qemu-io -f raw nbd://127.0.0.1:10809
 `,
@@ -218,6 +221,8 @@ export interface NbdCommand {
   readerLeaseMs?: number;
   /** Read through the API only, never with read plans and direct chunk GETs. */
   noDirectReads?: boolean;
+  /** Write back with write plans and direct chunk PUTs (docs/nbd-gateway.md, "Direct writes"). */
+  directWrites?: boolean;
   /** How requests are signed (`--profile`, `--region`, `--unsigned`). */
   signing: SigningOptions;
 }
@@ -246,6 +251,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
         reader: { type: 'boolean' },
         'lease-s': { type: 'string' },
         'no-direct-reads': { type: 'boolean' },
+        'direct-writes': { type: 'boolean' },
       },
     });
   } catch (err) {
@@ -286,6 +292,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
     ...(values.key !== undefined ? { reservationKey: checkKeyOption(values.key) } : {}),
     ...(values.reader ? { readerLeaseMs: intOption(values['lease-s'], 'lease-s', 1, 15, 6) * 1000 } : {}),
     ...(values['no-direct-reads'] ? { noDirectReads: true } : {}),
+    ...(values['direct-writes'] ? { directWrites: true } : {}),
     signing: signingFromValues(values),
   };
 }
@@ -316,6 +323,7 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     sign: await defaultSigner(cmd.apiUrl, cmd.signing),
     ...(cmd.snapshotId !== undefined ? { snapshotId: cmd.snapshotId } : {}),
     directReads: !cmd.noDirectReads,
+    directWrites: cmd.directWrites === true,
     onFallback: log,
   });
   const what = cmd.snapshotId ?? cmd.volumeId;
@@ -424,7 +432,8 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
       `${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes; ` +
         `${s.apiReads} API reads (${s.apiReadBytes} bytes, ${s.readAheads} ahead, ${s.prefetches} for CACHE, ${client.rangedGets} S3 ranged GETs), ${client.sent.allocations} allocation queries, ` +
         `read cache ${cache.clean.stats.hits} hits, ${cache.clean.stats.misses} misses; ` +
-        `direct reads: ${client.sent.plans} read plans, ${client.direct.reads} read directly, ${client.direct.gets} chunk GETs, ${client.direct.fallbacks} fallbacks, ${client.sent.reads} API data reads` +
+        `direct reads: ${client.sent.plans} read plans, ${client.direct.reads} read directly, ${client.direct.gets} chunk GETs, ${client.direct.fallbacks} fallbacks, ${client.sent.reads} API data reads; ` +
+        `direct writes: ${client.sent.writePlans} write plans, ${client.direct.writes} written directly, ${client.direct.puts} chunk PUTs, ${client.sent.commits} commits, ${client.direct.writeFallbacks} fallbacks, ${client.sent.batches} API batches` +
         (reader ? `; ${s.readsThrough} reads through, ${reader.statsLine()}` : '')
     );
   };

@@ -34,6 +34,7 @@ import { applyReadLeaseBody } from '../control/read-lease-commands.ts';
 import { createVolume, deleteVolume, describeVolume, listVolumeViews, resizeVolume } from '../control/volumes.ts';
 import { readAllocation, readData, readSnapshotData } from '../data/read.ts';
 import { planRead } from '../data/read-plan.ts';
+import { commitByReference, planWrite } from '../data/direct-write.ts';
 import { changedBlocks, createSnapshot, deleteSnapshot, describeSnapshot, listSnapshotViews, rollbackVolume } from '../control/snapshots.ts';
 import { trimRange, writeData, writePieces } from '../data/write.ts';
 import {
@@ -55,6 +56,9 @@ import { describeRestore, startRestore } from '../backup/restore.ts';
 import { changeGroup, createGroup, deleteGroup, describeGroup, groupOwner } from '../control/groups.ts';
 import { createGroupSnapshot, deleteGroupSnapshot, describeGroupSnapshot, listGroupSnapshotViews, parseGroupSnapshotBody } from '../control/group-snapshots.ts';
 import openapi from './openapi.json' with { type: 'json' };
+
+/** A write plan's or commit's JSON: up to 16,384 extents and the CRCs of k+m chunks. */
+const WRITE_PLAN_BODY_MAX_BYTES = 1024 * 1024;
 
 function requireBinary(req: Request, allowed: string[]): void {
   const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim();
@@ -175,6 +179,15 @@ export const router = new Router()
     const length = intQuery(req, 'length');
     return { status: 200, json: await planRead(req.params.volumeId!, offset, length, requestKey(req)) };
   })
+  // Direct writes (docs/nbd-gateway.md): a plan for a segment the caller encodes, and its commit by reference.
+  .on('POST', '/volumes/{volumeId}/write-plan', VOLUME_DATA, async (req) => ({
+    status: 200,
+    json: await planWrite(req.params.volumeId!, jsonBody(req, WRITE_PLAN_BODY_MAX_BYTES), requestKey(req)),
+  }))
+  .on('POST', '/volumes/{volumeId}/commit', VOLUME_DATA, async (req) => ({
+    status: 200,
+    json: await commitByReference(req.params.volumeId!, jsonBody(req, WRITE_PLAN_BODY_MAX_BYTES), requestKey(req)),
+  }))
   .on('POST', '/volumes/{volumeId}/batch', VOLUME_DATA, async (req) => {
     requireBinary(req, [BATCH_CONTENT_TYPE, 'application/octet-stream']);
     if (req.body.length > MAX_IO_BYTES + MAX_BATCH_HEADER_BYTES + 8)

@@ -151,6 +151,79 @@ export async function presignChunkRange(loc: ChunkLocation, start: number, end: 
   return `${request.protocol}//${host}${request.path}?${query}`;
 }
 
+/**
+ * A presigned URL for one PUT of a whole chunk object (docs/nbd-gateway.md, "Direct writes"):
+ * `If-None-Match: *`, its length and its CRC32C are signed in, so the URL writes nothing but a
+ * new object of exactly those bytes, for `expiresSeconds`. Returns the URL and the headers the
+ * holder must send. No request is sent.
+ */
+export async function presignChunkPut(
+  loc: ChunkLocation,
+  bytes: number,
+  crc32c: number,
+  expiresSeconds: number,
+): Promise<{ url: string; headers: Record<string, string> }> {
+  invariant(Number.isSafeInteger(bytes) && bytes > 0, () => `bad object length ${bytes}`);
+  invariant(expiresSeconds > 0 && expiresSeconds <= PRESIGN_MAX_SECONDS, () => `bad expiry ${expiresSeconds} s`);
+  const checksum = Buffer.alloc(4);
+  checksum.writeUInt32BE(crc32c >>> 0);
+  const client = s3();
+  const command = new PutObjectCommand({ Bucket: loc.bucket, Key: loc.key });
+  (command.middlewareStack as unknown as { add(mw: unknown, opts: { step: 'build'; name: string; priority: 'low' }): void }).add(
+    () => async (args: { request: ResolvedRequest }) => ({ output: { request: args.request }, response: {} }),
+    { step: 'build', name: 'sledgeTakeRequest', priority: 'low' },
+  );
+  const { request } = (await client.send(command)) as unknown as { request: ResolvedRequest };
+  presigner ??= new SignatureV4({
+    credentials: client.config.credentials,
+    region: client.config.region,
+    service: 's3',
+    sha256: client.config.sha256,
+    uriEscapePath: false,
+  });
+  const host = request.port ? `${request.hostname}:${request.port}` : request.hostname;
+  // Sent as headers and signed (unhoistable: `If-None-Match` and the checksum must reach S3 as headers).
+  const headers: Record<string, string> = {
+    'content-length': String(bytes),
+    'content-type': 'application/octet-stream',
+    'if-none-match': '*',
+    'x-amz-checksum-crc32c': checksum.toString('base64'),
+    'x-amz-sdk-checksum-algorithm': 'CRC32C',
+  };
+  const signed = await presigner.presign(
+    {
+      method: 'PUT',
+      protocol: request.protocol,
+      hostname: request.hostname,
+      ...(request.port ? { port: request.port } : {}),
+      path: request.path,
+      query: { ...request.query },
+      headers: { host, ...headers, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
+    },
+    { expiresIn: expiresSeconds, unhoistableHeaders: new Set(Object.keys(headers).filter((h) => h.startsWith('x-amz-'))) },
+  );
+  const query = Object.entries(signed.query ?? {})
+    .flatMap(([k, v]) =>
+      v === null ? [encodeURIComponent(k)] : (Array.isArray(v) ? v : [v]).map((one) => `${encodeURIComponent(k)}=${encodeURIComponent(one)}`),
+    )
+    .join('&');
+  return { url: `${request.protocol}//${host}${request.path}?${query}`, headers };
+}
+
+/**
+ * The length and stored whole-object CRC32C (base64, as S3 reports it; absent when the object
+ * was stored without one) of a chunk object, or null if it does not exist. No body is read.
+ */
+export async function statChunk(loc: ChunkLocation): Promise<{ bytes: number; crc32c?: string } | null> {
+  try {
+    const head = await s3().send(new HeadObjectCommand({ Bucket: loc.bucket, Key: loc.key, ChecksumMode: 'ENABLED' }));
+    return { bytes: head.ContentLength ?? -1, ...(head.ChecksumCRC32C ? { crc32c: head.ChecksumCRC32C } : {}) };
+  } catch (err) {
+    if (isMissing(err)) return null;
+    throw err;
+  }
+}
+
 /** The last `bytes` bytes of a chunk object (all of it if shorter), or null if it does not exist. */
 export async function getChunkTail(loc: ChunkLocation, bytes: number): Promise<Buffer | null> {
   invariant(bytes > 0, 'a tail of at least one byte');
@@ -296,6 +369,8 @@ export const s3ChunkStore: ChunkStore = {
   storedChunkEquals,
   getChunkRange,
   presignChunkRange,
+  presignChunkPut,
+  statChunk,
   getChunkTail,
   getChunk,
   deleteChunk,

@@ -38,6 +38,13 @@ export interface ChunkStore {
    * header) for `expiresSeconds`, signed with the head's credentials; no request is sent.
    */
   presignChunkRange(loc: ChunkLocation, start: number, end: number, expiresSeconds: number): Promise<string>;
+  /**
+   * A URL that lets its holder PUT one new chunk object of exactly `bytes` bytes with CRC32C
+   * `crc32c` (both signed in, with `If-None-Match: *`) for `expiresSeconds`, and the headers to send.
+   */
+  presignChunkPut(loc: ChunkLocation, bytes: number, crc32c: number, expiresSeconds: number): Promise<{ url: string; headers: Record<string, string> }>;
+  /** A chunk object's length and stored whole-object CRC32C (base64), without its body; null if it does not exist. */
+  statChunk(loc: ChunkLocation): Promise<{ bytes: number; crc32c?: string } | null>;
   /** The last `bytes` bytes of a chunk (all of it if shorter), or null if it does not exist. */
   getChunkTail(loc: ChunkLocation, bytes: number): Promise<Buffer | null>;
   /** A whole chunk, or null if it does not exist. */

@@ -238,6 +238,45 @@ export function chunkTrailer(descriptor: SegmentDescriptor & { chunkIndex: numbe
   return encodeTrailer({ ...descriptor, chunkIndex }, SEGMENT_FOOTER_MAGIC);
 }
 
+/**
+ * A descriptor with its keys in the order `encodeSegment` writes them, from its fields alone:
+ * the trailer of a segment encoded elsewhere (a gateway's direct write, docs/nbd-gateway.md) is
+ * then byte-identical to the one the head would write, whatever order the fields arrived in.
+ */
+export function canonicalDescriptor(d: SegmentDescriptor): SegmentDescriptor {
+  const writer: WriterIdentity = { id: d.writer.id };
+  if (d.writer.key !== undefined) writer.key = d.writer.key;
+  if (d.writer.generation !== undefined) writer.generation = d.writer.generation;
+  return {
+    v: 1,
+    volumeId: d.volumeId,
+    segmentId: d.segmentId,
+    seq: d.seq,
+    prev: d.prev,
+    writer,
+    k: d.k,
+    m: d.m,
+    blockSizeBytes: d.blockSizeBytes,
+    extents: d.extents.map((e) => [e[0], e[1], e[2]]),
+    chunkSizeBytes: d.chunkSizeBytes,
+    granuleBytes: d.granuleBytes,
+    payloadBytes: d.payloadBytes,
+    createdAt: d.createdAt,
+    crcs: d.crcs.map((c) => [...c]),
+  };
+}
+
+/**
+ * Chunk `i`'s trailer, whole-object length and whole-object CRC32C, from the descriptor alone
+ * (the granule CRCs combined, then the trailer): what `encodeSegment` writes and S3 stores.
+ */
+export function chunkObjectOf(d: SegmentDescriptor, i: number): { trailer: Buffer; bytes: number; crc: number } {
+  const trailer = encodeTrailer({ ...d, chunkIndex: i }, SEGMENT_FOOTER_MAGIC);
+  let crc = 0;
+  d.crcs[i]!.forEach((g, n) => (crc = crc32cCombine(crc, g, Math.min(d.granuleBytes, d.chunkSizeBytes - n * d.granuleBytes))));
+  return { trailer, bytes: d.chunkSizeBytes + trailer.length, crc: crc32c(trailer, crc) };
+}
+
 /** A trailer: `json | 8-byte magic | u32 json length | u32 CRC32C of the json`. */
 export function encodeTrailer(descriptor: object, magic: Buffer): Buffer {
   const json = JSON.stringify(descriptor);

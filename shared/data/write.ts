@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { checkpointAfterCommit } from '../maintenance/checkpoint-messages.ts';
 import { config, foldTailBound } from '../core/config.ts';
-import { FencedError, InvalidInputError, NotFoundError, UnavailableError, invariant } from '../core/errors.ts';
+import { ConflictError, FencedError, InvalidInputError, NotFoundError, UnavailableError, invariant } from '../core/errors.ts';
 import { encodePage, overlay, splitByPage, type Extent } from './extents.ts';
 import {
   CommitRefusedError,
@@ -22,7 +22,7 @@ import {
   type WriteBarrier,
 } from '../core/records.ts';
 import { sleep } from '../core/async.ts';
-import { encodeSegment, newSegmentId, segmentRecordOf, type WriterIdentity } from './segments.ts';
+import { encodeSegment, newSegmentId, segmentRecordOf, type SegmentDescriptor, type WriterIdentity } from './segments.ts';
 import { writeRefusal } from '../control/reservations.ts';
 import { type ChunkLocation } from './sleds.ts';
 import { writableDrives } from '../maintenance/drives.ts';
@@ -170,12 +170,7 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
       }
       if (attempt === 0) link.settled.resolve(outcome ? pagesOf(prepared.changes) : null);
       if (outcome) {
-        if (isFolding(v) && prepared.changes.length === 0) {
-          rememberTailSegment(v, prepared.record);
-          if (foldDue(v, outcome.commitSeq)) await queueFold(volumeId);
-        }
-        await checkpointAfterCommit(v, outcome.commitSeq);
-        await maybeQueueGc(volumeId, outcome.commitSeq);
+        await afterCommit(v, prepared, outcome);
         return outcome;
       }
     }
@@ -185,6 +180,16 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
     set.delete(entry);
     if (set.size === 0) inflight.delete(volumeId);
   }
+}
+
+/** What follows every commit of a write (direct or by reference): the tail, fold, checkpoint and GC triggers. */
+export async function afterCommit(v: VolumeRecord, prepared: PreparedWrite, outcome: WriteResult): Promise<void> {
+  if (isFolding(v) && prepared.changes.length === 0) {
+    rememberTailSegment(v, prepared.record);
+    if (foldDue(v, outcome.commitSeq)) await queueFold(v.volumeId);
+  }
+  await checkpointAfterCommit(v, outcome.commitSeq);
+  await maybeQueueGc(v.volumeId, outcome.commitSeq);
 }
 
 /**
@@ -281,6 +286,12 @@ export async function prepareWrite(
     onBuilt?: (seq: number, segmentId: string) => void;
     /** A rollback: these pages are replaced whole (docs/snapshots.md, "Rollback"). */
     replacePages?: Map<number, Extent[]>;
+    /**
+     * A segment a gateway encoded and uploaded itself (docs/nbd-gateway.md, "Direct writes"),
+     * already checked against `pieces` and its chunks verified: it is committed as is, nothing
+     * is encoded or uploaded, and its chunks are not deleted when the pages cannot be read.
+     */
+    uploaded?: { descriptor: SegmentDescriptor; locations: ChunkLocation[] };
   } = {},
 ): Promise<PreparedWrite> {
   const bs = v.blockSizeBytes;
@@ -289,10 +300,20 @@ export async function prepareWrite(
   // A maintenance writer (compaction) is fenced by the reservation generation at commit instead.
   const refusal = opts.maintenance ? null : writeRefusal(v.volumeId, v.reservations, requester.key);
   if (refusal) throw new FencedError(refusal);
-  const writer: WriterIdentity =
+  let writer: WriterIdentity =
     requester.key === undefined ? { id: requester.id } : { id: requester.id, key: requester.key, generation: v.reservations.registrants[requester.key]! };
-  const seq = v.headSeq + 1;
-  const segmentId = newSegmentId(seq);
+  const uploaded = opts.uploaded;
+  if (uploaded) {
+    const d = uploaded.descriptor;
+    // The segment names the head it was planned on; only that head can take it.
+    if (d.seq !== v.headSeq + 1 || d.prev !== v.headSegmentId) throw new ConflictError(`segment ${d.segmentId} was planned on another head; plan again`);
+    if (d.writer.key !== writer.key || d.writer.generation !== writer.generation) {
+      throw new FencedError(`segment ${d.segmentId} was planned under reservation key generation ${d.writer.generation}, which is no longer the key's`);
+    }
+    writer = d.writer;
+  }
+  const seq = uploaded ? uploaded.descriptor.seq : v.headSeq + 1;
+  const segmentId = uploaded ? uploaded.descriptor.segmentId : newSegmentId(seq);
   opts.onBuilt?.(seq, segmentId);
   const ref = segmentRef(v.volumeId, segmentId);
   const incoming: Extent[] = [];
@@ -339,42 +360,50 @@ export async function prepareWrite(
   else pagesRead = pageMap().getPages(v, pages);
   pagesRead.catch(() => undefined); // Awaited below; this only stops an early rejection going unhandled.
 
-  const encoded = await encodeSegment(
-    {
-      volumeId: v.volumeId,
-      segmentId,
-      seq,
-      prev: v.headSegmentId,
-      writer,
-      k: v.dataChunks,
-      m: v.parityChunks,
-      blockSizeBytes: bs,
-      extents: incoming.map((e) => [e.first, e.count, e.seg === null ? -1 : e.segBlock]),
-      ...(replace
-        ? {
-            pages: [...replace].map(([page, extents]): [number, string[], string] => {
-              const enc = encodePage(extents, page, v.pageBlocks);
-              return [page, enc.segs, Buffer.from(enc.ext).toString('base64')];
-            }),
-          }
-        : {}),
-    },
-    payloadParts,
-  );
+  let d: SegmentDescriptor;
   let locations: ChunkLocation[];
-  try {
-    const writable = await writableDrives();
-    const planned = placeStripe(v.volumeId, segmentId, v.dataChunks + v.parityChunks, config().sledBuckets, writable);
-    locations = await uploadChunks(v.volumeId, segmentId, planned, encoded.chunks, encoded.objectCrcs, encoded.descriptor.chunkSizeBytes, writable);
-  } finally {
-    // Every PUT of the chunks has settled (uploadChunks waits for all of them, failed or not).
-    encoded.release();
+  if (uploaded) {
+    d = uploaded.descriptor;
+    locations = uploaded.locations;
+  } else {
+    const encoded = await encodeSegment(
+      {
+        volumeId: v.volumeId,
+        segmentId,
+        seq,
+        prev: v.headSegmentId,
+        writer,
+        k: v.dataChunks,
+        m: v.parityChunks,
+        blockSizeBytes: bs,
+        extents: incoming.map((e) => [e.first, e.count, e.seg === null ? -1 : e.segBlock]),
+        ...(replace
+          ? {
+              pages: [...replace].map(([page, extents]): [number, string[], string] => {
+                const enc = encodePage(extents, page, v.pageBlocks);
+                return [page, enc.segs, Buffer.from(enc.ext).toString('base64')];
+              }),
+            }
+          : {}),
+      },
+      payloadParts,
+    );
+    try {
+      const writable = await writableDrives();
+      const planned = placeStripe(v.volumeId, segmentId, v.dataChunks + v.parityChunks, config().sledBuckets, writable);
+      locations = await uploadChunks(v.volumeId, segmentId, planned, encoded.chunks, encoded.objectCrcs, encoded.descriptor.chunkSizeBytes, writable);
+    } finally {
+      // Every PUT of the chunks has settled (uploadChunks waits for all of them, failed or not).
+      encoded.release();
+    }
+    d = encoded.descriptor;
   }
   let current: Awaited<typeof pagesRead>;
   try {
     current = await pagesRead;
   } catch (err) {
-    await deleteChunksQuietly(locations);
+    // A gateway's uploaded segment stays: its commit may be sent again (GC removes it otherwise).
+    if (!uploaded) await deleteChunksQuietly(locations);
     throw err;
   }
   const changes: PageChange[] = [...byPage].map(([page, top]) => {
@@ -395,7 +424,6 @@ export async function prepareWrite(
             return { tag, page, version: old?.version ?? 0, extents: old?.extents ?? [] };
           });
 
-  const d = encoded.descriptor;
   // The descriptor was built from this segment's id, seq and block size (encodeSegment above).
   const record: SegmentRecord = segmentRecordOf(d, locations);
   if (tail) record.extents = d.extents;

@@ -218,7 +218,7 @@ describe('shared/api/openapi.json and the router', () => {
       const queried = [...handler.matchAll(/intQuery\(req,\s*'(\w+)'\)|req\.query\.(\w+)/g)].map((m) => m[1] ?? m[2]);
       for (const q of queried) if (!named('query').has(q)) problems.push(`${route}: query parameter ${q} not documented`);
       if (/\b(writer|requestKey)\(req\)/.test(handler) && !named('header').has('x-sledge-reservation-key')) problems.push(`${route}: header x-sledge-reservation-key not documented`);
-      const readsBody = /\b(jsonBody|optionalJsonBody)\(req\)|req\.body\b/.test(handler);
+      const readsBody = /\b(jsonBody|optionalJsonBody)\(req[,)]|req\.body\b/.test(handler);
       if (readsBody && !op.requestBody) problems.push(`${route}: reads a body, documents none`);
       if (!readsBody && op.requestBody) problems.push(`${route}: documents a body it never reads (${method})`);
     }
