@@ -37,7 +37,8 @@ beforeAll(async () => {
   api = new Api(apiUrl);
   const gc = await privateQueue('gc');
   process.env.SLEDGE_GC_QUEUE_URL = gc.url;
-  process.env.SLEDGE_ORPHAN_GRACE_MS = '3000';
+  // Long enough that a GC pass (which folds and checkpoints first) on a loaded machine ends before a just-uploaded chunk is past it.
+  process.env.SLEDGE_ORPHAN_GRACE_MS = '10000';
   process.env.SLEDGE_GC_EVERY_COMMITS = '64';
 });
 
@@ -147,7 +148,7 @@ describe('garbage collection', () => {
     const again = await collectVolume(v.volumeId, { queueContinuation: false });
     expect(again).toMatchObject({ segmentsDeleted: 0, orphansDeleted: 0 });
     expect(again.segmentsCompacted).toBe(0);
-  });
+  }, 600_000); // 450 writes and several GC passes: about 200 s on a quiet machine
 
   it('deletes superseded segments, their chunks then their records, and never a referenced one', async () => {
     const v = await createVolume({ sizeBytes: 4 * MiB });
@@ -214,7 +215,7 @@ describe('garbage collection', () => {
     const orphan = await prepareWrite((await getVolume(v.volumeId))!, [{ offset: 4096, length: 4096, data: randomBytes(4096) }], { id: 'dead-head' });
     const young = await collectVolume(v.volumeId, { queueContinuation: false });
     expect(young.orphansDeleted).toBe(0);
-    await new Promise((r) => setTimeout(r, 3500));
+    await new Promise((r) => setTimeout(r, 10_500));
     // Past the grace, with the head still where the orphan was built: its commit could still
     // apply, so GC first makes that impossible with a tombstone under its segment id
     // (docs/page-map.md, "Settling an outcome"), then deletes its chunks.
@@ -265,7 +266,7 @@ describe('garbage collection', () => {
     expect(failed.body.toString()).toMatch(/no segment record.*rebuild/);
 
     // GC past the orphan grace: every chunk of a referenced segment stays.
-    await new Promise((r) => setTimeout(r, 3500));
+    await new Promise((r) => setTimeout(r, 10_500));
     const gc = await collectVolume(v.volumeId, { queueContinuation: false });
     const chunksAfter = (await stored(v.volumeId)).chunks;
     for (const key of chunksBefore.keys()) {
