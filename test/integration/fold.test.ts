@@ -141,10 +141,14 @@ describe('folding', () => {
     // A message delivered three times: two folders run to the end while the first is between its
     // first and second page writes; then the same message once more, late, through the worker.
     let inner: Awaited<ReturnType<typeof foldVolume>>[] = [];
+    let others: Promise<Awaited<ReturnType<typeof foldVolume>>[]> | undefined;
     const first = await foldVolume(m.volumeId, {
       hooks: {
+        // Each of the first folder's page writers, once its write is done, waits for the other
+        // two folders: its writes after that meet pages they wrote.
         afterPageWrite: async (written) => {
-          if (written === 1 && inner.length === 0) inner = await Promise.all([foldVolume(m.volumeId), foldVolume(m.volumeId)]);
+          if (written === 1 && !others) others = Promise.all([foldVolume(m.volumeId), foldVolume(m.volumeId)]);
+          if (others) inner = await others;
         },
       },
     });

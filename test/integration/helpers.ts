@@ -41,7 +41,11 @@ if (credentialsFile) {
 /** Puts the control plane's environment into this worker so shared modules can be used. */
 export function useSledgeEnv(): { apiUrl: string } {
   const env = inject('sledgeEnv');
+  // A tail bound a test file set for the volumes it creates itself wins over the control plane's
+  // default, as it does for a control plane (local/control-plane.ts; docs/page-map.md, "Folding").
+  const foldTailMax = process.env.SLEDGE_FOLD_TAIL_MAX;
   Object.assign(process.env, env, { AWS_ENDPOINT_URL: inject('endpointUrl') });
+  if (foldTailMax) process.env.SLEDGE_FOLD_TAIL_MAX = foldTailMax;
   if (!process.env.AWS_PROFILE) {
     process.env.AWS_ACCESS_KEY_ID ??= 'test';
     process.env.AWS_SECRET_ACCESS_KEY ??= 'test';
