@@ -111,44 +111,9 @@ let presigner: SignatureV4 | undefined;
  */
 export async function presignChunkRange(loc: ChunkLocation, start: number, end: number, expiresSeconds: number): Promise<string> {
   invariant(end > start && start >= 0, () => `bad range [${start}, ${end})`);
-  invariant(expiresSeconds > 0 && expiresSeconds <= PRESIGN_MAX_SECONDS, () => `bad expiry ${expiresSeconds} s`);
-  const client = s3();
   const range = `bytes=${start}-${end - 1}`;
-  const command = new GetObjectCommand({ Bucket: loc.bucket, Key: loc.key, Range: range });
-  // Last in the build step: the request is resolved, and nothing after (signing, retries, the
-  // request counter, fault injection, the network) runs.
-  (command.middlewareStack as unknown as { add(mw: unknown, opts: { step: 'build'; name: string; priority: 'low' }): void }).add(
-    () => async (args: { request: ResolvedRequest }) => ({ output: { request: args.request }, response: {} }),
-    { step: 'build', name: 'sledgeTakeRequest', priority: 'low' },
-  );
-  const { request } = (await client.send(command)) as unknown as { request: ResolvedRequest };
-  presigner ??= new SignatureV4({
-    credentials: client.config.credentials,
-    region: client.config.region,
-    service: 's3',
-    sha256: client.config.sha256,
-    uriEscapePath: false,
-  });
-  const host = request.port ? `${request.hostname}:${request.port}` : request.hostname;
-  const signed = await presigner.presign(
-    {
-      method: 'GET',
-      protocol: request.protocol,
-      hostname: request.hostname,
-      ...(request.port ? { port: request.port } : {}),
-      path: request.path,
-      query: { ...request.query },
-      // S3 takes presigned GETs with an unsigned payload; this header becomes a query parameter.
-      headers: { host, range, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
-    },
-    { expiresIn: expiresSeconds },
-  );
-  const query = Object.entries(signed.query ?? {})
-    .flatMap(([k, v]) =>
-      v === null ? [encodeURIComponent(k)] : (Array.isArray(v) ? v : [v]).map((one) => `${encodeURIComponent(k)}=${encodeURIComponent(one)}`),
-    )
-    .join('&');
-  return `${request.protocol}//${host}${request.path}?${query}`;
+  // S3 takes presigned GETs with an unsigned payload; the range header becomes a query parameter.
+  return presign(new GetObjectCommand({ Bucket: loc.bucket, Key: loc.key, Range: range }), 'GET', { range }, expiresSeconds);
 }
 
 /**
@@ -164,24 +129,8 @@ export async function presignChunkPut(
   expiresSeconds: number,
 ): Promise<{ url: string; headers: Record<string, string> }> {
   invariant(Number.isSafeInteger(bytes) && bytes > 0, () => `bad object length ${bytes}`);
-  invariant(expiresSeconds > 0 && expiresSeconds <= PRESIGN_MAX_SECONDS, () => `bad expiry ${expiresSeconds} s`);
   const checksum = Buffer.alloc(4);
   checksum.writeUInt32BE(crc32c >>> 0);
-  const client = s3();
-  const command = new PutObjectCommand({ Bucket: loc.bucket, Key: loc.key });
-  (command.middlewareStack as unknown as { add(mw: unknown, opts: { step: 'build'; name: string; priority: 'low' }): void }).add(
-    () => async (args: { request: ResolvedRequest }) => ({ output: { request: args.request }, response: {} }),
-    { step: 'build', name: 'sledgeTakeRequest', priority: 'low' },
-  );
-  const { request } = (await client.send(command)) as unknown as { request: ResolvedRequest };
-  presigner ??= new SignatureV4({
-    credentials: client.config.credentials,
-    region: client.config.region,
-    service: 's3',
-    sha256: client.config.sha256,
-    uriEscapePath: false,
-  });
-  const host = request.port ? `${request.hostname}:${request.port}` : request.hostname;
   // Sent as headers and signed (unhoistable: `If-None-Match` and the checksum must reach S3 as headers).
   const headers: Record<string, string> = {
     'content-length': String(bytes),
@@ -190,9 +139,43 @@ export async function presignChunkPut(
     'x-amz-checksum-crc32c': checksum.toString('base64'),
     'x-amz-sdk-checksum-algorithm': 'CRC32C',
   };
+  const unhoistable = new Set(Object.keys(headers).filter((h) => h.startsWith('x-amz-')));
+  const url = await presign(new PutObjectCommand({ Bucket: loc.bucket, Key: loc.key }), 'PUT', headers, expiresSeconds, unhoistable);
+  return { url, headers };
+}
+
+/**
+ * Presigns `command` with `headers` (plus host and an unsigned payload) for `expiresSeconds`:
+ * the SDK resolves the request (endpoint, path style, query), which is taken before signing and
+ * sending, and is signed here. No request is sent.
+ */
+async function presign(
+  command: GetObjectCommand | PutObjectCommand,
+  method: 'GET' | 'PUT',
+  headers: Record<string, string>,
+  expiresSeconds: number,
+  unhoistableHeaders?: Set<string>,
+): Promise<string> {
+  invariant(expiresSeconds > 0 && expiresSeconds <= PRESIGN_MAX_SECONDS, () => `bad expiry ${expiresSeconds} s`);
+  const client = s3();
+  // Last in the build step: the request is resolved, and nothing after (signing, retries, the
+  // request counter, fault injection, the network) runs.
+  (command.middlewareStack as unknown as { add(mw: unknown, opts: { step: 'build'; name: string; priority: 'low' }): void }).add(
+    () => async (args: { request: ResolvedRequest }) => ({ output: { request: args.request }, response: {} }),
+    { step: 'build', name: 'sledgeTakeRequest', priority: 'low' },
+  );
+  const { request } = (await (client.send as (c: unknown) => Promise<unknown>)(command)) as { request: ResolvedRequest };
+  presigner ??= new SignatureV4({
+    credentials: client.config.credentials,
+    region: client.config.region,
+    service: 's3',
+    sha256: client.config.sha256,
+    uriEscapePath: false,
+  });
+  const host = request.port ? `${request.hostname}:${request.port}` : request.hostname;
   const signed = await presigner.presign(
     {
-      method: 'PUT',
+      method,
       protocol: request.protocol,
       hostname: request.hostname,
       ...(request.port ? { port: request.port } : {}),
@@ -200,14 +183,14 @@ export async function presignChunkPut(
       query: { ...request.query },
       headers: { host, ...headers, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
     },
-    { expiresIn: expiresSeconds, unhoistableHeaders: new Set(Object.keys(headers).filter((h) => h.startsWith('x-amz-'))) },
+    { expiresIn: expiresSeconds, ...(unhoistableHeaders ? { unhoistableHeaders } : {}) },
   );
   const query = Object.entries(signed.query ?? {})
     .flatMap(([k, v]) =>
       v === null ? [encodeURIComponent(k)] : (Array.isArray(v) ? v : [v]).map((one) => `${encodeURIComponent(k)}=${encodeURIComponent(one)}`),
     )
     .join('&');
-  return { url: `${request.protocol}//${host}${request.path}?${query}`, headers };
+  return `${request.protocol}//${host}${request.path}?${query}`;
 }
 
 /**
