@@ -200,19 +200,13 @@ export async function planWrite(volumeId: string, body: Record<string, unknown>,
   fencing(v, key);
   const seq = base.seq + 1;
   const createdAtMs = Date.now();
-  const descriptor = canonicalDescriptor({
-    v: 1,
-    volumeId,
+  const descriptor = directDescriptor(v, {
     segmentId: newSegmentId(seq),
     seq,
     prev: base.segmentId,
     writer: writerOf(v, key),
-    k: v.dataChunks,
-    m: v.parityChunks,
-    blockSizeBytes: v.blockSizeBytes,
     extents,
     chunkSizeBytes,
-    granuleBytes: GRANULE_BYTES,
     payloadBytes,
     createdAt: new Date(createdAtMs).toISOString(),
     crcs,
@@ -295,23 +289,7 @@ function checkDescriptor(v: VolumeRecord, raw: unknown, key: string | undefined)
   if (typeof o.createdAt !== 'string' || Number.isNaN(Date.parse(o.createdAt)) || new Date(Date.parse(o.createdAt)).toISOString() !== o.createdAt) {
     throw new InvalidInputError('descriptor.createdAt must be an ISO time');
   }
-  const d = canonicalDescriptor({
-    v: 1,
-    volumeId: v.volumeId,
-    segmentId: o.segmentId,
-    seq,
-    prev: o.prev,
-    writer,
-    k: v.dataChunks,
-    m: v.parityChunks,
-    blockSizeBytes: v.blockSizeBytes,
-    extents,
-    chunkSizeBytes,
-    granuleBytes: GRANULE_BYTES,
-    payloadBytes,
-    createdAt: o.createdAt,
-    crcs,
-  });
+  const d = directDescriptor(v, { segmentId: o.segmentId, seq, prev: o.prev, writer, extents, chunkSizeBytes, payloadBytes, createdAt: o.createdAt, crcs });
   return { d, pieces };
 }
 
@@ -400,4 +378,24 @@ export async function commitByReference(volumeId: string, body: Record<string, u
   if (!outcome) throw new ConflictError(`another commit moved the head of ${volumeId} first; plan again`);
   await afterCommit(v, prepared, outcome);
   return outcome;
+}
+
+/**
+ * The descriptor of a gateway's segment of volume `v`: what the plan hands out and what the
+ * commit rebuilds from the gateway's fields, built by this one function so the two cannot differ
+ * in what the volume decides (format, k, m, block and granule size).
+ */
+function directDescriptor(
+  v: VolumeRecord,
+  f: Pick<SegmentDescriptor, 'segmentId' | 'seq' | 'prev' | 'writer' | 'extents' | 'chunkSizeBytes' | 'payloadBytes' | 'createdAt' | 'crcs'>,
+): SegmentDescriptor {
+  return canonicalDescriptor({
+    v: 1,
+    volumeId: v.volumeId,
+    ...f,
+    k: v.dataChunks,
+    m: v.parityChunks,
+    blockSizeBytes: v.blockSizeBytes,
+    granuleBytes: GRANULE_BYTES,
+  });
 }
