@@ -14,6 +14,7 @@
  * flight together (docs/nbd-gateway.md).
  */
 import { encodeBatch } from '#shared/api/batch.ts';
+import { type Deferred, deferred, sleep } from '#shared/core/async.ts';
 import { requestSigner, type RequestSigner } from '#shared/api/signing.ts';
 import type { ReadPlan } from '#shared/data/read-plan.ts';
 import type { IncomingHttpHeaders } from 'node:http';
@@ -123,18 +124,6 @@ interface DirectLink {
   done: boolean;
 }
 
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve: (value: T) => void;
-}
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: (value: T) => void;
-  const promise = new Promise<T>((r) => (resolve = r));
-  return { promise, resolve };
-}
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 export class VolumeClient {
   private readonly attemptMax: number;

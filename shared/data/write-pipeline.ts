@@ -10,6 +10,7 @@
  * `writePieces` (shared/data/write.ts) joins the chain when it starts, tells its link what it
  * built on (`built`) and what its commit left (`settled`), and leaves when it is done.
  */
+import { type Deferred, deferred } from '../core/async.ts';
 import type { PageChange, PageRecord, VolumeRecord } from '../core/records.ts';
 import { pageMap } from '../ports.ts';
 import type { WriterIdentity } from './segments.ts';
@@ -29,17 +30,6 @@ const chains = new Map<string, ChainLink>();
 /** Thrown by `pagesAfter` when the write a commit was built on did not commit: start over on the head. */
 export class PredecessorFailedError extends Error {
   override name = 'PredecessorFailedError';
-}
-
-export interface Deferred<T> {
-  promise: Promise<T>;
-  resolve: (value: T) => void;
-}
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: (value: T) => void;
-  const promise = new Promise<T>((r) => (resolve = r));
-  return { promise, resolve };
 }
 
 /**
