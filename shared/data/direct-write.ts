@@ -6,7 +6,7 @@
  * is checked field by field and rebuilt, and the chunks are verified by their stored length and
  * CRC32C before the ordinary commit runs.
  */
-import { config, foldTailBound } from '../core/config.ts';
+import { config } from '../core/config.ts';
 import { ConflictError, FencedError, InvalidInputError } from '../core/errors.ts';
 import { MAX_PAGES_PER_COMMIT, segmentRef } from '../core/records.ts';
 import type { VolumeRecord } from '../core/records.ts';
@@ -29,7 +29,7 @@ import {
   type WriterIdentity,
 } from './segments.ts';
 import { type ChunkLocation, parseChunkKey } from './sleds.ts';
-import { isFolding } from './tail.ts';
+import { isFolding, tailFull } from './tail.ts';
 import { HEAD_ID, MAX_IO_BYTES, checkRange, requireActive } from './volume-rules.ts';
 import { deleteChunksQuietly } from './upload.ts';
 import { MAX_SEGMENT_EXTENTS, afterCommit, completeWrite, prepareWrite, type WritePiece, type WriteResult } from './write.ts';
@@ -366,7 +366,7 @@ export async function commitByReference(volumeId: string, body: Record<string, u
       throw new ConflictError(`chunk ${i} of segment ${d.segmentId} is stored with another CRC32C than its descriptor gives`);
   });
   let v = v0;
-  if (isFolding(v) && v.headSeq - v.foldedSeq >= foldTailBound(v)) {
+  if (tailFull(v)) {
     // The tail is full (docs/page-map.md, "Folding"): fold first, as a write through the API does.
     await foldVolume(volumeId, { batchesMax: 1 });
     v = requireActive(await pageMap().getVolume(volumeId), volumeId);

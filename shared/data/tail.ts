@@ -3,6 +3,7 @@
  * its page items, cached by each head (their extents never change), and the live pages with
  * the tail laid over them.
  */
+import { foldTailBound } from '../core/config.ts';
 import { DataUnavailableError } from '../core/errors.ts';
 import { segmentRef, type PageRecord, type SegmentRecord, type VolumeRecord } from '../core/records.ts';
 import { overlay, splitByPage, type Extent } from './extents.ts';
@@ -14,6 +15,11 @@ export type TailVolume = Pick<VolumeRecord, 'volumeId' | 'pageBlocks' | 'headSeq
 /** Whether a volume commits by folding (its protocol is fixed at creation). */
 export function isFolding<V extends Pick<VolumeRecord, 'foldedSeq'>>(v: V): v is V & { foldedSeq: number } {
   return v.foldedSeq !== undefined;
+}
+
+/** Whether a commit after `headSeq` (default: the volume's head) would find the tail of folding volume `v` full: it must be folded first. */
+export function tailFull(v: Pick<VolumeRecord, 'foldedSeq' | 'foldTailMax' | 'headSeq'>, headSeq = v.headSeq): boolean {
+  return isFolding(v) && headSeq - v.foldedSeq >= foldTailBound(v);
 }
 
 /** A committed segment of a tail: its extents split by page, as a fold lays them over the pages. */

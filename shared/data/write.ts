@@ -6,7 +6,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { checkpointAfterCommit } from '../maintenance/checkpoint-messages.ts';
-import { config, foldTailBound } from '../core/config.ts';
+import { config } from '../core/config.ts';
 import { ConflictError, FencedError, InvalidInputError, NotFoundError, UnavailableError, invariant } from '../core/errors.ts';
 import { encodePage, overlay, splitByPage, type Extent } from './extents.ts';
 import {
@@ -33,7 +33,7 @@ import { geometryCache, pageRange, rememberGeometry } from './read.ts';
 import { workQueue } from '../ports.ts';
 import { pageMap } from '../ports.ts';
 import { joinChain, leaveChain, pagesAfter, pagesOf, PredecessorFailedError } from './write-pipeline.ts';
-import { isFolding, rememberTailSegment } from './tail.ts';
+import { isFolding, rememberTailSegment, tailFull } from './tail.ts';
 import { foldDue, foldVolume, queueFold } from '../maintenance/fold.ts';
 
 /** Extents one segment of a folding volume holds at most: its record stays under DynamoDB's 400 KB item (at most 18 bytes each, about 4 for a scattered 4 KiB write). */
@@ -126,7 +126,7 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
       if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
       // The first attempt builds on the predecessor when there is one; retries on the head.
       let base = attempt === 0 && predecessor ? await predecessor.built.promise : null;
-      if (base && isFolding(base.volume) && base.seq - base.volume.foldedSeq >= foldTailBound(base.volume)) {
+      if (base && tailFull(base.volume, base.seq)) {
         // A commit on the predecessor would find the tail full (docs/page-map.md, "Folding") and be
         // refused: wait for the predecessor to settle, then fold and commit on the head below, in
         // order, instead of uploading a segment bound to be refused.
@@ -144,7 +144,7 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
         v = requireActive(early ? early.volume : await pageMap().getVolume(volumeId), volumeId);
         rememberGeometry(v);
         opts = { pages: early ?? undefined };
-        if (isFolding(v) && v.headSeq - v.foldedSeq >= foldTailBound(v)) {
+        if (tailFull(v)) {
           // The tail is full (docs/page-map.md, "Folding"): the write waits while it is folded here.
           await foldVolume(volumeId, { batchesMax: 1 });
           v = requireActive(await pageMap().getVolume(volumeId), volumeId);
