@@ -3,13 +3,12 @@
  * in one transaction for groups that fit one, and behind write barriers for larger ones;
  * listing, describing and deleting them, and aborting one whose coordinator died.
  */
-import { isFolding } from '../data/tail.ts';
-import { foldVolume } from '../maintenance/fold.ts';
+import { foldThrough } from '../maintenance/fold.ts';
 import { randomBytes } from 'node:crypto';
 import { config } from '../core/config.ts';
 import { ConflictError, FencedError, InvalidInputError, NotFoundError, UnavailableError } from '../core/errors.ts';
 import type { GroupMemberSnapshot, GroupRecord, GroupSnapshotRecord, MemberRefusal } from '../core/groups.ts';
-import type { SnapshotRecord, VolumeRecord } from '../core/records.ts';
+import { type SnapshotRecord, tagInTail, tagsRead, type VolumeRecord } from '../core/records.ts';
 import { sleep } from '../core/async.ts';
 import type { WriterIdentity } from '../data/segments.ts';
 import { commitWriter } from '../data/write.ts';
@@ -104,7 +103,7 @@ function memberSnapshot(v: VolumeRecord | null, volumeId: string, g: GroupRecord
   const writer = commitWriter(
     requester.key === undefined ? { id: requester.id } : { id: requester.id, key: requester.key, generation: v.reservations.registrants[requester.key]! },
   );
-  return { record, writer } satisfies GroupMemberSnapshot;
+  return { record, writer, tags: tagsRead(v) } satisfies GroupMemberSnapshot;
 }
 
 /** The answer to members refused in a transaction: an error to give, or null to try again (a head moved, a barrier, a purge). */
@@ -153,13 +152,18 @@ function newGroupSnapshotId(groupId: string): string {
 
 async function readMembers(g: GroupRecord): Promise<Array<VolumeRecord | null>> {
   const volumes = await groupStore().getVolumes(g.members);
-  // A folding member's snapshot is taken on an empty tail (docs/page-map.md, "Folding"): fold
-  // those with a tail, then read them again. A commit in between refuses the snapshot point,
-  // which is tried again like a moved head.
-  const tails = volumes.filter((v): v is VolumeRecord => v !== null && isFolding(v) && v.foldedSeq < v.headSeq);
-  if (tails.length === 0) return volumes;
-  await Promise.all(tails.map((v) => foldVolume(v.volumeId)));
+  // At most one tag lies in a folding member's tail (docs/page-map.md, "Snapshots on a tail"):
+  // fold those whose previous tag still does up to it, then read them again. Those folds end at
+  // fixed seqs, so commits meanwhile only move heads, which the snapshot point is tried on again.
+  const behind = volumes.filter((v): v is VolumeRecord => v !== null && tagBehind(v));
+  if (behind.length === 0) return volumes;
+  await Promise.all(behind.map((v) => foldThrough(v, v.snapSeq!)));
   return groupStore().getVolumes(g.members);
+}
+
+/** Whether a member's next snapshot point must wait for a fold up to its previous tag (a new tag at its head would be a second one in its tail). */
+function tagBehind(v: VolumeRecord): boolean {
+  return tagInTail(v) && v.snapSeq !== v.headSeq;
 }
 
 /** The one-transaction path: no barrier, no wait for writers. Null when commits kept moving the heads (GROUP_SNAPSHOT_ATTEMPT_MAX attempts). */
@@ -185,7 +189,9 @@ async function snapshotAtOnce(g: GroupRecord, requester: WriterIdentity): Promis
     // When commits only moved heads, try again at once on the heads the refusal returned (the
     // conditions check them again); a barrier, a purge or anything else backs off and reads anew.
     const nowMs = Date.now();
-    const headsMoved = refused.every((r) => r.current && r.current.snapPurge === undefined && !(r.current.barrier && r.current.barrier.expiresAtMs >= nowMs));
+    const headsMoved = refused.every(
+      (r) => r.current && r.current.snapPurge === undefined && !tagBehind(r.current) && !(r.current.barrier && r.current.barrier.expiresAtMs >= nowMs),
+    );
     known = headsMoved && attempt % 4 !== 3 ? volumes.map((v) => refused.find((r) => r.volumeId === v?.volumeId)?.current ?? v) : null;
   }
   return null;

@@ -4,19 +4,20 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { ConflictError, FencedError, InvalidInputError, NotFoundError, UnavailableError } from '../core/errors.ts';
-import { CommitRefusedError, MAX_PAGES_PER_COMMIT, type SnapshotRecord } from '../core/records.ts';
+import { CommitRefusedError, MAX_PAGES_PER_COMMIT, type SnapshotRecord, tagInTail } from '../core/records.ts';
 import { sleep } from '../core/async.ts';
 import type { Extent } from '../data/extents.ts';
 import type { WriterIdentity } from '../data/segments.ts';
 import { requireActive } from '../data/volume-rules.ts';
 import { commitWriter, completeWrite, prepareWrite, type WriteResult } from '../data/write.ts';
 import { isFolding } from '../data/tail.ts';
-import { foldVolume } from '../maintenance/fold.ts';
+import { foldThrough, foldVolume } from '../maintenance/fold.ts';
 import {
   checkSnapshotIdField,
   forgetSnapshot,
   ownPages,
   requireSnapshot,
+  snapshotFolded,
   snapshotViewPoint,
   snapshotVolume,
   viewPages,
@@ -92,9 +93,10 @@ export async function createSnapshot(volumeId: string, body: unknown, requester:
   for (let attempt = 0; attempt < SNAPSHOT_ATTEMPT_MAX; attempt++) {
     if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
     let v = requireActive(await pageMap().getVolume(volumeId), volumeId);
-    if (isFolding(v) && v.foldedSeq < v.headSeq) {
-      // A snapshot of a folding volume is taken on an empty tail (docs/page-map.md, "Folding").
-      await foldVolume(volumeId);
+    if (tagInTail(v) && v.snapSeq !== v.headSeq) {
+      // At most one tag lies in a folding volume's tail (docs/page-map.md, "Snapshots on a
+      // tail"): fold up to the previous one first. It ends at a fixed seq, whatever commits.
+      await foldThrough(v, v.snapSeq!);
       v = requireActive(await pageMap().getVolume(volumeId), volumeId);
     }
     if (v.snapPurge !== undefined && Date.now() < purgeWaitUntil) {
@@ -131,7 +133,7 @@ export async function createSnapshot(volumeId: string, body: unknown, requester:
         continue;
       }
       if (!(err instanceof CommitRefusedError)) throw err;
-      if (err.reason === 'head-moved' || err.reason === 'tail-full') continue; // folded again on the next attempt
+      if (err.reason === 'head-moved' || err.reason === 'tag-unfolded') continue; // read (and folded) again on the next attempt
       if (err.reason === 'fenced') throw new FencedError(err.message);
       requireActive(err.currentVolume ?? null, volumeId);
       throw err;
@@ -206,6 +208,9 @@ export async function purgeSnapshots(volumeId: string): Promise<{ purged: number
   try {
     // Snapshots cannot be taken while the lock is held, so snapSeq and the ready set stay as read.
     const locked = (await pageMap().getVolume(volumeId)) ?? v;
+    // Folders below the newest tag freeze under the one before it, which may be a tag purged
+    // here: past the newest, none freezes under an older one (docs/page-map.md, "Snapshots on a tail").
+    if (tagInTail(locked)) await foldThrough(locked, locked.snapSeq!);
     const records = await pageMap().listSnapshots(volumeId);
     // A `pending` member of a group snapshot may still become ready: it counts as kept.
     const ready = records.filter((s) => s.state !== 'deleting');
@@ -282,6 +287,9 @@ function extentAt(extents: readonly Extent[], block: number): Extent | undefined
 async function candidatePages(target: ViewPoint, base: { volumeId: string; seq: number } | null, depth = 0): Promise<Set<number>> {
   const out = new Set<number>();
   const volumeId = target.volume.volumeId;
+  // The frozen copies (and, on a folding volume, the page items) say what changed up to the
+  // target once the folder has passed it (docs/page-map.md, "Snapshots on a tail").
+  if (target.atSeq !== undefined) await snapshotFolded(target as ViewPoint & { atSeq: number });
   if (base && base.volumeId === volumeId) {
     // Pages frozen under tags in [base, target) changed in between (docs/snapshots.md).
     for await (const f of pageMap().listFrozenPages(volumeId, target.volume.pageBlocks, base.seq, target.atSeq)) out.add(f.page);

@@ -8,6 +8,7 @@ import type { ParentRef, SnapshotRecord, VolumeRecord } from '../core/records.ts
 import { clip, type Extent } from './extents.ts';
 import { groupStore, pageMap } from '../ports.ts';
 import { livePages as liveWithTail, type TailVolume } from './tail.ts';
+import { foldThrough } from '../maintenance/fold.ts';
 
 /** Where a view looks: a live volume, or one of its snapshots (`atSeq`). */
 export interface ViewPoint {
@@ -48,6 +49,7 @@ function remember(key: string, extents: Extent[]): void {
 /** Drops what this process cached of a snapshot (it was deleted). */
 export function forgetSnapshot(snapshotId: string): void {
   parentPoints.delete(snapshotId);
+  foldedSnapshots.delete(snapshotId);
   for (const key of snapshotPages.keys()) if (key.startsWith(`${snapshotId}:`)) snapshotPages.delete(key);
 }
 
@@ -72,6 +74,7 @@ export async function ownPages(vp: ViewPoint, pageNums: readonly number[], live?
     else missing.push(p);
   }
   if (missing.length === 0) return out;
+  await snapshotFolded(vp as ViewPoint & { atSeq: number });
   // The order matters (docs/snapshots.md, "Reading a snapshot"): the live pages first, then the
   // tags, then the frozen pages. A commit that changed a page after the snapshot froze it first
   // under a tag whose record existed before that commit, so whatever live page was read, a
@@ -97,6 +100,25 @@ export async function ownPages(vp: ViewPoint, pageNums: readonly number[], live?
     if (vp.snapshotId) remember(`${vp.snapshotId}:${p}`, extents);
   }
   return out;
+}
+
+/** Snapshots this process found folded past (the folded point only rises). */
+const foldedSnapshots = new Set<string>();
+const FOLDED_SNAPSHOTS_MAX = 65536;
+
+/**
+ * A snapshot taken on a folding volume's tail is read once the folder has passed it: its frozen
+ * copies are complete then (docs/page-map.md, "Snapshots on a tail"). One volume read per
+ * snapshot per process; a fold of at most one tail the first time.
+ */
+export async function snapshotFolded(vp: ViewPoint & { atSeq: number }): Promise<void> {
+  if (vp.snapshotId && foldedSnapshots.has(vp.snapshotId)) return;
+  const v = await pageMap().getVolume(vp.volume.volumeId);
+  if (!v) throw new NotFoundError(`volume ${vp.volume.volumeId} does not exist`);
+  await foldThrough(v, vp.atSeq);
+  if (!vp.snapshotId) return;
+  if (foldedSnapshots.size >= FOLDED_SNAPSHOTS_MAX) foldedSnapshots.clear();
+  foldedSnapshots.add(vp.snapshotId);
 }
 
 /** The view point of a parent snapshot (cached). */

@@ -5,8 +5,8 @@
  * any number of folders may run at once; each page write is conditioned on the item it read.
  */
 import { foldTailBound } from '../core/config.ts';
-import { DataUnavailableError } from '../core/errors.ts';
-import type { FrozenPage, PageRecord, VolumeRecord } from '../core/records.ts';
+import { DataUnavailableError, UnavailableError } from '../core/errors.ts';
+import { type FrozenPage, type PageRecord, tagInTail, type VolumeRecord } from '../core/records.ts';
 import { foldPage, isFolding, tailSegments, type TailSegment } from '../data/tail.ts';
 import { pageMap, workQueue } from '../ports.ts';
 
@@ -36,6 +36,11 @@ export interface FoldOptions {
    * short tail rewrites the same pages for a few commits each).
    */
   minTail?: number;
+  /**
+   * Folds only until `foldedSeq` reaches this seq (a snapshot's, for its readers and takers),
+   * however many batches that takes, and whatever `minTail` says.
+   */
+  upTo?: number;
   /** Test hooks: after a step's pages are read, after each page write of a batch (a test kills the folder there), and before raising the folded point. */
   hooks?: { afterPagesRead?: () => Promise<void>; afterPageWrite?: (written: number) => Promise<void>; beforeAdvance?: (seq: number) => Promise<void> };
 }
@@ -62,7 +67,7 @@ export async function queueFold(volumeId: string): Promise<void> {
 
 /**
  * Folds the tail of a volume: each batch takes the segments `(foldedSeq, F]`, lays them over
- * every page they touch (freezing each first under the newest snapshot tag) and writes each page
+ * every page they touch (freezing each first under the batch's tag, see batchTag) and writes each page
  * once, then raises `foldedSeq` to `F`.
  *
  * @example
@@ -70,22 +75,25 @@ export async function queueFold(volumeId: string): Promise<void> {
  */
 export async function foldVolume(volumeId: string, opts: FoldOptions = {}): Promise<FoldReport> {
   const report: FoldReport = { volumeId, fromSeq: 0, toSeq: 0, segmentsFolded: 0, pagesWritten: 0, pagesSkipped: 0, pagesRetried: 0, framesFrozen: 0 };
-  const batchesMax = opts.batchesMax ?? BATCHES_MAX;
+  const batchesMax = opts.batchesMax ?? (opts.upTo === undefined ? BATCHES_MAX : Number.POSITIVE_INFINITY);
   let first = true;
   for (let batch = 0; batch < batchesMax; ) {
     const v = await pageMap().getVolume(volumeId);
     if (!v || v.state !== 'active' || !isFolding(v))
       return { ...report, skipped: v ? (isFolding(v) ? `volume is ${v.state}` : 'volume does not fold') : 'no such volume' };
     if (first) report.fromSeq = report.toSeq = v.foldedSeq;
-    if (first && v.headSeq - v.foldedSeq < (opts.minTail ?? 1)) return { ...report, skipped: `tail of ${v.headSeq - v.foldedSeq} commits` };
+    if (opts.upTo !== undefined && v.foldedSeq >= opts.upTo) return report;
+    if (first && opts.upTo === undefined && v.headSeq - v.foldedSeq < (opts.minTail ?? 1))
+      return { ...report, skipped: `tail of ${v.headSeq - v.foldedSeq} commits` };
     first = false;
     if (v.foldedSeq >= v.headSeq) return report;
-    const read = await tailSegments(v, v.foldedSeq, Math.min(v.headSeq, v.foldedSeq + foldTailBound(v)));
+    const { tag, limit } = batchTag(v);
+    const read = await tailSegments(v, v.foldedSeq, Math.min(limit, v.foldedSeq + foldTailBound(v)));
     checkChain(v, read);
     const tail = withinPages(read, opts.pagesMax ?? PAGES_PER_BATCH_MAX);
     const target = tail[tail.length - 1]!.seq;
-    const done = await foldBatch(v, tail, report, opts);
-    if (!done) continue; // a snapshot was taken meanwhile (or the volume stopped serving): read it again
+    const done = await foldBatch(v, tag, tail, report, opts);
+    if (!done) continue; // the volume stopped serving: read it again (and stop)
     await opts.hooks?.beforeAdvance?.(target);
     await pageMap().advanceFoldedSeq(volumeId, target, tail[tail.length - 1]!.segmentId);
     report.toSeq = Math.max(report.toSeq, target);
@@ -93,6 +101,38 @@ export async function foldVolume(volumeId: string, opts: FoldOptions = {}): Prom
     batch++;
   }
   return report;
+}
+
+/**
+ * Makes sure a folding volume is folded at least up to `seq`, a snapshot's: whatever reads a
+ * snapshot's frozen copies needs them complete, and they are once the folder has passed it
+ * (docs/page-map.md, "Snapshots on a tail"). `v` may be stale (the folded point only rises).
+ * Nothing to do for a volume that does not fold. 503 while the volume cannot be folded (a
+ * rebuild, which folds everything, holds it).
+ *
+ * @example
+ * await foldThrough(volume, snapshot.seq); // then read its frozen pages as on any volume
+ */
+export async function foldThrough(v: Pick<VolumeRecord, 'volumeId' | 'foldedSeq'>, seq: number): Promise<void> {
+  if (v.foldedSeq === undefined || v.foldedSeq >= seq) return;
+  const report = await foldVolume(v.volumeId, { upTo: seq });
+  if (report.toSeq >= seq) return;
+  const now = await pageMap().getVolume(v.volumeId);
+  if (now && (now.foldedSeq ?? seq) >= seq) return; // another folder (or a rebuild) got there
+  throw new UnavailableError(
+    `volume ${v.volumeId} is ${now ? now.state : 'gone'}: its commits up to seq ${seq} cannot be folded now (${report.skipped ?? 'no progress'}); retry`,
+    { retryAfterSeconds: 2 },
+  );
+}
+
+/**
+ * The tag a batch starting at `v.foldedSeq` freezes under and writes as its pages' `ft` (the
+ * newest tag at or below the batch's start), and the seq the batch may reach at most: a batch
+ * never folds across a tag (docs/page-map.md, "Snapshots on a tail").
+ */
+export function batchTag(v: Pick<VolumeRecord, 'headSeq' | 'snapSeq' | 'snapPrev'> & { foldedSeq: number }): { tag: number | undefined; limit: number } {
+  if (tagInTail(v)) return { tag: v.snapPrev, limit: v.snapSeq! };
+  return { tag: v.snapSeq, limit: v.headSeq };
 }
 
 /**
@@ -125,22 +165,27 @@ function checkChain(v: VolumeRecord & { foldedSeq: number }, tail: readonly Tail
 }
 
 /**
- * Writes every page `tail` touches, folded to its last seq. False when the snapshot tag changed
- * since `v` was read (the pages may hold commits after the new tag: the caller starts over).
+ * Writes every page `tail` touches, folded to its last seq, freezing each first under `tag`.
+ * False when the volume stopped serving (the caller reads it again and stops).
  */
-async function foldBatch(v: VolumeRecord & { foldedSeq: number }, tail: readonly TailSegment[], report: FoldReport, opts: FoldOptions): Promise<boolean> {
+async function foldBatch(
+  v: VolumeRecord & { foldedSeq: number },
+  tag: number | undefined,
+  tail: readonly TailSegment[],
+  report: FoldReport,
+  opts: FoldOptions,
+): Promise<boolean> {
   const touched = [...new Set(tail.flatMap((s) => [...s.byPage.keys()]))].sort((a, b) => a - b);
   for (let i = 0; i < touched.length; i += PAGES_PER_STEP) {
     const step = touched.slice(i, i + PAGES_PER_STEP);
     const read = await pageMap().getPages(v, step);
     await opts.hooks?.afterPagesRead?.();
-    // The pages were read after the volume item: if a snapshot was taken in between, freezing
-    // them under the older tag could change the older snapshot. Snapshots need an empty tail,
-    // so one taken now means this batch was folded by another folder: nothing here is needed.
+    // A snapshot taken since `v` was read needs no start over: its tag is at a head at or above
+    // this batch's end, so `tag` is still the newest at or below the batch's start, and a page
+    // already folded past the new tag is at or above the batch's end, which foldPage skips.
     const now = await pageMap().getVolume(v.volumeId);
-    if (!now || now.state !== 'active' || now.snapSeq !== v.snapSeq) return false;
+    if (!now || now.state !== 'active') return false;
     const folds = step.map((page) => ({ page, item: read.get(page) ?? null, folded: foldPage(page, read.get(page), tail, v.foldedSeq) }));
-    const tag = v.snapSeq;
     if (tag !== undefined) {
       // Copy on first change after a snapshot, as writers of the unfolded protocol do (docs/snapshots.md).
       const freeze: FrozenPage[] = folds
@@ -152,7 +197,7 @@ async function foldBatch(v: VolumeRecord & { foldedSeq: number }, tail: readonly
     const pending = folds.filter((f) => f.folded);
     try {
       await inFlight(pending, PAGE_WRITES_IN_FLIGHT, async (f) => {
-        await writeFolded(v, tail, f.page, f.item, f.folded!, report);
+        await writeFolded(v, tag, tail, f.page, f.item, f.folded!, report);
         await opts.hooks?.afterPageWrite?.(report.pagesWritten);
       });
     } catch (err) {
@@ -173,13 +218,13 @@ class VolumeStoppedError extends Error {
 /** Writes one folded page; when its item changed since it was read, reads it again and folds that. */
 async function writeFolded(
   v: VolumeRecord & { foldedSeq: number },
+  tag: number | undefined,
   tail: readonly TailSegment[],
   page: number,
   item: PageRecord | null,
   folded: PageRecord,
   report: FoldReport,
 ): Promise<void> {
-  const tag = v.snapSeq;
   for (let attempt = 0; ; attempt++) {
     const out: PageRecord = { ...folded, ...(tag === undefined ? {} : { frozenTag: tag }) };
     const put = await pageMap().putFoldedPage(v.volumeId, v.pageBlocks, out, item);
@@ -197,8 +242,8 @@ async function writeFolded(
       return;
     }
     if (tag !== undefined && item?.frozenTag !== tag) {
-      // The item changed under the same tag (the tag was checked after the first read, and a
-      // new one needs an empty tail, which this batch keeps from being): its copy is made.
+      // The item changed, but not past the batch's end (foldPage skips those), so not past a
+      // newer tag either: its copy under the batch's tag is made, as above.
       report.framesFrozen += await pageMap().freezePages(v.volumeId, v.pageBlocks, [{ tag, page, version: item?.version ?? 0, extents: item?.extents ?? [] }]);
     }
     folded = again;

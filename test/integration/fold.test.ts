@@ -14,7 +14,7 @@ import { toSqsRecord } from '#local/sqs-poller.ts';
 import { pageMap } from '#shared/ports.ts';
 import { requestCounts, resetRequestCounts } from '#shared/aws/clients.ts';
 import { seeded } from '../unit/seed.ts';
-import { Api, useSledgeEnv } from './helpers.ts';
+import { Api, http, useSledgeEnv } from './helpers.ts';
 
 /**
  * Folding (docs/page-map.md, "Folding"): commits of a folding volume write no page items; the
@@ -258,7 +258,7 @@ describe('folding', () => {
     expect(left, `page items left after the reclaim (the fold wrote ${r.pagesWritten}, the reclaim deleted ${reclaimed?.pagesDeleted})`).toEqual([]);
   });
 
-  it('a snapshot taken between a folder reading its pages and freezing them: the folder starts over and freezes under the new tag', async () => {
+  it('a snapshot taken between a folder reading its pages and freezing them: the folder freezes under the tag of its batch, and each snapshot reads its own bytes', async () => {
     const m = await folding(8 * MiB);
     const a = Buffer.alloc(BLOCK, 0xa1);
     await writePieces(m.volumeId, [{ offset: 0, length: BLOCK, data: a }]);
@@ -272,7 +272,7 @@ describe('folding', () => {
           if (raced) return;
           raced = true;
           // Between this folder's page read and its freeze: another folder folds the tail, a
-          // snapshot is taken on the empty tail, and page 0 changes after it.
+          // snapshot is taken, and page 0 changes after it.
           await foldVolume(m.volumeId);
           s2 = await createSnapshot(m.volumeId, {}, { id: 'test' });
           await writePieces(m.volumeId, [{ offset: 0, length: BLOCK, data: Buffer.alloc(BLOCK, 0xc3) }]);
@@ -290,27 +290,64 @@ describe('folding', () => {
     await expectChainAgrees(m.volumeId);
   });
 
-  it('a snapshot is taken on an empty tail and keeps its bytes while later commits are folded; GC keeps the tail', async () => {
+  it('snapshots are taken on a tail without folding it: the folder stops at each tag, the next snapshot folds only up to the one before, and every snapshot keeps its bytes', async () => {
     const rng = seeded('fold snapshot');
-    const m = await folding(64 * MiB);
+    // A bound of 64 here: the worker's folds (every 32 commits) stay out of the way.
+    const v0 = await createVolume({ sizeBytes: 64 * MiB, foldTailMax: 64 });
+    const m: Model = { volumeId: v0.volumeId, bytes: Buffer.alloc(64 * MiB) };
+    const volume = async () => (await pageMap().getVolume(m.volumeId))!;
+    const take = async () => ({ snap: await createSnapshot(m.volumeId, {}, { id: 'test' }), at: Buffer.from(m.bytes) });
     for (let i = 0; i < 3; i++) await scattered(m, rng, 40);
-    const snap = await createSnapshot(m.volumeId, {}, { id: 'test' });
-    const at = Buffer.from(m.bytes);
-    const v = (await pageMap().getVolume(m.volumeId))!;
-    expect(v.foldedSeq).toBe(v.headSeq); // folded before the snapshot point
-    for (let i = 0; i < 5; i++) await scattered(m, rng, 40);
-    const readSnap = async (context: string) => {
-      for (let o = 0; o < at.length; o += 4 * MiB) {
-        if (!(await readSnapshotData(snap.snapshotId, o, 4 * MiB)).equals(at.subarray(o, o + 4 * MiB))) expect.fail(`${context}: snapshot read at ${o}`);
+    const s1 = await take();
+    expect(await volume()).toMatchObject({ headSeq: 3, foldedSeq: 0, snapSeq: 3 }); // nothing folded: the tag lies in the tail
+    expect((await volume()).snapPrev).toBeUndefined();
+    for (let i = 0; i < 3; i++) await scattered(m, rng, 40);
+    const s2 = await take();
+    // Folded up to the previous tag only, in a batch that stopped there.
+    expect(await volume()).toMatchObject({ headSeq: 6, foldedSeq: 3, snapSeq: 6, snapPrev: 3 });
+    for (let i = 0; i < 2; i++) await scattered(m, rng, 40);
+    const s3 = await take();
+    expect(await volume()).toMatchObject({ headSeq: 8, foldedSeq: 6, snapSeq: 8, snapPrev: 6 });
+    const s3again = await take(); // a second snapshot at the same head adds no tag and folds nothing
+    expect(await volume()).toMatchObject({ headSeq: 8, foldedSeq: 6, snapSeq: 8, snapPrev: 6 });
+    const taken = [s1, s2, s3, s3again];
+    const readAll = async (context: string) => {
+      for (const { snap, at } of taken) {
+        for (let o = 0; o < at.length; o += 4 * MiB) {
+          if (!(await readSnapshotData(snap.snapshotId, o, 4 * MiB)).equals(at.subarray(o, o + 4 * MiB))) expect.fail(`${context}: ${snap.snapshotId} at ${o}`);
+        }
       }
     };
-    await readSnap('tail unfolded');
+    // Through the API (another process): reading s3, whose tag lies in the tail, folds up to it first.
+    for (let o = 0; o < s3.at.length; o += 4 * MiB) {
+      const got = await http(`${useSledgeEnv().apiUrl}/snapshots/${s3.snap.snapshotId}/data?offset=${o}&length=${4 * MiB}`);
+      expect(got.status).toBe(200);
+      if (!got.body.equals(s3.at.subarray(o, o + 4 * MiB))) expect.fail(`API read of s3 at ${o}`);
+    }
+    expect((await volume()).foldedSeq).toBe(8);
+    // The changed blocks between two snapshots: every block that differs is listed.
+    const changed = await http(`${useSledgeEnv().apiUrl}/snapshots/${s2.snap.snapshotId}/changed-blocks?base=${s1.snap.snapshotId}&limit=10000`);
+    expect(changed.status, changed.body.toString()).toBe(200);
+    const listed = new Set<number>();
+    for (const e of changed.json.extents as Array<{ offset: number; length: number }>) for (let b = e.offset / BLOCK; b < (e.offset + e.length) / BLOCK; b++) listed.add(b);
+    let differing = 0;
+    for (let b = 0; b < s1.at.length / BLOCK; b++) {
+      if (s1.at.subarray(b * BLOCK, (b + 1) * BLOCK).equals(s2.at.subarray(b * BLOCK, (b + 1) * BLOCK))) continue;
+      differing++;
+      if (!listed.has(b)) expect.fail(`block ${b} differs between s1 and s2 but is not in their changed blocks`);
+    }
+    expect(differing).toBeGreaterThan(0);
+    for (let i = 0; i < 5; i++) await scattered(m, rng, 40);
+    const s4 = await take(); // on a tail again, with the previous tag folded past
+    for (let i = 0; i < 2; i++) await scattered(m, rng, 40);
+    taken.push(s4);
+    await readAll('tags in the tail, in this process');
     const gc = await collectVolume(m.volumeId);
     expect(gc.skipped).toBeUndefined();
     await expectModel(m, 'api', 'after gc with a tail');
     await foldVolume(m.volumeId);
-    await readSnap('tail folded');
-    await expectModel(m, 'api', 'folded after the snapshot');
+    await readAll('tail folded');
+    await expectModel(m, 'api', 'folded after the snapshots');
     await scattered(m, rng, 10); // GC checkpointed at the head: one more commit for a checkpoint of its own
     await expectChainAgrees(m.volumeId);
   });

@@ -15,7 +15,7 @@ import {
 } from '@aws-sdk/client-dynamodb';
 import { config } from '../../core/config.ts';
 import { invariant } from '../../core/errors.ts';
-import type { CommitWriter, SnapshotRecord, VolumeRecord, WriteBarrier } from '../../core/records.ts';
+import type { SnapshotRecord, VolumeRecord, WriteBarrier } from '../../core/records.ts';
 import type {
   GroupMemberSnapshot,
   GroupRecord,
@@ -236,8 +236,8 @@ export async function listGroupSnapshots(groupId: string): Promise<GroupSnapshot
  * serves, no purge runs, it is still in the group, the requester is not fenced, and (on the
  * one-transaction path) no barrier is live.
  */
-function memberSnapshotUpdate(volumeId: string, seq: number, groupId: string, writer: CommitWriter, nowMs: number | undefined): TransactWriteItem {
-  return snapshotPointUpdate(volumeId, seq, writer, {
+function memberSnapshotUpdate(m: GroupMemberSnapshot, groupId: string, nowMs: number | undefined): TransactWriteItem {
+  return snapshotPointUpdate(m.record.volumeId, m.record.seq, m.writer, m.tags, {
     parts: [
       'groupId = :group', // and it is still a member of the group
       ...(nowMs === undefined ? [] : [NO_LIVE_BARRIER]), // and no other group snapshot holds it still
@@ -249,7 +249,7 @@ function memberSnapshotUpdate(volumeId: string, seq: number, groupId: string, wr
 function memberItems(members: readonly GroupMemberSnapshot[], groupId: string, nowMs: number | undefined): TransactWriteItem[] {
   const table = config().snapshotsTable;
   return members.flatMap((m) => [
-    memberSnapshotUpdate(m.record.volumeId, m.record.seq, groupId, m.writer, nowMs),
+    memberSnapshotUpdate(m, groupId, nowMs),
     { Put: { TableName: table, Item: snapshotToItem(m.record), ConditionExpression: 'attribute_not_exists(snapshotId)' } },
   ]);
 }

@@ -3,7 +3,7 @@
  * checkpoints, and the scheduled sweep (docs/checkpoints.md). This folder is the only
  * implementation of that note.
  */
-import { foldVolume } from '../fold.ts';
+import { foldThrough, foldVolume } from '../fold.ts';
 import { sendCheckpointMessages, sendCheckpointMessage, DEFAULT_CHECKPOINT_EVERY_COMMITS } from '../checkpoint-messages.ts';
 import { config } from '../../core/config.ts';
 import { crc32c } from '../../data/crc32c.ts';
@@ -106,6 +106,13 @@ interface BuiltMap extends MapProvenance {
  * live item; any difference means the live map and the chain disagree, and nothing is written.
  */
 async function mapByReplay(v0: VolumeRecord, base: RebuildBase, clock: ReturnType<typeof phaseClock<CheckpointPhase>>): Promise<BuiltMap> {
+  if (v0.foldedSeq !== undefined && v0.foldedSeq < v0.headSeq) {
+    // A folding volume's tail pages and the copies its tail tags need are made by the folder:
+    // fold up to the head read (a fixed seq, whatever commits meanwhile) so that every page the
+    // checkpoint holds can be compared (docs/page-map.md, "Snapshots on a tail").
+    await foldThrough(v0, v0.headSeq);
+    v0 = { ...v0, foldedSeq: v0.headSeq, foldedSegmentId: v0.headSegmentId };
+  }
   for (let attempt = 1; ; attempt++) {
     const built = await mapByReplayOnce(v0, base, clock);
     if (built) return built;
