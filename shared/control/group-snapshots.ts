@@ -3,7 +3,7 @@
  * in one transaction for groups that fit one, and behind write barriers for larger ones;
  * listing, describing and deleting them, and aborting one whose coordinator died.
  */
-import { foldThrough } from '../maintenance/fold.ts';
+import { foldThrough, queueFold } from '../maintenance/fold.ts';
 import { randomBytes } from 'node:crypto';
 import { config } from '../core/config.ts';
 import { ConflictError, FencedError, InvalidInputError, NotFoundError, UnavailableError } from '../core/errors.ts';
@@ -161,6 +161,14 @@ async function readMembers(g: GroupRecord): Promise<Array<VolumeRecord | null>> 
   return groupStore().getVolumes(g.members);
 }
 
+/**
+ * Each folding member's new tag may lie in its tail: the worker folds up to it, so that the next
+ * group snapshot and the readers find it folded past (docs/page-map.md, "Snapshots on a tail").
+ */
+async function queueTagFolds(members: readonly GroupMemberSnapshot[]): Promise<void> {
+  await Promise.all(members.filter((m) => m.tags !== undefined).map((m) => queueFold(m.record.volumeId, m.record.seq)));
+}
+
 /** Whether a member's next snapshot point must wait for a fold up to its previous tag (a new tag at its head would be a second one in its tail). */
 function tagBehind(v: VolumeRecord): boolean {
   return tagInTail(v) && v.snapSeq !== v.headSeq;
@@ -183,7 +191,10 @@ async function snapshotAtOnce(g: GroupRecord, requester: WriterIdentity): Promis
       leaseExpiresAtMs: 0,
     };
     const refused = await groupStore().takeGroupSnapshotAtOnce(gs, members);
-    if (refused.length === 0) return gs;
+    if (refused.length === 0) {
+      await queueTagFolds(members);
+      return gs;
+    }
     const err = refusalError(refused, g, requester);
     if (err) throw err;
     // When commits only moved heads, try again at once on the heads the refusal returned (the
@@ -245,6 +256,7 @@ async function snapshotBehindBarriers(g: GroupRecord, requester: WriterIdentity,
     await opts.hooks?.afterCommit?.(gsid);
     // 7: the members become ordinary snapshots.
     await groupStore().readyMembers(members.map((m) => m.record));
+    await queueTagFolds(members);
     return { ...gs, state: 'ready', members: list };
   } catch (err) {
     if (raised.length > 0) await groupStore().dropBarriers(raised, gsid);

@@ -11,7 +11,7 @@ import type { WriterIdentity } from '../data/segments.ts';
 import { requireActive } from '../data/volume-rules.ts';
 import { commitWriter, completeWrite, prepareWrite, type WriteResult } from '../data/write.ts';
 import { isFolding } from '../data/tail.ts';
-import { foldThrough, foldVolume } from '../maintenance/fold.ts';
+import { foldThrough, foldVolume, queueFold } from '../maintenance/fold.ts';
 import {
   checkSnapshotIdField,
   forgetSnapshot,
@@ -138,6 +138,9 @@ export async function createSnapshot(volumeId: string, body: unknown, requester:
       requireActive(err.currentVolume ?? null, volumeId);
       throw err;
     }
+    // A tag in a folding volume's tail: the worker folds up to it, for its readers and the next
+    // snapshot (docs/page-map.md, "Snapshots on a tail").
+    if (isFolding(v) && v.foldedSeq < snap.seq) await queueFold(volumeId, snap.seq);
     // Deleted snapshots below the new one can be purged now (the newest tag waits for this).
     if (existing.some((s) => s.state === 'deleting')) await queuePurge(volumeId);
     return snapshotView(snap, v);

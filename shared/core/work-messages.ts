@@ -37,6 +37,8 @@ export interface FlattenVolumeMessage {
 export interface FoldVolumeMessage {
   type: 'fold-volume';
   volumeId: string;
+  /** Fold up to this seq (a snapshot's tag in the tail), however short the tail; absent: the worker's half-tail rule. */
+  upTo?: number;
 }
 
 /** GC of one volume, or one step of the sweep over all of them (docs/evacuation.md, section 6). */
@@ -157,7 +159,10 @@ export function parseWorkMessage(body: string): WorkMessage {
   if (m.type === 'reclaim-volume' && typeof m.volumeId === 'string') return { type: 'reclaim-volume', volumeId: m.volumeId };
   if (m.type === 'gc-volume' && typeof m.volumeId === 'string') return { type: 'gc-volume', volumeId: m.volumeId };
   if (m.type === 'snapshot-purge' && isVolumeId(m.volumeId)) return { type: 'snapshot-purge', volumeId: m.volumeId };
-  if (m.type === 'fold-volume' && isVolumeId(m.volumeId)) return { type: 'fold-volume', volumeId: m.volumeId };
+  if (m.type === 'fold-volume' && isVolumeId(m.volumeId)) {
+    if (m.upTo === undefined) return { type: 'fold-volume', volumeId: m.volumeId };
+    if (Number.isSafeInteger(m.upTo) && (m.upTo as number) > 0) return { type: 'fold-volume', volumeId: m.volumeId, upTo: m.upTo as number };
+  }
   if (m.type === 'flatten-volume' && isVolumeId(m.volumeId) && Number.isSafeInteger(m.nextPage) && (m.nextPage as number) >= 0) {
     return { type: 'flatten-volume', volumeId: m.volumeId, nextPage: m.nextPage as number };
   }

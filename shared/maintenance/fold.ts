@@ -56,10 +56,14 @@ const PAGES_PER_BATCH_MAX = 4096;
 /** Batches one call folds at most (the worker queues the rest). */
 const BATCHES_MAX = 16;
 
-/** Queues a fold of a volume (best effort: writers fold inline when the tail fills). */
-export async function queueFold(volumeId: string): Promise<void> {
+/**
+ * Queues a fold of a volume (best effort: writers fold inline when the tail fills), or, with
+ * `upTo`, of its tail up to a snapshot just taken on it (best effort too: its readers and the
+ * next snapshot fold up to it themselves when they find it still in the tail).
+ */
+export async function queueFold(volumeId: string, upTo?: number): Promise<void> {
   try {
-    await workQueue().send({ type: 'fold-volume', volumeId });
+    await workQueue().send(upTo === undefined ? { type: 'fold-volume', volumeId } : { type: 'fold-volume', volumeId, upTo });
   } catch (err) {
     console.warn(`could not queue a fold of ${volumeId}:`, err);
   }
@@ -99,6 +103,7 @@ export async function foldVolume(volumeId: string, opts: FoldOptions = {}): Prom
     report.toSeq = Math.max(report.toSeq, target);
     report.segmentsFolded += tail.length;
     batch++;
+    if (opts.upTo !== undefined && target >= opts.upTo) return report; // no need to read the volume again to know
   }
   return report;
 }

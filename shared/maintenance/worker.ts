@@ -34,7 +34,9 @@ async function runWorkMessage(msg: WorkMessage, receiveCount = 1): Promise<Recor
     case 'flatten-volume':
       return { msg: 'flatten', ...(await flattenStep(msg.volumeId, msg.nextPage)) };
     case 'fold-volume': {
-      // Half a tail at least (a late or duplicate message finds less and does nothing; writers fold a full tail themselves).
+      // Up to a snapshot's tag, so that its readers and the next snapshot find it folded past.
+      if (msg.upTo !== undefined) return { msg: 'fold', ...(await foldVolume(msg.volumeId, { upTo: msg.upTo })) };
+      // Otherwise half a tail at least (a late or duplicate message finds less and does nothing; writers fold a full tail themselves).
       const v = await pageMap().getVolume(msg.volumeId);
       return { msg: 'fold', ...(await foldVolume(msg.volumeId, { minTail: v ? workerMinTail(v) : 1 })) };
     }

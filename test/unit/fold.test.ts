@@ -3,6 +3,7 @@ import { packSegmentExtents, SEGMENT_EXTENT_BYTES_MAX, unpackSegmentExtents } fr
 import type { PageRecord } from '#shared/core/records.ts';
 import { foldPage, TailCache, type TailSegment } from '#shared/data/tail.ts';
 import { overlay, splitByPage } from '#shared/data/extents.ts';
+import { batchTag } from '#shared/maintenance/fold.ts';
 import { seeded } from './seed.ts';
 
 /** Folding (docs/page-map.md, "Folding"): the pure parts. */
@@ -78,27 +79,107 @@ describe('folding, pure parts', () => {
 
   it('the tail cache stays within its extent budget: least recently used volumes go first, then a volume\'s oldest segments', () => {
     const rng = seeded('tail cache');
-    const cache = new TailCache(60);
     const seg = (seq: number) => randomSegment(rng, seq, 8);
     const size = (s: TailSegment) => [...s.byPage.values()].reduce((n, e) => n + e.length, 0);
     const a1 = seg(1);
     const b1 = seg(1);
+    // Room for a1 and b1 at least.
+    const budget = Math.max(60, size(a1) + size(b1));
+    const cache = new TailCache(budget);
     cache.set('a', a1);
     cache.set('b', b1);
     expect(cache.extents).toBe(size(a1) + size(b1));
     expect(cache.get('a', 1)).toBe(a1); // 'a' is now the most recently used
     let seq = 2;
-    while (cache.get('b', 1) !== undefined) {
+    for (;;) {
       cache.set('a', seg(seq++));
-      expect(cache.extents).toBeLessThanOrEqual(60);
-      expect(cache.get('a', 1)).toBe(a1); // 'b' goes before any of 'a'
+      expect(cache.extents).toBeLessThanOrEqual(budget);
+      const aFirst = cache.get('a', 1);
+      const bFirst = cache.get('b', 1);
+      if (aFirst === undefined) expect(bFirst, "'b' goes before any of 'a'").toBeUndefined();
+      else expect(aFirst).toBe(a1);
+      if (bFirst === undefined) break;
     }
     // Then 'a' alone: its oldest segments go, its newest stay.
-    for (let i = 0; i < 20; i++) cache.set('a', seg(seq++));
-    expect(cache.extents).toBeLessThanOrEqual(60);
+    for (let i = 0; i < 40; i++) cache.set('a', seg(seq++));
+    expect(cache.extents).toBeLessThanOrEqual(budget);
     expect(cache.get('a', 1)).toBeUndefined();
     expect(cache.get('a', seq - 1)).toBeDefined();
     cache.dropUpTo('a', seq - 1);
     expect(cache.extents).toBe(0);
+  });
+});
+
+/**
+ * Snapshots on a tail (docs/page-map.md, "Snapshots on a tail"), as a model: commits touch
+ * pages, snapshots are taken at the head under the at-most-one-tag-in-the-tail rule, folds run in
+ * random batches that take batchTag's tag and limit, and every snapshot read (frozen copy under
+ * the smallest tag at or above it, else the page item, once folded past it) must be the page as
+ * the commits up to the snapshot made it. Pages are their versions here: one more per commit.
+ */
+describe('snapshots on a tail, modelled', () => {
+  interface Page {
+    version: number;
+    ft?: number;
+  }
+  it('every snapshot reads its pages at its seq, whatever the interleaving of commits, snapshots and fold batches', () => {
+    const rng = seeded('snapshots on a tail');
+    const PAGES = 6;
+    for (let run = 0; run < 200; run++) {
+      const touched: number[][] = [[]]; // touched[seq]: the pages commit seq touched
+      const v: { headSeq: number; foldedSeq: number; snapSeq?: number; snapPrev?: number } = { headSeq: 0, foldedSeq: 0 };
+      const pages = new Map<number, Page>();
+      const frozen = new Map<string, number>();
+      const tags: number[] = [];
+      const foldBatch = (limitUpTo?: number) => {
+        const { tag, limit } = batchTag(v);
+        const cap = Math.min(limit, limitUpTo ?? limit);
+        const to = Math.min(cap, v.foldedSeq + 1 + rng.int(4));
+        if (to <= v.foldedSeq) return;
+        for (let p = 0; p < PAGES; p++) {
+          let n = 0;
+          for (let s = v.foldedSeq + 1; s <= to; s++) if (touched[s]!.includes(p)) n++;
+          if (n === 0) continue;
+          const item = pages.get(p) ?? { version: 0 };
+          // Frozen copies are put-if-absent, as freezePages does.
+          if (tag !== undefined && item.ft !== tag && !frozen.has(`${tag}:${p}`)) frozen.set(`${tag}:${p}`, item.version);
+          pages.set(p, { version: item.version + n, ...(tag === undefined ? (item.ft === undefined ? {} : { ft: item.ft }) : { ft: tag }) });
+        }
+        v.foldedSeq = to;
+      };
+      const foldThrough = (seq: number) => {
+        while (v.foldedSeq < seq) foldBatch(seq);
+      };
+      const expected = (p: number, at: number) => touched.slice(1, at + 1).filter((t) => t.includes(p)).length;
+      const readAt = (p: number, at: number) => {
+        foldThrough(at);
+        const copy = tags.filter((t) => t >= at && frozen.has(`${t}:${p}`)).sort((a, b) => a - b)[0];
+        return copy === undefined ? (pages.get(p)?.version ?? 0) : frozen.get(`${copy}:${p}`)!;
+      };
+      for (let step = 0; step < 60; step++) {
+        const r = rng.next();
+        if (r < 0.5) {
+          v.headSeq++;
+          touched.push([...new Set(Array.from({ length: 1 + rng.int(3) }, () => rng.int(PAGES)))]);
+        } else if (r < 0.7) {
+          // A snapshot: the previous tag must be folded past unless the new one is at the same head.
+          if (v.snapSeq !== undefined && v.snapSeq > v.foldedSeq && v.snapSeq !== v.headSeq) foldThrough(v.snapSeq);
+          if (v.snapSeq !== v.headSeq) {
+            if (v.snapSeq === undefined) delete v.snapPrev;
+            else v.snapPrev = v.snapSeq;
+            v.snapSeq = v.headSeq;
+          }
+          tags.push(v.headSeq);
+          expect(tags.filter((t) => t > v.foldedSeq && t !== v.snapSeq)).toEqual([]); // at most one tag in the tail
+        } else if (r < 0.9) {
+          foldBatch();
+        } else if (tags.length > 0) {
+          const at = tags[rng.int(tags.length)]!;
+          for (let p = 0; p < PAGES; p++) expect(readAt(p, at), `run ${run}, page ${p} at snapshot ${at}`).toBe(expected(p, at));
+        }
+      }
+      foldThrough(v.headSeq);
+      for (const at of tags) for (let p = 0; p < PAGES; p++) expect(readAt(p, at), `run ${run}, page ${p} at ${at}, folded`).toBe(expected(p, at));
+    }
   });
 });
