@@ -3,12 +3,12 @@
  * in one transaction for groups that fit one, and behind write barriers for larger ones;
  * listing, describing and deleting them, and aborting one whose coordinator died.
  */
-import { foldThrough, queueFold } from '../maintenance/fold.ts';
+import { queueFold } from '../maintenance/fold.ts';
 import { randomBytes } from 'node:crypto';
 import { config } from '../core/config.ts';
 import { ConflictError, FencedError, InvalidInputError, NotFoundError, UnavailableError } from '../core/errors.ts';
 import type { GroupMemberSnapshot, GroupRecord, GroupSnapshotRecord, MemberRefusal } from '../core/groups.ts';
-import { type SnapshotRecord, tagInTail, tagsRead, type VolumeRecord } from '../core/records.ts';
+import type { SnapshotRecord, VolumeRecord } from '../core/records.ts';
 import { sleep } from '../core/async.ts';
 import type { WriterIdentity } from '../data/segments.ts';
 import { commitWriter } from '../data/write.ts';
@@ -103,7 +103,7 @@ function memberSnapshot(v: VolumeRecord | null, volumeId: string, g: GroupRecord
   const writer = commitWriter(
     requester.key === undefined ? { id: requester.id } : { id: requester.id, key: requester.key, generation: v.reservations.registrants[requester.key]! },
   );
-  return { record, writer, tags: tagsRead(v) } satisfies GroupMemberSnapshot;
+  return { record, writer, folding: v.foldedSeq !== undefined } satisfies GroupMemberSnapshot;
 }
 
 /** The answer to members refused in a transaction: an error to give, or null to try again (a head moved, a barrier, a purge). */
@@ -150,14 +150,8 @@ function newGroupSnapshotId(groupId: string): string {
   return `gsnap-${groupId.slice('cg-'.length)}-${randomBytes(4).toString('hex')}`;
 }
 
+/** The members' volume items. A folding member's new tag may lie in its tail: no fold first (docs/page-map.md, "Snapshots on a tail"). */
 async function readMembers(g: GroupRecord): Promise<Array<VolumeRecord | null>> {
-  const volumes = await groupStore().getVolumes(g.members);
-  // At most one tag lies in a folding member's tail (docs/page-map.md, "Snapshots on a tail"):
-  // fold those whose previous tag still does up to it, then read them again. Those folds end at
-  // fixed seqs, so commits meanwhile only move heads, which the snapshot point is tried on again.
-  const behind = volumes.filter((v): v is VolumeRecord => v !== null && tagBehind(v));
-  if (behind.length === 0) return volumes;
-  await Promise.all(behind.map((v) => foldThrough(v, v.snapSeq!)));
   return groupStore().getVolumes(g.members);
 }
 
@@ -166,12 +160,7 @@ async function readMembers(g: GroupRecord): Promise<Array<VolumeRecord | null>> 
  * group snapshot and the readers find it folded past (docs/page-map.md, "Snapshots on a tail").
  */
 async function queueTagFolds(members: readonly GroupMemberSnapshot[]): Promise<void> {
-  await Promise.all(members.filter((m) => m.tags !== undefined).map((m) => queueFold(m.record.volumeId, m.record.seq)));
-}
-
-/** Whether a member's next snapshot point must wait for a fold up to its previous tag (a new tag at its head would be a second one in its tail). */
-function tagBehind(v: VolumeRecord): boolean {
-  return tagInTail(v) && v.snapSeq !== v.headSeq;
+  await Promise.all(members.filter((m) => m.folding).map((m) => queueFold(m.record.volumeId, m.record.seq)));
 }
 
 /** The one-transaction path: no barrier, no wait for writers. Null when commits kept moving the heads (GROUP_SNAPSHOT_ATTEMPT_MAX attempts). */
@@ -200,9 +189,7 @@ async function snapshotAtOnce(g: GroupRecord, requester: WriterIdentity): Promis
     // When commits only moved heads, try again at once on the heads the refusal returned (the
     // conditions check them again); a barrier, a purge or anything else backs off and reads anew.
     const nowMs = Date.now();
-    const headsMoved = refused.every(
-      (r) => r.current && r.current.snapPurge === undefined && !tagBehind(r.current) && !(r.current.barrier && r.current.barrier.expiresAtMs >= nowMs),
-    );
+    const headsMoved = refused.every((r) => r.current && r.current.snapPurge === undefined && !(r.current.barrier && r.current.barrier.expiresAtMs >= nowMs));
     known = headsMoved && attempt % 4 !== 3 ? volumes.map((v) => refused.find((r) => r.volumeId === v?.volumeId)?.current ?? v) : null;
   }
   return null;

@@ -92,13 +92,7 @@ export async function createSnapshot(volumeId: string, body: unknown, requester:
   const purgeWaitUntil = Date.now() + SNAPSHOT_PURGE_WAIT_MS;
   for (let attempt = 0; attempt < SNAPSHOT_ATTEMPT_MAX; attempt++) {
     if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
-    let v = requireActive(await pageMap().getVolume(volumeId), volumeId);
-    if (tagInTail(v) && v.snapSeq !== v.headSeq) {
-      // At most one tag lies in a folding volume's tail (docs/page-map.md, "Snapshots on a
-      // tail"): fold up to the previous one first. It ends at a fixed seq, whatever commits.
-      await foldThrough(v, v.snapSeq!);
-      v = requireActive(await pageMap().getVolume(volumeId), volumeId);
-    }
+    const v = requireActive(await pageMap().getVolume(volumeId), volumeId);
     if (v.snapPurge !== undefined && Date.now() < purgeWaitUntil) {
       attempt--;
       await sleep(250);
@@ -133,7 +127,7 @@ export async function createSnapshot(volumeId: string, body: unknown, requester:
         continue;
       }
       if (!(err instanceof CommitRefusedError)) throw err;
-      if (err.reason === 'head-moved' || err.reason === 'tag-unfolded') continue; // read (and folded) again on the next attempt
+      if (err.reason === 'head-moved') continue;
       if (err.reason === 'fenced') throw new FencedError(err.message);
       requireActive(err.currentVolume ?? null, volumeId);
       throw err;

@@ -2,7 +2,7 @@
  * Consistency groups as the domain sees them (docs/consistency-groups.md): the group, its group
  * snapshots, and the store port the DynamoDB adapter (shared/aws/pagemap/groups.ts) implements.
  */
-import type { CommitWriter, SnapshotRecord, TagsRead, VolumeRecord, WriteBarrier } from './records.ts';
+import type { CommitWriter, SnapshotRecord, VolumeRecord, WriteBarrier } from './records.ts';
 
 export interface GroupRecord {
   groupId: string;
@@ -32,8 +32,8 @@ export interface GroupSnapshotRecord {
 export interface GroupMemberSnapshot {
   record: SnapshotRecord;
   writer: CommitWriter;
-  /** The member's tags as read, when it folds (docs/page-map.md, "Snapshots on a tail"). */
-  tags: TagsRead | undefined;
+  /** Whether the member folds (its new tag may lie in its tail: docs/page-map.md, "Snapshots on a tail"). */
+  folding: boolean;
 }
 
 /** A member whose snapshot condition failed, and its volume item as it was then (null: gone). */

@@ -55,11 +55,6 @@ export interface VolumeRecord {
   /** The tag commits freeze changed pages under: the newest snapshot's seq (docs/snapshots.md). */
   snapSeq?: number;
   /**
-   * A folding volume's tag before `snapSeq` (docs/page-map.md, "Snapshots on a tail"): the tag
-   * the folder freezes under while `snapSeq` still lies in the tail.
-   */
-  snapPrev?: number;
-  /**
    * A folding volume (docs/page-map.md, "Folding"): every committed segment up to this seq is in
    * the page items; later ones are the tail. Absent: the volume commits its pages directly.
    */
@@ -218,26 +213,8 @@ export interface PageChange {
 
 /** Why a commit transaction was refused; the writer's next step depends on it. */
 /**
- * A folding volume's snapshot tags as a snapshot taker read them: its new snapshot point is
- * conditioned on them (docs/page-map.md, "Snapshots on a tail").
- */
-export interface TagsRead {
-  snapSeq?: number;
-  snapPrev?: number;
-}
-
-/** A volume's tags as read, for its next snapshot point; undefined when it does not fold. */
-export function tagsRead(v: Pick<VolumeRecord, 'foldedSeq' | 'snapSeq' | 'snapPrev'>): TagsRead | undefined {
-  if (v.foldedSeq === undefined) return undefined;
-  const out: TagsRead = {};
-  if (v.snapSeq !== undefined) out.snapSeq = v.snapSeq;
-  if (v.snapPrev !== undefined) out.snapPrev = v.snapPrev;
-  return out;
-}
-
-/**
- * Whether a folding volume's newest tag still lies in its tail (docs/page-map.md, "Snapshots on
- * a tail"): its next snapshot must then fold up to it first.
+ * Whether a folding volume's newest snapshot tag (and so perhaps others) lies in its tail
+ * (docs/page-map.md, "Snapshots on a tail"): the folder's batches then stop at each such tag.
  */
 export function tagInTail(v: Pick<VolumeRecord, 'foldedSeq' | 'snapSeq'>): boolean {
   return v.foldedSeq !== undefined && v.snapSeq !== undefined && v.snapSeq > v.foldedSeq;
@@ -253,7 +230,6 @@ export type CommitRefusal =
   | 'snapshot-moved'
   | 'barrier-raised'
   | 'tail-full'
-  | 'tag-unfolded'
   | 'intent-unacked';
 
 export class CommitRefusedError extends Error {

@@ -91,7 +91,10 @@ export async function foldVolume(volumeId: string, opts: FoldOptions = {}): Prom
       return { ...report, skipped: `tail of ${v.headSeq - v.foldedSeq} commits` };
     first = false;
     if (v.foldedSeq >= v.headSeq) return report;
-    const { tag, limit } = batchTag(v);
+    // Tags in the tail are found in the snapshot records, read after the volume item: a snapshot
+    // taken later is at a head at or above this batch's end (docs/page-map.md, "Snapshots on a tail").
+    const tags = tagInTail(v) ? (await pageMap().listSnapshots(volumeId)).map((s) => s.seq) : [];
+    const { tag, limit } = batchTag(v, tags);
     const read = await tailSegments(v, v.foldedSeq, Math.min(limit, v.foldedSeq + foldTailBound(v)));
     checkChain(v, read);
     const tail = withinPages(read, opts.pagesMax ?? PAGES_PER_BATCH_MAX);
@@ -132,12 +135,26 @@ export async function foldThrough(v: Pick<VolumeRecord, 'volumeId' | 'foldedSeq'
 
 /**
  * The tag a batch starting at `v.foldedSeq` freezes under and writes as its pages' `ft` (the
- * newest tag at or below the batch's start), and the seq the batch may reach at most: a batch
- * never folds across a tag (docs/page-map.md, "Snapshots on a tail").
+ * newest tag at or below the batch's start), and the seq the batch may reach at most (the first
+ * tag above it, else the head): a batch never folds across a tag (docs/page-map.md, "Snapshots
+ * on a tail"). `tags` are the seqs of the volume's snapshot records, read after `v`; they are
+ * only needed when a tag lies in the tail (else `snapSeq`, the newest, is the batch's tag).
+ *
+ * @example
+ * batchTag({ headSeq: 10, foldedSeq: 3, snapSeq: 8 }, [2, 5, 8]); // { tag: 2, limit: 5 }
  */
-export function batchTag(v: Pick<VolumeRecord, 'headSeq' | 'snapSeq' | 'snapPrev'> & { foldedSeq: number }): { tag: number | undefined; limit: number } {
-  if (tagInTail(v)) return { tag: v.snapPrev, limit: v.snapSeq! };
-  return { tag: v.snapSeq, limit: v.headSeq };
+export function batchTag(
+  v: Pick<VolumeRecord, 'headSeq' | 'snapSeq'> & { foldedSeq: number },
+  tags: readonly number[],
+): { tag: number | undefined; limit: number } {
+  if (!tagInTail(v)) return { tag: v.snapSeq, limit: v.headSeq };
+  let tag: number | undefined;
+  let limit = v.snapSeq!; // the newest tag, even if its record were gone
+  for (const t of tags) {
+    if (t <= v.foldedSeq) tag = tag === undefined ? t : Math.max(tag, t);
+    else limit = Math.min(limit, t);
+  }
+  return { tag, limit };
 }
 
 /**

@@ -237,7 +237,7 @@ export async function listGroupSnapshots(groupId: string): Promise<GroupSnapshot
  * one-transaction path) no barrier is live.
  */
 function memberSnapshotUpdate(m: GroupMemberSnapshot, groupId: string, nowMs: number | undefined): TransactWriteItem {
-  return snapshotPointUpdate(m.record.volumeId, m.record.seq, m.writer, m.tags, {
+  return snapshotPointUpdate(m.record.volumeId, m.record.seq, m.writer, {
     parts: [
       'groupId = :group', // and it is still a member of the group
       ...(nowMs === undefined ? [] : [NO_LIVE_BARRIER]), // and no other group snapshot holds it still

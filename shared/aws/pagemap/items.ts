@@ -70,7 +70,6 @@ export function volumeToItem(v: VolumeRecord): Record<string, AttributeValue> {
   if (v.heads) item.heads = headsToAttribute(v.heads);
   if (v.checkpointEveryCommits !== undefined) item.checkpointEveryCommits = N(v.checkpointEveryCommits);
   if (v.snapSeq !== undefined) item.snapSeq = N(v.snapSeq);
-  if (v.snapPrev !== undefined) item.snapPrev = N(v.snapPrev);
   if (v.foldedSeq !== undefined) {
     item.foldedSeq = N(v.foldedSeq);
     item.foldedSegmentId = S(v.foldedSegmentId ?? '');
@@ -121,7 +120,6 @@ export function itemToVolume(item: Record<string, AttributeValue>): VolumeRecord
   if (heads) v.heads = heads;
   readCheckpointFields(item, v);
   if (item.snapSeq?.N !== undefined) v.snapSeq = num(item.snapSeq);
-  if (item.snapPrev?.N !== undefined) v.snapPrev = num(item.snapPrev);
   if (item.foldedSeq?.N !== undefined) {
     v.foldedSeq = num(item.foldedSeq);
     v.foldedSegmentId = str(item.foldedSegmentId);

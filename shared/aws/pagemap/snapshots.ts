@@ -24,8 +24,6 @@ import {
   type FrozenPage,
   type SnapshotRecord,
   type StoredFrozen,
-  type TagsRead,
-  tagsRead,
   type VolumeRecord,
 } from '../../core/records.ts';
 import { sleep } from '../../core/async.ts';
@@ -246,56 +244,34 @@ function dependantUpdate(parent: { volumeId: string; snapshotId: string }, depen
 /**
  * A snapshot point on a volume item: `SET snapSeq = :seq` while the volume exists, serves, its
  * head is still `seq`, no purge runs and the writer is not fenced, plus the caller's `extra`
- * condition parts (a group snapshot's). Its first item of the snapshot transactions.
- *
- * `tags` are a folding volume's tags as read (undefined for a volume that does not fold): the
- * new tag may lie in the tail, the one before it may not (docs/page-map.md, "Snapshots on a tail").
+ * condition parts (a group snapshot's). Its first item of the snapshot transactions. A folding
+ * volume's tail needs no condition: the new tag may lie in it (docs/page-map.md, "Snapshots on a
+ * tail").
  */
 export function snapshotPointUpdate(
   volumeId: string,
   seq: number,
   writer: CommitWriter,
-  tags: TagsRead | undefined,
   extra: { parts: string[]; values: Record<string, AttributeValue> } = { parts: [], values: {} },
 ): TransactWriteItem {
   const fencing = fencingCondition(writer);
-  const tag = tagPointParts(seq, tags);
   return {
     Update: {
       TableName: config().volumesTable,
       Key: { volumeId: S(volumeId) },
-      UpdateExpression: tag.update,
+      UpdateExpression: 'SET snapSeq = :seq',
       ConditionExpression: [
         'attribute_exists(volumeId)', // the volume exists
         '#state = :active', // and is serving
         'headSeq = :seq', // and nothing committed since we read the head the snapshot is of
         'attribute_not_exists(snapPurge)', // and no purge is moving frozen pages between tags
-        ...tag.parts,
         ...fencing.parts, // and the requester is not fenced off
         ...extra.parts,
       ].join(' AND '),
       ExpressionAttributeNames: { '#state': 'state', ...fencing.names },
-      ExpressionAttributeValues: { ...fencing.values, ...extra.values, ...tag.values, ':seq': N(seq), ':active': S('active') },
+      ExpressionAttributeValues: { ...fencing.values, ...extra.values, ':seq': N(seq), ':active': S('active') },
       ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
     },
-  };
-}
-
-/** The tag parts of a snapshot point at `seq`: what it sets and what it requires of the tags. */
-function tagPointParts(seq: number, tags: TagsRead | undefined): { update: string; parts: string[]; values: Record<string, AttributeValue> } {
-  if (tags === undefined) return { update: 'SET snapSeq = :seq', parts: ['attribute_not_exists(foldedSeq)'], values: {} }; // and the volume does not fold
-  // A second snapshot at the same head adds no tag: nothing about the tail to require.
-  if (tags.snapSeq === seq) return { update: 'SET snapSeq = :seq', parts: ['snapSeq = :seq'], values: {} };
-  if (tags.snapSeq === undefined) {
-    return { update: 'SET snapSeq = :seq REMOVE snapPrev', parts: ['attribute_exists(foldedSeq)', 'attribute_not_exists(snapSeq)'], values: {} };
-  }
-  return {
-    update: 'SET snapSeq = :seq, snapPrev = :tagRead',
-    parts: [
-      'snapSeq = :tagRead', // no other snapshot since the tags were read
-      'foldedSeq >= :tagRead', // and the previous tag is folded past: only the new one lies in the tail
-    ],
-    values: { ':tagRead': N(tags.snapSeq) },
   };
 }
 
@@ -307,7 +283,7 @@ function tagPointParts(seq: number, tags: TagsRead | undefined): { update: strin
 export async function createSnapshotRecord(volume: VolumeRecord, snap: SnapshotRecord, writer: CommitWriter): Promise<void> {
   const cfg = config();
   const items: TransactWriteItem[] = [
-    snapshotPointUpdate(volume.volumeId, snap.seq, writer, tagsRead(volume)),
+    snapshotPointUpdate(volume.volumeId, snap.seq, writer),
     { Put: { TableName: cfg.snapshotsTable, Item: snapshotToItem(snap), ConditionExpression: 'attribute_not_exists(snapshotId)' } },
   ];
   if (snap.parent) items.push(dependantUpdate(snap.parent, snap.snapshotId, 'ADD'));
@@ -321,11 +297,6 @@ export async function createSnapshotRecord(volume: VolumeRecord, snap: SnapshotR
       if (!current) throw new CommitRefusedError('volume-gone', `volume ${volume.volumeId} does not exist`);
       if (current.state !== 'active') throw new CommitRefusedError('volume-not-active', `volume ${volume.volumeId} is ${current.state}`, current);
       if (current.headSeq !== snap.seq) throw new CommitRefusedError('head-moved', `volume ${volume.volumeId} committed while the snapshot was taken`, current);
-      if (current.snapSeq !== volume.snapSeq)
-        throw new CommitRefusedError('head-moved', `another snapshot of volume ${volume.volumeId} was taken meanwhile`, current);
-      if (current.foldedSeq !== undefined && current.snapSeq !== undefined && current.foldedSeq < current.snapSeq && current.snapSeq !== snap.seq) {
-        throw new CommitRefusedError('tag-unfolded', `volume ${volume.volumeId} has an earlier snapshot not yet folded past`, current);
-      }
       if (current.snapPurge !== undefined) {
         throw new UnavailableError(`deleted snapshots of volume ${volume.volumeId} are being purged; retry in a few seconds`, { retryAfterSeconds: 2 });
       }
@@ -447,7 +418,7 @@ export async function unlockSnapshotPurge(volumeId: string, token: string, dropS
       new UpdateItemCommand({
         TableName: config().volumesTable,
         Key: { volumeId: S(volumeId) },
-        UpdateExpression: dropSnapSeq === undefined ? 'REMOVE snapPurge, snapPurgeUntil' : 'REMOVE snapPurge, snapPurgeUntil, snapSeq, snapPrev',
+        UpdateExpression: dropSnapSeq === undefined ? 'REMOVE snapPurge, snapPurgeUntil' : 'REMOVE snapPurge, snapPurgeUntil, snapSeq',
         ConditionExpression: [
           'snapPurge = :token', // our purge holds the lock
           ...(dropSnapSeq === undefined ? [] : ['snapSeq = :snapSeq']), // and no snapshot was taken since we looked
