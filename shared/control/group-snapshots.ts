@@ -103,7 +103,7 @@ function memberSnapshot(v: VolumeRecord | null, volumeId: string, g: GroupRecord
   const writer = commitWriter(
     requester.key === undefined ? { id: requester.id } : { id: requester.id, key: requester.key, generation: v.reservations.registrants[requester.key]! },
   );
-  return { record, writer, folding: v.foldedSeq !== undefined } satisfies GroupMemberSnapshot;
+  return { record, writer, inTail: v.foldedSeq !== undefined && v.foldedSeq < v.headSeq } satisfies GroupMemberSnapshot;
 }
 
 /** The answer to members refused in a transaction: an error to give, or null to try again (a head moved, a barrier, a purge). */
@@ -160,7 +160,7 @@ async function readMembers(g: GroupRecord): Promise<Array<VolumeRecord | null>> 
  * group snapshot and the readers find it folded past (docs/page-map.md, "Snapshots on a tail").
  */
 async function queueTagFolds(members: readonly GroupMemberSnapshot[]): Promise<void> {
-  await Promise.all(members.filter((m) => m.folding).map((m) => queueFold(m.record.volumeId, m.record.seq)));
+  await Promise.all(members.filter((m) => m.inTail).map((m) => queueFold(m.record.volumeId, m.record.seq)));
 }
 
 /** The one-transaction path: no barrier, no wait for writers. Null when commits kept moving the heads (GROUP_SNAPSHOT_ATTEMPT_MAX attempts). */

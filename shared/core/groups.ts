@@ -32,8 +32,8 @@ export interface GroupSnapshotRecord {
 export interface GroupMemberSnapshot {
   record: SnapshotRecord;
   writer: CommitWriter;
-  /** Whether the member folds (its new tag may lie in its tail: docs/page-map.md, "Snapshots on a tail"). */
-  folding: boolean;
+  /** Whether the member's new tag lies in its tail (docs/page-map.md, "Snapshots on a tail"): the worker is asked to fold up to it. */
+  inTail: boolean;
 }
 
 /** A member whose snapshot condition failed, and its volume item as it was then (null: gone). */

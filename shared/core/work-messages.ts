@@ -161,7 +161,7 @@ export function parseWorkMessage(body: string): WorkMessage {
   if (m.type === 'snapshot-purge' && isVolumeId(m.volumeId)) return { type: 'snapshot-purge', volumeId: m.volumeId };
   if (m.type === 'fold-volume' && isVolumeId(m.volumeId)) {
     if (m.upTo === undefined) return { type: 'fold-volume', volumeId: m.volumeId };
-    if (Number.isSafeInteger(m.upTo) && (m.upTo as number) > 0) return { type: 'fold-volume', volumeId: m.volumeId, upTo: m.upTo as number };
+    if (Number.isSafeInteger(m.upTo) && (m.upTo as number) >= 0) return { type: 'fold-volume', volumeId: m.volumeId, upTo: m.upTo as number };
   }
   if (m.type === 'flatten-volume' && isVolumeId(m.volumeId) && Number.isSafeInteger(m.nextPage) && (m.nextPage as number) >= 0) {
     return { type: 'flatten-volume', volumeId: m.volumeId, nextPage: m.nextPage as number };

@@ -181,6 +181,10 @@ describe('ids, placement and messages', () => {
     expect(() => parseCheckpointMessage({ type: 'checkpoint-volume', volumeId: VOL, requestedAtSeq: -1 })).toThrow(BadCheckpointMessageError);
     expect(() => parseCheckpointMessage({ type: 'rebuild-volume' })).toThrow(BadCheckpointMessageError);
     expect(parseWorkMessage(JSON.stringify({ type: 'reclaim-volume', volumeId: VOL }))).toEqual({ type: 'reclaim-volume', volumeId: VOL });
+    expect(parseWorkMessage(JSON.stringify({ type: 'fold-volume', volumeId: VOL }))).toEqual({ type: 'fold-volume', volumeId: VOL });
+    expect(parseWorkMessage(JSON.stringify({ type: 'fold-volume', volumeId: VOL, upTo: 12 }))).toEqual({ type: 'fold-volume', volumeId: VOL, upTo: 12 });
+    expect(() => parseWorkMessage(JSON.stringify({ type: 'fold-volume', volumeId: VOL, upTo: -1 }))).toThrow(UnknownWorkMessageError);
+    expect(() => parseWorkMessage(JSON.stringify({ type: 'fold-volume', volumeId: VOL, upTo: '12' }))).toThrow(UnknownWorkMessageError);
     expect(() => parseWorkMessage('{"type":"defragment"}')).toThrow(UnknownWorkMessageError);
     expect(() => parseWorkMessage('not json')).toThrow(UnknownWorkMessageError);
   });
