@@ -4,7 +4,7 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { ConflictError, FencedError, InvalidInputError, NotFoundError, UnavailableError } from '../core/errors.ts';
-import { CommitRefusedError, MAX_PAGES_PER_COMMIT, type SnapshotRecord, tagInTail } from '../core/records.ts';
+import { CommitRefusedError, MAX_PAGES_PER_COMMIT, type SnapshotRecord, tagInTail, type VolumeRecord } from '../core/records.ts';
 import { sleep } from '../core/async.ts';
 import type { Extent } from '../data/extents.ts';
 import type { WriterIdentity } from '../data/segments.ts';
@@ -205,9 +205,6 @@ export async function purgeSnapshots(volumeId: string): Promise<{ purged: number
   try {
     // Snapshots cannot be taken while the lock is held, so snapSeq and the ready set stay as read.
     const locked = (await pageMap().getVolume(volumeId)) ?? v;
-    // Folders below the newest tag freeze under the one before it, which may be a tag purged
-    // here: past the newest, none freezes under an older one (docs/page-map.md, "Snapshots on a tail").
-    if (tagInTail(locked)) await foldThrough(locked, locked.snapSeq!);
     const records = await pageMap().listSnapshots(volumeId);
     // A `pending` member of a group snapshot may still become ready: it counts as kept.
     const ready = records.filter((s) => s.state !== 'deleting');
@@ -223,10 +220,11 @@ export async function purgeSnapshots(volumeId: string): Promise<{ purged: number
       return out;
     }
     const remaining = new Map(records.map((s) => [s.snapshotId, s]));
+    const frozenUnder = freezeTagFloor(locked, records);
     for (const d of deleting) {
       const sameTagReady = ready.some((s) => s.seq === d.seq);
-      if (!sameTagReady && d.seq === locked.snapSeq) {
-        out.deferred++; // writers still freeze under the newest tag; it goes once a newer snapshot exists
+      if (!sameTagReady && d.seq >= frozenUnder) {
+        out.deferred++; // commits or folds may still freeze under it; it goes once they cannot
         continue;
       }
       if (!sameTagReady) {
@@ -244,6 +242,18 @@ export async function purgeSnapshots(volumeId: string): Promise<{ purged: number
     const released = await pageMap().unlockSnapshotPurge(volumeId, token, dropSnapSeq);
     if (!released) console.warn(`snapshot purge of ${volumeId} found its lock or snapSeq changed when releasing it`);
   }
+}
+
+/**
+ * The oldest tag that commits or folds may still freeze pages under: the newest tag (`snapSeq`)
+ * on a volume that does not fold; on a folding volume, the newest tag at or below its folded
+ * point, since a fold batch below a tag in the tail freezes under that one (docs/page-map.md,
+ * "Snapshots on a tail"). A deleted snapshot at or above it waits for a later purge.
+ */
+function freezeTagFloor(v: VolumeRecord, records: readonly SnapshotRecord[]): number {
+  if (!tagInTail(v)) return v.snapSeq ?? Number.POSITIVE_INFINITY;
+  const below = records.map((s) => s.seq).filter((t) => t <= v.foldedSeq!);
+  return below.length > 0 ? Math.max(...below) : Number.NEGATIVE_INFINITY;
 }
 
 /** Moves the frozen pages of tag `from` to tag `to` where `to` lacks them (deleting them when there is no `to`). */
