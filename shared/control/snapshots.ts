@@ -11,7 +11,7 @@ import type { WriterIdentity } from '../data/segments.ts';
 import { requireActive } from '../data/volume-rules.ts';
 import { commitWriter, completeWrite, prepareWrite, type WriteResult } from '../data/write.ts';
 import { isFolding } from '../data/tail.ts';
-import { foldThrough, foldVolume, queueFold } from '../maintenance/fold.ts';
+import { foldVolume, queueFold } from '../maintenance/fold.ts';
 import {
   checkSnapshotIdField,
   forgetSnapshot,
