@@ -186,7 +186,10 @@ export async function writePieces(volumeId: string, pieces: readonly WritePiece[
 export async function afterCommit(v: VolumeRecord, prepared: PreparedWrite, outcome: WriteResult): Promise<void> {
   if (isFolding(v) && prepared.changes.length === 0) {
     rememberTailSegment(v, prepared.record);
-    if (foldDue(v, outcome.commitSeq)) await queueFold(v.volumeId);
+    // Up to this commit, not to whatever the head is when the worker runs: a message redelivered
+    // after its worker outlived its timeout then folds the same range, and skips the pages the
+    // first attempt wrote instead of folding them again to a newer head.
+    if (foldDue(v, outcome.commitSeq)) await queueFold(v.volumeId, outcome.commitSeq);
   }
   await checkpointAfterCommit(v, outcome.commitSeq);
   await maybeQueueGc(v.volumeId, outcome.commitSeq);
