@@ -322,6 +322,9 @@ export async function benchNbd(ctx: NbdBenchContext): Promise<void> {
       const cost = await startGateway(ctx.apiUrl, costVolume, ['--socket', join(dir, `cost-${protocol.replace(' ', '-')}.sock`)], ['--max-dirty-age-ms', '0']);
       targets.push(cost);
       const measure = async (label: string, args: string[], scale: (j: FioJob) => number, timeoutMs?: number) => {
+        // SLEDGE_BENCH_NBD_COST_ONLY=<text>: only the rows whose label (with its protocol) holds it.
+        const only = process.env.SLEDGE_BENCH_NBD_COST_ONLY;
+        if (only && !`${label} [${protocol}]`.includes(only)) return;
         await ctx.settle(costVolume);
         ctx.resetRequestCounts();
         const j = await fio(cost.uri, label, args, dir, undefined, timeoutMs);
