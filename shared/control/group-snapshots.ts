@@ -3,6 +3,7 @@
  * in one transaction for groups that fit one, and behind write barriers for larger ones;
  * listing, describing and deleting them, and aborting one whose coordinator died.
  */
+import { inTail } from '../data/tail.ts';
 import { queueFold } from '../maintenance/fold.ts';
 import { randomBytes } from 'node:crypto';
 import { config } from '../core/config.ts';
@@ -103,7 +104,7 @@ function memberSnapshot(v: VolumeRecord | null, volumeId: string, g: GroupRecord
   const writer = commitWriter(
     requester.key === undefined ? { id: requester.id } : { id: requester.id, key: requester.key, generation: v.reservations.registrants[requester.key]! },
   );
-  return { record, writer, inTail: v.foldedSeq !== undefined && v.foldedSeq < v.headSeq } satisfies GroupMemberSnapshot;
+  return { record, writer, inTail: inTail(v, v.headSeq) } satisfies GroupMemberSnapshot;
 }
 
 /** The answer to members refused in a transaction: an error to give, or null to try again (a head moved, a barrier, a purge). */
@@ -150,11 +151,6 @@ function newGroupSnapshotId(groupId: string): string {
   return `gsnap-${groupId.slice('cg-'.length)}-${randomBytes(4).toString('hex')}`;
 }
 
-/** The members' volume items. A folding member's new tag may lie in its tail: no fold first (docs/page-map.md, "Snapshots on a tail"). */
-async function readMembers(g: GroupRecord): Promise<Array<VolumeRecord | null>> {
-  return groupStore().getVolumes(g.members);
-}
-
 /**
  * Each folding member's new tag may lie in its tail: the worker folds up to it, so that the next
  * group snapshot and the readers find it folded past (docs/page-map.md, "Snapshots on a tail").
@@ -169,7 +165,7 @@ async function snapshotAtOnce(g: GroupRecord, requester: WriterIdentity): Promis
   for (let attempt = 0; attempt < GROUP_SNAPSHOT_ATTEMPT_MAX; attempt++) {
     if (attempt > 0 && known === null) await sleep(Math.random() * Math.min(200, 5 * 2 ** attempt));
     const gsid = newGroupSnapshotId(g.groupId);
-    const volumes: Array<VolumeRecord | null> = known ?? (await readMembers(g));
+    const volumes: Array<VolumeRecord | null> = known ?? (await groupStore().getVolumes(g.members));
     const members = volumes.map((v, i) => memberSnapshot(v, g.members[i]!, g, gsid, requester, 'ready'));
     const gs: GroupSnapshotRecord = {
       groupId: g.groupId,
@@ -219,7 +215,7 @@ async function snapshotBehindBarriers(g: GroupRecord, requester: WriterIdentity,
     raised.push(...g.members);
     await opts.hooks?.afterBarriers?.(gsid);
     // 3: the heads, which no commit moves while the barriers are up.
-    const volumes = await readMembers(g);
+    const volumes = await groupStore().getVolumes(g.members);
     const members = volumes.map((v, i) => memberSnapshot(v, g.members[i]!, g, gsid, requester, 'pending'));
     // 4: snapshot points and pending records, in transactions of `perTransaction` members.
     for (let i = 0; i < members.length; i += perTransaction) {

@@ -4,13 +4,13 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { ConflictError, FencedError, InvalidInputError, NotFoundError, UnavailableError } from '../core/errors.ts';
-import { CommitRefusedError, MAX_PAGES_PER_COMMIT, type SnapshotRecord, tagInTail, type VolumeRecord } from '../core/records.ts';
+import { CommitRefusedError, MAX_PAGES_PER_COMMIT, type SnapshotRecord, type VolumeRecord } from '../core/records.ts';
 import { sleep } from '../core/async.ts';
 import type { Extent } from '../data/extents.ts';
 import type { WriterIdentity } from '../data/segments.ts';
 import { requireActive } from '../data/volume-rules.ts';
 import { commitWriter, completeWrite, prepareWrite, type WriteResult } from '../data/write.ts';
-import { isFolding } from '../data/tail.ts';
+import { inTail, tagInTail } from '../data/tail.ts';
 import { foldVolume, queueFold } from '../maintenance/fold.ts';
 import {
   checkSnapshotIdField,
@@ -134,7 +134,7 @@ export async function createSnapshot(volumeId: string, body: unknown, requester:
     }
     // A tag in a folding volume's tail: the worker folds up to it, for its readers and the next
     // snapshot (docs/page-map.md, "Snapshots on a tail").
-    if (isFolding(v) && v.foldedSeq < snap.seq) await queueFold(volumeId, snap.seq);
+    if (inTail(v, snap.seq)) await queueFold(volumeId, snap.seq);
     // Deleted snapshots below the new one can be purged now (the newest tag waits for this).
     if (existing.some((s) => s.state === 'deleting')) await queuePurge(volumeId);
     return snapshotView(snap, v);
@@ -414,7 +414,7 @@ export async function rollbackVolume(
   for (let attempt = 0; attempt < SNAPSHOT_ATTEMPT_MAX; attempt++) {
     if (attempt > 0) await sleep(Math.random() * Math.min(500, 10 * 2 ** attempt));
     let v = requireActive(await pageMap().getVolume(volumeId), volumeId);
-    if (isFolding(v) && v.foldedSeq < v.headSeq) {
+    if (inTail(v, v.headSeq)) {
       // The changed pages are found by their frozen copies, which the folder makes, and a
       // rollback is a direct commit, which needs an empty tail (docs/page-map.md, "Folding").
       await foldVolume(volumeId);

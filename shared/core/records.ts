@@ -212,14 +212,6 @@ export interface PageChange {
 }
 
 /** Why a commit transaction was refused; the writer's next step depends on it. */
-/**
- * Whether a folding volume's newest snapshot tag (and so perhaps others) lies in its tail
- * (docs/page-map.md, "Snapshots on a tail"): the folder's batches then stop at each such tag.
- */
-export function tagInTail(v: Pick<VolumeRecord, 'foldedSeq' | 'snapSeq'>): boolean {
-  return v.foldedSeq !== undefined && v.snapSeq !== undefined && v.snapSeq > v.foldedSeq;
-}
-
 export type CommitRefusal =
   | 'head-moved'
   | 'volume-gone'

@@ -17,6 +17,22 @@ export function isFolding<V extends Pick<VolumeRecord, 'foldedSeq'>>(v: V): v is
   return v.foldedSeq !== undefined;
 }
 
+/**
+ * Whether commit `seq` of volume `v` is still in its tail (not yet folded into the page items);
+ * never for a volume that does not fold.
+ */
+export function inTail(v: Pick<VolumeRecord, 'foldedSeq'>, seq: number): boolean {
+  return v.foldedSeq !== undefined && v.foldedSeq < seq;
+}
+
+/**
+ * Whether a folding volume's newest snapshot tag (and so perhaps others) lies in its tail
+ * (docs/page-map.md, "Snapshots on a tail"): the folder's batches then stop at each such tag.
+ */
+export function tagInTail(v: Pick<VolumeRecord, 'foldedSeq' | 'snapSeq'>): boolean {
+  return v.snapSeq !== undefined && inTail(v, v.snapSeq);
+}
+
 /** Whether a commit after `headSeq` (default: the volume's head) would find the tail of folding volume `v` full: it must be folded first. */
 export function tailFull(v: Pick<VolumeRecord, 'foldedSeq' | 'foldTailMax' | 'headSeq'>, headSeq = v.headSeq): boolean {
   return isFolding(v) && headSeq - v.foldedSeq >= foldTailBound(v);

@@ -6,8 +6,8 @@
  */
 import { foldTailBound } from '../core/config.ts';
 import { DataUnavailableError, UnavailableError } from '../core/errors.ts';
-import { type FrozenPage, type PageRecord, tagInTail, type VolumeRecord } from '../core/records.ts';
-import { foldPage, isFolding, tailSegments, type TailSegment } from '../data/tail.ts';
+import type { FrozenPage, PageRecord, VolumeRecord } from '../core/records.ts';
+import { foldPage, inTail, isFolding, tagInTail, tailSegments, type TailSegment } from '../data/tail.ts';
 import { pageMap, workQueue } from '../ports.ts';
 
 export interface FoldReport {
@@ -122,7 +122,7 @@ export async function foldVolume(volumeId: string, opts: FoldOptions = {}): Prom
  * await foldThrough(volume, snapshot.seq); // then read its frozen pages as on any volume
  */
 export async function foldThrough(v: Pick<VolumeRecord, 'volumeId' | 'foldedSeq'>, seq: number): Promise<void> {
-  if (v.foldedSeq === undefined || v.foldedSeq >= seq) return;
+  if (!inTail(v, seq)) return;
   const report = await foldVolume(v.volumeId, { upTo: seq });
   if (report.toSeq >= seq) return;
   const now = await pageMap().getVolume(v.volumeId);

@@ -4,6 +4,7 @@
  * implementation of that note.
  */
 import { foldThrough, foldVolume } from '../fold.ts';
+import { inTail } from '../../data/tail.ts';
 import { sendCheckpointMessages, sendCheckpointMessage, DEFAULT_CHECKPOINT_EVERY_COMMITS } from '../checkpoint-messages.ts';
 import { config } from '../../core/config.ts';
 import { crc32c } from '../../data/crc32c.ts';
@@ -106,7 +107,7 @@ interface BuiltMap extends MapProvenance {
  * live item; any difference means the live map and the chain disagree, and nothing is written.
  */
 async function mapByReplay(v0: VolumeRecord, base: RebuildBase, clock: ReturnType<typeof phaseClock<CheckpointPhase>>): Promise<BuiltMap> {
-  if (v0.foldedSeq !== undefined && v0.foldedSeq < v0.headSeq) {
+  if (inTail(v0, v0.headSeq)) {
     // A folding volume's tail pages and the copies its tail tags need are made by the folder:
     // fold up to the head read (a fixed seq, whatever commits meanwhile) so that every page the
     // checkpoint holds can be compared (docs/page-map.md, "Snapshots on a tail").
