@@ -10,6 +10,8 @@
  * as the operator too.
  */
 import { readFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, request as httpRequest, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { inject } from 'vitest';
 import type { IamIdentity, LocalPrincipal } from '#local/iam-auth.ts';
 import { LOCAL_ACCOUNT_ID, LOCAL_CREDENTIALS_ENV, PROFILES, parseCredentialsFile, type ProfileName } from '#local/principals.ts';
@@ -192,4 +194,36 @@ export class Api {
   async describe(volumeId: string): Promise<HttpResult> {
     return this.http(`${this.url}/volumes/${volumeId}`);
   }
+}
+
+/**
+ * A proxy over real HTTP in front of the API at `apiUrl`, for tests that change what a client
+ * sees of it: `intercept` may answer a request itself (true), or return false to forward it, or
+ * `'drop-answer'` to forward it and cut the connection instead of passing the answer back (a
+ * lost response). The host header is forwarded as signed (the endpoint checks the signature
+ * against it). Returns the proxy's URL and how to close it.
+ */
+export async function apiProxy(
+  apiUrl: string,
+  intercept: (req: IncomingMessage, res: ServerResponse) => boolean | 'drop-answer',
+): Promise<{ url: string; close: () => Promise<void> }> {
+  const proxy = createServer((req, res) => {
+    const handled = intercept(req, res);
+    if (handled === true) return;
+    const fwd = httpRequest(new URL(req.url ?? '/', apiUrl), { method: req.method, headers: req.headers }, (up) => {
+      if (handled === 'drop-answer') {
+        up.resume();
+        up.on('end', () => res.socket?.destroy());
+        return;
+      }
+      res.writeHead(up.statusCode ?? 502, up.headers);
+      up.pipe(res);
+    });
+    req.pipe(fwd);
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`,
+    close: () => new Promise<void>((resolve) => proxy.close(() => resolve())),
+  };
 }

@@ -6,11 +6,9 @@
  * head moves once and the bytes read back.
  */
 import { randomBytes } from 'node:crypto';
-import { createServer, request as httpRequest, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { VolumeClient } from '#gateway/volume-client.ts';
-import { Api, useSledgeEnv } from './helpers.ts';
+import { Api, apiProxy, useSledgeEnv } from './helpers.ts';
 
 const MiB = 1024 * 1024;
 let api: Api;
@@ -36,24 +34,9 @@ describe('direct writes: a lost commit answer', () => {
     const vol = await api.createVolume({ sizeBytes: 16 * MiB });
     // Between the client and the head: the first commit reaches the head, its answer never comes back.
     let commits = 0;
-    const proxy: Server = createServer((req, res) => {
-      const isCommit = req.url?.endsWith('/commit') === true;
-      const lose = isCommit && ++commits === 1;
-      const target = new URL(req.url ?? '/', apiUrl);
-      const fwd = httpRequest(target, { method: req.method, headers: req.headers }, (up) => {
-        if (lose) {
-          up.resume();
-          up.on('end', () => res.socket?.destroy());
-          return;
-        }
-        res.writeHead(up.statusCode ?? 502, up.headers);
-        up.pipe(res);
-      });
-      req.pipe(fwd);
-    });
-    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const proxy = await apiProxy(apiUrl, (req) => (req.url?.endsWith('/commit') === true && ++commits === 1 ? 'drop-answer' : false));
     try {
-      const c = await client(vol.volumeId, `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`);
+      const c = await client(vol.volumeId, proxy.url);
       const data = randomBytes(MiB);
       await c.writeBatch([{ offset: 0, data }]);
       expect({ commits, sent: c.sent.commits, direct: c.direct.writes, fallbacks: c.direct.writeFallbacks, batches: c.sent.batches }).toEqual({
@@ -66,7 +49,7 @@ describe('direct writes: a lost commit answer', () => {
       expect(await headSeq(vol.volumeId)).toBe(1);
       expect((await api.read(vol.volumeId, 0, MiB)).equals(data)).toBe(true);
     } finally {
-      await new Promise((resolve) => proxy.close(resolve));
+      await proxy.close();
     }
   });
 });

@@ -8,8 +8,6 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, request as httpRequest, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
@@ -19,7 +17,7 @@ import { crc32c } from '#shared/data/crc32c.ts';
 import { createVolume } from '#shared/control/volumes.ts';
 import { type EncodedBatch, encodeDirectBatch, putChunks, type WritePlan } from '#gateway/direct-write.ts';
 import { VolumeApiError, VolumeClient } from '#gateway/volume-client.ts';
-import { Api, http, useSledgeEnv } from './helpers.ts';
+import { Api, apiProxy, http, useSledgeEnv } from './helpers.ts';
 import { describeRun, run, startGateway, TOOLS_ENV } from './nbd-tools.ts';
 
 const MiB = 1024 * 1024;
@@ -280,22 +278,13 @@ describe('direct writes', () => {
   it('a head without the write-plan route: the gateway writes through the API from then on', async () => {
     const vol = await api.createVolume({ sizeBytes: 16 * MiB });
     // An older head, as seen over HTTP: every request passes through, but /write-plan is unknown.
-    const proxy: Server = createServer((req, res) => {
-      if (req.url?.includes('/write-plan')) {
-        res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'NotFoundError', message: `no route for POST ${req.url}` }));
-        return;
-      }
-      const target = new URL(req.url ?? '/', apiUrl);
-      // The host header is passed on as signed (the endpoint checks the signature against it).
-      const fwd = httpRequest(target, { method: req.method, headers: req.headers }, (up) => {
-        res.writeHead(up.statusCode ?? 502, up.headers);
-        up.pipe(res);
-      });
-      req.pipe(fwd);
+    const proxy = await apiProxy(apiUrl, (req, res) => {
+      if (!req.url?.includes('/write-plan')) return false;
+      res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'NotFoundError', message: `no route for POST ${req.url}` }));
+      return true;
     });
-    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
     try {
-      const c = await client(vol.volumeId, `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`);
+      const c = await client(vol.volumeId, proxy.url);
       const a = randomBytes(MiB);
       const b = randomBytes(MiB);
       await c.writeBatch([{ offset: 0, data: a }]);
@@ -309,7 +298,7 @@ describe('direct writes', () => {
       });
       expect((await api.read(vol.volumeId, 0, 2 * MiB)).equals(Buffer.concat([a, b]))).toBe(true);
     } finally {
-      await new Promise((resolve) => proxy.close(resolve));
+      await proxy.close();
     }
   });
 });
