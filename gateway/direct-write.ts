@@ -6,6 +6,7 @@
  */
 import { type Stripes, chunkObjectOf, encodeStripes, type SegmentDescriptor } from '#shared/data/segments.ts';
 import type { ChunkLocation } from '#shared/data/sleds.ts';
+import { crc32cBase64 } from '#shared/data/crc32c.ts';
 import { httpExchange } from './http.ts';
 
 /** Something in a direct write could not be done; the batch goes through the API instead. */
@@ -72,10 +73,8 @@ export async function putChunks(plan: WritePlan, batch: EncodedBatch, timeoutMs:
     batch.stripes.shards.map(async (shard, i) => {
       const object = chunkObjectOf(plan.descriptor, i);
       const put = plan.puts[i]!;
-      const crc = Buffer.alloc(4);
-      crc.writeUInt32BE(object.crc >>> 0);
       // Pair assertion: the head signed the length and CRC32C of the very object built here.
-      if (put.headers['x-amz-checksum-crc32c'] !== crc.toString('base64') || put.headers['content-length'] !== String(object.bytes)) {
+      if (put.headers['x-amz-checksum-crc32c'] !== crc32cBase64(object.crc) || put.headers['content-length'] !== String(object.bytes)) {
         failures.push(`chunk ${i}: the plan signed another object than the one encoded`);
         return;
       }

@@ -6,14 +6,13 @@
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import type { ChunkStore } from '../core/ports.ts';
 import { invariant } from '../core/errors.ts';
+import { crc32cBase64 } from '../data/crc32c.ts';
 import { DRIVES_PER_SLED, driveName, type ChunkLocation, type ListedChunk, type VolumeChunk } from '../data/sleds.ts';
 import { s3 } from './clients.ts';
 import { SignatureV4 } from '@smithy/signature-v4';
 
 /** Writes a chunk that must not exist yet (`If-None-Match: *`): chunks are never overwritten. */
 export async function putChunk(loc: ChunkLocation, body: Buffer, crc32c: number): Promise<void> {
-  const checksum = Buffer.alloc(4);
-  checksum.writeUInt32BE(crc32c >>> 0);
   await s3().send(
     new PutObjectCommand({
       Bucket: loc.bucket,
@@ -23,7 +22,7 @@ export async function putChunk(loc: ChunkLocation, body: Buffer, crc32c: number)
       ContentType: 'application/octet-stream',
       IfNoneMatch: '*',
       // S3 recomputes this and refuses the PUT if the bytes it received differ.
-      ChecksumCRC32C: checksum.toString('base64'),
+      ChecksumCRC32C: crc32cBase64(crc32c),
     }),
   );
 }
@@ -35,13 +34,11 @@ export async function putChunk(loc: ChunkLocation, body: Buffer, crc32c: number)
  * when the endpoint returns one; otherwise (or when it differs in kind) the bytes themselves.
  */
 export async function storedChunkEquals(loc: ChunkLocation, body: Buffer, crc32c: number): Promise<boolean> {
-  const expected = Buffer.alloc(4);
-  expected.writeUInt32BE(crc32c >>> 0);
   try {
     const head = await s3().send(new HeadObjectCommand({ Bucket: loc.bucket, Key: loc.key, ChecksumMode: 'ENABLED' }));
     if (head.ContentLength !== undefined && head.ContentLength !== body.length) return false;
     // A whole-object CRC32C (not a multipart composite, which ends in -N) decides on its own.
-    if (head.ChecksumCRC32C && !head.ChecksumCRC32C.includes('-')) return head.ChecksumCRC32C === expected.toString('base64');
+    if (head.ChecksumCRC32C && !head.ChecksumCRC32C.includes('-')) return head.ChecksumCRC32C === crc32cBase64(crc32c);
   } catch (err) {
     if (isMissing(err)) return false;
     throw err;
@@ -129,14 +126,12 @@ export async function presignChunkPut(
   expiresSeconds: number,
 ): Promise<{ url: string; headers: Record<string, string> }> {
   invariant(Number.isSafeInteger(bytes) && bytes > 0, () => `bad object length ${bytes}`);
-  const checksum = Buffer.alloc(4);
-  checksum.writeUInt32BE(crc32c >>> 0);
   // Sent as headers and signed (unhoistable: `If-None-Match` and the checksum must reach S3 as headers).
   const headers: Record<string, string> = {
     'content-length': String(bytes),
     'content-type': 'application/octet-stream',
     'if-none-match': '*',
-    'x-amz-checksum-crc32c': checksum.toString('base64'),
+    'x-amz-checksum-crc32c': crc32cBase64(crc32c),
     'x-amz-sdk-checksum-algorithm': 'CRC32C',
   };
   const unhoistable = new Set(Object.keys(headers).filter((h) => h.startsWith('x-amz-')));

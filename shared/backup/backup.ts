@@ -8,7 +8,7 @@ import { ConflictError, InvalidInputError, NotFoundError } from '../core/errors.
 import type { SnapshotRecord } from '../core/records.ts';
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultS3 } from '../aws/vault-clients.ts';
-import { crc32c } from '../data/crc32c.ts';
+import { crc32c, crc32cBase64 } from '../data/crc32c.ts';
 import { readSnapshotData } from '../data/read.ts';
 import { checkSnapshotIdField, requireSnapshot } from '../data/views.ts';
 import { changedBlocks } from '../control/snapshots.ts';
@@ -190,8 +190,6 @@ function isZero(buf: Buffer, start: number, end: number): boolean {
 async function shipPack(backupId: string, seq: number, data: Buffer, extents: PackExtent[], crcs: number[], endByte: number): Promise<PackRecord> {
   const packId = packIdOf(backupId, seq);
   if (data.length > 0) {
-    const checksum = Buffer.alloc(4);
-    checksum.writeUInt32BE(crc32c(data) >>> 0);
     await vaultS3().send(
       new PutObjectCommand({
         Bucket: vaultConfig().bucket,
@@ -200,7 +198,7 @@ async function shipPack(backupId: string, seq: number, data: Buffer, extents: Pa
         ContentLength: data.length,
         ContentType: 'application/octet-stream',
         // The vault recomputes it and refuses the PUT if the bytes it received differ.
-        ChecksumCRC32C: checksum.toString('base64'),
+        ChecksumCRC32C: crc32cBase64(crc32c(data)),
       }),
     );
   }

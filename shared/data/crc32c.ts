@@ -184,3 +184,10 @@ export function crc32cCombine(crc1: number, crc2: number, len2: number): number 
   if (len2 <= 0) return crc1 >>> 0;
   return (gf2Times(zeroShiftOperator(len2), crc1 >>> 0) ^ crc2) >>> 0;
 }
+
+/** A CRC32C as S3 writes it in `x-amz-checksum-crc32c` and `ChecksumCRC32C`: 4 bytes big-endian, base64. */
+export function crc32cBase64(crc: number): string {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(crc >>> 0);
+  return b.toString('base64');
+}

@@ -14,6 +14,7 @@ import { writeRefusal } from '../control/reservations.ts';
 import { writableDrives } from '../maintenance/drives.ts';
 import { foldVolume } from '../maintenance/fold.ts';
 import { chunkStore, pageMap } from '../ports.ts';
+import { crc32cBase64 } from './crc32c.ts';
 import { splitByPage, type Extent } from './extents.ts';
 import { placeStripe } from './placement.ts';
 import { rememberGeometry } from './read.ts';
@@ -22,6 +23,7 @@ import {
   canonicalDescriptor,
   chunkObjectOf,
   chunkSizeFor,
+  isSegmentId,
   newSegmentId,
   segmentIdSeq,
   type DescriptorExtent,
@@ -189,7 +191,7 @@ export async function planWrite(volumeId: string, body: Record<string, unknown>,
     const after = object(body.after, 'after');
     fields(after, ['seq', 'segmentId'], 'after');
     const seq = int(after.seq, 'after.seq', 1);
-    if (typeof after.segmentId !== 'string' || !/^\d{12}-[0-9a-f]{8}$/.test(after.segmentId) || segmentIdSeq(after.segmentId) !== seq) {
+    if (!isSegmentId(after.segmentId) || segmentIdSeq(after.segmentId) !== seq) {
       throw new InvalidInputError('after.segmentId must be the segment id of after.seq');
     }
     if (seq < v.headSeq || seq > v.headSeq + PLAN_AHEAD_MAX || (seq === v.headSeq && after.segmentId !== v.headSegmentId)) {
@@ -251,11 +253,10 @@ function checkDescriptor(v: VolumeRecord, raw: unknown, key: string | undefined)
   if (o.v !== 1) throw new InvalidInputError('descriptor.v must be 1');
   if (o.volumeId !== v.volumeId) throw new InvalidInputError(`the descriptor is of volume ${String(o.volumeId)}, not ${v.volumeId}`);
   const seq = int(o.seq, 'descriptor.seq', 1, 1e12 - 1);
-  if (typeof o.segmentId !== 'string' || !/^\d{12}-[0-9a-f]{8}$/.test(o.segmentId) || segmentIdSeq(o.segmentId) !== seq) {
+  if (!isSegmentId(o.segmentId) || segmentIdSeq(o.segmentId) !== seq) {
     throw new InvalidInputError('descriptor.segmentId must be a segment id whose prefix is descriptor.seq');
   }
-  if (typeof o.prev !== 'string' || (o.prev !== '' && !/^\d{12}-[0-9a-f]{8}$/.test(o.prev)))
-    throw new InvalidInputError('descriptor.prev must be a segment id');
+  if (typeof o.prev !== 'string' || (o.prev !== '' && !isSegmentId(o.prev))) throw new InvalidInputError('descriptor.prev must be a segment id');
   if (o.k !== v.dataChunks || o.m !== v.parityChunks)
     throw new InvalidInputError(`the descriptor has k=${String(o.k)}, m=${String(o.m)}; this volume ${v.dataChunks}+${v.parityChunks}`);
   if (o.blockSizeBytes !== v.blockSizeBytes || o.granuleBytes !== GRANULE_BYTES)
@@ -358,11 +359,9 @@ export async function commitByReference(volumeId: string, body: Record<string, u
   const stats = await Promise.all(locations.map((loc) => chunkStore().statChunk(loc)));
   stats.forEach((st, i) => {
     const want = chunkObjectOf(d, i);
-    const crc = Buffer.alloc(4);
-    crc.writeUInt32BE(want.crc >>> 0);
     if (!st) throw new ConflictError(`chunk ${i} of segment ${d.segmentId} is not uploaded`);
     if (st.bytes !== want.bytes) throw new ConflictError(`chunk ${i} of segment ${d.segmentId} is ${st.bytes} bytes, not ${want.bytes}`);
-    if (st.crc32c !== crc.toString('base64'))
+    if (st.crc32c !== crc32cBase64(want.crc))
       throw new ConflictError(`chunk ${i} of segment ${d.segmentId} is stored with another CRC32C than its descriptor gives`);
   });
   let v = v0;

@@ -80,6 +80,11 @@ export function newSegmentId(seq: number): string {
   return `${String(seq).padStart(12, '0')}-${randomBytes(4).toString('hex')}`;
 }
 
+/** Whether `x` has the form of a segment id (`newSegmentId`): a 12-digit seq, a dash, 8 hex digits. */
+export function isSegmentId(x: unknown): x is string {
+  return typeof x === 'string' && /^\d{12}-[0-9a-f]{8}$/.test(x);
+}
+
 /** The commit sequence a segment id was built for (its 12-digit prefix). */
 export function segmentIdSeq(segmentId: string): number {
   const m = /^(\d{12})-/.exec(segmentId);
