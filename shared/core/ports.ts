@@ -191,6 +191,12 @@ export interface PageMapStore {
    * when it is not; 'stopped' when the page had no item and the volume no longer serves.
    */
   putFoldedPage(volumeId: string, pageBlocks: number, folded: PageRecord, read: PageRecord | null): Promise<'written' | 'changed' | 'stopped'>;
+  /**
+   * Creates folded pages that had no item when read, all or none, with one check that the volume
+   * serves (at most 99): 'changed' when any page has an item now (nothing written), 'stopped' when
+   * the volume no longer serves.
+   */
+  createFoldedPages(volumeId: string, pageBlocks: number, pages: readonly PageRecord[]): Promise<'written' | 'changed' | 'stopped'>;
   /** Raises a folding volume's folded point while it serves; false when refused. */
   advanceFoldedSeq(volumeId: string, seq: number, segmentId: string): Promise<boolean>;
   /** Points a chunk of a segment at `to` if it is still at `from` and the target drive is active. */

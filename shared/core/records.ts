@@ -10,6 +10,8 @@ import { invariant } from './errors.ts';
 
 /** At most this many pages change in one commit (a transaction holds 100 items; see the doc). */
 export const MAX_PAGES_PER_COMMIT = 96;
+/** Pages a folder creates in one transaction at most: DynamoDB's 100 items less the check that the volume serves. */
+export const FOLDED_CREATES_MAX = 99;
 
 /** `rebuilding`: a page-map rebuild holds the fence (docs/checkpoints.md); no commit or read is served. */
 export type VolumeState = 'active' | 'deleting' | 'rebuilding';

@@ -6,7 +6,7 @@
  */
 import { foldTailBound } from '../core/config.ts';
 import { DataUnavailableError, UnavailableError } from '../core/errors.ts';
-import type { FrozenPage, PageRecord, VolumeRecord } from '../core/records.ts';
+import { FOLDED_CREATES_MAX, type FrozenPage, type PageRecord, type VolumeRecord } from '../core/records.ts';
 import { foldPage, inTail, isFolding, tagInTail, tailSegments, type TailSegment } from '../data/tail.ts';
 import { pageMap, workQueue } from '../ports.ts';
 
@@ -41,7 +41,16 @@ export interface FoldOptions {
    * however many batches that takes, and whatever `minTail` says.
    */
   upTo?: number;
-  /** Test hooks: after a step's pages are read, after each page write of a batch (a test kills the folder there), and before raising the folded point. */
+  /**
+   * Pages created in one transaction at most (default and most: 99). Tests make it small, so
+   * that a hook runs between the creations of one step.
+   */
+  createsMax?: number;
+  /**
+   * Test hooks: after a step's pages are read, after each page write or creating transaction of
+   * a batch, with the pages written so far (a test kills the folder there), and before raising
+   * the folded point.
+   */
   hooks?: { afterPagesRead?: () => Promise<void>; afterPageWrite?: (written: number) => Promise<void>; beforeAdvance?: (seq: number) => Promise<void> };
 }
 
@@ -218,10 +227,26 @@ async function foldBatch(
     report.pagesSkipped += folds.filter((f) => !f.folded).length;
     const pending = folds.filter((f) => f.folded);
     try {
-      await inFlight(pending, PAGE_WRITES_IN_FLIGHT, async (f) => {
-        await writeFolded(v, tag, tail, f.page, f.item, f.folded!, report);
-        await opts.hooks?.afterPageWrite?.(report.pagesWritten);
-      });
+      // Pages with no item are created together, a transaction of up to `createsMax` sharing one
+      // check that the volume serves; the others are written one by one, many at a time.
+      const creates = pending.filter((f) => f.item === null);
+      const groupMax = Math.max(1, Math.min(FOLDED_CREATES_MAX, opts.createsMax ?? FOLDED_CREATES_MAX));
+      await Promise.all([
+        (async () => {
+          for (let g = 0; g < creates.length; g += groupMax) {
+            await createFolded(v, tag, tail, creates.slice(g, g + groupMax), report);
+            await opts.hooks?.afterPageWrite?.(report.pagesWritten);
+          }
+        })(),
+        inFlight(
+          pending.filter((f) => f.item !== null),
+          PAGE_WRITES_IN_FLIGHT,
+          async (f) => {
+            await writeFolded(v, tag, tail, f.page, f.item, f.folded!, report);
+            await opts.hooks?.afterPageWrite?.(report.pagesWritten);
+          },
+        ),
+      ]);
     } catch (err) {
       if (err instanceof VolumeStoppedError) return false; // deleted (or fenced by a rebuild) mid-step: the caller reads it again and stops
       throw err;
@@ -235,6 +260,28 @@ class VolumeStoppedError extends Error {
   constructor(volumeId: string) {
     super(`volume ${volumeId} stopped serving during its fold`);
   }
+}
+
+/**
+ * Creates folded pages that had no item when read, in one transaction; when any of them has an
+ * item now (another folder, or a rebuild, wrote it), writes each one by one instead, reading
+ * again those that changed.
+ */
+async function createFolded(
+  v: VolumeRecord & { foldedSeq: number },
+  tag: number | undefined,
+  tail: readonly TailSegment[],
+  group: readonly { page: number; folded: PageRecord | null }[],
+  report: FoldReport,
+): Promise<void> {
+  const out = group.map((f) => ({ ...f.folded!, ...(tag === undefined ? {} : { frozenTag: tag }) }));
+  const put = await pageMap().createFoldedPages(v.volumeId, v.pageBlocks, out);
+  if (put === 'stopped') throw new VolumeStoppedError(v.volumeId);
+  if (put === 'written') {
+    report.pagesWritten += group.length;
+    return;
+  }
+  await inFlight(group, PAGE_WRITES_IN_FLIGHT, (f) => writeFolded(v, tag, tail, f.page, null, f.folded!, report));
 }
 
 /** Writes one folded page; when its item changed since it was read, reads it again and folds that. */

@@ -143,6 +143,7 @@ describe('folding', () => {
     let inner: Awaited<ReturnType<typeof foldVolume>>[] = [];
     let others: Promise<Awaited<ReturnType<typeof foldVolume>>[]> | undefined;
     const first = await foldVolume(m.volumeId, {
+      createsMax: 1, // pages with no item yet are created one per transaction, so the others' run between two of them
       hooks: {
         // Each of the first folder's page writers, once its write is done, waits for the other
         // two folders: its writes after that meet pages they wrote.
@@ -213,7 +214,7 @@ describe('folding', () => {
     const r = await foldVolume(m.volumeId, {
       hooks: {
         afterPageWrite: async (written) => {
-          if (written !== 3 || rebuilt) return;
+          if (written < 3 || rebuilt) return;
           rebuilt = true;
           // The fold is between page writes: the whole page map is rebuilt from the sleds now.
           const out = await rebuildPageMap(m.volumeId);
@@ -239,11 +240,14 @@ describe('folding', () => {
     await writePieces(m.volumeId, pieces);
     const v = (await pageMap().getVolume(m.volumeId))!;
     let reclaimed: Awaited<ReturnType<typeof reclaimVolume>> | undefined;
+    let deleting = false;
     const r = await foldVolume(m.volumeId, {
       hooks: {
         afterPageWrite: async (written) => {
-          if (written !== 1) return;
-          // The other page writes of the step go on while the volume is deleted and reclaimed.
+          if (reclaimed || deleting) return;
+          deleting = true;
+          // After the step's first creating transaction (99 pages): the volume is deleted and
+          // reclaimed, and the step's next transaction, of the 100th page, is refused.
           await deleteVolume(m.volumeId);
           reclaimed = await reclaimVolume(m.volumeId);
         },
@@ -251,11 +255,41 @@ describe('folding', () => {
     });
     expect(reclaimed).toBeDefined();
     expect(r.skipped).toMatch(/no such volume|volume is deleting/);
-    expect(r.pagesWritten).toBeLessThan(150);
+    expect(r.pagesWritten).toBe(99);
+    expect(reclaimed?.pagesDeleted).toBe(99);
     expect(await pageMap().getVolume(m.volumeId)).toBeNull();
     const left: number[] = [];
     for await (const p of pageMap().listPages(v)) left.push(p.page);
     expect(left, `page items left after the reclaim (the fold wrote ${r.pagesWritten}, the reclaim deleted ${reclaimed?.pagesDeleted})`).toEqual([]);
+  });
+
+  it("creates a step's new pages in one transaction; when another folder created some of them since, none is written and each is written alone", async () => {
+    const m = await folding(64 * MiB);
+    const commit = async (pages: number, fill: number) => {
+      const pieces: WritePiece[] = [...Array(pages).keys()].map((p) => ({ offset: p * MiB + fill * BLOCK, length: BLOCK, data: Buffer.alloc(BLOCK, fill + p) }));
+      await writePieces(m.volumeId, pieces);
+      for (const p of pieces) p.data!.copy(m.bytes, p.offset);
+    };
+    await commit(10, 1); // seq 1: pages 0-9
+    await commit(30, 2); // seq 2: pages 0-29
+    let other: Awaited<ReturnType<typeof foldVolume>> | undefined;
+    const r = await foldVolume(m.volumeId, {
+      hooks: {
+        afterPagesRead: async () => {
+          // This folder read 30 pages with no item; another folds seq 1 alone, creating pages 0-9.
+          other ??= await foldVolume(m.volumeId, { pagesMax: 10, batchesMax: 1 });
+        },
+      },
+    });
+    expect(other).toMatchObject({ fromSeq: 0, toSeq: 1, pagesWritten: 10, pagesRetried: 0 });
+    // Its transaction of 30 was refused whole: pages 0-9 were read again and rewritten, 10-29 created one by one.
+    expect(r).toMatchObject({ fromSeq: 0, toSeq: 2, pagesWritten: 30, pagesRetried: 10, pagesSkipped: 0 });
+    const v = (await pageMap().getVolume(m.volumeId))!;
+    const pages = await pageMap().getPages(v, [...Array(64).keys()]);
+    expect([...pages.keys()].sort((a, b) => a - b)).toEqual([...Array(30).keys()]);
+    expect([...pages.values()].every((p) => p.foldedTo === 2)).toBe(true);
+    await expectModel(m, 'api', 'after the refused transaction');
+    await expectChainAgrees(m.volumeId);
   });
 
   it('a snapshot taken between a folder reading its pages and freezing them: the folder freezes under the tag of its batch, and each snapshot reads its own bytes', async () => {

@@ -35,7 +35,7 @@ import {
   setFlattenProgress,
   unlockSnapshotPurge,
 } from './snapshots.ts';
-import { advanceFoldedSeq, putFoldedPage } from './fold.ts';
+import { advanceFoldedSeq, createFoldedPages, putFoldedPage } from './fold.ts';
 import { openWriteIntent, storeReadLeases } from './read-leases.ts';
 import { commitSegment, moveChunkLocation, writeRebuiltFrozen, writeRebuiltPages } from './transactions.ts';
 import {
@@ -87,6 +87,7 @@ export const dynamoPageMap: PageMapStore = {
   deleteSegmentRecords,
   commitSegment,
   putFoldedPage,
+  createFoldedPages,
   advanceFoldedSeq,
   moveChunkLocation,
   writeRebuiltPages,
