@@ -20,8 +20,8 @@ export interface Extent {
 }
 
 /** Index used in the binary page encoding for zero extents. */
-const ZERO_SEGMENT_INDEX = 0xffff;
-const EXTENT_RECORD_BYTES = 10;
+export const ZERO_SEGMENT_INDEX = 0xffff;
+export const EXTENT_RECORD_BYTES = 10;
 
 /** True when `b` continues `a` exactly (same target, contiguous in volume and segment). */
 function continues(a: Extent, b: Extent): boolean {

@@ -12,6 +12,7 @@ import { takeCheckpoint } from '#shared/maintenance/checkpoints/take.ts';
 import { config } from '#shared/core/config.ts';
 import { fenceForRebuild, getVolume, unfenceAfterRebuild } from '#shared/aws/pagemap/volumes.ts';
 import { writeRebuiltPages } from '#shared/aws/pagemap/transactions.ts';
+import { contentsOf } from '#shared/aws/pagemap/items.ts';
 import { RebuildFenceLostError, type VolumeRecord } from '#shared/core/records.ts';
 import { encodeSegment, newSegmentId, parseTrailer } from '#shared/data/segments.ts';
 import { placeChunks } from '#shared/data/sleds.ts';
@@ -412,7 +413,7 @@ describe('checkpoints and page-map rebuild', () => {
     expect((await settle(s.volumeId)).headSeq).toBe(head);
     const raw = await rawPages(s.volumeId);
     expect(loaded.pages.map((p) => [p.page, p.version, p.segs, Buffer.from(p.ext).toString('hex')])).toEqual(
-      [...raw.values()].map((i) => [Number(i.page!.N), Number(i.version!.N), i.segs!.L!.map((x) => x.S), Buffer.from(i.ext!.B!).toString('hex')]),
+      [...raw.values()].map((i) => [Number(i.page!.N), Number(i.version!.N), contentsOf(s.volumeId, i).segs, Buffer.from(contentsOf(s.volumeId, i).ext).toString('hex')]),
     );
     // Let the poller drain the queued duplicates, then check that nothing moved backwards.
     await waitFor('queued duplicates to be handled', async () => {
@@ -504,7 +505,7 @@ describe('checkpoints and page-map rebuild', () => {
     const loaded = await readCheckpoint(v, out.checkpoint.checkpointId);
     const raw = await rawPages(s.volumeId);
     expect(loaded.pages.map((p) => [p.page, p.version, p.segs, Buffer.from(p.ext).toString('hex')])).toEqual(
-      [...raw.values()].map((i) => [Number(i.page!.N), Number(i.version!.N), i.segs!.L!.map((x) => x.S), Buffer.from(i.ext!.B!).toString('hex')]),
+      [...raw.values()].map((i) => [Number(i.page!.N), Number(i.version!.N), contentsOf(s.volumeId, i).segs, Buffer.from(contentsOf(s.volumeId, i).ext).toString('hex')]),
     );
     await loseAndRebuild(s);
   });

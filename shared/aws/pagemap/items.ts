@@ -17,7 +17,8 @@ import type {
   VolumeState,
 } from '../../core/records.ts';
 import { invariant } from '../../core/errors.ts';
-import { decodePage, encodePage, type Extent } from '../../data/extents.ts';
+import { decodePage, type EncodedPage, encodePage, type Extent } from '../../data/extents.ts';
+import { packPage, unpackPage } from './page-bytes.ts';
 import { formatLocation, parseLocation, type ChunkLocation } from '../../data/sleds.ts';
 
 export const S = (s: string): AttributeValue => ({ S: s });
@@ -307,6 +308,20 @@ export function itemToSegment(item: Record<string, AttributeValue>): SegmentReco
   };
 }
 
+/**
+ * A page or frozen page item's contents as written: packed in `pg` (page-bytes.ts), which a
+ * page of scattered 4 KiB writes fits in about a third of the bytes of the old `segs` and `ext`.
+ */
+export function contentsToAttributes(volumeId: string, enc: EncodedPage): Record<string, AttributeValue> {
+  return { pg: { B: packPage(volumeId, enc) } };
+}
+
+/** A page or frozen page item's contents in stored form, from `pg` or, on an item written before it, `segs` and `ext`. */
+export function contentsOf(volumeId: string, item: Record<string, AttributeValue>): EncodedPage {
+  if (item.pg?.B) return unpackPage(volumeId, item.pg.B);
+  return { segs: (item.segs?.L ?? []).map(str), ext: item.ext?.B ?? new Uint8Array() };
+}
+
 export function pageToItem(
   volumeId: string,
   page: number,
@@ -321,8 +336,7 @@ export function pageToItem(
     volumeId: S(volumeId),
     page: N(page),
     version: N(version),
-    segs: { L: enc.segs.map(S) },
-    ext: { B: enc.ext },
+    ...contentsToAttributes(volumeId, enc),
     ...(frozenTag === undefined ? {} : { ft: N(frozenTag) }),
     ...(foldedTo === undefined ? {} : { foldedTo: N(foldedTo) }),
   };
@@ -330,15 +344,14 @@ export function pageToItem(
 
 export function itemToPage(item: Record<string, AttributeValue>, pageBlocks: number): PageRecord {
   const page = num(item.page);
-  const segs = (item.segs?.L ?? []).map(str);
-  const rec: PageRecord = { page, version: num(item.version), extents: decodePage({ segs, ext: item.ext?.B ?? new Uint8Array() }, page, pageBlocks) };
+  const rec: PageRecord = { page, version: num(item.version), extents: decodePage(contentsOf(str(item.volumeId), item), page, pageBlocks) };
   if (item.ft?.N !== undefined) rec.frozenTag = num(item.ft);
   if (item.foldedTo?.N !== undefined) rec.foldedTo = num(item.foldedTo);
   return rec;
 }
 
 export function itemToStoredPage(item: Record<string, AttributeValue>): StoredPage {
-  const p: StoredPage = { page: num(item.page), version: num(item.version), segs: (item.segs?.L ?? []).map(str), ext: item.ext?.B ?? new Uint8Array() };
+  const p: StoredPage = { page: num(item.page), version: num(item.version), ...contentsOf(str(item.volumeId), item) };
   if (item.foldedTo?.N !== undefined) p.foldedTo = num(item.foldedTo);
   return p;
 }
@@ -348,8 +361,7 @@ export function storedPageToItem(volumeId: string, p: StoredPage): Record<string
     volumeId: S(volumeId),
     page: N(p.page),
     version: N(p.version),
-    segs: { L: p.segs.map(S) },
-    ext: { B: p.ext },
+    ...contentsToAttributes(volumeId, p),
     ...(p.foldedTo === undefined ? {} : { foldedTo: N(p.foldedTo) }),
   };
 }
@@ -405,5 +417,5 @@ export function frozenKey(volumeId: string, tag: number, page: number): Record<s
 
 /** The item of a frozen page in stored form. */
 export function storedFrozenToItem(volumeId: string, f: StoredFrozen): Record<string, AttributeValue> {
-  return { ...frozenKey(volumeId, f.tag, f.page), tag: N(f.tag), p: N(f.page), version: N(f.version), segs: { L: f.segs.map(S) }, ext: { B: f.ext } };
+  return { ...frozenKey(volumeId, f.tag, f.page), tag: N(f.tag), p: N(f.page), version: N(f.version), ...contentsToAttributes(volumeId, f) };
 }

@@ -36,6 +36,8 @@ import {
   PAGE_SPAN,
   attributeToParent,
   conditionFailed,
+  contentsOf,
+  contentsToAttributes,
   frozenKey,
   frozenPartition,
   flattenToAttribute,
@@ -56,15 +58,14 @@ const QUERY_PAGES_MAX = 100_000;
 const PURGE_LOCK_LEASE_MS = 16 * 60 * 1000;
 const UNPROCESSED_RETRY_MAX = 8;
 
-function itemToFrozen(item: Record<string, AttributeValue>, pageBlocks: number): FrozenPage {
+function itemToFrozen(volumeId: string, item: Record<string, AttributeValue>, pageBlocks: number): FrozenPage {
   const page = num(item.p);
-  const segs = (item.segs?.L ?? []).map(str);
-  return { tag: num(item.tag), page, version: num(item.version), extents: decodePage({ segs, ext: item.ext?.B ?? new Uint8Array() }, page, pageBlocks) };
+  return { tag: num(item.tag), page, version: num(item.version), extents: decodePage(contentsOf(volumeId, item), page, pageBlocks) };
 }
 
 function frozenToItem(volumeId: string, f: FrozenPage, pageBlocks: number): Record<string, AttributeValue> {
   const enc = encodePage(f.extents, f.page, pageBlocks);
-  return { ...frozenKey(volumeId, f.tag, f.page), tag: N(f.tag), p: N(f.page), version: N(f.version), segs: { L: enc.segs.map(S) }, ext: { B: enc.ext } };
+  return { ...frozenKey(volumeId, f.tag, f.page), tag: N(f.tag), p: N(f.page), version: N(f.version), ...contentsToAttributes(volumeId, enc) };
 }
 
 /**
@@ -105,7 +106,7 @@ export async function getFrozenPages(volumeId: string, pageBlocks: number, keys:
       const got = await dynamo().send(
         new BatchGetItemCommand({ RequestItems: { [table]: { Keys: pending, ConsistentRead: true } }, ReturnConsumedCapacity: 'TOTAL' }),
       );
-      for (const item of got.Responses?.[table] ?? []) out.push(itemToFrozen(item, pageBlocks));
+      for (const item of got.Responses?.[table] ?? []) out.push(itemToFrozen(volumeId, item, pageBlocks));
       pending = (got.UnprocessedKeys?.[table]?.Keys ?? []) as Record<string, AttributeValue>[];
     }
   }
@@ -138,13 +139,13 @@ async function* frozenItems(volumeId: string, fromTag: number, toTag?: number): 
 
 /** Frozen pages with `fromTag <= tag < toTag` (all tags when `toTag` is absent), in tag then page order. */
 export async function* listFrozenPages(volumeId: string, pageBlocks: number, fromTag: number, toTag?: number): AsyncGenerator<FrozenPage> {
-  for await (const item of frozenItems(volumeId, fromTag, toTag)) yield itemToFrozen(item, pageBlocks);
+  for await (const item of frozenItems(volumeId, fromTag, toTag)) yield itemToFrozen(volumeId, item, pageBlocks);
 }
 
 /** Every frozen page item of a volume as stored (not decoded), in tag then page order: what a checkpoint copies. */
 export async function* listStoredFrozen(volumeId: string): AsyncGenerator<StoredFrozen> {
   for await (const item of frozenItems(volumeId, 0)) {
-    yield { tag: num(item.tag), page: num(item.p), version: num(item.version), segs: (item.segs?.L ?? []).map(str), ext: item.ext?.B ?? new Uint8Array() };
+    yield { tag: num(item.tag), page: num(item.p), version: num(item.version), ...contentsOf(volumeId, item) };
   }
 }
 
