@@ -302,6 +302,10 @@ async function startMoto(port: number): Promise<MotoServer> {
   const stop = async (): Promise<void> => {
     removeExitHooks();
     if (exit || spawnError) return;
+    // Waited for from here on: unreferenced, a child that outlives the grace below (a busy
+    // endpoint) would let the event loop empty between SIGKILL and its exit, and `await exited`
+    // would never return (a bench then ended with "the event loop emptied" and exit code 13).
+    child.ref();
     child.kill('SIGTERM');
     const timer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS);
     await exited;
