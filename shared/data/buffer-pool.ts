@@ -84,3 +84,10 @@ export class BufferPool {
  * 4 free per 1 MiB size class; writes past 64 MiB of chunks are not pooled.
  */
 export const segmentBuffers = new BufferPool({ minBytes: 256 * 1024, maxBytes: 64 * MiB, classBytes: MiB, keepPerClass: 4 });
+
+/**
+ * Request bodies the head decodes from base64 (shared/api/http.ts): a write's 4 MiB, a batch's
+ * 4 MiB and its header. Leased for one request and given back once it is answered, so that a
+ * write allocates no large buffer of its own. Up to 4 free per 1 MiB size class.
+ */
+export const bodyBuffers = new BufferPool({ minBytes: 256 * 1024, maxBytes: 8 * MiB, classBytes: MiB, keepPerClass: 4 });
