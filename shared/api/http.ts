@@ -28,7 +28,13 @@ export interface Request {
 
 export type Response =
   | { status: number; json: unknown; headers?: Record<string, string> }
-  | { status: number; bytes: Buffer; headers?: Record<string, string> }
+  | {
+      status: number;
+      bytes: Buffer;
+      headers?: Record<string, string>;
+      /** Called once `bytes` is encoded into the result: a pooled buffer is given back. */
+      release?: () => void;
+    }
   | { status: number; headers?: Record<string, string> };
 
 type Handler = (req: Request) => Promise<Response>;
@@ -106,7 +112,9 @@ export class Router {
         stage = 'authorizing';
         await authorize(route.access, req.principal, req.params, `${route.method} ${route.path}`, this.resolvers);
         stage = 'handling';
-        const result = toResult(await route.handle(req));
+        const response = await route.handle(req);
+        const result = toResult(response);
+        if ('release' in response) response.release?.();
         if (auditable(route, req))
           audit({
             ...who(req),
@@ -166,7 +174,7 @@ function who(req: Request): { principal: string; accessKey?: string } {
 
 /**
  * The event's body as bytes. A base64 body (a write's data) is decoded into a buffer leased from
- * `bodyBuffers`, to be released once the request is answered: a fresh 4 MiB buffer per write
+ * `bodyBuffers` (shared/data/buffer-pool.ts), to be released once the request is answered: a fresh 4 MiB buffer per write
  * was garbage whose external memory started full collections, and whose first touch cost more
  * CPU (page faults) than decoding into it. The bytes are exactly those `Buffer.from` decodes.
  */
