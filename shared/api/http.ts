@@ -11,7 +11,7 @@
  */
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
 import { toSledgeError } from '../aws/errors.ts';
-import { bodyBuffers } from '../data/buffer-pool.ts';
+import { headBodyBuffers } from '../data/buffer-pool.ts';
 import { InvalidInputError, NotFoundError, PayloadTooLargeError, SledgeError, UnsupportedMediaTypeError } from '../core/errors.ts';
 import { type AuthSettings, type OwnerResolver, type Principal, type RouteAccess, audit, authorize, defaultAccess, principalOf } from './authz.ts';
 
@@ -174,7 +174,7 @@ function who(req: Request): { principal: string; accessKey?: string } {
 
 /**
  * The event's body as bytes. A base64 body (a write's data) is decoded into a buffer leased from
- * `bodyBuffers` (shared/data/buffer-pool.ts), to be released once the request is answered: a fresh 4 MiB buffer per write
+ * `headBodyBuffers` (shared/data/buffer-pool.ts), to be released once the request is answered: a fresh 4 MiB buffer per write
  * was garbage whose external memory started full collections, and whose first touch cost more
  * CPU (page faults) than decoding into it. The bytes are exactly those `Buffer.from` decodes.
  */
@@ -183,7 +183,7 @@ function requestBody(event: APIGatewayProxyEventV2): { buffer: Buffer; release()
   if (text === undefined || text === null) return { buffer: Buffer.alloc(0), release: () => {} };
   if (!event.isBase64Encoded) return { buffer: Buffer.from(text, 'utf8'), release: () => {} };
   // At least the decoded length (exact unless the text holds characters base64 skips).
-  const lease = bodyBuffers.take(Buffer.byteLength(text, 'base64'));
+  const lease = headBodyBuffers.take(Buffer.byteLength(text, 'base64'));
   const written = lease.buffer.write(text, 'base64');
   return { buffer: lease.buffer.subarray(0, written), release: () => lease.release() };
 }

@@ -33,7 +33,7 @@ import { describeReservations, applyReservationBody } from '../control/reservati
 import { applyReadLeaseBody } from '../control/read-lease-commands.ts';
 import { createVolume, deleteVolume, describeVolume, listVolumeViews, resizeVolume } from '../control/volumes.ts';
 import { readAllocation, readData, readSnapshotData } from '../data/read.ts';
-import { bodyBuffers, type Lease } from '../data/buffer-pool.ts';
+import { headBodyBuffers, type Lease } from '../data/buffer-pool.ts';
 import { planRead } from '../data/read-plan.ts';
 import { commitByReference, planWrite } from '../data/direct-write.ts';
 import { changedBlocks, createSnapshot, deleteSnapshot, describeSnapshot, listSnapshotViews, rollbackVolume } from '../control/snapshots.ts';
@@ -161,7 +161,7 @@ export const router = new Router()
     // The bytes are read into a pooled buffer, given back once encoded into the response (on a
     // failure it is dropped, never given back: a chunk read may still be writing into it).
     let lease: Lease | undefined;
-    const bytes = await readData(req.params.volumeId!, offset, length, report, requestKey(req), (n) => (lease = bodyBuffers.take(n)).buffer);
+    const bytes = await readData(req.params.volumeId!, offset, length, report, requestKey(req), (n) => (lease = headBodyBuffers.take(n)).buffer);
     // Degraded reads are visible to the client: how many granules failed and were rebuilt.
     return {
       status: 200,

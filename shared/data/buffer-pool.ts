@@ -91,4 +91,4 @@ export const segmentBuffers = new BufferPool({ minBytes: 256 * 1024, maxBytes: 6
  * (shared/api/routes.ts). Leased for one request and given back once it is answered, so that a
  * 4 MiB write or read allocates no large buffer of its own. Up to 4 free per 1 MiB size class.
  */
-export const bodyBuffers = new BufferPool({ minBytes: 256 * 1024, maxBytes: 8 * MiB, classBytes: MiB, keepPerClass: 4 });
+export const headBodyBuffers = new BufferPool({ minBytes: 256 * 1024, maxBytes: 8 * MiB, classBytes: MiB, keepPerClass: 4 });
