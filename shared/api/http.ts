@@ -173,10 +173,11 @@ function who(req: Request): { principal: string; accessKey?: string } {
 }
 
 /**
- * The event's body as bytes. A base64 body (a write's data) is decoded into a buffer leased from
- * `headBodyBuffers` (shared/data/buffer-pool.ts), to be released once the request is answered: a fresh 4 MiB buffer per write
- * was garbage whose external memory started full collections, and whose first touch cost more
- * CPU (page faults) than decoding into it. The bytes are exactly those `Buffer.from` decodes.
+ * The event's body as bytes. A base64 body (a write's data) is decoded into a buffer leased
+ * from `headBodyBuffers` (shared/data/buffer-pool.ts), to be released once the request is
+ * answered: a fresh 4 MiB buffer per write was garbage whose external memory started full
+ * collections, and whose first touch cost more CPU (page faults) than decoding into it. The
+ * bytes are exactly those `Buffer.from` decodes.
  */
 function requestBody(event: APIGatewayProxyEventV2): { buffer: Buffer; release(): void } {
   const text = event.body;
