@@ -33,6 +33,7 @@ import { describeReservations, applyReservationBody } from '../control/reservati
 import { applyReadLeaseBody } from '../control/read-lease-commands.ts';
 import { createVolume, deleteVolume, describeVolume, listVolumeViews, resizeVolume } from '../control/volumes.ts';
 import { readAllocation, readData, readSnapshotData } from '../data/read.ts';
+import { headBodyBuffers, type Lease } from '../data/buffer-pool.ts';
 import { planRead } from '../data/read-plan.ts';
 import { commitByReference, planWrite } from '../data/direct-write.ts';
 import { changedBlocks, createSnapshot, deleteSnapshot, describeSnapshot, listSnapshotViews, rollbackVolume } from '../control/snapshots.ts';
@@ -157,7 +158,10 @@ export const router = new Router()
     const offset = intQuery(req, 'offset');
     const length = intQuery(req, 'length');
     const report = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
-    const bytes = await readData(req.params.volumeId!, offset, length, report, requestKey(req));
+    // The bytes are read into a pooled buffer, given back once encoded into the response (on a
+    // failure it is dropped, never given back: a chunk read may still be writing into it).
+    let lease: Lease | undefined;
+    const bytes = await readData(req.params.volumeId!, offset, length, report, requestKey(req), (n) => (lease = headBodyBuffers.take(n)).buffer);
     // Degraded reads are visible to the client: how many granules failed and were rebuilt.
     return {
       status: 200,
@@ -167,6 +171,7 @@ export const router = new Router()
         'x-sledge-bad-granules': String(report.badGranules),
         'x-sledge-rebuilt-granules': String(report.rebuiltGranules),
       },
+      release: () => lease?.release(),
     };
   })
   .on('GET', '/volumes/{volumeId}/allocation', VOLUME_DATA, async (req) => {

@@ -84,3 +84,11 @@ export class BufferPool {
  * 4 free per 1 MiB size class; writes past 64 MiB of chunks are not pooled.
  */
 export const segmentBuffers = new BufferPool({ minBytes: 256 * 1024, maxBytes: 64 * MiB, classBytes: MiB, keepPerClass: 4 });
+
+/**
+ * The head's request and response bodies: a write's 4 MiB (or a batch's, with its header)
+ * decoded from base64 (shared/api/http.ts), and a read's bytes before they are encoded
+ * (shared/api/routes.ts). Leased for one request and given back once it is answered, so that a
+ * 4 MiB write or read allocates no large buffer of its own. Up to 4 free per 1 MiB size class.
+ */
+export const headBodyBuffers = new BufferPool({ minBytes: 256 * 1024, maxBytes: 8 * MiB, classBytes: MiB, keepPerClass: 4 });

@@ -3,7 +3,7 @@
  * verified ranged reads that follow chunks an evacuation moved (docs/page-map.md, "Reads").
  * Also the cache of volume geometry that writes use to read pages with the volume item.
  */
-import { DataUnavailableError, FencedError } from '../core/errors.ts';
+import { DataUnavailableError, FencedError, invariant } from '../core/errors.ts';
 import { clip, type Extent } from './extents.ts';
 import { type SegmentRecord, type VolumeRecord } from '../core/records.ts';
 import { readPayload, type PayloadRange, type ReadReport } from './segment-reader.ts';
@@ -89,9 +89,10 @@ export async function readData(
   length: number,
   report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 },
   key?: string,
+  allocate?: (bytes: number) => Buffer,
 ): Promise<Buffer> {
   const view = await readView(volumeId, offset, length, key);
-  return readExtents(view.extents, view.first, length, view.blockSizeBytes, report);
+  return readExtents(view.extents, view.first, length, view.blockSizeBytes, report, allocate);
 }
 
 /** What a read of a live volume's range sees: its extents (data and zeros) from block `first`. */
@@ -150,11 +151,22 @@ export async function readSnapshotData(
   return readExtents(extents, first, length, bs, report);
 }
 
-/** Reads the data extents among `extents` (blocks from `first`) into a zeroed buffer of `length` bytes. */
-export async function readExtents(all: readonly Extent[], first: number, length: number, bs: number, report: ReadReport): Promise<Buffer> {
+/**
+ * Reads the data extents among `extents` (blocks from `first`) into a zeroed buffer of `length`
+ * bytes: `allocate(length)` when given (the range is checked by then), else a new one.
+ */
+export async function readExtents(
+  all: readonly Extent[],
+  first: number,
+  length: number,
+  bs: number,
+  report: ReadReport,
+  allocate: (bytes: number) => Buffer = Buffer.allocUnsafe,
+): Promise<Buffer> {
   const extents = all.filter((e) => e.seg !== null);
   // Uninitialized, then zeroed wherever no data extent lands; the data is read straight into it.
-  const out = Buffer.allocUnsafe(length);
+  const out = allocate(length);
+  invariant(out.length === length, 'allocator returned a buffer of the wrong size');
   const end = first + length / bs;
   let cursor = first;
   for (const e of [...extents].sort((a, b) => a.first - b.first)) {
