@@ -46,7 +46,6 @@ const CATALOG_ACTIONS = [
   'dynamodb:UpdateItem',
   'dynamodb:DeleteItem',
   'dynamodb:Query',
-  'dynamodb:Scan',
   'dynamodb:BatchGetItem',
   'dynamodb:DescribeTable',
 ];

@@ -37,6 +37,9 @@ function synthWithNag(props: SledgeVaultStackProps, extra?: (s: SledgeVaultStack
   }
 }
 
+/** The catalog item actions the backup code uses (shared/backup): no Scan. */
+const CATALOG_ITEM_ACTIONS = ['dynamodb:BatchGetItem', 'dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:UpdateItem'];
+
 describe('SledgeVaultStack', () => {
   it("passes cdk-nag's AwsSolutions pack with zero errors", () => {
     const { error, report } = synthWithNag({ backupRoleArn: BACKUP_ROLE, restoreRoleArns: [RESTORE_ROLE] });
@@ -78,6 +81,10 @@ describe('SledgeVaultStack', () => {
       PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true },
       ResourcePolicy: Match.anyValue(),
     });
+    // The catalog's users get the item actions the code uses, no Scan (listing is by Query).
+    const table = Object.values(t.findResources('AWS::DynamoDB::Table'))[0] as { Properties: { ResourcePolicy: { PolicyDocument: { Statement: any[] } } } };
+    const catalog = table.Properties.ResourcePolicy.PolicyDocument.Statement.find((st) => st.Sid === 'VaultRolesUseTheCatalog');
+    expect([catalog.Action].flat().sort()).toEqual([...CATALOG_ITEM_ACTIONS, 'dynamodb:DescribeTable'].sort());
   });
 
   it('the primary stack, given the vault, passes its names to both functions and grants them its bucket, catalog and key; cdk-nag stays clean', () => {
@@ -101,7 +108,9 @@ describe('SledgeVaultStack', () => {
         expect(f.Properties.Environment.Variables).toMatchObject({ [VAULT_ENV.bucket]: vault.bucketName, [VAULT_ENV.table]: vault.tableName, [VAULT_ENV.region]: vault.region });
       }
       const statements = Object.values(t.findResources('AWS::IAM::Policy')).flatMap((p: any) => p.Properties.PolicyDocument.Statement);
-      expect(statements.some((st: any) => JSON.stringify(st.Resource).includes(`table/${vault.tableName}`))).toBe(true);
+      const catalog = statements.filter((st: any) => JSON.stringify(st.Resource).includes(`table/${vault.tableName}`));
+      expect(catalog.length).toBeGreaterThan(0);
+      for (const st of catalog) expect([st.Action].flat().filter((a: string) => a !== 'dynamodb:DescribeTable').sort()).toEqual(CATALOG_ITEM_ACTIONS);
       expect(statements.some((st: any) => st.Resource === vault.keyArn)).toBe(true);
     } finally {
       rmSync(outdir, { recursive: true, force: true });
