@@ -104,10 +104,11 @@ export class SledgeStack extends Stack {
     }
     const dataKey = this.dataKey;
 
-    const table = (constructId: string, partitionKey: dynamodb.Attribute, sortKey?: dynamodb.Attribute) =>
+    const table = (constructId: string, partitionKey: dynamodb.Attribute, sortKey?: dynamodb.Attribute, timeToLiveAttribute?: string) =>
       new dynamodb.Table(this, constructId, {
         partitionKey,
         ...(sortKey ? { sortKey } : {}),
+        ...(timeToLiveAttribute ? { timeToLiveAttribute } : {}),
         billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
         pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
         ...(dataKey ? { encryption: dynamodb.TableEncryption.CUSTOMER_MANAGED, encryptionKey: dataKey } : { encryption: dynamodb.TableEncryption.AWS_MANAGED }),
@@ -125,10 +126,12 @@ export class SledgeStack extends Stack {
       { name: 'volumeId', type: dynamodb.AttributeType.STRING },
       { name: 'segmentId', type: dynamodb.AttributeType.STRING },
     );
+    // The notes kept in it (job records, failure notes: shared/aws/notes.ts) expire; nothing else carries `expiresAt`.
     this.snapshotsTable = table(
       CONSTRUCT_IDS.snapshotsTable,
       { name: 'volumeId', type: dynamodb.AttributeType.STRING },
       { name: 'snapshotId', type: dynamodb.AttributeType.STRING },
+      'expiresAt',
     );
     this.drivesTable = table(CONSTRUCT_IDS.drivesTable, { name: 'driveId', type: dynamodb.AttributeType.STRING });
 

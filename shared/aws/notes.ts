@@ -29,8 +29,22 @@ async function getNotes(keys: readonly NoteKey[]): Promise<Map<string, Record<st
   return out;
 }
 
+/**
+ * How long a note is kept after its last write: DynamoDB's time to live deletes it then (the
+ * table's TTL attribute is `expiresAt`, cdk/stack.ts). Ninety days is far beyond what reads a
+ * note: SQS keeps a message (and a dead letter) 14 days at most, and a backup whose job record is
+ * gone is shown as the vault has it (a stale `running` record may be deleted; docs/backup.md).
+ */
+export const NOTE_TTL_SECONDS = 90 * 24 * 3600;
+
 async function putNote(k: NoteKey, doc: Record<string, unknown>): Promise<void> {
-  await dynamo().send(new PutItemCommand({ TableName: config().snapshotsTable, Item: { ...noteItemKey(k), doc: { S: JSON.stringify(doc) } } }));
+  const expiresAt = Math.floor(Date.now() / 1000) + NOTE_TTL_SECONDS;
+  await dynamo().send(
+    new PutItemCommand({
+      TableName: config().snapshotsTable,
+      Item: { ...noteItemKey(k), doc: { S: JSON.stringify(doc) }, expiresAt: { N: String(expiresAt) } },
+    }),
+  );
 }
 
 async function deleteNote(k: NoteKey): Promise<void> {

@@ -241,6 +241,8 @@ describe('SledgeStack', () => {
         expect(table?.Properties.PointInTimeRecoverySpecification).toEqual({ PointInTimeRecoveryEnabled: true });
         expect(table?.Properties.DeletionProtectionEnabled).toBe(true);
         expect(table?.DeletionPolicy).toBe('Retain');
+        // Only the Snapshots table expires items: the notes it keeps (shared/aws/notes.ts), by `expiresAt`.
+        expect(table?.Properties.TimeToLiveSpecification, id).toEqual(id === ids.tables.snapshots ? { AttributeName: 'expiresAt', Enabled: true } : undefined);
       }
     });
 
