@@ -132,17 +132,34 @@ export async function createVolume(input: CreateVolumeInput, owner?: string, opt
   if (dataChunks + parityChunks > sleds) {
     throw new InvalidInputError(`dataChunks + parityChunks = ${dataChunks + parityChunks} needs that many sleds; this deployment has ${sleds}`);
   }
+  // A restore (docs/backup.md) names the volume before its job creates it.
+  const record = newVolumeRecord(input, owner, opts.volumeId, { sizeBytes, blockSizeBytes, dataChunks, parityChunks, pageBlocks: PAGE_BLOCKS });
+  await pageMap().putNewVolume(record);
+  return view(record);
+}
+
+/**
+ * The record of a volume about to be created: `geometry` (and a clone's `parent`), no commit
+ * yet, no reservation, owned by `owner`, with the name, checkpoint interval and fold tail
+ * `input` asks for (checked in that order). A new id unless `volumeId` is given.
+ */
+function newVolumeRecord(
+  input: CreateVolumeInput,
+  owner: string | undefined,
+  volumeId: string | undefined,
+  geometry: Pick<VolumeRecord, 'sizeBytes' | 'blockSizeBytes' | 'dataChunks' | 'parityChunks' | 'pageBlocks'>,
+  parent?: VolumeRecord['parent'],
+): VolumeRecord {
   const name = volumeName(input.name);
   const checkpointEveryCommits = checkpointInterval(input.checkpointEveryCommits);
   const now = new Date().toISOString();
   const record: VolumeRecord = {
-    // A restore (docs/backup.md) names the volume before its job creates it.
-    volumeId: opts.volumeId ?? newVolumeId(),
-    sizeBytes,
-    blockSizeBytes,
-    dataChunks,
-    parityChunks,
-    pageBlocks: PAGE_BLOCKS,
+    volumeId: volumeId ?? newVolumeId(),
+    sizeBytes: geometry.sizeBytes,
+    blockSizeBytes: geometry.blockSizeBytes,
+    dataChunks: geometry.dataChunks,
+    parityChunks: geometry.parityChunks,
+    pageBlocks: geometry.pageBlocks,
     state: 'active',
     headSeq: 0,
     headSegmentId: '',
@@ -150,14 +167,14 @@ export async function createVolume(input: CreateVolumeInput, owner?: string, opt
     createdAt: now,
     updatedAt: now,
     checkpointEveryCommits,
+    ...(parent ? { parent } : {}),
   };
   if (name !== undefined) record.name = name;
   if (owner !== undefined) record.owner = owner;
   // The commit protocol is fixed at creation (docs/page-map.md, "Folding").
   const foldTailMax = foldTailField(input.foldTailMax);
   if (foldTailMax > 0) Object.assign(record, { foldedSeq: 0, foldedSegmentId: '', foldTailMax });
-  await pageMap().putNewVolume(record);
-  return view(record);
+  return record;
 }
 
 /** A new volume id: 16 random hex digits. */
@@ -211,30 +228,14 @@ async function createClone(input: CreateVolumeInput, owner?: string, volumeId?: 
     if (depth >= MAX_CLONE_DEPTH - 1) throw new InvalidInputError(`clone chains are at most ${MAX_CLONE_DEPTH} deep; flatten an ancestor first`);
     p = (await pageMap().getSnapshot(p.volumeId, p.snapshotId))?.parent;
   }
-  const name = volumeName(input.name);
-  const checkpointEveryCommits = checkpointInterval(input.checkpointEveryCommits);
-  const now = new Date().toISOString();
-  const record: VolumeRecord = {
-    volumeId: volumeId ?? newVolumeId(),
+  const geometry = {
     sizeBytes,
     blockSizeBytes: source.blockSizeBytes,
     dataChunks: source.dataChunks,
     parityChunks: source.parityChunks,
     pageBlocks: source.pageBlocks,
-    state: 'active',
-    headSeq: 0,
-    headSegmentId: '',
-    reservations: EMPTY_RESERVATIONS,
-    createdAt: now,
-    updatedAt: now,
-    checkpointEveryCommits,
-    parent: { volumeId: snapshot.volumeId, snapshotId: snapshot.snapshotId, seq: snapshot.seq },
   };
-  if (name !== undefined) record.name = name;
-  if (owner !== undefined) record.owner = owner;
-  // The commit protocol is fixed at creation (docs/page-map.md, "Folding").
-  const foldTailMax = foldTailField(input.foldTailMax);
-  if (foldTailMax > 0) Object.assign(record, { foldedSeq: 0, foldedSegmentId: '', foldTailMax });
+  const record = newVolumeRecord(input, owner, volumeId, geometry, { volumeId: snapshot.volumeId, snapshotId: snapshot.snapshotId, seq: snapshot.seq });
   await pageMap().createCloneVolume(record);
   return view(record);
 }

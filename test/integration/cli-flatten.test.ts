@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { runFlatten } from '../../cli/flatten.ts';
-import { Api, http, useSledgeEnv } from './helpers.ts';
-import { describeRun, run, SLEDGE_BIN, TOOLS_ENV } from './nbd-tools.ts';
+import { http, testApi } from './helpers.ts';
+import { expectCliErrors, expectUsageErrors, sledge } from './cli-tools.ts';
+import { describeRun } from './nbd-tools.ts';
 
 /**
  * `sledge rollback` and `sledge flatten`: the real CLI, as a process, against the local API;
@@ -13,16 +14,8 @@ import { describeRun, run, SLEDGE_BIN, TOOLS_ENV } from './nbd-tools.ts';
 const MiB = 1024 * 1024;
 const BLOCK = 4096;
 
-let api: Api;
-let url: string;
-beforeAll(() => {
-  url = useSledgeEnv().apiUrl;
-  api = new Api(url);
-});
+const { api, apiUrl: url } = testApi({ sledgeEnv: true });
 
-const PLAIN_ENV: NodeJS.ProcessEnv = { ...TOOLS_ENV };
-delete PLAIN_ENV.SLEDGE_DEBUG;
-const sledge = (args: string[]) => run(process.execPath, [SLEDGE_BIN, ...args], { env: PLAIN_ENV });
 const post = (path: string, body: unknown) => http(`${url}${path}`, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
 
 async function snapshot(volumeId: string): Promise<{ snapshotId: string }> {
@@ -136,16 +129,11 @@ describe('sledge flatten', () => {
     expect((await http(`${url}/snapshots/${c.snapshotId}`)).json.dependants).toEqual([]);
 
     // Again: it is no clone now. An unknown volume. One line each, exit 1.
-    const cases = [
+    await expectCliErrors((args) => sledge([...args, '--api', url]), [
       { args: ['flatten', c.cloneId], stderr: `sledge: volume ${c.cloneId} is not a clone (or is already flattened): it has no parent to copy from (409)\n` },
       { args: ['flatten', c.parentId], stderr: `sledge: volume ${c.parentId} is not a clone (or is already flattened): it has no parent to copy from (409)\n` },
       { args: ['flatten', 'vol-0000000000000000'], stderr: 'sledge: volume vol-0000000000000000 does not exist (404)\n' },
-    ];
-    for (let i = 0; i < cases.length; i += 2) {
-      const batch = cases.slice(i, i + 2);
-      const results = await Promise.all(batch.map((x) => sledge([...x.args, '--api', url])));
-      for (const [j, res] of results.entries()) expect({ code: res.code, stdout: res.stdout, stderr: res.stderr }, batch[j]!.args.join(' ')).toEqual({ code: 1, stdout: '', stderr: batch[j]!.stderr });
-    }
+    ]);
   });
 
   it('redraws one line in place on a terminal', async () => {
@@ -173,24 +161,11 @@ describe('the rollback and flatten command lines', () => {
     expect({ code: flHelp.code, stderr: flHelp.stderr }).toEqual({ code: 0, stderr: '' });
     expect(flHelp.stdout.startsWith('usage: sledge flatten <volumeId> --api <url>\n'), flHelp.stdout).toBe(true);
 
-    const cases: Array<{ args: string[]; line: string; usage: string }> = [
+    await expectUsageErrors(sledge, [
       { args: ['rollback', 'vol-1', '--api', url], line: '--snapshot <snapshotId> is required for sledge rollback: the snapshot of vol-1 to roll back to', usage: 'usage: sledge rollback ' },
       { args: ['rollback', 'vol-1', '--snapshot', '--api', url], line: "Option '--snapshot' argument is ambiguous. Did you forget to specify the option argument for '--snapshot'?", usage: 'usage: sledge rollback ' },
       { args: ['flatten', '--api', url], line: 'sledge flatten takes exactly one volume id, got none', usage: 'usage: sledge flatten ' },
       { args: ['flatten', 'vol-1'], line: '--api <url> is required for sledge flatten', usage: 'usage: sledge flatten ' },
-    ];
-    for (let i = 0; i < cases.length; i += 2) {
-      const batch = cases.slice(i, i + 2);
-      const results = await Promise.all(batch.map((x) => sledge(x.args)));
-      for (const [j, res] of results.entries()) {
-        const c = batch[j]!;
-        expect(res.code, describeRun(`sledge ${c.args.join(' ')}`, res)).toBe(2);
-        expect(res.stdout).toBe('');
-        const [first, blank, usage] = res.stderr.split('\n');
-        expect(first!.startsWith(`sledge: ${c.line}`), res.stderr).toBe(true);
-        expect(blank).toBe('');
-        expect(usage!.startsWith(c.usage), res.stderr).toBe(true);
-      }
-    }
+    ]);
   });
 });

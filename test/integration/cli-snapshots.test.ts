@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { pageMap } from '#shared/ports.ts';
-import { Api, http, PROFILES, useSledgeEnv } from './helpers.ts';
-import { describeRun, run, SLEDGE_BIN, TOOLS_ENV } from './nbd-tools.ts';
+import { Api, http, PROFILES, testApi } from './helpers.ts';
+import { expectCliErrors, expectUsageErrors, sledge } from './cli-tools.ts';
+import { describeRun } from './nbd-tools.ts';
 
 /**
  * `sledge snapshot create|list|delete` and `sledge clone`: the real CLI, as a process, against
@@ -10,16 +11,8 @@ import { describeRun, run, SLEDGE_BIN, TOOLS_ENV } from './nbd-tools.ts';
  */
 const MiB = 1024 * 1024;
 
-let api: Api;
-let url: string;
-beforeAll(() => {
-  url = useSledgeEnv().apiUrl;
-  api = new Api(url);
-});
+const { api, apiUrl: url } = testApi({ sledgeEnv: true });
 
-const PLAIN_ENV: NodeJS.ProcessEnv = { ...TOOLS_ENV };
-delete PLAIN_ENV.SLEDGE_DEBUG;
-const sledge = (args: string[]) => run(process.execPath, [SLEDGE_BIN, ...args], { env: PLAIN_ENV });
 
 /** A snapshot line: id, commit, size, creation time, then the optional name and clones. */
 const SNAPSHOT_LINE = /^(snap-[0-9a-f]+-\d{12}-[0-9a-f]{6}) {2}commit (\d+) {2}(\S+ \S+) {2}(\S+)(?: {2}(".*"))?(?: {2}clones (\S+))?$/;
@@ -94,7 +87,7 @@ describe('sledge snapshot and sledge clone', () => {
     await api.write(vol.volumeId, 0, randomBytes(64 * 1024));
     const s = (await http(`${url}/volumes/${vol.volumeId}/snapshots`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } })).json;
     const missingSnap = `snap-${vol.volumeId.slice(4)}-000000000099-abcdef`;
-    const cases: Array<{ args: string[]; stderr: string }> = [
+    await expectCliErrors((args) => sledge([...args, '--api', url]), [
       { args: ['snapshot', 'create', 'vol-0000000000000000'], stderr: 'sledge: volume vol-0000000000000000 does not exist (404)\n' },
       { args: ['snapshot', 'list', 'vol-0000000000000000'], stderr: 'sledge: volume vol-0000000000000000 does not exist (404)\n' },
       { args: ['snapshot', 'delete', missingSnap], stderr: `sledge: snapshot ${missingSnap} does not exist (404)\n` },
@@ -102,15 +95,7 @@ describe('sledge snapshot and sledge clone', () => {
       { args: ['clone', s.snapshotId, '--size', '4MiB'], stderr: `sledge: a clone is at least as large as its snapshot (${8 * MiB} bytes), not ${4 * MiB} (400)\n` },
       { args: ['clone', s.snapshotId, '--size', String(8 * MiB + 512)], stderr: `sledge: sizeBytes ${8 * MiB + 512} is not a multiple of the block size 4096 (400)\n` },
       { args: ['snapshot', 'create', vol.volumeId, '--name', ''], stderr: 'sledge: name must be a string of 1 to 128 characters (400)\n' },
-    ];
-    // Two at a time: each is a Node process loading the CLI through tsx, on a 2-core machine.
-    for (let i = 0; i < cases.length; i += 2) {
-      const batch = cases.slice(i, i + 2);
-      const results = await Promise.all(batch.map((c) => sledge([...c.args, '--api', url])));
-      for (const [j, r] of results.entries()) {
-        expect({ code: r.code, stdout: r.stdout, stderr: r.stderr }, batch[j]!.args.join(' ')).toEqual({ code: 1, stdout: '', stderr: batch[j]!.stderr });
-      }
-    }
+    ]);
     // Nothing was made by the refused commands.
     expect((await http(`${url}/volumes/${vol.volumeId}/snapshots`)).json.snapshots.map((x: { snapshotId: string }) => x.snapshotId)).toEqual([s.snapshotId]);
 
@@ -155,26 +140,13 @@ describe('sledge snapshot and sledge clone', () => {
   });
 
   it('refuses a wrong command line before sending anything, with the command\'s usage, exit 2', async () => {
-    const cases: Array<{ args: string[]; line: string; usage: string }> = [
+    await expectUsageErrors(sledge, [
       { args: ['snapshot'], line: 'sledge snapshot needs a subcommand first: create, list, delete', usage: 'usage: sledge snapshot create ' },
       { args: ['snapshot', 'take', 'vol-1', '--api', url], line: 'unknown snapshot subcommand "take"; the subcommands are create, list, delete', usage: 'usage: sledge snapshot create ' },
       { args: ['snapshot', 'create', 'vol-1'], line: '--api <url> is required for sledge snapshot create', usage: 'usage: sledge snapshot create ' },
       { args: ['snapshot', 'delete', 'vol-1', '--api', url], line: 'vol-1 is a volume id; sledge snapshot delete takes a snapshot id (`sledge snapshot list vol-1` lists the volume\'s)', usage: 'usage: sledge snapshot create ' },
       { args: ['clone', 'snap-1', '--size', '1.5GiB', '--api', url], line: '--size must be a positive number of bytes, or of KiB, MiB, GiB or TiB (e.g. 8GiB), got "1.5GiB"', usage: 'usage: sledge clone ' },
       { args: ['clone', 'snap-1', '--force', '--api', url], line: "Unknown option '--force'", usage: 'usage: sledge clone ' },
-    ];
-    for (let i = 0; i < cases.length; i += 2) {
-      const batch = cases.slice(i, i + 2);
-      const results = await Promise.all(batch.map((c) => sledge(c.args)));
-      for (const [j, r] of results.entries()) {
-        const c = batch[j]!;
-        expect(r.code, describeRun(`sledge ${c.args.join(' ')}`, r)).toBe(2);
-        expect(r.stdout).toBe('');
-        const [first, blank, usage] = r.stderr.split('\n');
-        expect(first!.startsWith(`sledge: ${c.line}`), r.stderr).toBe(true);
-        expect(blank).toBe('');
-        expect(usage!.startsWith(c.usage), r.stderr).toBe(true);
-      }
-    }
+    ]);
   });
 });

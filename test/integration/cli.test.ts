@@ -1,20 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
-import { beforeAll, describe, expect, it } from 'vitest';
-import { Api, http, useSledgeEnv } from './helpers.ts';
-import { describeRun, run, SLEDGE_BIN, TOOLS_ENV } from './nbd-tools.ts';
+import { describe, expect, it } from 'vitest';
+import { http, testApi } from './helpers.ts';
+import { PLAIN_ENV, sledge } from './cli-tools.ts';
+import { describeRun } from './nbd-tools.ts';
 
-let api: Api;
-let url: string;
-beforeAll(() => {
-  url = useSledgeEnv().apiUrl;
-  api = new Api(url);
-});
+const { api, apiUrl: url } = testApi({ sledgeEnv: true });
 
-/** The environment of a user who has not asked for stacks, whatever this test process has. */
-const PLAIN_ENV: NodeJS.ProcessEnv = { ...TOOLS_ENV };
-delete PLAIN_ENV.SLEDGE_DEBUG;
-const sledge = (args: string[], env: NodeJS.ProcessEnv = PLAIN_ENV) => run(process.execPath, [SLEDGE_BIN, ...args], { env });
 
 /** A Node stack frame, as printed in an uncaught error or by util.inspect. */
 const STACK_FRAME = /^\s+at .+[:)]/m;

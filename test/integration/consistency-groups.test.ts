@@ -1,7 +1,8 @@
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { pageMap } from '#shared/ports.ts';
-import { Api, PROFILES, http, useSledgeEnv } from './helpers.ts';
-import { describeRun, run, SLEDGE_BIN, TOOLS_ENV } from './nbd-tools.ts';
+import { Api, PROFILES, http, testApi } from './helpers.ts';
+import { PLAIN_ENV } from './cli-tools.ts';
+import { describeRun, run, SLEDGE_BIN } from './nbd-tools.ts';
 
 /**
  * Consistency groups through the API (docs/consistency-groups.md): create, describe, change and
@@ -11,12 +12,7 @@ import { describeRun, run, SLEDGE_BIN, TOOLS_ENV } from './nbd-tools.ts';
 const BLOCK = 4096;
 const MiB = 1024 * 1024;
 
-let api: Api;
-let url: string;
-beforeAll(() => {
-  url = useSledgeEnv().apiUrl;
-  api = new Api(url);
-});
+const { api, apiUrl: url } = testApi({ sledgeEnv: true });
 
 const json = (body: unknown) => ({ body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
 const post = (path: string, body: unknown, as?: (typeof PROFILES)[keyof typeof PROFILES]) =>
@@ -171,10 +167,8 @@ describe('consistency groups', () => {
   });
 
   it('is driven by the CLI: sledge group create, snapshot, snapshots, delete-snapshot, delete', async () => {
-    const env: NodeJS.ProcessEnv = { ...TOOLS_ENV };
-    delete env.SLEDGE_DEBUG;
     const sledge = async (args: string[]) => {
-      const r = await run(process.execPath, [SLEDGE_BIN, 'group', ...args, '--api', url], { env });
+      const r = await run(process.execPath, [SLEDGE_BIN, 'group', ...args, '--api', url], { env: PLAIN_ENV });
       expect(r.code, describeRun(`sledge group ${args[0]}`, r)).toBe(0);
       return r.stdout.trim();
     };

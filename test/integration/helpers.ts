@@ -1,6 +1,7 @@
 /**
- * Helpers for integration tests: an HTTP client for the local API, and the environment
- * (table, bucket, queue names) so tests can inspect or damage what is stored.
+ * Helpers for integration tests: an HTTP client for the local API, the environment (table,
+ * bucket, queue names) so tests can inspect or damage what is stored, and the module-scope setup
+ * test files share (testApi, testTempDir).
  *
  * Every request is signed (AWS SigV4, service execute-api), as the API requires: by the local
  * operator unless a test says otherwise (`as: PROFILES.tenantA`, or `as: 'unsigned'`). The keys
@@ -9,10 +10,12 @@
  * that file with the operator's profile, so the `sledge` CLI and gateways the tests start sign
  * as the operator too.
  */
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, request as httpRequest, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { inject } from 'vitest';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, inject } from 'vitest';
 import type { IamIdentity, LocalPrincipal } from '#local/iam-auth.ts';
 import { LOCAL_ACCOUNT_ID, LOCAL_CREDENTIALS_ENV, PROFILES, parseCredentialsFile, type ProfileName } from '#local/principals.ts';
 import { requestSigner, type RequestSigner, type SigningCredentials } from '#shared/api/signing.ts';
@@ -54,6 +57,30 @@ export function useSledgeEnv(): { apiUrl: string } {
   }
   process.env.AWS_REGION ??= 'us-east-1';
   return { apiUrl: inject('apiUrl') };
+}
+
+/**
+ * The API's URL and a client of it (signed as the operator), for a test file's module scope.
+ * With `sledgeEnv`, the control plane's environment is also put into this process before the
+ * file's tests (useSledgeEnv), for files that use shared modules directly.
+ */
+export function testApi(opts: { sledgeEnv?: boolean } = {}): { api: Api; apiUrl: string } {
+  if (opts.sledgeEnv) {
+    beforeAll(() => {
+      useSledgeEnv();
+    });
+  }
+  const apiUrl = inject('apiUrl');
+  return { api: new Api(apiUrl), apiUrl };
+}
+
+/** A temporary directory (`prefix` and a random suffix) for a test file, removed after its tests. */
+export function testTempDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  afterAll(() => {
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return dir;
 }
 
 /** A local principal: its keys (from the credentials file) and identity. */

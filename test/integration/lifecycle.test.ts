@@ -1,17 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { config } from '#shared/core/config.ts';
 import { listVolumeChunks } from '#shared/aws/chunk-store.ts';
-import { Api, http, useSledgeEnv } from './helpers.ts';
+import { http, testApi } from './helpers.ts';
 
 const MiB = 1024 * 1024;
-let api: Api;
-let url: string;
-
-beforeAll(() => {
-  url = useSledgeEnv().apiUrl;
-  api = new Api(url);
-});
+const { api, apiUrl: url } = testApi({ sledgeEnv: true });
 
 async function chunksOf(volumeId: string): Promise<number> {
   let n = 0;

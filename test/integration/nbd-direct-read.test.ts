@@ -5,32 +5,20 @@
  * fallback API read. Holes cost no GET. The route refuses bad input and other tenants.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { s3 } from '#shared/aws/clients.ts';
 import { getSegmentRecord } from '#shared/aws/pagemap/pages.ts';
 import { DirectReadError, readPlanned } from '#gateway/direct-read.ts';
 import { VolumeClient } from '#gateway/volume-client.ts';
-import { Api, PROFILES, useSledgeEnv } from './helpers.ts';
+import { Api, PROFILES, testApi, testTempDir } from './helpers.ts';
 import { describeRun, nbdsh, startGateway } from './nbd-tools.ts';
 
 const MiB = 1024 * 1024;
 
-const dir = mkdtempSync(join(tmpdir(), 'sledge-nbd-direct-'));
-let api: Api;
-let apiUrl: string;
-
-beforeAll(() => {
-  ({ apiUrl } = useSledgeEnv());
-  api = new Api(apiUrl);
-});
-
-afterAll(() => {
-  rmSync(dir, { recursive: true, force: true });
-});
+const dir = testTempDir('sledge-nbd-direct-');
+const { api, apiUrl } = testApi({ sledgeEnv: true });
 
 async function chunkOf(volumeId: string, segmentId: string, chunk: number) {
   const rec = await getSegmentRecord(volumeId, segmentId);

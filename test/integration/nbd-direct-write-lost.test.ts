@@ -6,18 +6,12 @@
  * head moves once and the bytes read back.
  */
 import { randomBytes } from 'node:crypto';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { VolumeClient } from '#gateway/volume-client.ts';
-import { Api, apiProxy, useSledgeEnv } from './helpers.ts';
+import { apiProxy, testApi } from './helpers.ts';
 
 const MiB = 1024 * 1024;
-let api: Api;
-let apiUrl: string;
-
-beforeAll(() => {
-  ({ apiUrl } = useSledgeEnv());
-  api = new Api(apiUrl);
-});
+const { api, apiUrl } = testApi({ sledgeEnv: true });
 
 async function client(volumeId: string, url: string) {
   const c = new VolumeClient(url, volumeId, { retryBudgetMs: 10_000, directWrites: true });

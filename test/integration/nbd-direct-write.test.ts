@@ -7,35 +7,24 @@
  * once; a head without the route makes the gateway write through the API.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { s3 } from '#shared/aws/clients.ts';
 import { crc32c } from '#shared/data/crc32c.ts';
 import { createVolume } from '#shared/control/volumes.ts';
 import { type EncodedBatch, encodeDirectBatch, putChunks, type WritePlan } from '#gateway/direct-write.ts';
 import { VolumeApiError, VolumeClient } from '#gateway/volume-client.ts';
-import { Api, apiProxy, http, useSledgeEnv } from './helpers.ts';
+import { apiProxy, http, testApi, testTempDir } from './helpers.ts';
 import { describeRun, run, startGateway, TOOLS_ENV } from './nbd-tools.ts';
 
 const MiB = 1024 * 1024;
 // Volumes this process creates itself (createVolume below) fold, with a tail of at most 4 commits.
 process.env.SLEDGE_FOLD_TAIL_MAX = '4';
 
-const dir = mkdtempSync(join(tmpdir(), 'sledge-nbd-dwrite-'));
-let api: Api;
-let apiUrl: string;
-
-beforeAll(() => {
-  ({ apiUrl } = useSledgeEnv());
-  api = new Api(apiUrl);
-});
-
-afterAll(() => {
-  rmSync(dir, { recursive: true, force: true });
-});
+const dir = testTempDir('sledge-nbd-dwrite-');
+const { api, apiUrl } = testApi({ sledgeEnv: true });
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 

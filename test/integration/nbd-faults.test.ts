@@ -5,28 +5,16 @@
  * control-plane restart under a mounted file system.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { Api, http } from './helpers.ts';
+import { describe, expect, it } from 'vitest';
+import { http, testApi, testTempDir } from './helpers.ts';
 import { describeRun, nbdsh, run, SLEDGE_BIN, startGateway, TOOLS_ENV } from './nbd-tools.ts';
 
 const MiB = 1024 * 1024;
 const VOLUME_BYTES = 16 * MiB;
 
-const dir = mkdtempSync(join(tmpdir(), 'sledge-nbd-faults-'));
-let api: Api;
-let apiUrl: string;
-
-beforeAll(() => {
-  apiUrl = inject('apiUrl');
-  api = new Api(apiUrl);
-});
-
-afterAll(() => {
-  rmSync(dir, { recursive: true, force: true });
-});
+const dir = testTempDir('sledge-nbd-faults-');
+const { api, apiUrl } = testApi();
 
 /** Resolves with `p`'s value, or with `onTimeout` after `ms`. */
 function within<T>(p: Promise<T>, ms: number, onTimeout: T): Promise<T> {

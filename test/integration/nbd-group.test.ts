@@ -13,11 +13,9 @@
  * either volume): every block `a` of either volume whose `next(a)` was issued before `C` must be
  * in it; and every block it holds is whole (a valid header for its offset, or zeros).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { Api, http } from './helpers.ts';
+import { describe, expect, it } from 'vitest';
+import { http, testApi, testTempDir } from './helpers.ts';
 import { describeRun, run, startGateway, type NbdTarget } from './nbd-tools.ts';
 
 const MiB = 1024 * 1024;
@@ -26,17 +24,8 @@ const WRITTEN = MiB;
 const BLOCKS = WRITTEN / BLOCK;
 const FLUSH_EVERY = 8;
 const FIO_MAGIC = 0xacca;
-const dir = mkdtempSync(join(tmpdir(), 'sledge-nbd-group-'));
-
-let api: Api;
-let apiUrl: string;
-beforeAll(() => {
-  apiUrl = inject('apiUrl');
-  api = new Api(apiUrl);
-});
-afterAll(() => {
-  rmSync(dir, { recursive: true, force: true });
-});
+const dir = testTempDir('sledge-nbd-group-');
+const { api, apiUrl } = testApi();
 
 /** Issue time in ns of each block fio wrote (null: zeros); throws on a torn or misplaced block. */
 function blockTimes(image: Buffer, what: string): Array<bigint | null> {

@@ -7,12 +7,11 @@
  * printed; replay with SLEDGE_SEED=<seed>).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { seeded } from '../unit/seed.ts';
-import { Api, http } from './helpers.ts';
+import { http, testApi, testTempDir } from './helpers.ts';
 import { describeRun, run, startGateway, TOOLS_ENV, type NbdTarget } from './nbd-tools.ts';
 
 const MiB = 1024 * 1024;
@@ -21,18 +20,8 @@ const VOLUME_BYTES = 16 * MiB;
 const REGION = '8M';
 const BLOCKS_PER_PASS = 2048;
 
-const dir = mkdtempSync(join(tmpdir(), 'sledge-nbd-multiattach-'));
-let api: Api;
-let apiUrl: string;
-
-beforeAll(() => {
-  apiUrl = inject('apiUrl');
-  api = new Api(apiUrl);
-});
-
-afterAll(() => {
-  rmSync(dir, { recursive: true, force: true });
-});
+const dir = testTempDir('sledge-nbd-multiattach-');
+const { api, apiUrl } = testApi();
 
 /** Runs fio's nbd engine against `target`; returns how many reads it issued. Any verify failure fails the test. */
 async function fio(target: NbdTarget, name: string, args: string[]): Promise<number> {

@@ -4,27 +4,16 @@
  * while the volume keeps changing, and nbdsh seeing READ_ONLY and EPERM on a write.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { Api, http } from './helpers.ts';
+import { describe, expect, it } from 'vitest';
+import { http, testApi, testTempDir } from './helpers.ts';
 import { NBDSH_ERRNO, describeRun, nbdsh, run, startGateway } from './nbd-tools.ts';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
-const dir = mkdtempSync(join(tmpdir(), 'sledge-nbd-snapshot-'));
-let api: Api;
-let apiUrl: string;
-
-beforeAll(() => {
-  apiUrl = inject('apiUrl');
-  api = new Api(apiUrl);
-});
-
-afterAll(() => {
-  rmSync(dir, { recursive: true, force: true });
-});
+const dir = testTempDir('sledge-nbd-snapshot-');
+const { api, apiUrl } = testApi();
 
 describe('sledge nbd --snapshot', () => {
   it('serves the bytes written before the snapshot, read-only, while the volume keeps changing', async () => {

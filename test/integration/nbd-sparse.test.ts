@@ -5,30 +5,19 @@
  * ranged GETs the gateway reports when it stops.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { Api } from './helpers.ts';
+import { describe, expect, it } from 'vitest';
+import { testApi, testTempDir } from './helpers.ts';
 import { describeRun, nbdsh, run, startGateway } from './nbd-tools.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
 
-const dir = mkdtempSync(join(tmpdir(), 'sledge-nbd-sparse-'));
-let api: Api;
-let apiUrl: string;
-
-beforeAll(() => {
-  apiUrl = inject('apiUrl');
-  api = new Api(apiUrl);
-});
-
-afterAll(() => {
-  rmSync(dir, { recursive: true, force: true });
-});
+const dir = testTempDir('sledge-nbd-sparse-');
+const { api, apiUrl } = testApi();
 
 interface MapEntry {
   start: number;

@@ -8,33 +8,22 @@
  * a harness bug. Tests in a file run in order; each uses its own region of the export.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { seeded } from '../unit/seed.ts';
-import { Api, http } from './helpers.ts';
+import { http, testApi, testTempDir } from './helpers.ts';
 import { describeRun, NBDSH_ERRNO, nbdsh, run, SLEDGE_BIN, startGateway, startNbdkitMemory, type NbdTarget } from './nbd-tools.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const EXPORT_BYTES = 64 * MiB;
 
-const dir = mkdtempSync(join(tmpdir(), 'sledge-nbd-test-'));
-let api: Api;
-let apiUrl: string;
+const dir = testTempDir('sledge-nbd-test-');
+const { api, apiUrl } = testApi();
 let socketCount = 0;
 const socketPath = () => join(dir, `s${socketCount++}.sock`);
-
-beforeAll(() => {
-  apiUrl = inject('apiUrl');
-  api = new Api(apiUrl);
-});
-
-afterAll(() => {
-  rmSync(dir, { recursive: true, force: true });
-});
 
 interface Harness {
   name: string;

@@ -1,21 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import { HeadObjectCommand } from '@aws-sdk/client-s3';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { s3 } from '#shared/aws/clients.ts';
 import { FencedError } from '#shared/core/errors.ts';
 import { getPages } from '#shared/aws/pagemap/pages.ts';
 import { getVolume } from '#shared/aws/pagemap/volumes.ts';
 import { completeWrite, prepareWrite } from '#shared/data/write.ts';
-import { Api, http, useSledgeEnv, type HttpResult } from './helpers.ts';
+import { http, type HttpResult, testApi } from './helpers.ts';
 
 const MiB = 1024 * 1024;
-let api: Api;
-let url: string;
-
-beforeAll(() => {
-  url = useSledgeEnv().apiUrl;
-  api = new Api(url);
-});
+const { api, apiUrl: url } = testApi({ sledgeEnv: true });
 
 const json = { 'content-type': 'application/json' };
 

@@ -1,11 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { collectVolume } from '#shared/maintenance/gc.ts';
 import { foldVolume } from '#shared/maintenance/fold.ts';
 import { purgeSnapshots } from '#shared/control/snapshots.ts';
 import { pageMap } from '#shared/ports.ts';
 import { completeWrite, prepareWrite } from '#shared/data/write.ts';
-import { Api, http, useSledgeEnv } from './helpers.ts';
+import { http, testApi } from './helpers.ts';
 
 /**
  * Snapshots, clones and changed blocks through the API (docs/snapshots.md), against the local
@@ -15,12 +15,7 @@ import { Api, http, useSledgeEnv } from './helpers.ts';
 const BLOCK = 4096;
 const MiB = 1024 * 1024;
 
-let api: Api;
-let url: string;
-beforeAll(() => {
-  url = useSledgeEnv().apiUrl;
-  api = new Api(url);
-});
+const { api, apiUrl: url } = testApi({ sledgeEnv: true });
 
 const json = (body: unknown) => ({ body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
 

@@ -193,7 +193,7 @@ export async function putSegmentRecordIfAbsent(record: SegmentRecord): Promise<b
  * The items of one volume in a table, in sort-key order, a page of queries at a time
  * (consistent reads). `sortKeyRange` narrows the sort key to `BETWEEN from AND to`.
  */
-async function* queryVolumeItems(
+export async function* queryVolumeItems(
   table: string,
   volumeId: string,
   sortKeyRange?: { name: string; from: AttributeValue; to: AttributeValue },

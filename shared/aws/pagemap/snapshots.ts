@@ -5,7 +5,6 @@
  */
 import {
   type AttributeValue,
-  BatchGetItemCommand,
   DeleteItemCommand,
   GetItemCommand,
   PutItemCommand,
@@ -26,10 +25,8 @@ import {
   type StoredFrozen,
   type VolumeRecord,
 } from '../../core/records.ts';
-import { sleep } from '../../core/async.ts';
 import { decodePage, encodePage } from '../../data/extents.ts';
 import { dynamo } from '../clients.ts';
-import { unprocessedAfterRetries } from '../errors.ts';
 import {
   N,
   S,
@@ -47,6 +44,7 @@ import {
   str,
   volumeToItem,
 } from './items.ts';
+import { batchGet, queryVolumeItems } from './pages.ts';
 import { fencingCondition } from './transactions.ts';
 
 const QUERY_PAGES_MAX = 100_000;
@@ -56,7 +54,6 @@ const QUERY_PAGES_MAX = 100_000;
  * minutes), so only a purge that crashed loses it; its redelivered message then takes it over.
  */
 const PURGE_LOCK_LEASE_MS = 16 * 60 * 1000;
-const UNPROCESSED_RETRY_MAX = 8;
 
 function itemToFrozen(volumeId: string, item: Record<string, AttributeValue>, pageBlocks: number): FrozenPage {
   const page = num(item.p);
@@ -96,21 +93,11 @@ export async function freezePages(volumeId: string, pageBlocks: number, pages: r
 
 /** The frozen pages among `keys` that exist (consistent reads). */
 export async function getFrozenPages(volumeId: string, pageBlocks: number, keys: ReadonlyArray<{ tag: number; page: number }>): Promise<FrozenPage[]> {
-  const table = config().pagesTable;
-  const out: FrozenPage[] = [];
-  for (let i = 0; i < keys.length; i += 100) {
-    let pending: Record<string, AttributeValue>[] = keys.slice(i, i + 100).map((k) => frozenKey(volumeId, k.tag, k.page));
-    for (let attempt = 0; pending.length > 0; attempt++) {
-      if (attempt >= UNPROCESSED_RETRY_MAX) throw unprocessedAfterRetries('BatchGetItem', [table], attempt);
-      if (attempt > 0) await sleep(Math.min(1000, 20 * 2 ** attempt));
-      const got = await dynamo().send(
-        new BatchGetItemCommand({ RequestItems: { [table]: { Keys: pending, ConsistentRead: true } }, ReturnConsumedCapacity: 'TOTAL' }),
-      );
-      for (const item of got.Responses?.[table] ?? []) out.push(itemToFrozen(volumeId, item, pageBlocks));
-      pending = (got.UnprocessedKeys?.[table]?.Keys ?? []) as Record<string, AttributeValue>[];
-    }
-  }
-  return out;
+  const items = await batchGet(
+    config().pagesTable,
+    keys.map((k) => frozenKey(volumeId, k.tag, k.page)),
+  );
+  return items.map((item) => itemToFrozen(volumeId, item, pageBlocks));
 }
 
 /** Frozen page items with `fromTag <= tag < toTag` (all tags from `fromTag` when `toTag` is absent), raw, in tag then page order. */
@@ -204,23 +191,8 @@ export async function getSnapshot(volumeId: string, snapshotId: string): Promise
 /** Every snapshot record of a volume (ready or deleting), in seq order. */
 export async function listSnapshots(volumeId: string): Promise<SnapshotRecord[]> {
   const out: SnapshotRecord[] = [];
-  let start: Record<string, AttributeValue> | undefined;
-  for (let n = 0; ; n++) {
-    invariant(n < QUERY_PAGES_MAX, 'query of snapshots did not end');
-    const got = await dynamo().send(
-      new QueryCommand({
-        TableName: config().snapshotsTable,
-        KeyConditionExpression: 'volumeId = :v',
-        ExpressionAttributeValues: { ':v': S(volumeId) },
-        ExclusiveStartKey: start,
-        ConsistentRead: true,
-        ReturnConsumedCapacity: 'TOTAL',
-      }),
-    );
-    out.push(...(got.Items ?? []).map(itemToSnapshot));
-    start = got.LastEvaluatedKey;
-    if (!start) return out;
-  }
+  for await (const item of queryVolumeItems(config().snapshotsTable, volumeId)) out.push(itemToSnapshot(item));
+  return out;
 }
 
 export function cancellation(err: unknown): Array<{ Code?: string; Item?: Record<string, AttributeValue> }> | null {
