@@ -77,5 +77,7 @@ describe('packed page items (pg)', () => {
     expect(() => unpackPage(VOL, Uint8Array.from([9, ...bytes.subarray(1)]))).toThrow(/format 9/);
     expect(() => unpackPage(VOL, bytes.subarray(0, bytes.length - 1))).toThrow(/end early/);
     expect(() => unpackPage(VOL, Uint8Array.from([...bytes, 0]))).toThrow(/trailing/);
+    // One extent whose first block is past what a record holds (2^16): format, no references, one extent.
+    expect(() => unpackPage(VOL, Uint8Array.from([1, 0, 1, 0x80, 0x80, 0x08, 0, 0, 0]))).toThrow(/out of range/);
   });
 });

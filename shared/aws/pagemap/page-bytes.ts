@@ -86,10 +86,13 @@ export function unpackPage(volumeId: string, bytes: Uint8Array): EncodedPage {
     const first = end + unzigzag(r.varint());
     const countLess1 = r.varint();
     const index = r.varint();
+    const segBlock = r.varint();
+    // Each field back within its record's width (bytes that were never packed from records fail here).
+    invariant(first >= 0 && first <= 0xffff && countLess1 <= 0xffff && index <= 0xffff && segBlock <= 0xffffffff, 'page bytes: extent field out of range');
     view.setUint16(o, first);
     view.setUint16(o + 2, countLess1);
     view.setUint16(o + 4, index === 0 ? ZERO_INDEX : index - 1);
-    view.setUint32(o + 6, r.varint());
+    view.setUint32(o + 6, segBlock);
     end = first + countLess1 + 1;
   }
   invariant(r.atEnd(), 'page bytes: trailing bytes');
