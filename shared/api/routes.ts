@@ -265,8 +265,10 @@ export const router = new Router()
     const offset = intQuery(req, 'offset');
     const length = intQuery(req, 'length');
     const report = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
-    const bytes = await readSnapshotData(req.params.snapshotId!, offset, length, report);
-    return { status: 200, bytes, headers: { 'x-sledge-ranged-gets': String(report.rangedGets) } };
+    // Pooled as a volume read's bytes are (above): given back once encoded, dropped on a failure.
+    let lease: Lease | undefined;
+    const bytes = await readSnapshotData(req.params.snapshotId!, offset, length, report, (n) => (lease = headBodyBuffers.take(n)).buffer);
+    return { status: 200, bytes, headers: { 'x-sledge-ranged-gets': String(report.rangedGets) }, release: () => lease?.release() };
   })
   .on('GET', '/snapshots/{snapshotId}/changed-blocks', SNAPSHOT_OWNER, async (req) => ({
     status: 200,

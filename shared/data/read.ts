@@ -142,13 +142,14 @@ export async function readSnapshotData(
   offset: number,
   length: number,
   report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 },
+  allocate?: (bytes: number) => Buffer,
 ): Promise<Buffer> {
   const { snapshot, volume } = await requireSnapshot(snapshotId);
   checkRange({ ...volume, sizeBytes: snapshot.sizeBytes }, offset, length, MAX_IO_BYTES);
   const bs = volume.blockSizeBytes;
   const first = offset / bs;
   const extents = await viewExtents(snapshotViewPoint(volume, snapshot), first, first + length / bs);
-  return readExtents(extents, first, length, bs, report);
+  return readExtents(extents, first, length, bs, report, allocate);
 }
 
 /**
