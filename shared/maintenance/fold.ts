@@ -231,7 +231,10 @@ async function foldBatch(
       // check that the volume serves; the others are written one by one, many at a time.
       const creates = pending.filter((f) => f.item === null);
       const groupMax = Math.max(1, Math.min(FOLDED_CREATES_MAX, opts.createsMax ?? FOLDED_CREATES_MAX));
-      await Promise.all([
+      // Both lanes settle before the step ends, failed or not: a step that returned while the
+      // other lane still wrote (or ran a test's hook) would report, and be followed by, work
+      // that is not over.
+      const lanes = await Promise.allSettled([
         (async () => {
           for (let g = 0; g < creates.length; g += groupMax) {
             await createFolded(v, tag, tail, creates.slice(g, g + groupMax), report);
@@ -247,6 +250,8 @@ async function foldBatch(
           },
         ),
       ]);
+      const failed = lanes.find((l): l is PromiseRejectedResult => l.status === 'rejected');
+      if (failed) throw failed.reason;
     } catch (err) {
       if (err instanceof VolumeStoppedError) return false; // deleted (or fenced by a rebuild) mid-step: the caller reads it again and stops
       throw err;
