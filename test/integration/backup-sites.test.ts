@@ -1,12 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSeparateEndpoint } from '#local/endpoint.ts';
 import { VAULT_ENV } from '#shared/core/vault-config.ts';
 import { groupStore } from '#shared/ports.ts';
-import { Api, PROFILES, http, useSledgeEnv } from './helpers.ts';
+import { Api, PROFILES, http, testApi, testTempDir } from './helpers.ts';
 import { MiB, backup, firstDifference, json, readAll, restore, snapshot, waitState } from './backup-helpers.ts';
 import { startPlug, startSite, type Plug, type Site } from './site-helpers.ts';
 import { runBackupModel, vaultPackBytes } from './backup-model.ts';
@@ -19,22 +16,18 @@ import { runBackupModel, vaultPackBytes } from './backup-model.ts';
  */
 const BLOCK = 4096;
 
-let url: string;
-let api: Api;
+const { api, apiUrl: url } = testApi({ sledgeEnv: true });
 const cleanups: Array<() => Promise<void>> = [];
 // Every site process deploys the same stack: synthesized once, by the first (local/stack.ts).
-const synthCache = mkdtempSync(join(tmpdir(), 'sledge-site-synth-'));
+const synthCache = testTempDir('sledge-site-synth-');
 /** The separate endpoints the tests use (a second site's, a vault's, a killed worker's site's), started side by side. */
 let endpoints: { dr: string; vault: string; killed: string };
 beforeAll(async () => {
-  url = useSledgeEnv().apiUrl;
-  api = new Api(url);
   const [dr, vault, killed] = await Promise.all([endpoint(), endpoint(), endpoint()]);
   endpoints = { dr, vault, killed };
 });
 afterAll(async () => {
   for (const c of cleanups.reverse()) await c().catch(() => undefined);
-  rmSync(synthCache, { recursive: true, force: true });
 });
 
 async function endpoint(): Promise<string> {

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { beforeAll, describe, expect, it } from 'vitest';
-import { Api, PROFILES, http, useSledgeEnv } from './helpers.ts';
+import { describe, expect, it } from 'vitest';
+import { PROFILES, http, testApi } from './helpers.ts';
 import { MiB, backup, firstDifference, json, readAll, restore, snapshot, waitState } from './backup-helpers.ts';
 import { describeRun, run, SLEDGE_BIN, TOOLS_ENV } from './nbd-tools.ts';
 import { GetQueueAttributesCommand } from '@aws-sdk/client-sqs';
@@ -18,12 +18,7 @@ import { getBackup, getRestore, listPacks } from '#shared/backup/catalog.ts';
 const BLOCK = 4096;
 const SIZE = 24 * MiB;
 
-let api: Api;
-let url: string;
-beforeAll(() => {
-  url = useSledgeEnv().apiUrl;
-  api = new Api(url);
-});
+const { api, apiUrl: url } = testApi({ sledgeEnv: true });
 
 async function expectRestoresAs(backupId: string, snapshotId: string, sizeBytes: number): Promise<any> {
   const done = await restore(url, backupId);

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { BatchWriteItemCommand, QueryCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
 import { DeleteObjectCommand } from '@aws-sdk/client-s3';
 import type { SQSEvent } from 'aws-lambda';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { dynamo, s3 } from '#shared/aws/clients.ts';
 import { encodeBatch } from '#shared/api/batch.ts';
 import { sendCheckpointMessage } from '#shared/maintenance/checkpoint-messages.ts';
@@ -22,7 +22,7 @@ import { foldVolume } from '#shared/maintenance/fold.ts';
 import { isFolding } from '#shared/data/tail.ts';
 import { formatRebuildReport, rebuildVolume, RebuildRequestError } from '../../cli/rebuild.ts';
 import { seeded } from '../unit/seed.ts';
-import { Api, http, useSledgeEnv, type HttpResult } from './helpers.ts';
+import { http, testApi, type HttpResult } from './helpers.ts';
 
 /**
  * Checkpoints and rebuild over HTTP against the local endpoint (docs/checkpoints.md). Page
@@ -35,13 +35,8 @@ import { Api, http, useSledgeEnv, type HttpResult } from './helpers.ts';
 const MiB = 1024 * 1024;
 const BLOCK = 4096;
 const json = { 'content-type': 'application/json' };
-let api: Api;
-let url: string;
 
-beforeAll(() => {
-  url = useSledgeEnv().apiUrl;
-  api = new Api(url);
-});
+const { api, apiUrl: url } = testApi({ sledgeEnv: true });
 
 type Rng = ReturnType<typeof seeded>;
 

@@ -7,9 +7,9 @@
  * isolated (plain moto_server) then undoes commits that were already acknowledged; this test
  * finds such losses block by block.
  */
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { seeded } from '../unit/seed.ts';
-import { Api, http, useSledgeEnv } from './helpers.ts';
+import { http, testApi } from './helpers.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -42,11 +42,7 @@ interface BlockState {
   unacknowledged: Buffer[];
 }
 
-let api: Api;
-
-beforeAll(() => {
-  api = new Api(useSledgeEnv().apiUrl);
-});
+const { api } = testApi({ sledgeEnv: true });
 
 /** Random bytes from the seeded generator, so that a seed replays the very same writes. */
 function seededBytes(rng: { next: () => number }, length: number): Buffer {

@@ -5,17 +5,14 @@
  */
 import { randomBytes } from 'node:crypto';
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { s3 } from '#shared/aws/clients.ts';
 import { getSegmentRecord } from '#shared/aws/pagemap/pages.ts';
-import { Api, useSledgeEnv } from './helpers.ts';
+import { testApi } from './helpers.ts';
 
 const MiB = 1024 * 1024;
-let api: Api;
 
-beforeAll(() => {
-  api = new Api(useSledgeEnv().apiUrl);
-});
+const { api } = testApi({ sledgeEnv: true });
 
 async function segmentOf(volumeId: string, segmentId: string) {
   const rec = await getSegmentRecord(volumeId, segmentId);

@@ -1,21 +1,18 @@
 import { randomBytes } from 'node:crypto';
 import { HeadObjectCommand } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { s3 } from '#shared/aws/clients.ts';
 import { listDrives } from '#shared/maintenance/drives.ts';
 import { updateDrive } from '#shared/aws/drive-registry.ts';
 import { failHead } from '#shared/control/heads.ts';
 import { getVolume } from '#shared/aws/pagemap/volumes.ts';
 import { prepareWrite } from '#shared/data/write.ts';
-import { http, useSledgeEnv } from './helpers.ts';
+import { http, testApi } from './helpers.ts';
 
 const GiB = 1024 ** 3;
-let url: string;
 const json = { 'content-type': 'application/json' };
 
-beforeAll(() => {
-  url = useSledgeEnv().apiUrl;
-});
+const { apiUrl: url } = testApi({ sledgeEnv: true });
 
 /** Puts every drive back in a neutral state so other tests see the defaults. */
 async function resetDrives(): Promise<void> {

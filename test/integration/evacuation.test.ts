@@ -27,7 +27,7 @@ import { readData } from '#shared/data/read.ts';
 import { writePieces } from '#shared/data/write.ts';
 import { handleWorkEvent } from '#shared/maintenance/worker.ts';
 import { laneStreams, seeded } from '../unit/seed.ts';
-import { Api, http, useSledgeEnv } from './helpers.ts';
+import { http, testApi } from './helpers.ts';
 import { driveQueue, privateQueue } from './work-queues.ts';
 
 const MiB = 1024 * 1024;
@@ -36,13 +36,11 @@ const WORKLOAD_BYTES = 200 * MiB;
 /** Concurrent writers of the workload, each in its own 16 MiB of the volume. */
 const LANES = 4;
 
-let apiUrl: string;
-let api: Api;
 const rng = seeded('evacuation');
 
+const { api, apiUrl } = testApi({ sledgeEnv: true });
+
 beforeAll(async () => {
-  apiUrl = useSledgeEnv().apiUrl;
-  api = new Api(apiUrl);
   // This process's worker uses queues of its own (see the file comment) and short waits.
   const evac = await privateQueue('evac');
   const gc = await privateQueue('gc');

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createVolume, deleteVolume, reclaimVolume } from '#shared/control/volumes.ts';
 import { createSnapshot } from '#shared/control/snapshots.ts';
 import { readData, readSnapshotData } from '#shared/data/read.ts';
@@ -14,7 +14,7 @@ import { toSqsRecord } from '#local/sqs-poller.ts';
 import { pageMap } from '#shared/ports.ts';
 import { requestCounts, resetRequestCounts } from '#shared/aws/clients.ts';
 import { seeded } from '../unit/seed.ts';
-import { Api, http, useSledgeEnv } from './helpers.ts';
+import { http, testApi, useSledgeEnv } from './helpers.ts';
 
 /**
  * Folding (docs/page-map.md, "Folding"): commits of a folding volume write no page items; the
@@ -28,10 +28,7 @@ const BLOCK = 4096;
 const MiB = 1024 * 1024;
 const CHILD = fileURLToPath(new URL('./fold-child.ts', import.meta.url));
 
-let api: Api;
-beforeAll(() => {
-  api = new Api(useSledgeEnv().apiUrl);
-});
+const { api } = testApi({ sledgeEnv: true });
 
 interface Model {
   volumeId: string;

@@ -22,19 +22,16 @@ import { readData } from '#shared/data/read.ts';
 import { applyReservationBody } from '#shared/control/reservation-commands.ts';
 import { handleWorkEvent } from '#shared/maintenance/worker.ts';
 import { laneStreams, seeded } from '../unit/seed.ts';
-import { Api, http, useSledgeEnv } from './helpers.ts';
+import { http, testApi } from './helpers.ts';
 import { driveQueue, privateQueue } from './work-queues.ts';
 
 const MiB = 1024 * 1024;
 /** Concurrent writers of the overwrite-heavy workload, each in its own 2 MiB of the volume. */
 const LANES = 4;
 const rng = seeded('gc');
-let api: Api;
-let apiUrl: string;
+const { api, apiUrl } = testApi({ sledgeEnv: true });
 
 beforeAll(async () => {
-  apiUrl = useSledgeEnv().apiUrl;
-  api = new Api(apiUrl);
   const gc = await privateQueue('gc');
   process.env.SLEDGE_GC_QUEUE_URL = gc.url;
   // Long enough that a GC pass (which folds and checkpoints first) on a loaded machine ends before a just-uploaded chunk is past it.

@@ -1,10 +1,10 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createGroupSnapshot } from '#shared/control/group-snapshots.ts';
 import { writeData } from '#shared/data/write.ts';
 import { pageMap } from '#shared/ports.ts';
-import { Api, http, useSledgeEnv } from './helpers.ts';
+import { http, testApi } from './helpers.ts';
 
 /**
  * A group-snapshot coordinator SIGKILLed with write barriers raised (docs/consistency-groups.md,
@@ -19,12 +19,7 @@ const BLOCK = 4096;
 const LEASE_MS = 6000;
 const CHILD = fileURLToPath(new URL('./group-coordinator.ts', import.meta.url));
 
-let url: string;
-let api: Api;
-beforeAll(() => {
-  url = useSledgeEnv().apiUrl;
-  api = new Api(url);
-});
+const { api, apiUrl: url } = testApi({ sledgeEnv: true });
 
 /** Starts the coordinator, waits for it to reach `step`, and SIGKILLs it there. */
 async function coordinatorKilledAt(groupId: string, step: 'barriers' | 'members' | 'commit'): Promise<string> {

@@ -1,12 +1,12 @@
 import { performance } from 'node:perf_hooks';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ConflictError, UnavailableError } from '#shared/core/errors.ts';
 import { createGroupSnapshot, type GroupSnapshotView } from '#shared/control/group-snapshots.ts';
 import { readSnapshotData } from '#shared/data/read.ts';
 import { writeData } from '#shared/data/write.ts';
 import { HEAD_ID } from '#shared/data/volume-rules.ts';
 import { seeded } from '../unit/seed.ts';
-import { Api, http, useSledgeEnv } from './helpers.ts';
+import { http, testApi } from './helpers.ts';
 
 /**
  * Group snapshots are crash consistent (docs/consistency-groups.md): writers on 3 to 8 volumes
@@ -57,12 +57,7 @@ interface Taken {
   barrierPath: boolean;
 }
 
-let url: string;
-let api: Api;
-beforeAll(() => {
-  url = useSledgeEnv().apiUrl;
-  api = new Api(url);
-});
+const { api, apiUrl: url } = testApi({ sledgeEnv: true });
 
 function blockBytes(w: Write): Buffer {
   const b = Buffer.alloc(BLOCK);

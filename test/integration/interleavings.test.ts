@@ -1,9 +1,9 @@
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FencedError } from '#shared/core/errors.ts';
 import { getVolume } from '#shared/aws/pagemap/volumes.ts';
 import { completeWrite, prepareWrite, writePieces, type PreparedWrite } from '#shared/data/write.ts';
 import { seeded } from '../unit/seed.ts';
-import { http, useSledgeEnv } from './helpers.ts';
+import { http, testApi } from './helpers.ts';
 
 /**
  * Randomized interleavings of three heads on one volume: writes split into upload and commit
@@ -20,10 +20,7 @@ const HEADS = ['a', 'b', 'c'] as const;
 type Head = (typeof HEADS)[number];
 const LEASE_MS = 150;
 
-let url: string;
-beforeAll(() => {
-  url = useSledgeEnv().apiUrl;
-});
+const { apiUrl: url } = testApi({ sledgeEnv: true });
 
 const json = { 'content-type': 'application/json' };
 

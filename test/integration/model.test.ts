@@ -1,10 +1,10 @@
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { encodeBatch } from '#shared/api/batch.ts';
 import { createVolume } from '#shared/control/volumes.ts';
 import { foldVolume } from '#shared/maintenance/fold.ts';
 import { pageMap } from '#shared/ports.ts';
 import { seeded } from '../unit/seed.ts';
-import { Api, useSledgeEnv } from './helpers.ts';
+import { testApi } from './helpers.ts';
 
 /**
  * Model-based test: random writes, batches, trims, overwrites and reads against an in-memory
@@ -15,10 +15,7 @@ const OPS = Number(process.env.SLEDGE_MODEL_OPS ?? 600);
 const BLOCK = 4096;
 const SIZE = 24 * 1024 * 1024;
 
-let api: Api;
-beforeAll(() => {
-  api = new Api(useSledgeEnv().apiUrl);
-});
+const { api } = testApi({ sledgeEnv: true });
 
 /**
  * The model against a volume made with `create`: the default (a folding volume, bound 256) over

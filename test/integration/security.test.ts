@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LOCAL_AUDIT_LOG_ENV, PROFILES } from '#local/principals.ts';
-import { Api, cliEnv, http, principal, useSledgeEnv, type HttpResult } from './helpers.ts';
+import { Api, cliEnv, http, principal, testApi, type HttpResult } from './helpers.ts';
 import { describeRun, run, SLEDGE_BIN, startGateway, TOOLS_ENV } from './nbd-tools.ts';
 
 const { tenantA, tenantB, operator } = PROFILES;
@@ -19,19 +19,15 @@ const json = { 'content-type': 'application/json' };
 const octets = { 'content-type': 'application/octet-stream' };
 const BLOCK = 4096;
 
-let url: string;
-let a: Api;
-let b: Api;
-let ops: Api;
+const { apiUrl: url } = testApi({ sledgeEnv: true });
+const a = new Api(url, { as: tenantA });
+const b = new Api(url, { as: tenantB });
+const ops = new Api(url, { as: operator });
 /** Tenant A's volume, with a first block written. */
 let volumeId: string;
 let firstBlock: Buffer;
 
 beforeAll(async () => {
-  url = useSledgeEnv().apiUrl;
-  a = new Api(url, { as: tenantA });
-  b = new Api(url, { as: tenantB });
-  ops = new Api(url, { as: operator });
   volumeId = (await a.createVolume({ sizeBytes: 4 * 1024 * 1024, name: 'tenant-a-secure' })).volumeId;
   firstBlock = randomBytes(BLOCK);
   await a.write(volumeId, 0, firstBlock);

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { collectVolume } from '#shared/maintenance/gc.ts';
 import { purgeSnapshots } from '#shared/control/snapshots.ts';
 import { flattenStep } from '#shared/maintenance/flatten.ts';
@@ -11,7 +11,7 @@ import { dynamo } from '#shared/aws/clients.ts';
 import { config } from '#shared/core/config.ts';
 import { pageMap } from '#shared/ports.ts';
 import { seeded } from '../unit/seed.ts';
-import { Api, http, useSledgeEnv } from './helpers.ts';
+import { http, testApi } from './helpers.ts';
 
 /**
  * The invariant "a snapshot never changes; a clone reads as its snapshot until written",
@@ -57,12 +57,7 @@ interface ModelSnapshot {
   dependants: Set<string>;
 }
 
-let api: Api;
-let url: string;
-beforeAll(() => {
-  url = useSledgeEnv().apiUrl;
-  api = new Api(url);
-});
+const { api, apiUrl: url } = testApi({ sledgeEnv: true });
 
 // The drive the test retires goes back into service for the files after this one, pass or fail.
 afterAll(async () => {
