@@ -19,6 +19,7 @@ import type {
 import { invariant } from '../../core/errors.ts';
 import { decodePage, type EncodedPage, encodePage, type Extent } from '../../data/extents.ts';
 import { packPage, unpackPage } from './page-bytes.ts';
+import { unzigzag, VarintReader, VarintWriter, zigzag } from './varint.ts';
 import { formatLocation, parseLocation, type ChunkLocation } from '../../data/sleds.ts';
 
 export const S = (s: string): AttributeValue => ({ S: s });
@@ -213,63 +214,37 @@ const SEGMENT_EXTENTS_FORMAT = 1;
 /** The most bytes one extent takes in `ext`: first block (u48) 8, count (u32) 5, offset (i32) 5. */
 export const SEGMENT_EXTENT_BYTES_MAX = 18;
 
-function zigzag(n: number): number {
-  return n < 0 ? -2 * n - 1 : 2 * n;
-}
-
-function unzigzag(n: number): number {
-  return n % 2 === 1 ? -(n + 1) / 2 : n / 2;
-}
-
 /** Packs a segment's extents for its record. */
 export function packSegmentExtents(extents: ReadonlyArray<readonly [number, number, number]>): Uint8Array {
-  const out = Buffer.allocUnsafe(1 + extents.length * SEGMENT_EXTENT_BYTES_MAX);
-  let o = 0;
-  out[o++] = SEGMENT_EXTENTS_FORMAT;
-  const put = (v: number) => {
-    invariant(Number.isSafeInteger(v) && v >= 0, () => `segment extent field ${v}`);
-    while (v >= 128) {
-      out[o++] = (v % 128) | 128;
-      v = Math.floor(v / 128);
-    }
-    out[o++] = v;
-  };
+  const w = new VarintWriter(1 + extents.length * SEGMENT_EXTENT_BYTES_MAX);
+  w.byte(SEGMENT_EXTENTS_FORMAT);
   let end = 0;
   let dataEnd = 0;
   for (const [first, count, offset] of extents) {
-    put(zigzag(first - end));
-    put(count * 2 + (offset < 0 ? 1 : 0));
+    w.varint(zigzag(first - end));
+    w.varint(count * 2 + (offset < 0 ? 1 : 0));
     if (offset >= 0) {
-      put(zigzag(offset - dataEnd));
+      w.varint(zigzag(offset - dataEnd));
       dataEnd = offset + count;
     }
     end = first + count;
   }
-  return out.subarray(0, o);
+  return w.done();
 }
 
 export function unpackSegmentExtents(bytes: Uint8Array): Array<[number, number, number]> {
   invariant(bytes[0] === SEGMENT_EXTENTS_FORMAT, () => `segment extents in format ${bytes[0]}`);
-  let o = 1;
-  const get = (): number => {
-    let v = 0;
-    for (let scale = 1; ; scale *= 128) {
-      invariant(o < bytes.length, 'segment extents end inside a number');
-      const b = bytes[o++]!;
-      v += (b & 127) * scale;
-      if (b < 128) return v;
-    }
-  };
+  const r = new VarintReader(bytes, 'segment extents', 1);
   const out: Array<[number, number, number]> = [];
   let end = 0;
   let dataEnd = 0;
-  while (o < bytes.length) {
-    const first = end + unzigzag(get());
-    const c = get();
+  while (!r.atEnd()) {
+    const first = end + unzigzag(r.varint());
+    const c = r.varint();
     const count = Math.floor(c / 2);
     let offset = -1;
     if (c % 2 === 0) {
-      offset = dataEnd + unzigzag(get());
+      offset = dataEnd + unzigzag(r.varint());
       dataEnd = offset + count;
     }
     out.push([first, count, offset]);

@@ -19,7 +19,9 @@
  */
 import { invariant } from '../../core/errors.ts';
 import { EXTENT_RECORD_BYTES, ZERO_SEGMENT_INDEX as ZERO_INDEX, type EncodedPage } from '../../data/extents.ts';
-import { isSegmentId } from '../../data/segments.ts';
+import { isSegmentId, segmentIdSeq } from '../../data/segments.ts';
+import { segmentRef } from '../../core/records.ts';
+import { unzigzag, VarintReader, VarintWriter, zigzag } from './varint.ts';
 
 const PAGE_BYTES_FORMAT = 1;
 const OWN_SEGMENT = 0;
@@ -36,7 +38,7 @@ export function packPage(volumeId: string, enc: EncodedPage): Uint8Array {
     const id = ref.startsWith(own) ? ref.slice(own.length) : '';
     if (isSegmentId(id)) {
       w.byte(OWN_SEGMENT);
-      w.varint(Number(id.slice(0, 12)));
+      w.varint(segmentIdSeq(id));
       w.bytes(Buffer.from(id.slice(13), 'hex'));
     } else {
       const utf8 = Buffer.from(ref, 'utf8');
@@ -64,7 +66,7 @@ export function packPage(volumeId: string, enc: EncodedPage): Uint8Array {
 
 /** Unpacks a `pg` attribute of volume `volumeId` into the stored page it was packed from. */
 export function unpackPage(volumeId: string, bytes: Uint8Array): EncodedPage {
-  const r = new VarintReader(bytes);
+  const r = new VarintReader(bytes, 'page bytes');
   const format = r.byte();
   invariant(format === PAGE_BYTES_FORMAT, () => `page bytes in format ${format}`);
   const segs: string[] = [];
@@ -72,7 +74,7 @@ export function unpackPage(volumeId: string, bytes: Uint8Array): EncodedPage {
     const kind = r.byte();
     if (kind === OWN_SEGMENT) {
       const seq = r.varint();
-      segs.push(`${volumeId}/${String(seq).padStart(12, '0')}-${Buffer.from(r.bytes(4)).toString('hex')}`);
+      segs.push(segmentRef(volumeId, `${String(seq).padStart(12, '0')}-${Buffer.from(r.bytes(4)).toString('hex')}`));
     } else {
       invariant(kind === VERBATIM, () => `page bytes: reference kind ${kind}`);
       segs.push(Buffer.from(r.bytes(r.varint())).toString('utf8'));
@@ -97,75 +99,4 @@ export function unpackPage(volumeId: string, bytes: Uint8Array): EncodedPage {
   }
   invariant(r.atEnd(), 'page bytes: trailing bytes');
   return { segs, ext };
-}
-
-function zigzag(n: number): number {
-  return n < 0 ? -2 * n - 1 : 2 * n;
-}
-
-function unzigzag(n: number): number {
-  return n % 2 === 1 ? -(n + 1) / 2 : n / 2;
-}
-
-/** LEB128 varints (unsigned, up to 2^53) and raw bytes into a buffer that grows as needed. */
-class VarintWriter {
-  private buf: Buffer;
-  private o = 0;
-  constructor(estimate: number) {
-    this.buf = Buffer.allocUnsafe(Math.max(16, estimate));
-  }
-  private room(n: number): void {
-    if (this.o + n <= this.buf.length) return;
-    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.o + n));
-    this.buf.copy(next, 0, 0, this.o);
-    this.buf = next;
-  }
-  byte(b: number): void {
-    this.room(1);
-    this.buf[this.o++] = b;
-  }
-  varint(v: number): void {
-    invariant(Number.isSafeInteger(v) && v >= 0, () => `varint ${v}`);
-    this.room(8);
-    while (v >= 128) {
-      this.buf[this.o++] = (v % 128) | 128;
-      v = Math.floor(v / 128);
-    }
-    this.buf[this.o++] = v;
-  }
-  bytes(b: Uint8Array): void {
-    this.room(b.length);
-    this.buf.set(b, this.o);
-    this.o += b.length;
-  }
-  done(): Uint8Array {
-    return new Uint8Array(this.buf.subarray(0, this.o));
-  }
-}
-
-class VarintReader {
-  private o = 0;
-  constructor(private readonly buf: Uint8Array) {}
-  byte(): number {
-    invariant(this.o < this.buf.length, 'page bytes end early');
-    return this.buf[this.o++]!;
-  }
-  varint(): number {
-    let v = 0;
-    for (let scale = 1; ; scale *= 128) {
-      const b = this.byte();
-      v += (b & 127) * scale;
-      if (b < 128) return v;
-      invariant(scale < 2 ** 49, 'page bytes: varint too long');
-    }
-  }
-  bytes(n: number): Uint8Array {
-    invariant(this.o + n <= this.buf.length, 'page bytes end early');
-    const out = this.buf.subarray(this.o, this.o + n);
-    this.o += n;
-    return out;
-  }
-  atEnd(): boolean {
-    return this.o === this.buf.length;
-  }
 }
