@@ -127,6 +127,19 @@ function newOwner(req: Request): string | undefined {
   return p === undefined || p.arn === 'anonymous' ? undefined : p.arn;
 }
 
+/**
+ * A read's bytes in a buffer leased from `headBodyBuffers`: `allocate` for the read, `release`
+ * for the response, called once the bytes are encoded into it. On a failure the lease is dropped,
+ * never given back: a chunk read may still be writing into it.
+ */
+function pooledBytes(): { allocate: (bytes: number) => Buffer; release: () => void } {
+  let lease: Lease | undefined;
+  return {
+    allocate: (bytes) => (lease = headBodyBuffers.take(bytes)).buffer,
+    release: () => lease?.release(),
+  };
+}
+
 export const router = new Router()
   .resource('volume', volumeOwner)
   .resource('snapshot', snapshotOwner)
@@ -158,10 +171,8 @@ export const router = new Router()
     const offset = intQuery(req, 'offset');
     const length = intQuery(req, 'length');
     const report = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
-    // The bytes are read into a pooled buffer, given back once encoded into the response (on a
-    // failure it is dropped, never given back: a chunk read may still be writing into it).
-    let lease: Lease | undefined;
-    const bytes = await readData(req.params.volumeId!, offset, length, report, requestKey(req), (n) => (lease = headBodyBuffers.take(n)).buffer);
+    const pool = pooledBytes();
+    const bytes = await readData(req.params.volumeId!, offset, length, report, requestKey(req), pool.allocate);
     // Degraded reads are visible to the client: how many granules failed and were rebuilt.
     return {
       status: 200,
@@ -171,7 +182,7 @@ export const router = new Router()
         'x-sledge-bad-granules': String(report.badGranules),
         'x-sledge-rebuilt-granules': String(report.rebuiltGranules),
       },
-      release: () => lease?.release(),
+      release: pool.release,
     };
   })
   .on('GET', '/volumes/{volumeId}/allocation', VOLUME_DATA, async (req) => {
@@ -265,10 +276,9 @@ export const router = new Router()
     const offset = intQuery(req, 'offset');
     const length = intQuery(req, 'length');
     const report = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
-    // Pooled as a volume read's bytes are (above): given back once encoded, dropped on a failure.
-    let lease: Lease | undefined;
-    const bytes = await readSnapshotData(req.params.snapshotId!, offset, length, report, (n) => (lease = headBodyBuffers.take(n)).buffer);
-    return { status: 200, bytes, headers: { 'x-sledge-ranged-gets': String(report.rangedGets) }, release: () => lease?.release() };
+    const pool = pooledBytes();
+    const bytes = await readSnapshotData(req.params.snapshotId!, offset, length, report, pool.allocate);
+    return { status: 200, bytes, headers: { 'x-sledge-ranged-gets': String(report.rangedGets) }, release: pool.release };
   })
   .on('GET', '/snapshots/{snapshotId}/changed-blocks', SNAPSHOT_OWNER, async (req) => ({
     status: 200,

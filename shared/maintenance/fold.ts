@@ -279,14 +279,22 @@ async function createFolded(
   group: readonly { page: number; folded: PageRecord | null }[],
   report: FoldReport,
 ): Promise<void> {
-  const out = group.map((f) => ({ ...f.folded!, ...(tag === undefined ? {} : { frozenTag: tag }) }));
-  const put = await pageMap().createFoldedPages(v.volumeId, v.pageBlocks, out);
+  const put = await pageMap().createFoldedPages(
+    v.volumeId,
+    v.pageBlocks,
+    group.map((f) => underTag(f.folded!, tag)),
+  );
   if (put === 'stopped') throw new VolumeStoppedError(v.volumeId);
   if (put === 'written') {
     report.pagesWritten += group.length;
     return;
   }
   await inFlight(group, PAGE_WRITES_IN_FLIGHT, (f) => writeFolded(v, tag, tail, f.page, null, f.folded!, report));
+}
+
+/** A folded page as written under the batch's tag (its `ft`: the copy under that tag is made). */
+function underTag(folded: PageRecord, tag: number | undefined): PageRecord {
+  return tag === undefined ? folded : { ...folded, frozenTag: tag };
 }
 
 /** Writes one folded page; when its item changed since it was read, reads it again and folds that. */
@@ -300,8 +308,7 @@ async function writeFolded(
   report: FoldReport,
 ): Promise<void> {
   for (let attempt = 0; ; attempt++) {
-    const out: PageRecord = { ...folded, ...(tag === undefined ? {} : { frozenTag: tag }) };
-    const put = await pageMap().putFoldedPage(v.volumeId, v.pageBlocks, out, item);
+    const put = await pageMap().putFoldedPage(v.volumeId, v.pageBlocks, underTag(folded, tag), item);
     if (put === 'written') {
       report.pagesWritten++;
       return;

@@ -22,7 +22,7 @@ import { N, S, conditionFailed, pageToItem } from './items.ts';
  */
 export async function putFoldedPage(volumeId: string, pageBlocks: number, folded: PageRecord, read: PageRecord | null): Promise<FoldedPut> {
   const Item = pageToItem(volumeId, folded.page, folded.version, folded.extents, pageBlocks, folded.frozenTag, folded.foldedTo);
-  if (read === null) return createFoldedPage(volumeId, Item);
+  if (read === null) return createFoldedItems(volumeId, [Item]);
   try {
     await dynamo().send(
       new PutItemCommand({
@@ -45,10 +45,6 @@ export async function putFoldedPage(volumeId: string, pageBlocks: number, folded
 
 /** The outcome of a folded page write. */
 export type FoldedPut = 'written' | 'changed' | 'stopped';
-
-async function createFoldedPage(volumeId: string, Item: Record<string, AttributeValue>): Promise<FoldedPut> {
-  return createFoldedItems(volumeId, [Item]);
-}
 
 /**
  * Creates folded pages that had no item when read, all or none, in one transaction with one
