@@ -73,6 +73,8 @@ interface Side {
   restart(): Promise<void>;
   /** S3 GETs sent so far. */
   gets(): Promise<number>;
+  /** The device's process: the gateway, or s3backer. */
+  pid(): number | undefined;
   stop(): Promise<void>;
 }
 
@@ -84,6 +86,41 @@ function processCpuMs(pid: number | undefined): number {
   } catch {
     return Number.NaN;
   }
+}
+
+/** The local endpoint's CPU milliseconds so far, as the bundled endpoint reports them; NaN from any other endpoint. */
+async function endpointCpuMs(endpointUrl: string): Promise<number> {
+  try {
+    const r = await fetch(`${endpointUrl.replace(/\/*$/, '')}/_sledge/endpoint`);
+    const cpuSeconds = ((await r.json()) as { cpuSeconds?: unknown }).cpuSeconds;
+    return typeof cpuSeconds === 'number' ? cpuSeconds * 1000 : Number.NaN;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/**
+ * CPU milliseconds of the processes of one side: this process (for Sledge the head, with the
+ * local API stand-in; idle during s3backer's jobs), the device (the gateway, or s3backer), and
+ * the local endpoint both sides share.
+ */
+interface CpuSample {
+  bench: number;
+  device: number;
+  endpoint: number;
+}
+
+async function cpuSample(devicePid: number | undefined, endpointUrl: string): Promise<CpuSample> {
+  const u = process.cpuUsage();
+  return { bench: (u.user + u.system) / 1000, device: processCpuMs(devicePid), endpoint: await endpointCpuMs(endpointUrl) };
+}
+
+const NO_CPU: CpuSample = { bench: Number.NaN, device: Number.NaN, endpoint: Number.NaN };
+
+/** CPU per 4 MiB of `mib` moved between two samples. */
+function cpuPer4MiB(a: CpuSample, b: CpuSample, mib: number): CpuSample {
+  const n = mib / 4;
+  return { bench: (b.bench - a.bench) / n, device: (b.device - a.device) / n, endpoint: (b.endpoint - a.endpoint) / n };
 }
 
 /** The read cache's hits and misses from the last line a gateway printed on SIGUSR2. */
@@ -135,6 +172,7 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
     },
     // The head's GETs (in this process) and the gateway's own chunk GETs (direct reads).
     gets: async () => (ctx.requestCounts().requests['S3:GetObject'] ?? 0) + (await gatewayChunkGets(gw)),
+    pid: () => gw.pid,
     stop: async () => void (await gw.stop()),
   };
   // s3backer: a bucket of its own on the same endpoint, credentials as the endpoint takes them.
@@ -198,61 +236,56 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
       const stats = readFileSync(join(mnt, 'stats'), 'utf8');
       return Number(/http_gets\s+(\d+)/.exec(stats)?.[1] ?? NaN);
     },
+    pid: () => daemon?.pid,
     stop: async () => void (await umount()),
   };
   try {
     const results: Record<string, { sledge: number; s3backer: number }> = {};
     const getsPerMiB = { sledge: 0, s3backer: 0 };
-    let headCpuMsPer4MiB = 0;
-    let gatewayCpuMsPer4MiB = 0;
-    let gatewayWarmCpuMsPer4MiB = 0;
     const warmGets = { sledge: 0, s3backer: 0 };
     let warmHits = '';
-    // CPU per 4 MiB written: this process (the head) and the gateway, with every batch through
-    // the API (the default) and, on a volume of its own, with direct writes (--direct-writes).
-    const writeCpu = { direct: { head: 0, gateway: 0 }, api: { head: 0, gateway: 0 } };
+    // CPU per 4 MiB of each side's processes (cpuSample) during its sequential write, cold read
+    // and warm re-read; and Sledge's write once more with direct writes, on a volume of its own.
+    const cpu: Record<string, Record<'sledge' | 's3backer', CpuSample>> = {};
     {
       const directVol = await ctx.createVolume(ctx.apiUrl, COMPARE_MIB * MiB);
       const directGw = await startGateway(ctx.apiUrl, directVol, ['--socket', join(dir, 'cmp-direct.sock')], ['--read-cache-mib', String(cacheMiB), '--direct-writes']);
       targets.push(directGw);
-      const c0 = process.cpuUsage();
-      const p0 = processCpuMs(directGw.pid);
+      const c0 = await cpuSample(directGw.pid, ctx.endpointUrl);
       const w = await fio(directGw.uri, 'sledge direct sequential write', ['--rw=write', ...SEQ, '--end_fsync=1'], dir);
-      const c = process.cpuUsage(c0);
-      writeCpu.direct = { head: (c.user + c.system) / 1000 / (COMPARE_MIB / 4), gateway: (processCpuMs(directGw.pid) - p0) / (COMPARE_MIB / 4) };
+      cpu['sequential write, --direct-writes'] = { sledge: cpuPer4MiB(c0, await cpuSample(directGw.pid, ctx.endpointUrl), COMPARE_MIB), s3backer: NO_CPU };
       await directGw.stop();
       results['sequential write until durable, --direct-writes (MB/s)'] = { sledge: (COMPARE_MIB * MiB) / (w.job_runtime / 1000) / 1e6, s3backer: 0 };
     }
+    const measured = (job: string, name: 'sledge' | 's3backer', a: CpuSample, b: CpuSample) => {
+      cpu[job] ??= { sledge: NO_CPU, s3backer: NO_CPU };
+      cpu[job]![name] = cpuPer4MiB(a, b, COMPARE_MIB);
+    };
     for (const [name, side] of [
       ['sledge', sledge],
       ['s3backer', s3b],
     ] as const) {
-      const wc0 = process.cpuUsage();
-      const wp0 = name === 'sledge' ? processCpuMs(gw.pid) : 0;
+      const w0 = await cpuSample(side.pid(), ctx.endpointUrl);
       const w = await side.fio('sequential write', ['--rw=write', ...SEQ, '--end_fsync=1']);
-      if (name === 'sledge') {
-        const c = process.cpuUsage(wc0);
-        writeCpu.api = { head: (c.user + c.system) / 1000 / (COMPARE_MIB / 4), gateway: (processCpuMs(gw.pid) - wp0) / (COMPARE_MIB / 4) };
-      }
+      // s3backer's own CPU is counted until its unmount (the process then exits); the endpoint's
+      // through the unmount, which writes back what s3backer still held.
+      const w1 = await cpuSample(side.pid(), ctx.endpointUrl);
       lastUmountMs = 0;
       await side.restart();
+      measured('sequential write', name, w0, { ...w1, endpoint: (await cpuSample(undefined, ctx.endpointUrl)).endpoint });
       // s3backer's fsync does not wait for its block cache; its unmount does. Durable is fio's
       // time plus the unmount's (0 for the gateway, whose FLUSH is durable).
       const durableMBps = (COMPARE_MIB * MiB) / (w.job_runtime / 1000 + lastUmountMs / 1000) / 1e6;
       if (name === 'sledge') ctx.resetRequestCounts();
       const g0 = await side.gets();
-      const cpu0 = process.cpuUsage();
-      const gw0 = name === 'sledge' ? processCpuMs(gw.pid) : 0;
+      const r0 = await cpuSample(side.pid(), ctx.endpointUrl);
       const cold = await side.fio('cold sequential read', ['--rw=read', ...SEQ]);
-      const cpu = process.cpuUsage(cpu0);
-      if (name === 'sledge') gatewayCpuMsPer4MiB = (processCpuMs(gw.pid) - gw0) / (COMPARE_MIB / 4);
+      measured('cold sequential read', name, r0, await cpuSample(side.pid(), ctx.endpointUrl));
       const g1 = await side.gets();
       getsPerMiB[name] = (g1 - g0) / COMPARE_MIB;
-      // The control plane runs in this process: its CPU is the head's (and the poller's, idle here).
-      if (name === 'sledge') headCpuMsPer4MiB = (cpu.user + cpu.system) / 1000 / (COMPARE_MIB / 4);
-      const gw1 = name === 'sledge' ? processCpuMs(gw.pid) : 0;
+      const m0 = await cpuSample(side.pid(), ctx.endpointUrl);
       const warm = await side.fio('warm sequential re-read', ['--rw=read', ...SEQ]);
-      if (name === 'sledge') gatewayWarmCpuMsPer4MiB = (processCpuMs(gw.pid) - gw1) / (COMPARE_MIB / 4);
+      measured('warm sequential re-read', name, m0, await cpuSample(side.pid(), ctx.endpointUrl));
       warmGets[name] = (await side.gets()) - g1;
       // side.gets() had the gateway print its counters (SIGUSR2): the hits of cold and warm reads, before the random reads.
       if (name === 'sledge') warmHits = gatewayHits(gw);
@@ -283,16 +316,23 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
         goal: goals[job] ?? '',
       })),
     );
-    console.log(
-      `CPU during Sledge's sequential write, per 4 MiB written: through the API the head (this process) ${writeCpu.api.head.toFixed(1)} ms, the gateway ${writeCpu.api.gateway.toFixed(1)} ms; ` +
-        `with --direct-writes the head ${writeCpu.direct.head.toFixed(1)} ms, the gateway ${writeCpu.direct.gateway.toFixed(1)} ms. Load average at the end: ${loadavg()
-          .map((x) => x.toFixed(1))
-          .join(', ')}.`,
+    const ms = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : 'n/a');
+    ctx.table(
+      Object.entries(cpu).map(([job, c]) => ({
+        'CPU ms per 4 MiB': job,
+        'sledge: gateway': ms(c.sledge.device),
+        'head + local API (bench process)': ms(c.sledge.bench),
+        endpoint: ms(c.sledge.endpoint),
+        'sledge total': ms(c.sledge.device + c.sledge.bench + c.sledge.endpoint),
+        's3backer: s3backer': ms(c.s3backer.device),
+        'endpoint ': ms(c.s3backer.endpoint),
+        's3backer total': ms(c.s3backer.device + c.s3backer.endpoint),
+      })),
     );
+    console.log(`(fio's own CPU is in neither; load average at the end: ${loadavg().map((x) => x.toFixed(1)).join(', ')}.)`);
     ctx.table([{ 'S3 GETs per MiB read cold': 'sledge', value: getsPerMiB.sledge.toFixed(2) }, { 'S3 GETs per MiB read cold': 's3backer', value: getsPerMiB.s3backer.toFixed(2) }]);
     console.log(
-      `CPU during Sledge's cold read, per 4 MiB read: the head (this process) ${headCpuMsPer4MiB.toFixed(1)} ms, the gateway process ${gatewayCpuMsPer4MiB.toFixed(1)} ms; ` +
-        `the gateway during the warm re-read ${gatewayWarmCpuMsPer4MiB.toFixed(1)} ms per 4 MiB (its read cache after the cold read and the re-read: ${warmHits}); S3 GETs during the warm re-read: sledge ${warmGets.sledge}, s3backer ${warmGets.s3backer}.`,
+      `The gateway's read cache after the cold read and the re-read: ${warmHits}; S3 GETs during the warm re-read: sledge ${warmGets.sledge}, s3backer ${warmGets.s3backer}.`,
     );
     console.log(
       `(s3backer ${(await run('s3backer', ['--version'])).stdout.split('\n')[0]}: --blockSize=1M --blockCacheSize=${cacheMiB} --directIO, fio libaio O_DIRECT on its file, ` +

@@ -182,9 +182,9 @@ export function planBatches(extents: readonly CacheExtent[], limits: BatchLimits
 export function toBatchPieces(planned: readonly PlannedPiece[]): BatchPiece[] {
   return planned.map((p) => {
     if (!p.parts) return { offset: p.offset, length: p.length, zero: true as const };
-    const data = p.parts.length === 1 ? p.parts[0]! : Buffer.concat(p.parts, p.length);
-    invariant(data.length === p.length, () => `planned piece at ${p.offset} has ${data.length} bytes, not ${p.length}`);
-    return { offset: p.offset, data };
+    const bytes = p.parts.reduce((n, b) => n + b.length, 0);
+    invariant(bytes === p.length, () => `planned piece at ${p.offset} has ${bytes} bytes, not ${p.length}`);
+    return { offset: p.offset, length: p.length, parts: p.parts };
   });
 }
 
@@ -727,8 +727,15 @@ export class WriteBackCache {
   /** A batch the API acknowledged: cached lines take its bytes, and reads in flight over it may not fill the cache. */
   private committed(pieces: readonly BatchPiece[]): void {
     for (const p of pieces) {
-      const end = p.offset + ('data' in p ? p.data.length : p.length);
-      this.clean.patch(p.offset, end, 'data' in p ? p.data : null);
+      const end = p.offset + p.length;
+      if ('zero' in p) this.clean.patch(p.offset, end, null);
+      else {
+        let at = p.offset;
+        for (const part of p.parts) {
+          this.clean.patch(at, at + part.length, part);
+          at += part.length;
+        }
+      }
       for (let line = Math.floor(p.offset / LINE_BYTES); line * LINE_BYTES < end; line++) {
         const f = this.fetching.get(line);
         if (f) f.stale = true;
@@ -835,8 +842,8 @@ export class WriteBackCache {
               this.committed(pieces);
               this.stats.batchesWritten++;
               for (const p of pieces) {
-                if ('data' in p) this.stats.dataBytesWritten += p.data.length;
-                else this.stats.zeroBytesWritten += p.length;
+                if ('zero' in p) this.stats.zeroBytesWritten += p.length;
+                else this.stats.dataBytesWritten += p.length;
               }
             }
           }),

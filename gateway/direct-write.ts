@@ -4,6 +4,7 @@
  * URLs of a write plan, and the head commits the segment by reference. Any failure here is a
  * DirectWriteError, and the caller writes the batch through the API instead.
  */
+import type { BatchPartsPiece } from '#shared/api/batch.ts';
 import { type Stripes, chunkObjectOf, encodeStripes, type SegmentDescriptor } from '#shared/data/segments.ts';
 import type { ChunkLocation } from '#shared/data/sleds.ts';
 import { crc32cBase64 } from '#shared/data/crc32c.ts';
@@ -29,8 +30,8 @@ export interface PlanExtent {
   zero?: true;
 }
 
-/** The piece of a batch the gateway writes: data, or a run of zeros (volume-client.ts BatchPiece). */
-type Piece = { offset: number; data: Buffer } | { offset: number; length: number; zero: true };
+/** The piece of a batch the gateway writes: data in pieces, or a run of zeros (volume-client.ts BatchPiece). */
+type Piece = BatchPartsPiece;
 
 /** A batch encoded for a direct write: its extents (in offset order) and its k+m shards with their granule CRCs. */
 export interface EncodedBatch {
@@ -41,8 +42,8 @@ export interface EncodedBatch {
 /** Lays the batch's data end to end in offset order (as the head does) and encodes it: k data and m parity shards. */
 export async function encodeDirectBatch(pieces: readonly Piece[], k: number, m: number, blockSizeBytes: number): Promise<EncodedBatch> {
   const sorted = [...pieces].sort((a, b) => a.offset - b.offset);
-  const extents = sorted.map((p): PlanExtent => ('data' in p ? { offset: p.offset, length: p.data.length } : { offset: p.offset, length: p.length, zero: true }));
-  const data = sorted.flatMap((p) => ('data' in p ? [p.data] : []));
+  const extents = sorted.map((p): PlanExtent => ('zero' in p ? { offset: p.offset, length: p.length, zero: true } : { offset: p.offset, length: p.length }));
+  const data = sorted.flatMap((p) => ('zero' in p ? [] : p.parts));
   const { chunkSizeBytes, shards, crcs } = await encodeStripes(k, m, blockSizeBytes, data);
   return { extents, stripes: { chunkSizeBytes, shards, crcs } };
 }

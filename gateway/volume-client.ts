@@ -13,7 +13,7 @@
  * same bytes to the same blocks twice is idempotent, and batches that overlap are never in
  * flight together (docs/nbd-gateway.md).
  */
-import { encodeBatch } from '#shared/api/batch.ts';
+import { type BatchPartsPiece, encodeBatchParts } from '#shared/api/batch.ts';
 import { type Deferred, deferred, sleep } from '#shared/core/async.ts';
 import { requestSigner, type RequestSigner } from '#shared/api/signing.ts';
 import type { ReadPlan } from '#shared/data/read-plan.ts';
@@ -82,8 +82,8 @@ export interface VolumeDescription {
   parityChunks?: number;
 }
 
-/** A piece of a batch: data, or a run of zeros. */
-export type BatchPiece = { offset: number; data: Buffer } | { offset: number; length: number; zero: true };
+/** A piece of a batch: data (in `parts`, laid end to end, never joined into one buffer), or a run of zeros. */
+export type BatchPiece = BatchPartsPiece;
 
 export interface VolumeClientOptions {
   /**
@@ -180,7 +180,7 @@ export class VolumeClient {
   private async send(
     what: string,
     url: string,
-    init: { method: string; body?: Buffer; headers?: Record<string, string> },
+    init: { method: string; body?: Buffer | readonly Buffer[]; headers?: Record<string, string> },
     onOk?: (headers: IncomingHttpHeaders) => void,
   ): Promise<Buffer> {
     let last: VolumeApiError | undefined;
@@ -369,7 +369,7 @@ export class VolumeClient {
    * when enabled and the batch carries data, else, or when anything in that fails, through the API.
    */
   async writeBatch(pieces: readonly BatchPiece[]): Promise<void> {
-    if (this.directWrites && this.geometry && pieces.some((p) => 'data' in p) && (await this.writeDirect(pieces, this.geometry))) return;
+    if (this.directWrites && this.geometry && pieces.some((p) => !('zero' in p)) && (await this.writeDirect(pieces, this.geometry))) return;
     await this.writeBatchThroughApi(pieces);
   }
 
@@ -443,7 +443,7 @@ export class VolumeClient {
   /** Writes a batch through the API (`POST /volumes/{id}/batch`: the head encodes and uploads). */
   async writeBatchThroughApi(pieces: readonly BatchPiece[]): Promise<void> {
     this.sent.batches++;
-    const body = encodeBatch(pieces);
+    const body = encodeBatchParts(pieces);
     await this.send(`batch ${this.volumeId} (${pieces.length} extents)`, this.url('/batch'), {
       method: 'POST',
       body,

@@ -29,7 +29,8 @@ S3, SQS and CloudFormation stay concurrent.
    outcome; the token on a different request is refused), so that a retried commit behaves as
    deployed. `POST /_sledge/endpoint` with `{"clientRequestTokens": false}` turns it off at run
    time (tests prove that Sledge does not depend on it); `GET /_sledge/endpoint` names the
-   wrapper and its switches.
+   wrapper and its switches, and says how much CPU time the endpoint has used (`cpuSeconds`, for
+   `npm run bench`, which counts the endpoint's share of each job).
 
 6. moto answers a Query on a table's own key by listing and sorting every item of the table,
    then keeping the partition asked for: a cost that grows with the whole table (hundreds of
@@ -206,7 +207,8 @@ DynamoHandler.transact_write_items = _transact_write_items_with_token
 
 def _with_sledge_routes(app):
     """`/_sledge/endpoint`: says this is Sledge's wrapper and which fidelity switches are on;
-    a POST with a JSON object changes them (tests only)."""
+    a POST with a JSON object changes them (tests only). The answer also carries the process's
+    CPU seconds so far (`cpuSeconds`)."""
 
     def wrapped(environ, start_response):
         if environ.get("PATH_INFO") != "/_sledge/endpoint":
@@ -223,7 +225,9 @@ def _with_sledge_routes(app):
                 start_response("400 Bad Request", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
                 return [body]
             _settings.update(update)
-        body = json.dumps({"endpoint": "sledge-moto", **_settings}).encode()
+        # cpuSeconds: this process's CPU time so far (every thread), for benchmarks that count
+        # what the endpoint itself costs beside the processes they measure.
+        body = json.dumps({"endpoint": "sledge-moto", **_settings, "cpuSeconds": time.process_time()}).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
 

@@ -19,20 +19,50 @@ export interface BatchExtent {
   zero?: boolean;
 }
 
+/** A data extent whose bytes are held in pieces (laid end to end), or a run of zeros. */
+export type BatchPartsPiece = { offset: number; length: number; parts: readonly Buffer[] } | { offset: number; length: number; zero: true };
+
+/** A data extent held in one buffer. */
+export function dataPiece(offset: number, data: Buffer): BatchPartsPiece {
+  return { offset, length: data.length, parts: [data] };
+}
+
 /**
- * Encodes a batch body.
+ * Encodes a batch body as the buffers to send one after another: the magic, length and header
+ * in one, then each data extent's pieces as they are. Nothing is copied into a joined body: a
+ * 4 MiB batch would otherwise cost a 4 MiB copy into fresh memory per request.
+ *
+ * @example
+ * encodeBatchParts([{ offset: 0, length: 8192, parts: [a4k, b4k] }, { offset: 8192, length: 4096, zero: true }]);
+ */
+export function encodeBatchParts(pieces: readonly BatchPartsPiece[]): Buffer[] {
+  const extents: BatchExtent[] = pieces.map((p) => ('zero' in p ? { offset: p.offset, length: p.length, zero: true } : { offset: p.offset, length: p.length }));
+  const header = Buffer.from(JSON.stringify({ extents }), 'utf8');
+  const head = Buffer.allocUnsafe(8 + header.length);
+  MAGIC.copy(head, 0);
+  head.writeUInt32BE(header.length, 4);
+  header.copy(head, 8);
+  const out: Buffer[] = [head];
+  for (const p of pieces) {
+    if ('zero' in p) continue;
+    let bytes = 0;
+    for (const part of p.parts) {
+      out.push(part);
+      bytes += part.length;
+    }
+    if (bytes !== p.length) throw new RangeError(`batch extent at ${p.offset} declares ${p.length} bytes but holds ${bytes}`);
+  }
+  return out;
+}
+
+/**
+ * Encodes a batch body in one buffer.
  *
  * @example
  * encodeBatch([{ offset: 0, data: Buffer.alloc(4096, 1) }, { offset: 8192, length: 4096, zero: true }]);
  */
 export function encodeBatch(pieces: ReadonlyArray<{ offset: number; data: Buffer } | { offset: number; length: number; zero: true }>): Buffer {
-  const extents: BatchExtent[] = pieces.map((p) =>
-    'data' in p ? { offset: p.offset, length: p.data.length } : { offset: p.offset, length: p.length, zero: true },
-  );
-  const header = Buffer.from(JSON.stringify({ extents }), 'utf8');
-  const len = Buffer.alloc(4);
-  len.writeUInt32BE(header.length);
-  return Buffer.concat([MAGIC, len, header, ...pieces.flatMap((p) => ('data' in p ? [p.data] : []))]);
+  return Buffer.concat(encodeBatchParts(pieces.map((p) => ('data' in p ? dataPiece(p.offset, p.data) : p))));
 }
 
 /** Parses a batch body into write pieces; every malformation is a 400 saying what is wrong. */

@@ -93,7 +93,8 @@ export type RequestSigner = (request: {
   method: string;
   url: string;
   headers?: Record<string, string>;
-  body?: Uint8Array | string;
+  /** The body, or its pieces in the order they are sent (hashed one after another, never joined). */
+  body?: Uint8Array | string | readonly Uint8Array[];
 }) => Promise<Record<string, string>>;
 
 export interface RequestSignerOptions {
@@ -131,6 +132,13 @@ export async function requestSigner(opts: RequestSignerOptions): Promise<Request
     }
     const lower: Record<string, string> = { host: u.host };
     for (const [k, v] of Object.entries(headers)) lower[k.toLowerCase()] = v;
+    // A body in pieces: its payload hash is computed here, over each piece in turn, and given to
+    // the signer as x-amz-content-sha256 (which it then signs as the payload hash).
+    if (Array.isArray(body)) {
+      const hash = createHash('sha256');
+      for (const piece of body as readonly Uint8Array[]) hash.update(piece);
+      lower['x-amz-content-sha256'] = hash.digest('hex');
+    }
     const signed = await signer.sign(
       {
         method: method.toUpperCase(),
@@ -140,7 +148,7 @@ export async function requestSigner(opts: RequestSignerOptions): Promise<Request
         path: u.pathname,
         query,
         headers: lower,
-        body: body ?? undefined,
+        body: Array.isArray(body) ? undefined : (body as Uint8Array | string | undefined),
       },
       opts.now ? { signingDate: opts.now() } : {},
     );

@@ -7,6 +7,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import { dataPiece } from '#shared/api/batch.ts';
 import { VolumeClient } from '#gateway/volume-client.ts';
 import { apiProxy, testApi } from './helpers.ts';
 
@@ -32,7 +33,7 @@ describe('direct writes: a lost commit answer', () => {
     try {
       const c = await client(vol.volumeId, proxy.url);
       const data = randomBytes(MiB);
-      await c.writeBatch([{ offset: 0, data }]);
+      await c.writeBatch([dataPiece(0, data)]);
       expect({ commits, sent: c.sent.commits, direct: c.direct.writes, fallbacks: c.direct.writeFallbacks, batches: c.sent.batches }).toEqual({
         commits: 2,
         sent: 1,

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { describe, expect, it } from 'vitest';
 import { s3 } from '#shared/aws/clients.ts';
+import { dataPiece } from '#shared/api/batch.ts';
 import { crc32c } from '#shared/data/crc32c.ts';
 import { createVolume } from '#shared/control/volumes.ts';
 import { type EncodedBatch, encodeDirectBatch, putChunks, type WritePlan } from '#gateway/direct-write.ts';
@@ -46,7 +47,7 @@ async function client(volumeId: string, url = apiUrl) {
 /** A batch of `data` at `offset`, encoded, planned and uploaded: everything but the commit. */
 async function uploaded(c: VolumeClient, offset: number, data: Buffer): Promise<{ plan: WritePlan; batch: EncodedBatch }> {
   const v = (await api.describe(c.volumeId)).json as { dataChunks: number; parityChunks: number; blockSizeBytes: number };
-  const batch = await encodeDirectBatch([{ offset, data }], v.dataChunks, v.parityChunks, v.blockSizeBytes);
+  const batch = await encodeDirectBatch([dataPiece(offset, data)], v.dataChunks, v.parityChunks, v.blockSizeBytes);
   const plan = await c.writePlan({ extents: batch.extents, chunkSizeBytes: batch.stripes.chunkSizeBytes, crcs: batch.stripes.crcs });
   await putChunks(plan, batch, 10_000);
   return { plan, batch };
@@ -198,7 +199,7 @@ describe('direct writes', () => {
     const first = await uploaded(c, 0, a);
     // Planned on the first before it commits (a gateway's pipelined batches).
     const v = (await api.describe(vol.volumeId)).json as { dataChunks: number; parityChunks: number; blockSizeBytes: number };
-    const batch = await encodeDirectBatch([{ offset: MiB, data: b }], v.dataChunks, v.parityChunks, v.blockSizeBytes);
+    const batch = await encodeDirectBatch([dataPiece(MiB, b)], v.dataChunks, v.parityChunks, v.blockSizeBytes);
     const second = await c.writePlan({
       extents: batch.extents,
       chunkSizeBytes: batch.stripes.chunkSizeBytes,
@@ -233,12 +234,12 @@ describe('direct writes', () => {
     expect(await refusal(c.commit(plan))).toBe(409);
     // Its plans are refused too, and the API fallback with them.
     expect(await refusal(c.writePlan({ extents: [{ offset: 0, length: MiB }], chunkSizeBytes: plan.descriptor.chunkSizeBytes, crcs: plan.descriptor.crcs }))).toBe(409);
-    await expect(c.writeBatch([{ offset: 0, data: randomBytes(MiB) }])).rejects.toThrow(/409/);
+    await expect(c.writeBatch([dataPiece(0, randomBytes(MiB))])).rejects.toThrow(/409/);
     expect(await headSeq(vol.volumeId)).toBe(0);
     // The new holder writes directly.
     other.reservationKey = 'gw-b';
     const data = randomBytes(MiB);
-    await other.writeBatch([{ offset: 0, data }]);
+    await other.writeBatch([dataPiece(0, data)]);
     expect({ direct: other.direct.writes, batches: other.sent.batches }).toEqual({ direct: 1, batches: 0 });
     expect((await api.read(vol.volumeId, 0, MiB)).equals(data)).toBe(true);
   });
@@ -252,7 +253,7 @@ describe('direct writes', () => {
     let next = 0;
     await Promise.all(
       Array.from({ length: 4 }, async () => {
-        for (let i = next++; i < 10; i = next++) await c.writeBatch([{ offset: i * MiB, data: data.subarray(i * MiB, (i + 1) * MiB) }]);
+        for (let i = next++; i < 10; i = next++) await c.writeBatch([dataPiece(i * MiB, data.subarray(i * MiB, (i + 1) * MiB))]);
       }),
     );
     expect({ direct: c.direct.writes, fallbacks: c.direct.writeFallbacks, batches: c.sent.batches }).toEqual({ direct: 10, fallbacks: 0, batches: 0 });
@@ -276,8 +277,8 @@ describe('direct writes', () => {
       const c = await client(vol.volumeId, proxy.url);
       const a = randomBytes(MiB);
       const b = randomBytes(MiB);
-      await c.writeBatch([{ offset: 0, data: a }]);
-      await c.writeBatch([{ offset: MiB, data: b }]);
+      await c.writeBatch([dataPiece(0, a)]);
+      await c.writeBatch([dataPiece(MiB, b)]);
       expect({ plans: c.sent.writePlans, direct: c.direct.writes, fallbacks: c.direct.writeFallbacks, batches: c.sent.batches, on: c.directWrites }).toEqual({
         plans: 1,
         direct: 0,

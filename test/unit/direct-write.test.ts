@@ -6,6 +6,7 @@
  * Randomized: SLEDGE_TEST_SEED picks the payloads (printed).
  */
 import { describe, expect, it } from 'vitest';
+import { type BatchPartsPiece, dataPiece } from '#shared/api/batch.ts';
 import { crc32c } from '#shared/data/crc32c.ts';
 import { canonicalDescriptor, chunkObjectOf, encodeSegment, type SegmentDescriptor } from '#shared/data/segments.ts';
 import { checkWritePlan, DirectWriteError, encodeDirectBatch, type WritePlan } from '#gateway/direct-write.ts';
@@ -40,9 +41,11 @@ describe('direct writes: the chunks the gateway builds are the chunks the head w
     it(`${k}+${m}, extents of ${sizes.join(', ')} bytes`, async () => {
       // Data extents with zero extents between them, in offset order.
       let offset = 0;
-      const pieces: Array<{ offset: number; data: Buffer } | { offset: number; length: number; zero: true }> = [];
+      const pieces: BatchPartsPiece[] = [];
       sizes.forEach((n, i) => {
-        pieces.push({ offset, data: bytes(n, i) });
+        // Each data extent in two pieces, as the gateway's joined writes arrive.
+        const b = bytes(n, i);
+        pieces.push({ offset, length: n, parts: n > BS ? [b.subarray(0, BS), b.subarray(BS)] : [b] });
         offset += n;
         pieces.push({ offset, length: 2 * BS, zero: true });
         offset += 2 * BS;
@@ -51,9 +54,9 @@ describe('direct writes: the chunks the gateway builds are the chunks the head w
       const batch = await encodeDirectBatch([...pieces].reverse(), k, m, BS);
       let segBlock = 0;
       const extents = pieces.map((p): [number, number, number] => {
-        if (!('data' in p)) return [p.offset / BS, p.length / BS, -1];
-        const e: [number, number, number] = [p.offset / BS, p.data.length / BS, segBlock];
-        segBlock += p.data.length / BS;
+        if ('zero' in p) return [p.offset / BS, p.length / BS, -1];
+        const e: [number, number, number] = [p.offset / BS, p.length / BS, segBlock];
+        segBlock += p.length / BS;
         return e;
       });
       // The head's own encoder, for the same segment, its fields in prepareWrite's order.
@@ -68,8 +71,8 @@ describe('direct writes: the chunks the gateway builds are the chunks the head w
         blockSizeBytes: BS,
         extents,
       };
-      const head = await encodeSegment(meta, pieces.flatMap((p) => ('data' in p ? [p.data] : [])));
-      expect(batch.extents).toEqual(pieces.map((p) => ('data' in p ? { offset: p.offset, length: p.data.length } : { offset: p.offset, length: p.length, zero: true })));
+      const head = await encodeSegment(meta, pieces.flatMap((p) => ('zero' in p ? [] : [Buffer.concat(p.parts)])));
+      expect(batch.extents).toEqual(pieces.map((p) => ('zero' in p ? { offset: p.offset, length: p.length, zero: true } : { offset: p.offset, length: p.length })));
       expect(batch.stripes.chunkSizeBytes).toBe(head.descriptor.chunkSizeBytes);
       expect(batch.stripes.crcs).toEqual(head.descriptor.crcs);
       // The plan's descriptor, as the head builds it and as it comes back through JSON in another key order.
@@ -91,7 +94,7 @@ describe('direct writes: the chunks the gateway builds are the chunks the head w
   }
 
   it('refuses a plan that does not describe the batch', async () => {
-    const batch = await encodeDirectBatch([{ offset: 0, data: bytes(8 * BS, 9) }], 4, 2, BS);
+    const batch = await encodeDirectBatch([dataPiece(0, bytes(8 * BS, 9))], 4, 2, BS);
     const plan = (crcs: number[][], n = 6): WritePlan => ({
       descriptor: { chunkSizeBytes: batch.stripes.chunkSizeBytes, crcs } as SegmentDescriptor,
       locations: Array.from({ length: n }, () => ({ bucket: 'b', key: 'k' })),

@@ -1,3 +1,4 @@
+import { createHash, randomBytes } from 'node:crypto';
 import { Agent, request as httpRequest, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
@@ -442,5 +443,21 @@ describe('startLocalApi with IAM authorization (SigV4, as API Gateway)', () => {
     expect((await send(url, { ...req, headers: { ...req.headers, 'content-type': 'text/plain' } })).status).toBe(403);
     expect(events).toHaveLength(0);
     expect((await send(url, req)).status).toBe(200);
+  });
+  it('signs a body given in pieces exactly as the same bytes in one buffer, and the API takes it', async () => {
+    const { api, events } = await signedApi();
+    const url = `${api.url}/volumes/vol-1/batch`;
+    const pieces = [Buffer.from('SLB1'), randomBytes(70_000), Buffer.alloc(0), randomBytes(5)];
+    const whole = Buffer.concat(pieces);
+    const now = () => new Date('2026-12-02T10:00:00Z');
+    const sign = await requestSigner({ apiUrl: url, credentials: aliceKeys, region: 'us-east-1', now });
+    const headers = { 'content-type': 'application/vnd.sledge.batch' };
+    const fromPieces = await sign({ method: 'POST', url, headers, body: pieces });
+    expect(fromPieces).toEqual(await sign({ method: 'POST', url, headers, body: whole }));
+    expect(fromPieces['x-amz-content-sha256']).toBe(createHash('sha256').update(whole).digest('hex'));
+    // Signed from pieces at the current time, sent as one body: the API takes it.
+    const live = await (await requestSigner({ apiUrl: url, credentials: aliceKeys, region: 'us-east-1' }))({ method: 'POST', url, headers, body: pieces });
+    expect((await send(url, { method: 'POST', headers: live, body: whole })).status).toBe(200);
+    expect(Buffer.from(events[0]!.body!, events[0]!.isBase64Encoded ? 'base64' : 'utf8').equals(whole)).toBe(true);
   });
 });
