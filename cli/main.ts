@@ -16,6 +16,7 @@ import { parseArgs } from 'node:util';
 import { WriteBackCache } from '#gateway/cache.ts';
 import { startNbdServer } from '#gateway/server.ts';
 import { API_FOLDING_PAGES_PER_BATCH, VolumeApiError, VolumeClient, type VolumeDescription } from '#gateway/volume-client.ts';
+import { PretouchedMemory } from '#gateway/pretouched.ts';
 import { NbdReader, onAttach, onDetach } from './nbd-attach.ts';
 import { debugEnabled, formatCliError, parseArgsUsageError, unreachable, UsageError } from './errors.ts';
 import { SIGNING_OPTIONS, defaultSigner, signingFromValues, type SigningOptions } from './signing.ts';
@@ -47,6 +48,8 @@ export const COMMAND_USAGE = {
       --cache-mib N          dirty data held before clients are slowed down (default 64)
       --read-cache-mib N     clean data kept for reads, least recently used out (default 256;
                              0 = none, and no read-ahead)
+      --pretouch-mib N       memory a worker thread touches ahead of large reads, so that their
+                             page faults are not paid on the serving thread (default 64; 0 = none)
       --segment-mib N        dirty data that starts a write-back (default 4, at most 4 per batch)
       --max-dirty-age-ms N   write back dirty data older than this (default 5000; 0 = only on
                              FLUSH, FUA, full segments and shutdown)
@@ -209,6 +212,8 @@ export interface NbdCommand {
   listen: { host: string; port: number } | { socketPath: string };
   cacheBytes: number;
   readCacheBytes: number;
+  /** Memory a worker thread touches ahead of large reads (gateway/pretouched.ts). */
+  pretouchBytes: number;
   segmentBytes: number;
   maxDirtyAgeMs: number;
   /** How long API requests are retried while serving (VolumeClient's retry budget). */
@@ -242,6 +247,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
         socket: { type: 'string' },
         'cache-mib': { type: 'string' },
         'read-cache-mib': { type: 'string' },
+        'pretouch-mib': { type: 'string' },
         'segment-mib': { type: 'string' },
         'max-dirty-age-ms': { type: 'string' },
         key: { type: 'string' },
@@ -286,6 +292,7 @@ export function parseNbdArgs(args: string[]): NbdCommand {
     listen: values.socket !== undefined ? { socketPath: values.socket } : { host: values.host ?? '127.0.0.1', port: intOption(values.port, 'port', 0, 65535, DEFAULT_NBD_PORT) },
     cacheBytes: cacheMiB * MiB,
     readCacheBytes: intOption(values['read-cache-mib'], 'read-cache-mib', 0, 64 * 1024, 256) * MiB,
+    pretouchBytes: intOption(values['pretouch-mib'], 'pretouch-mib', 0, 1024, 64) * MiB,
     segmentBytes: segmentMiB * MiB,
     maxDirtyAgeMs: intOption(values['max-dirty-age-ms'], 'max-dirty-age-ms', 0, 24 * 3600 * 1000, 5000),
     retryBudgetMs: intOption(values['retry-budget-s'], 'retry-budget-s', 0, 24 * 3600, 120) * 1000,
@@ -324,6 +331,7 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     ...(cmd.snapshotId !== undefined ? { snapshotId: cmd.snapshotId } : {}),
     directReads: !cmd.noDirectReads,
     directWrites: cmd.directWrites === true,
+    memory: new PretouchedMemory({ reserveBytes: cmd.pretouchBytes }),
     onFallback: log,
   });
   const what = cmd.snapshotId ?? cmd.volumeId;
@@ -373,6 +381,8 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     ...(reader ? { coherence: reader } : {}),
     log,
   });
+  // Large direct reads land in memory touched ahead by a worker thread: fill its reserve now.
+  if (client.directReads) client.memory.prepare();
   // Listen first, attach after: a gateway that cannot listen (a port or socket in use) must
   // never take the volume's reservation from a gateway that is serving it. Connections that
   // arrive in between wait for the attach.
@@ -432,7 +442,8 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
       `${s.batchesWritten} batches written back (${s.dataBytesWritten} data bytes, ${s.zeroBytesWritten} zeroed bytes), ${s.flushes} flushes, ${s.readModifyWrites} read-modify-writes; ` +
         `${s.apiReads} API reads (${s.apiReadBytes} bytes, ${s.readAheads} ahead, ${s.prefetches} for CACHE, ${client.rangedGets} S3 ranged GETs), ${client.sent.allocations} allocation queries, ` +
         `read cache ${cache.clean.stats.hits} hits, ${cache.clean.stats.misses} misses; ` +
-        `direct reads: ${client.sent.plans} read plans, ${client.direct.reads} read directly, ${client.direct.gets} chunk GETs, ${client.direct.fallbacks} fallbacks, ${client.sent.reads} API data reads; ` +
+        `direct reads: ${client.sent.plans} read plans, ${client.direct.reads} read directly, ${client.direct.gets} chunk GETs, ${client.direct.fallbacks} fallbacks, ${client.sent.reads} API data reads, ` +
+        `${client.memory.stats.pretouchedBytes} bytes into pretouched memory, ${client.memory.stats.plainBytes} into fresh; ` +
         `direct writes: ${client.sent.writePlans} write plans, ${client.direct.writes} written directly, ${client.direct.puts} chunk PUTs, ${client.sent.commits} commits, ${client.direct.writeFallbacks} fallbacks, ${client.sent.batches} API batches` +
         (reader ? `; ${s.readsThrough} reads through, ${reader.statsLine()}` : '')
     );

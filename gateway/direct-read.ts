@@ -57,9 +57,10 @@ export async function fetchPlanned(g: PlannedGet, timeoutMs: number, into?: Buff
  * The bytes of a plan's read: every planned GET at once, the rest zeros. A GET whose body is
  * one piece of the answer (a whole chunk range of a segment that a sequential writer made)
  * lands in the answer's buffer itself; others land in their own and their pieces are copied.
+ * `alloc` gives the answer's buffer (the caller's memory, e.g. pretouched.ts).
  */
-export async function readPlanned(plan: ReadPlan, timeoutMs: number): Promise<Buffer> {
-  const out = Buffer.allocUnsafe(plan.length);
+export async function readPlanned(plan: ReadPlan, timeoutMs: number, alloc: (bytes: number) => Buffer = Buffer.allocUnsafe): Promise<Buffer> {
+  const out = alloc(plan.length);
   // Zeros where no piece goes (never written, trimmed), and only there.
   const covered = plan.gets.flatMap((g) => g.pieces.map((p) => [p.at, p.at + p.length] as const)).sort((x, y) => x[0] - y[0]);
   let pos = 0;

@@ -179,14 +179,15 @@ class RawConnection {
     }
     let data = Buffer.from(buf.buffer, buf.byteOffset, n);
     if (!x.answer) {
-      // Headers: copied out of the shared read buffer until the blank line.
-      x.headerBytes.push(Buffer.from(data));
+      // Headers: read where they are when the blank line ends them in this read (the body's
+      // first bytes after them are not copied twice); otherwise copied out of the shared read
+      // buffer until it comes.
+      const all = x.headerBytes.length === 0 ? data : Buffer.concat([...x.headerBytes, data]);
       x.headerLength += n;
-      const all = x.headerBytes.length === 1 ? x.headerBytes[0]! : Buffer.concat(x.headerBytes);
-      x.headerBytes = [all];
       const end = all.indexOf('\r\n\r\n');
       if (end < 0) {
         if (x.headerLength > HEADER_MAX_BYTES) this.fail(new Error('an answer with an endless header section'), true);
+        else x.headerBytes = [Buffer.from(all)];
         return true;
       }
       const lines = all.subarray(0, end).toString('latin1').split('\r\n');

@@ -19,6 +19,7 @@ import { requestSigner, type RequestSigner } from '#shared/api/signing.ts';
 import type { ReadPlan } from '#shared/data/read-plan.ts';
 import type { IncomingHttpHeaders } from 'node:http';
 import { checkPlan, readPlanned } from './direct-read.ts';
+import { type PretouchedMemory, sharedPretouchedMemory } from './pretouched.ts';
 import { checkWritePlan, encodeDirectBatch, putChunks, type PlanExtent, type WritePlan } from './direct-write.ts';
 import { type HttpAnswer, httpExchange } from './http.ts';
 
@@ -113,6 +114,11 @@ export interface VolumeClientOptions {
    * against s3backer"); needs the volume's geometry from `describe()` first.
    */
   directWrites?: boolean;
+  /**
+   * Where the bytes of large direct reads land (pretouched.ts). Default: one reserve of
+   * `DEFAULT_PRETOUCH_BYTES` shared by every client of the process.
+   */
+  memory?: PretouchedMemory;
   /** Told why a direct read fell back to an API read, or a direct write to an API write. */
   onFallback?: (reason: string) => void;
 }
@@ -144,6 +150,8 @@ export class VolumeClient {
   private writeTail: DirectLink | undefined;
   /** Whether reads use plans; turned off for good when the API has no plan route. */
   directReads: boolean;
+  /** Where the bytes of large direct reads land: memory a worker thread touched in advance (pretouched.ts). */
+  readonly memory: PretouchedMemory;
   /** The longest range one read plan is asked for (the head's MAX_PLAN_BYTES); 4 MiB once a head refused more. */
   planMaxBytes = API_MAX_PLAN_BYTES;
   private readonly onFallback: ((reason: string) => void) | undefined;
@@ -164,6 +172,7 @@ export class VolumeClient {
     if (opts.sign) this.signer = Promise.resolve(opts.sign);
     this.snapshotId = opts.snapshotId;
     this.directReads = (opts.directReads ?? true) && opts.snapshotId === undefined;
+    this.memory = opts.memory ?? sharedPretouchedMemory();
     this.directWrites = (opts.directWrites ?? false) && opts.snapshotId === undefined;
     this.onFallback = opts.onFallback;
   }
@@ -305,7 +314,7 @@ export class VolumeClient {
     try {
       this.direct.gets += plan.gets.length;
       this.rangedGets += plan.gets.length;
-      bytes = await readPlanned(plan, this.requestTimeoutMs);
+      bytes = await readPlanned(plan, this.requestTimeoutMs, (n) => this.memory.take(n));
       this.direct.reads++;
     } catch (err) {
       this.direct.fallbacks++;

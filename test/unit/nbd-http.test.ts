@@ -105,6 +105,39 @@ describe('getInto: the raw GET of direct reads', () => {
     expect((await getInto(`${base}/idle`, { range: 'bytes=10-19' }, again, 206, 5_000)).body.equals(body.subarray(10, 20))).toBe(true);
   });
 
+  it('reads an answer whose header section arrives in several pieces, the first bytes of the body with its last', async () => {
+    const payload = randomBytes(70_000);
+    const answer = Buffer.concat([Buffer.from(`HTTP/1.1 206 Partial Content\r\ncontent-range: bytes 0-69999/70000\r\ncontent-length: ${payload.length}\r\n\r\n`), payload]);
+    // Cut inside the status line, inside a header, and two bytes into the blank line.
+    const cuts = [5, 40, answer.indexOf('\r\n\r\n') + 2, answer.length];
+    const sockets = new Set<net.Socket>();
+    const s = net.createServer((sock) => {
+      sockets.add(sock);
+      sock.on('error', () => {});
+      sock.once('data', async () => {
+        let at = 0;
+        for (const cut of cuts) {
+          sock.write(answer.subarray(at, cut));
+          at = cut;
+          // Apart, so that each piece is its own read.
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+      });
+    });
+    await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+    try {
+      const target = Buffer.alloc(payload.length);
+      const got = await getInto(`http://127.0.0.1:${(s.address() as net.AddressInfo).port}/x`, {}, target, 206, 5_000);
+      expect(got.status).toBe(206);
+      expect(got.headers['content-range']).toBe('bytes 0-69999/70000');
+      expect(got.body).toBe(target);
+      expect(target.equals(payload)).toBe(true);
+    } finally {
+      for (const sock of sockets) sock.destroy();
+      await new Promise((resolve) => s.close(resolve));
+    }
+  });
+
   it('refuses answers it cannot read exactly: chunked, more bytes than declared, a closed connection mid-body, silence', async () => {
     const cases: Array<[string, Buffer, 'keep' | 'close', RegExp]> = [
       ['chunked', Buffer.from('HTTP/1.1 206 Partial Content\r\ntransfer-encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n'), 'keep', /does not read/],
