@@ -381,8 +381,9 @@ async function runNbd(cmd: NbdCommand): Promise<number> {
     ...(reader ? { coherence: reader } : {}),
     log,
   });
-  // Large direct reads land in memory touched ahead by a worker thread: fill its reserve now.
-  if (client.directReads) client.memory.prepare();
+  // Large reads (direct, or through the API: read-ahead, a snapshot's) land in memory touched
+  // ahead by a worker thread: fill its reserve now.
+  if (client.directReads || cmd.readCacheBytes > 0) client.memory.prepare();
   // Listen first, attach after: a gateway that cannot listen (a port or socket in use) must
   // never take the volume's reservation from a gateway that is serving it. Connections that
   // arrive in between wait for the attach.

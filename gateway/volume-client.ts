@@ -189,7 +189,13 @@ export class VolumeClient {
   private async send(
     what: string,
     url: string,
-    init: { method: string; body?: Buffer | readonly Buffer[]; headers?: Record<string, string> },
+    init: {
+      method: string;
+      body?: Buffer | readonly Buffer[];
+      headers?: Record<string, string>;
+      /** Where a 200 answer of exactly this buffer's length lands (http.ts `into`); other answers get their own. */
+      into?: Buffer;
+    },
     onOk?: (headers: IncomingHttpHeaders) => void,
   ): Promise<Buffer> {
     let last: VolumeApiError | undefined;
@@ -203,7 +209,13 @@ export class VolumeClient {
       // signer that cannot find credentials fails the request at once (it is not the network).
       const headers = await (await this.signer)({ method: init.method, url, ...(init.headers ? { headers: init.headers } : {}), ...(init.body ? { body: init.body } : {}) });
       try {
-        res = await httpExchange(url, { method: init.method, headers, ...(init.body ? { body: init.body } : {}), timeoutMs: this.requestTimeoutMs });
+        res = await httpExchange(url, {
+          method: init.method,
+          headers,
+          ...(init.body ? { body: init.body } : {}),
+          ...(init.into ? { into: { status: 200, target: init.into } } : {}),
+          timeoutMs: this.requestTimeoutMs,
+        });
       } catch (err) {
         res = undefined;
         last = new VolumeApiError(`${what}: ${(err as Error).message}`, 0, { cause: err });
@@ -346,9 +358,15 @@ export class VolumeClient {
   async readThroughApi(offset: number, length: number): Promise<Buffer> {
     if (length > API_MAX_IO_BYTES) throw new RangeError(`a read through the API is at most ${API_MAX_IO_BYTES} bytes, not ${length}`);
     this.sent.reads++;
-    const body = await this.send(`read ${this.volumeId} @${offset}+${length}`, this.url(`/data?offset=${offset}&length=${length}`), { method: 'GET', headers: this.keyHeader() }, (h) => {
-      this.rangedGets += Number(h['x-sledge-ranged-gets'] ?? 0);
-    });
+    const body = await this.send(
+      `read ${this.volumeId} @${offset}+${length}`,
+      this.url(`/data?offset=${offset}&length=${length}`),
+      // The bytes land in pretouched memory when the read is large, as a direct read's do.
+      { method: 'GET', headers: this.keyHeader(), into: this.memory.take(length) },
+      (h) => {
+        this.rangedGets += Number(h['x-sledge-ranged-gets'] ?? 0);
+      },
+    );
     // Pair assertion: the API must answer with exactly the bytes asked for.
     if (body.length !== length) throw new VolumeApiError(`read ${this.volumeId} @${offset}+${length}: got ${body.length} bytes`, 200);
     return body;
