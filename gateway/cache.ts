@@ -12,7 +12,7 @@
  * stack before asking the API can never miss a write (see `readAligned`).
  */
 import { invariant } from '#shared/core/errors.ts';
-import { CleanCache, LINE_BYTES, StreamDetector } from './read-cache.ts';
+import { CleanCache, LINE_BYTES, StreamDetector, slice } from './read-cache.ts';
 import { API_MAX_ALLOCATION_BYTES, API_MAX_IO_BYTES, API_MAX_PAGES_PER_BATCH, type AllocationRun, type BatchPiece } from './volume-client.ts';
 
 const KiB = 1024;
@@ -728,14 +728,7 @@ export class WriteBackCache {
   private committed(pieces: readonly BatchPiece[]): void {
     for (const p of pieces) {
       const end = p.offset + p.length;
-      if ('zero' in p) this.clean.patch(p.offset, end, null);
-      else {
-        let at = p.offset;
-        for (const part of p.parts) {
-          this.clean.patch(at, at + part.length, part);
-          at += part.length;
-        }
-      }
+      this.clean.patch(p.offset, end, 'zero' in p ? null : p.parts);
       for (let line = Math.floor(p.offset / LINE_BYTES); line * LINE_BYTES < end; line++) {
         const f = this.fetching.get(line);
         if (f) f.stale = true;
@@ -943,19 +936,6 @@ function joinViews(parts: readonly Buffer[]): Buffer[] {
     if (last && last.buffer === p.buffer && last.byteOffset + last.length === p.byteOffset) {
       out[out.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + p.length);
     } else out.push(p);
-  }
-  return out;
-}
-
-/** Bytes [from, from + length) of the concatenation of `parts`, as views. */
-function slice(parts: readonly Buffer[], from: number, length: number): Buffer[] {
-  const out: Buffer[] = [];
-  let pos = 0;
-  for (const p of parts) {
-    const s = Math.max(from, pos);
-    const t = Math.min(from + length, pos + p.length);
-    if (t > s) out.push(p.subarray(s - pos, t - pos));
-    pos += p.length;
   }
   return out;
 }

@@ -122,10 +122,11 @@ export class CleanCache {
   }
 
   /**
-   * A write the API acknowledged: cached lines it overlaps take its bytes (`data`, exactly
-   * `end - start` bytes, or zeros when null), as patched copies. Lines not cached stay uncached.
+   * A write the API acknowledged: cached lines it overlaps take its bytes (`data`: pieces laid
+   * end to end, exactly `end - start` bytes, or zeros when null), as patched copies, one per
+   * line. Lines not cached stay uncached.
    */
-  patch(start: number, end: number, data: Buffer | null): void {
+  patch(start: number, end: number, data: readonly Buffer[] | null): void {
     for (let line = Math.floor(start / LINE_BYTES); line * LINE_BYTES < end; line++) {
       const b = this.lines.get(line);
       if (!b) continue;
@@ -135,8 +136,10 @@ export class CleanCache {
       if (t <= s) continue;
       const copy = Buffer.allocUnsafeSlow(b.length);
       b.copy(copy);
-      if (data) data.copy(copy, s - lineStart, s - start, t - start);
-      else copy.fill(0, s - lineStart, t - lineStart);
+      if (data) {
+        let at = s - lineStart;
+        for (const piece of slice(data, s - start, t - s)) at += piece.copy(copy, at);
+      } else copy.fill(0, s - lineStart, t - lineStart);
       this.release(line, b);
       this.lines.set(line, copy);
     }
@@ -147,6 +150,19 @@ export class CleanCache {
     this.shared.clear();
     this.bytes = 0;
   }
+}
+
+/** Bytes [from, from + length) of the concatenation of `parts`, as views. */
+export function slice(parts: readonly Buffer[], from: number, length: number): Buffer[] {
+  const out: Buffer[] = [];
+  let pos = 0;
+  for (const p of parts) {
+    const s = Math.max(from, pos);
+    const t = Math.min(from + length, pos + p.length);
+    if (t > s) out.push(p.subarray(s - pos, t - pos));
+    pos += p.length;
+  }
+  return out;
 }
 
 /**

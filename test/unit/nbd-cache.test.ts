@@ -353,6 +353,27 @@ describe('WriteBackCache read path: clean cache, joined reads, read-ahead', () =
     await cache.close();
   });
 
+  it('patches a cached line with a write-back extent made of several writes, each in its place', async () => {
+    const vol = new MemoryVolume(8 * MiB, MiB);
+    randomBytes(MiB).copy(vol.bytes, 0);
+    const cache = newCache(vol, { readAheadMaxBytes: 0 });
+    await cache.read(0, MiB);
+    const reads = vol.reads;
+    // Three adjacent writes, one extent of three pieces, inside the first 64 KiB line and across into the second.
+    const a = Buffer.alloc(BS, 1);
+    const b = Buffer.alloc(BS, 2);
+    const c = randomBytes(16 * BS);
+    await cache.write(4 * BS, a);
+    await cache.write(5 * BS, b);
+    await cache.write(6 * BS, c);
+    await cache.flush();
+    const expected = Buffer.from(vol.bytes.subarray(0, 32 * BS));
+    expect(expected.subarray(4 * BS, 22 * BS).equals(Buffer.concat([a, b, c]))).toBe(true);
+    expect((await cache.read(0, 32 * BS)).equals(expected)).toBe(true);
+    expect(vol.reads, 'the write-back patched the lines; no API read').toBe(reads);
+    await cache.close();
+  });
+
   it('does not cache a read that a write-back overtook, and a reader that joined it reads again', async () => {
     const vol = new MemoryVolume(MiB, 64 * KiB);
     const cache = newCache(vol, { readAheadMaxBytes: 0 });
