@@ -103,7 +103,6 @@ export class PretouchedMemory {
 
   private plain(bytes: number): Buffer {
     this.stats.plainBytes += bytes;
-    if (this.reserveSlabs > 0 && bytes >= this.minBytes && bytes <= this.slabBytes) this.refill();
     return Buffer.allocUnsafe(bytes);
   }
 
