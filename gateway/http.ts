@@ -187,7 +187,8 @@ class RawConnection {
       const end = all.indexOf('\r\n\r\n');
       if (end < 0) {
         if (x.headerLength > HEADER_MAX_BYTES) this.fail(new Error('an answer with an endless header section'), true);
-        else x.headerBytes = [Buffer.from(all)];
+        // Kept past this read: a view of the shared read buffer is copied, a joined one already is a copy.
+        else x.headerBytes = [all === data ? Buffer.from(data) : all];
         return true;
       }
       const lines = all.subarray(0, end).toString('latin1').split('\r\n');
