@@ -30,9 +30,6 @@ export interface PlanExtent {
   zero?: true;
 }
 
-/** The piece of a batch the gateway writes: data in pieces, or a run of zeros (volume-client.ts BatchPiece). */
-type Piece = BatchPartsPiece;
-
 /** A batch encoded for a direct write: its extents (in offset order) and its k+m shards with their granule CRCs. */
 export interface EncodedBatch {
   extents: PlanExtent[];
@@ -40,7 +37,7 @@ export interface EncodedBatch {
 }
 
 /** Lays the batch's data end to end in offset order (as the head does) and encodes it: k data and m parity shards. */
-export async function encodeDirectBatch(pieces: readonly Piece[], k: number, m: number, blockSizeBytes: number): Promise<EncodedBatch> {
+export async function encodeDirectBatch(pieces: readonly BatchPartsPiece[], k: number, m: number, blockSizeBytes: number): Promise<EncodedBatch> {
   const sorted = [...pieces].sort((a, b) => a.offset - b.offset);
   const extents = sorted.map((p): PlanExtent => ('zero' in p ? { offset: p.offset, length: p.length, zero: true } : { offset: p.offset, length: p.length }));
   const data = sorted.flatMap((p) => ('zero' in p ? [] : p.parts));
