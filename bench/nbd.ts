@@ -272,7 +272,7 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
       const w1 = await cpuSample(side.pid(), ctx.endpointUrl);
       lastUmountMs = 0;
       await side.restart();
-      measured('sequential write', name, w0, { ...w1, endpoint: (await cpuSample(undefined, ctx.endpointUrl)).endpoint });
+      measured('sequential write', name, w0, { ...w1, endpoint: await endpointCpuMs(ctx.endpointUrl) });
       // s3backer's fsync does not wait for its block cache; its unmount does. Durable is fio's
       // time plus the unmount's (0 for the gateway, whose FLUSH is durable).
       const durableMBps = (COMPARE_MIB * MiB) / (w.job_runtime / 1000 + lastUmountMs / 1000) / 1e6;
