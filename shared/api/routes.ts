@@ -33,6 +33,7 @@ import { describeReservations, applyReservationBody } from '../control/reservati
 import { applyReadLeaseBody } from '../control/read-lease-commands.ts';
 import { createVolume, deleteVolume, describeVolume, listVolumeViews, resizeVolume } from '../control/volumes.ts';
 import { readAllocation, readData, readSnapshotData } from '../data/read.ts';
+import type { ReadReport } from '../data/segment-reader.ts';
 import { headBodyBuffers, type Lease } from '../data/buffer-pool.ts';
 import { planRead } from '../data/read-plan.ts';
 import { commitByReference, planWrite } from '../data/direct-write.ts';
@@ -170,7 +171,7 @@ export const router = new Router()
   .on('GET', '/volumes/{volumeId}/data', VOLUME_DATA, async (req) => {
     const offset = intQuery(req, 'offset');
     const length = intQuery(req, 'length');
-    const report = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
+    const report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
     const pool = pooledBytes();
     const bytes = await readData(req.params.volumeId!, offset, length, report, requestKey(req), pool.allocate);
     // Degraded reads are visible to the client: how many granules failed and were rebuilt.
@@ -181,6 +182,7 @@ export const router = new Router()
         'x-sledge-ranged-gets': String(report.rangedGets),
         'x-sledge-bad-granules': String(report.badGranules),
         'x-sledge-rebuilt-granules': String(report.rebuiltGranules),
+        'x-sledge-get-rounds': String(report.getRounds ?? 0),
       },
       release: pool.release,
     };
@@ -275,7 +277,7 @@ export const router = new Router()
   .on('GET', '/snapshots/{snapshotId}/data', SNAPSHOT_DATA, async (req) => {
     const offset = intQuery(req, 'offset');
     const length = intQuery(req, 'length');
-    const report = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
+    const report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
     const pool = pooledBytes();
     const bytes = await readSnapshotData(req.params.snapshotId!, offset, length, report, pool.allocate);
     return { status: 200, bytes, headers: { 'x-sledge-ranged-gets': String(report.rangedGets) }, release: pool.release };

@@ -272,6 +272,7 @@ async function readSegmentFollowingMoves(ref: string, rec: SegmentRecord, ranges
     report.badGranules += r.badGranules;
     report.rebuiltGranules += r.rebuiltGranules;
     report.missingChunks = (report.missingChunks ?? 0) + (r.missingChunks ?? 0);
+    report.getRounds = Math.max(report.getRounds ?? 0, r.getRounds ?? 0);
   };
   if (!failure && !first.missingChunks) {
     merge(first);
@@ -288,5 +289,8 @@ async function readSegmentFollowingMoves(ref: string, rec: SegmentRecord, ranges
   // A chunk moved: the first attempt's rebuild work is not what the client should see.
   report.rangedGets += first.rangedGets;
   report.missingChunks = (report.missingChunks ?? 0) + (first.missingChunks ?? 0);
-  return readPayload(fresh, ranges, report, targets);
+  const second: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0, missingChunks: 0 };
+  const out = await readPayload(fresh, ranges, second, targets);
+  merge({ ...second, getRounds: (first.getRounds ?? 0) + (second.getRounds ?? 0) });
+  return out;
 }

@@ -12,10 +12,15 @@
  * by the codec's copy-out. Otherwise (a range that cuts a granule) the granules are fetched
  * into their own buffer and the requested bytes copied out.
  *
+ * Spares at once: when a fetch comes back without some of its granules (404, error, checksum),
+ * the chunks to rebuild them from are asked right then, not after the read's other GETs are
+ * done, so a degraded read waits for one GET more than the failed one, not for a second round
+ * after the slowest. A granule is never asked of more chunks than k good copies need.
+ *
  * Lost chunks: a chunk answered 404 is remembered (by location) for LOST_CHUNK_MEMORY_MS, and
- * reads meanwhile ask the other chunks first: a degraded segment then costs the same number of
- * GETs as a healthy one (k), in one round, instead of k + (lost) GETs in two rounds plus a
- * fresh read of the segment record each time. Chunk keys are written once and never reused (a
+ * reads meanwhile ask the other chunks instead, in the read's first round: a degraded segment
+ * then costs the same number of GETs as a healthy one (k), in one round, instead of k + (lost)
+ * GETs in two rounds plus a fresh read of the segment record each time. Chunk keys are written once and never reused (a
  * moved chunk gets a new location), so a 404 does not heal by itself; the memory is bounded in
  * time and size anyway, and it only orders what is asked: every chunk, remembered or not, is
  * still asked before a read gives up, and one read that finds it drops it from the memory.
@@ -41,12 +46,16 @@ export interface ReadReport {
   rebuiltGranules: number;
   /** Chunk reads answered 404: the chunk moved (evacuation) or is lost. */
   missingChunks?: number;
+  /** GETs one after another on the read's longest path: 1 when no fetch had to wait for another. */
+  getRounds?: number;
 }
 
 /** chunk -> granule -> verified bytes, and the (chunk, granule) pairs already asked for. */
 interface GranuleStore {
   good: Map<number, Map<number, Buffer>>;
   asked: Set<string>;
+  /** (chunk, granule) pairs asked whose answer was not a good granule. */
+  failed: Set<string>;
   /**
    * Where a data chunk's granules go in the caller's output, when they fall inside one
    * requested range: `dest(chunk, a, b)` is the output view for bytes `[a, b)` of the chunk,
@@ -154,8 +163,12 @@ async function fetchGranules(rec: SegmentRecord, chunk: number, granules: readon
       for (let g = g0; g < g1; g++) {
         const [a, b] = granuleBounds(rec, g);
         const piece = bytes && bytes.length >= b - start ? bytes.subarray(a - start, b - start) : null;
-        if (piece && crc32c(piece) === crcs[g]) good.set(g, piece);
-        else if (piece) {
+        if (piece && crc32c(piece) === crcs[g]) {
+          good.set(g, piece);
+          continue;
+        }
+        store.failed.add(`${chunk}:${g}`);
+        if (piece) {
           report.badGranules++;
           console.warn(`chunk ${formatLocation(loc)} granule ${g}: checksum mismatch, rebuilding from parity`);
         }
@@ -205,13 +218,23 @@ export async function readPayload(
     const i = ranges.findIndex((r) => r.start <= start && end <= r.end);
     return i < 0 ? null : targets[i]!.subarray(start - ranges[i]!.start, end - ranges[i]!.start);
   };
-  const store: GranuleStore = { good: new Map([...wanted.keys()].map((chunk) => [chunk, new Map()])), asked: new Set(), dest, onMissingChunk, leases: [] };
-  // Chunks answered 404 lately are not asked first: their granules are rebuilt from others.
-  await Promise.all(
-    [...wanted].filter(([chunk]) => !isRememberedLost(rec.locations[chunk]!)).map(([chunk, gs]) => fetchGranules(rec, chunk, [...gs], store, report)),
-  );
+  const store: GranuleStore = {
+    good: new Map([...wanted.keys()].map((chunk) => [chunk, new Map()])),
+    asked: new Set(),
+    failed: new Set(),
+    dest,
+    onMissingChunk,
+    leases: [],
+  };
+  const order = askOrder(rec);
+  // Chunks answered 404 lately are not asked: their granules are rebuilt from others, asked in
+  // the same round.
+  const known = [...wanted].filter(([chunk]) => !isRememberedLost(rec.locations[chunk]!));
+  const first = known.map(([chunk, gs]) => fetchWithSpares(rec, chunk, [...gs], store, report, order, 1));
+  const lostGranules = new Set([...wanted].filter(([chunk]) => isRememberedLost(rec.locations[chunk]!)).flatMap(([, gs]) => [...gs]));
+  await Promise.all([...first, ...askSpares(rec, [...lostGranules], store, report, order, 1)]);
 
-  // Granules that could not be read or verified, and the chunks already tried for them.
+  // Granules that could not be read or verified: rebuilt from the spares fetched for them.
   const broken = new Set<number>();
   for (const [chunk, gs] of wanted) for (const g of gs) if (!store.good.get(chunk)?.has(g)) broken.add(g);
   if (broken.size > 0) await rebuild(rec, [...broken], wanted, store, report);
@@ -237,25 +260,57 @@ export async function readPayload(
   return outputs;
 }
 
+/** The order chunks are asked in for a rebuild: data first, then parity; chunks remembered lost last. */
+function askOrder(rec: SegmentRecord): number[] {
+  const order = Array.from({ length: rec.k + rec.m }, (_, i) => i);
+  const lost = new Set(order.filter((i) => isRememberedLost(rec.locations[i]!)));
+  return order.sort((a, b) => Number(lost.has(a)) - Number(lost.has(b)));
+}
+
+/** Fetches granules of one chunk; those it could not give are asked of spares at once. */
+async function fetchWithSpares(
+  rec: SegmentRecord,
+  chunk: number,
+  granules: readonly number[],
+  store: GranuleStore,
+  report: ReadReport,
+  order: readonly number[],
+  round: number,
+): Promise<void> {
+  report.getRounds = Math.max(report.getRounds ?? 0, round);
+  await fetchGranules(rec, chunk, granules, store, report);
+  const missing = granules.filter((g) => !store.good.get(chunk)?.has(g));
+  if (missing.length > 0) await Promise.all(askSpares(rec, missing, store, report, order, round + 1));
+}
+
+/**
+ * Asks more chunks (in `order`) for each granule that has fewer than k copies good or still
+ * in flight, just enough of them. Each fetch started asks its own spares if it fails, so the
+ * returned promises settle once every granule has k good copies or every chunk was asked.
+ * Marks the granules asked before it returns (fetchGranules does so before its first await).
+ */
+function askSpares(
+  rec: SegmentRecord,
+  granules: readonly number[],
+  store: GranuleStore,
+  report: ReadReport,
+  order: readonly number[],
+  round: number,
+): Array<Promise<void>> {
+  const live = (g: number) => order.filter((i) => store.asked.has(`${i}:${g}`) && !store.failed.has(`${i}:${g}`)).length;
+  const started: Array<Promise<void>> = [];
+  for (const chunk of order) {
+    const gs = granules.filter((g) => !store.asked.has(`${chunk}:${g}`) && live(g) < rec.k);
+    if (gs.length > 0) started.push(fetchWithSpares(rec, chunk, gs, store, report, order, round));
+  }
+  return started;
+}
+
+/** Rebuilds `granules` of the wanted chunks from the good copies in `store` (at least k each, or DataUnavailableError). */
 async function rebuild(rec: SegmentRecord, granules: number[], wanted: Map<number, Set<number>>, store: GranuleStore, report: ReadReport): Promise<void> {
   const { k, m } = rec;
-  const haveCount = (g: number) => [...store.good.values()].filter((s) => s.has(g)).length;
-  const notAsked = (chunk: number) => granules.filter((g) => !store.asked.has(`${chunk}:${g}`));
-  // Ask more chunks, data first then parity, a few at a time, until every broken granule has
-  // k good copies or every chunk was asked. At most k+m rounds.
-  // Chunks remembered lost are asked last.
-  const order = Array.from({ length: k + m }, (_, i) => i);
-  const lost = new Set(order.filter((i) => isRememberedLost(rec.locations[i]!)));
-  order.sort((a, b) => Number(lost.has(a)) - Number(lost.has(b)));
-  for (let round = 0; round < k + m && granules.some((g) => haveCount(g) < k); round++) {
-    const candidates = order.filter((i) => notAsked(i).length > 0);
-    if (candidates.length === 0) break;
-    const short = Math.max(...granules.map((g) => k - haveCount(g)));
-    const batch = candidates.slice(0, Math.max(1, short));
-    await Promise.all(batch.map((chunk) => fetchGranules(rec, chunk, notAsked(chunk), store, report)));
-  }
   for (const g of granules) {
-    const present = order.filter((i) => store.good.get(i)?.has(g)).length;
+    const present = Array.from({ length: k + m }, (_, i) => i).filter((i) => store.good.get(i)?.has(g)).length;
     if (present < k) {
       throw new DataUnavailableError(
         `segment ${rec.volumeId}/${rec.segmentId}: only ${present} of ${k + m} chunks readable with a good checksum at granule ${g}, ` +
@@ -302,9 +357,15 @@ export async function readChunkData(
   const granuleCount = Math.ceil(rec.chunkSizeBytes / rec.granuleBytes);
   const all = Array.from({ length: granuleCount }, (_, g) => g);
   const wanted = new Map([[chunkIndex, new Set(all)]]);
-  const store: GranuleStore = { good: new Map([[chunkIndex, new Map()]]), asked: new Set(), leases: [] };
-  if (fromOthers) for (const g of all) store.asked.add(`${chunkIndex}:${g}`);
-  else await fetchGranules(rec, chunkIndex, all, store, report);
+  const store: GranuleStore = { good: new Map([[chunkIndex, new Map()]]), asked: new Set(), failed: new Set(), leases: [] };
+  const order = askOrder(rec);
+  if (fromOthers) {
+    for (const g of all) {
+      store.asked.add(`${chunkIndex}:${g}`);
+      store.failed.add(`${chunkIndex}:${g}`);
+    }
+    await Promise.all(askSpares(rec, all, store, report, order, 1));
+  } else await fetchWithSpares(rec, chunkIndex, all, store, report, order, 1);
   const broken = all.filter((g) => !store.good.get(chunkIndex)!.has(g));
   if (broken.length > 0) await rebuild(rec, broken, wanted, store, report);
   const out = Buffer.alloc(rec.chunkSizeBytes);

@@ -22,6 +22,7 @@ async function segmentOf(volumeId: string, segmentId: string) {
 
 const gets = (r: { headers: Headers }) => Number(r.headers.get('x-sledge-ranged-gets'));
 const rebuilt = (r: { headers: Headers }) => Number(r.headers.get('x-sledge-rebuilt-granules'));
+const rounds = (r: { headers: Headers }) => Number(r.headers.get('x-sledge-get-rounds'));
 
 describe('degraded reads', () => {
   it('asks k chunks once the lost ones are known, and returns the same bytes', async () => {
@@ -33,22 +34,27 @@ describe('degraded reads', () => {
     expect(healthy.body.equals(data)).toBe(true);
     expect(gets(healthy)).toBe(4);
     expect(rebuilt(healthy)).toBe(0);
+    expect(rounds(healthy)).toBe(1);
     // Lose data chunks 0 and 1: the bytes of half the payload must come from parity.
     for (const loc of rec.locations.slice(0, 2)) await s3().send(new DeleteObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
     const first = await api.readRaw(vol.volumeId, 0, data.length);
     expect(first.status).toBe(200);
     expect(first.body.equals(data)).toBe(true);
-    // 4 asked (2 answered 404), then the 2 parity chunks.
+    // 4 asked (2 answered 404), then the 2 parity chunks, each asked as a 404 came back.
     expect(gets(first)).toBe(6);
     expect(rebuilt(first)).toBe(2 * 16);
+    expect(rounds(first)).toBe(2);
     const second = await api.readRaw(vol.volumeId, 0, data.length);
     expect(second.body.equals(data)).toBe(true);
     expect(gets(second)).toBe(4);
     expect(rebuilt(second)).toBe(2 * 16);
+    // The lost chunks known, the parity chunks are asked with the others, in one round.
+    expect(rounds(second)).toBe(1);
     // A read inside one lost chunk, cutting granules: rebuilt from 4 others, still exact.
     const part = await api.readRaw(vol.volumeId, 64 * 1024 + 4096, 3 * 4096);
     expect(part.body.equals(data.subarray(64 * 1024 + 4096, 64 * 1024 + 4 * 4096))).toBe(true);
     expect(gets(part)).toBe(4);
+    expect(rounds(part)).toBe(1);
   });
 
   it('still asks a chunk remembered lost when the others do not suffice', async () => {
