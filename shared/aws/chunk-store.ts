@@ -86,7 +86,7 @@ async function readBodyInto(body: AsyncIterable<Uint8Array>, target: Buffer): Pr
 }
 
 /** The parts of an HTTP request the SDK's serializer resolved (endpoint, path, query). */
-interface ResolvedRequest {
+export interface ResolvedRequest {
   protocol: string;
   hostname: string;
   port?: number;
@@ -96,8 +96,6 @@ interface ResolvedRequest {
 
 /** The longest a presigned chunk URL may live: the longest a gateway should hold a read plan. */
 export const PRESIGN_MAX_SECONDS = 3600;
-
-let presigner: SignatureV4 | undefined;
 
 /**
  * A presigned URL (SigV4 query-string signature, the head's credentials) for one GET of bytes
@@ -110,7 +108,7 @@ export async function presignChunkRange(loc: ChunkLocation, start: number, end: 
   invariant(end > start && start >= 0, () => `bad range [${start}, ${end})`);
   const range = `bytes=${start}-${end - 1}`;
   // S3 takes presigned GETs with an unsigned payload; the range header becomes a query parameter.
-  return presign(new GetObjectCommand({ Bucket: loc.bucket, Key: loc.key, Range: range }), 'GET', { range }, expiresSeconds);
+  return presign('GetObject', loc, { range }, expiresSeconds);
 }
 
 /**
@@ -135,42 +133,40 @@ export async function presignChunkPut(
     'x-amz-sdk-checksum-algorithm': 'CRC32C',
   };
   const unhoistable = new Set(Object.keys(headers).filter((h) => h.startsWith('x-amz-')));
-  const url = await presign(new PutObjectCommand({ Bucket: loc.bucket, Key: loc.key }), 'PUT', headers, expiresSeconds, unhoistable);
+  const url = await presign('PutObject', loc, headers, expiresSeconds, unhoistable);
   return { url, headers };
 }
 
 /**
- * Presigns `command` with `headers` (plus host and an unsigned payload) for `expiresSeconds`:
- * the SDK resolves the request (endpoint, path style, query), which is taken before signing and
- * sending, and is signed here. No request is sent.
+ * Presigns a request for `loc` with `headers` (plus host and an unsigned payload) for
+ * `expiresSeconds`. Where the request goes (endpoint, path style, query) is what the S3 client
+ * would send (`resolveTarget`); it is signed here. No request is sent.
  */
 async function presign(
-  command: GetObjectCommand | PutObjectCommand,
-  method: 'GET' | 'PUT',
+  kind: 'GetObject' | 'PutObject',
+  loc: ChunkLocation,
   headers: Record<string, string>,
   expiresSeconds: number,
   unhoistableHeaders?: Set<string>,
 ): Promise<string> {
   invariant(expiresSeconds > 0 && expiresSeconds <= PRESIGN_MAX_SECONDS, () => `bad expiry ${expiresSeconds} s`);
   const client = s3();
-  // Last in the build step: the request is resolved, and nothing after (signing, retries, the
-  // request counter, fault injection, the network) runs.
-  (command.middlewareStack as unknown as { add(mw: unknown, opts: { step: 'build'; name: string; priority: 'low' }): void }).add(
-    () => async (args: { request: ResolvedRequest }) => ({ output: { request: args.request }, response: {} }),
-    { step: 'build', name: 'sledgeTakeRequest', priority: 'low' },
-  );
-  const { request } = (await (client.send as (c: unknown) => Promise<unknown>)(command)) as { request: ResolvedRequest };
-  presigner ??= new SignatureV4({
-    credentials: client.config.credentials,
-    region: client.config.region,
-    service: 's3',
-    sha256: client.config.sha256,
-    uriEscapePath: false,
-  });
+  const request = await resolveTarget(kind, loc);
+  let presigner = presigners.get(client);
+  if (!presigner) {
+    presigner = new SignatureV4({
+      credentials: client.config.credentials,
+      region: client.config.region,
+      service: 's3',
+      sha256: client.config.sha256,
+      uriEscapePath: false,
+    });
+    presigners.set(client, presigner);
+  }
   const host = request.port ? `${request.hostname}:${request.port}` : request.hostname;
   const signed = await presigner.presign(
     {
-      method,
+      method: kind === 'GetObject' ? 'GET' : 'PUT',
       protocol: request.protocol,
       hostname: request.hostname,
       ...(request.port ? { port: request.port } : {}),
@@ -186,6 +182,72 @@ async function presign(
     )
     .join('&');
   return `${request.protocol}//${host}${request.path}?${query}`;
+}
+
+/** One signer per S3 client (its credentials and region). */
+const presigners = new WeakMap<object, SignatureV4>();
+
+/** Per S3 client, `${kind} ${bucket}` -> where its requests go, with the probe key's path; null when the path does not end in the probe key. */
+const targets = new WeakMap<object, Map<string, Promise<{ request: ResolvedRequest; prefix: string } | null>>>();
+
+/** A key made only of characters the S3 client never escapes in a path (chunk and dump keys are). */
+const PLAIN_KEY = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
+const PROBE_KEY = 'sledge-presign-probe';
+
+/**
+ * Where the S3 client would send a `kind` request for `loc`: the SDK's own resolution (its
+ * middleware up to the end of the build step; signing, retries, counting, fault injection and
+ * the network never run). The SDK resolves the endpoint again for every command, which cost a
+ * read plan about 1 ms per presigned URL; so it is done once per client, bucket and kind, for a
+ * probe key, and a plain key's path is the probe's path with the key in its place. Any other
+ * key, or a client whose path does not end in the key, is resolved by the SDK each time.
+ */
+export async function resolveTarget(kind: 'GetObject' | 'PutObject', loc: ChunkLocation): Promise<ResolvedRequest> {
+  if (!PLAIN_KEY.test(loc.key)) return resolveWithSdk(kind, loc);
+  const client = s3();
+  let perClient = targets.get(client);
+  if (!perClient) targets.set(client, (perClient = new Map()));
+  const id = `${kind} ${loc.bucket}`;
+  let target = perClient.get(id);
+  if (!target) {
+    target = resolveWithSdk(kind, { bucket: loc.bucket, key: PROBE_KEY }).then((request) =>
+      request.path.endsWith(`/${PROBE_KEY}`) ? { request, prefix: request.path.slice(0, -PROBE_KEY.length) } : null,
+    );
+    // A failed resolution is not kept: the next presign tries again.
+    target.catch(() => perClient.delete(id));
+    perClient.set(id, target);
+  }
+  const t = await target;
+  if (!t) return resolveWithSdk(kind, loc);
+  return { ...t.request, path: t.prefix + loc.key, query: { ...t.request.query } };
+}
+
+let sdkResolutions = 0;
+
+/** How many requests the SDK resolved for presigning in this process (each costs about 1 ms). */
+export function presignSdkResolutions(): number {
+  return sdkResolutions;
+}
+
+/** `resolveTarget` without the cache: the SDK resolves this one request. */
+export async function resolveWithSdk(kind: 'GetObject' | 'PutObject', loc: ChunkLocation): Promise<ResolvedRequest> {
+  sdkResolutions++;
+  const command =
+    kind === 'GetObject' ? new GetObjectCommand({ Bucket: loc.bucket, Key: loc.key }) : new PutObjectCommand({ Bucket: loc.bucket, Key: loc.key });
+  // Last in the build step: the request is resolved, and nothing after (signing, retries, the
+  // request counter, fault injection, the network) runs.
+  (command.middlewareStack as unknown as { add(mw: unknown, opts: { step: 'build'; name: string; priority: 'low' }): void }).add(
+    () => async (args: { request: ResolvedRequest }) => ({ output: { request: args.request }, response: {} }),
+    { step: 'build', name: 'sledgeTakeRequest', priority: 'low' },
+  );
+  const { request } = (await (s3().send as (c: unknown) => Promise<unknown>)(command)) as { request: ResolvedRequest };
+  return {
+    protocol: request.protocol,
+    hostname: request.hostname,
+    ...(request.port ? { port: request.port } : {}),
+    path: request.path,
+    query: { ...request.query },
+  };
 }
 
 /**
