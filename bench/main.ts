@@ -193,6 +193,8 @@ function fmtCost(label: string, c: CostRow & { dollars: number }): Record<string
 
 async function main(): Promise<void> {
   console.log(`Sledge bench, ${new Date().toISOString()}, node ${process.version}, ${process.platform}/${process.arch}`);
+  // Every process the bench starts (head, gateways, s3backer, the endpoint) inherits it (cli/huge-pages.ts).
+  console.log(`GLIBC_TUNABLES=${process.env.GLIBC_TUNABLES ?? ''} (npm run bench sets glibc.malloc.hugetlb=1: buffers in transparent huge pages)`);
 
   let copy = NaN;
   if (want('codec') || want('encode')) {

@@ -17,6 +17,7 @@ import { WriteBackCache } from '#gateway/cache.ts';
 import { startNbdServer } from '#gateway/server.ts';
 import { API_FOLDING_PAGES_PER_BATCH, VolumeApiError, VolumeClient, type VolumeDescription } from '#gateway/volume-client.ts';
 import { PretouchedMemory } from '#gateway/pretouched.ts';
+import { hostMemory, hugePagesAdvice } from './huge-pages.ts';
 import { NbdReader, onAttach, onDetach } from './nbd-attach.ts';
 import { debugEnabled, formatCliError, parseArgsUsageError, unreachable, UsageError } from './errors.ts';
 import { SIGNING_OPTIONS, defaultSigner, signingFromValues, type SigningOptions } from './signing.ts';
@@ -325,6 +326,8 @@ function log(message: string): void {
 const STARTUP_RETRY_BUDGET_MS = 3000;
 
 async function runNbd(cmd: NbdCommand): Promise<number> {
+  const advice = hugePagesAdvice(hostMemory());
+  if (advice) log(advice);
   const client = new VolumeClient(cmd.apiUrl, cmd.volumeId, {
     retryBudgetMs: Math.min(cmd.retryBudgetMs, STARTUP_RETRY_BUDGET_MS),
     sign: await defaultSigner(cmd.apiUrl, cmd.signing),
