@@ -51,10 +51,18 @@ import {
   requireVault,
   restoreOwner,
 } from './backup-routes.ts';
-import { deleteGroupBackup, describeGroupBackup, describeGroupRestore, listGroupBackupViews, startGroupBackup, startGroupRestore } from '../backup/groups.ts';
+import {
+  deleteGroupBackup,
+  describeGroupBackup,
+  describeGroupRestore,
+  listGroupBackupViews,
+  listGroupRestoreViews,
+  startGroupBackup,
+  startGroupRestore,
+} from '../backup/groups.ts';
 import { describeBackup, listBackupViews, startBackup } from '../backup/backup.ts';
 import { deleteBackup, verifyBackup } from '../backup/delete.ts';
-import { describeRestore, startRestore } from '../backup/restore.ts';
+import { describeRestore, listRestoreViews, startRestore } from '../backup/restore.ts';
 import { changeGroup, createGroup, deleteGroup, describeGroup, groupOwner } from '../control/groups.ts';
 import { createGroupSnapshot, deleteGroupSnapshot, describeGroupSnapshot, listGroupSnapshotViews, parseGroupSnapshotBody } from '../control/group-snapshots.ts';
 import openapi from './openapi.json' with { type: 'json' };
@@ -347,6 +355,10 @@ export const router = new Router()
     await checkRestoreSource(req, body);
     return { status: 202, json: await startRestore(body, newOwner(req)) };
   })
+  .on('GET', '/restores', ANY_PRINCIPAL, async (req) => {
+    requireVault();
+    return { status: 200, json: await listRestoreViews({ volumeId: req.query.volumeId, backupId: req.query.backupId }, ownerFilter(req.principal)) };
+  })
   .on('GET', '/restores/{restoreId}', RESTORE_OWNER, async (req) => ({ status: 200, json: await describeRestore(req.params.restoreId!) }))
   // Group snapshots backed up and restored as a group (docs/consistency-groups.md).
   .on('POST', '/consistency-groups/{groupId}/snapshots/{groupSnapshotId}/backups', GROUP_OWNER, async (req) => {
@@ -367,6 +379,10 @@ export const router = new Router()
     const body = jsonBody(req);
     await checkGroupRestoreSource(req, body);
     return { status: 202, json: await startGroupRestore(body, newOwner(req)) };
+  })
+  .on('GET', '/group-restores', ANY_PRINCIPAL, async (req) => {
+    requireVault();
+    return { status: 200, json: await listGroupRestoreViews(req.query.groupBackupId, ownerFilter(req.principal)) };
   })
   .on('GET', '/group-restores/{groupRestoreId}', GROUP_RESTORE_OWNER, async (req) => ({
     status: 200,

@@ -324,15 +324,16 @@ export async function getRestore(restoreId: string): Promise<RestoreRecord | nul
   return out.Item ? toRestore(out.Item) : null;
 }
 
+/** Puts a new restore record and its listing item (ConditionalCheckFailedException when it exists). */
 export async function putNewRestore(r: RestoreRecord): Promise<void> {
   const { version: _v, ...doc } = r;
-  await vaultDynamo().send(
-    new PutItemCommand({
-      TableName: table(),
-      Item: { ...restoreKey(r.restoreId), kind: { S: 'restore' }, version: { N: '0' }, doc: { S: JSON.stringify(doc) } },
-      ConditionExpression: 'attribute_not_exists(pk)',
-    }),
-  );
+  await putListed({ ...restoreKey(r.restoreId), kind: { S: 'restore' }, version: { N: '0' }, doc: { S: JSON.stringify(doc) } }, 'restore', r.restoreId);
+}
+
+/** Every listed restore, oldest first (restore ids begin with their creation time). */
+export async function listRestores(): Promise<RestoreRecord[]> {
+  const items = await getItems((await listedIds('restore')).map(restoreKey));
+  return items.map(toRestore).sort((a, b) => (a.restoreId < b.restoreId ? -1 : 1));
 }
 
 export async function changeRestore(restoreId: string, change: (r: RestoreRecord) => boolean): Promise<RestoreRecord | null> {

@@ -4,7 +4,7 @@
  * records, never stored; a group restore stores only what its job decides (the group made).
  */
 import { randomBytes } from 'node:crypto';
-import { DeleteItemCommand, GetItemCommand, PutItemCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
+import { DeleteItemCommand, GetItemCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
 import { NotFoundError } from '../core/errors.ts';
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultDynamo } from '../aws/vault-clients.ts';
@@ -95,15 +95,22 @@ export async function listGroupBackups(groupId?: string): Promise<GroupBackupRec
   return items.map((item) => JSON.parse(item.doc!.S!) as GroupBackupRecord).sort((a, b) => (a.groupBackupId < b.groupBackupId ? -1 : 1));
 }
 
+/** Puts a new group restore record and its listing item (ConditionalCheckFailedException when it exists). */
 export async function putGroupRestore(g: GroupRestoreRecord): Promise<void> {
   const { version: _v, ...doc } = g;
-  await vaultDynamo().send(
-    new PutItemCommand({
-      TableName: table(),
-      Item: { ...groupRestoreKey(g.groupRestoreId), kind: { S: 'group-restore' }, version: { N: '0' }, doc: { S: JSON.stringify(doc) } },
-      ConditionExpression: 'attribute_not_exists(pk)',
-    }),
+  await putListed(
+    { ...groupRestoreKey(g.groupRestoreId), kind: { S: 'group-restore' }, version: { N: '0' }, doc: { S: JSON.stringify(doc) } },
+    'group-restore',
+    g.groupRestoreId,
   );
+}
+
+/** Every listed group restore, oldest first (ids begin with their creation time). */
+export async function listGroupRestores(): Promise<GroupRestoreRecord[]> {
+  const items = await getItems((await listedIds('group-restore')).map(groupRestoreKey));
+  return items
+    .map((item) => ({ ...(JSON.parse(item.doc!.S!) as GroupRestoreRecord), version: Number(item.version!.N) }))
+    .sort((a, b) => (a.groupRestoreId < b.groupRestoreId ? -1 : 1));
 }
 
 export async function getGroupRestore(groupRestoreId: string): Promise<GroupRestoreRecord | null> {

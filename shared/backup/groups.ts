@@ -19,6 +19,7 @@ import {
   getGroupBackup,
   getGroupRestore,
   listGroupBackups,
+  listGroupRestores,
   newGroupBackupId,
   newGroupRestoreId,
   putGroupBackup,
@@ -277,6 +278,18 @@ export async function describeGroupRestore(groupRestoreId: string): Promise<Grou
   const g = await getGroupRestore(checkGroupRestoreId(groupRestoreId));
   if (!g) throw new NotFoundError(`group restore ${groupRestoreId} does not exist`);
   return groupRestoreState(g);
+}
+
+/**
+ * Every group restore in the vault (a tenant's own only, when `owner` is given), oldest first,
+ * each with its members' states as `GET /group-restores/{id}` gives them; with `groupBackupId`
+ * only those of that group backup.
+ */
+export async function listGroupRestoreViews(groupBackupId: string | undefined, owner: string | undefined): Promise<{ groupRestores: GroupRestoreView[] }> {
+  const all = (await listGroupRestores()).filter(
+    (g) => (owner === undefined || g.owner === owner) && (groupBackupId === undefined || g.groupBackupId === groupBackupId),
+  );
+  return { groupRestores: await Promise.all(all.map(groupRestoreState)) };
 }
 
 export async function groupRestoreOwner(groupRestoreId: string): Promise<string | undefined | null> {

@@ -1,15 +1,15 @@
 /**
- * The catalog's listings (docs/backup.md, "Listing without a volume"): one small item per backup
- * and per group backup in a partition of its kind, so that `GET /backups` and `GET
- * /group-backups` without a filter read those partitions and then the records, instead of
- * scanning the catalog (whose pack records hold every block's CRC).
+ * The catalog's listings (docs/backup.md, "Listing without a volume"): one small item per backup,
+ * group backup, restore and group restore in a partition of its kind, so that `GET /backups`,
+ * `GET /group-backups`, `GET /restores` and `GET /group-restores` read those partitions and
+ * then the records, instead of scanning the catalog (whose pack records hold every block's CRC).
  */
 import { BatchGetItemCommand, DeleteItemCommand, QueryCommand, TransactWriteItemsCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultDynamo } from '../aws/vault-clients.ts';
 
 type Item = Record<string, AttributeValue>;
-export type ListedKind = 'backup' | 'group-backup';
+export type ListedKind = 'backup' | 'group-backup' | 'restore' | 'group-restore';
 
 const table = () => vaultConfig().table;
 const listingKey = (kind: ListedKind, id: string): Item => ({ pk: { S: `list#${kind}` }, sk: { S: id } });

@@ -14,7 +14,7 @@ import type { WorkMessage } from '../core/work-messages.ts';
 import { createSnapshot } from '../control/snapshots.ts';
 import { createVolume, newVolumeId } from '../control/volumes.ts';
 import { pageMap, workQueue } from '../ports.ts';
-import { changeRestore, claimSiteRestore, getBackup, getPacks, getRestore, holdBackup, putNewRestore, releaseBackup } from './catalog.ts';
+import { changeRestore, claimSiteRestore, getBackup, getPacks, getRestore, holdBackup, listRestores, putNewRestore, releaseBackup } from './catalog.ts';
 import { checkBackupId, newRestoreId, packKey, type BackupRecord, type PackRecord, type RestoreRecord } from './records.ts';
 import { LAST_RECEIVE } from './backup.ts';
 
@@ -394,6 +394,24 @@ export interface RestoreView extends Omit<RestoreRecord, 'version'> {
 export async function describeRestore(restoreId: string): Promise<RestoreView> {
   const r = await getRestore(restoreId);
   if (!r) throw new NotFoundError(`restore ${restoreId} does not exist`);
+  return restoreView(r);
+}
+
+/**
+ * Every restore in the vault (a tenant's own only, when `owner` is given), oldest first; with
+ * `volumeId` only those making that volume, with `backupId` only those of that backup.
+ */
+export async function listRestoreViews(filter: { volumeId?: string; backupId?: string }, owner: string | undefined): Promise<{ restores: RestoreView[] }> {
+  const all = (await listRestores()).filter(
+    (r) =>
+      (owner === undefined || r.owner === owner) &&
+      (filter.volumeId === undefined || r.volumeId === filter.volumeId) &&
+      (filter.backupId === undefined || r.backupId === filter.backupId),
+  );
+  return { restores: all.map(restoreView) };
+}
+
+function restoreView(r: RestoreRecord): RestoreView {
   const { version: _v, ...rest } = r;
   const out: RestoreView = { ...rest, fractionDone: r.state === 'complete' ? 1 : r.bytesToRestore === 0 ? 0 : r.bytesRestored / r.bytesToRestore };
   if (r.state === 'running' && r.startedAt && r.bytesRestored > 0) {

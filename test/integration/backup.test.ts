@@ -52,8 +52,20 @@ describe('backups and restores', () => {
     expect(listed.status).toBe(200);
     expect(listed.json.backups.map((b: any) => b.backupId)).toEqual([b1.backupId, b2.backupId]);
 
-    await expectRestoresAs(b1.backupId, s1.snapshotId, SIZE);
-    await expectRestoresAs(b2.backupId, s2.snapshotId, SIZE);
+    const r1 = await expectRestoresAs(b1.backupId, s1.snapshotId, SIZE);
+    const r2 = await expectRestoresAs(b2.backupId, s2.snapshotId, SIZE);
+    // Both restores are listed, oldest first, as each is described; filters and tenants narrow the list.
+    const restores = await http(`${url}/restores`);
+    expect(restores.status).toBe(200);
+    const ids = restores.json.restores.map((r: any) => r.restoreId);
+    expect(ids.indexOf(r1.restoreId)).toBeGreaterThanOrEqual(0);
+    expect(ids.indexOf(r2.restoreId)).toBeGreaterThan(ids.indexOf(r1.restoreId));
+    expect(restores.json.restores.find((r: any) => r.restoreId === r2.restoreId)).toEqual((await http(`${url}/restores/${r2.restoreId}`)).json);
+    expect((await http(`${url}/restores?backupId=${b1.backupId}`)).json.restores.map((r: any) => r.restoreId)).toEqual([r1.restoreId]);
+    expect((await http(`${url}/restores?volumeId=${r2.volumeId}`)).json.restores.map((r: any) => r.restoreId)).toEqual([r2.restoreId]);
+    const others = await http(`${url}/restores`, { as: PROFILES.tenantB });
+    expect(others.status).toBe(200);
+    expect(others.json.restores.map((r: any) => r.restoreId)).not.toContain(r1.restoreId);
     const verified = await http(`${url}/backups/${b2.backupId}/verify`, { method: 'POST' });
     expect(verified.status).toBe(200);
     expect(verified.json).toMatchObject({ ok: true, badBlocks: [] });
@@ -245,6 +257,12 @@ describe('sledge backup and sledge restore', () => {
     expect(r.code, describeRun('sledge group restore', r)).toBe(0);
     const done = new RegExp(`complete: (vol-[0-9a-f]+) (vol-[0-9a-f]+) in consistency group (cg-[0-9a-f]+)`).exec(r.stdout);
     expect(done, r.stdout).toBeTruthy();
+    const listed = await http(`${url}/group-restores?groupBackupId=${groupBackupId}`);
+    expect(listed.status).toBe(200);
+    expect(listed.json.groupRestores).toHaveLength(1);
+    expect(listed.json.groupRestores[0]).toMatchObject({ groupBackupId, state: 'complete', groupId: done![3] });
+    expect(listed.json.groupRestores[0].restores.map((m: any) => m.volumeId)).toEqual([done![1], done![2]]);
+    expect((await http(`${url}/group-restores`, { as: PROFILES.tenantB })).json.groupRestores.map((x: any) => x.groupBackupId)).not.toContain(groupBackupId);
     const made = (await http(`${url}/consistency-groups/${done![3]}`)).json;
     expect(made).toMatchObject({ name: 'pair again', volumeIds: [done![1], done![2]] });
     for (const [i, m] of gs.json.snapshots.entries()) {
