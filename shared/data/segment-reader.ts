@@ -20,10 +20,11 @@
  * Lost chunks: a chunk answered 404 is remembered (by location) for LOST_CHUNK_MEMORY_MS, and
  * reads meanwhile ask the other chunks instead, in the read's first round: a degraded segment
  * then costs the same number of GETs as a healthy one (k), in one round, instead of k + (lost)
- * GETs in two rounds plus a fresh read of the segment record each time. Chunk keys are written once and never reused (a
- * moved chunk gets a new location), so a 404 does not heal by itself; the memory is bounded in
- * time and size anyway, and it only orders what is asked: every chunk, remembered or not, is
- * still asked before a read gives up, and one read that finds it drops it from the memory.
+ * GETs in two rounds plus a fresh read of the segment record each time. Chunk keys are written
+ * once and never reused (a moved chunk gets a new location), so a 404 does not heal by itself;
+ * the memory is bounded in time and size anyway, and it only orders what is asked: every chunk,
+ * remembered or not, is still asked before a read gives up, and one read that finds it drops it
+ * from the memory.
  */
 import { BufferPool, type Lease } from './buffer-pool.ts';
 import { crc32c } from './crc32c.ts';
