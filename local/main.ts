@@ -58,7 +58,8 @@ Try, as ${PROFILES.tenantA}:
   curl -s ${sig} "${url}/volumes/<volumeId>/data?length=8192&offset=0" | cmp - /tmp/blk && echo identical
 The sledge CLI and the NBD gateway take the same keys through the AWS credential chain:
   export AWS_SHARED_CREDENTIALS_FILE=${credentialsFile}
-  node bin/sledge.js nbd <volumeId> --api ${url} --profile ${PROFILES.tenantA}
+  GLIBC_TUNABLES=glibc.malloc.hugetlb=1 node bin/sledge.js nbd <volumeId> --api ${url} --profile ${PROFILES.tenantA}
+      (the tunable puts the gateway's buffers in huge pages: docs/nbd-gateway.md, "Huge pages")
   node bin/sledge.js drives --api ${url} --profile ${PROFILES.operator}
 
 Ctrl-C stops it.`);
