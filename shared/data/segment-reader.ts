@@ -227,12 +227,12 @@ export async function readPayload(
     onMissingChunk,
     leases: [],
   };
-  const order = askOrder(rec);
+  const { order, lost } = askOrder(rec);
   // Chunks answered 404 lately are not asked: their granules are rebuilt from others, asked in
   // the same round.
-  const known = [...wanted].filter(([chunk]) => !isRememberedLost(rec.locations[chunk]!));
+  const known = [...wanted].filter(([chunk]) => !lost.has(chunk));
   const first = known.map(([chunk, gs]) => fetchWithSpares(rec, chunk, [...gs], store, report, order, 1));
-  const lostGranules = new Set([...wanted].filter(([chunk]) => isRememberedLost(rec.locations[chunk]!)).flatMap(([, gs]) => [...gs]));
+  const lostGranules = new Set([...wanted].filter(([chunk]) => lost.has(chunk)).flatMap(([, gs]) => [...gs]));
   await Promise.all([...first, ...askSpares(rec, [...lostGranules], store, report, order, 1)]);
 
   // Granules that could not be read or verified: rebuilt from the spares fetched for them.
@@ -261,11 +261,14 @@ export async function readPayload(
   return outputs;
 }
 
-/** The order chunks are asked in for a rebuild: data first, then parity; chunks remembered lost last. */
-function askOrder(rec: SegmentRecord): number[] {
+/**
+ * The chunks remembered lost (each looked up once per read), and the order chunks are asked in
+ * for a rebuild: data first, then parity; chunks remembered lost last.
+ */
+function askOrder(rec: SegmentRecord): { order: number[]; lost: Set<number> } {
   const order = Array.from({ length: rec.k + rec.m }, (_, i) => i);
   const lost = new Set(order.filter((i) => isRememberedLost(rec.locations[i]!)));
-  return order.sort((a, b) => Number(lost.has(a)) - Number(lost.has(b)));
+  return { order: order.sort((a, b) => Number(lost.has(a)) - Number(lost.has(b))), lost };
 }
 
 /** Fetches granules of one chunk; those it could not give are asked of spares at once. */
@@ -359,7 +362,7 @@ export async function readChunkData(
   const all = Array.from({ length: granuleCount }, (_, g) => g);
   const wanted = new Map([[chunkIndex, new Set(all)]]);
   const store: GranuleStore = { good: new Map([[chunkIndex, new Map()]]), asked: new Set(), failed: new Set(), leases: [] };
-  const order = askOrder(rec);
+  const { order } = askOrder(rec);
   if (fromOthers) {
     for (const g of all) {
       store.asked.add(`${chunkIndex}:${g}`);
