@@ -171,7 +171,8 @@ async function presign(
       hostname: request.hostname,
       ...(request.port ? { port: request.port } : {}),
       path: request.path,
-      query: { ...request.query },
+      // resolveTarget's query is this request's own copy.
+      query: request.query,
       headers: { host, ...headers, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
     },
     { expiresIn: expiresSeconds, ...(unhoistableHeaders ? { unhoistableHeaders } : {}) },
