@@ -25,15 +25,26 @@ export interface HostMemory {
   tunables: string | undefined;
 }
 
+/**
+ * This host. glibc's version is read only when asked for: the only way to it is a whole
+ * diagnostic report (about 8 ms), which `hugePagesAdvice` needs only when nothing cheaper
+ * decided already (under `npm start`, `npm test` and the bench the tunable is set).
+ */
 export function hostMemory(): HostMemory {
-  const header = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header;
   let thp: string | undefined;
   try {
     thp = /\[(\w+)\]/.exec(readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8'))?.[1];
   } catch {
     thp = undefined;
   }
-  return { platform: process.platform, glibc: header?.glibcVersionRuntime, thp, tunables: process.env.GLIBC_TUNABLES };
+  return {
+    platform: process.platform,
+    get glibc() {
+      return (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header?.glibcVersionRuntime;
+    },
+    thp,
+    tunables: process.env.GLIBC_TUNABLES,
+  };
 }
 
 /**
@@ -41,10 +52,12 @@ export function hostMemory(): HostMemory {
  * (Linux, glibc 2.35 or later, huge pages on request, the tunable not set); otherwise null.
  */
 export function hugePagesAdvice(host: HostMemory): string | null {
-  if (host.platform !== 'linux' || host.thp !== 'madvise' || !host.glibc) return null;
-  const [major, minor] = host.glibc.split('.').map(Number);
-  if (!(major! > 2 || (major === 2 && minor! >= 35))) return null;
+  if (host.platform !== 'linux' || host.thp !== 'madvise') return null;
   if ((host.tunables ?? '').split(':').some((t) => t.startsWith('glibc.malloc.hugetlb='))) return null;
+  const glibc = host.glibc;
+  if (!glibc) return null;
+  const [major, minor] = glibc.split('.').map(Number);
+  if (!(major! > 2 || (major === 2 && minor! >= 35))) return null;
   return (
     `buffers are in 4 KiB pages; start the gateway with GLIBC_TUNABLES=${HUGE_PAGES_TUNABLE} to put them in huge pages ` +
     '(on a virtual machine about half the CPU per byte of a cold read: docs/nbd-gateway.md, "Huge pages")'
