@@ -108,15 +108,16 @@ export async function putGroupRestore(g: GroupRestoreRecord): Promise<void> {
 /** Every listed group restore, oldest first (ids begin with their creation time). */
 export async function listGroupRestores(): Promise<GroupRestoreRecord[]> {
   const items = await getItems((await listedIds('group-restore')).map(groupRestoreKey));
-  return items
-    .map((item) => ({ ...(JSON.parse(item.doc!.S!) as GroupRestoreRecord), version: Number(item.version!.N) }))
-    .sort((a, b) => (a.groupRestoreId < b.groupRestoreId ? -1 : 1));
+  return items.map(toGroupRestore).sort((a, b) => (a.groupRestoreId < b.groupRestoreId ? -1 : 1));
+}
+
+function toGroupRestore(item: Item): GroupRestoreRecord {
+  return { ...(JSON.parse(item.doc!.S!) as GroupRestoreRecord), version: Number(item.version!.N) };
 }
 
 export async function getGroupRestore(groupRestoreId: string): Promise<GroupRestoreRecord | null> {
   const out = await vaultDynamo().send(new GetItemCommand({ TableName: table(), Key: groupRestoreKey(groupRestoreId), ConsistentRead: true }));
-  if (!out.Item) return null;
-  return { ...(JSON.parse(out.Item.doc!.S!) as GroupRestoreRecord), version: Number(out.Item.version!.N) };
+  return out.Item ? toGroupRestore(out.Item) : null;
 }
 
 /** Reads, changes and writes a group restore record until the write wins (or `change` returns false). */
