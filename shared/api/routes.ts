@@ -344,7 +344,7 @@ export const router = new Router()
   })
   .on('GET', '/backups', ANY_PRINCIPAL, async (req) => {
     requireVault();
-    return { status: 200, json: await listBackupViews(req.query.volumeId, ownerFilter(req.principal)) };
+    return { status: 200, json: await listBackupViews(req.query.volumeId, req.query.limit, req.query.next, ownerFilter(req.principal)) };
   })
   .on('GET', '/backups/{backupId}', BACKUP_OWNER, async (req) => ({ status: 200, json: await describeBackup(req.params.backupId!) }))
   .on('DELETE', '/backups/{backupId}', BACKUP_OWNER, async (req) => ({ status: 202, json: await deleteBackup(req.params.backupId!) }))
@@ -357,7 +357,10 @@ export const router = new Router()
   })
   .on('GET', '/restores', ANY_PRINCIPAL, async (req) => {
     requireVault();
-    return { status: 200, json: await listRestoreViews({ volumeId: req.query.volumeId, backupId: req.query.backupId }, ownerFilter(req.principal)) };
+    return {
+      status: 200,
+      json: await listRestoreViews({ volumeId: req.query.volumeId, backupId: req.query.backupId }, req.query.limit, req.query.next, ownerFilter(req.principal)),
+    };
   })
   .on('GET', '/restores/{restoreId}', RESTORE_OWNER, async (req) => ({ status: 200, json: await describeRestore(req.params.restoreId!) }))
   // Group snapshots backed up and restored as a group (docs/consistency-groups.md).
@@ -367,7 +370,7 @@ export const router = new Router()
   })
   .on('GET', '/group-backups', ANY_PRINCIPAL, async (req) => {
     requireVault();
-    return { status: 200, json: await listGroupBackupViews(req.query.groupId, ownerFilter(req.principal)) };
+    return { status: 200, json: await listGroupBackupViews(req.query.groupId, req.query.limit, req.query.next, ownerFilter(req.principal)) };
   })
   .on('GET', '/group-backups/{groupBackupId}', GROUP_BACKUP_OWNER, async (req) => ({ status: 200, json: await describeGroupBackup(req.params.groupBackupId!) }))
   .on('DELETE', '/group-backups/{groupBackupId}', GROUP_BACKUP_OWNER, async (req) => ({
@@ -382,7 +385,7 @@ export const router = new Router()
   })
   .on('GET', '/group-restores', ANY_PRINCIPAL, async (req) => {
     requireVault();
-    return { status: 200, json: await listGroupRestoreViews(req.query.groupBackupId, ownerFilter(req.principal)) };
+    return { status: 200, json: await listGroupRestoreViews(req.query.groupBackupId, req.query.limit, req.query.next, ownerFilter(req.principal)) };
   })
   .on('GET', '/group-restores/{groupRestoreId}', GROUP_RESTORE_OWNER, async (req) => ({
     status: 200,

@@ -13,8 +13,9 @@ import { readSnapshotData } from '../data/read.ts';
 import { checkSnapshotIdField, requireSnapshot } from '../data/views.ts';
 import { changedBlocks } from '../control/snapshots.ts';
 import { pageMap, workQueue } from '../ports.ts';
-import { addChild, changeBackup, getBackup, listBackups, listPacks, putNewBackup, putPack } from './catalog.ts';
-import { newBackupId, packIdOf, packKey, type BackupRecord, type PackExtent, type PackRecord } from './records.ts';
+import { addChild, changeBackup, getBackup, listBackups, listBackupsPage, listPacks, putNewBackup, putPack } from './catalog.ts';
+import { fitPage, pageLimit, pageStart } from './listing.ts';
+import { isBackupId, isBackupOf, newBackupId, packIdOf, packKey, type BackupRecord, type PackExtent, type PackRecord } from './records.ts';
 import { failureText, forgetJobRecord, readBackupOrJob, recordJobAtPrimary, settleBackup, type BackupJobRecord } from './job-records.ts';
 
 /** Packs shipped per message; then the job queues itself again (a Lambda run stays short). */
@@ -369,7 +370,22 @@ export async function describeBackup(backupId: string): Promise<BackupView | Bac
   return backupView(found.record);
 }
 
-export async function listBackupViews(volumeId: string | undefined, owner: string | undefined): Promise<{ backups: BackupView[] }> {
-  const all = (await listBackups(volumeId)).filter((b) => owner === undefined || b.owner === owner);
-  return { backups: (await Promise.all(all.map(settleBackup))).map((b) => backupView(b)) };
+/**
+ * `GET /backups`: one page of the backups in id order (by volume, oldest first within one), of
+ * one volume with `volumeId`, a tenant's own with `owner`; paged as `GET /volumes` is (`limit`
+ * 1 to 1000, default 100; `next` from the answer before, only ever a backup id of the list).
+ */
+export async function listBackupViews(
+  volumeId: string | undefined,
+  limitParam: string | undefined,
+  next: string | undefined,
+  owner: string | undefined,
+): Promise<{ backups: BackupView[]; next?: string }> {
+  const limit = pageLimit(limitParam);
+  const list = volumeId === undefined ? 'backups' : `the backups of ${volumeId}`;
+  const start = pageStart(next, list, (id) => (volumeId === undefined ? isBackupId(id) : isBackupOf(id, volumeId)));
+  const page = await listBackupsPage(volumeId, start, limit, (b) => owner === undefined || b.owner === owner);
+  const views = (await Promise.all(page.items.map(settleBackup))).map((b) => backupView(b));
+  const fitted = fitPage(views, (v) => v.backupId, page.next);
+  return fitted.next === undefined ? { backups: fitted.items } : { backups: fitted.items, next: fitted.next };
 }

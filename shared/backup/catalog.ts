@@ -7,7 +7,7 @@
 import { BatchGetItemCommand, DeleteItemCommand, GetItemCommand, PutItemCommand, UpdateItemCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultDynamo } from '../aws/vault-clients.ts';
-import { getItems, listedIds, putListed, queryPartition, removeListing } from './listing.ts';
+import { getItems, listedId, putListed, queryPartition, readPage, removeListing, type Page } from './listing.ts';
 import { changeVersionedDoc } from './versioned-docs.ts';
 import { volumeOfBackup, type BackupRecord, type PackExtent, type PackRecord, type RestoreRecord } from './records.ts';
 
@@ -193,10 +193,33 @@ export async function deleteBackupRecord(backupId: string): Promise<void> {
   await removeListing('backup', backupId);
 }
 
-/** Every backup record (of one volume when given: one Query; else the listing, then the records), oldest first. */
-export async function listBackups(volumeId?: string): Promise<BackupRecord[]> {
-  const items = volumeId === undefined ? await getItems((await listedIds('backup')).map(backupKey)) : await queryPartition(`vol#${volumeId}`, 'backup#');
+/** Every backup record of one volume (one Query), oldest first. */
+export async function listBackups(volumeId: string): Promise<BackupRecord[]> {
+  const items = await queryPartition(`vol#${volumeId}`, 'backup#');
   return items.map((item) => toBackup(item).record).sort((a, b) => (a.backupId < b.backupId ? -1 : 1));
+}
+
+/**
+ * One page of backup records in id order (so by volume, oldest first within one) after `start`,
+ * those `keep` accepts: of one volume when given (its partition), else of the listing, then the records.
+ */
+export async function listBackupsPage(
+  volumeId: string | undefined,
+  start: string | undefined,
+  limit: number,
+  keep: (b: BackupRecord) => boolean,
+): Promise<Page<BackupRecord>> {
+  const idOf = (b: BackupRecord) => b.backupId;
+  const source =
+    volumeId === undefined
+      ? {
+          pk: 'list#backup',
+          skPrefix: '',
+          idOf,
+          records: async (items: Item[]) => (await getItems(items.map(listedId).map(backupKey))).map((i) => toBackup(i).record),
+        }
+      : { pk: `vol#${volumeId}`, skPrefix: 'backup#', idOf, records: async (items: Item[]) => items.map((i) => toBackup(i).record) };
+  return readPage(source, start, limit, keep);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -330,10 +353,10 @@ export async function putNewRestore(r: RestoreRecord): Promise<void> {
   await putListed({ ...restoreKey(r.restoreId), kind: { S: 'restore' }, version: { N: '0' }, doc: { S: JSON.stringify(doc) } }, 'restore', r.restoreId);
 }
 
-/** Every listed restore, oldest first (restore ids begin with their creation time). */
-export async function listRestores(): Promise<RestoreRecord[]> {
-  const items = await getItems((await listedIds('restore')).map(restoreKey));
-  return items.map(toRestore).sort((a, b) => (a.restoreId < b.restoreId ? -1 : 1));
+/** One page of the listed restores after `start`, those `keep` accepts, oldest first (restore ids begin with their creation time). */
+export async function listRestoresPage(start: string | undefined, limit: number, keep: (r: RestoreRecord) => boolean): Promise<Page<RestoreRecord>> {
+  const records = async (items: Item[]) => (await getItems(items.map(listedId).map(restoreKey))).map(toRestore);
+  return readPage({ pk: 'list#restore', skPrefix: '', idOf: (r) => r.restoreId, records }, start, limit, keep);
 }
 
 export async function changeRestore(restoreId: string, change: (r: RestoreRecord) => boolean): Promise<RestoreRecord | null> {

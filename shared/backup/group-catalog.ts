@@ -8,7 +8,7 @@ import { DeleteItemCommand, GetItemCommand, type AttributeValue } from '@aws-sdk
 import { NotFoundError } from '../core/errors.ts';
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultDynamo } from '../aws/vault-clients.ts';
-import { getItems, listedIds, putListed, queryPartition, removeListing } from './listing.ts';
+import { getItems, listedId, putListed, readPage, removeListing, type Page } from './listing.ts';
 import { changeVersionedDoc } from './versioned-docs.ts';
 
 type Item = Record<string, AttributeValue>;
@@ -52,6 +52,14 @@ export function newGroupRestoreId(now = Date.now()): string {
   return `grst-${now.toString(16).padStart(12, '0')}-${randomBytes(4).toString('hex')}`;
 }
 
+export const isGroupBackupId = (id: string): boolean => GROUP_BACKUP_ID.test(id);
+export const isGroupRestoreId = (id: string): boolean => GROUP_RESTORE_ID.test(id);
+
+/** The consistency group a group backup id names. */
+export function groupOfGroupBackup(groupBackupId: string): string {
+  return `cg-${GROUP_BACKUP_ID.exec(checkGroupBackupId(groupBackupId))![1]}`;
+}
+
 /** 404 for a string that cannot be a group backup id (never looked up). */
 export function checkGroupBackupId(id: string): string {
   if (!GROUP_BACKUP_ID.test(id)) throw new NotFoundError(`group backup ${id} does not exist`);
@@ -65,8 +73,7 @@ export function checkGroupRestoreId(id: string): string {
 
 /** A group's backups are one partition (the id names the group). */
 function groupBackupKey(groupBackupId: string): Item {
-  const group = `cg-${GROUP_BACKUP_ID.exec(checkGroupBackupId(groupBackupId))![1]}`;
-  return { pk: { S: `group#${group}` }, sk: { S: `gbkp#${groupBackupId}` } };
+  return { pk: { S: `group#${groupOfGroupBackup(groupBackupId)}` }, sk: { S: `gbkp#${groupBackupId}` } };
 }
 
 function groupRestoreKey(groupRestoreId: string): Item {
@@ -88,11 +95,28 @@ export async function getGroupBackup(groupBackupId: string): Promise<GroupBackup
   return out.Item ? (JSON.parse(out.Item.doc!.S!) as GroupBackupRecord) : null;
 }
 
-/** A group's group backups (one Query), or every one (the listing, then the records), oldest first. */
-export async function listGroupBackups(groupId?: string): Promise<GroupBackupRecord[]> {
-  const items =
-    groupId === undefined ? await getItems((await listedIds('group-backup')).map(groupBackupKey)) : await queryPartition(`group#${groupId}`, 'gbkp#');
-  return items.map((item) => JSON.parse(item.doc!.S!) as GroupBackupRecord).sort((a, b) => (a.groupBackupId < b.groupBackupId ? -1 : 1));
+/**
+ * One page of group backups in id order (so by group, oldest first within one) after `start`,
+ * those `keep` accepts: of one group when given (its partition), else of the listing, then the records.
+ */
+export async function listGroupBackupsPage(
+  groupId: string | undefined,
+  start: string | undefined,
+  limit: number,
+  keep: (g: GroupBackupRecord) => boolean,
+): Promise<Page<GroupBackupRecord>> {
+  const parse = (item: Item) => JSON.parse(item.doc!.S!) as GroupBackupRecord;
+  const idOf = (g: GroupBackupRecord) => g.groupBackupId;
+  const source =
+    groupId === undefined
+      ? {
+          pk: 'list#group-backup',
+          skPrefix: '',
+          idOf,
+          records: async (items: Item[]) => (await getItems(items.map(listedId).map(groupBackupKey))).map(parse),
+        }
+      : { pk: `group#${groupId}`, skPrefix: 'gbkp#', idOf, records: async (items: Item[]) => items.map(parse) };
+  return readPage(source, start, limit, keep);
 }
 
 /** Puts a new group restore record and its listing item (ConditionalCheckFailedException when it exists). */
@@ -105,10 +129,14 @@ export async function putGroupRestore(g: GroupRestoreRecord): Promise<void> {
   );
 }
 
-/** Every listed group restore, oldest first (ids begin with their creation time). */
-export async function listGroupRestores(): Promise<GroupRestoreRecord[]> {
-  const items = await getItems((await listedIds('group-restore')).map(groupRestoreKey));
-  return items.map(toGroupRestore).sort((a, b) => (a.groupRestoreId < b.groupRestoreId ? -1 : 1));
+/** One page of the listed group restores after `start`, those `keep` accepts, oldest first (ids begin with their creation time). */
+export async function listGroupRestoresPage(
+  start: string | undefined,
+  limit: number,
+  keep: (g: GroupRestoreRecord) => boolean,
+): Promise<Page<GroupRestoreRecord>> {
+  const records = async (items: Item[]) => (await getItems(items.map(listedId).map(groupRestoreKey))).map(toGroupRestore);
+  return readPage({ pk: 'list#group-restore', skPrefix: '', idOf: (g) => g.groupRestoreId, records }, start, limit, keep);
 }
 
 function toGroupRestore(item: Item): GroupRestoreRecord {

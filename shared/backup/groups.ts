@@ -18,8 +18,11 @@ import {
   deleteGroupBackupRecord,
   getGroupBackup,
   getGroupRestore,
-  listGroupBackups,
-  listGroupRestores,
+  groupOfGroupBackup,
+  isGroupBackupId,
+  isGroupRestoreId,
+  listGroupBackupsPage,
+  listGroupRestoresPage,
   newGroupBackupId,
   newGroupRestoreId,
   putGroupBackup,
@@ -28,6 +31,7 @@ import {
   type GroupRestoreRecord,
 } from './group-catalog.ts';
 import { STALE_MS, deleteBackup } from './delete.ts';
+import { fitPage, pageLimit, pageStart } from './listing.ts';
 import { settleBackup } from './job-records.ts';
 import { newBackupId, newRestoreId, type BackupRecord } from './records.ts';
 import { backupChain, beginRestore } from './restore.ts';
@@ -158,9 +162,24 @@ export async function groupBackupOwner(groupBackupId: string): Promise<string | 
   return g ? g.owner : null;
 }
 
-export async function listGroupBackupViews(groupId: string | undefined, owner: string | undefined): Promise<{ groupBackups: GroupBackupView[] }> {
-  const all = (await listGroupBackups(groupId)).filter((g) => owner === undefined || g.owner === owner);
-  return { groupBackups: await Promise.all(all.map(async (g) => (await groupBackupState(g)).view)) };
+/**
+ * `GET /group-backups`: one page of the group backups in id order (by group, oldest first within
+ * one), of one group with `groupId`, a tenant's own with `owner`; paged as `GET /volumes` is
+ * (`limit` 1 to 1000, default 100; `next` from the answer before, only ever a group backup id of the list).
+ */
+export async function listGroupBackupViews(
+  groupId: string | undefined,
+  limitParam: string | undefined,
+  next: string | undefined,
+  owner: string | undefined,
+): Promise<{ groupBackups: GroupBackupView[]; next?: string }> {
+  const limit = pageLimit(limitParam);
+  const list = groupId === undefined ? 'group backups' : `the group backups of ${groupId}`;
+  const start = pageStart(next, list, (id) => isGroupBackupId(id) && (groupId === undefined || groupOfGroupBackup(id) === groupId));
+  const page = await listGroupBackupsPage(groupId, start, limit, (g) => owner === undefined || g.owner === owner);
+  const views = await Promise.all(page.items.map(async (g) => (await groupBackupState(g)).view));
+  const fitted = fitPage(views, (v) => v.groupBackupId, page.next);
+  return fitted.next === undefined ? { groupBackups: fitted.items } : { groupBackups: fitted.items, next: fitted.next };
 }
 
 /**
@@ -281,15 +300,26 @@ export async function describeGroupRestore(groupRestoreId: string): Promise<Grou
 }
 
 /**
- * Every group restore in the vault (a tenant's own only, when `owner` is given), oldest first,
- * each with its members' states as `GET /group-restores/{id}` gives them; with `groupBackupId`
- * only those of that group backup.
+ * `GET /group-restores`: one page of the group restores in the vault (a tenant's own only, when
+ * `owner` is given), oldest first, each with its members' states as `GET /group-restores/{id}`
+ * gives them; with `groupBackupId` only those of that group backup. Paged as `GET /volumes` is
+ * (`limit` 1 to 1000, default 100; `next` from the answer before, only ever a group restore id).
  */
-export async function listGroupRestoreViews(groupBackupId: string | undefined, owner: string | undefined): Promise<{ groupRestores: GroupRestoreView[] }> {
-  const all = (await listGroupRestores()).filter(
+export async function listGroupRestoreViews(
+  groupBackupId: string | undefined,
+  limitParam: string | undefined,
+  next: string | undefined,
+  owner: string | undefined,
+): Promise<{ groupRestores: GroupRestoreView[]; next?: string }> {
+  const limit = pageLimit(limitParam);
+  const start = pageStart(next, 'group restores', isGroupRestoreId);
+  const page = await listGroupRestoresPage(
+    start,
+    limit,
     (g) => (owner === undefined || g.owner === owner) && (groupBackupId === undefined || g.groupBackupId === groupBackupId),
   );
-  return { groupRestores: await Promise.all(all.map(groupRestoreState)) };
+  const fitted = fitPage(await Promise.all(page.items.map(groupRestoreState)), (v) => v.groupRestoreId, page.next);
+  return fitted.next === undefined ? { groupRestores: fitted.items } : { groupRestores: fitted.items, next: fitted.next };
 }
 
 export async function groupRestoreOwner(groupRestoreId: string): Promise<string | undefined | null> {

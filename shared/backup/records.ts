@@ -94,6 +94,14 @@ export function newRestoreId(now = Date.now()): string {
   return `rst-${now.toString(16).padStart(12, '0')}-${randomBytes(4).toString('hex')}`;
 }
 
+export const isBackupId = (id: string): boolean => BACKUP_ID.test(id);
+export const isRestoreId = (id: string): boolean => RESTORE_ID.test(id);
+
+/** Whether `id` is a backup id naming volume `volumeId` (false for anything else: never a 404). */
+export function isBackupOf(id: string, volumeId: string): boolean {
+  return volumeId.startsWith('vol-') && BACKUP_ID.exec(id)?.[1] === volumeId.slice('vol-'.length);
+}
+
 /** 404 for a string that cannot be a backup id (never looked up). */
 export function checkBackupId(id: string): string {
   if (!BACKUP_ID.test(id)) throw new NotFoundError(`backup ${id} does not exist`);

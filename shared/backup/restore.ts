@@ -14,8 +14,9 @@ import type { WorkMessage } from '../core/work-messages.ts';
 import { createSnapshot } from '../control/snapshots.ts';
 import { createVolume, newVolumeId } from '../control/volumes.ts';
 import { pageMap, workQueue } from '../ports.ts';
-import { changeRestore, claimSiteRestore, getBackup, getPacks, getRestore, holdBackup, listRestores, putNewRestore, releaseBackup } from './catalog.ts';
-import { checkBackupId, newRestoreId, packKey, type BackupRecord, type PackRecord, type RestoreRecord } from './records.ts';
+import { changeRestore, claimSiteRestore, getBackup, getPacks, getRestore, holdBackup, listRestoresPage, putNewRestore, releaseBackup } from './catalog.ts';
+import { fitPage, pageLimit, pageStart } from './listing.ts';
+import { checkBackupId, isRestoreId, newRestoreId, packKey, type BackupRecord, type PackRecord, type RestoreRecord } from './records.ts';
 import { LAST_RECEIVE } from './backup.ts';
 
 /** Bytes per restore commit (the write path's limit). */
@@ -398,17 +399,29 @@ export async function describeRestore(restoreId: string): Promise<RestoreView> {
 }
 
 /**
- * Every restore in the vault (a tenant's own only, when `owner` is given), oldest first; with
- * `volumeId` only those making that volume, with `backupId` only those of that backup.
+ * `GET /restores`: one page of the restores in the vault (a tenant's own only, when `owner` is
+ * given), oldest first; with `volumeId` only those making that volume, with `backupId` only those
+ * of that backup. Paged as `GET /volumes` is (`limit` 1 to 1000, default 100; `next` from the
+ * answer before, only ever a restore id).
  */
-export async function listRestoreViews(filter: { volumeId?: string; backupId?: string }, owner: string | undefined): Promise<{ restores: RestoreView[] }> {
-  const all = (await listRestores()).filter(
+export async function listRestoreViews(
+  filter: { volumeId?: string; backupId?: string },
+  limitParam: string | undefined,
+  next: string | undefined,
+  owner: string | undefined,
+): Promise<{ restores: RestoreView[]; next?: string }> {
+  const limit = pageLimit(limitParam);
+  const start = pageStart(next, 'restores', isRestoreId);
+  const page = await listRestoresPage(
+    start,
+    limit,
     (r) =>
       (owner === undefined || r.owner === owner) &&
       (filter.volumeId === undefined || r.volumeId === filter.volumeId) &&
       (filter.backupId === undefined || r.backupId === filter.backupId),
   );
-  return { restores: all.map(restoreView) };
+  const fitted = fitPage(page.items.map(restoreView), (v) => v.restoreId, page.next);
+  return fitted.next === undefined ? { restores: fitted.items } : { restores: fitted.items, next: fitted.next };
 }
 
 function restoreView(r: RestoreRecord): RestoreView {
