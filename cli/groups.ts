@@ -6,7 +6,7 @@
  *   sledge group add|remove <groupId> <volumeId>... --api URL   PATCH /consistency-groups/{id}
  *   sledge group delete <groupId> --api URL                     DELETE /consistency-groups/{id}
  *   sledge group snapshot <groupId> --api URL [--key VOL=KEY]...  POST /consistency-groups/{id}/snapshots
- *   sledge group snapshots <groupId> --api URL                  GET /consistency-groups/{id}/snapshots
+ *   sledge group snapshots <groupId> --api URL                  GET /consistency-groups/{id}/snapshots (every page)
  *   sledge group delete-snapshot <groupId> <groupSnapshotId> --api URL
  *   sledge group backup <groupId> <groupSnapshotId> --api URL   POST .../snapshots/{gsid}/backups, then GET /group-backups/{id}
  *   sledge group restore <groupBackupId> --api URL [--name NAME]  POST /group-restores, then GET /group-restores/{id}
@@ -151,8 +151,13 @@ export async function runGroupCommand(cmd: GroupCommand, out: Out, opts: { fetch
       return 0;
     }
     case 'snapshots': {
-      const list = (await send(get, cmd.apiUrl, 'GET', `${path}/snapshots`, 200)) as { groupSnapshots?: GroupSnapshotJson[] };
-      for (const s of list.groupSnapshots ?? []) out.write(`${formatGroupSnapshot(s)}\n`);
+      let next: string | undefined;
+      do {
+        const q = new URLSearchParams({ limit: '1000', ...(next === undefined ? {} : { next }) });
+        const page = (await send(get, cmd.apiUrl, 'GET', `${path}/snapshots?${q}`, 200)) as { groupSnapshots?: GroupSnapshotJson[]; next?: string };
+        for (const s of page.groupSnapshots ?? []) out.write(`${formatGroupSnapshot(s)}\n`);
+        next = page.next;
+      } while (next !== undefined);
       return 0;
     }
     case 'delete-snapshot':

@@ -306,7 +306,10 @@ export const router = new Router()
     status: 201,
     json: await createGroupSnapshot(req.params.groupId!, writer(req), parseGroupSnapshotBody(optionalJsonBody(req))),
   }))
-  .on('GET', '/consistency-groups/{groupId}/snapshots', GROUP_OWNER, async (req) => ({ status: 200, json: await listGroupSnapshotViews(req.params.groupId!) }))
+  .on('GET', '/consistency-groups/{groupId}/snapshots', GROUP_OWNER, async (req) => ({
+    status: 200,
+    json: await listGroupSnapshotViews(req.params.groupId!, req.query.limit, req.query.next),
+  }))
   .on('GET', '/consistency-groups/{groupId}/snapshots/{groupSnapshotId}', GROUP_OWNER, async (req) => ({
     status: 200,
     json: await describeGroupSnapshot(req.params.groupId!, req.params.groupSnapshotId!),

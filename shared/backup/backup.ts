@@ -14,7 +14,7 @@ import { checkSnapshotIdField, requireSnapshot } from '../data/views.ts';
 import { changedBlocks } from '../control/snapshots.ts';
 import { pageMap, workQueue } from '../ports.ts';
 import { addChild, changeBackup, getBackup, listBackups, listBackupsPage, listPacks, putNewBackup, putPack } from './catalog.ts';
-import { fitPage, pageLimit, pageStart } from './listing.ts';
+import { fitPage, pageLimit, pageStart } from '../core/paging.ts';
 import { isBackupId, isBackupOf, newBackupId, packIdOf, packKey, type BackupRecord, type PackExtent, type PackRecord } from './records.ts';
 import { failureText, forgetJobRecord, readBackupOrJob, recordJobAtPrimary, settleBackup, type BackupJobRecord } from './job-records.ts';
 

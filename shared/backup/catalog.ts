@@ -7,7 +7,8 @@
 import { BatchGetItemCommand, DeleteItemCommand, GetItemCommand, PutItemCommand, UpdateItemCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultDynamo } from '../aws/vault-clients.ts';
-import { getItems, listedId, putListed, queryPartition, readPage, removeListing, type Page } from './listing.ts';
+import { getItems, listedId, putListed, queryPartition, readPage, removeListing } from './listing.ts';
+import type { Page } from '../core/paging.ts';
 import { changeVersionedDoc } from './versioned-docs.ts';
 import { volumeOfBackup, type BackupRecord, type PackExtent, type PackRecord, type RestoreRecord } from './records.ts';
 

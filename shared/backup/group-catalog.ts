@@ -8,7 +8,8 @@ import { DeleteItemCommand, GetItemCommand, type AttributeValue } from '@aws-sdk
 import { NotFoundError } from '../core/errors.ts';
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultDynamo } from '../aws/vault-clients.ts';
-import { getItems, listedId, putListed, readPage, removeListing, type Page } from './listing.ts';
+import { getItems, listedId, putListed, readPage, removeListing } from './listing.ts';
+import type { Page } from '../core/paging.ts';
 import { changeVersionedDoc } from './versioned-docs.ts';
 
 type Item = Record<string, AttributeValue>;

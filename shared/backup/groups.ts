@@ -31,7 +31,7 @@ import {
   type GroupRestoreRecord,
 } from './group-catalog.ts';
 import { STALE_MS, deleteBackup } from './delete.ts';
-import { fitPage, pageLimit, pageStart } from './listing.ts';
+import { fitPage, pageLimit, pageStart } from '../core/paging.ts';
 import { settleBackup } from './job-records.ts';
 import { newBackupId, newRestoreId, type BackupRecord } from './records.ts';
 import { backupChain, beginRestore } from './restore.ts';

@@ -3,10 +3,10 @@
  * group backup, restore and group restore in a partition of its kind, so that `GET /backups`,
  * `GET /group-backups`, `GET /restores` and `GET /group-restores` read those partitions and
  * then the records, instead of scanning the catalog (whose pack records hold every block's CRC).
- * Those lists are paged as `GET /volumes` is (`limit`, `next`): `readPage` reads one page.
+ * Those lists are paged as `GET /volumes` is (`limit`, `next`; shared/core/paging.ts): `readPage` reads one page.
  */
 import { BatchGetItemCommand, DeleteItemCommand, QueryCommand, TransactWriteItemsCommand, type AttributeValue } from '@aws-sdk/client-dynamodb';
-import { InvalidInputError } from '../core/errors.ts';
+import type { Page } from '../core/paging.ts';
 import { vaultConfig } from '../core/vault-config.ts';
 import { vaultDynamo } from '../aws/vault-clients.ts';
 
@@ -89,50 +89,12 @@ export async function getItems(keys: readonly Item[]): Promise<Item[]> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Pages: `limit` and `next` as `GET /volumes` takes them
+// Pages: `limit` and `next` are read as every list reads them (shared/core/paging.ts)
 
-/** A page holds `limit` entries: 1 to 1000, 100 when not given (as `GET /volumes`). */
-const PAGE_LIMIT_DEFAULT = 100;
-const PAGE_LIMIT_MAX = 1000;
-/**
- * A page's entries, as the Lambda result carries them (JSON in a JSON string), stop at this many
- * bytes, under the 6 MB Lambda carries: only group listings (up to 64 members each) come near it.
- */
-const PAGE_BYTES_MAX = 4 * 1024 * 1024;
 /** A page reads at most this many entries, whatever its filter keeps; it then ends early, with `next`. */
 const PAGE_READ_MAX = 10_000;
 /** The most items one Query of a page asks for. */
 const PAGE_QUERY_MAX = 1000;
-
-export interface Page<T> {
-  items: T[];
-  /** The id after which the next page starts (the answer's `next`); absent when the list has no more. */
-  next?: string;
-}
-
-/** The `limit` query parameter: a 400 unless an integer from 1 to 1000. */
-export function pageLimit(limitParam: string | undefined): number {
-  const limit = limitParam === undefined ? PAGE_LIMIT_DEFAULT : Number(limitParam);
-  if (!Number.isSafeInteger(limit) || limit < 1 || limit > PAGE_LIMIT_MAX) {
-    throw new InvalidInputError(`limit must be an integer from 1 to ${PAGE_LIMIT_MAX}, got ${limitParam}`);
-  }
-  return limit;
-}
-
-/**
- * The `next` query parameter: the id after which the page starts (undefined, as an empty one: the
- * list's start). A token that no answer of this list could have given (`valid` says which ids it
- * holds: not a garbled one, nor one of another list or of another volume's) is a 400, before
- * anything is read.
- */
-export function pageStart(next: string | undefined, list: string, valid: (id: string) => boolean): string | undefined {
-  if (next === undefined || next === '') return undefined;
-  if (!valid(next)) {
-    const shown = JSON.stringify(next.length > 100 ? `${next.slice(0, 100)}...` : next);
-    throw new InvalidInputError(`next must be a token from an earlier answer listing ${list}, got ${shown}`);
-  }
-  return next;
-}
 
 /** Where a page reads: a listing partition (`list#<kind>`, whose sort keys are the ids) or a partition of records. */
 export interface PageSource<T> {
@@ -180,17 +142,4 @@ export async function readPage<T>(source: PageSource<T>, start: string | undefin
     if (read >= PAGE_READ_MAX) return { items: kept, next: after };
     batch = Math.min(PAGE_QUERY_MAX, batch * 2);
   }
-}
-
-/**
- * A page's views, as many of the first as fit PAGE_BYTES_MAX (at least one), and the `next` that
- * continues after the last one kept.
- */
-export function fitPage<V>(views: V[], idOf: (view: V) => string, next: string | undefined): Page<V> {
-  let bytes = 0;
-  for (let i = 0; i < views.length; i++) {
-    bytes += Buffer.byteLength(JSON.stringify(JSON.stringify(views[i])));
-    if (bytes > PAGE_BYTES_MAX && i > 0) return { items: views.slice(0, i), next: idOf(views[i - 1]!) };
-  }
-  return next === undefined ? { items: views } : { items: views, next };
 }

@@ -15,7 +15,7 @@ import { createSnapshot } from '../control/snapshots.ts';
 import { createVolume, newVolumeId } from '../control/volumes.ts';
 import { pageMap, workQueue } from '../ports.ts';
 import { changeRestore, claimSiteRestore, getBackup, getPacks, getRestore, holdBackup, listRestoresPage, putNewRestore, releaseBackup } from './catalog.ts';
-import { fitPage, pageLimit, pageStart } from './listing.ts';
+import { fitPage, pageLimit, pageStart } from '../core/paging.ts';
 import { checkBackupId, isRestoreId, newRestoreId, packKey, type BackupRecord, type PackRecord, type RestoreRecord } from './records.ts';
 import { LAST_RECEIVE } from './backup.ts';
 

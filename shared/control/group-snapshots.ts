@@ -11,6 +11,7 @@ import { ConflictError, FencedError, InvalidInputError, NotFoundError, Unavailab
 import type { GroupMemberSnapshot, GroupRecord, GroupSnapshotRecord, MemberRefusal } from '../core/groups.ts';
 import type { SnapshotRecord, VolumeRecord } from '../core/records.ts';
 import { sleep } from '../core/async.ts';
+import { fitPage, pageLimit, pageStart } from '../core/paging.ts';
 import type { WriterIdentity } from '../data/segments.ts';
 import { commitWriter } from '../data/write.ts';
 import { groupStore, pageMap } from '../ports.ts';
@@ -318,11 +319,41 @@ export async function requireWholeGroupSnapshot(groupId: string, groupSnapshotId
   return gs;
 }
 
-export async function listGroupSnapshotViews(groupId: string): Promise<{ groupSnapshots: GroupSnapshotView[] }> {
+/** Whether `id` is a group snapshot id of group `groupId` (false for anything else: never a 404). */
+export function isGroupSnapshotOf(id: string, groupId: string): boolean {
+  const m = GROUP_SNAPSHOT_ID.exec(id);
+  return m !== null && groupId === `cg-${m[1]}`;
+}
+
+/**
+ * `GET /consistency-groups/{id}/snapshots`: one page of the group's group snapshots in id order,
+ * paged as every list is (shared/core/paging.ts): at most `limit`, and `next` (the last one's id)
+ * while more may follow. A `next` that is not a group snapshot id of this group is a 400 before
+ * anything is read; one naming a group snapshot deleted since goes on after its place. Each
+ * entry is settled as a read of it is (an expired `pending` one is aborted and left out), only
+ * as far as the page reaches.
+ */
+export async function listGroupSnapshotViews(
+  groupId: string,
+  limitParam: string | undefined,
+  nextParam: string | undefined,
+): Promise<{ groupSnapshots: GroupSnapshotView[]; next?: string }> {
+  const limit = pageLimit(limitParam);
+  const start = pageStart(nextParam, `the group snapshots of ${groupId}`, (id) => isGroupSnapshotOf(id, groupId));
   await requireGroup(groupId);
-  const all = await groupStore().listGroupSnapshots(groupId);
-  const settled = await Promise.all(all.map(settle));
-  return { groupSnapshots: settled.filter((gs): gs is GroupSnapshotRecord => gs !== null).map(view) };
+  // One more than the page: whether it exists says whether the list goes on.
+  const kept: GroupSnapshotRecord[] = [];
+  let after = start;
+  for (;;) {
+    const want = limit + 1 - kept.length;
+    const batch = await groupStore().listGroupSnapshots(groupId, { ...(after === undefined ? {} : { after }), limit: want });
+    for (const gs of await Promise.all(batch.map(settle))) if (gs !== null) kept.push(gs);
+    if (batch.length < want || kept.length > limit) break;
+    after = batch[batch.length - 1]!.groupSnapshotId;
+  }
+  const views = kept.slice(0, limit).map(view);
+  const page = fitPage(views, (v) => v.groupSnapshotId, kept.length > limit ? views[views.length - 1]!.groupSnapshotId : undefined);
+  return page.next === undefined ? { groupSnapshots: page.items } : { groupSnapshots: page.items, next: page.next };
 }
 
 /**

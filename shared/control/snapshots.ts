@@ -6,6 +6,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { ConflictError, FencedError, InvalidInputError, NotFoundError, UnavailableError } from '../core/errors.ts';
 import { CommitRefusedError, MAX_PAGES_PER_COMMIT, type SnapshotRecord, type VolumeRecord } from '../core/records.ts';
 import { sleep } from '../core/async.ts';
+import { decimalParam, pageLimit, pageStart } from '../core/paging.ts';
 import type { Extent } from '../data/extents.ts';
 import type { WriterIdentity } from '../data/segments.ts';
 import { requireActive } from '../data/volume-rules.ts';
@@ -15,6 +16,7 @@ import { foldVolume, queueFold } from '../maintenance/fold.ts';
 import {
   checkSnapshotIdField,
   forgetSnapshot,
+  isSnapshotOf,
   ownPages,
   requireSnapshot,
   snapshotFolded,
@@ -150,10 +152,11 @@ export async function describeSnapshot(snapshotId: string): Promise<SnapshotView
 export async function listSnapshotViews(
   volumeId: string,
   limitParam: string | undefined,
-  next: string | undefined,
+  nextParam: string | undefined,
 ): Promise<{ snapshots: SnapshotView[]; next?: string }> {
-  const limit = limitParam === undefined ? 100 : Number(limitParam);
-  if (!Number.isSafeInteger(limit) || limit < 1 || limit > 1000) throw new InvalidInputError(`limit must be an integer from 1 to 1000, got ${limitParam}`);
+  const limit = pageLimit(limitParam);
+  // Any snapshot id of this volume, a deleted one's too: the page starts after its place in id order.
+  const next = pageStart(nextParam, `the snapshots of ${volumeId}`, (id) => isSnapshotOf(id, volumeId));
   const v = await pageMap().getVolume(volumeId);
   if (!v || v.state === 'deleting') throw new NotFoundError(`volume ${volumeId} does not exist`);
   const all = (await pageMap().listSnapshots(volumeId)).filter((s) => s.state === 'ready' && (next === undefined || s.snapshotId > next));
@@ -341,12 +344,10 @@ export async function changedBlocks(
   limitParam: string | undefined,
   nextParam: string | undefined,
 ): Promise<{ blockSizeBytes: number; extents: Array<{ offset: number; length: number }>; next?: string }> {
-  const limit = limitParam === undefined ? CHANGED_LIMIT_DEFAULT : Number(limitParam);
-  if (!Number.isSafeInteger(limit) || limit < 1 || limit > CHANGED_LIMIT_MAX) {
-    throw new InvalidInputError(`limit must be an integer from 1 to ${CHANGED_LIMIT_MAX}, got ${limitParam}`);
-  }
-  const startByte = nextParam === undefined ? 0 : Number(nextParam);
-  if (!Number.isSafeInteger(startByte) || startByte < 0) throw new InvalidInputError(`next must be a token from an earlier answer, got ${nextParam}`);
+  const limit = pageLimit(limitParam, { max: CHANGED_LIMIT_MAX, fallback: CHANGED_LIMIT_DEFAULT });
+  // The byte offset an earlier answer gave, in decimal (none, or an empty one: the start).
+  const startByte = nextParam === undefined || nextParam === '' ? 0 : decimalParam(nextParam);
+  if (startByte === undefined) throw new InvalidInputError(`next must be a token from an earlier answer, got ${nextParam}`);
   const { snapshot, volume } = await requireSnapshot(snapshotId);
   const bs = volume.blockSizeBytes;
   if (startByte % bs !== 0) throw new InvalidInputError(`next must be a token from an earlier answer, got ${nextParam}`);

@@ -5,6 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { DEFAULT_CHECKPOINT_EVERY_COMMITS } from '../maintenance/checkpoint-messages.ts';
 import { config } from '../core/config.ts';
+import { pageLimit, pageStart } from '../core/paging.ts';
 import { ConflictError, InvalidInputError, NotFoundError, UnavailableError, invariant } from '../core/errors.ts';
 import { segmentRef, type VolumeRecord } from '../core/records.ts';
 import { EMPTY_RESERVATIONS } from './reservations.ts';
@@ -182,6 +183,9 @@ export function newVolumeId(): string {
   return `vol-${randomBytes(8).toString('hex')}`;
 }
 
+/** Whether `id` has the form of a volume id (newVolumeId's; every volume's, restores' and clones' too). */
+export const isVolumeId = (id: string): boolean => /^vol-[0-9a-f]{16}$/.test(id);
+
 function volumeName(value: unknown): string | undefined {
   if (value === undefined) return undefined;
   if (typeof value !== 'string' || value.length === 0 || value.length > 128) throw new InvalidInputError('name must be a string of 1 to 128 characters');
@@ -246,14 +250,20 @@ export async function describeVolume(volumeId: string): Promise<VolumeView> {
   return view(v);
 }
 
-/** One page of the volume list; with `owner`, only that principal's volumes (a page may hold fewer than `limit`). */
+/**
+ * One page of the volume list; with `owner`, only that principal's volumes (a page may hold fewer
+ * than `limit`). `next` is the id of the last volume the page before read, so a 400 unless it is
+ * a volume id (shared/core/paging.ts). A tenant's token may name another tenant's volume, or one
+ * deleted since: the scan reads every volume and keeps the caller's, so its last one read may be
+ * anyone's, and starting after a place in the table shows only the caller's volumes either way.
+ */
 export async function listVolumeViews(
   limitParam: string | undefined,
-  next: string | undefined,
+  nextParam: string | undefined,
   owner?: string,
 ): Promise<{ volumes: VolumeView[]; next?: string }> {
-  const limit = limitParam === undefined ? 100 : Number(limitParam);
-  if (!Number.isSafeInteger(limit) || limit < 1 || limit > 1000) throw new InvalidInputError(`limit must be an integer from 1 to 1000, got ${limitParam}`);
+  const limit = pageLimit(limitParam);
+  const next = pageStart(nextParam, 'volumes', isVolumeId);
   const page = await pageMap().listVolumes(limit, next, owner);
   return page.next ? { volumes: page.volumes.map(view), next: page.next } : { volumes: page.volumes.map(view) };
 }

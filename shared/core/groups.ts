@@ -52,7 +52,8 @@ export interface GroupStore {
   changeGroupMembers(g: GroupRecord, members: string[], add: string[], remove: string[]): Promise<MembershipOutcome>;
   deleteGroup(g: GroupRecord): Promise<MembershipOutcome>;
   getGroupSnapshot(groupId: string, groupSnapshotId: string): Promise<GroupSnapshotRecord | null>;
-  listGroupSnapshots(groupId: string): Promise<GroupSnapshotRecord[]>;
+  /** A group's group snapshot items (any state) in id order: all, or those `after` an id, at most `limit`. */
+  listGroupSnapshots(groupId: string, opts?: { after?: string; limit?: number }): Promise<GroupSnapshotRecord[]>;
   takeGroupSnapshotAtOnce(gs: GroupSnapshotRecord, members: readonly GroupMemberSnapshot[]): Promise<MemberRefusal[]>;
   snapshotMembers(groupId: string, members: readonly GroupMemberSnapshot[]): Promise<MemberRefusal[]>;
   putGroupSnapshot(gs: GroupSnapshotRecord): Promise<void>;

@@ -212,6 +212,12 @@ export function snapshotVolume(snapshotId: string): string {
   return `vol-${m[1]}`;
 }
 
+/** Whether `id` is a snapshot id of volume `volumeId` (false for anything else: never a 404). */
+export function isSnapshotOf(id: string, volumeId: string): boolean {
+  const m = SNAPSHOT_ID.exec(id);
+  return m !== null && volumeId === `vol-${m[1]}`;
+}
+
 /** A ready snapshot and its volume's geometry, or 404. */
 export async function requireSnapshot(snapshotId: string): Promise<{ snapshot: SnapshotRecord; volume: VolumeRecord }> {
   const volumeId = snapshotVolume(snapshotId);

@@ -185,7 +185,8 @@ describe('the vault lists, walked page by page with limit and next', () => {
     const refused: Array<[string, RegExp]> = [];
     for (const [path] of lists) {
       const sep = path.includes('?') ? '&' : '?';
-      for (const limit of ['0', '1001', '-1', '1.5', 'ten', '', '1e3x']) {
+      // Out of range, or not a plain decimal integer (Number() takes 1e3, 0x10, +5, ' 5' and 10.0 as numbers in range).
+      for (const limit of ['0', '1001', '-1', '1.5', 'ten', '', '1e3', '0x10', '+5', ' 5', '10.0', '1e3x']) {
         refused.push([`${path}${sep}limit=${encodeURIComponent(limit)}`, /^limit must be an integer from 1 to 1000, got /]);
       }
       for (const next of ['garbage', 'bkp-nope', 'rst-zz', `${'x'.repeat(300)}`, '../../etc', 'vol-0000000000000000']) {

@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { InvalidInputError } from '#shared/core/errors.ts';
 import { LAMBDA_PAYLOAD_LIMIT_BYTES } from '#shared/api/http.ts';
-import { fitPage, pageLimit, pageStart } from '#shared/backup/listing.ts';
+import { fitPage, pageLimit, pageStart } from '#shared/core/paging.ts';
 
-/** The paging of the vault's lists (shared/backup/listing.ts, docs/backup.md "Listing without a volume"), without a vault. */
+/** The paging of the vault's lists (shared/core/paging.ts, shared/backup/listing.ts, docs/backup.md "Listing without a volume"), without a vault. */
 describe('the pages of the vault lists', () => {
   it('take limit as GET /volumes does: 1 to 1000, default 100', () => {
     expect(pageLimit(undefined)).toBe(100);

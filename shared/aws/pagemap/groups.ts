@@ -209,10 +209,13 @@ export async function getGroupSnapshot(groupId: string, groupSnapshotId: string)
   return out.Item ? itemToGroupSnapshot(out.Item) : null;
 }
 
-/** Every group snapshot item of a group (any state), in id order. */
-export async function listGroupSnapshots(groupId: string): Promise<GroupSnapshotRecord[]> {
+/**
+ * The group snapshot items of a group (any state), in id order: every one, or with `after` only
+ * those after that id (which need not exist any more), and with `limit` at most that many.
+ */
+export async function listGroupSnapshots(groupId: string, opts: { after?: string; limit?: number } = {}): Promise<GroupSnapshotRecord[]> {
   const out: GroupSnapshotRecord[] = [];
-  let start: Record<string, AttributeValue> | undefined;
+  let start: Record<string, AttributeValue> | undefined = opts.after === undefined ? undefined : groupKey(groupId, opts.after);
   for (let n = 0; ; n++) {
     invariant(n < QUERY_PAGES_MAX, 'query of group snapshots did not end');
     const got = await dynamo().send(
@@ -221,13 +224,14 @@ export async function listGroupSnapshots(groupId: string): Promise<GroupSnapshot
         KeyConditionExpression: 'volumeId = :g AND begins_with(snapshotId, :prefix)',
         ExpressionAttributeValues: { ':g': S(groupId), ':prefix': S(GROUP_SNAPSHOT_PREFIX) },
         ExclusiveStartKey: start,
+        ...(opts.limit === undefined ? {} : { Limit: opts.limit - out.length }),
         ConsistentRead: true,
         ReturnConsumedCapacity: 'TOTAL',
       }),
     );
     out.push(...(got.Items ?? []).map(itemToGroupSnapshot));
     start = got.LastEvaluatedKey;
-    if (!start) return out;
+    if (!start || (opts.limit !== undefined && out.length >= opts.limit)) return out;
   }
 }
 
