@@ -376,7 +376,13 @@ export async function benchNbd(ctx: NbdBenchContext): Promise<void> {
         const counts = ctx.requestCounts();
         // Every segment is k+m = 6 chunk PUTs: the write units per segment include the folds the run made.
         const puts = counts.requests['S3:PutObject'] ?? 0;
-        const perSegment = puts > 0 ? `, ${((counts.dynamoWriteUnits * 6) / puts).toFixed(1)} DDB WCU per segment` : '';
+        const perSegment =
+          puts > 0
+            ? `, ${((counts.dynamoWriteUnits * 6) / puts).toFixed(1)} DDB WCU per segment (${Object.entries(counts.dynamoWriteUnitsBy)
+                .sort((a, b) => b[1] - a[1])
+                .map(([op, units]) => `${op.replace(/\S*?([A-Z][a-z]+)Table[0-9A-F]+-\S+/, '$1')} ${((units * 6) / puts).toFixed(1)}`)
+                .join(', ')})`
+            : '';
         const row = { ...ctx.costRow(`${label} [${protocol}]`, counts, scale(j)), measured: `${j.write.total_ios} writes, ${puts} S3 PUTs${perSegment}` };
         costRows.push(row);
         console.log(JSON.stringify({ msg: 'nbd cost row', ...row })); // each row as measured, should a later one fail
@@ -393,9 +399,11 @@ export async function benchNbd(ctx: NbdBenchContext): Promise<void> {
       await measure('per 1M 4 KiB random writes (whole 1 GiB), FLUSH every 4 MiB, 32768 writes', ['--rw=randwrite', '--bs=4k', '--size=1G', '--number_ios=32768', '--iodepth=1', '--fsync=1024'], perMillion);
       await measure('per 1M 4 KiB random writes (whole 1 GiB), FLUSH every 64 KiB', ['--rw=randwrite', '--bs=4k', '--size=1G', '--number_ios=1024', '--iodepth=1', '--fsync=16'], perMillion);
       if (protocol === 'folding') {
-        // A long run, 1 GiB of 4 KiB writes (256 commits): the worker folds every 128 commits as
-        // it would for a VM's disk, and the closing fold is one of them, not the whole cost.
-        await measure('per 1M 4 KiB random writes (whole 1 GiB), FLUSH every 4 MiB, 262144 writes', ['--rw=randwrite', '--bs=4k', '--size=1G', '--number_ios=262144', '--iodepth=1', '--fsync=1024'], perMillion, 1_800_000);
+        // The steady state: every 4 KiB block of 1 GiB written four times in random order (fio's
+        // random map makes each pass write each block once), 1,024 commits of 4 MiB. The worker
+        // folds every half tail as it would for a VM's disk, so the row carries several folds and
+        // the first one's page creations, and the closing fold is one of them, not the whole cost.
+        await measure('per 1M 4 KiB random writes (whole 1 GiB), FLUSH every 4 MiB, 1048576 writes (each block 4 times)', ['--rw=randwrite', '--bs=4k', '--size=1G', '--loops=4', '--iodepth=1', '--fsync=1024'], perMillion, 1_800_000);
       }
       await cost.stop();
       targets.pop();

@@ -48,7 +48,7 @@ function setValues(updateExpression: string | undefined, values: Record<string, 
  * key and the new values (exact for the small fixed-shape items Sledge updates, which stay
  * under 1 KB); for a put, from the item written.
  */
-export function capacityUnits(operation: string, input: Input, output: Output): { read: number; write: number } {
+export function capacityUnits(operation: string, input: Input, output: Output): { read: number; write: number; writeBy?: Record<string, number> } {
   switch (operation) {
     case 'GetItem':
       return { read: output.Item ? readUnits(itemSize(output.Item), !!input.ConsistentRead) : readUnits(0, !!input.ConsistentRead), write: 0 };
@@ -65,8 +65,10 @@ export function capacityUnits(operation: string, input: Input, output: Output): 
       const bytes = (output.Items ?? []).reduce((n: number, i: Record<string, AttributeValue>) => n + itemSize(i), 0);
       return { read: readUnits(bytes, !!input.ConsistentRead), write: 0 };
     }
-    case 'PutItem':
-      return { read: 0, write: writeUnits(itemSize(input.Item)) };
+    case 'PutItem': {
+      const write = writeUnits(itemSize(input.Item));
+      return { read: 0, write, writeBy: { [`PutItem ${input.TableName}`]: write } };
+    }
     case 'UpdateItem':
       return {
         read: 0,
@@ -87,13 +89,23 @@ export function capacityUnits(operation: string, input: Input, output: Output): 
     }
     case 'TransactWriteItems': {
       let write = 0;
+      const writeBy: Record<string, number> = {};
       for (const t of input.TransactItems ?? []) {
-        if (t.Put) write += 2 * writeUnits(itemSize(t.Put.Item));
-        else if (t.Update) write += 2 * writeUnits(itemSize(t.Update.Key) + itemSize(setValues(t.Update.UpdateExpression, t.Update.ExpressionAttributeValues)));
-        else if (t.Delete) write += 2 * writeUnits(itemSize(t.Delete.Key));
-        else if (t.ConditionCheck) write += 2 * writeUnits(itemSize(t.ConditionCheck.Key));
+        let units = 0;
+        let what = '';
+        if (t.Put) [units, what] = [2 * writeUnits(itemSize(t.Put.Item)), `Put ${t.Put.TableName}`];
+        else if (t.Update)
+          [units, what] = [
+            2 * writeUnits(itemSize(t.Update.Key) + itemSize(setValues(t.Update.UpdateExpression, t.Update.ExpressionAttributeValues))),
+            `Update ${t.Update.TableName}`,
+          ];
+        else if (t.Delete) [units, what] = [2 * writeUnits(itemSize(t.Delete.Key)), `Delete ${t.Delete.TableName}`];
+        else if (t.ConditionCheck) [units, what] = [2 * writeUnits(itemSize(t.ConditionCheck.Key)), `ConditionCheck ${t.ConditionCheck.TableName}`];
+        write += units;
+        const key = `TransactWriteItems ${what}`;
+        writeBy[key] = (writeBy[key] ?? 0) + units;
       }
-      return { read: 0, write };
+      return { read: 0, write, writeBy };
     }
     default:
       return { read: 0, write: 0 };

@@ -19,13 +19,21 @@ export interface RequestCounts {
   /** DynamoDB read and write capacity units, computed from item sizes (see capacity.ts). */
   dynamoReadUnits: number;
   dynamoWriteUnits: number;
+  /** What wrote (`PutItem <table>`, `TransactWriteItems Put <table>`, `UpdateItem`, ...) -> its write units, which sum to `dynamoWriteUnits`. */
+  dynamoWriteUnitsBy: Record<string, number>;
 }
 
-const counts: RequestCounts = { requests: {}, millis: {}, dynamoReadUnits: 0, dynamoWriteUnits: 0 };
+const counts: RequestCounts = { requests: {}, millis: {}, dynamoReadUnits: 0, dynamoWriteUnits: 0, dynamoWriteUnitsBy: {} };
 
 /** A snapshot of the counters since the process started (or the last reset). */
 export function requestCounts(): RequestCounts {
-  return { requests: { ...counts.requests }, millis: { ...counts.millis }, dynamoReadUnits: counts.dynamoReadUnits, dynamoWriteUnits: counts.dynamoWriteUnits };
+  return {
+    requests: { ...counts.requests },
+    millis: { ...counts.millis },
+    dynamoReadUnits: counts.dynamoReadUnits,
+    dynamoWriteUnits: counts.dynamoWriteUnits,
+    dynamoWriteUnitsBy: { ...counts.dynamoWriteUnitsBy },
+  };
 }
 
 export function resetRequestCounts(): void {
@@ -33,6 +41,7 @@ export function resetRequestCounts(): void {
   counts.millis = {};
   counts.dynamoReadUnits = 0;
   counts.dynamoWriteUnits = 0;
+  counts.dynamoWriteUnitsBy = {};
 }
 
 type AnyClient = S3Client | DynamoDBClient | SQSClient;
@@ -77,6 +86,9 @@ function instrument<C extends AnyClient>(client: C, service: string): C {
         const units = capacityUnits(operation, (args as { input: Record<string, unknown> }).input, result.output as Record<string, unknown>);
         counts.dynamoReadUnits += units.read;
         counts.dynamoWriteUnits += units.write;
+        for (const [what, n] of Object.entries(units.writeBy ?? (units.write > 0 ? { [operation]: units.write } : {}))) {
+          counts.dynamoWriteUnitsBy[what] = (counts.dynamoWriteUnitsBy[what] ?? 0) + n;
+        }
         return result;
       },
       { step: 'initialize', name: 'sledgeCapacityCounter' },

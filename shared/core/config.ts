@@ -32,7 +32,7 @@ export const ENV = {
   /**
    * Optional: the tail bound of the volumes created: above 0 they commit by folding
    * (docs/page-map.md, "Folding"), a tail of at most this many commits not yet in the page
-   * items; 0 creates volumes that write their page items at every commit. Default 256.
+   * items; 0 creates volumes that write their page items at every commit. Default 512.
    */
   foldTailMax: 'SLEDGE_FOLD_TAIL_MAX',
   /**
@@ -70,9 +70,9 @@ export class ConfigError extends Error {
 /** An optional non-negative integer variable, or its default. */
 /**
  * The tail bound of new volumes when `SLEDGE_FOLD_TAIL_MAX` is not set, and of a folding volume
- * whose item carries none (docs/page-map.md, "Folding": why 256).
+ * whose item carries none (docs/page-map.md, "Folding": why 512).
  */
-export const DEFAULT_FOLD_TAIL_MAX = 256;
+export const DEFAULT_FOLD_TAIL_MAX = 512;
 
 function optionalInteger(name: string, fallback: number, max: number): number {
   const raw = process.env[name];

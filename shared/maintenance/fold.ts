@@ -169,8 +169,8 @@ export function batchTag(
 /**
  * The first segments of `tail` that together touch at most `pagesMax` pages (at least one
  * segment): a batch's page writes, and so the time a writer folding inline waits, stay bounded
- * however scattered the commits were (a tail of 256 commits over a large volume could touch
- * hundreds of thousands of pages).
+ * however scattered the commits were (a full tail of 512 commits over a large volume could touch
+ * half a million pages).
  */
 function withinPages(tail: readonly TailSegment[], pagesMax: number): readonly TailSegment[] {
   const pages = new Set<number>();

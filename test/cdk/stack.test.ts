@@ -472,8 +472,8 @@ describe('SledgeStack', () => {
   });
 
   describe('folding (foldTailMax, docs/page-map.md)', () => {
-    it('creates folding volumes by default (bound 256), and volumes that do not fold when asked with 0: the head gets the bound, checked to be 0..1024', () => {
-      expect(template.toJSON().Resources[ids.head].Properties.Environment.Variables[ENV.foldTailMax]).toBe('256');
+    it('creates folding volumes by default (bound 512), and volumes that do not fold when asked with 0: the head gets the bound, checked to be 0..1024', () => {
+      expect(template.toJSON().Resources[ids.head].Properties.Environment.Variables[ENV.foldTailMax]).toBe('512');
       const off = synth({ foldTailMax: 0 });
       expect(off.template.toJSON().Resources[logicalId(off.stack, off.stack.head)].Properties.Environment.Variables[ENV.foldTailMax]).toBe('0');
       const on = synth({ foldTailMax: 64 });

@@ -18,7 +18,7 @@ const SIZE = 24 * 1024 * 1024;
 const { api } = testApi({ sledgeEnv: true });
 
 /**
- * The model against a volume made with `create`: the default (a folding volume, bound 256) over
+ * The model against a volume made with `create`: the default (a folding volume, bound 512) over
  * OPS operations, and one that writes its page items at every commit (`foldTailMax: 0`, the
  * protocol of volumes made before folding) over a quarter of them.
  */
