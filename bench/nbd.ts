@@ -244,6 +244,8 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
     const getsPerMiB = { sledge: 0, s3backer: 0 };
     const warmGets = { sledge: 0, s3backer: 0 };
     let warmHits = '';
+    /** The AWS requests the head (this process) made during Sledge's cold read: its read plans. */
+    let coldHeadRequests: Record<string, number> = {};
     // CPU per 4 MiB of each side's processes (cpuSample) during its sequential write, cold read
     // and warm re-read; and Sledge's write once more with direct writes, on a volume of its own.
     const cpu: Record<string, Record<'sledge' | 's3backer', CpuSample>> = {};
@@ -287,6 +289,7 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
       measured('cold sequential read', name, r0, await cpuSample(side.pid(), ctx.endpointUrl));
       const g1 = await side.gets();
       getsPerMiB[name] = (g1 - g0) / COMPARE_MIB;
+      if (name === 'sledge') coldHeadRequests = ctx.requestCounts().requests;
       const m0 = await cpuSample(side.pid(), ctx.endpointUrl);
       const warm = await side.fio('warm sequential re-read', ['--rw=read', ...SEQ]);
       measured('warm sequential re-read', name, m0, await cpuSample(side.pid(), ctx.endpointUrl));
@@ -337,6 +340,15 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
     ctx.table([{ 'S3 GETs per MiB read cold': 'sledge', value: getsPerMiB.sledge.toFixed(2) }, { 'S3 GETs per MiB read cold': 's3backer', value: getsPerMiB.s3backer.toFixed(2) }]);
     console.log(
       `The gateway's read cache after the cold read and the re-read: ${warmHits}; S3 GETs during the warm re-read: sledge ${warmGets.sledge}, s3backer ${warmGets.s3backer}.`,
+    );
+    const per4MiB = (n: number) => ((n * 4) / COMPARE_MIB).toFixed(2);
+    console.log(
+      `The head's AWS requests per 4 MiB of Sledge's cold read (its read plans; the gateway's chunk GETs are counted above): ${
+        Object.entries(coldHeadRequests)
+          .sort((a, b) => b[1] - a[1])
+          .map(([op, n]) => `${op} ${per4MiB(n)}`)
+          .join(', ') || 'none'
+      }.`,
     );
     console.log(
       `(s3backer ${(await run('s3backer', ['--version'])).stdout.split('\n')[0]}: --blockSize=1M --blockCacheSize=${cacheMiB} --directIO, fio libaio O_DIRECT on its file, ` +
