@@ -77,8 +77,10 @@ export function httpExchange(url: string, r: HttpRequest): Promise<HttpAnswer> {
 
 /**
  * A GET over plain HTTP/1.1 (a chunk GET of a direct read), with the body read straight into
- * `target` from a socket's own read buffer (net's `onread`): no buffer per socket read, no
- * stream, no HTTP parser object per answer. A cold read is mostly these bodies, and node:http
+ * `target` by the kernel (net's `onread` with a buffer chosen before each socket read: once the
+ * header section is parsed, the rest of the body's room), so the body is not copied in user
+ * space; the header section and the body's first bytes after it come through the connection's
+ * own read buffer. No buffer per socket read, no stream, no HTTP parser object per answer. A cold read is mostly these bodies, and node:http
  * spent about a third of the gateway's CPU on them (its parser and two layers of streams, and
  * the garbage of a buffer per 64 KiB read). Only for http: URLs whose answer has a
  * Content-Length; anything else goes through `httpExchange`.
@@ -110,6 +112,9 @@ export function getInto(url: string, headers: Record<string, string>, target: Bu
 
 const idle = new Map<string, RawConnection[]>();
 
+/** Body bytes of `getInto` answers the kernel read into place, and those copied out of a connection's read buffer (tests, benchmarks). */
+export const rawGetBodyBytes = { inPlace: 0, copied: 0 };
+
 function takeConnection(key: string, host: string, port: number): RawConnection {
   const list = idle.get(key);
   while (list && list.length > 0) {
@@ -123,10 +128,16 @@ function takeConnection(key: string, host: string, port: number): RawConnection 
 const IDLE_MS = 4_000;
 /** A header section longer than this is not an S3 answer. */
 const HEADER_MAX_BYTES = 64 * 1024;
+/**
+ * The most one socket read takes before an answer's header section is parsed: an S3 header
+ * section is well under this, so the body's bytes in the same read, copied once more, are few
+ * (a read into the whole buffer took up to 256 KiB of a 1 MiB chunk's body that way).
+ */
+export const HEAD_READ_BYTES = 8 * 1024;
 
 class RawConnection {
   private readonly socket: net.Socket;
-  private readonly readBuffer = Buffer.allocUnsafe(256 * 1024);
+  private readonly readBuffer = Buffer.allocUnsafe(HEAD_READ_BYTES);
   exchanges = 0;
   private closed = false;
   private idleTimer: NodeJS.Timeout | undefined;
@@ -150,7 +161,7 @@ class RawConnection {
     host: string,
     port: number,
   ) {
-    this.socket = net.connect({ host, port, onread: { buffer: this.readBuffer, callback: (n: number, buf: Uint8Array) => this.onRead(n, buf) } });
+    this.socket = net.connect({ host, port, onread: { buffer: () => this.nextReadInto(), callback: (n: number, buf: Uint8Array) => this.onRead(n, buf) } });
     this.socket.setNoDelay(true);
     this.socket.unref();
     this.socket.on('error', (err) => this.fail(err));
@@ -170,8 +181,29 @@ class RawConnection {
     this.socket.write(head);
   }
 
+  /**
+   * Where the next socket read goes (node calls this before each read): the unfilled rest of the
+   * answer's body once its header section is parsed, so that the kernel copies the body into
+   * place; else the connection's small read buffer (HEAD_READ_BYTES). Never an empty buffer (a
+   * read into none fails).
+   * A read never goes past the body's declared end: bytes beyond it stay in the socket and the
+   * next read, into the read buffer, refuses them.
+   */
+  private nextReadInto(): Uint8Array {
+    const x = this.x;
+    if (x?.answer && x.filled < x.bodyBytes) return x.answer.body.subarray(x.filled, x.bodyBytes);
+    return this.readBuffer;
+  }
+
   private onRead(n: number, buf: Uint8Array): boolean {
     const x = this.x;
+    if (x?.answer && buf.buffer === x.answer.body.buffer && buf.byteOffset === x.answer.body.byteOffset + x.filled) {
+      // Read into the body in place (nextReadInto): nothing to copy.
+      x.filled += n;
+      rawGetBodyBytes.inPlace += n;
+      if (x.filled === x.bodyBytes) this.finish();
+      return true;
+    }
     if (!x) {
       // Bytes nobody asked for: the connection cannot be trusted any more.
       this.fail(new Error('unexpected bytes on an idle connection'), true);
@@ -217,6 +249,7 @@ class RawConnection {
     }
     data.copy(x.answer.body, x.filled);
     x.filled += data.length;
+    rawGetBodyBytes.copied += data.length;
     if (x.filled === x.bodyBytes) this.finish();
     return true;
   }

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { getInto } from '#gateway/http.ts';
+import { getInto, HEAD_READ_BYTES, rawGetBodyBytes } from '#gateway/http.ts';
 
 const body = randomBytes(300 * 1024 + 17);
 let server: Server;
@@ -65,6 +65,7 @@ async function rawServer(answer: Buffer, after: 'keep' | 'close'): Promise<{ url
 describe('getInto: the raw GET of direct reads', () => {
   it('reads a ranged body into the given buffer over one kept-alive connection, with the query and the signed headers as given', async () => {
     const before = connections;
+    const bytesBefore = { ...rawGetBodyBytes };
     for (const [start, end] of [
       [0, 65535],
       [65536, 300 * 1024 + 16],
@@ -77,6 +78,12 @@ describe('getInto: the raw GET of direct reads', () => {
       expect(target.equals(body.subarray(start, end + 1))).toBe(true);
     }
     expect(connections - before, 'one connection, kept alive').toBe(1);
+    // Every body byte counted once; past the first read of each answer (its header section and
+    // the body's first bytes), the kernel reads the body into the target itself.
+    const inPlace = rawGetBodyBytes.inPlace - bytesBefore.inPlace;
+    const copied = rawGetBodyBytes.copied - bytesBefore.copied;
+    expect(inPlace + copied).toBe(body.length + 1);
+    expect(copied, `body bytes copied (${inPlace} read in place): at most what the three header reads held`).toBeLessThanOrEqual(3 * HEAD_READ_BYTES);
     expect(seen.at(-1)).toEqual({ url: '/chunk?X-Amz-Signature=abc&x=1', range: 'bytes=5-5', host: base.slice('http://'.length) });
   });
 
