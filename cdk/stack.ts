@@ -39,7 +39,7 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
-import { DEFAULT_FOLD_TAIL_MAX, ENV } from '#shared/core/config.ts';
+import { DEFAULT_FOLD_TAIL_MAX, ENV, VOLUMES_BY_OWNER_INDEX } from '#shared/core/config.ts';
 import { CONSTRUCT_IDS, MAX_RECEIVE_COUNT, OPERATOR_VOLUME_ROUTES } from './contract.ts';
 import { acknowledge, bindBuckets, bindDeadLetterQueue, bindQueue, bindTable, functionRole, grantDataKey, SLEDGE_FUNCTION_RUNTIME, SledgeFunction, type WorkQueue } from './function.ts';
 import type { SledgeStackProps } from './stack-props.ts';
@@ -116,6 +116,15 @@ export class SledgeStack extends Stack {
         removalPolicy: dataRemovalPolicy,
       });
     this.volumesTable = table(CONSTRUCT_IDS.volumesTable, { name: 'volumeId', type: dynamodb.AttributeType.STRING });
+    // A tenant's volume list queries its own partition (shared/aws/pagemap/volumes.ts). Keys only:
+    // the index is written when a volume is created or deleted, not on every commit's update of
+    // the volume item (no other attribute is projected).
+    this.volumesTable.addGlobalSecondaryIndex({
+      indexName: VOLUMES_BY_OWNER_INDEX,
+      partitionKey: { name: 'owner', type: dynamodb.AttributeType.STRING },
+      sortKey: { name: 'volumeId', type: dynamodb.AttributeType.STRING },
+      projectionType: dynamodb.ProjectionType.KEYS_ONLY,
+    });
     this.pagesTable = table(
       CONSTRUCT_IDS.pagesTable,
       { name: 'volumeId', type: dynamodb.AttributeType.STRING },
@@ -314,6 +323,16 @@ export class SledgeStack extends Stack {
           'Chunks are objects whose keys (drive/volume/segment) are made at run time; the function gets Get/Put/DeleteObject on the objects of the sled buckets and on nothing else.',
         );
       }
+    }
+
+    // CDK grants a table's actions on its indexes as `<table ARN>/index/*`; the Volumes table's
+    // one index is the owner index, which the volume list queries.
+    for (const role of [headRole, workerRole]) {
+      acknowledge(
+        role,
+        `AwsSolutions-IAM5[Resource::<${this.getLogicalId(this.volumesTable.node.defaultChild as dynamodb.CfnTable)}.Arn>/index/*]`,
+        `The Volumes table's indexes (one: ${VOLUMES_BY_OWNER_INDEX}, volume ids by owner, for a tenant's volume list); nothing outside the table.`,
+      );
     }
 
     // One `$default` route sends every request to the head, whose router owns the whole API

@@ -403,7 +403,11 @@ async function deployedResources(cfn: CloudFormationClient, stackName: string, t
   }
   const missing = Object.keys(template.Resources).filter((id) => !(id in physicalIds));
   if (missing.length > 0) {
-    throw new Error(`local stack ${stackName} is complete but lacks ${missing.join(', ')}; does the endpoint's CloudFormation support their types?`);
+    throw new Error(
+      `local stack ${stackName} is complete but lacks ${missing.join(', ')}. Either the endpoint's CloudFormation does not support their types, ` +
+        `or it updated an existing stack whose table definitions changed (moto's forgets such a table: this version of Sledge added an index to the volumes table). ` +
+        `Start on a fresh endpoint, or delete the stack first (aws cloudformation delete-stack --stack-name ${stackName}).`,
+    );
   }
   return Object.fromEntries(Object.keys(template.Resources).map((id) => [id, physicalIds[id] as string]));
 }

@@ -251,11 +251,10 @@ export async function describeVolume(volumeId: string): Promise<VolumeView> {
 }
 
 /**
- * One page of the volume list; with `owner`, only that principal's volumes (a page may hold fewer
- * than `limit`). `next` is the id of the last volume the page before read, so a 400 unless it is
- * a volume id (shared/core/paging.ts). A tenant's token may name another tenant's volume, or one
- * deleted since: the scan reads every volume and keeps the caller's, so its last one read may be
- * anyone's, and starting after a place in the table shows only the caller's volumes either way.
+ * One page of the volume list; with `owner`, only that principal's volumes, read from the owner
+ * index, so `next` is one of its own (docs/security.md, "Lists"). `next` is the id of the last
+ * volume of the page before, so a 400 unless it is a volume id (shared/core/paging.ts); any
+ * volume id is a place to start after, also one deleted since.
  */
 export async function listVolumeViews(
   limitParam: string | undefined,

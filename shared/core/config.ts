@@ -7,6 +7,13 @@
  * drift apart.
  */
 
+/**
+ * The Volumes table's index of each owned volume by its owner (partition `owner`, sort
+ * `volumeId`, keys only): a tenant's `GET /volumes` queries its own partition instead of
+ * scanning every tenant's volumes (docs/security.md, "Lists"). The CDK stack creates it.
+ */
+export const VOLUMES_BY_OWNER_INDEX = 'byOwner';
+
 /** Names of the environment variables, shared by the CDK stack and the local runtime. */
 export const ENV = {
   volumesTable: 'SLEDGE_VOLUMES_TABLE',

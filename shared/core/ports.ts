@@ -112,8 +112,10 @@ export interface PageMapStore {
   requireVolume(volumeId: string): Promise<VolumeRecord>;
   /** Creates the item; refused if the id exists. */
   putNewVolume(v: VolumeRecord): Promise<void>;
-  /** One page of the volume list; `next` continues it. */
-  /** With `owner`, only that principal's volumes (a page may hold fewer than `limit`). */
+  /**
+   * One page of the volume list; `next` continues it. With `owner`, only that principal's
+   * volumes, in id order, `limit` to a page but the last, and `next` is one of them.
+   */
   listVolumes(limit: number, startAfter?: string, owner?: string): Promise<{ volumes: VolumeRecord[]; next?: string }>;
   /** Grows an active volume (never shrinks it): NotFoundError or ConflictError otherwise. */
   growVolume(volumeId: string, sizeBytes: number): Promise<VolumeRecord>;

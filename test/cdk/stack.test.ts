@@ -13,7 +13,7 @@ import { Match, Template } from 'aws-cdk-lib/assertions';
 import type { CfnElement } from 'aws-cdk-lib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseCheckpointMessage, parseWorkMessage } from '#shared/core/work-messages.ts';
-import { ENV } from '#shared/core/config.ts';
+import { ENV, VOLUMES_BY_OWNER_INDEX } from '#shared/core/config.ts';
 import { BUNDLED_CRC_ADDON_FILE } from '#shared/data/crc32c.ts';
 import { CONSTRUCT_IDS, cdkJsonContext, DATA_KEY_ACTIONS, MAX_RECEIVE_COUNT, OPERATOR_VOLUME_ROUTES } from '../../cdk/contract.ts';
 import { SledgeFunction } from '../../cdk/function.ts';
@@ -197,7 +197,13 @@ describe('SledgeStack', () => {
     it('has Volumes, Pages, Segments, Snapshots and Drives with their keys, on demand, with point-in-time recovery', () => {
       template.resourceCountIs('AWS::DynamoDB::Table', 5);
       const expected = {
-        [ids.tables.volumes]: { keys: [{ AttributeName: 'volumeId', KeyType: 'HASH' }], attrs: [{ AttributeName: 'volumeId', AttributeType: 'S' }] },
+        [ids.tables.volumes]: {
+          keys: [{ AttributeName: 'volumeId', KeyType: 'HASH' }],
+          attrs: [
+            { AttributeName: 'volumeId', AttributeType: 'S' },
+            { AttributeName: 'owner', AttributeType: 'S' },
+          ],
+        },
         [ids.tables.pages]: {
           keys: [
             { AttributeName: 'volumeId', KeyType: 'HASH' },
@@ -241,6 +247,22 @@ describe('SledgeStack', () => {
         expect(table?.Properties.PointInTimeRecoverySpecification).toEqual({ PointInTimeRecoveryEnabled: true });
         expect(table?.Properties.DeletionProtectionEnabled).toBe(true);
         expect(table?.DeletionPolicy).toBe('Retain');
+        // Only the Volumes table has an index: volume ids by owner, keys only, so that the commits'
+        // updates of a volume item never write it (a tenant's volume list queries it).
+        expect(table?.Properties.GlobalSecondaryIndexes, id).toEqual(
+          id === ids.tables.volumes
+            ? [
+                {
+                  IndexName: VOLUMES_BY_OWNER_INDEX,
+                  KeySchema: [
+                    { AttributeName: 'owner', KeyType: 'HASH' },
+                    { AttributeName: 'volumeId', KeyType: 'RANGE' },
+                  ],
+                  Projection: { ProjectionType: 'KEYS_ONLY' },
+                },
+              ]
+            : undefined,
+        );
         // Only the Snapshots table expires items: the notes it keeps (shared/aws/notes.ts), by `expiresAt`.
         expect(table?.Properties.TimeToLiveSpecification, id).toEqual(id === ids.tables.snapshots ? { AttributeName: 'expiresAt', Enabled: true } : undefined);
       }

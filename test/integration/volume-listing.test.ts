@@ -30,11 +30,13 @@ interface Walk {
   ids: string[];
   /** How many entries each page held. */
   pages: number[];
+  /** Each page's `next`, in order (the last page has none). */
+  nexts: string[];
 }
 
 /** Reads `path` page by page with `limit` (and `start` as the first `next`), passing each answer's `next` on, until an answer has none. */
 async function walk(path: string, key: string, idKey: string, limit: number | undefined, as: ProfileName = PROFILES.operator, start?: string): Promise<Walk> {
-  const out: Walk = { ids: [], pages: [] };
+  const out: Walk = { ids: [], pages: [], nexts: [] };
   let next = start;
   do {
     const q = new URLSearchParams();
@@ -50,6 +52,7 @@ async function walk(path: string, key: string, idKey: string, limit: number | un
     out.pages.push(entries.length);
     expect(r.json.next === undefined || (typeof r.json.next === 'string' && r.json.next !== next), `next ${r.json.next} after ${next}`).toBe(true);
     next = r.json.next;
+    if (next !== undefined) out.nexts.push(next);
     expect(out.pages.length, `${path} did not end`).toBeLessThan(100_000);
   } while (next !== undefined);
   return out;
@@ -58,7 +61,7 @@ async function walk(path: string, key: string, idKey: string, limit: number | un
 const walkVolumes = (limit: number | undefined, as: ProfileName = PROFILES.operator, start?: string) => walk('/volumes', 'volumes', 'volumeId', limit, as, start);
 
 /** Each of `mine` appears in `listed` exactly once. */
-function expectEachOnce(listed: string[], mine: string[]): void {
+function expectEachOnce(listed: readonly string[], mine: readonly string[]): void {
   for (const id of mine) expect(listed.filter((x) => x === id), `${id} in ${listed.join(' ')}`).toHaveLength(1);
 }
 
@@ -132,25 +135,48 @@ describe('the page-map lists, walked page by page with limit and next', () => {
     expect(ofA.ids).not.toContain(theirVolume);
     expectEachOnce((await walkVolumes(1, PROFILES.tenantA)).ids, mine);
     expectEachOnce((await walkVolumes(undefined, PROFILES.tenantA)).ids, mine);
-    // A tenant's token may name another tenant's volume (the last one its page read, as the scan
-    // filters after reading): the page goes on after that place, holding only the caller's own.
+    // Any volume id is a place to start after, even another tenant's: the page holds the
+    // caller's own volumes after that id, and nothing else.
     const afterTheirs = await walkVolumes(1000, PROFILES.tenantA, theirVolume);
-    expect(afterTheirs.ids.filter((id) => !ofA.ids.includes(id))).toEqual([]);
+    expect(afterTheirs.ids.filter((id) => id <= theirVolume || !ofA.ids.includes(id))).toEqual([]);
+    expectEachOnce(afterTheirs.ids, mine.filter((id) => id > theirVolume));
+  });
+
+  it("give a tenant full pages whose next is always one of its own volumes, never another tenant's", async () => {
+    // Other test files share this control plane and may make or delete volumes meanwhile, so
+    // ownership is checked on each next itself.
+    const ownerOf = async (id: string) => (await pageMap().getVolume(id))?.owner;
+    const owners = { [PROFILES.tenantA]: await ownerOf(volumeId), [PROFILES.tenantB]: await ownerOf(theirVolume) };
+    expect(owners[PROFILES.tenantA]).toBeDefined();
+    expect(owners[PROFILES.tenantB]).toBeDefined();
+    expect(owners[PROFILES.tenantA]).not.toBe(owners[PROFILES.tenantB]);
+    for (const [as, own] of [
+      [PROFILES.tenantA, [...plain, volumeId, ...members]],
+      [PROFILES.tenantB, [theirVolume]],
+    ] as const) {
+      for (const limit of [1, LIMIT]) {
+        const w = await walkVolumes(limit, as);
+        expectEachOnce(w.ids, own);
+        // Every page but the last is full, and every next names a volume of the caller's.
+        expect(w.pages.slice(0, -1).every((n) => n === limit), `${as} pages ${w.pages.join(' ')}`).toBe(true);
+        for (const next of w.nexts) expect(await ownerOf(next), `${as}'s next ${next}`).toBe(owners[as]);
+      }
+    }
   });
 
   it("list a volume's snapshots, oldest first, each once", async () => {
     const path = `/volumes/${volumeId}/snapshots`;
-    expect(await walk(path, 'snapshots', 'snapshotId', LIMIT, PROFILES.tenantA)).toEqual({ ids: snapshotIds, pages: [2, 2, 1] });
-    expect(await walk(path, 'snapshots', 'snapshotId', 1000)).toEqual({ ids: snapshotIds, pages: [MADE] });
-    expect(await walk(path, 'snapshots', 'snapshotId', undefined)).toEqual({ ids: snapshotIds, pages: [MADE] });
+    expect(await walk(path, 'snapshots', 'snapshotId', LIMIT, PROFILES.tenantA)).toMatchObject({ ids: snapshotIds, pages: [2, 2, 1], nexts: [snapshotIds[1], snapshotIds[3]] });
+    expect(await walk(path, 'snapshots', 'snapshotId', 1000)).toEqual({ ids: snapshotIds, pages: [MADE], nexts: [] });
+    expect(await walk(path, 'snapshots', 'snapshotId', undefined)).toEqual({ ids: snapshotIds, pages: [MADE], nexts: [] });
   });
 
   it("list a group's group snapshots in id order, each once and as GET describes it", async () => {
     const path = `/consistency-groups/${groupId}/snapshots`;
     const sorted = [...groupSnapshotIds].sort();
-    expect(await walk(path, 'groupSnapshots', 'groupSnapshotId', LIMIT, PROFILES.tenantA)).toEqual({ ids: sorted, pages: [2, 2, 1] });
-    expect(await walk(path, 'groupSnapshots', 'groupSnapshotId', 1000)).toEqual({ ids: sorted, pages: [MADE] });
-    expect(await walk(path, 'groupSnapshots', 'groupSnapshotId', undefined)).toEqual({ ids: sorted, pages: [MADE] });
+    expect(await walk(path, 'groupSnapshots', 'groupSnapshotId', LIMIT, PROFILES.tenantA)).toMatchObject({ ids: sorted, pages: [2, 2, 1], nexts: [sorted[1], sorted[3]] });
+    expect(await walk(path, 'groupSnapshots', 'groupSnapshotId', 1000)).toEqual({ ids: sorted, pages: [MADE], nexts: [] });
+    expect(await walk(path, 'groupSnapshots', 'groupSnapshotId', undefined)).toEqual({ ids: sorted, pages: [MADE], nexts: [] });
     const first = await http(`${url}${path}?limit=1`, { as: PROFILES.tenantA });
     expect(first.json.groupSnapshots).toEqual([(await http(`${url}${path}/${sorted[0]}`, { as: PROFILES.tenantA })).json]);
     expect(first.json.next).toBe(sorted[0]);

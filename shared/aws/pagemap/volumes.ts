@@ -4,12 +4,13 @@
  * docs/reservations.md, docs/checkpoints.md). Every conditional write names each part of its
  * condition with the state it allows.
  */
-import { type AttributeValue, DeleteItemCommand, GetItemCommand, PutItemCommand, ScanCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
+import { type AttributeValue, DeleteItemCommand, GetItemCommand, PutItemCommand, QueryCommand, ScanCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import type { ReservationState } from '../../control/reservations.ts';
-import { config } from '../../core/config.ts';
+import { config, VOLUMES_BY_OWNER_INDEX } from '../../core/config.ts';
 import { ConflictError, NotFoundError } from '../../core/errors.ts';
 import type { CheckpointPointer, HeadDesignation, VolumeRecord } from '../../core/records.ts';
 import { dynamo } from '../clients.ts';
+import { batchGet } from './pages.ts';
 import { N, S, checkpointToAttribute, conditionFailed, headsToAttribute, itemToVolume, reservationAttributes, str, volumeToItem } from './items.ts';
 
 export async function getVolume(volumeId: string): Promise<VolumeRecord | null> {
@@ -39,23 +40,59 @@ export async function putNewVolume(v: VolumeRecord): Promise<void> {
 }
 
 /**
- * One page of the volume list; `next` continues it. With `owner`, only that principal's volumes
- * (a filter on the scan: a page may then hold fewer than `limit`, or none, and still have a `next`).
+ * One page of the volume list; `next` (the id of the page's last volume) continues it.
+ *
+ * Without `owner` (operators): a consistent scan of the table, in its own order.
+ * With `owner` (a tenant): a query of that owner's partition of `VOLUMES_BY_OWNER_INDEX`, in
+ * volume id order, then a consistent read of the page's volume items. Only the owner's volumes
+ * are ever read, a page holds `limit` of them unless it is the last, and `next` is always one
+ * of the owner's own volumes. `startAfter` may be any volume id: the page starts after that
+ * place in the owner's ids. The index is eventually consistent, so a volume created a moment
+ * ago may be missing from a tenant's list for that moment; a volume the index still names but
+ * whose item is gone (deleted meanwhile) is left out.
  */
 export async function listVolumes(limit: number, startAfter?: string, owner?: string): Promise<{ volumes: VolumeRecord[]; next?: string }> {
+  if (owner !== undefined) return listOwnedVolumes(limit, owner, startAfter);
   const out = await dynamo().send(
     new ScanCommand({
       TableName: config().volumesTable,
       Limit: limit,
       ExclusiveStartKey: startAfter ? { volumeId: S(startAfter) } : undefined,
-      ...(owner === undefined
-        ? {}
-        : { FilterExpression: '#owner = :owner', ExpressionAttributeNames: { '#owner': 'owner' }, ExpressionAttributeValues: { ':owner': S(owner) } }),
       ConsistentRead: true,
       ReturnConsumedCapacity: 'TOTAL',
     }),
   );
   const volumes = (out.Items ?? []).map(itemToVolume);
+  const next = out.LastEvaluatedKey?.volumeId?.S;
+  return next ? { volumes, next } : { volumes };
+}
+
+async function listOwnedVolumes(limit: number, owner: string, startAfter?: string): Promise<{ volumes: VolumeRecord[]; next?: string }> {
+  const out = await dynamo().send(
+    new QueryCommand({
+      TableName: config().volumesTable,
+      IndexName: VOLUMES_BY_OWNER_INDEX,
+      KeyConditionExpression: '#owner = :owner',
+      ExpressionAttributeNames: { '#owner': 'owner' },
+      ExpressionAttributeValues: { ':owner': S(owner) },
+      Limit: limit,
+      // An index's start key is the index key and the table key: here the owner and a volume id.
+      ExclusiveStartKey: startAfter ? { owner: S(owner), volumeId: S(startAfter) } : undefined,
+      ReturnConsumedCapacity: 'TOTAL',
+    }),
+  );
+  const ids = (out.Items ?? []).map((item) => str(item.volumeId));
+  const items = await batchGet(
+    config().volumesTable,
+    ids.map((id) => ({ volumeId: S(id) })),
+  );
+  const byId = new Map(items.map((item) => [str(item.volumeId), itemToVolume(item)]));
+  // In id order, as the index gave them; an owner never changes, but the check costs nothing.
+  const volumes = ids.flatMap((id) => {
+    const v = byId.get(id);
+    return v && v.owner === owner ? [v] : [];
+  });
+  // Always one of the owner's volumes: the index holds no other in this partition.
   const next = out.LastEvaluatedKey?.volumeId?.S;
   return next ? { volumes, next } : { volumes };
 }
