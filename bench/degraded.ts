@@ -17,15 +17,21 @@
  * - Unavoidable work, timed alone on the same bytes: base64 of the body, Reed-Solomon encode
  *   (write) or reconstruct (degraded read) of the 4 MiB as k shards in one codec call, and
  *   CRC32C of every byte that is checksummed (k+m chunks written, k chunks read).
+ * - The transfer alone, beside it: the same chunk requests without the SDK or anything of
+ *   Sledge's around them, k+m PUTs of a chunk's bytes at once (write) or k ranged GETs of a
+ *   chunk's data at once (read), each presigned (so signing counts) and sent with node's HTTP
+ *   client over kept-alive connections. What no head that stores chunks on S3 over HTTP avoids.
  */
 import { randomFillSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
+import http from 'node:http';
 import { Session } from 'node:inspector/promises';
 import { join } from 'node:path';
 import { PerformanceObserver } from 'node:perf_hooks';
 import { DeleteObjectCommand } from '@aws-sdk/client-s3';
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
 import { toApiGatewayEvent } from '#local/http-adapter.ts';
+import { presignChunkPut, presignChunkRange } from '#shared/aws/chunk-store.ts';
 import { requestCounts, resetRequestCounts, s3 } from '#shared/aws/clients.ts';
 import { crc32c } from '#shared/data/crc32c.ts';
 import { codec } from '#shared/data/erasure.ts';
@@ -220,6 +226,7 @@ export async function benchDegraded({ table, section }: DegradedBenchDeps): Prom
   const reconstruct = await medianCpuMs(() => c.reconstruct(K, M, survivors));
   const crcWrite = await medianCpuMs(() => crcAll([...dataShards, ...parity]));
   const crcRead = await medianCpuMs(() => crcAll(dataShards));
+  const transfer = await transferAlone(records.values().next().value!.locations[M]!, payload);
   const floorWrite = base64Decode + encode + crcWrite;
   const floorRead = crcRead + base64Encode;
   const floorDegraded = crcRead + reconstruct + base64Encode;
@@ -247,20 +254,91 @@ export async function benchDegraded({ table, section }: DegradedBenchDeps): Prom
     `(${READS} reads of 4 MiB, ${CONCURRENCY} at a time, best of ${ROUNDS} alternating rounds; ${deleted} chunk objects deleted from ${records.size} segments; codec ${c.name}; every read compared byte for byte)`,
   );
   gcObserver.disconnect();
-  const row = (what: string, head: number, gc: number, floor: number, parts: string) => ({
+  const row = (what: string, head: number, gc: number, floor: number, parts: string, moved: number) => ({
     'per 4 MiB': what,
     'head CPU ms (median)': head.toFixed(1),
     'of which GC pauses (mean)': gc.toFixed(1),
     'unavoidable ms': floor.toFixed(1),
     'head / unavoidable': (head / floor).toFixed(2),
     'unavoidable = ': parts,
+    'transfer alone ms': moved.toFixed(1),
+    'head / (unavoidable + transfer)': (head / (floor + moved)).toFixed(2),
   });
   table([
-    row('write', median(writeCpu), gcPerWrite, floorWrite, `base64 decode ${base64Decode.toFixed(1)} + RS ${K}+${M} encode ${encode.toFixed(1)} + CRC32C of ${K + M} MiB ${crcWrite.toFixed(1)}`),
-    row('read, healthy', median(healthy.cpu), healthy.gcPerRead, floorRead, `CRC32C of 4 MiB ${crcRead.toFixed(1)} + base64 encode ${base64Encode.toFixed(1)}`),
-    row(`read, degraded`, median(degraded.cpu), degraded.gcPerRead, floorDegraded, `CRC32C ${crcRead.toFixed(1)} + RS reconstruct of ${M} ${reconstruct.toFixed(1)} + base64 encode ${base64Encode.toFixed(1)}`),
+    row(
+      'write',
+      median(writeCpu),
+      gcPerWrite,
+      floorWrite,
+      `base64 decode ${base64Decode.toFixed(1)} + RS ${K}+${M} encode ${encode.toFixed(1)} + CRC32C of ${K + M} MiB ${crcWrite.toFixed(1)}`,
+      transfer.put,
+    ),
+    row('read, healthy', median(healthy.cpu), healthy.gcPerRead, floorRead, `CRC32C of 4 MiB ${crcRead.toFixed(1)} + base64 encode ${base64Encode.toFixed(1)}`, transfer.get),
+    row(
+      `read, degraded`,
+      median(degraded.cpu),
+      degraded.gcPerRead,
+      floorDegraded,
+      `CRC32C ${crcRead.toFixed(1)} + RS reconstruct of ${M} ${reconstruct.toFixed(1)} + base64 encode ${base64Encode.toFixed(1)}`,
+      transfer.get,
+    ),
   ]);
-  console.log(`(head CPU: this process around each handler call, one request at a time, ${WRITES * 2} writes and ${READS} reads of each kind; unavoidable: each part alone, median of 9)`);
+  console.log(
+    `(head CPU: this process around each handler call, one request at a time, ${WRITES * 2} writes and ${READS} reads of each kind; unavoidable: each part alone, median of 9; ` +
+      `transfer alone: ${K + M} presigned PUTs of ${IO / K} bytes, or ${K} presigned ranged GETs of as many, at once, node's HTTP client, no SDK, median of 9)`,
+  );
+}
+
+/**
+ * CPU ms (median of 9) of moving one write's or one read's chunk bytes and nothing else: K+M
+ * presigned PUTs of a chunk's worth of `payload`'s bytes at once, and K presigned ranged GETs
+ * of a chunk's data at once (of the chunk object at `readable`), each with node's HTTP client
+ * over kept-alive connections into memory already in use. The PUTs go to fresh keys beside
+ * `readable` and are deleted after.
+ */
+async function transferAlone(readable: { bucket: string; key: string }, payload: Buffer): Promise<{ put: number; get: number }> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: K + M });
+  const shard = IO / K;
+  const send = (method: 'PUT' | 'GET', url: string, headers: Record<string, string>, body?: Buffer, into?: Buffer) =>
+    new Promise<void>((resolve, reject) => {
+      const req = http.request(url, { method, agent, headers }, (res) => {
+        let at = 0;
+        res.on('data', (piece: Buffer) => {
+          if (into) at += piece.copy(into, at);
+        });
+        res.on('end', () => ((res.statusCode ?? 500) < 300 ? resolve() : reject(new Error(`${method} ${url.split('?')[0]}: ${res.statusCode}`))));
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
+  const written: Array<{ bucket: string; key: string }> = [];
+  let run = 0;
+  const shards = Array.from({ length: K + M }, (_, i) => payload.subarray((i % K) * shard, (i % K + 1) * shard));
+  const crcs = shards.map((b) => crc32c(b));
+  const put = await medianCpuMs(async () => {
+    const r = run++;
+    await Promise.all(
+      shards.map(async (body, i) => {
+        const loc = { bucket: readable.bucket, key: `${readable.key}.bench-transfer-${r}-${i}` };
+        written.push(loc);
+        const { url, headers } = await presignChunkPut(loc, body.length, crcs[i]!, 60);
+        await send('PUT', url, headers, body);
+      }),
+    );
+  });
+  const targets = Array.from({ length: K }, () => Buffer.allocUnsafeSlow(shard));
+  const get = await medianCpuMs(() =>
+    Promise.all(
+      targets.map(async (into) => {
+        const url = await presignChunkRange(readable, 0, shard, 60);
+        await send('GET', url, { range: `bytes=0-${shard - 1}` }, undefined, into);
+      }),
+    ),
+  );
+  agent.destroy();
+  for (const loc of written) await s3().send(new DeleteObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
+  return { put, get };
 }
 
 function ddb(requests: Record<string, number>): number {
