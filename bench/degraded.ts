@@ -17,19 +17,19 @@
  * - Unavoidable work, timed alone on the same bytes: base64 of the body, Reed-Solomon encode
  *   (write) or reconstruct (degraded read) of the 4 MiB as k shards in one codec call, and
  *   CRC32C of every byte that is checksummed (k+m chunks written, k chunks read).
- * - The transfer alone, beside it: the same chunk requests without the SDK or anything of
- *   Sledge's around them, k+m PUTs of a chunk's bytes at once (write) or k ranged GETs of a
- *   chunk's data at once (read), each presigned (so signing counts) and sent with node's HTTP
- *   client over kept-alive connections. What no head that stores chunks on S3 over HTTP avoids.
+ * - The transfer alone, beside it: the same chunk requests without the SDK, k+m PUTs of a
+ *   chunk's bytes at once (write) or k ranged GETs of a chunk's data at once (read), each
+ *   presigned (so signing counts) and sent with the gateway's plain node:http client
+ *   (`httpExchange`, kept-alive connections). What no head that stores chunks on S3 over HTTP avoids.
  */
 import { randomFillSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
-import http from 'node:http';
 import { Session } from 'node:inspector/promises';
 import { join } from 'node:path';
 import { PerformanceObserver } from 'node:perf_hooks';
 import { DeleteObjectCommand } from '@aws-sdk/client-s3';
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
+import { httpExchange } from '#gateway/http.ts';
 import { toApiGatewayEvent } from '#local/http-adapter.ts';
 import { presignChunkPut, presignChunkRange } from '#shared/aws/chunk-store.ts';
 import { requestCounts, resetRequestCounts, s3 } from '#shared/aws/clients.ts';
@@ -297,21 +297,12 @@ export async function benchDegraded({ table, section }: DegradedBenchDeps): Prom
  * `readable` and are deleted after.
  */
 async function transferAlone(readable: { bucket: string; key: string }, payload: Buffer): Promise<{ put: number; get: number }> {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: K + M });
   const shard = IO / K;
-  const send = (method: 'PUT' | 'GET', url: string, headers: Record<string, string>, body?: Buffer, into?: Buffer) =>
-    new Promise<void>((resolve, reject) => {
-      const req = http.request(url, { method, agent, headers }, (res) => {
-        let at = 0;
-        res.on('data', (piece: Buffer) => {
-          if (into) at += piece.copy(into, at);
-        });
-        res.on('end', () => ((res.statusCode ?? 500) < 300 ? resolve() : reject(new Error(`${method} ${url.split('?')[0]}: ${res.statusCode}`))));
-        res.on('error', reject);
-      });
-      req.on('error', reject);
-      req.end(body);
-    });
+  // The gateway's plain client (node:http, kept-alive connections, the body into a given buffer).
+  const send = async (method: 'PUT' | 'GET', url: string, headers: Record<string, string>, body?: Buffer, into?: Buffer) => {
+    const answer = await httpExchange(url, { method, headers, timeoutMs: 30_000, ...(body ? { body } : {}), ...(into ? { into: { status: 206, target: into } } : {}) });
+    if (answer.status >= 300) throw new Error(`${method} ${url.split('?')[0]}: ${answer.status}`);
+  };
   const written: Array<{ bucket: string; key: string }> = [];
   let run = 0;
   const shards = Array.from({ length: K + M }, (_, i) => payload.subarray((i % K) * shard, (i % K + 1) * shard));
@@ -336,7 +327,6 @@ async function transferAlone(readable: { bucket: string; key: string }, payload:
       }),
     ),
   );
-  agent.destroy();
   for (const loc of written) await s3().send(new DeleteObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
   return { put, get };
 }
