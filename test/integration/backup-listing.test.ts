@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { PROFILES, http, testApi, type ProfileName } from './helpers.ts';
+import { PROFILES, http, testApi, walkList, type ProfileName } from './helpers.ts';
 import { MiB, json, snapshot, waitState } from './backup-helpers.ts';
 
 /**
@@ -17,33 +17,10 @@ const LIMIT = 2;
 
 const { api, apiUrl: url } = testApi({ sledgeEnv: true });
 
-interface Walk {
-  ids: string[];
-  /** How many entries each page held. */
-  pages: number[];
-}
-
-/** Reads `path` (which may hold a filter) page by page with `limit`, passing each answer's `next` on, until an answer has none. */
-async function walk(path: string, key: string, idKey: string, limit: number | undefined, as: ProfileName = PROFILES.operator): Promise<Walk> {
-  const out: Walk = { ids: [], pages: [] };
-  let next: string | undefined;
-  do {
-    const q = new URLSearchParams(path.includes('?') ? path.slice(path.indexOf('?') + 1) : '');
-    if (limit !== undefined) q.set('limit', String(limit));
-    if (next !== undefined) q.set('next', next);
-    const query = q.toString();
-    const r = await http(`${url}${path.split('?')[0]}${query === '' ? '' : `?${query}`}`, { as });
-    expect(r.status, `${path} after ${next}: ${r.body.toString()}`).toBe(200);
-    const entries = r.json[key] as Array<Record<string, string>>;
-    expect(Array.isArray(entries), JSON.stringify(r.json)).toBe(true);
-    expect(entries.length).toBeLessThanOrEqual(limit ?? 100);
-    out.ids.push(...entries.map((e) => e[idKey]!));
-    out.pages.push(entries.length);
-    expect(r.json.next === undefined || (typeof r.json.next === 'string' && r.json.next !== next), `next ${r.json.next} after ${next}`).toBe(true);
-    next = r.json.next;
-    expect(out.pages.length, `${path} did not end`).toBeLessThan(10_000);
-  } while (next !== undefined);
-  return out;
+/** Reads `path` (which may hold a filter) page by page with `limit` (`walkList`): the ids, and how many entries each page held. */
+async function walk(path: string, key: string, idKey: string, limit: number | undefined, as: ProfileName = PROFILES.operator): Promise<{ ids: string[]; pages: number[] }> {
+  const { ids, pages } = await walkList(url, path, key, idKey, limit, as);
+  return { ids, pages };
 }
 
 /** `listed` is in id order (oldest first), each entry once, and holds `mine` once each, in their order. */

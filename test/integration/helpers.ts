@@ -15,7 +15,7 @@ import { createServer, type IncomingMessage, request as httpRequest, type Server
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, inject } from 'vitest';
+import { afterAll, beforeAll, expect, inject } from 'vitest';
 import type { IamIdentity, LocalPrincipal } from '#local/iam-auth.ts';
 import { LOCAL_ACCOUNT_ID, LOCAL_CREDENTIALS_ENV, PROFILES, parseCredentialsFile, type ProfileName } from '#local/principals.ts';
 import { requestSigner, type RequestSigner, type SigningCredentials } from '#shared/api/signing.ts';
@@ -253,4 +253,51 @@ export async function apiProxy(
     url: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`,
     close: () => new Promise<void>((resolve) => proxy.close(() => resolve())),
   };
+}
+
+/** A list endpoint walked page by page (`walkList`). */
+export interface ListWalk {
+  ids: string[];
+  /** How many entries each page held. */
+  pages: number[];
+  /** Each page's `next`, in order (the last page has none). */
+  nexts: string[];
+}
+
+/**
+ * Reads the list at `apiUrl` + `path` (which may hold a filter in its query) page by page with
+ * `limit` (and `start` as the first `next`), passing each answer's `next` on, until an answer has
+ * none; `key` names the answer's array, `idKey` each entry's id. Every answer must be a 200 with
+ * at most `limit` entries (100 without one) and a `next` that moved on.
+ */
+export async function walkList(
+  apiUrl: string,
+  path: string,
+  key: string,
+  idKey: string,
+  limit: number | undefined,
+  as: ProfileName = PROFILES.operator,
+  start?: string,
+): Promise<ListWalk> {
+  const out: ListWalk = { ids: [], pages: [], nexts: [] };
+  const [base, filter] = path.includes('?') ? [path.slice(0, path.indexOf('?')), path.slice(path.indexOf('?') + 1)] : [path, ''];
+  let next = start;
+  do {
+    const q = new URLSearchParams(filter);
+    if (limit !== undefined) q.set('limit', String(limit));
+    if (next !== undefined) q.set('next', next);
+    const query = q.toString();
+    const r = await http(`${apiUrl}${base}${query === '' ? '' : `?${query}`}`, { as });
+    expect(r.status, `${path} after ${next}: ${r.body.toString()}`).toBe(200);
+    const entries = r.json[key] as Array<Record<string, string>>;
+    expect(Array.isArray(entries), JSON.stringify(r.json)).toBe(true);
+    expect(entries.length).toBeLessThanOrEqual(limit ?? 100);
+    out.ids.push(...entries.map((e) => e[idKey]!));
+    out.pages.push(entries.length);
+    expect(r.json.next === undefined || (typeof r.json.next === 'string' && r.json.next !== next), `next ${r.json.next} after ${next}`).toBe(true);
+    next = r.json.next;
+    if (next !== undefined) out.nexts.push(next);
+    expect(out.pages.length, `${path} did not end`).toBeLessThan(100_000);
+  } while (next !== undefined);
+  return out;
 }

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { pageMap } from '#shared/ports.ts';
-import { Api, PROFILES, http, testApi, type ProfileName } from './helpers.ts';
+import { Api, PROFILES, http, testApi, walkList, type ProfileName } from './helpers.ts';
 
 /**
  * The page-map side's lists, paged with `limit` and `next` as the vault's lists are
@@ -26,37 +26,9 @@ const tenantB = new Api(url, { as: PROFILES.tenantB });
 
 const json = (body: unknown) => ({ body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
 
-interface Walk {
-  ids: string[];
-  /** How many entries each page held. */
-  pages: number[];
-  /** Each page's `next`, in order (the last page has none). */
-  nexts: string[];
-}
-
-/** Reads `path` page by page with `limit` (and `start` as the first `next`), passing each answer's `next` on, until an answer has none. */
-async function walk(path: string, key: string, idKey: string, limit: number | undefined, as: ProfileName = PROFILES.operator, start?: string): Promise<Walk> {
-  const out: Walk = { ids: [], pages: [], nexts: [] };
-  let next = start;
-  do {
-    const q = new URLSearchParams();
-    if (limit !== undefined) q.set('limit', String(limit));
-    if (next !== undefined) q.set('next', next);
-    const query = q.toString();
-    const r = await http(`${url}${path}${query === '' ? '' : `?${query}`}`, { as });
-    expect(r.status, `${path} after ${next}: ${r.body.toString()}`).toBe(200);
-    const entries = r.json[key] as Array<Record<string, string>>;
-    expect(Array.isArray(entries), JSON.stringify(r.json)).toBe(true);
-    expect(entries.length).toBeLessThanOrEqual(limit ?? 100);
-    out.ids.push(...entries.map((e) => e[idKey]!));
-    out.pages.push(entries.length);
-    expect(r.json.next === undefined || (typeof r.json.next === 'string' && r.json.next !== next), `next ${r.json.next} after ${next}`).toBe(true);
-    next = r.json.next;
-    if (next !== undefined) out.nexts.push(next);
-    expect(out.pages.length, `${path} did not end`).toBeLessThan(100_000);
-  } while (next !== undefined);
-  return out;
-}
+/** Reads `path` page by page with `limit` (and `start` as the first `next`): `walkList` against this file's API. */
+const walk = (path: string, key: string, idKey: string, limit: number | undefined, as: ProfileName = PROFILES.operator, start?: string) =>
+  walkList(url, path, key, idKey, limit, as, start);
 
 const walkVolumes = (limit: number | undefined, as: ProfileName = PROFILES.operator, start?: string) => walk('/volumes', 'volumes', 'volumeId', limit, as, start);
 
