@@ -405,7 +405,7 @@ async function deployedResources(cfn: CloudFormationClient, stackName: string, t
   if (missing.length > 0) {
     throw new Error(
       `local stack ${stackName} is complete but lacks ${missing.join(', ')}. Either the endpoint's CloudFormation does not support their types, ` +
-        `or it updated an existing stack whose table definitions changed (moto's forgets such a table: this version of Sledge added an index to the volumes table). ` +
+        `or it updated an existing stack whose table definitions changed (moto's CloudFormation forgets such a table instead of updating it). ` +
         `Start on a fresh endpoint, or delete the stack first (aws cloudformation delete-stack --stack-name ${stackName}).`,
     );
   }
