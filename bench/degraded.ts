@@ -19,8 +19,10 @@
  *   CRC32C of every byte that is checksummed (k+m chunks written, k chunks read).
  * - The transfer alone, beside it: the same chunk requests without the SDK, k+m PUTs of a
  *   chunk's bytes at once (write) or k ranged GETs of a chunk's data at once (read), each
- *   presigned (so signing counts) and sent with the gateway's plain node:http client
- *   (`httpExchange`, kept-alive connections). What no head that stores chunks on S3 over HTTP avoids.
+ *   presigned (so signing counts) and sent with the raw HTTP/1.1 client the head and the gateway
+ *   use for chunks (shared/net/http.ts `rawExchange`, kept-alive connections, bodies read in
+ *   place), without the head's retries, counting and fault rules. What no head that stores
+ *   chunks on S3 over HTTP avoids.
  */
 import { randomFillSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
@@ -29,9 +31,9 @@ import { join } from 'node:path';
 import { PerformanceObserver } from 'node:perf_hooks';
 import { DeleteObjectCommand } from '@aws-sdk/client-s3';
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
-import { httpExchange } from '#gateway/http.ts';
+import { rawExchange } from '#shared/net/http.ts';
 import { toApiGatewayEvent } from '#local/http-adapter.ts';
-import { presignChunkPut, presignChunkRange } from '#shared/aws/chunk-store.ts';
+import { presignChunkPut, presignChunkRange } from '#shared/aws/presign.ts';
 import { requestCounts, resetRequestCounts, s3 } from '#shared/aws/clients.ts';
 import { crc32c } from '#shared/data/crc32c.ts';
 import { codec } from '#shared/data/erasure.ts';
@@ -285,22 +287,23 @@ export async function benchDegraded({ table, section }: DegradedBenchDeps): Prom
   ]);
   console.log(
     `(head CPU: this process around each handler call, one request at a time, ${WRITES * 2} writes and ${READS} reads of each kind; unavoidable: each part alone, median of 9; ` +
-      `transfer alone: ${K + M} presigned PUTs of ${IO / K} bytes, or ${K} presigned ranged GETs of as many, at once, node's HTTP client, no SDK, median of 9)`,
+      `transfer alone: ${K + M} presigned PUTs of ${IO / K} bytes, or ${K} presigned ranged GETs of as many, at once, the raw chunk client alone, median of 9)`,
   );
 }
 
 /**
  * CPU ms (median of 9) of moving one write's or one read's chunk bytes and nothing else: K+M
  * presigned PUTs of a chunk's worth of `payload`'s bytes at once, and K presigned ranged GETs
- * of a chunk's data at once (of the chunk object at `readable`), each with node's HTTP client
+ * of a chunk's data at once (of the chunk object at `readable`), each with the raw chunk client
  * over kept-alive connections into memory already in use. The PUTs go to fresh keys beside
  * `readable` and are deleted after.
  */
 async function transferAlone(readable: { bucket: string; key: string }, payload: Buffer): Promise<{ put: number; get: number }> {
   const shard = IO / K;
-  // The gateway's plain client (node:http, kept-alive connections, the body into a given buffer).
+  // The client the head and the gateway send chunk requests with (raw sockets, kept-alive
+  // connections, the body read into a given buffer).
   const send = async (method: 'PUT' | 'GET', url: string, headers: Record<string, string>, body?: Buffer, into?: Buffer) => {
-    const answer = await httpExchange(url, { method, headers, timeoutMs: 30_000, ...(body ? { body } : {}), ...(into ? { into: { status: 206, target: into } } : {}) });
+    const answer = await rawExchange(url, { method, headers, timeoutMs: 30_000, ...(body ? { body } : {}), ...(into ? { into: { status: 206, target: into } } : {}) });
     if (answer.status >= 300) throw new Error(`${method} ${url.split('?')[0]}: ${answer.status}`);
   };
   const written: Array<{ bucket: string; key: string }> = [];

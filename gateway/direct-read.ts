@@ -7,7 +7,7 @@
 import { crc32c } from '#shared/data/crc32c.ts';
 // The plan's shape is the head's; a type-only import loads nothing of the head's code here.
 import type { PlannedGet, ReadPlan } from '#shared/data/read-plan.ts';
-import { getInto, type HttpAnswer } from './http.ts';
+import { getInto, type HttpAnswer } from '#shared/net/http.ts';
 
 /** Something in a plan could not be used; the range is read through the API instead. */
 export class DirectReadError extends Error {

@@ -8,7 +8,7 @@ import type { BatchPartsPiece } from '#shared/api/batch.ts';
 import { type Stripes, chunkObjectOf, encodeStripes, type SegmentDescriptor } from '#shared/data/segments.ts';
 import type { ChunkLocation } from '#shared/data/sleds.ts';
 import { crc32cBase64 } from '#shared/data/crc32c.ts';
-import { httpExchange } from './http.ts';
+import { rawExchange } from '#shared/net/http.ts';
 
 /** Something in a direct write could not be done; the batch goes through the API instead. */
 export class DirectWriteError extends Error {
@@ -77,7 +77,7 @@ export async function putChunks(plan: WritePlan, batch: EncodedBatch, timeoutMs:
         return;
       }
       try {
-        const answer = await httpExchange(put.url, { method: 'PUT', headers: put.headers, body: [shard, object.trailer], timeoutMs });
+        const answer = await rawExchange(put.url, { method: 'PUT', headers: put.headers, body: [shard, object.trailer], timeoutMs });
         if (answer.status !== 200) failures.push(`chunk ${i}: PUT answered ${answer.status} ${answer.body.toString('utf8').slice(0, 200)}`);
       } catch (err) {
         failures.push(`chunk ${i}: PUT failed: ${(err as Error).message}`);

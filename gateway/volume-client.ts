@@ -21,7 +21,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { checkPlan, readPlanned } from './direct-read.ts';
 import { type PretouchedMemory, sharedPretouchedMemory } from './pretouched.ts';
 import { checkWritePlan, encodeDirectBatch, putChunks, type PlanExtent, type WritePlan } from './direct-write.ts';
-import { type HttpAnswer, httpExchange } from './http.ts';
+import { type HttpAnswer, httpExchange } from '#shared/net/http.ts';
 
 /**
  * The API's limits (shared/data/volume-rules.ts MAX_IO_BYTES, shared/core/records.ts MAX_PAGES_PER_COMMIT).

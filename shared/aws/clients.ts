@@ -44,6 +44,16 @@ export function resetRequestCounts(): void {
   counts.dynamoWriteUnitsBy = {};
 }
 
+/**
+ * Counts one attempt of a request (`Service:Operation`) and the milliseconds it waited: the
+ * SDK clients' middleware does it for theirs, shared/aws/s3-direct.ts for the chunk requests it
+ * sends itself.
+ */
+export function countRequest(key: string, millis: number): void {
+  counts.requests[key] = (counts.requests[key] ?? 0) + 1;
+  counts.millis[key] = (counts.millis[key] ?? 0) + millis;
+}
+
 type AnyClient = S3Client | DynamoDBClient | SQSClient;
 
 type Next = (args: unknown) => Promise<{ output: unknown }>;
@@ -64,12 +74,11 @@ function instrument<C extends AnyClient>(client: C, service: string): C {
   stack.add(
     (next, context) => async (args) => {
       const key = `${service}:${String(context.commandName ?? 'unknown').replace(/Command$/, '')}`;
-      counts.requests[key] = (counts.requests[key] ?? 0) + 1;
       const start = performance.now();
       try {
         return await next(args);
       } finally {
-        counts.millis[key] = (counts.millis[key] ?? 0) + (performance.now() - start);
+        countRequest(key, performance.now() - start);
       }
     },
     { step: 'finalizeRequest', name: 'sledgeRequestCounter' },

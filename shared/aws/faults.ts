@@ -3,7 +3,8 @@
  *
  * One middleware on the S3 and DynamoDB clients, at the innermost step of the SDK's stack
  * (after its retry logic, so every attempt is judged and the SDK retries an injected error as
- * it would a real one). A request that a rule matches either never reaches the endpoint
+ * it would a real one), and the same judgement in the head's own chunk requests, which do not
+ * go through the SDK (shared/aws/s3-direct.ts), once per attempt of theirs. A request that a rule matches either never reaches the endpoint
  * (`phase: 'before'`) or reaches it and loses its response (`phase: 'after'`), and fails with
  * an error shaped like the service's own 5xx, or hangs and then fails as the SDK's timeout
  * does. Nothing is mocked: every request that is not faulted goes to the real endpoint.
@@ -201,6 +202,36 @@ interface StackLike {
   add(mw: (next: Next, context: { commandName?: string }) => Next, options: { step: 'deserialize'; name: string; priority: 'low' }): void;
 }
 
+/**
+ * One attempt of a request under the fault rules: `send` unless a rule fires for it. A rule
+ * that fires fails the attempt before sending (`before`), or after sending it and giving its
+ * answer to `lose` (`after`: the request was applied, its response is lost); then at once, or
+ * after a hang that ends like a timeout. The SDK's clients (`addFaultMiddleware`) and the head's
+ * own chunk requests (shared/aws/s3-direct.ts) both go through here, once per attempt.
+ */
+export async function underFaults<T>(
+  service: FaultService,
+  operation: string,
+  input: Record<string, unknown>,
+  send: () => Promise<T>,
+  lose?: (answer: T) => void,
+): Promise<T> {
+  if (rules.length === 0) return send();
+  const active = matchFault(service, operation, input);
+  if (!active) return send();
+  const r = active.rule;
+  if (r.phase === 'after') {
+    const answer = await send();
+    lose?.(answer);
+  }
+  if (r.mode === 'hang') {
+    const ms = r.hangMs ?? S3_REQUEST_TIMEOUT_MS;
+    await new Promise((resolve) => setTimeout(resolve, ms));
+    throw new InjectedTimeoutError(`injected hang of ${ms} ms on ${service} ${operation} ended like a request timeout`);
+  }
+  throw faultError(service, operation, r);
+}
+
 /** Adds the fault middleware to a client's stack (shared/aws/clients.ts calls this once per client). */
 export function addFaultMiddleware(stack: unknown, service: FaultService): void {
   (stack as StackLike).add(
@@ -208,21 +239,17 @@ export function addFaultMiddleware(stack: unknown, service: FaultService): void 
       if (rules.length === 0) return next(args);
       const operation = String(context.commandName ?? '').replace(/Command$/, '');
       const input = ((args as { input?: Record<string, unknown> }).input ?? {}) as Record<string, unknown>;
-      const active = matchFault(service, operation, input);
-      if (!active) return next(args);
-      const r = active.rule;
-      if (r.phase === 'after') {
-        const out = (await next(args)) as { response?: { body?: { destroy?: () => void } } } | undefined;
-        // The response is lost: its connection goes with it. Left unread, its body would hold
-        // the socket forever, and the client's pool would run dry after enough lost responses.
-        out?.response?.body?.destroy?.();
-      }
-      if (r.mode === 'hang') {
-        const ms = r.hangMs ?? S3_REQUEST_TIMEOUT_MS;
-        await new Promise((resolve) => setTimeout(resolve, ms));
-        throw new InjectedTimeoutError(`injected hang of ${ms} ms on ${service} ${operation} ended like a request timeout`);
-      }
-      throw faultError(service, operation, r);
+      return underFaults(
+        service,
+        operation,
+        input,
+        () => next(args),
+        (out) => {
+          // The response is lost: its connection goes with it. Left unread, its body would hold
+          // the socket forever, and the client's pool would run dry after enough lost responses.
+          (out as { response?: { body?: { destroy?: () => void } } } | undefined)?.response?.body?.destroy?.();
+        },
+      );
     },
     // Innermost: after the retry middleware, so every attempt is judged on its own.
     { step: 'deserialize', name: 'sledgeFaults', priority: 'low' },

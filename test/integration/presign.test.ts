@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { CreateBucketCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { describe, expect, it } from 'vitest';
 import { s3 } from '#shared/aws/clients.ts';
-import { presignChunkRange, presignSdkResolutions, resolveTarget, resolveWithSdk } from '#shared/aws/chunk-store.ts';
+import { presignChunkRange, presignSdkResolutions, resolveTarget, resolveWithSdk } from '#shared/aws/presign.ts';
 import { testApi } from './helpers.ts';
 
 testApi({ sledgeEnv: true });

@@ -1,5 +1,6 @@
 /**
- * The gateway's raw HTTP/1.1 GET (gateway/http.ts `getInto`, the chunk GETs of direct reads)
+ * The raw HTTP/1.1 client (shared/net/http.ts `getInto` and `rawExchange`: the chunk GETs of
+ * direct reads, the head's chunk PUTs and GETs)
  * against real HTTP servers on loopback: node:http for well-formed answers, and a raw TCP
  * server for the answers it must refuse. Whatever it refuses, the direct read falls back to the
  * API read; what it accepts must be exactly the bytes sent.
@@ -8,17 +9,29 @@ import { randomBytes } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { getInto, HEAD_READ_BYTES, rawGetBodyBytes } from '#gateway/http.ts';
+import { getInto, HEAD_READ_BYTES, rawExchange, rawGetBodyBytes } from '#shared/net/http.ts';
 
 const body = randomBytes(300 * 1024 + 17);
 let server: Server;
 let base = '';
 let connections = 0;
 const seen: Array<{ url: string; range: string | undefined; host: string | undefined }> = [];
+/** PUT bodies the server received, by path. */
+const received = new Map<string, Buffer>();
 
 beforeAll(async () => {
   server = createServer((req, res) => {
     seen.push({ url: req.url!, range: req.headers.range, host: req.headers.host });
+    if (req.method === 'PUT') {
+      const parts: Buffer[] = [];
+      req.on('data', (b: Buffer) => parts.push(b));
+      req.on('end', () => {
+        received.set(req.url!, Buffer.concat(parts));
+        if (req.url!.startsWith('/refuse')) res.writeHead(412, { 'content-length': 7 }).end('refused');
+        else res.writeHead(200, { 'content-length': 0, etag: '"e"' }).end();
+      });
+      return;
+    }
     if (req.url!.startsWith('/missing')) {
       res.writeHead(404, { 'content-type': 'text/plain', 'content-length': 11 }).end('no such key');
       return;
@@ -166,5 +179,27 @@ describe('getInto: the raw GET of direct reads', () => {
     } finally {
       await silent.close();
     }
+  });
+
+  it('PUTs a body given in pieces, in order, and keeps the connection only after a success', async () => {
+    const pieces = [randomBytes(100_000), randomBytes(1), randomBytes(70_000)];
+    // No connection left from the tests before: the first PUT opens one.
+    server.closeIdleConnections();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const before = connections;
+    for (let i = 0; i < 3; i++) {
+      const got = await rawExchange(`${base}/put-${i}?X-Amz-Signature=s`, { method: 'PUT', headers: { 'if-none-match': '*' }, body: pieces, timeoutMs: 5_000 });
+      expect(got.status).toBe(200);
+      expect(got.headers.etag).toBe('"e"');
+      expect(got.body.length).toBe(0);
+      expect(received.get(`/put-${i}?X-Amz-Signature=s`)!.equals(Buffer.concat(pieces))).toBe(true);
+    }
+    expect(connections - before, 'one connection, kept alive').toBe(1);
+    const refused = await rawExchange(`${base}/refuse`, { method: 'PUT', body: pieces[0]!, timeoutMs: 5_000 });
+    expect(refused.status).toBe(412);
+    expect(refused.body.toString()).toBe('refused');
+    // A refused request with a body may have been answered before the server read all of it.
+    await rawExchange(`${base}/put-after?X-Amz-Signature=s`, { method: 'PUT', body: pieces[1]!, timeoutMs: 5_000 });
+    expect(connections - before, 'a new connection after the refusal').toBe(2);
   });
 });

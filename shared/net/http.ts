@@ -1,8 +1,11 @@
 /**
- * The gateway's HTTP client: one request over node:http(s) with kept-alive connections, its
- * answer's body read into one buffer. The gateway uses it for the volume API and for the chunk
- * GETs of direct reads instead of fetch, which costs several times more CPU per request and
- * copies every body once more (measured in docs/nbd-gateway.md, "Speed against s3backer").
+ * A plain HTTP client: one request over node:http(s) with kept-alive connections, its answer's
+ * body read into one buffer (`httpExchange`), and a smaller one over raw sockets for chunk
+ * requests (`rawExchange`). The gateway uses them for the volume API and the chunk requests of
+ * direct reads and writes, the head for its chunk PUTs and GETs (shared/aws/s3-direct.ts),
+ * instead of fetch or the SDK's handler, which cost several times more CPU per request and copy
+ * every body once more (measured in docs/nbd-gateway.md, "Speed against s3backer", and
+ * docs/page-map.md, "The head's CPU").
  */
 import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
@@ -43,7 +46,12 @@ export function httpExchange(url: string, r: HttpRequest): Promise<HttpAnswer> {
     const req = (https ? httpsRequest : httpRequest)(url, { method: r.method, headers, agent: https ? httpsAgent : httpAgent }, (res: IncomingMessage) => {
       const status = res.statusCode ?? 0;
       const declared = Number(res.headers['content-length']);
-      const target = r.into && r.into.status === status && declared === r.into.target.length ? r.into.target : Number.isSafeInteger(declared) && declared > 0 ? Buffer.allocUnsafe(declared) : null;
+      const target =
+        r.into && r.into.status === status && declared === r.into.target.length
+          ? r.into.target
+          : Number.isSafeInteger(declared) && declared > 0
+            ? Buffer.allocUnsafe(declared)
+            : null;
       const chunks: Buffer[] = [];
       // Bytes in `target`; once a chunk does not fit, it and the rest go to `chunks`.
       let filled = 0;
@@ -76,20 +84,37 @@ export function httpExchange(url: string, r: HttpRequest): Promise<HttpAnswer> {
 }
 
 /**
- * A GET over plain HTTP/1.1 (a chunk GET of a direct read), with the body read straight into
- * `target` by the kernel (net's `onread` with a buffer chosen before each socket read: once the
- * header section is parsed, the rest of the body's room), so the body is not copied in user
- * space; the header section and the body's first bytes after it come through the connection's
- * own read buffer. No buffer per socket read, no stream, no HTTP parser object per answer. A cold read is mostly these bodies, and node:http
- * spent about a third of the gateway's CPU on them (its parser and two layers of streams, and
- * the garbage of a buffer per 64 KiB read). Only for http: URLs whose answer has a
- * Content-Length; anything else goes through `httpExchange`.
+ * A GET over plain HTTP/1.1 into `target` when the answer has status `status` and exactly
+ * `target.length` bytes (`rawExchange`).
  */
 export function getInto(url: string, headers: Record<string, string>, target: Buffer, status: number, timeoutMs: number): Promise<HttpAnswer> {
+  return rawExchange(url, { method: 'GET', headers, timeoutMs, into: { status, target } });
+}
+
+/**
+ * One request over plain HTTP/1.1 (a chunk GET or PUT), its answer's body read straight into
+ * `into.target` by the kernel when it has that status and length (net's `onread` with a buffer
+ * chosen before each socket read: once the header section is parsed, the rest of the body's
+ * room), so the body is not copied in user space; the header section and the body's first bytes
+ * after it come through the connection's own read buffer. A request body is written to the
+ * socket as given, in one corked write. No buffer per socket read, no stream, no HTTP parser
+ * object per answer. A cold read is mostly these bodies, and node:http spent about a third of
+ * the gateway's CPU on them (its parser and two layers of streams, and the garbage of a buffer
+ * per 64 KiB read). Only for http: URLs whose answer has a Content-Length; anything else goes
+ * through `httpExchange`.
+ *
+ * A kept-alive connection the server closed while it sat idle fails before any answer byte;
+ * the request is then sent once more on a new connection. For a PUT that is safe only when the
+ * request is conditional or idempotent (chunk PUTs carry `If-None-Match: *`).
+ */
+export function rawExchange(url: string, r: HttpRequest): Promise<HttpAnswer> {
   const u = new URL(url);
-  if (u.protocol !== 'http:') return httpExchange(url, { method: 'GET', headers, timeoutMs, into: { status, target } });
+  if (u.protocol !== 'http:') return httpExchange(url, r);
+  const parts = r.body === undefined ? [] : Buffer.isBuffer(r.body) ? [r.body] : r.body;
+  const headers: Record<string, string> = { ...r.headers };
+  if (r.body !== undefined) headers['content-length'] = String(parts.reduce((n, b) => n + b.length, 0));
   const head = Buffer.from(
-    `GET ${u.pathname}${u.search} HTTP/1.1\r\nhost: ${u.host}\r\n${Object.entries(headers)
+    `${r.method} ${u.pathname}${u.search} HTTP/1.1\r\nhost: ${u.host}\r\n${Object.entries(headers)
       .map(([k, v]) => `${k}: ${v}\r\n`)
       .join('')}\r\n`,
     'latin1',
@@ -99,7 +124,7 @@ export function getInto(url: string, headers: Record<string, string>, target: Bu
     const attempt = (reused: boolean) => {
       const conn = takeConnection(key, u.hostname, Number(u.port || 80));
       const wasIdle = reused && conn.exchanges > 0;
-      conn.start(head, target, status, timeoutMs, (err, answer) => {
+      conn.start(head, parts, r.into, r.timeoutMs, (err, answer) => {
         if (!err) return resolve(answer!);
         // A kept-alive connection the server closed while idle: once more on a new one.
         if (wasIdle && (err as { beforeAnswer?: boolean }).beforeAnswer) return attempt(false);
@@ -143,8 +168,7 @@ class RawConnection {
   private idleTimer: NodeJS.Timeout | undefined;
   private x:
     | {
-        target: Buffer;
-        status: number;
+        into: { status: number; target: Buffer } | undefined;
         done: (err: Error | null, answer?: HttpAnswer) => void;
         timer: NodeJS.Timeout;
         headerBytes: Buffer[];
@@ -153,6 +177,7 @@ class RawConnection {
         bodyBytes: number;
         filled: number;
         keepAlive: boolean;
+        sentBody: boolean;
       }
     | undefined;
 
@@ -173,12 +198,24 @@ class RawConnection {
     return !this.closed && !this.socket.destroyed;
   }
 
-  start(head: Buffer, target: Buffer, status: number, timeoutMs: number, done: (err: Error | null, answer?: HttpAnswer) => void): void {
+  start(
+    head: Buffer,
+    body: readonly Buffer[],
+    into: { status: number; target: Buffer } | undefined,
+    timeoutMs: number,
+    done: (err: Error | null, answer?: HttpAnswer) => void,
+  ): void {
     clearTimeout(this.idleTimer);
     this.exchanges++;
     const timer = setTimeout(() => this.fail(new Error(`no answer within ${timeoutMs} ms`), true), timeoutMs);
-    this.x = { target, status, done, timer, headerBytes: [], headerLength: 0, bodyBytes: 0, filled: 0, keepAlive: true };
-    this.socket.write(head);
+    this.x = { into, done, timer, headerBytes: [], headerLength: 0, bodyBytes: 0, filled: 0, keepAlive: true, sentBody: body.length > 0 };
+    if (body.length === 0) this.socket.write(head);
+    else {
+      this.socket.cork();
+      this.socket.write(head);
+      for (const b of body) this.socket.write(b);
+      this.socket.uncork();
+    }
   }
 
   /**
@@ -236,8 +273,10 @@ class RawConnection {
         return false;
       }
       const status = Number(m[1]);
-      x.keepAlive = (headers.connection ?? '').toLowerCase() !== 'close' && !lines[0]!.startsWith('HTTP/1.0');
-      const body = status === x.status && length === x.target.length ? x.target : Buffer.allocUnsafe(length);
+      // A refused request with a body may have been answered before the server read all of it:
+      // the connection is not used again, lest the rest be read as the next request.
+      x.keepAlive = (headers.connection ?? '').toLowerCase() !== 'close' && !lines[0]!.startsWith('HTTP/1.0') && !(x.sentBody && status >= 300);
+      const body = x.into && status === x.into.status && length === x.into.target.length ? x.into.target : Buffer.allocUnsafe(length);
       x.answer = { status, headers, body };
       x.bodyBytes = length;
       data = all.subarray(end + 4);
