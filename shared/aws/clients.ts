@@ -64,7 +64,12 @@ interface MiddlewareStackLike {
   remove(name: string): boolean;
 }
 
+/** Clients already instrumented: putting one back (`setClients`) must not add its middleware twice. */
+const instrumented = new WeakSet<object>();
+
 function instrument<C extends AnyClient>(client: C, service: string): C {
+  if (instrumented.has(client)) return client;
+  instrumented.add(client);
   const stack = client.middlewareStack as unknown as MiddlewareStackLike;
   // Sledge gives the clients no logger, and the SDK's default one discards everything; but its
   // logger middleware still builds a redacted copy of every request's input and output for it

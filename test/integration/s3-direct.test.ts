@@ -6,13 +6,15 @@
  * CRC32C is not tested: the local endpoint does not check it, docs/aws-fidelity.md.)
  */
 import { randomBytes } from 'node:crypto';
-import { CreateBucketCommand, GetObjectCommand } from '@aws-sdk/client-s3';
+import { createServer, type Server } from 'node:net';
+import { CreateBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { getChunkRange, isPreconditionFailed, putChunk } from '#shared/aws/chunk-store.ts';
-import { requestCounts, resetRequestCounts, s3 } from '#shared/aws/clients.ts';
-import { sdkUnavailableReason } from '#shared/aws/errors.ts';
+import { requestCounts, resetRequestCounts, s3, setClients } from '#shared/aws/clients.ts';
+import { sdkUnavailableReason, toSledgeError } from '#shared/aws/errors.ts';
 import { clearFaults, setFaults } from '#shared/aws/faults.ts';
 import { S3_DIRECT_MAX_ATTEMPTS } from '#shared/aws/s3-direct.ts';
+import { UnavailableError } from '#shared/core/errors.ts';
 import { crc32c } from '#shared/data/crc32c.ts';
 import { testApi } from './helpers.ts';
 
@@ -127,5 +129,38 @@ describe('chunk requests without the SDK', () => {
     // The upload (shared/data/upload.ts) then asks whether the stored chunk is this one.
     expect(isPreconditionFailed(lost)).toBe(true);
     expect((await stored(loc)).equals(body)).toBe(true);
+  });
+
+  it('treat an endpoint that refuses or drops connections as unavailable: retried, then a 503-kind error', async () => {
+    const original = s3();
+    // A port nothing listens on, and a server that takes each connection and closes it at once.
+    const dropper: Server = createServer((sock) => sock.destroy());
+    await new Promise<void>((resolve) => dropper.listen(0, '127.0.0.1', resolve));
+    const closed: Server = createServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    const closedPort = (closed.address() as { port: number }).port;
+    await new Promise((resolve) => closed.close(resolve));
+    try {
+      for (const port of [closedPort, (dropper.address() as { port: number }).port]) {
+        setClients({ s3: new S3Client({ endpoint: `http://127.0.0.1:${port}`, forcePathStyle: true, region: original.config.region, credentials: original.config.credentials }) });
+        const body = randomBytes(1000);
+        for (const work of [() => putChunk(fresh(), body, crc32c(body)), () => getChunkRange(fresh(), 0, 10)]) {
+          let err: Error = new Error();
+          const counts = await attempts(async () => (err = await rejection(work)));
+          expect(Object.values(counts), `port ${port}: ${err.message}`).toEqual([S3_DIRECT_MAX_ATTEMPTS]);
+          expect(err.name).toBe('NetworkingError');
+          expect(sdkUnavailableReason(err)).toBe('timeout');
+          expect(toSledgeError(err)).toBeInstanceOf(UnavailableError);
+        }
+      }
+    } finally {
+      setClients({ s3: original });
+      await new Promise((resolve) => dropper.close(resolve));
+    }
+    // The real endpoint again.
+    const loc = fresh();
+    const body = randomBytes(100);
+    await putChunk(loc, body, crc32c(body));
+    expect((await getChunkRange(loc, 0, 100))!.equals(body)).toBe(true);
   });
 });
