@@ -133,6 +133,8 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
       // the stack's default (what `-c foldTailMax=N` does for a deployment): 0 makes volumes that
       // do not fold (docs/page-map.md, "Folding").
       ...(process.env[ENV.foldTailMax] ? { [ENV.foldTailMax]: process.env[ENV.foldTailMax] } : {}),
+      // Likewise whether reads ask for repairs (docs/evacuation.md, "Read repair"; on unless `0`).
+      ...(process.env[ENV.readRepair] ? { [ENV.readRepair]: process.env[ENV.readRepair] } : {}),
     };
     Object.assign(process.env, env);
     // Imported only now: the handlers read their configuration from the environment just set.

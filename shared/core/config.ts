@@ -51,6 +51,8 @@ export const ENV = {
   groupBarrierLeaseMs: 'SLEDGE_GROUP_BARRIER_LEASE_MS',
   /** Optional: fault-injection rules, a JSON array (shared/aws/faults.ts). Never set in a deployment. */
   faults: 'SLEDGE_FAULTS',
+  /** Optional: `0` turns off the repair requests of reads (docs/evacuation.md, "Read repair"); on by default. */
+  readRepair: 'SLEDGE_READ_REPAIR',
   /** `portable` forces the pure-TypeScript erasure codec; anything else prefers the native one. */
   erasureImpl: 'SLEDGE_EC_IMPL',
   /** `portable` forces the pure-TypeScript CRC-32C; anything else prefers the native one. Read once, at load. */

@@ -53,7 +53,21 @@ export const MOVE_BATCH_CHUNKS = 16;
 export type EvacuationMessage =
   | { type: 'evacuate-drive'; driveId: string; run: string; step: number; cursor: string }
   | { type: 'move-chunks'; driveId: string; run: string; chunks: Array<{ key: string; sizeBytes: number; lastModifiedMs: number }> }
-  | { type: 'finish-pass'; driveId: string; run: string; pass: number; step: number };
+  | { type: 'finish-pass'; driveId: string; run: string; pass: number; step: number }
+  | RepairChunkMessage;
+
+/**
+ * A read found chunk `chunk` of a segment at `bucket`/`key` missing or damaged: replace it
+ * (docs/evacuation.md, "Read repair").
+ */
+export interface RepairChunkMessage {
+  type: 'repair-chunk';
+  volumeId: string;
+  segmentId: string;
+  chunk: number;
+  bucket: string;
+  key: string;
+}
 
 // ---------------------------------------------------------------------------------------
 // The checkpoint queue (docs/checkpoints.md)
@@ -125,6 +139,7 @@ export function queueOf(message: WorkMessage): WorkQueueName {
     case 'evacuate-drive':
     case 'move-chunks':
     case 'finish-pass':
+    case 'repair-chunk':
       return 'evacuation';
     case 'checkpoint-volume':
     case 'checkpoint-sweep':
@@ -184,6 +199,12 @@ export function parseWorkMessage(body: string): WorkMessage {
 export function parseEvacuationMessage(msg: Record<string, unknown>): EvacuationMessage | null {
   const str = (v: unknown): v is string => typeof v === 'string' && v.length > 0;
   const int = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+  if (msg.type === 'repair-chunk') {
+    const { volumeId, segmentId, chunk, bucket, key } = msg;
+    if (isVolumeId(volumeId) && str(segmentId) && int(chunk) && str(bucket) && str(key))
+      return { type: 'repair-chunk', volumeId, segmentId, chunk, bucket, key };
+    return null;
+  }
   const { driveId, run } = msg;
   if (!str(driveId) || !str(run)) return null;
   if (msg.type === 'evacuate-drive' && int(msg.step) && typeof msg.cursor === 'string')

@@ -32,7 +32,8 @@ import { codec } from './erasure.ts';
 import { DataUnavailableError, invariant } from '../core/errors.ts';
 import type { SegmentRecord } from '../core/records.ts';
 import { formatLocation } from './sleds.ts';
-import { chunkStore } from '../ports.ts';
+import { ENV } from '../core/config.ts';
+import { chunkStore, workQueue } from '../ports.ts';
 
 /** A byte range `[start, end)` of a segment's payload. */
 export interface PayloadRange {
@@ -113,6 +114,42 @@ export function forgetLostChunks(): void {
   lostChunks.clear();
 }
 
+/** `bucket/key` of chunks this process asked to have repaired -> when (Date.now()). */
+const repairsAsked = new Map<string, number>();
+let readRepairOverride: boolean | undefined;
+
+/** Turns this process's repair requests on or off, whatever SLEDGE_READ_REPAIR says (tests). */
+export function setReadRepair(on: boolean | undefined): void {
+  readRepairOverride = on;
+}
+
+/** Repair requests this process sent (tests, logs). */
+export const repairRequests = { sent: 0, failed: 0 };
+
+/**
+ * Asks the worker to replace chunk `chunk` of `rec`, which a read found missing or damaged
+ * (docs/evacuation.md, "Read repair"): once per location per LOST_CHUNK_MEMORY_MS in this
+ * process, without waiting for the send; a failed send is logged and may be asked again.
+ */
+function askRepair(rec: SegmentRecord, chunk: number): void {
+  if (!(readRepairOverride ?? process.env[ENV.readRepair] !== '0')) return;
+  const loc = rec.locations[chunk]!;
+  const key = locationKey(loc);
+  const at = repairsAsked.get(key);
+  if (at !== undefined && Date.now() - at < LOST_CHUNK_MEMORY_MS) return;
+  repairsAsked.delete(key);
+  if (repairsAsked.size >= LOST_CHUNKS_MAX) repairsAsked.delete(repairsAsked.keys().next().value!);
+  repairsAsked.set(key, Date.now());
+  repairRequests.sent++;
+  workQueue()
+    .send({ type: 'repair-chunk', volumeId: rec.volumeId, segmentId: rec.segmentId, chunk, bucket: loc.bucket, key: loc.key })
+    .catch((err: Error) => {
+      repairRequests.failed++;
+      repairsAsked.delete(key);
+      console.warn(`repair request for ${formatLocation(loc)} not sent: ${err.message}`);
+    });
+}
+
 function granuleBounds(rec: SegmentRecord, g: number): [number, number] {
   return [g * rec.granuleBytes, Math.min(rec.chunkSizeBytes, (g + 1) * rec.granuleBytes)];
 }
@@ -156,6 +193,7 @@ async function fetchGranules(rec: SegmentRecord, chunk: number, granules: readon
         if (bytes === null) {
           report.missingChunks = (report.missingChunks ?? 0) + 1;
           noteLost(loc);
+          askRepair(rec, chunk);
           store.onMissingChunk?.();
         } else lostChunks.delete(locationKey(loc));
       } catch (err) {
@@ -172,6 +210,7 @@ async function fetchGranules(rec: SegmentRecord, chunk: number, granules: readon
         if (piece) {
           report.badGranules++;
           console.warn(`chunk ${formatLocation(loc)} granule ${g}: checksum mismatch, rebuilding from parity`);
+          askRepair(rec, chunk);
         }
       }
     }),

@@ -24,7 +24,7 @@ import { readChunkData } from '../data/segment-reader.ts';
 import { chunkTrailer, FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, granuleCrcs } from '../data/segments.ts';
 import { formatLocation, parseChunkKey, type ChunkLocation, type ListedChunk } from '../data/sleds.ts';
 import { chunkStore, workQueue } from '../ports.ts';
-import { MOVE_BATCH_CHUNKS, type EvacuationMessage } from '../core/work-messages.ts';
+import { MOVE_BATCH_CHUNKS, type EvacuationMessage, type RepairChunkMessage } from '../core/work-messages.ts';
 import { pageMap } from '../ports.ts';
 import { driveRegistry } from '../ports.ts';
 
@@ -227,6 +227,9 @@ async function allOrphans(left: readonly ListedChunk[]): Promise<boolean> {
 
 export type MoveResult = 'moved' | 'rebuilt' | 'dropped' | 'waiting' | 'done-elsewhere' | 'unmanaged';
 
+/** What a read repair did (docs/evacuation.md, "Read repair"). */
+export type RepairResult = 'rebuilt' | 'intact' | 'gone' | 'done-elsewhere';
+
 interface MoveContext {
   drive: DriveRecord & { evacuation: EvacuationState };
   volumes: Map<string, Promise<VolumeRecord | null>>;
@@ -344,11 +347,20 @@ export async function moveChunk(listed: { key: string; lastModifiedMs: number },
   if (!sameLocation(rec.locations[i], old)) return dropped();
 
   const { body, rebuilt } = await chunkObjectFor(rec, i, !d.evacuation.rebuildOnly);
+  return relocate(rec, i, old, body, rebuilt);
+}
+
+/**
+ * Writes chunk `i` of `rec` (the object `body`, `rebuilt` or copied) to a new drive and moves
+ * the record's location there from `old`, then deletes `old` (docs/evacuation.md, "Moving one
+ * chunk", steps 4 to 7). Evacuation and read repair both move chunks this way.
+ */
+async function relocate(rec: SegmentRecord, i: number, old: ChunkLocation, body: Buffer, rebuilt: boolean): Promise<{ result: MoveResult; bytes: number }> {
   let writable = await writableDrives();
   for (let attempt = 0; attempt < 2; attempt++) {
     const target = evacuationTarget(rec.volumeId, rec.segmentId, i, rec.locations, config().sledBuckets, writable);
     if (!target) throw new EvacuationError(`no active drive can take chunk ${i} of ${rec.volumeId}/${rec.segmentId} on a sled its stripe does not use`);
-    invariant(target.bucket !== old.bucket || driveOf(target) !== d.drive, 'evacuation target is the retiring drive');
+    invariant(target.bucket !== old.bucket || driveOf(target) !== driveOf(old), 'the new location of a chunk is on its old drive');
     try {
       await putIdempotent(target, body);
     } catch (err) {
@@ -426,9 +438,30 @@ async function handleMoves(msg: Extract<EvacuationMessage, { type: 'move-chunks'
   return summary.join(',');
 }
 
+/**
+ * Replaces a chunk that a read found missing or damaged (docs/evacuation.md, "Read repair"):
+ * nothing if the segment is gone, the chunk has moved since, or it reads intact; else rebuilt
+ * from the others and moved to a new drive. Throws when it cannot be done now (retried).
+ */
+export async function repairChunk(msg: RepairChunkMessage): Promise<RepairResult> {
+  const old: ChunkLocation = { bucket: msg.bucket, key: msg.key };
+  const v = await pageMap().getVolume(msg.volumeId);
+  if (!v || v.state !== 'active') return 'gone';
+  const rec = await pageMap().getSegmentRecord(msg.volumeId, msg.segmentId);
+  if (!rec) return 'gone';
+  if (msg.chunk >= rec.locations.length || !sameLocation(rec.locations[msg.chunk], old)) return 'done-elsewhere';
+  const { body, rebuilt } = await chunkObjectFor(rec, msg.chunk, true);
+  if (!rebuilt) return 'intact';
+  const { result } = await relocate(rec, msg.chunk, old, body, true);
+  console.warn(`read repair: chunk ${msg.chunk} of ${msg.volumeId}/${msg.segmentId} at ${formatLocation(old)}: ${result}`);
+  return result === 'rebuilt' ? 'rebuilt' : 'done-elsewhere';
+}
+
 /** Runs one evacuation message. Throws when it must be retried. */
 export async function handleEvacuationMessage(msg: EvacuationMessage): Promise<string> {
   switch (msg.type) {
+    case 'repair-chunk':
+      return repairChunk(msg);
     case 'evacuate-drive':
       return handleScan(msg);
     case 'move-chunks':

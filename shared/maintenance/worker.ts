@@ -64,6 +64,7 @@ async function runWorkMessage(msg: WorkMessage, receiveCount = 1): Promise<Recor
     case 'evacuate-drive':
     case 'move-chunks':
     case 'finish-pass':
+    case 'repair-chunk':
       return { msg: `work done: ${msg.type}`, result: await handleEvacuationMessage(msg) };
     // Backups and restores (docs/backup.md): the receive count lets the last try record the failure.
     case 'backup-volume':

@@ -23,6 +23,9 @@ export default async function setup(project: TestProject) {
   process.env.SLEDGE_EVACUATION_SETTLE_MS ??= '2000';
   process.env.SLEDGE_EVACUATION_RECHECK_SECONDS ??= '1';
   process.env.SLEDGE_ORPHAN_GRACE_MS ??= '30000';
+  // Reads do not ask for repairs here: the tests that lose or damage chunks on purpose must find
+  // them still lost when they read again. test/integration/read-repair.test.ts turns it on.
+  process.env.SLEDGE_READ_REPAIR ??= '0';
   plane = await startControlPlane({
     port: 0,
     endpointPort: 0,

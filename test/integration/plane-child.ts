@@ -20,6 +20,8 @@ export function testPlaneEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
     SLEDGE_EVACUATION_SETTLE_MS: env.SLEDGE_EVACUATION_SETTLE_MS ?? '2000',
     SLEDGE_EVACUATION_RECHECK_SECONDS: env.SLEDGE_EVACUATION_RECHECK_SECONDS ?? '1',
     SLEDGE_ORPHAN_GRACE_MS: env.SLEDGE_ORPHAN_GRACE_MS ?? '30000',
+    // As in global-setup.ts: no repair requests from reads, so damage made on purpose stays.
+    SLEDGE_READ_REPAIR: env.SLEDGE_READ_REPAIR ?? '0',
   };
 }
 

@@ -1,0 +1,154 @@
+/**
+ * Read repair (docs/evacuation.md, "Read repair"): a read that finds a chunk missing or damaged
+ * asks the worker to replace it, and the control plane's worker (polling the evacuation queue
+ * of the local endpoint) rebuilds it on another drive and moves the segment record there. The
+ * reads run in this process (the head's read path, `readData`) with repair requests on; the
+ * control plane's own reads keep them off (test/integration/global-setup.ts).
+ */
+import { randomBytes } from 'node:crypto';
+import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { getSegmentRecord } from '#shared/aws/pagemap/pages.ts';
+import { s3 } from '#shared/aws/clients.ts';
+import type { SegmentRecord } from '#shared/core/records.ts';
+import { driveOf } from '#shared/data/placement.ts';
+import { readData } from '#shared/data/read.ts';
+import { type ReadReport, readPayload, repairRequests, setReadRepair } from '#shared/data/segment-reader.ts';
+import { chunkObjectIsIntact, repairChunk } from '#shared/maintenance/evacuation.ts';
+import { testApi } from './helpers.ts';
+
+const MiB = 1024 * 1024;
+const { api } = testApi({ sledgeEnv: true });
+
+beforeAll(() => setReadRepair(true));
+afterAll(() => setReadRepair(undefined));
+
+async function recordOf(volumeId: string, segmentId: string): Promise<SegmentRecord> {
+  const rec = await getSegmentRecord(volumeId, segmentId);
+  expect(rec).not.toBeNull();
+  return rec!;
+}
+
+async function objectAt(loc: { bucket: string; key: string }): Promise<Buffer | null> {
+  try {
+    const out = await s3().send(new GetObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
+    return Buffer.from(await out.Body!.transformToByteArray());
+  } catch (err) {
+    if ((err as { name?: string }).name === 'NoSuchKey') return null;
+    throw err;
+  }
+}
+
+/** Waits until chunk `i`'s location is no longer `old` (the worker moved it), at most 60 s. */
+async function movedFrom(volumeId: string, segmentId: string, i: number, old: { bucket: string; key: string }): Promise<SegmentRecord> {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const rec = await recordOf(volumeId, segmentId);
+    const now = rec.locations[i]!;
+    if (now.bucket !== old.bucket || now.key !== old.key) return rec;
+    if (Date.now() > deadline) throw new Error(`chunk ${i} of ${segmentId} still at ${old.bucket}/${old.key} after 60 s`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+/** The segment's bytes read with the record as it is now: a healthy read asks k chunks and rebuilds nothing. */
+async function readsHealthy(rec: SegmentRecord, data: Buffer): Promise<void> {
+  const report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
+  const [bytes] = await readPayload(rec, [{ start: 0, end: data.length }], report);
+  expect(bytes!.equals(data)).toBe(true);
+  expect(report).toMatchObject({ badGranules: 0, rebuiltGranules: 0 });
+  expect(report.missingChunks ?? 0).toBe(0);
+}
+
+function checkMoved(before: SegmentRecord, after: SegmentRecord, i: number): void {
+  const old = before.locations[i]!;
+  const now = after.locations[i]!;
+  expect(now.bucket !== old.bucket || driveOf(now) !== driveOf(old), 'a new drive').toBe(true);
+  expect(new Set(after.locations.map((l) => l.bucket)).size, 'the stripe keeps k+m distinct sleds').toBe(after.locations.length);
+  after.locations.forEach((l, j) => {
+    if (j !== i) expect(l).toEqual(before.locations[j]);
+  });
+}
+
+describe('read repair', () => {
+  it('replaces a chunk a read found missing: rebuilt on another drive, the record moved, reads healthy again', async () => {
+    const vol = await api.createVolume({ sizeBytes: 8 * MiB });
+    const data = randomBytes(MiB);
+    const w = await api.write(vol.volumeId, 0, data);
+    const before = await recordOf(vol.volumeId, w.segmentId);
+    const lost = before.locations[1]!;
+    await s3().send(new DeleteObjectCommand({ Bucket: lost.bucket, Key: lost.key }));
+
+    const sent = repairRequests.sent;
+    const report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
+    expect((await readData(vol.volumeId, 0, data.length, report)).equals(data)).toBe(true);
+    expect(report.missingChunks).toBe(1);
+    expect(repairRequests.sent - sent, 'one repair request').toBe(1);
+    // A second read within the memory does not ask again.
+    await readData(vol.volumeId, 0, data.length);
+    expect(repairRequests.sent - sent).toBe(1);
+
+    const after = await movedFrom(vol.volumeId, w.segmentId, 1, lost);
+    checkMoved(before, after, 1);
+    const object = await objectAt(after.locations[1]!);
+    expect(object, 'the new copy exists').not.toBeNull();
+    expect(chunkObjectIsIntact(after, 1, object!), 'the new copy is chunk 1 of this segment, every granule checked').toBe(true);
+    await readsHealthy(after, data);
+  });
+
+  it('replaces a chunk whose bytes were altered, and deletes the damaged object', async () => {
+    const vol = await api.createVolume({ sizeBytes: 8 * MiB });
+    const data = randomBytes(MiB);
+    const w = await api.write(vol.volumeId, 0, data);
+    const before = await recordOf(vol.volumeId, w.segmentId);
+    const damaged = before.locations[2]!;
+    const bytes = (await objectAt(damaged))!;
+    bytes[70_000] = bytes[70_000]! ^ 0x01;
+    await s3().send(new PutObjectCommand({ Bucket: damaged.bucket, Key: damaged.key, Body: bytes }));
+
+    const report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
+    expect((await readData(vol.volumeId, 0, data.length, report)).equals(data)).toBe(true);
+    expect(report.badGranules).toBe(1);
+
+    const after = await movedFrom(vol.volumeId, w.segmentId, 2, damaged);
+    checkMoved(before, after, 2);
+    expect(chunkObjectIsIntact(after, 2, (await objectAt(after.locations[2]!))!)).toBe(true);
+    expect(await objectAt(damaged), 'the damaged object is gone').toBeNull();
+    await readsHealthy(after, data);
+  });
+
+  it('does nothing for an intact chunk, a chunk that moved since, or a segment that is gone', async () => {
+    const vol = await api.createVolume({ sizeBytes: 8 * MiB });
+    const data = randomBytes(256 * 1024);
+    const w = await api.write(vol.volumeId, 0, data);
+    const rec = await recordOf(vol.volumeId, w.segmentId);
+    const at = rec.locations[0]!;
+    const msg = { type: 'repair-chunk' as const, volumeId: vol.volumeId, segmentId: w.segmentId, chunk: 0, bucket: at.bucket, key: at.key };
+    expect(await repairChunk(msg)).toBe('intact');
+    expect(await repairChunk({ ...msg, key: `${at.key}.elsewhere` })).toBe('done-elsewhere');
+    expect(await repairChunk({ ...msg, chunk: rec.locations.length })).toBe('done-elsewhere');
+    expect(await repairChunk({ ...msg, segmentId: `${w.segmentId}0` })).toBe('gone');
+    expect(await recordOf(vol.volumeId, w.segmentId), 'nothing moved').toEqual(rec);
+  });
+
+  it('reports every chunk it finds missing, and the repaired segment survives losing m other chunks', async () => {
+    const vol = await api.createVolume({ sizeBytes: 8 * MiB });
+    const data = randomBytes(MiB);
+    const w = await api.write(vol.volumeId, 0, data);
+    const before = await recordOf(vol.volumeId, w.segmentId);
+    const { k, m } = before;
+    // m chunks lost: the read still succeeds, and asks for each.
+    const lost = before.locations.slice(0, m);
+    for (const loc of lost) await s3().send(new DeleteObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
+    const sent = repairRequests.sent;
+    expect((await readData(vol.volumeId, 0, data.length)).equals(data)).toBe(true);
+    expect(repairRequests.sent - sent).toBe(m);
+    let after = before;
+    for (let i = 0; i < m; i++) after = await movedFrom(vol.volumeId, w.segmentId, i, lost[i]!);
+    // Redundancy is back: m more chunks (the other data chunks and more) can go.
+    for (const loc of after.locations.slice(m, 2 * m)) await s3().send(new DeleteObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
+    const report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
+    const [bytes] = await readPayload(after, [{ start: 0, end: data.length }], report);
+    expect(bytes!.equals(data), `${k}+${m}: read back after losing ${2 * m} chunks in all, ${m} of them repaired`).toBe(true);
+  });
+});
