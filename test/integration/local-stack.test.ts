@@ -42,6 +42,8 @@ const OPTIONAL: string[] = [
   ENV.orphanGraceMs,
   ENV.gcEveryCommits,
   ENV.faults,
+  // Read repair is on unless this says 0 (docs/evacuation.md, "Read repair"); the stack leaves it unset.
+  ENV.readRepair,
   // Consistency groups' tuning knobs, with defaults (docs/consistency-groups.md).
   ENV.groupTransactionMembers,
   ENV.groupBarrierLeaseMs,
