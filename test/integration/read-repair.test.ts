@@ -70,25 +70,30 @@ function checkMoved(before: SegmentRecord, after: SegmentRecord, i: number): voi
   });
 }
 
+/** A fresh volume holding one segment of `bytes` random bytes at offset 0, and its record. */
+async function oneSegment(bytes: number): Promise<{ volumeId: string; segmentId: string; data: Buffer; before: SegmentRecord }> {
+  const vol = await api.createVolume({ sizeBytes: 8 * MiB });
+  const data = randomBytes(bytes);
+  const w = await api.write(vol.volumeId, 0, data);
+  return { volumeId: vol.volumeId, segmentId: w.segmentId, data, before: await recordOf(vol.volumeId, w.segmentId) };
+}
+
 describe('read repair', () => {
   it('replaces a chunk a read found missing: rebuilt on another drive, the record moved, reads healthy again', async () => {
-    const vol = await api.createVolume({ sizeBytes: 8 * MiB });
-    const data = randomBytes(MiB);
-    const w = await api.write(vol.volumeId, 0, data);
-    const before = await recordOf(vol.volumeId, w.segmentId);
+    const { volumeId, segmentId, data, before } = await oneSegment(MiB);
     const lost = before.locations[1]!;
     await s3().send(new DeleteObjectCommand({ Bucket: lost.bucket, Key: lost.key }));
 
     const sent = repairRequests.sent;
     const report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
-    expect((await readData(vol.volumeId, 0, data.length, report)).equals(data)).toBe(true);
+    expect((await readData(volumeId, 0, data.length, report)).equals(data)).toBe(true);
     expect(report.missingChunks).toBe(1);
     expect(repairRequests.sent - sent, 'one repair request').toBe(1);
     // A second read within the memory does not ask again.
-    await readData(vol.volumeId, 0, data.length);
+    await readData(volumeId, 0, data.length);
     expect(repairRequests.sent - sent).toBe(1);
 
-    const after = await movedFrom(vol.volumeId, w.segmentId, 1, lost);
+    const after = await movedFrom(volumeId, segmentId, 1, lost);
     checkMoved(before, after, 1);
     const object = await objectAt(after.locations[1]!);
     expect(object, 'the new copy exists').not.toBeNull();
@@ -97,20 +102,17 @@ describe('read repair', () => {
   });
 
   it('replaces a chunk whose bytes were altered, and deletes the damaged object', async () => {
-    const vol = await api.createVolume({ sizeBytes: 8 * MiB });
-    const data = randomBytes(MiB);
-    const w = await api.write(vol.volumeId, 0, data);
-    const before = await recordOf(vol.volumeId, w.segmentId);
+    const { volumeId, segmentId, data, before } = await oneSegment(MiB);
     const damaged = before.locations[2]!;
     const bytes = (await objectAt(damaged))!;
     bytes[70_000] = bytes[70_000]! ^ 0x01;
     await s3().send(new PutObjectCommand({ Bucket: damaged.bucket, Key: damaged.key, Body: bytes }));
 
     const report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
-    expect((await readData(vol.volumeId, 0, data.length, report)).equals(data)).toBe(true);
+    expect((await readData(volumeId, 0, data.length, report)).equals(data)).toBe(true);
     expect(report.badGranules).toBe(1);
 
-    const after = await movedFrom(vol.volumeId, w.segmentId, 2, damaged);
+    const after = await movedFrom(volumeId, segmentId, 2, damaged);
     checkMoved(before, after, 2);
     expect(chunkObjectIsIntact(after, 2, (await objectAt(after.locations[2]!))!)).toBe(true);
     expect(await objectAt(damaged), 'the damaged object is gone').toBeNull();
@@ -118,33 +120,27 @@ describe('read repair', () => {
   });
 
   it('does nothing for an intact chunk, a chunk that moved since, or a segment that is gone', async () => {
-    const vol = await api.createVolume({ sizeBytes: 8 * MiB });
-    const data = randomBytes(256 * 1024);
-    const w = await api.write(vol.volumeId, 0, data);
-    const rec = await recordOf(vol.volumeId, w.segmentId);
+    const { volumeId, segmentId, before: rec } = await oneSegment(256 * 1024);
     const at = rec.locations[0]!;
-    const msg = { type: 'repair-chunk' as const, volumeId: vol.volumeId, segmentId: w.segmentId, chunk: 0, bucket: at.bucket, key: at.key };
+    const msg = { type: 'repair-chunk' as const, volumeId: volumeId, segmentId: segmentId, chunk: 0, bucket: at.bucket, key: at.key };
     expect(await repairChunk(msg)).toBe('intact');
     expect(await repairChunk({ ...msg, key: `${at.key}.elsewhere` })).toBe('done-elsewhere');
     expect(await repairChunk({ ...msg, chunk: rec.locations.length })).toBe('done-elsewhere');
-    expect(await repairChunk({ ...msg, segmentId: `${w.segmentId}0` })).toBe('gone');
-    expect(await recordOf(vol.volumeId, w.segmentId), 'nothing moved').toEqual(rec);
+    expect(await repairChunk({ ...msg, segmentId: `${segmentId}0` })).toBe('gone');
+    expect(await recordOf(volumeId, segmentId), 'nothing moved').toEqual(rec);
   });
 
   it('reports every chunk it finds missing, and the repaired segment survives losing m other chunks', async () => {
-    const vol = await api.createVolume({ sizeBytes: 8 * MiB });
-    const data = randomBytes(MiB);
-    const w = await api.write(vol.volumeId, 0, data);
-    const before = await recordOf(vol.volumeId, w.segmentId);
+    const { volumeId, segmentId, data, before } = await oneSegment(MiB);
     const { k, m } = before;
     // m chunks lost: the read still succeeds, and asks for each.
     const lost = before.locations.slice(0, m);
     for (const loc of lost) await s3().send(new DeleteObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
     const sent = repairRequests.sent;
-    expect((await readData(vol.volumeId, 0, data.length)).equals(data)).toBe(true);
+    expect((await readData(volumeId, 0, data.length)).equals(data)).toBe(true);
     expect(repairRequests.sent - sent).toBe(m);
     let after = before;
-    for (let i = 0; i < m; i++) after = await movedFrom(vol.volumeId, w.segmentId, i, lost[i]!);
+    for (let i = 0; i < m; i++) after = await movedFrom(volumeId, segmentId, i, lost[i]!);
     // Redundancy is back: m more chunks (the other data chunks and more) can go.
     for (const loc of after.locations.slice(m, 2 * m)) await s3().send(new DeleteObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
     const report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
