@@ -6,7 +6,7 @@
 import { DataUnavailableError, FencedError, invariant } from '../core/errors.ts';
 import { clip, type Extent } from './extents.ts';
 import { type SegmentRecord, type VolumeRecord } from '../core/records.ts';
-import { readPayload, type PayloadRange, type ReadReport } from './segment-reader.ts';
+import { isRememberedLost, readPayload, type PayloadRange, type ReadReport } from './segment-reader.ts';
 import { readRefusal } from '../control/reservations.ts';
 import { MAX_IO_BYTES, checkRange, requireActive } from './volume-rules.ts';
 import { pageMap } from '../ports.ts';
@@ -36,14 +36,29 @@ export function pageRange(g: Geometry, offset: number, length: number): number[]
   return pages;
 }
 
-/** Bounded cache of segment records; they are immutable apart from chunk locations. */
-const segmentCache = new Map<string, SegmentRecord>();
+/** Bounded cache of segment records (and when each was read); they are immutable apart from chunk locations. */
+const segmentCache = new Map<string, { rec: SegmentRecord; atMs: number }>();
 
 const SEGMENT_CACHE_MAX = 4096;
 
+/**
+ * A cached record with a chunk this process remembers lost is read again once it is this old:
+ * the chunk's repair (docs/evacuation.md, "Read repair") moves it, and reads that keep asking
+ * the other chunks instead would not find out until the chunk is forgotten (10 minutes).
+ */
+export const LOST_CHUNK_RECORD_RECHECK_MS = 60_000;
+
 function rememberSegment(ref: string, rec: SegmentRecord): void {
   if (!segmentCache.has(ref) && segmentCache.size >= SEGMENT_CACHE_MAX) segmentCache.delete(segmentCache.keys().next().value!);
-  segmentCache.set(ref, rec);
+  segmentCache.set(ref, { rec, atMs: Date.now() });
+}
+
+/** A cached record, unless it is due to be read again (a chunk remembered lost, read long enough ago). */
+function cachedSegment(ref: string): SegmentRecord | undefined {
+  const hit = segmentCache.get(ref);
+  if (!hit) return undefined;
+  if (Date.now() - hit.atMs >= LOST_CHUNK_RECORD_RECHECK_MS && hit.rec.locations.some((l) => isRememberedLost(l))) return undefined;
+  return hit.rec;
 }
 
 /** Drops a segment's record from this process's cache (after it moved a chunk or deleted it). */
@@ -56,7 +71,7 @@ export async function segmentRecordsFor(refs: string[]): Promise<Map<string, Seg
   const out = new Map<string, SegmentRecord>();
   const missing: string[] = [];
   for (const ref of refs) {
-    const hit = segmentCache.get(ref);
+    const hit = cachedSegment(ref);
     if (hit) out.set(ref, hit);
     else missing.push(ref);
   }

@@ -7,12 +7,12 @@
  */
 import { randomBytes } from 'node:crypto';
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { getSegmentRecord } from '#shared/aws/pagemap/pages.ts';
 import { s3 } from '#shared/aws/clients.ts';
 import type { SegmentRecord } from '#shared/core/records.ts';
 import { driveOf } from '#shared/data/placement.ts';
-import { readData } from '#shared/data/read.ts';
+import { LOST_CHUNK_RECORD_RECHECK_MS, readData } from '#shared/data/read.ts';
 import { type ReadReport, readPayload, repairRequests, setReadRepair } from '#shared/data/segment-reader.ts';
 import { chunkObjectIsIntact, repairChunk } from '#shared/maintenance/evacuation.ts';
 import { testApi } from './helpers.ts';
@@ -99,6 +99,20 @@ describe('read repair', () => {
     expect(object, 'the new copy exists').not.toBeNull();
     expect(chunkObjectIsIntact(after, 1, object!), 'the new copy is chunk 1 of this segment, every granule checked').toBe(true);
     await readsHealthy(after, data);
+
+    // This process still has the old record cached, with chunk 1 remembered lost: its reads ask
+    // the other chunks and rebuild, until the record is old enough to be read again.
+    const cached: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
+    expect((await readData(volumeId, 0, data.length, cached)).equals(data)).toBe(true);
+    expect(cached.rebuiltGranules).toBeGreaterThan(0);
+    vi.useFakeTimers({ toFake: ['Date'], now: Date.now() + LOST_CHUNK_RECORD_RECHECK_MS });
+    try {
+      const fresh: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
+      expect((await readData(volumeId, 0, data.length, fresh)).equals(data)).toBe(true);
+      expect(fresh, 'the record read again: the repaired chunk is asked, nothing rebuilt').toMatchObject({ rebuiltGranules: 0, badGranules: 0, rangedGets: before.k });
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('replaces a chunk whose bytes were altered, and deletes the damaged object', async () => {
