@@ -37,8 +37,10 @@ import { presignChunkPut, presignChunkRange } from '#shared/aws/presign.ts';
 import { requestCounts, resetRequestCounts, s3 } from '#shared/aws/clients.ts';
 import { crc32c } from '#shared/data/crc32c.ts';
 import { codec } from '#shared/data/erasure.ts';
-import { readView, segmentRecordsFor } from '#shared/data/read.ts';
-import { setReadRepair } from '#shared/data/segment-reader.ts';
+import { forgetSegment, readView, segmentRecordsFor } from '#shared/data/read.ts';
+import { forgetLostChunks, setReadRepair } from '#shared/data/segment-reader.ts';
+import type { SegmentRecord } from '#shared/core/records.ts';
+import { pageMap, workQueue } from '#shared/ports.ts';
 
 const MiB = 1024 * 1024;
 const IO = 4 * MiB;
@@ -302,6 +304,67 @@ async function degradedRounds({ table, section }: DegradedBenchDeps): Promise<vo
   console.log(
     `(head CPU: this process around each handler call, one request at a time, ${WRITES * 2} writes and ${READS} reads of each kind; unavoidable: each part alone, median of 9; ` +
       `transfer alone: ${K + M} presigned PUTs of ${IO / K} bytes, or ${K} presigned ranged GETs of as many, at once, the raw chunk client alone, median of 9)`,
+  );
+
+  await measureRepair(table, degradedVol, records, async () => {
+    const res = await serialReads(degradedVol, 'repaired');
+    return { gets: res.counts.requests['S3:GetObject'] ?? 0, median: median(res.cpu) };
+  });
+}
+
+/**
+ * Read repair of the degraded copy (docs/evacuation.md, "Read repair"): one repair request per
+ * lost chunk, as a read sends it, and the control plane's worker (in this process) replacing
+ * them; wall time until every record points at a new copy, and the worker's exact S3 and
+ * DynamoDB requests per repaired chunk (the bench's own polling of the records subtracted).
+ * Then the copy is read again by a head that has no record cached: healthy reads.
+ */
+async function measureRepair(
+  table: DegradedBenchDeps['table'],
+  vol: string,
+  records: Map<string, SegmentRecord>,
+  readAgain: () => Promise<{ gets: number; median: number }>,
+): Promise<void> {
+  const lost = [...records.values()].flatMap((rec) => Array.from({ length: M }, (_, i) => ({ rec, i, old: rec.locations[i]! })));
+  resetRequestCounts();
+  const start = performance.now();
+  for (const { rec, i, old } of lost) {
+    await workQueue().send({ type: 'repair-chunk', volumeId: rec.volumeId, segmentId: rec.segmentId, chunk: i, bucket: old.bucket, key: old.key });
+  }
+  let polls = 0;
+  let pending = lost;
+  while (pending.length > 0) {
+    if (performance.now() - start > 300_000) throw new Error(`read repair: ${pending.length} of ${lost.length} chunks not repaired after 300 s`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const still: typeof pending = [];
+    for (const p of pending) {
+      polls++;
+      const now = (await pageMap().getSegmentRecord(p.rec.volumeId, p.rec.segmentId))?.locations[p.i];
+      if (now && now.bucket === p.old.bucket && now.key === p.old.key) still.push(p);
+    }
+    pending = still;
+  }
+  const seconds = (performance.now() - start) / 1000;
+  const counts = requestCounts().requests;
+  counts['DynamoDB:GetItem'] = (counts['DynamoDB:GetItem'] ?? 0) - polls;
+  for (const ref of records.keys()) forgetSegment(ref);
+  forgetLostChunks();
+  const after = await readAgain();
+  const per = (op: string) => ((counts[op] ?? 0) / lost.length).toFixed(2);
+  const ddbPerChunk = (ddb(counts) / lost.length).toFixed(2);
+  table([
+    {
+      'read repair': `${lost.length} lost chunks of ${records.size} segments`,
+      seconds: seconds.toFixed(1),
+      'chunks/s': (lost.length / seconds).toFixed(1),
+      'S3 GET / PUT / DELETE per chunk': `${per('S3:GetObject')} / ${per('S3:PutObject')} / ${per('S3:DeleteObject')}`,
+      'DDB requests per chunk': ddbPerChunk,
+      'S3 GET per read after': (after.gets / READS).toFixed(2),
+      'head CPU ms per read after': after.median.toFixed(1),
+    },
+  ]);
+  console.log(
+    "(the repair requests sent as a read sends them; the control plane's worker in this process rebuilds each chunk from k others, PUTs it to another drive and moves the record; the reads after are by a head with no record cached)",
   );
 }
 
