@@ -35,13 +35,18 @@ export interface HttpRequest {
   into?: { status: number; target: Buffer };
 }
 
+/** A request's body as the pieces to send, and its headers with the body's `content-length` (when it has a body). */
+function outgoing(r: HttpRequest): { parts: readonly Buffer[]; headers: Record<string, string> } {
+  const parts = r.body === undefined ? [] : Buffer.isBuffer(r.body) ? [r.body] : r.body;
+  const headers: Record<string, string> = { ...r.headers };
+  if (r.body !== undefined) headers['content-length'] = String(parts.reduce((n, b) => n + b.length, 0));
+  return { parts, headers };
+}
+
 /** Sends one request; resolves with any answer (the caller judges the status), rejects on network errors and the timeout. */
 export function httpExchange(url: string, r: HttpRequest): Promise<HttpAnswer> {
   const https = url.startsWith('https:');
-  const parts = r.body === undefined ? [] : Buffer.isBuffer(r.body) ? [r.body] : r.body;
-  const bodyBytes = parts.reduce((n, b) => n + b.length, 0);
-  const headers: Record<string, string> = { ...r.headers };
-  if (r.body !== undefined) headers['content-length'] = String(bodyBytes);
+  const { parts, headers } = outgoing(r);
   return new Promise((resolve, reject) => {
     const req = (https ? httpsRequest : httpRequest)(url, { method: r.method, headers, agent: https ? httpsAgent : httpAgent }, (res: IncomingMessage) => {
       const status = res.statusCode ?? 0;
@@ -110,9 +115,7 @@ export function getInto(url: string, headers: Record<string, string>, target: Bu
 export function rawExchange(url: string, r: HttpRequest): Promise<HttpAnswer> {
   const u = new URL(url);
   if (u.protocol !== 'http:') return httpExchange(url, r);
-  const parts = r.body === undefined ? [] : Buffer.isBuffer(r.body) ? [r.body] : r.body;
-  const headers: Record<string, string> = { ...r.headers };
-  if (r.body !== undefined) headers['content-length'] = String(parts.reduce((n, b) => n + b.length, 0));
+  const { parts, headers } = outgoing(r);
   const head = Buffer.from(
     `${r.method} ${u.pathname}${u.search} HTTP/1.1\r\nhost: ${u.host}\r\n${Object.entries(headers)
       .map(([k, v]) => `${k}: ${v}\r\n`)
@@ -209,13 +212,10 @@ class RawConnection {
     this.exchanges++;
     const timer = setTimeout(() => this.fail(new Error(`no answer within ${timeoutMs} ms`), true), timeoutMs);
     this.x = { into, done, timer, headerBytes: [], headerLength: 0, bodyBytes: 0, filled: 0, keepAlive: true, sentBody: body.length > 0 };
-    if (body.length === 0) this.socket.write(head);
-    else {
-      this.socket.cork();
-      this.socket.write(head);
-      for (const b of body) this.socket.write(b);
-      this.socket.uncork();
-    }
+    this.socket.cork();
+    this.socket.write(head);
+    for (const b of body) this.socket.write(b);
+    this.socket.uncork();
   }
 
   /**
