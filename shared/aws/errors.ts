@@ -7,6 +7,27 @@
  */
 import { SledgeError, UnavailableError } from '../core/errors.ts';
 
+/**
+ * An AWS service's error in the shape the SDK gives it: `name` and `Code` are the service's
+ * error code, `$metadata.httpStatusCode` its status, `$fault` whose fault it is, `$retryable`
+ * set for throttling. The errors Sledge makes itself in that shape (the head's own S3 requests'
+ * refusals, injected faults) are these, so that everything here judges them as the SDK's.
+ */
+export class ServiceShapedError extends Error {
+  readonly $metadata: { httpStatusCode: number; attempts?: number };
+  readonly $fault: 'client' | 'server';
+  readonly $retryable?: { throttling: boolean };
+  readonly Code: string;
+  constructor(code: string, status: number, message: string, opts: { fault: 'client' | 'server'; throttling?: boolean }) {
+    super(message);
+    this.name = code;
+    this.Code = code;
+    this.$metadata = { httpStatusCode: status };
+    this.$fault = opts.fault;
+    if (opts.throttling) this.$retryable = { throttling: true };
+  }
+}
+
 /** Error names (codes) the AWS services use when they throttle a request. */
 const THROTTLING = new Set([
   'ProvisionedThroughputExceededException',

@@ -19,6 +19,7 @@
  */
 import { ENV } from '../core/config.ts';
 import { InvalidInputError } from '../core/errors.ts';
+import { ServiceShapedError } from './errors.ts';
 
 export type FaultService = 's3' | 'dynamodb' | 'sqs';
 
@@ -61,20 +62,10 @@ const HANG_MS_MAX = 120_000;
  * An injected failure, shaped like a service error (`name` is the service's error code, with
  * `$fault` and `$metadata.httpStatusCode`) so that the SDK and Sledge treat it as a real one.
  */
-export class InjectedFaultError extends Error {
+export class InjectedFaultError extends ServiceShapedError {
   readonly injected = true;
-  readonly $fault: 'server' | 'client';
-  readonly $metadata: { httpStatusCode: number; attempts?: number };
-  /** Set for a throttling error, as the SDK marks one it deserializes. */
-  readonly $retryable?: { throttling: boolean };
-  readonly Code: string;
   constructor(code: string, status: number, message: string, opts: { throttling?: boolean } = {}) {
-    super(message);
-    this.name = code;
-    this.Code = code;
-    this.$metadata = { httpStatusCode: status };
-    this.$fault = opts.throttling ? 'client' : 'server';
-    if (opts.throttling) this.$retryable = { throttling: true };
+    super(code, status, message, { fault: opts.throttling ? 'client' : 'server', throttling: opts.throttling });
   }
 }
 

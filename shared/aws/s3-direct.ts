@@ -20,7 +20,7 @@ import { rawExchange, type HttpAnswer, type HttpRequest } from '../net/http.ts';
 import type { ChunkLocation } from '../data/sleds.ts';
 import { presignChunkPut, presignChunkRange } from './presign.ts';
 import { countRequest } from './clients.ts';
-import { sdkUnavailableReason } from './errors.ts';
+import { sdkUnavailableReason, ServiceShapedError } from './errors.ts';
 import { S3_REQUEST_TIMEOUT_MS, underFaults } from './faults.ts';
 
 /** Attempts per request, as the S3 client is built with (shared/aws/clients.ts). */
@@ -33,19 +33,10 @@ const THROTTLED_BACKOFF_BASE_MS = 500;
 const BACKOFF_MAX_MS = 20_000;
 
 /** S3 refused or failed a request: shaped like the SDK's service errors. */
-export class S3RequestError extends Error {
-  readonly $metadata: { httpStatusCode: number; attempts?: number };
-  readonly $fault: 'client' | 'server';
-  readonly $retryable?: { throttling: boolean };
-  readonly Code: string;
+export class S3RequestError extends ServiceShapedError {
   constructor(code: string, status: number, message: string) {
-    super(message);
-    this.name = code;
-    this.Code = code;
-    this.$metadata = { httpStatusCode: status };
-    this.$fault = status >= 500 ? 'server' : 'client';
     // S3 throttles with 503 SlowDown; the SDK marks it (and any 429) as throttling.
-    if (code === 'SlowDown' || status === 429) this.$retryable = { throttling: true };
+    super(code, status, message, { fault: status >= 500 ? 'server' : 'client', throttling: code === 'SlowDown' || status === 429 });
   }
 }
 
@@ -81,8 +72,7 @@ export async function putChunkDirect(loc: ChunkLocation, body: Buffer, crc32c: n
 export async function getChunkRangeDirect(loc: ChunkLocation, start: number, end: number, into?: Buffer): Promise<Buffer | null> {
   const target = into ?? Buffer.allocUnsafe(end - start);
   const range = `bytes=${start}-${end - 1}`;
-  let out: Buffer | null = null;
-  await send(
+  return send(
     'GetObject',
     loc,
     async () => ({
@@ -90,30 +80,27 @@ export async function getChunkRangeDirect(loc: ChunkLocation, start: number, end
       request: { method: 'GET', headers: { range }, timeoutMs: S3_REQUEST_TIMEOUT_MS, into: { status: 206, target } },
     }),
     (answer) => {
-      if (answer.status === 404) {
-        out = null;
-        return;
-      }
+      if (answer.status === 404) return null;
       if (answer.status !== 206 && answer.status !== 200) throw refusal('GetObject', loc, answer);
       if (answer.body.length > target.length)
         throw new Error(`a ranged GET of s3://${loc.bucket}/${loc.key} returned ${answer.body.length} bytes, more than the ${target.length} asked for`);
       if (answer.body !== target) answer.body.copy(target);
-      out = answer.body.length === target.length ? target : target.subarray(0, answer.body.length);
+      return answer.body.length === target.length ? target : target.subarray(0, answer.body.length);
     },
   );
-  return out;
 }
 
 /**
  * Sends one request, each attempt signed afresh by `prepare`, counted, under the fault rules,
- * and its answer judged by `accept` (which throws to refuse it). Retries what the SDK would.
+ * and its answer judged by `accept` (which throws to refuse it, or returns the result).
+ * Retries what the SDK would.
  */
-async function send(
+async function send<T>(
   operation: 'PutObject' | 'GetObject',
   loc: ChunkLocation,
   prepare: () => Promise<{ url: string; request: HttpRequest }>,
-  accept: (answer: HttpAnswer) => void,
-): Promise<void> {
+  accept: (answer: HttpAnswer) => T,
+): Promise<T> {
   const input = { Bucket: loc.bucket, Key: loc.key };
   for (let attempt = 1; ; attempt++) {
     const started = performance.now();
@@ -126,8 +113,7 @@ async function send(
           throw new S3NetworkError(operation, loc, err as Error);
         }
       });
-      accept(answer);
-      return;
+      return accept(answer);
     } catch (err) {
       const reason = sdkUnavailableReason(err);
       if (!reason || attempt >= S3_DIRECT_MAX_ATTEMPTS) {
