@@ -85,28 +85,54 @@ function releaseAll(store: GranuleStore): void {
 /** How long a chunk answered 404 is asked last. */
 export const LOST_CHUNK_MEMORY_MS = 10 * 60_000;
 const LOST_CHUNKS_MAX = 16_384;
-/** `bucket/key` of chunks answered 404 -> when (Date.now()). */
-const lostChunks = new Map<string, number>();
+
+/**
+ * Chunk locations (`bucket/key`) this process noted, each remembered for LOST_CHUNK_MEMORY_MS;
+ * at most LOST_CHUNKS_MAX, the oldest noted going first. Asking an empty memory costs nothing,
+ * which is what healthy reads do.
+ */
+class LocationMemory {
+  private readonly noted = new Map<string, number>();
+
+  note(loc: { bucket: string; key: string }): void {
+    const key = locationKey(loc);
+    this.noted.delete(key);
+    if (this.noted.size >= LOST_CHUNKS_MAX) this.noted.delete(this.noted.keys().next().value!);
+    this.noted.set(key, Date.now());
+  }
+
+  /** Whether `loc` was noted within LOST_CHUNK_MEMORY_MS (an older note is dropped). */
+  has(loc: { bucket: string; key: string }): boolean {
+    if (this.noted.size === 0) return false;
+    const key = locationKey(loc);
+    const at = this.noted.get(key);
+    if (at === undefined) return false;
+    if (Date.now() - at < LOST_CHUNK_MEMORY_MS) return true;
+    this.noted.delete(key);
+    return false;
+  }
+
+  forget(loc: { bucket: string; key: string }): void {
+    if (this.noted.size > 0) this.noted.delete(locationKey(loc));
+  }
+
+  clear(): void {
+    this.noted.clear();
+  }
+}
 
 function locationKey(loc: { bucket: string; key: string }): string {
   return `${loc.bucket}/${loc.key}`;
 }
 
-function noteLost(loc: { bucket: string; key: string }): void {
-  const key = locationKey(loc);
-  lostChunks.delete(key);
-  if (lostChunks.size >= LOST_CHUNKS_MAX) lostChunks.delete(lostChunks.keys().next().value!);
-  lostChunks.set(key, Date.now());
-}
+/** Chunks answered 404. */
+const lostChunks = new LocationMemory();
+/** Chunks this process asked to have repaired. */
+const repairsAsked = new LocationMemory();
 
 /** Whether the chunk at `loc` was answered 404 within LOST_CHUNK_MEMORY_MS. */
 export function isRememberedLost(loc: { bucket: string; key: string }): boolean {
-  const key = locationKey(loc);
-  const at = lostChunks.get(key);
-  if (at === undefined) return false;
-  if (Date.now() - at < LOST_CHUNK_MEMORY_MS) return true;
-  lostChunks.delete(key);
-  return false;
+  return lostChunks.has(loc);
 }
 
 /** Forgets every remembered lost chunk (tests; a process that knows the sleds changed). */
@@ -114,8 +140,6 @@ export function forgetLostChunks(): void {
   lostChunks.clear();
 }
 
-/** `bucket/key` of chunks this process asked to have repaired -> when (Date.now()). */
-const repairsAsked = new Map<string, number>();
 let readRepairOverride: boolean | undefined;
 
 /** Turns this process's repair requests on or off, whatever SLEDGE_READ_REPAIR says (tests). */
@@ -134,18 +158,14 @@ export const repairRequests = { sent: 0, failed: 0 };
 function askRepair(rec: SegmentRecord, chunk: number): void {
   if (!(readRepairOverride ?? process.env[ENV.readRepair] !== '0')) return;
   const loc = rec.locations[chunk]!;
-  const key = locationKey(loc);
-  const at = repairsAsked.get(key);
-  if (at !== undefined && Date.now() - at < LOST_CHUNK_MEMORY_MS) return;
-  repairsAsked.delete(key);
-  if (repairsAsked.size >= LOST_CHUNKS_MAX) repairsAsked.delete(repairsAsked.keys().next().value!);
-  repairsAsked.set(key, Date.now());
+  if (repairsAsked.has(loc)) return;
+  repairsAsked.note(loc);
   repairRequests.sent++;
   workQueue()
     .send({ type: 'repair-chunk', volumeId: rec.volumeId, segmentId: rec.segmentId, chunk, bucket: loc.bucket, key: loc.key })
     .catch((err: Error) => {
       repairRequests.failed++;
-      repairsAsked.delete(key);
+      repairsAsked.forget(loc);
       console.warn(`repair request for ${formatLocation(loc)} not sent: ${err.message}`);
     });
 }
@@ -192,10 +212,10 @@ async function fetchGranules(rec: SegmentRecord, chunk: number, granules: readon
         bytes = await chunkStore().getChunkRange(loc, start, end, into);
         if (bytes === null) {
           report.missingChunks = (report.missingChunks ?? 0) + 1;
-          noteLost(loc);
+          lostChunks.note(loc);
           askRepair(rec, chunk);
           store.onMissingChunk?.();
-        } else lostChunks.delete(locationKey(loc));
+        } else lostChunks.forget(loc);
       } catch (err) {
         console.warn(`chunk ${formatLocation(loc)} unreadable: ${(err as Error).message}`);
       }
