@@ -38,7 +38,8 @@ import { requestCounts, resetRequestCounts, s3 } from '#shared/aws/clients.ts';
 import { crc32c } from '#shared/data/crc32c.ts';
 import { codec } from '#shared/data/erasure.ts';
 import { forgetSegment, readView, segmentRecordsFor } from '#shared/data/read.ts';
-import { forgetLostChunks, setReadRepair } from '#shared/data/segment-reader.ts';
+import { setReadRepair } from '#shared/data/repair-requests.ts';
+import { forgetLostChunks } from '#shared/data/segment-reader.ts';
 import type { SegmentRecord } from '#shared/core/records.ts';
 import { pageMap, workQueue } from '#shared/ports.ts';
 

@@ -51,7 +51,7 @@ export const ENV = {
   groupBarrierLeaseMs: 'SLEDGE_GROUP_BARRIER_LEASE_MS',
   /** Optional: fault-injection rules, a JSON array (shared/aws/faults.ts). Never set in a deployment. */
   faults: 'SLEDGE_FAULTS',
-  /** Optional: `0` turns off the repair requests of reads (docs/evacuation.md, "Read repair"); on by default. */
+  /** Optional: `0` turns off the repair requests of reads and of GC's listing check (docs/evacuation.md, "Read repair"); on by default. */
   readRepair: 'SLEDGE_READ_REPAIR',
   /** `portable` forces the pure-TypeScript erasure codec; anything else prefers the native one. */
   erasureImpl: 'SLEDGE_EC_IMPL',

@@ -32,8 +32,8 @@ import { codec } from './erasure.ts';
 import { DataUnavailableError, invariant } from '../core/errors.ts';
 import type { SegmentRecord } from '../core/records.ts';
 import { formatLocation } from './sleds.ts';
-import { ENV } from '../core/config.ts';
-import { chunkStore, workQueue } from '../ports.ts';
+import { askRepair, LocationMemory } from './repair-requests.ts';
+import { chunkStore } from '../ports.ts';
 
 /** A byte range `[start, end)` of a segment's payload. */
 export interface PayloadRange {
@@ -82,53 +82,8 @@ function releaseAll(store: GranuleStore): void {
   for (const lease of store.leases.splice(0)) lease.release();
 }
 
-/** How long a chunk answered 404 is asked last. */
-export const LOST_CHUNK_MEMORY_MS = 10 * 60_000;
-const LOST_CHUNKS_MAX = 16_384;
-
-/**
- * Chunk locations (`bucket/key`) this process noted, each remembered for LOST_CHUNK_MEMORY_MS;
- * at most LOST_CHUNKS_MAX, the oldest noted going first. Asking an empty memory costs nothing,
- * which is what healthy reads do.
- */
-class LocationMemory {
-  private readonly noted = new Map<string, number>();
-
-  note(loc: { bucket: string; key: string }): void {
-    const key = locationKey(loc);
-    this.noted.delete(key);
-    if (this.noted.size >= LOST_CHUNKS_MAX) this.noted.delete(this.noted.keys().next().value!);
-    this.noted.set(key, Date.now());
-  }
-
-  /** Whether `loc` was noted within LOST_CHUNK_MEMORY_MS (an older note is dropped). */
-  has(loc: { bucket: string; key: string }): boolean {
-    if (this.noted.size === 0) return false;
-    const key = locationKey(loc);
-    const at = this.noted.get(key);
-    if (at === undefined) return false;
-    if (Date.now() - at < LOST_CHUNK_MEMORY_MS) return true;
-    this.noted.delete(key);
-    return false;
-  }
-
-  forget(loc: { bucket: string; key: string }): void {
-    if (this.noted.size > 0) this.noted.delete(locationKey(loc));
-  }
-
-  clear(): void {
-    this.noted.clear();
-  }
-}
-
-function locationKey(loc: { bucket: string; key: string }): string {
-  return `${loc.bucket}/${loc.key}`;
-}
-
-/** Chunks answered 404. */
+/** Chunks answered 404 (docs/evacuation.md, "Read repair"). */
 const lostChunks = new LocationMemory();
-/** Chunks this process asked to have repaired. */
-const repairsAsked = new LocationMemory();
 
 /** Whether the chunk at `loc` was answered 404 within LOST_CHUNK_MEMORY_MS. */
 export function isRememberedLost(loc: { bucket: string; key: string }): boolean {
@@ -138,36 +93,6 @@ export function isRememberedLost(loc: { bucket: string; key: string }): boolean 
 /** Forgets every remembered lost chunk (tests; a process that knows the sleds changed). */
 export function forgetLostChunks(): void {
   lostChunks.clear();
-}
-
-let readRepairOverride: boolean | undefined;
-
-/** Turns this process's repair requests on or off, whatever SLEDGE_READ_REPAIR says (tests). */
-export function setReadRepair(on: boolean | undefined): void {
-  readRepairOverride = on;
-}
-
-/** Repair requests this process sent (tests, logs). */
-export const repairRequests = { sent: 0, failed: 0 };
-
-/**
- * Asks the worker to replace chunk `chunk` of `rec`, which a read found missing or damaged
- * (docs/evacuation.md, "Read repair"): once per location per LOST_CHUNK_MEMORY_MS in this
- * process, without waiting for the send; a failed send is logged and may be asked again.
- */
-function askRepair(rec: SegmentRecord, chunk: number): void {
-  if (!(readRepairOverride ?? process.env[ENV.readRepair] !== '0')) return;
-  const loc = rec.locations[chunk]!;
-  if (repairsAsked.has(loc)) return;
-  repairsAsked.note(loc);
-  repairRequests.sent++;
-  workQueue()
-    .send({ type: 'repair-chunk', volumeId: rec.volumeId, segmentId: rec.segmentId, chunk, bucket: loc.bucket, key: loc.key })
-    .catch((err: Error) => {
-      repairRequests.failed++;
-      repairsAsked.forget(loc);
-      console.warn(`repair request for ${formatLocation(loc)} not sent: ${err.message}`);
-    });
 }
 
 function granuleBounds(rec: SegmentRecord, g: number): [number, number] {

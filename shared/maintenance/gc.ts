@@ -19,7 +19,8 @@ import { MAX_PAGES_PER_COMMIT, segmentRef, type PageRecord, type SegmentRecord, 
 import { takeCheckpoint } from './checkpoints/take.ts';
 import { readPayload } from '../data/segment-reader.ts';
 import { FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, type SegmentDescriptor } from '../data/segments.ts';
-import { parseChunkKey, type ChunkLocation, type ListedChunk } from '../data/sleds.ts';
+import { formatLocation, parseChunkKey, type ChunkLocation, type ListedChunk } from '../data/sleds.ts';
+import { askRepairs } from '../data/repair-requests.ts';
 import { MAX_IO_BYTES } from '../data/volume-rules.ts';
 import { completeWrite, prepareWrite, type WritePiece } from '../data/write.ts';
 import { forgetSegment } from '../data/read.ts';
@@ -112,6 +113,8 @@ export async function snapshotRetention(v: VolumeRecord): Promise<SegmentRetenti
 /** Dead segments deleted per message; orphans deleted per message. */
 export const DELETE_SEGMENTS_MAX = 200;
 export const DELETE_ORPHANS_MAX = 1000;
+/** Chunks missing from the listing that one pass confirms and asks to have repaired. */
+export const SCRUB_SUSPECTS_MAX = 1000;
 const COMPACTION_ATTEMPT_MAX = 3;
 const SWEEP_PAGE_VOLUMES = 100;
 const TAIL_GUESS_BYTES = 64 * 1024;
@@ -137,6 +140,10 @@ export interface GcReport {
   orphansDeleted: number;
   /** Chunks kept because a page references their segment although it has no record (rebuild restores it). */
   referencedWithoutRecord?: number;
+  /** Chunks the records point at that the listing lacks, confirmed lost (docs/evacuation.md, "The listing check"). */
+  chunksMissing?: number;
+  /** Repairs of those this pass asked (fewer when repairs are off or this process asked lately). */
+  repairsAsked?: number;
   /** Work left over for a continuation message. */
   continued: boolean;
   skipped?: string;
@@ -447,6 +454,12 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
     report.orphansDeleted++;
     report.bytesReclaimed += c.sizeBytes;
   }
+  await checkListing(
+    volumeId,
+    records.filter((r) => !deletedIds.has(r.segmentId)),
+    chunks,
+    report,
+  );
   // Tombstones the head has passed guard nothing any more (no commit at their seq can apply).
   const spent: string[] = [];
   for await (const t of pageMap().listSegmentTombstones(volumeId)) if (t.seq <= v.headSeq && spent.length < DELETE_ORPHANS_MAX) spent.push(t.segmentId);
@@ -455,6 +468,41 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
   const after = report.storedBytesBefore - report.bytesReclaimed;
   console.log(JSON.stringify({ msg: 'gc pass', ...report, spaceRatio: Number(spaceRatio(after, report.liveBytes, v.dataChunks, v.parityChunks).toFixed(3)) }));
   return report;
+}
+
+/**
+ * The listing check (docs/evacuation.md, "The listing check"): chunks that `records` (read
+ * before the listing) point at and that `listed` lacks are read again in their record and, if
+ * it still points there, asked to be repaired.
+ */
+export async function checkListing(volumeId: string, records: readonly SegmentRecord[], listed: readonly ListedChunk[], report: GcReport): Promise<void> {
+  const present = new Set(listed.map((c) => `${c.bucket}/${c.key}`));
+  const buckets = new Set(config().sledBuckets);
+  const suspects: Array<{ segmentId: string; chunk: number; loc: ChunkLocation }> = [];
+  for (const r of records) {
+    r.locations.forEach((loc, chunk) => {
+      // A bucket the listing did not look in is not judged.
+      if (buckets.has(loc.bucket) && !present.has(`${loc.bucket}/${loc.key}`)) suspects.push({ segmentId: r.segmentId, chunk, loc });
+    });
+  }
+  if (suspects.length === 0) return;
+  const lost: Array<{ rec: SegmentRecord; chunk: number }> = [];
+  const checked = suspects.slice(0, SCRUB_SUSPECTS_MAX);
+  // Read again (consistent): moved or collected since the listing: not lost.
+  const now = await pageMap().getSegmentRecords(checked.map((s) => segmentRef(volumeId, s.segmentId)));
+  for (const s of checked) {
+    const rec = now.get(segmentRef(volumeId, s.segmentId));
+    const at = rec?.locations[s.chunk];
+    if (rec && at?.bucket === s.loc.bucket && at.key === s.loc.key) lost.push({ rec, chunk: s.chunk });
+  }
+  report.chunksMissing = lost.length;
+  if (lost.length === 0) return;
+  report.repairsAsked = await askRepairs(lost);
+  const shown = lost.slice(0, 5).map(({ rec, chunk }) => `${formatLocation(rec.locations[chunk]!)} (chunk ${chunk} of ${rec.segmentId})`);
+  console.warn(
+    `gc of ${volumeId}: ${lost.length} chunk(s) missing from the listing${suspects.length > SCRUB_SUSPECTS_MAX ? ` (${suspects.length} suspects, ${SCRUB_SUSPECTS_MAX} checked)` : ''}, ` +
+      `${report.repairsAsked} repair(s) asked: ${shown.join(', ')}${lost.length > shown.length ? ', ...' : ''}`,
+  );
 }
 
 /** Queues GC for one page of volumes and continues the sweep. */

@@ -1,9 +1,10 @@
 /**
- * Read repair (docs/evacuation.md, "Read repair"): a read that finds a chunk missing or damaged
- * asks the worker to replace it, and the control plane's worker (polling the evacuation queue
- * of the local endpoint) rebuilds it on another drive and moves the segment record there. The
- * reads run in this process (the head's read path, `readData`) with repair requests on; the
- * control plane's own reads keep them off (test/integration/global-setup.ts).
+ * Read repair (docs/evacuation.md, "Read repair" and "The listing check"): a read that finds a
+ * chunk missing or damaged, or a GC pass whose listing lacks a chunk, asks the worker to replace
+ * it, and the control plane's worker (polling the evacuation queue of the local endpoint)
+ * rebuilds it on another drive and moves the segment record there. The reads and GC passes run
+ * in this process with repair requests on; the control plane's own keep them off
+ * (test/integration/global-setup.ts).
  */
 import { randomBytes } from 'node:crypto';
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
@@ -13,8 +14,13 @@ import { s3 } from '#shared/aws/clients.ts';
 import type { SegmentRecord } from '#shared/core/records.ts';
 import { driveOf } from '#shared/data/placement.ts';
 import { LOST_CHUNK_RECORD_RECHECK_MS, readData } from '#shared/data/read.ts';
-import { type ReadReport, readPayload, repairRequests, setReadRepair } from '#shared/data/segment-reader.ts';
+import { repairRequests, setReadRepair } from '#shared/data/repair-requests.ts';
+import { type ReadReport, readPayload } from '#shared/data/segment-reader.ts';
 import { chunkObjectIsIntact, repairChunk } from '#shared/maintenance/evacuation.ts';
+import { checkListing, collectVolume, type GcReport } from '#shared/maintenance/gc.ts';
+import { listVolumeChunks } from '#shared/aws/chunk-store.ts';
+import { config } from '#shared/core/config.ts';
+import type { ListedChunk } from '#shared/data/sleds.ts';
 import { testApi } from './helpers.ts';
 
 const MiB = 1024 * 1024;
@@ -60,13 +66,17 @@ async function readsHealthy(rec: SegmentRecord, data: Buffer): Promise<void> {
   expect(report.missingChunks ?? 0).toBe(0);
 }
 
-function checkMoved(before: SegmentRecord, after: SegmentRecord, i: number): void {
-  const old = before.locations[i]!;
-  const now = after.locations[i]!;
-  expect(now.bucket !== old.bucket || driveOf(now) !== driveOf(old), 'a new drive').toBe(true);
+/** Chunks `moved` (one index or several) are on new drives; the others where they were. */
+function checkMoved(before: SegmentRecord, after: SegmentRecord, moved: number | number[]): void {
+  const indexes = typeof moved === 'number' ? [moved] : moved;
+  for (const i of indexes) {
+    const old = before.locations[i]!;
+    const now = after.locations[i]!;
+    expect(now.bucket !== old.bucket || driveOf(now) !== driveOf(old), `chunk ${i} on a new drive`).toBe(true);
+  }
   expect(new Set(after.locations.map((l) => l.bucket)).size, 'the stripe keeps k+m distinct sleds').toBe(after.locations.length);
   after.locations.forEach((l, j) => {
-    if (j !== i) expect(l).toEqual(before.locations[j]);
+    if (!indexes.includes(j)) expect(l).toEqual(before.locations[j]);
   });
 }
 
@@ -160,5 +170,57 @@ describe('read repair', () => {
     const report: ReadReport = { rangedGets: 0, badGranules: 0, rebuiltGranules: 0 };
     const [bytes] = await readPayload(after, [{ start: 0, end: data.length }], report);
     expect(bytes!.equals(data), `${k}+${m}: read back after losing ${2 * m} chunks in all, ${m} of them repaired`).toBe(true);
+  });
+});
+
+describe('the listing check (a GC pass asks for chunks missing from its listing)', () => {
+  it('finds chunks nobody read missing, asks for each once, and the worker replaces them', async () => {
+    const { volumeId, segmentId, data, before } = await oneSegment(MiB);
+    const lost = [before.locations[0]!, before.locations[before.k]!];
+    for (const loc of lost) await s3().send(new DeleteObjectCommand({ Bucket: loc.bucket, Key: loc.key }));
+
+    const sent = repairRequests.sent;
+    const gc = await collectVolume(volumeId, { queueContinuation: false });
+    expect(gc).toMatchObject({ chunksMissing: 2, repairsAsked: 2, orphansDeleted: 0, segmentsDeleted: 0 });
+    expect(repairRequests.sent - sent).toBe(2);
+
+    let after = await movedFrom(volumeId, segmentId, 0, lost[0]!);
+    after = await movedFrom(volumeId, segmentId, before.k, lost[1]!);
+    checkMoved(before, after, [0, before.k]);
+    for (const i of [0, before.k]) expect(chunkObjectIsIntact(after, i, (await objectAt(after.locations[i]!))!), `chunk ${i} replaced intact`).toBe(true);
+    await readsHealthy(after, data);
+    expect((await collectVolume(volumeId, { queueContinuation: false })).chunksMissing ?? 0, 'the next pass finds nothing missing').toBe(0);
+  });
+
+  it('counts but does not ask when repairs are off; asks on the next pass once they are on', async () => {
+    const { volumeId, segmentId, before } = await oneSegment(256 * 1024);
+    const lost = before.locations[1]!;
+    await s3().send(new DeleteObjectCommand({ Bucket: lost.bucket, Key: lost.key }));
+    setReadRepair(false);
+    try {
+      expect(await collectVolume(volumeId, { queueContinuation: false })).toMatchObject({ chunksMissing: 1, repairsAsked: 0 });
+    } finally {
+      setReadRepair(true);
+    }
+    expect(await recordOf(volumeId, segmentId), 'nothing moved').toEqual(before);
+    expect(await collectVolume(volumeId, { queueContinuation: false })).toMatchObject({ chunksMissing: 1, repairsAsked: 1 });
+    checkMoved(before, await movedFrom(volumeId, segmentId, 1, lost), 1);
+  });
+
+  it('does not judge a chunk lost when its record moved it after the records were read', async () => {
+    const { volumeId, segmentId, before } = await oneSegment(256 * 1024);
+    const at = before.locations[2]!;
+    await s3().send(new DeleteObjectCommand({ Bucket: at.bucket, Key: at.key }));
+    // The worker's repair, run here, moves the chunk between the pass's record read (`before`)
+    // and its listing.
+    expect(await repairChunk({ type: 'repair-chunk', volumeId, segmentId, chunk: 2, bucket: at.bucket, key: at.key })).toBe('rebuilt');
+    const listed: ListedChunk[] = [];
+    for await (const c of listVolumeChunks(volumeId, config().sledBuckets)) listed.push(c);
+    expect(listed.some((c) => c.bucket === at.bucket && c.key === at.key), 'the old object is gone from the listing').toBe(false);
+    const report = { chunksMissing: undefined } as unknown as GcReport;
+    const sent = repairRequests.sent;
+    await checkListing(volumeId, [before], listed, report);
+    expect(report.chunksMissing, 'the record read again points elsewhere').toBe(0);
+    expect(repairRequests.sent - sent).toBe(0);
   });
 });
