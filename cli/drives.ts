@@ -72,6 +72,7 @@ interface DriveJson {
   driveId: string;
   state: string;
   writeErrors?: number;
+  lostChunks?: number;
   evacuation?: EvacuationProgress;
 }
 
@@ -171,7 +172,7 @@ export async function listDrivesCommand(apiUrl: string, out: Out, opts: Pick<Wat
   if (!Array.isArray(body?.drives)) throw apiError(res.status, null, res.text ?? '', 'GET /drives', null);
   for (const d of body.drives) {
     const extra = d.evacuation ? `  ${renderProgress(d.evacuation, 20)}` : '';
-    out.write(`${d.driveId.padEnd(60)} ${d.state.padEnd(9)} errors ${String(d.writeErrors ?? 0).padStart(3)}${extra}\n`);
+    out.write(`${d.driveId.padEnd(60)} ${d.state.padEnd(9)} errors ${String(d.writeErrors ?? 0).padStart(3)} lost ${String(d.lostChunks ?? 0).padStart(3)}${extra}\n`);
   }
   return 0;
 }

@@ -135,6 +135,8 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
       ...(process.env[ENV.foldTailMax] ? { [ENV.foldTailMax]: process.env[ENV.foldTailMax] } : {}),
       // Likewise whether reads ask for repairs (docs/evacuation.md, "Read repair"; on unless `0`).
       ...(process.env[ENV.readRepair] ? { [ENV.readRepair]: process.env[ENV.readRepair] } : {}),
+      // And how many lost chunks retire a drive (docs/evacuation.md, "Drives that keep losing chunks").
+      ...(process.env[ENV.lostChunkRetireThreshold] ? { [ENV.lostChunkRetireThreshold]: process.env[ENV.lostChunkRetireThreshold] } : {}),
     };
     Object.assign(process.env, env);
     // Imported only now: the handlers read their configuration from the environment just set.

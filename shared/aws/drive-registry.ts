@@ -4,7 +4,15 @@
  */
 import { type AttributeValue, ConditionalCheckFailedException, GetItemCommand, PutItemCommand, ScanCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import { config } from '../core/config.ts';
-import { DEFAULT_DRIVE_CAPACITY_BYTES, driveId, type DriveRecord, type DriveState, type DumpAttributes, type EvacuationState } from '../core/drive-records.ts';
+import {
+  DEFAULT_DRIVE_CAPACITY_BYTES,
+  driveId,
+  type DriveErrorKind,
+  type DriveRecord,
+  type DriveState,
+  type DumpAttributes,
+  type EvacuationState,
+} from '../core/drive-records.ts';
 import type { DriveRegistry } from '../core/ports.ts';
 import { DRIVES_PER_SLED, driveName } from '../data/sleds.ts';
 import { dynamo } from './clients.ts';
@@ -57,6 +65,11 @@ function itemToDrive(item: Record<string, AttributeValue>): DriveRecord {
   rec.writeErrors = Number(item.writeErrors?.N ?? 0);
   rec.writeErrorsTotal = Number(item.writeErrorsTotal?.N ?? 0);
   if (item.writeErrorWindowStartMs?.N) rec.writeErrorWindowStartMs = Number(item.writeErrorWindowStartMs.N);
+  if (item.lostChunksTotal?.N) {
+    rec.lostChunks = Number(item.lostChunks?.N ?? 0);
+    rec.lostChunksTotal = Number(item.lostChunksTotal.N);
+    if (item.lostChunkWindowStartMs?.N) rec.lostChunkWindowStartMs = Number(item.lostChunkWindowStartMs.N);
+  }
   if (item.retiringSinceMs?.N) rec.retiringSinceMs = Number(item.retiringSinceMs.N);
   if (item.evac?.M) rec.evacuation = attributeToEvacuation(item.evac.M);
   return rec;
@@ -307,20 +320,28 @@ export async function scanDrives(): Promise<DriveRecord[]> {
   return out;
 }
 
-/** Counts one write error into the drive's open window. Null when no window is open (nothing changed). */
-export function countWriteError(id: string, cutoffMs: number): Promise<DriveRecord | null> {
+/** The drive item's attributes for each kind of error window. */
+const ERROR_WINDOWS: Record<DriveErrorKind, { count: string; start: string; total: string }> = {
+  write: { count: 'writeErrors', start: 'writeErrorWindowStartMs', total: 'writeErrorsTotal' },
+  lost: { count: 'lostChunks', start: 'lostChunkWindowStartMs', total: 'lostChunksTotal' },
+};
+
+/** Counts one error of `kind` into the drive's open window. Null when no window is open (nothing changed). */
+export function countDriveError(id: string, kind: DriveErrorKind, cutoffMs: number): Promise<DriveRecord | null> {
+  const f = ERROR_WINDOWS[kind];
   return updateDriveIf(id, {
-    update: 'SET writeErrors = if_not_exists(writeErrors, :zero) + :one, writeErrorsTotal = if_not_exists(writeErrorsTotal, :zero) + :one',
-    parts: ['writeErrorWindowStartMs > :cutoff'], // the error window is still open: count into it
+    update: `SET ${f.count} = if_not_exists(${f.count}, :zero) + :one, ${f.total} = if_not_exists(${f.total}, :zero) + :one`,
+    parts: [`${f.start} > :cutoff`], // the error window is still open: count into it
     values: { ':zero': N(0), ':one': N(1), ':cutoff': N(cutoffMs) },
   });
 }
 
-/** Opens a write-error window at `nowMs` with this error in it. Null when a window is open (nothing changed). */
-export function openWriteErrorWindow(id: string, cutoffMs: number, nowMs: number): Promise<DriveRecord | null> {
+/** Opens a window of `kind` at `nowMs` with this error in it. Null when a window is open (nothing changed). */
+export function openDriveErrorWindow(id: string, kind: DriveErrorKind, cutoffMs: number, nowMs: number): Promise<DriveRecord | null> {
+  const f = ERROR_WINDOWS[kind];
   return updateDriveIf(id, {
-    update: 'SET writeErrors = :one, writeErrorWindowStartMs = :now, writeErrorsTotal = if_not_exists(writeErrorsTotal, :zero) + :one',
-    parts: ['(attribute_not_exists(writeErrorWindowStartMs) OR writeErrorWindowStartMs <= :cutoff)'], // no open window: open one
+    update: `SET ${f.count} = :one, ${f.start} = :now, ${f.total} = if_not_exists(${f.total}, :zero) + :one`,
+    parts: [`(attribute_not_exists(${f.start}) OR ${f.start} <= :cutoff)`], // no open window: open one
     values: { ':zero': N(0), ':one': N(1), ':cutoff': N(cutoffMs), ':now': N(nowMs) },
   });
 }
@@ -348,7 +369,8 @@ export async function reactivate(id: string): Promise<void> {
     new UpdateItemCommand({
       TableName: config().drivesTable,
       Key: { driveId: S(id) },
-      UpdateExpression: 'SET #state = :active, writeErrors = :zero REMOVE evac, retiringSinceMs, writeErrorWindowStartMs',
+      UpdateExpression:
+        'SET #state = :active, writeErrors = :zero, lostChunks = :zero REMOVE evac, retiringSinceMs, writeErrorWindowStartMs, lostChunkWindowStartMs',
       ConditionExpression: 'attribute_exists(driveId)', // only drives in the registry
       ExpressionAttributeNames: { '#state': 'state' },
       ExpressionAttributeValues: { ':active': S('active'), ':zero': N(0) },
@@ -396,8 +418,8 @@ export const dynamoDriveRegistry: DriveRegistry = {
   scanDrives,
   getDrive,
   updateDrive,
-  countWriteError,
-  openWriteErrorWindow,
+  countDriveError,
+  openDriveErrorWindow,
   startRetirement,
   advanceScan,
   markStepSent,

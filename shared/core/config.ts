@@ -53,6 +53,8 @@ export const ENV = {
   faults: 'SLEDGE_FAULTS',
   /** Optional: `0` turns off the repair requests of reads and of GC's listing check (docs/evacuation.md, "Read repair"); on by default. */
   readRepair: 'SLEDGE_READ_REPAIR',
+  /** Optional: lost chunks (confirmed by repairs) in 10 minutes that retire a drive; `0` never retires for them. Default 3 (docs/evacuation.md, "Drives that keep losing chunks"). */
+  lostChunkRetireThreshold: 'SLEDGE_LOST_CHUNK_RETIRE_THRESHOLD',
   /** `portable` forces the pure-TypeScript erasure codec; anything else prefers the native one. */
   erasureImpl: 'SLEDGE_EC_IMPL',
   /** `portable` forces the pure-TypeScript CRC-32C; anything else prefers the native one. Read once, at load. */

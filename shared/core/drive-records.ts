@@ -30,11 +30,18 @@ export interface DriveRecord {
   writeErrors?: number;
   writeErrorWindowStartMs?: number;
   writeErrorsTotal?: number;
+  /** Chunks a repair found lost or damaged here, in the current window (docs/evacuation.md, "Drives that keep losing chunks"). */
+  lostChunks?: number;
+  lostChunkWindowStartMs?: number;
+  lostChunksTotal?: number;
   /** When the drive became retiring (the settle time counts from here). */
   retiringSinceMs?: number;
   /** The current or last evacuation run. */
   evacuation?: EvacuationState;
 }
+
+/** What a drive's error windows count: chunk writes that failed, and chunks found lost or damaged. */
+export type DriveErrorKind = 'write' | 'lost';
 
 /** The counters of an evacuation run, as stored and as shown. */
 export interface EvacuationCounters {

@@ -6,7 +6,7 @@
 import type { ChunkLocation, ListedChunk, VolumeChunk } from '../data/sleds.ts';
 import type { ReservationState } from '../control/reservations.ts';
 import type { LeaseUpdate } from '../control/read-leases.ts';
-import type { DriveRecord, DriveState, DumpAttributes, EvacuationState } from './drive-records.ts';
+import type { DriveErrorKind, DriveRecord, DriveState, DumpAttributes, EvacuationState } from './drive-records.ts';
 import type {
   CheckpointPointer,
   CommitWriter,
@@ -251,10 +251,10 @@ export interface DriveRegistry {
   getDrive(id: string): Promise<DriveRecord | null>;
   /** Sets attributes of a drive in the registry (operators and tests). */
   updateDrive(id: string, attrs: Partial<Pick<DriveRecord, 'state' | 'capacityBytes' | 'usedBytes' | 'serviceLoad' | 'dumpPrepared'>>): Promise<void>;
-  /** Counts a write error into the open window (opened after `cutoffMs`). */
-  countWriteError(id: string, cutoffMs: number): Promise<DriveRecord | null>;
-  /** Opens a window at `nowMs` holding this error, when none is open. */
-  openWriteErrorWindow(id: string, cutoffMs: number, nowMs: number): Promise<DriveRecord | null>;
+  /** Counts an error of `kind` into its open window (opened after `cutoffMs`). */
+  countDriveError(id: string, kind: DriveErrorKind, cutoffMs: number): Promise<DriveRecord | null>;
+  /** Opens a window of `kind` at `nowMs` holding this error, when none is open. */
+  openDriveErrorWindow(id: string, kind: DriveErrorKind, cutoffMs: number, nowMs: number): Promise<DriveRecord | null>;
   /** `seen -> retiring` with the evacuation run `evac`. */
   startRetirement(id: string, seen: DriveState, evac: EvacuationState, nowMs: number): Promise<DriveRecord | null>;
   /** The scan chain of run `run` from `step` to `step + 1` at `cursor` (totals on the first pass). */

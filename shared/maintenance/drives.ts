@@ -5,8 +5,9 @@
  * maintained (docs/evacuation.md, section 4): they read 0 unless an operator sets them.
  */
 import { randomBytes } from 'node:crypto';
-import { ConflictError, NotFoundError } from '../core/errors.ts';
-import type { DriveRecord, EvacuationState } from '../core/drive-records.ts';
+import { ENV } from '../core/config.ts';
+import { ConflictError, invariant, NotFoundError } from '../core/errors.ts';
+import type { DriveErrorKind, DriveRecord, EvacuationState } from '../core/drive-records.ts';
 import type { WritableDrives } from '../data/placement.ts';
 import { driveRegistry } from '../ports.ts';
 
@@ -72,28 +73,44 @@ export function forgetDriveStates(): void {
 }
 
 // ---------------------------------------------------------------------------------------
-// Write errors and the retiring threshold (docs/evacuation.md, section 1)
+// Write errors, lost chunks and the retiring thresholds (docs/evacuation.md, section 1 and
+// "Drives that keep losing chunks")
 
 /** Failed chunk writes (each after every retry) within the window that retire a drive. */
 export const WRITE_ERROR_RETIRE_THRESHOLD = 3;
 
 export const WRITE_ERROR_WINDOW_MS = 10 * 60_000;
 
+/** Lost or damaged chunks (each confirmed by a repair) within the window that retire a drive, unless SLEDGE_LOST_CHUNK_RETIRE_THRESHOLD says otherwise. */
+export const LOST_CHUNK_RETIRE_THRESHOLD = 3;
+
+/** The lost-chunk threshold in force: SLEDGE_LOST_CHUNK_RETIRE_THRESHOLD (a whole number; 0 never retires), else the default. */
+export function lostChunkRetireThreshold(): number {
+  const raw = process.env[ENV.lostChunkRetireThreshold];
+  if (raw === undefined || raw === '') return LOST_CHUNK_RETIRE_THRESHOLD;
+  invariant(
+    /^\d+$/.test(raw),
+    () => `${ENV.lostChunkRetireThreshold} must be a whole number (0 turns retirement for lost chunks off), not ${JSON.stringify(raw)}`,
+  );
+  return Number(raw);
+}
+
 /**
- * Counts one failed chunk write against a drive, in a sliding window. Returns the count in the
- * window after this one. Two conditional updates at most per attempt, at most 3 attempts.
+ * Counts one error of `kind` against a drive, in a sliding window of WRITE_ERROR_WINDOW_MS.
+ * Returns the count in the window after this one. Two conditional updates at most per attempt,
+ * at most 3 attempts.
  */
-export async function recordWriteError(id: string, nowMs = Date.now()): Promise<number> {
+export async function recordDriveError(id: string, kind: DriveErrorKind, nowMs = Date.now()): Promise<number> {
   const cutoff = nowMs - WRITE_ERROR_WINDOW_MS;
   for (let attempt = 0; attempt < 3; attempt++) {
-    const counted = await driveRegistry().countWriteError(id, cutoff);
-    if (counted) return counted.writeErrors ?? 1;
-    const opened = await driveRegistry().openWriteErrorWindow(id, cutoff, nowMs);
+    const counted = await driveRegistry().countDriveError(id, kind, cutoff);
+    if (counted) return (kind === 'write' ? counted.writeErrors : counted.lostChunks) ?? 1;
+    const opened = await driveRegistry().openDriveErrorWindow(id, kind, cutoff, nowMs);
     if (opened) return 1;
     // Another head opened the window between our two updates (or the drive is not in the registry).
     if (attempt === 0 && !(await driveRegistry().getDrive(id))) throw new NotFoundError(`drive ${id} is not in the registry`);
   }
-  throw new ConflictError(`the write-error window of drive ${id} kept changing; the error was not counted`);
+  throw new ConflictError(`the ${kind === 'write' ? 'write-error' : 'lost-chunk'} window of drive ${id} kept changing; the error was not counted`);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -10,12 +10,13 @@ import {
   beginRetirement,
   completeRetirement,
   forgetDriveStates,
-  recordWriteError,
+  lostChunkRetireThreshold,
+  recordDriveError,
   requireDrive,
   writableDrives,
   WRITE_ERROR_RETIRE_THRESHOLD,
 } from './drives.ts';
-import { driveId as makeDriveId, type DriveRecord, type EvacuationState } from '../core/drive-records.ts';
+import { driveId as makeDriveId, type DriveErrorKind, type DriveRecord, type EvacuationState } from '../core/drive-records.ts';
 import { driveView } from './evacuation-progress.ts';
 import { invariant } from '../core/errors.ts';
 import type { MoveOutcome, SegmentRecord, VolumeRecord } from '../core/records.ts';
@@ -87,18 +88,33 @@ export async function retireDrive(id: string, reason: string): Promise<Record<st
  * already been made durable elsewhere.
  */
 export async function noteWriteError(loc: ChunkLocation, cause: unknown): Promise<void> {
+  const why = (cause as Error)?.message ?? String(cause);
+  await noteDriveError(loc, 'write', WRITE_ERROR_RETIRE_THRESHOLD, `chunk write to ${formatLocation(loc)} failed after retries: ${why}`);
+}
+
+/**
+ * Counts a chunk a repair found lost or damaged at `loc` against its drive and, when the count
+ * crosses the threshold, retires the drive (docs/evacuation.md, "Drives that keep losing
+ * chunks"). Never throws: the chunk is already repaired.
+ */
+export async function noteLostChunk(loc: ChunkLocation, found: 'missing' | 'damaged'): Promise<void> {
+  await noteDriveError(loc, 'lost', lostChunkRetireThreshold(), `chunk ${formatLocation(loc)} was ${found}`);
+}
+
+async function noteDriveError(loc: ChunkLocation, kind: DriveErrorKind, threshold: number, what: string): Promise<void> {
   const id = makeDriveId(loc.bucket, driveOf(loc));
+  const counted = kind === 'write' ? 'failed chunk writes' : 'chunks lost or damaged';
   try {
-    const count = await recordWriteError(id);
-    console.warn(`chunk write to ${formatLocation(loc)} failed after retries (${count} in the window on ${id}): ${(cause as Error)?.message ?? cause}`);
-    if (count < WRITE_ERROR_RETIRE_THRESHOLD) return;
-    const { started, drive } = await beginRetirement(id, `${count} failed chunk writes`);
+    const count = await recordDriveError(id, kind);
+    console.warn(`${what} (${count} ${counted} in the window on ${id})`);
+    if (threshold === 0 || count < threshold) return;
+    const { started, drive } = await beginRetirement(id, `${count} ${counted}`);
     if (started) {
       await send(nextMessage(drive).message);
-      console.warn(`drive ${id} is retiring after ${count} failed chunk writes; evacuation ${drive.evacuation?.run} queued`);
+      console.warn(`drive ${id} is retiring after ${count} ${counted}; evacuation ${drive.evacuation?.run} queued`);
     }
   } catch (err) {
-    console.error(`could not count a write error against drive ${id}:`, err);
+    console.error(`could not count ${kind === 'write' ? 'a write error' : 'a lost chunk'} against drive ${id}:`, err);
   }
 }
 
@@ -276,13 +292,20 @@ async function trailerFromSiblings(rec: SegmentRecord, index: number): Promise<B
 }
 
 /** The whole object of chunk `index`: copied if intact and `mayRead`, else rebuilt from the others. */
-export async function chunkObjectFor(rec: SegmentRecord, index: number, mayRead: boolean): Promise<{ body: Buffer; rebuilt: boolean }> {
+export async function chunkObjectFor(
+  rec: SegmentRecord,
+  index: number,
+  mayRead: boolean,
+): Promise<{ body: Buffer; rebuilt: boolean; found?: 'missing' | 'damaged' | 'unreadable' }> {
+  let found: 'missing' | 'damaged' | 'unreadable' | undefined;
   if (mayRead) {
     try {
       const object = await chunkStore().getChunk(rec.locations[index]!);
       if (object && chunkObjectIsIntact(rec, index, object)) return { body: object, rebuilt: false };
-      console.warn(`chunk ${formatLocation(rec.locations[index]!)} ${object ? 'is damaged' : 'is missing'}: rebuilding it from the others`);
+      found = object ? 'damaged' : 'missing';
+      console.warn(`chunk ${formatLocation(rec.locations[index]!)} is ${found}: rebuilding it from the others`);
     } catch (err) {
+      found = 'unreadable';
       console.warn(`chunk ${formatLocation(rec.locations[index]!)} unreadable (${(err as Error).message}): rebuilding it from the others`);
     }
   }
@@ -290,7 +313,7 @@ export async function chunkObjectFor(rec: SegmentRecord, index: number, mayRead:
   const body = Buffer.concat([data, await trailerFromSiblings(rec, index)]);
   // Pair assertion: what is about to be written is exactly chunk `index` of this segment.
   invariant(chunkObjectIsIntact(rec, index, body), () => `rebuilt chunk ${index} of ${rec.segmentId} fails its own checks`);
-  return { body, rebuilt: true };
+  return { body, rebuilt: true, ...(found ? { found } : {}) };
 }
 
 /** PUT with If-None-Match; an existing identical object (an earlier attempt's) counts as written. */
@@ -450,11 +473,15 @@ export async function repairChunk(msg: RepairChunkMessage): Promise<RepairResult
   const rec = await pageMap().getSegmentRecord(msg.volumeId, msg.segmentId);
   if (!rec) return 'gone';
   if (msg.chunk >= rec.locations.length || !sameLocation(rec.locations[msg.chunk], old)) return 'done-elsewhere';
-  const { body, rebuilt } = await chunkObjectFor(rec, msg.chunk, true);
+  const { body, rebuilt, found } = await chunkObjectFor(rec, msg.chunk, true);
   if (!rebuilt) return 'intact';
   const { result } = await relocate(rec, msg.chunk, old, body, true);
   console.warn(`read repair: chunk ${msg.chunk} of ${msg.volumeId}/${msg.segmentId} at ${formatLocation(old)}: ${result}`);
-  return result === 'rebuilt' ? 'rebuilt' : 'done-elsewhere';
+  if (result !== 'rebuilt') return 'done-elsewhere';
+  // This repair moved the chunk off a drive that lost it: count it there (an unreadable object,
+  // the endpoint failing rather than the drive, is not counted).
+  if (found === 'missing' || found === 'damaged') await noteLostChunk(old, found);
+  return 'rebuilt';
 }
 
 /** Runs one evacuation message. Throws when it must be retried. */

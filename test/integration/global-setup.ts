@@ -26,6 +26,9 @@ export default async function setup(project: TestProject) {
   // Reads do not ask for repairs here: the tests that lose or damage chunks on purpose must find
   // them still lost when they read again. test/integration/read-repair.test.ts turns it on.
   process.env.SLEDGE_READ_REPAIR ??= '0';
+  // Nor do the chunks those tests lose retire drives: the other tests write beside them. The
+  // lost-chunk test in read-repair.test.ts sets its own threshold.
+  process.env.SLEDGE_LOST_CHUNK_RETIRE_THRESHOLD ??= '0';
   plane = await startControlPlane({
     port: 0,
     endpointPort: 0,

@@ -44,6 +44,8 @@ const OPTIONAL: string[] = [
   ENV.faults,
   // Read repair is on unless this says 0 (docs/evacuation.md, "Read repair"); the stack leaves it unset.
   ENV.readRepair,
+  // Lost chunks retire a drive at 3 unless this says otherwise (docs/evacuation.md, "Drives that keep losing chunks").
+  ENV.lostChunkRetireThreshold,
   // Consistency groups' tuning knobs, with defaults (docs/consistency-groups.md).
   ENV.groupTransactionMembers,
   ENV.groupBarrierLeaseMs,

@@ -22,6 +22,7 @@ export function testPlaneEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
     SLEDGE_ORPHAN_GRACE_MS: env.SLEDGE_ORPHAN_GRACE_MS ?? '30000',
     // As in global-setup.ts: no repair requests from reads, so damage made on purpose stays.
     SLEDGE_READ_REPAIR: env.SLEDGE_READ_REPAIR ?? '0',
+    SLEDGE_LOST_CHUNK_RETIRE_THRESHOLD: env.SLEDGE_LOST_CHUNK_RETIRE_THRESHOLD ?? '0',
   };
 }
 

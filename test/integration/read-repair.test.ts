@@ -18,8 +18,10 @@ import { repairRequests, setReadRepair } from '#shared/data/repair-requests.ts';
 import { type ReadReport, readPayload } from '#shared/data/segment-reader.ts';
 import { chunkObjectIsIntact, repairChunk } from '#shared/maintenance/evacuation.ts';
 import { checkListing, collectVolume, type GcReport } from '#shared/maintenance/gc.ts';
+import { listDrives, reactivateDrive } from '#shared/maintenance/drives.ts';
+import { getDrive } from '#shared/aws/drive-registry.ts';
 import { listVolumeChunks } from '#shared/aws/chunk-store.ts';
-import { config } from '#shared/core/config.ts';
+import { config, ENV } from '#shared/core/config.ts';
 import type { ListedChunk } from '#shared/data/sleds.ts';
 import { testApi } from './helpers.ts';
 
@@ -222,5 +224,71 @@ describe('the listing check (a GC pass asks for chunks missing from its listing)
     await checkListing(volumeId, [before], listed, report);
     expect(report.chunksMissing, 'the record read again points elsewhere').toBe(0);
     expect(repairRequests.sent - sent).toBe(0);
+  });
+});
+
+describe('drives that keep losing chunks', () => {
+  /** Every drive back in service with no counts, for the tests and files after this one. */
+  async function resetDrives(): Promise<void> {
+    for (const d of await listDrives()) if (d.state !== 'active' || d.evacuation || d.writeErrors || d.lostChunks) await reactivateDrive(d.driveId);
+  }
+  const threshold = process.env[ENV.lostChunkRetireThreshold];
+  beforeAll(async () => {
+    process.env[ENV.lostChunkRetireThreshold] = '2';
+    await resetDrives();
+  });
+  afterAll(async () => {
+    if (threshold === undefined) delete process.env[ENV.lostChunkRetireThreshold];
+    else process.env[ENV.lostChunkRetireThreshold] = threshold;
+    await resetDrives();
+  });
+
+  it('counts each loss a repair confirms against its drive, retires the drive at the threshold, and its evacuation keeps every byte', async () => {
+    // Segments of 64 KiB, each on k+m distinct sleds: more chunks than drives puts two chunks of
+    // different segments on one drive.
+    const vol = await api.createVolume({ sizeBytes: 8 * MiB });
+    const drives = await listDrives();
+    const writes: Array<{ offset: number; data: Buffer; segmentId: string }> = [];
+    let shared: { driveId: string; chunks: Array<{ segmentId: string; chunk: number }> } | undefined;
+    for (let i = 0; !shared; i++) {
+      expect(i, 'some drive holds chunks of two segments').toBeLessThan(4 * drives.length);
+      const data = randomBytes(64 * 1024);
+      const w = await api.write(vol.volumeId, i * data.length, data);
+      writes.push({ offset: i * data.length, data, segmentId: w.segmentId });
+      const byDrive = new Map<string, Array<{ segmentId: string; chunk: number }>>();
+      for (const { segmentId } of writes) {
+        (await recordOf(vol.volumeId, segmentId)).locations.forEach((loc, chunk) => {
+          const id = `${loc.bucket}/${driveOf(loc)}`;
+          byDrive.set(id, [...(byDrive.get(id) ?? []), { segmentId, chunk }]);
+        });
+      }
+      const found = [...byDrive].find(([, chunks]) => chunks.length >= 2);
+      if (found) shared = { driveId: found[0], chunks: found[1].slice(0, 2) };
+    }
+
+    const results: string[] = [];
+    for (const [n, { segmentId, chunk }] of shared.chunks.entries()) {
+      const before = await recordOf(vol.volumeId, segmentId);
+      const at = before.locations[chunk]!;
+      await s3().send(new DeleteObjectCommand({ Bucket: at.bucket, Key: at.key }));
+      const msg = { type: 'repair-chunk' as const, volumeId: vol.volumeId, segmentId, chunk, bucket: at.bucket, key: at.key };
+      results.push(await repairChunk(msg));
+      // The same report again finds the chunk moved, and counts nothing more.
+      expect(await repairChunk(msg)).toBe('done-elsewhere');
+      const d = (await getDrive(shared.driveId))!;
+      expect(d.lostChunks, `losses counted on ${shared.driveId}`).toBe(n + 1);
+      expect(d.state, n === 0 ? 'one loss: still in service' : 'two losses: retiring').toBe(n === 0 ? 'active' : 'retiring');
+    }
+    expect(results).toEqual(['rebuilt', 'rebuilt']);
+    const retiring = (await getDrive(shared.driveId))!;
+    expect(retiring.evacuation?.reason).toBe('2 chunks lost or damaged');
+
+    // The control plane's worker empties the drive; every write reads back.
+    const deadline = Date.now() + 120_000;
+    while ((await getDrive(shared.driveId))!.state !== 'retired') {
+      expect(Date.now(), `${shared.driveId} retired within 120 s`).toBeLessThan(deadline);
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    for (const w of writes) expect((await api.read(vol.volumeId, w.offset, w.data.length)).equals(w.data), `bytes at ${w.offset}`).toBe(true);
   });
 });

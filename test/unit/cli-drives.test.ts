@@ -51,9 +51,10 @@ describe('the evacuation progress bar', () => {
     const w = { write: (s: string) => (out.push(s), true) } as never;
     const one = async () => ({ status: 200, json: async () => ({ driveId: 's/d00', state: 'active' }) });
     expect(await watchEvacuation('http://api', 's/d00', w, { fetch: one })).toBe(1);
-    const list = async () => ({ status: 200, json: async () => ({ drives: [{ driveId: 's/d00', state: 'active' }, { driveId: 's/d01', state: 'retiring', writeErrors: 3, evacuation: running }] }) });
+    const list = async () => ({ status: 200, json: async () => ({ drives: [{ driveId: 's/d00', state: 'active' }, { driveId: 's/d01', state: 'retiring', writeErrors: 3, lostChunks: 2, evacuation: running }] }) });
     expect(await listDrivesCommand('http://api', w, { fetch: list })).toBe(0);
-    expect(out.join('')).toContain('retiring  errors   3  [');
+    expect(out.join('')).toContain('retiring  errors   3 lost   2  [');
+    expect(out.join('')).toContain('active    errors   0 lost   0\n');
     const seen: Array<{ url: string; method?: string }> = [];
     const retire = async (url: string, init?: { method?: string }) => (seen.push({ url, method: init?.method }), { status: 202, json: async () => ({ driveId: 's/d01', state: 'retiring', evacuation: running }) });
     expect(await retireDriveCommand('http://api/', 's/d01', w, { fetch: retire })).toBe(0);
