@@ -39,6 +39,8 @@ import { crc32c } from '#shared/data/crc32c.ts';
 import { codec } from '#shared/data/erasure.ts';
 import { forgetSegment, readView, segmentRecordsFor } from '#shared/data/read.ts';
 import { setReadRepair } from '#shared/data/repair-requests.ts';
+import { collectVolume } from '#shared/maintenance/gc.ts';
+import { ENV } from '#shared/core/config.ts';
 import { forgetLostChunks } from '#shared/data/segment-reader.ts';
 import type { SegmentRecord } from '#shared/core/records.ts';
 import { pageMap, workQueue } from '#shared/ports.ts';
@@ -129,10 +131,16 @@ export async function benchDegraded(deps: DegradedBenchDeps): Promise<void> {
   // (docs/evacuation.md, "Read repair"). What they measure is the degraded read itself, as it
   // is until a repair lands.
   setReadRepair(false);
+  // Nor do the chunks it deletes on purpose retire their drives (docs/evacuation.md, "Drives
+  // that keep losing chunks"): an evacuation would run beside the measurements.
+  const threshold = process.env[ENV.lostChunkRetireThreshold];
+  process.env[ENV.lostChunkRetireThreshold] = '0';
   try {
     await degradedRounds(deps);
   } finally {
     setReadRepair(undefined);
+    if (threshold === undefined) delete process.env[ENV.lostChunkRetireThreshold];
+    else process.env[ENV.lostChunkRetireThreshold] = threshold;
   }
 }
 
@@ -307,10 +315,47 @@ async function degradedRounds({ table, section }: DegradedBenchDeps): Promise<vo
       `transfer alone: ${K + M} presigned PUTs of ${IO / K} bytes, or ${K} presigned ranged GETs of as many, at once, the raw chunk client alone, median of 9)`,
   );
 
+  await measureListingCheck(table, healthyVol, degradedVol, deleted);
+
   await measureRepair(table, degradedVol, records, async () => {
     const res = await serialReads(degradedVol, 'repaired');
     return { gets: res.counts.requests['S3:GetObject'] ?? 0, median: median(res.cpu) };
   });
+}
+
+/**
+ * The listing check of a GC pass (docs/evacuation.md, "The listing check"): one pass over the
+ * healthy copy and one over the degraded copy, each after a first pass that takes whatever
+ * checkpoint or fold is due, with repair requests off (asking adds one SendMessageBatch per ten
+ * chunks). Exact S3 and DynamoDB requests of each pass; what it found missing.
+ */
+async function measureListingCheck(table: DegradedBenchDeps['table'], healthyVol: string, degradedVol: string, lost: number): Promise<void> {
+  const rows: Array<Record<string, string | number>> = [];
+  for (const [name, vol] of [
+    ['healthy', healthyVol],
+    [`degraded (${lost} chunks deleted)`, degradedVol],
+  ] as const) {
+    await collectVolume(vol, { queueContinuation: false });
+    resetRequestCounts();
+    const start = performance.now();
+    const r = await collectVolume(vol, { queueContinuation: false });
+    const ms = performance.now() - start;
+    const c = requestCounts().requests;
+    const s3Other = Object.entries(c)
+      .filter(([k]) => k.startsWith('S3:') && k !== 'S3:ListObjectsV2')
+      .map(([k, n]) => `${k.slice(3)} ${n}`);
+    rows.push({
+      'GC pass': name,
+      segments: r.segments,
+      'chunks found missing': r.chunksMissing ?? 0,
+      'S3 LIST': c['S3:ListObjectsV2'] ?? 0,
+      'other S3': s3Other.join(', ') || '0',
+      'DDB requests': ddb(c),
+      ms: ms.toFixed(0),
+    });
+  }
+  table(rows);
+  console.log("(each pass after a first one on the same volume; requests counted in this process, which also runs the control plane's idle pollers)");
 }
 
 /**
