@@ -20,6 +20,7 @@ import { chunkObjectIsIntact, repairChunk } from '#shared/maintenance/evacuation
 import { checkListing, collectVolume, type GcReport } from '#shared/maintenance/gc.ts';
 import { listDrives, reactivateDrive } from '#shared/maintenance/drives.ts';
 import { getDrive } from '#shared/aws/drive-registry.ts';
+import { clearFaults, faultStats, setFaults } from '#shared/aws/faults.ts';
 import { listVolumeChunks } from '#shared/aws/chunk-store.ts';
 import { config, ENV } from '#shared/core/config.ts';
 import type { ListedChunk } from '#shared/data/sleds.ts';
@@ -290,5 +291,23 @@ describe('drives that keep losing chunks', () => {
       await new Promise((resolve) => setTimeout(resolve, 250));
     }
     for (const w of writes) expect((await api.read(vol.volumeId, w.offset, w.data.length)).equals(w.data), `bytes at ${w.offset}`).toBe(true);
+  });
+
+  it('rebuilds but does not count a chunk the worker could not read (the endpoint failing, not the drive)', async () => {
+    const { volumeId, segmentId, data, before } = await oneSegment(256 * 1024);
+    const at = before.locations[1]!;
+    const driveId = `${at.bucket}/${driveOf(at)}`;
+    const counted = (await getDrive(driveId))!.lostChunks ?? 0;
+    setFaults([{ service: 's3', bucket: at.bucket, prefix: at.key, ops: ['GetObject'] }]);
+    try {
+      expect(await repairChunk({ type: 'repair-chunk', volumeId, segmentId, chunk: 1, bucket: at.bucket, key: at.key })).toBe('rebuilt');
+    } finally {
+      clearFaults();
+    }
+    expect(faultStats().fired, 'the object was asked and refused').toBeGreaterThan(0);
+    expect((await getDrive(driveId))!.lostChunks ?? 0, 'nothing counted').toBe(counted);
+    const after = await recordOf(volumeId, segmentId);
+    checkMoved(before, after, 1);
+    await readsHealthy(after, data);
   });
 });
