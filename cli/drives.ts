@@ -3,6 +3,7 @@
  *
  *   sledge drives --api URL                          listDrivesCommand
  *   sledge retire <sled>/<drive> --api URL [--watch] retireDriveCommand, then watchEvacuation
+ *   sledge reactivate <sled>/<drive> --api URL       reactivateDriveCommand
  *   sledge evacuation <sled>/<drive> --api URL       watchEvacuation
  *
  * Each function talks to the API over HTTP, writes to the stream it is given, and returns an
@@ -190,4 +191,15 @@ export async function retireDriveCommand(apiUrl: string, driveId: string, out: O
   const body = (await res.json()) as DriveJson;
   out.write(`${driveId} is ${body.state}; evacuation ${body.evacuation?.run ?? ''} queued\n`);
   return opts.watch ? watchEvacuation(apiUrl, driveId, out, opts) : 0;
+}
+
+/** Puts a drive back in service (active, counts cleared, any evacuation stopped). */
+export async function reactivateDriveCommand(apiUrl: string, driveId: string, out: Out, opts: Pick<WatchOptions, 'fetch' | 'sign'> = {}): Promise<number> {
+  const post = opts.fetch ?? apiFetch(apiUrl, opts.sign);
+  const url = `${driveUrl(apiUrl, driveId)}/reactivate`;
+  const res = await post(url, { method: 'POST' });
+  await expectStatus(res, 200, `POST ${new URL(url).pathname}`);
+  const body = (await res.json()) as DriveJson;
+  out.write(`${driveId} is ${body.state}\n`);
+  return 0;
 }

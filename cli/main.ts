@@ -83,6 +83,10 @@ export const COMMAND_USAGE = {
   retire: `  retire <sled>/<drive> --api <url> [--watch]
       Mark a drive retiring and queue its evacuation; --watch shows a progress bar until empty.
 `,
+  reactivate: `  reactivate <sled>/<drive> --api <url>
+      Put a drive back in service: active, its error counts cleared; a running evacuation stops
+      (chunks it moved stay moved).
+`,
   evacuation: `  evacuation <sled>/<drive> --api <url>
       Follow a drive's evacuation with a progress bar (chunks, bytes, rate, ETA).
 `,
@@ -564,7 +568,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
 /** The operator commands: one positional at most, `--api`, and a flag or two. */
 async function runAdmin(command: Exclude<CommandName, 'nbd' | 'help' | 'snapshot' | 'clone' | 'rollback' | 'flatten' | 'backup' | 'restore' | 'group'>, args: string[]): Promise<number> {
   // Each command takes only its own flags, so a flag given to the wrong command is an error, not ignored.
-  const flags = { rebuild: ['queue'], drives: [], retire: ['watch'], evacuation: [] }[command];
+  const flags = { rebuild: ['queue'], drives: [], retire: ['watch'], reactivate: [], evacuation: [] }[command];
   let parsed;
   try {
     parsed = parseArgs({
@@ -595,6 +599,8 @@ async function runAdmin(command: Exclude<CommandName, 'nbd' | 'help' | 'snapshot
       return (await import('./drives.ts')).listDrivesCommand(values.api, process.stdout, { sign });
     case 'retire':
       return (await import('./drives.ts')).retireDriveCommand(values.api, target, process.stdout, { watch: values.watch === true, sign });
+    case 'reactivate':
+      return (await import('./drives.ts')).reactivateDriveCommand(values.api, target, process.stdout, { sign });
     case 'evacuation':
       return (await import('./drives.ts')).watchEvacuation(values.api, target, process.stdout, { sign });
   }

@@ -23,7 +23,7 @@ import { driveId } from '../core/drive-records.ts';
 import { listDrives } from '../maintenance/drives.ts';
 import { driveView } from '../maintenance/evacuation-progress.ts';
 import { peekDeadLetters, redriveDeadLetters } from '../maintenance/dead-letters.ts';
-import { describeDrive, retireDrive } from '../maintenance/evacuation.ts';
+import { describeDrive, reactivateDriveView, retireDrive } from '../maintenance/evacuation.ts';
 import { queueGc } from '../maintenance/gc.ts';
 import { startFlatten } from '../maintenance/flatten.ts';
 import { checkKey } from '../control/reservations.ts';
@@ -252,6 +252,11 @@ export const router = new Router()
     if (body.reason !== undefined && (typeof body.reason !== 'string' || body.reason.length > 200))
       throw new InvalidInputError('reason must be a string of at most 200 characters');
     return { status: 202, json: await retireDrive(driveId(req.params.sled!, req.params.drive!), (body.reason as string | undefined) ?? 'operator') };
+  })
+  .on('POST', '/drives/{sled}/{drive}/reactivate', OPERATOR, async (req) => {
+    const extra = Object.keys(req.body.length === 0 ? {} : jsonBody(req));
+    if (extra.length > 0) throw new InvalidInputError(`unknown field ${extra[0]}; a reactivate takes no fields`);
+    return { status: 200, json: await reactivateDriveView(driveId(req.params.sled!, req.params.drive!)) };
   })
   .on('GET', '/queues/dead-letters', OPERATOR, async () => ({ status: 200, json: await peekDeadLetters() }))
   .on('POST', '/queues/dead-letters/redrive', OPERATOR, async (req) => ({

@@ -11,6 +11,7 @@ import {
   completeRetirement,
   forgetDriveStates,
   lostChunkRetireThreshold,
+  reactivateDrive,
   recordDriveError,
   requireDrive,
   writableDrives,
@@ -80,6 +81,19 @@ export async function retireDrive(id: string, reason: string): Promise<Record<st
     await send(next.message, 0);
   }
   return driveView(drive);
+}
+
+/**
+ * `POST /drives/{sled}/{drive}/reactivate`: the drive back to `active` with no error counts and
+ * no evacuation (docs/evacuation.md, section 2). A running evacuation stops: its messages name a
+ * run that no longer exists and are dropped; chunks it moved stay moved.
+ */
+export async function reactivateDriveView(id: string): Promise<Record<string, unknown>> {
+  await requireDrive(id); // 404 for a drive that is not in the registry
+  await reactivateDrive(id);
+  forgetDriveStates();
+  console.warn(`drive ${id} put back in service by an operator`);
+  return driveView(await requireDrive(id));
 }
 
 /**

@@ -14,9 +14,9 @@ import { s3, sqs } from '#shared/aws/clients.ts';
 import { forEachLimited } from '#shared/core/async.ts';
 import { config } from '#shared/core/config.ts';
 import { getDrive } from '#shared/aws/drive-registry.ts';
-import { listDrives, reactivateDrive, WRITE_ERROR_RETIRE_THRESHOLD } from '#shared/maintenance/drives.ts';
+import { beginRetirement, listDrives, reactivateDrive, WRITE_ERROR_RETIRE_THRESHOLD } from '#shared/maintenance/drives.ts';
 import { type DriveRecord } from '#shared/core/drive-records.ts';
-import { retireDrive } from '#shared/maintenance/evacuation.ts';
+import { handleEvacuationMessage, retireDrive } from '#shared/maintenance/evacuation.ts';
 import { clearFaults, faultStats, setFaults } from '#shared/aws/faults.ts';
 import { getSegmentRecord } from '#shared/aws/pagemap/pages.ts';
 import { getVolume } from '#shared/aws/pagemap/volumes.ts';
@@ -296,6 +296,35 @@ describe('the drive and queue routes', () => {
     const list = (await http(`${apiUrl}/drives`)).json.drives;
     expect(list.find((d: { driveId: string }) => d.driveId === `${sled}/${drive}`).state).toBe('retired');
     for (let off = 0; off < model.length; off += 1024 * 1024) expect((await api.read(v.volumeId, off, 1024 * 1024)).equals(model.subarray(off, off + 1024 * 1024))).toBe(true);
+
+    // Back in service: active, no evacuation, no counts; new writes may land on it again.
+    expect((await http(`${apiUrl}/drives/${sled}/d99/reactivate`, { method: 'POST' })).status).toBe(404);
+    const bad = await http(`${apiUrl}/drives/${sled}/${drive}/reactivate`, { method: 'POST', body: '{"now":true}', headers: { 'content-type': 'application/json' } });
+    expect([bad.status, bad.json?.error]).toEqual([400, 'InvalidInputError']);
+    expect((await getDrive(`${sled}/${drive}`))!.state, 'a refused reactivate changes nothing').toBe('retired');
+    const back = await http(`${apiUrl}/drives/${sled}/${drive}/reactivate`, { method: 'POST' });
+    expect(back.status, back.body.toString()).toBe(200);
+    expect(back.json).toMatchObject({ driveId: `${sled}/${drive}`, state: 'active', writeErrors: 0 });
+    expect(back.json.evacuation).toBeUndefined();
+    expect((await getDrive(`${sled}/${drive}`))!.state).toBe('active');
+  });
+
+  it('stops a running evacuation when the drive is reactivated: its late messages are dropped, every byte stays readable', async () => {
+    const v = await api.createVolume({ sizeBytes: 8 * MiB });
+    const data = Buffer.alloc(2 * MiB, 0x5a);
+    await api.write(v.volumeId, 0, data);
+    const chunk = (await listVolumeChunks(v.volumeId, config().sledBuckets).next()).value!;
+    const id = `${chunk.bucket}/${chunk.key.split('/')[0]!}`;
+    // Retired here, evacuated by nobody yet: this process's worker runs only after the reactivate.
+    await beginRetirement(id, 'test: reactivate');
+    const run = (await getDrive(id))!.evacuation!.run;
+    const back = await http(`${apiUrl}/drives/${id}/reactivate`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
+    expect(back.status, back.body.toString()).toBe(200);
+    expect(back.json).toMatchObject({ state: 'active' });
+    // A message of the stopped run changes nothing.
+    expect(await handleEvacuationMessage({ type: 'evacuate-drive', driveId: id, run, step: 0, cursor: '' })).toBe('stale');
+    expect((await getDrive(id))!).toMatchObject({ state: 'active' });
+    expect((await api.read(v.volumeId, 0, data.length)).equals(data)).toBe(true);
   });
 
   it('sends a poison message to the dead-letter queue after 5 receives, shows it, and redrives it', async () => {

@@ -171,6 +171,7 @@ describe('operator routes', () => {
       ['GET', '/drives'],
       ['GET', '/drives/any/d00'],
       ['POST', '/drives/any/d00/retire', '{}'],
+      ['POST', '/drives/any/d00/reactivate'],
       ['GET', '/dumps'],
       ['GET', '/dumps/any'],
       ['GET', '/queues/dead-letters'],

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { evacuationProgress } from '#shared/maintenance/evacuation-progress.ts';
 import { newEvacuation } from '#shared/maintenance/drives.ts';
-import { formatBytes, formatDuration, listDrivesCommand, renderProgress, retireDriveCommand, watchEvacuation } from '../../cli/drives.ts';
+import { formatBytes, formatDuration, listDrivesCommand, reactivateDriveCommand, renderProgress, retireDriveCommand, watchEvacuation } from '../../cli/drives.ts';
 
 const start = 1_700_000_000_000;
 const running = evacuationProgress({ ...newEvacuation('t', false, start), chunksTotal: 1000, bytesTotal: 4000 * 2 ** 20, chunksMoved: 370, bytesMoved: 1480 * 2 ** 20, lastProgressAtMs: start + 100_000 }, 'retiring', start + 100_000);
@@ -59,6 +59,10 @@ describe('the evacuation progress bar', () => {
     const retire = async (url: string, init?: { method?: string }) => (seen.push({ url, method: init?.method }), { status: 202, json: async () => ({ driveId: 's/d01', state: 'retiring', evacuation: running }) });
     expect(await retireDriveCommand('http://api/', 's/d01', w, { fetch: retire })).toBe(0);
     expect(seen).toEqual([{ url: 'http://api/drives/s/d01/retire', method: 'POST' }]);
+    const react = async (url: string, init?: { method?: string }) => (seen.push({ url, method: init?.method }), { status: 200, json: async () => ({ driveId: 's/d01', state: 'active' }) });
+    expect(await reactivateDriveCommand('http://api', 's/d01', w, { fetch: react })).toBe(0);
+    expect(seen.at(-1)).toEqual({ url: 'http://api/drives/s/d01/reactivate', method: 'POST' });
+    expect(out.at(-1)).toBe('s/d01 is active\n');
     await expect(watchEvacuation('http://api', 'nodrive', w, { fetch: one })).rejects.toThrow(/sled/);
   });
 });
