@@ -23,7 +23,7 @@ export class LocationMemory {
   private readonly noted = new Map<string, number>();
 
   note(loc: ChunkLocation): void {
-    const key = locationKey(loc);
+    const key = formatLocation(loc);
     this.noted.delete(key);
     if (this.noted.size >= LOCATIONS_MAX) this.noted.delete(this.noted.keys().next().value!);
     this.noted.set(key, Date.now());
@@ -32,7 +32,7 @@ export class LocationMemory {
   /** Whether `loc` was noted within LOST_CHUNK_MEMORY_MS (an older note is dropped). */
   has(loc: ChunkLocation): boolean {
     if (this.noted.size === 0) return false;
-    const key = locationKey(loc);
+    const key = formatLocation(loc);
     const at = this.noted.get(key);
     if (at === undefined) return false;
     if (Date.now() - at < LOST_CHUNK_MEMORY_MS) return true;
@@ -41,16 +41,12 @@ export class LocationMemory {
   }
 
   forget(loc: ChunkLocation): void {
-    if (this.noted.size > 0) this.noted.delete(locationKey(loc));
+    if (this.noted.size > 0) this.noted.delete(formatLocation(loc));
   }
 
   clear(): void {
     this.noted.clear();
   }
-}
-
-function locationKey(loc: ChunkLocation): string {
-  return `${loc.bucket}/${loc.key}`;
 }
 
 /** Chunks this process asked to have repaired. */

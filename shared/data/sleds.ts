@@ -45,6 +45,11 @@ export function formatLocation(loc: ChunkLocation): string {
   return `${loc.bucket}/${loc.key}`;
 }
 
+/** Whether `a` (absent when a record has no such chunk) is the location `b`. */
+export function sameLocation(a: ChunkLocation | undefined, b: ChunkLocation): boolean {
+  return a !== undefined && a.bucket === b.bucket && a.key === b.key;
+}
+
 export function parseLocation(text: string): ChunkLocation {
   const slash = text.indexOf('/');
   invariant(slash > 0, () => `bad chunk location ${text}`);

@@ -24,7 +24,7 @@ import type { MoveOutcome, SegmentRecord, VolumeRecord } from '../core/records.t
 import { driveOf, evacuationTarget } from '../data/placement.ts';
 import { readChunkData } from '../data/segment-reader.ts';
 import { chunkTrailer, FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, granuleCrcs } from '../data/segments.ts';
-import { formatLocation, parseChunkKey, type ChunkLocation, type ListedChunk } from '../data/sleds.ts';
+import { formatLocation, parseChunkKey, sameLocation, type ChunkLocation, type ListedChunk } from '../data/sleds.ts';
 import { chunkStore, workQueue } from '../ports.ts';
 import { MOVE_BATCH_CHUNKS, type EvacuationMessage, type RepairChunkMessage } from '../core/work-messages.ts';
 import { pageMap } from '../ports.ts';
@@ -264,10 +264,6 @@ interface MoveContext {
   drive: DriveRecord & { evacuation: EvacuationState };
   volumes: Map<string, Promise<VolumeRecord | null>>;
   nowMs: number;
-}
-
-function sameLocation(a: ChunkLocation | undefined, b: ChunkLocation): boolean {
-  return a !== undefined && a.bucket === b.bucket && a.key === b.key;
 }
 
 /** Whether a whole chunk object is chunk `index` of this segment with every granule intact. */

@@ -19,7 +19,7 @@ import { MAX_PAGES_PER_COMMIT, segmentRef, type PageRecord, type SegmentRecord, 
 import { takeCheckpoint } from './checkpoints/take.ts';
 import { readPayload } from '../data/segment-reader.ts';
 import { FOOTER_BYTES, parseTrailer, segmentIdSeq, trailerBytesFromFooter, type SegmentDescriptor } from '../data/segments.ts';
-import { formatLocation, parseChunkKey, type ChunkLocation, type ListedChunk } from '../data/sleds.ts';
+import { formatLocation, parseChunkKey, sameLocation, type ChunkLocation, type ListedChunk } from '../data/sleds.ts';
 import { askRepairs } from '../data/repair-requests.ts';
 import { MAX_IO_BYTES } from '../data/volume-rules.ts';
 import { completeWrite, prepareWrite, type WritePiece } from '../data/write.ts';
@@ -426,7 +426,7 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
     const p = parseChunkKey(c.key);
     if (!p || c.lastModifiedMs > graceCutoff || deletedIds.has(p.segmentId)) continue;
     let rec: SegmentRecord | null | undefined = known.get(p.segmentId);
-    const referenced = (r: SegmentRecord | null | undefined) => r?.locations[p.chunkIndex]?.bucket === c.bucket && r?.locations[p.chunkIndex]?.key === c.key;
+    const referenced = (r: SegmentRecord | null | undefined) => sameLocation(r?.locations[p.chunkIndex], c);
     if (referenced(rec)) continue;
     // Read the record again: a segment committed or a chunk moved since the listing.
     rec = await pageMap().getSegmentRecord(volumeId, p.segmentId);
@@ -476,13 +476,13 @@ export async function collectVolume(volumeId: string, opts: { queueContinuation?
  * it still points there, asked to be repaired.
  */
 export async function checkListing(volumeId: string, records: readonly SegmentRecord[], listed: readonly ListedChunk[], report: GcReport): Promise<void> {
-  const present = new Set(listed.map((c) => `${c.bucket}/${c.key}`));
+  const present = new Set(listed.map(formatLocation));
   const buckets = new Set(config().sledBuckets);
   const suspects: Array<{ segmentId: string; chunk: number; loc: ChunkLocation }> = [];
   for (const r of records) {
     r.locations.forEach((loc, chunk) => {
       // A bucket the listing did not look in is not judged.
-      if (buckets.has(loc.bucket) && !present.has(`${loc.bucket}/${loc.key}`)) suspects.push({ segmentId: r.segmentId, chunk, loc });
+      if (buckets.has(loc.bucket) && !present.has(formatLocation(loc))) suspects.push({ segmentId: r.segmentId, chunk, loc });
     });
   }
   if (suspects.length === 0) return;
@@ -492,8 +492,7 @@ export async function checkListing(volumeId: string, records: readonly SegmentRe
   const now = await pageMap().getSegmentRecords(checked.map((s) => segmentRef(volumeId, s.segmentId)));
   for (const s of checked) {
     const rec = now.get(segmentRef(volumeId, s.segmentId));
-    const at = rec?.locations[s.chunk];
-    if (rec && at?.bucket === s.loc.bucket && at.key === s.loc.key) lost.push({ rec, chunk: s.chunk });
+    if (rec && sameLocation(rec.locations[s.chunk], s.loc)) lost.push({ rec, chunk: s.chunk });
   }
   report.chunksMissing = lost.length;
   if (lost.length === 0) return;
