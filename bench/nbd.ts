@@ -88,26 +88,20 @@ function processCpuMs(pid: number | undefined): number {
   }
 }
 
-/** The local endpoint's CPU milliseconds so far, as the bundled endpoint reports them; NaN from any other endpoint. */
-async function endpointCpuMs(endpointUrl: string): Promise<number> {
-  try {
-    const r = await fetch(`${endpointUrl.replace(/\/*$/, '')}/_sledge/endpoint`);
-    const cpuSeconds = ((await r.json()) as { cpuSeconds?: unknown }).cpuSeconds;
-    return typeof cpuSeconds === 'number' ? cpuSeconds * 1000 : Number.NaN;
-  } catch {
-    return Number.NaN;
-  }
-}
-
 type OperationCpu = Record<string, { requests: number; cpuSeconds: number }>;
 
-/** The bundled endpoint's requests and CPU seconds per operation so far (`cpuByOperation`); empty from any other endpoint. */
-async function endpointOperations(endpointUrl: string): Promise<OperationCpu> {
+/**
+ * The local endpoint's CPU milliseconds so far and its requests and CPU seconds per operation
+ * (`cpuByOperation`), as the bundled endpoint reports them in one answer; NaN and none from any
+ * other endpoint.
+ */
+async function endpointStatus(endpointUrl: string): Promise<{ cpuMs: number; operations: OperationCpu }> {
   try {
     const r = await fetch(`${endpointUrl.replace(/\/*$/, '')}/_sledge/endpoint`);
-    return ((await r.json()) as { cpuByOperation?: OperationCpu }).cpuByOperation ?? {};
+    const { cpuSeconds, cpuByOperation } = (await r.json()) as { cpuSeconds?: unknown; cpuByOperation?: OperationCpu };
+    return { cpuMs: typeof cpuSeconds === 'number' ? cpuSeconds * 1000 : Number.NaN, operations: cpuByOperation ?? {} };
   } catch {
-    return {};
+    return { cpuMs: Number.NaN, operations: {} };
   }
 }
 
@@ -133,11 +127,14 @@ interface CpuSample {
   bench: number;
   device: number;
   endpoint: number;
+  /** The endpoint's own accounting per operation, read with `endpoint`. */
+  operations?: OperationCpu;
 }
 
 async function cpuSample(devicePid: number | undefined, endpointUrl: string): Promise<CpuSample> {
   const u = process.cpuUsage();
-  return { bench: (u.user + u.system) / 1000, device: processCpuMs(devicePid), endpoint: await endpointCpuMs(endpointUrl) };
+  const { cpuMs, operations } = await endpointStatus(endpointUrl);
+  return { bench: (u.user + u.system) / 1000, device: processCpuMs(devicePid), endpoint: cpuMs, operations };
 }
 
 const NO_CPU: CpuSample = { bench: Number.NaN, device: Number.NaN, endpoint: Number.NaN };
@@ -305,17 +302,17 @@ async function compareWithS3backer(ctx: NbdBenchContext, dir: string, targets: N
       const w1 = await cpuSample(side.pid(), ctx.endpointUrl);
       lastUmountMs = 0;
       await side.restart();
-      measured('sequential write', name, w0, { ...w1, endpoint: await endpointCpuMs(ctx.endpointUrl) });
+      measured('sequential write', name, w0, { ...w1, endpoint: (await endpointStatus(ctx.endpointUrl)).cpuMs });
       // s3backer's fsync does not wait for its block cache; its unmount does. Durable is fio's
       // time plus the unmount's (0 for the gateway, whose FLUSH is durable).
       const durableMBps = (COMPARE_MIB * MiB) / (w.job_runtime / 1000 + lastUmountMs / 1000) / 1e6;
       if (name === 'sledge') ctx.resetRequestCounts();
       const g0 = await side.gets();
       const r0 = await cpuSample(side.pid(), ctx.endpointUrl);
-      const o0 = await endpointOperations(ctx.endpointUrl);
       const cold = await side.fio('cold sequential read', ['--rw=read', ...SEQ]);
-      measured('cold sequential read', name, r0, await cpuSample(side.pid(), ctx.endpointUrl));
-      coldOperations[name] = operationsPer4MiB(o0, await endpointOperations(ctx.endpointUrl), COMPARE_MIB);
+      const r1 = await cpuSample(side.pid(), ctx.endpointUrl);
+      measured('cold sequential read', name, r0, r1);
+      coldOperations[name] = operationsPer4MiB(r0.operations ?? {}, r1.operations ?? {}, COMPARE_MIB);
       const g1 = await side.gets();
       getsPerMiB[name] = (g1 - g0) / COMPARE_MIB;
       if (name === 'sledge') coldHeadRequests = ctx.requestCounts().requests;
