@@ -363,19 +363,14 @@ export function markRetired(id: string, run: string, nowMs: number): Promise<Dri
   });
 }
 
-/** Puts a drive back in service and forgets its errors and evacuation. */
-export async function reactivate(id: string): Promise<void> {
-  await dynamo().send(
-    new UpdateItemCommand({
-      TableName: config().drivesTable,
-      Key: { driveId: S(id) },
-      UpdateExpression:
-        'SET #state = :active, writeErrors = :zero, lostChunks = :zero REMOVE evac, retiringSinceMs, writeErrorWindowStartMs, lostChunkWindowStartMs',
-      ConditionExpression: 'attribute_exists(driveId)', // only drives in the registry
-      ExpressionAttributeNames: { '#state': 'state' },
-      ExpressionAttributeValues: { ':active': S('active'), ':zero': N(0) },
-    }),
-  );
+/** Puts a drive back in service and forgets its errors and evacuation. Null when the drive is not in the registry. */
+export function reactivate(id: string): Promise<DriveRecord | null> {
+  return updateDriveIf(id, {
+    update: 'SET #state = :active, writeErrors = :zero, lostChunks = :zero REMOVE evac, retiringSinceMs, writeErrorWindowStartMs, lostChunkWindowStartMs',
+    parts: [],
+    names: { '#state': 'state' },
+    values: { ':active': S('active'), ':zero': N(0) },
+  });
 }
 
 /** Claims a drive for a dump: false when another dump is being written there. */

@@ -282,7 +282,7 @@ export interface DriveRegistry {
   /** `retiring -> retired` under run `run`. */
   markRetired(id: string, run: string, nowMs: number): Promise<DriveRecord | null>;
   /** Back to `active`, forgetting errors and evacuation. */
-  reactivate(id: string): Promise<void>;
+  reactivate(id: string): Promise<DriveRecord | null>;
   /** Claims a drive for a dump; false when another dump is being written there. */
   claimDump(driveId: string, dumpId: string, attrs: DumpAttributes): Promise<boolean>;
   /** Marks the dump complete and the dump area prepared, while the claim is still this dump's. */

@@ -170,8 +170,9 @@ export function completeRetirement(id: string, run: string, nowMs = Date.now()):
     });
 }
 
-/** Puts a drive back in service and forgets its errors and evacuation (operators and tests). */
-export async function reactivateDrive(id: string): Promise<void> {
-  await driveRegistry().reactivate(id);
+/** Puts a drive back in service and forgets its errors and evacuation (operators and tests). Null when the drive is not in the registry. */
+export async function reactivateDrive(id: string): Promise<DriveRecord | null> {
+  const d = await driveRegistry().reactivate(id);
   forgetDriveStates();
+  return d;
 }

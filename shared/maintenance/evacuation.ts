@@ -89,11 +89,12 @@ export async function retireDrive(id: string, reason: string): Promise<Record<st
  * run that no longer exists and are dropped; chunks it moved stay moved.
  */
 export async function reactivateDriveView(id: string): Promise<Record<string, unknown>> {
-  await requireDrive(id); // 404 for a drive that is not in the registry
-  await reactivateDrive(id);
-  forgetDriveStates();
+  const d = await reactivateDrive(id);
+  // Not in the registry: requireDrive creates the items of configured drives not made yet (new,
+  // so active with no counts: nothing to clear) and answers 404 for any other.
+  if (!d) return driveView(await requireDrive(id));
   console.warn(`drive ${id} put back in service by an operator`);
-  return driveView(await requireDrive(id));
+  return driveView(d);
 }
 
 /**
