@@ -14,7 +14,7 @@ import { s3, sqs } from '#shared/aws/clients.ts';
 import { forEachLimited } from '#shared/core/async.ts';
 import { config } from '#shared/core/config.ts';
 import { getDrive } from '#shared/aws/drive-registry.ts';
-import { beginRetirement, listDrives, reactivateDrive, WRITE_ERROR_RETIRE_THRESHOLD } from '#shared/maintenance/drives.ts';
+import { beginRetirement, listDrives, WRITE_ERROR_RETIRE_THRESHOLD } from '#shared/maintenance/drives.ts';
 import { type DriveRecord } from '#shared/core/drive-records.ts';
 import { handleEvacuationMessage, retireDrive } from '#shared/maintenance/evacuation.ts';
 import { clearFaults, faultStats, setFaults } from '#shared/aws/faults.ts';
@@ -27,7 +27,7 @@ import { readData } from '#shared/data/read.ts';
 import { writePieces } from '#shared/data/write.ts';
 import { handleWorkEvent } from '#shared/maintenance/worker.ts';
 import { laneStreams, seeded } from '../unit/seed.ts';
-import { http, testApi } from './helpers.ts';
+import { http, resetDrives, testApi } from './helpers.ts';
 import { driveQueue, privateQueue } from './work-queues.ts';
 
 const MiB = 1024 * 1024;
@@ -57,11 +57,6 @@ afterAll(async () => {
   clearFaults();
   await resetDrives();
 });
-
-/** Every drive back in service with no errors and no evacuation, for the files after this one. */
-async function resetDrives(): Promise<void> {
-  for (const d of await listDrives()) if (d.state !== 'active' || d.evacuation || d.writeErrors) await reactivateDrive(d.driveId);
-}
 
 async function driveKeys(d: Pick<DriveRecord, 'sled' | 'drive'>): Promise<string[]> {
   const out = await s3().send(new ListObjectsV2Command({ Bucket: d.sled, Prefix: `${d.drive}/`, MaxKeys: 1000 }));

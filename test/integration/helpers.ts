@@ -19,6 +19,7 @@ import { afterAll, beforeAll, expect, inject } from 'vitest';
 import type { IamIdentity, LocalPrincipal } from '#local/iam-auth.ts';
 import { LOCAL_ACCOUNT_ID, LOCAL_CREDENTIALS_ENV, PROFILES, parseCredentialsFile, type ProfileName } from '#local/principals.ts';
 import { requestSigner, type RequestSigner, type SigningCredentials } from '#shared/api/signing.ts';
+import { listDrives, reactivateDrive } from '#shared/maintenance/drives.ts';
 
 export { PROFILES, type ProfileName };
 
@@ -300,4 +301,9 @@ export async function walkList(
     expect(out.pages.length, `${path} did not end`).toBeLessThan(100_000);
   } while (next !== undefined);
   return out;
+}
+
+/** Every drive back in service with no error counts and no evacuation, for the tests and files after a test that retires drives. */
+export async function resetDrives(): Promise<void> {
+  for (const d of await listDrives()) if (d.state !== 'active' || d.evacuation || d.writeErrors || d.lostChunks) await reactivateDrive(d.driveId);
 }

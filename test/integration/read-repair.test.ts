@@ -18,13 +18,13 @@ import { repairRequests, setReadRepair } from '#shared/data/repair-requests.ts';
 import { type ReadReport, readPayload } from '#shared/data/segment-reader.ts';
 import { chunkObjectIsIntact, repairChunk } from '#shared/maintenance/evacuation.ts';
 import { checkListing, collectVolume, type GcReport } from '#shared/maintenance/gc.ts';
-import { listDrives, reactivateDrive } from '#shared/maintenance/drives.ts';
+import { listDrives } from '#shared/maintenance/drives.ts';
 import { getDrive } from '#shared/aws/drive-registry.ts';
 import { clearFaults, faultStats, setFaults } from '#shared/aws/faults.ts';
 import { listVolumeChunks } from '#shared/aws/chunk-store.ts';
 import { config, ENV } from '#shared/core/config.ts';
 import type { ListedChunk } from '#shared/data/sleds.ts';
-import { testApi } from './helpers.ts';
+import { resetDrives, testApi } from './helpers.ts';
 
 const MiB = 1024 * 1024;
 const { api } = testApi({ sledgeEnv: true });
@@ -229,10 +229,6 @@ describe('the listing check (a GC pass asks for chunks missing from its listing)
 });
 
 describe('drives that keep losing chunks', () => {
-  /** Every drive back in service with no counts, for the tests and files after this one. */
-  async function resetDrives(): Promise<void> {
-    for (const d of await listDrives()) if (d.state !== 'active' || d.evacuation || d.writeErrors || d.lostChunks) await reactivateDrive(d.driveId);
-  }
   const threshold = process.env[ENV.lostChunkRetireThreshold];
   beforeAll(async () => {
     process.env[ENV.lostChunkRetireThreshold] = '2';
